@@ -1,0 +1,3 @@
+//! IoT Edge deployment manifests: the checker and the renderer.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! The API proxy: TLS listener, route table, streaming reverse proxy, reload.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,10 @@
+//! `connected-registry sync`: not built yet.
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`connected-registry sync` is not implemented yet")
+}

@@ -1,0 +1,112 @@
+//! Helpers shared by the end-to-end tests: run the real binary and real peers on loopback.
+//!
+//! Each test file does `mod common;` and uses what it needs, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `connected-registry` binary built for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_connected-registry"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// Waits until something accepts TCP connections on `addr`, or panics after `timeout`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration, child: &mut Child) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("process exited before listening on {addr}: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listened on {addr} within {timeout:?}");
+}
+
+/// A child process that is killed when the test ends, whatever the outcome.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Where stderr goes, to print when a test fails.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args...` with stdout/stderr to `log` and waits until it listens on `addr`.
+    pub fn start(program: &Path, args: &[&str], envs: &[(&str, &str)], addr: SocketAddr, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        wait_for_port(addr, Duration::from_secs(20), &mut child);
+        Proc { child, addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process at once (SIGKILL), as a power loss would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Our registry (`connected-registry serve`) on a fresh loopback port with its data in `data`.
+pub fn start_registry(data: &Path, extra_args: &[&str]) -> Proc {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data_s = data.to_str().expect("utf-8 temp path");
+    let mut args = vec!["serve", "--listen", &listen, "--data", data_s];
+    args.extend_from_slice(extra_args);
+    Proc::start(&bin(), &args, &[], listen.parse().unwrap(), data.with_extension("log"))
+}
+
+/// Runs a command to completion and returns stdout; panics with stderr if it fails.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e} (is it installed? ./test.sh installs it)"));
+    if !out.status.success() {
+        panic!(
+            "{program} {} failed: {}\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
