@@ -99,6 +99,7 @@ pub fn server_config(
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let certs = load_certs(chain)?;
+    reject_ca_leaf(chain, &certs[0])?;
     let private_key = load_key(key)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -115,6 +116,27 @@ pub fn server_config(
         })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// A CA certificate presented as a server's own certificate is refused by every client
+/// (webpki: CaUsedAsEndEntity); say so at startup, naming the file, instead of at each handshake.
+fn reject_ca_leaf(chain: &Path, leaf: &CertificateDer<'_>) -> Result<(), TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Invalid {
+        path: chain.to_owned(),
+        message: format!("the first certificate is not valid X.509: {e}"),
+    })?;
+    if cert.is_ca() {
+        return Err(TlsError::Invalid {
+            path: chain.to_owned(),
+            message: format!(
+                "the first certificate '{}' is a CA certificate, not a server certificate: clients \
+                 refuse it. Serve a server certificate issued by this CA \
+                 (connected-registry certs issue server --ca ... --hostname ...), leaf first",
+                cert.subject()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A client config that trusts exactly the certificates in `trust` (a PEM bundle).
