@@ -54,8 +54,12 @@ pub struct Problem {
 /// The outcome of a verification.
 #[derive(Clone, Debug)]
 pub struct Verdict {
-    /// The authoritative answer: rustls-webpki accepted the chain (and the hostname, if given).
+    /// The answer: rustls-webpki accepted the chain (and the hostname, if given) and no
+    /// RFC 5280 violation that other clients enforce (e.g. a CA without keyCertSign, which
+    /// OpenSSL refuses) was found. Order problems that clients tolerate are warnings only.
     pub accepted: bool,
+    /// What rustls-webpki alone said (the authoritative yes/no for rustls clients).
+    pub rustls_accepts: bool,
     /// rustls-webpki's own error when it refused.
     pub verifier_error: Option<String>,
     /// The explained causes. When `accepted` is true these are warnings (e.g. order that
@@ -102,6 +106,12 @@ impl Verdict {
                 "REJECTED: a client that trusts {} refuses this chain{for_host}.",
                 self.trust_label
             );
+            if self.rustls_accepts {
+                let _ = writeln!(
+                    out,
+                    "(rustls alone would accept it; OpenSSL-based clients and RFC 5280 do not.)"
+                );
+            }
             if !self.problems.is_empty() {
                 let _ = writeln!(out, "Why:");
             }
@@ -182,7 +192,7 @@ pub fn verify_chain(
     let c = parse_all(chain, chain_label)?;
     let t = parse_all(trust, trust_label)?;
 
-    let (accepted, verifier_error) = webpki_verdict(chain, trust, trust_label, server_name.as_ref(), now)?;
+    let (rustls_accepts, verifier_error) = webpki_verdict(chain, trust, trust_label, server_name.as_ref(), now)?;
     let mut problems = Vec::new();
     let mut path = Vec::new();
 
@@ -339,6 +349,7 @@ pub fn verify_chain(
 
     check_leaf(&c[leaf], hostname, &mut problems);
 
+    let accepted = rustls_accepts && problems.iter().all(|p| p.kind == ProblemKind::WrongOrder);
     if !accepted && problems.is_empty() {
         problems.push(Problem {
             kind: ProblemKind::Other,
@@ -350,6 +361,7 @@ pub fn verify_chain(
     }
     Ok(Verdict {
         accepted,
+        rustls_accepts,
         verifier_error,
         problems,
         path,
