@@ -28,7 +28,10 @@ fn cr(args: &[&str]) -> (i32, String, String) {
 
 fn cr_ok(args: &[&str]) -> String {
     let (code, out, err) = cr(args);
-    assert_eq!(code, 0, "connected-registry {args:?} failed\nstdout: {out}\nstderr: {err}");
+    assert_eq!(
+        code, 0,
+        "connected-registry {args:?} failed\nstdout: {out}\nstderr: {err}"
+    );
     out
 }
 
@@ -43,7 +46,10 @@ fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, 
         args.extend(["-untrusted", s(u)]);
     }
     args.push(s(leaf));
-    let out = Command::new("openssl").args(&args).output().expect("run openssl");
+    let out = Command::new("openssl")
+        .args(&args)
+        .output()
+        .expect("run openssl");
     (
         out.status.success(),
         format!(
@@ -56,7 +62,16 @@ fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, 
 
 fn new_chain(dir: &Path, name: &str, key_type: &str) -> PathBuf {
     let out = dir.join(name.replace(' ', "-"));
-    cr_ok(&["certs", "new-chain", "--out", s(&out), "--name", name, "--key-type", key_type]);
+    cr_ok(&[
+        "certs",
+        "new-chain",
+        "--out",
+        s(&out),
+        "--name",
+        name,
+        "--key-type",
+        key_type,
+    ]);
     out
 }
 
@@ -67,13 +82,28 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
         let ca = new_chain(tmp.path(), &format!("KT {key_type}"), key_type);
         let srv = tmp.path().join(format!("srv-{key_type}"));
         cr_ok(&[
-            "certs", "issue", "server", "--ca", s(&ca), "--hostname", "Edge-Gw.Local", "--san",
-            "127.0.0.1", "--out", s(&srv), "--key-type", key_type,
+            "certs",
+            "issue",
+            "server",
+            "--ca",
+            s(&ca),
+            "--hostname",
+            "Edge-Gw.Local",
+            "--san",
+            "127.0.0.1",
+            "--out",
+            s(&srv),
+            "--key-type",
+            key_type,
         ]);
         let root = ca.join("root-ca.cert.pem");
         let untrusted = ca.join("edge-ca-chain.cert.pem");
-        let (ok, text) = openssl_verify(&root, Some(&untrusted), &srv.join("edge-gw.local.cert.pem"));
-        assert!(ok, "{key_type}: openssl verify refused the server certificate: {text}");
+        let (ok, text) =
+            openssl_verify(&root, Some(&untrusted), &srv.join("edge-gw.local.cert.pem"));
+        assert!(
+            ok,
+            "{key_type}: openssl verify refused the server certificate: {text}"
+        );
         let (ok, text) = openssl_verify(&root, Some(&untrusted), &ca.join("edge-ca.cert.pem"));
         assert!(ok, "{key_type}: openssl verify refused the edge CA: {text}");
         // Keys are private to the owner.
@@ -86,13 +116,25 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
         }
-        let text = run_ok("openssl", &["x509", "-noout", "-text", "-in", s(&srv.join("edge-gw.local.cert.pem"))]);
+        let text = run_ok(
+            "openssl",
+            &[
+                "x509",
+                "-noout",
+                "-text",
+                "-in",
+                s(&srv.join("edge-gw.local.cert.pem")),
+            ],
+        );
         let expected_alg = match key_type {
             "ecdsa-p256" => "id-ecPublicKey",
             "ed25519" => "ED25519",
             _ => "rsaEncryption",
         };
-        assert!(text.contains(expected_alg), "{key_type}: key algorithm missing in\n{text}");
+        assert!(
+            text.contains(expected_alg),
+            "{key_type}: key algorithm missing in\n{text}"
+        );
     }
 }
 
@@ -102,11 +144,32 @@ fn openssl_shows_expected_names_usages_and_constraints() {
     let ca = new_chain(tmp.path(), "Layer One", "ecdsa-p256");
     let srv = tmp.path().join("srv");
     cr_ok(&[
-        "certs", "issue", "server", "--ca", &format!("{}/edge-ca", s(&ca)), "--hostname", "GW.Example.Org",
-        "--san", "gw-alt.example.org,10.1.2.3", "--out", s(&srv),
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        &format!("{}/edge-ca", s(&ca)),
+        "--hostname",
+        "GW.Example.Org",
+        "--san",
+        "gw-alt.example.org,10.1.2.3",
+        "--out",
+        s(&srv),
     ]);
-    let leaf = run_ok("openssl", &["x509", "-noout", "-text", "-in", s(&srv.join("gw.example.org.cert.pem"))]);
-    assert!(leaf.contains("Subject: CN = gw.example.org"), "CN must be the hostname in lower case:\n{leaf}");
+    let leaf = run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-text",
+            "-in",
+            s(&srv.join("gw.example.org.cert.pem")),
+        ],
+    );
+    assert!(
+        leaf.contains("Subject: CN = gw.example.org"),
+        "CN must be the hostname in lower case:\n{leaf}"
+    );
     assert!(leaf.contains("Issuer: CN = Layer One Edge CA"), "{leaf}");
     assert!(leaf.contains("DNS:gw.example.org"), "{leaf}");
     assert!(leaf.contains("DNS:gw-alt.example.org"), "{leaf}");
@@ -117,13 +180,26 @@ fn openssl_shows_expected_names_usages_and_constraints() {
 
     for (file, cn, pathlen) in [
         ("root-ca.cert.pem", "Layer One Root CA", None),
-        ("intermediate-ca.cert.pem", "Layer One Intermediate CA", Some("pathlen:1")),
+        (
+            "intermediate-ca.cert.pem",
+            "Layer One Intermediate CA",
+            Some("pathlen:1"),
+        ),
         ("edge-ca.cert.pem", "Layer One Edge CA", Some("pathlen:0")),
     ] {
-        let text = run_ok("openssl", &["x509", "-noout", "-text", "-in", s(&ca.join(file))]);
-        assert!(text.contains(&format!("Subject: CN = {cn}")), "{file}:\n{text}");
+        let text = run_ok(
+            "openssl",
+            &["x509", "-noout", "-text", "-in", s(&ca.join(file))],
+        );
+        assert!(
+            text.contains(&format!("Subject: CN = {cn}")),
+            "{file}:\n{text}"
+        );
         assert!(text.contains("CA:TRUE"), "{file} must be a CA:\n{text}");
-        assert!(text.contains("Certificate Sign"), "{file} must have keyCertSign:\n{text}");
+        assert!(
+            text.contains("Certificate Sign"),
+            "{file} must have keyCertSign:\n{text}"
+        );
         if let Some(p) = pathlen {
             assert!(text.contains(p), "{file} must have {p}:\n{text}");
         }
@@ -135,8 +211,27 @@ fn openssl_shows_expected_names_usages_and_constraints() {
     assert!(ok, "{text}");
 
     let client = tmp.path().join("client");
-    cr_ok(&["certs", "issue", "client", "--ca", s(&ca), "--name", "child-device-1", "--out", s(&client)]);
-    let text = run_ok("openssl", &["x509", "-noout", "-text", "-in", s(&client.join("child-device-1.cert.pem"))]);
+    cr_ok(&[
+        "certs",
+        "issue",
+        "client",
+        "--ca",
+        s(&ca),
+        "--name",
+        "child-device-1",
+        "--out",
+        s(&client),
+    ]);
+    let text = run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-text",
+            "-in",
+            s(&client.join("child-device-1.cert.pem")),
+        ],
+    );
     assert!(text.contains("Subject: CN = child-device-1"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(!text.contains("TLS Web Server Authentication"), "{text}");
@@ -153,12 +248,30 @@ fn inspect_describes_each_certificate_and_the_order() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = new_chain(tmp.path(), "Insp", "ecdsa-p256");
     let srv = tmp.path().join("srv");
-    cr_ok(&["certs", "issue", "server", "--ca", s(&ca), "--hostname", "insp.local", "--san", "127.0.0.1", "--out", s(&srv)]);
+    cr_ok(&[
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&ca),
+        "--hostname",
+        "insp.local",
+        "--san",
+        "127.0.0.1",
+        "--out",
+        s(&srv),
+    ]);
     let full = srv.join("insp.local-full-chain.cert.pem");
     let out = cr_ok(&["certs", "inspect", s(&full)]);
-    let fp = run_ok("openssl", &["x509", "-noout", "-fingerprint", "-sha256", "-in", s(&full)]);
+    let fp = run_ok(
+        "openssl",
+        &["x509", "-noout", "-fingerprint", "-sha256", "-in", s(&full)],
+    );
     let fp = fp.trim().rsplit('=').next().unwrap().to_string();
-    assert!(out.contains(&fp), "inspect must show the SHA-256 fingerprint {fp}:\n{out}");
+    assert!(
+        out.contains(&fp),
+        "inspect must show the SHA-256 fingerprint {fp}:\n{out}"
+    );
     for needle in [
         "Certificate 1 of 3: server certificate",
         "subject:      CN=insp.local",
@@ -198,28 +311,57 @@ impl Lab {
     fn new(dir: &Path, name: &str) -> Lab {
         let (nb, na) = gen::validity(365).unwrap();
         let key = || gen::generate_key(KeyType::EcdsaP256).unwrap();
-        let root = Ca::new_root(gen::ca_params(&format!("{name} Root CA"), None, nb, na, None), key()).unwrap();
+        let root = Ca::new_root(
+            gen::ca_params(&format!("{name} Root CA"), None, nb, na, None),
+            key(),
+        )
+        .unwrap();
         let intermediate = root
-            .new_sub_ca(gen::ca_params(&format!("{name} Intermediate CA"), None, nb, na, Some(1)), key())
+            .new_sub_ca(
+                gen::ca_params(&format!("{name} Intermediate CA"), None, nb, na, Some(1)),
+                key(),
+            )
             .unwrap();
         let edge = intermediate
-            .new_sub_ca(gen::ca_params(&format!("{name} Edge CA"), None, nb, na, Some(0)), key())
+            .new_sub_ca(
+                gen::ca_params(&format!("{name} Edge CA"), None, nb, na, Some(0)),
+                key(),
+            )
             .unwrap();
         let root_pem = write(dir, &format!("{name}-root.pem"), &root.cert_pem);
-        Lab { dir: dir.to_owned(), intermediate, edge, root_pem }
+        Lab {
+            dir: dir.to_owned(),
+            intermediate,
+            edge,
+            root_pem,
+        }
     }
 
     /// A server certificate for `host` from `ca`, valid from `nb` to `na`: (leaf, full chain, key) files.
-    fn server(&self, ca: &Ca, file: &str, host: &str, nb: OffsetDateTime, na: OffsetDateTime) -> (PathBuf, PathBuf, PathBuf) {
+    fn server(
+        &self,
+        ca: &Ca,
+        file: &str,
+        host: &str,
+        nb: OffsetDateTime,
+        na: OffsetDateTime,
+    ) -> (PathBuf, PathBuf, PathBuf) {
         let params = gen::server_params(host, &["127.0.0.1".into()], nb, na).unwrap();
-        let issued = gen::issue_with(ca, &params, gen::generate_key(KeyType::EcdsaP256).unwrap()).unwrap();
+        let issued =
+            gen::issue_with(ca, &params, gen::generate_key(KeyType::EcdsaP256).unwrap()).unwrap();
         let f = issued.write(&self.dir, file).unwrap();
         (f.cert, f.full_chain, f.key)
     }
 
     fn good_server(&self, file: &str) -> (PathBuf, PathBuf, PathBuf) {
         let now = OffsetDateTime::now_utc();
-        self.server(&self.edge, file, "edge.test", now - Duration::hours(1), now + Duration::days(30))
+        self.server(
+            &self.edge,
+            file,
+            "edge.test",
+            now - Duration::hours(1),
+            now + Duration::days(30),
+        )
     }
 }
 
@@ -235,8 +377,14 @@ fn verify(chain: &Path, trust: &Path, host: Option<&str>) -> (i32, String) {
 
 fn assert_rejected(case: &str, (code, out): (i32, String), needle: &str) {
     assert_eq!(code, 1, "{case}: expected exit status 1 (refused):\n{out}");
-    assert!(out.contains("REJECTED"), "{case}: expected REJECTED:\n{out}");
-    assert!(out.contains(needle), "{case}: expected the diagnosis {needle:?}:\n{out}");
+    assert!(
+        out.contains("REJECTED"),
+        "{case}: expected REJECTED:\n{out}"
+    );
+    assert!(
+        out.contains(needle),
+        "{case}: expected the diagnosis {needle:?}:\n{out}"
+    );
 }
 
 #[test]
@@ -254,52 +402,111 @@ fn verify_explains_each_broken_chain() {
     assert!(openssl_verify(root, Some(&full), &full).0);
 
     // Missing intermediate: only the leaf is served.
-    assert_rejected("missing intermediate", verify(&leaf, root, Some("edge.test")), "missing intermediate");
-    assert!(!openssl_verify(root, None, &leaf).0, "openssl must refuse it too");
+    assert_rejected(
+        "missing intermediate",
+        verify(&leaf, root, Some("edge.test")),
+        "missing intermediate",
+    );
+    assert!(
+        !openssl_verify(root, None, &leaf).0,
+        "openssl must refuse it too"
+    );
 
     // Wrong order: leaf last.
     let chain_pem = lab.edge.chain_pem.clone();
     let leaf_pem = std::fs::read_to_string(&leaf).unwrap();
-    let wrong = write(tmp.path(), "wrong-order.pem", &format!("{chain_pem}{leaf_pem}"));
-    assert_rejected("leaf last", verify(&wrong, root, Some("edge.test")), "wrong order");
+    let wrong = write(
+        tmp.path(),
+        "wrong-order.pem",
+        &format!("{chain_pem}{leaf_pem}"),
+    );
+    assert_rejected(
+        "leaf last",
+        verify(&wrong, root, Some("edge.test")),
+        "wrong order",
+    );
 
     // Intermediates swapped: rustls accepts, but it is reported.
     let swapped = write(
         tmp.path(),
         "swapped.pem",
-        &format!("{leaf_pem}{}{}", lab.intermediate.cert_pem, lab.edge.cert_pem),
+        &format!(
+            "{leaf_pem}{}{}",
+            lab.intermediate.cert_pem, lab.edge.cert_pem
+        ),
     );
     let (code, out) = verify(&swapped, root, Some("edge.test"));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Warnings") && out.contains("wrong order"), "{out}");
+    assert!(
+        out.contains("Warnings") && out.contains("wrong order"),
+        "{out}"
+    );
 
     // Expired.
-    let (_, expired, _) = lab.server(&lab.edge, "expired", "edge.test", now - Duration::days(10), now - Duration::days(1));
-    assert_rejected("expired", verify(&expired, root, Some("edge.test")), "expired: 'CN=edge.test'");
+    let (_, expired, _) = lab.server(
+        &lab.edge,
+        "expired",
+        "edge.test",
+        now - Duration::days(10),
+        now - Duration::days(1),
+    );
+    assert_rejected(
+        "expired",
+        verify(&expired, root, Some("edge.test")),
+        "expired: 'CN=edge.test'",
+    );
     assert!(!openssl_verify(root, Some(&expired), &expired).0);
 
     // Not yet valid.
-    let (_, future, _) = lab.server(&lab.edge, "future", "edge.test", now + Duration::days(1), now + Duration::days(10));
-    assert_rejected("not yet valid", verify(&future, root, Some("edge.test")), "not yet valid: 'CN=edge.test'");
+    let (_, future, _) = lab.server(
+        &lab.edge,
+        "future",
+        "edge.test",
+        now + Duration::days(1),
+        now + Duration::days(10),
+    );
+    assert_rejected(
+        "not yet valid",
+        verify(&future, root, Some("edge.test")),
+        "not yet valid: 'CN=edge.test'",
+    );
     assert!(!openssl_verify(root, Some(&future), &future).0);
 
     // Hostname not in SAN.
-    assert_rejected("hostname", verify(&full, root, Some("other.test")), "hostname not in SAN: other.test");
-    assert_rejected("ip", verify(&full, root, Some("10.9.9.9")), "hostname not in SAN: 10.9.9.9");
+    assert_rejected(
+        "hostname",
+        verify(&full, root, Some("other.test")),
+        "hostname not in SAN: other.test",
+    );
+    assert_rejected(
+        "ip",
+        verify(&full, root, Some("10.9.9.9")),
+        "hostname not in SAN: 10.9.9.9",
+    );
 
     // CA flag missing: the "edge CA" that signed the leaf is not a CA.
     let (nb, na) = gen::validity(30).unwrap();
     let mut not_ca = gen::ca_params("Lab Not-A-CA", None, nb, na, None);
     not_ca.is_ca = IsCa::ExplicitNoCa;
-    let not_ca = lab.intermediate.new_sub_ca(not_ca, gen::generate_key(KeyType::EcdsaP256).unwrap()).unwrap();
+    let not_ca = lab
+        .intermediate
+        .new_sub_ca(not_ca, gen::generate_key(KeyType::EcdsaP256).unwrap())
+        .unwrap();
     let (_, no_ca_flag, _) = lab.server(&not_ca, "no-ca-flag", "edge.test", nb, na);
-    assert_rejected("CA flag", verify(&no_ca_flag, root, Some("edge.test")), "is not a CA (basicConstraints CA:TRUE is missing)");
+    assert_rejected(
+        "CA flag",
+        verify(&no_ca_flag, root, Some("edge.test")),
+        "is not a CA (basicConstraints CA:TRUE is missing)",
+    );
     assert!(!openssl_verify(root, Some(&no_ca_flag), &no_ca_flag).0);
 
     // Key usage wrong on a CA: no keyCertSign.
     let mut no_sign = gen::ca_params("Lab No-Sign CA", None, nb, na, Some(0));
     no_sign.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let no_sign = lab.intermediate.new_sub_ca(no_sign, gen::generate_key(KeyType::EcdsaP256).unwrap()).unwrap();
+    let no_sign = lab
+        .intermediate
+        .new_sub_ca(no_sign, gen::generate_key(KeyType::EcdsaP256).unwrap())
+        .unwrap();
     let (_, bad_ku, _) = lab.server(&no_sign, "bad-ku", "edge.test", nb, na);
     let (code, out) = verify(&bad_ku, root, Some("edge.test"));
     assert!(out.contains("rustls alone would accept it"), "{out}");
@@ -309,23 +516,42 @@ fn verify_explains_each_broken_chain() {
     // Key usage wrong on the leaf: a client certificate served as a server certificate.
     let client = gen::issue_client(
         &lab.edge,
-        &gen::ClientOptions { name: "edge.test".into(), days: 30, key_type: KeyType::EcdsaP256 },
+        &gen::ClientOptions {
+            name: "edge.test".into(),
+            days: 30,
+            key_type: KeyType::EcdsaP256,
+        },
     )
     .unwrap();
     let client = write(tmp.path(), "client-chain.pem", &client.full_chain_pem);
     let (code, out) = verify(&client, root, None);
-    assert_rejected("client as server", (code, out.clone()), "but not serverAuth");
+    assert_rejected(
+        "client as server",
+        (code, out.clone()),
+        "but not serverAuth",
+    );
     assert!(out.contains("it is a client certificate"), "{out}");
 
     // A CA certificate served as the leaf.
     let ca_leaf = write(tmp.path(), "ca-leaf.pem", &lab.edge.chain_pem);
-    assert_rejected("CA as leaf", verify(&ca_leaf, root, None), "is a CA certificate (CA:TRUE), not a server certificate");
+    assert_rejected(
+        "CA as leaf",
+        verify(&ca_leaf, root, None),
+        "is a CA certificate (CA:TRUE), not a server certificate",
+    );
 
     // Another layer's root: the chain is fine, the trust bundle lacks its root.
     let other = Lab::new(tmp.path(), "Other");
     let (code, out) = verify(&full, &other.root_pem, Some("edge.test"));
-    assert_rejected("untrusted root", (code, out.clone()), "does not contain 'CN=Lab Root CA'");
-    assert!(out.contains("CN=Other Root CA"), "must list what the bundle holds:\n{out}");
+    assert_rejected(
+        "untrusted root",
+        (code, out.clone()),
+        "does not contain 'CN=Lab Root CA'",
+    );
+    assert!(
+        out.contains("CN=Other Root CA"),
+        "must list what the bundle holds:\n{out}"
+    );
     assert!(!openssl_verify(&other.root_pem, Some(&full), &full).0);
 
     // Same names, different keys (a regenerated chain): signature does not verify.
@@ -334,19 +560,37 @@ fn verify_explains_each_broken_chain() {
     let regenerated = Lab::new(&again, "Lab");
     let (code, out) = verify(&full, &regenerated.root_pem, Some("edge.test"));
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("no certificate of that name") && out.contains("signed it"), "{out}");
+    assert!(
+        out.contains("no certificate of that name") && out.contains("signed it"),
+        "{out}"
+    );
 }
 
 /// `openssl s_server` presenting `cert` (leaf) + `chain` (the rest, as given) with `key`.
 fn s_server(dir: &Path, cert: &Path, key: &Path, chain: Option<&Path>) -> Proc {
     let port = free_port();
     let accept = format!("127.0.0.1:{port}");
-    let mut args = vec!["s_server", "-quiet", "-accept", accept.as_str(), "-cert", s(cert), "-key", s(key)];
+    let mut args = vec![
+        "s_server",
+        "-quiet",
+        "-accept",
+        accept.as_str(),
+        "-cert",
+        s(cert),
+        "-key",
+        s(key),
+    ];
     if let Some(c) = chain {
         args.extend(["-cert_chain", s(c)]);
     }
     let log = dir.join(format!("s_server-{port}.log"));
-    Proc::start(Path::new("openssl"), &args, &[], accept.parse().unwrap(), log)
+    Proc::start(
+        Path::new("openssl"),
+        &args,
+        &[],
+        accept.parse().unwrap(),
+        log,
+    )
 }
 
 fn doctor(proc: &Proc, trust: &Path, host: Option<&str>) -> (i32, String) {
@@ -371,16 +615,33 @@ fn doctor_diagnoses_live_servers() {
     let good = s_server(tmp.path(), &leaf, &key, Some(&rest));
     let (code, out) = doctor(&good, &lab.root_pem, None);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("presented 3 certificate(s)") && out.contains("ACCEPTED"), "{out}");
+    assert!(
+        out.contains("presented 3 certificate(s)") && out.contains("ACCEPTED"),
+        "{out}"
+    );
     let (code, out) = doctor(&good, &lab.root_pem, Some("edge.test"));
     assert_eq!(code, 0, "{out}");
     // ... and openssl s_client agrees, trusting only the root.
     let sc = Command::new("openssl")
-        .args(["s_client", "-connect", &good.addr.to_string(), "-CAfile", s(&lab.root_pem), "-verify_return_error", "-verify_hostname", "edge.test", "-brief"])
+        .args([
+            "s_client",
+            "-connect",
+            &good.addr.to_string(),
+            "-CAfile",
+            s(&lab.root_pem),
+            "-verify_return_error",
+            "-verify_hostname",
+            "edge.test",
+            "-brief",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    assert!(sc.status.success(), "s_client: {}", String::from_utf8_lossy(&sc.stderr));
+    assert!(
+        sc.status.success(),
+        "s_client: {}",
+        String::from_utf8_lossy(&sc.stderr)
+    );
 
     // Wrong name.
     let (code, out) = doctor(&good, &lab.root_pem, Some("wrong.test"));
@@ -391,8 +652,14 @@ fn doctor_diagnoses_live_servers() {
     let child = Lab::new(tmp.path(), "Child");
     let (code, out) = doctor(&good, &child.root_pem, None);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("does not contain 'CN=Parent Root CA'"), "{out}");
-    assert!(out.contains("Nested edge") && out.contains(s(&child.root_pem)), "{out}");
+    assert!(
+        out.contains("does not contain 'CN=Parent Root CA'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Nested edge") && out.contains(s(&child.root_pem)),
+        "{out}"
+    );
     drop(good);
 
     // Missing intermediate: the server sends only its own certificate.
@@ -403,8 +670,13 @@ fn doctor_diagnoses_live_servers() {
     drop(bare);
 
     // Expired.
-    let (exp_leaf, _, exp_key) =
-        lab.server(&lab.edge, "exp", "edge.test", now - Duration::days(10), now - Duration::days(1));
+    let (exp_leaf, _, exp_key) = lab.server(
+        &lab.edge,
+        "exp",
+        "edge.test",
+        now - Duration::days(10),
+        now - Duration::days(1),
+    );
     let expired = s_server(tmp.path(), &exp_leaf, &exp_key, Some(&rest));
     let (code, out) = doctor(&expired, &lab.root_pem, None);
     assert_eq!(code, 1, "{out}");
@@ -414,7 +686,11 @@ fn doctor_diagnoses_live_servers() {
     // A client certificate served as the server's.
     let client = gen::issue_client(
         &lab.edge,
-        &gen::ClientOptions { name: "edge.test".into(), days: 30, key_type: KeyType::EcdsaP256 },
+        &gen::ClientOptions {
+            name: "edge.test".into(),
+            days: 30,
+            key_type: KeyType::EcdsaP256,
+        },
     )
     .unwrap();
     let cf = client.write(tmp.path(), "cl").unwrap();
@@ -426,9 +702,18 @@ fn doctor_diagnoses_live_servers() {
 
     // Nothing listening: a clear error naming the target, exit 2.
     let port = free_port();
-    let (code, out, err) = cr(&["certs", "doctor", &format!("https://127.0.0.1:{port}"), "--trust", s(&lab.root_pem)]);
+    let (code, out, err) = cr(&[
+        "certs",
+        "doctor",
+        &format!("https://127.0.0.1:{port}"),
+        "--trust",
+        s(&lab.root_pem),
+    ]);
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("cannot connect"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("cannot connect"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -440,49 +725,137 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
     let (code, _, err) = cr(&["certs", "inspect", s(&junk)]);
     assert_eq!(code, 2);
     assert!(err.contains(s(&junk)) && err.contains("not PEM"), "{err}");
-    let (code, _, err) = cr(&["certs", "verify", "--chain", s(&junk), "--trust", s(&ca.join("root-ca.cert.pem"))]);
+    let (code, _, err) = cr(&[
+        "certs",
+        "verify",
+        "--chain",
+        s(&junk),
+        "--trust",
+        s(&ca.join("root-ca.cert.pem")),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains(s(&junk)), "{err}");
 
     // A key that does not belong to the CA certificate.
     let other = new_chain(tmp.path(), "Other", "ecdsa-p256");
     let (code, _, err) = cr(&[
-        "certs", "issue", "server", "--ca", s(&ca.join("edge-ca.cert.pem")), "--ca-key",
-        s(&other.join("edge-ca.key.pem")), "--hostname", "h.test", "--out", s(tmp.path()),
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&ca.join("edge-ca.cert.pem")),
+        "--ca-key",
+        s(&other.join("edge-ca.key.pem")),
+        "--hostname",
+        "h.test",
+        "--out",
+        s(tmp.path()),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains(s(&other.join("edge-ca.key.pem"))) && err.contains("does not belong"), "{err}");
+    assert!(
+        err.contains(s(&other.join("edge-ca.key.pem"))) && err.contains("does not belong"),
+        "{err}"
+    );
 
     // An encrypted key without a passphrase.
     let enc = tmp.path().join("enc.key.pem");
-    run_ok("openssl", &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-aes256", "-pass", "pass:secret", "-out", s(&enc)]);
+    run_ok(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-aes256",
+            "-pass",
+            "pass:secret",
+            "-out",
+            s(&enc),
+        ],
+    );
     let (code, _, err) = cr(&[
-        "certs", "issue", "server", "--ca", s(&ca.join("edge-ca.cert.pem")), "--ca-key", s(&enc),
-        "--hostname", "h.test", "--out", s(tmp.path()),
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&ca.join("edge-ca.cert.pem")),
+        "--ca-key",
+        s(&enc),
+        "--hostname",
+        "h.test",
+        "--out",
+        s(tmp.path()),
     ]);
     assert_eq!(code, 2);
     assert!(err.contains(s(&enc)) && err.contains("encrypted"), "{err}");
     assert!(!err.contains("secret"));
 
     // A server certificate used as the issuing CA.
-    cr_ok(&["certs", "issue", "server", "--ca", s(&ca), "--hostname", "leaf.test", "--out", s(tmp.path())]);
+    cr_ok(&[
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&ca),
+        "--hostname",
+        "leaf.test",
+        "--out",
+        s(tmp.path()),
+    ]);
     let (code, _, err) = cr(&[
-        "certs", "issue", "server", "--ca", s(&tmp.path().join("leaf.test.cert.pem")), "--hostname", "h.test",
-        "--out", s(tmp.path()),
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&tmp.path().join("leaf.test.cert.pem")),
+        "--hostname",
+        "h.test",
+        "--out",
+        s(tmp.path()),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("leaf.test.cert.pem") && err.contains("is not a CA certificate"), "{err}");
+    assert!(
+        err.contains("leaf.test.cert.pem") && err.contains("is not a CA certificate"),
+        "{err}"
+    );
 
     // Bad hostname, bad key type: name the flag.
-    let (code, _, err) = cr(&["certs", "issue", "server", "--ca", s(&ca), "--hostname", "bad host", "--out", s(tmp.path())]);
+    let (code, _, err) = cr(&[
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&ca),
+        "--hostname",
+        "bad host",
+        "--out",
+        s(tmp.path()),
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("bad host") && err.contains("DNS name"), "{err}");
-    let (code, _, err) = cr(&["certs", "new-chain", "--out", s(&tmp.path().join("x")), "--key-type", "dsa"]);
+    assert!(
+        err.contains("bad host") && err.contains("DNS name"),
+        "{err}"
+    );
+    let (code, _, err) = cr(&[
+        "certs",
+        "new-chain",
+        "--out",
+        s(&tmp.path().join("x")),
+        "--key-type",
+        "dsa",
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("ecdsa-p256, rsa2048, rsa4096, ed25519"), "{err}");
+    assert!(
+        err.contains("ecdsa-p256, rsa2048, rsa4096, ed25519"),
+        "{err}"
+    );
 
     // new-chain refuses to overwrite a root.
     let (code, _, err) = cr(&["certs", "new-chain", "--out", s(&ca)]);
     assert_eq!(code, 2);
-    assert!(err.contains("root-ca.cert.pem") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("root-ca.cert.pem") && err.contains("--force"),
+        "{err}"
+    );
 }

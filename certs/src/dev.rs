@@ -112,7 +112,10 @@ fn usable_ca(chain: &ChainFiles) -> Result<gen::Ca, CertError> {
     for path in [&chain.root_ca_cert, &chain.edge_ca_chain] {
         for info in crate::inspect::inspect_file(path)? {
             if now > info.not_after {
-                return Err(CertError::file(path, format!("'{}' has expired", info.subject)));
+                return Err(CertError::file(
+                    path,
+                    format!("'{}' has expired", info.subject),
+                ));
             }
         }
     }

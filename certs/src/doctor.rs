@@ -105,9 +105,7 @@ impl Diagnosis {
             }
         }
         out.push_str(&self.verdict.report());
-        if self
-            .verdict
-            .has(verify::ProblemKind::UntrustedRoot)
+        if self.verdict.has(verify::ProblemKind::UntrustedRoot)
             || self.verdict.has(verify::ProblemKind::BadSignature)
         {
             let top = self.verdict.path.last().cloned().unwrap_or_default();

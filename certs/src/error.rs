@@ -32,7 +32,11 @@ pub enum CertError {
 }
 
 impl CertError {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         CertError::Io {
             path: path.into(),
             action,

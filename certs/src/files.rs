@@ -16,7 +16,10 @@ pub const CERT_MODE: u32 = 0o644;
 
 /// Writes `bytes` to `path` through a temp file in the same directory, then renames it.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| CertError::Input(format!("{}: not a file path", path.display())))?;

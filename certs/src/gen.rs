@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -251,12 +251,17 @@ impl Ca {
             if !ku.value.key_cert_sign() {
                 return Err(CertError::file(
                     cert,
-                    format!("'{}' has no keyCertSign key usage: it may not sign certificates", parsed.subject()),
+                    format!(
+                        "'{}' has no keyCertSign key usage: it may not sign certificates",
+                        parsed.subject()
+                    ),
                 ));
             }
         }
         let signing_key = load_signing_key(key)?;
-        if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&signing_key).as_slice() {
+        if parsed.public_key().raw
+            != rcgen::PublicKeyData::subject_public_key_info(&signing_key).as_slice()
+        {
             return Err(CertError::File {
                 path: key.to_owned(),
                 message: format!(
@@ -352,7 +357,11 @@ mod base64_lite {
     pub fn encode(data: &[u8]) -> String {
         let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
         for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -429,13 +438,21 @@ impl ChainFiles {
 
     /// Loads the edge CA for issuing.
     pub fn edge_ca(&self) -> Result<Ca, CertError> {
-        Ca::load(&self.edge_ca_cert, &self.edge_ca_key, Some(&self.edge_ca_chain))
+        Ca::load(
+            &self.edge_ca_cert,
+            &self.edge_ca_key,
+            Some(&self.edge_ca_chain),
+        )
     }
 }
 
 /// Creates root, intermediate and edge CA in `dir`. Refuses to overwrite an existing chain
 /// unless `overwrite`, because replacing a root breaks every device that trusts the old one.
-pub fn new_chain(dir: &Path, opts: &ChainOptions, overwrite: bool) -> Result<ChainFiles, CertError> {
+pub fn new_chain(
+    dir: &Path,
+    opts: &ChainOptions,
+    overwrite: bool,
+) -> Result<ChainFiles, CertError> {
     let files = ChainFiles::in_dir(dir);
     if !overwrite {
         for path in [&files.root_ca_cert, &files.root_ca_key, &files.edge_ca_cert] {
@@ -456,7 +473,13 @@ pub fn new_chain(dir: &Path, opts: &ChainOptions, overwrite: bool) -> Result<Cha
     )?;
     let (nb, na) = validity(opts.intermediate_days)?;
     let intermediate = root.new_sub_ca(
-        ca_params(&format!("{} Intermediate CA", opts.name), o, nb, na, Some(1)),
+        ca_params(
+            &format!("{} Intermediate CA", opts.name),
+            o,
+            nb,
+            na,
+            Some(1),
+        ),
         generate_key(opts.key_type)?,
     )?;
     let (nb, na) = validity(opts.edge_ca_days)?;
@@ -467,8 +490,16 @@ pub fn new_chain(dir: &Path, opts: &ChainOptions, overwrite: bool) -> Result<Cha
     files::ensure_dir(dir)?;
     files::write_atomic(&files.root_ca_key, root.key_pem().as_bytes(), KEY_MODE)?;
     files::write_atomic(&files.root_ca_cert, root.cert_pem.as_bytes(), CERT_MODE)?;
-    files::write_atomic(&files.intermediate_ca_key, intermediate.key_pem().as_bytes(), KEY_MODE)?;
-    files::write_atomic(&files.intermediate_ca_cert, intermediate.cert_pem.as_bytes(), CERT_MODE)?;
+    files::write_atomic(
+        &files.intermediate_ca_key,
+        intermediate.key_pem().as_bytes(),
+        KEY_MODE,
+    )?;
+    files::write_atomic(
+        &files.intermediate_ca_cert,
+        intermediate.cert_pem.as_bytes(),
+        CERT_MODE,
+    )?;
     files::write_atomic(&files.edge_ca_key, edge.key_pem().as_bytes(), KEY_MODE)?;
     files::write_atomic(&files.edge_ca_cert, edge.cert_pem.as_bytes(), CERT_MODE)?;
     files::write_atomic(&files.edge_ca_chain, edge.chain_pem.as_bytes(), CERT_MODE)?;

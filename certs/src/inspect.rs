@@ -273,7 +273,9 @@ pub fn chain_order(infos: &[CertInfo]) -> Vec<String> {
     for (i, pair) in infos.windows(2).enumerate() {
         let (child, parent) = (&pair[0], &pair[1]);
         if child.issuer != parent.subject {
-            let found = infos.iter().position(|c| c.subject == child.issuer && c.subject != child.subject);
+            let found = infos
+                .iter()
+                .position(|c| c.subject == child.issuer && c.subject != child.subject);
             notes.push(match found {
                 Some(j) => format!(
                     "wrong order: certificate {} ('{}') is issued by certificate {} ('{}'), which should come right after it",
@@ -318,7 +320,11 @@ pub fn describe(infos: &[CertInfo], now: OffsetDateTime) -> String {
         let _ = writeln!(
             out,
             "  names (SAN):  {}",
-            if sans.is_empty() { "none".to_string() } else { sans.join(", ") }
+            if sans.is_empty() {
+                "none".to_string()
+            } else {
+                sans.join(", ")
+            }
         );
         let state = if now < c.not_before {
             "NOT YET VALID"
@@ -349,7 +355,11 @@ pub fn describe(infos: &[CertInfo], now: OffsetDateTime) -> String {
         let _ = writeln!(
             out,
             "  key usage:    {}",
-            if c.key_usage_present { c.key_usage.join(", ") } else { "any (no keyUsage)".into() }
+            if c.key_usage_present {
+                c.key_usage.join(", ")
+            } else {
+                "any (no keyUsage)".into()
+            }
         );
         let _ = writeln!(
             out,

@@ -112,7 +112,10 @@ pub fn next_check_in(status: &CertStatus, policy: &RenewPolicy) -> Duration {
     } else {
         Duration::ZERO
     };
-    wait.clamp(MIN_CHECK_INTERVAL, policy.max_check_interval.max(MIN_CHECK_INTERVAL))
+    wait.clamp(
+        MIN_CHECK_INTERVAL,
+        policy.max_check_interval.max(MIN_CHECK_INTERVAL),
+    )
 }
 
 /// What a renewal produced.
@@ -180,7 +183,10 @@ fn renew_now(
         .or_else(|| old.dns_names.first().cloned())
         .or_else(|| old.ip_addresses.first().cloned())
         .ok_or_else(|| {
-            CertError::file(server_chain, "the certificate has neither a CN nor a SAN to renew for")
+            CertError::file(
+                server_chain,
+                "the certificate has neither a CN nor a SAN to renew for",
+            )
         })?;
     let mut sans: Vec<String> = old.dns_names.clone();
     sans.extend(old.ip_addresses.iter().cloned());

@@ -179,7 +179,9 @@ pub fn verify_chain(
     now: OffsetDateTime,
 ) -> Result<Verdict, CertError> {
     if chain.is_empty() {
-        return Err(CertError::Input(format!("{chain_label}: holds no certificate")));
+        return Err(CertError::Input(format!(
+            "{chain_label}: holds no certificate"
+        )));
     }
     let server_name = match hostname {
         Some(h) => Some(ServerName::try_from(h.to_string()).map_err(|_| {
@@ -192,7 +194,8 @@ pub fn verify_chain(
     let c = parse_all(chain, chain_label)?;
     let t = parse_all(trust, trust_label)?;
 
-    let (rustls_accepts, verifier_error) = webpki_verdict(chain, trust, trust_label, server_name.as_ref(), now)?;
+    let (rustls_accepts, verifier_error) =
+        webpki_verdict(chain, trust, trust_label, server_name.as_ref(), now)?;
     let mut problems = Vec::new();
     let mut path = Vec::new();
 
@@ -332,12 +335,16 @@ pub fn verify_chain(
         }
         cur = issuer;
     }
-    if !trusted && !problems.iter().any(|p| {
-        matches!(
-            p.kind,
-            ProblemKind::UntrustedRoot | ProblemKind::MissingIntermediate | ProblemKind::BadSignature
-        )
-    }) {
+    if !trusted
+        && !problems.iter().any(|p| {
+            matches!(
+                p.kind,
+                ProblemKind::UntrustedRoot
+                    | ProblemKind::MissingIntermediate
+                    | ProblemKind::BadSignature
+            )
+        })
+    {
         problems.push(Problem {
             kind: ProblemKind::Other,
             message: format!(
@@ -456,7 +463,10 @@ fn check_leaf(leaf: &Parsed<'_>, hostname: Option<&str>, problems: &mut Vec<Prob
     if let Some(host) = hostname {
         let host_l = host.trim_end_matches('.').to_ascii_lowercase();
         let ok = match IpAddr::from_str(&host_l) {
-            Ok(ip) => i.ip_addresses.iter().any(|a| IpAddr::from_str(a).ok() == Some(ip)),
+            Ok(ip) => i
+                .ip_addresses
+                .iter()
+                .any(|a| IpAddr::from_str(a).ok() == Some(ip)),
             Err(_) => i.dns_names.iter().any(|d| dns_matches(d, &host_l)),
         };
         if !ok {
@@ -510,8 +520,9 @@ fn webpki_verdict(
     let anchors = trust
         .iter()
         .map(|der| {
-            webpki::anchor_from_trusted_cert(der)
-                .map_err(|e| CertError::Input(format!("{trust_label}: unusable trust anchor: {e:?}")))
+            webpki::anchor_from_trusted_cert(der).map_err(|e| {
+                CertError::Input(format!("{trust_label}: unusable trust anchor: {e:?}"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ee = match webpki::EndEntityCert::try_from(&chain[0]) {

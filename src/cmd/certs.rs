@@ -246,7 +246,10 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
             let issued = gen::issue_server(&ca, &opts)?;
             let stem = file_name.unwrap_or_else(|| hostname.trim().to_ascii_lowercase());
             let f = issued.write(&out, &stem)?;
-            println!("Issued a server certificate for {}:", hostname.to_ascii_lowercase());
+            println!(
+                "Issued a server certificate for {}:",
+                hostname.to_ascii_lowercase()
+            );
             show("certificate:", &f.cert);
             show("key:", &f.key);
             show("full chain (serve this):", &f.full_chain);
@@ -277,10 +280,7 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect { file } => {
             let infos = certs::inspect::inspect_file(&file)?;
-            print!(
-                "{}",
-                certs::inspect::describe(&infos, time_now())
-            );
+            print!("{}", certs::inspect::describe(&infos, time_now()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
