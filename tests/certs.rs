@@ -136,6 +136,31 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
             "{key_type}: key algorithm missing in\n{text}"
         );
     }
+    // RSA 4096 (one key: generating it is slow): a server key under an ECDSA chain.
+    let ca = tmp.path().join("KT-ecdsa-p256");
+    let srv = tmp.path().join("srv-rsa4096");
+    cr_ok(&[
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        s(&ca),
+        "--hostname",
+        "big.local",
+        "--out",
+        s(&srv),
+        "--key-type",
+        "rsa4096",
+    ]);
+    let leaf = srv.join("big.local.cert.pem");
+    let (ok, text) = openssl_verify(
+        &ca.join("root-ca.cert.pem"),
+        Some(&ca.join("edge-ca-chain.cert.pem")),
+        &leaf,
+    );
+    assert!(ok, "rsa4096: {text}");
+    let text = run_ok("openssl", &["x509", "-noout", "-text", "-in", s(&leaf)]);
+    assert!(text.contains("Public-Key: (4096 bit)"), "{text}");
 }
 
 #[test]
@@ -725,6 +750,18 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
     let (code, _, err) = cr(&["certs", "inspect", s(&junk)]);
     assert_eq!(code, 2);
     assert!(err.contains(s(&junk)) && err.contains("not PEM"), "{err}");
+    // A key where a certificate belongs.
+    let key = ca.join("root-ca.key.pem");
+    let (code, out, err) = cr(&["certs", "inspect", s(&key)]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(s(&key)) && err.contains("private key, not a certificate"),
+        "{err}"
+    );
+    assert!(
+        !out.contains("PRIVATE") && !err.contains("PRIVATE KEY-----"),
+        "never print key material"
+    );
     let (code, _, err) = cr(&[
         "certs",
         "verify",

@@ -19,6 +19,8 @@ pub const DEV_CHAIN_NAME: &str = "Connected Registry Development";
 pub const DEV_SERVER_DAYS: u32 = 90;
 /// Validity of the development CAs.
 pub const DEV_CA_DAYS: u32 = 3650;
+/// Lock file that serializes concurrent [`ensure_dev_chain`] calls on one directory.
+pub const DEV_LOCK_FILE: &str = ".dev-chain.lock";
 /// File names of the development server certificate.
 pub const DEV_SERVER_NAME: &str = "server";
 
@@ -56,6 +58,17 @@ pub fn ensure_dev_chain(dir: &Path, hostnames: &[String]) -> Result<DevChain, Ce
             names.push((*d).to_string());
         }
     }
+    // The registry and the proxy may start at once on the same directory: one makes the
+    // chain, the other waits and then reuses it (the lock is released when `_lock` drops).
+    crate::files::ensure_dir(dir)?;
+    let lock_path = dir.join(DEV_LOCK_FILE);
+    let _lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| CertError::io(&lock_path, "cannot lock", e))?;
     let chain = ChainFiles::in_dir(dir);
     let out = DevChain {
         root_ca: chain.root_ca_cert.clone(),

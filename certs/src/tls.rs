@@ -46,6 +46,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
             message: format!("bad PEM: {err}"),
         })?;
     if certs.is_empty() {
+        if String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----") {
+            return Err(TlsError::Invalid {
+                path: path.to_owned(),
+                message: "this is a private key, not a certificate: give the certificate \
+                          (or chain) file here"
+                    .into(),
+            });
+        }
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
         });
