@@ -682,7 +682,9 @@ fn doctor_diagnoses_live_servers() {
         "{out}"
     );
     assert!(
-        out.contains("Nested edge") && out.contains(s(&child.root_pem)),
+        out.contains("Nested edge: the server at")
+            && out.contains("chains up to the root CA 'CN=Parent Root CA'")
+            && out.contains(&format!("trust bundle {}", s(&child.root_pem))),
         "{out}"
     );
     drop(good);
@@ -707,6 +709,33 @@ fn doctor_diagnoses_live_servers() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("expired: 'CN=edge.test'"), "{out}");
     drop(expired);
+
+    // The edge CA itself served as the server's certificate.
+    let ca_cert = write(tmp.path(), "edge-ca.pem", &lab.edge.cert_pem);
+    let ca_key = write(tmp.path(), "edge-ca.key.pem", &lab.edge.key_pem());
+    let ca_srv = s_server(tmp.path(), &ca_cert, &ca_key, None);
+    let (code, out) = doctor(&ca_srv, &lab.root_pem, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("is a CA certificate (CA:TRUE), not a server certificate"),
+        "{out}"
+    );
+    drop(ca_srv);
+
+    // CAs after the leaf out of order: accepted, with a warning.
+    let swapped = write(
+        tmp.path(),
+        "swapped-rest.pem",
+        &format!("{}{}", lab.intermediate.cert_pem, lab.edge.cert_pem),
+    );
+    let sw = s_server(tmp.path(), &leaf, &key, Some(&swapped));
+    let (code, out) = doctor(&sw, &lab.root_pem, None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Warnings") && out.contains("wrong order"),
+        "{out}"
+    );
+    drop(sw);
 
     // A client certificate served as the server's.
     let client = gen::issue_client(

@@ -105,16 +105,20 @@ impl Diagnosis {
             }
         }
         out.push_str(&self.verdict.report());
-        if self.verdict.has(verify::ProblemKind::UntrustedRoot)
-            || self.verdict.has(verify::ProblemKind::BadSignature)
-        {
-            let top = self.verdict.path.last().cloned().unwrap_or_default();
+        if let Some(root) = &self.verdict.missing_root {
             out.push_str(&format!(
-                "Nested edge: the server at {} (the layer above) has a certificate under '{}', whose \
-                 root CA is missing from the trust bundle {} used by this layer. Copy that layer's \
-                 root-ca.cert.pem into {} (append it; keep the roots already there), then restart \
-                 or let the proxy reload it.\n",
-                self.target, top, self.verdict.trust_label, self.verdict.trust_label
+                "Nested edge: the server at {} (the layer above) chains up to the root CA '{root}', \
+                 which is missing from this layer's trust bundle {}. Append that layer's \
+                 root-ca.cert.pem (subject '{root}') to {} (keep the roots already there), then \
+                 restart or let the proxy reload it.\n",
+                self.target, self.verdict.trust_label, self.verdict.trust_label
+            ));
+        } else if self.verdict.has(verify::ProblemKind::BadSignature) {
+            out.push_str(&format!(
+                "Nested edge: the server at {} has a certificate from a CA that shares a name with \
+                 one in {} but is not the same CA: the layer above was probably re-keyed. Replace \
+                 its root in {} with the current root-ca.cert.pem of that layer.\n",
+                self.target, self.verdict.trust_label, self.verdict.trust_label
             ));
         }
         out

@@ -72,6 +72,8 @@ pub struct Verdict {
     pub trust_label: String,
     /// Subjects of every certificate in the trust bundle.
     pub trusted_subjects: Vec<String>,
+    /// The root CA (subject) the chain leads to but the trust bundle lacks, if that is the problem.
+    pub missing_root: Option<String>,
 }
 
 impl Verdict {
@@ -241,6 +243,7 @@ pub fn verify_chain(
     // Walk from the leaf to a trust anchor, explaining the first break.
     let mut cur = &c[leaf];
     let mut trusted = false;
+    let mut missing_root = None;
     for _step in 0..16 {
         path.push(cur.info.subject.clone());
         check_time(cur, now, &mut problems);
@@ -256,6 +259,7 @@ pub fn verify_chain(
             .collect();
         if candidates.is_empty() {
             if cur.info.self_issued {
+                missing_root = Some(cur.info.subject.clone());
                 problems.push(Problem {
                     kind: ProblemKind::UntrustedRoot,
                     message: format!(
@@ -280,6 +284,7 @@ pub fn verify_chain(
                     ),
                 });
             } else {
+                missing_root = Some(cur.info.issuer.clone());
                 problems.push(Problem {
                     kind: ProblemKind::UntrustedRoot,
                     message: format!(
@@ -375,6 +380,7 @@ pub fn verify_chain(
         hostname: hostname.map(str::to_owned),
         trust_label: trust_label.to_owned(),
         trusted_subjects: t.iter().map(|p| p.info.subject.clone()).collect(),
+        missing_root,
     })
 }
 
