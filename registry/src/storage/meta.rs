@@ -68,6 +68,19 @@ pub struct Meta {
     db: Database,
 }
 
+/// A manifest about to be stored, with what must be checked first.
+pub struct NewManifest<'a> {
+    pub repo: &'a str,
+    pub digest: &'a Digest,
+    pub meta: &'a ManifestMeta,
+    /// Blobs it references with the sizes its descriptors claim.
+    pub blob_sizes: &'a [(Digest, i64)],
+    /// (subject, descriptor of this manifest) for the referrers index.
+    pub referrer: Option<(&'a Digest, &'a Descriptor)>,
+    pub tag: Option<&'a str>,
+    pub origin: Origin,
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -207,16 +220,16 @@ impl Meta {
 
     /// Stores a manifest (and optionally a tag) once everything it references is present in
     /// the repository; checks and writes in one transaction, so no concurrent delete slips between.
-    pub fn put_manifest(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        meta: &ManifestMeta,
-        blob_sizes: &[(Digest, i64)],
-        referrer: Option<(&Digest, &Descriptor)>,
-        tag: Option<&str>,
-        origin: Origin,
-    ) -> Result<(), StorageError> {
+    pub fn put_manifest(&self, new: NewManifest<'_>) -> Result<(), StorageError> {
+        let NewManifest {
+            repo,
+            digest,
+            meta,
+            blob_sizes,
+            referrer,
+            tag,
+            origin,
+        } = new;
         let digest_s = digest.to_string();
         let tx = self.db.begin_write()?;
         {

@@ -263,15 +263,15 @@ impl Store {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,
         };
-        self.inner.meta.put_manifest(
-            repo.as_str(),
-            &digest,
-            &meta,
-            &blob_sizes,
-            referrer.as_ref().map(|(s, d)| (s, d)),
+        self.inner.meta.put_manifest(meta::NewManifest {
+            repo: repo.as_str(),
+            digest: &digest,
+            meta: &meta,
+            blob_sizes: &blob_sizes,
+            referrer: referrer.as_ref().map(|(s, d)| (s, d)),
             tag,
             origin,
-        )?;
+        })?;
         self.inner
             .cache
             .put(&digest, &body, self.inner.limits.manifest_cache_bytes);
