@@ -79,6 +79,9 @@ struct Module<'a> {
     create: Option<Value>,
     /// Pointer to `settings/createOptions`, the prefix for paths inside it.
     create_path: String,
+    /// createOptions was present but unusable (already reported) or holds `${VAR}` (unknown
+    /// until rendered): skip the rules that read it, so one mistake gives one finding.
+    create_invalid: bool,
 }
 
 impl Module<'_> {
@@ -372,6 +375,7 @@ fn load_module<'v>(
         path,
         create: None,
         create_path: create_path.clone(),
+        create_invalid: false,
     };
     let Some(settings) = value.get("settings").and_then(Value::as_object) else {
         return module;
@@ -396,6 +400,7 @@ fn load_module<'v>(
             module.create = Some((*obj).clone());
         } else {
             c.error("create-options", create_path, "`createOptions` is an object; a deployment manifest needs it as a string holding JSON", "stringify it (a deployment template may hold an object; `iotedgedev`/`az` stringify it when generating the manifest)");
+            module.create_invalid = true;
         }
         return module;
     }
@@ -404,6 +409,7 @@ fn load_module<'v>(
         let p = join(&settings_path, k);
         if *i as usize != expected {
             c.error("create-options", p, format!("`{k}` is out of sequence: chunks must run createOptions, createOptions01, createOptions02, ... without gaps"), "renumber the chunks without gaps");
+            module.create_invalid = true;
             return module;
         }
         let Some(s) = v.as_str() else {
@@ -413,6 +419,7 @@ fn load_module<'v>(
                 format!("`{k}` must be a string holding JSON, found {}", kind(v)),
                 "write createOptions as a JSON string, e.g. \"{\\\"HostConfig\\\":{}}\"",
             );
+            module.create_invalid = true;
             return module;
         };
         if s.len() > c.settings.string_value_limit {
@@ -420,13 +427,24 @@ fn load_module<'v>(
         }
         joined.push_str(s);
     }
-    if joined.trim().is_empty() || templated(&joined) {
+    if joined.trim().is_empty() {
+        return module;
+    }
+    if templated(&joined) {
+        // Content unknown until rendered: judge it after `manifest render`.
+        module.create_invalid = true;
         return module;
     }
     match serde_json::from_str::<Value>(&joined) {
         Ok(v @ Value::Object(_)) => module.create = Some(v),
-        Ok(other) => c.error("create-options", create_path, format!("createOptions holds {} instead of a JSON object", kind(&other)), "createOptions must be a JSON object such as {\"HostConfig\":{...}}"),
-        Err(e) => c.error("create-options", create_path, format!("createOptions is not valid JSON: {e} (line and column inside the joined createOptions string)"), "fix the JSON inside the string; check escaped quotes and braces"),
+        Ok(other) => {
+            module.create_invalid = true;
+            c.error("create-options", create_path, format!("createOptions holds {} instead of a JSON object", kind(&other)), "createOptions must be a JSON object such as {\"HostConfig\":{...}}");
+        }
+        Err(e) => {
+            module.create_invalid = true;
+            c.error("create-options", create_path, format!("createOptions is not valid JSON: {e} (line and column inside the joined createOptions string)"), "fix the JSON inside the string; check escaped quotes and braces");
+        }
     }
     module
 }
@@ -600,17 +618,26 @@ fn check_images(
             }
         }
     }
-    let mut first: HashMap<String, String> = HashMap::new();
+    // The spelling used most often (first seen on a tie) is the one to keep; flag the others.
+    let mut counts: HashMap<String, Vec<(String, usize)>> = HashMap::new();
+    for (norm, raw, _) in &spellings {
+        let e = counts.entry(norm.clone()).or_default();
+        match e.iter_mut().find(|(r, _)| r == raw) {
+            Some((_, n)) => *n += 1,
+            None => e.push((raw.clone(), 1)),
+        }
+    }
     for (norm, raw, p) in spellings {
-        match first.get(&norm) {
-            None => {
-                first.insert(norm, raw);
+        let all = &counts[&norm];
+        let mut canonical = &all[0];
+        for cand in all {
+            if cand.1 > canonical.1 {
+                canonical = cand;
             }
-            Some(seen) if *seen != raw => {
-                let seen = seen.clone();
-                c.warn("registry-spelling", p, format!("registry `{raw}` is the same registry as `{seen}` spelled differently"), format!("spell it `{seen}` everywhere, so credentials match and devices do not pull twice"));
-            }
-            Some(_) => {}
+        }
+        if raw != canonical.0 {
+            let seen = canonical.0.clone();
+            c.warn("registry-spelling", p, format!("registry `{raw}` is the same registry as `{seen}` spelled differently"), format!("spell it `{seen}` everywhere, so credentials match and devices do not pull twice"));
         }
     }
 }
@@ -768,6 +795,9 @@ fn check_ttl(c: &mut Checker, hub: &Map<String, Value>, hub_path: &str) {
 const ALLOWED_CAPS: [&str; 1] = ["NET_BIND_SERVICE"];
 
 fn check_security(c: &mut Checker, m: &Module) {
+    if m.create_invalid {
+        return;
+    }
     let who = format!("module `{}`", m.name);
     let hc = m.host_config();
     let get = |k: &str| hc.and_then(|h| h.get(k));
@@ -978,6 +1008,10 @@ fn is_registry(m: &Module) -> bool {
     if m.env("ACR_REGISTRY_CONNECTION_STRING").is_some() {
         return true;
     }
+    if m.create_invalid {
+        // Without createOptions we cannot see `Cmd`, so cannot tell registry from proxy.
+        return false;
+    }
     let repo_is_ours = m
         .image()
         .map(image::parse)
@@ -985,7 +1019,12 @@ fn is_registry(m: &Module) -> bool {
     repo_is_ours && m.cmd_first().is_none_or(|c| c == "serve")
 }
 
+/// True for hosts that are clearly not a cloud endpoint: localhost, single-label names and
+/// private or loopback IPv4 addresses. A `<PLACEHOLDER>` counts as a cloud endpoint.
 fn is_private_or_local(host: &str) -> bool {
+    if bracket_placeholder(host) {
+        return false;
+    }
     let h = host
         .rsplit_once(':')
         .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
