@@ -219,7 +219,7 @@ pub fn check(text: &str, settings: &CheckSettings) -> Report {
         Ok(v) => v,
         Err(e) => {
             let what = if e.is_eof() {
-                "the file ends early (truncated?)".to_string()
+                format!("the file ends early (truncated?): {e}")
             } else {
                 format!("invalid JSON: {e}")
             };
@@ -232,7 +232,7 @@ pub fn check(text: &str, settings: &CheckSettings) -> Report {
                 severity: Severity::Error,
                 rule: "json-syntax",
                 path: String::new(),
-                message: format!("{what} at line {} column {}", e.line(), e.column()),
+                message: what,
                 fix: hint.into(),
                 line: Some(e.line()),
                 column: Some(e.column()),
@@ -439,7 +439,15 @@ fn load_module<'v>(
         Ok(v @ Value::Object(_)) => module.create = Some(v),
         Ok(other) => {
             module.create_invalid = true;
-            c.error("create-options", create_path, format!("createOptions holds {} instead of a JSON object", kind(&other)), "createOptions must be a JSON object such as {\"HostConfig\":{...}}");
+            c.error(
+                "create-options",
+                create_path,
+                format!(
+                    "createOptions holds {} instead of a JSON object",
+                    kind(&other)
+                ),
+                "createOptions must be a JSON object such as {\"HostConfig\":{...}}",
+            );
         }
         Err(e) => {
             module.create_invalid = true;

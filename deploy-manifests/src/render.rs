@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 pub enum RenderError {
     #[error("env file line {line}: {problem}")]
     EnvFile { line: usize, problem: String },
-    #[error("{} placeholder(s) have no value in the env file: {}; add `NAME=value` lines for them", .0.len(), .0.iter().map(|u| format!("${{{}}} at line {} column {}", u.name, u.line, u.column)).collect::<Vec<_>>().join(", "))]
+    #[error("{} placeholder(s) have no value in the env file: {}; add `NAME=value` lines for them", .0.len(), .0.iter().map(|u| format!("{} at line {} column {}", u.name, u.line, u.column)).collect::<Vec<_>>().join(", "))]
     Unfilled(Vec<Unfilled>),
     #[error("template line {line} column {column}: `${{` starts a placeholder that is not closed or has an invalid name (use `${{NAME}}`, NAME of letters, digits, `_` and `.`)")]
     BadPlaceholder { line: usize, column: usize },
@@ -76,7 +76,39 @@ fn json_escape(value: &str) -> String {
     quoted[1..quoted.len() - 1].to_string()
 }
 
-/// Replaces every `${NAME}` with its value. Inside a JSON string the value is JSON-escaped
+/// `<NAME>` at the start of `s`, NAME being upper-case letters, digits and `_` (the shipped
+/// manifests' placeholders), or `None`.
+fn bracket_name(s: &str) -> Option<&str> {
+    let end = s.find('>')?;
+    let name = &s[1..end];
+    let mut chars = name.chars();
+    (matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+    .then_some(name)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    out: &mut String,
+    unfilled: &mut Vec<Unfilled>,
+    name: &str,
+    vars: &BTreeMap<String, String>,
+    in_string: bool,
+    line: usize,
+    column: usize,
+) {
+    match vars.get(name) {
+        Some(v) if in_string => out.push_str(&json_escape(v)),
+        Some(v) => out.push_str(v),
+        None => unfilled.push(Unfilled {
+            name: name.to_string(),
+            line,
+            column,
+        }),
+    }
+}
+
+/// Replaces every `${NAME}` and `<NAME>` (upper case, as in the shipped manifests) with its value. Inside a JSON string the value is JSON-escaped
 /// so a password with `"` or `\` cannot break the manifest. Fails listing every unfilled
 /// placeholder, and fails if the result is not valid JSON.
 pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String, RenderError> {
@@ -96,18 +128,18 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
             if !valid_name(name) {
                 return Err(RenderError::BadPlaceholder { line, column });
             }
-            match vars.get(name) {
-                Some(v) if in_string => out.push_str(&json_escape(v)),
-                Some(v) => out.push_str(v),
-                None => unfilled.push(Unfilled {
-                    name: name.to_string(),
-                    line,
-                    column,
-                }),
-            }
+            fill(&mut out, &mut unfilled, name, vars, in_string, line, column);
             column += end + 1;
             rest = &rest[end + 1..];
             continue;
+        }
+        if c == '<' {
+            if let Some(name) = bracket_name(rest) {
+                fill(&mut out, &mut unfilled, name, vars, in_string, line, column);
+                column += name.len() + 2;
+                rest = &rest[name.len() + 2..];
+                continue;
+            }
         }
         if in_string {
             if escaped {
@@ -173,6 +205,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn fills_bracket_placeholders_but_leaves_other_angle_brackets() {
+        let t =
+            "{\"a\": \"<HOST_DIR>:/data\", \"r\": \"WHERE t < 30 AND x<y>\", \"u\": \"$upstream\"}";
+        let out = render(t, &vars(&[("HOST_DIR", "/srv/data")])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["a"], "/srv/data:/data");
+        assert_eq!(v["r"], "WHERE t < 30 AND x<y>");
+        assert_eq!(v["u"], "$upstream");
+        assert!(
+            matches!(render(t, &vars(&[])), Err(RenderError::Unfilled(u)) if u[0].name == "HOST_DIR")
+        );
     }
 
     #[test]
