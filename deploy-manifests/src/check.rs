@@ -4,7 +4,7 @@
 //! Rules are listed, with their severities, in the crate README. Each rule looks at one
 //! thing, so a manifest with one mistake gets exactly one finding.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
@@ -576,10 +576,9 @@ fn check_images(
             let missing: Vec<&str> = ["address", "username", "password"]
                 .into_iter()
                 .filter(|f| {
-                    !cred
-                        .get(*f)
+                    cred.get(*f)
                         .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
+                        .is_none_or(str::is_empty)
                 })
                 .collect();
             if !missing.is_empty() {
@@ -834,7 +833,7 @@ fn check_security(c: &mut Checker, m: &Module) {
     {
         c.warn("host-network", m.hc_path("NetworkMode"), format!("{who} uses the host network: it bypasses the module network and can bind any host port"), "remove NetworkMode \"host\" and publish ports with PortBindings, unless the module truly needs it (then record why beside the deployment)");
     }
-    if !get("Memory").and_then(Value::as_u64).is_some_and(|v| v > 0) {
+    if get("Memory").and_then(Value::as_u64).unwrap_or(0) == 0 {
         c.warn(
             "memory-limit",
             m.hc_path("Memory"),
@@ -964,8 +963,8 @@ fn check_host_storage(c: &mut Checker, m: &Module) {
 }
 
 fn check_ports(c: &mut Checker, modules: &[Module]) {
-    // (host ip, host port, protocol) -> module name
-    let mut taken: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    // (host ip, "" for all addresses; host port; protocol; module name)
+    let mut taken: Vec<(String, String, String, String)> = Vec::new();
     for m in modules {
         let Some(pb) = m
             .host_config()
@@ -987,22 +986,36 @@ fn check_ports(c: &mut Checker, modules: &[Module]) {
                 else {
                     continue;
                 };
-                let ip = b
-                    .get("HostIp")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let ip = if ip == "0.0.0.0" { String::new() } else { ip };
-                let key = (ip, port.to_string(), proto.clone());
-                match taken.get(&key) {
-                    Some(other) if *other != m.name => {
-                        let other = other.clone();
-                        c.error("port-conflict", format!("{}#/HostConfig/PortBindings/{}", m.create_path, esc(container)), format!("modules `{other}` and `{}` both bind host port {port}/{proto}; the second one fails to start", m.name), format!("give one of them another host port (on a layer with the API proxy, the proxy owns 443 and edgeHub binds only 5671 and 8883)"));
-                    }
-                    Some(_) => {}
-                    None => {
-                        taken.insert(key, m.name.clone());
-                    }
+                let ip = b.get("HostIp").and_then(Value::as_str).unwrap_or("");
+                let ip = if ip == "0.0.0.0" || ip == "::" {
+                    ""
+                } else {
+                    ip
+                };
+                // A binding on all addresses clashes with any binding of the same port.
+                let clash = taken
+                    .iter()
+                    .find(|(tip, tport, tproto, tmod)| {
+                        tport == port
+                            && *tproto == proto
+                            && *tmod != m.name
+                            && (tip == ip || tip.is_empty() || ip.is_empty())
+                    })
+                    .map(|t| t.3.clone());
+                if let Some(other) = clash {
+                    c.error(
+                        "port-conflict",
+                        format!("{}#/HostConfig/PortBindings/{}", m.create_path, esc(container)),
+                        format!("modules `{other}` and `{}` both bind host port {port}/{proto}; the second one fails to start", m.name),
+                        "give one of them another host port (on a layer with the API proxy, the proxy owns 443 and edgeHub binds only 5671 and 8883)",
+                    );
+                } else {
+                    taken.push((
+                        ip.to_string(),
+                        port.to_string(),
+                        proto.clone(),
+                        m.name.clone(),
+                    ));
                 }
             }
         }
@@ -1199,5 +1212,99 @@ pub fn twin_bytes(v: &Value) -> usize {
         Value::String(x) => s(x),
         Value::Array(a) => a.iter().map(twin_bytes).sum(),
         Value::Object(o) => o.iter().map(|(k, v)| s(k) + twin_bytes(v)).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(modules: Value, hub_ports: Value) -> String {
+        let log = serde_json::json!({"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}});
+        let opts = |extra: Value| {
+            let mut hc = serde_json::json!({"LogConfig": log, "Memory": 268435456u64, "NanoCpus": 500000000u64, "Binds": ["/srv/s:/iotedge/storage"]});
+            if let Value::Object(e) = extra {
+                hc.as_object_mut().unwrap().extend(e);
+            }
+            serde_json::json!({"HostConfig": hc}).to_string()
+        };
+        let env = serde_json::json!({"storageFolder": {"value": "/iotedge/storage"}, "OptimizeForPerformance": {"value": "false"}});
+        serde_json::json!({"modulesContent": {
+            "$edgeAgent": {"properties.desired": {
+                "schemaVersion": "1.1",
+                "runtime": {"type": "docker", "settings": {}},
+                "systemModules": {
+                    "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5.0", "createOptions": opts(Value::Null)}, "env": env},
+                    "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always", "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5.0", "createOptions": opts(serde_json::json!({"PortBindings": hub_ports}))}, "env": env}
+                },
+                "modules": modules
+            }},
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}
+        }})
+        .to_string()
+    }
+
+    fn rules(text: &str) -> Vec<&'static str> {
+        check(text, &CheckSettings::default())
+            .findings
+            .iter()
+            .map(|f| f.rule)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_manifest_is_clean() {
+        assert_eq!(
+            rules(&minimal(serde_json::json!({}), serde_json::json!({}))),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn same_port_on_different_host_addresses_or_protocols_is_no_conflict() {
+        let hub = serde_json::json!({"443/tcp": [{"HostPort": "443", "HostIp": "10.0.0.1"}], "5000/udp": [{"HostPort": "5000"}]});
+        let module = serde_json::json!({"m": {"type": "docker", "status": "running", "restartPolicy": "always", "settings": {
+            "image": "mcr.microsoft.com/x:1.0.0",
+            "createOptions": serde_json::json!({"HostConfig": {"PortBindings": {"443/tcp": [{"HostPort": "443", "HostIp": "10.0.0.2"}], "5000/tcp": [{"HostPort": "5000"}]},
+                "LogConfig": {"Type": "journald"}, "Memory": 1u64 << 28, "NanoCpus": 1u64 << 28}}).to_string()}}});
+        assert_eq!(rules(&minimal(module.clone(), hub)), Vec::<&str>::new());
+        let clash = serde_json::json!({"443/tcp": [{"HostPort": "443", "HostIp": "10.0.0.9"}]});
+        let module = serde_json::json!({"m": {"type": "docker", "status": "running", "restartPolicy": "always", "settings": {
+            "image": "mcr.microsoft.com/x:1.0.0",
+            "createOptions": serde_json::json!({"HostConfig": {"PortBindings": {"443/tcp": [{"HostPort": "443"}]},
+                "LogConfig": {"Type": "journald"}, "Memory": 1u64 << 28, "NanoCpus": 1u64 << 28}}).to_string()}}});
+        assert_eq!(rules(&minimal(module, clash)), vec!["port-conflict"]);
+    }
+
+    #[test]
+    fn twin_size_counts_like_iot_hub() {
+        let v = serde_json::json!({"ab": "xyz", "n": 5, "b": true, "o": {"k": "é"}});
+        // "ab"+"xyz" = 5, "n"+8 = 9, "b"+4 = 5, "o" + ("k" + 2) = 4
+        assert_eq!(twin_bytes(&v), 23);
+    }
+
+    #[test]
+    fn root_that_is_not_an_object_is_one_finding() {
+        assert_eq!(rules("[1, 2]"), vec!["required-section"]);
+        assert_eq!(rules("{}"), vec!["required-section"]);
+    }
+
+    #[test]
+    fn createoptions_object_is_an_error_in_a_manifest_but_fine_in_a_template() {
+        let module = |image: &str| {
+            serde_json::json!({"m": {"type": "docker", "status": "running", "restartPolicy": "always", "settings": {
+                "image": image, "createOptions": {"HostConfig": {"LogConfig": {"Type": "journald"}, "Memory": 1u64 << 28, "NanoCpus": 1u64 << 28}}}}})
+        };
+        assert_eq!(
+            rules(&minimal(
+                module("mcr.microsoft.com/x:1.0.0"),
+                serde_json::json!({})
+            )),
+            vec!["create-options"]
+        );
+        assert_eq!(
+            rules(&minimal(module("${MODULES.x}"), serde_json::json!({}))),
+            Vec::<&str>::new()
+        );
     }
 }

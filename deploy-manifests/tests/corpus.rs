@@ -124,16 +124,23 @@ fn every_rule_the_checker_emits_is_documented() {
     // Rule ids are the first string argument of c.error / c.warn / c.push / rule: fields.
     let mut emitted = Vec::new();
     for marker in [
-        "c.error(\"",
-        "c.warn(\"",
-        "Severity::Info, \"",
-        "Severity::Warning, \"",
-        "Severity::Error, \"",
-        "rule: \"",
+        "c.error(",
+        "c.warn(",
+        "Severity::Info,",
+        "Severity::Warning,",
+        "Severity::Error,",
+        "rule:",
     ] {
         for piece in source.split(marker).skip(1) {
-            if let Some((rule, _)) = piece.split_once('"') {
-                emitted.push(rule.to_string());
+            // The id is the next string literal, possibly on the next line after `cargo fmt`.
+            if let Some((rule, _)) = piece
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|p| p.split_once('"'))
+            {
+                if !rule.is_empty() && rule.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                    emitted.push(rule.to_string());
+                }
             }
         }
     }
@@ -167,5 +174,25 @@ fn every_placeholder_in_the_shipped_manifests_is_documented() {
                 "{name}: `<{placeholder}>` is not documented in README.md"
             );
         }
+    }
+}
+
+#[test]
+fn a_manifest_cut_anywhere_is_one_syntax_error_with_a_position() {
+    let (_, text) = SHIPPED[0];
+    for cut in (0..text.len() - 1).step_by(7) {
+        let report = check(&text[..cut], &CheckSettings::default());
+        assert_eq!(
+            report.findings.len(),
+            1,
+            "cut at {cut}: {:?}",
+            report.findings
+        );
+        let f = &report.findings[0];
+        assert_eq!(f.rule, "json-syntax", "cut at {cut}");
+        let want_line = text[..cut].matches('\n').count() + 1;
+        assert_eq!(f.line, Some(want_line), "cut at {cut}: {f:?}");
+        assert!(f.column.is_some());
+        assert_eq!(report.exit_code(), 2);
     }
 }
