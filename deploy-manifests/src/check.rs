@@ -244,6 +244,17 @@ pub fn check(text: &str, settings: &CheckSettings) -> Report {
             };
         }
     };
+    for d in crate::dupkeys::find(text) {
+        c.findings.push(Finding {
+            severity: Severity::Error,
+            rule: "duplicate-key",
+            path: d.path,
+            message: format!("key `{}` appears twice in the same object at line {} column {}; IoT Hub keeps only the last, so the first is silently lost", d.key, d.line, d.column),
+            fix: "remove or rename one of the two (two modules or env variables cannot share a name)".into(),
+            line: Some(d.line),
+            column: Some(d.column),
+        });
+    }
     let twin_size = check_doc(&mut c, &doc);
     Report {
         findings: c.findings,
@@ -332,6 +343,15 @@ fn check_doc(c: &mut Checker, doc: &Value) -> Option<TwinSize> {
         twin_size = Some(size);
     }
     if let Some(hub) = hub {
+        let bytes = twin_bytes(&Value::Object(hub.clone()));
+        if bytes > c.settings.twin_size_limit {
+            c.error(
+                "twin-size",
+                hub_path.clone(),
+                format!("$edgeHub desired properties are {bytes} bytes, over the {}-byte module-twin limit", c.settings.twin_size_limit),
+                "IoT Hub will reject this deployment: use fewer, broader routes",
+            );
+        }
         check_schema_version(c, hub, &hub_path);
         check_routes(c, hub, &hub_path, &modules);
         check_ttl(c, hub, &hub_path);

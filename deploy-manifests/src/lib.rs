@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod connection_string;
+pub mod dupkeys;
 pub mod finding;
 pub mod image;
 pub mod render;

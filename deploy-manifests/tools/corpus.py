@@ -66,6 +66,14 @@ col = len(lines[i + 1]) - len(lines[i + 1].lstrip()) + 1
 raw("json-syntax-missing-comma.json", "\n".join(lines), ("error", "json-syntax", "", i + 2, col))
 cut = base_text[: len(base_text) // 2]
 raw("json-syntax-truncated.json", cut, ("error", "json-syntax", "", cut.count("\n") + 1, len(cut.split("\n")[-1])))
+dup_lines = base_text.split("\n")
+k = next(n for n, l in enumerate(dup_lines) if '"restartPolicy": "always",' in l)
+dup_lines.insert(k + 1, dup_lines[k])
+raw(
+    "duplicate-key.json",
+    "\n".join(dup_lines),
+    ("error", "duplicate-key", HUB + "/restartPolicy", k + 2, len(dup_lines[k]) - len(dup_lines[k].lstrip()) + 1),
+)
 case("required-section.json", lambda d: d["modulesContent"].pop("$edgeHub"), ("error", "required-section", "/modulesContent/$edgeHub"))
 case("schema-version.json", lambda d: agent(d).__setitem__("schemaVersion", "2.0"), ("error", "schema-version", A + "/schemaVersion"))
 case("module-fields.json", lambda d: mod(d, "connectedRegistry").pop("restartPolicy"), ("error", "module-fields", REG + "/restartPolicy"))
