@@ -1118,8 +1118,8 @@ fn check_connected_registry(c: &mut Checker, modules: &[Module]) {
                 continue;
             }
             let p = m.env_path(var);
-            let (host, port) = match v.rsplit_once(':') {
-                Some((h, port)) if port.parse::<u16>().is_ok() && !h.is_empty() => (h, port),
+            let host = match v.rsplit_once(':') {
+                Some((h, port)) if port.parse::<u16>().is_ok() && !h.is_empty() => h,
                 _ => {
                     c.error(
                         "proxy-route",
@@ -1130,7 +1130,6 @@ fn check_connected_registry(c: &mut Checker, modules: &[Module]) {
                     continue;
                 }
             };
-            let _ = port;
             if !names.contains(&host.to_ascii_lowercase()) {
                 c.error(
                     "proxy-route",

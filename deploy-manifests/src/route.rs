@@ -65,11 +65,12 @@ fn parse_source(source: &str) -> Result<Option<String>, String> {
             "source `{source}` is not one of `/*`, `/messages/*`, `/messages/modules/<module>/*`, `/messages/modules/<module>/outputs/<output>` or `/outputs/*`, `/twinChangeNotifications`"
         )
     };
-    let rest = source
+    if !source
         .get(..18)
-        .filter(|p| p.eq_ignore_ascii_case("/messages/modules/"))
-        .ok_or_else(bad)?;
-    let _ = rest;
+        .is_some_and(|p| p.eq_ignore_ascii_case("/messages/modules/"))
+    {
+        return Err(bad());
+    }
     let tail = &source[18..];
     let (module, after) = tail.split_once('/').ok_or_else(bad)?;
     if !module_name_ok(module) {
