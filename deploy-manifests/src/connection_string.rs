@@ -43,8 +43,9 @@ pub struct ConnectionString {
 pub enum ConnectionStringError {
     #[error("connection string is empty; expected `ConnectedRegistryName=...;SyncTokenName=...;SyncTokenPassword=...;ParentGatewayEndpoint=...;ParentEndpointProtocol=https`")]
     Empty,
-    #[error("connection string part {index} (`{part}`) is not `Key=Value`")]
-    NotKeyValue { index: usize, part: String },
+    /// The part itself is not shown: after a password holding `;` it would be a piece of the password.
+    #[error("connection string part {index} (counting `;`-separated parts from 1) is not `Key=Value`; if the password holds `;`, regenerate it")]
+    NotKeyValue { index: usize },
     #[error("connection string field `{0}` is not known; the fields are ConnectedRegistryName, SyncTokenName, SyncTokenPassword, ParentGatewayEndpoint, ParentEndpointProtocol")]
     UnknownField(String),
     #[error("connection string field `{0}` appears more than once")]
@@ -83,12 +84,7 @@ impl FromStr for ConnectionString {
             }
             // Split at the first `=` only: passwords may contain `=`.
             let Some((key, value)) = part.split_once('=') else {
-                // Never echo a part that might be a password fragment in full.
-                let shown: String = part.chars().take(24).collect();
-                return Err(ConnectionStringError::NotKeyValue {
-                    index: index + 1,
-                    part: shown,
-                });
+                return Err(ConnectionStringError::NotKeyValue { index: index + 1 });
             };
             let key = key.trim();
             let Some(slot) = FIELDS.iter().position(|f| f.eq_ignore_ascii_case(key)) else {
@@ -237,9 +233,15 @@ mod tests {
             "".parse::<ConnectionString>(),
             Err(ConnectionStringError::Empty)
         );
+        let semicolon_in_password = GOOD.replace("s3cr=t!", "s3cr;t0psecret");
+        let err = semicolon_in_password
+            .parse::<ConnectionString>()
+            .unwrap_err();
+        assert_eq!(err, ConnectionStringError::NotKeyValue { index: 4 });
+        assert!(!err.to_string().contains("t0psecret"), "{err}");
         assert!(matches!(
             "garbage".parse::<ConnectionString>(),
-            Err(ConnectionStringError::NotKeyValue { index: 1, .. })
+            Err(ConnectionStringError::NotKeyValue { index: 1 })
         ));
     }
 
