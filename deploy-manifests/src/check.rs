@@ -1296,6 +1296,23 @@ mod tests {
     }
 
     #[test]
+    fn bom_and_crlf_line_endings_are_accepted() {
+        let (_, text) = crate::SHIPPED[0];
+        let windows = format!("\u{feff}{}", text.replace('\n', "\r\n"));
+        assert_eq!(rules(&windows), Vec::<&str>::new());
+        // Positions still count lines on CRLF files.
+        let broken = windows.replacen(
+            "\"schemaVersion\": \"1.1\",",
+            "\"schemaVersion\": \"1.1\"",
+            1,
+        );
+        let report = check(&broken, &CheckSettings::default());
+        assert_eq!(report.findings.len(), 1);
+        assert_eq!(report.findings[0].rule, "json-syntax");
+        assert_eq!(report.findings[0].line, Some(6));
+    }
+
+    #[test]
     fn twin_size_counts_like_iot_hub() {
         let v = serde_json::json!({"ab": "xyz", "n": 5, "b": true, "o": {"k": "é"}});
         // "ab"+"xyz" = 5, "n"+8 = 9, "b"+4 = 5, "o" + ("k" + 2) = 4
