@@ -223,7 +223,9 @@ pub fn check(text: &str, settings: &CheckSettings) -> Report {
             } else {
                 format!("invalid JSON: {e}")
             };
-            let hint = if template {
+            let hint = if e.is_eof() {
+                "restore the end of the file (was it cut off while copying or saving?)"
+            } else if template {
                 "fix the JSON at that line and column; `${VAR}` placeholders outside quotes must be filled with `connected-registry manifest render` first"
             } else {
                 "fix the JSON at that line and column (a missing comma, quote or closing brace is the usual cause)"
@@ -1097,7 +1099,7 @@ fn check_connected_registry(c: &mut Checker, modules: &[Module]) {
             continue;
         }
         match cs.parse::<ConnectionString>() {
-            Err(e) => c.error("connection-string", p, format!("module `{}`: {e}", m.name), "ConnectedRegistryName=...;SyncTokenName=...;SyncTokenPassword=...;ParentGatewayEndpoint=...;ParentEndpointProtocol=https"),
+            Err(e) => c.error("connection-string", p, format!("module `{}`: {e}", m.name), "write all five fields: ConnectedRegistryName=...;SyncTokenName=...;SyncTokenPassword=...;ParentGatewayEndpoint=...;ParentEndpointProtocol=https"),
             Ok(cs) => {
                 let ep = &cs.parent_gateway_endpoint;
                 let unknown = templated(ep);

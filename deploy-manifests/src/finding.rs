@@ -97,9 +97,14 @@ impl Report {
                 (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
                 _ => file.to_string(),
             };
+            let path = if f.path.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", f.path)
+            };
             out.push_str(&format!(
-                "{}[{}] {at} {}\n  {}\n  fix: {}\n",
-                f.severity, f.rule, f.path, f.message, f.fix
+                "{}[{}] {at}{path}\n  {}\n  fix: {}\n",
+                f.severity, f.rule, f.message, f.fix
             ));
         }
         if let Some(size) = self.twin_size {
