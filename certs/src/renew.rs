@@ -249,3 +249,50 @@ fn renew_now(
 fn pem_of(der: &[u8]) -> String {
     crate::gen::pem_certificate(der)
 }
+
+/// The four files renewal needs, bundled for a timer loop.
+#[derive(Clone, Debug)]
+pub struct RenewTarget {
+    /// Server certificate followed by its CAs (rewritten on renewal).
+    pub server_chain: PathBuf,
+    /// The server's key (kept unless `rotate_key`).
+    pub server_key: PathBuf,
+    /// The CA that issues the renewed certificate (the edge CA).
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+}
+
+/// What one [`RenewTarget::check`] found.
+#[derive(Clone, Debug)]
+pub struct RenewCheck {
+    /// The status of the certificate now on disk (after renewal, if one happened).
+    pub status: CertStatus,
+    /// Whether this check renewed it.
+    pub renewed: bool,
+    /// When to check again.
+    pub next_check_in: Duration,
+}
+
+impl RenewTarget {
+    /// Renews if due and says when to look again: the one call a proxy's timer makes.
+    /// A failure (say, the CA key is missing) is returned for the caller to log; the caller
+    /// retries after [`RenewPolicy::max_check_interval`] or sooner.
+    pub fn check(&self, policy: &RenewPolicy) -> Result<RenewCheck, CertError> {
+        let renewed = renew_if_due(
+            &self.server_chain,
+            &self.server_key,
+            &self.ca_cert,
+            &self.ca_key,
+            policy,
+        )?;
+        let status = match &renewed {
+            Some(r) => r.status.clone(),
+            None => status(&self.server_chain, policy)?,
+        };
+        Ok(RenewCheck {
+            next_check_in: next_check_in(&status, policy),
+            renewed: renewed.is_some(),
+            status,
+        })
+    }
+}

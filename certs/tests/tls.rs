@@ -449,6 +449,25 @@ fn renewal_replaces_a_due_certificate_and_a_running_server_presents_it() {
     let wait = renew::next_check_in(&renewed.status, &policy);
     assert!(wait <= policy.max_check_interval && wait >= renew::MIN_CHECK_INTERVAL);
 
+    // The timer's one call: nothing due now, next check within bounds.
+    let target = renew::RenewTarget {
+        server_chain: f.full_chain.clone(),
+        server_key: f.key.clone(),
+        ca_cert: chain.edge_ca_cert.clone(),
+        ca_key: chain.edge_ca_key.clone(),
+    };
+    let check = target.check(&policy).unwrap();
+    assert!(!check.renewed);
+    assert!(check.next_check_in <= policy.max_check_interval);
+    let h = nearly_expired(&chain, tmp.path(), "timer");
+    let target = renew::RenewTarget {
+        server_chain: h.full_chain.clone(),
+        server_key: h.key.clone(),
+        ..target
+    };
+    let check = target.check(&policy).unwrap();
+    assert!(check.renewed && check.status.days_to_expiry > 1.0);
+
     // With key rotation, the key changes and still matches the chain.
     let g = nearly_expired(&chain, tmp.path(), "rot");
     let old_key = std::fs::read(&g.key).unwrap();
