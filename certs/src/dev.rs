@@ -90,6 +90,12 @@ pub fn ensure_dev_chain(dir: &Path, hostnames: &[String]) -> Result<DevChain, Ce
                 ..ChainOptions::default()
             };
             gen::new_chain(dir, &opts, true)?;
+            tracing::warn!(
+                root_ca = %chain.root_ca_cert.display(),
+                "generated a DEVELOPMENT certificate chain (its CA keys sit on this disk): \
+                 clients must trust the root CA file to connect; configure real certificates \
+                 for production"
+            );
             let _ = std::fs::remove_file(&out.server_chain);
             chain.edge_ca()?
         }
