@@ -278,7 +278,7 @@ impl Ca {
             }
             None => cert_pem.clone(),
         };
-        let issuer_key = load_signing_key(key)?;
+        let issuer_key = clone_key(&signing_key)?;
         let issuer = Issuer::from_ca_cert_der(&ders[0], issuer_key)
             .map_err(|e| CertError::file(cert, format!("cannot use as issuer: {e}")))?;
         Ok(Ca {
