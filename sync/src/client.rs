@@ -565,7 +565,7 @@ impl ParentClient {
             Ok(d) => d,
             Err(_) => header_digest.unwrap_or_else(|| Digest::sha256_of(&body)),
         };
-        if !digest.matches(&body) {
+        if !crate::digest::matches(&digest, &body) {
             return Err(ClientError::Protocol {
                 url,
                 message: format!("manifest bytes do not match digest {digest}: refused"),

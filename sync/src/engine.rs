@@ -101,9 +101,17 @@ pub struct Engine {
     blob_slots: Semaphore,
 }
 
-/// Deterministic upload id for a blob download, so a restart finds the partial bytes.
-pub fn upload_id(digest: &Digest) -> String {
-    format!("sync-{}", digest.to_string().replace(':', "-"))
+/// Deterministic upload id for a blob download into `repo`, so a restart finds the partial
+/// bytes (upload sessions belong to one repository, hence the repository's hash in the id).
+pub fn upload_id(repo: &str, digest: &Digest) -> String {
+    let repo_hash = Digest::sha256_of(repo.as_bytes());
+    let hex = digest.hex();
+    format!(
+        "sync-{}-{}-{}",
+        digest.algorithm().name(),
+        &hex[..hex.len().min(64)],
+        &repo_hash.hex()[..12]
+    )
 }
 
 /// Runs a blocking store call off the async threads.
@@ -248,10 +256,11 @@ impl Engine {
         pass.repos.fetch_add(1, Ordering::Relaxed);
         let selected = rule.select_tags(&tags);
         let conc = self.settings.limits.concurrency;
+        let repo_ref = repo.as_str();
         let results: Vec<(String, Result<Option<Digest>, SyncError>)> =
             futures_util::stream::iter(selected.iter().cloned())
                 .map(|tag| async move {
-                    let r = self.sync_tag(pass, &repo, &tag).await;
+                    let r = self.sync_tag(pass, repo_ref, &tag).await;
                     (tag, r)
                 })
                 .buffer_unordered(conc)
@@ -448,7 +457,7 @@ impl Engine {
 
     async fn download_blob(&self, pass: &Pass, repo: &str, desc: &Descriptor) -> Result<(), SyncError> {
         let digest = &desc.digest;
-        let id = upload_id(digest);
+        let id = upload_id(repo, digest);
         {
             let id = id.clone();
             self.state.update(move |s| s.uploads_in_flight.insert(id))?;
@@ -602,14 +611,18 @@ impl Engine {
         let joined = handle
             .await
             .map_err(|e| (SyncError::Internal(format!("blob writer failed: {e}")), progressed));
-        if too_long {
+        let joined = if too_long {
             drop(joined);
-            let id = upload_id(digest);
+            let id = upload_id(repo, digest);
             let _ = blocking(&self.store, move |s| s.cancel_upload(&id)).await;
-        }
+            None
+        } else {
+            Some(joined)
+        };
         if let Some(f) = failure {
             return Err((f, progressed));
         }
+        let joined = joined.ok_or((SyncError::Internal("writer dropped".into()), progressed))?;
         let writer = joined?.map_err(|e| (SyncError::Store(e), progressed))?;
         if desc.size > 0 && written < desc.size {
             return Err((

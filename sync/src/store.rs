@@ -107,3 +107,136 @@ pub trait LocalStore: Send + Sync + 'static {
     /// Change-log entries with `seq > after`, oldest first, at most `limit`.
     fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError>;
 }
+
+/// The registry's store as the sync engine's target: everything sync writes carries
+/// `Origin::Sync`, so it is never pushed back up.
+mod registry_store {
+    use super::*;
+    use registry::storage::{Origin, Session};
+    use registry::{RepoName, Store, StorageError};
+
+    fn repo_name(repo: &str) -> Result<RepoName, StoreError> {
+        repo.parse::<RepoName>()
+            .map_err(|e| StoreError::Other(format!("repository {repo:?}: {e}")))
+    }
+
+    fn map(e: StorageError) -> StoreError {
+        match e {
+            StorageError::DigestMismatch { expected, actual } => StoreError::DigestMismatch {
+                expected,
+                actual: actual.to_string(),
+            },
+            StorageError::ManifestBlobUnknown(d) => StoreError::MissingReference(d.to_string()),
+            e => StoreError::Other(e.to_string()),
+        }
+    }
+
+    fn reference(r: &Reference) -> registry::Reference {
+        match r {
+            Reference::Tag(t) => registry::Reference::Tag(t.clone()),
+            Reference::Digest(d) => registry::Reference::Digest(d.clone()),
+        }
+    }
+
+    struct Writer {
+        store: Store,
+        session: tokio::sync::OwnedMutexGuard<Session>,
+    }
+
+    impl BlobWriter for Writer {
+        fn len(&self) -> u64 {
+            self.session.len()
+        }
+        fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+            self.session.append(bytes).map_err(map)
+        }
+        fn finish(mut self: Box<Self>, expected: &Digest) -> Result<(), StoreError> {
+            self.store
+                .finish_upload(&mut self.session, expected)
+                .map(|_| ())
+                .map_err(map)
+        }
+    }
+
+    impl LocalStore for Store {
+        fn blob_size(&self, digest: &Digest) -> Option<u64> {
+            Store::blob_size(self, digest)
+        }
+        fn blob_path(&self, digest: &Digest) -> PathBuf {
+            Store::blob_path(self, digest)
+        }
+        fn link_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
+            Store::link_blob(self, &repo_name(repo)?, digest)
+                .map(|_| ())
+                .map_err(map)
+        }
+        fn open_upload(&self, repo: &str, id: &str) -> Result<Box<dyn BlobWriter>, StoreError> {
+            let session = Store::open_upload(self, &repo_name(repo)?, id).map_err(map)?;
+            Ok(Box::new(Writer {
+                store: self.clone(),
+                session: session.blocking_lock_owned(),
+            }))
+        }
+        fn cancel_upload(&self, id: &str) -> Result<(), StoreError> {
+            Store::cancel_upload(self, id);
+            Ok(())
+        }
+        fn put_manifest(
+            &self,
+            repo: &str,
+            r: &Reference,
+            media_type: &str,
+            body: Bytes,
+        ) -> Result<Digest, StoreError> {
+            Store::put_manifest(
+                self,
+                &repo_name(repo)?,
+                &reference(r),
+                Some(media_type),
+                body,
+                Origin::Sync,
+            )
+            .map(|(d, _)| d)
+            .map_err(map)
+        }
+        fn get_manifest(
+            &self,
+            repo: &str,
+            r: &Reference,
+        ) -> Result<Option<StoredManifest>, StoreError> {
+            Ok(Store::get_manifest(self, &repo_name(repo)?, &reference(r))
+                .map_err(map)?
+                .map(|m| StoredManifest {
+                    digest: m.digest,
+                    media_type: m.media_type,
+                    body: m.body,
+                }))
+        }
+        fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
+            Store::tags(self, &repo_name(repo)?).map_err(map)
+        }
+        fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
+            Store::delete_tag(self, &repo_name(repo)?, tag, Origin::Sync)
+                .map(|_| ())
+                .map_err(map)
+        }
+        fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
+            use registry::storage::ChangeKind as K;
+            Ok(Store::changes(self, after, limit)
+                .map_err(map)?
+                .into_iter()
+                .map(|c| LocalChange {
+                    seq: c.seq,
+                    repo: c.repo,
+                    from_client: c.origin == Origin::Client,
+                    kind: match c.kind {
+                        K::ManifestPut { digest, .. } => ChangeKind::ManifestPut { digest },
+                        K::ManifestDeleted { digest } => ChangeKind::ManifestDeleted { digest },
+                        K::TagSet { tag, digest } => ChangeKind::TagSet { tag, digest },
+                        K::TagDeleted { tag } => ChangeKind::TagDeleted { tag },
+                    },
+                })
+                .collect())
+        }
+    }
+}
