@@ -12,3 +12,11 @@ mod push;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod service;
+
+pub use axum;
+pub use client::ParentClient;
+pub use engine::{Engine, NoProgress, Progress};
+pub use service::SyncService;
+pub use settings::{RawSettings, Settings};
+pub use state::{Outcome, StateFile, Summary};

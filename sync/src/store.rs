@@ -106,6 +106,8 @@ pub trait LocalStore: Send + Sync + 'static {
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
     /// Change-log entries with `seq > after`, oldest first, at most `limit`.
     fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError>;
+    /// Drops change-log entries older than `before_unix_secs` (the `messageTtl` rule).
+    fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError>;
 }
 
 /// The registry's store as the sync engine's target: everything sync writes carries
@@ -219,6 +221,9 @@ mod registry_store {
             Store::delete_tag(self, &repo_name(repo)?, tag, Origin::Sync)
                 .map(|_| ())
                 .map_err(map)
+        }
+        fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError> {
+            Store::prune_changes(self, before_unix_secs).map_err(map)
         }
         fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
             use registry::storage::ChangeKind as K;
