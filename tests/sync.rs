@@ -112,7 +112,10 @@ fn raw_manifest(host: &str, repo: &str, tag: &str) -> String {
 
 /// The digest the parent serves for `repo:tag` (skopeo may rewrite a manifest on push).
 fn parent_digest(host: &str, repo: &str, tag: &str) -> String {
-    format!("sha256:{}", sha256_hex(raw_manifest(host, repo, tag).as_bytes()))
+    format!(
+        "sha256:{}",
+        sha256_hex(raw_manifest(host, repo, tag).as_bytes())
+    )
 }
 
 /// Pulls `repo:tag` into a fresh OCI layout with skopeo.
@@ -211,7 +214,8 @@ impl Relay {
                     let _ = to.shutdown(Shutdown::Write);
                 });
                 // parent -> child, counted, maybe cut or throttled
-                let (d, cut_done, flag, all) = (d.clone(), cut_done.clone(), flag.clone(), all.clone());
+                let (d, cut_done, flag, all) =
+                    (d.clone(), cut_done.clone(), flag.clone(), all.clone());
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (server, client);
                     let mut buf = vec![0u8; 16 * 1024];
@@ -299,7 +303,11 @@ fn sync_filters_and_images_are_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let ph = host_of(&parent.url());
-    let (l1, l2, l3) = (tmp.path().join("l1"), tmp.path().join("l2"), tmp.path().join("l3"));
+    let (l1, l2, l3) = (
+        tmp.path().join("l1"),
+        tmp.path().join("l2"),
+        tmp.path().join("l3"),
+    );
     make_layout(&l1, 1, &[300_000, 50_000]);
     make_layout(&l2, 2, &[200_000]);
     make_layout(&l3, 3, &[10_000]);
@@ -312,25 +320,57 @@ fn sync_filters_and_images_are_byte_identical() {
     let m2 = parent_digest(&ph, "apps/web", "v1.1.0");
 
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &parent.url(), &["--repo", "apps/*", "--tag-include", "^v"]);
+    let out = sync_once(
+        &data,
+        &parent.url(),
+        &["--repo", "apps/*", "--tag-include", "^v"],
+    );
     assert!(out.status.success(), "sync failed: {}", stderr(&out));
     let s = summary(&out);
     assert_eq!(s["outcome"], "Completed");
     assert_eq!(s["tagsUpdated"], 3, "{s}");
 
     let store = open_store(&data);
-    assert_eq!(tag_digest(&store, "apps/web", "v1.0.0").as_deref(), Some(m1.as_str()));
-    assert_eq!(tag_digest(&store, "apps/web", "v1.1.0").as_deref(), Some(m2.as_str()));
-    assert_eq!(tag_digest(&store, "apps/db", "v2.0.0").as_deref(), Some(m2.as_str()));
-    assert_eq!(tag_digest(&store, "apps/web", "dev"), None, "tag filter ignored");
-    assert!(store.repos().unwrap().iter().all(|r| r.starts_with("apps/")), "repo filter ignored");
+    assert_eq!(
+        tag_digest(&store, "apps/web", "v1.0.0").as_deref(),
+        Some(m1.as_str())
+    );
+    assert_eq!(
+        tag_digest(&store, "apps/web", "v1.1.0").as_deref(),
+        Some(m2.as_str())
+    );
+    assert_eq!(
+        tag_digest(&store, "apps/db", "v2.0.0").as_deref(),
+        Some(m2.as_str())
+    );
+    assert_eq!(
+        tag_digest(&store, "apps/web", "dev"),
+        None,
+        "tag filter ignored"
+    );
+    assert!(
+        store
+            .repos()
+            .unwrap()
+            .iter()
+            .all(|r| r.starts_with("apps/")),
+        "repo filter ignored"
+    );
     drop(store);
 
     // Pull from the child with skopeo: same manifest bytes, same blob bytes.
     let child = start_registry(&data, &[]);
     let ch = host_of(&child.url());
-    for (repo, tag) in [("apps/web", "v1.0.0"), ("apps/web", "v1.1.0"), ("apps/db", "v2.0.0")] {
-        assert_eq!(raw_manifest(&ch, repo, tag), raw_manifest(&ph, repo, tag), "{repo}:{tag}");
+    for (repo, tag) in [
+        ("apps/web", "v1.0.0"),
+        ("apps/web", "v1.1.0"),
+        ("apps/db", "v2.0.0"),
+    ] {
+        assert_eq!(
+            raw_manifest(&ch, repo, tag),
+            raw_manifest(&ph, repo, tag),
+            "{repo}:{tag}"
+        );
     }
     let (from_child, from_parent) = (tmp.path().join("pc"), tmp.path().join("pp"));
     pull(&ch, "apps/web", "v1.0.0", &from_child);
@@ -348,7 +388,11 @@ fn sync_filters_and_images_are_byte_identical() {
     drop(child);
 
     // Nothing new: nothing fetched, at most one request per tag plus the listings.
-    let out = sync_once(&data, &parent.url(), &["--repo", "apps/*", "--tag-include", "^v"]);
+    let out = sync_once(
+        &data,
+        &parent.url(),
+        &["--repo", "apps/*", "--tag-include", "^v"],
+    );
     assert!(out.status.success(), "second sync failed: {}", stderr(&out));
     let s = summary(&out);
     assert_eq!(s["tagsUpdated"], 0, "{s}");
@@ -384,7 +428,11 @@ fn sync_resumes_a_blob_after_the_link_drops() {
     assert_eq!(s["outcome"], "Failed", "{s}");
     {
         let store = open_store(&data);
-        assert_eq!(tag_digest(&store, "big/image", "v1"), None, "tag visible half-done");
+        assert_eq!(
+            tag_digest(&store, "big/image", "v1"),
+            None,
+            "tag visible half-done"
+        );
         assert!(!store.blob_exists(&layers[0].parse().unwrap()));
     }
     assert_eq!(upload_dirs(&data).len(), 1, "partial bytes not kept");
@@ -395,7 +443,10 @@ fn sync_resumes_a_blob_after_the_link_drops() {
     let s = summary(&out);
     assert_eq!(s["blobsResumed"], 1, "{s}");
     let store = open_store(&data);
-    assert_eq!(tag_digest(&store, "big/image", "v1").as_deref(), Some(m.as_str()));
+    assert_eq!(
+        tag_digest(&store, "big/image", "v1").as_deref(),
+        Some(m.as_str())
+    );
     let total = relay.down.load(Ordering::Relaxed);
     assert!(
         (total as f64) < 1.2 * size as f64,
@@ -417,21 +468,35 @@ fn sync_window_closing_mid_transfer_then_next_completes() {
     // 2 MiB/s: the blob needs about 6 s, the window gives 2 s.
     let relay = Relay::start(parent.addr, None, Some(2 << 20));
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &relay.url(), &["--repo", "slow/image", "--time-limit", "PT2S"]);
+    let out = sync_once(
+        &data,
+        &relay.url(),
+        &["--repo", "slow/image", "--time-limit", "PT2S"],
+    );
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert_eq!(summary(&out)["outcome"], "Paused");
     {
         let store = open_store(&data);
-        assert_eq!(tag_digest(&store, "slow/image", "v1"), None, "tag visible half-done");
+        assert_eq!(
+            tag_digest(&store, "slow/image", "v1"),
+            None,
+            "tag visible half-done"
+        );
         assert!(!store.blob_exists(&layers[0].parse().unwrap()));
     }
     let out = sync_once(&data, &relay.url(), &["--repo", "slow/image"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(summary(&out)["blobsResumed"], 1);
     let store = open_store(&data);
-    assert_eq!(tag_digest(&store, "slow/image", "v1").as_deref(), Some(m.as_str()));
+    assert_eq!(
+        tag_digest(&store, "slow/image", "v1").as_deref(),
+        Some(m.as_str())
+    );
     let total = relay.down.load(Ordering::Relaxed);
-    assert!((total as f64) < 1.2 * size as f64, "fetched {total} bytes for {size}");
+    assert!(
+        (total as f64) < 1.2 * size as f64,
+        "fetched {total} bytes for {size}"
+    );
 }
 
 /// A tag moved at the parent is re-pointed locally; a tag deleted at the parent is untagged.
@@ -440,7 +505,11 @@ fn sync_reflects_moved_and_deleted_tags() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let ph = host_of(&parent.url());
-    let (l1, l2, l3) = (tmp.path().join("l1"), tmp.path().join("l2"), tmp.path().join("l3"));
+    let (l1, l2, l3) = (
+        tmp.path().join("l1"),
+        tmp.path().join("l2"),
+        tmp.path().join("l3"),
+    );
     make_layout(&l1, 11, &[20_000]);
     make_layout(&l2, 12, &[20_000]);
     make_layout(&l3, 13, &[20_000]);
@@ -453,14 +522,25 @@ fn sync_reflects_moved_and_deleted_tags() {
     assert!(out.status.success(), "{}", stderr(&out));
     {
         let store = open_store(&data);
-        assert_eq!(tag_digest(&store, "mv/app", "stable").as_deref(), Some(m1.as_str()));
-        assert_eq!(tag_digest(&store, "mv/app", "old").as_deref(), Some(m3.as_str()));
+        assert_eq!(
+            tag_digest(&store, "mv/app", "stable").as_deref(),
+            Some(m1.as_str())
+        );
+        assert_eq!(
+            tag_digest(&store, "mv/app", "old").as_deref(),
+            Some(m3.as_str())
+        );
     }
     // Move `stable`, delete `old` (distribution deletes by digest).
     seed(&l2, &ph, "mv/app", "stable");
     let m2 = parent_digest(&ph, "mv/app", "stable");
     let del = Command::new("curl")
-        .args(["-sf", "-X", "DELETE", &format!("{}/v2/mv/app/manifests/{m3}", parent.url())])
+        .args([
+            "-sf",
+            "-X",
+            "DELETE",
+            &format!("{}/v2/mv/app/manifests/{m3}", parent.url()),
+        ])
         .status()
         .unwrap();
     assert!(del.success(), "delete at the parent");
@@ -469,14 +549,23 @@ fn sync_reflects_moved_and_deleted_tags() {
     let s = summary(&out);
     assert_eq!(s["tagsDeleted"], 1, "{s}");
     let store = open_store(&data);
-    assert_eq!(tag_digest(&store, "mv/app", "stable").as_deref(), Some(m2.as_str()));
+    assert_eq!(
+        tag_digest(&store, "mv/app", "stable").as_deref(),
+        Some(m2.as_str())
+    );
     assert_eq!(tag_digest(&store, "mv/app", "old"), None);
 }
 
 // ---------- a parent that lies ----------
 
 /// Serves one image whose layer bytes do not match the layer digest.
-fn start_lying_parent(manifest: Vec<u8>, manifest_digest: String, config: (String, Vec<u8>), layer: String, layer_size: usize) -> u16 {
+fn start_lying_parent(
+    manifest: Vec<u8>,
+    manifest_digest: String,
+    config: (String, Vec<u8>),
+    layer: String,
+    layer_size: usize,
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -497,8 +586,15 @@ fn start_lying_parent(manifest: Vec<u8>, manifest_digest: String, config: (Strin
             let (status, ctype, body, extra): (&str, &str, Vec<u8>, String) = if path == "/v2/" {
                 ("200 OK", "application/json", b"{}".to_vec(), String::new())
             } else if path.starts_with("/v2/lie/tags/list") {
-                ("200 OK", "application/json", br#"{"name":"lie","tags":["v1"]}"#.to_vec(), String::new())
-            } else if path == "/v2/lie/manifests/v1" || path == format!("/v2/lie/manifests/{manifest_digest}") {
+                (
+                    "200 OK",
+                    "application/json",
+                    br#"{"name":"lie","tags":["v1"]}"#.to_vec(),
+                    String::new(),
+                )
+            } else if path == "/v2/lie/manifests/v1"
+                || path == format!("/v2/lie/manifests/{manifest_digest}")
+            {
                 (
                     "200 OK",
                     "application/vnd.oci.image.manifest.v1+json",
@@ -506,11 +602,26 @@ fn start_lying_parent(manifest: Vec<u8>, manifest_digest: String, config: (Strin
                     format!("Docker-Content-Digest: {manifest_digest}\r\n"),
                 )
             } else if path == format!("/v2/lie/blobs/{}", config.0) {
-                ("200 OK", "application/octet-stream", config.1.clone(), String::new())
+                (
+                    "200 OK",
+                    "application/octet-stream",
+                    config.1.clone(),
+                    String::new(),
+                )
             } else if path == format!("/v2/lie/blobs/{layer}") {
-                ("200 OK", "application/octet-stream", noise(999, layer_size), String::new())
+                (
+                    "200 OK",
+                    "application/octet-stream",
+                    noise(999, layer_size),
+                    String::new(),
+                )
             } else {
-                ("404 Not Found", "application/json", br#"{"errors":[{"code":"NOT_FOUND","message":"no"}]}"#.to_vec(), String::new())
+                (
+                    "404 Not Found",
+                    "application/json",
+                    br#"{"errors":[{"code":"NOT_FOUND","message":"no"}]}"#.to_vec(),
+                    String::new(),
+                )
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
@@ -532,7 +643,14 @@ fn sync_refuses_a_parent_that_lies() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("img");
     let (m, layers) = make_layout(&layout, 21, &[100_000]);
-    let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
+    let blob = |d: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
     let manifest = blob(&m);
     let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     let config_digest = parsed["config"]["digest"].as_str().unwrap().to_owned();
@@ -544,16 +662,29 @@ fn sync_refuses_a_parent_that_lies() {
         100_000,
     );
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &format!("http://127.0.0.1:{port}"), &["--repo", "lie", "--sync-retries", "1"]);
+    let out = sync_once(
+        &data,
+        &format!("http://127.0.0.1:{port}"),
+        &["--repo", "lie", "--sync-retries", "1"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let s = summary(&out);
     let errors = s["errors"].to_string();
-    assert!(errors.contains(&layers[0]) && errors.contains("refused"), "{errors}");
+    assert!(
+        errors.contains(&layers[0]) && errors.contains("refused"),
+        "{errors}"
+    );
     assert!(stderr(&out).contains(&layers[0]), "error not reported");
     let store = open_store(&data);
-    assert!(!store.blob_exists(&layers[0].parse().unwrap()), "bad bytes kept");
+    assert!(
+        !store.blob_exists(&layers[0].parse().unwrap()),
+        "bad bytes kept"
+    );
     assert_eq!(tag_digest(&store, "lie", "v1"), None);
-    assert!(upload_dirs(&data).is_empty(), "bad bytes kept in an upload session");
+    assert!(
+        upload_dirs(&data).is_empty(),
+        "bad bytes kept in an upload session"
+    );
 }
 
 /// Invalid settings are refused at start with the valid range; a bad connection string names
@@ -562,14 +693,26 @@ fn sync_refuses_a_parent_that_lies() {
 fn sync_refuses_bad_settings_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
-    let out = sync_once(&data, "http://127.0.0.1:9", &["--repo", "a", "--sync-window", "PT10M"]);
+    let out = sync_once(
+        &data,
+        "http://127.0.0.1:9",
+        &["--repo", "a", "--sync-window", "PT10M"],
+    );
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
     assert!(e.contains("syncWindow") && e.contains("PT1H to P7D"), "{e}");
-    let out = sync_once(&data, "http://127.0.0.1:9", &["--repo", "a", "--message-ttl", "P100D"]);
+    let out = sync_once(
+        &data,
+        "http://127.0.0.1:9",
+        &["--repo", "a", "--message-ttl", "P100D"],
+    );
     let e = stderr(&out);
     assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
-    let out = sync_once(&data, "http://127.0.0.1:9", &["--repo", "a", "--sync-schedule", "* * *"]);
+    let out = sync_once(
+        &data,
+        "http://127.0.0.1:9",
+        &["--repo", "a", "--sync-schedule", "* * *"],
+    );
     assert!(stderr(&out).contains("syncSchedule"), "{}", stderr(&out));
 
     let out = Command::new(bin())

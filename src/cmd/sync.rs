@@ -25,7 +25,11 @@ pub struct SyncFlags {
 
     /// ACR connection string (ConnectedRegistryName=...;SyncTokenName=...;SyncTokenPassword=...;
     /// ParentGatewayEndpoint=...;ParentEndpointProtocol=https).
-    #[arg(long = "connection-string", env = "ACR_REGISTRY_CONNECTION_STRING", hide_env_values = true)]
+    #[arg(
+        long = "connection-string",
+        env = "ACR_REGISTRY_CONNECTION_STRING",
+        hide_env_values = true
+    )]
     pub connection_string: Option<String>,
 
     /// Parent registry base URL, e.g. https://parent:8443. Without a parent, sync is off.
@@ -184,8 +188,9 @@ pub fn start_background(
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Boxed: the flags are large, and `Command` holds one subcommand's args by value.
     #[command(flatten)]
-    pub sync: SyncFlags,
+    pub sync: Box<SyncFlags>,
 
     /// Data directory of the local registry (stop `serve` on it first: the store is single-process).
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
@@ -224,9 +229,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let data = args.data.clone();
-    let store = tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
-        .await?
-        .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    let store =
+        tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
+            .await?
+            .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     if !args.once {
         let engine = engine(settings, store, &args.data, Arc::new(NoProgress))?;
         let service = SyncService::new(engine);

@@ -50,7 +50,10 @@ pub enum ClientError {
 impl ClientError {
     /// True when the parent could not be reached at all (so a pass should stop early).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Transport { .. } | ClientError::Stalled { .. })
+        matches!(
+            self,
+            ClientError::Transport { .. } | ClientError::Stalled { .. }
+        )
     }
 }
 
@@ -117,7 +120,9 @@ pub struct BlobStream {
 
 fn tls_config(trust: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
     let mut config = match trust {
-        Some(path) => certs::tls::client_config(path).map_err(|e| ClientError::Trust(e.to_string()))?,
+        Some(path) => {
+            certs::tls::client_config(path).map_err(|e| ClientError::Trust(e.to_string()))?
+        }
         None => {
             let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -149,7 +154,10 @@ impl ParentClient {
             .connect_timeout(limits.connect_timeout)
             .read_timeout(limits.progress_timeout)
             .pool_max_idle_per_host(limits.concurrency.max(4) * 2)
-            .user_agent(concat!("connected-registry-sync/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "connected-registry-sync/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| ClientError::Transport {
                 url: base.into(),
@@ -256,7 +264,9 @@ impl ParentClient {
                     ));
                 }
                 if self.basic.swap(true, Ordering::Relaxed) {
-                    return Err(auth_err("the parent refused the credentials (Basic)".into()));
+                    return Err(auth_err(
+                        "the parent refused the credentials (Basic)".into(),
+                    ));
                 }
                 Ok(())
             }
@@ -307,7 +317,9 @@ impl ParentClient {
                     .token
                     .or(body.access_token)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| auth_err(format!("token service {realm}: no token in the answer")))?;
+                    .ok_or_else(|| {
+                        auth_err(format!("token service {realm}: no token in the answer"))
+                    })?;
                 // The spec's default lifetime is 60 s; refresh a little early.
                 let life = Duration::from_secs(body.expires_in.unwrap_or(60).max(10));
                 let expires = Instant::now() + life.mul_f32(0.9);
@@ -360,7 +372,8 @@ impl ParentClient {
                     if auth_answered {
                         return Err(ClientError::Auth {
                             url: url.to_owned(),
-                            message: "the parent refused the credentials or token (HTTP 401)".into(),
+                            message: "the parent refused the credentials or token (HTTP 401)"
+                                .into(),
                         });
                     }
                     // A cached token may have been revoked or expired early: drop it.
@@ -378,12 +391,14 @@ impl ParentClient {
                     let wait = self
                         .retry_after(resp.headers())
                         .unwrap_or_else(|| self.backoff(attempt));
-                    tracing::info!(url, wait_ms = wait.as_millis() as u64, "parent says 429: waiting");
+                    tracing::info!(
+                        url,
+                        wait_ms = wait.as_millis() as u64,
+                        "parent says 429: waiting"
+                    );
                     tokio::time::sleep(wait).await;
                 }
-                Ok(resp)
-                    if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504) && !last =>
-                {
+                Ok(resp) if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504) && !last => {
                     let wait = self
                         .retry_after(resp.headers())
                         .unwrap_or_else(|| self.backoff(attempt));
@@ -694,7 +709,9 @@ impl ParentClient {
     pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool, ClientError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let resp = self
-            .send(Method::HEAD, &url, &Scope::Push(repo.into()), true, &|rb| rb)
+            .send(Method::HEAD, &url, &Scope::Push(repo.into()), true, &|rb| {
+                rb
+            })
             .await?;
         match resp.status().as_u16() {
             200 => Ok(true),
@@ -704,8 +721,15 @@ impl ParentClient {
     }
 
     /// Tries a cross-repository mount; true when the parent mounted the blob.
-    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool, ClientError> {
-        let url = self.url(&format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"));
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, ClientError> {
+        let url = self.url(&format!(
+            "/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"
+        ));
         let resp = self
             .send(Method::POST, &url, &Scope::Push(repo.into()), true, &|rb| {
                 rb.header(CONTENT_LENGTH, "0")
@@ -727,7 +751,10 @@ impl ParentClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.upload_blob_once(repo, digest, path, size, &scope).await {
+            match self
+                .upload_blob_once(repo, digest, path, size, &scope)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_unreachable() && attempt < self.limits.retries => {
                     tokio::time::sleep(self.backoff(attempt)).await;
@@ -747,7 +774,9 @@ impl ParentClient {
     ) -> Result<(), ClientError> {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
-            .send(Method::POST, &url, scope, true, &|rb| rb.header(CONTENT_LENGTH, "0"))
+            .send(Method::POST, &url, scope, true, &|rb| {
+                rb.header(CONTENT_LENGTH, "0")
+            })
             .await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error(&Method::POST, &url, resp).await);
@@ -767,10 +796,12 @@ impl ParentClient {
         };
         let sep = if location.contains('?') { '&' } else { '?' };
         let put_url = format!("{location}{sep}digest={digest}");
-        let file = tokio::fs::File::open(path).await.map_err(|e| ClientError::Protocol {
-            url: put_url.clone(),
-            message: format!("internal: cannot read local blob {}: {e}", path.display()),
-        })?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Protocol {
+                url: put_url.clone(),
+                message: format!("internal: cannot read local blob {}: {e}", path.display()),
+            })?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
         let body = reqwest::Body::wrap_stream(stream);
         // Single attempt: the body stream cannot be replayed; the caller retries the whole upload.
@@ -778,7 +809,10 @@ impl ParentClient {
             .http
             .put(&put_url)
             .header(CONTENT_LENGTH, size)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
             .body(body);
         rb = self.authorize(rb, scope);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);

@@ -41,7 +41,9 @@ pub enum ConnectionStringError {
     Duplicate(&'static str),
     #[error("connection string: required field `{0}` is missing or empty")]
     Missing(&'static str),
-    #[error("connection string: `ConnectedRegistryName` must be 5 to 50 letters or digits (got {0:?})")]
+    #[error(
+        "connection string: `ConnectedRegistryName` must be 5 to 50 letters or digits (got {0:?})"
+    )]
     BadName(String),
     #[error("connection string: `ParentEndpointProtocol` must be `https` or `http` (got {0:?})")]
     BadProtocol(String),
@@ -151,7 +153,8 @@ mod tests {
         let garbage = GOOD.replace(";ParentGatewayEndpoint", ";junk;ParentGatewayEndpoint");
         let err = ConnectionString::parse(&garbage).unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
-        let err = ConnectionString::parse(&GOOD.replace("parent.local:8443", "https://p")).unwrap_err();
+        let err =
+            ConnectionString::parse(&GOOD.replace("parent.local:8443", "https://p")).unwrap_err();
         assert!(err.to_string().contains("ParentGatewayEndpoint"), "{err}");
     }
 }

@@ -69,7 +69,8 @@ pub(crate) struct Pass {
 
 impl Pass {
     pub(crate) fn check(&self) -> Result<(), SyncError> {
-        if self.paused.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.paused.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        {
             self.paused.store(true, Ordering::Relaxed);
             return Err(SyncError::Paused);
         }
@@ -290,10 +291,8 @@ impl Engine {
                 continue;
             }
             let (r, t) = (repo.clone(), tag.clone());
-            let local = blocking(&self.store, move |s| {
-                s.get_manifest(&r, &Reference::Tag(t))
-            })
-            .await;
+            let local =
+                blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await;
             match local {
                 Ok(Some(m)) if m.digest == digest => {
                     let (r, t) = (repo.clone(), tag.clone());
@@ -327,7 +326,12 @@ impl Engine {
     }
 
     /// Brings one tag in step. Returns the digest it now points at (None: gone at the parent).
-    async fn sync_tag(&self, pass: &Pass, repo: &str, tag: &str) -> Result<Option<Digest>, SyncError> {
+    async fn sync_tag(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<Digest>, SyncError> {
         pass.check()?;
         let Some(remote) = self.client.head_manifest(repo, tag).await? else {
             return Ok(None);
@@ -360,7 +364,12 @@ impl Engine {
         Ok(Some(remote))
     }
 
-    async fn copy_and_store(&self, pass: &Pass, repo: &str, digest: &Digest) -> Result<(), SyncError> {
+    async fn copy_and_store(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), SyncError> {
         let (m, local) = self.copy_manifest(pass, repo, digest).await?;
         if !local {
             let (r, d) = (repo.to_owned(), digest.clone());
@@ -382,7 +391,11 @@ impl Engine {
     ) -> BoxFuture<'a, Result<(FetchedManifest, bool), SyncError>> {
         async move {
             let (r, d) = (repo.to_owned(), digest.clone());
-            if let Some(m) = blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Digest(d))).await? {
+            if let Some(m) = blocking(&self.store, move |s| {
+                s.get_manifest(&r, &Reference::Digest(d))
+            })
+            .await?
+            {
                 return Ok((
                     FetchedManifest {
                         digest: m.digest,
@@ -397,13 +410,18 @@ impl Engine {
                 .client
                 .get_manifest(repo, &digest.to_string())
                 .await?
-                .ok_or_else(|| SyncError::Refused(format!("{repo}: the parent has no manifest {digest}")))?;
+                .ok_or_else(|| {
+                    SyncError::Refused(format!("{repo}: the parent has no manifest {digest}"))
+                })?;
             pass.manifests_fetched.fetch_add(1, Ordering::Relaxed);
             match manifest::parse(&m.media_type, &m.body)
                 .map_err(|e| SyncError::Refused(format!("{repo}@{digest}: {e}")))?
             {
                 Parsed::Index(index) => {
-                    let children = index.manifests.iter().map(|c| self.copy_and_store(pass, repo, &c.digest));
+                    let children = index
+                        .manifests
+                        .iter()
+                        .map(|c| self.copy_and_store(pass, repo, &c.digest));
                     futures_util::future::try_join_all(children).await?;
                 }
                 Parsed::Image(image) => {
@@ -424,7 +442,12 @@ impl Engine {
     }
 
     /// Makes a blob present in `repo`: link it when stored already, else download it.
-    async fn ensure_blob(&self, pass: &Pass, repo: &str, desc: &Descriptor) -> Result<(), SyncError> {
+    async fn ensure_blob(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        desc: &Descriptor,
+    ) -> Result<(), SyncError> {
         let d = desc.digest.clone();
         let link = |d: Digest| {
             let r = repo.to_owned();
@@ -455,7 +478,12 @@ impl Engine {
         result
     }
 
-    async fn download_blob(&self, pass: &Pass, repo: &str, desc: &Descriptor) -> Result<(), SyncError> {
+    async fn download_blob(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        desc: &Descriptor,
+    ) -> Result<(), SyncError> {
         let digest = &desc.digest;
         let id = upload_id(repo, digest);
         {
@@ -470,7 +498,9 @@ impl Engine {
             let have = writer.len();
             if desc.size > 0 && have > desc.size {
                 if restarted {
-                    return Err(SyncError::Internal(format!("upload {id} keeps more bytes than {digest} has")));
+                    return Err(SyncError::Internal(format!(
+                        "upload {id} keeps more bytes than {digest} has"
+                    )));
                 }
                 drop(writer);
                 let i = id.clone();
@@ -519,7 +549,11 @@ impl Engine {
                         return Err(SyncError::Client(e));
                     }
                     tracing::info!(repo, %digest, error = %e, "blob transfer interrupted; resuming");
-                    let wait = self.settings.limits.backoff_base.saturating_mul(1 << stalls.min(6));
+                    let wait = self
+                        .settings
+                        .limits
+                        .backoff_base
+                        .saturating_mul(1 << stalls.min(6));
                     let wait = wait.min(self.settings.limits.backoff_max);
                     match pass.deadline {
                         Some(dl) if Instant::now() + wait >= dl => return Err(SyncError::Paused),
@@ -531,7 +565,8 @@ impl Engine {
         }
         pass.blobs_fetched.fetch_add(1, Ordering::Relaxed);
         let id2 = id.clone();
-        self.state.update(move |s| s.uploads_in_flight.remove(&id2))?;
+        self.state
+            .update(move |s| s.uploads_in_flight.remove(&id2))?;
         Ok(())
     }
 
@@ -565,14 +600,16 @@ impl Engine {
         let mut too_long = false;
         loop {
             let next = match pass.deadline {
-                Some(dl) => match tokio::time::timeout_at(dl, self.client.next_chunk(&mut blob)).await {
-                    Err(_) => {
-                        pass.paused.store(true, Ordering::Relaxed);
-                        failure = Some(SyncError::Paused);
-                        break;
+                Some(dl) => {
+                    match tokio::time::timeout_at(dl, self.client.next_chunk(&mut blob)).await {
+                        Err(_) => {
+                            pass.paused.store(true, Ordering::Relaxed);
+                            failure = Some(SyncError::Paused);
+                            break;
+                        }
+                        Ok(r) => r,
                     }
-                    Ok(r) => r,
-                },
+                }
                 None => self.client.next_chunk(&mut blob).await,
             };
             match next {
@@ -608,9 +645,12 @@ impl Engine {
         }
         drop(tx);
         let progressed = written > have;
-        let joined = handle
-            .await
-            .map_err(|e| (SyncError::Internal(format!("blob writer failed: {e}")), progressed));
+        let joined = handle.await.map_err(|e| {
+            (
+                SyncError::Internal(format!("blob writer failed: {e}")),
+                progressed,
+            )
+        });
         let joined = if too_long {
             drop(joined);
             let id = upload_id(repo, digest);

@@ -9,10 +9,10 @@ pub mod digest;
 pub mod engine;
 pub mod manifest;
 mod push;
+pub mod service;
 pub mod settings;
 pub mod state;
 pub mod store;
-pub mod service;
 
 pub use axum;
 pub use client::ParentClient;

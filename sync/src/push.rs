@@ -89,9 +89,15 @@ async fn push_tag(
         }
         _ => {
             let (r, d) = (repo.to_owned(), digest.clone());
-            let m = blocking(&engine.store, move |s| s.get_manifest(&r, &Reference::Digest(d))).await?;
+            let m = blocking(&engine.store, move |s| {
+                s.get_manifest(&r, &Reference::Digest(d))
+            })
+            .await?;
             let Some(m) = m else { return Ok(()) };
-            engine.client.put_manifest(repo, tag, &m.media_type, m.body).await?;
+            engine
+                .client
+                .put_manifest(repo, tag, &m.media_type, m.body)
+                .await?;
             tracing::info!(repo, tag, %digest, "pushed up");
         }
     }
@@ -111,14 +117,25 @@ fn push_manifest<'a>(
 ) -> BoxFuture<'a, Result<bool, SyncError>> {
     async move {
         let (r, d) = (repo.to_owned(), digest.clone());
-        let Some(m) = blocking(&engine.store, move |s| s.get_manifest(&r, &Reference::Digest(d))).await? else {
+        let Some(m) = blocking(&engine.store, move |s| {
+            s.get_manifest(&r, &Reference::Digest(d))
+        })
+        .await?
+        else {
             return Ok(false);
         };
-        if engine.client.head_manifest(repo, &digest.to_string()).await? == Some(digest.clone()) {
+        if engine
+            .client
+            .head_manifest(repo, &digest.to_string())
+            .await?
+            == Some(digest.clone())
+        {
             return Ok(true);
         }
         pass.check()?;
-        match manifest::parse(&m.media_type, &m.body).map_err(|e| SyncError::Internal(format!("{repo}@{digest}: {e}")))? {
+        match manifest::parse(&m.media_type, &m.body)
+            .map_err(|e| SyncError::Internal(format!("{repo}@{digest}: {e}")))?
+        {
             Parsed::Index(index) => {
                 for child in &index.manifests {
                     push_manifest(engine, pass, repo, &child.digest).await?;
@@ -136,9 +153,15 @@ fn push_manifest<'a>(
                     })
                     .await?;
                     let size = size.ok_or_else(|| {
-                        SyncError::Internal(format!("{repo}@{digest}: blob {} is missing locally", blob.digest))
+                        SyncError::Internal(format!(
+                            "{repo}@{digest}: blob {} is missing locally",
+                            blob.digest
+                        ))
                     })?;
-                    engine.client.upload_blob(repo, &blob.digest, &path, size).await?;
+                    engine
+                        .client
+                        .upload_blob(repo, &blob.digest, &path, size)
+                        .await?;
                 }
             }
         }

@@ -139,8 +139,8 @@ impl SyncService {
 
     /// Applies `messageTtl` to the change log, but never to changes not yet pushed up.
     async fn prune(&self, summary: &Summary) {
-        let all_pushed = self.engine.settings.mode == Mode::ReadOnly
-            || summary.outcome == Outcome::Completed;
+        let all_pushed =
+            self.engine.settings.mode == Mode::ReadOnly || summary.outcome == Outcome::Completed;
         if !all_pushed {
             return;
         }
@@ -148,7 +148,9 @@ impl SyncService {
         let before = (Utc::now().timestamp().max(0) as u64).saturating_sub(ttl);
         let store = self.engine.store.clone();
         match tokio::task::spawn_blocking(move || store.prune_changes(before)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "change log entries past messageTtl dropped"),
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(pruned = n, "change log entries past messageTtl dropped")
+            }
             Ok(Err(e)) => tracing::warn!("prune change log: {e}"),
             _ => {}
         }

@@ -58,7 +58,9 @@ impl FromStr for Mode {
 /// Parses an ISO-8601 duration of weeks, days, hours, minutes and seconds
 /// (`P7D`, `PT1H`, `P1DT12H`, `PT90M`, `P2W`). Years and months are refused: their length varies.
 pub fn parse_iso_duration(s: &str) -> Result<Duration, String> {
-    let bad = |why: &str| format!("{s:?} is not an ISO-8601 duration ({why}); examples: PT1H, P1D, P1DT12H");
+    let bad = |why: &str| {
+        format!("{s:?} is not an ISO-8601 duration ({why}); examples: PT1H, P1D, P1DT12H")
+    };
     let rest = s
         .strip_prefix('P')
         .or_else(|| s.strip_prefix('p'))
@@ -543,9 +545,10 @@ impl RawSettings {
         let mut repos = Vec::new();
         for r in self.repos {
             if r.pattern.is_empty()
-                || !r.pattern.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c)
-                })
+                || !r
+                    .pattern
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c))
             {
                 return Err(invalid(
                     "repos",
@@ -575,21 +578,42 @@ impl RawSettings {
         let mut limits = Limits::default();
         if let Some(c) = self.concurrency {
             if !(1..=256).contains(&c) {
-                return Err(invalid("concurrency", format!("{c} is out of range; valid range 1 to 256")));
+                return Err(invalid(
+                    "concurrency",
+                    format!("{c} is out of range; valid range 1 to 256"),
+                ));
             }
             limits.concurrency = c;
         }
         let secs = |name: &'static str, v: Option<u64>, d: Duration| match v {
             None => Ok(d),
             Some(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
-            Some(s) => Err(invalid(name, format!("{s} s is out of range; valid range 1 to 86400 s"))),
+            Some(s) => Err(invalid(
+                name,
+                format!("{s} s is out of range; valid range 1 to 86400 s"),
+            )),
         };
-        limits.connect_timeout = secs("connect timeout", self.connect_timeout_secs, limits.connect_timeout)?;
-        limits.request_timeout = secs("request timeout", self.request_timeout_secs, limits.request_timeout)?;
-        limits.progress_timeout = secs("progress timeout", self.progress_timeout_secs, limits.progress_timeout)?;
+        limits.connect_timeout = secs(
+            "connect timeout",
+            self.connect_timeout_secs,
+            limits.connect_timeout,
+        )?;
+        limits.request_timeout = secs(
+            "request timeout",
+            self.request_timeout_secs,
+            limits.request_timeout,
+        )?;
+        limits.progress_timeout = secs(
+            "progress timeout",
+            self.progress_timeout_secs,
+            limits.progress_timeout,
+        )?;
         if let Some(r) = self.retries {
             if !(1..=100).contains(&r) {
-                return Err(invalid("retries", format!("{r} is out of range; valid range 1 to 100")));
+                return Err(invalid(
+                    "retries",
+                    format!("{r} is out of range; valid range 1 to 100"),
+                ));
             }
             limits.retries = r;
         }
@@ -624,9 +648,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_iso_duration("PT1H").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_iso_duration("P1DT12H").unwrap(), Duration::from_secs(129_600));
-        assert_eq!(parse_iso_duration("P2W").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(
+            parse_iso_duration("PT1H").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_iso_duration("P1DT12H").unwrap(),
+            Duration::from_secs(129_600)
+        );
+        assert_eq!(
+            parse_iso_duration("P2W").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         assert!(parse_iso_duration("P1M").is_err());
         assert!(parse_iso_duration("1H").is_err());
         assert!(parse_iso_duration("PT").is_err());
@@ -659,12 +692,17 @@ mod tests {
             s.next_after(sat).unwrap(),
             "2026-11-23T03:00:00Z".parse::<DateTime<Utc>>().unwrap()
         );
-        assert!(CronSchedule::parse("* * *").unwrap_err().to_string().contains("five fields"));
+        assert!(CronSchedule::parse("* * *")
+            .unwrap_err()
+            .to_string()
+            .contains("five fields"));
         assert!(CronSchedule::parse("61 * * * *").is_err());
         let every = CronSchedule::parse("* * * * *").unwrap();
         let now = "2026-11-23T02:00:30Z".parse::<DateTime<Utc>>().unwrap();
         assert_eq!(
-            every.last_start_within(now, Duration::from_secs(3600)).unwrap(),
+            every
+                .last_start_within(now, Duration::from_secs(3600))
+                .unwrap(),
             "2026-11-23T02:00:00Z".parse::<DateTime<Utc>>().unwrap()
         );
     }

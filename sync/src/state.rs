@@ -96,7 +96,8 @@ impl StateFile {
             path: path.clone(),
             message,
         };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create the directory: {e}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create the directory: {e}")))?;
         let state = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 err(format!(

@@ -115,7 +115,7 @@ pub trait LocalStore: Send + Sync + 'static {
 mod registry_store {
     use super::*;
     use registry::storage::{Origin, Session};
-    use registry::{RepoName, Store, StorageError};
+    use registry::{RepoName, StorageError, Store};
 
     fn repo_name(repo: &str) -> Result<RepoName, StoreError> {
         repo.parse::<RepoName>()
