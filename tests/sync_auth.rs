@@ -1,0 +1,207 @@
+//! The Docker bearer-token flow against a parent that demands it: a token gate (in the test, on
+//! loopback) in front of a real CNCF distribution answers 401 with a `Bearer` challenge, issues
+//! tokens for Basic credentials at its realm, and forwards authorized requests. Sync with the
+//! right credentials fetches one token per scope and reuses it; with wrong ones it fails with
+//! a clear error that never shows the password.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use common::distribution::start_distribution;
+use common::{bin, run_ok};
+
+/// base64("sync-user:s3cret-pw")
+const GOOD_BASIC: &str = "Basic c3luYy11c2VyOnMzY3JldC1wdw==";
+const TOKEN: &str = "tok-abc123";
+
+#[derive(Clone)]
+struct Gate {
+    upstream: String,
+    realm: String,
+    tokens_issued: Arc<AtomicU64>,
+    http: reqwest::Client,
+}
+
+async fn token(State(g): State<Gate>, headers: HeaderMap) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(GOOD_BASIC) {
+        return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+    }
+    g.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    axum::Json(serde_json::json!({"token": TOKEN, "expires_in": 300})).into_response()
+}
+
+async fn forward(State(g): State<Gate>, req: Request) -> Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {TOKEN}"));
+    if !authorized {
+        let repo = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.split("/manifests/").next())
+            .and_then(|p| p.split("/tags/").next())
+            .and_then(|p| p.split("/blobs/").next())
+            .unwrap_or("");
+        let mut resp = (StatusCode::UNAUTHORIZED, "{}").into_response();
+        let challenge = format!(
+            "Bearer realm=\"{}\",service=\"gate\",scope=\"repository:{repo}:pull\"",
+            g.realm
+        );
+        resp.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_str(&challenge).unwrap(),
+        );
+        return resp;
+    }
+    let mut rb = g
+        .http
+        .request(req.method().clone(), format!("{}{path}", g.upstream));
+    for name in ["accept", "range"] {
+        if let Some(v) = req.headers().get(name) {
+            rb = rb.header(name, v.clone());
+        }
+    }
+    let up = rb.send().await.unwrap();
+    let mut resp = Response::builder().status(up.status().as_u16());
+    for (k, v) in up.headers() {
+        resp = resp.header(k.as_str(), v.as_bytes());
+    }
+    resp.body(Body::from(up.bytes().await.unwrap())).unwrap()
+}
+
+fn make_layout(dir: &Path) {
+    use sha2::Digest as _;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write = |data: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(data));
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        (format!("sha256:{hex}"), data.len())
+    };
+    let (layer, ls) = write(&[7u8; 5000]);
+    let (config, cs) =
+        write(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": ls}]
+    }))
+    .unwrap();
+    let (md, ms) = write(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_follows_the_bearer_token_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let layout = tmp.path().join("img");
+    make_layout(&layout);
+    let (l, host) = (layout.clone(), parent.addr.to_string());
+    tokio::task::spawn_blocking(move || {
+        run_ok(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:latest", l.display()),
+                &format!("docker://{host}/secure/app:v1"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_url = format!("http://{}", listener.local_addr().unwrap());
+    let gate = Gate {
+        upstream: parent.url(),
+        realm: format!("{gate_url}/token"),
+        tokens_issued: Arc::default(),
+        http: reqwest::Client::new(),
+    };
+    let issued = gate.tokens_issued.clone();
+    let app = Router::new()
+        .route("/token", get(token))
+        .fallback(forward)
+        .with_state(gate);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let run = |creds: &'static str, data: std::path::PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin())
+                .args([
+                    "sync",
+                    "--once",
+                    "--json",
+                    "--data",
+                    data.to_str().unwrap(),
+                    "--parent",
+                    &url,
+                    "--repo",
+                    "secure/app",
+                    "--sync-retries",
+                    "2",
+                ])
+                .env("CONNECTED_REGISTRY_SYNC_CREDS", creds)
+                .output()
+                .unwrap()
+        })
+    };
+
+    let out = run(
+        "sync-user:WRONG-pw-9",
+        tmp.path().join("bad"),
+        gate_url.clone(),
+    )
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("WRONG-pw-9"), "password printed: {text}");
+    assert_eq!(issued.load(Ordering::SeqCst), 0);
+
+    let out = run(
+        "sync-user:s3cret-pw",
+        tmp.path().join("good"),
+        gate_url.clone(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["tagsUpdated"], 1, "{s}");
+    assert!(!text.contains("s3cret-pw"), "password printed: {text}");
+    // One scope (pull on secure/app): one token, reused for every request of the pass.
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+}
