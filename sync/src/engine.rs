@@ -102,6 +102,9 @@ pub struct Engine {
     blob_slots: Semaphore,
 }
 
+/// Blobs from this size on are listed in the state file while they download.
+const RECORD_UPLOADS_FROM: u64 = 4 << 20;
+
 /// Deterministic upload id for a blob download into `repo`, so a restart finds the partial
 /// bytes (upload sessions belong to one repository, hence the repository's hash in the id).
 pub fn upload_id(repo: &str, digest: &Digest) -> String {
@@ -486,7 +489,10 @@ impl Engine {
     ) -> Result<(), SyncError> {
         let digest = &desc.digest;
         let id = upload_id(repo, digest);
-        {
+        // Recorded for operators (status, state file) only: the stable id is what makes a
+        // download resumable. Small blobs are not worth an fsync each.
+        let record = desc.size >= RECORD_UPLOADS_FROM;
+        if record {
             let id = id.clone();
             self.state.update(move |s| s.uploads_in_flight.insert(id))?;
         }
@@ -564,9 +570,11 @@ impl Engine {
             }
         }
         pass.blobs_fetched.fetch_add(1, Ordering::Relaxed);
-        let id2 = id.clone();
-        self.state
-            .update(move |s| s.uploads_in_flight.remove(&id2))?;
+        if record {
+            let id2 = id.clone();
+            self.state
+                .update(move |s| s.uploads_in_flight.remove(&id2))?;
+        }
         Ok(())
     }
 
