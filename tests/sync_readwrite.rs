@@ -256,3 +256,122 @@ async fn readwrite_push_while_parent_down_arrives_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A tag moved at the parent while it was re-pushed here: the parent's tag stays, the local
+/// manifest reaches the parent by digest (both kept), and the conflict is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readwrite_conflict_keeps_both_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = common::distribution::start_distribution(&tmp.path().join("parent"), "");
+    let ph = parent.addr.to_string();
+    let layouts: Vec<_> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("img{i}"));
+            make_layout(&dir, 40 + i, 50_000);
+            dir
+        })
+        .collect();
+    let push = |layout: &Path, host: &str, tag: &str| {
+        run_ok(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:latest", layout.display()),
+                &format!("docker://{host}/cf/app:{tag}"),
+            ],
+        );
+    };
+    let p0 = layouts[0].clone();
+    let h = ph.clone();
+    tokio::task::spawn_blocking(move || push(&p0, &h, "v1"))
+        .await
+        .unwrap();
+
+    let data = tmp.path().join("child");
+    let store = registry::Store::open(&data, Default::default()).unwrap();
+    let settings = RawSettings {
+        parent: Some(parent.url()),
+        mode: Some("ReadWrite".into()),
+        repos: vec![RawRepoRule {
+            pattern: "cf/app".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .validate()
+    .unwrap()
+    .unwrap();
+    let client =
+        sync::ParentClient::new(&parent.url(), None, None, settings.limits.clone()).unwrap();
+    let engine = sync::Engine::new(
+        Arc::new(client),
+        Arc::new(store.clone()),
+        settings,
+        Arc::new(sync::StateFile::open(&data.join("sync")).unwrap()),
+        Arc::new(sync::NoProgress),
+    );
+    let first = engine.run_pass(None).await;
+    assert_eq!(first.tags_updated, 1, "{first:?}");
+
+    // The parent moves v1; meanwhile a client re-pushes v1 here with other content.
+    let app = registry::api::router(store.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let child = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (p1, p2, h, c) = (
+        layouts[1].clone(),
+        layouts[2].clone(),
+        ph.clone(),
+        child.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        push(&p1, &h, "v1");
+        push(&p2, &c, "v1");
+    })
+    .await
+    .unwrap();
+    let parent_v1 = tokio::task::spawn_blocking({
+        let h = ph.clone();
+        move || raw_manifest(&h, "cf/app", "v1").unwrap()
+    })
+    .await
+    .unwrap();
+    let local_v1 = tokio::task::spawn_blocking({
+        let c = child.clone();
+        move || raw_manifest(&c, "cf/app", "v1").unwrap()
+    })
+    .await
+    .unwrap();
+    assert_ne!(parent_v1, local_v1);
+
+    let second = engine.run_pass(None).await;
+    assert_eq!(second.conflicts.len(), 1, "{second:?}");
+    assert!(second.conflicts[0].contains("cf/app:v1"), "{second:?}");
+    // The parent's tag stayed.
+    let h = ph.clone();
+    let now = tokio::task::spawn_blocking(move || raw_manifest(&h, "cf/app", "v1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(now, parent_v1, "the parent's tag was overwritten");
+    // The local manifest is at the parent by digest.
+    let local_digest = format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(local_v1.as_bytes()))
+    );
+    let resp = reqwest::Client::new()
+        .head(format!(
+            "{}/v2/cf/app/manifests/{local_digest}",
+            parent.url()
+        ))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "local manifest not pushed by digest"
+    );
+}
