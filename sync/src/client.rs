@@ -106,6 +106,8 @@ pub struct ParentClient {
     tokens: Mutex<HashMap<Scope, CachedToken>>,
     /// The parent answered a challenge with `Basic`: send credentials up front from now on.
     basic: AtomicBool,
+    /// The parent answered 404 to the referrers API: it has none.
+    no_referrers_api: AtomicBool,
     pub stats: ClientStats,
     jitter: AtomicU64,
 }
@@ -174,6 +176,7 @@ impl ParentClient {
             limits,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
+            no_referrers_api: AtomicBool::new(false),
             stats: ClientStats::default(),
             jitter: AtomicU64::new(seed | 1),
         })
@@ -684,12 +687,21 @@ impl ParentClient {
 
     /// OCI 1.1 referrers of a manifest; empty when the parent has no referrers API.
     pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Digest>, ClientError> {
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
         let url = self.url(&format!("/v2/{repo}/referrers/{digest}"));
         let resp = self
             .send(Method::GET, &url, &Scope::Pull(repo.into()), true, &|rb| {
                 rb.header(ACCEPT, "application/vnd.oci.image.index.v1+json")
             })
             .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            // The API answers 200 with an empty index for a manifest it knows; a 404 for a
+            // manifest that exists means there is no referrers API: stop asking.
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+            return Ok(Vec::new());
+        }
         if !resp.status().is_success() {
             return Ok(Vec::new());
         }
