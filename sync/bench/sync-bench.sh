@@ -77,6 +77,13 @@ if [ "$BLOB_SIZE" != 0 ]; then
   curl -sf -o /dev/null "http://$src/v2/big/blob/blobs/$layer"
   tc="$(since "$t0")"
   echo "blob.curl_time $tc s"
+  # curl to a file, fsynced, then verified: what a durable, verified copy costs with curl
+  t0="$(now)"
+  curl -sf -o "$WORK/blob.out" "http://$src/v2/big/blob/blobs/$layer"
+  python3 -c 'import os,sys; f=os.open(sys.argv[1], os.O_RDONLY); os.fsync(f)' "$WORK/blob.out"
+  sha256sum "$WORK/blob.out" >/dev/null
+  echo "blob.curl_fsync_sha256sum_time $(since "$t0") s"
+  rm -f "$WORK/blob.out"
   t0="$(now)"
   "$BIN" sync --once --quiet --json --data "$WORK/child2" --parent "http://$src" --repo big/blob >"$WORK/blob.json" 2>"$WORK/blob.log"
   ts="$(since "$t0")"
