@@ -728,3 +728,153 @@ fn sync_refuses_bad_settings_clearly() {
     assert!(all.contains("ParentEndpointProtocol"), "{all}");
     assert!(!all.contains("Sup3rSecret"), "password printed: {all}");
 }
+
+/// A two-platform image index (OCI layout, tag `latest`). Returns the index digest and the
+/// two child manifest digests.
+fn make_index_layout(dir: &Path) -> (String, Vec<String>) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write = |data: &[u8]| -> String {
+        let hex = sha256_hex(data);
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    };
+    let mut children = Vec::new();
+    let mut descs = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+        let layer = noise(500 + i as u64, 30_000);
+        let ld = write(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}
+        }))
+        .unwrap();
+        let cd = write(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}]
+        }))
+        .unwrap();
+        let md = write(&manifest);
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+            "size": manifest.len(), "platform": {"architecture": arch, "os": "linux"}
+        }));
+        children.push(md);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs
+    }))
+    .unwrap();
+    let id = write(&index);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": index.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    (id, children)
+}
+
+/// Pushes a signature-like artifact whose subject is `subject` (by plain HTTP, as skopeo 1.9
+/// cannot push referrers). Returns its digest.
+fn push_referrer(base: &str, repo: &str, subject: &str, subject_size: usize) -> String {
+    let put_blob = |data: &[u8]| -> String {
+        let d = format!("sha256:{}", sha256_hex(data));
+        let status = Command::new("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &String::from_utf8_lossy(data),
+                &format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "push blob {d}");
+        d
+    };
+    let empty = put_blob(b"{}");
+    let sig = put_blob(b"signature-bytes");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.example.signature", "digest": sig, "size": 15}],
+        "subject": {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": subject, "size": subject_size}
+    }))
+    .unwrap();
+    let d = format!("sha256:{}", sha256_hex(&manifest));
+    let path = std::env::temp_dir().join(format!("referrer-{}.json", &d[7..19]));
+    std::fs::write(&path, &manifest).unwrap();
+    let status = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            &format!("{base}/v2/{repo}/manifests/{d}"),
+        ])
+        .status()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(status.success(), "push referrer manifest");
+    d
+}
+
+/// A multi-arch index arrives with every platform, bottom-up, and so do its referrers, from a
+/// parent that is a connected registry of ours (which has the OCI 1.1 referrers API).
+#[test]
+fn sync_copies_multi_arch_indexes_and_referrers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let ph = host_of(&parent.url());
+    let layout = tmp.path().join("multi");
+    let (index, children) = make_index_layout(&layout);
+    run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:latest", layout.display()),
+            &format!("docker://{ph}/multi/app:v1"),
+        ],
+    );
+    let index_size = std::fs::read(layout.join("blobs/sha256").join(&index[7..]))
+        .unwrap()
+        .len();
+    let referrer = push_referrer(&parent.url(), "multi/app", &index, index_size);
+
+    let data = tmp.path().join("child");
+    let out = sync_once(&data, &parent.url(), &["--repo", "multi/app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = open_store(&data);
+    let repo: registry::RepoName = "multi/app".parse().unwrap();
+    assert_eq!(
+        tag_digest(&store, "multi/app", "v1").as_deref(),
+        Some(index.as_str())
+    );
+    for child in &children {
+        let found = store
+            .get_manifest(&repo, &registry::Reference::Digest(child.parse().unwrap()))
+            .unwrap();
+        assert!(found.is_some(), "platform manifest {child} missing");
+    }
+    let refs = store.referrers(&repo, &index.parse().unwrap()).unwrap();
+    assert!(
+        refs.iter().any(|d| d.digest.to_string() == referrer),
+        "referrer {referrer} not synced: {refs:?}"
+    );
+}

@@ -29,6 +29,8 @@ struct Gate {
     realm: String,
     tokens_issued: Arc<AtomicU64>,
     http: reqwest::Client,
+    /// Basic auth on every request instead of the token flow.
+    basic: bool,
 }
 
 async fn token(State(g): State<Gate>, headers: HeaderMap) -> Response {
@@ -45,11 +47,24 @@ async fn forward(State(g): State<Gate>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
+    let want = if g.basic {
+        GOOD_BASIC.to_owned()
+    } else {
+        format!("Bearer {TOKEN}")
+    };
     let authorized = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {TOKEN}"));
+        == Some(want.as_str());
+    if !authorized && g.basic {
+        let mut resp = (StatusCode::UNAUTHORIZED, "{}").into_response();
+        resp.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Basic realm=\"gate\""),
+        );
+        return resp;
+    }
     if !authorized {
         let repo = path
             .strip_prefix("/v2/")
@@ -114,8 +129,8 @@ fn make_layout(dir: &Path) {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_follows_the_bearer_token_flow() {
+/// Runs the parent, the gate and both syncs (wrong credentials, then right ones).
+async fn check_gate(basic: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let layout = tmp.path().join("img");
@@ -143,6 +158,7 @@ async fn sync_follows_the_bearer_token_flow() {
         realm: format!("{gate_url}/token"),
         tokens_issued: Arc::default(),
         http: reqwest::Client::new(),
+        basic,
     };
     let issued = gate.tokens_issued.clone();
     let app = Router::new()
@@ -203,5 +219,15 @@ async fn sync_follows_the_bearer_token_flow() {
     assert_eq!(s["tagsUpdated"], 1, "{s}");
     assert!(!text.contains("s3cret-pw"), "password printed: {text}");
     // One scope (pull on secure/app): one token, reused for every request of the pass.
-    assert_eq!(issued.load(Ordering::SeqCst), 1);
+    assert_eq!(issued.load(Ordering::SeqCst), if basic { 0 } else { 1 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_follows_the_bearer_token_flow() {
+    check_gate(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sends_basic_credentials_when_the_parent_asks() {
+    check_gate(true).await;
 }

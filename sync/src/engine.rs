@@ -312,7 +312,13 @@ impl Engine {
             }
         }
         // Write the state only when it changes: a pass with nothing new costs no fsync.
-        let known = self.state.snapshot().synced_tags.get(&repo).cloned().unwrap_or_default();
+        let known = self
+            .state
+            .snapshot()
+            .synced_tags
+            .get(&repo)
+            .cloned()
+            .unwrap_or_default();
         done.retain(|(tag, d)| known.get(tag) != Some(d));
         if done.is_empty() && gone.is_empty() {
             return;
