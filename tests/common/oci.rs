@@ -1,5 +1,5 @@
 //! Builds OCI image layouts on disk (images and multi-arch indexes with random, incompressible
-//! tar layers) for real clients such as skopeo to copy from.
+//! gzip tar layers) for real clients such as skopeo to copy from.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,8 +10,44 @@ use super::api::{
     config_bytes, image_manifest, index_manifest, sha256, Desc, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
 };
 
-/// Media type of an uncompressed OCI layer (random data does not compress, so gzip would only cost time).
-pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Media type of the layers written here. They are gzip, because clients such as skopeo
+/// compress uncompressed layers on the way to a registry, which would change the digests.
+pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// `data` as a gzip stream of stored (uncompressed) deflate blocks: random data does not
+/// compress, so this is as small as real compression and needs no compressor.
+pub fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut table = [0u32; 256];
+    for (i, slot) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *slot = c;
+    }
+    let crc = !data.iter().fold(!0u32, |c, &b| {
+        table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8)
+    });
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut chunks = data.chunks(0xffff).peekable();
+    if data.is_empty() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        out.push(if chunks.peek().is_none() { 1 } else { 0 });
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
 
 /// `n` bytes from the kernel's random source.
 pub fn random_bytes(n: usize) -> Vec<u8> {
@@ -93,14 +129,16 @@ impl Layout {
     /// the config's `rootfs.diff_ids` list the layers, so Docker accepts it.
     pub fn add_image(&self, arch: &str, layer_sizes: &[usize]) -> Image {
         let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
         for (i, &size) in layer_sizes.iter().enumerate() {
             let tar = tar_file(&format!("layer{i}.bin"), &random_bytes(size));
-            self.write_blob(&tar);
-            layers.push(Desc::of(LAYER_TAR, &tar));
+            diff_ids.push(sha256(&tar));
+            let gz = gzip_stored(&tar);
+            self.write_blob(&gz);
+            layers.push(Desc::of(LAYER_TAR_GZIP, &gz));
         }
         let mut config: Value = serde_json::from_slice(&config_bytes(arch)).unwrap();
-        config["rootfs"]["diff_ids"] =
-            json!(layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>());
+        config["rootfs"]["diff_ids"] = json!(diff_ids);
         let config = serde_json::to_vec(&config).unwrap();
         self.write_blob(&config);
         let config = Desc::of(OCI_CONFIG, &config);
