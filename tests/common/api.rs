@@ -216,6 +216,18 @@ impl Api {
         self.send(self.req(Method::DELETE, path))
     }
 
+    /// GETs a manifest accepting every manifest type (some registries answer 404 to a GET
+    /// whose Accept header omits the stored type).
+    pub fn get_manifest(&self, repo: &str, reference: &str) -> Resp {
+        self.send(
+            self.req(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+                .header(
+                    "accept",
+                    format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}, */*"),
+                ),
+        )
+    }
+
     /// Starts an upload session; returns the `Location` of the session.
     #[track_caller]
     pub fn start_upload(&self, repo: &str) -> String {

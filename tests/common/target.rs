@@ -86,6 +86,27 @@ impl Target {
         out
     }
 
+    /// Content-addressed files whose bytes do not hash to the digest in their path: a partial or
+    /// torn blob that became visible. Empty when the store is sound.
+    pub fn corrupt_blob_files(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        for (rel, _) in self.blob_files() {
+            let hex = rel
+                .split('/')
+                .rev()
+                .find(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+            let Some(hex) = hex else { continue };
+            if !rel.contains("sha256") {
+                continue;
+            }
+            let bytes = std::fs::read(self.blobs_dir().join(&rel)).unwrap_or_default();
+            if super::api::sha256(&bytes) != format!("sha256:{hex}") {
+                bad.push(rel);
+            }
+        }
+        bad
+    }
+
     /// The registry's log so far (stdout and stderr), to print when a test fails.
     pub fn log_text(&self) -> String {
         self.proc.log_text()

@@ -1,0 +1,294 @@
+//! Crash safety of `connected-registry serve`: SIGKILL in the middle of a large upload and of a
+//! burst of manifest pushes, then a restart on the same data directory. Every push the client saw
+//! acknowledged must be intact, no tag may point at missing content, no partial blob may show.
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::api::*;
+use common::oci::random_bytes;
+use common::target::Target;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Total size of the files under `dir`.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Waits (bounded) until `cond` holds; panics with `what` otherwise.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A request body that trickles out slowly after its first `fast` bytes, so the registry can be
+/// killed while it is still receiving.
+struct Trickle {
+    data: Arc<Vec<u8>>,
+    pos: usize,
+    fast: usize,
+}
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.data.len() {
+            return Ok(0);
+        }
+        if self.pos >= self.fast {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let n = buf.len().min(64 * 1024).min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Checks that `repo:tag` serves exactly `body`, and that every blob it references is whole.
+#[track_caller]
+fn assert_push_intact(api: &Api, repo: &str, tag: &str, body: &[u8]) {
+    let r = api.send(
+        api.req(Method::GET, &format!("/v2/{repo}/manifests/{tag}"))
+            .header("accept", OCI_MANIFEST),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "acknowledged push {repo}:{tag} lost after the crash: {}",
+        r.text()
+    );
+    assert_eq!(
+        r.body, body,
+        "{repo}:{tag} serves other bytes after the crash"
+    );
+    assert_eq!(r.header("docker-content-digest"), Some(sha256(body)));
+    assert_references_whole(api, repo, &r.json());
+}
+
+/// Every blob a manifest references can be fetched and hashes to its digest.
+#[track_caller]
+fn assert_references_whole(api: &Api, repo: &str, manifest: &Value) {
+    let mut digests: Vec<&str> = vec![];
+    if let Some(c) = manifest["config"]["digest"].as_str() {
+        digests.push(c);
+    }
+    for l in manifest["layers"].as_array().into_iter().flatten() {
+        digests.push(l["digest"].as_str().unwrap());
+    }
+    for d in digests {
+        let b = api.get(&format!("/v2/{repo}/blobs/{d}"));
+        assert_eq!(
+            b.status, 200,
+            "{repo}: referenced blob {d} missing after the crash"
+        );
+        assert_eq!(
+            sha256(&b.body),
+            d,
+            "{repo}: blob {d} is torn after the crash"
+        );
+    }
+}
+
+#[test]
+fn kill9_during_large_uploads_leaves_no_partial_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Target::start(&dir.path().join("reg"));
+    let api = Api::new(&t.url());
+    let (before_manifest, _, _) = api.push_image("before", "v1", 2, 300_000);
+
+    // A chunked upload with its first chunk acknowledged, never finished.
+    let half = random_bytes(2 << 20);
+    let loc = api.start_upload("big");
+    api.send(
+        api.req(Method::PATCH, &loc)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("0-{}", half.len() - 1))
+            .body(half.clone()),
+    )
+    .expect(202);
+
+    // A monolithic PUT of 48 MiB, killed while the body is still arriving.
+    let big = Arc::new(random_bytes(48 << 20));
+    let big_digest = sha256(&big);
+    let data_dir = t.data_dir();
+    let baseline = dir_size(&data_dir);
+    let upload = {
+        let loc = api.start_upload("big");
+        let url = api.url(&Api::with_digest(&loc, &big_digest));
+        let big = big.clone();
+        let http = api.http.clone();
+        std::thread::spawn(move || {
+            let len = big.len() as u64;
+            let body = reqwest::blocking::Body::sized(
+                Trickle {
+                    data: big,
+                    pos: 0,
+                    fast: 16 << 20,
+                },
+                len,
+            );
+            http.put(url)
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .send()
+                .map(|r| r.status().as_u16())
+        })
+    };
+    wait_until("the registry to have written 8 MiB of the upload to its data dir (bodies must stream to disk, not be buffered in memory)", || dir_size(&data_dir) >= baseline + (8 << 20));
+    t.kill9();
+    let outcome = upload.join().unwrap();
+    assert!(
+        !matches!(outcome, Ok(201)),
+        "the upload cannot have completed: {outcome:?}"
+    );
+
+    t.restart();
+    let api = Api::new(&t.url());
+    api.get("/v2/").expect(200);
+    assert!(
+        t.corrupt_blob_files().is_empty(),
+        "partial blobs visible: {:?}",
+        t.corrupt_blob_files()
+    );
+    api.head(&format!("/v2/big/blobs/{big_digest}")).expect(404);
+    api.head(&format!("/v2/big/blobs/{}", sha256(&half)))
+        .expect(404);
+    assert_push_intact(&api, "before", "v1", &before_manifest);
+
+    // The store takes the same blob again after the crash, whole.
+    let loc = api.start_upload("big");
+    api.send(
+        api.req(Method::PUT, &Api::with_digest(&loc, &big_digest))
+            .body(big.to_vec()),
+    )
+    .expect(201);
+    let got = api.get(&format!("/v2/big/blobs/{big_digest}")).expect(200);
+    assert_eq!(sha256(&got.body), big_digest);
+    assert!(t.corrupt_blob_files().is_empty());
+}
+
+/// A push the client saw acknowledged: the tag and the manifest bytes.
+type Acked = (String, Vec<u8>);
+
+#[test]
+fn kill9_during_a_burst_of_manifest_pushes_keeps_every_acknowledged_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Target::start(&dir.path().join("reg"));
+    let api = Arc::new(Api::new(&t.url()));
+    let repo = "burst/app";
+    let config = config_bytes("amd64");
+    api.push_blob(repo, &config);
+    let cdesc = Desc::of(OCI_CONFIG, &config);
+
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (api, acked, attempts, stop, cdesc) = (api.clone(), acked.clone(), attempts.clone(), stop.clone(), cdesc.clone());
+            std::thread::spawn(move || {
+                for i in 0..2000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    // Each push: a fresh layer blob, then a manifest over it, tagged.
+                    let layer = random_bytes(20_000 + i);
+                    let started = api.req(Method::POST, &format!("/v2/{repo}/blobs/uploads/")).send();
+                    let Some(loc) = started.ok().and_then(|r| r.headers().get("location")?.to_str().ok().map(String::from))
+                    else {
+                        break;
+                    };
+                    let Ok(r) = api.req(Method::PUT, &Api::with_digest(&loc, &sha256(&layer))).body(layer.clone()).send() else {
+                        break;
+                    };
+                    if r.status().as_u16() != 201 {
+                        break;
+                    }
+                    let m = serde_json::to_vec(&json!({
+                        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc.json(),
+                        "layers": [Desc::of(OCI_LAYER, &layer).json()], "annotations": {"w": w.to_string(), "i": i.to_string()},
+                    }))
+                    .unwrap();
+                    let tag = format!("w{w}-{i}");
+                    let sent = api.req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}")).header("content-type", OCI_MANIFEST).body(m.clone()).send();
+                    match sent {
+                        Ok(r) if r.status().is_success() => acked.lock().unwrap().push((tag, m)),
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("40 acknowledged manifest pushes", || {
+        acked.lock().unwrap().len() >= 40
+    });
+    t.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        attempts.load(Ordering::Relaxed) > acked.len(),
+        "some pushes were in flight at the kill"
+    );
+
+    t.restart();
+    let api = Api::new(&t.url());
+    for (tag, body) in &acked {
+        assert_push_intact(&api, repo, tag, body);
+    }
+    // No tag points at missing content, including pushes that were in flight.
+    let tags = api.tags(repo);
+    assert!(
+        tags.len() >= acked.len(),
+        "tags lost: {} listed, {} acknowledged",
+        tags.len(),
+        acked.len()
+    );
+    for tag in &tags {
+        let r = api.send(
+            api.req(Method::GET, &format!("/v2/{repo}/manifests/{tag}"))
+                .header("accept", OCI_MANIFEST),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "tag {tag} is listed but its manifest is missing: {}",
+            r.text()
+        );
+        assert_eq!(r.header("docker-content-digest"), Some(sha256(&r.body)));
+        assert_references_whole(&api, repo, &r.json());
+    }
+    assert!(
+        t.corrupt_blob_files().is_empty(),
+        "torn blobs: {:?}",
+        t.corrupt_blob_files()
+    );
+    // And the store keeps working.
+    api.push_image(repo, "after", 1, 1000);
+}
