@@ -252,13 +252,13 @@ fn manifests_referencing_missing_content_are_refused() {
     let (_, present, _) = api.push_image("refs", "base", 1, 100);
     let absent_child = Desc::of(
         OCI_MANIFEST,
-        &image_manifest(OCI_MANIFEST, &cdesc, &[missing_layer.clone()]),
+        &image_manifest(OCI_MANIFEST, &cdesc, std::slice::from_ref(&missing_layer)),
     );
     let cases = vec![
         (
             "missing layer",
             OCI_MANIFEST,
-            image_manifest(OCI_MANIFEST, &cdesc, &[missing_layer.clone()]),
+            image_manifest(OCI_MANIFEST, &cdesc, std::slice::from_ref(&missing_layer)),
         ),
         (
             "missing config",
