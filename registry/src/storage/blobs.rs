@@ -1,0 +1,100 @@
+//! Content-addressed files: `blobs/<algorithm>/<first two hex>/<hex>`.
+//!
+//! A file appears under its digest only by `rename` of a complete, verified, fsynced temp file
+//! in the same filesystem, so a crash leaves either the whole blob or nothing.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::StorageError;
+
+#[derive(Debug)]
+pub struct Blobs {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Blobs {
+    pub fn open(root: &Path) -> Result<Blobs, StorageError> {
+        let blobs = Blobs {
+            root: root.join("blobs"),
+            tmp: root.join("tmp"),
+        };
+        for dir in [&blobs.root, &blobs.tmp] {
+            fs::create_dir_all(dir)
+                .map_err(StorageError::io(format!("create {}", dir.display())))?;
+        }
+        // Temp files are never referenced: whatever a crash left there is garbage.
+        if let Ok(entries) = fs::read_dir(&blobs.tmp) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(blobs)
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join(digest.algorithm().name())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// Size of the blob on disk, if it is there.
+    pub fn size(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.path(digest))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Moves a complete, fsynced file into place under `digest` (a no-op if already there).
+    pub fn install(&self, file: &Path, digest: &Digest) -> Result<(), StorageError> {
+        let dest = self.path(digest);
+        if dest.is_file() {
+            let _ = fs::remove_file(file);
+            return Ok(());
+        }
+        let dir = dest.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir).map_err(StorageError::io(format!("create {}", dir.display())))?;
+        fs::rename(file, &dest).map_err(StorageError::io(format!(
+            "move {} to {}",
+            file.display(),
+            dest.display()
+        )))?;
+        sync_dir(dir)
+    }
+
+    /// Writes small content (a manifest) under its digest: temp file, fsync, rename.
+    pub fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StorageError> {
+        if self.size(digest) == Some(data.len() as u64) {
+            return Ok(());
+        }
+        let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
+        let result = (|| {
+            let mut file = File::create(&tmp)
+                .map_err(StorageError::io(format!("create {}", tmp.display())))?;
+            file.write_all(data)
+                .and_then(|_| file.sync_all())
+                .map_err(StorageError::io(format!("write {}", tmp.display())))?;
+            self.install(&tmp, digest)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Makes a rename or create durable: fsync the directory that holds the entry.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io(format!(
+            "fsync directory {}",
+            dir.display()
+        )))
+}
