@@ -654,3 +654,36 @@ fn referrers_api_lists_and_filters_by_artifact_type() {
     let r = api.get(&format!("/v2/{repo}/referrers/{none}")).expect(200);
     assert_eq!(r.json()["manifests"], json!([]));
 }
+
+#[test]
+fn data_directory_from_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    if common::target::kind() == Kind::Distribution {
+        return;
+    }
+    let data = dir.path().join("envdata");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _p = common::Proc::start(
+        &common::bin(),
+        &["serve", "--listen", &listen],
+        &[("ACR_REGISTRY_DATA_VOLUME", data.to_str().unwrap())],
+        listen.parse().unwrap(),
+        dir.path().join("env.log"),
+    );
+    let api = Api::new(&format!("http://{listen}"));
+    let blob = random_bytes(1000);
+    let digest = api.push_blob("env", &blob);
+    let hex = digest.trim_start_matches("sha256:");
+    let file = data.join("blobs/sha256").join(&hex[..2]).join(hex);
+    assert_eq!(
+        std::fs::read(&file).unwrap_or_default(),
+        blob,
+        "blob stored under $ACR_REGISTRY_DATA_VOLUME at {}",
+        file.display()
+    );
+    assert!(
+        data.join("meta.redb").exists(),
+        "metadata in $ACR_REGISTRY_DATA_VOLUME/meta.redb"
+    );
+}

@@ -123,7 +123,10 @@ fn tail(s: &str, n: usize) -> String {
 impl Drop for Dockerd {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        // The shell's `kill` builtin: procps may be absent, and no unsafe libc call is allowed.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -158,3 +158,18 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<(String, u64)>) {
         }
     }
 }
+
+impl Drop for Target {
+    /// A failing test shows the end of the registry's log: the registry's side of the story.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!(
+                "--- registry log ({}), last lines ---\n{tail}",
+                self.proc.log.display()
+            );
+        }
+    }
+}
