@@ -132,6 +132,33 @@ fn oci_manifest_get_head_put_delete_by_tag_and_digest() {
 }
 
 #[test]
+fn pushing_to_an_existing_tag_moves_it() {
+    let (_d, _t, api) = setup();
+    let (first, fdesc, _) = api.push_image("moving", "v1", 1, 500);
+    let (second, sdesc, _) = api.push_image("moving", "v1", 1, 500);
+    assert_ne!(fdesc.digest, sdesc.digest);
+    assert_manifest_served(&api, "moving", "v1", OCI_MANIFEST, &second);
+    // The old manifest stays reachable by digest.
+    assert_manifest_served(&api, "moving", &fdesc.digest, OCI_MANIFEST, &first);
+    assert_eq!(api.tags("moving"), vec!["v1".to_string()]);
+}
+
+#[test]
+fn empty_blob_round_trips() {
+    let (_d, _t, api) = setup();
+    let digest = api.push_blob("empty", b"");
+    assert_eq!(
+        digest,
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    let g = api.get(&format!("/v2/empty/blobs/{digest}")).expect(200);
+    assert!(g.body.is_empty());
+    let h = api.head(&format!("/v2/empty/blobs/{digest}")).expect(200);
+    assert_eq!(h.header("content-length").as_deref(), Some("0"));
+    assert_eq!(h.header("docker-content-digest"), Some(digest));
+}
+
+#[test]
 fn delete_by_tag_removes_only_the_tag() {
     let (_d, t, api) = setup();
     if !ours_only(&t, "tag deletion") {

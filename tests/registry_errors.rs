@@ -69,7 +69,8 @@ fn refused_stores_nothing(
 fn invalid_repository_names_are_refused() {
     let (_d, t, api) = setup();
     let manifest_body = image_manifest(OCI_MANIFEST, &Desc::of(OCI_CONFIG, b"{}"), &[]);
-    for name in [
+    let too_long = format!("{}/{}", "a".repeat(200), "b".repeat(60));
+    let names = [
         "Upper/case",
         "a//b",
         "-leading",
@@ -77,7 +78,10 @@ fn invalid_repository_names_are_refused() {
         "a..b",
         "a___b",
         "UPPER",
-    ] {
+        "a/",
+        too_long.as_str(),
+    ];
+    for name in names {
         refused_stores_nothing(&t, &api, &[], name, || {
             api.send(api.req(Method::POST, &format!("/v2/{name}/blobs/uploads/")))
                 .expect_error(400, "NAME_INVALID");
@@ -94,6 +98,55 @@ fn invalid_repository_names_are_refused() {
                 .expect_error(400, "NAME_INVALID");
         });
     }
+}
+
+#[test]
+fn valid_names_with_every_separator_are_accepted() {
+    let (_d, _t, api) = setup();
+    let long = format!("{}/{}", "a".repeat(200), "b".repeat(54));
+    for name in ["a.b_c__d-e---f/g0/h", "x/y/z/w", "0", long.as_str()] {
+        let (manifest, _, _) = api.push_image(name, "v1", 1, 10);
+        assert_eq!(
+            api.get_manifest(name, "v1").expect(200).body,
+            manifest,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn default_manifest_limit_is_4_mib() {
+    let (_d, t, api) = setup();
+    let config = config_bytes("amd64");
+    api.push_blob("big", &config);
+    let cdesc = Desc::of(OCI_CONFIG, &config);
+    let make = |pad: usize| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc.json(), "layers": [],
+            "annotations": {"pad": "x".repeat(pad)},
+        }))
+        .unwrap()
+    };
+    let limit = 4 << 20;
+    let base = make(0).len();
+    api.put_manifest("big", "fits", OCI_MANIFEST, &make(limit - base))
+        .expect(201);
+    refused_stores_nothing(&t, &api, &["big"], "manifest of 4 MiB + 1", || {
+        let r = api.put_manifest("big", "toolarge", OCI_MANIFEST, &make(limit - base + 1));
+        assert!(
+            r.status == 413 || error_codes(&r.text()).contains(&"MANIFEST_INVALID".to_string()),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        if t.kind == Kind::Ours {
+            assert!(
+                r.text().contains("4194304"),
+                "the error names the default limit: {}",
+                r.text()
+            );
+        }
+    });
 }
 
 #[test]
