@@ -225,3 +225,96 @@ fn docker_pull_tag_push_rmi_and_pull_again() {
     let id = dk.docker_ok(&["image", "inspect", "--format", "{{.Id}}", &pushed]);
     assert_eq!(id.trim(), image.config.digest, "pulled back the same image");
 }
+
+#[test]
+fn skopeo_pushes_docker_schema2_and_reads_it_back() {
+    let (dir, t, api) = setup();
+    let mut src = Layout::create(&dir.path().join("src"));
+    let image = src.add_image("amd64", &[300_000, 20_000]);
+    src.tag("v1", &image.manifest);
+    let dst = format!("docker://{}/docker/fmt:v1", t.host());
+    skopeo::run(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &src.reference("v1"),
+        &dst,
+    ]);
+
+    let raw = skopeo::inspect_raw(&dst);
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(m["mediaType"].as_str(), Some(DOCKER_MANIFEST));
+    let r = api
+        .send(
+            api.req(reqwest::Method::GET, "/v2/docker/fmt/manifests/v1")
+                .header("accept", DOCKER_MANIFEST),
+        )
+        .expect(200);
+    assert_eq!(r.header("content-type").as_deref(), Some(DOCKER_MANIFEST));
+    assert_eq!(r.body, raw);
+    assert_eq!(r.header("docker-content-digest"), Some(sha256(&raw)));
+    let layers: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = image.layers.iter().map(|l| l.digest.as_str()).collect();
+    assert_eq!(
+        layers, want,
+        "conversion to schema 2 keeps the (already gzip) layers"
+    );
+    assert_eq!(
+        m["config"]["digest"].as_str(),
+        Some(image.config.digest.as_str())
+    );
+
+    let back = Layout::create(&dir.path().join("back"));
+    skopeo::copy(&dst, &back.reference("v1"), false);
+    for l in &image.layers {
+        let hex = l.digest.trim_start_matches("sha256:");
+        assert_eq!(
+            std::fs::read(back.dir.join("blobs/sha256").join(hex)).unwrap(),
+            std::fs::read(src.dir.join("blobs/sha256").join(hex)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn docker_pulls_the_host_platform_from_a_multi_arch_index() {
+    let (dir, t, _api) = setup();
+    let mut src = Layout::create(&dir.path().join("src"));
+    let arches = ["arm64", "amd64", "ppc64le"];
+    let (index, images) = src.add_index(&arches, &[100_000]);
+    src.tag("multi", &index);
+    let host = t.host();
+    skopeo::copy(
+        &src.reference("multi"),
+        &format!("docker://{host}/multi/img:1"),
+        true,
+    );
+
+    let dk = Dockerd::start();
+    let arch = dk.docker_ok(&["version", "--format", "{{.Server.Arch}}"]);
+    let Some(pos) = arches.iter().position(|a| *a == arch.trim()) else {
+        panic!("this test needs a host of one of {arches:?}, the engine runs {arch}");
+    };
+    let reference = format!("{host}/multi/img:1");
+    dk.docker_ok(&["pull", &reference]);
+    let out = dk.docker_ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}} {{json .RepoDigests}}",
+        &reference,
+    ]);
+    assert!(
+        out.starts_with(&images[pos].config.digest),
+        "pulled the {arch} image: {out}"
+    );
+    assert!(
+        out.contains(&index.digest),
+        "repo digest is the index digest: {out}"
+    );
+}
