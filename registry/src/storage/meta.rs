@@ -220,7 +220,13 @@ impl Meta {
 
     /// Stores a manifest (and optionally a tag) once everything it references is present in
     /// the repository; checks and writes in one transaction, so no concurrent delete slips between.
-    pub fn put_manifest(&self, new: NewManifest<'_>) -> Result<(), StorageError> {
+    /// `install` runs after the checks pass and before the commit: it puts the manifest's bytes
+    /// in place, so a refused manifest leaves nothing behind.
+    pub fn put_manifest(
+        &self,
+        new: NewManifest<'_>,
+        install: impl FnOnce() -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let NewManifest {
             repo,
             digest,
@@ -256,6 +262,7 @@ impl Meta {
                     return Err(StorageError::ManifestBlobUnknown(child.clone()));
                 }
             }
+            install()?;
             let existed = manifests
                 .insert((repo, digest_s.as_str()), json(meta).as_slice())?
                 .is_some();

@@ -257,21 +257,24 @@ impl Store {
                 },
             )
         });
-        // The bytes first, then the metadata that makes them visible.
-        self.inner.blobs.write(&digest, &body)?;
+        // The bytes are staged now and installed only once the manifest is accepted.
+        let staged = self.inner.blobs.stage(&body)?;
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,
         };
-        self.inner.meta.put_manifest(meta::NewManifest {
-            repo: repo.as_str(),
-            digest: &digest,
-            meta: &meta,
-            blob_sizes: &blob_sizes,
-            referrer: referrer.as_ref().map(|(s, d)| (s, d)),
-            tag,
-            origin,
-        })?;
+        self.inner.meta.put_manifest(
+            meta::NewManifest {
+                repo: repo.as_str(),
+                digest: &digest,
+                meta: &meta,
+                blob_sizes: &blob_sizes,
+                referrer: referrer.as_ref().map(|(s, d)| (s, d)),
+                tag,
+                origin,
+            },
+            || staged.install(&self.inner.blobs, &digest),
+        )?;
         self.inner
             .cache
             .put(&digest, &body, self.inner.limits.manifest_cache_bytes);
