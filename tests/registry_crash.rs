@@ -366,3 +366,35 @@ fn kill9_during_a_burst_of_manifest_pushes_keeps_every_acknowledged_push() {
     // And the store keeps working.
     api.push_image(repo, "after", 1, 1000);
 }
+
+#[test]
+fn sigterm_stops_cleanly_and_the_data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Target::start(&dir.path().join("reg"));
+    let api = Api::new(&t.url());
+    let (manifest, _, _) = api.push_image("kept", "v1", 2, 50_000);
+    // What `docker stop` and `iotedge restart` send.
+    let pid = t.proc.child.id();
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .expect("run sh");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = t.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still running a minute after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "SIGTERM is a clean stop, exit status 0: {status}"
+    );
+    t.restart();
+    let api = Api::new(&t.url());
+    assert_push_intact(&api, "kept", "v1", &manifest);
+}
