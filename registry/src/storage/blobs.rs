@@ -51,11 +51,19 @@ impl Blobs {
             .map(|m| m.len())
     }
 
+    /// Marks a blob as just wanted (GC spares files touched within its grace period).
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(file) = File::options().write(true).open(self.path(digest)) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Moves a complete, fsynced file into place under `digest` (a no-op if already there).
     pub fn install(&self, file: &Path, digest: &Digest) -> Result<(), StorageError> {
         let dest = self.path(digest);
         if dest.is_file() {
             let _ = fs::remove_file(file);
+            self.touch(digest);
             return Ok(());
         }
         let dir = dest.parent().expect("blob path has a parent");
@@ -68,24 +76,36 @@ impl Blobs {
         sync_dir(dir)
     }
 
-    /// Writes small content (a manifest) under its digest: temp file, fsync, rename.
-    pub fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StorageError> {
-        if self.size(digest) == Some(data.len() as u64) {
-            return Ok(());
-        }
-        let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
-        let result = (|| {
-            let mut file = File::create(&tmp)
-                .map_err(StorageError::io(format!("create {}", tmp.display())))?;
-            file.write_all(data)
-                .and_then(|_| file.sync_all())
-                .map_err(StorageError::io(format!("write {}", tmp.display())))?;
-            self.install(&tmp, digest)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+    /// Writes small content (a manifest) to a fsynced temp file, to be installed under its
+    /// digest only once the metadata that makes it visible is known to be accepted.
+    pub fn stage(&self, data: &[u8]) -> Result<Staged, StorageError> {
+        let path = self.tmp.join(uuid::Uuid::new_v4().to_string());
+        let staged = Staged { path };
+        let mut file = File::create(&staged.path).map_err(StorageError::io(format!(
+            "create {}",
+            staged.path.display()
+        )))?;
+        file.write_all(data)
+            .and_then(|_| file.sync_all())
+            .map_err(StorageError::io(format!("write {}", staged.path.display())))?;
+        Ok(staged)
+    }
+}
+
+/// A complete temp file waiting to be installed; removed if dropped before that.
+pub struct Staged {
+    path: PathBuf,
+}
+
+impl Staged {
+    pub fn install(self, blobs: &Blobs, digest: &Digest) -> Result<(), StorageError> {
+        blobs.install(&self.path, digest)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 
