@@ -375,3 +375,83 @@ async fn readwrite_conflict_keeps_both_and_reports() {
         "local manifest not pushed by digest"
     );
 }
+
+/// Pushing up an image whose layers came down from another parent repository mounts them at
+/// the parent (cross-repository mount) instead of uploading the bytes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readwrite_push_mounts_blobs_the_parent_already_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = common::distribution::start_distribution(&tmp.path().join("parent"), "");
+    let ph = parent.addr.to_string();
+    let layout = tmp.path().join("img");
+    make_layout(&layout, 77, 600_000);
+    let copy = |host: String, repo: &'static str| {
+        let l = layout.clone();
+        tokio::task::spawn_blocking(move || {
+            run_ok(
+                "skopeo",
+                &[
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                    &format!("oci:{}:latest", l.display()),
+                    &format!("docker://{host}/{repo}:v1"),
+                ],
+            )
+        })
+    };
+    copy(ph.clone(), "base/img").await.unwrap();
+
+    let data = tmp.path().join("child");
+    let store = registry::Store::open(&data, Default::default()).unwrap();
+    let settings = RawSettings {
+        parent: Some(parent.url()),
+        mode: Some("ReadWrite".into()),
+        repos: vec![RawRepoRule {
+            pattern: "base/img".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .validate()
+    .unwrap()
+    .unwrap();
+    let client =
+        sync::ParentClient::new(&parent.url(), None, None, settings.limits.clone()).unwrap();
+    let engine = sync::Engine::new(
+        Arc::new(client),
+        Arc::new(store.clone()),
+        settings,
+        Arc::new(sync::StateFile::open(&data.join("sync")).unwrap()),
+        Arc::new(sync::NoProgress),
+    );
+    let first = engine.run_pass(None).await;
+    assert_eq!(first.tags_updated, 1, "{first:?}");
+
+    // A client pushes the same image to another repository here.
+    let app = registry::api::router(store.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let child = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    copy(child.clone(), "site/app").await.unwrap();
+
+    let second = engine.run_pass(None).await;
+    assert!(second.errors.is_empty(), "{second:?}");
+    assert!(second.manifests_pushed >= 1, "{second:?}");
+    assert!(
+        second.bytes_up < 100_000,
+        "the 600 kB layer was uploaded instead of mounted: {second:?}"
+    );
+    let h = ph.clone();
+    let at_parent = tokio::task::spawn_blocking(move || raw_manifest(&h, "site/app", "v1"))
+        .await
+        .unwrap();
+    let c = child.clone();
+    let here = tokio::task::spawn_blocking(move || raw_manifest(&c, "site/app", "v1"))
+        .await
+        .unwrap();
+    assert!(
+        at_parent.is_some() && at_parent == here,
+        "site/app:v1 not at the parent"
+    );
+}

@@ -147,6 +147,9 @@ fn push_manifest<'a>(
                     if engine.client.blob_exists(repo, &blob.digest).await? {
                         continue;
                     }
+                    if mount_from_synced_repo(engine, repo, &blob.digest).await? {
+                        continue;
+                    }
                     let d = blob.digest.clone();
                     let (path, size) = blocking(&engine.store, move |s| {
                         Ok((s.blob_path(&d), s.blob_size(&d)))
@@ -173,4 +176,36 @@ fn push_manifest<'a>(
         Ok(true)
     }
     .boxed()
+}
+
+/// Tries a cross-repository mount from a parent repository this blob was synced down from
+/// (a local repository that sync fills and that holds the blob): one small POST instead of
+/// uploading the bytes again.
+async fn mount_from_synced_repo(
+    engine: &Engine,
+    repo: &str,
+    digest: &Digest,
+) -> Result<bool, SyncError> {
+    let synced: Vec<String> = engine
+        .state
+        .snapshot()
+        .synced_tags
+        .into_keys()
+        .filter(|r| r != repo)
+        .collect();
+    let d = digest.clone();
+    let from = blocking(&engine.store, move |s| {
+        Ok(synced.into_iter().find(|r| s.repo_has_blob(r, &d)))
+    })
+    .await?;
+    match from {
+        Some(from) => {
+            let mounted = engine.client.mount_blob(repo, digest, &from).await?;
+            if mounted {
+                tracing::debug!(repo, %digest, from, "mounted at the parent");
+            }
+            Ok(mounted)
+        }
+        None => Ok(false),
+    }
 }

@@ -83,6 +83,8 @@ pub trait LocalStore: Send + Sync + 'static {
     fn blob_size(&self, digest: &Digest) -> Option<u64>;
     /// Path of a stored blob, read-only, to stream it up to the parent.
     fn blob_path(&self, digest: &Digest) -> PathBuf;
+    /// Whether `repo` holds the blob (to pick a source for a cross-repository mount).
+    fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool;
     /// Makes an existing blob part of `repo`.
     fn link_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError>;
     /// Opens (or creates) the upload session `id` for `repo`.
@@ -166,6 +168,12 @@ mod registry_store {
         }
         fn blob_path(&self, digest: &Digest) -> PathBuf {
             Store::blob_path(self, digest)
+        }
+        fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool {
+            repo_name(repo)
+                .ok()
+                .and_then(|r| Store::repo_blob(self, &r, digest).ok().flatten())
+                .is_some()
         }
         fn link_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
             Store::link_blob(self, &repo_name(repo)?, digest)
