@@ -878,3 +878,118 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
         "referrer {referrer} not synced: {refs:?}"
     );
 }
+
+/// A throw-away CA and a server certificate for 127.0.0.1, made with openssl.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    ca.extend_from_slice(&[
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sync test root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run_ok("openssl", &ca);
+    let (key, csr, pem, ext) = (
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    let mut req = vec!["req"];
+    req.extend_from_slice(&ec);
+    req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    run_ok("openssl", &req);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+    (
+        PathBuf::from(ca_pem),
+        PathBuf::from(pem),
+        PathBuf::from(key),
+    )
+}
+
+/// Over TLS the parent is verified against the trust bundle given with `--trust`; without
+/// it (public roots only) the parent's private CA is refused with a certificate error.
+#[test]
+fn sync_verifies_the_parent_against_the_trust_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(&tmp.path().join("certs"));
+    let tls = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let parent = start_distribution(&tmp.path().join("parent"), &tls);
+    let host = parent.addr.to_string();
+    let layout = tmp.path().join("img");
+    make_layout(&layout, 31, &[20_000]);
+    seed(&layout, &host, "tls/app", "v1");
+    let url = format!("https://{host}");
+
+    let out = sync_once(
+        &tmp.path().join("untrusting"),
+        &url,
+        &["--repo", "tls/app", "--sync-retries", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = summary(&out)["errors"].to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    let data = tmp.path().join("trusting");
+    let out = sync_once(
+        &data,
+        &url,
+        &["--repo", "tls/app", "--trust", ca.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = open_store(&data);
+    assert_eq!(
+        tag_digest(&store, "tls/app", "v1"),
+        Some(format!(
+            "sha256:{}",
+            sha256_hex(raw_manifest(&host, "tls/app", "v1").as_bytes())
+        ))
+    );
+}
