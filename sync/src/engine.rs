@@ -440,8 +440,10 @@ impl Engine {
                     futures_util::future::try_join_all(children).await?;
                 }
                 Parsed::Image(image) => {
+                    // Foreign / non-distributable layers (Windows base layers) are not served
+                    // by registries; the local store does not require them either.
                     let blobs = std::iter::once(&image.config)
-                        .chain(image.layers.iter())
+                        .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
                         .map(|b| self.ensure_blob(pass, repo, b));
                     futures_util::future::try_join_all(blobs).await?;
                 }

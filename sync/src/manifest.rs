@@ -58,3 +58,8 @@ pub fn parse(media_type: &str, body: &[u8]) -> Result<Parsed, String> {
         }
     }
 }
+
+/// Layers that registries do not serve (fetched from their `urls` by the runtime).
+pub fn is_foreign(d: &Descriptor) -> bool {
+    d.media_type.contains("foreign") || d.media_type.contains("nondistributable")
+}

@@ -142,7 +142,9 @@ fn push_manifest<'a>(
                 }
             }
             Parsed::Image(image) => {
-                for blob in std::iter::once(&image.config).chain(image.layers.iter()) {
+                for blob in std::iter::once(&image.config)
+                    .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+                {
                     pass.check()?;
                     if engine.client.blob_exists(repo, &blob.digest).await? {
                         continue;
