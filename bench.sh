@@ -61,12 +61,13 @@ if want a || want b || want c-http || want c-tls; then need docker-registry ngin
 mkdir -p "$BENCH_OUT"
 BENCH_OUT="$(cd "$BENCH_OUT" && pwd)"
 shopt -s nullglob
-old=("$BENCH_OUT"/*.txt "$BENCH_OUT"/*.md "$BENCH_OUT"/*.log "$BENCH_OUT"/logs)
+old=("$BENCH_OUT"/*.txt "$BENCH_OUT"/*.md "$BENCH_OUT"/*.log)
 shopt -u nullglob
+if [ -d "$BENCH_OUT/logs" ]; then old+=("$BENCH_OUT/logs"); fi
 if [ "${#old[@]}" -gt 0 ]; then
   prev="$BENCH_OUT/previous-$(date -u +%Y%m%dT%H%M%SZ)"
   mkdir -p "$prev"
-  mv "${old[@]}" "$prev/"
+  mv "${old[@]}" "$prev/" || die "cannot move the previous sitting's files to $prev"
   log "moved the previous sitting's files to $prev"
 fi
 mkdir -p "$BENCH_OUT/logs"
@@ -91,10 +92,12 @@ fi
 
 # `connected-registry proxy` exists only once the proxy part is merged: without its flags,
 # the ours-proxy target is dropped with a message instead of failing the whole sitting.
-if want ours-proxy && ! "$BIN" proxy --help 2>/dev/null | grep -q -- '--route'; then
+proxy_help="$(if want ours-proxy; then "$BIN" proxy --help 2>&1 || true; fi)"
+if want ours-proxy && [[ "$proxy_help" != *--route* ]]; then
   log "SKIPPING target ours-proxy: this build's 'connected-registry proxy' has no --route flag" \
     "(the proxy is not implemented in it yet; merge the proxy branch, or set CONNECTED_REGISTRY_BIN)"
   TARGETS="$(for t in $TARGETS; do [ "$t" = ours-proxy ] || printf '%s ' "$t"; done)"
+  TARGETS="${TARGETS% }"
 fi
 
 for p in "$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT"; do
@@ -119,14 +122,31 @@ mkdir -p "$BENCH_CACHE" "$WORK/ours/data" "$WORK/anchors" "$WORK/anchor-results"
 OURS_PID=""
 PROXY_PID=""
 CHILD=""
-stop_pid() { # PID: TERM, then wait for it to exit
-  [ -n "$1" ] || return 0
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
+alive() { # PID: running and not a zombie waiting to be reaped
+  [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]
+}
+# stop_pid PID [GRACE_S] [-GROUP]: SIGTERM, wait up to GRACE_S (10) seconds, then SIGKILL (to
+# the process group when -GROUP is given: timeout(1) leads one holding the harness and its
+# servers), and reap it. Bounded, so a server that hangs in shutdown cannot hang the sitting.
+stop_pid() {
+  local pid="$1" grace="${2:-10}" group="${3:-}" i
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 10; i++)); do
+    alive "$pid" || break
+    sleep 0.1
+  done
+  if alive "$pid"; then
+    log "pid $pid still running ${grace}s after SIGTERM; sending SIGKILL"
+    if [ -n "$group" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
 }
 cleanup() {
-  # a harness call still running (interrupted sitting) stops its own servers on TERM
-  stop_pid "$CHILD"
+  # a harness call still running (interrupted sitting): timeout(1) passes SIGTERM on to it and
+  # its process group, and run.sh / anchors.sh stop their own servers on it
+  stop_pid "$CHILD" 60 -group
   stop_pid "$PROXY_PID"
   stop_pid "$OURS_PID"
   CHILD="" PROXY_PID="" OURS_PID=""
@@ -138,7 +158,7 @@ trap 'exit 130' INT TERM
 # run_child CMD...: run a harness call in the background and wait for it, so that a signal to
 # this script is handled at once (cleanup then stops the call by PID); bounded by RUN_TIMEOUT.
 run_child() {
-  timeout "$RUN_TIMEOUT" "$@" &
+  timeout -k 60 "$RUN_TIMEOUT" "$@" &
   CHILD=$!
   local rc=0
   wait "$CHILD" || rc=$?

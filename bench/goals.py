@@ -87,7 +87,9 @@ def fmt(v):
         return "%.0f" % v
     if v >= 10:
         return "%.1f" % v
-    return "%.2f" % v
+    if v >= 1:
+        return "%.2f" % v
+    return "%.3f" % v  # so that a ratio just under a threshold does not print as equal to it
 
 
 def main(argv):
