@@ -20,6 +20,12 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")" && pwd)"
+case "${1:-}" in
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "bench.sh takes no arguments ('$1'): settings are environment variables," \
+    "e.g. ROUNDS=1 TARGETS='ours a' ./bench.sh (see bench/README.md, or ./bench.sh --help)" >&2; exit 2 ;;
+esac
 SHARED_BENCH="${SHARED_BENCH:-$ROOT/../shared/bench}"
 if [ ! -x "$SHARED_BENCH/run.sh" ] || [ ! -x "$SHARED_BENCH/anchors.sh" ]; then
   echo "bench.sh: the shared harness is not at $SHARED_BENCH (run.sh, anchors.sh);" \
@@ -52,7 +58,7 @@ want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 is_anchor() { case "$1" in a | b | c-http | c-tls) return 0 ;; *) return 1 ;; esac; }
 
 need curl python3 awk openssl timeout
-if want ours || want ours-proxy; then need cargo; fi
+if { want ours || want ours-proxy; } && [ -z "$BIN" ] && [ "$BUILD" = 1 ]; then need cargo; fi
 if want a || want b || want c-http || want c-tls; then need docker-registry nginx; fi
 
 # ------------------------------------------------------------------ output directory
@@ -65,8 +71,7 @@ old=("$BENCH_OUT"/*.txt "$BENCH_OUT"/*.md "$BENCH_OUT"/*.log)
 shopt -u nullglob
 if [ -d "$BENCH_OUT/logs" ]; then old+=("$BENCH_OUT/logs"); fi
 if [ "${#old[@]}" -gt 0 ]; then
-  prev="$BENCH_OUT/previous-$(date -u +%Y%m%dT%H%M%SZ)"
-  mkdir -p "$prev"
+  prev="$(mktemp -d "$BENCH_OUT/previous-$(date -u +%Y%m%dT%H%M%SZ).XXXX")"
   mv "${old[@]}" "$prev/" || die "cannot move the previous sitting's files to $prev"
   log "moved the previous sitting's files to $prev"
 fi
@@ -98,6 +103,7 @@ if want ours-proxy && [[ "$proxy_help" != *--route* ]]; then
     "(the proxy is not implemented in it yet; merge the proxy branch, or set CONNECTED_REGISTRY_BIN)"
   TARGETS="$(for t in $TARGETS; do [ "$t" = ours-proxy ] || printf '%s ' "$t"; done)"
   TARGETS="${TARGETS% }"
+  [ -n "$TARGETS" ] || die "no target left to measure (TARGETS had only ours-proxy)"
 fi
 
 for p in "$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT"; do
