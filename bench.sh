@@ -262,9 +262,12 @@ run_anchor_targets() { # ROUND LABEL...
       FAILED+=("$l.$round")
     fi
   done
-  # the anchors' own logs, for a failed run
+  # the anchors' own logs (overwritten by the next anchors.sh call), for a failed run
+  local tag="${*// /+}"
   for l in registry/log proxy/error.log static/error.log; do
-    if [ -s "$WORK/anchors/$l" ]; then cp "$WORK/anchors/$l" "$BENCH_OUT/logs/anchor-${l//\//-}.$round"; fi
+    if [ -s "$WORK/anchors/$l" ]; then
+      cp "$WORK/anchors/$l" "$BENCH_OUT/logs/anchors-$tag.$round.${l//\//-}"
+    fi
   done
 }
 
