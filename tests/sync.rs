@@ -681,9 +681,14 @@ fn sync_refuses_a_parent_that_lies() {
         "bad bytes kept"
     );
     assert_eq!(tag_digest(&store, "lie", "v1"), None);
+    // (A sibling blob cut short when the pass gave up on this image may stay, to resume.)
+    let layer_hex = layers[0].trim_start_matches("sha256:");
     assert!(
-        upload_dirs(&data).is_empty(),
-        "bad bytes kept in an upload session"
+        !upload_dirs(&data)
+            .iter()
+            .any(|d| d.to_string_lossy().contains(layer_hex)),
+        "bad bytes kept in an upload session: {:?}",
+        upload_dirs(&data)
     );
 }
 
