@@ -21,7 +21,10 @@ use common::{bin, run_ok};
 
 /// base64("sync-user:s3cret-pw")
 const GOOD_BASIC: &str = "Basic c3luYy11c2VyOnMzY3JldC1wdw==";
-const TOKEN: &str = "tok-abc123";
+/// Tokens are `tok-<generation>`; a revocation bumps the generation.
+fn token_for(generation: u64) -> String {
+    format!("tok-{generation}")
+}
 
 #[derive(Clone)]
 struct Gate {
@@ -31,6 +34,10 @@ struct Gate {
     http: reqwest::Client,
     /// Basic auth on every request instead of the token flow.
     basic: bool,
+    /// Revoke every token once this many requests were authorized (0: never).
+    revoke_after: u64,
+    authorized: Arc<AtomicU64>,
+    generation: Arc<AtomicU64>,
 }
 
 async fn token(State(g): State<Gate>, headers: HeaderMap) -> Response {
@@ -38,7 +45,8 @@ async fn token(State(g): State<Gate>, headers: HeaderMap) -> Response {
         return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
     }
     g.tokens_issued.fetch_add(1, Ordering::SeqCst);
-    axum::Json(serde_json::json!({"token": TOKEN, "expires_in": 300})).into_response()
+    let token = token_for(g.generation.load(Ordering::SeqCst));
+    axum::Json(serde_json::json!({"token": token, "expires_in": 300})).into_response()
 }
 
 async fn forward(State(g): State<Gate>, req: Request) -> Response {
@@ -50,13 +58,17 @@ async fn forward(State(g): State<Gate>, req: Request) -> Response {
     let want = if g.basic {
         GOOD_BASIC.to_owned()
     } else {
-        format!("Bearer {TOKEN}")
+        format!("Bearer {}", token_for(g.generation.load(Ordering::SeqCst)))
     };
     let authorized = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         == Some(want.as_str());
+    if authorized && !g.basic && g.authorized.fetch_add(1, Ordering::SeqCst) + 1 == g.revoke_after {
+        // The token service revokes the token (rotation): the next request gets a 401.
+        g.generation.fetch_add(1, Ordering::SeqCst);
+    }
     if !authorized && g.basic {
         let mut resp = (StatusCode::UNAUTHORIZED, "{}").into_response();
         resp.headers_mut().insert(
@@ -130,7 +142,7 @@ fn make_layout(dir: &Path) {
 }
 
 /// Runs the parent, the gate and both syncs (wrong credentials, then right ones).
-async fn check_gate(basic: bool) {
+async fn check_gate(basic: bool, revoke_after: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let layout = tmp.path().join("img");
@@ -159,6 +171,9 @@ async fn check_gate(basic: bool) {
         tokens_issued: Arc::default(),
         http: reqwest::Client::new(),
         basic,
+        revoke_after,
+        authorized: Arc::default(),
+        generation: Arc::default(),
     };
     let issued = gate.tokens_issued.clone();
     let app = Router::new()
@@ -219,15 +234,26 @@ async fn check_gate(basic: bool) {
     assert_eq!(s["tagsUpdated"], 1, "{s}");
     assert!(!text.contains("s3cret-pw"), "password printed: {text}");
     // One scope (pull on secure/app): one token, reused for every request of the pass.
-    assert_eq!(issued.load(Ordering::SeqCst), if basic { 0 } else { 1 });
+    let want = match (basic, revoke_after) {
+        (true, _) => 0,
+        (false, 0) => 1,
+        // Revoked mid-pass: one 401, dropped from the cache, one new token.
+        (false, _) => 2,
+    };
+    assert_eq!(issued.load(Ordering::SeqCst), want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_follows_the_bearer_token_flow() {
-    check_gate(false).await;
+    check_gate(false, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_fetches_a_new_token_when_the_parent_revokes_it() {
+    check_gate(false, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_sends_basic_credentials_when_the_parent_asks() {
-    check_gate(true).await;
+    check_gate(true, 0).await;
 }
