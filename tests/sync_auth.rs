@@ -237,7 +237,8 @@ async fn check_gate(basic: bool, revoke_after: u64) {
     let want = match (basic, revoke_after) {
         (true, _) => 0,
         (false, 0) => 1,
-        // Revoked mid-pass: one 401, dropped from the cache, one new token.
+        // Revoked mid-pass: the 401s (several requests may be in flight) are answered with
+        // one new token.
         (false, _) => 2,
     };
     assert_eq!(issued.load(Ordering::SeqCst), want);

@@ -63,6 +63,14 @@ struct CachedToken {
     expires: Instant,
 }
 
+/// The credentials a request carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sent {
+    Nothing,
+    Basic,
+    Bearer(String),
+}
+
 /// What an endpoint needs from the token service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -106,6 +114,8 @@ pub struct ParentClient {
     tokens: Mutex<HashMap<Scope, CachedToken>>,
     /// The parent answered a challenge with `Basic`: send credentials up front from now on.
     basic: AtomicBool,
+    /// Serializes answering 401s, so concurrent requests fetch one token, not one each.
+    refresh_lock: tokio::sync::Mutex<()>,
     /// The parent answered 404 to the referrers API: it has none.
     no_referrers_api: AtomicBool,
     pub stats: ClientStats,
@@ -176,6 +186,7 @@ impl ParentClient {
             limits,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
+            refresh_lock: tokio::sync::Mutex::new(()),
             no_referrers_api: AtomicBool::new(false),
             stats: ClientStats::default(),
             jitter: AtomicU64::new(seed | 1),
@@ -224,7 +235,9 @@ impl ParentClient {
         Some(d.min(self.limits.backoff_max))
     }
 
-    fn authorize(&self, rb: RequestBuilder, scope: &Scope) -> RequestBuilder {
+    /// Adds what the parent asked for so far; says what was sent, so a 401 can tell a
+    /// refused credential from a token someone else already refreshed.
+    fn authorize(&self, rb: RequestBuilder, scope: &Scope) -> (RequestBuilder, Sent) {
         let cached = self
             .tokens
             .lock()
@@ -232,14 +245,44 @@ impl ParentClient {
             .and_then(|t| t.get(scope).cloned())
             .filter(|t| t.expires > Instant::now());
         if let Some(t) = cached {
-            return rb.bearer_auth(t.token);
+            let sent = Sent::Bearer(t.token.clone());
+            return (rb.bearer_auth(t.token), sent);
         }
         match &self.creds {
             Some(c) if self.basic.load(Ordering::Relaxed) => {
-                rb.basic_auth(&c.username, Some(&c.password))
+                (rb.basic_auth(&c.username, Some(&c.password)), Sent::Basic)
             }
-            _ => rb,
+            _ => (rb, Sent::Nothing),
         }
+    }
+
+    /// Handles a 401 for a request that carried `sent`. Concurrent 401s are answered once:
+    /// whoever comes second finds the refreshed token (or Basic switched on) and just retries.
+    async fn refresh(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        scope: &Scope,
+        sent: &Sent,
+    ) -> Result<(), ClientError> {
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        let current = self
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|t| t.get(scope).cloned())
+            .filter(|t| t.expires > Instant::now());
+        match (sent, &current) {
+            (Sent::Bearer(old), Some(now)) if &now.token != old => return Ok(()),
+            (Sent::Nothing, Some(_)) => return Ok(()),
+            (Sent::Nothing, None) if self.basic.load(Ordering::Relaxed) => return Ok(()),
+            _ => {}
+        }
+        // The token sent may have been revoked or expired early: drop it.
+        if let Ok(mut t) = self.tokens.lock() {
+            t.remove(scope);
+        }
+        self.answer_challenge(url, headers, scope, sent).await
     }
 
     /// Answers a 401 challenge: Basic switches to sending credentials; Bearer fetches a token
@@ -249,6 +292,7 @@ impl ParentClient {
         url: &str,
         headers: &HeaderMap,
         scope: &Scope,
+        sent: &Sent,
     ) -> Result<(), ClientError> {
         let auth_err = |message: String| ClientError::Auth {
             url: url.to_owned(),
@@ -266,11 +310,12 @@ impl ParentClient {
                         "the parent asks for Basic credentials; give --creds NAME:PASSWORD or a connection string".into(),
                     ));
                 }
-                if self.basic.swap(true, Ordering::Relaxed) {
+                if *sent == Sent::Basic {
                     return Err(auth_err(
                         "the parent refused the credentials (Basic)".into(),
                     ));
                 }
+                self.basic.store(true, Ordering::Relaxed);
                 Ok(())
             }
             "bearer" => {
@@ -354,7 +399,7 @@ impl ParentClient {
             if small {
                 rb = rb.timeout(self.limits.request_timeout);
             }
-            rb = self.authorize(rb, scope);
+            let (rb, sent) = self.authorize(rb, scope);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let result = rb.send().await;
             attempt += 1;
@@ -379,11 +424,7 @@ impl ParentClient {
                                 .into(),
                         });
                     }
-                    // A cached token may have been revoked or expired early: drop it.
-                    if let Ok(mut t) = self.tokens.lock() {
-                        t.remove(scope);
-                    }
-                    self.answer_challenge(url, resp.headers(), scope).await?;
+                    self.refresh(url, resp.headers(), scope, &sent).await?;
                     auth_answered = true;
                     attempt -= 1;
                 }
@@ -817,7 +858,7 @@ impl ParentClient {
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
         let body = reqwest::Body::wrap_stream(stream);
         // Single attempt: the body stream cannot be replayed; the caller retries the whole upload.
-        let mut rb = self
+        let rb = self
             .http
             .put(&put_url)
             .header(CONTENT_LENGTH, size)
@@ -826,7 +867,7 @@ impl ParentClient {
                 HeaderValue::from_static("application/octet-stream"),
             )
             .body(body);
-        rb = self.authorize(rb, scope);
+        let (rb, _) = self.authorize(rb, scope);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let resp = rb.send().await.map_err(|e| ClientError::Transport {
             url: put_url.clone(),
