@@ -11,7 +11,6 @@ use common::distribution::start_distribution;
 use common::{bin, run_ok, start_registry};
 
 #[test]
-#[ignore = "needs `serve` wired to sync: git apply sync/serve-wiring.patch, then drop this line"]
 fn serve_runs_the_sync_schedule_and_reports_status() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
@@ -115,7 +114,6 @@ fn serve_runs_the_sync_schedule_and_reports_status() {
 }
 
 #[test]
-#[ignore = "needs `serve` wired to sync: git apply sync/serve-wiring.patch, then drop this line"]
 fn serve_refuses_invalid_sync_settings_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(bin())

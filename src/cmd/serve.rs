@@ -36,6 +36,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub gc: super::gc::GcFlags,
+
+    #[command(flatten)]
+    pub sync: Box<super::sync::SyncFlags>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -54,7 +57,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.gc.options(),
         ));
     }
-    let app = registry::api::router(store);
+    let mut app = registry::api::router(store.clone());
+    if let Some(status) = super::sync::start_background(&args.sync, store, &args.data)? {
+        app = app.merge(status);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

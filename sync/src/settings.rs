@@ -486,9 +486,9 @@ impl RawSettings {
             }
         };
         if let Some(cs) = self.connection_string.filter(|s| !s.trim().is_empty()) {
-            let cs = ConnectionString::parse(&cs)?;
+            let cs: ConnectionString = cs.parse()?;
             if parent.is_none() {
-                parent = Some(cs.parent_url());
+                parent = Some(cs.resolved_parent_url(|var| std::env::var(var).ok())?);
             }
             if credentials.is_none() {
                 credentials = Some(Credentials {
@@ -536,14 +536,20 @@ impl RawSettings {
             Duration::from_secs(86_400),
             Duration::from_secs(90 * 86_400),
         )?;
-        if self.repos.is_empty() {
-            return Err(invalid(
-                "repos",
-                "no repositories to sync; give at least one pattern (`name` or `prefix/*`)",
-            ));
-        }
+        // No patterns: everything the parent's catalog lists, as a connected registry mirrors
+        // its parent unless told otherwise (a parent without a catalog then says so at sync time).
+        let raw_repos = if self.repos.is_empty() {
+            vec![RawRepoRule {
+                pattern: "*".into(),
+                include: None,
+                exclude: None,
+                newest: None,
+            }]
+        } else {
+            self.repos
+        };
         let mut repos = Vec::new();
-        for r in self.repos {
+        for r in raw_repos {
             if r.pattern.is_empty()
                 || !r
                     .pattern
