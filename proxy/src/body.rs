@@ -187,10 +187,8 @@ impl Body for RespBody {
                     this.exchange.outcome = Outcome::Complete;
                 }
             }
-            Poll::Ready(None) => {
-                if this.exchange.outcome == Outcome::ClientGone {
-                    this.exchange.outcome = Outcome::Complete;
-                }
+            Poll::Ready(None) if this.exchange.outcome == Outcome::ClientGone => {
+                this.exchange.outcome = Outcome::Complete;
             }
             _ => {}
         }

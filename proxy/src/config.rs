@@ -412,20 +412,24 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         path: path.to_owned(),
         line: line_of(text, span.start),
     };
-    let dur = |v: &Option<toml::Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
-        match v {
-            None => Ok(None),
-            Some(s) => parse_duration(s.get_ref())
-                .map(Some)
-                .map_err(|m| ConfigError::Value {
-                    origin: src(s.span()),
-                    message: format!("{key}: {m}"),
-                }),
-        }
-    };
+    let dur =
+        |v: &Option<toml::Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(s) => parse_duration(s.get_ref())
+                    .map(Some)
+                    .map_err(|m| ConfigError::Value {
+                        origin: src(s.span()),
+                        message: format!("{key}: {m}"),
+                    }),
+            }
+        };
     let mut layer = Layer::default();
     if let Some(v) = &file.listen {
-        layer.listen = Some((socket_addr(v.get_ref(), &src(v.span()), "listen")?, src(v.span())));
+        layer.listen = Some((
+            socket_addr(v.get_ref(), &src(v.span()), "listen")?,
+            src(v.span()),
+        ));
     }
     let path_of = |v: &Option<toml::Spanned<PathBuf>>| {
         v.as_ref()
@@ -439,7 +443,10 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         layer.client_cert_header = Some((header_name(v.get_ref(), &src(v.span()))?, src(v.span())));
     }
     if let Some(v) = &file.admin {
-        layer.admin = Some((socket_addr(v.get_ref(), &src(v.span()), "admin")?, src(v.span())));
+        layer.admin = Some((
+            socket_addr(v.get_ref(), &src(v.span()), "admin")?,
+            src(v.span()),
+        ));
     }
     layer.reload_interval = dur(&file.reload_interval, "reload_interval")?;
     let l = &file.limits;
@@ -510,7 +517,11 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
 /// The IoT Edge API-proxy environment variables (and our own few for files).
 fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError> {
     let mut layer = Layer::default();
-    let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty()).map(|v| (v, Source::Env(name)));
+    let var = |name: &'static str| {
+        get(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (v, Source::Env(name)))
+    };
     if let Some((port, source)) = var("NGINX_DEFAULT_PORT") {
         let port: u16 = port.trim().parse().map_err(|_| ConfigError::Value {
             origin: source.clone(),
@@ -561,7 +572,11 @@ fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
     }
     if let Some((v, source)) = var("IOTEDGE_PARENTHOSTNAME") {
         // The parent's API proxy, always over TLS; a bare name means port 443.
-        let text = if v.contains("://") { v.clone() } else { format!("https://{v}") };
+        let text = if v.contains("://") {
+            v.clone()
+        } else {
+            format!("https://{v}")
+        };
         let up = upstream(&text, &source)?;
         if up.scheme != Scheme::Https {
             return Err(ConfigError::Value {
@@ -587,7 +602,10 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
     }
     layer.cert = flags.cert.clone().map(|p| (p, Source::Flag("--cert")));
     layer.key = flags.key.clone().map(|p| (p, Source::Flag("--key")));
-    layer.client_ca = flags.client_ca.clone().map(|p| (p, Source::Flag("--client-ca")));
+    layer.client_ca = flags
+        .client_ca
+        .clone()
+        .map(|p| (p, Source::Flag("--client-ca")));
     layer.trust = flags.trust.clone().map(|p| (p, Source::Flag("--trust")));
     if let Some(v) = &flags.client_cert_header {
         let s = Source::Flag("--client-cert-header");
@@ -672,7 +690,10 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
 fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config {
     let defaults = Limits::default();
     let mut c = Config {
-        listen: (SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)), Source::Default),
+        listen: (
+            SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            Source::Default,
+        ),
         cert: None,
         key: None,
         client_ca: None,
@@ -733,7 +754,10 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
 impl Config {
     /// Builds the effective configuration from flags, the file they name (if any) and the
     /// environment (`get` reads a variable; pass `|k| std::env::var(k).ok()`).
-    pub fn load(flags: &Flags, get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn load(
+        flags: &Flags,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let env = env_layer(get)?;
         let file = match &flags.config {
             Some(path) => Some(file_layer(path)?),
@@ -765,7 +789,10 @@ impl Config {
             ));
         }
         for r in self.routes.iter().chain(self.default.as_ref()) {
-            if r.upstream.scheme == Scheme::Https && r.upstream.trust.is_none() && self.trust.is_none() {
+            if r.upstream.scheme == Scheme::Https
+                && r.upstream.trust.is_none()
+                && self.trust.is_none()
+            {
                 return Err(ConfigError::Value {
                     origin: r.source.clone(),
                     message: format!(
@@ -810,18 +837,38 @@ impl Config {
             Some((a, s)) => line("admin", a.to_string(), s),
             None => line("admin", "-".into(), &"unset (no metrics listener)"),
         }
-        line("client_cert_header", self.client_cert_header.to_string(), &"");
+        line(
+            "client_cert_header",
+            self.client_cert_header.to_string(),
+            &"",
+        );
         line(
             "reload_interval",
             format!("{:?}", self.reload_interval),
             &"",
         );
         let l = &self.limits;
-        line("limits.max_header_bytes", l.max_header_bytes.to_string(), &"");
-        line("limits.header_read_timeout", format!("{:?}", l.header_read_timeout), &"");
+        line(
+            "limits.max_header_bytes",
+            l.max_header_bytes.to_string(),
+            &"",
+        );
+        line(
+            "limits.header_read_timeout",
+            format!("{:?}", l.header_read_timeout),
+            &"",
+        );
         line("limits.idle_timeout", format!("{:?}", l.idle_timeout), &"");
-        line("limits.connect_timeout", format!("{:?}", l.connect_timeout), &"");
-        line("limits.upstream_timeout", format!("{:?}", l.upstream_timeout), &"");
+        line(
+            "limits.connect_timeout",
+            format!("{:?}", l.connect_timeout),
+            &"",
+        );
+        line(
+            "limits.upstream_timeout",
+            format!("{:?}", l.upstream_timeout),
+            &"",
+        );
         line("limits.max_connections", l.max_connections.to_string(), &"");
         for r in &self.routes {
             let key = match &r.header {
@@ -857,7 +904,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     fn flags() -> Flags {
@@ -889,13 +941,20 @@ mod tests {
         assert_eq!(v2.source, Source::Flag("--route"));
         let acr = c.routes.iter().find(|r| r.prefix == "/acr").unwrap();
         assert_eq!(acr.upstream.to_string(), "http://registry:8080");
-        assert!(c.routes.iter().any(|r| r.header.as_ref().map(|h| h.as_str()) == Some("x-ms-version")));
-        assert_eq!(c.default.unwrap().upstream.to_string(), "https://parent.example:443");
+        assert!(c
+            .routes
+            .iter()
+            .any(|r| r.header.as_ref().map(|h| h.as_str()) == Some("x-ms-version")));
+        assert_eq!(
+            c.default.unwrap().upstream.to_string(),
+            "https://parent.example:443"
+        );
     }
 
     #[test]
     fn file_errors_name_key_and_line() {
-        let text = "listen = \"127.0.0.1:1\"\n\n[[routes]]\nprefix = \"/v2\"\nupstream = \"ftp://x\"\n";
+        let text =
+            "listen = \"127.0.0.1:1\"\n\n[[routes]]\nprefix = \"/v2\"\nupstream = \"ftp://x\"\n";
         let err = match parse_file(Path::new("/etc/p.toml"), text) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("ftp upstream accepted"),
@@ -910,8 +969,14 @@ mod tests {
 
     #[test]
     fn upstream_parsing() {
-        assert_eq!(Upstream::parse("https://[::1]").unwrap().authority(), "[::1]:443");
-        assert_eq!(Upstream::parse("host").unwrap().to_string(), "http://host:80");
+        assert_eq!(
+            Upstream::parse("https://[::1]").unwrap().authority(),
+            "[::1]:443"
+        );
+        assert_eq!(
+            Upstream::parse("host").unwrap().to_string(),
+            "http://host:80"
+        );
         assert!(Upstream::parse("http://h:0").is_err());
         assert!(Upstream::parse("http://h:1/path").is_err());
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

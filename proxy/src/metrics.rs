@@ -62,25 +62,98 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
         let ld = Ordering::Relaxed;
-        g(&mut out, "proxy_connections_total", "counter", "Client connections accepted.", self.connections_total.load(ld));
-        g(&mut out, "proxy_connections_active", "gauge", "Client connections open now.", self.connections_active.load(ld));
-        g(&mut out, "proxy_tls_handshake_failures_total", "counter", "Client TLS handshakes that failed or timed out.", self.tls_handshake_failures.load(ld));
-        g(&mut out, "proxy_request_bytes_total", "counter", "Request body bytes received from clients.", self.bytes_in.load(ld));
-        g(&mut out, "proxy_response_bytes_total", "counter", "Response body bytes sent to clients.", self.bytes_out.load(ld));
-        g(&mut out, "proxy_reloads_total", "counter", "Successful reloads of config, certificate or trust bundle.", self.reloads_ok.load(ld));
-        g(&mut out, "proxy_reload_failures_total", "counter", "Reloads that failed (the previous state stayed).", self.reloads_failed.load(ld));
+        g(
+            &mut out,
+            "proxy_connections_total",
+            "counter",
+            "Client connections accepted.",
+            self.connections_total.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_connections_active",
+            "gauge",
+            "Client connections open now.",
+            self.connections_active.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_tls_handshake_failures_total",
+            "counter",
+            "Client TLS handshakes that failed or timed out.",
+            self.tls_handshake_failures.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_request_bytes_total",
+            "counter",
+            "Request body bytes received from clients.",
+            self.bytes_in.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_response_bytes_total",
+            "counter",
+            "Response body bytes sent to clients.",
+            self.bytes_out.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_reloads_total",
+            "counter",
+            "Successful reloads of config, certificate or trust bundle.",
+            self.reloads_ok.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_reload_failures_total",
+            "counter",
+            "Reloads that failed (the previous state stayed).",
+            self.reloads_failed.load(ld),
+        );
         out.push_str("# HELP proxy_requests_total Requests answered, by upstream and status.\n# TYPE proxy_requests_total counter\n");
-        for ((up, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "proxy_requests_total{{upstream=\"{}\",status=\"{status}\"}} {n}", esc(up));
+        for ((up, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "proxy_requests_total{{upstream=\"{}\",status=\"{status}\"}} {n}",
+                esc(up)
+            );
         }
         out.push_str("# HELP proxy_request_duration_seconds Time to the end of the response, by upstream.\n# TYPE proxy_request_duration_seconds summary\n");
-        for (up, (n, sum)) in self.durations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "proxy_request_duration_seconds_sum{{upstream=\"{}\"}} {sum}", esc(up));
-            let _ = writeln!(out, "proxy_request_duration_seconds_count{{upstream=\"{}\"}} {n}", esc(up));
+        for (up, (n, sum)) in self
+            .durations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "proxy_request_duration_seconds_sum{{upstream=\"{}\"}} {sum}",
+                esc(up)
+            );
+            let _ = writeln!(
+                out,
+                "proxy_request_duration_seconds_count{{upstream=\"{}\"}} {n}",
+                esc(up)
+            );
         }
         out.push_str("# HELP proxy_upstream_errors_total Upstream failures, by upstream and kind.\n# TYPE proxy_upstream_errors_total counter\n");
-        for ((up, kind), n) in self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "proxy_upstream_errors_total{{upstream=\"{}\",kind=\"{kind}\"}} {n}", esc(up));
+        for ((up, kind), n) in self
+            .upstream_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "proxy_upstream_errors_total{{upstream=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(up)
+            );
         }
         out
     }
@@ -110,7 +183,9 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
                         "/metrics" => Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(metrics.render()))),
-                        "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+                        "/healthz" => {
+                            Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+                        }
                         _ => Response::builder()
                             .status(404)
                             .body(Full::new(Bytes::from_static(b"try /metrics or /healthz\n"))),

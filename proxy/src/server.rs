@@ -56,7 +56,9 @@ struct Table {
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
-        && (prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
 }
 
 impl Table {
@@ -65,7 +67,10 @@ impl Table {
             .iter()
             .find(|e| {
                 prefix_matches(&e.route.prefix, path)
-                    && e.route.header.as_ref().is_none_or(|h| headers.contains_key(h))
+                    && e.route
+                        .header
+                        .as_ref()
+                        .is_none_or(|h| headers.contains_key(h))
             })
             .or(self.default.as_ref())
     }
@@ -105,7 +110,12 @@ impl State {
     fn client(&self, config: &Config, up: &Upstream) -> Result<Arc<UpstreamClient>, String> {
         let trust_path = config.trust_for(up);
         let key = format!("{up} sni={:?} trust={:?}", up.sni, trust_path);
-        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
         let trust = match (up.scheme, trust_path) {
@@ -166,8 +176,14 @@ impl Proxy {
         config: Config,
         loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
     ) -> Result<Proxy, StartError> {
-        let (cert, _) = config.cert.clone().ok_or_else(|| StartError::Route("no --cert".into()))?;
-        let (key, _) = config.key.clone().ok_or_else(|| StartError::Route("no --key".into()))?;
+        let (cert, _) = config
+            .cert
+            .clone()
+            .ok_or_else(|| StartError::Route("no --cert".into()))?;
+        let (key, _) = config
+            .key
+            .clone()
+            .ok_or_else(|| StartError::Route("no --key".into()))?;
         let server_cert = Arc::new(ReloadingServer::with_client_auth(
             cert,
             key,
@@ -244,10 +260,19 @@ impl Proxy {
             let state = state.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                state.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-                state.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .connections_total
+                    .fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .connections_active
+                    .fetch_add(1, Ordering::Relaxed);
                 serve_connection(state.clone(), acceptor, tcp, peer).await;
-                state.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .connections_active
+                    .fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
@@ -288,12 +313,18 @@ async fn serve_connection(
     let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
-            state.metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            state
+                .metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("TLS handshake with {peer} failed (client): {err}");
             return;
         }
         Err(_) => {
-            state.metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            state
+                .metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("TLS handshake with {peer} timed out (client)");
             return;
         }
@@ -356,7 +387,10 @@ async fn idle_watch(info: Arc<ConnInfo>, idle: Duration) {
         if now.saturating_sub(last) >= idle_ms && info.waiting.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let wait = idle_ms.saturating_sub(now.saturating_sub(last)).max(idle_ms / 4).max(10);
+        let wait = idle_ms
+            .saturating_sub(now.saturating_sub(last))
+            .max(idle_ms / 4)
+            .max(10);
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
@@ -477,7 +511,10 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// An OCI-style error body naming the upstream and where the error came from.
@@ -492,15 +529,26 @@ fn error_json(code: &str, message: &str, upstream: Option<&str>, source: &str) -
     Bytes::from(body.to_string())
 }
 
-async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incoming>) -> Response<RespBody> {
+async fn handle(
+    state: Arc<State>,
+    info: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
     let start = Instant::now();
     let method = req.method().clone();
     // The path only: query strings can carry tokens, and logs must not.
     let path = req.uri().path().to_owned();
-    let table = state.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let table = state
+        .table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let progress = Arc::new(ReqProgress::default());
 
-    let make_exchange = |upstream: Option<String>, status: StatusCode, source: &'static str, error: Option<String>| {
+    let make_exchange = |upstream: Option<String>,
+                         status: StatusCode,
+                         source: &'static str,
+                         error: Option<String>| {
         let state = state.clone();
         let method = method.clone();
         let path = path.clone();
@@ -511,12 +559,24 @@ async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incomin
                 let bytes_in = progress.bytes.load(Ordering::Relaxed);
                 let (source, error) = match outcome {
                     Outcome::Complete => (source, error),
-                    Outcome::ClientGone => ("client", Some("client closed before the end of the response".into())),
-                    Outcome::UpstreamFailed => ("upstream", Some("upstream failed during the response body".into())),
+                    Outcome::ClientGone => (
+                        "client",
+                        Some("client closed before the end of the response".into()),
+                    ),
+                    Outcome::UpstreamFailed => (
+                        "upstream",
+                        Some("upstream failed during the response body".into()),
+                    ),
                 };
                 let up = upstream.as_deref().unwrap_or("-");
-                state.metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-                state.metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+                state
+                    .metrics
+                    .bytes_in
+                    .fetch_add(bytes_in, Ordering::Relaxed);
+                state
+                    .metrics
+                    .bytes_out
+                    .fetch_add(bytes_out, Ordering::Relaxed);
                 state.metrics.request(up, status.as_u16(), secs);
                 tracing::info!(
                     target: "access",
@@ -533,15 +593,21 @@ async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incomin
     let reply = |status: StatusCode, body: Bytes, exchange: Exchange| {
         let mut resp = Response::new(RespBody::full(body, exchange));
         *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     };
 
     let Some(entry) = table.pick(&path, req.headers()) else {
         let msg = format!("proxy: no route for {path} and no default route");
         let body = error_json("ROUTE_NOT_FOUND", &msg, None, "proxy");
-        return reply(StatusCode::NOT_FOUND, body, make_exchange(None, StatusCode::NOT_FOUND, "proxy", Some(msg)));
+        return reply(
+            StatusCode::NOT_FOUND,
+            body,
+            make_exchange(None, StatusCode::NOT_FOUND, "proxy", Some(msg)),
+        );
     };
     let client = entry.client.clone();
     let upstream_name = client.name.clone();
@@ -554,12 +620,17 @@ async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incomin
         None
     };
     let (parts, body) = req.into_parts();
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let scheme = match client.scheme {
         crate::config::Scheme::Http => "http",
         crate::config::Scheme::Https => "https",
@@ -569,7 +640,16 @@ async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incomin
         Err(err) => {
             let msg = format!("proxy: cannot build the upstream URI: {err}");
             let body = error_json("BAD_REQUEST", &msg, Some(&upstream_name), "client");
-            return reply(StatusCode::BAD_REQUEST, body, make_exchange(Some(upstream_name), StatusCode::BAD_REQUEST, "client", Some(msg)));
+            return reply(
+                StatusCode::BAD_REQUEST,
+                body,
+                make_exchange(
+                    Some(upstream_name),
+                    StatusCode::BAD_REQUEST,
+                    "client",
+                    Some(msg),
+                ),
+            );
         }
     };
     let mut headers = parts.headers;
@@ -623,22 +703,42 @@ async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incomin
                     ConnectError::Tcp { .. } => "connect",
                     ConnectError::Tls { .. } => "tls",
                 };
-                (StatusCode::BAD_GATEWAY, "UPSTREAM_UNREACHABLE", "upstream", format!("proxy: upstream {upstream_name} unreachable: {ce}"), kind)
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_UNREACHABLE",
+                    "upstream",
+                    format!("proxy: upstream {upstream_name} unreachable: {ce}"),
+                    kind,
+                )
             } else if progress.failed.load(Ordering::Relaxed) {
                 (StatusCode::BAD_REQUEST, "CLIENT_ABORTED", "client", format!("proxy: the client's request body failed before the upstream {upstream_name} answered: {}", chain(&err)), "client_aborted")
             } else {
-                (StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", "upstream", format!("proxy: upstream {upstream_name} failed: {}", chain(&err)), "protocol")
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_ERROR",
+                    "upstream",
+                    format!("proxy: upstream {upstream_name} failed: {}", chain(&err)),
+                    "protocol",
+                )
             };
             state.metrics.upstream_error(&upstream_name, kind);
             let body = error_json(code, &msg, Some(&upstream_name), source);
-            return reply(status, body, make_exchange(Some(upstream_name), status, source, Some(msg)));
+            return reply(
+                status,
+                body,
+                make_exchange(Some(upstream_name), status, source, Some(msg)),
+            );
         }
         None => {
             state.metrics.upstream_error(&upstream_name, "timeout");
             let msg = format!("proxy: upstream {upstream_name} did not answer within {timeout:?}");
             let body = error_json("UPSTREAM_TIMEOUT", &msg, Some(&upstream_name), "upstream");
             let status = StatusCode::GATEWAY_TIMEOUT;
-            return reply(status, body, make_exchange(Some(upstream_name), status, "upstream", Some(msg)));
+            return reply(
+                status,
+                body,
+                make_exchange(Some(upstream_name), status, "upstream", Some(msg)),
+            );
         }
     };
 
@@ -664,7 +764,10 @@ async fn handle(state: Arc<State>, info: Arc<ConnInfo>, mut req: Request<Incomin
         }
     }
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, status == StatusCode::SWITCHING_PROTOCOLS);
+    strip_hop_by_hop(
+        &mut parts.headers,
+        status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     let exchange = make_exchange(Some(upstream_name), status, "-", None);
     Response::from_parts(parts, RespBody::upstream(body, exchange))
 }
@@ -702,9 +805,21 @@ fn file_stamp(path: &std::path::Path) -> Option<(u64, Option<SystemTime>, u64)> 
 }
 
 /// Polls the config file, the server certificate and the trust bundles; reloads what changed.
-async fn reload_loop(state: Arc<State>, loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>) {
-    let interval = state.config.read().unwrap_or_else(|e| e.into_inner()).reload_interval;
-    let file = state.config.read().unwrap_or_else(|e| e.into_inner()).file.clone();
+async fn reload_loop(
+    state: Arc<State>,
+    loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+) {
+    let interval = state
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .reload_interval;
+    let file = state
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .file
+        .clone();
     let mut seen = file.as_deref().and_then(file_stamp);
     loop {
         tokio::time::sleep(interval).await;
@@ -749,7 +864,11 @@ async fn reload_loop(state: Arc<State>, loader: Box<dyn Fn() -> Result<Config, C
                     Ok((c, table))
                 }) {
                     Ok((config, table)) => {
-                        let old = state.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+                        let old = state
+                            .config
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
                         if config.listen != old.listen
                             || config.cert.as_ref().map(|c| &c.0) != old.cert.as_ref().map(|c| &c.0)
                             || config.key.as_ref().map(|c| &c.0) != old.key.as_ref().map(|c| &c.0)
@@ -792,9 +911,15 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);

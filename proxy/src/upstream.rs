@@ -26,7 +26,10 @@ pub enum ConnectError {
     #[error("connecting to {addr} timed out after {after:?}")]
     Timeout { addr: String, after: Duration },
     #[error("connecting to {addr}: {source}")]
-    Tcp { addr: String, source: std::io::Error },
+    Tcp {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS handshake with {addr} (server name {sni}, trust {trust}): {source}")]
     Tls {
         addr: String,
@@ -145,14 +148,15 @@ impl tower_service::Service<http::Uri> for Connector {
                     None => Ok(UpStream::Plain(tcp)),
                     Some((trust, sni)) => {
                         let connector = tokio_rustls::TlsConnector::from(trust.config());
-                        let tls = connector.connect(sni.clone(), tcp).await.map_err(|source| {
-                            ConnectError::Tls {
+                        let tls = connector
+                            .connect(sni.clone(), tcp)
+                            .await
+                            .map_err(|source| ConnectError::Tls {
                                 addr: addr.clone(),
                                 sni: sni.to_str().into_owned(),
                                 trust: trust.path().display().to_string(),
                                 source,
-                            }
-                        })?;
+                            })?;
                         Ok(UpStream::Tls(Box::new(tls)))
                     }
                 }

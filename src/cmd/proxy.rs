@@ -10,6 +10,13 @@ use anyhow::Context as _;
 /// Every setting is documented in proxy/README.md.
 #[derive(clap::Args)]
 pub struct Args {
+    // Boxed: the flags are many, and the subcommand enum should stay small.
+    #[command(flatten)]
+    flags: Box<Flags>,
+}
+
+#[derive(clap::Args)]
+struct Flags {
     /// TOML config file (watched: route changes apply without a restart).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -79,6 +86,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let args = *args.flags;
     let flags = proxy::Flags {
         config: args.config,
         listen: args.listen,
