@@ -1157,3 +1157,71 @@ fn metrics_on_admin_port() {
         "{text}"
     );
 }
+
+/// The trust bundle for the parent is replaced on disk (the nginx module missed this): a
+/// child that could not verify its parent does so after the rename, without a restart.
+#[test]
+fn trust_bundle_rotation_applies_to_new_upstream_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let old_ca = TestCa::new(&t.join("old-ca"));
+    let new_ca = TestCa::new(&t.join("new-ca"));
+    let parent_leaf = new_ca.server("parent", "parent.test");
+    let child_leaf = old_ca.server("child", "child.test");
+    let reg = start_distribution(&t.join("reg"), "");
+    let route = format!("/v2={}", reg.url());
+    let parent = start_proxy(t, "parent", &parent_leaf, &["--route", &route], &[]);
+    // The child still trusts only the old root: it cannot verify the parent.
+    let trust = t.join("trust.pem");
+    std::fs::copy(&old_ca.root, &trust).unwrap();
+    let default = format!("https://{}", parent.addr);
+    let child = start_proxy(
+        t,
+        "child",
+        &child_leaf,
+        &[
+            "--default",
+            &default,
+            "--sni",
+            "parent.test",
+            "--trust",
+            trust.to_str().unwrap(),
+            "--reload-interval",
+            "100ms",
+        ],
+        &[],
+    );
+    let url = format!("https://{}/v2/", child.addr);
+    let (status, body, _) = curl(&old_ca.root, &[&url]);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("TLS handshake") && body.contains("trust.pem"),
+        "{body}"
+    );
+    // The operator installs the new bundle (old and new roots), renamed into place.
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&old_ca.root).unwrap(),
+        std::fs::read_to_string(&new_ca.root).unwrap()
+    );
+    std::fs::write(t.join("trust.tmp"), both).unwrap();
+    std::fs::rename(t.join("trust.tmp"), &trust).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if curl(&old_ca.root, &[&url]).0 == 200 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ok,
+        "the new trust bundle never applied:\n{}",
+        child.log_text()
+    );
+    assert!(
+        child.log_text().contains("trust bundle"),
+        "{}",
+        child.log_text()
+    );
+}
