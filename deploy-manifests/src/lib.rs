@@ -1,3 +1,36 @@
-//! IoT Edge deployment manifests: the checker and the renderer.
+//! IoT Edge deployment manifests: the checker that holds a manifest to the production
+//! checklist, the `${VAR}` renderer, and the connection-string parser the sync crate reuses.
+//!
+//! The shipped manifests live in `manifests/` and are embedded here (`SHIPPED`) so the
+//! binary can list and test them without a path on disk.
 
 #![forbid(unsafe_code)]
+
+pub mod check;
+pub mod connection_string;
+pub mod dupkeys;
+pub mod finding;
+pub mod image;
+pub mod render;
+pub mod route;
+
+pub use check::{check, CheckSettings};
+pub use connection_string::{ConnectionString, ConnectionStringError, ParentProtocol};
+pub use finding::{Finding, Report, Severity, TwinSize};
+pub use render::{parse_env_file, render, RenderError};
+
+/// The manifests this crate ships, by file name, so tests and tools can reach them.
+pub const SHIPPED: [(&str, &str); 3] = [
+    (
+        "top-layer.json",
+        include_str!("../manifests/top-layer.json"),
+    ),
+    (
+        "lower-layer.json",
+        include_str!("../manifests/lower-layer.json"),
+    ),
+    (
+        "single-layer.json",
+        include_str!("../manifests/single-layer.json"),
+    ),
+];

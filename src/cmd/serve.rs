@@ -1,10 +1,106 @@
 //! `connected-registry serve`: the OCI Distribution registry on the local store.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use registry::{Limits, Store};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address to listen on (plain HTTP; TLS is the proxy's job). The IoT Edge module uses 0.0.0.0:8080.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
 
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`connected-registry serve` is not implemented yet")
+    /// Data directory: blobs, metadata (meta.redb), upload sessions.
+    #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// Largest manifest accepted, in bytes (manifests are read whole to be validated).
+    #[arg(long, env = "CONNECTED_REGISTRY_MAX_MANIFEST_SIZE", default_value_t = Limits::default().max_manifest_size)]
+    pub max_manifest_size: u64,
+
+    /// Memory for recently served manifests, in bytes.
+    #[arg(long, env = "CONNECTED_REGISTRY_MANIFEST_CACHE_SIZE", default_value_t = Limits::default().manifest_cache_bytes)]
+    pub manifest_cache_size: usize,
+
+    /// How often to collect garbage while serving (0s: never).
+    #[arg(long, env = "CONNECTED_REGISTRY_GC_INTERVAL", default_value = "1h", value_parser = super::parse_duration)]
+    pub gc_interval: Duration,
+
+    #[command(flatten)]
+    pub gc: super::gc::GcFlags,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let limits = Limits {
+        max_manifest_size: args.max_manifest_size,
+        manifest_cache_bytes: args.manifest_cache_size,
+    };
+    let data = args.data.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
+        .await?
+        .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    if !args.gc_interval.is_zero() {
+        tokio::spawn(collect_garbage(
+            store.clone(),
+            args.gc_interval,
+            args.gc.options(),
+        ));
+    }
+    let app = registry::api::router(store);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        data = %args.data.display(),
+        "registry serving /v2 over plain HTTP"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("registry stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Collects garbage every `interval`, first one `interval` after start.
+async fn collect_garbage(store: Store, interval: Duration, options: registry::storage::GcOptions) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticks.tick().await;
+        let store = store.clone();
+        let options = options.clone();
+        match tokio::task::spawn_blocking(move || store.gc(&options)).await {
+            Ok(Ok(report)) => tracing::info!(?report, "garbage collected"),
+            Ok(Err(err)) => tracing::error!("garbage collection failed: {err}"),
+            Err(err) => tracing::error!("garbage collection task failed: {err}"),
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM (what `docker stop` and `iotedge restart` send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }

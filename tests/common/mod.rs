@@ -4,7 +4,12 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod distribution;
+pub mod docker;
+pub mod oci;
+pub mod skopeo;
+pub mod target;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,18 @@
+//! The registry's HTTP API: `/v2` (OCI Distribution v1.1). `/acr` and `/oauth2` join here.
+
+pub mod v2;
+
+use axum::Router;
+
+use crate::storage::Store;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+/// The registry's routes over `store`. The binary merges other parts' routes into it.
+pub fn router(store: Store) -> Router {
+    v2::routes().with_state(AppState { store })
+}

@@ -1,0 +1,139 @@
+//! Manifests: GET/HEAD/PUT/DELETE by tag or digest.
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use super::{Req, DIGEST_HEADER};
+use crate::error::{ApiError, ErrorCode, StorageError};
+use crate::name::RepoName;
+use crate::reference::Reference;
+use crate::storage::{Origin, Store};
+
+pub fn get(
+    store: &Store,
+    repo: &RepoName,
+    reference: &Reference,
+    req: &Req,
+) -> Result<Response, ApiError> {
+    let manifest = store.get_manifest(repo, reference)?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!("manifest {reference} is not in repository {repo}"),
+        )
+    })?;
+    let digest = manifest.digest.to_string();
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &manifest.media_type)
+        .header(header::CONTENT_LENGTH, manifest.body.len())
+        .header(DIGEST_HEADER, &digest)
+        .header(header::ETAG, format!("\"{digest}\""));
+    let body = if req.method == axum::http::Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(manifest.body)
+    };
+    Ok(builder.body(body).expect("valid response"))
+}
+
+/// Reads a manifest body, refusing it as soon as it passes the size limit.
+async fn read_limited(req: Req, limit: u64) -> Result<Bytes, ApiError> {
+    let too_large = |size| ApiError::from(StorageError::ManifestTooLarge { size, limit });
+    let declared = req
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|s| *s > limit) {
+        return Err(too_large(size));
+    }
+    let mut body = BytesMut::new();
+    let mut stream = req.body.into_data_stream();
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("reading the manifest body failed: {e}"),
+            )
+        })?;
+        if (body.len() + frame.len()) as u64 > limit {
+            return Err(too_large((body.len() + frame.len()) as u64));
+        }
+        body.extend_from_slice(&frame);
+    }
+    Ok(body.freeze())
+}
+
+pub async fn put(
+    store: &Store,
+    repo: RepoName,
+    reference: Reference,
+    req: Req,
+) -> Result<Response, ApiError> {
+    let content_type = req.header("content-type").map(str::to_owned);
+    let body = read_limited(req, store.limits().max_manifest_size).await?;
+    let store2 = store.clone();
+    let repo2 = repo.clone();
+    let (digest, subject) = tokio::task::spawn_blocking(move || {
+        store2.put_manifest(
+            &repo2,
+            &reference,
+            content_type.as_deref(),
+            body,
+            Origin::Client,
+        )
+    })
+    .await
+    .map_err(internal)??;
+    let mut builder = Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{repo}/manifests/{digest}"))
+        .header(DIGEST_HEADER, digest.to_string())
+        .header(header::CONTENT_LENGTH, 0);
+    if let Some(subject) = subject {
+        builder = builder.header("oci-subject", subject.to_string());
+    }
+    Ok(builder.body(Body::empty()).expect("valid response"))
+}
+
+pub async fn delete(
+    store: &Store,
+    repo: RepoName,
+    reference: Reference,
+) -> Result<Response, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || match &reference {
+        Reference::Tag(tag) => {
+            if store.delete_tag(&repo, tag, Origin::Client)? {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::ManifestUnknown,
+                    format!("tag {tag} is not in repository {repo}"),
+                ))
+            }
+        }
+        Reference::Digest(digest) => {
+            store.delete_manifest(&repo, digest, Origin::Client)?;
+            Ok(())
+        }
+    })
+    .await
+    .map_err(internal)??;
+    Ok(accepted())
+}
+
+pub fn accepted() -> Response {
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("valid response")
+}
+
+/// A blocking task that panicked or was cancelled: an internal error.
+pub fn internal(err: tokio::task::JoinError) -> ApiError {
+    tracing::error!("storage task failed: {err}");
+    ApiError::new(ErrorCode::Unknown, "internal error in a storage task")
+}

@@ -1,0 +1,225 @@
+//! `/v2` routing: the repository name may hold slashes, so the path is parsed from its end.
+
+mod blobs;
+mod listing;
+mod manifests;
+mod uploads;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+
+use super::AppState;
+use crate::digest::Digest;
+use crate::error::{ApiError, ErrorCode};
+use crate::name::RepoName;
+use crate::reference::Reference;
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const DIGEST_HEADER: &str = "docker-content-digest";
+pub const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(base))
+        .route("/v2/", get(base))
+        .route("/v2/{*path}", any(dispatch))
+        .layer(axum::middleware::map_response(api_version))
+}
+
+async fn api_version(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+async fn base() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+/// The parts of a `/v2/...` path.
+#[derive(Debug, PartialEq)]
+enum Route<'a> {
+    Catalog,
+    Tags(&'a str),
+    Manifest(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
+    UploadStart(&'a str),
+    Upload(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+}
+
+fn last_segment<'a>(path: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
+    path.rsplit_once(marker)
+        .filter(|(name, rest)| !name.is_empty() && !rest.is_empty() && !rest.contains('/'))
+}
+
+fn parse_route(path: &str) -> Option<Route<'_>> {
+    if path == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(name) = path.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name));
+    }
+    if let Some((name, reference)) = last_segment(path, "/manifests/") {
+        return Some(Route::Manifest(name, reference));
+    }
+    if let Some((name, digest)) = last_segment(path, "/referrers/") {
+        return Some(Route::Referrers(name, digest));
+    }
+    if let Some(name) = path
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| path.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::UploadStart(name));
+    }
+    if let Some((name, id)) = last_segment(path, "/blobs/uploads/") {
+        return Some(Route::Upload(name, id));
+    }
+    if let Some((name, digest)) = last_segment(path, "/blobs/") {
+        return Some(Route::Blob(name, digest));
+    }
+    None
+}
+
+/// One request, with what handlers need from it.
+pub struct Req {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: HashMap<String, String>,
+    pub body: Body,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn repo(name: &str) -> Result<RepoName, ApiError> {
+    Ok(name.parse()?)
+}
+
+pub fn digest(s: &str) -> Result<Digest, ApiError> {
+    Ok(s.parse()?)
+}
+
+fn unsupported(method: &Method, what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unsupported,
+        format!("{method} is not supported on {what}"),
+    )
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let req = Req {
+        method,
+        headers,
+        query,
+        body,
+    };
+    match handle(&state, &path, req).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(path, error = %err, "request refused");
+            err.into_response()
+        }
+    }
+}
+
+async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiError> {
+    let route = parse_route(path).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NameInvalid,
+            format!("/v2/{path} is not a registry API path (or the repository name is empty)"),
+        )
+        .with_status(axum::http::StatusCode::NOT_FOUND)
+    })?;
+    let store = &state.store;
+    match (route, req.method.clone()) {
+        (Route::Catalog, Method::GET) => listing::catalog(store, &req),
+        (Route::Tags(name), Method::GET) => listing::tags(store, &repo(name)?, &req),
+        (Route::Referrers(name, d), Method::GET) => {
+            listing::referrers(store, &repo(name)?, &digest(d)?, &req)
+        }
+        (Route::Manifest(name, reference), method) => {
+            let repo = repo(name)?;
+            let reference = Reference::parse(reference)?;
+            match method {
+                Method::GET | Method::HEAD => manifests::get(store, &repo, &reference, &req),
+                Method::PUT => manifests::put(store, repo, reference, req).await,
+                Method::DELETE => manifests::delete(store, repo, reference).await,
+                other => Err(unsupported(&other, "manifests")),
+            }
+        }
+        (Route::Blob(name, d), method) => {
+            let repo = repo(name)?;
+            let digest = digest(d)?;
+            match method {
+                Method::GET | Method::HEAD => {
+                    blobs::get(store, &repo, &digest, &req.headers, method == Method::HEAD).await
+                }
+                Method::DELETE => blobs::delete(store, repo, digest).await,
+                other => Err(unsupported(&other, "blobs")),
+            }
+        }
+        (Route::UploadStart(name), Method::POST) => uploads::start(store, repo(name)?, req).await,
+        (Route::Upload(name, id), method) => {
+            let repo = repo(name)?;
+            match method {
+                Method::GET => uploads::status(store, &repo, id).await,
+                Method::PATCH => uploads::patch(store, &repo, id, req).await,
+                Method::PUT => uploads::finish(store, &repo, id, req).await,
+                Method::DELETE => uploads::cancel(store, &repo, id).await,
+                other => Err(unsupported(&other, "upload sessions")),
+            }
+        }
+        (_, method) => Err(unsupported(&method, path)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_from_the_end() {
+        assert_eq!(parse_route("_catalog"), Some(Route::Catalog));
+        assert_eq!(parse_route("a/b/tags/list"), Some(Route::Tags("a/b")));
+        assert_eq!(
+            parse_route("a/manifests/b/manifests/v1"),
+            Some(Route::Manifest("a/manifests/b", "v1"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/uploads/"),
+            Some(Route::UploadStart("a"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/uploads/xyz"),
+            Some(Route::Upload("a", "xyz"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/sha256:00"),
+            Some(Route::Blob("a", "sha256:00"))
+        );
+        assert_eq!(parse_route("a/blobs/"), None);
+        assert_eq!(parse_route("nothing"), None);
+    }
+}

@@ -1,0 +1,638 @@
+//! Metadata in redb (ACID, crash-safe): tags, manifests per repository, blob links, referrers,
+//! and the change log. Each change to tags or manifests is logged in the same transaction.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::StorageError;
+use crate::manifest::Descriptor;
+
+/// (repo, tag) -> manifest digest.
+const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+/// (repo, manifest digest) -> `ManifestMeta` as JSON.
+const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
+/// (repo, blob digest) -> (size, unix time linked): which blobs a repository may serve and
+/// reference; the time lets GC spare a blob pushed moments before its manifest.
+const REPO_BLOBS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("repo_blobs");
+/// (repo, subject digest, referrer digest) -> referrer `Descriptor` as JSON.
+const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
+/// repo -> unix time of its first manifest: the catalog.
+const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+/// seq -> `Change` as JSON: the feed for children and for the upward push.
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
+/// What the registry keeps about a manifest in a repository (its bytes are a blob file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestMeta {
+    pub media_type: String,
+    pub size: u64,
+    /// Blobs and child manifests it references: nothing they name may go while it stays.
+    pub refs: Vec<Digest>,
+    #[serde(default)]
+    pub subject: Option<Digest>,
+    /// Unix seconds when it was first stored: GC spares young manifests.
+    #[serde(default)]
+    pub pushed_at: u64,
+}
+
+/// Who made a change: a client of this registry, or the sync engine copying from the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Client,
+    Sync,
+    /// Garbage collection removing untagged manifests: never pushed up.
+    Gc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChangeKind {
+    ManifestPut { digest: Digest, media_type: String },
+    ManifestDeleted { digest: Digest },
+    TagSet { tag: String, digest: Digest },
+    TagDeleted { tag: String },
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub seq: u64,
+    /// Unix seconds.
+    pub time: u64,
+    pub repo: String,
+    pub origin: Origin,
+    #[serde(flatten)]
+    pub kind: ChangeKind,
+}
+
+pub struct Meta {
+    db: Database,
+}
+
+/// A manifest about to be stored, with what must be checked first.
+pub struct NewManifest<'a> {
+    pub repo: &'a str,
+    pub digest: &'a Digest,
+    pub meta: &'a ManifestMeta,
+    /// Blobs it references with the sizes its descriptors claim.
+    pub blob_sizes: &'a [(Digest, i64)],
+    /// (subject, descriptor of this manifest) for the referrers index.
+    pub referrer: Option<(&'a Digest, &'a Descriptor)>,
+    pub tag: Option<&'a str>,
+    pub origin: Origin,
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("metadata serializes")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Db(format!("corrupt record: {e}")))
+}
+
+/// Appends a change to the log inside `tx`.
+fn log(
+    tx: &WriteTransaction,
+    repo: &str,
+    origin: Origin,
+    kind: ChangeKind,
+) -> Result<(), StorageError> {
+    let mut changes = tx.open_table(CHANGES)?;
+    let seq = changes.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+    let change = Change {
+        seq,
+        time: now(),
+        repo: repo.to_owned(),
+        origin,
+        kind,
+    };
+    changes.insert(seq, json(&change).as_slice())?;
+    Ok(())
+}
+
+/// Keys of a table whose first tuple element is `repo`, after `after`, at most `limit`.
+macro_rules! scan_repo {
+    ($table:expr, $repo:expr, $after:expr, $limit:expr) => {{
+        let mut out = Vec::new();
+        let start = ($repo, $after);
+        for entry in $table.range(start..)? {
+            let (key, value) = entry?;
+            let (r, k) = key.value();
+            if r != $repo {
+                break;
+            }
+            if k == $after && !$after.is_empty() {
+                continue;
+            }
+            if out.len() == $limit {
+                break;
+            }
+            out.push((k.to_owned(), value.value().to_owned()));
+        }
+        out
+    }};
+}
+
+impl Meta {
+    pub fn open(path: &Path) -> Result<Meta, StorageError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(TAGS)?;
+        tx.open_table(MANIFESTS)?;
+        tx.open_table(REPO_BLOBS)?;
+        tx.open_table(REFERRERS)?;
+        tx.open_table(REPOS)?;
+        tx.open_table(CHANGES)?;
+        tx.commit()?;
+        Ok(Meta { db })
+    }
+
+    pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REPO_BLOBS)?;
+        let size = table
+            .get((repo, digest.to_string().as_str()))?
+            .map(|v| v.value().0);
+        Ok(size)
+    }
+
+    pub fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REPO_BLOBS)?
+            .insert((repo, digest.to_string().as_str()), (size, now()))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a blob from a repository unless a manifest there still references it.
+    pub fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<(), StorageError> {
+        let tx = self.db.begin_write()?;
+        {
+            let manifests = tx.open_table(MANIFESTS)?;
+            let all = scan_repo!(manifests, repo, "", usize::MAX);
+            for (manifest, meta) in all {
+                let meta: ManifestMeta = from_json(&meta)?;
+                if meta.refs.contains(digest) {
+                    return Err(StorageError::Denied(format!(
+                        "blob {digest} is referenced by manifest {manifest} in this repository: delete that manifest first"
+                    )));
+                }
+            }
+            let mut links = tx.open_table(REPO_BLOBS)?;
+            if links.remove((repo, digest.to_string().as_str()))?.is_none() {
+                return Err(StorageError::BlobUnknown(digest.clone()));
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TAGS)?;
+        let found = table.get((repo, tag))?;
+        match found {
+            Some(v) => {
+                Ok(Some(v.value().parse().map_err(|e| {
+                    StorageError::Db(format!("corrupt tag record: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<ManifestMeta>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(MANIFESTS)?;
+        let found = table.get((repo, digest.to_string().as_str()))?;
+        found.map(|v| from_json(v.value())).transpose()
+    }
+
+    /// Stores a manifest (and optionally a tag) once everything it references is present in
+    /// the repository; checks and writes in one transaction, so no concurrent delete slips between.
+    /// `install` runs after the checks pass and before the commit: it puts the manifest's bytes
+    /// in place, so a refused manifest leaves nothing behind.
+    pub fn put_manifest(
+        &self,
+        new: NewManifest<'_>,
+        install: impl FnOnce() -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let NewManifest {
+            repo,
+            digest,
+            meta,
+            blob_sizes,
+            referrer,
+            tag,
+            origin,
+        } = new;
+        let digest_s = digest.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let links = tx.open_table(REPO_BLOBS)?;
+            for (blob, size) in blob_sizes {
+                match links.get((repo, blob.to_string().as_str()))? {
+                    None => return Err(StorageError::ManifestBlobUnknown(blob.clone())),
+                    Some(actual) if actual.value().0 as i64 != *size => {
+                        return Err(StorageError::ManifestInvalid(format!(
+                            "descriptor for {blob} says {size} bytes, but the blob has {} bytes",
+                            actual.value().0
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let mut manifests = tx.open_table(MANIFESTS)?;
+            for child in meta
+                .refs
+                .iter()
+                .filter(|d| !blob_sizes.iter().any(|(b, _)| b == *d))
+            {
+                if manifests.get((repo, child.to_string().as_str()))?.is_none() {
+                    return Err(StorageError::ManifestBlobUnknown(child.clone()));
+                }
+            }
+            install()?;
+            let existed = manifests
+                .insert((repo, digest_s.as_str()), json(meta).as_slice())?
+                .is_some();
+            drop(manifests);
+            if !existed {
+                log(
+                    &tx,
+                    repo,
+                    origin,
+                    ChangeKind::ManifestPut {
+                        digest: digest.clone(),
+                        media_type: meta.media_type.clone(),
+                    },
+                )?;
+            }
+            if let Some((subject, descriptor)) = referrer {
+                tx.open_table(REFERRERS)?.insert(
+                    (repo, subject.to_string().as_str(), digest_s.as_str()),
+                    json(descriptor).as_slice(),
+                )?;
+            }
+            let mut repos = tx.open_table(REPOS)?;
+            if repos.get(repo)?.is_none() {
+                repos.insert(repo, now())?;
+            }
+            drop(repos);
+            if let Some(tag) = tag {
+                let previous = tx
+                    .open_table(TAGS)?
+                    .insert((repo, tag), digest_s.as_str())?
+                    .map(|v| v.value().to_owned());
+                if previous.as_deref() != Some(digest_s.as_str()) {
+                    log(
+                        &tx,
+                        repo,
+                        origin,
+                        ChangeKind::TagSet {
+                            tag: tag.to_owned(),
+                            digest: digest.clone(),
+                        },
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_tag(&self, repo: &str, tag: &str, origin: Origin) -> Result<bool, StorageError> {
+        let tx = self.db.begin_write()?;
+        let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
+        if removed {
+            log(
+                &tx,
+                repo,
+                origin,
+                ChangeKind::TagDeleted {
+                    tag: tag.to_owned(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Deletes a manifest and every tag that points at it, unless an index in the repository
+    /// still references it (the index would then point at missing content).
+    pub fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        origin: Origin,
+    ) -> Result<(), StorageError> {
+        let digest_s = digest.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let mut manifests = tx.open_table(MANIFESTS)?;
+            let all = scan_repo!(manifests, repo, "", usize::MAX);
+            let mut this = None;
+            for (other, meta) in all {
+                let meta: ManifestMeta = from_json(&meta)?;
+                if other == digest_s {
+                    this = Some(meta);
+                } else if meta.refs.contains(digest) {
+                    return Err(StorageError::Denied(format!(
+                        "manifest {digest} is referenced by {other} in this repository: delete that first"
+                    )));
+                }
+            }
+            let meta = this.ok_or(StorageError::ManifestUnknown)?;
+            manifests.remove((repo, digest_s.as_str()))?;
+            drop(manifests);
+            if let Some(subject) = &meta.subject {
+                tx.open_table(REFERRERS)?.remove((
+                    repo,
+                    subject.to_string().as_str(),
+                    digest_s.as_str(),
+                ))?;
+            }
+            let mut tags = tx.open_table(TAGS)?;
+            let pointing: Vec<String> = scan_repo!(tags, repo, "", usize::MAX)
+                .into_iter()
+                .filter(|(_, d)| *d == digest_s)
+                .map(|(t, _)| t)
+                .collect();
+            for tag in &pointing {
+                tags.remove((repo, tag.as_str()))?;
+            }
+            drop(tags);
+            for tag in pointing {
+                log(&tx, repo, origin, ChangeKind::TagDeleted { tag })?;
+            }
+            log(
+                &tx,
+                repo,
+                origin,
+                ChangeKind::ManifestDeleted {
+                    digest: digest.clone(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Tags of a repository in lexical order after `last`; `None` if the repository is unknown.
+    pub fn tags(
+        &self,
+        repo: &str,
+        last: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let tx = self.db.begin_read()?;
+        if tx.open_table(REPOS)?.get(repo)?.is_none() {
+            return Ok(None);
+        }
+        let table = tx.open_table(TAGS)?;
+        let tags = scan_repo!(table, repo, last, limit);
+        Ok(Some(tags.into_iter().map(|(t, _)| t).collect()))
+    }
+
+    /// Repositories in lexical order after `last`.
+    pub fn repos(&self, last: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REPOS)?;
+        let mut out = Vec::new();
+        for entry in table.range(last..)? {
+            let (key, _) = entry?;
+            let repo = key.value();
+            if repo == last && !last.is_empty() {
+                continue;
+            }
+            if out.len() == limit {
+                break;
+            }
+            out.push(repo.to_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REFERRERS)?;
+        let subject = subject.to_string();
+        let mut out = Vec::new();
+        for entry in table.range((repo, subject.as_str(), "")..)? {
+            let (key, value) = entry?;
+            let (r, s, _) = key.value();
+            if r != repo || s != subject {
+                break;
+            }
+            out.push(from_json(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Change-log entries with `seq > after`, oldest first.
+    pub fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CHANGES)?;
+        let mut out = Vec::new();
+        for entry in table.range(after.saturating_add(1)..)? {
+            if out.len() == limit {
+                break;
+            }
+            let (_, value) = entry?;
+            out.push(from_json(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Drops change-log entries older than `before` (unix seconds), except the newest; returns how many.
+    pub fn prune_changes(&self, before: u64) -> Result<usize, StorageError> {
+        let tx = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut table = tx.open_table(CHANGES)?;
+            let mut old = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let change: Change = from_json(value.value())?;
+                if change.time >= before {
+                    break;
+                }
+                old.push(key.value());
+            }
+            // The newest entry stays: the next sequence number is derived from it.
+            let newest = table.last()?.map(|(k, _)| k.value());
+            for seq in old.into_iter().filter(|s| Some(*s) != newest) {
+                table.remove(seq)?;
+                removed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    // ---- garbage collection (see gc.rs for the rules) ----
+
+    /// Everything GC needs to decide, read in one consistent snapshot.
+    pub(crate) fn gc_snapshot(&self) -> Result<GcSnapshot, StorageError> {
+        let tx = self.db.begin_read()?;
+        let mut snap = GcSnapshot::default();
+        for entry in tx.open_table(MANIFESTS)?.iter()? {
+            let (key, value) = entry?;
+            let (repo, digest) = key.value();
+            snap.manifests.push((
+                repo.to_owned(),
+                parse_digest(digest)?,
+                from_json(value.value())?,
+            ));
+        }
+        for entry in tx.open_table(TAGS)?.iter()? {
+            let (key, value) = entry?;
+            snap.tagged
+                .push((key.value().0.to_owned(), parse_digest(value.value())?));
+        }
+        for entry in tx.open_table(REPO_BLOBS)?.iter()? {
+            let (key, value) = entry?;
+            let (repo, digest) = key.value();
+            snap.links
+                .push((repo.to_owned(), parse_digest(digest)?, value.value().1));
+        }
+        Ok(snap)
+    }
+
+    /// Removes a manifest that no tag and no other manifest in its repository points at (checked
+    /// again here: a client may have tagged it since the snapshot). Returns whether it went.
+    pub(crate) fn remove_untagged(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let digest_s = digest.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let tags = tx.open_table(TAGS)?;
+            if scan_repo!(tags, repo, "", usize::MAX)
+                .iter()
+                .any(|(_, d)| *d == digest_s)
+            {
+                return Ok(false);
+            }
+            drop(tags);
+            let mut manifests = tx.open_table(MANIFESTS)?;
+            let mut this = None;
+            for (other, meta) in scan_repo!(manifests, repo, "", usize::MAX) {
+                let meta: ManifestMeta = from_json(&meta)?;
+                if other == digest_s {
+                    this = Some(meta);
+                } else if meta.refs.contains(digest) {
+                    return Ok(false);
+                }
+            }
+            let Some(meta) = this else { return Ok(false) };
+            manifests.remove((repo, digest_s.as_str()))?;
+            drop(manifests);
+            if let Some(subject) = &meta.subject {
+                tx.open_table(REFERRERS)?.remove((
+                    repo,
+                    subject.to_string().as_str(),
+                    digest_s.as_str(),
+                ))?;
+            }
+            log(
+                &tx,
+                repo,
+                Origin::Gc,
+                ChangeKind::ManifestDeleted {
+                    digest: digest.clone(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Removes blob links linked before `before` (unix seconds) that no manifest of their
+    /// repository references; returns the links removed.
+    pub(crate) fn remove_stale_links(
+        &self,
+        before: u64,
+    ) -> Result<Vec<(String, Digest)>, StorageError> {
+        let tx = self.db.begin_write()?;
+        let mut removed = Vec::new();
+        {
+            let mut referenced = std::collections::HashSet::new();
+            for entry in tx.open_table(MANIFESTS)?.iter()? {
+                let (key, value) = entry?;
+                let meta: ManifestMeta = from_json(value.value())?;
+                let repo = key.value().0.to_owned();
+                referenced.extend(meta.refs.into_iter().map(|d| (repo.clone(), d)));
+            }
+            let mut links = tx.open_table(REPO_BLOBS)?;
+            let mut stale = Vec::new();
+            for entry in links.iter()? {
+                let (key, value) = entry?;
+                let (repo, digest) = key.value();
+                let digest = parse_digest(digest)?;
+                if value.value().1 < before
+                    && !referenced.contains(&(repo.to_owned(), digest.clone()))
+                {
+                    stale.push((repo.to_owned(), digest));
+                }
+            }
+            for (repo, digest) in stale {
+                links.remove((repo.as_str(), digest.to_string().as_str()))?;
+                removed.push((repo, digest));
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Whether any repository links `digest` as a blob or holds it as a manifest.
+    pub(crate) fn is_in_use(&self, digest: &Digest) -> Result<bool, StorageError> {
+        let tx = self.db.begin_read()?;
+        let digest_s = digest.to_string();
+        for entry in tx.open_table(REPO_BLOBS)?.iter()? {
+            if entry?.0.value().1 == digest_s {
+                return Ok(true);
+            }
+        }
+        for entry in tx.open_table(MANIFESTS)?.iter()? {
+            if entry?.0.value().1 == digest_s {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, StorageError> {
+    s.parse()
+        .map_err(|e| StorageError::Db(format!("corrupt digest in metadata: {e}")))
+}
+
+/// A consistent read of what GC decides on.
+#[derive(Default)]
+pub(crate) struct GcSnapshot {
+    /// (repo, digest, meta) of every manifest.
+    pub manifests: Vec<(String, Digest, ManifestMeta)>,
+    /// (repo, digest) of every tag's target.
+    pub tagged: Vec<(String, Digest)>,
+    /// (repo, blob digest, unix time linked).
+    pub links: Vec<(String, Digest, u64)>,
+}

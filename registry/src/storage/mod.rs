@@ -1,0 +1,420 @@
+//! The local store: content-addressed blob files plus redb metadata, behind one `Store` handle
+//! that the HTTP API and the sync engine both write through.
+//!
+//! Methods block (file and database I/O); async callers run writes in `spawn_blocking`.
+
+pub mod blobs;
+pub mod gc;
+pub mod meta;
+pub mod uploads;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::digest::Digest;
+use crate::error::StorageError;
+use crate::manifest::{self, Descriptor};
+use crate::name::RepoName;
+use crate::reference::Reference;
+pub use gc::{GcOptions, GcReport};
+pub use meta::{Change, ChangeKind, ManifestMeta, Origin};
+pub use uploads::{Session, SessionRef};
+
+/// Limits of the store, each a named setting of `serve`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest manifest accepted (`--max-manifest-size`). Manifests are read whole to be
+    /// validated, so this bounds the memory a single PUT can take. Default 4 MiB, as distribution.
+    pub max_manifest_size: u64,
+    /// Memory for recently served manifests (`--manifest-cache-size`): manifests are read far
+    /// more often than anything else, and are immutable by digest. Default 64 MiB.
+    pub manifest_cache_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_manifest_size: 4 << 20,
+            manifest_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A manifest as served: digest, media type and the exact bytes pushed.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    blobs: blobs::Blobs,
+    meta: meta::Meta,
+    uploads: uploads::Uploads,
+    limits: Limits,
+    cache: ManifestCache,
+    /// Taken shared by everything that makes a blob file wanted (install, link) and exclusively
+    /// by GC while it deletes a file, so GC never deletes a file someone just took.
+    gc_lock: RwLock<()>,
+}
+
+/// Manifest bytes by digest. Content never changes under a digest, so entries never go stale;
+/// when the budget is spent the cache simply starts over.
+#[derive(Default)]
+struct ManifestCache {
+    map: RwLock<(HashMap<Digest, Bytes>, usize)>,
+}
+
+impl ManifestCache {
+    fn get(&self, digest: &Digest) -> Option<Bytes> {
+        self.map.read().expect("cache lock").0.get(digest).cloned()
+    }
+
+    fn clear(&self) {
+        let mut guard = self.map.write().expect("cache lock");
+        guard.0.clear();
+        guard.1 = 0;
+    }
+
+    fn put(&self, digest: &Digest, body: &Bytes, budget: usize) {
+        if body.len() > budget / 4 {
+            return;
+        }
+        let mut guard = self.map.write().expect("cache lock");
+        let (map, used) = &mut *guard;
+        if *used + body.len() > budget {
+            map.clear();
+            *used = 0;
+        }
+        if map.insert(digest.clone(), body.clone()).is_none() {
+            *used += body.len();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`: `blobs/`, `uploads/`, `tmp/` and `meta.redb`.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(StorageError::io(format!("create {}", dir.display())))?;
+        let inner = Inner {
+            root: dir.to_owned(),
+            blobs: blobs::Blobs::open(dir)?,
+            meta: meta::Meta::open(&dir.join("meta.redb"))?,
+            uploads: uploads::Uploads::open(dir.join("uploads"))?,
+            limits,
+            cache: ManifestCache::default(),
+            gc_lock: RwLock::new(()),
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    // ---- blobs ----
+
+    /// Whether the blob's bytes are on disk (in any repository).
+    pub fn blob_exists(&self, digest: &Digest) -> bool {
+        self.inner.blobs.size(digest).is_some()
+    }
+
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        self.inner.blobs.size(digest)
+    }
+
+    /// Where the blob's bytes are (read-only).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.blobs.path(digest)
+    }
+
+    /// The blob's size if `repo` holds it; a blob of another repository is not served here.
+    pub fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        match self.inner.meta.repo_blob_size(repo.as_str(), digest)? {
+            Some(size) if self.blob_exists(digest) => Ok(Some(size)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Makes a blob that is on disk part of `repo` (cross-repository mount, or sync).
+    pub fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
+        let _taking = self.inner.gc_lock.read().expect("gc lock");
+        let size = self
+            .blob_size(digest)
+            .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
+        self.inner.blobs.touch(digest);
+        self.inner.meta.link_blob(repo.as_str(), digest, size)?;
+        Ok(size)
+    }
+
+    /// Removes a blob from a repository (its bytes stay until GC); refused while referenced.
+    pub fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), StorageError> {
+        self.inner.meta.unlink_blob(repo.as_str(), digest)
+    }
+
+    // ---- uploads ----
+
+    /// Starts a new upload session in `repo`.
+    pub fn new_upload(&self, repo: &RepoName) -> Result<SessionRef, StorageError> {
+        self.inner.uploads.new_session(repo)
+    }
+
+    /// An existing session (also after a restart); `BlobUploadUnknown` if there is none.
+    pub fn upload(&self, repo: &RepoName, id: &str) -> Result<SessionRef, StorageError> {
+        self.inner.uploads.get(repo, id, false)
+    }
+
+    /// Opens or creates session `id`: the sync engine picks a stable id per blob, so bytes
+    /// already fetched survive a restart and the download resumes from `Session::len()`.
+    pub fn open_upload(&self, repo: &RepoName, id: &str) -> Result<SessionRef, StorageError> {
+        self.inner.uploads.get(repo, id, true)
+    }
+
+    /// Verifies the session's bytes against `expected`, installs them as a blob and links it to
+    /// the session's repository. On a digest mismatch the bytes are discarded.
+    pub fn finish_upload(
+        &self,
+        session: &mut Session,
+        expected: &Digest,
+    ) -> Result<u64, StorageError> {
+        let result = session.seal(expected).and_then(|data| {
+            {
+                let _taking = self.inner.gc_lock.read().expect("gc lock");
+                self.inner.blobs.install(&data, expected)?;
+            }
+            self.link_blob(&session.repo.clone(), expected)
+        });
+        // Whether it worked or not, the session is over: its bytes are a blob now, or unwanted.
+        self.inner.uploads.remove(&session.id.clone());
+        result
+    }
+
+    /// Cancels a session and deletes its bytes.
+    pub fn cancel_upload(&self, id: &str) {
+        self.inner.uploads.remove(id);
+    }
+
+    // ---- manifests and tags ----
+
+    /// Stores a manifest pushed as `reference` with `content_type`, after checking that every
+    /// blob and child manifest it references is in the repository. Returns its digest and, for
+    /// a manifest with a subject, the subject's digest (for the `OCI-Subject` header).
+    pub fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        origin: Origin,
+    ) -> Result<(Digest, Option<Digest>), StorageError> {
+        let limit = self.inner.limits.max_manifest_size;
+        if body.len() as u64 > limit {
+            return Err(StorageError::ManifestTooLarge {
+                size: body.len() as u64,
+                limit,
+            });
+        }
+        let digest = match reference {
+            Reference::Digest(claimed) => {
+                let actual = claimed.same_algorithm_of(&body);
+                if &actual != claimed {
+                    return Err(StorageError::DigestMismatch {
+                        expected: claimed.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&body),
+        };
+        let parsed = manifest::parse(content_type, &body)?;
+        let blob_sizes: Vec<(Digest, i64)> = parsed
+            .blobs
+            .iter()
+            .filter(|d| !d.is_foreign())
+            .map(|d| (d.digest.clone(), d.size))
+            .collect();
+        let mut refs: Vec<Digest> = blob_sizes.iter().map(|(d, _)| d.clone()).collect();
+        refs.extend(parsed.children.iter().map(|d| d.digest.clone()));
+        let meta = ManifestMeta {
+            media_type: parsed.media_type.clone(),
+            size: body.len() as u64,
+            refs,
+            subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+            pushed_at: meta::now(),
+        };
+        let referrer = parsed.subject.as_ref().map(|subject| {
+            (
+                subject.digest.clone(),
+                Descriptor {
+                    media_type: parsed.media_type.clone(),
+                    digest: digest.clone(),
+                    size: body.len() as i64,
+                    artifact_type: parsed.artifact_type.clone(),
+                    annotations: parsed.annotations.clone(),
+                    urls: None,
+                    platform: None,
+                },
+            )
+        });
+        // The bytes are staged now and installed only once the manifest is accepted.
+        let staged = self.inner.blobs.stage(&body)?;
+        let _taking = self.inner.gc_lock.read().expect("gc lock");
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        self.inner.meta.put_manifest(
+            meta::NewManifest {
+                repo: repo.as_str(),
+                digest: &digest,
+                meta: &meta,
+                blob_sizes: &blob_sizes,
+                referrer: referrer.as_ref().map(|(s, d)| (s, d)),
+                tag,
+                origin,
+            },
+            || staged.install(&self.inner.blobs, &digest),
+        )?;
+        self.inner
+            .cache
+            .put(&digest, &body, self.inner.limits.manifest_cache_bytes);
+        Ok((digest, meta.subject))
+    }
+
+    /// The manifest digest a reference names in `repo`, if the repository holds it.
+    pub fn resolve(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<Digest>, StorageError> {
+        match reference {
+            Reference::Tag(tag) => self.inner.meta.resolve_tag(repo.as_str(), tag),
+            Reference::Digest(d) => Ok(self
+                .inner
+                .meta
+                .manifest(repo.as_str(), d)?
+                .map(|_| d.clone())),
+        }
+    }
+
+    pub fn manifest_meta(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestMeta>, StorageError> {
+        self.inner.meta.manifest(repo.as_str(), digest)
+    }
+
+    pub fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let Some(digest) = self.resolve(repo, reference)? else {
+            return Ok(None);
+        };
+        let Some(meta) = self.inner.meta.manifest(repo.as_str(), &digest)? else {
+            return Ok(None);
+        };
+        let body = match self.inner.cache.get(&digest) {
+            Some(body) => body,
+            None => {
+                let path = self.inner.blobs.path(&digest);
+                let body = Bytes::from(
+                    std::fs::read(&path)
+                        .map_err(StorageError::io(format!("read {}", path.display())))?,
+                );
+                self.inner
+                    .cache
+                    .put(&digest, &body, self.inner.limits.manifest_cache_bytes);
+                body
+            }
+        };
+        Ok(Some(StoredManifest {
+            digest,
+            media_type: meta.media_type,
+            body,
+        }))
+    }
+
+    pub fn delete_tag(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        origin: Origin,
+    ) -> Result<bool, StorageError> {
+        self.inner.meta.delete_tag(repo.as_str(), tag, origin)
+    }
+
+    pub fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        origin: Origin,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .meta
+            .delete_manifest(repo.as_str(), digest, origin)
+    }
+
+    /// Tags in lexical order after `last`, at most `limit`; `None` for an unknown repository.
+    pub fn tags_page(
+        &self,
+        repo: &RepoName,
+        last: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        self.inner.meta.tags(repo.as_str(), last, limit)
+    }
+
+    /// All tags of a repository (empty if unknown).
+    pub fn tags(&self, repo: &RepoName) -> Result<Vec<String>, StorageError> {
+        Ok(self.tags_page(repo, "", usize::MAX)?.unwrap_or_default())
+    }
+
+    pub fn repos_page(&self, last: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        self.inner.meta.repos(last, limit)
+    }
+
+    pub fn repos(&self) -> Result<Vec<String>, StorageError> {
+        self.repos_page("", usize::MAX)
+    }
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`.
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StorageError> {
+        self.inner.meta.referrers(repo.as_str(), subject)
+    }
+
+    // ---- change log ----
+
+    pub fn changes(&self, after_seq: u64, limit: usize) -> Result<Vec<Change>, StorageError> {
+        self.inner.meta.changes(after_seq, limit)
+    }
+
+    pub fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StorageError> {
+        self.inner.meta.prune_changes(before_unix_secs)
+    }
+}

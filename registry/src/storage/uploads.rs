@@ -1,0 +1,252 @@
+//! Upload sessions: bytes of a blob being pushed, kept on disk (`uploads/<id>/data`) so a
+//! chunked or interrupted upload can continue, even after a restart.
+//!
+//! A session is hashed as it grows; after a restart the bytes on disk are hashed once again on
+//! first use. Chunks that fail halfway are rolled back, so a session never holds half a chunk.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::StorageError;
+use crate::name::RepoName;
+
+/// The state of one session. Held behind an async mutex: one writer at a time.
+pub struct Session {
+    pub(crate) id: String,
+    pub(crate) repo: RepoName,
+    pub(crate) dir: PathBuf,
+    file: File,
+    hasher: Hasher,
+    len: u64,
+}
+
+pub type SessionRef = Arc<tokio::sync::Mutex<Session>>;
+
+pub struct Uploads {
+    root: PathBuf,
+    live: Mutex<HashMap<String, (RepoName, SessionRef)>>,
+}
+
+/// Upload ids are chosen by us (UUIDs) or by the sync engine; keep them path-safe.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.')
+}
+
+impl Uploads {
+    pub fn open(root: PathBuf) -> Result<Uploads, StorageError> {
+        fs::create_dir_all(&root)
+            .map_err(StorageError::io(format!("create {}", root.display())))?;
+        Ok(Uploads {
+            root,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Finds session `id` of `repo`: in memory, or on disk after a restart. With `create`, a
+    /// missing session is started under that id.
+    pub fn get(&self, repo: &RepoName, id: &str, create: bool) -> Result<SessionRef, StorageError> {
+        if !valid_id(id) {
+            return Err(StorageError::UploadUnknown(id.chars().take(130).collect()));
+        }
+        let mut live = self.live.lock().expect("uploads lock");
+        if let Some((owner, session)) = live.get(id) {
+            return if owner == repo {
+                Ok(session.clone())
+            } else {
+                Err(StorageError::UploadUnknown(id.to_owned()))
+            };
+        }
+        let dir = self.root.join(id);
+        let session = match fs::read_to_string(dir.join("repo")) {
+            Ok(owner) if owner == repo.as_str() => reopen(id, repo, dir)?,
+            Ok(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
+            Err(_) if create => start(id, repo, dir)?,
+            Err(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
+        };
+        let session = Arc::new(tokio::sync::Mutex::new(session));
+        live.insert(id.to_owned(), (repo.clone(), session.clone()));
+        Ok(session)
+    }
+
+    pub fn new_session(&self, repo: &RepoName) -> Result<SessionRef, StorageError> {
+        self.get(repo, &uuid::Uuid::new_v4().to_string(), true)
+    }
+
+    /// Deletes sessions idle for longer than `ttl` that nobody is writing to; returns how many.
+    pub fn expire(&self, ttl: std::time::Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut expired = 0;
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let idle = fs::metadata(entry.path().join("data"))
+                .or_else(|_| entry.metadata())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > ttl);
+            if !idle {
+                continue;
+            }
+            let mut live = self.live.lock().expect("uploads lock");
+            let busy = live.get(&id).is_some_and(|(_, s)| s.try_lock().is_err());
+            if !busy {
+                live.remove(&id);
+                let _ = fs::remove_dir_all(entry.path());
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Forgets a session and deletes its bytes.
+    pub fn remove(&self, id: &str) {
+        self.live.lock().expect("uploads lock").remove(id);
+        let _ = fs::remove_dir_all(self.root.join(id));
+    }
+}
+
+fn start(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageError> {
+    fs::create_dir_all(&dir).map_err(StorageError::io(format!("create {}", dir.display())))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("data"))
+        .map_err(StorageError::io(format!("create {}/data", dir.display())))?;
+    fs::write(dir.join("repo"), repo.as_str())
+        .map_err(StorageError::io(format!("write {}/repo", dir.display())))?;
+    Ok(Session {
+        id: id.to_owned(),
+        repo: repo.clone(),
+        dir,
+        file,
+        hasher: Hasher::new(Algorithm::Sha256),
+        len: 0,
+    })
+}
+
+fn reopen(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageError> {
+    let path = dir.join("data");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(StorageError::io(format!("open {}", path.display())))?;
+    let (hasher, len) = hash_file(&mut file, Algorithm::Sha256)
+        .map_err(StorageError::io(format!("read {}", path.display())))?;
+    Ok(Session {
+        id: id.to_owned(),
+        repo: repo.clone(),
+        dir,
+        file,
+        hasher,
+        len,
+    })
+}
+
+fn hash_file(file: &mut File, algorithm: Algorithm) -> std::io::Result<(Hasher, u64)> {
+    let mut hasher = Hasher::new(algorithm);
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    file.seek(SeekFrom::End(0))?;
+    Ok((hasher, len))
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn repo(&self) -> &RepoName {
+        &self.repo
+    }
+
+    /// Bytes held so far (all of them hashed).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends bytes (blocking I/O).
+    pub fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.file.write_all(data).map_err(StorageError::io(format!(
+            "write {}/data",
+            self.dir.display()
+        )))?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// A point to roll back to if the next chunk fails halfway.
+    pub fn checkpoint(&self) -> (Hasher, u64) {
+        (self.hasher.clone(), self.len)
+    }
+
+    /// Drops whatever was appended since `checkpoint`.
+    pub fn rollback(&mut self, (hasher, len): (Hasher, u64)) -> Result<(), StorageError> {
+        self.file
+            .set_len(len)
+            .and_then(|_| self.file.seek(SeekFrom::End(0)).map(|_| ()))
+            .map_err(StorageError::io(format!(
+                "truncate {}/data",
+                self.dir.display()
+            )))?;
+        self.hasher = hasher;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Verifies the bytes against `expected` and makes them durable; returns the data file to
+    /// install. On mismatch the caller drops the session (the bytes are not kept).
+    pub(crate) fn seal(&mut self, expected: &Digest) -> Result<PathBuf, StorageError> {
+        let actual = if expected.algorithm() == Algorithm::Sha256 {
+            self.hasher.clone().finish()
+        } else {
+            hash_file(&mut self.file, expected.algorithm())
+                .map_err(StorageError::io(format!(
+                    "read {}/data",
+                    self.dir.display()
+                )))?
+                .0
+                .finish()
+        };
+        if &actual != expected {
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        self.file.sync_all().map_err(StorageError::io(format!(
+            "fsync {}/data",
+            self.dir.display()
+        )))?;
+        Ok(self.dir.join("data"))
+    }
+}
