@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::distribution::start_distribution;
 use common::tls::{Leaf, TestCa};
-use common::{bin, free_port, run_ok, Proc};
+use common::{bin, free_port, run_ok, start_registry, Proc};
 use sha2::{Digest, Sha256};
 
 // ---------- helpers ----------
@@ -334,16 +334,12 @@ fn metrics(admin: SocketAddr) -> String {
 
 // ---------- tests ----------
 
-/// skopeo pushes a multi-layer image through the proxy and pulls it back, trusting only the
-/// root CA; the layer digests survive the round trip.
-#[test]
-fn skopeo_push_and_pull_through_tls_proxy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+/// skopeo pushes a multi-layer image through the proxy to `upstream` and pulls it back,
+/// trusting only the root CA; the layer digests survive the round trip.
+fn push_and_pull_through_proxy(t: &Path, upstream: &str) {
     let ca = TestCa::new(&t.join("ca"));
     let leaf = ca.server("proxy", "proxy.test");
-    let reg = start_distribution(&t.join("reg"), "");
-    let route = format!("/v2={}", reg.url());
+    let route = format!("/v2={upstream}");
     let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
     let certs = ca.skopeo_cert_dir();
     let layers = make_image(&t.join("img"), "push", &[3 << 20, 1 << 20, 300 << 10]);
@@ -374,7 +370,23 @@ fn skopeo_push_and_pull_through_tls_proxy() {
         "access log:\n{log}"
     );
     // Bytes really went through the proxy.
-    assert!(log.contains(&format!("upstream={}", reg.url())), "{log}");
+    assert!(log.contains(&format!("upstream={upstream}")), "{log}");
+}
+
+/// Through the proxy to our registry (`connected-registry serve`).
+#[test]
+fn skopeo_push_and_pull_through_tls_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_registry(&tmp.path().join("data"), &[]);
+    push_and_pull_through_proxy(tmp.path(), &reg.url());
+}
+
+/// The same against CNCF distribution: the proxy is not tied to our registry.
+#[test]
+fn skopeo_push_and_pull_through_tls_proxy_to_distribution() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_distribution(&tmp.path().join("reg"), "");
+    push_and_pull_through_proxy(tmp.path(), &reg.url());
 }
 
 /// `openssl s_client` sees TLS 1.3 and the full chain (leaf + intermediate) verifying to the
@@ -458,7 +470,7 @@ fn nested_pull_through_two_tls_hops() {
     let ca = TestCa::new(&t.join("ca"));
     let parent_leaf = ca.server("parent", "parent.test");
     let child_leaf = ca.server("child", "child.test");
-    let reg = start_distribution(&t.join("reg"), "");
+    let reg = start_registry(&t.join("data"), &[]);
     let layers = make_image(&t.join("img"), "nested", &[2 << 20, 64 << 10]);
     skopeo(&[
         "copy",
@@ -527,7 +539,7 @@ fn server_certificate_rotation_during_download() {
     };
     std::fs::copy(&old.chain, &live.chain).unwrap();
     std::fs::copy(&old.key, &live.key).unwrap();
-    let reg = start_distribution(&t.join("reg"), "");
+    let reg = start_registry(&t.join("data"), &[]);
     let blob = t.join("blob");
     let data = pseudo_random("rotation", 8 << 20);
     std::fs::write(&blob, &data).unwrap();
