@@ -1237,3 +1237,99 @@ fn trust_bundle_rotation_applies_to_new_upstream_connections() {
         child.log_text()
     );
 }
+
+/// `Upgrade` (WebSocket-style) passes through: the upstream's 101 reaches the client and
+/// then bytes flow both ways over the tunnel.
+#[test]
+fn upgrade_is_tunnelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ca = TestCa::new(&t.join("ca"));
+    let leaf = ca.server("proxy", "proxy.test");
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    // Answers an upgrade request with 101, then echoes lines upper-cased.
+    std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let mut s = s;
+        if !(head.contains("upgrade: websocket") && head.contains("connection: upgrade")) {
+            let _ = write!(s, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+        write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .unwrap();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if s.write_all(line.to_ascii_uppercase().as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let route = format!("/=http://{up_addr}");
+    let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
+    let mut pipe = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &proxy.addr.to_string(),
+            "-CAfile",
+            ca.root.to_str().unwrap(),
+            "-alpn",
+            "http/1.1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = pipe.stdin.take().unwrap();
+    let stdout = pipe.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    stdin
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: proxy.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let status = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a response");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // Skip the rest of the head.
+    while !rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .trim()
+        .is_empty()
+    {}
+    stdin.write_all(b"hello through the tunnel\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        "HELLO THROUGH THE TUNNEL"
+    );
+    let _ = pipe.kill();
+    let _ = pipe.wait();
+}
