@@ -654,6 +654,20 @@ fn upstream_silent_gives_504() {
         body.contains("UPSTREAM_TIMEOUT") && body.contains(&silent_addr.to_string()),
         "{body}"
     );
+    // An upload the upstream never reads: 504 as well, not a hang.
+    let file = t.join("upload");
+    std::fs::write(&file, pseudo_random("stall", 32 << 20)).unwrap();
+    let (status, body, _) = curl(
+        &ca.root,
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("https://{}/v2/x/blobs/uploads/1", proxy.addr),
+        ],
+    );
+    assert_eq!(status, 504, "{body}");
 }
 
 /// A client that sends a partial request head and then nothing is cut off; so is one that

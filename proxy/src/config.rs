@@ -173,7 +173,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time to open a TCP (and TLS) connection to an upstream before answering 502.
     pub connect_timeout: Duration,
-    /// Time an upstream has to start its response after the request body was sent (504).
+    /// Time an upstream has to start its response after the request body was sent, and the
+    /// longest it may stop taking request-body bytes while the body is sent (504).
     pub upstream_timeout: Duration,
     /// Client connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,

@@ -678,14 +678,28 @@ async fn handle(
     *up_req.headers_mut() = headers;
     *up_req.version_mut() = http::Version::HTTP_11;
 
-    // Wait for the response head; the upstream timeout starts once the body was sent.
+    // Wait for the response head (see `deadline` for the upstream timeout).
     info.waiting.fetch_add(1, Ordering::Relaxed);
     let timeout = state.limits.upstream_timeout;
     let result = {
         let response = client.client.request(up_req);
+        // Fires when the upstream takes no request-body bytes for `timeout` while the body
+        // is being sent, or does not answer within `timeout` once it was sent.
         let deadline = async {
-            progress.sent().await;
-            tokio::time::sleep(timeout).await;
+            loop {
+                let before = progress.bytes.load(Ordering::Relaxed);
+                tokio::select! {
+                    _ = progress.sent() => {
+                        tokio::time::sleep(timeout).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(timeout) => {
+                        if progress.bytes.load(Ordering::Relaxed) == before {
+                            return;
+                        }
+                    }
+                }
+            }
         };
         tokio::select! {
             r = response => Some(r),
