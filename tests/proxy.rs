@@ -734,6 +734,8 @@ fn oversized_headers_get_431() {
     let big = format!("X-Big: {}", "a".repeat(20000));
     let (status, _, _) = curl(&ca.root, &["--http1.1", "-H", &big, &url]);
     assert_eq!(status, 431);
+    let (status, _, _) = curl(&ca.root, &["--http2", "-H", &big, &url]);
+    assert_eq!(status, 431, "over HTTP/2");
     // A normal request on the same proxy still works.
     let (status, _, _) = curl(&ca.root, &["--http1.1", "-H", "X-Small: a", &url]);
     assert_eq!(status, 200);
