@@ -1349,3 +1349,88 @@ fn upgrade_is_tunnelled() {
     let _ = pipe.kill();
     let _ = pipe.wait();
 }
+
+/// An upstream that answers every request with `name` and the request head it received.
+fn echo_upstream(name: &'static str) -> SocketAddr {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().flatten() {
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let body = format!("{name}\n{head}");
+            let mut s = s;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Longest prefix wins on segment boundaries, a header route wins over paths, everything
+/// else goes to the default route.
+#[test]
+fn routing_by_prefix_header_and_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ca = TestCa::new(&t.join("ca"));
+    let leaf = ca.server("proxy", "proxy.test");
+    let registry = echo_upstream("registry");
+    let acr = echo_upstream("acr-token");
+    let blob = echo_upstream("blob");
+    let parent = echo_upstream("parent");
+    let routes = [
+        format!("/v2=http://{registry}"),
+        format!("/acr=http://{registry}"),
+        format!("/acr/v1/token=http://{acr}"),
+    ];
+    let header = format!("x-ms-version=http://{blob}");
+    let default = format!("http://{parent}");
+    let proxy = start_proxy(
+        t,
+        "proxy",
+        &leaf,
+        &[
+            "--route",
+            &routes[0],
+            "--route",
+            &routes[1],
+            "--route",
+            &routes[2],
+            "--header-route",
+            &header,
+            "--default",
+            &default,
+        ],
+        &[],
+    );
+    let who = |path: &str, extra: &[&str]| {
+        let url = format!("https://{}{path}", proxy.addr);
+        let mut args: Vec<&str> = extra.to_vec();
+        args.push(&url);
+        let (status, body, _) = curl(&ca.root, &args);
+        assert_eq!(status, 200, "{path}: {body}");
+        body.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(who("/v2/", &[]), "registry");
+    assert_eq!(who("/v2/library/app/manifests/v1", &[]), "registry");
+    assert_eq!(who("/acr/v1/_catalog", &[]), "registry");
+    assert_eq!(who("/acr/v1/token/x", &[]), "acr-token");
+    assert_eq!(who("/v2x", &[]), "parent");
+    assert_eq!(who("/devices/edge", &[]), "parent");
+    assert_eq!(
+        who("/container/blob", &["-H", "x-ms-version: 2017-04-17"]),
+        "blob"
+    );
+    assert_eq!(who("/v2/", &["-H", "x-ms-version: 2017-04-17"]), "blob");
+}
