@@ -2,7 +2,7 @@
 //!
 //! Plain atomics and one small map: a metrics library would cost more than it gives here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,26 +24,30 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
-    /// (route upstream, status) -> count
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// upstream -> its request counts and durations (one lock per request, and no
+    /// allocation once the upstream and status have been seen)
+    per_upstream: Mutex<HashMap<String, UpstreamStats>>,
     /// (upstream, kind) -> count
     upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
-    /// route upstream -> (count, seconds sum)
-    durations: Mutex<BTreeMap<String, (u64, f64)>>,
+}
+
+#[derive(Default)]
+struct UpstreamStats {
+    by_status: BTreeMap<u16, u64>,
+    count: u64,
+    seconds: f64,
 }
 
 impl Metrics {
     pub fn request(&self, upstream: &str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((upstream.to_owned(), status))
-            .or_default() += 1;
-        let mut d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
-        let e = d.entry(upstream.to_owned()).or_default();
-        e.0 += 1;
-        e.1 += seconds;
+        let mut map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = match map.get_mut(upstream) {
+            Some(stats) => stats,
+            None => map.entry(upstream.to_owned()).or_default(),
+        };
+        *stats.by_status.entry(status).or_default() += 1;
+        stats.count += 1;
+        stats.seconds += seconds;
     }
 
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
@@ -111,37 +115,35 @@ impl Metrics {
             "Reloads that failed (the previous state stayed).",
             self.reloads_failed.load(ld),
         );
+        let map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());
+        let mut upstreams: Vec<_> = map.iter().collect();
+        upstreams.sort_by(|a, b| a.0.cmp(b.0));
         out.push_str("# HELP proxy_requests_total Requests answered, by upstream and status.\n# TYPE proxy_requests_total counter\n");
-        for ((up, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "proxy_requests_total{{upstream=\"{}\",status=\"{status}\"}} {n}",
-                esc(up)
-            );
+        for (up, stats) in &upstreams {
+            for (status, n) in &stats.by_status {
+                let _ = writeln!(
+                    out,
+                    "proxy_requests_total{{upstream=\"{}\",status=\"{status}\"}} {n}",
+                    esc(up)
+                );
+            }
         }
         out.push_str("# HELP proxy_request_duration_seconds Time to the end of the response, by upstream.\n# TYPE proxy_request_duration_seconds summary\n");
-        for (up, (n, sum)) in self
-            .durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for (up, stats) in &upstreams {
             let _ = writeln!(
                 out,
-                "proxy_request_duration_seconds_sum{{upstream=\"{}\"}} {sum}",
-                esc(up)
+                "proxy_request_duration_seconds_sum{{upstream=\"{}\"}} {}",
+                esc(up),
+                stats.seconds
             );
             let _ = writeln!(
                 out,
-                "proxy_request_duration_seconds_count{{upstream=\"{}\"}} {n}",
-                esc(up)
+                "proxy_request_duration_seconds_count{{upstream=\"{}\"}} {}",
+                esc(up),
+                stats.count
             );
         }
+        drop(map);
         out.push_str("# HELP proxy_upstream_errors_total Upstream failures, by upstream and kind.\n# TYPE proxy_upstream_errors_total counter\n");
         for ((up, kind), n) in self
             .upstream_errors
