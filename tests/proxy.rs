@@ -1434,3 +1434,27 @@ fn routing_by_prefix_header_and_default() {
     );
     assert_eq!(who("/v2/", &["-H", "x-ms-version: 2017-04-17"]), "blob");
 }
+
+/// ALPN: HTTP/2 is preferred by default; `--alpn http/1.1,h2` makes HTTP/1.1 the choice for
+/// clients offering both.
+#[test]
+fn alpn_preference_is_a_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ca = TestCa::new(&t.join("ca"));
+    let leaf = ca.server("proxy", "proxy.test");
+    let upstream = echo_upstream("registry");
+    let route = format!("/=http://{upstream}");
+    let h2 = start_proxy(t, "h2", &leaf, &["--route", &route], &[]);
+    let h1 = start_proxy(
+        t,
+        "h1",
+        &leaf,
+        &["--route", &route, "--alpn", "http/1.1,h2"],
+        &[],
+    );
+    let (_, _, headers) = curl(&ca.root, &["--http2", &format!("https://{}/", h2.addr)]);
+    assert!(headers.starts_with("HTTP/2 200"), "{headers}");
+    let (_, _, headers) = curl(&ca.root, &["--http2", &format!("https://{}/", h1.addr)]);
+    assert!(headers.starts_with("HTTP/1.1 200"), "{headers}");
+}

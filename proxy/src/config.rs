@@ -207,6 +207,8 @@ pub struct Config {
     pub default: Option<Route>,
     pub limits: Limits,
     pub reload_interval: Duration,
+    /// ALPN protocols offered to clients, in order of preference.
+    pub alpn: Vec<String>,
     /// The config file, watched for changes.
     pub file: Option<PathBuf>,
 }
@@ -236,6 +238,8 @@ pub struct Flags {
     pub upstream_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub reload_interval: Option<String>,
+    /// Comma-separated ALPN list, e.g. `h2,http/1.1`.
+    pub alpn: Option<String>,
 }
 
 /// The default listen port, as the IoT Edge API proxy has it.
@@ -246,6 +250,28 @@ pub const DEFAULT_CLIENT_CERT_HEADER: &str = "x-client-cert";
 pub const BLOB_HEADER: &str = "x-ms-version";
 /// How often the config file, certificate and trust bundle are checked for changes.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// ALPN protocols offered to clients by default: HTTP/2 first, as browsers and Go clients
+/// expect; `--alpn http/1.1,h2` prefers HTTP/1.1 (less CPU per byte for big downloads).
+pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+fn alpn(list: &[String], source: &Source) -> Result<Vec<String>, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::Value {
+            origin: source.clone(),
+            message: "alpn: give at least one of h2, http/1.1".into(),
+        });
+    }
+    for p in list {
+        if p != "h2" && p != "http/1.1" {
+            return Err(ConfigError::Value {
+                origin: source.clone(),
+                message: format!("alpn: {p:?} is not supported (use h2 and/or http/1.1)"),
+            });
+        }
+    }
+    Ok(list.to_vec())
+}
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -287,6 +313,7 @@ struct FileConfig {
     trust: Option<toml::Spanned<PathBuf>>,
     admin: Option<toml::Spanned<String>>,
     reload_interval: Option<toml::Spanned<String>>,
+    alpn: Option<toml::Spanned<Vec<String>>>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -338,6 +365,7 @@ struct Layer {
     trust: Option<(PathBuf, Source)>,
     admin: Option<(SocketAddr, Source)>,
     reload_interval: Option<Duration>,
+    alpn: Option<Vec<String>>,
     routes: Vec<Route>,
     default: Option<Route>,
     max_header_bytes: Option<usize>,
@@ -450,6 +478,9 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         ));
     }
     layer.reload_interval = dur(&file.reload_interval, "reload_interval")?;
+    if let Some(v) = &file.alpn {
+        layer.alpn = Some(alpn(v.get_ref(), &src(v.span()))?);
+    }
     let l = &file.limits;
     layer.header_read_timeout = dur(&l.header_read_timeout, "limits.header_read_timeout")?;
     layer.idle_timeout = dur(&l.idle_timeout, "limits.idle_timeout")?;
@@ -666,6 +697,10 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
     layer.connect_timeout = dur(&flags.connect_timeout, "--connect-timeout")?;
     layer.upstream_timeout = dur(&flags.upstream_timeout, "--upstream-timeout")?;
     layer.reload_interval = dur(&flags.reload_interval, "--reload-interval")?;
+    if let Some(v) = &flags.alpn {
+        let list: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
+        layer.alpn = Some(alpn(&list, &Source::Flag("--alpn"))?);
+    }
     if let Some(n) = flags.max_header_bytes {
         if n < 1024 {
             return Err(ConfigError::Value {
@@ -705,6 +740,7 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         default: None,
         limits: defaults,
         reload_interval: DEFAULT_RELOAD_INTERVAL,
+        alpn: DEFAULT_ALPN.iter().map(|p| p.to_string()).collect(),
         file,
     };
     let mut routes: BTreeMap<(String, Option<String>), Route> = BTreeMap::new();
@@ -729,6 +765,9 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         }
         if let Some(v) = l.reload_interval {
             c.reload_interval = v;
+        }
+        if let Some(v) = l.alpn {
+            c.alpn = v;
         }
         if let Some(d) = l.default {
             c.default = Some(d);
@@ -843,6 +882,7 @@ impl Config {
             self.client_cert_header.to_string(),
             &"",
         );
+        line("alpn", self.alpn.join(","), &"");
         line(
             "reload_interval",
             format!("{:?}", self.reload_interval),

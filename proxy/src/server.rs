@@ -187,7 +187,7 @@ impl Proxy {
         let server_cert = Arc::new(ReloadingServer::with_client_auth(
             cert,
             key,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
             config.client_ca.as_ref().map(|(p, _)| p.as_path()),
         )?);
         let state = Arc::new(State {

@@ -76,6 +76,9 @@ struct Flags {
     /// How often files are checked for changes [default: 5s].
     #[arg(long, value_name = "DURATION")]
     reload_interval: Option<String>,
+    /// ALPN protocols offered to clients, in order of preference [default: h2,http/1.1].
+    #[arg(long, value_name = "LIST")]
+    alpn: Option<String>,
     /// Print the effective configuration, with where each entry came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -107,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         upstream_timeout: args.upstream_timeout,
         max_connections: args.max_connections,
         reload_interval: args.reload_interval,
+        alpn: args.alpn,
     };
     let config = proxy::Config::load(&flags, &env).context("proxy configuration")?;
     if args.print_config {
