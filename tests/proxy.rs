@@ -1458,3 +1458,52 @@ fn alpn_preference_is_a_setting() {
     let (_, _, headers) = curl(&ca.root, &["--http2", &format!("https://{}/", h1.addr)]);
     assert!(headers.starts_with("HTTP/1.1 200"), "{headers}");
 }
+
+/// Through two hops (the second over HTTP/2), the upstream still sees the Host the client
+/// used, so the URLs it builds point back at the child proxy.
+#[test]
+fn nested_hops_preserve_the_client_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ca = TestCa::new(&t.join("ca"));
+    let parent_leaf = ca.server("parent", "parent.test");
+    let child_leaf = ca.server("child", "child.test");
+    let upstream = echo_upstream("registry");
+    let route = format!("/v2=http://{upstream}");
+    let parent = start_proxy(t, "parent", &parent_leaf, &["--route", &route], &[]);
+    let default = format!("https://{}", parent.addr);
+    let child = start_proxy(
+        t,
+        "child",
+        &child_leaf,
+        &[
+            "--default",
+            &default,
+            "--sni",
+            "parent.test",
+            "--trust",
+            ca.root.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let resolve = format!("child.test:{}:127.0.0.1", child.addr.port());
+    let url = format!("https://child.test:{}/v2/", child.addr.port());
+    let (status, body, _) = curl(&ca.root, &["--resolve", &resolve, &url]);
+    assert_eq!(status, 200, "{body}");
+    let lower = body.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("\nhost: child.test:{}", child.addr.port())),
+        "{body}"
+    );
+    assert!(
+        lower.contains(&format!(
+            "x-forwarded-host: child.test:{}",
+            child.addr.port()
+        )),
+        "{body}"
+    );
+    assert!(
+        lower.contains("x-forwarded-for: 127.0.0.1, 127.0.0.1"),
+        "{body}"
+    );
+}
