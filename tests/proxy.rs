@@ -1507,3 +1507,21 @@ fn nested_hops_preserve_the_client_host() {
         "{body}"
     );
 }
+
+/// `--print-config` shows the table even when the proxy could not start yet, and says why.
+#[test]
+fn print_config_without_certificate_shows_table_and_reason() {
+    let out = Command::new(bin())
+        .args(["proxy", "--print-config"])
+        .env("CONNECTED_ACR_ROUTE_ADDRESS", "connectedRegistry:8080")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}{err}");
+    assert!(
+        text.contains("route /v2") && text.contains("connectedRegistry:8080"),
+        "{text}"
+    );
+    assert!(err.contains("--cert"), "{err}");
+}

@@ -812,6 +812,27 @@ impl Config {
         Ok(config)
     }
 
+    /// Like [`Config::load`], but returns a configuration that is not complete yet (no
+    /// certificate, no route) together with what is missing, for `--print-config`: an
+    /// operator checking a deployment's variables should see the table anyway.
+    pub fn load_for_display(
+        flags: &Flags,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Option<ConfigError>), ConfigError> {
+        let env = env_layer(get)?;
+        let file = match &flags.config {
+            Some(path) => Some(file_layer(path)?),
+            None => None,
+        };
+        let flag = flag_layer(flags)?;
+        let mut layers = vec![env];
+        layers.extend(file);
+        layers.push(flag);
+        let config = merge(layers, flags.config.clone(), flags.sni.as_deref());
+        let problem = config.check().err();
+        Ok((config, problem))
+    }
+
     /// Checks what no single source can: the whole must be usable.
     fn check(&self) -> Result<(), ConfigError> {
         if self.routes.is_empty() && self.default.is_none() {
@@ -857,7 +878,12 @@ impl Config {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: String, s: &dyn fmt::Display| {
-            out.push_str(&format!("{k:<24} {v:<44} # {s}\n"));
+            let s = s.to_string();
+            if s.is_empty() {
+                out.push_str(&format!("{k:<27} {v}\n"));
+            } else {
+                out.push_str(&format!("{k:<27} {v:<44} # {s}\n"));
+            }
         };
         line("listen", self.listen.0.to_string(), &self.listen.1);
         let p = |v: &Option<(PathBuf, Source)>| match v {

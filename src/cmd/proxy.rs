@@ -112,11 +112,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         reload_interval: args.reload_interval,
         alpn: args.alpn,
     };
-    let config = proxy::Config::load(&flags, &env).context("proxy configuration")?;
     if args.print_config {
+        let (config, problem) =
+            proxy::Config::load_for_display(&flags, &env).context("proxy configuration")?;
         print!("{}", config.render());
+        if let Some(problem) = problem {
+            eprintln!("error: the proxy would not start: {problem}");
+            return Ok(ExitCode::from(2));
+        }
         return Ok(ExitCode::SUCCESS);
     }
+    let config = proxy::Config::load(&flags, &env).context("proxy configuration")?;
     let loader = Box::new(move || proxy::Config::load(&flags, &env));
     let server = proxy::Proxy::bind(config, loader)
         .await
