@@ -335,9 +335,9 @@ struct FileLimits {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
-    prefix: Option<String>,
-    header: Option<String>,
-    upstream: String,
+    prefix: Option<toml::Spanned<String>>,
+    header: Option<toml::Spanned<String>>,
+    upstream: toml::Spanned<String>,
     sni: Option<String>,
     trust: Option<PathBuf>,
 }
@@ -345,7 +345,7 @@ struct FileRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileUpstream {
-    upstream: String,
+    upstream: toml::Spanned<String>,
     sni: Option<String>,
     trust: Option<PathBuf>,
 }
@@ -374,6 +374,17 @@ struct Layer {
     connect_timeout: Option<Duration>,
     upstream_timeout: Option<Duration>,
     max_connections: Option<usize>,
+}
+
+/// Prefixes a value error with the config key it belongs to.
+fn named(key: &str, err: ConfigError) -> ConfigError {
+    match err {
+        ConfigError::Value { origin, message } => ConfigError::Value {
+            origin,
+            message: format!("{key}: {message}"),
+        },
+        other => other,
+    }
 }
 
 fn header_name(text: &str, source: &Source) -> Result<HeaderName, ConfigError> {
@@ -431,7 +442,11 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         ConfigError::File {
             path: path.to_owned(),
             message: match line {
-                Some(line) => format!("line {line}: {message}"),
+                // Quote the offending line: it names the key even when the message does not.
+                Some(line) => format!(
+                    "line {line} ({}): {message}",
+                    text.lines().nth(line - 1).unwrap_or_default().trim()
+                ),
                 None => message,
             },
         }
@@ -507,15 +522,17 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
     for r in &file.routes {
         let source = src(r.span());
         let route = r.get_ref();
-        let mut up = upstream(&route.upstream, &source)?;
+        // Errors point at the key's own line, not the table's.
+        let key_src = |v: &toml::Spanned<String>| src(v.span());
+        let mut up = upstream(route.upstream.get_ref(), &key_src(&route.upstream))?;
         up.sni = route.sni.clone();
         up.trust = route.trust.as_ref().map(|t| resolve(base, t));
         let header = match &route.header {
-            Some(h) => Some(header_name(h, &source)?),
+            Some(h) => Some(header_name(h.get_ref(), &key_src(h)).map_err(|e| named("header", e))?),
             None => None,
         };
         let pfx = match (&route.prefix, &header) {
-            (Some(p), _) => prefix(p, &source)?,
+            (Some(p), _) => prefix(p.get_ref(), &key_src(p))?,
             (None, Some(_)) => "/".to_owned(),
             (None, None) => {
                 return Err(ConfigError::Value {
@@ -533,7 +550,8 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
     }
     if let Some(d) = &file.default {
         let source = src(d.span());
-        let mut up = upstream(&d.get_ref().upstream, &source)?;
+        let up_text = &d.get_ref().upstream;
+        let mut up = upstream(up_text.get_ref(), &src(up_text.span()))?;
         up.sni = d.get_ref().sni.clone();
         up.trust = d.get_ref().trust.as_ref().map(|t| resolve(base, t));
         layer.default = Some(Route {
@@ -1026,7 +1044,7 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(_) => panic!("ftp upstream accepted"),
         };
-        assert!(err.contains("/etc/p.toml:3"), "{err}");
+        assert!(err.contains("/etc/p.toml:5"), "{err}");
         let err = match parse_file(Path::new("p.toml"), "listen = \"x\"\nbogus = 1\n") {
             Err(e) => e.to_string(),
             Ok(_) => panic!("unknown key accepted"),
