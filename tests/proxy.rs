@@ -336,11 +336,13 @@ fn metrics(admin: SocketAddr) -> String {
 
 /// skopeo pushes a multi-layer image through the proxy to `upstream` and pulls it back,
 /// trusting only the root CA; the layer digests survive the round trip.
-fn push_and_pull_through_proxy(t: &Path, upstream: &str) {
+fn push_and_pull_through_proxy(t: &Path, upstream: &str, extra: &[&str]) {
     let ca = TestCa::new(&t.join("ca"));
     let leaf = ca.server("proxy", "proxy.test");
     let route = format!("/v2={upstream}");
-    let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
+    let mut args = vec!["--route", &route];
+    args.extend_from_slice(extra);
+    let proxy = start_proxy(t, "proxy", &leaf, &args, &[]);
     let certs = ca.skopeo_cert_dir();
     let layers = make_image(&t.join("img"), "push", &[3 << 20, 1 << 20, 300 << 10]);
 
@@ -378,15 +380,16 @@ fn push_and_pull_through_proxy(t: &Path, upstream: &str) {
 fn skopeo_push_and_pull_through_tls_proxy() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = start_registry(&tmp.path().join("data"), &[]);
-    push_and_pull_through_proxy(tmp.path(), &reg.url());
+    push_and_pull_through_proxy(tmp.path(), &reg.url(), &[]);
 }
 
-/// The same against CNCF distribution: the proxy is not tied to our registry.
+/// The same against CNCF distribution (the proxy is not tied to our registry), with two
+/// worker threads.
 #[test]
 fn skopeo_push_and_pull_through_tls_proxy_to_distribution() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = start_distribution(&tmp.path().join("reg"), "");
-    push_and_pull_through_proxy(tmp.path(), &reg.url());
+    push_and_pull_through_proxy(tmp.path(), &reg.url(), &["--workers", "2"]);
 }
 
 /// `openssl s_client` sees TLS 1.3 and the full chain (leaf + intermediate) verifying to the

@@ -209,6 +209,8 @@ pub struct Config {
     pub reload_interval: Duration,
     /// ALPN protocols offered to clients, in order of preference.
     pub alpn: Vec<String>,
+    /// Worker threads, each with its own single-threaded runtime.
+    pub workers: usize,
     /// The config file, watched for changes.
     pub file: Option<PathBuf>,
 }
@@ -240,6 +242,7 @@ pub struct Flags {
     pub reload_interval: Option<String>,
     /// Comma-separated ALPN list, e.g. `h2,http/1.1`.
     pub alpn: Option<String>,
+    pub workers: Option<usize>,
 }
 
 /// The default listen port, as the IoT Edge API proxy has it.
@@ -254,6 +257,26 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// ALPN protocols offered to clients by default: HTTP/2 first, as browsers and Go clients
 /// expect; `--alpn http/1.1,h2` prefers HTTP/1.1 (less CPU per byte for big downloads).
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// Worker threads by default: one per core, as nginx's `worker_processes auto`. Each worker
+/// is a single-threaded runtime; on the 2-core reference machine this served manifest GETs
+/// with about 15 % less CPU per request than one work-stealing runtime (see README).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(256)
+}
+
+fn workers(n: usize, source: &Source) -> Result<usize, ConfigError> {
+    if n == 0 || n > 256 {
+        return Err(ConfigError::Value {
+            origin: source.clone(),
+            message: format!("workers: {n} is out of range (1 to 256)"),
+        });
+    }
+    Ok(n)
+}
 
 fn alpn(list: &[String], source: &Source) -> Result<Vec<String>, ConfigError> {
     if list.is_empty() {
@@ -314,6 +337,7 @@ struct FileConfig {
     admin: Option<toml::Spanned<String>>,
     reload_interval: Option<toml::Spanned<String>>,
     alpn: Option<toml::Spanned<Vec<String>>>,
+    workers: Option<toml::Spanned<usize>>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -366,6 +390,7 @@ struct Layer {
     admin: Option<(SocketAddr, Source)>,
     reload_interval: Option<Duration>,
     alpn: Option<Vec<String>>,
+    workers: Option<usize>,
     routes: Vec<Route>,
     default: Option<Route>,
     max_header_bytes: Option<usize>,
@@ -495,6 +520,9 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
     layer.reload_interval = dur(&file.reload_interval, "reload_interval")?;
     if let Some(v) = &file.alpn {
         layer.alpn = Some(alpn(v.get_ref(), &src(v.span()))?);
+    }
+    if let Some(v) = &file.workers {
+        layer.workers = Some(workers(*v.get_ref(), &src(v.span()))?);
     }
     let l = &file.limits;
     layer.header_read_timeout = dur(&l.header_read_timeout, "limits.header_read_timeout")?;
@@ -715,6 +743,9 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
     layer.connect_timeout = dur(&flags.connect_timeout, "--connect-timeout")?;
     layer.upstream_timeout = dur(&flags.upstream_timeout, "--upstream-timeout")?;
     layer.reload_interval = dur(&flags.reload_interval, "--reload-interval")?;
+    if let Some(n) = flags.workers {
+        layer.workers = Some(workers(n, &Source::Flag("--workers"))?);
+    }
     if let Some(v) = &flags.alpn {
         let list: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
         layer.alpn = Some(alpn(&list, &Source::Flag("--alpn"))?);
@@ -759,6 +790,7 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         limits: defaults,
         reload_interval: DEFAULT_RELOAD_INTERVAL,
         alpn: DEFAULT_ALPN.iter().map(|p| p.to_string()).collect(),
+        workers: default_workers(),
         file,
     };
     let mut routes: BTreeMap<(String, Option<String>), Route> = BTreeMap::new();
@@ -786,6 +818,9 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         }
         if let Some(v) = l.alpn {
             c.alpn = v;
+        }
+        if let Some(v) = l.workers {
+            c.workers = v;
         }
         if let Some(d) = l.default {
             c.default = Some(d);
@@ -927,6 +962,7 @@ impl Config {
             &"",
         );
         line("alpn", self.alpn.join(","), &"");
+        line("workers", self.workers.to_string(), &"");
         line(
             "reload_interval",
             format!("{:?}", self.reload_interval),

@@ -79,6 +79,9 @@ struct Flags {
     /// ALPN protocols offered to clients, in order of preference [default: h2,http/1.1].
     #[arg(long, value_name = "LIST")]
     alpn: Option<String>,
+    /// Worker threads, each with its own single-threaded runtime [default: one per core].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Print the effective configuration, with where each entry came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -111,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         reload_interval: args.reload_interval,
         alpn: args.alpn,
+        workers: args.workers,
     };
     if args.print_config {
         let (config, problem) =
