@@ -10,6 +10,7 @@ pub mod docker;
 pub mod oci;
 pub mod skopeo;
 pub mod target;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
