@@ -26,6 +26,8 @@ enum Command {
     Proxy(cmd::proxy::Args),
     /// Synchronize repositories with the parent registry.
     Sync(cmd::sync::Args),
+    /// Collect garbage in a data directory no registry has open.
+    Gc(cmd::gc::Args),
     /// Create, issue, inspect and diagnose certificates for the edge CA chain.
     Certs(cmd::certs::Args),
     /// Check or render IoT Edge deployment manifests.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Sync(args) => cmd::sync::run(args).await,
+            Command::Gc(args) => cmd::gc::run(args).await,
             Command::Certs(args) => cmd::certs::run(args).await,
             Command::Manifest(args) => cmd::manifest::run(args).await,
         }

@@ -12,6 +12,7 @@ mod error;
 pub mod files;
 pub mod gen;
 pub mod inspect;
+pub mod reload;
 pub mod renew;
 pub mod tls;
 pub mod verify;

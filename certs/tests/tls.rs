@@ -1,7 +1,7 @@
 //! The certs library against real peers over loopback sockets: a rustls server serving a
 //! generated chain is accepted by a rustls client and by `openssl s_client`; files that
 //! cannot be served get errors naming them; renewal replaces a due certificate and a running
-//! server presents the new one without restart; the development chain is made once and reused.
+//! server (the proxy's `certs::reload::ReloadingServer`) presents the new one without restart; the development chain is made once and reused.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -376,11 +376,12 @@ fn renewal_replaces_a_due_certificate_and_a_running_server_presents_it() {
         before.days_to_expiry
     );
 
-    // A server whose config is read from disk at each connection (no restart between).
-    let (chain_path, key_path) = (f.full_chain.clone(), f.key.clone());
-    let server = Server::start(move || {
-        Arc::new(certs::tls::server_config(&chain_path, &key_path, &[]).unwrap())
-    });
+    // A running server with one config for its whole life (the proxy's ReloadingServer).
+    let reloading = Arc::new(
+        certs::reload::ReloadingServer::new(f.full_chain.clone(), f.key.clone(), vec![]).unwrap(),
+    );
+    let config = reloading.config();
+    let server = Server::start(move || config.clone());
     let old_leaf = rustls_fetch(server.addr, &chain.root_ca_cert, "renew.test").unwrap();
     assert_eq!(
         fingerprint(&old_leaf),
@@ -424,7 +425,11 @@ fn renewal_replaces_a_due_certificate_and_a_running_server_presents_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The running server now presents the new certificate.
+    // The running server now presents the new certificate: the watcher sees the renamed file.
+    assert!(
+        reloading.reload_if_changed().unwrap(),
+        "the renewed files must be picked up"
+    );
     let new_leaf = rustls_fetch(server.addr, &chain.root_ca_cert, "renew.test").unwrap();
     assert_ne!(fingerprint(&new_leaf), fingerprint(&old_leaf));
     assert_eq!(

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use registry::{Limits, Store};
@@ -28,6 +29,16 @@ pub struct Args {
     /// Memory for recently served manifests, in bytes.
     #[arg(long, env = "CONNECTED_REGISTRY_MANIFEST_CACHE_SIZE", default_value_t = Limits::default().manifest_cache_bytes)]
     pub manifest_cache_size: usize,
+
+    /// How often to collect garbage while serving (0s: never).
+    #[arg(long, env = "CONNECTED_REGISTRY_GC_INTERVAL", default_value = "1h", value_parser = super::parse_duration)]
+    pub gc_interval: Duration,
+
+    #[command(flatten)]
+    pub gc: super::gc::GcFlags,
+
+    #[command(flatten)]
+    pub sync: Box<super::sync::SyncFlags>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -39,7 +50,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
-    let app = registry::api::router(store);
+    if !args.gc_interval.is_zero() {
+        tokio::spawn(collect_garbage(
+            store.clone(),
+            args.gc_interval,
+            args.gc.options(),
+        ));
+    }
+    let mut app = registry::api::router(store.clone());
+    if let Some(status) = super::sync::start_background(&args.sync, store, &args.data)? {
+        app = app.merge(status);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -54,6 +75,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("server failed")?;
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Collects garbage every `interval`, first one `interval` after start.
+async fn collect_garbage(store: Store, interval: Duration, options: registry::storage::GcOptions) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticks.tick().await;
+        let store = store.clone();
+        let options = options.clone();
+        match tokio::task::spawn_blocking(move || store.gc(&options)).await {
+            Ok(Ok(report)) => tracing::info!(?report, "garbage collected"),
+            Ok(Err(err)) => tracing::error!("garbage collection failed: {err}"),
+            Err(err) => tracing::error!("garbage collection task failed: {err}"),
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and `iotedge restart` send).

@@ -1,10 +1,446 @@
-//! `connected-registry sync`: not built yet.
+//! `connected-registry sync`: one pass now (`--once`, with a progress bar per blob and a
+//! summary) or the schedule in the foreground; and `SyncFlags`, the sync settings `serve`
+//! shares, with `start_background` that `serve` calls to run the schedule and expose
+//! `GET /acr/v1/_sync/status`.
 
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sync::digest::Digest;
+use sync::settings::{RawRepoRule, RawSettings, Settings};
+use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
+
+/// Sync settings, shared by `sync` and `serve`. Flags override the config file; the connection
+/// string fills the parent and credentials when no flag gives them.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SyncFlags {
+    /// Sync settings file (JSON, camelCase keys as in sync/README.md). Flags override it.
+    #[arg(long = "sync-config", env = "CONNECTED_REGISTRY_SYNC_CONFIG")]
+    pub sync_config: Option<PathBuf>,
+
+    /// ACR connection string (ConnectedRegistryName=...;SyncTokenName=...;SyncTokenPassword=...;
+    /// ParentGatewayEndpoint=...;ParentEndpointProtocol=https).
+    #[arg(
+        long = "connection-string",
+        env = "ACR_REGISTRY_CONNECTION_STRING",
+        hide_env_values = true
+    )]
+    pub connection_string: Option<String>,
+
+    /// Parent registry base URL, e.g. https://parent:8443. Without a parent, sync is off.
+    #[arg(long)]
+    pub parent: Option<String>,
+
+    /// PEM trust bundle for the parent's TLS certificate (default: public web roots).
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+
+    /// Parent credentials NAME:PASSWORD (prefer the environment variable: argv is visible to `ps`).
+    #[arg(long, env = "CONNECTED_REGISTRY_SYNC_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+
+    /// Repository to sync: a name, or a pattern with `*` expanded from the parent's catalog
+    /// (e.g. `apps/*`). Repeatable.
+    #[arg(long = "repo", value_name = "PATTERN")]
+    pub repos: Vec<String>,
+
+    /// Only tags matching this regex (applies to every --repo).
+    #[arg(long)]
+    pub tag_include: Option<String>,
+
+    /// Skip tags matching this regex (applies to every --repo).
+    #[arg(long)]
+    pub tag_exclude: Option<String>,
+
+    /// Only the newest N semver tags (applies to every --repo).
+    #[arg(long)]
+    pub newest: Option<usize>,
+
+    /// ReadOnly (pull down only, default) or ReadWrite (also push local pushes up).
+    #[arg(long)]
+    pub mode: Option<String>,
+
+    /// Cron schedule of sync windows (five fields; default `* * * * *`, continuous).
+    #[arg(long)]
+    pub sync_schedule: Option<String>,
+
+    /// ISO-8601 length of each sync window, PT1H to P7D (default PT1H).
+    #[arg(long)]
+    pub sync_window: Option<String>,
+
+    /// ISO-8601 time change-log events are kept for children, P1D to P90D (default P7D).
+    #[arg(long)]
+    pub message_ttl: Option<String>,
+
+    /// Blobs transferred at once (default 8).
+    #[arg(long)]
+    pub sync_concurrency: Option<usize>,
+
+    /// Seconds without a byte before a blob transfer is retried (default 60).
+    #[arg(long)]
+    pub sync_progress_timeout: Option<u64>,
+
+    /// Whole-request timeout for small requests, seconds (default 60).
+    #[arg(long)]
+    pub sync_request_timeout: Option<u64>,
+
+    /// Attempts per request (default 5).
+    #[arg(long)]
+    pub sync_retries: Option<u32>,
+}
+
+impl SyncFlags {
+    /// Validated settings; `None` when no parent is configured (sync off).
+    pub fn settings(&self) -> anyhow::Result<Option<Settings>> {
+        let mut raw = match &self.sync_config {
+            Some(path) => RawSettings::from_file(path)?,
+            None => RawSettings::default(),
+        };
+        let (username, password) = match &self.creds {
+            Some(c) => {
+                let c: sync::settings::Credentials = c.parse()?;
+                (Some(c.username), Some(c.password))
+            }
+            None => (None, None),
+        };
+        let repos = self
+            .repos
+            .iter()
+            .map(|p| RawRepoRule {
+                pattern: p.clone(),
+                include: self.tag_include.clone(),
+                exclude: self.tag_exclude.clone(),
+                newest: self.newest,
+            })
+            .collect();
+        raw = raw.overlay(RawSettings {
+            connection_string: self.connection_string.clone(),
+            parent: self.parent.clone(),
+            username,
+            password,
+            trust: self.trust.clone(),
+            mode: self.mode.clone(),
+            sync_schedule: self.sync_schedule.clone(),
+            sync_window: self.sync_window.clone(),
+            message_ttl: self.message_ttl.clone(),
+            repos,
+            concurrency: self.sync_concurrency,
+            connect_timeout_secs: None,
+            request_timeout_secs: self.sync_request_timeout,
+            progress_timeout_secs: self.sync_progress_timeout,
+            retries: self.sync_retries,
+        });
+        Ok(raw.validate()?)
+    }
+}
+
+fn engine(
+    settings: Settings,
+    store: registry::Store,
+    data: &Path,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<Arc<Engine>> {
+    let client = ParentClient::new(
+        &settings.parent,
+        settings.credentials.clone(),
+        settings.trust.as_deref(),
+        settings.limits.clone(),
+    )?;
+    let state = StateFile::open(&data.join("sync"))?;
+    Ok(Arc::new(Engine::new(
+        Arc::new(client),
+        Arc::new(store),
+        settings,
+        Arc::new(state),
+        progress,
+    )))
+}
+
+/// Called by `serve`: starts the sync schedule in the background (when a parent is
+/// configured) and returns the router with `GET /acr/v1/_sync/status` to merge into the
+/// registry's. `None` when sync is off. `data` is the registry's data directory (sync keeps
+/// its progress in `data/sync/`).
+#[allow(dead_code)] // called by `serve` once the lead wires it in (see sync/README.md)
+pub fn start_background(
+    flags: &SyncFlags,
+    store: registry::Store,
+    data: &Path,
+) -> anyhow::Result<Option<axum::Router>> {
+    let Some(settings) = flags.settings()? else {
+        return Ok(None);
+    };
+    tracing::info!(
+        parent = %settings.parent,
+        mode = ?settings.mode,
+        schedule = settings.schedule.source(),
+        "sync enabled"
+    );
+    let engine = engine(settings, store, data, Arc::new(NoProgress))?;
+    let service = SyncService::new(engine);
+    service.spawn();
+    Ok(Some(service.router()))
+}
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Boxed: the flags are large, and `Command` holds one subcommand's args by value.
+    #[command(flatten)]
+    pub sync: Box<SyncFlags>,
 
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`connected-registry sync` is not implemented yet")
+    /// Data directory of the local registry (stop `serve` on it first: the store is single-process).
+    #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// Run one pass now and exit (exit code 0: in step; 1: errors; 75: stopped by --time-limit).
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: stop transfers after this ISO-8601 duration (e.g. PT10M); partial blobs are
+    /// kept and the next run resumes them.
+    #[arg(long)]
+    pub time_limit: Option<String>,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Some(settings) = args.sync.settings()? else {
+        anyhow::bail!(
+            "no parent configured: give --parent URL, --connection-string, \
+             ACR_REGISTRY_CONNECTION_STRING, or a --sync-config file with `parent`"
+        );
+    };
+    let time_limit = match &args.time_limit {
+        Some(t) => Some(
+            sync::settings::parse_iso_duration(t)
+                .map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?,
+        ),
+        None => None,
+    };
+    let data = args.data.clone();
+    let store =
+        tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
+            .await?
+            .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    if !args.once {
+        let engine = engine(settings, store, &args.data, Arc::new(NoProgress))?;
+        let service = SyncService::new(engine);
+        let handle = service.spawn();
+        tokio::select! {
+            _ = handle => {},
+            _ = crate::cmd::serve::shutdown_signal() => {},
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bars = Bars::new(!args.quiet && std::io::stderr().is_terminal(), args.quiet);
+    let ticker = bars.clone().start();
+    let engine = engine(settings, store, &args.data, bars.clone())?;
+    let deadline = time_limit.map(|d| tokio::time::Instant::now() + d);
+    let summary = engine.run_pass(deadline).await;
+    ticker.abort();
+    bars.clear();
+    print_summary(&summary, args.json);
+    Ok(match summary.outcome {
+        Outcome::Completed => ExitCode::SUCCESS,
+        Outcome::Paused => ExitCode::from(75),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_summary(s: &Summary, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+    }
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "sync {:?}: {} repos, {} tags checked, {} updated, {} untagged; {} manifests and {} blobs fetched \
+         ({} resumed), {} down, {} up, {} manifests pushed, {} requests, {:.2} s",
+        s.outcome,
+        s.repos,
+        s.tags_checked,
+        s.tags_updated,
+        s.tags_deleted,
+        s.manifests_fetched,
+        s.blobs_fetched,
+        s.blobs_resumed,
+        human(s.bytes_down),
+        human(s.bytes_up),
+        s.manifests_pushed,
+        s.requests,
+        s.seconds
+    );
+    for c in &s.conflicts {
+        let _ = writeln!(e, "conflict: {c}");
+    }
+    for err in &s.errors {
+        let _ = writeln!(e, "error: {err}");
+    }
+}
+
+/// Progress bars, one line per blob in flight: redrawn in place on a terminal, start and end
+/// lines otherwise.
+#[derive(Clone)]
+struct Bars {
+    inner: Arc<Mutex<BarsInner>>,
+    tty: bool,
+    quiet: bool,
+}
+
+struct Bar {
+    repo: String,
+    size: u64,
+    done: u64,
+    from: u64,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct BarsInner {
+    live: BTreeMap<Digest, Bar>,
+    drawn: usize,
+}
+
+impl Bars {
+    fn new(tty: bool, quiet: bool) -> Arc<Bars> {
+        Arc::new(Bars {
+            inner: Arc::default(),
+            tty,
+            quiet,
+        })
+    }
+
+    fn start(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if !self.tty {
+                return;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.draw();
+            }
+        })
+    }
+
+    fn line(d: &Digest, b: &Bar) -> String {
+        const WIDTH: usize = 24;
+        let frac = if b.size > 0 {
+            (b.done as f64 / b.size as f64).min(1.0)
+        } else {
+            0.0
+        };
+        let filled = (frac * WIDTH as f64) as usize;
+        let secs = b.started.elapsed().as_secs_f64().max(0.001);
+        let rate = (b.done - b.from.min(b.done)) as f64 / secs;
+        format!(
+            "{:<24} {}…  [{}{}] {:>3}% {} / {}  {}/s",
+            b.repo.chars().take(24).collect::<String>(),
+            &d.hex()[..12],
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            (frac * 100.0) as u32,
+            human(b.done),
+            human(b.size),
+            human(rate as u64)
+        )
+    }
+
+    fn draw(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        if g.drawn > 0 {
+            out.push_str(&format!("\x1b[{}F", g.drawn));
+        }
+        for (d, b) in &g.live {
+            out.push_str("\x1b[2K");
+            out.push_str(&Self::line(d, b));
+            out.push('\n');
+        }
+        for _ in g.live.len()..g.drawn {
+            out.push_str("\x1b[2K\n");
+        }
+        g.drawn = g.live.len().max(g.drawn);
+        let _ = std::io::stderr().write_all(out.as_bytes());
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            self.draw();
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn blob_started(&self, repo: &str, digest: &Digest, size: u64, from: u64) {
+        if self.quiet {
+            return;
+        }
+        if !self.tty {
+            let resumed = if from > 0 {
+                format!(" (resuming at {})", human(from))
+            } else {
+                String::new()
+            };
+            eprintln!("fetch {repo}@{digest} {}{resumed}", human(size));
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.live.insert(
+            digest.clone(),
+            Bar {
+                repo: repo.to_owned(),
+                size,
+                done: from,
+                from,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    fn blob_progress(&self, digest: &Digest, done: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = g.live.get_mut(digest) {
+            b.done = done;
+        }
+    }
+
+    fn blob_finished(&self, digest: &Digest, ok: bool) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = g.live.remove(digest) {
+            if !self.quiet && !self.tty {
+                let secs = b.started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{} {}@{digest} {} in {secs:.1} s",
+                    if ok { "done" } else { "FAILED" },
+                    b.repo,
+                    human(b.done)
+                );
+            }
+        }
+    }
 }

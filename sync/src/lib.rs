@@ -1,3 +1,22 @@
-//! Synchronization with the parent registry: parent client, schedule, copy engine.
+//! Synchronization with the parent registry: parent client, cron schedule and sync window,
+//! the copy engine (down and up), persisted progress and status.
 
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod connection_string;
+pub mod digest;
+pub mod engine;
+pub mod manifest;
+mod push;
+pub mod service;
+pub mod settings;
+pub mod state;
+pub mod store;
+
+pub use axum;
+pub use client::ParentClient;
+pub use engine::{Engine, NoProgress, Progress};
+pub use service::SyncService;
+pub use settings::{RawSettings, Settings};
+pub use state::{Outcome, StateFile, Summary};

@@ -4,7 +4,13 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod distribution;
+pub mod docker;
+pub mod oci;
+pub mod skopeo;
+pub mod target;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -49,7 +55,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args...` with stdout/stderr to `log` and waits until it listens on `addr`.
-    pub fn start(program: &Path, args: &[&str], envs: &[(&str, &str)], addr: SocketAddr, log: PathBuf) -> Proc {
+    pub fn start(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        addr: SocketAddr,
+        log: PathBuf,
+    ) -> Proc {
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
         let mut child = Command::new(program)
@@ -92,7 +104,13 @@ pub fn start_registry(data: &Path, extra_args: &[&str]) -> Proc {
     let data_s = data.to_str().expect("utf-8 temp path");
     let mut args = vec!["serve", "--listen", &listen, "--data", data_s];
     args.extend_from_slice(extra_args);
-    Proc::start(&bin(), &args, &[], listen.parse().unwrap(), data.with_extension("log"))
+    Proc::start(
+        &bin(),
+        &args,
+        &[],
+        listen.parse().unwrap(),
+        data.with_extension("log"),
+    )
 }
 
 /// Runs a command to completion and returns stdout; panics with stderr if it fails.

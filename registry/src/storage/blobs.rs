@@ -51,11 +51,19 @@ impl Blobs {
             .map(|m| m.len())
     }
 
+    /// Marks a blob as just wanted (GC spares files touched within its grace period).
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(file) = File::options().write(true).open(self.path(digest)) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Moves a complete, fsynced file into place under `digest` (a no-op if already there).
     pub fn install(&self, file: &Path, digest: &Digest) -> Result<(), StorageError> {
         let dest = self.path(digest);
         if dest.is_file() {
             let _ = fs::remove_file(file);
+            self.touch(digest);
             return Ok(());
         }
         let dir = dest.parent().expect("blob path has a parent");

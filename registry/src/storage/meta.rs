@@ -15,8 +15,9 @@ use crate::manifest::Descriptor;
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 /// (repo, manifest digest) -> `ManifestMeta` as JSON.
 const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
-/// (repo, blob digest) -> size: which blobs a repository may serve and reference.
-const REPO_BLOBS: TableDefinition<(&str, &str), u64> = TableDefinition::new("repo_blobs");
+/// (repo, blob digest) -> (size, unix time linked): which blobs a repository may serve and
+/// reference; the time lets GC spare a blob pushed moments before its manifest.
+const REPO_BLOBS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("repo_blobs");
 /// (repo, subject digest, referrer digest) -> referrer `Descriptor` as JSON.
 const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
 /// repo -> unix time of its first manifest: the catalog.
@@ -33,6 +34,9 @@ pub struct ManifestMeta {
     pub refs: Vec<Digest>,
     #[serde(default)]
     pub subject: Option<Digest>,
+    /// Unix seconds when it was first stored: GC spares young manifests.
+    #[serde(default)]
+    pub pushed_at: u64,
 }
 
 /// Who made a change: a client of this registry, or the sync engine copying from the parent.
@@ -41,6 +45,8 @@ pub struct ManifestMeta {
 pub enum Origin {
     Client,
     Sync,
+    /// Garbage collection removing untagged manifests: never pushed up.
+    Gc,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +87,7 @@ pub struct NewManifest<'a> {
     pub origin: Origin,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -158,14 +164,14 @@ impl Meta {
         let table = tx.open_table(REPO_BLOBS)?;
         let size = table
             .get((repo, digest.to_string().as_str()))?
-            .map(|v| v.value());
+            .map(|v| v.value().0);
         Ok(size)
     }
 
     pub fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
         let tx = self.db.begin_write()?;
         tx.open_table(REPO_BLOBS)?
-            .insert((repo, digest.to_string().as_str()), size)?;
+            .insert((repo, digest.to_string().as_str()), (size, now()))?;
         tx.commit()?;
         Ok(())
     }
@@ -243,10 +249,10 @@ impl Meta {
             for (blob, size) in blob_sizes {
                 match links.get((repo, blob.to_string().as_str()))? {
                     None => return Err(StorageError::ManifestBlobUnknown(blob.clone())),
-                    Some(actual) if actual.value() as i64 != *size => {
+                    Some(actual) if actual.value().0 as i64 != *size => {
                         return Err(StorageError::ManifestInvalid(format!(
                             "descriptor for {blob} says {size} bytes, but the blob has {} bytes",
-                            actual.value()
+                            actual.value().0
                         )))
                     }
                     Some(_) => {}
@@ -479,4 +485,154 @@ impl Meta {
         tx.commit()?;
         Ok(removed)
     }
+
+    // ---- garbage collection (see gc.rs for the rules) ----
+
+    /// Everything GC needs to decide, read in one consistent snapshot.
+    pub(crate) fn gc_snapshot(&self) -> Result<GcSnapshot, StorageError> {
+        let tx = self.db.begin_read()?;
+        let mut snap = GcSnapshot::default();
+        for entry in tx.open_table(MANIFESTS)?.iter()? {
+            let (key, value) = entry?;
+            let (repo, digest) = key.value();
+            snap.manifests.push((
+                repo.to_owned(),
+                parse_digest(digest)?,
+                from_json(value.value())?,
+            ));
+        }
+        for entry in tx.open_table(TAGS)?.iter()? {
+            let (key, value) = entry?;
+            snap.tagged
+                .push((key.value().0.to_owned(), parse_digest(value.value())?));
+        }
+        for entry in tx.open_table(REPO_BLOBS)?.iter()? {
+            let (key, value) = entry?;
+            let (repo, digest) = key.value();
+            snap.links
+                .push((repo.to_owned(), parse_digest(digest)?, value.value().1));
+        }
+        Ok(snap)
+    }
+
+    /// Removes a manifest that no tag and no other manifest in its repository points at (checked
+    /// again here: a client may have tagged it since the snapshot). Returns whether it went.
+    pub(crate) fn remove_untagged(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let digest_s = digest.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let tags = tx.open_table(TAGS)?;
+            if scan_repo!(tags, repo, "", usize::MAX)
+                .iter()
+                .any(|(_, d)| *d == digest_s)
+            {
+                return Ok(false);
+            }
+            drop(tags);
+            let mut manifests = tx.open_table(MANIFESTS)?;
+            let mut this = None;
+            for (other, meta) in scan_repo!(manifests, repo, "", usize::MAX) {
+                let meta: ManifestMeta = from_json(&meta)?;
+                if other == digest_s {
+                    this = Some(meta);
+                } else if meta.refs.contains(digest) {
+                    return Ok(false);
+                }
+            }
+            let Some(meta) = this else { return Ok(false) };
+            manifests.remove((repo, digest_s.as_str()))?;
+            drop(manifests);
+            if let Some(subject) = &meta.subject {
+                tx.open_table(REFERRERS)?.remove((
+                    repo,
+                    subject.to_string().as_str(),
+                    digest_s.as_str(),
+                ))?;
+            }
+            log(
+                &tx,
+                repo,
+                Origin::Gc,
+                ChangeKind::ManifestDeleted {
+                    digest: digest.clone(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Removes blob links linked before `before` (unix seconds) that no manifest of their
+    /// repository references; returns the links removed.
+    pub(crate) fn remove_stale_links(
+        &self,
+        before: u64,
+    ) -> Result<Vec<(String, Digest)>, StorageError> {
+        let tx = self.db.begin_write()?;
+        let mut removed = Vec::new();
+        {
+            let mut referenced = std::collections::HashSet::new();
+            for entry in tx.open_table(MANIFESTS)?.iter()? {
+                let (key, value) = entry?;
+                let meta: ManifestMeta = from_json(value.value())?;
+                let repo = key.value().0.to_owned();
+                referenced.extend(meta.refs.into_iter().map(|d| (repo.clone(), d)));
+            }
+            let mut links = tx.open_table(REPO_BLOBS)?;
+            let mut stale = Vec::new();
+            for entry in links.iter()? {
+                let (key, value) = entry?;
+                let (repo, digest) = key.value();
+                let digest = parse_digest(digest)?;
+                if value.value().1 < before
+                    && !referenced.contains(&(repo.to_owned(), digest.clone()))
+                {
+                    stale.push((repo.to_owned(), digest));
+                }
+            }
+            for (repo, digest) in stale {
+                links.remove((repo.as_str(), digest.to_string().as_str()))?;
+                removed.push((repo, digest));
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Whether any repository links `digest` as a blob or holds it as a manifest.
+    pub(crate) fn is_in_use(&self, digest: &Digest) -> Result<bool, StorageError> {
+        let tx = self.db.begin_read()?;
+        let digest_s = digest.to_string();
+        for entry in tx.open_table(REPO_BLOBS)?.iter()? {
+            if entry?.0.value().1 == digest_s {
+                return Ok(true);
+            }
+        }
+        for entry in tx.open_table(MANIFESTS)?.iter()? {
+            if entry?.0.value().1 == digest_s {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, StorageError> {
+    s.parse()
+        .map_err(|e| StorageError::Db(format!("corrupt digest in metadata: {e}")))
+}
+
+/// A consistent read of what GC decides on.
+#[derive(Default)]
+pub(crate) struct GcSnapshot {
+    /// (repo, digest, meta) of every manifest.
+    pub manifests: Vec<(String, Digest, ManifestMeta)>,
+    /// (repo, digest) of every tag's target.
+    pub tagged: Vec<(String, Digest)>,
+    /// (repo, blob digest, unix time linked).
+    pub links: Vec<(String, Digest, u64)>,
 }

@@ -4,6 +4,7 @@
 //! Methods block (file and database I/O); async callers run writes in `spawn_blocking`.
 
 pub mod blobs;
+pub mod gc;
 pub mod meta;
 pub mod uploads;
 
@@ -18,6 +19,7 @@ use crate::error::StorageError;
 use crate::manifest::{self, Descriptor};
 use crate::name::RepoName;
 use crate::reference::Reference;
+pub use gc::{GcOptions, GcReport};
 pub use meta::{Change, ChangeKind, ManifestMeta, Origin};
 pub use uploads::{Session, SessionRef};
 
@@ -62,6 +64,9 @@ struct Inner {
     uploads: uploads::Uploads,
     limits: Limits,
     cache: ManifestCache,
+    /// Taken shared by everything that makes a blob file wanted (install, link) and exclusively
+    /// by GC while it deletes a file, so GC never deletes a file someone just took.
+    gc_lock: RwLock<()>,
 }
 
 /// Manifest bytes by digest. Content never changes under a digest, so entries never go stale;
@@ -74,6 +79,12 @@ struct ManifestCache {
 impl ManifestCache {
     fn get(&self, digest: &Digest) -> Option<Bytes> {
         self.map.read().expect("cache lock").0.get(digest).cloned()
+    }
+
+    fn clear(&self) {
+        let mut guard = self.map.write().expect("cache lock");
+        guard.0.clear();
+        guard.1 = 0;
     }
 
     fn put(&self, digest: &Digest, body: &Bytes, budget: usize) {
@@ -104,6 +115,7 @@ impl Store {
             uploads: uploads::Uploads::open(dir.join("uploads"))?,
             limits,
             cache: ManifestCache::default(),
+            gc_lock: RwLock::new(()),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -144,9 +156,11 @@ impl Store {
 
     /// Makes a blob that is on disk part of `repo` (cross-repository mount, or sync).
     pub fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
+        let _taking = self.inner.gc_lock.read().expect("gc lock");
         let size = self
             .blob_size(digest)
             .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
+        self.inner.blobs.touch(digest);
         self.inner.meta.link_blob(repo.as_str(), digest, size)?;
         Ok(size)
     }
@@ -182,7 +196,10 @@ impl Store {
         expected: &Digest,
     ) -> Result<u64, StorageError> {
         let result = session.seal(expected).and_then(|data| {
-            self.inner.blobs.install(&data, expected)?;
+            {
+                let _taking = self.inner.gc_lock.read().expect("gc lock");
+                self.inner.blobs.install(&data, expected)?;
+            }
             self.link_blob(&session.repo.clone(), expected)
         });
         // Whether it worked or not, the session is over: its bytes are a blob now, or unwanted.
@@ -242,6 +259,7 @@ impl Store {
             size: body.len() as u64,
             refs,
             subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+            pushed_at: meta::now(),
         };
         let referrer = parsed.subject.as_ref().map(|subject| {
             (
@@ -259,6 +277,7 @@ impl Store {
         });
         // The bytes are staged now and installed only once the manifest is accepted.
         let staged = self.inner.blobs.stage(&body)?;
+        let _taking = self.inner.gc_lock.read().expect("gc lock");
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,

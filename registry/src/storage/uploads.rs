@@ -81,6 +81,34 @@ impl Uploads {
         self.get(repo, &uuid::Uuid::new_v4().to_string(), true)
     }
 
+    /// Deletes sessions idle for longer than `ttl` that nobody is writing to; returns how many.
+    pub fn expire(&self, ttl: std::time::Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut expired = 0;
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let idle = fs::metadata(entry.path().join("data"))
+                .or_else(|_| entry.metadata())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > ttl);
+            if !idle {
+                continue;
+            }
+            let mut live = self.live.lock().expect("uploads lock");
+            let busy = live.get(&id).is_some_and(|(_, s)| s.try_lock().is_err());
+            if !busy {
+                live.remove(&id);
+                let _ = fs::remove_dir_all(entry.path());
+                expired += 1;
+            }
+        }
+        expired
+    }
+
     /// Forgets a session and deletes its bytes.
     pub fn remove(&self, id: &str) {
         self.live.lock().expect("uploads lock").remove(id);

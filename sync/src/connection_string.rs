@@ -1,7 +1,7 @@
 //! The connected registry's connection string (`ACR_REGISTRY_CONNECTION_STRING`): parse it,
 //! name the bad field when it is wrong, and never show the password.
 //!
-//! Kept free of the checker's types so the sync crate can reuse it as is.
+//! Sync reads it at run time; the deployment-manifest checker (`deploy-manifests`) checks it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -58,6 +58,8 @@ pub enum ConnectionStringError {
     BadProtocol(String),
     #[error("connection string field `ParentGatewayEndpoint` (`{0}`) must be a host or host:port, without a scheme or path")]
     BadEndpoint(String),
+    #[error("connection string field `ParentGatewayEndpoint` is `$IOTEDGE_PARENTHOSTNAME`, but that environment variable is not set (IoT Edge sets it on child devices; elsewhere set it to the parent's host name)")]
+    UnresolvedParent,
 }
 
 const FIELDS: [&str; 5] = [
@@ -142,6 +144,26 @@ impl ConnectionString {
             "{}://{}",
             self.parent_endpoint_protocol, self.parent_gateway_endpoint
         )
+    }
+
+    /// The parent's base URL with `$IOTEDGE_PARENTHOSTNAME` (what lower-layer manifests use)
+    /// replaced from `env`, as IoT Edge sets that variable in every module on a child device.
+    pub fn resolved_parent_url(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, ConnectionStringError> {
+        const VAR: &str = "$IOTEDGE_PARENTHOSTNAME";
+        let endpoint = &self.parent_gateway_endpoint;
+        let host = match endpoint.get(..VAR.len()) {
+            Some(head) if head.eq_ignore_ascii_case(VAR) => {
+                let parent = env(&VAR[1..])
+                    .filter(|h| !h.trim().is_empty())
+                    .ok_or(ConnectionStringError::UnresolvedParent)?;
+                format!("{}{}", parent.trim(), &endpoint[VAR.len()..])
+            }
+            _ => endpoint.clone(),
+        };
+        Ok(format!("{}://{host}", self.parent_endpoint_protocol))
     }
 }
 
@@ -255,5 +277,13 @@ mod tests {
             .parse()
             .unwrap();
         assert!(cs.parent_is_edge_device());
+        assert_eq!(
+            cs.resolved_parent_url(|_| Some("parent-gw".into())),
+            Ok("https://parent-gw".into())
+        );
+        assert_eq!(
+            cs.resolved_parent_url(|_| None),
+            Err(ConnectionStringError::UnresolvedParent)
+        );
     }
 }

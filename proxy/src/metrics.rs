@@ -1,0 +1,203 @@
+//! Prometheus metrics of the proxy, served as text on the admin listener (`/metrics`).
+//!
+//! Plain atomics and one small map: a metrics library would cost more than it gives here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Counters and gauges of one proxy process.
+#[derive(Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// upstream -> its request counts and durations (one lock per request, and no
+    /// allocation once the upstream and status have been seen)
+    per_upstream: Mutex<HashMap<String, UpstreamStats>>,
+    /// (upstream, kind) -> count
+    upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+#[derive(Default)]
+struct UpstreamStats {
+    by_status: BTreeMap<u16, u64>,
+    count: u64,
+    seconds: f64,
+}
+
+impl Metrics {
+    pub fn request(&self, upstream: &str, status: u16, seconds: f64) {
+        let mut map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = match map.get_mut(upstream) {
+            Some(stats) => stats,
+            None => map.entry(upstream.to_owned()).or_default(),
+        };
+        *stats.by_status.entry(status).or_default() += 1;
+        stats.count += 1;
+        stats.seconds += seconds;
+    }
+
+    pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
+        *self
+            .upstream_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((upstream.to_owned(), kind))
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let g = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        let ld = Ordering::Relaxed;
+        g(
+            &mut out,
+            "proxy_connections_total",
+            "counter",
+            "Client connections accepted.",
+            self.connections_total.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_connections_active",
+            "gauge",
+            "Client connections open now.",
+            self.connections_active.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_tls_handshake_failures_total",
+            "counter",
+            "Client TLS handshakes that failed or timed out.",
+            self.tls_handshake_failures.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_request_bytes_total",
+            "counter",
+            "Request body bytes received from clients.",
+            self.bytes_in.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_response_bytes_total",
+            "counter",
+            "Response body bytes sent to clients.",
+            self.bytes_out.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_reloads_total",
+            "counter",
+            "Successful reloads of config, certificate or trust bundle.",
+            self.reloads_ok.load(ld),
+        );
+        g(
+            &mut out,
+            "proxy_reload_failures_total",
+            "counter",
+            "Reloads that failed (the previous state stayed).",
+            self.reloads_failed.load(ld),
+        );
+        let map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());
+        let mut upstreams: Vec<_> = map.iter().collect();
+        upstreams.sort_by(|a, b| a.0.cmp(b.0));
+        out.push_str("# HELP proxy_requests_total Requests answered, by upstream and status.\n# TYPE proxy_requests_total counter\n");
+        for (up, stats) in &upstreams {
+            for (status, n) in &stats.by_status {
+                let _ = writeln!(
+                    out,
+                    "proxy_requests_total{{upstream=\"{}\",status=\"{status}\"}} {n}",
+                    esc(up)
+                );
+            }
+        }
+        out.push_str("# HELP proxy_request_duration_seconds Time to the end of the response, by upstream.\n# TYPE proxy_request_duration_seconds summary\n");
+        for (up, stats) in &upstreams {
+            let _ = writeln!(
+                out,
+                "proxy_request_duration_seconds_sum{{upstream=\"{}\"}} {}",
+                esc(up),
+                stats.seconds
+            );
+            let _ = writeln!(
+                out,
+                "proxy_request_duration_seconds_count{{upstream=\"{}\"}} {}",
+                esc(up),
+                stats.count
+            );
+        }
+        drop(map);
+        out.push_str("# HELP proxy_upstream_errors_total Upstream failures, by upstream and kind.\n# TYPE proxy_upstream_errors_total counter\n");
+        for ((up, kind), n) in self
+            .upstream_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "proxy_upstream_errors_total{{upstream=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(up)
+            );
+        }
+        out
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Serves `/metrics` (and `/healthz`) over plain HTTP on `listener` until the task is dropped.
+pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (tcp, _peer): (tokio::net::TcpStream, SocketAddr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(err) => {
+                tracing::warn!("admin listener: accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = match req.uri().path() {
+                        "/metrics" => Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(metrics.render()))),
+                        "/healthz" => {
+                            Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+                        }
+                        _ => Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from_static(b"try /metrics or /healthz\n"))),
+                    };
+                    Ok::<_, http::Error>(resp.expect("static response parts are valid"))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

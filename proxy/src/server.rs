@@ -1,0 +1,1036 @@
+//! The TLS listener and the forwarding handler: accepts client connections (HTTP/1.1 and
+//! HTTP/2 over TLS), picks a route, streams the exchange to the upstream and back, and
+//! reloads config, certificate and trust bundle in the background.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use certs::reload::{ReloadingServer, ReloadingTrust};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody};
+use crate::config::{Config, ConfigError, Limits, Route, Upstream};
+use crate::metrics::{serve_admin, Metrics};
+use crate::upstream::{ConnectError, UpstreamClient};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("server certificate: {0}")]
+    Cert(#[from] certs::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Route(String),
+}
+
+/// A route with its upstream client.
+struct Entry {
+    route: Route,
+    client: Arc<UpstreamClient>,
+}
+
+/// The routing table in force; swapped whole on reload.
+struct Table {
+    /// Header routes first, then path routes; each group longest prefix first.
+    routes: Vec<Entry>,
+    default: Option<Entry>,
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
+impl Table {
+    fn pick(&self, path: &str, headers: &HeaderMap) -> Option<&Entry> {
+        self.routes
+            .iter()
+            .find(|e| {
+                prefix_matches(&e.route.prefix, path)
+                    && e.route
+                        .header
+                        .as_ref()
+                        .is_none_or(|h| headers.contains_key(h))
+            })
+            .or(self.default.as_ref())
+    }
+}
+
+/// Shared by every connection.
+struct State {
+    /// One table per worker thread: each worker has its own upstream clients (pools), so
+    /// a request never hands its upstream connection to another thread.
+    tables: RwLock<Vec<Arc<Table>>>,
+    workers: usize,
+    config: RwLock<Arc<Config>>,
+    limits: Limits,
+    client_cert_header: HeaderName,
+    metrics: Arc<Metrics>,
+    server_cert: Arc<ReloadingServer>,
+    trusts: Mutex<HashMap<PathBuf, Arc<ReloadingTrust>>>,
+    clients: Mutex<HashMap<String, Arc<UpstreamClient>>>,
+}
+
+/// ALPN offered to upstreams: HTTP/2 when the upstream speaks it (another proxy of ours).
+fn upstream_alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
+impl State {
+    fn trust(&self, path: PathBuf) -> Result<Arc<ReloadingTrust>, String> {
+        let mut trusts = self.trusts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = trusts.get(&path) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(
+            ReloadingTrust::new(path.clone(), upstream_alpn())
+                .map_err(|e| format!("trust bundle: {e}"))?,
+        );
+        trusts.insert(path, t.clone());
+        Ok(t)
+    }
+
+    fn client(
+        &self,
+        config: &Config,
+        up: &Upstream,
+        worker: usize,
+    ) -> Result<Arc<UpstreamClient>, String> {
+        let trust_path = config.trust_for(up);
+        let key = format!("{worker} {up} sni={:?} trust={:?}", up.sni, trust_path);
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let trust = match (up.scheme, trust_path) {
+            (crate::config::Scheme::Https, Some(p)) => Some(self.trust(p)?),
+            _ => None,
+        };
+        let client = Arc::new(UpstreamClient::new(up, trust, self.limits.connect_timeout)?);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Tables for every worker.
+    fn build_tables(&self, config: &Config) -> Result<Vec<Arc<Table>>, String> {
+        (0..self.workers)
+            .map(|w| self.build_table(config, w).map(Arc::new))
+            .collect()
+    }
+
+    fn build_table(&self, config: &Config, worker: usize) -> Result<Table, String> {
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let client = self
+                .client(config, &r.upstream, worker)
+                .map_err(|e| format!("route {} ({}): {e}", r.prefix, r.source))?;
+            routes.push(Entry {
+                route: r.clone(),
+                client,
+            });
+        }
+        routes.sort_by(|a, b| {
+            b.route
+                .header
+                .is_some()
+                .cmp(&a.route.header.is_some())
+                .then(b.route.prefix.len().cmp(&a.route.prefix.len()))
+        });
+        let default = match &config.default {
+            Some(r) => Some(Entry {
+                route: r.clone(),
+                client: self
+                    .client(config, &r.upstream, worker)
+                    .map_err(|e| format!("default route ({}): {e}", r.source))?,
+            }),
+            None => None,
+        };
+        Ok(Table { routes, default })
+    }
+}
+
+/// A proxy whose listeners are bound; [`Proxy::serve`] runs it.
+pub struct Proxy {
+    state: Arc<State>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+}
+
+impl Proxy {
+    /// Loads certificates and trust bundles and binds the listeners. `loader` re-reads the
+    /// configuration (flags, file, environment) when the config file changes.
+    pub async fn bind(
+        config: Config,
+        loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+    ) -> Result<Proxy, StartError> {
+        let (cert, _) = config
+            .cert
+            .clone()
+            .ok_or_else(|| StartError::Route("no --cert".into()))?;
+        let (key, _) = config
+            .key
+            .clone()
+            .ok_or_else(|| StartError::Route("no --key".into()))?;
+        let server_cert = Arc::new(ReloadingServer::with_client_auth(
+            cert,
+            key,
+            config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            config.client_ca.as_ref().map(|(p, _)| p.as_path()),
+        )?);
+        let state = Arc::new(State {
+            tables: RwLock::new(Vec::new()),
+            workers: config.workers,
+            config: RwLock::new(Arc::new(config.clone())),
+            limits: config.limits.clone(),
+            client_cert_header: config.client_cert_header.clone(),
+            metrics: Arc::new(Metrics::default()),
+            server_cert,
+            trusts: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+        });
+        let tables = state.build_tables(&config).map_err(StartError::Route)?;
+        *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+        let addr = config.listen.0;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let admin = match config.admin {
+            Some((addr, _)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Proxy {
+            state,
+            listener,
+            admin,
+            loader,
+        })
+    }
+
+    /// The address the TLS listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the future is dropped.
+    ///
+    /// The work runs on `workers` threads, each with its own single-threaded runtime that
+    /// accepts from the shared listener and keeps each connection, and the upstream
+    /// connections it uses, on that one thread: no cross-thread wake-ups per request, which
+    /// costs less CPU per request than a work-stealing runtime (see README).
+    pub async fn serve(self) {
+        let Proxy {
+            state,
+            listener,
+            admin,
+            loader,
+        } = self;
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::error!("proxy listener unusable (internal): {err}");
+                return;
+            }
+        };
+        let admin = admin.and_then(|a| a.into_std().ok());
+        let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut loader = Some(loader);
+        let mut admin = admin;
+        for worker in 0..state.workers {
+            let listener = match listener.try_clone() {
+                Ok(l) => l,
+                Err(err) => {
+                    tracing::error!(
+                        "cannot share the listener with worker {worker} (internal): {err}"
+                    );
+                    return;
+                }
+            };
+            let state = state.clone();
+            let permits = permits.clone();
+            let done = done_tx.clone();
+            // Worker 0 also runs the admin listener and the reload loop.
+            let extras = if worker == 0 {
+                Some((admin.take(), loader.take()))
+            } else {
+                None
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("proxy-{worker}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(err) => {
+                            tracing::error!("proxy worker {worker}: no runtime (internal): {err}");
+                            let _ = done.blocking_send(());
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        if let Some((admin, loader)) = extras {
+                            if let Some(admin) = admin.and_then(|a| TcpListener::from_std(a).ok()) {
+                                tokio::spawn(serve_admin(admin, state.metrics.clone()));
+                            }
+                            if let Some(loader) = loader {
+                                tokio::spawn(reload_loop(state.clone(), loader));
+                            }
+                        }
+                        accept_loop(state, listener, permits, worker).await;
+                    });
+                    let _ = done.blocking_send(());
+                });
+            if let Err(err) = spawned {
+                tracing::error!("cannot start proxy worker {worker} (internal): {err}");
+                return;
+            }
+        }
+        drop(done_tx);
+        // Runs until a worker stops (it does not, short of a fatal error) or we are dropped.
+        let _ = done_rx.recv().await;
+    }
+}
+
+/// One worker's accept loop on its own runtime.
+async fn accept_loop(
+    state: Arc<State>,
+    listener: std::net::TcpListener,
+    permits: Arc<Semaphore>,
+    worker: usize,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::error!("proxy worker {worker}: listener unusable (internal): {err}");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(state.server_cert.config());
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed (proxy, internal): {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let m = &state.metrics;
+            m.connections_total.fetch_add(1, Ordering::Relaxed);
+            m.connections_active.fetch_add(1, Ordering::Relaxed);
+            serve_connection(state.clone(), acceptor, tcp, peer, worker).await;
+            state
+                .metrics
+                .connections_active
+                .fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// Per-connection facts the handler needs.
+struct ConnInfo {
+    peer: SocketAddr,
+    /// The worker thread serving this connection (selects its upstream clients).
+    worker: usize,
+    /// The verified client certificate, URL-escaped PEM, when the client sent one.
+    client_cert: Option<HeaderValue>,
+    /// Requests on this connection waiting for their upstream's response head; while any
+    /// does, the idle timeout does not apply (the upstream timeout does).
+    waiting: AtomicUsize,
+    /// Milliseconds since `epoch()` of the last byte moved on this connection.
+    last_activity: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+async fn serve_connection(
+    state: Arc<State>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+) {
+    let _ = tcp.set_nodelay(true);
+    let limits = &state.limits;
+    // The handshake shares the header-read budget: a client that opens a socket and sends
+    // nothing is a slowloris too.
+    let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            state
+                .metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake with {peer} failed (client): {err}");
+            return;
+        }
+        Err(_) => {
+            state
+                .metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake with {peer} timed out (client)");
+            return;
+        }
+    };
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| HeaderValue::from_str(&escaped_pem(der)).ok());
+    let info = Arc::new(ConnInfo {
+        peer,
+        worker,
+        client_cert,
+        waiting: AtomicUsize::new(0),
+        last_activity: AtomicU64::new(now_ms()),
+    });
+    let io = TokioIo::new(ActivityIo {
+        inner: tls,
+        info: info.clone(),
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    let svc_state = state.clone();
+    let svc_info = info.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let state = svc_state.clone();
+        let info = svc_info.clone();
+        async move { Ok::<_, Infallible>(handle(state, info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let idle = idle_watch(info.clone(), limits.idle_timeout);
+    tokio::select! {
+        result = conn => {
+            if let Err(err) = result {
+                tracing::debug!("connection from {peer} ended (client): {err}");
+            }
+        }
+        _ = idle => {
+            tracing::debug!("connection from {peer} idle for {:?}, closed", limits.idle_timeout);
+        }
+    }
+}
+
+/// Resolves when no byte moved on the connection for `idle` while no request waited for
+/// its upstream.
+async fn idle_watch(info: Arc<ConnInfo>, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let last = info.last_activity.load(Ordering::Relaxed);
+        let now = now_ms();
+        if now.saturating_sub(last) >= idle_ms && info.waiting.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let wait = idle_ms
+            .saturating_sub(now.saturating_sub(last))
+            .max(idle_ms / 4)
+            .max(10);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// The client stream, noting the time of every byte moved (for the idle timeout).
+struct ActivityIo<T> {
+    inner: T,
+    info: Arc<ConnInfo>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.info.last_activity.store(now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.info.last_activity.store(now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.info.last_activity.store(now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A certificate as URL-escaped PEM, the form nginx's `$ssl_client_escaped_cert` uses.
+fn escaped_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() * 3 / 2);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Headers that describe one hop, not the exchange (RFC 9110 7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names; keeps
+/// `Connection: upgrade` + `Upgrade` when `upgrade` is set.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(h);
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, v);
+        }
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// An OCI-style error body naming the upstream and where the error came from.
+fn error_json(code: &str, message: &str, upstream: Option<&str>, source: &str) -> Bytes {
+    let body = serde_json::json!({
+        "errors": [{
+            "code": code,
+            "message": message,
+            "detail": { "upstream": upstream, "source": source },
+        }]
+    });
+    Bytes::from(body.to_string())
+}
+
+async fn handle(
+    state: Arc<State>,
+    info: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    // The path only: query strings can carry tokens, and logs must not.
+    let path = req.uri().path().to_owned();
+    let table = state.tables.read().unwrap_or_else(|e| e.into_inner())[info.worker].clone();
+    let progress = Arc::new(ReqProgress::default());
+
+    let make_exchange = |upstream: Option<String>,
+                         status: StatusCode,
+                         source: &'static str,
+                         error: Option<String>| {
+        let state = state.clone();
+        let method = method.clone();
+        let path = path.clone();
+        let progress = progress.clone();
+        Exchange {
+            on_done: Some(Box::new(move |bytes_out: u64, outcome: Outcome| {
+                let secs = start.elapsed().as_secs_f64();
+                let bytes_in = progress.bytes.load(Ordering::Relaxed);
+                let (source, error) = match outcome {
+                    Outcome::Complete => (source, error),
+                    Outcome::ClientGone => (
+                        "client",
+                        Some("client closed before the end of the response".into()),
+                    ),
+                    Outcome::UpstreamFailed => (
+                        "upstream",
+                        Some("upstream failed during the response body".into()),
+                    ),
+                };
+                let up = upstream.as_deref().unwrap_or("-");
+                state
+                    .metrics
+                    .bytes_in
+                    .fetch_add(bytes_in, Ordering::Relaxed);
+                state
+                    .metrics
+                    .bytes_out
+                    .fetch_add(bytes_out, Ordering::Relaxed);
+                state.metrics.request(up, status.as_u16(), secs);
+                tracing::info!(
+                    target: "access",
+                    "{method} {path} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} source={source}{}",
+                    status.as_u16(),
+                    secs * 1000.0,
+                    error.map(|e| format!(" error={e:?}")).unwrap_or_default()
+                );
+            })),
+            bytes_out: 0,
+            outcome: Outcome::Complete,
+        }
+    };
+    let reply = |status: StatusCode, body: Bytes, exchange: Exchange| {
+        let mut resp = Response::new(RespBody::full(body, exchange));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+
+    let Some(entry) = table.pick(&path, req.headers()) else {
+        let msg = format!("proxy: no route for {path} and no default route");
+        let body = error_json("ROUTE_NOT_FOUND", &msg, None, "proxy");
+        return reply(
+            StatusCode::NOT_FOUND,
+            body,
+            make_exchange(None, StatusCode::NOT_FOUND, "proxy", Some(msg)),
+        );
+    };
+    let client = entry.client.clone();
+    let upstream_name = client.name.clone();
+
+    // Build the upstream request: same method, path and body; Host preserved.
+    let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
+    let client_upgrade = if upgrade {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let (parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let scheme = match client.scheme {
+        crate::config::Scheme::Http => "http",
+        crate::config::Scheme::Https => "https",
+    };
+    let uri: Uri = match format!("{scheme}://{}{pq}", client.authority).parse() {
+        Ok(u) => u,
+        Err(err) => {
+            let msg = format!("proxy: cannot build the upstream URI: {err}");
+            let body = error_json("BAD_REQUEST", &msg, Some(&upstream_name), "client");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                body,
+                make_exchange(
+                    Some(upstream_name),
+                    StatusCode::BAD_REQUEST,
+                    "client",
+                    Some(msg),
+                ),
+            );
+        }
+    };
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
+    // Only the proxy vouches for a client certificate: drop whatever the client claims.
+    headers.remove(&state.client_cert_header);
+    if let Some(cert) = &info.client_cert {
+        headers.insert(state.client_cert_header.clone(), cert.clone());
+    }
+    let peer_ip = info.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Some(h) = &host {
+        headers.insert("x-forwarded-host", h.clone());
+        headers.insert(header::HOST, h.clone());
+    }
+    let mut up_req = Request::new(ReqBody::new(body, progress.clone()));
+    *up_req.method_mut() = parts.method;
+    *up_req.uri_mut() = uri;
+    *up_req.headers_mut() = headers;
+    *up_req.version_mut() = http::Version::HTTP_11;
+
+    // Wait for the response head (see `deadline` for the upstream timeout).
+    info.waiting.fetch_add(1, Ordering::Relaxed);
+    let timeout = state.limits.upstream_timeout;
+    let result = {
+        let response = client.client.request(up_req);
+        // Fires when the upstream takes no request-body bytes for `timeout` while the body
+        // is being sent, or does not answer within `timeout` once it was sent.
+        let deadline = async {
+            loop {
+                let before = progress.bytes.load(Ordering::Relaxed);
+                tokio::select! {
+                    _ = progress.sent() => {
+                        tokio::time::sleep(timeout).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(timeout) => {
+                        if progress.bytes.load(Ordering::Relaxed) == before {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            r = response => Some(r),
+            _ = deadline => None,
+        }
+    };
+    info.waiting.fetch_sub(1, Ordering::Relaxed);
+
+    let mut resp = match result {
+        Some(Ok(resp)) => resp,
+        Some(Err(err)) => {
+            let (status, code, source, msg, kind) = if let Some(ce) = find_connect_error(&err) {
+                let kind = match ce {
+                    ConnectError::Timeout { .. } => "connect_timeout",
+                    ConnectError::Tcp { .. } => "connect",
+                    ConnectError::Tls { .. } => "tls",
+                };
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_UNREACHABLE",
+                    "upstream",
+                    format!("proxy: upstream {upstream_name} unreachable: {ce}"),
+                    kind,
+                )
+            } else if progress.failed.load(Ordering::Relaxed) {
+                (StatusCode::BAD_REQUEST, "CLIENT_ABORTED", "client", format!("proxy: the client's request body failed before the upstream {upstream_name} answered: {}", chain(&err)), "client_aborted")
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_ERROR",
+                    "upstream",
+                    format!("proxy: upstream {upstream_name} failed: {}", chain(&err)),
+                    "protocol",
+                )
+            };
+            state.metrics.upstream_error(&upstream_name, kind);
+            let body = error_json(code, &msg, Some(&upstream_name), source);
+            return reply(
+                status,
+                body,
+                make_exchange(Some(upstream_name), status, source, Some(msg)),
+            );
+        }
+        None => {
+            state.metrics.upstream_error(&upstream_name, "timeout");
+            let msg = format!("proxy: upstream {upstream_name} did not answer within {timeout:?}");
+            let body = error_json("UPSTREAM_TIMEOUT", &msg, Some(&upstream_name), "upstream");
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            return reply(
+                status,
+                body,
+                make_exchange(Some(upstream_name), status, "upstream", Some(msg)),
+            );
+        }
+    };
+
+    let status = resp.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let peer = info.peer;
+            tokio::spawn(async move {
+                match (client_upgrade.await, upstream_upgrade.await) {
+                    (Ok(c), Ok(u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(err) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!("upgraded connection from {peer} ended: {err}");
+                        }
+                    }
+                    (Err(err), _) | (_, Err(err)) => {
+                        tracing::debug!("upgrade for {peer} failed: {err}");
+                    }
+                }
+            });
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(
+        &mut parts.headers,
+        status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    let exchange = make_exchange(Some(upstream_name), status, "-", None);
+    Response::from_parts(parts, RespBody::upstream(body, exchange))
+}
+
+fn find_connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(ce) = e.downcast_ref::<ConnectError>() {
+            return Some(ce);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// What we remember about the config file to notice a change.
+fn file_stamp(path: &std::path::Path) -> Option<(u64, Option<SystemTime>, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.len(), m.modified().ok(), ino))
+}
+
+/// Polls the config file, the server certificate and the trust bundles; reloads what changed.
+async fn reload_loop(
+    state: Arc<State>,
+    loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+) {
+    let interval = state
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .reload_interval;
+    let file = state
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .file
+        .clone();
+    let mut seen = file.as_deref().and_then(file_stamp);
+    loop {
+        tokio::time::sleep(interval).await;
+        let m = &state.metrics;
+        match state.server_cert.reload_if_changed() {
+            Ok(true) => {
+                m.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("server certificate reloaded");
+            }
+            Ok(false) => {}
+            Err(err) => {
+                m.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("server certificate not reloaded, the previous one stays: {err}");
+            }
+        }
+        let trusts: Vec<_> = state
+            .trusts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in trusts {
+            match t.reload_if_changed() {
+                Ok(true) => {
+                    m.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("trust bundle {} reloaded", t.path().display());
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    m.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("trust bundle not reloaded, the previous one stays: {err}");
+                }
+            }
+        }
+        if let Some(path) = &file {
+            let now = file_stamp(path);
+            if now != seen {
+                seen = now;
+                match loader().and_then(|c| {
+                    let tables = state.build_tables(&c).map_err(ConfigError::Missing)?;
+                    Ok((c, tables))
+                }) {
+                    Ok((config, tables)) => {
+                        let old = state
+                            .config
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
+                        if config.listen != old.listen
+                            || config.cert.as_ref().map(|c| &c.0) != old.cert.as_ref().map(|c| &c.0)
+                            || config.key.as_ref().map(|c| &c.0) != old.key.as_ref().map(|c| &c.0)
+                            || config.limits != old.limits
+                            || config.workers != old.workers
+                            || config.admin.as_ref().map(|a| a.0) != old.admin.as_ref().map(|a| a.0)
+                        {
+                            tracing::warn!(
+                                "{}: listen, cert, key, admin, workers and limits changes take effect at the next restart; routes were reloaded",
+                                path.display()
+                            );
+                        }
+                        *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+                        *state.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+                        m.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("{}: config reloaded", path.display());
+                    }
+                    Err(err) => {
+                        m.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("config not reloaded, the previous one stays: {err}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/v2", "/v2"));
+        assert!(prefix_matches("/v2", "/v2/library/x"));
+        assert!(!prefix_matches("/v2", "/v2x"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/acr/", "/acr/v1"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

@@ -1,0 +1,301 @@
+//! Garbage collection: mark and sweep with a grace period, so a push in progress never loses
+//! a blob and content still referenced is never removed.
+//!
+//! 1. With `delete_untagged`, manifests no tag reaches (directly, as an index's child, or as a
+//!    referrer of a reached manifest) and older than the grace period are removed.
+//! 2. Blob links older than the grace period that no manifest of their repository references are removed.
+//! 3. Blob files that no repository links or holds as a manifest, untouched for the grace period,
+//!    are deleted. Installing or linking a blob touches its file, so a blob pushed again is spared.
+//! 4. Upload sessions idle longer than the upload TTL are deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::digest::Digest;
+use crate::error::StorageError;
+
+use super::Store;
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Content younger than this is never collected: covers a push whose blobs are up but whose
+    /// manifest is not yet, and an index whose children are pushed before it.
+    pub grace: Duration,
+    /// Also remove manifests that no tag reaches (what "untagged" content left by sync becomes).
+    pub delete_untagged: bool,
+    /// Upload sessions idle longer than this are dropped. Long by default: the sync engine keeps
+    /// partial downloads in sessions across sync windows that may be days apart.
+    pub upload_ttl: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            delete_untagged: false,
+            upload_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub manifests_deleted: usize,
+    pub links_removed: usize,
+    pub blobs_deleted: usize,
+    pub bytes_freed: u64,
+    pub uploads_expired: usize,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Runs one collection. Safe while the registry serves: every removal re-checks under the
+    /// store's locks that nothing took the content in the meantime.
+    pub fn gc(&self, options: &GcOptions) -> Result<GcReport, StorageError> {
+        let mut report = GcReport::default();
+        let now = SystemTime::now();
+        let cutoff = now.checked_sub(options.grace).unwrap_or(UNIX_EPOCH);
+        let meta = &self.inner.meta;
+
+        if options.delete_untagged {
+            let snap = meta.gc_snapshot()?;
+            let mut candidates = unreached(&snap, unix(cutoff));
+            // Parents go before their children: repeat until a pass removes nothing.
+            loop {
+                let before = candidates.len();
+                let mut left = Vec::new();
+                for (repo, digest) in candidates {
+                    if meta.remove_untagged(&repo, &digest)? {
+                        report.manifests_deleted += 1;
+                    } else {
+                        left.push((repo, digest));
+                    }
+                }
+                candidates = left;
+                if candidates.len() == before || candidates.is_empty() {
+                    break;
+                }
+            }
+        }
+
+        report.links_removed = meta.remove_stale_links(unix(cutoff))?.len();
+
+        let snap = meta.gc_snapshot()?;
+        let in_use: HashSet<Digest> = snap
+            .manifests
+            .iter()
+            .map(|(_, d, _)| d.clone())
+            .chain(snap.links.iter().map(|(_, d, _)| d.clone()))
+            .collect();
+        for (digest, path) in self.blob_files()? {
+            if in_use.contains(&digest) {
+                continue;
+            }
+            let _sweeping = self.inner.gc_lock.write().expect("gc lock");
+            let Ok(stat) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let fresh = stat.modified().map(|m| m > cutoff).unwrap_or(true);
+            if fresh || meta.is_in_use(&digest)? {
+                continue;
+            }
+            std::fs::remove_file(&path)
+                .map_err(StorageError::io(format!("delete {}", path.display())))?;
+            report.blobs_deleted += 1;
+            report.bytes_freed += stat.len();
+        }
+
+        report.uploads_expired = self.inner.uploads.expire(options.upload_ttl);
+        self.inner.cache.clear();
+        Ok(report)
+    }
+
+    /// Every blob file on disk with the digest its path names.
+    fn blob_files(&self) -> Result<Vec<(Digest, std::path::PathBuf)>, StorageError> {
+        let root = self.inner.root.join("blobs");
+        let mut out = Vec::new();
+        for algorithm in read_dir(&root)? {
+            for prefix in read_dir(&algorithm)? {
+                for file in read_dir(&prefix)? {
+                    let name = |p: &Path| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    if let Ok(digest) = format!("{}:{}", name(&algorithm), name(&file)).parse() {
+                        out.push((digest, file));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::path::PathBuf>, StorageError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(StorageError::io(format!("list {}", dir.display())))?;
+    Ok(entries.flatten().map(|e| e.path()).collect())
+}
+
+/// Manifests pushed before `before` that no tag reaches.
+fn unreached(snap: &super::meta::GcSnapshot, before: u64) -> Vec<(String, Digest)> {
+    let mut reached: HashSet<(String, Digest)> = snap.tagged.iter().cloned().collect();
+    let by_key: HashMap<(String, Digest), &super::ManifestMeta> = snap
+        .manifests
+        .iter()
+        .map(|(r, d, m)| ((r.clone(), d.clone()), m))
+        .collect();
+    loop {
+        let mut grew = false;
+        for ((repo, digest), meta) in &by_key {
+            let key = (repo.clone(), digest.clone());
+            if reached.contains(&key) {
+                for child in &meta.refs {
+                    grew |= reached.insert((repo.clone(), child.clone()));
+                }
+            } else if let Some(subject) = &meta.subject {
+                if reached.contains(&(repo.clone(), subject.clone())) {
+                    grew |= reached.insert(key);
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    snap.manifests
+        .iter()
+        .filter(|(r, d, m)| m.pushed_at < before && !reached.contains(&(r.clone(), d.clone())))
+        .map(|(r, d, _)| (r.clone(), d.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
+    use crate::name::RepoName;
+    use crate::reference::Reference;
+    use crate::storage::{Limits, Origin};
+    use bytes::Bytes;
+
+    fn push_blob(store: &Store, repo: &RepoName, data: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(data);
+        let session = store.new_upload(repo).unwrap();
+        let mut session = session.blocking_lock();
+        session.append(data).unwrap();
+        store.finish_upload(&mut session, &digest).unwrap();
+        digest
+    }
+
+    fn image(store: &Store, repo: &RepoName, seed: &str, tag: Option<&str>) -> (Digest, Digest) {
+        let config = push_blob(store, repo, format!("{{\"seed\":\"{seed}\"}}").as_bytes());
+        let layer = push_blob(store, repo, format!("layer {seed}").as_bytes());
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
+            store.blob_size(&config).unwrap(),
+            store.blob_size(&layer).unwrap()
+        );
+        let digest = Digest::sha256_of(body.as_bytes());
+        let reference = match tag {
+            Some(t) => Reference::Tag(t.into()),
+            None => Reference::Digest(digest.clone()),
+        };
+        store
+            .put_manifest(repo, &reference, None, Bytes::from(body), Origin::Client)
+            .unwrap();
+        (digest, layer)
+    }
+
+    fn now_options(delete_untagged: bool) -> GcOptions {
+        GcOptions {
+            grace: Duration::ZERO,
+            delete_untagged,
+            upload_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn sweeps_only_unreferenced_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Limits::default()).unwrap();
+        let repo: RepoName = "app".parse().unwrap();
+        let (manifest, layer) = image(&store, &repo, "kept", Some("v1"));
+        let stray = push_blob(&store, &repo, b"pushed but never referenced");
+        std::thread::sleep(Duration::from_millis(1100)); // link times have 1 s resolution
+
+        // Within the grace period nothing goes.
+        let report = store.gc(&GcOptions::default()).unwrap();
+        assert_eq!(report, GcReport::default());
+
+        let report = store.gc(&now_options(false)).unwrap();
+        assert_eq!((report.links_removed, report.blobs_deleted), (1, 1));
+        assert!(!store.blob_exists(&stray));
+        assert!(store.blob_exists(&layer) && store.blob_exists(&manifest));
+        assert!(store
+            .get_manifest(&repo, &Reference::Tag("v1".into()))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn untagged_manifests_and_their_children_go_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Limits::default()).unwrap();
+        let repo: RepoName = "multi".parse().unwrap();
+        let (child, layer) = image(&store, &repo, "amd64", None);
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child}","size":{}}}]}}"#,
+            store.blob_size(&child).unwrap()
+        );
+        let (index_digest, _) = store
+            .put_manifest(
+                &repo,
+                &Reference::Tag("v1".into()),
+                None,
+                Bytes::from(index),
+                Origin::Client,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+
+        // Tagged: the index and its child are reached.
+        assert_eq!(store.gc(&now_options(true)).unwrap().manifests_deleted, 0);
+        assert!(store.delete_tag(&repo, "v1", Origin::Client).unwrap());
+        // Untagged but not asked to delete untagged: kept.
+        assert_eq!(store.gc(&now_options(false)).unwrap().manifests_deleted, 0);
+        let report = store.gc(&now_options(true)).unwrap();
+        assert_eq!(report.manifests_deleted, 2);
+        assert!(!store.blob_exists(&index_digest));
+        assert!(!store.blob_exists(&child) && !store.blob_exists(&layer));
+        let changes = store.changes(0, 100).unwrap();
+        assert!(changes.iter().any(|c| c.origin == Origin::Gc));
+    }
+
+    #[test]
+    fn idle_uploads_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Limits::default()).unwrap();
+        let repo: RepoName = "up".parse().unwrap();
+        let id = store
+            .new_upload(&repo)
+            .unwrap()
+            .blocking_lock()
+            .id()
+            .to_owned();
+        let mut options = now_options(false);
+        assert_eq!(store.gc(&options).unwrap().uploads_expired, 0);
+        options.upload_ttl = Duration::ZERO;
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(store.gc(&options).unwrap().uploads_expired, 1);
+        assert!(store.upload(&repo, &id).is_err());
+    }
+}

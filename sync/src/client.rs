@@ -1,0 +1,1006 @@
+//! The parent client: the OCI `/v2` API over reqwest with a configurable trust bundle,
+//! anonymous / Basic / Docker bearer-token auth (tokens cached until they expire, refreshed on
+//! 401), retries with exponential backoff and full jitter, `429` + `Retry-After`, a whole-request
+//! timeout for small requests and a *progress* timeout for blobs (a slow but moving multi-GB
+//! blob never times out; a stalled one does).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+
+use crate::digest::Digest;
+use crate::settings::{Credentials, Limits};
+
+/// Media types we ask for and accept for manifests.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// A failure talking to the parent. Every message says it came from the parent (upstream)
+/// and names the URL; credentials never appear.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("upstream {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("upstream {method} {url}: HTTP {status}: {body}")]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("upstream {url}: authentication failed: {message}")]
+    Auth { url: String, message: String },
+    #[error("upstream {url}: {message}")]
+    Protocol { url: String, message: String },
+    #[error("upstream {url}: no byte received for {secs} s (progress timeout)")]
+    Stalled { url: String, secs: u64 },
+    #[error("trust bundle: {0}")]
+    Trust(String),
+}
+
+impl ClientError {
+    /// True when the parent could not be reached at all (so a pass should stop early).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Transport { .. } | ClientError::Stalled { .. }
+        )
+    }
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    expires: Instant,
+}
+
+/// The credentials a request carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sent {
+    Nothing,
+    Basic,
+    Bearer(String),
+}
+
+/// What an endpoint needs from the token service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Catalog,
+    Pull(String),
+    Push(String),
+}
+
+impl Scope {
+    fn as_token_scope(&self) -> String {
+        match self {
+            Scope::Catalog => "registry:catalog:*".into(),
+            Scope::Pull(r) => format!("repository:{r}:pull"),
+            Scope::Push(r) => format!("repository:{r}:pull,push"),
+        }
+    }
+}
+
+/// A manifest fetched from the parent, verified against its digest.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// Counters for the summary and the speed claims.
+#[derive(Default, Debug)]
+pub struct ClientStats {
+    pub requests: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub bytes_up: AtomicU64,
+}
+
+/// The client for one parent registry. Cheap to share behind an `Arc`.
+pub struct ParentClient {
+    http: reqwest::Client,
+    base: String,
+    creds: Option<Credentials>,
+    limits: Limits,
+    tokens: Mutex<HashMap<Scope, CachedToken>>,
+    /// The parent answered a challenge with `Basic`: send credentials up front from now on.
+    basic: AtomicBool,
+    /// Serializes answering 401s, so concurrent requests fetch one token, not one each.
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// The parent answered 404 to the referrers API: it has none.
+    no_referrers_api: AtomicBool,
+    pub stats: ClientStats,
+    jitter: AtomicU64,
+}
+
+/// A streaming blob response. `skip` bytes at its start must be dropped (the parent ignored
+/// the `Range` header and sent the blob from byte 0).
+pub struct BlobStream {
+    pub response: Response,
+    pub skip: u64,
+    pub url: String,
+}
+
+fn tls_config(trust: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut config = match trust {
+        Some(path) => {
+            certs::tls::client_config(path).map_err(|e| ClientError::Trust(e.to_string()))?
+        }
+        None => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            rustls::ClientConfig::builder_with_provider(certs::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| ClientError::Trust(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    // HTTP/1.1 only: blob transfers run on parallel connections, which avoids HTTP/2's
+    // per-stream flow-control windows throttling a single large blob.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl ParentClient {
+    /// A client for `base` (`https://host:port`), trusting `trust` (a PEM bundle) or, without
+    /// it, the public web roots.
+    pub fn new(
+        base: &str,
+        creds: Option<Credentials>,
+        trust: Option<&Path>,
+        limits: Limits,
+    ) -> Result<ParentClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_config(trust)?)
+            .connect_timeout(limits.connect_timeout)
+            .read_timeout(limits.progress_timeout)
+            .pool_max_idle_per_host(limits.concurrency.max(4) * 2)
+            .user_agent(concat!(
+                "connected-registry-sync/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.into(),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9);
+        Ok(ParentClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            creds,
+            limits,
+            tokens: Mutex::new(HashMap::new()),
+            basic: AtomicBool::new(false),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            no_referrers_api: AtomicBool::new(false),
+            stats: ClientStats::default(),
+            jitter: AtomicU64::new(seed | 1),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// xorshift: jitter needs spread, not cryptographic randomness.
+    fn random(&self) -> u64 {
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.store(x, Ordering::Relaxed);
+        x
+    }
+
+    /// Full jitter: a uniform delay in [0, min(max, base * 2^attempt)].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .limits
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.limits.backoff_max);
+        let ms = cap.as_millis().max(1) as u64;
+        Duration::from_millis(self.random() % (ms + 1))
+    }
+
+    fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
+        let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+        let d = if let Ok(secs) = v.trim().parse::<u64>() {
+            Duration::from_secs(secs)
+        } else {
+            let when = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+            (when.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        };
+        Some(d.min(self.limits.backoff_max))
+    }
+
+    /// Adds what the parent asked for so far; says what was sent, so a 401 can tell a
+    /// refused credential from a token someone else already refreshed.
+    fn authorize(&self, rb: RequestBuilder, scope: &Scope) -> (RequestBuilder, Sent) {
+        let cached = self
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|t| t.get(scope).cloned())
+            .filter(|t| t.expires > Instant::now());
+        if let Some(t) = cached {
+            let sent = Sent::Bearer(t.token.clone());
+            return (rb.bearer_auth(t.token), sent);
+        }
+        match &self.creds {
+            Some(c) if self.basic.load(Ordering::Relaxed) => {
+                (rb.basic_auth(&c.username, Some(&c.password)), Sent::Basic)
+            }
+            _ => (rb, Sent::Nothing),
+        }
+    }
+
+    /// Handles a 401 for a request that carried `sent`. Concurrent 401s are answered once:
+    /// whoever comes second finds the refreshed token (or Basic switched on) and just retries.
+    async fn refresh(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        scope: &Scope,
+        sent: &Sent,
+    ) -> Result<(), ClientError> {
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        let current = self
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|t| t.get(scope).cloned())
+            .filter(|t| t.expires > Instant::now());
+        match (sent, &current) {
+            (Sent::Bearer(old), Some(now)) if &now.token != old => return Ok(()),
+            (Sent::Nothing, Some(_)) => return Ok(()),
+            (Sent::Nothing, None) if self.basic.load(Ordering::Relaxed) => return Ok(()),
+            _ => {}
+        }
+        // The token sent may have been revoked or expired early: drop it.
+        if let Ok(mut t) = self.tokens.lock() {
+            t.remove(scope);
+        }
+        self.answer_challenge(url, headers, scope, sent).await
+    }
+
+    /// Answers a 401 challenge: Basic switches to sending credentials; Bearer fetches a token
+    /// from the realm and caches it until it expires.
+    async fn answer_challenge(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        scope: &Scope,
+        sent: &Sent,
+    ) -> Result<(), ClientError> {
+        let auth_err = |message: String| ClientError::Auth {
+            url: url.to_owned(),
+            message,
+        };
+        let challenge = headers
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| auth_err("HTTP 401 without a WWW-Authenticate challenge".into()))?;
+        let (kind, params) = parse_challenge(challenge);
+        match kind.to_ascii_lowercase().as_str() {
+            "basic" => {
+                if self.creds.is_none() {
+                    return Err(auth_err(
+                        "the parent asks for Basic credentials; give --creds NAME:PASSWORD or a connection string".into(),
+                    ));
+                }
+                if *sent == Sent::Basic {
+                    return Err(auth_err(
+                        "the parent refused the credentials (Basic)".into(),
+                    ));
+                }
+                self.basic.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            "bearer" => {
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| auth_err("Bearer challenge without realm".into()))?;
+                let token_scope = params
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| scope.as_token_scope());
+                let mut query: Vec<(&str, String)> = vec![("scope", token_scope)];
+                if let Some(service) = params.get("service") {
+                    query.push(("service", service.clone()));
+                }
+                let mut rb = self
+                    .http
+                    .get(realm)
+                    .query(&query)
+                    .timeout(self.limits.request_timeout);
+                if let Some(c) = &self.creds {
+                    rb = rb
+                        .basic_auth(&c.username, Some(&c.password))
+                        .query(&[("account", c.username.as_str())]);
+                }
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let resp = rb.send().await.map_err(|e| ClientError::Transport {
+                    url: realm.clone(),
+                    message: format!("token service: {}", error_chain(&e)),
+                })?;
+                if !resp.status().is_success() {
+                    return Err(auth_err(format!(
+                        "token service {realm} answered HTTP {} (check the sync token name and password)",
+                        resp.status().as_u16()
+                    )));
+                }
+                #[derive(serde::Deserialize)]
+                struct TokenResponse {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                    expires_in: Option<u64>,
+                }
+                let body: TokenResponse = resp
+                    .json()
+                    .await
+                    .map_err(|e| auth_err(format!("token service {realm}: bad JSON: {e}")))?;
+                let token = body
+                    .token
+                    .or(body.access_token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        auth_err(format!("token service {realm}: no token in the answer"))
+                    })?;
+                // The spec's default lifetime is 60 s; refresh a little early.
+                let life = Duration::from_secs(body.expires_in.unwrap_or(60).max(10));
+                let expires = Instant::now() + life.mul_f32(0.9);
+                if let Ok(mut t) = self.tokens.lock() {
+                    t.insert(scope.clone(), CachedToken { token, expires });
+                }
+                Ok(())
+            }
+            other => Err(auth_err(format!("unsupported auth scheme {other:?}"))),
+        }
+    }
+
+    /// Sends a request built by `build`, with auth, retries and timeouts. `small` requests get
+    /// the whole-request timeout; blob transfers rely on the progress timeout only.
+    /// Returns the response whatever its final status, except 401 (an auth error) and
+    /// retryable statuses that stayed so after every attempt.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &Scope,
+        small: bool,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Response, ClientError> {
+        let mut attempt = 0u32;
+        let mut auth_answered = false;
+        loop {
+            let mut rb = build(self.http.request(method.clone(), url));
+            if small {
+                rb = rb.timeout(self.limits.request_timeout);
+            }
+            let (rb, sent) = self.authorize(rb, scope);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let result = rb.send().await;
+            attempt += 1;
+            let last = attempt >= self.limits.retries;
+            match result {
+                Err(e) => {
+                    let err = ClientError::Transport {
+                        url: url.to_owned(),
+                        message: error_chain(&e),
+                    };
+                    if last || e.is_builder() {
+                        return Err(err);
+                    }
+                    tracing::debug!(%err, attempt, "retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    if auth_answered {
+                        return Err(ClientError::Auth {
+                            url: url.to_owned(),
+                            message: "the parent refused the credentials or token (HTTP 401)"
+                                .into(),
+                        });
+                    }
+                    self.refresh(url, resp.headers(), scope, &sent).await?;
+                    auth_answered = true;
+                    attempt -= 1;
+                }
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    if last {
+                        return Err(status_error(&method, url, resp).await);
+                    }
+                    let wait = self
+                        .retry_after(resp.headers())
+                        .unwrap_or_else(|| self.backoff(attempt));
+                    tracing::info!(
+                        url,
+                        wait_ms = wait.as_millis() as u64,
+                        "parent says 429: waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(resp) if matches!(resp.status().as_u16(), 500 | 502 | 503 | 504) && !last => {
+                    let wait = self
+                        .retry_after(resp.headers())
+                        .unwrap_or_else(|| self.backoff(attempt));
+                    tracing::debug!(url, status = resp.status().as_u16(), "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(resp) => return Ok(resp),
+            }
+        }
+    }
+
+    /// Every repository in the parent's catalog, or `None` when the parent offers none.
+    pub async fn catalog(&self) -> Result<Option<Vec<String>>, ClientError> {
+        let mut out = Vec::new();
+        let mut next = Some(self.url("/v2/_catalog?n=1000"));
+        while let Some(url) = next.take() {
+            let resp = match self
+                .send(Method::GET, &url, &Scope::Catalog, true, &|rb| rb)
+                .await
+            {
+                Ok(r) => r,
+                Err(ClientError::Auth { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if matches!(resp.status().as_u16(), 401 | 403 | 404 | 405) {
+                return Ok(None);
+            }
+            if !resp.status().is_success() {
+                return Err(status_error(&Method::GET, &url, resp).await);
+            }
+            next = self.next_link(resp.headers());
+            #[derive(serde::Deserialize)]
+            struct Catalog {
+                #[serde(default)]
+                repositories: Vec<String>,
+            }
+            let c: Catalog = self.json(&url, resp).await?;
+            out.extend(c.repositories);
+        }
+        Ok(Some(out))
+    }
+
+    /// The repository's tags, or `None` when the parent does not know the repository.
+    pub async fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, ClientError> {
+        let mut out = Vec::new();
+        let mut next = Some(self.url(&format!("/v2/{repo}/tags/list?n=1000")));
+        let scope = Scope::Pull(repo.into());
+        while let Some(url) = next.take() {
+            let resp = self.send(Method::GET, &url, &scope, true, &|rb| rb).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !resp.status().is_success() {
+                return Err(status_error(&Method::GET, &url, resp).await);
+            }
+            next = self.next_link(resp.headers());
+            #[derive(serde::Deserialize)]
+            struct Tags {
+                tags: Option<Vec<String>>,
+            }
+            let t: Tags = self.json(&url, resp).await?;
+            out.extend(t.tags.unwrap_or_default());
+        }
+        Ok(Some(out))
+    }
+
+    fn next_link(&self, headers: &HeaderMap) -> Option<String> {
+        let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
+        let target = link.split(';').next()?.trim();
+        let target = target.strip_prefix('<')?.strip_suffix('>')?;
+        Some(if target.starts_with('/') {
+            self.url(target)
+        } else {
+            target.to_owned()
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        resp: Response,
+    ) -> Result<T, ClientError> {
+        let bytes = self.read_small(url, resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            url: url.to_owned(),
+            message: format!("bad JSON: {e}"),
+        })
+    }
+
+    async fn read_small(&self, url: &str, resp: Response) -> Result<Bytes, ClientError> {
+        let limit = self.limits.max_manifest_bytes;
+        if resp.content_length().is_some_and(|l| l > limit as u64) {
+            return Err(ClientError::Protocol {
+                url: url.into(),
+                message: format!("answer larger than the {limit}-byte limit"),
+            });
+        }
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Transport {
+                url: url.into(),
+                message: error_chain(&e),
+            })?;
+            if out.len() + chunk.len() > limit {
+                return Err(ClientError::Protocol {
+                    url: url.into(),
+                    message: format!("answer larger than the {limit}-byte limit"),
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.stats
+            .bytes_down
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(Bytes::from(out))
+    }
+
+    /// The digest a tag or digest resolves to at the parent (one HEAD), or `None` if unknown.
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, ClientError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(Method::HEAD, &url, &Scope::Pull(repo.into()), true, &|rb| {
+                rb.header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(&Method::HEAD, &url, resp).await);
+        }
+        match resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok())
+        {
+            Some(d) => Ok(Some(d)),
+            // Some registries omit the header on HEAD: fetch and hash instead.
+            None => Ok(self.get_manifest(repo, reference).await?.map(|m| m.digest)),
+        }
+    }
+
+    /// Fetches a manifest; when `reference` is a digest the body must hash to it.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>, ClientError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(Method::GET, &url, &Scope::Pull(repo.into()), true, &|rb| {
+                rb.header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(&Method::GET, &url, resp).await);
+        }
+        let media_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let body = self.read_small(&url, resp).await?;
+        let digest = match reference.parse::<Digest>() {
+            Ok(d) => d,
+            Err(_) => header_digest.unwrap_or_else(|| Digest::sha256_of(&body)),
+        };
+        if !crate::digest::matches(&digest, &body) {
+            return Err(ClientError::Protocol {
+                url,
+                message: format!("manifest bytes do not match digest {digest}: refused"),
+            });
+        }
+        let media_type = match media_type {
+            Some(m) if m != "application/json" && m != "text/plain" && !m.is_empty() => m,
+            _ => {
+                #[derive(serde::Deserialize)]
+                struct Mt {
+                    #[serde(rename = "mediaType")]
+                    media_type: Option<String>,
+                }
+                serde_json::from_slice::<Mt>(&body)
+                    .ok()
+                    .and_then(|m| m.media_type)
+                    .ok_or_else(|| ClientError::Protocol {
+                        url: url.clone(),
+                        message: "manifest without a media type".into(),
+                    })?
+            }
+        };
+        Ok(Some(FetchedManifest {
+            digest,
+            media_type,
+            body,
+        }))
+    }
+
+    /// Starts a blob download at byte `offset` (a `Range` request when `offset > 0`).
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobStream, ClientError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let range = format!("bytes={offset}-");
+        let resp = self
+            .send(Method::GET, &url, &Scope::Pull(repo.into()), false, &|rb| {
+                if offset > 0 {
+                    rb.header(reqwest::header::RANGE, range.as_str())
+                } else {
+                    rb
+                }
+            })
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(BlobStream {
+                response: resp,
+                skip: offset,
+                url,
+            }),
+            206 => {
+                let start = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(ClientError::Protocol {
+                        url,
+                        message: format!("asked for bytes from {offset}, got Content-Range starting at {start:?}"),
+                    });
+                }
+                Ok(BlobStream {
+                    response: resp,
+                    skip: 0,
+                    url,
+                })
+            }
+            _ => Err(status_error(&Method::GET, &url, resp).await),
+        }
+    }
+
+    /// Reads the next chunk of a blob stream, failing when nothing arrives within the
+    /// progress timeout.
+    pub async fn next_chunk(&self, blob: &mut BlobStream) -> Result<Option<Bytes>, ClientError> {
+        let secs = self.limits.progress_timeout.as_secs();
+        match tokio::time::timeout(self.limits.progress_timeout, blob.response.chunk()).await {
+            Err(_) => Err(ClientError::Stalled {
+                url: blob.url.clone(),
+                secs,
+            }),
+            Ok(Err(e)) => Err(ClientError::Transport {
+                url: blob.url.clone(),
+                message: error_chain(&e),
+            }),
+            Ok(Ok(c)) => {
+                if let Some(c) = &c {
+                    self.stats
+                        .bytes_down
+                        .fetch_add(c.len() as u64, Ordering::Relaxed);
+                }
+                Ok(c)
+            }
+        }
+    }
+
+    /// OCI 1.1 referrers of a manifest; empty when the parent has no referrers API.
+    pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Vec<Digest>, ClientError> {
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        let url = self.url(&format!("/v2/{repo}/referrers/{digest}"));
+        let resp = self
+            .send(Method::GET, &url, &Scope::Pull(repo.into()), true, &|rb| {
+                rb.header(ACCEPT, "application/vnd.oci.image.index.v1+json")
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            // The API answers 200 with an empty index for a manifest it knows; a 404 for a
+            // manifest that exists means there is no referrers API: stop asking.
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+            return Ok(Vec::new());
+        }
+        if !resp.status().is_success() {
+            return Ok(Vec::new());
+        }
+        let is_index = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/vnd.oci.image.index.v1+json"));
+        if !is_index {
+            return Ok(Vec::new());
+        }
+        let index: crate::manifest::Index = self.json(&url, resp).await?;
+        Ok(index.manifests.into_iter().map(|d| d.digest).collect())
+    }
+
+    /// Whether the parent has a blob in `repo` (HEAD).
+    pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool, ClientError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .send(Method::HEAD, &url, &Scope::Push(repo.into()), true, &|rb| {
+                rb
+            })
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(status_error(&Method::HEAD, &url, resp).await),
+        }
+    }
+
+    /// Tries a cross-repository mount; true when the parent mounted the blob.
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, ClientError> {
+        let url = self.url(&format!(
+            "/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"
+        ));
+        let resp = self
+            .send(Method::POST, &url, &Scope::Push(repo.into()), true, &|rb| {
+                rb.header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        Ok(resp.status() == StatusCode::CREATED)
+    }
+
+    /// Uploads a blob from a local file: POST for a session, then one monolithic PUT that
+    /// streams the file. A retry re-opens the file, so the body is never buffered whole.
+    pub async fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+    ) -> Result<(), ClientError> {
+        let scope = Scope::Push(repo.into());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .upload_blob_once(repo, digest, path, size, &scope)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_unreachable() && attempt < self.limits.retries => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn upload_blob_once(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+        scope: &Scope,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let resp = self
+            .send(Method::POST, &url, scope, true, &|rb| {
+                rb.header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(&Method::POST, &url, resp).await);
+        }
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::Protocol {
+                url: url.clone(),
+                message: "upload started without a Location header".into(),
+            })?;
+        let location = if location.starts_with('/') {
+            self.url(location)
+        } else {
+            location.to_owned()
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put_url = format!("{location}{sep}digest={digest}");
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Protocol {
+                url: put_url.clone(),
+                message: format!("internal: cannot read local blob {}: {e}", path.display()),
+            })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let body = reqwest::Body::wrap_stream(stream);
+        // Single attempt: the body stream cannot be replayed; the caller retries the whole upload.
+        let rb = self
+            .http
+            .put(&put_url)
+            .header(CONTENT_LENGTH, size)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
+            .body(body);
+        let (rb, _) = self.authorize(rb, scope);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+            url: put_url.clone(),
+            message: error_chain(&e),
+        })?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(status_error(&Method::PUT, &put_url, resp).await);
+        }
+        self.stats.bytes_up.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts a manifest by tag or digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: Bytes,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let len = body.len() as u64;
+        let resp = self
+            .send(Method::PUT, &url, &Scope::Push(repo.into()), true, &|rb| {
+                rb.header(CONTENT_TYPE, media_type).body(body.clone())
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(status_error(&Method::PUT, &url, resp).await);
+        }
+        self.stats.bytes_up.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the parent answers `/v2/` at all (a cheap reachability probe).
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        let url = self.url("/v2/");
+        let resp = self
+            .send(Method::GET, &url, &Scope::Catalog, true, &|rb| rb)
+            .await?;
+        if resp.status().is_success() || resp.status() == StatusCode::UNAUTHORIZED {
+            Ok(())
+        } else {
+            Err(status_error(&Method::GET, &url, resp).await)
+        }
+    }
+}
+
+async fn status_error(method: &Method, url: &str, resp: Response) -> ClientError {
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(300).collect();
+    ClientError::Status {
+        method: method.to_string(),
+        url: url.to_owned(),
+        status,
+        body: body.trim().to_owned(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// Parses `Scheme k="v",k2=v2` (values may hold commas inside quotes).
+fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n)
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                value.push(*c);
+                chars.next();
+            }
+        }
+        params.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    (scheme.to_owned(), params)
+}
+
+/// Shared handle.
+pub type Client = Arc<ParentClient>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge() {
+        let (k, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(k, "Bearer");
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (k, p) = parse_challenge(r#"Basic realm="x""#);
+        assert_eq!(k, "Basic");
+        assert_eq!(p["realm"], "x");
+    }
+}

@@ -1,0 +1,716 @@
+//! The copy engine, downward: for each tag in scope compare the parent's digest (one HEAD)
+//! with the local one, fetch what is missing bottom-up (blobs, then image manifests, then
+//! indexes) so a tag never points at missing content, verify every digest, and write through
+//! the local store. Interrupted blobs resume with `Range` from the bytes already on disk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::client::{ClientError, FetchedManifest, ParentClient};
+use crate::digest::Digest;
+use crate::manifest::{self, Descriptor, Parsed};
+use crate::settings::{RepoRule, Settings};
+use crate::state::{Outcome, StateError, StateFile, Summary};
+use crate::store::{BlobWriter, LocalStore, Reference, StoreError};
+
+/// Why a piece of work stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The window closed or the time limit passed; partial blobs stay for the next pass.
+    #[error("paused: the sync window closed")]
+    Paused,
+    /// The parent sent something that must not be kept.
+    #[error("upstream {0}")]
+    Refused(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Per-blob progress for `sync --once`'s progress bars.
+pub trait Progress: Send + Sync {
+    fn blob_started(&self, _repo: &str, _digest: &Digest, _size: u64, _from: u64) {}
+    fn blob_progress(&self, _digest: &Digest, _done: u64) {}
+    fn blob_finished(&self, _digest: &Digest, _ok: bool) {}
+}
+
+/// No progress output (the background schedule).
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Counters of one pass.
+#[derive(Default)]
+pub(crate) struct Pass {
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) paused: AtomicBool,
+    pub(crate) repos: AtomicUsize,
+    pub(crate) tags_checked: AtomicU64,
+    pub(crate) tags_updated: AtomicU64,
+    pub(crate) tags_deleted: AtomicU64,
+    pub(crate) manifests_fetched: AtomicU64,
+    pub(crate) blobs_fetched: AtomicU64,
+    pub(crate) blobs_resumed: AtomicU64,
+    pub(crate) manifests_pushed: AtomicU64,
+    pub(crate) errors: Mutex<Vec<String>>,
+    pub(crate) conflicts: Mutex<Vec<String>>,
+}
+
+impl Pass {
+    pub(crate) fn check(&self) -> Result<(), SyncError> {
+        if self.paused.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            self.paused.store(true, Ordering::Relaxed);
+            return Err(SyncError::Paused);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record(&self, what: &str, err: SyncError) {
+        match err {
+            SyncError::Paused => self.paused.store(true, Ordering::Relaxed),
+            e => {
+                let msg = format!("{what}: {e}");
+                tracing::warn!("{msg}");
+                if let Ok(mut v) = self.errors.lock() {
+                    v.push(msg);
+                }
+            }
+        }
+    }
+}
+
+/// The sync engine for one parent and one local store.
+pub struct Engine {
+    pub client: Arc<ParentClient>,
+    pub store: Arc<dyn LocalStore>,
+    pub settings: Settings,
+    pub state: Arc<StateFile>,
+    progress: Arc<dyn Progress>,
+    blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    blob_slots: Semaphore,
+}
+
+/// Network chunks are gathered into writes of about this size.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Blobs from this size on are listed in the state file while they download.
+const RECORD_UPLOADS_FROM: u64 = 4 << 20;
+
+/// Deterministic upload id for a blob download into `repo`, so a restart finds the partial
+/// bytes (upload sessions belong to one repository, hence the repository's hash in the id).
+pub fn upload_id(repo: &str, digest: &Digest) -> String {
+    let repo_hash = Digest::sha256_of(repo.as_bytes());
+    let hex = digest.hex();
+    format!(
+        "sync-{}-{}-{}",
+        digest.algorithm().name(),
+        &hex[..hex.len().min(64)],
+        &repo_hash.hex()[..12]
+    )
+}
+
+/// Runs a blocking store call off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn LocalStore>,
+    f: impl FnOnce(&dyn LocalStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, SyncError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&*s))
+        .await
+        .map_err(|e| SyncError::Internal(format!("store task failed: {e}")))?
+        .map_err(SyncError::Store)
+}
+
+impl Engine {
+    pub fn new(
+        client: Arc<ParentClient>,
+        store: Arc<dyn LocalStore>,
+        settings: Settings,
+        state: Arc<StateFile>,
+        progress: Arc<dyn Progress>,
+    ) -> Engine {
+        let slots = settings.limits.concurrency;
+        Engine {
+            client,
+            store,
+            settings,
+            state,
+            progress,
+            blob_locks: Mutex::new(HashMap::new()),
+            blob_slots: Semaphore::new(slots),
+        }
+    }
+
+    /// One pass: push up (ReadWrite), then pull down every repository in scope. Stops
+    /// transfers at `deadline` (the end of the window), leaving partial blobs to resume.
+    pub async fn run_pass(&self, deadline: Option<Instant>) -> Summary {
+        let started = chrono::Utc::now();
+        let clock = std::time::Instant::now();
+        let stats = &self.client.stats;
+        let (req0, down0, up0) = (
+            stats.requests.load(Ordering::Relaxed),
+            stats.bytes_down.load(Ordering::Relaxed),
+            stats.bytes_up.load(Ordering::Relaxed),
+        );
+        let pass = Pass {
+            deadline,
+            ..Default::default()
+        };
+        if self.settings.mode == crate::settings::Mode::ReadWrite {
+            if let Err(e) = crate::push::push_up(self, &pass).await {
+                pass.record("push up", e);
+            }
+        }
+        match self.expand_repos().await {
+            Ok(repos) => {
+                let conc = self.settings.limits.concurrency;
+                futures_util::stream::iter(repos)
+                    .map(|(repo, rule)| self.sync_repo(&pass, repo, rule))
+                    .buffer_unordered(conc)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
+            Err(e) => pass.record("list repositories", e),
+        }
+        let errors = pass.errors.lock().map(|v| v.clone()).unwrap_or_default();
+        let outcome = if pass.paused.load(Ordering::Relaxed) {
+            Outcome::Paused
+        } else if errors.is_empty() {
+            Outcome::Completed
+        } else {
+            Outcome::Failed
+        };
+        let summary = Summary {
+            started: Some(started),
+            finished: Some(chrono::Utc::now()),
+            outcome,
+            seconds: clock.elapsed().as_secs_f64(),
+            repos: pass.repos.load(Ordering::Relaxed),
+            tags_checked: pass.tags_checked.load(Ordering::Relaxed),
+            tags_updated: pass.tags_updated.load(Ordering::Relaxed),
+            tags_deleted: pass.tags_deleted.load(Ordering::Relaxed),
+            manifests_fetched: pass.manifests_fetched.load(Ordering::Relaxed),
+            blobs_fetched: pass.blobs_fetched.load(Ordering::Relaxed),
+            blobs_resumed: pass.blobs_resumed.load(Ordering::Relaxed),
+            bytes_down: stats.bytes_down.load(Ordering::Relaxed) - down0,
+            bytes_up: stats.bytes_up.load(Ordering::Relaxed) - up0,
+            requests: stats.requests.load(Ordering::Relaxed) - req0,
+            manifests_pushed: pass.manifests_pushed.load(Ordering::Relaxed),
+            conflicts: pass.conflicts.lock().map(|v| v.clone()).unwrap_or_default(),
+            errors,
+        };
+        let saved = summary.clone();
+        if let Err(e) = self.state.update(|s| s.last_result = Some(saved)) {
+            tracing::error!("{e}");
+        }
+        summary
+    }
+
+    /// Repositories in scope: explicit names as given, wildcard patterns expanded from the
+    /// parent's catalog when it offers one.
+    async fn expand_repos(&self) -> Result<Vec<(String, RepoRule)>, SyncError> {
+        let mut out: Vec<(String, RepoRule)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let needs_catalog = self.settings.repos.iter().any(|r| !r.is_explicit());
+        let catalog = if needs_catalog {
+            self.client.catalog().await?
+        } else {
+            None
+        };
+        if needs_catalog && catalog.is_none() {
+            tracing::warn!(
+                "the parent offers no catalog: wildcard patterns match nothing; list repositories by name"
+            );
+        }
+        for rule in &self.settings.repos {
+            if rule.is_explicit() {
+                if seen.insert(rule.pattern.clone()) {
+                    out.push((rule.pattern.clone(), rule.clone()));
+                }
+            } else if let Some(cat) = &catalog {
+                for repo in cat.iter().filter(|r| rule.matches_repo(r)) {
+                    if seen.insert(repo.clone()) {
+                        out.push((repo.clone(), rule.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn sync_repo(&self, pass: &Pass, repo: String, rule: RepoRule) {
+        if pass.check().is_err() {
+            return;
+        }
+        let tags = match self.client.tags(&repo).await {
+            Ok(Some(t)) => t,
+            // The repository is gone at the parent: its synced tags go too.
+            Ok(None) => Vec::new(),
+            Err(e) => return pass.record(&repo, e.into()),
+        };
+        pass.repos.fetch_add(1, Ordering::Relaxed);
+        let selected = rule.select_tags(&tags);
+        let conc = self.settings.limits.concurrency;
+        let repo_ref = repo.as_str();
+        let results: Vec<(String, Result<Option<Digest>, SyncError>)> =
+            futures_util::stream::iter(selected.iter().cloned())
+                .map(|tag| async move {
+                    let r = self.sync_tag(pass, repo_ref, &tag).await;
+                    (tag, r)
+                })
+                .buffer_unordered(conc)
+                .collect()
+                .await;
+        let mut done = Vec::new();
+        for (tag, r) in results {
+            match r {
+                Ok(Some(d)) => done.push((tag, d)),
+                Ok(None) => {}
+                Err(e) => pass.record(&format!("{repo}:{tag}"), e),
+            }
+        }
+        // Tags sync wrote earlier that the parent no longer has (in scope): untag locally,
+        // unless a client re-pointed the tag here since. Content is left to GC.
+        let previous = self
+            .state
+            .snapshot()
+            .synced_tags
+            .get(&repo)
+            .cloned()
+            .unwrap_or_default();
+        let keep: BTreeSet<&String> = selected.iter().collect();
+        let mut gone = Vec::new();
+        for (tag, digest) in previous {
+            if keep.contains(&tag) {
+                continue;
+            }
+            let (r, t) = (repo.clone(), tag.clone());
+            let local =
+                blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await;
+            match local {
+                Ok(Some(m)) if m.digest == digest => {
+                    let (r, t) = (repo.clone(), tag.clone());
+                    match blocking(&self.store, move |s| s.delete_tag(&r, &t)).await {
+                        Ok(()) => {
+                            pass.tags_deleted.fetch_add(1, Ordering::Relaxed);
+                            gone.push(tag);
+                        }
+                        Err(e) => pass.record(&format!("{repo}:{tag}: untag"), e),
+                    }
+                }
+                Ok(_) => gone.push(tag),
+                Err(e) => pass.record(&format!("{repo}:{tag}: untag"), e),
+            }
+        }
+        // Write the state only when it changes: a pass with nothing new costs no fsync.
+        let known = self
+            .state
+            .snapshot()
+            .synced_tags
+            .get(&repo)
+            .cloned()
+            .unwrap_or_default();
+        done.retain(|(tag, d)| known.get(tag) != Some(d));
+        if done.is_empty() && gone.is_empty() {
+            return;
+        }
+        let r = self.state.update(|s| {
+            let entry = s.synced_tags.entry(repo.clone()).or_default();
+            for (tag, d) in done {
+                entry.insert(tag, d);
+            }
+            for tag in gone {
+                entry.remove(&tag);
+            }
+        });
+        if let Err(e) = r {
+            pass.record(&repo, e.into());
+        }
+    }
+
+    /// Brings one tag in step. Returns the digest it now points at (None: gone at the parent).
+    async fn sync_tag(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<Digest>, SyncError> {
+        pass.check()?;
+        let Some(remote) = self.client.head_manifest(repo, tag).await? else {
+            return Ok(None);
+        };
+        pass.tags_checked.fetch_add(1, Ordering::Relaxed);
+        let (r, t) = (repo.to_owned(), tag.to_owned());
+        let local = blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await?;
+        if local.as_ref().is_some_and(|m| m.digest == remote) {
+            return Ok(Some(remote));
+        }
+        let (m, _) = self.copy_manifest(pass, repo, &remote).await?;
+        let (r, t) = (repo.to_owned(), tag.to_owned());
+        blocking(&self.store, move |s| {
+            s.put_manifest(&r, &Reference::Tag(t), &m.media_type, m.body)
+        })
+        .await?;
+        pass.tags_updated.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(repo, tag, digest = %remote, "tag synced");
+        // Referrers (signatures, SBOMs) of new content; errors do not undo the tag.
+        match self.client.referrers(repo, &remote).await {
+            Ok(refs) => {
+                for d in refs {
+                    if let Err(e) = self.copy_and_store(pass, repo, &d).await {
+                        pass.record(&format!("{repo}:{tag}: referrer {d}"), e);
+                    }
+                }
+            }
+            Err(e) => pass.record(&format!("{repo}:{tag}: referrers"), e.into()),
+        }
+        Ok(Some(remote))
+    }
+
+    async fn copy_and_store(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), SyncError> {
+        let (m, local) = self.copy_manifest(pass, repo, digest).await?;
+        if !local {
+            let (r, d) = (repo.to_owned(), digest.clone());
+            blocking(&self.store, move |s| {
+                s.put_manifest(&r, &Reference::Digest(d), &m.media_type, m.body)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything `digest` references present locally (bottom-up) and returns the
+    /// verified manifest, not yet stored. `true` when it was already stored locally.
+    fn copy_manifest<'a>(
+        &'a self,
+        pass: &'a Pass,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<(FetchedManifest, bool), SyncError>> {
+        async move {
+            let (r, d) = (repo.to_owned(), digest.clone());
+            if let Some(m) = blocking(&self.store, move |s| {
+                s.get_manifest(&r, &Reference::Digest(d))
+            })
+            .await?
+            {
+                return Ok((
+                    FetchedManifest {
+                        digest: m.digest,
+                        media_type: m.media_type,
+                        body: m.body,
+                    },
+                    true,
+                ));
+            }
+            pass.check()?;
+            let m = self
+                .client
+                .get_manifest(repo, &digest.to_string())
+                .await?
+                .ok_or_else(|| {
+                    SyncError::Refused(format!("{repo}: the parent has no manifest {digest}"))
+                })?;
+            pass.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+            match manifest::parse(&m.media_type, &m.body)
+                .map_err(|e| SyncError::Refused(format!("{repo}@{digest}: {e}")))?
+            {
+                Parsed::Index(index) => {
+                    let children = index
+                        .manifests
+                        .iter()
+                        .map(|c| self.copy_and_store(pass, repo, &c.digest));
+                    futures_util::future::try_join_all(children).await?;
+                }
+                Parsed::Image(image) => {
+                    // Foreign / non-distributable layers (Windows base layers) are not served
+                    // by registries; the local store does not require them either.
+                    let blobs = std::iter::once(&image.config)
+                        .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+                        .map(|b| self.ensure_blob(pass, repo, b));
+                    futures_util::future::try_join_all(blobs).await?;
+                }
+            }
+            Ok((m, false))
+        }
+        .boxed()
+    }
+
+    fn blob_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(digest.clone()).or_default().clone()
+    }
+
+    /// Makes a blob present in `repo`: link it when stored already, else download it.
+    async fn ensure_blob(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        desc: &Descriptor,
+    ) -> Result<(), SyncError> {
+        let d = desc.digest.clone();
+        let link = |d: Digest| {
+            let r = repo.to_owned();
+            blocking(&self.store, move |s| {
+                if s.blob_size(&d).is_some() {
+                    s.link_blob(&r, &d).map(|_| true)
+                } else {
+                    Ok(false)
+                }
+            })
+        };
+        if link(d.clone()).await? {
+            return Ok(());
+        }
+        let lock = self.blob_lock(&d);
+        let _guard = lock.lock().await;
+        if link(d.clone()).await? {
+            return Ok(());
+        }
+        let _slot = self
+            .blob_slots
+            .acquire()
+            .await
+            .map_err(|e| SyncError::Internal(e.to_string()))?;
+        pass.check()?;
+        let result = self.download_blob(pass, repo, desc).await;
+        self.progress.blob_finished(&d, result.is_ok());
+        result
+    }
+
+    async fn download_blob(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        desc: &Descriptor,
+    ) -> Result<(), SyncError> {
+        let digest = &desc.digest;
+        let id = upload_id(repo, digest);
+        // Recorded for operators (status, state file) only: the stable id is what makes a
+        // download resumable. Small blobs are not worth an fsync each.
+        let record = desc.size >= RECORD_UPLOADS_FROM;
+        if record {
+            let id = id.clone();
+            self.state.update(move |s| s.uploads_in_flight.insert(id))?;
+        }
+        let mut stalls = 0u32;
+        let mut restarted = false;
+        loop {
+            let (r, i) = (repo.to_owned(), id.clone());
+            let writer = blocking(&self.store, move |s| s.open_upload(&r, &i)).await?;
+            let have = writer.len();
+            if desc.size > 0 && have > desc.size {
+                if restarted {
+                    return Err(SyncError::Internal(format!(
+                        "upload {id} keeps more bytes than {digest} has"
+                    )));
+                }
+                drop(writer);
+                let i = id.clone();
+                blocking(&self.store, move |s| s.cancel_upload(&i)).await?;
+                restarted = true;
+                continue;
+            }
+            if have > 0 {
+                pass.blobs_resumed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(repo, %digest, have, "resuming blob download");
+            }
+            self.progress.blob_started(repo, digest, desc.size, have);
+            let streamed = if desc.size > 0 && have == desc.size {
+                Ok(writer)
+            } else {
+                self.stream_into(pass, repo, desc, writer, have).await
+            };
+            match streamed {
+                Ok(writer) => {
+                    let (d, r) = (digest.clone(), repo.to_owned());
+                    let finish = tokio::task::spawn_blocking(move || {
+                        writer.finish(&d)?;
+                        Ok::<_, StoreError>(d)
+                    })
+                    .await
+                    .map_err(|e| SyncError::Internal(e.to_string()))?;
+                    match finish {
+                        Ok(d) => {
+                            blocking(&self.store, move |s| s.link_blob(&r, &d)).await?;
+                            break;
+                        }
+                        Err(StoreError::DigestMismatch { actual, .. }) => {
+                            let id = id.clone();
+                            let _ = self.state.update(move |s| s.uploads_in_flight.remove(&id));
+                            return Err(SyncError::Refused(format!(
+                                "{}: served bytes for {digest} of {repo} that hash to {actual}: refused, the bytes were not kept",
+                                self.client.base()
+                            )));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err((SyncError::Client(e), progressed)) if e.is_unreachable() => {
+                    stalls = if progressed { 0 } else { stalls + 1 };
+                    if stalls >= self.settings.limits.retries {
+                        return Err(SyncError::Client(e));
+                    }
+                    tracing::info!(repo, %digest, error = %e, "blob transfer interrupted; resuming");
+                    let wait = self
+                        .settings
+                        .limits
+                        .backoff_base
+                        .saturating_mul(1 << stalls.min(6));
+                    let wait = wait.min(self.settings.limits.backoff_max);
+                    match pass.deadline {
+                        Some(dl) if Instant::now() + wait >= dl => return Err(SyncError::Paused),
+                        _ => tokio::time::sleep(wait).await,
+                    }
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        pass.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+        if record {
+            let id2 = id.clone();
+            self.state
+                .update(move |s| s.uploads_in_flight.remove(&id2))?;
+        }
+        Ok(())
+    }
+
+    /// Streams the blob from byte `have` into `writer` on a blocking thread. On failure the
+    /// bytes written so far stay in the upload session (to resume), except when the parent
+    /// sent more than the descriptor's size (then they are dropped).
+    async fn stream_into(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        desc: &Descriptor,
+        writer: Box<dyn BlobWriter>,
+        have: u64,
+    ) -> Result<Box<dyn BlobWriter>, (SyncError, bool)> {
+        let digest = &desc.digest;
+        let mut blob = match self.client.get_blob(repo, digest, have).await {
+            Ok(b) => b,
+            Err(e) => return Err((e.into(), false)),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut w = writer;
+            while let Some(chunk) = rx.blocking_recv() {
+                w.append(&chunk)?;
+            }
+            Ok::<_, StoreError>(w)
+        });
+        let mut written = have;
+        let mut skip = blob.skip;
+        let mut failure: Option<SyncError> = None;
+        let mut too_long = false;
+        let mut pending = bytes::BytesMut::with_capacity(WRITE_BATCH);
+        loop {
+            let next = match pass.deadline {
+                Some(dl) => {
+                    match tokio::time::timeout_at(dl, self.client.next_chunk(&mut blob)).await {
+                        Err(_) => {
+                            pass.paused.store(true, Ordering::Relaxed);
+                            failure = Some(SyncError::Paused);
+                            break;
+                        }
+                        Ok(r) => r,
+                    }
+                }
+                None => self.client.next_chunk(&mut blob).await,
+            };
+            match next {
+                Ok(Some(mut chunk)) => {
+                    if skip > 0 {
+                        let n = (skip as usize).min(chunk.len());
+                        chunk = chunk.slice(n..);
+                        skip -= n as u64;
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    written += chunk.len() as u64;
+                    if desc.size > 0 && written > desc.size {
+                        too_long = true;
+                        failure = Some(SyncError::Refused(format!(
+                            "{}: sent more than the {} bytes of {digest}: refused, the bytes were not kept",
+                            blob.url, desc.size
+                        )));
+                        break;
+                    }
+                    self.progress.blob_progress(digest, written);
+                    // Coalesce network chunks into larger writes: fewer syscalls and wakeups.
+                    if pending.is_empty() && chunk.len() >= WRITE_BATCH {
+                        if tx.send(chunk).await.is_err() {
+                            break; // the writer failed; its error comes from the join below
+                        }
+                        continue;
+                    }
+                    pending.extend_from_slice(&chunk);
+                    if pending.len() >= WRITE_BATCH
+                        && tx.send(pending.split().freeze()).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            }
+        }
+        // Bytes received before a cut or a pause are a valid prefix: keep them for the resume
+        // (they are verified with the rest at the end).
+        if !too_long && !pending.is_empty() {
+            let _ = tx.send(pending.split().freeze()).await;
+        }
+        drop(tx);
+        let progressed = written > have;
+        let joined = handle.await.map_err(|e| {
+            (
+                SyncError::Internal(format!("blob writer failed: {e}")),
+                progressed,
+            )
+        });
+        let joined = if too_long {
+            drop(joined);
+            let id = upload_id(repo, digest);
+            let _ = blocking(&self.store, move |s| s.cancel_upload(&id)).await;
+            None
+        } else {
+            Some(joined)
+        };
+        if let Some(f) = failure {
+            return Err((f, progressed));
+        }
+        let joined = joined.ok_or((SyncError::Internal("writer dropped".into()), progressed))?;
+        let writer = joined?.map_err(|e| (SyncError::Store(e), progressed))?;
+        if desc.size > 0 && written < desc.size {
+            return Err((
+                SyncError::Client(ClientError::Transport {
+                    url: blob.url,
+                    message: format!("connection ended after {written} of {} bytes", desc.size),
+                }),
+                progressed,
+            ));
+        }
+        Ok(writer)
+    }
+}

@@ -1,0 +1,213 @@
+//! Upward push (ReadWrite, store and forward): manifests clients pushed here, read from the
+//! local change log after the last sequence pushed, go to the parent blobs first (skipping what
+//! the parent has), then child manifests, then the manifest and its tag. The sequence only
+//! advances after a change is fully at the parent, so nothing is lost while it is unreachable.
+//! A tag the parent moved meanwhile is a conflict: the parent's tag stays, the local manifest
+//! goes up by digest, and the conflict is reported.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::digest::Digest;
+use crate::engine::{blocking, Engine, Pass, SyncError};
+use crate::manifest::{self, Parsed};
+use crate::state::Conflict;
+use crate::store::{ChangeKind, Reference};
+
+/// Change-log entries read per batch.
+const BATCH: usize = 256;
+
+pub(crate) async fn push_up(engine: &Engine, pass: &Pass) -> Result<(), SyncError> {
+    loop {
+        pass.check()?;
+        let after = engine.state.snapshot().pushed_seq;
+        let changes = blocking(&engine.store, move |s| s.changes(after, BATCH)).await?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for change in changes {
+            if change.from_client {
+                let repo = change.repo.as_str();
+                match &change.kind {
+                    ChangeKind::TagSet { tag, digest } => {
+                        push_tag(engine, pass, repo, tag, digest).await?;
+                    }
+                    ChangeKind::ManifestPut { digest } => {
+                        push_manifest(engine, pass, repo, digest).await?;
+                    }
+                    // Deletions stay local: a child never deletes content at its parent.
+                    ChangeKind::TagDeleted { .. } | ChangeKind::ManifestDeleted { .. } => {}
+                }
+            }
+            let seq = change.seq;
+            engine.state.update(move |s| s.pushed_seq = seq)?;
+        }
+    }
+}
+
+async fn push_tag(
+    engine: &Engine,
+    pass: &Pass,
+    repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<(), SyncError> {
+    // The local tag may have moved on since this change; the later change pushes that.
+    if !push_manifest(engine, pass, repo, digest).await? {
+        return Ok(());
+    }
+    let parent = engine.client.head_manifest(repo, tag).await?;
+    let known = engine
+        .state
+        .snapshot()
+        .synced_tags
+        .get(repo)
+        .and_then(|t| t.get(tag).cloned());
+    match parent {
+        Some(p) if &p == digest => {}
+        // The parent's tag is where we last saw it (or we never saw it): ours is newer.
+        Some(p) if known.as_ref() != Some(&p) => {
+            let msg = format!(
+                "{repo}:{tag}: conflict: the parent moved the tag to {p} while it was re-pushed here as {digest}; \
+                 the parent's tag was left in place and {digest} was pushed by digest"
+            );
+            tracing::warn!("{msg}");
+            if let Ok(mut v) = pass.conflicts.lock() {
+                v.push(msg);
+            }
+            let c = Conflict {
+                repo: repo.to_owned(),
+                tag: tag.to_owned(),
+                local: digest.clone(),
+                parent: p,
+                time: chrono::Utc::now(),
+            };
+            engine.state.update(move |s| s.conflicts.push(c))?;
+            return Ok(());
+        }
+        _ => {
+            let (r, d) = (repo.to_owned(), digest.clone());
+            let m = blocking(&engine.store, move |s| {
+                s.get_manifest(&r, &Reference::Digest(d))
+            })
+            .await?;
+            let Some(m) = m else { return Ok(()) };
+            engine
+                .client
+                .put_manifest(repo, tag, &m.media_type, m.body)
+                .await?;
+            tracing::info!(repo, tag, %digest, "pushed up");
+        }
+    }
+    let (r, t, d) = (repo.to_owned(), tag.to_owned(), digest.clone());
+    engine.state.update(move |s| {
+        s.synced_tags.entry(r).or_default().insert(t, d);
+    })?;
+    Ok(())
+}
+
+/// Pushes a manifest and everything under it by digest. False when it no longer exists here.
+fn push_manifest<'a>(
+    engine: &'a Engine,
+    pass: &'a Pass,
+    repo: &'a str,
+    digest: &'a Digest,
+) -> BoxFuture<'a, Result<bool, SyncError>> {
+    async move {
+        let (r, d) = (repo.to_owned(), digest.clone());
+        let Some(m) = blocking(&engine.store, move |s| {
+            s.get_manifest(&r, &Reference::Digest(d))
+        })
+        .await?
+        else {
+            return Ok(false);
+        };
+        if engine
+            .client
+            .head_manifest(repo, &digest.to_string())
+            .await?
+            == Some(digest.clone())
+        {
+            return Ok(true);
+        }
+        pass.check()?;
+        match manifest::parse(&m.media_type, &m.body)
+            .map_err(|e| SyncError::Internal(format!("{repo}@{digest}: {e}")))?
+        {
+            Parsed::Index(index) => {
+                for child in &index.manifests {
+                    push_manifest(engine, pass, repo, &child.digest).await?;
+                }
+            }
+            Parsed::Image(image) => {
+                for blob in std::iter::once(&image.config)
+                    .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+                {
+                    pass.check()?;
+                    if engine.client.blob_exists(repo, &blob.digest).await? {
+                        continue;
+                    }
+                    if mount_from_synced_repo(engine, repo, &blob.digest).await? {
+                        continue;
+                    }
+                    let d = blob.digest.clone();
+                    let (path, size) = blocking(&engine.store, move |s| {
+                        Ok((s.blob_path(&d), s.blob_size(&d)))
+                    })
+                    .await?;
+                    let size = size.ok_or_else(|| {
+                        SyncError::Internal(format!(
+                            "{repo}@{digest}: blob {} is missing locally",
+                            blob.digest
+                        ))
+                    })?;
+                    engine
+                        .client
+                        .upload_blob(repo, &blob.digest, &path, size)
+                        .await?;
+                }
+            }
+        }
+        engine
+            .client
+            .put_manifest(repo, &digest.to_string(), &m.media_type, m.body)
+            .await?;
+        pass.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+    .boxed()
+}
+
+/// Tries a cross-repository mount from a parent repository this blob was synced down from
+/// (a local repository that sync fills and that holds the blob): one small POST instead of
+/// uploading the bytes again.
+async fn mount_from_synced_repo(
+    engine: &Engine,
+    repo: &str,
+    digest: &Digest,
+) -> Result<bool, SyncError> {
+    let synced: Vec<String> = engine
+        .state
+        .snapshot()
+        .synced_tags
+        .into_keys()
+        .filter(|r| r != repo)
+        .collect();
+    let d = digest.clone();
+    let from = blocking(&engine.store, move |s| {
+        Ok(synced.into_iter().find(|r| s.repo_has_blob(r, &d)))
+    })
+    .await?;
+    match from {
+        Some(from) => {
+            let mounted = engine.client.mount_blob(repo, digest, &from).await?;
+            if mounted {
+                tracing::debug!(repo, %digest, from, "mounted at the parent");
+            }
+            Ok(mounted)
+        }
+        None => Ok(false),
+    }
+}

@@ -1,0 +1,732 @@
+//! Sync settings: parent, credentials, mode, cron schedule, sync window, message TTL, what to
+//! sync, and every limit. Raw values (from a config file, flags, or the connection string) are
+//! validated once at start; an invalid value is refused with a message showing the valid range.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::connection_string::{ConnectionString, ConnectionStringError};
+
+/// A setting that cannot be used. The message names the setting and what is valid.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    ConnectionString(#[from] ConnectionStringError),
+    #[error("config file {path}: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Whether content pushed locally also goes up to the parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Mode {
+    /// Pull down only.
+    ReadOnly,
+    /// Pull down, and push up what clients pushed here (store and forward).
+    ReadWrite,
+}
+
+impl FromStr for Mode {
+    type Err = SettingsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "readonly" => Ok(Mode::ReadOnly),
+            "readwrite" => Ok(Mode::ReadWrite),
+            _ => Err(invalid(
+                "mode",
+                format!("{s:?} is not a mode; use ReadOnly or ReadWrite"),
+            )),
+        }
+    }
+}
+
+/// Parses an ISO-8601 duration of weeks, days, hours, minutes and seconds
+/// (`P7D`, `PT1H`, `P1DT12H`, `PT90M`, `P2W`). Years and months are refused: their length varies.
+pub fn parse_iso_duration(s: &str) -> Result<Duration, String> {
+    let bad = |why: &str| {
+        format!("{s:?} is not an ISO-8601 duration ({why}); examples: PT1H, P1D, P1DT12H")
+    };
+    let rest = s
+        .strip_prefix('P')
+        .or_else(|| s.strip_prefix('p'))
+        .ok_or_else(|| bad("it must start with P"))?;
+    if rest.is_empty() {
+        return Err(bad("no value after P"));
+    }
+    let mut secs: u64 = 0;
+    let mut in_time = false;
+    let mut number = String::new();
+    let mut any = false;
+    for c in rest.chars() {
+        match c.to_ascii_uppercase() {
+            'T' if !in_time && number.is_empty() => in_time = true,
+            d if d.is_ascii_digit() => number.push(d),
+            unit => {
+                let n: u64 = number.parse().map_err(|_| bad("a unit without a number"))?;
+                number.clear();
+                let mult = match (in_time, unit) {
+                    (false, 'W') => 7 * 86_400,
+                    (false, 'D') => 86_400,
+                    (false, 'Y') | (false, 'M') => {
+                        return Err(bad("years and months have no fixed length; use days"))
+                    }
+                    (true, 'H') => 3_600,
+                    (true, 'M') => 60,
+                    (true, 'S') => 1,
+                    _ => return Err(bad(&format!("unexpected {unit:?}"))),
+                };
+                secs = n
+                    .checked_mul(mult)
+                    .and_then(|v| secs.checked_add(v))
+                    .ok_or_else(|| bad("too large"))?;
+                any = true;
+            }
+        }
+    }
+    if !number.is_empty() || !any {
+        return Err(bad("a number without a unit"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Formats a duration as ISO-8601 (for status output and messages).
+pub fn format_iso_duration(d: Duration) -> String {
+    let mut s = d.as_secs();
+    let days = s / 86_400;
+    s %= 86_400;
+    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
+    let mut out = String::from("P");
+    if days > 0 {
+        out.push_str(&format!("{days}D"));
+    }
+    if h + m + sec > 0 || days == 0 {
+        out.push('T');
+        if h > 0 {
+            out.push_str(&format!("{h}H"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}M"));
+        }
+        if sec > 0 || (h == 0 && m == 0) {
+            out.push_str(&format!("{sec}S"));
+        }
+    }
+    out
+}
+
+fn duration_in_range(
+    setting: &'static str,
+    value: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, SettingsError> {
+    let range = format!(
+        "valid range {} to {}",
+        format_iso_duration(min),
+        format_iso_duration(max)
+    );
+    let d = parse_iso_duration(value).map_err(|m| invalid(setting, format!("{m}; {range}")))?;
+    if d < min || d > max {
+        return Err(invalid(
+            setting,
+            format!("{value} is out of range; {range}"),
+        ));
+    }
+    Ok(d)
+}
+
+/// A cron schedule: five fields (minute hour day-of-month month day-of-week, as in crontab,
+/// day-of-week 0-7 with 0 and 7 = Sunday) or six with a leading seconds field.
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    source: String,
+    schedule: cron::Schedule,
+}
+
+impl CronSchedule {
+    pub fn parse(s: &str) -> Result<CronSchedule, SettingsError> {
+        let fields: Vec<&str> = s.split_whitespace().collect();
+        let help = "expected five fields `minute hour day-of-month month day-of-week`, e.g. `*/15 * * * *` \
+                    (or six with a leading seconds field)";
+        let (seconds, rest) = match fields.len() {
+            5 => ("0", &fields[..]),
+            6 => (fields[0], &fields[1..]),
+            n => {
+                return Err(invalid(
+                    "syncSchedule",
+                    format!("{s:?} has {n} fields; {help}"),
+                ))
+            }
+        };
+        let dow = crontab_dow_to_names(rest[4])
+            .map_err(|m| invalid("syncSchedule", format!("{s:?}: {m}; {help}")))?;
+        let expr = format!(
+            "{seconds} {} {} {} {} {dow}",
+            rest[0], rest[1], rest[2], rest[3]
+        );
+        let schedule = cron::Schedule::from_str(&expr)
+            .map_err(|e| invalid("syncSchedule", format!("{s:?}: {e}; {help}")))?;
+        Ok(CronSchedule {
+            source: s.to_owned(),
+            schedule,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The latest scheduled start at or before `now`, if one is within `lookback`.
+    pub fn last_start_within(
+        &self,
+        now: DateTime<Utc>,
+        lookback: Duration,
+    ) -> Option<DateTime<Utc>> {
+        let from = now - chrono::Duration::from_std(lookback).ok()?;
+        self.schedule
+            .after(&(from - chrono::Duration::seconds(1)))
+            .take_while(|t| *t <= now)
+            .last()
+    }
+
+    /// The first scheduled start strictly after `now`.
+    pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.schedule.after(&now).next()
+    }
+}
+
+/// Crontab numbers day-of-week 0-7 with Sunday 0 and 7; the `cron` crate numbers 1-7 from
+/// Sunday. Names avoid the ambiguity.
+fn crontab_dow_to_names(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+    let name = |t: &str| -> Result<String, String> {
+        match t.parse::<usize>() {
+            Ok(n) if n <= 7 => Ok(NAMES[n].to_owned()),
+            Ok(n) => Err(format!("day-of-week {n} is out of range 0-7")),
+            Err(_) => Ok(t.to_owned()),
+        }
+    };
+    let mut items = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let mapped = match range.split_once('-') {
+            Some((a, b)) => {
+                // `5-7` ends on Sunday: split so the range does not wrap.
+                if b == "7" && a != "0" && step.is_none() {
+                    items.push(format!("{}-SAT", name(a)?));
+                    "SUN".to_owned()
+                } else {
+                    format!("{}-{}", name(a)?, name(b)?)
+                }
+            }
+            None if range == "*" => "*".to_owned(),
+            None => name(range)?,
+        };
+        items.push(match step {
+            Some(s) => format!("{mapped}/{s}"),
+            None => mapped,
+        });
+    }
+    Ok(items.join(","))
+}
+
+/// Which repositories and tags to sync. `pattern` is a repository name, or a name with `*`
+/// (matching any characters, `/` included) expanded from the parent's catalog.
+#[derive(Clone, Debug)]
+pub struct RepoRule {
+    pub pattern: String,
+    pub include: Option<regex::Regex>,
+    pub exclude: Option<regex::Regex>,
+    /// Keep only the newest N tags that parse as semver (`v` prefix allowed).
+    pub newest: Option<usize>,
+}
+
+impl RepoRule {
+    pub fn is_explicit(&self) -> bool {
+        !self.pattern.contains('*')
+    }
+
+    pub fn matches_repo(&self, repo: &str) -> bool {
+        glob_match(&self.pattern, repo)
+    }
+
+    /// The tags of `tags` this rule selects.
+    pub fn select_tags(&self, tags: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = tags
+            .iter()
+            .filter(|t| self.include.as_ref().is_none_or(|r| r.is_match(t)))
+            .filter(|t| !self.exclude.as_ref().is_some_and(|r| r.is_match(t)))
+            .cloned()
+            .collect();
+        if let Some(n) = self.newest {
+            let mut versioned: Vec<(semver::Version, String)> = out
+                .iter()
+                .filter_map(|t| {
+                    semver::Version::parse(t.strip_prefix('v').unwrap_or(t))
+                        .ok()
+                        .map(|v| (v, t.clone()))
+                })
+                .collect();
+            versioned.sort();
+            out = versioned
+                .into_iter()
+                .rev()
+                .take(n)
+                .map(|(_, t)| t)
+                .collect();
+        }
+        out.sort();
+        out
+    }
+}
+
+fn glob_match(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, tail)) => {
+            let Some(rest) = s.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| glob_match(tail, &rest[i..]))
+        }
+    }
+}
+
+/// Every limit of the sync engine, with its default.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Blobs transferred at once (default 8).
+    pub concurrency: usize,
+    /// TCP+TLS connect timeout (default 10 s).
+    pub connect_timeout: Duration,
+    /// Whole-request timeout for small requests: manifests, HEADs, tag lists, tokens (default 60 s).
+    pub request_timeout: Duration,
+    /// A blob transfer fails when no byte moves for this long; a slow but moving blob never
+    /// times out (default 60 s).
+    pub progress_timeout: Duration,
+    /// Attempts per request for retryable failures (default 5).
+    pub retries: u32,
+    /// First backoff delay, doubled per attempt with full jitter (default 500 ms).
+    pub backoff_base: Duration,
+    /// Longest backoff or honoured `Retry-After` (default 60 s).
+    pub backoff_max: Duration,
+    /// Largest manifest accepted from the parent (default 4 MiB).
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            concurrency: 8,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            progress_timeout: Duration::from_secs(60),
+            retries: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// User name and password for the parent. `Debug` hides the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+impl FromStr for Credentials {
+    type Err = SettingsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(Credentials {
+                username: u.to_owned(),
+                password: p.to_owned(),
+            }),
+            _ => Err(invalid(
+                "creds",
+                "expected NAME:PASSWORD with both parts non-empty",
+            )),
+        }
+    }
+}
+
+/// Validated sync settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Base URL of the parent (`https://host:port`), no trailing slash.
+    pub parent: String,
+    pub credentials: Option<Credentials>,
+    /// PEM trust bundle for the parent's TLS; without it the system's web roots are used.
+    pub trust: Option<PathBuf>,
+    pub mode: Mode,
+    pub schedule: CronSchedule,
+    pub window: Duration,
+    pub message_ttl: Duration,
+    pub repos: Vec<RepoRule>,
+    pub limits: Limits,
+}
+
+/// One repository rule as written in a config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRepoRule {
+    pub pattern: String,
+    pub include: Option<String>,
+    pub exclude: Option<String>,
+    pub newest: Option<usize>,
+}
+
+/// Settings before validation: what a config file holds (JSON, camelCase keys), overlaid by
+/// command-line flags, then by the connection string's fields.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSettings {
+    pub connection_string: Option<String>,
+    pub parent: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub trust: Option<PathBuf>,
+    pub mode: Option<String>,
+    pub sync_schedule: Option<String>,
+    pub sync_window: Option<String>,
+    pub message_ttl: Option<String>,
+    #[serde(default)]
+    pub repos: Vec<RawRepoRule>,
+    pub concurrency: Option<usize>,
+    pub connect_timeout_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub progress_timeout_secs: Option<u64>,
+    pub retries: Option<u32>,
+}
+
+/// Default `syncSchedule`: every minute, i.e. continuous.
+pub const DEFAULT_SCHEDULE: &str = "* * * * *";
+/// Default `syncWindow`.
+pub const DEFAULT_WINDOW: &str = "PT1H";
+/// Default `messageTtl`.
+pub const DEFAULT_MESSAGE_TTL: &str = "P7D";
+
+impl RawSettings {
+    /// Reads a JSON config file.
+    pub fn from_file(path: &std::path::Path) -> Result<RawSettings, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SettingsError::ConfigFile {
+            path: path.to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| SettingsError::ConfigFile {
+            path: path.to_owned(),
+            message: format!("not valid sync settings JSON: {e}"),
+        })
+    }
+
+    /// Fields set in `over` replace those in `self`; repository rules are appended.
+    pub fn overlay(mut self, over: RawSettings) -> RawSettings {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            connection_string,
+            parent,
+            username,
+            password,
+            trust,
+            mode,
+            sync_schedule,
+            sync_window,
+            message_ttl,
+            concurrency,
+            connect_timeout_secs,
+            request_timeout_secs,
+            progress_timeout_secs,
+            retries
+        );
+        self.repos.extend(over.repos);
+        self
+    }
+
+    /// Validates everything. Returns `Ok(None)` when no parent is configured at all (sync off).
+    pub fn validate(self) -> Result<Option<Settings>, SettingsError> {
+        let mut parent = self.parent;
+        let mut credentials = match (self.username, self.password) {
+            (Some(username), Some(password)) => Some(Credentials { username, password }),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "creds",
+                    "give both a user name and a password, or neither",
+                ))
+            }
+        };
+        if let Some(cs) = self.connection_string.filter(|s| !s.trim().is_empty()) {
+            let cs: ConnectionString = cs.parse()?;
+            if parent.is_none() {
+                parent = Some(cs.resolved_parent_url(|var| std::env::var(var).ok())?);
+            }
+            if credentials.is_none() {
+                credentials = Some(Credentials {
+                    username: cs.sync_token_name,
+                    password: cs.sync_token_password,
+                });
+            }
+        }
+        let Some(parent) = parent else {
+            return Ok(None);
+        };
+        let parent = parent.trim_end_matches('/').to_owned();
+        if !(parent.starts_with("https://") || parent.starts_with("http://"))
+            || parent.len() <= "https://".len()
+            || parent["https://".len()..].contains('/')
+        {
+            return Err(invalid(
+                "parent",
+                format!("{parent:?} must be http(s)://host[:port] with no path"),
+            ));
+        }
+        if let Some(t) = &self.trust {
+            if !t.is_file() {
+                return Err(invalid(
+                    "trust",
+                    format!("{} is not a readable PEM file", t.display()),
+                ));
+            }
+        }
+        let mode = match self.mode {
+            Some(m) => m.parse()?,
+            None => Mode::ReadOnly,
+        };
+        let schedule =
+            CronSchedule::parse(self.sync_schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE))?;
+        let window = duration_in_range(
+            "syncWindow",
+            self.sync_window.as_deref().unwrap_or(DEFAULT_WINDOW),
+            Duration::from_secs(3600),
+            Duration::from_secs(7 * 86_400),
+        )?;
+        let message_ttl = duration_in_range(
+            "messageTtl",
+            self.message_ttl.as_deref().unwrap_or(DEFAULT_MESSAGE_TTL),
+            Duration::from_secs(86_400),
+            Duration::from_secs(90 * 86_400),
+        )?;
+        // No patterns: everything the parent's catalog lists, as a connected registry mirrors
+        // its parent unless told otherwise (a parent without a catalog then says so at sync time).
+        let raw_repos = if self.repos.is_empty() {
+            vec![RawRepoRule {
+                pattern: "*".into(),
+                include: None,
+                exclude: None,
+                newest: None,
+            }]
+        } else {
+            self.repos
+        };
+        let mut repos = Vec::new();
+        for r in raw_repos {
+            if r.pattern.is_empty()
+                || !r
+                    .pattern
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c))
+            {
+                return Err(invalid(
+                    "repos",
+                    format!(
+                        "{:?} is not a repository pattern (lowercase name, `/` separated, `*` as wildcard)",
+                        r.pattern
+                    ),
+                ));
+            }
+            let re = |what: &'static str, s: Option<String>| {
+                s.map(|s| {
+                    regex::Regex::new(&s)
+                        .map_err(|e| invalid(what, format!("bad regex {s:?}: {e}")))
+                })
+                .transpose()
+            };
+            if r.newest == Some(0) {
+                return Err(invalid("newest", "must be at least 1"));
+            }
+            repos.push(RepoRule {
+                pattern: r.pattern,
+                include: re("tag include", r.include)?,
+                exclude: re("tag exclude", r.exclude)?,
+                newest: r.newest,
+            });
+        }
+        let mut limits = Limits::default();
+        if let Some(c) = self.concurrency {
+            if !(1..=256).contains(&c) {
+                return Err(invalid(
+                    "concurrency",
+                    format!("{c} is out of range; valid range 1 to 256"),
+                ));
+            }
+            limits.concurrency = c;
+        }
+        let secs = |name: &'static str, v: Option<u64>, d: Duration| match v {
+            None => Ok(d),
+            Some(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
+            Some(s) => Err(invalid(
+                name,
+                format!("{s} s is out of range; valid range 1 to 86400 s"),
+            )),
+        };
+        limits.connect_timeout = secs(
+            "connect timeout",
+            self.connect_timeout_secs,
+            limits.connect_timeout,
+        )?;
+        limits.request_timeout = secs(
+            "request timeout",
+            self.request_timeout_secs,
+            limits.request_timeout,
+        )?;
+        limits.progress_timeout = secs(
+            "progress timeout",
+            self.progress_timeout_secs,
+            limits.progress_timeout,
+        )?;
+        if let Some(r) = self.retries {
+            if !(1..=100).contains(&r) {
+                return Err(invalid(
+                    "retries",
+                    format!("{r} is out of range; valid range 1 to 100"),
+                ));
+            }
+            limits.retries = r;
+        }
+        Ok(Some(Settings {
+            parent,
+            credentials,
+            trust: self.trust,
+            mode,
+            schedule,
+            window,
+            message_ttl,
+            repos,
+            limits,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawSettings {
+        RawSettings {
+            parent: Some("http://127.0.0.1:5000".into()),
+            repos: vec![RawRepoRule {
+                pattern: "app/*".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_iso_duration("PT1H").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_iso_duration("P1DT12H").unwrap(),
+            Duration::from_secs(129_600)
+        );
+        assert_eq!(
+            parse_iso_duration("P2W").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert!(parse_iso_duration("P1M").is_err());
+        assert!(parse_iso_duration("1H").is_err());
+        assert!(parse_iso_duration("PT").is_err());
+        assert_eq!(format_iso_duration(Duration::from_secs(129_600)), "P1DT12H");
+    }
+
+    #[test]
+    fn window_and_ttl_ranges_are_shown() {
+        let mut r = raw();
+        r.sync_window = Some("PT30M".into());
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("syncWindow") && e.contains("PT1H to P7D"), "{e}");
+        let mut r = raw();
+        r.message_ttl = Some("P91D".into());
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
+        assert!(raw().validate().unwrap().is_some());
+    }
+
+    #[test]
+    fn cron() {
+        let s = CronSchedule::parse("0 3 * * 1-5").unwrap();
+        let mon = "2026-11-23T02:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            s.next_after(mon).unwrap(),
+            "2026-11-23T03:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let sat = "2026-11-21T02:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            s.next_after(sat).unwrap(),
+            "2026-11-23T03:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert!(CronSchedule::parse("* * *")
+            .unwrap_err()
+            .to_string()
+            .contains("five fields"));
+        assert!(CronSchedule::parse("61 * * * *").is_err());
+        let every = CronSchedule::parse("* * * * *").unwrap();
+        let now = "2026-11-23T02:00:30Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            every
+                .last_start_within(now, Duration::from_secs(3600))
+                .unwrap(),
+            "2026-11-23T02:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn tag_filters() {
+        let rule = RepoRule {
+            pattern: "a/*".into(),
+            include: Some(regex::Regex::new("^v").unwrap()),
+            exclude: Some(regex::Regex::new("-rc").unwrap()),
+            newest: Some(2),
+        };
+        let tags: Vec<String> = ["v1.0.0", "v1.2.0", "v1.10.0", "v2.0.0-rc1", "latest"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(rule.select_tags(&tags), vec!["v1.10.0", "v1.2.0"]);
+        assert!(rule.matches_repo("a/b/c"));
+        assert!(!rule.matches_repo("ab"));
+    }
+}

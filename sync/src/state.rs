@@ -1,0 +1,153 @@
+//! Sync's own persisted progress (`DATA/sync/state.json`): the last change-log sequence pushed
+//! up, the tags sync wrote (to reflect deletions at the parent), uploads in flight, conflicts,
+//! and the last result. Written to a temp file, fsynced, renamed: a crash leaves the old or
+//! the new state, never a torn one. Separate from the registry's database on purpose.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// How a pass ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    #[default]
+    Running,
+    /// Everything in scope is in step.
+    Completed,
+    /// The window closed (or the time limit passed): transfers stopped, to resume next time.
+    Paused,
+    /// Some repositories or tags failed; see `errors`.
+    Failed,
+}
+
+/// The result of one pass: what `sync --once` prints and the status endpoint shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
+    pub outcome: Outcome,
+    pub seconds: f64,
+    pub repos: usize,
+    pub tags_checked: u64,
+    pub tags_updated: u64,
+    pub tags_deleted: u64,
+    pub manifests_fetched: u64,
+    pub blobs_fetched: u64,
+    pub blobs_resumed: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub requests: u64,
+    pub manifests_pushed: u64,
+    pub conflicts: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// A tag both sides changed: the parent's tag was left in place, the local manifest was
+/// pushed by digest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Conflict {
+    pub repo: String,
+    pub tag: String,
+    pub local: Digest,
+    pub parent: Digest,
+    pub time: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SyncState {
+    /// Highest local change-log sequence handled by the upward push.
+    pub pushed_seq: u64,
+    /// repo -> tag -> digest that sync wrote locally (or pushed up).
+    pub synced_tags: BTreeMap<String, BTreeMap<String, Digest>>,
+    /// Upload session ids of blob downloads not finished yet.
+    pub uploads_in_flight: BTreeSet<String>,
+    pub conflicts: Vec<Conflict>,
+    pub last_result: Option<Summary>,
+}
+
+/// The state file with its in-memory copy.
+pub struct StateFile {
+    path: PathBuf,
+    state: Mutex<SyncState>,
+}
+
+/// The state file cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("internal: sync state {path}: {message}")]
+pub struct StateError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl StateFile {
+    /// Opens `dir/state.json` (creating `dir`), starting empty when the file does not exist.
+    pub fn open(dir: &Path) -> Result<StateFile, StateError> {
+        let path = dir.join("state.json");
+        let err = |message: String| StateError {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create the directory: {e}")))?;
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                err(format!(
+                    "not valid JSON ({e}); move it away to start over (content is kept in the registry)"
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SyncState::default(),
+            Err(e) => return Err(err(format!("cannot read: {e}"))),
+        };
+        Ok(StateFile {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub fn snapshot(&self) -> SyncState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Changes the state and writes it through (temp file, fsync, rename).
+    pub fn update<T>(&self, f: impl FnOnce(&mut SyncState) -> T) -> Result<T, StateError> {
+        let mut guard = self.state.lock().map_err(|_| StateError {
+            path: self.path.clone(),
+            message: "lock poisoned".into(),
+        })?;
+        let out = f(&mut guard);
+        let bytes = serde_json::to_vec_pretty(&*guard).map_err(|e| StateError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        self.write(&bytes).map_err(|e| StateError {
+            path: self.path.clone(),
+            message: format!("cannot write: {e}"),
+        })?;
+        Ok(out)
+    }
+
+    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}

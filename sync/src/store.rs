@@ -1,0 +1,255 @@
+//! What the sync engine needs from the local registry's storage: a narrow, blocking interface
+//! the binary implements over `registry::storage::Store`. Keeping it a trait keeps `sync`
+//! independent of how the registry stores things, and lets the engine's rules (bottom-up,
+//! verify before keep) be tested against any store.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::digest::Digest;
+
+/// A tag or a digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// A manifest as stored locally.
+#[derive(Clone, Debug)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// One entry of the local change log.
+#[derive(Clone, Debug)]
+pub struct LocalChange {
+    pub seq: u64,
+    pub repo: String,
+    /// True when a client pushed it here; false when sync wrote it (never pushed back up).
+    pub from_client: bool,
+    pub kind: ChangeKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum ChangeKind {
+    TagSet { tag: String, digest: Digest },
+    TagDeleted { tag: String },
+    ManifestPut { digest: Digest },
+    ManifestDeleted { digest: Digest },
+}
+
+/// A storage failure, as the engine needs to tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The bytes written do not hash to the digest claimed; they were deleted.
+    #[error("digest mismatch: expected {expected}, the bytes hash to {actual}")]
+    DigestMismatch { expected: Digest, actual: String },
+    /// A manifest references content that is not stored yet.
+    #[error("manifest references missing content: {0}")]
+    MissingReference(String),
+    #[error("local storage: {0}")]
+    Other(String),
+}
+
+/// An upload session that persists on disk, so an interrupted blob resumes after a restart.
+pub trait BlobWriter: Send {
+    /// Bytes already on disk (verified by hashing them on reopen).
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Verifies, makes durable, and links the blob to the upload's repository. On a mismatch
+    /// the partial bytes are gone and `StoreError::DigestMismatch` is returned.
+    fn finish(self: Box<Self>, expected: &Digest) -> Result<(), StoreError>;
+}
+
+/// The local registry as the sync engine writes and reads it. Blocking: call from
+/// `spawn_blocking` or a dedicated thread.
+pub trait LocalStore: Send + Sync + 'static {
+    fn blob_size(&self, digest: &Digest) -> Option<u64>;
+    /// Path of a stored blob, read-only, to stream it up to the parent.
+    fn blob_path(&self, digest: &Digest) -> PathBuf;
+    /// Whether `repo` holds the blob (to pick a source for a cross-repository mount).
+    fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool;
+    /// Makes an existing blob part of `repo`.
+    fn link_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError>;
+    /// Opens (or creates) the upload session `id` for `repo`.
+    fn open_upload(&self, repo: &str, id: &str) -> Result<Box<dyn BlobWriter>, StoreError>;
+    fn cancel_upload(&self, id: &str) -> Result<(), StoreError>;
+    /// Stores a manifest written by sync (origin: sync, never pushed back up). Refuses when a
+    /// referenced blob or child manifest is missing.
+    fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        media_type: &str,
+        body: Bytes,
+    ) -> Result<Digest, StoreError>;
+    fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>, StoreError>;
+    fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError>;
+    fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
+    /// Change-log entries with `seq > after`, oldest first, at most `limit`.
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError>;
+    /// Drops change-log entries older than `before_unix_secs` (the `messageTtl` rule).
+    fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError>;
+}
+
+/// The registry's store as the sync engine's target: everything sync writes carries
+/// `Origin::Sync`, so it is never pushed back up.
+mod registry_store {
+    use super::*;
+    use registry::storage::{Origin, Session};
+    use registry::{RepoName, StorageError, Store};
+
+    fn repo_name(repo: &str) -> Result<RepoName, StoreError> {
+        repo.parse::<RepoName>()
+            .map_err(|e| StoreError::Other(format!("repository {repo:?}: {e}")))
+    }
+
+    fn map(e: StorageError) -> StoreError {
+        match e {
+            StorageError::DigestMismatch { expected, actual } => StoreError::DigestMismatch {
+                expected,
+                actual: actual.to_string(),
+            },
+            StorageError::ManifestBlobUnknown(d) => StoreError::MissingReference(d.to_string()),
+            e => StoreError::Other(e.to_string()),
+        }
+    }
+
+    fn reference(r: &Reference) -> registry::Reference {
+        match r {
+            Reference::Tag(t) => registry::Reference::Tag(t.clone()),
+            Reference::Digest(d) => registry::Reference::Digest(d.clone()),
+        }
+    }
+
+    struct Writer {
+        store: Store,
+        session: tokio::sync::OwnedMutexGuard<Session>,
+    }
+
+    impl BlobWriter for Writer {
+        fn len(&self) -> u64 {
+            self.session.len()
+        }
+        fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+            self.session.append(bytes).map_err(map)
+        }
+        fn finish(mut self: Box<Self>, expected: &Digest) -> Result<(), StoreError> {
+            self.store
+                .finish_upload(&mut self.session, expected)
+                .map(|_| ())
+                .map_err(map)
+        }
+    }
+
+    impl LocalStore for Store {
+        fn blob_size(&self, digest: &Digest) -> Option<u64> {
+            Store::blob_size(self, digest)
+        }
+        fn blob_path(&self, digest: &Digest) -> PathBuf {
+            Store::blob_path(self, digest)
+        }
+        fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool {
+            repo_name(repo)
+                .ok()
+                .and_then(|r| Store::repo_blob(self, &r, digest).ok().flatten())
+                .is_some()
+        }
+        fn link_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
+            Store::link_blob(self, &repo_name(repo)?, digest)
+                .map(|_| ())
+                .map_err(map)
+        }
+        fn open_upload(&self, repo: &str, id: &str) -> Result<Box<dyn BlobWriter>, StoreError> {
+            let session = Store::open_upload(self, &repo_name(repo)?, id).map_err(map)?;
+            Ok(Box::new(Writer {
+                store: self.clone(),
+                session: session.blocking_lock_owned(),
+            }))
+        }
+        fn cancel_upload(&self, id: &str) -> Result<(), StoreError> {
+            Store::cancel_upload(self, id);
+            Ok(())
+        }
+        fn put_manifest(
+            &self,
+            repo: &str,
+            r: &Reference,
+            media_type: &str,
+            body: Bytes,
+        ) -> Result<Digest, StoreError> {
+            Store::put_manifest(
+                self,
+                &repo_name(repo)?,
+                &reference(r),
+                Some(media_type),
+                body,
+                Origin::Sync,
+            )
+            .map(|(d, _)| d)
+            .map_err(map)
+        }
+        fn get_manifest(
+            &self,
+            repo: &str,
+            r: &Reference,
+        ) -> Result<Option<StoredManifest>, StoreError> {
+            Ok(Store::get_manifest(self, &repo_name(repo)?, &reference(r))
+                .map_err(map)?
+                .map(|m| StoredManifest {
+                    digest: m.digest,
+                    media_type: m.media_type,
+                    body: m.body,
+                }))
+        }
+        fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
+            Store::tags(self, &repo_name(repo)?).map_err(map)
+        }
+        fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
+            Store::delete_tag(self, &repo_name(repo)?, tag, Origin::Sync)
+                .map(|_| ())
+                .map_err(map)
+        }
+        fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError> {
+            Store::prune_changes(self, before_unix_secs).map_err(map)
+        }
+        fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
+            use registry::storage::ChangeKind as K;
+            Ok(Store::changes(self, after, limit)
+                .map_err(map)?
+                .into_iter()
+                .map(|c| LocalChange {
+                    seq: c.seq,
+                    repo: c.repo,
+                    from_client: c.origin == Origin::Client,
+                    kind: match c.kind {
+                        K::ManifestPut { digest, .. } => ChangeKind::ManifestPut { digest },
+                        K::ManifestDeleted { digest } => ChangeKind::ManifestDeleted { digest },
+                        K::TagSet { tag, digest } => ChangeKind::TagSet { tag, digest },
+                        K::TagDeleted { tag } => ChangeKind::TagDeleted { tag },
+                    },
+                })
+                .collect())
+        }
+    }
+}

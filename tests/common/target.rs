@@ -1,0 +1,175 @@
+//! The registry under test: our `connected-registry serve` by default, or CNCF distribution when
+//! `REGISTRY_UNDER_TEST=distribution` (used only while developing the tests, to check their logic
+//! against a reference implementation; distribution lacks the referrers API and differs in details).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::{distribution, start_registry, Proc};
+
+/// Which implementation answers the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ours,
+    Distribution,
+}
+
+/// Reads `REGISTRY_UNDER_TEST` (`ours`, the default, or `distribution`).
+pub fn kind() -> Kind {
+    match std::env::var("REGISTRY_UNDER_TEST").as_deref() {
+        Err(_) | Ok("") | Ok("ours") => Kind::Ours,
+        Ok("distribution") => Kind::Distribution,
+        Ok(other) => panic!("REGISTRY_UNDER_TEST={other:?}: expected `ours` or `distribution`"),
+    }
+}
+
+/// A running registry with its own data directory, which survives restarts.
+pub struct Target {
+    pub proc: Proc,
+    pub kind: Kind,
+    /// The test's private directory; the registry's data lives inside it.
+    pub dir: PathBuf,
+    extra_args: Vec<String>,
+    restarts: u32,
+}
+
+impl Target {
+    /// Starts the registry under test with its data in `dir/data`.
+    pub fn start(dir: &Path) -> Target {
+        Target::start_with(dir, &[])
+    }
+
+    /// Like [`Target::start`], with extra `serve` flags (ignored by the reference implementation).
+    pub fn start_with(dir: &Path, extra_args: &[&str]) -> Target {
+        let kind = kind();
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let proc = launch(kind, dir, &extra_args);
+        Target {
+            proc,
+            kind,
+            dir: dir.to_path_buf(),
+            extra_args,
+            restarts: 0,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.proc.url()
+    }
+
+    /// `127.0.0.1:PORT`, the registry host part of an image reference.
+    pub fn host(&self) -> String {
+        self.proc.addr.to_string()
+    }
+
+    /// The registry's data directory (for distribution: its storage root).
+    pub fn data_dir(&self) -> PathBuf {
+        match self.kind {
+            Kind::Ours => self.dir.join("data"),
+            Kind::Distribution => self.dir.join("storage"),
+        }
+    }
+
+    /// Directory that holds the content-addressed blob files.
+    pub fn blobs_dir(&self) -> PathBuf {
+        match self.kind {
+            Kind::Ours => self.data_dir().join("blobs"),
+            Kind::Distribution => self.data_dir().join("docker/registry/v2/blobs"),
+        }
+    }
+
+    /// Every file under the blob store, relative to it, with its size: used to prove that a
+    /// refused request stored nothing.
+    pub fn blob_files(&self) -> BTreeSet<(String, u64)> {
+        let mut out = BTreeSet::new();
+        walk(&self.blobs_dir(), &self.blobs_dir(), &mut out);
+        out
+    }
+
+    /// Content-addressed files whose bytes do not hash to the digest in their path: a partial or
+    /// torn blob that became visible. Empty when the store is sound.
+    pub fn corrupt_blob_files(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        for (rel, _) in self.blob_files() {
+            let hex = rel
+                .split('/')
+                .rev()
+                .find(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+            let Some(hex) = hex else { continue };
+            if !rel.contains("sha256") {
+                continue;
+            }
+            let bytes = std::fs::read(self.blobs_dir().join(&rel)).unwrap_or_default();
+            if super::api::sha256(&bytes) != format!("sha256:{hex}") {
+                bad.push(rel);
+            }
+        }
+        bad
+    }
+
+    /// The registry's log so far (stdout and stderr), to print when a test fails.
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// Kills the registry with SIGKILL, as a power loss or `docker kill` would.
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the registry again on the same data directory (new port), keeping the old log.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.restarts += 1;
+        let old = self.proc.log.clone();
+        let kept = old.with_extension(format!("log.{}", self.restarts));
+        let _ = std::fs::rename(&old, &kept);
+        self.proc = launch(self.kind, &self.dir, &self.extra_args);
+    }
+}
+
+fn launch(kind: Kind, dir: &Path, extra_args: &[String]) -> Proc {
+    std::fs::create_dir_all(dir).expect("create test dir");
+    match kind {
+        Kind::Ours => {
+            let extra: Vec<&str> = extra_args.iter().map(String::as_str).collect();
+            start_registry(&dir.join("data"), &extra)
+        }
+        Kind::Distribution => distribution::start_distribution(dir, ""),
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<(String, u64)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            walk(root, &path, out);
+        } else {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            out.insert((rel, meta.len()));
+        }
+    }
+}
+
+impl Drop for Target {
+    /// A failing test shows the end of the registry's log: the registry's side of the story.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!(
+                "--- registry log ({}), last lines ---\n{tail}",
+                self.proc.log.display()
+            );
+        }
+    }
+}

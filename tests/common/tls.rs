@@ -1,0 +1,198 @@
+//! Test certificates made with the real `openssl` CLI: a root CA, an intermediate CA, server
+//! certificates (SAN 127.0.0.1, localhost and a DNS name) and client certificates.
+//! (Used until the certs crate's generator is on main; the recipe is the same chain shape.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl (./test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A root CA and an intermediate CA in `dir`, to issue leaf certificates from.
+pub struct TestCa {
+    pub dir: PathBuf,
+    /// The root certificate: the only thing clients trust.
+    pub root: PathBuf,
+    /// The intermediate CA certificate (part of every chain file).
+    pub intermediate: PathBuf,
+}
+
+/// Files of one issued leaf certificate.
+pub struct Leaf {
+    /// Leaf then intermediate, PEM: what a server presents.
+    pub chain: PathBuf,
+    /// The leaf alone.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// Creates `root.crt`/`root.key` and `int.crt`/`int.key` (ECDSA P-256) in `dir`.
+    pub fn new(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).expect("create CA dir");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "root.key",
+                "-out",
+                "root.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test root CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "int.key",
+                "-out",
+                "int.csr",
+                "-subj",
+                "/CN=test intermediate CA",
+            ],
+        );
+        std::fs::write(
+            dir.join("int.ext"),
+            "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        )
+        .expect("write int.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "int.csr",
+                "-CA",
+                "root.crt",
+                "-CAkey",
+                "root.key",
+                "-CAcreateserial",
+                "-out",
+                "int.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "int.ext",
+            ],
+        );
+        TestCa {
+            dir: dir.to_owned(),
+            root: dir.join("root.crt"),
+            intermediate: dir.join("int.crt"),
+        }
+    }
+
+    fn issue(&self, name: &str, cn: &str, ext: &str) -> Leaf {
+        let d = &self.dir;
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        std::fs::write(d.join(format!("{name}.ext")), ext).expect("write ext");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "int.crt",
+                "-CAkey",
+                "int.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+        let leaf = std::fs::read_to_string(d.join(format!("{name}.crt"))).expect("read leaf");
+        let int = std::fs::read_to_string(&self.intermediate).expect("read intermediate");
+        let chain = d.join(format!("{name}.chain.pem"));
+        std::fs::write(&chain, format!("{leaf}{int}")).expect("write chain");
+        Leaf {
+            chain,
+            cert: d.join(format!("{name}.crt")),
+            key: d.join(format!("{name}.key")),
+        }
+    }
+
+    /// A server certificate for 127.0.0.1, ::1, localhost and `dns`.
+    pub fn server(&self, name: &str, dns: &str) -> Leaf {
+        self.issue(
+            name,
+            dns,
+            &format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\n\
+                 subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:{dns}\n"
+            ),
+        )
+    }
+
+    /// A client certificate with common name `cn`.
+    pub fn client(&self, name: &str, cn: &str) -> Leaf {
+        self.issue(
+            name,
+            cn,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+    }
+
+    /// A directory holding only `ca.crt` (the root), as skopeo's `--*-cert-dir` wants it.
+    pub fn skopeo_cert_dir(&self) -> PathBuf {
+        let dir = self.dir.join("skopeo-certs");
+        std::fs::create_dir_all(&dir).expect("create cert dir");
+        std::fs::copy(&self.root, dir.join("ca.crt")).expect("copy root");
+        dir
+    }
+}

@@ -1,0 +1,1000 @@
+//! End-to-end tests of sync from a parent: a real CNCF distribution seeded with skopeo, the real
+//! binary (`sync --once`, `serve`), a TCP relay on loopback that cuts or slows the link, and a
+//! tiny lying parent that serves wrong bytes for a digest.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::distribution::start_distribution;
+use common::{bin, run_ok, start_registry};
+use sha2::Digest as _;
+
+// ---------- images ----------
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A one-image OCI layout at `dir` (tag `latest`) with layers of the given sizes.
+/// Returns the manifest digest and the layer digests.
+fn make_layout(dir: &Path, seed: u64, layers: &[usize]) -> (String, Vec<String>) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write = |data: &[u8]| -> String {
+        let hex = sha256_hex(data);
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    };
+    let mut layer_descs = Vec::new();
+    let mut layer_digests = Vec::new();
+    for (i, size) in layers.iter().enumerate() {
+        let data = noise(seed * 1000 + i as u64, *size);
+        let d = write(&data);
+        layer_descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": d, "size": size
+        }));
+        layer_digests.push(d);
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": {"seed": seed.to_string()}},
+        "rootfs": {"type": "layers", "diff_ids": layer_digests}
+    }))
+    .unwrap();
+    let config_digest = write(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": layer_descs
+    }))
+    .unwrap();
+    let manifest_digest = write(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": manifest_digest, "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}]
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    (manifest_digest, layer_digests)
+}
+
+/// Pushes the layout's `latest` to `host/repo:tag` with skopeo.
+fn seed(layout: &Path, host: &str, repo: &str, tag: &str) {
+    run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:latest", layout.display()),
+            &format!("docker://{host}/{repo}:{tag}"),
+        ],
+    );
+}
+
+fn raw_manifest(host: &str, repo: &str, tag: &str) -> String {
+    run_ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/{repo}:{tag}"),
+        ],
+    )
+}
+
+/// The digest the parent serves for `repo:tag` (skopeo may rewrite a manifest on push).
+fn parent_digest(host: &str, repo: &str, tag: &str) -> String {
+    format!(
+        "sha256:{}",
+        sha256_hex(raw_manifest(host, repo, tag).as_bytes())
+    )
+}
+
+/// Pulls `repo:tag` into a fresh OCI layout with skopeo.
+fn pull(host: &str, repo: &str, tag: &str, dest: &Path) {
+    run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/{repo}:{tag}"),
+            &format!("oci:{}:x", dest.display()),
+        ],
+    );
+}
+
+fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+fn sync_once(data: &Path, parent: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sync",
+        "--once",
+        "--json",
+        "--data",
+        data.to_str().unwrap(),
+        "--parent",
+        parent,
+    ];
+    args.extend_from_slice(extra);
+    Command::new(bin())
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run connected-registry sync")
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON summary ({e}); status {}, stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// ---------- a TCP relay that can cut or slow the link ----------
+
+struct Relay {
+    port: u16,
+    /// Bytes relayed from the parent to the child.
+    down: Arc<AtomicU64>,
+    /// While set, the link is down: connections are accepted and closed at once.
+    down_flag: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// Relays 127.0.0.1:port to `upstream`. `cut_after`: the first connection that carries more
+    /// than this many bytes down is cut (once), and the link stays down (`down_flag`). `rate`: bytes per second down, per connection.
+    fn start(upstream: std::net::SocketAddr, cut_after: Option<u64>, rate: Option<u64>) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut_done = Arc::new(AtomicBool::new(false));
+        let down_flag = Arc::new(AtomicBool::new(false));
+        let (d, s, flag) = (down.clone(), stop.clone(), down_flag.clone());
+        // Every connection, so a cut takes down idle pooled ones too.
+        let all: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                if flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                all.lock().unwrap().push(client.try_clone().unwrap());
+                // child -> parent
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (c2, s2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+                // parent -> child, counted, maybe cut or throttled
+                let (d, cut_done, flag, all) =
+                    (d.clone(), cut_done.clone(), flag.clone(), all.clone());
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (server, client);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut sent = 0u64;
+                    let start = Instant::now();
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if let Some(limit) = cut_after {
+                            if sent + n as u64 > limit && !cut_done.swap(true, Ordering::SeqCst) {
+                                flag.store(true, Ordering::SeqCst);
+                                for c in all.lock().unwrap().drain(..) {
+                                    let _ = c.shutdown(Shutdown::Both);
+                                }
+                                let _ = to.shutdown(Shutdown::Both);
+                                let _ = from.shutdown(Shutdown::Both);
+                                return;
+                            }
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        d.fetch_add(n as u64, Ordering::Relaxed);
+                        if let Some(rate) = rate {
+                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Relay {
+            port,
+            down,
+            down_flag,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn open_store(data: &Path) -> registry::Store {
+    registry::Store::open(data, Default::default()).expect("open the child's store")
+}
+
+fn tag_digest(store: &registry::Store, repo: &str, tag: &str) -> Option<String> {
+    store
+        .get_manifest(
+            &repo.parse().unwrap(),
+            &registry::Reference::Tag(tag.to_owned()),
+        )
+        .unwrap()
+        .map(|m| m.digest.to_string())
+}
+
+fn upload_dirs(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("uploads"))
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+// ---------- tests ----------
+
+/// A child with a filter syncs exactly the matching repos and tags, and what skopeo pulls from
+/// the child is byte-identical to the parent's. A second sync with nothing new fetches nothing
+/// and costs about one request per tag.
+#[test]
+fn sync_filters_and_images_are_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let ph = host_of(&parent.url());
+    let (l1, l2, l3) = (
+        tmp.path().join("l1"),
+        tmp.path().join("l2"),
+        tmp.path().join("l3"),
+    );
+    make_layout(&l1, 1, &[300_000, 50_000]);
+    make_layout(&l2, 2, &[200_000]);
+    make_layout(&l3, 3, &[10_000]);
+    seed(&l1, &ph, "apps/web", "v1.0.0");
+    seed(&l2, &ph, "apps/web", "v1.1.0");
+    seed(&l3, &ph, "apps/web", "dev");
+    seed(&l2, &ph, "apps/db", "v2.0.0");
+    seed(&l3, &ph, "other/tool", "v1.0.0");
+    let m1 = parent_digest(&ph, "apps/web", "v1.0.0");
+    let m2 = parent_digest(&ph, "apps/web", "v1.1.0");
+
+    let data = tmp.path().join("child");
+    let out = sync_once(
+        &data,
+        &parent.url(),
+        &["--repo", "apps/*", "--tag-include", "^v"],
+    );
+    assert!(out.status.success(), "sync failed: {}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["outcome"], "Completed");
+    assert_eq!(s["tagsUpdated"], 3, "{s}");
+
+    let store = open_store(&data);
+    assert_eq!(
+        tag_digest(&store, "apps/web", "v1.0.0").as_deref(),
+        Some(m1.as_str())
+    );
+    assert_eq!(
+        tag_digest(&store, "apps/web", "v1.1.0").as_deref(),
+        Some(m2.as_str())
+    );
+    assert_eq!(
+        tag_digest(&store, "apps/db", "v2.0.0").as_deref(),
+        Some(m2.as_str())
+    );
+    assert_eq!(
+        tag_digest(&store, "apps/web", "dev"),
+        None,
+        "tag filter ignored"
+    );
+    assert!(
+        store
+            .repos()
+            .unwrap()
+            .iter()
+            .all(|r| r.starts_with("apps/")),
+        "repo filter ignored"
+    );
+    drop(store);
+
+    // Pull from the child with skopeo: same manifest bytes, same blob bytes.
+    let child = start_registry(&data, &[]);
+    let ch = host_of(&child.url());
+    for (repo, tag) in [
+        ("apps/web", "v1.0.0"),
+        ("apps/web", "v1.1.0"),
+        ("apps/db", "v2.0.0"),
+    ] {
+        assert_eq!(
+            raw_manifest(&ch, repo, tag),
+            raw_manifest(&ph, repo, tag),
+            "{repo}:{tag}"
+        );
+    }
+    let (from_child, from_parent) = (tmp.path().join("pc"), tmp.path().join("pp"));
+    pull(&ch, "apps/web", "v1.0.0", &from_child);
+    pull(&ph, "apps/web", "v1.0.0", &from_parent);
+    let mut n = 0;
+    for entry in std::fs::read_dir(from_parent.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let theirs = std::fs::read(entry.path()).unwrap();
+        let ours = std::fs::read(from_child.join("blobs/sha256").join(entry.file_name()))
+            .expect("blob pulled from the child");
+        assert!(ours == theirs, "blob {:?} differs", entry.file_name());
+        n += 1;
+    }
+    assert_eq!(n, 4, "manifest, config and two layers");
+    drop(child);
+
+    // Nothing new: nothing fetched, at most one request per tag plus the listings.
+    let out = sync_once(
+        &data,
+        &parent.url(),
+        &["--repo", "apps/*", "--tag-include", "^v"],
+    );
+    assert!(out.status.success(), "second sync failed: {}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["tagsUpdated"], 0, "{s}");
+    assert_eq!(s["blobsFetched"], 0, "{s}");
+    // 3 tags (HEAD each) + 2 tag lists + 1 catalog.
+    assert!(s["requests"].as_u64().unwrap() <= 6, "{s}");
+}
+
+/// The link drops in the middle of a large blob: the first run fails with partial bytes kept,
+/// the next resumes with Range, and the bytes fetched in total stay under 1.2x the image.
+#[test]
+fn sync_resumes_a_blob_after_the_link_drops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let layout = tmp.path().join("big");
+    let size = 24 << 20;
+    let (_, layers) = make_layout(&layout, 7, &[size]);
+    seed(&layout, &host_of(&parent.url()), "big/image", "v1");
+    let m = parent_digest(&host_of(&parent.url()), "big/image", "v1");
+
+    // The link goes down after 10 MiB and stays down until the test brings it back.
+    let relay = Relay::start(parent.addr, Some(10 << 20), None);
+    let data = tmp.path().join("child");
+    let args = ["--repo", "big/image", "--sync-retries", "1"];
+    let out = sync_once(&data, &relay.url(), &args);
+    assert!(
+        !out.status.success(),
+        "the cut should have failed the first run: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let s = summary(&out);
+    assert_eq!(s["outcome"], "Failed", "{s}");
+    {
+        let store = open_store(&data);
+        assert_eq!(
+            tag_digest(&store, "big/image", "v1"),
+            None,
+            "tag visible half-done"
+        );
+        assert!(!store.blob_exists(&layers[0].parse().unwrap()));
+    }
+    assert_eq!(upload_dirs(&data).len(), 1, "partial bytes not kept");
+    relay.down_flag.store(false, Ordering::SeqCst);
+
+    let out = sync_once(&data, &relay.url(), &args);
+    assert!(out.status.success(), "resume failed: {}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["blobsResumed"], 1, "{s}");
+    let store = open_store(&data);
+    assert_eq!(
+        tag_digest(&store, "big/image", "v1").as_deref(),
+        Some(m.as_str())
+    );
+    let total = relay.down.load(Ordering::Relaxed);
+    assert!(
+        (total as f64) < 1.2 * size as f64,
+        "fetched {total} bytes for a {size}-byte image"
+    );
+}
+
+/// A pass stopped mid-transfer (the window closes) leaves nothing visible half-done, and the
+/// next pass completes it from where it stopped.
+#[test]
+fn sync_window_closing_mid_transfer_then_next_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let layout = tmp.path().join("img");
+    let size = 12 << 20;
+    let (_, layers) = make_layout(&layout, 9, &[size]);
+    seed(&layout, &host_of(&parent.url()), "slow/image", "v1");
+    let m = parent_digest(&host_of(&parent.url()), "slow/image", "v1");
+    // 2 MiB/s: the blob needs about 6 s, the window gives 2 s.
+    let relay = Relay::start(parent.addr, None, Some(2 << 20));
+    let data = tmp.path().join("child");
+    let out = sync_once(
+        &data,
+        &relay.url(),
+        &["--repo", "slow/image", "--time-limit", "PT2S"],
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_eq!(summary(&out)["outcome"], "Paused");
+    {
+        let store = open_store(&data);
+        assert_eq!(
+            tag_digest(&store, "slow/image", "v1"),
+            None,
+            "tag visible half-done"
+        );
+        assert!(!store.blob_exists(&layers[0].parse().unwrap()));
+    }
+    let out = sync_once(&data, &relay.url(), &["--repo", "slow/image"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&out)["blobsResumed"], 1);
+    let store = open_store(&data);
+    assert_eq!(
+        tag_digest(&store, "slow/image", "v1").as_deref(),
+        Some(m.as_str())
+    );
+    let total = relay.down.load(Ordering::Relaxed);
+    assert!(
+        (total as f64) < 1.2 * size as f64,
+        "fetched {total} bytes for {size}"
+    );
+}
+
+/// A tag moved at the parent is re-pointed locally; a tag deleted at the parent is untagged.
+#[test]
+fn sync_reflects_moved_and_deleted_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let ph = host_of(&parent.url());
+    let (l1, l2, l3) = (
+        tmp.path().join("l1"),
+        tmp.path().join("l2"),
+        tmp.path().join("l3"),
+    );
+    make_layout(&l1, 11, &[20_000]);
+    make_layout(&l2, 12, &[20_000]);
+    make_layout(&l3, 13, &[20_000]);
+    seed(&l1, &ph, "mv/app", "stable");
+    seed(&l3, &ph, "mv/app", "old");
+    let m1 = parent_digest(&ph, "mv/app", "stable");
+    let m3 = parent_digest(&ph, "mv/app", "old");
+    let data = tmp.path().join("child");
+    let out = sync_once(&data, &parent.url(), &["--repo", "mv/app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    {
+        let store = open_store(&data);
+        assert_eq!(
+            tag_digest(&store, "mv/app", "stable").as_deref(),
+            Some(m1.as_str())
+        );
+        assert_eq!(
+            tag_digest(&store, "mv/app", "old").as_deref(),
+            Some(m3.as_str())
+        );
+    }
+    // Move `stable`, delete `old` (distribution deletes by digest).
+    seed(&l2, &ph, "mv/app", "stable");
+    let m2 = parent_digest(&ph, "mv/app", "stable");
+    let del = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "DELETE",
+            &format!("{}/v2/mv/app/manifests/{m3}", parent.url()),
+        ])
+        .status()
+        .unwrap();
+    assert!(del.success(), "delete at the parent");
+    let out = sync_once(&data, &parent.url(), &["--repo", "mv/app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["tagsDeleted"], 1, "{s}");
+    let store = open_store(&data);
+    assert_eq!(
+        tag_digest(&store, "mv/app", "stable").as_deref(),
+        Some(m2.as_str())
+    );
+    assert_eq!(tag_digest(&store, "mv/app", "old"), None);
+}
+
+// ---------- a parent that lies ----------
+
+/// Serves one image whose layer bytes do not match the layer digest.
+fn start_lying_parent(
+    manifest: Vec<u8>,
+    manifest_digest: String,
+    config: (String, Vec<u8>),
+    layer: String,
+    layer_size: usize,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&req).into_owned();
+            let mut parts = text.split_whitespace();
+            let method = parts.next().unwrap_or("").to_owned();
+            let path = parts.next().unwrap_or("").to_owned();
+            let (status, ctype, body, extra): (&str, &str, Vec<u8>, String) = if path == "/v2/" {
+                ("200 OK", "application/json", b"{}".to_vec(), String::new())
+            } else if path.starts_with("/v2/lie/tags/list") {
+                (
+                    "200 OK",
+                    "application/json",
+                    br#"{"name":"lie","tags":["v1"]}"#.to_vec(),
+                    String::new(),
+                )
+            } else if path == "/v2/lie/manifests/v1"
+                || path == format!("/v2/lie/manifests/{manifest_digest}")
+            {
+                (
+                    "200 OK",
+                    "application/vnd.oci.image.manifest.v1+json",
+                    manifest.clone(),
+                    format!("Docker-Content-Digest: {manifest_digest}\r\n"),
+                )
+            } else if path == format!("/v2/lie/blobs/{}", config.0) {
+                (
+                    "200 OK",
+                    "application/octet-stream",
+                    config.1.clone(),
+                    String::new(),
+                )
+            } else if path == format!("/v2/lie/blobs/{layer}") {
+                (
+                    "200 OK",
+                    "application/octet-stream",
+                    noise(999, layer_size),
+                    String::new(),
+                )
+            } else {
+                (
+                    "404 Not Found",
+                    "application/json",
+                    br#"{"errors":[{"code":"NOT_FOUND","message":"no"}]}"#.to_vec(),
+                    String::new(),
+                )
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            if method != "HEAD" {
+                let _ = conn.write_all(&body);
+            }
+        }
+    });
+    port
+}
+
+/// A parent that serves a blob whose bytes do not match its digest is refused: the error is
+/// reported, the bad bytes are not kept, and the tag does not appear.
+#[test]
+fn sync_refuses_a_parent_that_lies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("img");
+    let (m, layers) = make_layout(&layout, 21, &[100_000]);
+    let blob = |d: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let manifest = blob(&m);
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let config_digest = parsed["config"]["digest"].as_str().unwrap().to_owned();
+    let port = start_lying_parent(
+        manifest,
+        m.clone(),
+        (config_digest.clone(), blob(&config_digest)),
+        layers[0].clone(),
+        100_000,
+    );
+    let data = tmp.path().join("child");
+    let out = sync_once(
+        &data,
+        &format!("http://127.0.0.1:{port}"),
+        &["--repo", "lie", "--sync-retries", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let s = summary(&out);
+    let errors = s["errors"].to_string();
+    assert!(
+        errors.contains(&layers[0]) && errors.contains("refused"),
+        "{errors}"
+    );
+    assert!(stderr(&out).contains(&layers[0]), "error not reported");
+    let store = open_store(&data);
+    assert!(
+        !store.blob_exists(&layers[0].parse().unwrap()),
+        "bad bytes kept"
+    );
+    assert_eq!(tag_digest(&store, "lie", "v1"), None);
+    // (A sibling blob cut short when the pass gave up on this image may stay, to resume.)
+    let layer_hex = layers[0].trim_start_matches("sha256:");
+    assert!(
+        !upload_dirs(&data)
+            .iter()
+            .any(|d| d.to_string_lossy().contains(layer_hex)),
+        "bad bytes kept in an upload session: {:?}",
+        upload_dirs(&data)
+    );
+}
+
+/// Invalid settings are refused at start with the valid range; a bad connection string names
+/// the bad field and never prints the password.
+#[test]
+fn sync_refuses_bad_settings_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let out = sync_once(
+        &data,
+        "http://127.0.0.1:9",
+        &["--repo", "a", "--sync-window", "PT10M"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(e.contains("syncWindow") && e.contains("PT1H to P7D"), "{e}");
+    let out = sync_once(
+        &data,
+        "http://127.0.0.1:9",
+        &["--repo", "a", "--message-ttl", "P100D"],
+    );
+    let e = stderr(&out);
+    assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
+    let out = sync_once(
+        &data,
+        "http://127.0.0.1:9",
+        &["--repo", "a", "--sync-schedule", "* * *"],
+    );
+    assert!(stderr(&out).contains("syncSchedule"), "{}", stderr(&out));
+
+    let out = Command::new(bin())
+        .args(["sync", "--once", "--data", data.to_str().unwrap(), "--repo", "a"])
+        .env(
+            "ACR_REGISTRY_CONNECTION_STRING",
+            "ConnectedRegistryName=edge01;SyncTokenName=tok;SyncTokenPassword=Sup3rSecret;ParentGatewayEndpoint=parent:443;ParentEndpointProtocol=gopher",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(all.contains("ParentEndpointProtocol"), "{all}");
+    assert!(!all.contains("Sup3rSecret"), "password printed: {all}");
+}
+
+/// A two-platform image index (OCI layout, tag `latest`). Returns the index digest and the
+/// two child manifest digests.
+fn make_index_layout(dir: &Path) -> (String, Vec<String>) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write = |data: &[u8]| -> String {
+        let hex = sha256_hex(data);
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    };
+    let mut children = Vec::new();
+    let mut descs = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+        let layer = noise(500 + i as u64, 30_000);
+        let ld = write(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}
+        }))
+        .unwrap();
+        let cd = write(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}]
+        }))
+        .unwrap();
+        let md = write(&manifest);
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+            "size": manifest.len(), "platform": {"architecture": arch, "os": "linux"}
+        }));
+        children.push(md);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs
+    }))
+    .unwrap();
+    let id = write(&index);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": index.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    (id, children)
+}
+
+/// Pushes a signature-like artifact whose subject is `subject` (by plain HTTP, as skopeo 1.9
+/// cannot push referrers). Returns its digest.
+fn push_referrer(base: &str, repo: &str, subject: &str, subject_size: usize) -> String {
+    let put_blob = |data: &[u8]| -> String {
+        let d = format!("sha256:{}", sha256_hex(data));
+        let status = Command::new("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &String::from_utf8_lossy(data),
+                &format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "push blob {d}");
+        d
+    };
+    let empty = put_blob(b"{}");
+    let sig = put_blob(b"signature-bytes");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.example.signature", "digest": sig, "size": 15}],
+        "subject": {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": subject, "size": subject_size}
+    }))
+    .unwrap();
+    let d = format!("sha256:{}", sha256_hex(&manifest));
+    let path = std::env::temp_dir().join(format!("referrer-{}.json", &d[7..19]));
+    std::fs::write(&path, &manifest).unwrap();
+    let status = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            &format!("{base}/v2/{repo}/manifests/{d}"),
+        ])
+        .status()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(status.success(), "push referrer manifest");
+    d
+}
+
+/// A multi-arch index arrives with every platform, bottom-up, and so do its referrers, from a
+/// parent that is a connected registry of ours (which has the OCI 1.1 referrers API).
+#[test]
+fn sync_copies_multi_arch_indexes_and_referrers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let ph = host_of(&parent.url());
+    let layout = tmp.path().join("multi");
+    let (index, children) = make_index_layout(&layout);
+    run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:latest", layout.display()),
+            &format!("docker://{ph}/multi/app:v1"),
+        ],
+    );
+    let index_size = std::fs::read(layout.join("blobs/sha256").join(&index[7..]))
+        .unwrap()
+        .len();
+    let referrer = push_referrer(&parent.url(), "multi/app", &index, index_size);
+
+    let data = tmp.path().join("child");
+    let out = sync_once(&data, &parent.url(), &["--repo", "multi/app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = open_store(&data);
+    let repo: registry::RepoName = "multi/app".parse().unwrap();
+    assert_eq!(
+        tag_digest(&store, "multi/app", "v1").as_deref(),
+        Some(index.as_str())
+    );
+    for child in &children {
+        let found = store
+            .get_manifest(&repo, &registry::Reference::Digest(child.parse().unwrap()))
+            .unwrap();
+        assert!(found.is_some(), "platform manifest {child} missing");
+    }
+    let refs = store.referrers(&repo, &index.parse().unwrap()).unwrap();
+    assert!(
+        refs.iter().any(|d| d.digest.to_string() == referrer),
+        "referrer {referrer} not synced: {refs:?}"
+    );
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1, made with openssl.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+    ca.extend_from_slice(&[
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sync test root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run_ok("openssl", &ca);
+    let (key, csr, pem, ext) = (
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    let mut req = vec!["req"];
+    req.extend_from_slice(&ec);
+    req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    run_ok("openssl", &req);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+    (
+        PathBuf::from(ca_pem),
+        PathBuf::from(pem),
+        PathBuf::from(key),
+    )
+}
+
+/// Over TLS the parent is verified against the trust bundle given with `--trust`; without
+/// it (public roots only) the parent's private CA is refused with a certificate error.
+#[test]
+fn sync_verifies_the_parent_against_the_trust_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(&tmp.path().join("certs"));
+    let tls = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let parent = start_distribution(&tmp.path().join("parent"), &tls);
+    let host = parent.addr.to_string();
+    let layout = tmp.path().join("img");
+    make_layout(&layout, 31, &[20_000]);
+    seed(&layout, &host, "tls/app", "v1");
+    let url = format!("https://{host}");
+
+    let out = sync_once(
+        &tmp.path().join("untrusting"),
+        &url,
+        &["--repo", "tls/app", "--sync-retries", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = summary(&out)["errors"].to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    let data = tmp.path().join("trusting");
+    let out = sync_once(
+        &data,
+        &url,
+        &["--repo", "tls/app", "--trust", ca.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = open_store(&data);
+    assert_eq!(
+        tag_digest(&store, "tls/app", "v1"),
+        Some(format!(
+            "sha256:{}",
+            sha256_hex(raw_manifest(&host, "tls/app", "v1").as_bytes())
+        ))
+    );
+}
