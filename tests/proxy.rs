@@ -1521,20 +1521,83 @@ fn nested_hops_preserve_the_client_host() {
 
 /// `--print-config` shows the table even when the proxy could not start yet, and says why.
 #[test]
-fn print_config_without_certificate_shows_table_and_reason() {
+fn print_config_without_certificate_shows_table_and_the_dev_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = tmp.path().join("dev-certs");
     let out = Command::new(bin())
-        .args(["proxy", "--print-config"])
+        .args([
+            "proxy",
+            "--print-config",
+            "--dev-cert-dir",
+            dev.to_str().unwrap(),
+        ])
         .env("CONNECTED_ACR_ROUTE_ADDRESS", "connectedRegistry:8080")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{text}{err}");
+    assert_eq!(out.status.code(), Some(0), "{text}{err}");
     assert!(
         text.contains("route /v2") && text.contains("connectedRegistry:8080"),
         "{text}"
     );
-    assert!(err.contains("--cert"), "{err}");
+    assert!(
+        text.contains("DEVELOPMENT chain") && text.contains("--cert"),
+        "{text}"
+    );
+    assert!(!dev.exists(), "--print-config must not create files");
+}
+
+/// With no certificate configured the proxy generates a development chain, says which root CA
+/// to trust, serves a chain a client trusting only that root accepts, and reports its expiry.
+#[test]
+fn proxy_without_certificate_serves_a_dev_chain_clients_can_trust() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let registry = start_registry(&t.join("data"), &[]);
+    let dev = t.join("dev-certs");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let route = format!("/v2={}", registry.url());
+    let proxy = Proc::start(
+        &bin(),
+        &[
+            "proxy",
+            "--listen",
+            &listen,
+            "--route",
+            &route,
+            "--admin",
+            &admin.to_string(),
+            "--dev-cert-dir",
+            dev.to_str().unwrap(),
+        ],
+        &[],
+        listen.parse().unwrap(),
+        t.join("proxy.log"),
+    );
+    let root = certs::dev::DevChain::in_dir(&dev).root_ca;
+    let log = proxy.log_text();
+    assert!(
+        log.contains("DEVELOPMENT") && log.contains(root.to_str().unwrap()),
+        "the proxy must say loudly that it serves a development certificate and which root to trust:\n{log}"
+    );
+    let (status, _, _) = curl(&root, &[&format!("https://127.0.0.1:{port}/v2/")]);
+    assert_eq!(status, 200);
+    let (status, _, _) = curl(&root, &[&format!("https://localhost:{port}/v2/")]);
+    assert_eq!(status, 200, "the dev certificate covers localhost too");
+    let text = metrics(admin);
+    let days: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_registry_server_cert_days_to_expiry "))
+        .unwrap_or_else(|| panic!("no expiry gauge in metrics:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        days > 80.0 && days <= 90.0,
+        "a fresh dev certificate has ~90 days: {days}"
+    );
 }
 
 /// `--max-connections`: past the limit, clients wait in the listen backlog and are served as

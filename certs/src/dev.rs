@@ -35,6 +35,17 @@ pub struct DevChain {
     pub server_key: PathBuf,
 }
 
+impl DevChain {
+    /// Where the development chain in `dir` lives (whether or not it exists yet).
+    pub fn in_dir(dir: &Path) -> DevChain {
+        DevChain {
+            root_ca: ChainFiles::in_dir(dir).root_ca_cert,
+            server_chain: dir.join(format!("{DEV_SERVER_NAME}-full-chain.cert.pem")),
+            server_key: dir.join(format!("{DEV_SERVER_NAME}.key.pem")),
+        }
+    }
+}
+
 /// The names every development server certificate carries besides the caller's.
 pub const DEV_DEFAULT_NAMES: &[&str] = &["localhost", "127.0.0.1"];
 
@@ -70,11 +81,7 @@ pub fn ensure_dev_chain(dir: &Path, hostnames: &[String]) -> Result<DevChain, Ce
         .and_then(|f| f.lock().map(|()| f))
         .map_err(|e| CertError::io(&lock_path, "cannot lock", e))?;
     let chain = ChainFiles::in_dir(dir);
-    let out = DevChain {
-        root_ca: chain.root_ca_cert.clone(),
-        server_chain: dir.join(format!("{DEV_SERVER_NAME}-full-chain.cert.pem")),
-        server_key: dir.join(format!("{DEV_SERVER_NAME}.key.pem")),
-    };
+    let out = DevChain::in_dir(dir);
 
     let ca = match usable_ca(&chain) {
         Ok(ca) => ca,

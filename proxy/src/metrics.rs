@@ -29,6 +29,9 @@ pub struct Metrics {
     per_upstream: Mutex<HashMap<String, UpstreamStats>>,
     /// (upstream, kind) -> count
     upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The server certificate chain file, read at each scrape for its days to expiry: an
+    /// operator's alert on it catches a rotation that stopped before clients see expired certs.
+    pub server_cert: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -115,6 +118,18 @@ impl Metrics {
             "Reloads that failed (the previous state stayed).",
             self.reloads_failed.load(ld),
         );
+        if let Some(days) = self
+            .server_cert
+            .get()
+            .and_then(|path| certs::renew::days_to_expiry(path).ok())
+        {
+            let _ = writeln!(
+                out,
+                "# HELP connected_registry_server_cert_days_to_expiry Days until the served certificate expires.\n\
+                 # TYPE connected_registry_server_cert_days_to_expiry gauge\n\
+                 connected_registry_server_cert_days_to_expiry {days:.3}"
+            );
+        }
         let map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());
         let mut upstreams: Vec<_> = map.iter().collect();
         upstreams.sort_by(|a, b| a.0.cmp(b.0));

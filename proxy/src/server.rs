@@ -199,6 +199,8 @@ impl Proxy {
             .key
             .clone()
             .ok_or_else(|| StartError::Route("no --key".into()))?;
+        let metrics = Arc::new(Metrics::default());
+        let _ = metrics.server_cert.set(cert.clone());
         let server_cert = Arc::new(ReloadingServer::with_client_auth(
             cert,
             key,
@@ -211,7 +213,7 @@ impl Proxy {
             config: RwLock::new(Arc::new(config.clone())),
             limits: config.limits.clone(),
             client_cert_header: config.client_cert_header.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             server_cert,
             trusts: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),

@@ -82,6 +82,15 @@ struct Flags {
     /// Worker threads, each with its own single-threaded runtime [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Where a development certificate chain is generated (and renewed) when no server
+    /// certificate is configured.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_DEV_CERT_DIR",
+        value_name = "DIR",
+        default_value = "./data/certs"
+    )]
+    dev_cert_dir: PathBuf,
     /// Print the effective configuration, with where each entry came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -93,7 +102,7 @@ fn env(name: &str) -> Option<String> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let args = *args.flags;
-    let flags = proxy::Flags {
+    let mut flags = proxy::Flags {
         config: args.config,
         listen: args.listen,
         cert: args.cert,
@@ -116,7 +125,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         alpn: args.alpn,
         workers: args.workers,
     };
+    let (shown, _) =
+        proxy::Config::load_for_display(&flags, &env).context("proxy configuration")?;
+    let dev_chain = shown.cert.is_none() && shown.key.is_none();
     if args.print_config {
+        if dev_chain {
+            println!(
+                "# no server certificate configured (--cert/--key): a DEVELOPMENT chain would be \
+                 generated in {}",
+                args.dev_cert_dir.display()
+            );
+            let chain = certs::dev::DevChain::in_dir(&args.dev_cert_dir);
+            flags.cert = Some(chain.server_chain);
+            flags.key = Some(chain.server_key);
+        }
         let (config, problem) =
             proxy::Config::load_for_display(&flags, &env).context("proxy configuration")?;
         print!("{}", config.render());
@@ -125,6 +147,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if dev_chain {
+        let chain = dev_certificates(&args.dev_cert_dir).await?;
+        flags.cert = Some(chain.server_chain);
+        flags.key = Some(chain.server_key);
+        tokio::spawn(renew_dev_chain(args.dev_cert_dir.clone()));
     }
     let config = proxy::Config::load(&flags, &env).context("proxy configuration")?;
     let loader = Box::new(move || proxy::Config::load(&flags, &env));
@@ -137,6 +165,52 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ = shutdown_signal() => tracing::info!("proxy stopping on signal"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names the development server certificate is for: this machine as IoT Edge knows it, plus
+/// `localhost` and `127.0.0.1` (added by the generator).
+fn dev_hostnames() -> Vec<String> {
+    ["IOTEDGE_GATEWAYHOSTNAME", "HOSTNAME"]
+        .iter()
+        .filter_map(|v| env(v))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// Creates or reuses the development chain, and says loudly what it is and what to trust.
+pub async fn dev_certificates(dir: &std::path::Path) -> anyhow::Result<certs::dev::DevChain> {
+    let dir = dir.to_owned();
+    let chain =
+        tokio::task::spawn_blocking(move || certs::dev::ensure_dev_chain(&dir, &dev_hostnames()))
+            .await?
+            .context("generating the development certificate chain")?;
+    tracing::warn!(
+        "NO SERVER CERTIFICATE CONFIGURED: serving a DEVELOPMENT certificate ({}). \
+         Clients must trust the development root CA: {}. For production give --cert and --key.",
+        chain.server_chain.display(),
+        chain.root_ca.display()
+    );
+    eprintln!("development root CA to trust: {}", chain.root_ca.display());
+    Ok(chain)
+}
+
+/// Renews the development server certificate when due; the proxy picks up the new files itself.
+pub async fn renew_dev_chain(dir: PathBuf) {
+    let every = certs::renew::RenewPolicy::default().max_check_interval;
+    loop {
+        tokio::time::sleep(every).await;
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || {
+            certs::dev::ensure_dev_chain(&dir, &dev_hostnames())
+        })
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!("renewing the development certificate failed: {err}"),
+            Err(err) => tracing::error!("development certificate task failed: {err}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

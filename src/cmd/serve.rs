@@ -34,6 +34,12 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_GC_INTERVAL", default_value = "1h", value_parser = super::parse_duration)]
     pub gc_interval: Duration,
 
+    /// Also serve TLS on this address through the built-in API proxy (routes `/v2`, `/acr` and
+    /// `/oauth2` to this registry), with a development certificate chain generated in DATA/certs:
+    /// the one-command local setup. In IoT Edge the proxy is its own module (`proxy`).
+    #[arg(long, env = "CONNECTED_REGISTRY_PROXY_LISTEN", value_name = "IP:PORT")]
+    pub proxy_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub gc: super::gc::GcFlags,
 
@@ -64,6 +70,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let Some(tls) = args.proxy_listen {
+        start_local_proxy(tls, listener.local_addr()?, &args.data).await?;
+    }
     tracing::info!(
         listen = %args.listen,
         data = %args.data.display(),
@@ -75,6 +84,44 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("server failed")?;
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The API proxy in this process, in front of this registry, with the development chain.
+async fn start_local_proxy(
+    tls: SocketAddr,
+    registry: SocketAddr,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut upstream = registry;
+    if upstream.ip().is_unspecified() {
+        upstream.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let dir = data.join("certs");
+    let chain = super::proxy::dev_certificates(&dir).await?;
+    let flags = proxy::Flags {
+        listen: Some(tls.to_string()),
+        cert: Some(chain.server_chain),
+        key: Some(chain.server_key),
+        routes: ["/v2", "/acr", "/oauth2"]
+            .iter()
+            .map(|prefix| format!("{prefix}=http://{upstream}"))
+            .collect(),
+        ..Default::default()
+    };
+    // The IoT Edge variables configure the proxy module, not this built-in one.
+    let no_env = |_: &str| None;
+    let config = proxy::Config::load(&flags, &no_env).context("built-in proxy configuration")?;
+    let loader = Box::new(move || proxy::Config::load(&flags, &no_env));
+    let server = proxy::Proxy::bind(config, loader)
+        .await
+        .context("starting the built-in proxy")?;
+    tracing::info!(
+        "TLS on https://{} through the built-in proxy",
+        server.local_addr()?
+    );
+    tokio::spawn(server.serve());
+    tokio::spawn(super::proxy::renew_dev_chain(dir));
+    Ok(())
 }
 
 /// Collects garbage every `interval`, first one `interval` after start.
