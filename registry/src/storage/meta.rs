@@ -145,6 +145,71 @@ macro_rules! scan_repo {
     }};
 }
 
+/// Tags of `repo` that point at `digest`.
+fn tags_pointing(
+    tx: &WriteTransaction,
+    repo: &str,
+    digest: &str,
+) -> Result<Vec<String>, StorageError> {
+    let tags = tx.open_table(TAGS)?;
+    Ok(scan_repo!(tags, repo, "", usize::MAX)
+        .into_iter()
+        .filter(|(_, d)| d == digest)
+        .map(|(t, _)| t)
+        .collect())
+}
+
+/// Removes a manifest from `repo` inside `tx`, with its referrers entry and the tags that point
+/// at it, logging each. Refused (`Denied`) while another manifest there references it: that
+/// index would then point at missing content.
+fn remove_manifest(
+    tx: &WriteTransaction,
+    repo: &str,
+    digest: &Digest,
+    origin: Origin,
+) -> Result<(), StorageError> {
+    let digest_s = digest.to_string();
+    let mut manifests = tx.open_table(MANIFESTS)?;
+    let mut this = None;
+    for (other, meta) in scan_repo!(manifests, repo, "", usize::MAX) {
+        let meta: ManifestMeta = from_json(&meta)?;
+        if other == digest_s {
+            this = Some(meta);
+        } else if meta.refs.contains(digest) {
+            return Err(StorageError::Denied(format!(
+                "manifest {digest} is referenced by {other} in this repository: delete that first"
+            )));
+        }
+    }
+    let meta = this.ok_or(StorageError::ManifestUnknown)?;
+    manifests.remove((repo, digest_s.as_str()))?;
+    drop(manifests);
+    if let Some(subject) = &meta.subject {
+        tx.open_table(REFERRERS)?.remove((
+            repo,
+            subject.to_string().as_str(),
+            digest_s.as_str(),
+        ))?;
+    }
+    let pointing = tags_pointing(tx, repo, &digest_s)?;
+    let mut tags = tx.open_table(TAGS)?;
+    for tag in &pointing {
+        tags.remove((repo, tag.as_str()))?;
+    }
+    drop(tags);
+    for tag in pointing {
+        log(tx, repo, origin, ChangeKind::TagDeleted { tag })?;
+    }
+    log(
+        tx,
+        repo,
+        origin,
+        ChangeKind::ManifestDeleted {
+            digest: digest.clone(),
+        },
+    )
+}
+
 impl Meta {
     pub fn open(path: &Path) -> Result<Meta, StorageError> {
         let db = Database::create(path)?;
@@ -342,54 +407,8 @@ impl Meta {
         digest: &Digest,
         origin: Origin,
     ) -> Result<(), StorageError> {
-        let digest_s = digest.to_string();
         let tx = self.db.begin_write()?;
-        {
-            let mut manifests = tx.open_table(MANIFESTS)?;
-            let all = scan_repo!(manifests, repo, "", usize::MAX);
-            let mut this = None;
-            for (other, meta) in all {
-                let meta: ManifestMeta = from_json(&meta)?;
-                if other == digest_s {
-                    this = Some(meta);
-                } else if meta.refs.contains(digest) {
-                    return Err(StorageError::Denied(format!(
-                        "manifest {digest} is referenced by {other} in this repository: delete that first"
-                    )));
-                }
-            }
-            let meta = this.ok_or(StorageError::ManifestUnknown)?;
-            manifests.remove((repo, digest_s.as_str()))?;
-            drop(manifests);
-            if let Some(subject) = &meta.subject {
-                tx.open_table(REFERRERS)?.remove((
-                    repo,
-                    subject.to_string().as_str(),
-                    digest_s.as_str(),
-                ))?;
-            }
-            let mut tags = tx.open_table(TAGS)?;
-            let pointing: Vec<String> = scan_repo!(tags, repo, "", usize::MAX)
-                .into_iter()
-                .filter(|(_, d)| *d == digest_s)
-                .map(|(t, _)| t)
-                .collect();
-            for tag in &pointing {
-                tags.remove((repo, tag.as_str()))?;
-            }
-            drop(tags);
-            for tag in pointing {
-                log(&tx, repo, origin, ChangeKind::TagDeleted { tag })?;
-            }
-            log(
-                &tx,
-                repo,
-                origin,
-                ChangeKind::ManifestDeleted {
-                    digest: digest.clone(),
-                },
-            )?;
-        }
+        remove_manifest(&tx, repo, digest, origin)?;
         tx.commit()?;
         Ok(())
     }
@@ -522,48 +541,19 @@ impl Meta {
         repo: &str,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
-        let digest_s = digest.to_string();
         let tx = self.db.begin_write()?;
-        {
-            let tags = tx.open_table(TAGS)?;
-            if scan_repo!(tags, repo, "", usize::MAX)
-                .iter()
-                .any(|(_, d)| *d == digest_s)
-            {
-                return Ok(false);
-            }
-            drop(tags);
-            let mut manifests = tx.open_table(MANIFESTS)?;
-            let mut this = None;
-            for (other, meta) in scan_repo!(manifests, repo, "", usize::MAX) {
-                let meta: ManifestMeta = from_json(&meta)?;
-                if other == digest_s {
-                    this = Some(meta);
-                } else if meta.refs.contains(digest) {
-                    return Ok(false);
-                }
-            }
-            let Some(meta) = this else { return Ok(false) };
-            manifests.remove((repo, digest_s.as_str()))?;
-            drop(manifests);
-            if let Some(subject) = &meta.subject {
-                tx.open_table(REFERRERS)?.remove((
-                    repo,
-                    subject.to_string().as_str(),
-                    digest_s.as_str(),
-                ))?;
-            }
-            log(
-                &tx,
-                repo,
-                Origin::Gc,
-                ChangeKind::ManifestDeleted {
-                    digest: digest.clone(),
-                },
-            )?;
+        if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty() {
+            return Ok(false);
         }
-        tx.commit()?;
-        Ok(true)
+        match remove_manifest(&tx, repo, digest, Origin::Gc) {
+            Ok(()) => {
+                tx.commit()?;
+                Ok(true)
+            }
+            // Still referenced, or gone already: leave it (dropping `tx` aborts it).
+            Err(StorageError::Denied(_) | StorageError::ManifestUnknown) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Removes blob links linked before `before` (unix seconds) that no manifest of their
