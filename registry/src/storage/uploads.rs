@@ -57,14 +57,15 @@ impl Uploads {
         if !valid_id(id) {
             return Err(StorageError::UploadUnknown(id.chars().take(130).collect()));
         }
-        let mut live = self.live.lock().expect("uploads lock");
-        if let Some((owner, session)) = live.get(id) {
+        if let Some((owner, session)) = self.live.lock().expect("uploads lock").get(id) {
             return if owner == repo {
                 Ok(session.clone())
             } else {
                 Err(StorageError::UploadUnknown(id.to_owned()))
             };
         }
+        // Load from disk without holding the map: re-hashing a large partial blob after a
+        // restart takes a while, and other uploads must not wait for it.
         let dir = self.root.join(id);
         let session = match fs::read_to_string(dir.join("repo")) {
             Ok(owner) if owner == repo.as_str() => reopen(id, repo, dir)?,
@@ -72,9 +73,15 @@ impl Uploads {
             Err(_) if create => start(id, repo, dir)?,
             Err(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
         };
-        let session = Arc::new(tokio::sync::Mutex::new(session));
-        live.insert(id.to_owned(), (repo.clone(), session.clone()));
-        Ok(session)
+        let mut live = self.live.lock().expect("uploads lock");
+        // A concurrent caller may have loaded it meanwhile: everyone shares the first.
+        let (owner, session) = live
+            .entry(id.to_owned())
+            .or_insert_with(|| (repo.clone(), Arc::new(tokio::sync::Mutex::new(session))));
+        if owner != repo {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        Ok(session.clone())
     }
 
     pub fn new_session(&self, repo: &RepoName) -> Result<SessionRef, StorageError> {
@@ -118,13 +125,23 @@ impl Uploads {
 
 fn start(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageError> {
     fs::create_dir_all(&dir).map_err(StorageError::io(format!("create {}", dir.display())))?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
+    // Never truncate: a concurrent first open of the same id may already be writing here.
+    let file = match OpenOptions::new()
+        .create_new(true)
         .read(true)
         .write(true)
         .open(dir.join("data"))
-        .map_err(StorageError::io(format!("create {}/data", dir.display())))?;
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            return reopen(id, repo, dir)
+        }
+        Err(err) => {
+            return Err(StorageError::io(format!("create {}/data", dir.display()))(
+                err,
+            ))
+        }
+    };
     fs::write(dir.join("repo"), repo.as_str())
         .map_err(StorageError::io(format!("write {}/repo", dir.display())))?;
     Ok(Session {
@@ -248,5 +265,53 @@ impl Session {
             self.dir.display()
         )))?;
         Ok(self.dir.join("data"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_first_opens_of_one_id_share_one_session_and_lose_no_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Arc::new(Uploads::open(dir.path().join("uploads")).unwrap());
+        let repo: RepoName = "r".parse().unwrap();
+        let first = uploads.get(&repo, "sync-blob-1", true).unwrap();
+        first.blocking_lock().append(b"already fetched").unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let uploads = uploads.clone();
+                let repo = repo.clone();
+                std::thread::spawn(move || uploads.get(&repo, "sync-blob-1", true).unwrap())
+            })
+            .collect();
+        for handle in handles {
+            assert!(Arc::ptr_eq(&first, &handle.join().unwrap()));
+        }
+        assert_eq!(first.blocking_lock().len(), 15);
+        let other: RepoName = "other".parse().unwrap();
+        assert!(
+            uploads.get(&other, "sync-blob-1", true).is_err(),
+            "an id belongs to one repository"
+        );
+    }
+
+    #[test]
+    fn a_session_survives_a_restart_with_its_bytes_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo: RepoName = "r".parse().unwrap();
+        {
+            let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+            let s = uploads.get(&repo, "resume-me", true).unwrap();
+            s.blocking_lock().append(b"hello ").unwrap();
+        }
+        let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+        let s = uploads.get(&repo, "resume-me", false).unwrap();
+        let mut s = s.blocking_lock();
+        assert_eq!(s.len(), 6);
+        s.append(b"world").unwrap();
+        let expected = Digest::sha256_of(b"hello world");
+        assert!(s.seal(&expected).is_ok());
     }
 }
