@@ -5,8 +5,6 @@ use std::io::SeekFrom;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::manifests::{accepted, internal};
 use super::DIGEST_HEADER;
@@ -18,6 +16,8 @@ use crate::storage::Store;
 /// Read size when streaming a blob: large enough that a multi-GB pull costs few wake-ups,
 /// small enough that many concurrent pulls stay cheap in memory.
 const READ_CHUNK: usize = 256 * 1024;
+/// Chunks read ahead of the network per download.
+const READ_AHEAD: usize = 2;
 
 /// A byte range `start..=end` of a blob of known size, from a `Range: bytes=...` header.
 fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {
@@ -90,18 +90,63 @@ pub async fn get(
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
     let path = store.blob_path(digest);
-    let mut file = tokio::fs::File::open(&path)
-        .await
+    let file = std::fs::File::open(&path)
         .map_err(|e| ApiError::from(StorageError::io(format!("open {}", path.display()))(e)))?;
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::from(StorageError::io(format!("seek {}", path.display()))(e)))?;
-    }
-    let stream = ReaderStream::with_capacity(file.take(length), READ_CHUNK);
     Ok(builder
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(read_range(file, start, length)))
         .expect("valid response"))
+}
+
+/// Streams `length` bytes of `file` from `start`. A blocking thread reads straight into fresh
+/// buffers and hands them over a small bounded channel: one copy from the page cache, the disk
+/// and the network work in parallel, and a slow client holds at most `READ_AHEAD` chunks.
+fn read_range(
+    mut file: std::fs::File,
+    start: u64,
+    length: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        if let Err(err) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(err));
+            return;
+        }
+        let mut left = length;
+        while left > 0 {
+            let want = left.min(READ_CHUNK as u64) as usize;
+            let mut buf = bytes::BytesMut::zeroed(want);
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    let eof = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "blob shorter than its size",
+                    );
+                    let _ = tx.blocking_send(Err(eof));
+                    return;
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 pub async fn delete(store: &Store, repo: RepoName, digest: Digest) -> Result<Response, ApiError> {
