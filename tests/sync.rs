@@ -32,6 +32,18 @@ fn sync_once(data: &Path, parent: &str, extra: &[&str]) -> Output {
     common::sync::sync_once(data, parent, extra, &[("RUST_LOG", "warn")])
 }
 
+/// [`sync_once`] that must succeed; returns its JSON summary.
+#[track_caller]
+fn sync_ok(data: &Path, parent: &str, extra: &[&str]) -> serde_json::Value {
+    let out = sync_once(data, parent, extra);
+    assert!(
+        out.status.success(),
+        "sync {extra:?} failed: {}",
+        stderr(&out)
+    );
+    summary(&out)
+}
+
 fn summary(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -238,13 +250,11 @@ fn sync_filters_and_images_are_byte_identical() {
     let m2 = parent_digest(&ph, "apps/web", "v1.1.0");
 
     let data = tmp.path().join("child");
-    let out = sync_once(
+    let s = sync_ok(
         &data,
         &parent.url(),
         &["--repo", "apps/*", "--tag-include", "^v"],
     );
-    assert!(out.status.success(), "sync failed: {}", stderr(&out));
-    let s = summary(&out);
     assert_eq!(s["outcome"], "Completed");
     assert_eq!(s["tagsUpdated"], 3, "{s}");
 
@@ -297,13 +307,11 @@ fn sync_filters_and_images_are_byte_identical() {
     drop(child);
 
     // Nothing new: nothing fetched, at most one request per tag plus the listings.
-    let out = sync_once(
+    let s = sync_ok(
         &data,
         &parent.url(),
         &["--repo", "apps/*", "--tag-include", "^v"],
     );
-    assert!(out.status.success(), "second sync failed: {}", stderr(&out));
-    let s = summary(&out);
     assert_eq!(s["tagsUpdated"], 0, "{s}");
     assert_eq!(s["blobsFetched"], 0, "{s}");
     // 3 tags (HEAD each) + 2 tag lists + 1 catalog.
@@ -335,9 +343,7 @@ fn sync_resumes_a_blob_after_the_link_drops() {
     assert_eq!(upload_dirs(&data).len(), 1, "partial bytes not kept");
     relay.down_flag.store(false, Ordering::SeqCst);
 
-    let out = sync_once(&data, &relay.url(), &args);
-    assert!(out.status.success(), "resume failed: {}", stderr(&out));
-    let s = summary(&out);
+    let s = sync_ok(&data, &relay.url(), &args);
     assert_eq!(s["blobsResumed"], 1, "{s}");
     assert_completed_cheaply(&data, "big/image", &m, &relay, size);
 }
@@ -360,9 +366,10 @@ fn sync_window_closing_mid_transfer_then_next_completes() {
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert_eq!(summary(&out)["outcome"], "Paused");
     assert_nothing_half_done(&data, "slow/image", &layer);
-    let out = sync_once(&data, &relay.url(), &["--repo", "slow/image"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(summary(&out)["blobsResumed"], 1);
+    assert_eq!(
+        sync_ok(&data, &relay.url(), &["--repo", "slow/image"])["blobsResumed"],
+        1
+    );
     assert_completed_cheaply(&data, "slow/image", &m, &relay, size);
 }
 
@@ -380,8 +387,7 @@ fn sync_reflects_moved_and_deleted_tags() {
     let m1 = parent_digest(&ph, "mv/app", "stable");
     let m3 = parent_digest(&ph, "mv/app", "old");
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &parent.url(), &["--repo", "mv/app"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    sync_ok(&data, &parent.url(), &["--repo", "mv/app"]);
     {
         let store = open_store(&data);
         assert_tag(&store, "mv/app", "stable", &m1);
@@ -400,9 +406,7 @@ fn sync_reflects_moved_and_deleted_tags() {
         .status()
         .unwrap();
     assert!(del.success(), "delete at the parent");
-    let out = sync_once(&data, &parent.url(), &["--repo", "mv/app"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let s = summary(&out);
+    let s = sync_ok(&data, &parent.url(), &["--repo", "mv/app"]);
     assert_eq!(s["tagsDeleted"], 1, "{s}");
     let store = open_store(&data);
     assert_tag(&store, "mv/app", "stable", &m2);
@@ -664,8 +668,7 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
     let referrer = push_referrer(&parent.url(), "multi/app", &index, index_size);
 
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &parent.url(), &["--repo", "multi/app"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    sync_ok(&data, &parent.url(), &["--repo", "multi/app"]);
     let store = open_store(&data);
     let repo: registry::RepoName = "multi/app".parse().unwrap();
     assert_tag(&store, "multi/app", "v1", &index);
@@ -711,12 +714,11 @@ fn sync_verifies_the_parent_against_the_trust_bundle() {
     assert!(e.to_lowercase().contains("certificate"), "{e}");
 
     let data = tmp.path().join("trusting");
-    let out = sync_once(
+    sync_ok(
         &data,
         &url,
         &["--repo", "tls/app", "--trust", ca.root.to_str().unwrap()],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let store = open_store(&data);
     assert_eq!(
         tag_digest(&store, "tls/app", "v1"),

@@ -19,27 +19,29 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` flags for a new ECDSA P-256 key, unencrypted.
+const NEW_EC_KEY: &[&str] = &[
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 /// Makes `NAME.key` (ECDSA P-256) and `NAME.crt` in `dir` with common name `cn` and the
 /// extensions `ext` (openssl extfile lines), signed by `ISSUER.crt`/`ISSUER.key` there.
 fn sign(dir: &Path, name: &str, cn: &str, ext: &str, issuer: &str) {
     let file = |ext: &str| format!("{name}.{ext}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &file("key"),
-            "-out",
-            &file("csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
+    let subject = format!("/CN={cn}");
+    let request = [
+        "-keyout",
+        &file("key"),
+        "-out",
+        &file("csr"),
+        "-subj",
+        &subject,
+    ];
+    openssl(dir, &[&["req"], NEW_EC_KEY, &request].concat());
     std::fs::write(dir.join(file("ext")), ext).expect("write extfile");
     openssl(
         dir,
@@ -85,30 +87,21 @@ impl TestCa {
     /// Creates `root.crt`/`root.key` and `int.crt`/`int.key` (ECDSA P-256) in `dir`.
     pub fn new(dir: &Path) -> TestCa {
         std::fs::create_dir_all(dir).expect("create CA dir");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "root.key",
-                "-out",
-                "root.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=test root CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
+        let root = [
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test root CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        openssl(dir, &[&["req", "-x509"], NEW_EC_KEY, &root].concat());
         sign(
             dir,
             "int",
