@@ -50,6 +50,15 @@ fn proxy_fixture() -> (tempfile::TempDir, TestCa, Leaf) {
     (tmp, ca, leaf)
 }
 
+/// Like [`proxy_fixture`], for a parent proxy (`parent.test`) and a child (`child.test`).
+fn nested_fixture() -> (tempfile::TempDir, TestCa, Leaf, Leaf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&tmp.path().join("ca"));
+    let parent = ca.server("parent", "parent.test");
+    let child = ca.server("child", "child.test");
+    (tmp, ca, parent, child)
+}
+
 /// [`start_proxy`] with one route (`PREFIX=UPSTREAM`), then `extra` flags.
 fn start_routed(t: &Path, name: &str, leaf: &Leaf, route: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["--route", route];
@@ -340,11 +349,8 @@ fn tls_versions_and_full_chain() {
 /// verified against the root; skopeo pulls through both hops.
 #[test]
 fn nested_pull_through_two_tls_hops() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, parent_leaf, child_leaf) = nested_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let parent_leaf = ca.server("parent", "parent.test");
-    let child_leaf = ca.server("child", "child.test");
     let reg = start_registry(&t.join("data"), &[]);
     let (img, image) = Layout::with_image(&t.join("img"), "v1", &[2 << 20, 64 << 10]);
     skopeo(&[
@@ -1207,11 +1213,8 @@ fn alpn_preference_is_a_setting() {
 /// used, so the URLs it builds point back at the child proxy.
 #[test]
 fn nested_hops_preserve_the_client_host() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, parent_leaf, child_leaf) = nested_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let parent_leaf = ca.server("parent", "parent.test");
-    let child_leaf = ca.server("child", "child.test");
     let upstream = echo_upstream("registry");
     let parent = start_routed(
         t,

@@ -548,26 +548,18 @@ fn sync_refuses_a_parent_that_lies() {
 fn sync_refuses_bad_settings_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
-    let out = sync_once(
-        &data,
-        "http://127.0.0.1:9",
-        &["--repo", "a", "--sync-window", "PT10M"],
-    );
+    let refused = |flags: &[&str]| {
+        let args = [&["--repo", "a"][..], flags].concat();
+        sync_once(&data, "http://127.0.0.1:9", &args)
+    };
+    let out = refused(&["--sync-window", "PT10M"]);
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
     assert!(e.contains("syncWindow") && e.contains("PT1H to P7D"), "{e}");
-    let out = sync_once(
-        &data,
-        "http://127.0.0.1:9",
-        &["--repo", "a", "--message-ttl", "P100D"],
-    );
+    let out = refused(&["--message-ttl", "P100D"]);
     let e = stderr(&out);
     assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
-    let out = sync_once(
-        &data,
-        "http://127.0.0.1:9",
-        &["--repo", "a", "--sync-schedule", "* * *"],
-    );
+    let out = refused(&["--sync-schedule", "* * *"]);
     assert!(stderr(&out).contains("syncSchedule"), "{}", stderr(&out));
 
     let out = Command::new(bin())
