@@ -60,6 +60,33 @@ fn openssl_verify(root: &Path, untrusted: Option<&Path>, leaf: &Path) -> (bool, 
     )
 }
 
+/// `certs issue server --ca CA --hostname HOSTNAME --out OUT EXTRA...`, the arguments.
+fn issue_server<'a>(
+    ca: &'a str,
+    hostname: &'a str,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "certs",
+        "issue",
+        "server",
+        "--ca",
+        ca,
+        "--hostname",
+        hostname,
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `openssl x509 -noout -text` of the certificate file `cert`: OpenSSL's reading of it.
+fn x509_text(cert: &Path) -> String {
+    run_ok("openssl", &["x509", "-noout", "-text", "-in", s(cert)])
+}
+
 fn new_chain(dir: &Path, name: &str, key_type: &str) -> PathBuf {
     let out = dir.join(name.replace(' ', "-"));
     cr_ok(&[
@@ -81,21 +108,12 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
     for key_type in ["ecdsa-p256", "ed25519", "rsa2048"] {
         let ca = new_chain(tmp.path(), &format!("KT {key_type}"), key_type);
         let srv = tmp.path().join(format!("srv-{key_type}"));
-        cr_ok(&[
-            "certs",
-            "issue",
-            "server",
-            "--ca",
+        cr_ok(&issue_server(
             s(&ca),
-            "--hostname",
             "Edge-Gw.Local",
-            "--san",
-            "127.0.0.1",
-            "--out",
-            s(&srv),
-            "--key-type",
-            key_type,
-        ]);
+            &srv,
+            &["--san", "127.0.0.1", "--key-type", key_type],
+        ));
         let root = ca.join("root-ca.cert.pem");
         let untrusted = ca.join("edge-ca-chain.cert.pem");
         let (ok, text) =
@@ -116,16 +134,7 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
         }
-        let text = run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-noout",
-                "-text",
-                "-in",
-                s(&srv.join("edge-gw.local.cert.pem")),
-            ],
-        );
+        let text = x509_text(&srv.join("edge-gw.local.cert.pem"));
         let expected_alg = match key_type {
             "ecdsa-p256" => "id-ecPublicKey",
             "ed25519" => "ED25519",
@@ -139,19 +148,12 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
     // RSA 4096 (one key: generating it is slow): a server key under an ECDSA chain.
     let ca = tmp.path().join("KT-ecdsa-p256");
     let srv = tmp.path().join("srv-rsa4096");
-    cr_ok(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
+    cr_ok(&issue_server(
         s(&ca),
-        "--hostname",
         "big.local",
-        "--out",
-        s(&srv),
-        "--key-type",
-        "rsa4096",
-    ]);
+        &srv,
+        &["--key-type", "rsa4096"],
+    ));
     let leaf = srv.join("big.local.cert.pem");
     let (ok, text) = openssl_verify(
         &ca.join("root-ca.cert.pem"),
@@ -159,7 +161,7 @@ fn every_key_type_makes_a_chain_openssl_verifies() {
         &leaf,
     );
     assert!(ok, "rsa4096: {text}");
-    let text = run_ok("openssl", &["x509", "-noout", "-text", "-in", s(&leaf)]);
+    let text = x509_text(&leaf);
     assert!(text.contains("Public-Key: (4096 bit)"), "{text}");
 }
 
@@ -168,29 +170,13 @@ fn openssl_shows_expected_names_usages_and_constraints() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = new_chain(tmp.path(), "Layer One", "ecdsa-p256");
     let srv = tmp.path().join("srv");
-    cr_ok(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
+    cr_ok(&issue_server(
         &format!("{}/edge-ca", s(&ca)),
-        "--hostname",
         "GW.Example.Org",
-        "--san",
-        "gw-alt.example.org,10.1.2.3",
-        "--out",
-        s(&srv),
-    ]);
-    let leaf = run_ok(
-        "openssl",
-        &[
-            "x509",
-            "-noout",
-            "-text",
-            "-in",
-            s(&srv.join("gw.example.org.cert.pem")),
-        ],
-    );
+        &srv,
+        &["--san", "gw-alt.example.org,10.1.2.3"],
+    ));
+    let leaf = x509_text(&srv.join("gw.example.org.cert.pem"));
     assert!(
         leaf.contains("Subject: CN = gw.example.org"),
         "CN must be the hostname in lower case:\n{leaf}"
@@ -212,10 +198,7 @@ fn openssl_shows_expected_names_usages_and_constraints() {
         ),
         ("edge-ca.cert.pem", "Layer One Edge CA", Some("pathlen:0")),
     ] {
-        let text = run_ok(
-            "openssl",
-            &["x509", "-noout", "-text", "-in", s(&ca.join(file))],
-        );
+        let text = x509_text(&ca.join(file));
         assert!(
             text.contains(&format!("Subject: CN = {cn}")),
             "{file}:\n{text}"
@@ -247,16 +230,7 @@ fn openssl_shows_expected_names_usages_and_constraints() {
         "--out",
         s(&client),
     ]);
-    let text = run_ok(
-        "openssl",
-        &[
-            "x509",
-            "-noout",
-            "-text",
-            "-in",
-            s(&client.join("child-device-1.cert.pem")),
-        ],
-    );
+    let text = x509_text(&client.join("child-device-1.cert.pem"));
     assert!(text.contains("Subject: CN = child-device-1"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(!text.contains("TLS Web Server Authentication"), "{text}");
@@ -273,19 +247,12 @@ fn inspect_describes_each_certificate_and_the_order() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = new_chain(tmp.path(), "Insp", "ecdsa-p256");
     let srv = tmp.path().join("srv");
-    cr_ok(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
+    cr_ok(&issue_server(
         s(&ca),
-        "--hostname",
         "insp.local",
-        "--san",
-        "127.0.0.1",
-        "--out",
-        s(&srv),
-    ]);
+        &srv,
+        &["--san", "127.0.0.1"],
+    ));
     let full = srv.join("insp.local-full-chain.cert.pem");
     let out = cr_ok(&["certs", "inspect", s(&full)]);
     let fp = run_ok(
@@ -376,6 +343,20 @@ impl Lab {
             gen::issue_with(ca, &params, gen::generate_key(KeyType::EcdsaP256).unwrap()).unwrap();
         let f = issued.write(&self.dir, file).unwrap();
         (f.cert, f.full_chain, f.key)
+    }
+
+    /// A client certificate named `edge.test` from the edge CA: the right name, the wrong usage
+    /// for a server.
+    fn client_for_edge_test(&self) -> gen::Issued {
+        gen::issue_client(
+            &self.edge,
+            &gen::ClientOptions {
+                name: "edge.test".into(),
+                days: 30,
+                key_type: KeyType::EcdsaP256,
+            },
+        )
+        .unwrap()
     }
 
     fn good_server(&self, file: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -539,15 +520,7 @@ fn verify_explains_each_broken_chain() {
     assert!(!openssl_verify(root, Some(&bad_ku), &bad_ku).0);
 
     // Key usage wrong on the leaf: a client certificate served as a server certificate.
-    let client = gen::issue_client(
-        &lab.edge,
-        &gen::ClientOptions {
-            name: "edge.test".into(),
-            days: 30,
-            key_type: KeyType::EcdsaP256,
-        },
-    )
-    .unwrap();
+    let client = lab.client_for_edge_test();
     let client = write(tmp.path(), "client-chain.pem", &client.full_chain_pem);
     let (code, out) = verify(&client, root, None);
     assert_rejected(
@@ -738,15 +711,7 @@ fn doctor_diagnoses_live_servers() {
     drop(sw);
 
     // A client certificate served as the server's.
-    let client = gen::issue_client(
-        &lab.edge,
-        &gen::ClientOptions {
-            name: "edge.test".into(),
-            days: 30,
-            key_type: KeyType::EcdsaP256,
-        },
-    )
-    .unwrap();
+    let client = lab.client_for_edge_test();
     let cf = client.write(tmp.path(), "cl").unwrap();
     let cl = s_server(tmp.path(), &cf.cert, &cf.key, Some(&rest));
     let (code, out) = doctor(&cl, &lab.root_pem, Some("edge.test"));
@@ -804,19 +769,12 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
 
     // A key that does not belong to the CA certificate.
     let other = new_chain(tmp.path(), "Other", "ecdsa-p256");
-    let (code, _, err) = cr(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
+    let (code, _, err) = cr(&issue_server(
         s(&ca.join("edge-ca.cert.pem")),
-        "--ca-key",
-        s(&other.join("edge-ca.key.pem")),
-        "--hostname",
         "h.test",
-        "--out",
-        s(tmp.path()),
-    ]);
+        tmp.path(),
+        &["--ca-key", s(&other.join("edge-ca.key.pem"))],
+    ));
     assert_eq!(code, 2);
     assert!(
         err.contains(s(&other.join("edge-ca.key.pem"))) && err.contains("does not belong"),
@@ -840,46 +798,24 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
             s(&enc),
         ],
     );
-    let (code, _, err) = cr(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
+    let (code, _, err) = cr(&issue_server(
         s(&ca.join("edge-ca.cert.pem")),
-        "--ca-key",
-        s(&enc),
-        "--hostname",
         "h.test",
-        "--out",
-        s(tmp.path()),
-    ]);
+        tmp.path(),
+        &["--ca-key", s(&enc)],
+    ));
     assert_eq!(code, 2);
     assert!(err.contains(s(&enc)) && err.contains("encrypted"), "{err}");
     assert!(!err.contains("secret"));
 
     // A server certificate used as the issuing CA.
-    cr_ok(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
-        s(&ca),
-        "--hostname",
-        "leaf.test",
-        "--out",
-        s(tmp.path()),
-    ]);
-    let (code, _, err) = cr(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
+    cr_ok(&issue_server(s(&ca), "leaf.test", tmp.path(), &[]));
+    let (code, _, err) = cr(&issue_server(
         s(&tmp.path().join("leaf.test.cert.pem")),
-        "--hostname",
         "h.test",
-        "--out",
-        s(tmp.path()),
-    ]);
+        tmp.path(),
+        &[],
+    ));
     assert_eq!(code, 2);
     assert!(
         err.contains("leaf.test.cert.pem") && err.contains("is not a CA certificate"),
@@ -887,17 +823,7 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
     );
 
     // Bad hostname, bad key type: name the flag.
-    let (code, _, err) = cr(&[
-        "certs",
-        "issue",
-        "server",
-        "--ca",
-        s(&ca),
-        "--hostname",
-        "bad host",
-        "--out",
-        s(tmp.path()),
-    ]);
+    let (code, _, err) = cr(&issue_server(s(&ca), "bad host", tmp.path(), &[]));
     assert_eq!(code, 2);
     assert!(
         err.contains("bad host") && err.contains("DNS name"),

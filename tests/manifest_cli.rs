@@ -23,6 +23,21 @@ fn run(args: &[&str]) -> Output {
         .expect("run connected-registry")
 }
 
+/// `manifest render TEMPLATE --env ENV [-o OUT]`.
+fn render(template: &Path, env: &Path, out: Option<&Path>) -> Output {
+    let mut args = vec![
+        "manifest",
+        "render",
+        path_str(template),
+        "--env",
+        path_str(env),
+    ];
+    if let Some(out) = out {
+        args.extend(["-o", path_str(out)]);
+    }
+    run(&args)
+}
+
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exited normally, not by a signal")
 }
@@ -170,15 +185,7 @@ fn rendered_top_layer_manifest_checks_clean() {
     std::fs::write(&env, SITE_ENV).unwrap();
     let out_file = dir.path().join("top.json");
     let template = manifests_dir().join("top-layer.json");
-    let out = run(&[
-        "manifest",
-        "render",
-        path_str(&template),
-        "--env",
-        path_str(&env),
-        "-o",
-        path_str(&out_file),
-    ]);
+    let out = render(&template, &env, Some(&out_file));
     assert_eq!(code(&out), 0, "{:?}", text(&out));
     let rendered = std::fs::read_to_string(&out_file).unwrap();
     assert!(!rendered.contains('<'), "a placeholder is left: {rendered}");
@@ -210,18 +217,7 @@ fn check_never_prints_the_sync_token_password() {
     std::fs::write(&env, SITE_ENV).unwrap();
     let out_file = dir.path().join("top.json");
     let template = manifests_dir().join("top-layer.json");
-    assert_eq!(
-        code(&run(&[
-            "manifest",
-            "render",
-            path_str(&template),
-            "--env",
-            path_str(&env),
-            "-o",
-            path_str(&out_file)
-        ])),
-        0
-    );
+    assert_eq!(code(&render(&template, &env, Some(&out_file))), 0);
     // Break the connection string (plain http to the cloud, and a duplicated field) so the
     // checker reports on it.
     let broken = std::fs::read_to_string(&out_file).unwrap().replace(
@@ -269,15 +265,7 @@ fn render_fails_on_unfilled_placeholders_and_writes_nothing() {
     .unwrap();
     let out_file = dir.path().join("top.json");
     let template = manifests_dir().join("top-layer.json");
-    let out = run(&[
-        "manifest",
-        "render",
-        path_str(&template),
-        "--env",
-        path_str(&env),
-        "-o",
-        path_str(&out_file),
-    ]);
+    let out = render(&template, &env, Some(&out_file));
     let (_, stderr) = text(&out);
     assert_eq!(code(&out), 2);
     assert!(
@@ -298,13 +286,7 @@ fn render_fills_dollar_brace_templates_to_stdout() {
         "REGISTRY=myregistry.azurecr.io\nVERSION=0.1.0\nTTL=7200\n",
     )
     .unwrap();
-    let out = run(&[
-        "manifest",
-        "render",
-        path_str(&template),
-        "--env",
-        path_str(&env),
-    ]);
+    let out = render(&template, &env, None);
     assert_eq!(code(&out), 0, "{:?}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["image"], "myregistry.azurecr.io/connected-registry:0.1.0");
@@ -316,13 +298,7 @@ fn render_fills_dollar_brace_templates_to_stdout() {
         "REGISTRY=myregistry.azurecr.io\nVERSION=0.1.0\nTTL=not-a-number\n",
     )
     .unwrap();
-    let out = run(&[
-        "manifest",
-        "render",
-        path_str(&template),
-        "--env",
-        path_str(&env),
-    ]);
+    let out = render(&template, &env, None);
     assert_eq!(code(&out), 2);
     assert!(
         text(&out).1.contains("not valid JSON at line 1"),

@@ -6,14 +6,15 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::api::sha256;
 use common::distribution::start_distribution;
+use common::oci::{first_image_layers, seeded_bytes, Layout};
 use common::tls::{Leaf, TestCa};
-use common::{bin, free_port, run_ok, start_registry, Proc};
-use sha2::{Digest, Sha256};
+use common::{bin, free_port, run_ok, start_registry, wait_until, Proc};
 
 // ---------- helpers ----------
 
@@ -38,6 +39,53 @@ fn start_proxy(dir: &Path, name: &str, leaf: &Leaf, args: &[&str], envs: &[(&str
         listen.parse().unwrap(),
         dir.join(format!("{name}.log")),
     )
+}
+
+/// A temporary directory with a test CA in `ca/` and the proxy's server certificate
+/// (`proxy.test`) issued by it: what most tests start from.
+fn proxy_fixture() -> (tempfile::TempDir, TestCa, Leaf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&tmp.path().join("ca"));
+    let leaf = ca.server("proxy", "proxy.test");
+    (tmp, ca, leaf)
+}
+
+/// Like [`proxy_fixture`], for a parent proxy (`parent.test`) and a child (`child.test`).
+fn nested_fixture() -> (tempfile::TempDir, TestCa, Leaf, Leaf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&tmp.path().join("ca"));
+    let parent = ca.server("parent", "parent.test");
+    let child = ca.server("child", "child.test");
+    (tmp, ca, parent, child)
+}
+
+/// [`start_proxy`] with one route (`PREFIX=UPSTREAM`), then `extra` flags.
+fn start_routed(t: &Path, name: &str, leaf: &Leaf, route: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["--route", route];
+    args.extend_from_slice(extra);
+    start_proxy(t, name, leaf, &args, &[])
+}
+
+/// A child proxy whose default route is the parent proxy at `parent`, over TLS with SNI
+/// `parent.test`, verified against `trust`; `extra` flags follow.
+fn start_child(t: &Path, leaf: &Leaf, parent: SocketAddr, trust: &Path, extra: &[&str]) -> Proc {
+    let default = format!("https://{parent}");
+    let mut args = vec![
+        "--default",
+        &default,
+        "--sni",
+        "parent.test",
+        "--trust",
+        trust.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    start_proxy(t, "child", leaf, &args, &[])
+}
+
+/// Whether `cond` holds within 10 s (checked every 50 ms): for what the proxy does on its own
+/// (reloads, closing connections).
+fn soon(cond: impl FnMut() -> bool) -> bool {
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), cond)
 }
 
 /// `curl` with only `root` trusted; returns (HTTP status, body, response headers).
@@ -69,138 +117,6 @@ fn curl(root: &Path, args: &[&str]) -> (u16, String, String) {
     (status, body, headers)
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// Deterministic incompressible bytes.
-fn pseudo_random(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut counter = 0u64;
-    while out.len() < len {
-        let mut h = Sha256::new();
-        h.update(seed.as_bytes());
-        h.update(counter.to_le_bytes());
-        out.extend_from_slice(&h.finalize());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut table = [0u32; 256];
-    for (i, t) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-        *t = c;
-    }
-    let mut crc = !0u32;
-    for b in data {
-        crc = table[((crc ^ *b as u32) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
-}
-
-/// A valid gzip stream of `data` using stored (uncompressed) deflate blocks, so that
-/// skopeo sees a real compressed layer and copies it without recompressing.
-fn gzip_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    let mut chunks = data.chunks(65535).peekable();
-    if data.is_empty() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(chunk) = chunks.next() {
-        out.push(if chunks.peek().is_none() { 1 } else { 0 });
-        let len = chunk.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out.extend_from_slice(&crc32(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
-
-fn write_blob(layout: &Path, data: &[u8]) -> String {
-    let hex = sha256_hex(data);
-    std::fs::write(layout.join("blobs/sha256").join(&hex), data).unwrap();
-    format!("sha256:{hex}")
-}
-
-/// Writes an OCI image layout with one gzip layer per size; returns the layer digests.
-fn make_image(layout: &Path, seed: &str, sizes: &[usize]) -> Vec<String> {
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for (i, size) in sizes.iter().enumerate() {
-        let raw = pseudo_random(&format!("{seed}/{i}"), *size);
-        diff_ids.push(format!("sha256:{}", sha256_hex(&raw)));
-        let gz = gzip_stored(&raw);
-        let digest = write_blob(layout, &gz);
-        layers.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest, "size": gz.len(),
-        }));
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    })
-    .to_string();
-    let config_digest = write_blob(layout, config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": layers,
-    })
-    .to_string();
-    let manifest_digest = write_blob(layout, manifest.as_bytes());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "v1"},
-        }],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    layers
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Layer digests of the image tagged `v1` in an OCI layout.
-fn layout_layers(layout: &Path) -> Vec<String> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let path = layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn skopeo(args: &[&str]) -> String {
     run_ok("skopeo", &[&["--insecure-policy"], args].concat())
 }
@@ -216,7 +132,7 @@ fn upload_blob(
     put_args: &[&str],
 ) -> (String, String, String) {
     let data = std::fs::read(data_file).unwrap();
-    let digest = format!("sha256:{}", sha256_hex(&data));
+    let digest = sha256(&data);
     let (status, body, headers) = curl(
         root,
         &["-X", "POST", &format!("{base}/v2/{repo}/blobs/uploads/")],
@@ -271,8 +187,9 @@ fn wait_exit(child: &mut Child, limit: Duration) -> bool {
     false
 }
 
-/// `openssl s_client` as a raw TLS pipe to `addr`; stdin is ours to write.
-fn tls_pipe(addr: SocketAddr, root: &Path) -> Child {
+/// `openssl s_client` as a raw TLS pipe to `addr` (HTTP/1.1 by ALPN); stdin is ours to write,
+/// stdout goes to `stdout`.
+fn tls_pipe(addr: SocketAddr, root: &Path, stdout: Stdio) -> Child {
     Command::new("openssl")
         .args([
             "s_client",
@@ -286,38 +203,40 @@ fn tls_pipe(addr: SocketAddr, root: &Path) -> Child {
             "http/1.1",
         ])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("run openssl s_client")
 }
 
-/// The leaf certificate (PEM) a TLS server at `addr` presents now.
-fn served_leaf(addr: SocketAddr, root: &Path) -> String {
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-CAfile",
-            root.to_str().unwrap(),
-        ])
+/// `openssl s_client -connect ADDR ARGS...` with nothing to send: one handshake, then exit.
+fn s_client(addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("run openssl s_client");
-    let text = String::from_utf8_lossy(&out.stdout);
+        .expect("run openssl s_client")
+}
+
+/// The first PEM certificate in `text`.
+fn first_cert_pem(text: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
     let start = text
         .find("-----BEGIN CERTIFICATE-----")
-        .expect("server sent a certificate");
-    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+        .unwrap_or_else(|| panic!("no certificate in: {text}"));
+    let end = text.find(END).unwrap() + END.len();
     text[start..end].to_owned()
 }
 
+/// The leaf certificate (PEM) a TLS server at `addr` presents now.
+fn served_leaf(addr: SocketAddr, root: &Path) -> String {
+    let out = s_client(addr, &["-CAfile", root.to_str().unwrap()]);
+    first_cert_pem(&String::from_utf8_lossy(&out.stdout))
+}
+
 fn pem_of(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap();
-    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
-    text[start..end].to_owned()
+    first_cert_pem(&std::fs::read_to_string(path).unwrap())
 }
 
 fn metrics(admin: SocketAddr) -> String {
@@ -339,14 +258,11 @@ fn metrics(admin: SocketAddr) -> String {
 fn push_and_pull_through_proxy(t: &Path, upstream: &str, extra: &[&str]) {
     let ca = TestCa::new(&t.join("ca"));
     let leaf = ca.server("proxy", "proxy.test");
-    let route = format!("/v2={upstream}");
-    let mut args = vec!["--route", &route];
-    args.extend_from_slice(extra);
-    let proxy = start_proxy(t, "proxy", &leaf, &args, &[]);
+    let proxy = start_routed(t, "proxy", &leaf, &format!("/v2={upstream}"), extra);
     let certs = ca.skopeo_cert_dir();
-    let layers = make_image(&t.join("img"), "push", &[3 << 20, 1 << 20, 300 << 10]);
+    let (img, image) = Layout::with_image(&t.join("img"), "v1", &[3 << 20, 1 << 20, 300 << 10]);
 
-    let src = format!("oci:{}:v1", t.join("img").display());
+    let src = img.reference("v1");
     let dst = format!("docker://{}/edge/app:v1", proxy.addr);
     skopeo(&[
         "copy",
@@ -365,7 +281,7 @@ fn push_and_pull_through_proxy(t: &Path, upstream: &str, extra: &[&str]) {
         &dst,
         &format!("oci:{}:v1", pulled.display()),
     ]);
-    assert_eq!(layout_layers(&pulled), layers);
+    assert_eq!(first_image_layers(&pulled), image.layer_digests());
     let log = proxy.log_text();
     assert!(
         log.contains("PUT /v2/edge/app/manifests/v1 201"),
@@ -396,10 +312,8 @@ fn skopeo_push_and_pull_through_tls_proxy_to_distribution() {
 /// root; TLS 1.0 and 1.1 handshakes are refused.
 #[test]
 fn tls_versions_and_full_chain() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let proxy = start_proxy(
         t,
         "proxy",
@@ -407,19 +321,8 @@ fn tls_versions_and_full_chain() {
         &["--route", "/v2=http://127.0.0.1:9"],
         &[],
     );
-    let addr = proxy.addr.to_string();
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr,
-            "-showcerts",
-            "-CAfile",
-            ca.root.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let root = ca.root.to_str().unwrap();
+    let out = s_client(proxy.addr, &["-showcerts", "-CAfile", root]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TLSv1.3"), "{text}");
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
@@ -430,32 +333,10 @@ fn tls_versions_and_full_chain() {
     );
     assert!(text.contains("test intermediate CA"), "{text}");
     // TLS 1.2 is still offered (older clients).
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr,
-            "-tls1_2",
-            "-CAfile",
-            ca.root.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = s_client(proxy.addr, &["-tls1_2", "-CAfile", root]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("TLSv1.2"));
     for old in ["-tls1", "-tls1_1"] {
-        let out = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &addr,
-                old,
-                "-cipher",
-                "DEFAULT:@SECLEVEL=0",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = s_client(proxy.addr, &[old, "-cipher", "DEFAULT:@SECLEVEL=0"]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             !out.status.success() || text.contains("Cipher is (NONE)"),
@@ -468,37 +349,25 @@ fn tls_versions_and_full_chain() {
 /// verified against the root; skopeo pulls through both hops.
 #[test]
 fn nested_pull_through_two_tls_hops() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, parent_leaf, child_leaf) = nested_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let parent_leaf = ca.server("parent", "parent.test");
-    let child_leaf = ca.server("child", "child.test");
     let reg = start_registry(&t.join("data"), &[]);
-    let layers = make_image(&t.join("img"), "nested", &[2 << 20, 64 << 10]);
+    let (img, image) = Layout::with_image(&t.join("img"), "v1", &[2 << 20, 64 << 10]);
     skopeo(&[
         "copy",
         "--dest-tls-verify=false",
-        &format!("oci:{}:v1", t.join("img").display()),
+        &img.reference("v1"),
         &format!("docker://{}/layer/app:v1", reg.addr),
     ]);
 
-    let route = format!("/v2={}", reg.url());
-    let parent = start_proxy(t, "parent", &parent_leaf, &["--route", &route], &[]);
-    let default = format!("https://{}", parent.addr);
-    let child = start_proxy(
+    let parent = start_routed(
         t,
-        "child",
-        &child_leaf,
-        &[
-            "--default",
-            &default,
-            "--sni",
-            "parent.test",
-            "--trust",
-            ca.root.to_str().unwrap(),
-        ],
+        "parent",
+        &parent_leaf,
+        &format!("/v2={}", reg.url()),
         &[],
     );
+    let child = start_child(t, &child_leaf, parent.addr, &ca.root, &[]);
     let certs = ca.skopeo_cert_dir();
     let pulled = t.join("pulled");
     skopeo(&[
@@ -509,7 +378,7 @@ fn nested_pull_through_two_tls_hops() {
         &format!("docker://{}/layer/app:v1", child.addr),
         &format!("oci:{}:v1", pulled.display()),
     ]);
-    assert_eq!(layout_layers(&pulled), layers);
+    assert_eq!(first_image_layers(&pulled), image.layer_digests());
     assert!(
         child
             .log_text()
@@ -544,16 +413,15 @@ fn server_certificate_rotation_during_download() {
     std::fs::copy(&old.key, &live.key).unwrap();
     let reg = start_registry(&t.join("data"), &[]);
     let blob = t.join("blob");
-    let data = pseudo_random("rotation", 8 << 20);
+    let data = seeded_bytes(1, 8 << 20);
     std::fs::write(&blob, &data).unwrap();
     let (digest, _, _) = upload_blob(&ca.root, &reg.url(), "big/blob", &blob, &[]);
-    let route = format!("/v2={}", reg.url());
-    let proxy = start_proxy(
+    let proxy = start_routed(
         t,
         "proxy",
         &live,
-        &["--route", &route, "--reload-interval", "100ms"],
-        &[],
+        &format!("/v2={}", reg.url()),
+        &["--reload-interval", "100ms"],
     );
     assert_eq!(served_leaf(proxy.addr, &ca.root), pem_of(&old.cert));
 
@@ -579,14 +447,7 @@ fn server_certificate_rotation_during_download() {
     std::fs::rename(t.join("tmp.key"), &live.key).unwrap();
     std::fs::copy(&new.chain, t.join("tmp.pem")).unwrap();
     std::fs::rename(t.join("tmp.pem"), &live.chain).unwrap();
-    let mut rotated = false;
-    for _ in 0..200 {
-        if served_leaf(proxy.addr, &ca.root) == pem_of(&new.cert) {
-            rotated = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rotated = soon(|| served_leaf(proxy.addr, &ca.root) == pem_of(&new.cert));
     assert!(
         rotated,
         "new connections never got the new certificate:\n{}",
@@ -608,13 +469,10 @@ fn server_certificate_rotation_during_download() {
 /// says the error came from the upstream.
 #[test]
 fn upstream_down_gives_502_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let route = format!("/v2={dead}");
-    let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
+    let proxy = start_routed(t, "proxy", &leaf, &format!("/v2={dead}"), &[]);
     let (status, body, _) = curl(&ca.root, &[&format!("https://{}/v2/", proxy.addr)]);
     assert_eq!(status, 502, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
@@ -630,10 +488,8 @@ fn upstream_down_gives_502_naming_it() {
 /// An upstream that accepts and never answers: 504 after the (short) upstream timeout.
 #[test]
 fn upstream_silent_gives_504() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap();
     // Accept and hold connections without answering.
@@ -643,13 +499,12 @@ fn upstream_silent_gives_504() {
             held.push(s);
         }
     });
-    let route = format!("/v2=http://{silent_addr}");
-    let proxy = start_proxy(
+    let proxy = start_routed(
         t,
         "proxy",
         &leaf,
-        &["--route", &route, "--upstream-timeout", "1s"],
-        &[],
+        &format!("/v2=http://{silent_addr}"),
+        &["--upstream-timeout", "1s"],
     );
     let (status, body, _) = curl(&ca.root, &[&format!("https://{}/v2/", proxy.addr)]);
     assert_eq!(status, 504, "{body}");
@@ -659,7 +514,7 @@ fn upstream_silent_gives_504() {
     );
     // An upload the upstream never reads: 504 as well, not a hang.
     let file = t.join("upload");
-    std::fs::write(&file, pseudo_random("stall", 32 << 20)).unwrap();
+    std::fs::write(&file, seeded_bytes(2, 32 << 20)).unwrap();
     let (status, body, _) = curl(
         &ca.root,
         &[
@@ -677,10 +532,8 @@ fn upstream_silent_gives_504() {
 /// opens TCP and never starts TLS.
 #[test]
 fn slowloris_client_is_cut_off() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let proxy = start_proxy(
         t,
         "proxy",
@@ -695,7 +548,7 @@ fn slowloris_client_is_cut_off() {
         ],
         &[],
     );
-    let mut pipe = tls_pipe(proxy.addr, &ca.root);
+    let mut pipe = tls_pipe(proxy.addr, &ca.root, Stdio::null());
     let mut stdin = pipe.stdin.take().unwrap();
     stdin
         .write_all(b"GET /v2/ HTTP/1.1\r\nHost: proxy.test\r\nX-Slow: ")
@@ -720,18 +573,15 @@ fn slowloris_client_is_cut_off() {
 /// A request head larger than `--max-header-bytes` gets 431, over HTTP/1.1 and HTTP/2.
 #[test]
 fn oversized_headers_get_431() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let reg = start_distribution(&t.join("reg"), "");
-    let route = format!("/v2={}", reg.url());
-    let proxy = start_proxy(
+    let proxy = start_routed(
         t,
         "proxy",
         &leaf,
-        &["--route", &route, "--max-header-bytes", "16384"],
-        &[],
+        &format!("/v2={}", reg.url()),
+        &["--max-header-bytes", "16384"],
     );
     let url = format!("https://{}/v2/", proxy.addr);
     let big = format!("X-Big: {}", "a".repeat(20000));
@@ -748,10 +598,8 @@ fn oversized_headers_get_431() {
 /// upstream sees EOF) and the client connection is gone from the metrics.
 #[test]
 fn client_disconnect_mid_upload_closes_upstream() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = upstream.local_addr().unwrap();
     let (tx, rx) = mpsc::channel::<&'static str>();
@@ -777,15 +625,14 @@ fn client_disconnect_mid_upload_closes_upstream() {
         }
     });
     let admin = format!("127.0.0.1:{}", free_port());
-    let route = format!("/v2=http://{up_addr}");
-    let proxy = start_proxy(
+    let proxy = start_routed(
         t,
         "proxy",
         &leaf,
-        &["--route", &route, "--admin", &admin],
-        &[],
+        &format!("/v2=http://{up_addr}"),
+        &["--admin", &admin],
     );
-    let mut pipe = tls_pipe(proxy.addr, &ca.root);
+    let mut pipe = tls_pipe(proxy.addr, &ca.root, Stdio::null());
     let mut stdin = pipe.stdin.take().unwrap();
     stdin
         .write_all(b"PATCH /v2/x/blobs/uploads/1 HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 1000000000\r\n\r\n")
@@ -809,14 +656,7 @@ fn client_disconnect_mid_upload_closes_upstream() {
         "closed"
     );
     let admin: SocketAddr = admin.parse().unwrap();
-    let mut closed = false;
-    for _ in 0..100 {
-        if metrics(admin).contains("proxy_connections_active 0") {
-            closed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let closed = soon(|| metrics(admin).contains("proxy_connections_active 0"));
     assert!(closed, "client connection leaked:\n{}", metrics(admin));
 }
 
@@ -824,33 +664,11 @@ fn client_disconnect_mid_upload_closes_upstream() {
 /// client-supplied certificate header dropped.
 #[test]
 fn forwarded_headers_and_hop_by_hop_removal() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
-    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap();
-    // Answers every request with its own request head as the body.
-    std::thread::spawn(move || {
-        for s in upstream.incoming().flatten() {
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push_str(&line);
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut s = s;
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n{head}", head.len());
-        }
-    });
-    let route = format!("/=http://{up_addr}");
-    let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
+    // Answers every request with its own request head as the body, with hop-by-hop headers.
+    let up_addr = echo_upstream_with(String::new(), "X-Hop: 1\r\nKeep-Alive: timeout=5\r\n");
+    let proxy = start_routed(t, "proxy", &leaf, &format!("/=http://{up_addr}"), &[]);
     let url = format!("https://proxy.test:{}/echo?x=1", proxy.addr.port());
     let resolve = format!("proxy.test:{}:127.0.0.1", proxy.addr.port());
     let (status, body, headers) = curl(
@@ -900,39 +718,16 @@ fn forwarded_headers_and_hop_by_hop_removal() {
 /// With `--client-ca`, a client certificate is verified and forwarded (URL-escaped PEM).
 #[test]
 fn verified_client_certificate_is_forwarded() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let client = ca.client("device", "device-1");
-    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in upstream.incoming().flatten() {
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            let mut s = s;
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-                head.len()
-            );
-        }
-    });
-    let route = format!("/=http://{up_addr}");
-    let proxy = start_proxy(
+    let up_addr = echo_upstream_with(String::new(), "");
+    let proxy = start_routed(
         t,
         "proxy",
         &leaf,
-        &["--route", &route, "--client-ca", ca.root.to_str().unwrap()],
-        &[],
+        &format!("/=http://{up_addr}"),
+        &["--client-ca", ca.root.to_str().unwrap()],
     );
     let url = format!("https://{}/who", proxy.addr);
     let (status, body, _) = curl(
@@ -975,14 +770,11 @@ fn verified_client_certificate_is_forwarded() {
 /// (Host and X-Forwarded-Proto preserved).
 #[test]
 fn expect_continue_upload_and_location_through_proxy() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let reg = start_distribution(&t.join("reg"), "");
-    let route = format!("/v2={}", reg.url());
-    let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
-    let data = pseudo_random("expect", 2 << 20);
+    let proxy = start_routed(t, "proxy", &leaf, &format!("/v2={}", reg.url()), &[]);
+    let data = seeded_bytes(3, 2 << 20);
     let file = t.join("blob");
     std::fs::write(&file, &data).unwrap();
     let base = format!("https://{}", proxy.addr);
@@ -1105,10 +897,8 @@ fn bad_config_file_names_line_and_key() {
 /// previous table.
 #[test]
 fn config_file_reload_switches_routes() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let reg = start_distribution(&t.join("reg"), "");
     let file = t.join("proxy.toml");
     let dead = format!("http://127.0.0.1:{}", free_port());
@@ -1135,25 +925,11 @@ fn config_file_reload_switches_routes() {
     let url = format!("https://{}/v2/", proxy.addr);
     assert_eq!(curl(&ca.root, &[&url]).0, 502);
     write(&reg.url());
-    let mut ok = false;
-    for _ in 0..100 {
-        if curl(&ca.root, &[&url]).0 == 200 {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ok = soon(|| curl(&ca.root, &[&url]).0 == 200);
     assert!(ok, "new route never applied:\n{}", proxy.log_text());
     std::fs::write(&file, "[[routes]]\nprefix = \"v2\"\n").unwrap();
     // Wait (bounded) until the proxy has seen the broken edit, then check it kept the table.
-    let mut seen = false;
-    for _ in 0..200 {
-        if proxy.log_text().contains("config not reloaded") {
-            seen = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let seen = soon(|| proxy.log_text().contains("config not reloaded"));
     assert!(
         seen,
         "the broken edit was never reported:\n{}",
@@ -1169,19 +945,16 @@ fn config_file_reload_switches_routes() {
 /// The admin port serves Prometheus text with per-upstream request counts.
 #[test]
 fn metrics_on_admin_port() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let reg = start_distribution(&t.join("reg"), "");
     let admin = format!("127.0.0.1:{}", free_port());
-    let route = format!("/v2={}", reg.url());
-    let proxy = start_proxy(
+    let proxy = start_routed(
         t,
         "proxy",
         &leaf,
-        &["--route", &route, "--admin", &admin],
-        &[],
+        &format!("/v2={}", reg.url()),
+        &["--admin", &admin],
     );
     assert_eq!(
         curl(&ca.root, &[&format!("https://{}/v2/", proxy.addr)]).0,
@@ -1208,27 +981,22 @@ fn trust_bundle_rotation_applies_to_new_upstream_connections() {
     let parent_leaf = new_ca.server("parent", "parent.test");
     let child_leaf = old_ca.server("child", "child.test");
     let reg = start_distribution(&t.join("reg"), "");
-    let route = format!("/v2={}", reg.url());
-    let parent = start_proxy(t, "parent", &parent_leaf, &["--route", &route], &[]);
+    let parent = start_routed(
+        t,
+        "parent",
+        &parent_leaf,
+        &format!("/v2={}", reg.url()),
+        &[],
+    );
     // The child still trusts only the old root: it cannot verify the parent.
     let trust = t.join("trust.pem");
     std::fs::copy(&old_ca.root, &trust).unwrap();
-    let default = format!("https://{}", parent.addr);
-    let child = start_proxy(
+    let child = start_child(
         t,
-        "child",
         &child_leaf,
-        &[
-            "--default",
-            &default,
-            "--sni",
-            "parent.test",
-            "--trust",
-            trust.to_str().unwrap(),
-            "--reload-interval",
-            "100ms",
-        ],
-        &[],
+        parent.addr,
+        &trust,
+        &["--reload-interval", "100ms"],
     );
     let url = format!("https://{}/v2/", child.addr);
     let (status, body, _) = curl(&old_ca.root, &[&url]);
@@ -1245,14 +1013,7 @@ fn trust_bundle_rotation_applies_to_new_upstream_connections() {
     );
     std::fs::write(t.join("trust.tmp"), both).unwrap();
     std::fs::rename(t.join("trust.tmp"), &trust).unwrap();
-    let mut ok = false;
-    for _ in 0..100 {
-        if curl(&old_ca.root, &[&url]).0 == 200 {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let ok = soon(|| curl(&old_ca.root, &[&url]).0 == 200);
     assert!(
         ok,
         "the new trust bundle never applied:\n{}",
@@ -1269,10 +1030,8 @@ fn trust_bundle_rotation_applies_to_new_upstream_connections() {
 /// then bytes flow both ways over the tunnel.
 #[test]
 fn upgrade_is_tunnelled() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = upstream.local_addr().unwrap();
     // Answers an upgrade request with 101, then echoes lines upper-cased.
@@ -1307,24 +1066,8 @@ fn upgrade_is_tunnelled() {
             }
         }
     });
-    let route = format!("/=http://{up_addr}");
-    let proxy = start_proxy(t, "proxy", &leaf, &["--route", &route], &[]);
-    let mut pipe = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &proxy.addr.to_string(),
-            "-CAfile",
-            ca.root.to_str().unwrap(),
-            "-alpn",
-            "http/1.1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let proxy = start_routed(t, "proxy", &leaf, &format!("/=http://{up_addr}"), &[]);
+    let mut pipe = tls_pipe(proxy.addr, &ca.root, Stdio::piped());
     let mut stdin = pipe.stdin.take().unwrap();
     let stdout = pipe.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
@@ -1363,6 +1106,12 @@ fn upgrade_is_tunnelled() {
 
 /// An upstream that answers every request with `name` and the request head it received.
 fn echo_upstream(name: &'static str) -> SocketAddr {
+    echo_upstream_with(format!("{name}\n"), "")
+}
+
+/// An upstream that answers every request with `body_prefix` then the request head it
+/// received as the body, with `extra_headers` (whole `\r\n`-ended lines) in its response head.
+fn echo_upstream_with(body_prefix: String, extra_headers: &'static str) -> SocketAddr {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = upstream.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -1376,11 +1125,11 @@ fn echo_upstream(name: &'static str) -> SocketAddr {
                 }
                 head.push_str(&line);
             }
-            let body = format!("{name}\n{head}");
+            let body = format!("{body_prefix}{head}");
             let mut s = s;
             let _ = write!(
                 s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
                 body.len()
             );
         }
@@ -1392,10 +1141,8 @@ fn echo_upstream(name: &'static str) -> SocketAddr {
 /// else goes to the default route.
 #[test]
 fn routing_by_prefix_header_and_default() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let registry = echo_upstream("registry");
     let acr = echo_upstream("acr-token");
     let blob = echo_upstream("blob");
@@ -1450,20 +1197,12 @@ fn routing_by_prefix_header_and_default() {
 /// clients offering both.
 #[test]
 fn alpn_preference_is_a_setting() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let upstream = echo_upstream("registry");
     let route = format!("/=http://{upstream}");
-    let h2 = start_proxy(t, "h2", &leaf, &["--route", &route], &[]);
-    let h1 = start_proxy(
-        t,
-        "h1",
-        &leaf,
-        &["--route", &route, "--alpn", "http/1.1,h2"],
-        &[],
-    );
+    let h2 = start_routed(t, "h2", &leaf, &route, &[]);
+    let h1 = start_routed(t, "h1", &leaf, &route, &["--alpn", "http/1.1,h2"]);
     let (_, _, headers) = curl(&ca.root, &["--http2", &format!("https://{}/", h2.addr)]);
     assert!(headers.starts_with("HTTP/2 200"), "{headers}");
     let (_, _, headers) = curl(&ca.root, &["--http2", &format!("https://{}/", h1.addr)]);
@@ -1474,29 +1213,17 @@ fn alpn_preference_is_a_setting() {
 /// used, so the URLs it builds point back at the child proxy.
 #[test]
 fn nested_hops_preserve_the_client_host() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, parent_leaf, child_leaf) = nested_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let parent_leaf = ca.server("parent", "parent.test");
-    let child_leaf = ca.server("child", "child.test");
     let upstream = echo_upstream("registry");
-    let route = format!("/v2=http://{upstream}");
-    let parent = start_proxy(t, "parent", &parent_leaf, &["--route", &route], &[]);
-    let default = format!("https://{}", parent.addr);
-    let child = start_proxy(
+    let parent = start_routed(
         t,
-        "child",
-        &child_leaf,
-        &[
-            "--default",
-            &default,
-            "--sni",
-            "parent.test",
-            "--trust",
-            ca.root.to_str().unwrap(),
-        ],
+        "parent",
+        &parent_leaf,
+        &format!("/v2=http://{upstream}"),
         &[],
     );
+    let child = start_child(t, &child_leaf, parent.addr, &ca.root, &[]);
     let resolve = format!("child.test:{}:127.0.0.1", child.addr.port());
     let url = format!("https://child.test:{}/v2/", child.addr.port());
     let (status, body, _) = curl(&ca.root, &["--resolve", &resolve, &url]);
@@ -1604,20 +1331,17 @@ fn proxy_without_certificate_serves_a_dev_chain_clients_can_trust() {
 /// soon as a connection closes.
 #[test]
 fn max_connections_holds_extra_clients_in_the_backlog() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let ca = TestCa::new(&t.join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
     let upstream = echo_upstream("registry");
     let route = format!("/=http://{upstream}");
     let admin = format!("127.0.0.1:{}", free_port());
-    let proxy = start_proxy(
+    let proxy = start_routed(
         t,
         "proxy",
         &leaf,
+        &route,
         &[
-            "--route",
-            &route,
             "--admin",
             &admin,
             "--max-connections",
@@ -1625,7 +1349,6 @@ fn max_connections_holds_extra_clients_in_the_backlog() {
             "--workers",
             "1",
         ],
-        &[],
     );
     let admin: SocketAddr = admin.parse().unwrap();
     let gauge = |name: &str| {
@@ -1636,15 +1359,8 @@ fn max_connections_holds_extra_clients_in_the_backlog() {
             .unwrap_or(0)
     };
     // One client holds the only slot.
-    let mut holder = tls_pipe(proxy.addr, &ca.root);
-    let mut held = false;
-    for _ in 0..200 {
-        if gauge("proxy_connections_active ") == 1 {
-            held = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut holder = tls_pipe(proxy.addr, &ca.root, Stdio::null());
+    let held = soon(|| gauge("proxy_connections_active ") == 1);
     assert!(held, "the first client was never accepted");
     // (The start-up port probe counts too: compare with the total from here on.)
     let accepted_before = gauge("proxy_connections_total ");

@@ -7,17 +7,9 @@ mod common;
 
 use common::api::*;
 use common::oci::random_bytes;
-use common::target::{Kind, Target};
+use common::target::{setup, Kind, Target};
 use reqwest::Method;
 use serde_json::json;
-
-/// A registry on its own data dir and port, and a client for it.
-fn setup() -> (tempfile::TempDir, Target, Api) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let target = Target::start(&dir.path().join("reg"));
-    let api = Api::new(&target.url());
-    (dir, target, api)
-}
 
 /// The reference implementation lacks this feature: the test checks only our registry.
 fn ours_only(t: &Target, what: &str) -> bool {
@@ -392,12 +384,7 @@ fn final_put_may_carry_the_last_chunk() {
     let digest = sha256(&data);
     let loc = api.start_upload("tail");
     let r = api
-        .send(
-            api.req(Method::PATCH, &loc)
-                .header("content-type", "application/octet-stream")
-                .header("content-range", "0-9999")
-                .body(data[..10_000].to_vec()),
-        )
+        .patch_chunk(&loc, &data[..10_000], Some("0-9999"))
         .expect(202);
     let loc = r.header("location").unwrap();
     api.send(
@@ -420,13 +407,7 @@ fn cancelled_upload_is_gone_and_stored_nothing() {
     let before = t.blob_files();
     let data = random_bytes(20_000);
     let loc = api.start_upload("cancel");
-    let r = api
-        .send(
-            api.req(Method::PATCH, &loc)
-                .header("content-type", "application/octet-stream")
-                .body(data.clone()),
-        )
-        .expect(202);
+    let r = api.patch_chunk(&loc, &data, None).expect(202);
     let loc = r.header("location").unwrap();
     api.delete(&loc).expect(204);
     api.get(&loc).expect_error(404, "BLOB_UPLOAD_UNKNOWN");

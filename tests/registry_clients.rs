@@ -9,15 +9,8 @@ use common::api::*;
 use common::docker::Dockerd;
 use common::oci::{Image, Layout};
 use common::skopeo;
-use common::target::Target;
+use common::target::setup;
 use serde_json::Value;
-
-fn setup() -> (tempfile::TempDir, Target, Api) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let target = Target::start(&dir.path().join("reg"));
-    let api = Api::new(&target.url());
-    (dir, target, api)
-}
 
 /// Checks that `repo` serves `image` exactly: manifest bytes and digest, config and every layer.
 #[track_caller]

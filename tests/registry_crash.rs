@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::api::*;
 use common::oci::random_bytes;
-use common::target::Target;
+use common::target::{setup, Target};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -133,9 +133,7 @@ fn assert_references_whole(api: &Api, repo: &str, manifest: &Value) {
 
 #[test]
 fn kill9_during_large_uploads_leaves_no_partial_blob() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Target::start(&dir.path().join("reg"));
-    let api = Api::new(&t.url());
+    let (_dir, mut t, api) = setup();
     let (before_manifest, _, _) = api.push_image("before", "v1", 2, 300_000);
 
     // A chunked upload with its first chunk acknowledged, never finished.
@@ -143,13 +141,8 @@ fn kill9_during_large_uploads_leaves_no_partial_blob() {
     let half = whole[..2 << 20].to_vec();
     let session = path_of(&api.start_upload("big"));
     let loc = session.clone();
-    api.send(
-        api.req(Method::PATCH, &loc)
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("0-{}", half.len() - 1))
-            .body(half.clone()),
-    )
-    .expect(202);
+    api.patch_chunk(&loc, &half, Some(&format!("0-{}", half.len() - 1)))
+        .expect(202);
 
     // A monolithic PUT of 48 MiB, killed while the body is still arriving.
     let big = Arc::new(random_bytes(48 << 20));
@@ -218,12 +211,7 @@ fn kill9_during_large_uploads_leaves_no_partial_blob() {
         );
         let loc = path_of(&status.header("location").unwrap_or(session.clone()));
         let r = api
-            .send(
-                api.req(Method::PATCH, &loc)
-                    .header("content-type", "application/octet-stream")
-                    .header("content-range", format!("{n}-{}", whole.len() - 1))
-                    .body(whole[n..].to_vec()),
-            )
+            .patch_chunk(&loc, &whole[n..], Some(&format!("{n}-{}", whole.len() - 1)))
             .expect(202);
         let loc = path_of(&r.header("location").unwrap());
         api.send(api.req(Method::PUT, &Api::with_digest(&loc, &sha256(&whole))))
@@ -369,9 +357,7 @@ fn kill9_during_a_burst_of_manifest_pushes_keeps_every_acknowledged_push() {
 
 #[test]
 fn sigterm_stops_cleanly_and_the_data_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Target::start(&dir.path().join("reg"));
-    let api = Api::new(&t.url());
+    let (_dir, mut t, api) = setup();
     let (manifest, _, _) = api.push_image("kept", "v1", 2, 50_000);
     // What `docker stop` and `iotedge restart` send.
     let pid = t.proc.child.id();

@@ -12,20 +12,9 @@ use std::time::Duration;
 
 use common::api::*;
 use common::oci::random_bytes;
-use common::target::{Kind, Target};
+use common::target::{setup, setup_with, Kind, Target};
 use reqwest::Method;
 use serde_json::json;
-
-fn setup_with(args: &[&str]) -> (tempfile::TempDir, Target, Api) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let target = Target::start_with(&dir.path().join("reg"), args);
-    let api = Api::new(&target.url());
-    (dir, target, api)
-}
-
-fn setup() -> (tempfile::TempDir, Target, Api) {
-    setup_with(&[])
-}
 
 /// What the store holds: blob files on disk, the catalog, and the tags of `repos`.
 #[derive(Debug, PartialEq)]
@@ -114,19 +103,25 @@ fn valid_names_with_every_separator_are_accepted() {
     }
 }
 
-#[test]
-fn default_manifest_limit_is_4_mib() {
-    let (_d, t, api) = setup();
+/// Pushes a config to `repo`; returns a maker of OCI manifests over it padded (by an
+/// annotation) with `pad` bytes, to probe the manifest size limit.
+fn padded_manifests(api: &Api, repo: &str) -> impl Fn(usize) -> Vec<u8> {
     let config = config_bytes("amd64");
-    api.push_blob("big", &config);
+    api.push_blob(repo, &config);
     let cdesc = Desc::of(OCI_CONFIG, &config);
-    let make = |pad: usize| {
+    move |pad| {
         serde_json::to_vec(&json!({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc.json(), "layers": [],
             "annotations": {"pad": "x".repeat(pad)},
         }))
         .unwrap()
-    };
+    }
+}
+
+#[test]
+fn default_manifest_limit_is_4_mib() {
+    let (_d, t, api) = setup();
+    let make = padded_manifests(&api, "big");
     let limit = 4 << 20;
     let base = make(0).len();
     api.put_manifest("big", "fits", OCI_MANIFEST, &make(limit - base))
@@ -182,13 +177,7 @@ fn invalid_digests_are_refused() {
         )
         .expect_error(400, "DIGEST_INVALID");
         let loc = api.start_upload("dig");
-        let r = api
-            .send(
-                api.req(Method::PATCH, &loc)
-                    .header("content-type", "application/octet-stream")
-                    .body(data.clone()),
-            )
-            .expect(202);
+        let r = api.patch_chunk(&loc, &data, None).expect(202);
         let loc = r.header("location").unwrap();
         api.send(api.req(Method::PUT, &Api::with_digest(&loc, &other)))
             .expect_error(400, "DIGEST_INVALID");
@@ -408,6 +397,24 @@ fn unknown_manifests_blobs_and_uploads() {
         .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 }
 
+/// PATCHes `data` to a new upload in `repo` with `Content-Range: content_range` and asserts
+/// the refusal: 416, or 400 with SIZE_INVALID or BLOB_UPLOAD_INVALID. `what` names the case.
+fn patch_is_refused(api: &Api, repo: &str, content_range: &str, data: &[u8], what: &str) {
+    let loc = api.start_upload(repo);
+    let r = api.patch_chunk(&loc, data, Some(content_range));
+    let codes = error_codes(&r.text());
+    assert!(
+        r.status == 416
+            || (r.status == 400
+                && codes
+                    .iter()
+                    .any(|c| c == "SIZE_INVALID" || c == "BLOB_UPLOAD_INVALID")),
+        "{what}: got {} {}",
+        r.status,
+        r.text()
+    );
+}
+
 #[test]
 fn malformed_content_range_and_size_mismatch_are_refused() {
     let (_d, t, api) = setup();
@@ -418,47 +425,19 @@ fn malformed_content_range_and_size_mismatch_are_refused() {
         &["sz"],
         "Content-Range larger than the body",
         || {
-            let loc = api.start_upload("sz");
-            let r = api.send(
-                api.req(Method::PATCH, &loc)
-                    .header("content-type", "application/octet-stream")
-                    .header("content-range", "0-1999")
-                    .body(data.clone()),
-            );
-            let codes = error_codes(&r.text());
-            assert!(
-                r.status == 416
-                    || (r.status == 400
-                        && codes
-                            .iter()
-                            .any(|c| c == "SIZE_INVALID" || c == "BLOB_UPLOAD_INVALID")),
-                "Content-Range 0-1999 with a 1000-byte body: got {} {}",
-                r.status,
-                r.text()
+            patch_is_refused(
+                &api,
+                "sz",
+                "0-1999",
+                &data,
+                "Content-Range 0-1999 with a 1000-byte body",
             );
             api.head(&format!("/v2/sz/blobs/{}", sha256(&data)))
                 .expect(404);
         },
     );
     refused_stores_nothing(&t, &api, &["sz"], "garbage Content-Range", || {
-        let loc = api.start_upload("sz");
-        let r = api.send(
-            api.req(Method::PATCH, &loc)
-                .header("content-type", "application/octet-stream")
-                .header("content-range", "bytes=lots")
-                .body(data.clone()),
-        );
-        let codes = error_codes(&r.text());
-        assert!(
-            r.status == 416
-                || (r.status == 400
-                    && codes
-                        .iter()
-                        .any(|c| c == "BLOB_UPLOAD_INVALID" || c == "SIZE_INVALID")),
-            "garbage Content-Range: got {} {}",
-            r.status,
-            r.text()
-        );
+        patch_is_refused(&api, "sz", "bytes=lots", &data, "garbage Content-Range");
     });
     // The body ends before its Content-Length: nothing may be stored.
     refused_stores_nothing(&t, &api, &["sz"], "short body", || {
@@ -508,16 +487,7 @@ fn oversized_manifest_is_refused_naming_the_limit() {
     } else {
         limit
     };
-    let config = config_bytes("amd64");
-    api.push_blob("big", &config);
-    let cdesc = Desc::of(OCI_CONFIG, &config);
-    let make = |pad: usize| {
-        serde_json::to_vec(&json!({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc.json(), "layers": [],
-            "annotations": {"pad": "x".repeat(pad)},
-        }))
-        .unwrap()
-    };
+    let make = padded_manifests(&api, "big");
     // Exactly at the limit is fine.
     let base = make(0).len();
     let at_limit = make(limit - base);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::api::*;
-use common::target::Target;
+use common::target::{setup, Target};
 
 fn gc(data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["gc", "--data", data.to_str().unwrap(), "--gc-grace", "0s"];
@@ -17,9 +17,7 @@ fn gc(data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn gc_command_removes_strays_and_untagged_but_keeps_tagged_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut target = Target::start(&dir.path().join("reg"));
-    let api = Api::new(&target.url());
+    let (_dir, mut target, api) = setup();
     let (_, kept, kept_blobs) = api.push_image("app", "v1", 2, 4096);
     let (_, old, old_blobs) = api.push_image("app", "v0", 1, 4096);
     let stray = api.push_blob("app", b"a layer whose manifest never came");

@@ -12,124 +12,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::api::sha256;
 use common::distribution::start_distribution;
-use common::{bin, run_ok, start_registry};
-use sha2::Digest as _;
-
-// ---------- images ----------
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
-}
-
-/// Deterministic incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A one-image OCI layout at `dir` (tag `latest`) with layers of the given sizes.
-/// Returns the manifest digest and the layer digests.
-fn make_layout(dir: &Path, seed: u64, layers: &[usize]) -> (String, Vec<String>) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write = |data: &[u8]| -> String {
-        let hex = sha256_hex(data);
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        format!("sha256:{hex}")
-    };
-    let mut layer_descs = Vec::new();
-    let mut layer_digests = Vec::new();
-    for (i, size) in layers.iter().enumerate() {
-        let data = noise(seed * 1000 + i as u64, *size);
-        let d = write(&data);
-        layer_descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": d, "size": size
-        }));
-        layer_digests.push(d);
-    }
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Labels": {"seed": seed.to_string()}},
-        "rootfs": {"type": "layers", "diff_ids": layer_digests}
-    }))
-    .unwrap();
-    let config_digest = write(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config.len()},
-        "layers": layer_descs
-    }))
-    .unwrap();
-    let manifest_digest = write(&manifest);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": manifest_digest, "size": manifest.len(),
-                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}]
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    (manifest_digest, layer_digests)
-}
-
-/// Pushes the layout's `latest` to `host/repo:tag` with skopeo.
-fn seed(layout: &Path, host: &str, repo: &str, tag: &str) {
-    run_ok(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:latest", layout.display()),
-            &format!("docker://{host}/{repo}:{tag}"),
-        ],
-    );
-}
-
-fn raw_manifest(host: &str, repo: &str, tag: &str) -> String {
-    run_ok(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{host}/{repo}:{tag}"),
-        ],
-    )
-}
+use common::oci::{seeded_bytes, Layout};
+use common::sync::{image, pull, push as seed, raw_manifest};
+use common::tls::TestCa;
+use common::{bin, run_ok, start_registry, Proc};
 
 /// The digest the parent serves for `repo:tag` (skopeo may rewrite a manifest on push).
 fn parent_digest(host: &str, repo: &str, tag: &str) -> String {
-    format!(
-        "sha256:{}",
-        sha256_hex(raw_manifest(host, repo, tag).as_bytes())
-    )
-}
-
-/// Pulls `repo:tag` into a fresh OCI layout with skopeo.
-fn pull(host: &str, repo: &str, tag: &str, dest: &Path) {
-    run_ok(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            &format!("docker://{host}/{repo}:{tag}"),
-            &format!("oci:{}:x", dest.display()),
-        ],
-    );
+    sha256(raw_manifest(host, repo, tag).as_bytes())
 }
 
 fn host_of(url: &str) -> String {
@@ -137,21 +29,19 @@ fn host_of(url: &str) -> String {
 }
 
 fn sync_once(data: &Path, parent: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "sync",
-        "--once",
-        "--json",
-        "--data",
-        data.to_str().unwrap(),
-        "--parent",
-        parent,
-    ];
-    args.extend_from_slice(extra);
-    Command::new(bin())
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run connected-registry sync")
+    common::sync::sync_once(data, parent, extra, &[("RUST_LOG", "warn")])
+}
+
+/// [`sync_once`] that must succeed; returns its JSON summary.
+#[track_caller]
+fn sync_ok(data: &Path, parent: &str, extra: &[&str]) -> serde_json::Value {
+    let out = sync_once(data, parent, extra);
+    assert!(
+        out.status.success(),
+        "sync {extra:?} failed: {}",
+        stderr(&out)
+    );
+    summary(&out)
 }
 
 fn summary(out: &Output) -> serde_json::Value {
@@ -287,10 +177,55 @@ fn tag_digest(store: &registry::Store, repo: &str, tag: &str) -> Option<String> 
         .map(|m| m.digest.to_string())
 }
 
+/// Asserts that the child's `store` has `repo:tag` pointing at `digest`.
+#[track_caller]
+fn assert_tag(store: &registry::Store, repo: &str, tag: &str, digest: &str) {
+    assert_eq!(
+        tag_digest(store, repo, tag).as_deref(),
+        Some(digest),
+        "{repo}:{tag} in the child"
+    );
+}
+
 fn upload_dirs(data: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(data.join("uploads"))
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default()
+}
+
+/// A parent (CNCF distribution, under `dir/parent`) holding `repo:v1`, an image with one layer
+/// of `layer_size` bytes; returns the parent, the layer digest and the manifest digest it serves.
+fn parent_with_one_layer(dir: &Path, repo: &str, layer_size: usize) -> (Proc, String, String) {
+    let parent = start_distribution(&dir.join("parent"), "");
+    let (layout, img) = image(&dir.join("img"), &[layer_size]);
+    let host = host_of(&parent.url());
+    seed(&layout, &host, repo, "v1");
+    let manifest = parent_digest(&host, repo, "v1");
+    (parent, img.layers[0].digest.clone(), manifest)
+}
+
+/// After an interrupted pass, nothing of `repo:v1` is visible in the child at `data`: no tag,
+/// no finished `layer` blob.
+fn assert_nothing_half_done(data: &Path, repo: &str, layer: &str) {
+    let store = open_store(data);
+    assert_eq!(
+        tag_digest(&store, repo, "v1"),
+        None,
+        "tag visible half-done"
+    );
+    assert!(!store.blob_exists(&layer.parse().unwrap()));
+}
+
+/// After the pass that completes the transfer, `repo:v1` is `manifest` in the child at `data`,
+/// and the relay carried less than 1.2 times the `size` of the image's layer in all.
+fn assert_completed_cheaply(data: &Path, repo: &str, manifest: &str, relay: &Relay, size: usize) {
+    let store = open_store(data);
+    assert_tag(&store, repo, "v1", manifest);
+    let total = relay.down.load(Ordering::Relaxed);
+    assert!(
+        (total as f64) < 1.2 * size as f64,
+        "fetched {total} bytes for a {size}-byte image"
+    );
 }
 
 // ---------- tests ----------
@@ -303,14 +238,9 @@ fn sync_filters_and_images_are_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let ph = host_of(&parent.url());
-    let (l1, l2, l3) = (
-        tmp.path().join("l1"),
-        tmp.path().join("l2"),
-        tmp.path().join("l3"),
-    );
-    make_layout(&l1, 1, &[300_000, 50_000]);
-    make_layout(&l2, 2, &[200_000]);
-    make_layout(&l3, 3, &[10_000]);
+    let l1 = image(&tmp.path().join("l1"), &[300_000, 50_000]).0;
+    let l2 = image(&tmp.path().join("l2"), &[200_000]).0;
+    let l3 = image(&tmp.path().join("l3"), &[10_000]).0;
     seed(&l1, &ph, "apps/web", "v1.0.0");
     seed(&l2, &ph, "apps/web", "v1.1.0");
     seed(&l3, &ph, "apps/web", "dev");
@@ -320,29 +250,18 @@ fn sync_filters_and_images_are_byte_identical() {
     let m2 = parent_digest(&ph, "apps/web", "v1.1.0");
 
     let data = tmp.path().join("child");
-    let out = sync_once(
+    let s = sync_ok(
         &data,
         &parent.url(),
         &["--repo", "apps/*", "--tag-include", "^v"],
     );
-    assert!(out.status.success(), "sync failed: {}", stderr(&out));
-    let s = summary(&out);
     assert_eq!(s["outcome"], "Completed");
     assert_eq!(s["tagsUpdated"], 3, "{s}");
 
     let store = open_store(&data);
-    assert_eq!(
-        tag_digest(&store, "apps/web", "v1.0.0").as_deref(),
-        Some(m1.as_str())
-    );
-    assert_eq!(
-        tag_digest(&store, "apps/web", "v1.1.0").as_deref(),
-        Some(m2.as_str())
-    );
-    assert_eq!(
-        tag_digest(&store, "apps/db", "v2.0.0").as_deref(),
-        Some(m2.as_str())
-    );
+    assert_tag(&store, "apps/web", "v1.0.0", &m1);
+    assert_tag(&store, "apps/web", "v1.1.0", &m2);
+    assert_tag(&store, "apps/db", "v2.0.0", &m2);
     assert_eq!(
         tag_digest(&store, "apps/web", "dev"),
         None,
@@ -388,13 +307,11 @@ fn sync_filters_and_images_are_byte_identical() {
     drop(child);
 
     // Nothing new: nothing fetched, at most one request per tag plus the listings.
-    let out = sync_once(
+    let s = sync_ok(
         &data,
         &parent.url(),
         &["--repo", "apps/*", "--tag-include", "^v"],
     );
-    assert!(out.status.success(), "second sync failed: {}", stderr(&out));
-    let s = summary(&out);
     assert_eq!(s["tagsUpdated"], 0, "{s}");
     assert_eq!(s["blobsFetched"], 0, "{s}");
     // 3 tags (HEAD each) + 2 tag lists + 1 catalog.
@@ -406,12 +323,8 @@ fn sync_filters_and_images_are_byte_identical() {
 #[test]
 fn sync_resumes_a_blob_after_the_link_drops() {
     let tmp = tempfile::tempdir().unwrap();
-    let parent = start_distribution(&tmp.path().join("parent"), "");
-    let layout = tmp.path().join("big");
     let size = 24 << 20;
-    let (_, layers) = make_layout(&layout, 7, &[size]);
-    seed(&layout, &host_of(&parent.url()), "big/image", "v1");
-    let m = parent_digest(&host_of(&parent.url()), "big/image", "v1");
+    let (parent, layer, m) = parent_with_one_layer(tmp.path(), "big/image", size);
 
     // The link goes down after 10 MiB and stays down until the test brings it back.
     let relay = Relay::start(parent.addr, Some(10 << 20), None);
@@ -426,32 +339,13 @@ fn sync_resumes_a_blob_after_the_link_drops() {
     );
     let s = summary(&out);
     assert_eq!(s["outcome"], "Failed", "{s}");
-    {
-        let store = open_store(&data);
-        assert_eq!(
-            tag_digest(&store, "big/image", "v1"),
-            None,
-            "tag visible half-done"
-        );
-        assert!(!store.blob_exists(&layers[0].parse().unwrap()));
-    }
+    assert_nothing_half_done(&data, "big/image", &layer);
     assert_eq!(upload_dirs(&data).len(), 1, "partial bytes not kept");
     relay.down_flag.store(false, Ordering::SeqCst);
 
-    let out = sync_once(&data, &relay.url(), &args);
-    assert!(out.status.success(), "resume failed: {}", stderr(&out));
-    let s = summary(&out);
+    let s = sync_ok(&data, &relay.url(), &args);
     assert_eq!(s["blobsResumed"], 1, "{s}");
-    let store = open_store(&data);
-    assert_eq!(
-        tag_digest(&store, "big/image", "v1").as_deref(),
-        Some(m.as_str())
-    );
-    let total = relay.down.load(Ordering::Relaxed);
-    assert!(
-        (total as f64) < 1.2 * size as f64,
-        "fetched {total} bytes for a {size}-byte image"
-    );
+    assert_completed_cheaply(&data, "big/image", &m, &relay, size);
 }
 
 /// A pass stopped mid-transfer (the window closes) leaves nothing visible half-done, and the
@@ -459,12 +353,8 @@ fn sync_resumes_a_blob_after_the_link_drops() {
 #[test]
 fn sync_window_closing_mid_transfer_then_next_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let parent = start_distribution(&tmp.path().join("parent"), "");
-    let layout = tmp.path().join("img");
     let size = 12 << 20;
-    let (_, layers) = make_layout(&layout, 9, &[size]);
-    seed(&layout, &host_of(&parent.url()), "slow/image", "v1");
-    let m = parent_digest(&host_of(&parent.url()), "slow/image", "v1");
+    let (parent, layer, m) = parent_with_one_layer(tmp.path(), "slow/image", size);
     // 2 MiB/s: the blob needs about 6 s, the window gives 2 s.
     let relay = Relay::start(parent.addr, None, Some(2 << 20));
     let data = tmp.path().join("child");
@@ -475,28 +365,12 @@ fn sync_window_closing_mid_transfer_then_next_completes() {
     );
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert_eq!(summary(&out)["outcome"], "Paused");
-    {
-        let store = open_store(&data);
-        assert_eq!(
-            tag_digest(&store, "slow/image", "v1"),
-            None,
-            "tag visible half-done"
-        );
-        assert!(!store.blob_exists(&layers[0].parse().unwrap()));
-    }
-    let out = sync_once(&data, &relay.url(), &["--repo", "slow/image"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(summary(&out)["blobsResumed"], 1);
-    let store = open_store(&data);
+    assert_nothing_half_done(&data, "slow/image", &layer);
     assert_eq!(
-        tag_digest(&store, "slow/image", "v1").as_deref(),
-        Some(m.as_str())
+        sync_ok(&data, &relay.url(), &["--repo", "slow/image"])["blobsResumed"],
+        1
     );
-    let total = relay.down.load(Ordering::Relaxed);
-    assert!(
-        (total as f64) < 1.2 * size as f64,
-        "fetched {total} bytes for {size}"
-    );
+    assert_completed_cheaply(&data, "slow/image", &m, &relay, size);
 }
 
 /// A tag moved at the parent is re-pointed locally; a tag deleted at the parent is untagged.
@@ -505,31 +379,19 @@ fn sync_reflects_moved_and_deleted_tags() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let ph = host_of(&parent.url());
-    let (l1, l2, l3) = (
-        tmp.path().join("l1"),
-        tmp.path().join("l2"),
-        tmp.path().join("l3"),
-    );
-    make_layout(&l1, 11, &[20_000]);
-    make_layout(&l2, 12, &[20_000]);
-    make_layout(&l3, 13, &[20_000]);
+    let l1 = image(&tmp.path().join("l1"), &[20_000]).0;
+    let l2 = image(&tmp.path().join("l2"), &[20_000]).0;
+    let l3 = image(&tmp.path().join("l3"), &[20_000]).0;
     seed(&l1, &ph, "mv/app", "stable");
     seed(&l3, &ph, "mv/app", "old");
     let m1 = parent_digest(&ph, "mv/app", "stable");
     let m3 = parent_digest(&ph, "mv/app", "old");
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &parent.url(), &["--repo", "mv/app"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    sync_ok(&data, &parent.url(), &["--repo", "mv/app"]);
     {
         let store = open_store(&data);
-        assert_eq!(
-            tag_digest(&store, "mv/app", "stable").as_deref(),
-            Some(m1.as_str())
-        );
-        assert_eq!(
-            tag_digest(&store, "mv/app", "old").as_deref(),
-            Some(m3.as_str())
-        );
+        assert_tag(&store, "mv/app", "stable", &m1);
+        assert_tag(&store, "mv/app", "old", &m3);
     }
     // Move `stable`, delete `old` (distribution deletes by digest).
     seed(&l2, &ph, "mv/app", "stable");
@@ -544,15 +406,10 @@ fn sync_reflects_moved_and_deleted_tags() {
         .status()
         .unwrap();
     assert!(del.success(), "delete at the parent");
-    let out = sync_once(&data, &parent.url(), &["--repo", "mv/app"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let s = summary(&out);
+    let s = sync_ok(&data, &parent.url(), &["--repo", "mv/app"]);
     assert_eq!(s["tagsDeleted"], 1, "{s}");
     let store = open_store(&data);
-    assert_eq!(
-        tag_digest(&store, "mv/app", "stable").as_deref(),
-        Some(m2.as_str())
-    );
+    assert_tag(&store, "mv/app", "stable", &m2);
     assert_eq!(tag_digest(&store, "mv/app", "old"), None);
 }
 
@@ -612,7 +469,7 @@ fn start_lying_parent(
                 (
                     "200 OK",
                     "application/octet-stream",
-                    noise(999, layer_size),
+                    seeded_bytes(999, layer_size),
                     String::new(),
                 )
             } else {
@@ -642,24 +499,17 @@ fn start_lying_parent(
 fn sync_refuses_a_parent_that_lies() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("img");
-    let (m, layers) = make_layout(&layout, 21, &[100_000]);
-    let blob = |d: &str| {
-        std::fs::read(
-            layout
-                .join("blobs/sha256")
-                .join(d.trim_start_matches("sha256:")),
-        )
-        .unwrap()
-    };
-    let manifest = blob(&m);
-    let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-    let config_digest = parsed["config"]["digest"].as_str().unwrap().to_owned();
+    let (layout, img) = image(&layout, &[100_000]);
+    let layers = img.layer_digests();
+    let m = img.manifest.digest.clone();
+    let config_digest = img.config.digest.clone();
+    // The lie has the layer's exact size, so only the digest check can catch it.
     let port = start_lying_parent(
-        manifest,
+        layout.read_blob(&m),
         m.clone(),
-        (config_digest.clone(), blob(&config_digest)),
+        (config_digest.clone(), layout.read_blob(&config_digest)),
         layers[0].clone(),
-        100_000,
+        img.layers[0].size as usize,
     );
     let data = tmp.path().join("child");
     let out = sync_once(
@@ -698,26 +548,18 @@ fn sync_refuses_a_parent_that_lies() {
 fn sync_refuses_bad_settings_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
-    let out = sync_once(
-        &data,
-        "http://127.0.0.1:9",
-        &["--repo", "a", "--sync-window", "PT10M"],
-    );
+    let refused = |flags: &[&str]| {
+        let args = [&["--repo", "a"][..], flags].concat();
+        sync_once(&data, "http://127.0.0.1:9", &args)
+    };
+    let out = refused(&["--sync-window", "PT10M"]);
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
     assert!(e.contains("syncWindow") && e.contains("PT1H to P7D"), "{e}");
-    let out = sync_once(
-        &data,
-        "http://127.0.0.1:9",
-        &["--repo", "a", "--message-ttl", "P100D"],
-    );
+    let out = refused(&["--message-ttl", "P100D"]);
     let e = stderr(&out);
     assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
-    let out = sync_once(
-        &data,
-        "http://127.0.0.1:9",
-        &["--repo", "a", "--sync-schedule", "* * *"],
-    );
+    let out = refused(&["--sync-schedule", "* * *"]);
     assert!(stderr(&out).contains("syncSchedule"), "{}", stderr(&out));
 
     let out = Command::new(bin())
@@ -734,57 +576,11 @@ fn sync_refuses_bad_settings_clearly() {
     assert!(!all.contains("Sup3rSecret"), "password printed: {all}");
 }
 
-/// A two-platform image index (OCI layout, tag `latest`). Returns the index digest and the
-/// two child manifest digests.
-fn make_index_layout(dir: &Path) -> (String, Vec<String>) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write = |data: &[u8]| -> String {
-        let hex = sha256_hex(data);
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        format!("sha256:{hex}")
-    };
-    let mut children = Vec::new();
-    let mut descs = Vec::new();
-    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
-        let layer = noise(500 + i as u64, 30_000);
-        let ld = write(&layer);
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}
-        }))
-        .unwrap();
-        let cd = write(&config);
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}]
-        }))
-        .unwrap();
-        let md = write(&manifest);
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
-            "size": manifest.len(), "platform": {"architecture": arch, "os": "linux"}
-        }));
-        children.push(md);
-    }
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs
-    }))
-    .unwrap();
-    let id = write(&index);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": index.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
-    (id, children)
-}
-
 /// Pushes a signature-like artifact whose subject is `subject` (by plain HTTP, as skopeo 1.9
 /// cannot push referrers). Returns its digest.
 fn push_referrer(base: &str, repo: &str, subject: &str, subject_size: usize) -> String {
     let put_blob = |data: &[u8]| -> String {
-        let d = format!("sha256:{}", sha256_hex(data));
+        let d = sha256(data);
         let status = Command::new("curl")
             .args([
                 "-sf",
@@ -813,7 +609,7 @@ fn push_referrer(base: &str, repo: &str, subject: &str, subject_size: usize) -> 
         "subject": {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": subject, "size": subject_size}
     }))
     .unwrap();
-    let d = format!("sha256:{}", sha256_hex(&manifest));
+    let d = sha256(&manifest);
     let path = std::env::temp_dir().join(format!("referrer-{}.json", &d[7..19]));
     std::fs::write(&path, &manifest).unwrap();
     let status = Command::new("curl")
@@ -843,8 +639,11 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_registry(&tmp.path().join("parent"), &[]);
     let ph = host_of(&parent.url());
-    let layout = tmp.path().join("multi");
-    let (index, children) = make_index_layout(&layout);
+    let mut layout = Layout::create(&tmp.path().join("multi"));
+    let (index_desc, images) = layout.add_index(&["amd64", "arm64"], &[30_000]);
+    layout.tag("latest", &index_desc);
+    let index = index_desc.digest.clone();
+    let children: Vec<String> = images.iter().map(|i| i.manifest.digest.clone()).collect();
     run_ok(
         "skopeo",
         &[
@@ -853,24 +652,18 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
             "--all",
             "--preserve-digests",
             "--dest-tls-verify=false",
-            &format!("oci:{}:latest", layout.display()),
+            &layout.reference("latest"),
             &format!("docker://{ph}/multi/app:v1"),
         ],
     );
-    let index_size = std::fs::read(layout.join("blobs/sha256").join(&index[7..]))
-        .unwrap()
-        .len();
+    let index_size = index_desc.size as usize;
     let referrer = push_referrer(&parent.url(), "multi/app", &index, index_size);
 
     let data = tmp.path().join("child");
-    let out = sync_once(&data, &parent.url(), &["--repo", "multi/app"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    sync_ok(&data, &parent.url(), &["--repo", "multi/app"]);
     let store = open_store(&data);
     let repo: registry::RepoName = "multi/app".parse().unwrap();
-    assert_eq!(
-        tag_digest(&store, "multi/app", "v1").as_deref(),
-        Some(index.as_str())
-    );
+    assert_tag(&store, "multi/app", "v1", &index);
     for child in &children {
         let found = store
             .get_manifest(&repo, &registry::Reference::Digest(child.parse().unwrap()))
@@ -884,92 +677,22 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
     );
 }
 
-/// A throw-away CA and a server certificate for 127.0.0.1, made with openssl.
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend_from_slice(&ec);
-    let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
-    ca.extend_from_slice(&[
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca_pem,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=sync test root",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    run_ok("openssl", &ca);
-    let (key, csr, pem, ext) = (
-        p("server.key"),
-        p("server.csr"),
-        p("server.pem"),
-        p("ext.cnf"),
-    );
-    let mut req = vec!["req"];
-    req.extend_from_slice(&ec);
-    req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
-    run_ok("openssl", &req);
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run_ok(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ],
-    );
-    (
-        PathBuf::from(ca_pem),
-        PathBuf::from(pem),
-        PathBuf::from(key),
-    )
-}
-
 /// Over TLS the parent is verified against the trust bundle given with `--trust`; without
 /// it (public roots only) the parent's private CA is refused with a certificate error.
 #[test]
 fn sync_verifies_the_parent_against_the_trust_bundle() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certs(&tmp.path().join("certs"));
+    let ca = TestCa::new(&tmp.path().join("certs"));
+    let leaf = ca.server("parent", "parent.test");
     let tls = format!(
         "  tls:\n    certificate: {}\n    key: {}\n",
-        cert.display(),
-        key.display()
+        leaf.chain.display(),
+        leaf.key.display()
     );
     let parent = start_distribution(&tmp.path().join("parent"), &tls);
     let host = parent.addr.to_string();
     let layout = tmp.path().join("img");
-    make_layout(&layout, 31, &[20_000]);
+    let (layout, _) = image(&layout, &[20_000]);
     seed(&layout, &host, "tls/app", "v1");
     let url = format!("https://{host}");
 
@@ -983,18 +706,14 @@ fn sync_verifies_the_parent_against_the_trust_bundle() {
     assert!(e.to_lowercase().contains("certificate"), "{e}");
 
     let data = tmp.path().join("trusting");
-    let out = sync_once(
+    sync_ok(
         &data,
         &url,
-        &["--repo", "tls/app", "--trust", ca.to_str().unwrap()],
+        &["--repo", "tls/app", "--trust", ca.root.to_str().unwrap()],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let store = open_store(&data);
     assert_eq!(
         tag_digest(&store, "tls/app", "v1"),
-        Some(format!(
-            "sha256:{}",
-            sha256_hex(raw_manifest(&host, "tls/app", "v1").as_bytes())
-        ))
+        Some(sha256(raw_manifest(&host, "tls/app", "v1").as_bytes()))
     );
 }

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use common::distribution::start_distribution;
-use common::{bin, run_ok};
+use common::sync::{image, push, sync_once};
 
 /// base64("sync-user:s3cret-pw")
 const GOOD_BASIC: &str = "Basic c3luYy11c2VyOnMzY3JldC1wdw==";
@@ -111,57 +110,15 @@ async fn forward(State(g): State<Gate>, req: Request) -> Response {
     resp.body(Body::from(up.bytes().await.unwrap())).unwrap()
 }
 
-fn make_layout(dir: &Path) {
-    use sha2::Digest as _;
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write = |data: &[u8]| {
-        let hex = hex::encode(sha2::Sha256::digest(data));
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        (format!("sha256:{hex}"), data.len())
-    };
-    let (layer, ls) = write(&[7u8; 5000]);
-    let (config, cs) =
-        write(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": ls}]
-    }))
-    .unwrap();
-    let (md, ms) = write(&manifest);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
-        .unwrap(),
-    )
-    .unwrap();
-}
-
 /// Runs the parent, the gate and both syncs (wrong credentials, then right ones).
 async fn check_gate(basic: bool, revoke_after: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
-    let layout = tmp.path().join("img");
-    make_layout(&layout);
-    let (l, host) = (layout.clone(), parent.addr.to_string());
-    tokio::task::spawn_blocking(move || {
-        run_ok(
-            "skopeo",
-            &[
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                &format!("oci:{}:latest", l.display()),
-                &format!("docker://{host}/secure/app:v1"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (layout, _) = image(&tmp.path().join("img"), &[5000]);
+    let host = parent.addr.to_string();
+    tokio::task::spawn_blocking(move || push(&layout, &host, "secure/app", "v1"))
+        .await
+        .unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gate_url = format!("http://{}", listener.local_addr().unwrap());
@@ -184,23 +141,12 @@ async fn check_gate(basic: bool, revoke_after: u64) {
 
     let run = |creds: &'static str, data: std::path::PathBuf, url: String| {
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(bin())
-                .args([
-                    "sync",
-                    "--once",
-                    "--json",
-                    "--data",
-                    data.to_str().unwrap(),
-                    "--parent",
-                    &url,
-                    "--repo",
-                    "secure/app",
-                    "--sync-retries",
-                    "2",
-                ])
-                .env("CONNECTED_REGISTRY_SYNC_CREDS", creds)
-                .output()
-                .unwrap()
+            sync_once(
+                &data,
+                &url,
+                &["--repo", "secure/app", "--sync-retries", "2"],
+                &[("CONNECTED_REGISTRY_SYNC_CREDS", creds)],
+            )
         })
     };
 

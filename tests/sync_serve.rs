@@ -5,59 +5,19 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::distribution::start_distribution;
-use common::{bin, run_ok, start_registry};
+use common::sync::{image, push};
+use common::{bin, poll, start_registry};
 
 #[test]
 fn serve_runs_the_sync_schedule_and_reports_status() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_distribution(&tmp.path().join("parent"), "");
     let host = parent.addr.to_string();
-    // Any small image will do: the connected-registry binary's own test layout is not needed,
-    // a one-blob OCI layout written here is enough.
-    let layout = tmp.path().join("img");
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    let put = |data: &[u8]| {
-        use sha2::Digest as _;
-        let hex = hex::encode(sha2::Sha256::digest(data));
-        std::fs::write(layout.join("blobs/sha256").join(&hex), data).unwrap();
-        (format!("sha256:{hex}"), data.len())
-    };
-    let (ld, ls) = put(&[42u8; 4096]);
-    let (cd, cs) =
-        put(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls}]
-    }))
-    .unwrap();
-    let (md, ms) = put(&manifest);
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
-        .unwrap(),
-    )
-    .unwrap();
-    run_ok(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:latest", layout.display()),
-            &format!("docker://{host}/srv/app:v1"),
-        ],
-    );
+    let (layout, _) = image(&tmp.path().join("img"), &[4096]);
+    push(&layout, &host, "srv/app", "v1");
 
     let child = start_registry(
         &tmp.path().join("child"),
@@ -71,25 +31,23 @@ fn serve_runs_the_sync_schedule_and_reports_status() {
         ],
     );
     let status_url = format!("{}/acr/v1/_sync/status", child.url());
-    let start = Instant::now();
-    let status = loop {
+    let status = poll(Duration::from_secs(60), Duration::from_millis(200), || {
         let out = Command::new("curl")
             .args(["-sf", &status_url])
             .output()
             .unwrap();
-        if out.status.success() {
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            if s["lastResult"]["outcome"] == "Completed" {
-                break s;
-            }
+        if !out.status.success() {
+            return None;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (s["lastResult"]["outcome"] == "Completed").then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "no completed pass reported; child log:\n{}",
             child.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        )
+    });
     assert_eq!(status["parent"], parent.url());
     assert!(status["nextWindowStart"].is_string(), "{status}");
     assert_eq!(status["lastResult"]["tagsChecked"], 1, "{status}");

@@ -121,6 +121,20 @@ fn s_client(addr: SocketAddr, root: &Path, host: &str) -> (bool, String) {
     )
 }
 
+/// Runs `openssl ARGS...` and asserts it succeeded, showing its stderr if not.
+fn openssl_ok(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (./test.sh installs openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
@@ -228,26 +242,18 @@ fn unusable_files_get_errors_naming_them() {
     );
 
     let enc = tmp.path().join("enc.key.pem");
-    let out = Command::new("openssl")
-        .args([
-            "pkcs8",
-            "-topk8",
-            "-in",
-            s(&a.key),
-            "-out",
-            s(&enc),
-            "-passout",
-            "pass:pw",
-            "-v2",
-            "aes256",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    openssl_ok(&[
+        "pkcs8",
+        "-topk8",
+        "-in",
+        s(&a.key),
+        "-out",
+        s(&enc),
+        "-passout",
+        "pass:pw",
+        "-v2",
+        "aes256",
+    ]);
     let err = certs::tls::server_config(&a.full_chain, &enc, &[])
         .unwrap_err()
         .to_string();
@@ -297,39 +303,31 @@ fn openssl_keys_in_every_format_load() {
         let mut args = vec!["genpkey"];
         args.extend(genargs);
         args.extend(["-out", s(&key)]);
-        assert!(Command::new("openssl")
-            .args(&args)
-            .status()
-            .unwrap()
-            .success());
+        openssl_ok(&args);
         if let Some(tool) = convert {
             let mut a = vec![tool, "-in", s(&key), "-out", s(&key)];
             if tool == "rsa" {
                 a.push("-traditional");
             }
-            assert!(Command::new("openssl").args(&a).status().unwrap().success());
+            openssl_ok(&a);
         }
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                s(&key),
-                "-out",
-                s(&cert),
-                "-subj",
-                "/CN=k.test",
-                "-days",
-                "1",
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-                "-addext",
-                "subjectAltName=DNS:k.test",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        openssl_ok(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            s(&key),
+            "-out",
+            s(&cert),
+            "-subj",
+            "/CN=k.test",
+            "-days",
+            "1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "subjectAltName=DNS:k.test",
+        ]);
         let text = std::fs::read_to_string(&key).unwrap();
         let expected = match name {
             "sec1-ec" => "BEGIN EC PRIVATE KEY",
@@ -406,24 +404,16 @@ fn renewal_replaces_a_due_certificate_and_a_running_server_presents_it() {
     );
 
     // OpenSSL accepts the renewed chain, names kept.
-    let out = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            s(&chain.root_ca_cert),
-            "-untrusted",
-            s(&f.full_chain),
-            "-verify_hostname",
-            "renew.test",
-            s(&f.full_chain),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    openssl_ok(&[
+        "verify",
+        "-CAfile",
+        s(&chain.root_ca_cert),
+        "-untrusted",
+        s(&f.full_chain),
+        "-verify_hostname",
+        "renew.test",
+        s(&f.full_chain),
+    ]);
 
     // The running server now presents the new certificate: the watcher sees the renamed file.
     assert!(

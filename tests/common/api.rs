@@ -244,6 +244,18 @@ impl Api {
         format!("{location}{sep}digest={digest}")
     }
 
+    /// PATCHes `bytes` as a chunk (`application/octet-stream`) to the upload session at
+    /// `location`, with `Content-Range: <content_range>` when given; the response, unchecked.
+    pub fn patch_chunk(&self, location: &str, bytes: &[u8], content_range: Option<&str>) -> Resp {
+        let mut rb = self
+            .req(Method::PATCH, location)
+            .header("content-type", "application/octet-stream");
+        if let Some(range) = content_range {
+            rb = rb.header("content-range", range);
+        }
+        self.send(rb.body(bytes.to_vec()))
+    }
+
     /// Pushes `bytes` as a blob of `repo` (POST then PUT, the form every client uses); returns its digest.
     #[track_caller]
     pub fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {

@@ -8,7 +8,12 @@ use super::{free_port, Proc};
 /// Starts `docker-registry serve` on a fresh loopback port with its storage under `dir`.
 /// Extra YAML (e.g. an `auth:` section) is appended to the config as is.
 pub fn start_distribution(dir: &Path, extra_yaml: &str) -> Proc {
-    let port = free_port();
+    start_distribution_on(dir, free_port(), extra_yaml)
+}
+
+/// [`start_distribution`] on a given loopback port, for a test that must name the address
+/// before the registry runs (e.g. a child configured with a parent that is down).
+pub fn start_distribution_on(dir: &Path, port: u16, extra_yaml: &str) -> Proc {
     let storage = dir.join("storage");
     std::fs::create_dir_all(&storage).expect("create distribution storage dir");
     let config = format!(

@@ -9,6 +9,7 @@ pub mod distribution;
 pub mod docker;
 pub mod oci;
 pub mod skopeo;
+pub mod sync;
 pub mod target;
 pub mod tls;
 
@@ -43,6 +44,26 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration, child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("nothing listened on {addr} within {timeout:?}");
+}
+
+/// Calls `f` every `step` until it returns `Some`, for at most about `limit`; returns what it
+/// returned, or `None` if the time ran out. For waiting on something another process does.
+pub fn poll<T>(limit: Duration, step: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(step);
+    }
+}
+
+/// Whether `cond` became true within about `limit`, checked every `step` (see [`poll`]).
+pub fn wait_until(limit: Duration, step: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    poll(limit, step, || cond().then_some(())).is_some()
 }
 
 /// A child process that is killed when the test ends, whatever the outcome.

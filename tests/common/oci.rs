@@ -58,6 +58,48 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
+/// `len` deterministic incompressible bytes: the same `seed` gives the same bytes on every run
+/// (xorshift64), so a failing test repeats with the same data; different seeds give different data.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The layer digests of the first manifest listed in the `index.json` of the OCI layout at
+/// `dir` (e.g. one skopeo pulled into), in manifest order.
+pub fn first_image_layers(dir: &Path) -> Vec<String> {
+    let read_json = |path: PathBuf| -> Value {
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("read {} of a pulled layout: {e}", path.display()));
+        serde_json::from_slice(&bytes).expect("layout JSON")
+    };
+    let index = read_json(dir.join("index.json"));
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("index.json lists a manifest");
+    let manifest = read_json(blob_path(dir, digest));
+    manifest["layers"]
+        .as_array()
+        .expect("a manifest with layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Where a layout at `dir` keeps the blob `digest` (`sha256:<hex>`).
+fn blob_path(dir: &Path, digest: &str) -> PathBuf {
+    dir.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
 /// A tar archive holding one regular file `name` with `content` (ustar format).
 pub fn tar_file(name: &str, content: &[u8]) -> Vec<u8> {
     assert!(name.len() < 100, "tar member name too long");
@@ -96,12 +138,29 @@ pub struct Image {
 }
 
 /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/`).
+#[derive(Clone)]
 pub struct Layout {
     pub dir: PathBuf,
     refs: Vec<Value>,
 }
 
+impl Image {
+    /// The layer digests, in manifest order.
+    pub fn layer_digests(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.digest.clone()).collect()
+    }
+}
+
 impl Layout {
+    /// A new layout at `dir` holding one amd64 image (random layers of `layer_sizes` bytes of
+    /// file content) tagged `tag`: the usual thing to seed a registry with.
+    pub fn with_image(dir: &Path, tag: &str, layer_sizes: &[usize]) -> (Layout, Image) {
+        let mut layout = Layout::create(dir);
+        let image = layout.add_image("amd64", layer_sizes);
+        layout.tag(tag, &image.manifest);
+        (layout, image)
+    }
+
     pub fn create(dir: &Path) -> Layout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).expect("create layout dir");
         std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -120,9 +179,14 @@ impl Layout {
 
     pub fn write_blob(&self, bytes: &[u8]) -> String {
         let d = sha256(bytes);
-        let hex = d.trim_start_matches("sha256:");
-        std::fs::write(self.dir.join("blobs/sha256").join(hex), bytes).expect("write layout blob");
+        std::fs::write(blob_path(&self.dir, &d), bytes).expect("write layout blob");
         d
+    }
+
+    /// The bytes of blob `digest` (`sha256:<hex>`) in this layout.
+    pub fn read_blob(&self, digest: &str) -> Vec<u8> {
+        std::fs::read(blob_path(&self.dir, digest))
+            .unwrap_or_else(|e| panic!("read layout blob {digest}: {e}"))
     }
 
     /// Writes an image with one random layer per entry of `layer_sizes` (bytes of file content);

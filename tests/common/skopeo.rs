@@ -43,14 +43,20 @@ pub fn copy(src: &str, dst: &str, all: bool) -> String {
 
 /// `skopeo inspect --raw REF`: the manifest bytes exactly as stored.
 pub fn inspect_raw(reference: &str) -> Vec<u8> {
+    try_inspect_raw(reference)
+        .unwrap_or_else(|stderr| panic!("skopeo inspect --raw {reference}: {stderr}"))
+}
+
+/// `skopeo inspect --raw REF`, or skopeo's stderr when it fails (e.g. the image is not there
+/// yet), for tests that wait for an image to appear.
+pub fn try_inspect_raw(reference: &str) -> Result<Vec<u8>, String> {
     let out = Command::new(skopeo())
         .args(["inspect", "--raw", "--tls-verify=false", reference])
         .output()
         .expect("run skopeo inspect");
-    assert!(
-        out.status.success(),
-        "skopeo inspect --raw {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

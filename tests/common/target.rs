@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use super::api::Api;
 use super::{distribution, start_registry, Proc};
 
 /// Which implementation answers the requests.
@@ -21,6 +22,20 @@ pub fn kind() -> Kind {
         Ok("distribution") => Kind::Distribution,
         Ok(other) => panic!("REGISTRY_UNDER_TEST={other:?}: expected `ours` or `distribution`"),
     }
+}
+
+/// A temporary directory, the registry under test started in it (extra `serve` flags `args`)
+/// and a client for it: what each protocol test starts from. Keep the directory alive.
+pub fn setup_with(args: &[&str]) -> (tempfile::TempDir, Target, Api) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = Target::start_with(&dir.path().join("reg"), args);
+    let api = Api::new(&target.url());
+    (dir, target, api)
+}
+
+/// [`setup_with`] without extra flags.
+pub fn setup() -> (tempfile::TempDir, Target, Api) {
+    setup_with(&[])
 }
 
 /// A running registry with its own data directory, which survives restarts.

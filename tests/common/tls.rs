@@ -19,6 +19,52 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` flags for a new ECDSA P-256 key, unencrypted.
+const NEW_EC_KEY: &[&str] = &[
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// Makes `NAME.key` (ECDSA P-256) and `NAME.crt` in `dir` with common name `cn` and the
+/// extensions `ext` (openssl extfile lines), signed by `ISSUER.crt`/`ISSUER.key` there.
+fn sign(dir: &Path, name: &str, cn: &str, ext: &str, issuer: &str) {
+    let file = |ext: &str| format!("{name}.{ext}");
+    let subject = format!("/CN={cn}");
+    let request = [
+        "-keyout",
+        &file("key"),
+        "-out",
+        &file("csr"),
+        "-subj",
+        &subject,
+    ];
+    openssl(dir, &[&["req"], NEW_EC_KEY, &request].concat());
+    std::fs::write(dir.join(file("ext")), ext).expect("write extfile");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &file("csr"),
+            "-CA",
+            &format!("{issuer}.crt"),
+            "-CAkey",
+            &format!("{issuer}.key"),
+            "-CAcreateserial",
+            "-out",
+            &file("crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &file("ext"),
+        ],
+    );
+}
+
 /// A root CA and an intermediate CA in `dir`, to issue leaf certificates from.
 pub struct TestCa {
     pub dir: PathBuf,
@@ -41,71 +87,27 @@ impl TestCa {
     /// Creates `root.crt`/`root.key` and `int.crt`/`int.key` (ECDSA P-256) in `dir`.
     pub fn new(dir: &Path) -> TestCa {
         std::fs::create_dir_all(dir).expect("create CA dir");
-        openssl(
+        let root = [
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test root CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        openssl(dir, &[&["req", "-x509"], NEW_EC_KEY, &root].concat());
+        sign(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "root.key",
-                "-out",
-                "root.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=test root CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "int.key",
-                "-out",
-                "int.csr",
-                "-subj",
-                "/CN=test intermediate CA",
-            ],
-        );
-        std::fs::write(
-            dir.join("int.ext"),
+            "int",
+            "test intermediate CA",
             "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
-        )
-        .expect("write int.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "int.csr",
-                "-CA",
-                "root.crt",
-                "-CAkey",
-                "root.key",
-                "-CAcreateserial",
-                "-out",
-                "int.crt",
-                "-days",
-                "2",
-                "-extfile",
-                "int.ext",
-            ],
+            "root",
         );
         TestCa {
             dir: dir.to_owned(),
@@ -116,44 +118,7 @@ impl TestCa {
 
     fn issue(&self, name: &str, cn: &str, ext: &str) -> Leaf {
         let d = &self.dir;
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        std::fs::write(d.join(format!("{name}.ext")), ext).expect("write ext");
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "int.crt",
-                "-CAkey",
-                "int.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
+        sign(d, name, cn, ext, "int");
         let leaf = std::fs::read_to_string(d.join(format!("{name}.crt"))).expect("read leaf");
         let int = std::fs::read_to_string(&self.intermediate).expect("read intermediate");
         let chain = d.join(format!("{name}.chain.pem"));
