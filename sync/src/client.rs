@@ -964,7 +964,7 @@ impl ParentClient {
     /// One page of the parent's change feed (`GET /acr/v1/_changes?after=&n=`), offered by a
     /// connected registry of ours. `None` when the parent has no feed (any other registry: it
     /// answers 404, 405, 401/403 for a scope it does not know, or something that is not the
-    /// feed's JSON). `n = 0` asks only for the log's bounds (the probe).
+    /// feed's JSON).
     pub async fn changes(&self, after: u64, n: usize) -> Result<Option<FeedPage>, ClientError> {
         let url = self.url(&format!("/acr/v1/_changes?after={after}&n={n}"));
         // The feed names every repository, like the catalog: the same token scope.
@@ -978,6 +978,37 @@ impl ParentClient {
             Err(ClientError::Auth { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
+        self.feed_page(url, resp, after).await
+    }
+
+    /// Asks whether the parent has a change feed, and its newest sequence number: one anonymous
+    /// request for the feed's bounds only (`n=0`), which names no repository. Anonymous on
+    /// purpose: answering a parent's auth challenge would cost a token fetch at every parent
+    /// that is not ours. `None`: no feed (404, 405, 401, 403, or not the feed's JSON).
+    pub async fn feed_head(&self) -> Result<Option<u64>, ClientError> {
+        let url = self.url("/acr/v1/_changes?after=0&n=0");
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .http
+            .get(&url)
+            .header(ACCEPT, "application/json")
+            .timeout(self.limits.request_timeout)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                message: error_chain(&e),
+            })?;
+        Ok(self.feed_page(url, resp, 0).await?.map(|p| p.head))
+    }
+
+    /// Reads a feed answer; `None` when it is not the feed.
+    async fn feed_page(
+        &self,
+        url: String,
+        resp: Response,
+        after: u64,
+    ) -> Result<Option<FeedPage>, ClientError> {
         if matches!(resp.status().as_u16(), 401 | 403 | 404 | 405) {
             return Ok(None);
         }

@@ -118,8 +118,8 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
                 None
             }
         },
-        Start::Probe => match engine.client.changes(0, 0).await {
-            Ok(Some(page)) => Some(page.head),
+        Start::Probe => match engine.client.feed_head().await {
+            Ok(Some(head)) => Some(head),
             Ok(None) => {
                 tracing::info!("the parent offers no change feed: comparing tag by tag");
                 remember(engine, pass, &parent, &scope, None);

@@ -63,7 +63,9 @@ async fn changes(
 
 async fn feed(state: &AppState, query: &HashMap<String, String>) -> Result<Response, ApiError> {
     // TODO(auth): the feed names every repository and tag, like the catalog: require the
-    // `registry:catalog:*` scope (the sync token's) once tokens exist.
+    // `registry:catalog:*` scope (the sync token's) once tokens exist, except for the
+    // bounds-only probe (`n=0`), which names nothing and which children send anonymously to
+    // find out whether their parent has a feed (see `sync::ParentClient::feed_head`).
     let after = number(query, "after", "sequence number, 0 for the start")?.unwrap_or(0);
     let n = number(query, "n", &format!("count, 0 to {MAX_CHANGES_PER_PAGE}"))?
         .map(|n| n.min(MAX_CHANGES_PER_PAGE as u64) as usize)
