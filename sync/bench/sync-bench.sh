@@ -77,11 +77,14 @@ echo "w6.skopeo_sync_yaml_time $(since "$t0") s"
 # connected-registry sync --once, first and second
 t0="$(now)"
 "$BIN" sync --once --quiet --json --data "$WORK/child" --parent "http://$src" --repo 'bench/*' >"$WORK/first.json" 2>"$WORK/first.log"
-echo "w6.sync_once_first_time $(since "$t0") s"
-python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_first_tags", s["tagsUpdated"], "count"); print("w6.sync_once_first_requests", s["requests"], "count")' "$WORK/first.json"
+first_time="$(since "$t0")"
+echo "w6.sync_once_first_time $first_time s"
+python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_first_tags", s["tagsUpdated"], "count"); print("w6.sync_once_first_requests", s["requests"], "count"); print("w6.sync_once_first_inner_time", round(s["seconds"],3), "s")' "$WORK/first.json"
 t0="$(now)"
 "$BIN" sync --once --quiet --json --data "$WORK/child" --parent "http://$src" --repo 'bench/*' >"$WORK/second.json" 2>"$WORK/second.log"
-echo "w6.sync_once_second_time $(since "$t0") s"
+second_time="$(since "$t0")"
+echo "w6.sync_once_second_time $second_time s"
+awk -v a="$first_time" -v b="$second_time" 'BEGIN{printf "w6.second_vs_first_speedup %.1f x\n", a/b}'
 python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_second_requests", s["requests"], "count"); print("w6.sync_once_second_inner_time", round(s["seconds"],3), "s"); print("w6.sync_once_second_pull", s.get("pull", "full"), "-")' "$WORK/second.json"
 
 if [ "$BLOB_SIZE" != 0 ]; then
