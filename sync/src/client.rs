@@ -121,9 +121,11 @@ pub struct FeedChange {
 pub enum FeedWhat {
     /// A tag was set, moved or deleted.
     Tag(String),
-    /// A manifest was stored or deleted by digest (tags that pointed at a deleted manifest come
-    /// as their own `Tag` changes).
-    Manifest,
+    /// A manifest was stored (a referrer pushed by digest, a platform manifest, or the target
+    /// of a tag, which comes as its own `Tag` change too).
+    ManifestPut(Digest),
+    /// A manifest was deleted (tags that pointed at it come as their own `Tag` changes).
+    ManifestDeleted,
     /// A kind of change this version does not know (a newer parent): the repository is compared
     /// in full.
     Other,
@@ -136,9 +138,14 @@ impl FeedChange {
         let seq = value.get("seq")?.as_u64()?;
         let repo = value.get("repo")?.as_str()?.to_owned();
         let tag = value.get("tag").and_then(|t| t.as_str());
-        let what = match (value.get("type").and_then(|t| t.as_str()), tag) {
-            (Some("tag_set" | "tag_deleted"), Some(tag)) => FeedWhat::Tag(tag.to_owned()),
-            (Some("manifest_put" | "manifest_deleted"), _) => FeedWhat::Manifest,
+        let digest = value
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<Digest>().ok());
+        let what = match (value.get("type").and_then(|t| t.as_str()), tag, digest) {
+            (Some("tag_set" | "tag_deleted"), Some(tag), _) => FeedWhat::Tag(tag.to_owned()),
+            (Some("manifest_put"), _, Some(digest)) => FeedWhat::ManifestPut(digest),
+            (Some("manifest_deleted"), _, _) => FeedWhat::ManifestDeleted,
             _ => FeedWhat::Other,
         };
         Some(FeedChange { seq, repo, what })

@@ -321,6 +321,48 @@ impl Engine {
         self.reflect(pass, &repo, done, candidates).await;
     }
 
+    /// A manifest the parent's change feed says was stored by digest in `repo`: kept here when
+    /// it is a referrer (signature, SBOM) of a manifest held here, so referrers pushed after
+    /// their subject was synced come down too. Anything else (a platform manifest, the target
+    /// of a tag out of scope) is left alone. Costs nothing when it is already here.
+    pub(crate) async fn sync_referrer(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), SyncError> {
+        let has = |d: Digest| {
+            let r = repo.to_owned();
+            blocking(&self.store, move |s| {
+                s.get_manifest(&r, &Reference::Digest(d))
+                    .map(|m| m.is_some())
+            })
+        };
+        if has(digest.clone()).await? {
+            return Ok(());
+        }
+        pass.check()?;
+        let Some(m) = self.client.get_manifest(repo, &digest.to_string()).await? else {
+            return Ok(()); // deleted at the parent since
+        };
+        #[derive(serde::Deserialize)]
+        struct WithSubject {
+            subject: Option<Descriptor>,
+        }
+        let subject = serde_json::from_slice::<WithSubject>(&m.body)
+            .ok()
+            .and_then(|w| w.subject);
+        let Some(subject) = subject else {
+            return Ok(());
+        };
+        if !has(subject.digest.clone()).await? {
+            return Ok(());
+        }
+        self.copy_and_store(pass, repo, digest).await?;
+        tracing::info!(repo, %digest, subject = %subject.digest, "referrer synced");
+        Ok(())
+    }
+
     /// Tags sync wrote in `repo`, with the digest it wrote.
     fn synced_tags(&self, repo: &str) -> std::collections::BTreeMap<String, Digest> {
         self.state

@@ -1,7 +1,8 @@
 //! Pulling down through the parent's change feed (`/acr/v1/_changes`, offered by a connected
 //! registry of ours): a pass reads the changes after the last sequence this child reflected,
 //! and compares only the repositories and tags they name, through the normal copy engine
-//! (HEAD compare, bottom-up copy, verification). With nothing new a pass costs one request.
+//! (HEAD compare, bottom-up copy, verification), plus the referrers (signatures, SBOMs) pushed
+//! by digest for content held here. With nothing new a pass costs one request.
 //!
 //! The position is kept in the state file per parent and per repository scope. The full
 //! comparison (every repository, tag list and tag) runs instead when the parent has no feed
@@ -209,10 +210,14 @@ async fn apply(
     scope: &str,
 ) {
     let mut touched: BTreeMap<String, (RepoRule, Touched)> = BTreeMap::new();
+    let mut stored: Vec<(String, crate::digest::Digest)> = Vec::new();
     for change in changes {
         let Some(rule) = engine.rule_for(&change.repo) else {
             continue;
         };
+        if let FeedWhat::ManifestPut(digest) = &change.what {
+            stored.push((change.repo.clone(), digest.clone()));
+        }
         let entry = touched
             .entry(change.repo)
             .or_insert_with(|| (rule.clone(), Touched::default()));
@@ -221,9 +226,9 @@ async fn apply(
                 entry.1.tags.insert(tag);
             }
             FeedWhat::Tag(_) | FeedWhat::Other => entry.1.whole = true,
-            // Tags pointing at a deleted manifest come as their own changes; a manifest stored
-            // by digest only matters once a tag points at it.
-            FeedWhat::Manifest => {}
+            // Tags pointing at a deleted manifest come as their own changes; a stored manifest
+            // is looked at below, after the tags (it may be a referrer of what they bring).
+            FeedWhat::ManifestPut(_) | FeedWhat::ManifestDeleted => {}
         }
     }
     touched.retain(|_, (_, t)| t.whole || !t.tags.is_empty());
@@ -243,6 +248,18 @@ async fn apply(
                 engine.sync_repo(pass, repo, rule).await
             } else {
                 engine.sync_named_tags(pass, repo, rule, t.tags).await
+            }
+        })
+        .buffer_unordered(conc)
+        .collect::<Vec<()>>()
+        .await;
+    // Manifests stored by digest: referrers (signatures, SBOMs) of content held here come down.
+    stored.sort();
+    stored.dedup();
+    futures_util::stream::iter(stored)
+        .map(|(repo, digest)| async move {
+            if let Err(e) = engine.sync_referrer(pass, &repo, &digest).await {
+                pass.record(&format!("{repo}@{digest}: referrer"), e);
             }
         })
         .buffer_unordered(conc)
