@@ -5,7 +5,9 @@
 #       (first sync, then a second one with nothing new: requests and time);
 #   BLOB: one image with a single large blob (default 512M): `curl` vs `sync --once`.
 # Usage: sync/bench/sync-bench.sh [path/to/connected-registry]   (default target/release/...)
-# Env: W6_REPOS=20 W6_TAGS=3 BLOB_SIZE=512M (BLOB_SIZE=0 skips), BENCH=../shared/bench
+# Env: W6_REPOS=20 W6_TAGS=3 BLOB_SIZE=512M (BLOB_SIZE=0 skips), BENCH=../shared/bench,
+#      PARENT=distribution|ours (ours: the parent is `connected-registry serve`, whose change
+#      feed makes the second sync one request).
 # Prints "NAME VALUE UNIT" lines. Everything it starts it stops (by PID); scratch in a temp dir.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -14,6 +16,7 @@ BENCH="${BENCH:-/work/shared/bench}"
 W6_REPOS="${W6_REPOS:-20}"
 W6_TAGS="${W6_TAGS:-3}"
 BLOB_SIZE="${BLOB_SIZE:-512M}"
+PARENT="${PARENT:-distribution}"
 WORK="$(mktemp -d -t sync-bench.XXXXXX)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -41,7 +44,20 @@ YML
   echo "$port"
 }
 
-src_port="$(start_dist "$WORK/src")"
+start_ours() { # DIR -> prints port
+  local dir="$1" port; port="$(free_port)"; mkdir -p "$dir"
+  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --data "$dir/data" >"$dir/log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+  echo "$port"
+}
+
+case "$PARENT" in
+  distribution) src_port="$(start_dist "$WORK/src")" ;;
+  ours) src_port="$(start_ours "$WORK/src")" ;;
+  *) echo "PARENT must be distribution or ours, not $PARENT" >&2; exit 2 ;;
+esac
+echo "parent.kind $PARENT -"
 src="127.0.0.1:$src_port"
 echo "# parent $src; seeding $W6_REPOS x $W6_TAGS" >&2
 BENCH_CACHE="$WORK/cache" "$BENCH/seed-registry.sh" --many "$W6_REPOS" "$W6_TAGS" "http://$src" bench >/dev/null
@@ -61,12 +77,15 @@ echo "w6.skopeo_sync_yaml_time $(since "$t0") s"
 # connected-registry sync --once, first and second
 t0="$(now)"
 "$BIN" sync --once --quiet --json --data "$WORK/child" --parent "http://$src" --repo 'bench/*' >"$WORK/first.json" 2>"$WORK/first.log"
-echo "w6.sync_once_first_time $(since "$t0") s"
-python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_first_tags", s["tagsUpdated"], "count"); print("w6.sync_once_first_requests", s["requests"], "count")' "$WORK/first.json"
+first_time="$(since "$t0")"
+echo "w6.sync_once_first_time $first_time s"
+python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_first_tags", s["tagsUpdated"], "count"); print("w6.sync_once_first_requests", s["requests"], "count"); print("w6.sync_once_first_inner_time", round(s["seconds"],3), "s")' "$WORK/first.json"
 t0="$(now)"
 "$BIN" sync --once --quiet --json --data "$WORK/child" --parent "http://$src" --repo 'bench/*' >"$WORK/second.json" 2>"$WORK/second.log"
-echo "w6.sync_once_second_time $(since "$t0") s"
-python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_second_requests", s["requests"], "count"); print("w6.sync_once_second_inner_time", round(s["seconds"],3), "s")' "$WORK/second.json"
+second_time="$(since "$t0")"
+echo "w6.sync_once_second_time $second_time s"
+awk -v a="$first_time" -v b="$second_time" 'BEGIN{printf "w6.second_vs_first_speedup %.1f x\n", a/b}'
+python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("w6.sync_once_second_requests", s["requests"], "count"); print("w6.sync_once_second_inner_time", round(s["seconds"],3), "s"); print("w6.sync_once_second_pull", s.get("pull", "full"), "-")' "$WORK/second.json"
 
 if [ "$BLOB_SIZE" != 0 ]; then
   echo "# pushing a $BLOB_SIZE blob" >&2

@@ -1,4 +1,5 @@
-//! The copy engine, downward: for each tag in scope compare the parent's digest (one HEAD)
+//! The copy engine, downward: for each tag in scope (all of them, or those the parent's change
+//! feed names: see `feed.rs`) compare the parent's digest (one HEAD)
 //! with the local one, fetch what is missing bottom-up (blobs, then image manifests, then
 //! indexes) so a tag never points at missing content, verify every digest, and write through
 //! the local store. Interrupted blobs resume with `Range` from the bytes already on disk.
@@ -17,7 +18,7 @@ use crate::client::{ClientError, FetchedManifest, ParentClient};
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, Parsed};
 use crate::settings::{RepoRule, Settings};
-use crate::state::{Outcome, StateError, StateFile, Summary};
+use crate::state::{Outcome, Pull, StateError, StateFile, Summary};
 use crate::store::{BlobWriter, LocalStore, Reference, StoreError};
 
 /// Why a piece of work stopped.
@@ -65,6 +66,7 @@ pub(crate) struct Pass {
     pub(crate) manifests_pushed: AtomicU64,
     pub(crate) errors: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
+    pub(crate) pull: Mutex<Pull>,
 }
 
 impl Pass {
@@ -75,6 +77,15 @@ impl Pass {
             return Err(SyncError::Paused);
         }
         Ok(())
+    }
+
+    /// How many errors were recorded so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.lock().map(|v| v.len()).unwrap_or(usize::MAX)
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     pub(crate) fn record(&self, what: &str, err: SyncError) {
@@ -173,17 +184,7 @@ impl Engine {
                 pass.record("push up", e);
             }
         }
-        match self.expand_repos().await {
-            Ok(repos) => {
-                let conc = self.settings.limits.concurrency;
-                futures_util::stream::iter(repos)
-                    .map(|(repo, rule)| self.sync_repo(&pass, repo, rule))
-                    .buffer_unordered(conc)
-                    .collect::<Vec<()>>()
-                    .await;
-            }
-            Err(e) => pass.record("list repositories", e),
-        }
+        crate::feed::pull_down(self, &pass).await;
         let errors = pass.errors.lock().map(|v| v.clone()).unwrap_or_default();
         let outcome = if pass.paused.load(Ordering::Relaxed) {
             Outcome::Paused
@@ -208,6 +209,7 @@ impl Engine {
             bytes_up: stats.bytes_up.load(Ordering::Relaxed) - up0,
             requests: stats.requests.load(Ordering::Relaxed) - req0,
             manifests_pushed: pass.manifests_pushed.load(Ordering::Relaxed),
+            pull: pass.pull.lock().map(|p| *p).unwrap_or_default(),
             conflicts: pass.conflicts.lock().map(|v| v.clone()).unwrap_or_default(),
             errors,
         };
@@ -250,7 +252,28 @@ impl Engine {
         Ok(out)
     }
 
-    async fn sync_repo(&self, pass: &Pass, repo: String, rule: RepoRule) {
+    /// Compares every repository in scope (catalog, tag lists, one HEAD per tag).
+    pub(crate) async fn compare_all(&self, pass: &Pass) {
+        match self.expand_repos().await {
+            Ok(repos) => {
+                let conc = self.settings.limits.concurrency;
+                futures_util::stream::iter(repos)
+                    .map(|(repo, rule)| self.sync_repo(pass, repo, rule))
+                    .buffer_unordered(conc)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
+            Err(e) => pass.record("list repositories", e),
+        }
+    }
+
+    /// The rule that puts `repo` in scope (the first that matches, as `expand_repos` decides).
+    pub(crate) fn rule_for(&self, repo: &str) -> Option<&RepoRule> {
+        self.settings.repos.iter().find(|r| r.matches_repo(repo))
+    }
+
+    /// Compares one repository in full: its tag list, then every selected tag.
+    pub(crate) async fn sync_repo(&self, pass: &Pass, repo: String, rule: RepoRule) {
         if pass.check().is_err() {
             return;
         }
@@ -262,46 +285,141 @@ impl Engine {
         };
         pass.repos.fetch_add(1, Ordering::Relaxed);
         let selected = rule.select_tags(&tags);
+        let (done, _missing) = self.sync_tags(pass, &repo, &selected).await;
+        // Tags sync wrote earlier that the parent no longer has (in scope): untag locally.
+        let keep: BTreeSet<&String> = selected.iter().collect();
+        let candidates = self
+            .synced_tags(&repo)
+            .into_iter()
+            .filter(|(tag, _)| !keep.contains(tag))
+            .collect();
+        self.reflect(pass, &repo, done, candidates).await;
+    }
+
+    /// Compares only the tags a change feed named in `repo` (each one HEAD, through the normal
+    /// copy engine); a named tag the parent no longer has is untagged here if sync wrote it.
+    pub(crate) async fn sync_named_tags(
+        &self,
+        pass: &Pass,
+        repo: String,
+        rule: RepoRule,
+        names: BTreeSet<String>,
+    ) {
+        if pass.check().is_err() {
+            return;
+        }
+        pass.repos.fetch_add(1, Ordering::Relaxed);
+        let names: Vec<String> = names.into_iter().collect();
+        let selected = rule.select_tags(&names);
+        let (done, missing) = self.sync_tags(pass, &repo, &selected).await;
+        let missing: BTreeSet<String> = missing.into_iter().collect();
+        let candidates = self
+            .synced_tags(&repo)
+            .into_iter()
+            .filter(|(tag, _)| missing.contains(tag))
+            .collect();
+        self.reflect(pass, &repo, done, candidates).await;
+    }
+
+    /// A manifest the parent's change feed says was stored by digest in `repo`: kept here when
+    /// it is a referrer (signature, SBOM) of a manifest held here, so referrers pushed after
+    /// their subject was synced come down too. Anything else (a platform manifest, the target
+    /// of a tag out of scope) is left alone. Costs nothing when it is already here.
+    pub(crate) async fn sync_referrer(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<(), SyncError> {
+        let has = |d: Digest| {
+            let r = repo.to_owned();
+            blocking(&self.store, move |s| {
+                s.get_manifest(&r, &Reference::Digest(d))
+                    .map(|m| m.is_some())
+            })
+        };
+        if has(digest.clone()).await? {
+            return Ok(());
+        }
+        pass.check()?;
+        let Some(m) = self.client.get_manifest(repo, &digest.to_string()).await? else {
+            return Ok(()); // deleted at the parent since
+        };
+        #[derive(serde::Deserialize)]
+        struct WithSubject {
+            subject: Option<Descriptor>,
+        }
+        let subject = serde_json::from_slice::<WithSubject>(&m.body)
+            .ok()
+            .and_then(|w| w.subject);
+        let Some(subject) = subject else {
+            return Ok(());
+        };
+        if !has(subject.digest.clone()).await? {
+            return Ok(());
+        }
+        self.copy_and_store(pass, repo, digest).await?;
+        tracing::info!(repo, %digest, subject = %subject.digest, "referrer synced");
+        Ok(())
+    }
+
+    /// Tags sync wrote in `repo`, with the digest it wrote.
+    fn synced_tags(&self, repo: &str) -> std::collections::BTreeMap<String, Digest> {
+        self.state
+            .snapshot()
+            .synced_tags
+            .get(repo)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Brings `tags` of `repo` in step, concurrently. Returns the tags now in step with their
+    /// digests, and the tags the parent does not have (errors are recorded in `pass`).
+    async fn sync_tags(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        tags: &[String],
+    ) -> (Vec<(String, Digest)>, Vec<String>) {
         let conc = self.settings.limits.concurrency;
-        let repo_ref = repo.as_str();
         let results: Vec<(String, Result<Option<Digest>, SyncError>)> =
-            futures_util::stream::iter(selected.iter().cloned())
+            futures_util::stream::iter(tags.iter().cloned())
                 .map(|tag| async move {
-                    let r = self.sync_tag(pass, repo_ref, &tag).await;
+                    let r = self.sync_tag(pass, repo, &tag).await;
                     (tag, r)
                 })
                 .buffer_unordered(conc)
                 .collect()
                 .await;
         let mut done = Vec::new();
+        let mut missing = Vec::new();
         for (tag, r) in results {
             match r {
                 Ok(Some(d)) => done.push((tag, d)),
-                Ok(None) => {}
+                Ok(None) => missing.push(tag),
                 Err(e) => pass.record(&format!("{repo}:{tag}"), e),
             }
         }
-        // Tags sync wrote earlier that the parent no longer has (in scope): untag locally,
-        // unless a client re-pointed the tag here since. Content is left to GC.
-        let previous = self
-            .state
-            .snapshot()
-            .synced_tags
-            .get(&repo)
-            .cloned()
-            .unwrap_or_default();
-        let keep: BTreeSet<&String> = selected.iter().collect();
+        (done, missing)
+    }
+
+    /// Untags `candidates` (tags sync wrote, with the digest it wrote) unless a client re-pointed
+    /// the tag here since (content is left to GC), and records what sync now holds in `repo`.
+    async fn reflect(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        mut done: Vec<(String, Digest)>,
+        candidates: Vec<(String, Digest)>,
+    ) {
         let mut gone = Vec::new();
-        for (tag, digest) in previous {
-            if keep.contains(&tag) {
-                continue;
-            }
-            let (r, t) = (repo.clone(), tag.clone());
+        for (tag, digest) in candidates {
+            let (r, t) = (repo.to_owned(), tag.clone());
             let local =
                 blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await;
             match local {
                 Ok(Some(m)) if m.digest == digest => {
-                    let (r, t) = (repo.clone(), tag.clone());
+                    let (r, t) = (repo.to_owned(), tag.clone());
                     match blocking(&self.store, move |s| s.delete_tag(&r, &t)).await {
                         Ok(()) => {
                             pass.tags_deleted.fetch_add(1, Ordering::Relaxed);
@@ -315,19 +433,13 @@ impl Engine {
             }
         }
         // Write the state only when it changes: a pass with nothing new costs no fsync.
-        let known = self
-            .state
-            .snapshot()
-            .synced_tags
-            .get(&repo)
-            .cloned()
-            .unwrap_or_default();
+        let known = self.synced_tags(repo);
         done.retain(|(tag, d)| known.get(tag) != Some(d));
         if done.is_empty() && gone.is_empty() {
             return;
         }
         let r = self.state.update(|s| {
-            let entry = s.synced_tags.entry(repo.clone()).or_default();
+            let entry = s.synced_tags.entry(repo.to_owned()).or_default();
             for (tag, d) in done {
                 entry.insert(tag, d);
             }
@@ -336,7 +448,7 @@ impl Engine {
             }
         });
         if let Err(e) = r {
-            pass.record(&repo, e.into());
+            pass.record(repo, e.into());
         }
     }
 

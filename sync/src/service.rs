@@ -34,6 +34,9 @@ pub struct StatusView {
     pub last_result: Option<Summary>,
     /// Last change-log sequence pushed up (ReadWrite).
     pub pushed_seq: u64,
+    /// Last sequence of the parent's change feed reflected here (`None`: the parent has no
+    /// feed, or no pass has completed against it yet).
+    pub parent_feed_seq: Option<u64>,
     pub conflicts: Vec<Conflict>,
     /// Errors of the last pass (also in `lastResult.errors`).
     pub errors: Vec<String>,
@@ -49,6 +52,7 @@ impl SyncService {
     pub fn new(engine: Arc<Engine>) -> Arc<SyncService> {
         let s = &engine.settings;
         let state = engine.state.snapshot();
+        let parent_feed_seq = feed_seq(&state, &s.parent);
         let status = StatusView {
             parent: s.parent.clone(),
             mode: s.mode,
@@ -65,6 +69,7 @@ impl SyncService {
                 .unwrap_or_default(),
             last_result: state.last_result,
             pushed_seq: state.pushed_seq,
+            parent_feed_seq,
             conflicts: state.conflicts,
         };
         Arc::new(SyncService {
@@ -123,6 +128,7 @@ impl SyncService {
                         s.errors = summary.errors.clone();
                         s.last_result = Some(summary);
                         s.pushed_seq = state.pushed_seq;
+                        s.parent_feed_seq = feed_seq(&state, &s.parent);
                         s.conflicts = state.conflicts;
                     });
                 }
@@ -162,6 +168,14 @@ impl SyncService {
             .route("/acr/v1/_sync/status", get(status_handler))
             .with_state(self.clone())
     }
+}
+
+fn feed_seq(state: &crate::state::SyncState, parent: &str) -> Option<u64> {
+    state
+        .parent_feed
+        .as_ref()
+        .filter(|f| f.parent == parent)
+        .and_then(|f| f.seq)
 }
 
 async fn status_handler(State(service): State<Arc<SyncService>>) -> Json<StatusView> {

@@ -1,5 +1,5 @@
 //! Sync's own persisted progress (`DATA/sync/state.json`): the last change-log sequence pushed
-//! up, the tags sync wrote (to reflect deletions at the parent), uploads in flight, conflicts,
+//! up, the position in the parent's change feed, the tags sync wrote (to reflect deletions at the parent), uploads in flight, conflicts,
 //! and the last result. Written to a temp file, fsynced, renamed: a crash leaves the old or
 //! the new state, never a torn one. Separate from the registry's database on purpose.
 
@@ -45,8 +45,42 @@ pub struct Summary {
     pub bytes_up: u64,
     pub requests: u64,
     pub manifests_pushed: u64,
+    /// How the pass compared with the parent: through its change feed, or in full.
+    #[serde(default)]
+    pub pull: Pull,
     pub conflicts: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// How a pass found what changed at the parent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Pull {
+    /// Every repository and tag in scope compared (a parent without a change feed, the first
+    /// pass, a changed scope, or a feed that failed).
+    #[default]
+    Full,
+    /// Only what the parent's change feed named was compared.
+    Feed,
+    /// The feed could not continue from where this child left it (the parent pruned its log
+    /// past `messageTtl`, or was set up again): everything compared once, the feed resumes after.
+    Reset,
+}
+
+/// Where this child stands in its parent's change feed (`/acr/v1/_changes`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentFeed {
+    /// The parent this is about: another parent starts over.
+    pub parent: String,
+    /// Fingerprint of the repository rules in force when `seq` was reached: the feed only covers
+    /// what was in scope, so changed rules start over with a full comparison.
+    pub scope: String,
+    /// The last sequence of the parent's change log reflected here; `None` when the parent
+    /// answered that it has no feed (asked again after a day).
+    pub seq: Option<u64>,
+    /// When `seq` was set, or the parent said it has no feed.
+    pub checked: DateTime<Utc>,
 }
 
 /// A tag both sides changed: the parent's tag was left in place, the local manifest was
@@ -72,6 +106,8 @@ pub struct SyncState {
     pub uploads_in_flight: BTreeSet<String>,
     pub conflicts: Vec<Conflict>,
     pub last_result: Option<Summary>,
+    /// Position in the parent's change feed, when the parent is a connected registry of ours.
+    pub parent_feed: Option<ParentFeed>,
 }
 
 /// The state file with its in-memory copy.

@@ -1,5 +1,7 @@
-//! The registry's HTTP API: `/v2` (OCI Distribution v1.1). `/acr` and `/oauth2` join here.
+//! The registry's HTTP API: `/v2` (OCI Distribution v1.1) and `/acr/v1/_changes` (the change
+//! feed children sync from). `/oauth2` joins here.
 
+pub mod acr;
 pub mod v2;
 
 use axum::Router;
@@ -14,5 +16,7 @@ pub struct AppState {
 
 /// The registry's routes over `store`. The binary merges other parts' routes into it.
 pub fn router(store: Store) -> Router {
-    v2::routes().with_state(AppState { store })
+    v2::routes()
+        .merge(acr::routes())
+        .with_state(AppState { store })
 }

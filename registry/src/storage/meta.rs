@@ -70,6 +70,16 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
+/// A page of the change log with its bounds (see `Meta::change_page`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePage {
+    /// The newest sequence number (0 when nothing was ever logged).
+    pub head: u64,
+    /// The oldest sequence number still kept (`head + 1` when the log is empty).
+    pub oldest: u64,
+    pub changes: Vec<Change>,
+}
+
 pub struct Meta {
     db: Database,
 }
@@ -477,6 +487,34 @@ impl Meta {
             out.push(from_json(value.value())?);
         }
         Ok(out)
+    }
+
+    /// One page of the change feed, read in one snapshot: entries with `seq > after` (at most
+    /// `limit`, oldest first) with the log's oldest kept and newest sequence numbers, so a reader
+    /// can tell whether entries it has not seen were pruned.
+    pub fn change_page(&self, after: u64, limit: usize) -> Result<ChangePage, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CHANGES)?;
+        let head = table.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+        let oldest = table
+            .first()?
+            .map(|(k, _)| k.value())
+            .unwrap_or(head.saturating_add(1));
+        let mut changes = Vec::new();
+        if limit > 0 {
+            for entry in table.range(after.saturating_add(1)..)? {
+                if changes.len() == limit {
+                    break;
+                }
+                let (_, value) = entry?;
+                changes.push(from_json(value.value())?);
+            }
+        }
+        Ok(ChangePage {
+            head,
+            oldest,
+            changes,
+        })
     }
 
     /// Drops change-log entries older than `before` (unix seconds), except the newest; returns how many.

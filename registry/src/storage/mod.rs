@@ -20,7 +20,7 @@ use crate::manifest::{self, Descriptor};
 use crate::name::RepoName;
 use crate::reference::Reference;
 pub use gc::{GcOptions, GcReport};
-pub use meta::{Change, ChangeKind, ManifestMeta, Origin};
+pub use meta::{Change, ChangeKind, ChangePage, ManifestMeta, Origin};
 pub use uploads::{Session, SessionRef};
 
 /// Limits of the store, each a named setting of `serve`.
@@ -412,6 +412,12 @@ impl Store {
 
     pub fn changes(&self, after_seq: u64, limit: usize) -> Result<Vec<Change>, StorageError> {
         self.inner.meta.changes(after_seq, limit)
+    }
+
+    /// Changes with `seq > after_seq` (at most `limit`) with the log's bounds, in one snapshot:
+    /// the change feed children read.
+    pub fn change_page(&self, after_seq: u64, limit: usize) -> Result<ChangePage, StorageError> {
+        self.inner.meta.change_page(after_seq, limit)
     }
 
     pub fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StorageError> {

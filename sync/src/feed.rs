@@ -1,0 +1,299 @@
+//! Pulling down through the parent's change feed (`/acr/v1/_changes`, offered by a connected
+//! registry of ours): a pass reads the changes after the last sequence this child reflected,
+//! and compares only the repositories and tags they name, through the normal copy engine
+//! (HEAD compare, bottom-up copy, verification), plus the referrers (signatures, SBOMs) pushed
+//! by digest for content held here. With nothing new a pass costs one request.
+//!
+//! The position is kept in the state file per parent and per repository scope. The full
+//! comparison (every repository, tag list and tag) runs instead when the parent has no feed
+//! (any other registry; asked again after `REPROBE_NO_FEED`), on the first pass, when the
+//! repository rules changed, when the feed failed, and once when the parent says the position
+//! cannot continue (`reset`: its log was pruned past `messageTtl`, or it was set up again). The
+//! full comparison starts from the parent's head read *before* it, so a change made while it
+//! runs is read from the feed next time (read twice at worst, never missed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::client::FeedWhat;
+use crate::engine::{Engine, Pass};
+use crate::settings::RepoRule;
+use crate::state::{ParentFeed, Pull};
+
+/// Changes asked for per feed request (the parent caps pages at its own limit, 1000 for ours).
+pub const FEED_PAGE: usize = 1000;
+
+/// More pending changes than this and a full comparison is cheaper than reading them all.
+pub const MAX_FEED_CHANGES: usize = 100_000;
+
+/// A parent that answered it has no feed is asked again after this long (it may have been
+/// replaced by a connected registry of ours). Until then, passes compare in full without asking.
+pub const REPROBE_NO_FEED: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a pass starts.
+enum Start {
+    /// The parent has no feed (known recently): compare in full, do not ask.
+    NoFeed,
+    /// Continue the feed after this sequence.
+    From(u64),
+    /// Unknown: ask for the feed's head, then compare in full.
+    Probe,
+}
+
+/// What reading the feed gave.
+enum Read {
+    /// The changes after the position, and the last sequence among them.
+    Changes(Vec<crate::client::FeedChange>, u64),
+    /// The position cannot continue; the parent's head to continue from after a full comparison.
+    Reset(u64),
+    /// The parent has no feed.
+    NoFeed,
+    /// The feed failed (unreachable, bad answer): compare in full this time.
+    Failed(String),
+}
+
+/// A fingerprint of the repository rules: a feed position only covers what was in scope.
+pub fn scope_fingerprint(rules: &[RepoRule]) -> String {
+    let mut text = String::new();
+    for r in rules {
+        text.push_str(&format!(
+            "{}\u{0}{}\u{0}{}\u{0}{:?}\u{1}",
+            r.pattern,
+            r.include.as_ref().map(|x| x.as_str()).unwrap_or(""),
+            r.exclude.as_ref().map(|x| x.as_str()).unwrap_or(""),
+            r.newest
+        ));
+    }
+    crate::digest::Digest::sha256_of(text.as_bytes()).hex()[..16].to_owned()
+}
+
+/// The downward half of a pass: through the feed where possible, else in full.
+pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
+    let parent = engine.settings.parent.clone();
+    let scope = scope_fingerprint(&engine.settings.repos);
+    let known = engine
+        .state
+        .snapshot()
+        .parent_feed
+        .filter(|f| f.parent == parent);
+    let start = match &known {
+        Some(f) if f.seq.is_none() => {
+            let age = (chrono::Utc::now() - f.checked)
+                .to_std()
+                .unwrap_or_default();
+            if age < REPROBE_NO_FEED {
+                Start::NoFeed
+            } else {
+                Start::Probe
+            }
+        }
+        Some(f) if f.scope == scope => Start::From(f.seq.unwrap_or(0)),
+        _ => Start::Probe,
+    };
+    let head = match start {
+        Start::NoFeed => None,
+        Start::From(after) => match read(engine, after).await {
+            Read::Changes(changes, last) => {
+                set_pull(pass, Pull::Feed);
+                apply(engine, pass, changes, last, after, &parent, &scope).await;
+                return;
+            }
+            Read::Reset(head) => {
+                tracing::info!(
+                    after,
+                    head,
+                    "the parent's change feed cannot continue from here (pruned past messageTtl, \
+                     or the parent was set up again): comparing everything once"
+                );
+                set_pull(pass, Pull::Reset);
+                Some(head)
+            }
+            Read::NoFeed => {
+                remember(engine, pass, &parent, &scope, None);
+                None
+            }
+            Read::Failed(e) => {
+                tracing::warn!("{e}; comparing everything instead");
+                None
+            }
+        },
+        Start::Probe => match engine.client.feed_head().await {
+            Ok(Some(head)) => Some(head),
+            Ok(None) => {
+                tracing::info!("the parent offers no change feed: comparing tag by tag");
+                remember(engine, pass, &parent, &scope, None);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("change feed: {e}; comparing everything instead");
+                None
+            }
+        },
+    };
+    let errors = pass.error_count();
+    engine.compare_all(pass).await;
+    if let Some(head) = head {
+        if !pass.is_paused() && pass.error_count() == errors {
+            remember(engine, pass, &parent, &scope, Some(head));
+        }
+    }
+}
+
+fn set_pull(pass: &Pass, pull: Pull) {
+    if let Ok(mut p) = pass.pull.lock() {
+        *p = pull;
+    }
+}
+
+/// Persists the feed position (`Some(seq)`) or that the parent has none (`None`).
+fn remember(engine: &Engine, pass: &Pass, parent: &str, scope: &str, seq: Option<u64>) {
+    let feed = ParentFeed {
+        parent: parent.to_owned(),
+        scope: scope.to_owned(),
+        seq,
+        checked: chrono::Utc::now(),
+    };
+    if let Err(e) = engine.state.update(move |s| s.parent_feed = Some(feed)) {
+        pass.record("change feed position", e.into());
+    }
+}
+
+/// Reads every change after `after`, page by page.
+async fn read(engine: &Engine, after: u64) -> Read {
+    let mut changes = Vec::new();
+    let mut last = after;
+    loop {
+        let page = match engine.client.changes(last, FEED_PAGE).await {
+            Ok(Some(p)) => p,
+            Ok(None) if last == after => return Read::NoFeed,
+            Ok(None) => return Read::Failed("change feed: the parent stopped answering it".into()),
+            Err(e) => return Read::Failed(format!("change feed: {e}")),
+        };
+        if page.reset {
+            return Read::Reset(page.head);
+        }
+        let Some(newest) = page.changes.last().map(|c| c.seq) else {
+            break;
+        };
+        last = newest;
+        changes.extend(page.changes);
+        if changes.len() > MAX_FEED_CHANGES {
+            // Reading further costs more than comparing: start over from the head.
+            return Read::Reset(page.head.max(last));
+        }
+        if last >= page.head {
+            break;
+        }
+    }
+    Read::Changes(changes, last)
+}
+
+/// What the changes name in one repository in scope.
+#[derive(Default)]
+struct Touched {
+    tags: BTreeSet<String>,
+    /// Compare the whole repository (a `newest N` rule, where one new tag can push another out,
+    /// or a change this version does not know).
+    whole: bool,
+}
+
+/// Compares what `changes` name, then moves the position to `last` when everything succeeded.
+async fn apply(
+    engine: &Engine,
+    pass: &Pass,
+    changes: Vec<crate::client::FeedChange>,
+    last: u64,
+    after: u64,
+    parent: &str,
+    scope: &str,
+) {
+    let mut touched: BTreeMap<String, (RepoRule, Touched)> = BTreeMap::new();
+    let mut stored: Vec<(String, crate::digest::Digest)> = Vec::new();
+    for change in changes {
+        let Some(rule) = engine.rule_for(&change.repo) else {
+            continue;
+        };
+        if let FeedWhat::ManifestPut(digest) = &change.what {
+            stored.push((change.repo.clone(), digest.clone()));
+        }
+        let entry = touched
+            .entry(change.repo)
+            .or_insert_with(|| (rule.clone(), Touched::default()));
+        match change.what {
+            FeedWhat::Tag(tag) if rule.newest.is_none() => {
+                entry.1.tags.insert(tag);
+            }
+            FeedWhat::Tag(_) | FeedWhat::Other => entry.1.whole = true,
+            // Tags pointing at a deleted manifest come as their own changes; a stored manifest
+            // is looked at below, after the tags (it may be a referrer of what they bring).
+            FeedWhat::ManifestPut(_) | FeedWhat::ManifestDeleted => {}
+        }
+    }
+    touched.retain(|_, (_, t)| t.whole || !t.tags.is_empty());
+    if !touched.is_empty() {
+        tracing::info!(
+            repos = touched.len(),
+            after,
+            last,
+            "the parent's change feed names changes in scope"
+        );
+    }
+    let errors = pass.error_count();
+    let conc = engine.settings.limits.concurrency;
+    futures_util::stream::iter(touched)
+        .map(|(repo, (rule, t))| async move {
+            if t.whole {
+                engine.sync_repo(pass, repo, rule).await
+            } else {
+                engine.sync_named_tags(pass, repo, rule, t.tags).await
+            }
+        })
+        .buffer_unordered(conc)
+        .collect::<Vec<()>>()
+        .await;
+    // Manifests stored by digest: referrers (signatures, SBOMs) of content held here come down.
+    stored.sort();
+    stored.dedup();
+    futures_util::stream::iter(stored)
+        .map(|(repo, digest)| async move {
+            if let Err(e) = engine.sync_referrer(pass, &repo, &digest).await {
+                pass.record(&format!("{repo}@{digest}: referrer"), e);
+            }
+        })
+        .buffer_unordered(conc)
+        .collect::<Vec<()>>()
+        .await;
+    // Only a pass that reflected everything moves on; otherwise the same changes are read
+    // again next time (comparing a tag twice is harmless, missing one is not).
+    if last > after && !pass.is_paused() && pass.error_count() == errors {
+        remember(engine, pass, parent, scope, Some(last));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str, newest: Option<usize>) -> RepoRule {
+        RepoRule {
+            pattern: pattern.into(),
+            include: None,
+            exclude: None,
+            newest,
+        }
+    }
+
+    #[test]
+    fn fingerprint_changes_with_the_rules() {
+        let a = scope_fingerprint(&[rule("apps/*", None)]);
+        assert_eq!(a, scope_fingerprint(&[rule("apps/*", None)]));
+        assert_ne!(a, scope_fingerprint(&[rule("apps/*", Some(3))]));
+        assert_ne!(a, scope_fingerprint(&[rule("apps/x", None)]));
+        assert_ne!(
+            scope_fingerprint(&[rule("a", None), rule("b", None)]),
+            scope_fingerprint(&[rule("ab", None)])
+        );
+    }
+}
