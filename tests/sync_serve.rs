@@ -94,3 +94,25 @@ fn serve_refuses_invalid_sync_settings_at_start() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
 }
+
+/// A registry with no parent keeps its change log for children for messageTtl, so the setting
+/// is checked at start there too.
+#[test]
+fn standalone_serve_refuses_an_invalid_message_ttl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            tmp.path().to_str().unwrap(),
+            "--message-ttl",
+            "P91D",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
+}

@@ -64,8 +64,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
     let mut app = registry::api::router(store.clone());
-    if let Some(status) = super::sync::start_background(&args.sync, store, &args.data)? {
-        app = app.merge(status);
+    match super::sync::start_background(&args.sync, store.clone(), &args.data)? {
+        // The sync service prunes the change log itself, sparing what still has to go up.
+        Some(status) => app = app.merge(status),
+        // With no parent nothing goes up: keep changes for children for messageTtl.
+        None => {
+            let ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
+            tokio::spawn(prune_change_log(store, ttl));
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -122,6 +128,27 @@ async fn start_local_proxy(
     tokio::spawn(server.serve());
     tokio::spawn(super::proxy::renew_dev_chain(dir));
     Ok(())
+}
+
+/// Drops change-log entries older than `ttl`, hourly: a child away longer falls back once to
+/// a full comparison (the feed says `reset`).
+async fn prune_change_log(store: Store, ttl: Duration) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        ticks.tick().await;
+        let before = std::time::SystemTime::now()
+            .checked_sub(ttl)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.prune_changes(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("pruned {n} change-log entries older than messageTtl"),
+            Ok(Err(err)) => tracing::error!("pruning the change log failed: {err}"),
+            Err(err) => tracing::error!("change-log pruning task failed: {err}"),
+        }
+    }
 }
 
 /// Collects garbage every `interval`, first one `interval` after start.

@@ -129,6 +129,17 @@ pub fn format_iso_duration(d: Duration) -> String {
     out
 }
 
+/// `messageTtl` checked against its range (P1D to P90D), `DEFAULT_MESSAGE_TTL` when absent.
+/// A registry with no parent still keeps its change log this long for its children.
+pub fn message_ttl(value: Option<&str>) -> Result<Duration, SettingsError> {
+    duration_in_range(
+        "messageTtl",
+        value.unwrap_or(DEFAULT_MESSAGE_TTL),
+        Duration::from_secs(86_400),
+        Duration::from_secs(90 * 86_400),
+    )
+}
+
 fn duration_in_range(
     setting: &'static str,
     value: &str,
@@ -530,12 +541,7 @@ impl RawSettings {
             Duration::from_secs(3600),
             Duration::from_secs(7 * 86_400),
         )?;
-        let message_ttl = duration_in_range(
-            "messageTtl",
-            self.message_ttl.as_deref().unwrap_or(DEFAULT_MESSAGE_TTL),
-            Duration::from_secs(86_400),
-            Duration::from_secs(90 * 86_400),
-        )?;
+        let message_ttl = message_ttl(self.message_ttl.as_deref())?;
         // No patterns: everything the parent's catalog lists, as a connected registry mirrors
         // its parent unless told otherwise (a parent without a catalog then says so at sync time).
         let raw_repos = if self.repos.is_empty() {
