@@ -42,6 +42,8 @@ TARGETS="${TARGETS:-$ALL_TARGETS}"
 BENCH_OUT="${BENCH_OUT:-$ROOT/target/bench}"
 OURS_PORT="${OURS_PORT:-5110}"
 OURS_PROXY_PORT="${OURS_PROXY_PORT:-8453}"
+# Extra flags for our proxy, e.g. OURS_PROXY_ARGS="--alpn http/1.1,h2" (word-split on purpose).
+OURS_PROXY_ARGS="${OURS_PROXY_ARGS:-}"
 OURS_ADMIN_PORT="${OURS_ADMIN_PORT:-9453}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-3600}"
 BENCH_RUST_LOG="${BENCH_RUST_LOG:-warn}"
@@ -199,7 +201,7 @@ start_proxy() { # ROUND
     "$BIN" proxy --listen "127.0.0.1:$OURS_PROXY_PORT" \
     --cert "$WORK/tls/server.crt" --key "$WORK/tls/server.key" \
     --route "/v2=http://127.0.0.1:$OURS_PORT" --admin "127.0.0.1:$OURS_ADMIN_PORT" \
-    >"$log_file" 2>&1 &
+    ${OURS_PROXY_ARGS:-} >"$log_file" 2>&1 &
   PROXY_PID=$!
   if ! wait_http "https://127.0.0.1:$OURS_PROXY_PORT/v2/" "$WORK/tls/ca.crt" 30 ||
     ! kill -0 "$PROXY_PID" 2>/dev/null; then

@@ -76,7 +76,7 @@ struct Flags {
     /// How often files are checked for changes [default: 5s].
     #[arg(long, value_name = "DURATION")]
     reload_interval: Option<String>,
-    /// ALPN protocols offered to clients, in order of preference [default: h2,http/1.1].
+    /// ALPN protocols offered to clients, in order of preference [default: http/1.1,h2].
     #[arg(long, value_name = "LIST")]
     alpn: Option<String>,
     /// Worker threads, each with its own single-threaded runtime [default: one per core].
