@@ -551,19 +551,33 @@ impl ParentClient {
         Ok(Some(out))
     }
 
+    /// A small request whose 404 means "not there" (`None`) and any other failure is an error.
+    async fn send_found(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &Scope,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Option<Response>, ClientError> {
+        let resp = self.send(method.clone(), url, scope, true, build).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(&method, url, resp).await);
+        }
+        Ok(Some(resp))
+    }
+
     /// The repository's tags, or `None` when the parent does not know the repository.
     pub async fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, ClientError> {
         let mut out = Vec::new();
         let mut next = Some(self.url(&format!("/v2/{repo}/tags/list?n=1000")));
         let scope = Scope::Pull(repo.into());
         while let Some(url) = next.take() {
-            let resp = self.send(Method::GET, &url, &scope, true, &|rb| rb).await?;
-            if resp.status() == StatusCode::NOT_FOUND {
+            let Some(resp) = self.send_found(Method::GET, &url, &scope, &|rb| rb).await? else {
                 return Ok(None);
-            }
-            if !resp.status().is_success() {
-                return Err(status_error(&Method::GET, &url, resp).await);
-            }
+            };
             next = self.next_link(resp.headers());
             #[derive(serde::Deserialize)]
             struct Tags {
@@ -634,17 +648,11 @@ impl ParentClient {
         reference: &str,
     ) -> Result<Option<Digest>, ClientError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send(Method::HEAD, &url, &Scope::Pull(repo.into()), true, &|rb| {
-                rb.header(ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let accept = |rb: RequestBuilder| rb.header(ACCEPT, MANIFEST_ACCEPT);
+        let scope = Scope::Pull(repo.into());
+        let Some(resp) = self.send_found(Method::HEAD, &url, &scope, &accept).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(&Method::HEAD, &url, resp).await);
-        }
+        };
         match resp
             .headers()
             .get("docker-content-digest")
@@ -664,17 +672,11 @@ impl ParentClient {
         reference: &str,
     ) -> Result<Option<FetchedManifest>, ClientError> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send(Method::GET, &url, &Scope::Pull(repo.into()), true, &|rb| {
-                rb.header(ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let accept = |rb: RequestBuilder| rb.header(ACCEPT, MANIFEST_ACCEPT);
+        let scope = Scope::Pull(repo.into());
+        let Some(resp) = self.send_found(Method::GET, &url, &scope, &accept).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(status_error(&Method::GET, &url, resp).await);
-        }
+        };
         let media_type = resp
             .headers()
             .get(CONTENT_TYPE)
