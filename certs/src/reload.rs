@@ -68,19 +68,77 @@ fn load_certified_key(chain: &Path, key: &Path) -> Result<CertifiedKey, TlsError
 }
 
 /// Hands every new TLS handshake the certificate that is current at that moment.
+/// A value loaded from files and swapped when they change: what the server certificate and
+/// the trust bundle have in common.
 #[derive(Debug)]
-struct CurrentCert {
-    current: RwLock<Arc<CertifiedKey>>,
+struct Followed<T> {
+    current: RwLock<Arc<T>>,
+    /// The files' stamps at the last attempted load, so a broken file is not retried every poll.
+    seen: Mutex<Vec<Option<Stamp>>>,
+    last_error: Mutex<Option<String>>,
 }
+
+impl<T> Followed<T> {
+    fn new(value: T, stamps: Vec<Option<Stamp>>) -> Self {
+        Followed {
+            current: RwLock::new(Arc::new(value)),
+            seen: Mutex::new(stamps),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn get(&self) -> Arc<T> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads again when `stamps` differ from the last attempt. `Ok(true)`: the new value is in
+    /// service; `Ok(false)`: nothing changed; `Err`: it does not load and the old value stays.
+    fn reload(
+        &self,
+        stamps: Vec<Option<Stamp>>,
+        load: impl FnOnce() -> Result<T, TlsError>,
+    ) -> Result<bool, TlsError> {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == stamps {
+                return Ok(false);
+            }
+            // Remember the attempt even if it fails: a broken file is reported once, and the
+            // writer finishing it (or fixing it) changes the stamp again.
+            *seen = stamps;
+        }
+        let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        match load() {
+            Ok(value) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+                *last_error = None;
+                Ok(true)
+            }
+            Err(err) => {
+                *last_error = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The resolver rustls asks at each handshake: the certificate in service now.
+#[derive(Debug)]
+struct CurrentCert(Followed<CertifiedKey>);
 
 impl ResolvesServerCert for CurrentCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.0.get())
     }
 }
 
@@ -94,9 +152,6 @@ pub struct ReloadingServer {
     key: PathBuf,
     resolver: Arc<CurrentCert>,
     config: Arc<rustls::ServerConfig>,
-    /// The stamps of the last attempted load, so a broken file is not retried every poll.
-    seen: Mutex<(Option<Stamp>, Option<Stamp>)>,
-    last_error: Mutex<Option<String>>,
 }
 
 impl ReloadingServer {
@@ -116,11 +171,9 @@ impl ReloadingServer {
         alpn: Vec<Vec<u8>>,
         client_ca: Option<&Path>,
     ) -> Result<Self, TlsError> {
-        let seen = (stamp(&chain), stamp(&key));
+        let seen = vec![stamp(&chain), stamp(&key)];
         let certified = load_certified_key(&chain, &key)?;
-        let resolver = Arc::new(CurrentCert {
-            current: RwLock::new(Arc::new(certified)),
-        });
+        let resolver = Arc::new(CurrentCert(Followed::new(certified, seen)));
         let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|err| TlsError::Invalid {
@@ -151,8 +204,6 @@ impl ReloadingServer {
             key,
             resolver,
             config: Arc::new(config),
-            seen: Mutex::new(seen),
-            last_error: Mutex::new(None),
         })
     }
 
@@ -163,51 +214,22 @@ impl ReloadingServer {
 
     /// The certificate chain new handshakes get now (leaf first).
     pub fn current_chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        self.resolver
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .cert
-            .clone()
+        self.resolver.0.get().cert.clone()
     }
 
     /// Re-reads the chain and key if either file changed since the last attempt.
     /// `Ok(true)`: the new certificate is in service; `Ok(false)`: nothing changed;
     /// `Err`: the files changed but do not load, and the previous certificate stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = (stamp(&self.chain), stamp(&self.key));
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
-                return Ok(false);
-            }
-            // Remember the attempt even if it fails: a broken file is reported once, and the
-            // writer finishing it (or fixing it) changes the stamp again.
-            *seen = now;
-        }
-        match load_certified_key(&self.chain, &self.key) {
-            Ok(certified) => {
-                *self
-                    .resolver
-                    .current
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                Ok(true)
-            }
-            Err(err) => {
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
-                Err(err)
-            }
-        }
+        let stamps = vec![stamp(&self.chain), stamp(&self.key)];
+        self.resolver
+            .0
+            .reload(stamps, || load_certified_key(&self.chain, &self.key))
     }
 
     /// The error of the last failed reload, if the last attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.resolver.0.last_error()
     }
 
     /// Polls the files every `every` on a background thread and reloads on change.
@@ -228,23 +250,19 @@ impl ReloadingServer {
 /// already open keep the config they were made with.
 pub struct ReloadingTrust {
     trust: PathBuf,
-    current: RwLock<Arc<rustls::ClientConfig>>,
     alpn: Vec<Vec<u8>>,
-    seen: Mutex<Option<Stamp>>,
-    last_error: Mutex<Option<String>>,
+    followed: Followed<rustls::ClientConfig>,
 }
 
 impl ReloadingTrust {
     /// Loads the PEM bundle `trust`; the client config offers `alpn` (may be empty).
     pub fn new(trust: PathBuf, alpn: Vec<Vec<u8>>) -> Result<Self, TlsError> {
-        let seen = stamp(&trust);
+        let seen = vec![stamp(&trust)];
         let config = Self::load(&trust, &alpn)?;
         Ok(Self {
             trust,
-            current: RwLock::new(Arc::new(config)),
             alpn,
-            seen: Mutex::new(seen),
-            last_error: Mutex::new(None),
+            followed: Followed::new(config, seen),
         })
     }
 
@@ -256,10 +274,7 @@ impl ReloadingTrust {
 
     /// The client config to use for the next new connection.
     pub fn config(&self) -> Arc<rustls::ClientConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.followed.get()
     }
 
     /// The bundle's path, for messages.
@@ -269,33 +284,14 @@ impl ReloadingTrust {
 
     /// Re-reads the bundle if the file changed; on error the previous trust stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamp(&self.trust);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
-                return Ok(false);
-            }
-            *seen = now;
-        }
-        match Self::load(&self.trust, &self.alpn) {
-            Ok(config) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                Ok(true)
-            }
-            Err(err) => {
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
-                Err(err)
-            }
-        }
+        self.followed.reload(vec![stamp(&self.trust)], || {
+            Self::load(&self.trust, &self.alpn)
+        })
     }
 
     /// The error of the last failed reload, if the last attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.followed.last_error()
     }
 
     /// Polls the file every `every` on a background thread; see
