@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::StorageError;
 use crate::manifest::Descriptor;
+use crate::reference::Reference;
 
 /// (repo, tag) -> manifest digest.
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
@@ -274,29 +275,28 @@ impl Meta {
         Ok(())
     }
 
-    pub fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(TAGS)?;
-        let found = table.get((repo, tag))?;
-        match found {
-            Some(v) => {
-                Ok(Some(v.value().parse().map_err(|e| {
-                    StorageError::Db(format!("corrupt tag record: {e}"))
-                })?))
-            }
-            None => Ok(None),
-        }
-    }
-
-    pub fn manifest(
+    /// The digest and record of the manifest a tag or digest names in `repo`, read in one
+    /// snapshot: this is every manifest GET, the hottest path there is.
+    pub fn resolve(
         &self,
         repo: &str,
-        digest: &Digest,
-    ) -> Result<Option<ManifestMeta>, StorageError> {
+        reference: &Reference,
+    ) -> Result<Option<(Digest, ManifestMeta)>, StorageError> {
         let tx = self.db.begin_read()?;
-        let table = tx.open_table(MANIFESTS)?;
-        let found = table.get((repo, digest.to_string().as_str()))?;
-        found.map(|v| from_json(v.value())).transpose()
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(tag) => match tx.open_table(TAGS)?.get((repo, tag.as_str()))? {
+                Some(v) => parse_digest(v.value())?,
+                None => return Ok(None),
+            },
+        };
+        let found = tx
+            .open_table(MANIFESTS)?
+            .get((repo, digest.to_string().as_str()))?;
+        match found {
+            Some(v) => Ok(Some((digest, from_json(v.value())?))),
+            None => Ok(None),
+        }
     }
 
     /// Stores a manifest (and optionally a tag) once everything it references is present in

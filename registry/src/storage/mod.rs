@@ -300,39 +300,12 @@ impl Store {
         Ok((digest, meta.subject))
     }
 
-    /// The manifest digest a reference names in `repo`, if the repository holds it.
-    pub fn resolve(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<Option<Digest>, StorageError> {
-        match reference {
-            Reference::Tag(tag) => self.inner.meta.resolve_tag(repo.as_str(), tag),
-            Reference::Digest(d) => Ok(self
-                .inner
-                .meta
-                .manifest(repo.as_str(), d)?
-                .map(|_| d.clone())),
-        }
-    }
-
-    pub fn manifest_meta(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<ManifestMeta>, StorageError> {
-        self.inner.meta.manifest(repo.as_str(), digest)
-    }
-
     pub fn get_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Option<StoredManifest>, StorageError> {
-        let Some(digest) = self.resolve(repo, reference)? else {
-            return Ok(None);
-        };
-        let Some(meta) = self.inner.meta.manifest(repo.as_str(), &digest)? else {
+        let Some((digest, meta)) = self.inner.meta.resolve(repo.as_str(), reference)? else {
             return Ok(None);
         };
         let body = match self.inner.cache.get(&digest) {
