@@ -25,28 +25,28 @@ fn page(req: &Req) -> Result<(usize, String), ApiError> {
     Ok((n, req.query.get("last").cloned().unwrap_or_default()))
 }
 
-/// A JSON list answer; when more items follow, a `Link` to the next page.
-fn paged(items: Vec<String>, n: usize, path: &str, body: serde_json::Value) -> Response {
+/// A JSON list answer with at most `n` of `items`, which were fetched one over `n` to know
+/// whether a next page exists; when one does, a `Link` to it.
+fn paged(
+    mut items: Vec<String>,
+    n: usize,
+    path: &str,
+    body: impl FnOnce(&[String]) -> serde_json::Value,
+) -> Response {
+    let more = items.len() > n;
+    items.truncate(n);
     let mut response = (
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        body(&items).to_string(),
     )
         .into_response();
-    if n != usize::MAX && n > 0 && items.len() == n {
-        let last = items.last().expect("n > 0 items");
+    if let Some(last) = items.last().filter(|_| more) {
         let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
         if let Ok(value) = link.parse() {
             response.headers_mut().insert(header::LINK, value);
         }
     }
     response
-}
-
-/// Fetches one item more than asked, to know whether a next page exists.
-fn trim(mut items: Vec<String>, n: usize) -> (Vec<String>, bool) {
-    let more = items.len() > n;
-    items.truncate(n);
-    (items, more)
 }
 
 pub fn tags(store: &Store, repo: &RepoName, req: &Req) -> Result<Response, ApiError> {
@@ -59,25 +59,22 @@ pub fn tags(store: &Store, repo: &RepoName, req: &Req) -> Result<Response, ApiEr
                 format!("repository {repo} is not known"),
             )
         })?;
-    let (items, more) = trim(items, n);
-    let body = serde_json::json!({ "name": repo.as_str(), "tags": items });
     Ok(paged(
-        if more { items } else { Vec::new() },
+        items,
         n,
         &format!("/v2/{repo}/tags/list"),
-        body,
+        |tags| serde_json::json!({ "name": repo.as_str(), "tags": tags }),
     ))
 }
 
 pub fn catalog(store: &Store, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = page(req)?;
-    let (items, more) = trim(store.repos_page(&last, n.saturating_add(1))?, n);
-    let body = serde_json::json!({ "repositories": items });
+    let items = store.repos_page(&last, n.saturating_add(1))?;
     Ok(paged(
-        if more { items } else { Vec::new() },
+        items,
         n,
         "/v2/_catalog",
-        body,
+        |repos| serde_json::json!({ "repositories": repos }),
     ))
 }
 
