@@ -12,9 +12,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::api::{sha256, Api};
+use common::oci::seeded_bytes;
 use common::{bin, free_port, Proc};
 use serde_json::Value;
-use sha2::Digest as _;
 
 // ---------- the parent, and pushing to it ----------
 
@@ -43,62 +44,17 @@ fn http() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-/// Deterministic incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let c = http();
-    let r = c
-        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 202, "start upload: {}", r.text().unwrap());
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let loc = if loc.starts_with('/') {
-        format!("{base}{loc}")
-    } else {
-        loc
-    };
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = c
-        .put(format!("{loc}{sep}digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201, "finish upload: {}", r.text().unwrap());
-    digest
-}
-
 /// Pushes a small one-layer image (content from `seed`) as `repo:tag`; returns its digest.
 fn push_image(base: &str, repo: &str, tag: &str, seed: u64) -> String {
-    let layer = noise(seed, 4096);
+    let layer = seeded_bytes(seed, 4096);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Labels": {"seed": seed.to_string()}},
         "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}
     }))
     .unwrap();
-    let (cd, ld) = (
-        push_blob(base, repo, &config),
-        push_blob(base, repo, &layer),
-    );
+    let api = Api::new(base);
+    let (cd, ld) = (api.push_blob(repo, &config), api.push_blob(repo, &layer));
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -601,7 +557,7 @@ fn push_referrer(base: &str, repo: &str, subject: &str) -> String {
         .bytes()
         .unwrap()
         .len();
-    let empty = push_blob(base, repo, b"{}");
+    let empty = Api::new(base).push_blob(repo, b"{}");
     let empty_desc = serde_json::json!({
         "mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2
     });
