@@ -536,3 +536,44 @@ fn unsatisfiable_range_is_416_and_changes_nothing() {
         }
     });
 }
+
+/// A chunk whose body breaks off halfway is refused and rolled back: the session holds what it
+/// held before, and the upload can go on from there.
+#[test]
+fn a_chunk_that_breaks_off_is_rolled_back() {
+    let (_d, t, api) = setup();
+    let data = random_bytes(100_000);
+    let loc = api.start_upload("broken");
+    let mut conn = TcpStream::connect(t.host()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        conn,
+        "PATCH {loc} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        t.host(),
+        data.len()
+    )
+    .unwrap();
+    conn.write_all(&data[..30_000]).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    // The answer to the broken chunk comes after the handler has finished with the session.
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("BLOB_UPLOAD_INVALID"),
+        "a broken-off body is refused: {answer}"
+    );
+    let status = api.get(&loc).expect(204);
+    assert_eq!(
+        status.header("range").as_deref(),
+        Some("0-0"),
+        "nothing kept"
+    );
+    let r = api
+        .patch_chunk(&loc, &data, Some(&format!("0-{}", data.len() - 1)))
+        .expect(202);
+    let loc = r.header("location").unwrap();
+    api.send(api.req(Method::PUT, &Api::with_digest(&loc, &sha256(&data))))
+        .expect(201);
+}

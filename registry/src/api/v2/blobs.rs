@@ -159,7 +159,31 @@ pub async fn delete(store: &Store, repo: RepoName, digest: Digest) -> Result<Res
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, read_range};
+    use futures_util::StreamExt;
+
+    /// A blob file shorter than its recorded size (damaged disk) ends the stream with an error,
+    /// so the client sees a broken download, never a short body that looks complete.
+    #[tokio::test]
+    async fn a_short_file_ends_the_stream_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![7u8; 600 * 1024]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let items: Vec<_> = read_range(file, 100, 1 << 20).collect().await;
+        let bytes: usize = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|b| b.len())
+            .sum();
+        assert_eq!(bytes, 600 * 1024 - 100, "everything that is there is sent");
+        let last = items.last().unwrap().as_ref().unwrap_err();
+        assert_eq!(last.kind(), std::io::ErrorKind::UnexpectedEof);
+        let file = std::fs::File::open(&path).unwrap();
+        let whole: Vec<_> = read_range(file, 10, 1000).collect().await;
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].as_ref().unwrap().len(), 1000);
+    }
 
     #[test]
     fn ranges() {
