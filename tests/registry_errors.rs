@@ -516,6 +516,33 @@ fn oversized_manifest_is_refused_naming_the_limit() {
     });
 }
 
+/// A client still sending a refused body reads the error, not a broken pipe or a reset: the
+/// server reads and drops the rest of the body before answering.
+#[test]
+fn a_client_sending_a_refused_body_reads_the_error() {
+    let (_d, t, api) = setup_with(&["--max-manifest-size", "2048"]);
+    if t.kind != Kind::Ours {
+        return;
+    }
+    let make = padded_manifests(&api, "big");
+    let over = make(12 << 20);
+    let chunk = random_bytes(12 << 20);
+    let location = api.start_upload("big");
+    for attempt in 0..10 {
+        let r = api.put_manifest("big", "toolarge", OCI_MANIFEST, &over);
+        assert_eq!(r.status, 413, "manifest, attempt {attempt}: {}", r.text());
+        assert!(r.text().contains("max-manifest-size"), "{}", r.text());
+        let range = format!("5-{}", 5 + chunk.len() - 1);
+        let r = api.patch_chunk(&location, &chunk, Some(&range));
+        assert_eq!(
+            r.status,
+            416,
+            "chunk out of order, attempt {attempt}: {}",
+            r.text()
+        );
+    }
+}
+
 #[test]
 fn unsatisfiable_range_is_416_and_changes_nothing() {
     let (_d, t, api) = setup();

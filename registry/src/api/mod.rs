@@ -2,6 +2,7 @@
 //! feed children sync from). `/oauth2` joins here.
 
 pub mod acr;
+mod drain;
 pub mod v2;
 
 use axum::Router;
@@ -18,5 +19,6 @@ pub struct AppState {
 pub fn router(store: Store) -> Router {
     v2::routes()
         .merge(acr::routes())
+        .layer(axum::middleware::from_fn(drain::drain_unread_body))
         .with_state(AppState { store })
 }
