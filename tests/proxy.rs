@@ -970,6 +970,48 @@ fn metrics_on_admin_port() {
     );
 }
 
+/// New connections go to the worker serving the fewest, so both cores work even when one
+/// client opens all the connections (workers that shared the listener took them unevenly).
+#[test]
+fn connections_are_spread_over_workers() {
+    let (tmp, ca, leaf) = proxy_fixture();
+    let t = tmp.path();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proxy = start_proxy(
+        t,
+        "proxy",
+        &leaf,
+        &[
+            "--route",
+            "/v2=http://127.0.0.1:9",
+            "--workers",
+            "2",
+            "--admin",
+            &admin,
+        ],
+        &[],
+    );
+    let admin: SocketAddr = admin.parse().unwrap();
+    let pipes: Vec<Child> = (0..6)
+        .map(|_| tls_pipe(proxy.addr, &ca.root, Stdio::null()))
+        .collect();
+    let spread = "proxy_worker_connections{worker=\"0\"} 3\nproxy_worker_connections{worker=\"1\"} 3";
+    assert!(
+        soon(|| metrics(admin).contains(spread)),
+        "six connections, three per worker: {}",
+        metrics(admin)
+    );
+    for mut pipe in pipes {
+        let _ = pipe.kill();
+        let _ = pipe.wait();
+    }
+    assert!(
+        soon(|| metrics(admin).contains("proxy_connections_active 0")),
+        "closed connections are counted out: {}",
+        metrics(admin)
+    );
+}
+
 /// The trust bundle for the parent is replaced on disk (the nginx module missed this): a
 /// child that could not verify its parent does so after the rename, without a restart.
 #[test]

@@ -29,6 +29,9 @@ pub struct Metrics {
     per_upstream: Mutex<HashMap<String, UpstreamStats>>,
     /// (upstream, kind) -> count
     upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Client connections each worker thread serves now; the acceptor gives a new
+    /// connection to the worker with the fewest.
+    pub worker_connections: Box<[AtomicU64]>,
     /// The server certificate chain file, read at each scrape for its days to expiry: an
     /// operator's alert on it catches a rotation that stopped before clients see expired certs.
     pub server_cert: std::sync::OnceLock<std::path::PathBuf>,
@@ -42,6 +45,21 @@ struct UpstreamStats {
 }
 
 impl Metrics {
+    /// Metrics for a proxy with `workers` worker threads.
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            worker_connections: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            ..Metrics::default()
+        }
+    }
+
+    /// The worker serving the fewest connections now.
+    pub fn least_busy_worker(&self) -> usize {
+        (0..self.worker_connections.len())
+            .min_by_key(|&w| self.worker_connections[w].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
     pub fn request(&self, upstream: &str, status: u16, seconds: f64) {
         let mut map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());
         let stats = match map.get_mut(upstream) {
@@ -83,6 +101,14 @@ impl Metrics {
             "Client connections open now.",
             self.connections_active.load(ld),
         );
+        out.push_str("# HELP proxy_worker_connections Client connections open now, by worker thread.\n# TYPE proxy_worker_connections gauge\n");
+        for (worker, n) in self.worker_connections.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "proxy_worker_connections{{worker=\"{worker}\"}} {}",
+                n.load(ld)
+            );
+        }
         g(
             &mut out,
             "proxy_tls_handshake_failures_total",

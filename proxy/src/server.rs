@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody};
 use crate::config::{Config, ConfigError, Limits, Route, Upstream};
@@ -199,7 +199,7 @@ impl Proxy {
             .key
             .clone()
             .ok_or_else(|| StartError::Route("no --key".into()))?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(config.workers));
         let _ = metrics.server_cert.set(cert.clone());
         let server_cert = Arc::new(ReloadingServer::with_client_auth(
             cert,
@@ -248,9 +248,12 @@ impl Proxy {
     /// Accepts connections until the future is dropped.
     ///
     /// The work runs on `workers` threads, each with its own single-threaded runtime that
-    /// accepts from the shared listener and keeps each connection, and the upstream
-    /// connections it uses, on that one thread: no cross-thread wake-ups per request, which
-    /// costs less CPU per request than a work-stealing runtime (see README).
+    /// keeps each connection, and the upstream connections it uses, on that one thread: no
+    /// cross-thread wake-ups per request, which costs less CPU per request than a
+    /// work-stealing runtime (see README). One acceptor (on worker 0) hands each new
+    /// connection to the worker serving the fewest: workers that all waited on the shared
+    /// listener took connections unevenly (one worker could end up with all of a client's
+    /// connections while the other core idled).
     pub async fn serve(self) {
         let Proxy {
             state,
@@ -268,27 +271,20 @@ impl Proxy {
         let admin = admin.and_then(|a| a.into_std().ok());
         let permits = Arc::new(Semaphore::new(state.limits.max_connections));
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut loader = Some(loader);
-        let mut admin = admin;
-        for worker in 0..state.workers {
-            let listener = match listener.try_clone() {
-                Ok(l) => l,
-                Err(err) => {
-                    tracing::error!(
-                        "cannot share the listener with worker {worker} (internal): {err}"
-                    );
-                    return;
-                }
-            };
+        let mut inboxes = Vec::with_capacity(state.workers);
+        let mut senders = Vec::with_capacity(state.workers);
+        for _ in 0..state.workers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+            senders.push(tx);
+            inboxes.push(rx);
+        }
+        // Worker 0 also runs the acceptor, the admin listener and the reload loop.
+        let mut extras = Some((listener, senders, admin, loader));
+        for (worker, inbox) in inboxes.into_iter().enumerate() {
             let state = state.clone();
             let permits = permits.clone();
             let done = done_tx.clone();
-            // Worker 0 also runs the admin listener and the reload loop.
-            let extras = if worker == 0 {
-                Some((admin.take(), loader.take()))
-            } else {
-                None
-            };
+            let extras = extras.take();
             let spawned = std::thread::Builder::new()
                 .name(format!("proxy-{worker}"))
                 .spawn(move || {
@@ -304,17 +300,20 @@ impl Proxy {
                         }
                     };
                     runtime.block_on(async move {
-                        if let Some((admin, loader)) = extras {
+                        if let Some((listener, senders, admin, loader)) = extras {
                             if let Some(admin) = admin.and_then(|a| TcpListener::from_std(a).ok()) {
                                 tokio::spawn(serve_admin(admin, state.metrics.clone()));
                             }
-                            if let Some(loader) = loader {
-                                tokio::spawn(reload_loop(state.clone(), loader));
-                            }
+                            tokio::spawn(reload_loop(state.clone(), loader));
+                            let acceptor = accept_loop(listener, senders, permits, state.clone());
+                            tokio::spawn(async move {
+                                acceptor.await;
+                                // Without an acceptor nothing new arrives: stop the proxy.
+                                let _ = done.send(()).await;
+                            });
                         }
-                        accept_loop(state, listener, permits, worker).await;
+                        worker_loop(state, inbox, worker).await;
                     });
-                    let _ = done.blocking_send(());
                 });
             if let Err(err) = spawned {
                 tracing::error!("cannot start proxy worker {worker} (internal): {err}");
@@ -322,17 +321,20 @@ impl Proxy {
             }
         }
         drop(done_tx);
-        // Runs until a worker stops (it does not, short of a fatal error) or we are dropped.
+        // Runs until the acceptor stops (it does not, short of a fatal error) or we are dropped.
         let _ = done_rx.recv().await;
     }
 }
 
-/// One worker's accept loop on its own runtime.
+/// A connection on its way from the acceptor to a worker, with its connection permit.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// Accepts connections and hands each to the worker serving the fewest.
 async fn accept_loop(
-    state: Arc<State>,
     listener: std::net::TcpListener,
+    workers_tx: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
     permits: Arc<Semaphore>,
-    worker: usize,
+    state: Arc<State>,
 ) {
     let listener = match listener
         .set_nonblocking(true)
@@ -340,11 +342,10 @@ async fn accept_loop(
     {
         Ok(l) => l,
         Err(err) => {
-            tracing::error!("proxy worker {worker}: listener unusable (internal): {err}");
+            tracing::error!("proxy listener unusable (internal): {err}");
             return;
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(state.server_cert.config());
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -358,6 +359,32 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(tcp) = tcp.into_std() else { continue };
+        let least_busy = state.metrics.least_busy_worker();
+        state.metrics.worker_connections[least_busy].fetch_add(1, Ordering::Relaxed);
+        if workers_tx[least_busy].send((tcp, peer, permit)).is_err() {
+            tracing::error!("proxy worker {least_busy} is gone (internal)");
+            return;
+        }
+    }
+}
+
+/// One worker: serves the connections handed to it on its own runtime.
+async fn worker_loop(
+    state: Arc<State>,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    worker: usize,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(state.server_cert.config());
+    while let Some((tcp, peer, permit)) = inbox.recv().await {
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                tracing::warn!("connection from {peer} unusable (proxy, internal): {err}");
+                state.metrics.worker_connections[worker].fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+        };
         let state = state.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -365,10 +392,8 @@ async fn accept_loop(
             m.connections_total.fetch_add(1, Ordering::Relaxed);
             m.connections_active.fetch_add(1, Ordering::Relaxed);
             serve_connection(state.clone(), acceptor, tcp, peer, worker).await;
-            state
-                .metrics
-                .connections_active
-                .fetch_sub(1, Ordering::Relaxed);
+            m.connections_active.fetch_sub(1, Ordering::Relaxed);
+            m.worker_connections[worker].fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -396,6 +421,10 @@ fn epoch() -> Instant {
 fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
+
+/// Encrypted bytes queued per client connection before a write must wait: rustls's 64 KiB
+/// default costs a syscall per 64 KiB of a multi-GB layer.
+const TLS_SEND_BUFFER: usize = 256 * 1024;
 
 async fn serve_connection(
     state: Arc<State>,
@@ -427,6 +456,8 @@ async fn serve_connection(
             return;
         }
     };
+    let mut tls = tls;
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let client_cert = tls
         .get_ref()
         .1

@@ -182,6 +182,10 @@ pub struct UpstreamClient {
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest read from an upstream connection. hyper's buffer grows to it only while reads
+/// fill it (a big blob), so manifest responses keep small buffers; fewer, larger reads
+/// mean fewer wake-ups and fewer TLS records per layer byte.
+pub const UPSTREAM_READ_BUFFER: usize = 1024 * 1024;
 /// Idle pooled connections kept per upstream.
 pub const POOL_MAX_IDLE: usize = 64;
 
@@ -212,6 +216,7 @@ impl UpstreamClient {
             .pool_max_idle_per_host(POOL_MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector);
         Ok(UpstreamClient {
             name: up.to_string(),

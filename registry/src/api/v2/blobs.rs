@@ -115,8 +115,9 @@ fn read_range(
         let mut left = length;
         while left > 0 {
             let want = left.min(READ_CHUNK as u64) as usize;
-            let mut buf = bytes::BytesMut::zeroed(want);
-            match file.read(&mut buf) {
+            // `read_to_end` reads into the spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want);
+            match (&mut file).take(want as u64).read_to_end(&mut buf) {
                 Ok(0) => {
                     let eof = std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -126,9 +127,8 @@ fn read_range(
                     return;
                 }
                 Ok(n) => {
-                    buf.truncate(n);
                     left -= n as u64;
-                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
                         return; // the client went away
                     }
                 }
