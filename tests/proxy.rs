@@ -995,7 +995,8 @@ fn connections_are_spread_over_workers() {
     let pipes: Vec<Child> = (0..6)
         .map(|_| tls_pipe(proxy.addr, &ca.root, Stdio::null()))
         .collect();
-    let spread = "proxy_worker_connections{worker=\"0\"} 3\nproxy_worker_connections{worker=\"1\"} 3";
+    let spread =
+        "proxy_worker_connections{worker=\"0\"} 3\nproxy_worker_connections{worker=\"1\"} 3";
     assert!(
         soon(|| metrics(admin).contains(spread)),
         "six connections, three per worker: {}",

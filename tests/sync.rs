@@ -677,6 +677,135 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
     );
 }
 
+/// With `--platform`, only that platform of a multi-arch index comes down: the index stays
+/// byte-exact (its digest is what deployments pin), the other platform's manifest and layers
+/// are not fetched, and pulling it from the child says it is unknown. Widening the filter
+/// later fills the index in; a filter that keeps nothing of an index is refused clearly.
+#[test]
+fn sync_platform_filter_keeps_the_index_and_only_chosen_platforms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let ph = host_of(&parent.url());
+    let mut layout = Layout::create(&tmp.path().join("multi"));
+    let (index_desc, images) = layout.add_index(&["amd64", "arm64"], &[30_000]);
+    layout.tag("latest", &index_desc);
+    let index = index_desc.digest.clone();
+    run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &layout.reference("latest"),
+            &format!("docker://{ph}/multi/app:v1"),
+        ],
+    );
+    let (amd64, arm64) = (&images[0], &images[1]);
+
+    let data = tmp.path().join("child");
+    sync_ok(
+        &data,
+        &parent.url(),
+        &["--repo", "multi/app", "--platform", "linux/arm64"],
+    );
+    {
+        let store = open_store(&data);
+        let repo: registry::RepoName = "multi/app".parse().unwrap();
+        assert_tag(&store, "multi/app", "v1", &index);
+        let has_manifest = |d: &str| {
+            store
+                .get_manifest(&repo, &registry::Reference::Digest(d.parse().unwrap()))
+                .unwrap()
+                .is_some()
+        };
+        assert!(has_manifest(&arm64.manifest.digest), "arm64 kept");
+        assert!(!has_manifest(&amd64.manifest.digest), "amd64 left out");
+        let layer = |i: &common::oci::Image| store.blob_size(&i.layers[0].digest.parse().unwrap());
+        assert!(layer(arm64).is_some(), "arm64 layer fetched");
+        assert!(layer(amd64).is_none(), "amd64 layer not fetched");
+    }
+    // Served by the child: the index byte-exact, the left-out platform unknown.
+    let child = start_registry(&data, &[]);
+    let ch = host_of(&child.url());
+    assert_eq!(
+        sha256(raw_manifest(&ch, "multi/app", "v1").as_bytes()),
+        index
+    );
+    let status = run_ok(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!(
+                "{}/v2/multi/app/manifests/{}",
+                child.url(),
+                amd64.manifest.digest
+            ),
+        ],
+    );
+    assert_eq!(status, "404");
+    // A client re-tagging the partial index on the child is not refused for what it left out.
+    let body = tmp.path().join("index.json");
+    std::fs::write(&body, raw_manifest(&ch, "multi/app", "v1")).unwrap();
+    let status = run_ok(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("{}/v2/multi/app/manifests/v1-local", child.url()),
+        ],
+    );
+    assert_eq!(status, "201");
+    drop(child);
+
+    // No filter any more: the index is filled in.
+    sync_ok(&data, &parent.url(), &["--repo", "multi/app"]);
+    let store = open_store(&data);
+    let repo: registry::RepoName = "multi/app".parse().unwrap();
+    assert!(store
+        .get_manifest(
+            &repo,
+            &registry::Reference::Digest(amd64.manifest.digest.parse().unwrap())
+        )
+        .unwrap()
+        .is_some());
+    drop(store);
+
+    // A filter that keeps nothing of the index: refused, naming what the index offers.
+    let other = tmp.path().join("other");
+    let out = sync_once(
+        &other,
+        &parent.url(),
+        &["--repo", "multi/app", "--platform", "windows/amd64"],
+    );
+    assert!(
+        !out.status.success(),
+        "a filter that keeps nothing is an error"
+    );
+    let text = stderr(&out);
+    assert!(
+        text.contains("linux/amd64") && text.contains("windows/amd64"),
+        "the error names the offered and the wanted platforms: {text}"
+    );
+    assert_eq!(tag_digest(&open_store(&other), "multi/app", "v1"), None);
+}
+
 /// Over TLS the parent is verified against the trust bundle given with `--trust`; without
 /// it (public roots only) the parent's private CA is refused with a certificate error.
 #[test]

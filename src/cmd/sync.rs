@@ -61,6 +61,11 @@ pub struct SyncFlags {
     #[arg(long)]
     pub newest: Option<usize>,
 
+    /// Keep only this platform of multi-arch images, os/architecture[/variant] (repeatable;
+    /// default: all). The index stays byte-exact; other platforms are not fetched.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    pub platforms: Vec<String>,
+
     /// ReadOnly (pull down only, default) or ReadWrite (also push local pushes up).
     #[arg(long)]
     pub mode: Option<String>,
@@ -129,6 +134,7 @@ impl SyncFlags {
             sync_window: self.sync_window.clone(),
             message_ttl: self.message_ttl.clone(),
             repos,
+            platforms: self.platforms.clone(),
             concurrency: self.sync_concurrency,
             connect_timeout_secs: None,
             request_timeout_secs: self.sync_request_timeout,

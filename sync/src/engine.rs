@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, Parsed};
 use crate::settings::{RepoRule, Settings};
 use crate::state::{Outcome, Pull, StateError, StateFile, Summary};
-use crate::store::{BlobWriter, LocalStore, Reference, StoreError};
+use crate::store::{BlobWriter, LocalStore, Reference, StoreError, StoredManifest};
 
 /// Why a piece of work stopped.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,15 @@ impl Pass {
             }
         }
     }
+}
+
+/// A manifest whose content is all present locally, ready to be stored.
+struct Ready {
+    manifest: FetchedManifest,
+    /// Stored locally as it is already: nothing to write.
+    stored: bool,
+    /// Index children the platform filter left out.
+    skipped: Vec<Digest>,
 }
 
 /// The sync engine for one parent and one local store.
@@ -466,13 +475,23 @@ impl Engine {
         pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         let (r, t) = (repo.to_owned(), tag.to_owned());
         let local = blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await?;
-        if local.as_ref().is_some_and(|m| m.digest == remote) {
+        if local
+            .as_ref()
+            .is_some_and(|m| m.digest == remote && !self.filter_wants_skipped(m))
+        {
             return Ok(Some(remote));
         }
-        let (m, _) = self.copy_manifest(pass, repo, &remote).await?;
+        let ready = self.copy_manifest(pass, repo, &remote).await?;
         let (r, t) = (repo.to_owned(), tag.to_owned());
         blocking(&self.store, move |s| {
-            s.put_manifest(&r, &Reference::Tag(t), &m.media_type, m.body)
+            let m = ready.manifest;
+            s.put_manifest(
+                &r,
+                &Reference::Tag(t),
+                &m.media_type,
+                m.body,
+                &ready.skipped,
+            )
         })
         .await?;
         pass.tags_updated.fetch_add(1, Ordering::Relaxed);
@@ -497,59 +516,109 @@ impl Engine {
         repo: &str,
         digest: &Digest,
     ) -> Result<(), SyncError> {
-        let (m, local) = self.copy_manifest(pass, repo, digest).await?;
-        if !local {
+        let ready = self.copy_manifest(pass, repo, digest).await?;
+        if !ready.stored {
             let (r, d) = (repo.to_owned(), digest.clone());
             blocking(&self.store, move |s| {
-                s.put_manifest(&r, &Reference::Digest(d), &m.media_type, m.body)
+                let m = ready.manifest;
+                s.put_manifest(
+                    &r,
+                    &Reference::Digest(d),
+                    &m.media_type,
+                    m.body,
+                    &ready.skipped,
+                )
             })
             .await?;
         }
         Ok(())
     }
 
+    /// Whether a stored partial index has children the platform filter now wants (it was
+    /// widened since): then the index is filled in.
+    fn filter_wants_skipped(&self, stored: &StoredManifest) -> bool {
+        if stored.skipped.is_empty() {
+            return false;
+        }
+        match manifest::parse(&stored.media_type, &stored.body) {
+            Ok(Parsed::Index(index)) => index.manifests.iter().any(|c| {
+                stored.skipped.contains(&c.digest) && manifest::keeps(&self.settings.platforms, c)
+            }),
+            _ => false,
+        }
+    }
+
     /// Makes everything `digest` references present locally (bottom-up) and returns the
-    /// verified manifest, not yet stored. `true` when it was already stored locally.
+    /// verified manifest, not yet stored unless `stored` says so.
     fn copy_manifest<'a>(
         &'a self,
         pass: &'a Pass,
         repo: &'a str,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<(FetchedManifest, bool), SyncError>> {
+    ) -> BoxFuture<'a, Result<Ready, SyncError>> {
         async move {
             let (r, d) = (repo.to_owned(), digest.clone());
-            if let Some(m) = blocking(&self.store, move |s| {
+            let local = blocking(&self.store, move |s| {
                 s.get_manifest(&r, &Reference::Digest(d))
             })
-            .await?
-            {
-                return Ok((
-                    FetchedManifest {
-                        digest: m.digest,
-                        media_type: m.media_type,
-                        body: m.body,
-                    },
-                    true,
-                ));
-            }
-            pass.check()?;
-            let m = self
-                .client
-                .get_manifest(repo, &digest.to_string())
-                .await?
-                .ok_or_else(|| {
-                    SyncError::Refused(format!("{repo}: the parent has no manifest {digest}"))
-                })?;
-            pass.manifests_fetched.fetch_add(1, Ordering::Relaxed);
-            match manifest::parse(&m.media_type, &m.body)
+            .await?;
+            let m = match local {
+                Some(m) if !self.filter_wants_skipped(&m) => {
+                    return Ok(Ready {
+                        manifest: FetchedManifest {
+                            digest: m.digest,
+                            media_type: m.media_type,
+                            body: m.body,
+                        },
+                        stored: true,
+                        skipped: m.skipped,
+                    });
+                }
+                // A partial index whose left-out platforms are wanted now: fill it in.
+                Some(m) => FetchedManifest {
+                    digest: m.digest,
+                    media_type: m.media_type,
+                    body: m.body,
+                },
+                None => {
+                    pass.check()?;
+                    let m = self
+                        .client
+                        .get_manifest(repo, &digest.to_string())
+                        .await?
+                        .ok_or_else(|| {
+                            SyncError::Refused(format!(
+                                "{repo}: the parent has no manifest {digest}"
+                            ))
+                        })?;
+                    pass.manifests_fetched.fetch_add(1, Ordering::Relaxed);
+                    m
+                }
+            };
+            let skipped = match manifest::parse(&m.media_type, &m.body)
                 .map_err(|e| SyncError::Refused(format!("{repo}@{digest}: {e}")))?
             {
                 Parsed::Index(index) => {
-                    let children = index
+                    let platforms = &self.settings.platforms;
+                    let (kept, skipped): (Vec<_>, Vec<_>) = index
                         .manifests
                         .iter()
-                        .map(|c| self.copy_and_store(pass, repo, &c.digest));
+                        .partition(|c| manifest::keeps(platforms, c));
+                    if kept.is_empty() {
+                        let offered: Vec<String> = skipped
+                            .iter()
+                            .filter_map(|c| c.platform.as_ref().map(|p| p.to_string()))
+                            .collect();
+                        let wanted: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+                        return Err(SyncError::Refused(format!(
+                            "{repo}@{digest}: the index offers {} but the platform filter keeps only {}: nothing to sync",
+                            offered.join(", "),
+                            wanted.join(", ")
+                        )));
+                    }
+                    let children = kept.iter().map(|c| self.copy_and_store(pass, repo, &c.digest));
                     futures_util::future::try_join_all(children).await?;
+                    skipped.into_iter().map(|c| c.digest.clone()).collect()
                 }
                 Parsed::Image(image) => {
                     // Foreign / non-distributable layers (Windows base layers) are not served
@@ -558,9 +627,14 @@ impl Engine {
                         .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
                         .map(|b| self.ensure_blob(pass, repo, b));
                     futures_util::future::try_join_all(blobs).await?;
+                    Vec::new()
                 }
-            }
-            Ok((m, false))
+            };
+            Ok(Ready {
+                manifest: m,
+                stored: false,
+                skipped,
+            })
         }
         .boxed()
     }

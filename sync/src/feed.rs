@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 
 use crate::client::FeedWhat;
 use crate::engine::{Engine, Pass};
+use crate::manifest::Platform;
 use crate::settings::RepoRule;
 use crate::state::{ParentFeed, Pull};
 
@@ -54,8 +55,9 @@ enum Read {
     Failed(String),
 }
 
-/// A fingerprint of the repository rules: a feed position only covers what was in scope.
-pub fn scope_fingerprint(rules: &[RepoRule]) -> String {
+/// A fingerprint of the repository rules and the platform filter: a feed position only covers
+/// what was in scope (a widened filter needs the full comparison to fill indexes in).
+pub fn scope_fingerprint(rules: &[RepoRule], platforms: &[Platform]) -> String {
     let mut text = String::new();
     for r in rules {
         text.push_str(&format!(
@@ -66,13 +68,17 @@ pub fn scope_fingerprint(rules: &[RepoRule]) -> String {
             r.newest
         ));
     }
+    // Appended only when set, so positions stored before the filter existed stay valid.
+    for p in platforms {
+        text.push_str(&format!("platform\u{0}{p}\u{1}"));
+    }
     crate::digest::Digest::sha256_of(text.as_bytes()).hex()[..16].to_owned()
 }
 
 /// The downward half of a pass: through the feed where possible, else in full.
 pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
     let parent = engine.settings.parent.clone();
-    let scope = scope_fingerprint(&engine.settings.repos);
+    let scope = scope_fingerprint(&engine.settings.repos, &engine.settings.platforms);
     let known = engine
         .state
         .snapshot()
@@ -287,13 +293,15 @@ mod tests {
 
     #[test]
     fn fingerprint_changes_with_the_rules() {
-        let a = scope_fingerprint(&[rule("apps/*", None)]);
-        assert_eq!(a, scope_fingerprint(&[rule("apps/*", None)]));
-        assert_ne!(a, scope_fingerprint(&[rule("apps/*", Some(3))]));
-        assert_ne!(a, scope_fingerprint(&[rule("apps/x", None)]));
+        let a = scope_fingerprint(&[rule("apps/*", None)], &[]);
+        assert_eq!(a, scope_fingerprint(&[rule("apps/*", None)], &[]));
+        assert_ne!(a, scope_fingerprint(&[rule("apps/*", Some(3))], &[]));
+        assert_ne!(a, scope_fingerprint(&[rule("apps/x", None)], &[]));
         assert_ne!(
-            scope_fingerprint(&[rule("a", None), rule("b", None)]),
-            scope_fingerprint(&[rule("ab", None)])
+            scope_fingerprint(&[rule("a", None), rule("b", None)], &[]),
+            scope_fingerprint(&[rule("ab", None)], &[])
         );
+        let arm = ["linux/arm64".parse().unwrap()];
+        assert_ne!(a, scope_fingerprint(&[rule("apps/*", None)], &arm));
     }
 }

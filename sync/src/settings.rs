@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::connection_string::{ConnectionString, ConnectionStringError};
+use crate::manifest::Platform;
 
 /// A setting that cannot be used. The message names the setting and what is valid.
 #[derive(Debug, thiserror::Error)]
@@ -402,6 +403,9 @@ pub struct Settings {
     pub window: Duration,
     pub message_ttl: Duration,
     pub repos: Vec<RepoRule>,
+    /// Platforms kept from multi-arch indexes (empty: all). The index itself is kept
+    /// byte-exact; the other platforms' manifests are left out (pulling them here fails).
+    pub platforms: Vec<Platform>,
     pub limits: Limits,
 }
 
@@ -431,6 +435,9 @@ pub struct RawSettings {
     pub message_ttl: Option<String>,
     #[serde(default)]
     pub repos: Vec<RawRepoRule>,
+    /// `os/architecture[/variant]` entries of the platform filter.
+    #[serde(default)]
+    pub platforms: Vec<String>,
     pub concurrency: Option<usize>,
     pub connect_timeout_secs: Option<u64>,
     pub request_timeout_secs: Option<u64>,
@@ -480,6 +487,9 @@ impl RawSettings {
             retries
         );
         self.repos.extend(over.repos);
+        if !over.platforms.is_empty() {
+            self.platforms = over.platforms;
+        }
         self
     }
 
@@ -587,6 +597,11 @@ impl RawSettings {
                 newest: r.newest,
             });
         }
+        let platforms = self
+            .platforms
+            .iter()
+            .map(|p| p.parse::<Platform>().map_err(|e| invalid("platform", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut limits = Limits::default();
         if let Some(c) = self.concurrency {
             if !(1..=256).contains(&c) {
@@ -638,6 +653,7 @@ impl RawSettings {
             window,
             message_ttl,
             repos,
+            platforms,
             limits,
         }))
     }
@@ -676,6 +692,21 @@ mod tests {
         assert!(parse_iso_duration("1H").is_err());
         assert!(parse_iso_duration("PT").is_err());
         assert_eq!(format_iso_duration(Duration::from_secs(129_600)), "P1DT12H");
+    }
+
+    #[test]
+    fn platform_filter_is_validated() {
+        let mut r = raw();
+        r.platforms = vec!["linux/arm64".into(), "linux/arm/v7".into()];
+        let s = r.validate().unwrap().unwrap();
+        assert_eq!(s.platforms.len(), 2);
+        let mut r = raw();
+        r.platforms = vec!["arm64".into()];
+        let e = r.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("platform") && e.contains("os/architecture"),
+            "{e}"
+        );
     }
 
     #[test]

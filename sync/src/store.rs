@@ -31,6 +31,8 @@ pub struct StoredManifest {
     pub digest: Digest,
     pub media_type: String,
     pub body: Bytes,
+    /// Children of an index left out by the platform filter.
+    pub skipped: Vec<Digest>,
 }
 
 /// One entry of the local change log.
@@ -91,13 +93,15 @@ pub trait LocalStore: Send + Sync + 'static {
     fn open_upload(&self, repo: &str, id: &str) -> Result<Box<dyn BlobWriter>, StoreError>;
     fn cancel_upload(&self, id: &str) -> Result<(), StoreError>;
     /// Stores a manifest written by sync (origin: sync, never pushed back up). Refuses when a
-    /// referenced blob or child manifest is missing.
+    /// referenced blob or child manifest is missing, except the index children in `skipped`
+    /// (left out by the platform filter).
     fn put_manifest(
         &self,
         repo: &str,
         reference: &Reference,
         media_type: &str,
         body: Bytes,
+        skipped: &[Digest],
     ) -> Result<Digest, StoreError>;
     fn get_manifest(
         &self,
@@ -197,14 +201,16 @@ mod registry_store {
             r: &Reference,
             media_type: &str,
             body: Bytes,
+            skipped: &[Digest],
         ) -> Result<Digest, StoreError> {
-            Store::put_manifest(
+            Store::put_partial_index(
                 self,
                 &repo_name(repo)?,
                 &reference(r),
                 Some(media_type),
                 body,
                 Origin::Sync,
+                skipped.to_vec(),
             )
             .map(|(d, _)| d)
             .map_err(map)
@@ -220,6 +226,7 @@ mod registry_store {
                     digest: m.digest,
                     media_type: m.media_type,
                     body: m.body,
+                    skipped: m.skipped,
                 }))
         }
         fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {

@@ -35,6 +35,10 @@ pub struct ManifestMeta {
     pub refs: Vec<Digest>,
     #[serde(default)]
     pub subject: Option<Digest>,
+    /// Children of an index deliberately not stored here (sync's platform filter). They may
+    /// be absent; everything else in `refs` must be present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Digest>,
     /// Unix seconds when it was first stored: GC spares young manifests.
     #[serde(default)]
     pub pushed_at: u64,
@@ -334,18 +338,30 @@ impl Meta {
                 }
             }
             let mut manifests = tx.open_table(MANIFESTS)?;
+            // A partial index stored again (a client re-tagging it) keeps what it left out.
+            let mut meta = meta.clone();
+            if meta.skipped.is_empty() {
+                if let Some(stored) = manifests.get((repo, digest_s.as_str()))? {
+                    meta.skipped = from_json::<ManifestMeta>(stored.value())?.skipped;
+                }
+            }
+            let mut skipped = Vec::new();
             for child in meta
                 .refs
                 .iter()
                 .filter(|d| !blob_sizes.iter().any(|(b, _)| b == *d))
             {
                 if manifests.get((repo, child.to_string().as_str()))?.is_none() {
-                    return Err(StorageError::ManifestBlobUnknown(child.clone()));
+                    if !meta.skipped.contains(child) {
+                        return Err(StorageError::ManifestBlobUnknown(child.clone()));
+                    }
+                    skipped.push(child.clone());
                 }
             }
+            meta.skipped = skipped;
             install()?;
             let existed = manifests
-                .insert((repo, digest_s.as_str()), json(meta).as_slice())?
+                .insert((repo, digest_s.as_str()), json(&meta).as_slice())?
                 .is_some();
             drop(manifests);
             if !existed {

@@ -49,6 +49,8 @@ pub struct StoredManifest {
     pub digest: Digest,
     pub media_type: String,
     pub body: Bytes,
+    /// Children of an index that were left out on purpose (see [`Store::put_partial_index`]).
+    pub skipped: Vec<Digest>,
 }
 
 /// The store handle; cheap to clone.
@@ -225,6 +227,23 @@ impl Store {
         body: Bytes,
         origin: Origin,
     ) -> Result<(Digest, Option<Digest>), StorageError> {
+        self.put_partial_index(repo, reference, content_type, body, origin, Vec::new())
+    }
+
+    /// Stores a manifest like [`Store::put_manifest`], except that the index children in
+    /// `skipped` may be absent: sync's platform filter keeps only some platforms of a
+    /// multi-arch index, and the index itself must stay byte-exact (clients and deployments
+    /// pin its digest). A client asking for a skipped platform gets MANIFEST_UNKNOWN.
+    /// Storing the same index again with another `skipped` list updates it.
+    pub fn put_partial_index(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        origin: Origin,
+        skipped: Vec<Digest>,
+    ) -> Result<(Digest, Option<Digest>), StorageError> {
         let limit = self.inner.limits.max_manifest_size;
         if body.len() as u64 > limit {
             return Err(StorageError::ManifestTooLarge {
@@ -254,11 +273,20 @@ impl Store {
             .collect();
         let mut refs: Vec<Digest> = blob_sizes.iter().map(|(d, _)| d.clone()).collect();
         refs.extend(parsed.children.iter().map(|d| d.digest.clone()));
+        if let Some(stray) = skipped
+            .iter()
+            .find(|d| !parsed.children.iter().any(|c| &c.digest == *d))
+        {
+            return Err(StorageError::ManifestInvalid(format!(
+                "{stray} is not a child of this index: only an index's children can be left out"
+            )));
+        }
         let meta = ManifestMeta {
             media_type: parsed.media_type.clone(),
             size: body.len() as u64,
             refs,
             subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+            skipped,
             pushed_at: meta::now(),
         };
         let referrer = parsed.subject.as_ref().map(|subject| {
@@ -326,6 +354,7 @@ impl Store {
             digest,
             media_type: meta.media_type,
             body,
+            skipped: meta.skipped,
         }))
     }
 
