@@ -64,6 +64,8 @@ struct Relay {
     port: u16,
     /// Bytes relayed from the parent to the child.
     down: Arc<AtomicU64>,
+    /// Bytes relayed from the child to the parent.
+    up: Arc<AtomicU64>,
     /// While set, the link is down: connections are accepted and closed at once.
     down_flag: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -73,9 +75,22 @@ impl Relay {
     /// Relays 127.0.0.1:port to `upstream`. `cut_after`: the first connection that carries more
     /// than this many bytes down is cut (once), and the link stays down (`down_flag`). `rate`: bytes per second down, per connection.
     fn start(upstream: std::net::SocketAddr, cut_after: Option<u64>, rate: Option<u64>) -> Relay {
+        Relay::start_with(upstream, cut_after, rate, None)
+    }
+
+    /// [`Relay::start`] that also throttles the child-to-parent direction to `rate_up` bytes
+    /// per second, per connection.
+    fn start_with(
+        upstream: std::net::SocketAddr,
+        cut_after: Option<u64>,
+        rate: Option<u64>,
+        rate_up: Option<u64>,
+    ) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicU64::new(0));
+        let up = Arc::new(AtomicU64::new(0));
+        let up2 = up.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let cut_done = Arc::new(AtomicBool::new(false));
         let down_flag = Arc::new(AtomicBool::new(false));
@@ -97,10 +112,26 @@ impl Relay {
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 all.lock().unwrap().push(client.try_clone().unwrap());
-                // child -> parent
+                // child -> parent, counted, maybe throttled
+                let up = up2.clone();
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (c2, s2);
-                    let _ = std::io::copy(&mut from, &mut to);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut sent = 0u64;
+                    let start = Instant::now();
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        up.fetch_add(n as u64, Ordering::Relaxed);
+                        if let Some(rate) = rate_up {
+                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
                     let _ = to.shutdown(Shutdown::Write);
                 });
                 // parent -> child, counted, maybe cut or throttled
@@ -146,6 +177,7 @@ impl Relay {
         Relay {
             port,
             down,
+            up,
             down_flag,
             stop,
         }
@@ -371,6 +403,76 @@ fn sync_window_closing_mid_transfer_then_next_completes() {
         1
     );
     assert_completed_cheaply(&data, "slow/image", &m, &relay, size);
+}
+
+/// ReadWrite: a large upward upload cut by the end of the window continues in the next window
+/// from the last chunk the parent (a real CNCF distribution) acknowledged, instead of starting
+/// over; nothing is visible at the parent until the manifest goes up whole.
+#[test]
+fn readwrite_upload_cut_by_the_window_resumes_in_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    upload_resumes_in_the_next_window(tmp.path(), &parent);
+}
+
+/// The same with a connected registry of ours as the parent.
+#[test]
+fn readwrite_upload_to_a_parent_of_ours_resumes_in_the_next_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    upload_resumes_in_the_next_window(tmp.path(), &parent);
+}
+
+fn upload_resumes_in_the_next_window(tmp: &Path, parent: &Proc) {
+    let size = 12 << 20;
+    let data = tmp.join("child");
+    let (layout, _) = image(&tmp.join("img"), &[size]);
+    {
+        let child = start_registry(&data, &[]);
+        seed(&layout, &host_of(&child.url()), "site/app", "v1");
+    }
+    let local = {
+        let store = open_store(&data);
+        tag_digest(&store, "site/app", "v1").expect("pushed locally")
+    };
+    // 2 MiB/s up: the layer needs about 6 s, the window gives 2 s.
+    let relay = Relay::start_with(parent.addr, None, None, Some(2 << 20));
+    let args = [
+        "--repo",
+        "site/app",
+        "--mode",
+        "ReadWrite",
+        "--sync-upload-chunk",
+        "1048576",
+    ];
+    let mut first = args.to_vec();
+    first.extend(["--time-limit", "PT2S"]);
+    let out = sync_once(&data, &relay.url(), &first);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_eq!(summary(&out)["outcome"], "Paused");
+    let ph = host_of(&parent.url());
+    assert!(
+        common::sync::try_raw_manifest(&ph, "site/app", "v1").is_none(),
+        "nothing half-done at the parent"
+    );
+    // Let bytes still in flight through the relay land before asking the parent.
+    let mut seen = u64::MAX;
+    while relay.up.load(Ordering::Relaxed) != seen {
+        seen = relay.up.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(
+        seen > 2 << 20,
+        "the first window moved chunks: {seen} bytes"
+    );
+    let done = sync_ok(&data, &relay.url(), &args);
+    assert_eq!(done["manifestsPushed"], 1, "{done}");
+    assert_eq!(parent_digest(&ph, "site/app", "v1"), local);
+    let total = relay.up.load(Ordering::Relaxed);
+    assert!(
+        (total as f64) < 1.2 * size as f64,
+        "sent {total} bytes up for a {size}-byte layer: the upload started over"
+    );
 }
 
 /// A tag moved at the parent is re-pointed locally; a tag deleted at the parent is untagged.

@@ -94,6 +94,11 @@ pub struct SyncFlags {
     #[arg(long)]
     pub sync_request_timeout: Option<u64>,
 
+    /// Upward blob uploads larger than this go in chunks of this many bytes, each a resume
+    /// point (default 16 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub sync_upload_chunk: Option<u64>,
+
     /// Attempts per request (default 5).
     #[arg(long)]
     pub sync_retries: Option<u32>,
@@ -140,6 +145,7 @@ impl SyncFlags {
             request_timeout_secs: self.sync_request_timeout,
             progress_timeout_secs: self.sync_progress_timeout,
             retries: self.sync_retries,
+            upload_chunk_bytes: self.sync_upload_chunk,
         });
         Ok(raw.validate()?)
     }

@@ -63,6 +63,32 @@ struct CachedToken {
     expires: Instant,
 }
 
+/// How a chunked upload ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Uploaded {
+    Done,
+    /// Stopped between chunks at the end of the window; resumes from the saved location.
+    Paused,
+}
+
+/// `len` bytes of the file at `path` from `offset`.
+async fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(path)?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(len as usize);
+        file.take(len).read_to_end(&mut buf)?;
+        if (buf.len() as u64) < len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// The credentials a request carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Sent {
@@ -893,28 +919,7 @@ impl ParentClient {
         size: u64,
         scope: &Scope,
     ) -> Result<(), ClientError> {
-        let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
-        let resp = self
-            .send(Method::POST, &url, scope, true, &|rb| {
-                rb.header(CONTENT_LENGTH, "0")
-            })
-            .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(status_error(&Method::POST, &url, resp).await);
-        }
-        let location = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ClientError::Protocol {
-                url: url.clone(),
-                message: "upload started without a Location header".into(),
-            })?;
-        let location = if location.starts_with('/') {
-            self.url(location)
-        } else {
-            location.to_owned()
-        };
+        let location = self.start_upload(repo, scope).await?;
         let sep = if location.contains('?') { '&' } else { '?' };
         let put_url = format!("{location}{sep}digest={digest}");
         let file = tokio::fs::File::open(path)
@@ -946,6 +951,220 @@ impl ParentClient {
         }
         self.stats.bytes_up.fetch_add(size, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Opens an upload session at the parent; returns its absolute location.
+    async fn start_upload(&self, repo: &str, scope: &Scope) -> Result<String, ClientError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let resp = self
+            .send(Method::POST, &url, scope, true, &|rb| {
+                rb.header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(&Method::POST, &url, resp).await);
+        }
+        self.location(&url, &resp)
+    }
+
+    /// The absolute `Location` of an upload answer.
+    fn location(&self, url: &str, resp: &Response) -> Result<String, ClientError> {
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::Protocol {
+                url: url.to_owned(),
+                message: "upload answered without a Location header".into(),
+            })?;
+        Ok(if location.starts_with('/') {
+            self.url(location)
+        } else {
+            location.to_owned()
+        })
+    }
+
+    /// How many bytes the parent holds of the upload at `location` (`GET`, `Range: 0-END`);
+    /// `None` when the parent no longer knows it (expired, restarted).
+    async fn upload_offset(
+        &self,
+        location: &str,
+        scope: &Scope,
+    ) -> Result<Option<u64>, ClientError> {
+        let Some(resp) = self
+            .send_found(Method::GET, location, scope, &|rb| rb)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // "0-END" covers END + 1 bytes; "0-0" is also what registries say for nothing yet, and
+        // chunks are never a single byte, so it reads as nothing.
+        let end = resp
+            .headers()
+            .get(reqwest::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("0-"))
+            .and_then(|v| v.parse::<u64>().ok());
+        Ok(Some(match end {
+            Some(0) | None => 0,
+            Some(end) => end + 1,
+        }))
+    }
+
+    /// Uploads a blob in chunks of `chunk` bytes (`PATCH` with `Content-Range`), so that an
+    /// upload cut by a dropped link, a closed window or a restart continues from the bytes the
+    /// parent already holds instead of starting over. `resume` is a location saved by an
+    /// earlier attempt; `saved` is called with the current location after every chunk the
+    /// parent acknowledged (persist it to resume after a restart).
+    ///
+    /// `until` (the end of the sync window) is honoured between chunks: a chunk in flight is
+    /// finished, because a registry that received part of a chunk may drop the whole upload
+    /// (CNCF distribution cancels an upload whose size no longer matches its last answer).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_blob_chunked(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+        chunk: u64,
+        resume: Option<String>,
+        saved: &(dyn Fn(&str) + Sync),
+        until: Option<Instant>,
+    ) -> Result<Uploaded, ClientError> {
+        let scope = Scope::Push(repo.into());
+        let resumed = match resume {
+            Some(loc) => self
+                .upload_offset(&loc, &scope)
+                .await?
+                .map(|off| (loc, off)),
+            None => None,
+        };
+        let (mut location, mut offset) = match resumed {
+            Some(found) => found,
+            None => (self.start_upload(repo, &scope).await?, 0),
+        };
+        saved(&location);
+        let mut failures = 0u32;
+        while offset < size {
+            if until.is_some_and(|t| Instant::now() >= t) {
+                return Ok(Uploaded::Paused);
+            }
+            let len = chunk.min(size - offset);
+            let bytes = read_range(path, offset, len)
+                .await
+                .map_err(|e| ClientError::Protocol {
+                    url: location.clone(),
+                    message: format!("internal: cannot read local blob {}: {e}", path.display()),
+                })?;
+            match self.patch_chunk(&location, &scope, offset, bytes).await {
+                Ok(next) => {
+                    location = next;
+                    offset += len;
+                    self.stats.bytes_up.fetch_add(len, Ordering::Relaxed);
+                    saved(&location);
+                    failures = 0;
+                }
+                Err(err) => {
+                    failures += 1;
+                    if failures >= self.limits.retries {
+                        return Err(err);
+                    }
+                    tracing::debug!(%err, "chunk failed: asking the parent what it holds");
+                    tokio::time::sleep(self.backoff(failures)).await;
+                    // The parent may have kept part of the chunk, or none of it: it says.
+                    match self.upload_offset(&location, &scope).await? {
+                        Some(held) => offset = held.min(size),
+                        None => {
+                            location = self.start_upload(repo, &scope).await?;
+                            offset = 0;
+                            saved(&location);
+                        }
+                    }
+                }
+            }
+        }
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put_url = format!("{location}{sep}digest={digest}");
+        let resp = self
+            .send(Method::PUT, &put_url, &scope, true, &|rb| {
+                rb.header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(status_error(&Method::PUT, &put_url, resp).await);
+        }
+        Ok(Uploaded::Done)
+    }
+
+    /// Sends one chunk; returns the location for the next. Fails when no byte moved for the
+    /// progress timeout (a slow link only has to keep moving).
+    async fn patch_chunk(
+        &self,
+        location: &str,
+        scope: &Scope,
+        offset: u64,
+        bytes: Bytes,
+    ) -> Result<String, ClientError> {
+        let len = bytes.len() as u64;
+        let moved = Arc::new(Mutex::new(Instant::now()));
+        let progress = moved.clone();
+        let slices: Vec<Bytes> = (0..bytes.len())
+            .step_by(64 * 1024)
+            .map(|at| bytes.slice(at..(at + 64 * 1024).min(bytes.len())))
+            .collect();
+        let body = futures_util::stream::iter(slices).map(move |slice| {
+            if let Ok(mut t) = progress.lock() {
+                *t = Instant::now();
+            }
+            Ok::<_, std::io::Error>(slice)
+        });
+        let rb = self
+            .http
+            .patch(location)
+            .header(CONTENT_LENGTH, len)
+            .header(
+                reqwest::header::CONTENT_RANGE,
+                format!("{offset}-{}", offset + len - 1),
+            )
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
+            .body(reqwest::Body::wrap_stream(body));
+        let (rb, sent) = self.authorize(rb, scope);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let stall = self.limits.progress_timeout;
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let last = moved.lock().map(|t| *t).unwrap_or_else(|_| Instant::now());
+                if last.elapsed() >= stall {
+                    return;
+                }
+            }
+        };
+        let resp = tokio::select! {
+            r = rb.send() => r.map_err(|e| ClientError::Transport {
+                url: location.to_owned(),
+                message: error_chain(&e),
+            })?,
+            () = watchdog => {
+                return Err(ClientError::Stalled { url: location.to_owned(), secs: stall.as_secs() });
+            }
+        };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // The token expired mid-upload: refresh it; the caller asks where to go on.
+            self.refresh(location, resp.headers(), scope, &sent).await?;
+            return Err(ClientError::Auth {
+                url: location.to_owned(),
+                message: "token refreshed during the upload".into(),
+            });
+        }
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(&Method::PATCH, location, resp).await);
+        }
+        self.location(location, &resp)
     }
 
     /// Puts a manifest by tag or digest.

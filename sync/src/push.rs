@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use crate::client::Uploaded;
 use crate::digest::Digest;
 use crate::engine::{blocking, Engine, Pass, SyncError};
 use crate::manifest::{self, Parsed};
@@ -163,10 +164,7 @@ fn push_manifest<'a>(
                             blob.digest
                         ))
                     })?;
-                    engine
-                        .client
-                        .upload_blob(repo, &blob.digest, &path, size)
-                        .await?;
+                    upload(engine, pass, repo, &blob.digest, &path, size).await?;
                 }
             }
         }
@@ -178,6 +176,51 @@ fn push_manifest<'a>(
         Ok(true)
     }
     .boxed()
+}
+
+/// Uploads one blob to the parent. Blobs larger than the upload chunk go in acknowledged
+/// chunks whose location is kept in the state file, so the next window (or attempt, or run)
+/// continues after the last chunk the parent holds; the end of the window stops such an
+/// upload between two chunks. A smaller blob, once started, is finished.
+async fn upload(
+    engine: &Engine,
+    pass: &Pass,
+    repo: &str,
+    digest: &Digest,
+    path: &std::path::Path,
+    size: u64,
+) -> Result<(), SyncError> {
+    let client = &engine.client;
+    let chunk = engine.settings.limits.upload_chunk;
+    if size <= chunk {
+        return Ok(client.upload_blob(repo, digest, path, size).await?);
+    }
+    let key = format!("{repo}@{digest}");
+    let resume = engine.state.snapshot().uploads_up.get(&key).cloned();
+    let saved = |location: &str| {
+        let (k, l) = (key.clone(), location.to_owned());
+        if let Err(e) = engine.state.update(move |s| s.uploads_up.insert(k, l)) {
+            tracing::warn!("cannot remember the upload position of {key}: {e}");
+        }
+    };
+    let uploaded = client
+        .upload_blob_chunked(
+            repo,
+            digest,
+            path,
+            size,
+            chunk,
+            resume,
+            &saved,
+            pass.deadline.map(|d| d.into_std()),
+        )
+        .await?;
+    if uploaded == Uploaded::Paused {
+        pass.paused.store(true, Ordering::Relaxed);
+        return Err(SyncError::Paused);
+    }
+    engine.state.update(move |s| s.uploads_up.remove(&key))?;
+    Ok(())
 }
 
 /// Tries a cross-repository mount from a parent repository this blob was synced down from

@@ -344,6 +344,10 @@ pub struct Limits {
     pub backoff_max: Duration,
     /// Largest manifest accepted from the parent (default 4 MiB).
     pub max_manifest_bytes: usize,
+    /// Blobs larger than this go up to the parent in chunks of this size, each acknowledged
+    /// before the next, so a cut upload resumes after the last one (default 16 MiB). Smaller
+    /// blobs go in one request.
+    pub upload_chunk: u64,
 }
 
 impl Default for Limits {
@@ -357,6 +361,7 @@ impl Default for Limits {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             max_manifest_bytes: 4 << 20,
+            upload_chunk: 16 << 20,
         }
     }
 }
@@ -443,6 +448,8 @@ pub struct RawSettings {
     pub request_timeout_secs: Option<u64>,
     pub progress_timeout_secs: Option<u64>,
     pub retries: Option<u32>,
+    /// Bytes per chunk of an upward blob upload.
+    pub upload_chunk_bytes: Option<u64>,
 }
 
 /// Default `syncSchedule`: every minute, i.e. continuous.
@@ -484,7 +491,8 @@ impl RawSettings {
             connect_timeout_secs,
             request_timeout_secs,
             progress_timeout_secs,
-            retries
+            retries,
+            upload_chunk_bytes
         );
         self.repos.extend(over.repos);
         if !over.platforms.is_empty() {
@@ -603,6 +611,15 @@ impl RawSettings {
             .map(|p| p.parse::<Platform>().map_err(|e| invalid("platform", e)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut limits = Limits::default();
+        if let Some(c) = self.upload_chunk_bytes {
+            if !((64 << 10)..=(1 << 30)).contains(&c) {
+                return Err(invalid(
+                    "upload chunk",
+                    format!("{c} bytes is out of range; valid range 65536 (64 KiB) to 1073741824 (1 GiB)"),
+                ));
+            }
+            limits.upload_chunk = c;
+        }
         if let Some(c) = self.concurrency {
             if !(1..=256).contains(&c) {
                 return Err(invalid(

@@ -104,6 +104,9 @@ pub struct SyncState {
     pub synced_tags: BTreeMap<String, BTreeMap<String, Digest>>,
     /// Upload session ids of blob downloads not finished yet.
     pub uploads_in_flight: BTreeSet<String>,
+    /// `repo@digest` -> the parent's location of an upward upload not finished yet (resumed
+    /// from there).
+    pub uploads_up: BTreeMap<String, String>,
     pub conflicts: Vec<Conflict>,
     pub last_result: Option<Summary>,
     /// Position in the parent's change feed, when the parent is a connected registry of ours.
