@@ -115,62 +115,26 @@ impl Relay {
                 // child -> parent, counted, maybe throttled
                 let up = up2.clone();
                 std::thread::spawn(move || {
-                    let (mut from, mut to) = (c2, s2);
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut sent = 0u64;
-                    let start = Instant::now();
-                    while let Ok(n) = from.read(&mut buf) {
-                        if n == 0 || to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        sent += n as u64;
-                        up.fetch_add(n as u64, Ordering::Relaxed);
-                        if let Some(rate) = rate_up {
-                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                    }
-                    let _ = to.shutdown(Shutdown::Write);
+                    pump(c2, s2, &up, rate_up, |_, _| true);
                 });
                 // parent -> child, counted, maybe cut or throttled
                 let (d, cut_done, flag, all) =
                     (d.clone(), cut_done.clone(), flag.clone(), all.clone());
                 std::thread::spawn(move || {
-                    let (mut from, mut to) = (server, client);
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut sent = 0u64;
-                    let start = Instant::now();
-                    loop {
-                        let n = match from.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if let Some(limit) = cut_after {
-                            if sent + n as u64 > limit && !cut_done.swap(true, Ordering::SeqCst) {
-                                flag.store(true, Ordering::SeqCst);
-                                for c in all.lock().unwrap().drain(..) {
-                                    let _ = c.shutdown(Shutdown::Both);
-                                }
-                                let _ = to.shutdown(Shutdown::Both);
-                                let _ = from.shutdown(Shutdown::Both);
-                                return;
-                            }
+                    let (from, to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                    pump(server, client, &d, rate, |sent, n| {
+                        let Some(limit) = cut_after else { return true };
+                        if sent + n as u64 <= limit || cut_done.swap(true, Ordering::SeqCst) {
+                            return true;
                         }
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
+                        flag.store(true, Ordering::SeqCst);
+                        for c in all.lock().unwrap().drain(..) {
+                            let _ = c.shutdown(Shutdown::Both);
                         }
-                        sent += n as u64;
-                        d.fetch_add(n as u64, Ordering::Relaxed);
-                        if let Some(rate) = rate {
-                            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                    }
-                    let _ = to.shutdown(Shutdown::Write);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                        false
+                    });
                 });
             }
         });
@@ -186,6 +150,42 @@ impl Relay {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// Copies `from` to `to`, counting into `counter` and keeping under `rate` bytes per second;
+/// `go_on(sent, n)` is asked before each write of `n` bytes and ends the copy when false.
+/// Shuts `to` for writing at the end, as the peer would.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    counter: &AtomicU64,
+    rate: Option<u64>,
+    mut go_on: impl FnMut(u64, usize) -> bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut sent = 0u64;
+    let start = Instant::now();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !go_on(sent, n) {
+            return;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 impl Drop for Relay {
@@ -734,18 +734,14 @@ fn push_referrer(base: &str, repo: &str, subject: &str, subject_size: usize) -> 
     d
 }
 
-/// A multi-arch index arrives with every platform, bottom-up, and so do its referrers, from a
-/// parent that is a connected registry of ours (which has the OCI 1.1 referrers API).
-#[test]
-fn sync_copies_multi_arch_indexes_and_referrers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let parent = start_registry(&tmp.path().join("parent"), &[]);
+/// A parent of ours (under `dir/parent`) holding `multi/app:v1`, an index of an amd64 and an
+/// arm64 image (digests preserved); returns the parent, the index and the images.
+fn multi_arch_parent(dir: &Path) -> (Proc, common::api::Desc, Vec<common::oci::Image>) {
+    let parent = start_registry(&dir.join("parent"), &[]);
     let ph = host_of(&parent.url());
-    let mut layout = Layout::create(&tmp.path().join("multi"));
+    let mut layout = Layout::create(&dir.join("multi"));
     let (index_desc, images) = layout.add_index(&["amd64", "arm64"], &[30_000]);
     layout.tag("latest", &index_desc);
-    let index = index_desc.digest.clone();
-    let children: Vec<String> = images.iter().map(|i| i.manifest.digest.clone()).collect();
     run_ok(
         "skopeo",
         &[
@@ -758,6 +754,17 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
             &format!("docker://{ph}/multi/app:v1"),
         ],
     );
+    (parent, index_desc, images)
+}
+
+/// A multi-arch index arrives with every platform, bottom-up, and so do its referrers, from a
+/// parent that is a connected registry of ours (which has the OCI 1.1 referrers API).
+#[test]
+fn sync_copies_multi_arch_indexes_and_referrers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (parent, index_desc, images) = multi_arch_parent(tmp.path());
+    let index = index_desc.digest.clone();
+    let children: Vec<String> = images.iter().map(|i| i.manifest.digest.clone()).collect();
     let index_size = index_desc.size as usize;
     let referrer = push_referrer(&parent.url(), "multi/app", &index, index_size);
 
@@ -786,24 +793,8 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
 #[test]
 fn sync_platform_filter_keeps_the_index_and_only_chosen_platforms() {
     let tmp = tempfile::tempdir().unwrap();
-    let parent = start_registry(&tmp.path().join("parent"), &[]);
-    let ph = host_of(&parent.url());
-    let mut layout = Layout::create(&tmp.path().join("multi"));
-    let (index_desc, images) = layout.add_index(&["amd64", "arm64"], &[30_000]);
-    layout.tag("latest", &index_desc);
+    let (parent, index_desc, images) = multi_arch_parent(tmp.path());
     let index = index_desc.digest.clone();
-    run_ok(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &layout.reference("latest"),
-            &format!("docker://{ph}/multi/app:v1"),
-        ],
-    );
     let (amd64, arm64) = (&images[0], &images[1]);
 
     let data = tmp.path().join("child");
@@ -835,45 +826,18 @@ fn sync_platform_filter_keeps_the_index_and_only_chosen_platforms() {
         sha256(raw_manifest(&ch, "multi/app", "v1").as_bytes()),
         index
     );
-    let status = run_ok(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-            &format!(
-                "{}/v2/multi/app/manifests/{}",
-                child.url(),
-                amd64.manifest.digest
-            ),
-        ],
-    );
-    assert_eq!(status, "404");
+    let api = common::api::Api::new(&child.url());
+    api.get_manifest("multi/app", &amd64.manifest.digest)
+        .expect_error(404, "MANIFEST_UNKNOWN");
     // A client re-tagging the partial index on the child is not refused for what it left out.
-    let body = tmp.path().join("index.json");
-    std::fs::write(&body, raw_manifest(&ch, "multi/app", "v1")).unwrap();
-    let status = run_ok(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/vnd.oci.image.index.v1+json",
-            "--data-binary",
-            &format!("@{}", body.display()),
-            &format!("{}/v2/multi/app/manifests/v1-local", child.url()),
-        ],
-    );
-    assert_eq!(status, "201");
+    let body = raw_manifest(&ch, "multi/app", "v1");
+    api.put_manifest(
+        "multi/app",
+        "v1-local",
+        common::api::OCI_INDEX,
+        body.as_bytes(),
+    )
+    .expect(201);
     drop(child);
 
     // No filter any more: the index is filled in.

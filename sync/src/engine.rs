@@ -482,18 +482,8 @@ impl Engine {
             return Ok(Some(remote));
         }
         let ready = self.copy_manifest(pass, repo, &remote).await?;
-        let (r, t) = (repo.to_owned(), tag.to_owned());
-        blocking(&self.store, move |s| {
-            let m = ready.manifest;
-            s.put_manifest(
-                &r,
-                &Reference::Tag(t),
-                &m.media_type,
-                m.body,
-                &ready.skipped,
-            )
-        })
-        .await?;
+        self.store_ready(repo, Reference::Tag(tag.to_owned()), ready)
+            .await?;
         pass.tags_updated.fetch_add(1, Ordering::Relaxed);
         tracing::info!(repo, tag, digest = %remote, "tag synced");
         // Referrers (signatures, SBOMs) of new content; errors do not undo the tag.
@@ -518,20 +508,25 @@ impl Engine {
     ) -> Result<(), SyncError> {
         let ready = self.copy_manifest(pass, repo, digest).await?;
         if !ready.stored {
-            let (r, d) = (repo.to_owned(), digest.clone());
-            blocking(&self.store, move |s| {
-                let m = ready.manifest;
-                s.put_manifest(
-                    &r,
-                    &Reference::Digest(d),
-                    &m.media_type,
-                    m.body,
-                    &ready.skipped,
-                )
-            })
-            .await?;
+            self.store_ready(repo, Reference::Digest(digest.clone()), ready)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Stores a manifest whose content is all present, as `reference`.
+    async fn store_ready(
+        &self,
+        repo: &str,
+        reference: Reference,
+        ready: Ready,
+    ) -> Result<Digest, SyncError> {
+        let repo = repo.to_owned();
+        blocking(&self.store, move |s| {
+            let m = ready.manifest;
+            s.put_manifest(&repo, &reference, &m.media_type, m.body, &ready.skipped)
+        })
+        .await
     }
 
     /// Whether a stored partial index has children the platform filter now wants (it was
