@@ -462,8 +462,8 @@ fn upload_resumes_in_the_next_window(tmp: &Path, parent: &Proc) {
         std::thread::sleep(Duration::from_millis(700));
     }
     assert!(
-        seen > 2 << 20,
-        "the first window moved chunks: {seen} bytes"
+        seen >= 1 << 20,
+        "the first window moved a chunk at least: {seen} bytes"
     );
     let done = sync_ok(&data, &relay.url(), &args);
     assert_eq!(done["manifestsPushed"], 1, "{done}");
