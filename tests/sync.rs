@@ -786,6 +786,50 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
     );
 }
 
+/// A signature pushed at the parent after its image was synced comes down with a later full
+/// comparison (what every pass is with a parent that has no change feed): tags already in step
+/// are asked for new referrers once per `--sync-referrers-recheck` (default PT1H).
+#[test]
+fn sync_fetches_referrers_added_later_on_a_full_comparison() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (parent, index_desc, _) = multi_arch_parent(tmp.path());
+    let index = index_desc.digest.clone();
+    let data = tmp.path().join("child");
+    sync_ok(&data, &parent.url(), &["--repo", "multi/app"]);
+    let referrer = push_referrer(&parent.url(), "multi/app", &index, index_desc.size as usize);
+    let has_referrer = || {
+        let store = open_store(&data);
+        let repo: registry::RepoName = "multi/app".parse().unwrap();
+        let refs = store.referrers(&repo, &index.parse().unwrap()).unwrap();
+        refs.iter().any(|d| d.digest.to_string() == referrer)
+    };
+    // A changed tag filter makes the pass compare in full, like a parent without a feed.
+    let within = sync_ok(
+        &data,
+        &parent.url(),
+        &["--repo", "multi/app", "--tag-include", "^v"],
+    );
+    assert_eq!(within["pull"], "full", "{within}");
+    assert!(
+        !has_referrer(),
+        "within the interval, tags in step are not asked again"
+    );
+    let due = sync_ok(
+        &data,
+        &parent.url(),
+        &[
+            "--repo",
+            "multi/app",
+            "--tag-include",
+            "^v1",
+            "--sync-referrers-recheck",
+            "PT0S",
+        ],
+    );
+    assert_eq!(due["pull"], "full", "{due}");
+    assert!(has_referrer(), "the referrer added later came down: {due}");
+}
+
 /// With `--platform`, only that platform of a multi-arch index comes down: the index stays
 /// byte-exact (its digest is what deployments pin), the other platform's manifest and layers
 /// are not fetched, and pulling it from the child says it is unknown. Widening the filter

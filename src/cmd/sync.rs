@@ -82,6 +82,11 @@ pub struct SyncFlags {
     #[arg(long)]
     pub message_ttl: Option<String>,
 
+    /// ISO-8601 interval at which a full comparison also asks for new referrers of tags
+    /// already in step (default PT1H; PT0S: every time; parents of ours need none).
+    #[arg(long)]
+    pub sync_referrers_recheck: Option<String>,
+
     /// Blobs transferred at once (default 8).
     #[arg(long)]
     pub sync_concurrency: Option<usize>,
@@ -138,6 +143,7 @@ impl SyncFlags {
             sync_schedule: self.sync_schedule.clone(),
             sync_window: self.sync_window.clone(),
             message_ttl: self.message_ttl.clone(),
+            referrers_recheck: self.sync_referrers_recheck.clone(),
             repos,
             platforms: self.platforms.clone(),
             concurrency: self.sync_concurrency,

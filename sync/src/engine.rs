@@ -56,6 +56,8 @@ impl Progress for NoProgress {}
 pub(crate) struct Pass {
     pub(crate) deadline: Option<Instant>,
     pub(crate) paused: AtomicBool,
+    /// This full comparison also asks for new referrers of tags already in step.
+    pub(crate) recheck_referrers: AtomicBool,
     pub(crate) repos: AtomicUsize,
     pub(crate) tags_checked: AtomicU64,
     pub(crate) tags_updated: AtomicU64,
@@ -479,6 +481,9 @@ impl Engine {
             .as_ref()
             .is_some_and(|m| m.digest == remote && !self.filter_wants_skipped(m))
         {
+            if pass.recheck_referrers.load(Ordering::Relaxed) {
+                self.sync_referrers(pass, repo, tag, &remote).await;
+            }
             return Ok(Some(remote));
         }
         let ready = self.copy_manifest(pass, repo, &remote).await?;
@@ -486,8 +491,14 @@ impl Engine {
             .await?;
         pass.tags_updated.fetch_add(1, Ordering::Relaxed);
         tracing::info!(repo, tag, digest = %remote, "tag synced");
-        // Referrers (signatures, SBOMs) of new content; errors do not undo the tag.
-        match self.client.referrers(repo, &remote).await {
+        self.sync_referrers(pass, repo, tag, &remote).await;
+        Ok(Some(remote))
+    }
+
+    /// Copies the referrers (signatures, SBOMs) of `digest` that are not here yet; errors are
+    /// recorded and do not undo the tag.
+    async fn sync_referrers(&self, pass: &Pass, repo: &str, tag: &str, digest: &Digest) {
+        match self.client.referrers(repo, digest).await {
             Ok(refs) => {
                 for d in refs {
                     if let Err(e) = self.copy_and_store(pass, repo, &d).await {
@@ -497,7 +508,6 @@ impl Engine {
             }
             Err(e) => pass.record(&format!("{repo}:{tag}: referrers"), e.into()),
         }
-        Ok(Some(remote))
     }
 
     async fn copy_and_store(

@@ -13,6 +13,7 @@
 //! runs is read from the feed next time (read twice at worst, never missed).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -139,9 +140,23 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
         },
     };
     let errors = pass.error_count();
+    let now = chrono::Utc::now();
+    let recheck = engine.settings.referrers_recheck;
+    let due = engine
+        .state
+        .snapshot()
+        .referrers_checked
+        .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= recheck);
+    pass.recheck_referrers.store(due, Ordering::Relaxed);
     engine.compare_all(pass).await;
+    let clean = !pass.is_paused() && pass.error_count() == errors;
+    if due && clean {
+        if let Err(e) = engine.state.update(|s| s.referrers_checked = Some(now)) {
+            pass.record("sync state", e.into());
+        }
+    }
     if let Some(head) = head {
-        if !pass.is_paused() && pass.error_count() == errors {
+        if clean {
             remember(engine, pass, &parent, &scope, Some(head));
         }
     }

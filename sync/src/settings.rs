@@ -411,6 +411,10 @@ pub struct Settings {
     /// Platforms kept from multi-arch indexes (empty: all). The index itself is kept
     /// byte-exact; the other platforms' manifests are left out (pulling them here fails).
     pub platforms: Vec<Platform>,
+    /// How often a full comparison also asks the parent for new referrers (signatures, SBOMs)
+    /// of tags already in step. A parent of ours names them in its change feed; other parents
+    /// cannot say what changed, and asking on every pass would cost a request per tag.
+    pub referrers_recheck: Duration,
     pub limits: Limits,
 }
 
@@ -438,6 +442,8 @@ pub struct RawSettings {
     pub sync_schedule: Option<String>,
     pub sync_window: Option<String>,
     pub message_ttl: Option<String>,
+    /// ISO-8601 interval of the referrers re-check (PT0S: every full comparison).
+    pub referrers_recheck: Option<String>,
     #[serde(default)]
     pub repos: Vec<RawRepoRule>,
     /// `os/architecture[/variant]` entries of the platform filter.
@@ -456,6 +462,8 @@ pub struct RawSettings {
 pub const DEFAULT_SCHEDULE: &str = "* * * * *";
 /// Default `syncWindow`.
 pub const DEFAULT_WINDOW: &str = "PT1H";
+/// Default `referrersRecheck`.
+pub const DEFAULT_REFERRERS_RECHECK: &str = "PT1H";
 /// Default `messageTtl`.
 pub const DEFAULT_MESSAGE_TTL: &str = "P7D";
 
@@ -487,6 +495,7 @@ impl RawSettings {
             sync_schedule,
             sync_window,
             message_ttl,
+            referrers_recheck,
             concurrency,
             connect_timeout_secs,
             request_timeout_secs,
@@ -560,6 +569,14 @@ impl RawSettings {
             Duration::from_secs(7 * 86_400),
         )?;
         let message_ttl = message_ttl(self.message_ttl.as_deref())?;
+        let referrers_recheck = duration_in_range(
+            "referrersRecheck",
+            self.referrers_recheck
+                .as_deref()
+                .unwrap_or(DEFAULT_REFERRERS_RECHECK),
+            Duration::ZERO,
+            Duration::from_secs(30 * 86_400),
+        )?;
         // No patterns: everything the parent's catalog lists, as a connected registry mirrors
         // its parent unless told otherwise (a parent without a catalog then says so at sync time).
         let raw_repos = if self.repos.is_empty() {
@@ -671,6 +688,7 @@ impl RawSettings {
             message_ttl,
             repos,
             platforms,
+            referrers_recheck,
             limits,
         }))
     }

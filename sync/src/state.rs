@@ -111,6 +111,8 @@ pub struct SyncState {
     pub last_result: Option<Summary>,
     /// Position in the parent's change feed, when the parent is a connected registry of ours.
     pub parent_feed: Option<ParentFeed>,
+    /// When a full comparison last asked for new referrers of tags already in step.
+    pub referrers_checked: Option<DateTime<Utc>>,
 }
 
 /// The state file with its in-memory copy.
