@@ -985,17 +985,23 @@ impl ParentClient {
     }
 
     /// How many bytes the parent holds of the upload at `location` (`GET`, `Range: 0-END`);
-    /// `None` when the parent no longer knows it (expired, restarted).
+    /// `None` when the parent no longer knows it or refuses it (expired, cancelled, restarted:
+    /// a 4xx), so the caller starts a new upload instead of asking again forever.
     async fn upload_offset(
         &self,
         location: &str,
         scope: &Scope,
     ) -> Result<Option<u64>, ClientError> {
-        let Some(resp) = self
+        let resp = match self
             .send_found(Method::GET, location, scope, &|rb| rb)
-            .await?
-        else {
-            return Ok(None);
+            .await
+        {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Ok(None),
+            Err(ClientError::Status { status, .. }) if (400..500).contains(&status) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
         };
         // "0-END" covers END + 1 bytes; "0-0" is also what registries say for nothing yet, and
         // chunks are never a single byte, so it reads as nothing.
@@ -1033,6 +1039,8 @@ impl ParentClient {
         until: Option<Instant>,
     ) -> Result<Uploaded, ClientError> {
         let scope = Scope::Push(repo.into());
+        // A location saved for another parent (the settings changed) is of no use here.
+        let resume = resume.filter(|loc| loc.starts_with(&self.base));
         let resumed = match resume {
             Some(loc) => self
                 .upload_offset(&loc, &scope)
