@@ -667,16 +667,28 @@ impl ParentClient {
         Ok(Bytes::from(out))
     }
 
+    /// A HEAD or GET of a manifest accepting every manifest type; `None` when unknown.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<(String, Response)>, ClientError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let accept = |rb: RequestBuilder| rb.header(ACCEPT, MANIFEST_ACCEPT);
+        let found = self
+            .send_found(method, &url, &Scope::Pull(repo.into()), &accept)
+            .await?;
+        Ok(found.map(|resp| (url, resp)))
+    }
+
     /// The digest a tag or digest resolves to at the parent (one HEAD), or `None` if unknown.
     pub async fn head_manifest(
         &self,
         repo: &str,
         reference: &str,
     ) -> Result<Option<Digest>, ClientError> {
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let accept = |rb: RequestBuilder| rb.header(ACCEPT, MANIFEST_ACCEPT);
-        let scope = Scope::Pull(repo.into());
-        let Some(resp) = self.send_found(Method::HEAD, &url, &scope, &accept).await? else {
+        let Some((_, resp)) = self.manifest_request(Method::HEAD, repo, reference).await? else {
             return Ok(None);
         };
         match resp
@@ -697,10 +709,7 @@ impl ParentClient {
         repo: &str,
         reference: &str,
     ) -> Result<Option<FetchedManifest>, ClientError> {
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let accept = |rb: RequestBuilder| rb.header(ACCEPT, MANIFEST_ACCEPT);
-        let scope = Scope::Pull(repo.into());
-        let Some(resp) = self.send_found(Method::GET, &url, &scope, &accept).await? else {
+        let Some((url, resp)) = self.manifest_request(Method::GET, repo, reference).await? else {
             return Ok(None);
         };
         let media_type = resp

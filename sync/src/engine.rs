@@ -156,6 +156,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 impl Engine {
+    /// The manifest stored locally in `repo` under `digest`, if any.
+    pub(crate) async fn local_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>, SyncError> {
+        let (r, d) = (repo.to_owned(), digest.clone());
+        blocking(&self.store, move |s| {
+            s.get_manifest(&r, &Reference::Digest(d))
+        })
+        .await
+    }
+
     pub fn new(
         client: Arc<ParentClient>,
         store: Arc<dyn LocalStore>,
@@ -342,14 +355,7 @@ impl Engine {
         repo: &str,
         digest: &Digest,
     ) -> Result<(), SyncError> {
-        let has = |d: Digest| {
-            let r = repo.to_owned();
-            blocking(&self.store, move |s| {
-                s.get_manifest(&r, &Reference::Digest(d))
-                    .map(|m| m.is_some())
-            })
-        };
-        if has(digest.clone()).await? {
+        if self.local_manifest(repo, digest).await?.is_some() {
             return Ok(());
         }
         pass.check()?;
@@ -366,7 +372,7 @@ impl Engine {
         let Some(subject) = subject else {
             return Ok(());
         };
-        if !has(subject.digest.clone()).await? {
+        if self.local_manifest(repo, &subject.digest).await?.is_none() {
             return Ok(());
         }
         self.copy_and_store(pass, repo, digest).await?;
@@ -562,12 +568,7 @@ impl Engine {
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<Ready, SyncError>> {
         async move {
-            let (r, d) = (repo.to_owned(), digest.clone());
-            let local = blocking(&self.store, move |s| {
-                s.get_manifest(&r, &Reference::Digest(d))
-            })
-            .await?;
-            let m = match local {
+            let m = match self.local_manifest(repo, digest).await? {
                 Some(m) if !self.filter_wants_skipped(&m) => {
                     return Ok(Ready {
                         manifest: FetchedManifest {

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::engine::{blocking, Engine, Pass, SyncError};
 use crate::manifest::{self, Parsed};
 use crate::state::Conflict;
-use crate::store::{ChangeKind, Reference};
+use crate::store::ChangeKind;
 
 /// Change-log entries read per batch.
 const BATCH: usize = 256;
@@ -89,12 +89,9 @@ async fn push_tag(
             return Ok(());
         }
         _ => {
-            let (r, d) = (repo.to_owned(), digest.clone());
-            let m = blocking(&engine.store, move |s| {
-                s.get_manifest(&r, &Reference::Digest(d))
-            })
-            .await?;
-            let Some(m) = m else { return Ok(()) };
+            let Some(m) = engine.local_manifest(repo, digest).await? else {
+                return Ok(());
+            };
             engine
                 .client
                 .put_manifest(repo, tag, &m.media_type, m.body)
@@ -117,12 +114,7 @@ fn push_manifest<'a>(
     digest: &'a Digest,
 ) -> BoxFuture<'a, Result<bool, SyncError>> {
     async move {
-        let (r, d) = (repo.to_owned(), digest.clone());
-        let Some(m) = blocking(&engine.store, move |s| {
-            s.get_manifest(&r, &Reference::Digest(d))
-        })
-        .await?
-        else {
+        let Some(m) = engine.local_manifest(repo, digest).await? else {
             return Ok(false);
         };
         if engine
