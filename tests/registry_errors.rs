@@ -543,6 +543,40 @@ fn a_client_sending_a_refused_body_reads_the_error() {
     }
 }
 
+/// A client that asks `Expect: 100-continue` and is refused on its headers alone (a declared
+/// size over the limit) gets the error without being invited to send the body.
+#[test]
+fn a_refused_expect_continue_client_never_sends_the_body() {
+    let (d, t, api) = setup_with(&["--max-manifest-size", "2048"]);
+    if t.kind != Kind::Ours {
+        return;
+    }
+    let body = d.path().join("big-manifest.json");
+    std::fs::write(&body, padded_manifests(&api, "big")(4 << 20)).unwrap();
+    let out = common::run_ok(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_upload}",
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {OCI_MANIFEST}"),
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "30",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("{}/v2/big/manifests/toolarge", api.base),
+        ],
+    );
+    assert_eq!(out.trim(), "413 0", "status and bytes uploaded");
+}
+
 #[test]
 fn unsatisfiable_range_is_416_and_changes_nothing() {
     let (_d, t, api) = setup();

@@ -2,7 +2,8 @@
 //! out of order, an unknown upload) still has a client sending that body. If the server answers
 //! and closes, the client hits a broken pipe or a reset and never reads why it was refused. So,
 //! like nginx and Go's net/http, we read and drop the rest of the body, within a budget, before
-//! the answer goes out.
+//! the answer goes out. A client that asked `Expect: 100-continue` and was never told to
+//! continue has not sent its body: there is nothing to drain, and it must not be invited to.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,13 +31,22 @@ pub async fn drain_unread_body(req: Request, next: Next) -> Response {
     if req.body().is_end_stream() {
         return next.run(req).await;
     }
+    let waits_for_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (parts, body) = req.into_parts();
-    let shared = Shared(Arc::new(Mutex::new(Some(body))));
+    let shared = Shared(Arc::new(Mutex::new(Slot {
+        body: Some(body),
+        read: false,
+    })));
     let response = next
         .run(Request::from_parts(parts, Body::new(shared.clone())))
         .await;
-    let rest = shared.0.lock().expect("body lock").take();
-    if let Some(rest) = rest.filter(|b| !b.is_end_stream()) {
+    let slot = std::mem::take(&mut *shared.0.lock().expect("body lock"));
+    // Reading the body is what sends "100 Continue": a body never read was never sent.
+    let sent = slot.read || !waits_for_continue;
+    if let Some(rest) = slot.body.filter(|b| sent && !b.is_end_stream()) {
         let _ = tokio::time::timeout(UNREAD_BODY_DRAIN_TIME, discard(rest)).await;
     }
     response
@@ -57,7 +67,14 @@ async fn discard(mut body: Body) {
 
 /// The request body, readable by the handler while the middleware keeps hold of it.
 #[derive(Clone)]
-struct Shared(Arc<Mutex<Option<Body>>>);
+struct Shared(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+struct Slot {
+    body: Option<Body>,
+    /// The handler asked for the body at least once.
+    read: bool,
+}
 
 impl HttpBody for Shared {
     type Data = Bytes;
@@ -68,7 +85,8 @@ impl HttpBody for Shared {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let mut slot = self.0.lock().expect("body lock");
-        match slot.as_mut() {
+        slot.read = true;
+        match slot.body.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
         }
@@ -78,6 +96,7 @@ impl HttpBody for Shared {
         self.0
             .lock()
             .expect("body lock")
+            .body
             .as_ref()
             .is_none_or(|b| b.is_end_stream())
     }
@@ -86,6 +105,7 @@ impl HttpBody for Shared {
         self.0
             .lock()
             .expect("body lock")
+            .body
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
