@@ -24,7 +24,9 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_dist() { # DIR -> prints port
+# The starters run in this shell (not in $(...)), so the PIDs they record are the ones the
+# exit trap stops; each sets PORT.
+start_dist() { # DIR -> PORT
   local dir="$1" port; port="$(free_port)"; mkdir -p "$dir/storage"
   sed -e "s|@ROOT@|$dir/storage|" -e "s|@PORT@|$port|" >"$dir/config.yml" <<'YML'
 version: 0.1
@@ -41,20 +43,20 @@ YML
   docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
   PIDS+=("$!")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-  echo "$port"
+  PORT="$port"
 }
 
-start_ours() { # DIR -> prints port
+start_ours() { # DIR -> PORT
   local dir="$1" port; port="$(free_port)"; mkdir -p "$dir"
   RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --data "$dir/data" >"$dir/log" 2>&1 &
   PIDS+=("$!")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-  echo "$port"
+  PORT="$port"
 }
 
 case "$PARENT" in
-  distribution) src_port="$(start_dist "$WORK/src")" ;;
-  ours) src_port="$(start_ours "$WORK/src")" ;;
+  distribution) start_dist "$WORK/src"; src_port="$PORT" ;;
+  ours) start_ours "$WORK/src"; src_port="$PORT" ;;
   *) echo "PARENT must be distribution or ours, not $PARENT" >&2; exit 2 ;;
 esac
 echo "parent.kind $PARENT -"
@@ -63,7 +65,7 @@ echo "# parent $src; seeding $W6_REPOS x $W6_TAGS" >&2
 BENCH_CACHE="$WORK/cache" "$BENCH/seed-registry.sh" --many "$W6_REPOS" "$W6_TAGS" "http://$src" bench >/dev/null
 
 # skopeo sync --src yaml into a scratch distribution
-dst_port="$(start_dist "$WORK/dst")"
+start_dist "$WORK/dst"; dst_port="$PORT"
 {
   echo "$src:"
   echo "  tls-verify: false"
