@@ -254,12 +254,12 @@ impl Session {
         )))?;
         self.hasher.update(data);
         self.len += data.len() as u64;
-        self.start_writeback();
+        self.flush_in_background();
         Ok(())
     }
 
     /// Asks the writeback helper to flush once another [`WRITEBACK_EVERY`] bytes arrived.
-    fn start_writeback(&mut self) {
+    fn flush_in_background(&mut self) {
         if self.len < WRITEBACK_EVERY {
             return;
         }
@@ -291,6 +291,10 @@ impl Session {
             )))?;
         self.hasher = hasher;
         self.len = len;
+        if let Some(wb) = &mut self.writeback {
+            // The next flush is due WRITEBACK_EVERY bytes after what is left.
+            wb.asked_at = wb.asked_at.min(len);
+        }
         Ok(())
     }
 
@@ -343,6 +347,36 @@ mod tests {
         }
         let digest = whole.finish();
         let path = session.seal(&digest).unwrap();
+        assert_eq!(std::fs::metadata(path).unwrap().len(), session.len());
+    }
+
+    #[test]
+    fn a_rollback_below_the_last_early_flush_keeps_the_session_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+        let repo: RepoName = "r".parse().unwrap();
+        let session = uploads.get(&repo, "cut", true).unwrap();
+        let mut session = session.blocking_lock();
+        let chunk = vec![1u8; 1 << 20];
+        // Past the first flush, and two MiB short of the second.
+        let below = 2 * (WRITEBACK_EVERY >> 20) - 2;
+        for _ in 0..below {
+            session.append(&chunk).unwrap();
+        }
+        let checkpoint = session.checkpoint();
+        // A chunk that passes the flush point, then breaks off and is rolled back.
+        for _ in 0..4 {
+            session.append(&chunk).unwrap();
+        }
+        session.rollback(checkpoint).unwrap();
+        let mut whole = Hasher::new(Algorithm::Sha256);
+        for _ in 0..below + 40 {
+            whole.update(&chunk);
+        }
+        for _ in 0..40 {
+            session.append(&chunk).unwrap();
+        }
+        let path = session.seal(&whole.finish()).unwrap();
         assert_eq!(std::fs::metadata(path).unwrap().len(), session.len());
     }
 
