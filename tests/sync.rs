@@ -786,6 +786,26 @@ fn sync_copies_multi_arch_indexes_and_referrers() {
     );
 }
 
+/// An index with no manifests (some artifact tools push one) is synced like any other; only
+/// a platform filter that leaves out everything an index holds is an error.
+#[test]
+fn sync_copies_an_empty_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let empty = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": common::api::OCI_INDEX,
+        "manifests": [],
+    }))
+    .unwrap();
+    common::api::Api::new(&parent.url())
+        .put_manifest("art/empty", "v1", common::api::OCI_INDEX, &empty)
+        .expect(201);
+    let data = tmp.path().join("child");
+    sync_ok(&data, &parent.url(), &["--repo", "art/empty"]);
+    assert_tag(&open_store(&data), "art/empty", "v1", &sha256(&empty));
+}
+
 /// A signature pushed at the parent after its image was synced comes down with a later full
 /// comparison (what every pass is with a parent that has no change feed): tags already in step
 /// are asked for new referrers once per `--sync-referrers-recheck` (default PT1H).

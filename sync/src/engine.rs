@@ -571,21 +571,13 @@ impl Engine {
             let m = match self.local_manifest(repo, digest).await? {
                 Some(m) if !self.filter_wants_skipped(&m) => {
                     return Ok(Ready {
-                        manifest: FetchedManifest {
-                            digest: m.digest,
-                            media_type: m.media_type,
-                            body: m.body,
-                        },
+                        skipped: m.skipped.clone(),
+                        manifest: m.into(),
                         stored: true,
-                        skipped: m.skipped,
                     });
                 }
                 // A partial index whose left-out platforms are wanted now: fill it in.
-                Some(m) => FetchedManifest {
-                    digest: m.digest,
-                    media_type: m.media_type,
-                    body: m.body,
-                },
+                Some(m) => m.into(),
                 None => {
                     pass.check()?;
                     let m = self
@@ -610,7 +602,8 @@ impl Engine {
                         .manifests
                         .iter()
                         .partition(|c| manifest::keeps(platforms, c));
-                    if kept.is_empty() {
+                    // Only a filter can leave nothing: an empty index is synced as it is.
+                    if kept.is_empty() && !skipped.is_empty() {
                         let offered: Vec<String> = skipped
                             .iter()
                             .filter_map(|c| c.platform.as_ref().map(|p| p.to_string()))

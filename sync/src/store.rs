@@ -35,6 +35,16 @@ pub struct StoredManifest {
     pub skipped: Vec<Digest>,
 }
 
+impl From<StoredManifest> for crate::client::FetchedManifest {
+    fn from(m: StoredManifest) -> Self {
+        crate::client::FetchedManifest {
+            digest: m.digest,
+            media_type: m.media_type,
+            body: m.body,
+        }
+    }
+}
+
 /// One entry of the local change log.
 #[derive(Clone, Debug)]
 pub struct LocalChange {
