@@ -253,10 +253,15 @@ fn assert_nothing_half_done(data: &Path, repo: &str, layer: &str) {
 fn assert_completed_cheaply(data: &Path, repo: &str, manifest: &str, relay: &Relay, size: usize) {
     let store = open_store(data);
     assert_tag(&store, repo, "v1", manifest);
-    let total = relay.down.load(Ordering::Relaxed);
+    assert_moved_cheaply(relay.down.load(Ordering::Relaxed), size, "fetched");
+}
+
+/// The bound for a transfer that was cut and resumed: under 1.2 times the size in all.
+#[track_caller]
+fn assert_moved_cheaply(total: u64, size: usize, what: &str) {
     assert!(
         (total as f64) < 1.2 * size as f64,
-        "fetched {total} bytes for a {size}-byte image"
+        "{what} {total} bytes for {size} bytes: more than 1.2x, so it started over"
     );
 }
 
@@ -424,6 +429,67 @@ fn readwrite_upload_to_a_parent_of_ours_resumes_in_the_next_window() {
 }
 
 fn upload_resumes_in_the_next_window(tmp: &Path, parent: &Proc) {
+    let cut = cut_upload(tmp, parent);
+    let done = sync_ok(&cut.data, &cut.relay.url(), &UPLOAD_ARGS);
+    assert_eq!(done["manifestsPushed"], 1, "{done}");
+    cut.assert_at_parent(parent);
+    assert_moved_cheaply(cut.relay.up.load(Ordering::Relaxed), cut.size, "sent up");
+}
+
+/// An upload the parent no longer knows (expired or cancelled there between two windows) is
+/// started anew instead of failing every pass.
+#[test]
+fn readwrite_upload_the_parent_forgot_starts_anew() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let cut = cut_upload(tmp.path(), &parent);
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cut.data.join("sync/state.json")).expect("the sync state file"),
+    )
+    .unwrap();
+    let location = state["uploadsUp"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("an upload position is kept: {state}"))
+        .to_owned();
+    common::api::Api::new(&parent.url())
+        .delete(&location)
+        .expect(204);
+    let done = sync_ok(&cut.data, &cut.relay.url(), &UPLOAD_ARGS);
+    assert_eq!(done["manifestsPushed"], 1, "{done}");
+    cut.assert_at_parent(&parent);
+}
+
+const UPLOAD_ARGS: [&str; 6] = [
+    "--repo",
+    "site/app",
+    "--mode",
+    "ReadWrite",
+    "--sync-upload-chunk",
+    "1048576",
+];
+
+/// A child (under `tmp/child`) whose local push of `site/app:v1` (a 12 MiB layer) was cut by
+/// the end of a 2 s window while going up to `parent` through a relay at 2 MiB/s.
+struct CutUpload {
+    data: PathBuf,
+    relay: Relay,
+    local: String,
+    size: usize,
+}
+
+impl CutUpload {
+    #[track_caller]
+    fn assert_at_parent(&self, parent: &Proc) {
+        assert_eq!(
+            parent_digest(&host_of(&parent.url()), "site/app", "v1"),
+            self.local
+        );
+    }
+}
+
+fn cut_upload(tmp: &Path, parent: &Proc) -> CutUpload {
     let size = 12 << 20;
     let data = tmp.join("child");
     let (layout, _) = image(&tmp.join("img"), &[size]);
@@ -437,22 +503,13 @@ fn upload_resumes_in_the_next_window(tmp: &Path, parent: &Proc) {
     };
     // 2 MiB/s up: the layer needs about 6 s, the window gives 2 s.
     let relay = Relay::start_with(parent.addr, None, None, Some(2 << 20));
-    let args = [
-        "--repo",
-        "site/app",
-        "--mode",
-        "ReadWrite",
-        "--sync-upload-chunk",
-        "1048576",
-    ];
-    let mut first = args.to_vec();
+    let mut first = UPLOAD_ARGS.to_vec();
     first.extend(["--time-limit", "PT2S"]);
     let out = sync_once(&data, &relay.url(), &first);
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert_eq!(summary(&out)["outcome"], "Paused");
-    let ph = host_of(&parent.url());
     assert!(
-        common::sync::try_raw_manifest(&ph, "site/app", "v1").is_none(),
+        common::sync::try_raw_manifest(&host_of(&parent.url()), "site/app", "v1").is_none(),
         "nothing half-done at the parent"
     );
     // Let bytes still in flight through the relay land before asking the parent.
@@ -465,14 +522,12 @@ fn upload_resumes_in_the_next_window(tmp: &Path, parent: &Proc) {
         seen >= 1 << 20,
         "the first window moved a chunk at least: {seen} bytes"
     );
-    let done = sync_ok(&data, &relay.url(), &args);
-    assert_eq!(done["manifestsPushed"], 1, "{done}");
-    assert_eq!(parent_digest(&ph, "site/app", "v1"), local);
-    let total = relay.up.load(Ordering::Relaxed);
-    assert!(
-        (total as f64) < 1.2 * size as f64,
-        "sent {total} bytes up for a {size}-byte layer: the upload started over"
-    );
+    CutUpload {
+        data,
+        relay,
+        local,
+        size,
+    }
 }
 
 /// A tag moved at the parent is re-pointed locally; a tag deleted at the parent is untagged.

@@ -71,6 +71,12 @@ pub enum Uploaded {
     Paused,
 }
 
+/// The URL that completes the upload at `location` (its query may carry the registry's state).
+fn with_digest(location: &str, digest: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
 /// `len` bytes of the file at `path` from `offset`.
 async fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let path = path.to_owned();
@@ -928,9 +934,7 @@ impl ParentClient {
         size: u64,
         scope: &Scope,
     ) -> Result<(), ClientError> {
-        let location = self.start_upload(repo, scope).await?;
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let put_url = format!("{location}{sep}digest={digest}");
+        let put_url = with_digest(&self.start_upload(repo, scope).await?, digest);
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| ClientError::Protocol {
@@ -1101,8 +1105,7 @@ impl ParentClient {
                 }
             }
         }
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let put_url = format!("{location}{sep}digest={digest}");
+        let put_url = with_digest(&location, digest);
         let resp = self
             .send(Method::PUT, &put_url, &scope, true, &|rb| {
                 rb.header(CONTENT_LENGTH, "0")

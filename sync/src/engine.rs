@@ -75,10 +75,15 @@ impl Pass {
     pub(crate) fn check(&self) -> Result<(), SyncError> {
         if self.paused.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
         {
-            self.paused.store(true, Ordering::Relaxed);
-            return Err(SyncError::Paused);
+            return Err(self.pause());
         }
         Ok(())
+    }
+
+    /// Marks the pass as stopped by its window; returns the error to stop with.
+    pub(crate) fn pause(&self) -> SyncError {
+        self.paused.store(true, Ordering::Relaxed);
+        SyncError::Paused
     }
 
     /// How many errors were recorded so far.
@@ -811,8 +816,7 @@ impl Engine {
                 Some(dl) => {
                     match tokio::time::timeout_at(dl, self.client.next_chunk(&mut blob)).await {
                         Err(_) => {
-                            pass.paused.store(true, Ordering::Relaxed);
-                            failure = Some(SyncError::Paused);
+                            failure = Some(pass.pause());
                             break;
                         }
                         Ok(r) => r,

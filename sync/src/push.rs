@@ -208,8 +208,7 @@ async fn upload(
         )
         .await?;
     if uploaded == Uploaded::Paused {
-        pass.paused.store(true, Ordering::Relaxed);
-        return Err(SyncError::Paused);
+        return Err(pass.pause());
     }
     engine.state.update(move |s| s.uploads_up.remove(&key))?;
     Ok(())

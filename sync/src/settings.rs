@@ -730,6 +730,32 @@ mod tests {
     }
 
     #[test]
+    fn upload_chunk_and_referrers_recheck_ranges_are_shown() {
+        let mut r = raw();
+        r.upload_chunk_bytes = Some(1024);
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("upload chunk") && e.contains("65536"), "{e}");
+        let mut r = raw();
+        r.upload_chunk_bytes = Some(1 << 20);
+        let s = r.validate().unwrap().unwrap();
+        assert_eq!(s.limits.upload_chunk, 1 << 20);
+        let mut r = raw();
+        r.referrers_recheck = Some("P60D".into());
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("referrersRecheck") && e.contains("P30D"), "{e}");
+        let mut r = raw();
+        r.referrers_recheck = Some("PT0S".into());
+        assert_eq!(
+            r.validate().unwrap().unwrap().referrers_recheck,
+            Duration::ZERO
+        );
+        assert_eq!(
+            raw().validate().unwrap().unwrap().referrers_recheck,
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
     fn platform_filter_is_validated() {
         let mut r = raw();
         r.platforms = vec!["linux/arm64".into(), "linux/arm/v7".into()];
