@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 #[derive(Default)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
-    pub connections_active: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -99,7 +98,7 @@ impl Metrics {
             "proxy_connections_active",
             "gauge",
             "Client connections open now.",
-            self.connections_active.load(ld),
+            self.worker_connections.iter().map(|n| n.load(ld)).sum(),
         );
         out.push_str("# HELP proxy_worker_connections Client connections open now, by worker thread.\n# TYPE proxy_worker_connections gauge\n");
         for (worker, n) in self.worker_connections.iter().enumerate() {

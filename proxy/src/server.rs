@@ -377,25 +377,41 @@ async fn worker_loop(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(state.server_cert.config());
     while let Some((tcp, peer, permit)) = inbox.recv().await {
+        // Counted out when it goes, however the connection ends.
+        let slot = ConnectionSlot {
+            state: state.clone(),
+            worker,
+            _permit: permit,
+        };
         let tcp = match TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
             Err(err) => {
                 tracing::warn!("connection from {peer} unusable (proxy, internal): {err}");
-                state.metrics.worker_connections[worker].fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
         };
-        let state = state.clone();
+        state
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let m = &state.metrics;
-            m.connections_total.fetch_add(1, Ordering::Relaxed);
-            m.connections_active.fetch_add(1, Ordering::Relaxed);
-            serve_connection(state.clone(), acceptor, tcp, peer, worker).await;
-            m.connections_active.fetch_sub(1, Ordering::Relaxed);
-            m.worker_connections[worker].fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            serve_connection(slot.state.clone(), acceptor, tcp, peer, worker).await;
+            drop(slot);
         });
+    }
+}
+
+/// A connection's place: its permit and its count in its worker's gauge, both given back on drop.
+struct ConnectionSlot {
+    state: Arc<State>,
+    worker: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.state.metrics.worker_connections[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
