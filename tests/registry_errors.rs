@@ -543,6 +543,34 @@ fn a_client_sending_a_refused_body_reads_the_error() {
     }
 }
 
+/// The rest of a refused body is read only up to the drain budget (64 MiB): a client that goes
+/// on sending a huge refused body is cut off, not read to the end.
+#[test]
+fn a_refused_body_is_drained_only_up_to_its_budget() {
+    let (_d, t, _api) = setup_with(&["--max-manifest-size", "2048"]);
+    if t.kind != Kind::Ours {
+        return;
+    }
+    let declared: u64 = 1 << 30;
+    let mut conn = TcpStream::connect(t.proc.addr).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "PUT /v2/big/manifests/huge HTTP/1.1\r\nHost: x\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 1 << 20];
+    let mut sent = 0u64;
+    while sent < declared && conn.write_all(&chunk).is_ok() {
+        sent += chunk.len() as u64;
+    }
+    assert!(
+        sent < 256 << 20,
+        "the server read {sent} bytes of a refused 1 GiB body"
+    );
+}
+
 /// A client that asks `Expect: 100-continue` and is refused on its headers alone (a declared
 /// size over the limit) gets the error without being invited to send the body.
 #[test]
