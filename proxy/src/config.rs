@@ -853,18 +853,10 @@ impl Config {
         flags: &Flags,
         get: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let env = env_layer(get)?;
-        let file = match &flags.config {
-            Some(path) => Some(file_layer(path)?),
-            None => None,
-        };
-        let flag = flag_layer(flags)?;
-        let mut layers = vec![env];
-        layers.extend(file);
-        layers.push(flag);
-        let config = merge(layers, flags.config.clone(), flags.sni.as_deref());
-        config.check()?;
-        Ok(config)
+        match Config::load_for_display(flags, get)? {
+            (config, None) => Ok(config),
+            (_, Some(problem)) => Err(problem),
+        }
     }
 
     /// Like [`Config::load`], but returns a configuration that is not complete yet (no
