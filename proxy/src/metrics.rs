@@ -82,24 +82,57 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let g = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
         let ld = Ordering::Relaxed;
-        g(
-            &mut out,
-            "proxy_connections_total",
-            "counter",
-            "Client connections accepted.",
-            self.connections_total.load(ld),
-        );
-        g(
-            &mut out,
-            "proxy_connections_active",
-            "gauge",
-            "Client connections open now.",
-            self.worker_connections.iter().map(|n| n.load(ld)).sum(),
-        );
+        let simple: [(&str, &str, &str, u64); 7] = [
+            (
+                "proxy_connections_total",
+                "counter",
+                "Client connections accepted.",
+                self.connections_total.load(ld),
+            ),
+            (
+                "proxy_connections_active",
+                "gauge",
+                "Client connections open now.",
+                self.worker_connections.iter().map(|n| n.load(ld)).sum(),
+            ),
+            (
+                "proxy_tls_handshake_failures_total",
+                "counter",
+                "Client TLS handshakes that failed or timed out.",
+                self.tls_handshake_failures.load(ld),
+            ),
+            (
+                "proxy_request_bytes_total",
+                "counter",
+                "Request body bytes received from clients.",
+                self.bytes_in.load(ld),
+            ),
+            (
+                "proxy_response_bytes_total",
+                "counter",
+                "Response body bytes sent to clients.",
+                self.bytes_out.load(ld),
+            ),
+            (
+                "proxy_reloads_total",
+                "counter",
+                "Successful reloads of config, certificate or trust bundle.",
+                self.reloads_ok.load(ld),
+            ),
+            (
+                "proxy_reload_failures_total",
+                "counter",
+                "Reloads that failed (the previous state stayed).",
+                self.reloads_failed.load(ld),
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out.push_str("# HELP proxy_worker_connections Client connections open now, by worker thread.\n# TYPE proxy_worker_connections gauge\n");
         for (worker, n) in self.worker_connections.iter().enumerate() {
             let _ = writeln!(
@@ -108,41 +141,6 @@ impl Metrics {
                 n.load(ld)
             );
         }
-        g(
-            &mut out,
-            "proxy_tls_handshake_failures_total",
-            "counter",
-            "Client TLS handshakes that failed or timed out.",
-            self.tls_handshake_failures.load(ld),
-        );
-        g(
-            &mut out,
-            "proxy_request_bytes_total",
-            "counter",
-            "Request body bytes received from clients.",
-            self.bytes_in.load(ld),
-        );
-        g(
-            &mut out,
-            "proxy_response_bytes_total",
-            "counter",
-            "Response body bytes sent to clients.",
-            self.bytes_out.load(ld),
-        );
-        g(
-            &mut out,
-            "proxy_reloads_total",
-            "counter",
-            "Successful reloads of config, certificate or trust bundle.",
-            self.reloads_ok.load(ld),
-        );
-        g(
-            &mut out,
-            "proxy_reload_failures_total",
-            "counter",
-            "Reloads that failed (the previous state stayed).",
-            self.reloads_failed.load(ld),
-        );
         if let Some(days) = self
             .server_cert
             .get()
