@@ -388,10 +388,7 @@ impl Engine {
     /// Tags sync wrote in `repo`, with the digest it wrote.
     fn synced_tags(&self, repo: &str) -> std::collections::BTreeMap<String, Digest> {
         self.state
-            .snapshot()
-            .synced_tags
-            .get(repo)
-            .cloned()
+            .read(|s| s.synced_tags.get(repo).cloned())
             .unwrap_or_default()
     }
 

@@ -82,8 +82,7 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
     let scope = scope_fingerprint(&engine.settings.repos, &engine.settings.platforms);
     let known = engine
         .state
-        .snapshot()
-        .parent_feed
+        .read(|s| s.parent_feed.clone())
         .filter(|f| f.parent == parent);
     let start = match &known {
         Some(f) if f.seq.is_none() => {
@@ -144,8 +143,7 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
     let recheck = engine.settings.referrers_recheck;
     let due = engine
         .state
-        .snapshot()
-        .referrers_checked
+        .read(|s| s.referrers_checked)
         .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= recheck);
     pass.recheck_referrers.store(due, Ordering::Relaxed);
     engine.compare_all(pass).await;

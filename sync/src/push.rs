@@ -23,7 +23,7 @@ const BATCH: usize = 256;
 pub(crate) async fn push_up(engine: &Engine, pass: &Pass) -> Result<(), SyncError> {
     loop {
         pass.check()?;
-        let after = engine.state.snapshot().pushed_seq;
+        let after = engine.state.read(|s| s.pushed_seq);
         let changes = blocking(&engine.store, move |s| s.changes(after, BATCH)).await?;
         if changes.is_empty() {
             return Ok(());
@@ -62,10 +62,7 @@ async fn push_tag(
     let parent = engine.client.head_manifest(repo, tag).await?;
     let known = engine
         .state
-        .snapshot()
-        .synced_tags
-        .get(repo)
-        .and_then(|t| t.get(tag).cloned());
+        .read(|s| s.synced_tags.get(repo).and_then(|t| t.get(tag).cloned()));
     match parent {
         Some(p) if &p == digest => {}
         // The parent's tag is where we last saw it (or we never saw it): ours is newer.
@@ -188,7 +185,7 @@ async fn upload(
         return Ok(client.upload_blob(repo, digest, path, size).await?);
     }
     let key = format!("{repo}@{digest}");
-    let resume = engine.state.snapshot().uploads_up.get(&key).cloned();
+    let resume = engine.state.read(|s| s.uploads_up.get(&key).cloned());
     let saved = |location: &str| {
         let (k, l) = (key.clone(), location.to_owned());
         if let Err(e) = engine.state.update(move |s| s.uploads_up.insert(k, l)) {
@@ -222,13 +219,13 @@ async fn mount_from_synced_repo(
     repo: &str,
     digest: &Digest,
 ) -> Result<bool, SyncError> {
-    let synced: Vec<String> = engine
-        .state
-        .snapshot()
-        .synced_tags
-        .into_keys()
-        .filter(|r| r != repo)
-        .collect();
+    let synced: Vec<String> = engine.state.read(|s| {
+        s.synced_tags
+            .keys()
+            .filter(|r| *r != repo)
+            .cloned()
+            .collect()
+    });
     let d = digest.clone();
     let from = blocking(&engine.store, move |s| {
         Ok(synced.into_iter().find(|r| s.repo_has_blob(r, &d)))

@@ -155,7 +155,16 @@ impl StateFile {
     }
 
     pub fn snapshot(&self) -> SyncState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        self.read(SyncState::clone)
+    }
+
+    /// Reads part of the state without copying the rest (the tags sync wrote grow with
+    /// every repository).
+    pub fn read<T>(&self, f: impl FnOnce(&SyncState) -> T) -> T {
+        match self.state.lock() {
+            Ok(s) => f(&s),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
     }
 
     /// Changes the state and writes it through (temp file, fsync, rename).
