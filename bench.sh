@@ -6,6 +6,8 @@
 #   ours        connected-registry serve, plain HTTP                      127.0.0.1:OURS_PORT
 #   a           CNCF distribution (docker-registry), plain HTTP            (anchors.sh, :REG_PORT)
 #   ours-proxy  connected-registry proxy (TLS 1.3) in front of ours        127.0.0.1:OURS_PROXY_PORT
+#   nginx-ours  nginx TLS reverse proxy (anchor b's config) in front of ours 127.0.0.1:NGINX_OURS_PORT
+#               (not in the default TARGETS: the "same registry" comparison for the proxy goal)
 #   b           nginx TLS reverse proxy in front of a                      (anchors.sh, :PROXY_PORT)
 #   c-http      nginx serving a's blob and manifest as static files        (anchors.sh, :STATIC_PORT)
 #   c-tls       the same over TLS 1.3                                      (anchors.sh, :STATIC_TLS_PORT)
@@ -36,15 +38,16 @@ BENCH_DIR="$(cd "$SHARED_BENCH" && pwd)"
 # shellcheck source=../shared/bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-ALL_TARGETS="ours a ours-proxy b c-http c-tls"
+ALL_TARGETS="ours a ours-proxy nginx-ours b c-http c-tls"
 ROUNDS="${ROUNDS:-3}"
-TARGETS="${TARGETS:-$ALL_TARGETS}"
+TARGETS="${TARGETS:-ours a ours-proxy b c-http c-tls}"
 BENCH_OUT="${BENCH_OUT:-$ROOT/target/bench}"
 OURS_PORT="${OURS_PORT:-5110}"
 OURS_PROXY_PORT="${OURS_PROXY_PORT:-8453}"
 # Extra flags for our proxy, e.g. OURS_PROXY_ARGS="--alpn http/1.1,h2" (word-split on purpose).
 OURS_PROXY_ARGS="${OURS_PROXY_ARGS:-}"
 OURS_ADMIN_PORT="${OURS_ADMIN_PORT:-9453}"
+NGINX_OURS_PORT="${NGINX_OURS_PORT:-8463}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-3600}"
 BENCH_RUST_LOG="${BENCH_RUST_LOG:-warn}"
 BUILD="${BUILD:-1}"
@@ -60,8 +63,10 @@ want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 is_anchor() { case "$1" in a | b | c-http | c-tls) return 0 ;; *) return 1 ;; esac; }
 
 need curl python3 awk openssl timeout
-if { want ours || want ours-proxy; } && [ -z "$BIN" ] && [ "$BUILD" = 1 ]; then need cargo; fi
+ours_wanted() { want ours || want ours-proxy || want nginx-ours; }
+if ours_wanted && [ -z "$BIN" ] && [ "$BUILD" = 1 ]; then need cargo; fi
 if want a || want b || want c-http || want c-tls; then need docker-registry nginx; fi
+if want nginx-ours; then need nginx; fi
 
 # ------------------------------------------------------------------ output directory
 # Result files of an earlier sitting are moved aside (never deleted), so that compare.py only
@@ -81,7 +86,7 @@ mkdir -p "$BENCH_OUT/logs"
 exec 2> >(tee -a "$BENCH_OUT/bench.log" >&2)
 
 # ------------------------------------------------------------------ binary
-if want ours || want ours-proxy; then
+if ours_wanted; then
   if [ -n "$BIN" ]; then
     [ -x "$BIN" ] || die "CONNECTED_REGISTRY_BIN=$BIN is not an executable file"
     log "using CONNECTED_REGISTRY_BIN=$BIN (not building)"
@@ -108,8 +113,8 @@ if want ours-proxy && [[ "$proxy_help" != *--route* ]]; then
   [ -n "$TARGETS" ] || die "no target left to measure (TARGETS had only ours-proxy)"
 fi
 
-for p in "$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT"; do
-  if want ours || want ours-proxy; then
+for p in "$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT" "$NGINX_OURS_PORT"; do
+  if ours_wanted; then
     port_free "$p" || die "127.0.0.1:$p is in use; choose other OURS_PORT / OURS_PROXY_PORT / OURS_ADMIN_PORT"
   fi
 done
@@ -211,6 +216,25 @@ start_proxy() { # ROUND
   log "ours-proxy: connected-registry proxy pid $PROXY_PID on :$OURS_PROXY_PORT (TLS), admin :$OURS_ADMIN_PORT"
 }
 
+# nginx with anchor b's own config, in front of our registry instead of distribution.
+start_nginx_ours() { # ROUND
+  local run="$WORK/nginx-ours"
+  port_free "$NGINX_OURS_PORT" || die "127.0.0.1:$NGINX_OURS_PORT is in use (NGINX_OURS_PORT)"
+  mkdir -p "$run"
+  sed -e "s|@@LISTEN@@|127.0.0.1:$NGINX_OURS_PORT|g" -e "s|@@UPSTREAM@@|127.0.0.1:$OURS_PORT|g" \
+    -e "s|@@CERT@@|$WORK/tls/server.crt|g" -e "s|@@KEY@@|$WORK/tls/server.key|g" \
+    -e "s|@@RUN@@|$run|g" "$BENCH_DIR/nginx-proxy.conf.template" >"$run/nginx.conf"
+  nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" -g 'daemon off;' \
+    >"$BENCH_OUT/logs/nginx-ours.$1.log" 2>&1 &
+  PROXY_PID=$!
+  if ! wait_http "https://127.0.0.1:$NGINX_OURS_PORT/v2/" "$WORK/tls/ca.crt" 30 ||
+    ! kill -0 "$PROXY_PID" 2>/dev/null; then
+    tail -20 "$run/error.log" >&2 || true
+    die "nginx did not start on 127.0.0.1:$NGINX_OURS_PORT (config $run/nginx.conf)"
+  fi
+  log "nginx-ours: nginx master pid $PROXY_PID on :$NGINX_OURS_PORT (TLS) in front of ours"
+}
+
 stop_ours() {
   stop_pid "$PROXY_PID"
   PROXY_PID=""
@@ -218,7 +242,7 @@ stop_ours() {
   OURS_PID=""
 }
 
-if want ours-proxy; then
+if want ours-proxy || want nginx-ours; then
   "$BENCH_DIR/gen-certs.sh" "$WORK/tls" >/dev/null # throw-away CA + 127.0.0.1 cert, like anchor b's
 fi
 
@@ -238,6 +262,12 @@ run_ours_target() { # LABEL ROUND
       start_proxy "$round"
       REGISTRY_URL="http://127.0.0.1:$OURS_PORT" PROXY_URL="https://127.0.0.1:$OURS_PROXY_PORT" \
         CA_FILE="$WORK/tls/ca.crt" SERVER_PIDS="registry:$OURS_PID proxy:$PROXY_PID" \
+        RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
+      ;;
+    nginx-ours)
+      start_nginx_ours "$round"
+      REGISTRY_URL="http://127.0.0.1:$OURS_PORT" PROXY_URL="https://127.0.0.1:$NGINX_OURS_PORT" \
+        CA_FILE="$WORK/tls/ca.crt" SERVER_PIDS="registry:$OURS_PID nginx:$PROXY_PID+" \
         RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
       ;;
   esac
@@ -299,7 +329,7 @@ for t in $TARGETS; do
 done
 [ "${#files[@]}" -gt 0 ] || die "no results (every target failed; see $BENCH_OUT/bench.log)"
 ratios=()
-for r in ours/a ours-proxy/b ours-proxy/c-tls ours/c-http ours-proxy/ours; do
+for r in ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
   if want "${r%/*}" && want "${r#*/}"; then ratios+=(--ratio "$r"); fi
 done
 {

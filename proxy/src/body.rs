@@ -30,6 +30,11 @@ impl ReqProgress {
         self.notify.notify_waiters();
     }
 
+    /// Whether the request body was sent completely (or failed).
+    pub fn is_sent(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// Resolves once the request body was sent completely (or failed).
     pub async fn sent(&self) {
         loop {

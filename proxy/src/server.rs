@@ -418,6 +418,8 @@ impl Drop for ConnectionSlot {
 /// Per-connection facts the handler needs.
 struct ConnInfo {
     peer: SocketAddr,
+    /// The peer's address as a header value, made once per connection for `X-Forwarded-For`.
+    peer_ip: HeaderValue,
     /// The worker thread serving this connection (selects its upstream clients).
     worker: usize,
     /// The verified client certificate, URL-escaped PEM, when the client sent one.
@@ -482,6 +484,8 @@ async fn serve_connection(
         .and_then(|der| HeaderValue::from_str(&escaped_pem(der)).ok());
     let info = Arc::new(ConnInfo {
         peer,
+        peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
         worker,
         client_cert,
         waiting: AtomicUsize::new(0),
@@ -682,18 +686,20 @@ async fn handle(
 ) -> Response<RespBody> {
     let start = Instant::now();
     let method = req.method().clone();
-    // The path only: query strings can carry tokens, and logs must not.
-    let path = req.uri().path().to_owned();
+    // A clone of the URI shares its bytes; only its path is logged: query strings can carry
+    // tokens, and logs must not.
+    let client_uri = req.uri().clone();
+    let path = client_uri.path();
     let table = state.tables.read().unwrap_or_else(|e| e.into_inner())[info.worker].clone();
     let progress = Arc::new(ReqProgress::default());
 
-    let make_exchange = |upstream: Option<String>,
+    let make_exchange = |upstream: Option<Arc<str>>,
                          status: StatusCode,
                          source: &'static str,
                          error: Option<String>| {
         let state = state.clone();
         let method = method.clone();
-        let path = path.clone();
+        let uri = client_uri.clone();
         let progress = progress.clone();
         Exchange {
             on_done: Some(Box::new(move |bytes_out: u64, outcome: Outcome| {
@@ -722,7 +728,8 @@ async fn handle(
                 state.metrics.request(up, status.as_u16(), secs);
                 tracing::info!(
                     target: "access",
-                    "{method} {path} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} source={source}{}",
+                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} source={source}{}",
+                    uri.path(),
                     status.as_u16(),
                     secs * 1000.0,
                     error.map(|e| format!(" error={e:?}")).unwrap_or_default()
@@ -742,7 +749,7 @@ async fn handle(
         resp
     };
 
-    let Some(entry) = table.pick(&path, req.headers()) else {
+    let Some(entry) = table.pick(path, req.headers()) else {
         let msg = format!("proxy: no route for {path} and no default route");
         let body = error_json("ROUTE_NOT_FOUND", &msg, None, "proxy");
         return reply(
@@ -768,16 +775,17 @@ async fn handle(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let scheme = match client.scheme {
-        crate::config::Scheme::Http => "http",
-        crate::config::Scheme::Https => "https",
-    };
-    let uri: Uri = match format!("{scheme}://{}{pq}", client.authority).parse() {
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(client.uri_scheme.clone());
+    uri_parts.authority = Some(client.uri_authority.clone());
+    uri_parts.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let uri = match Uri::from_parts(uri_parts) {
         Ok(u) => u,
         Err(err) => {
             let msg = format!("proxy: cannot build the upstream URI: {err}");
@@ -801,12 +809,12 @@ async fn handle(
     if let Some(cert) = &info.client_cert {
         headers.insert(state.client_cert_header.clone(), cert.clone());
     }
-    let peer_ip = info.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
+    let xff = match headers.get("x-forwarded-for").map(|v| v.to_str()) {
+        None => Some(info.peer_ip.clone()),
+        Some(Ok(prev)) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),
+        Some(Err(_)) => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
@@ -823,8 +831,11 @@ async fn handle(
     // Wait for the response head (see `deadline` for the upstream timeout).
     info.waiting.fetch_add(1, Ordering::Relaxed);
     let timeout = state.limits.upstream_timeout;
-    let result = {
-        let response = client.client.request(up_req);
+    let response = client.client.request(up_req);
+    let result = if progress.is_sent() {
+        // No body to send (GET, HEAD): one timer for the answer.
+        tokio::time::timeout(timeout, response).await.ok()
+    } else {
         // Fires when the upstream takes no request-body bytes for `timeout` while the body
         // is being sent, or does not answer within `timeout` once it was sent.
         let deadline = async {

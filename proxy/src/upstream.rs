@@ -174,9 +174,11 @@ impl tower_service::Service<http::Uri> for Connector {
 
 /// One upstream: its name for logs and errors, and its pooled client.
 pub struct UpstreamClient {
-    pub name: String,
-    pub scheme: Scheme,
-    pub authority: String,
+    /// The upstream as written in the config, for logs, metrics and error bodies.
+    pub name: Arc<str>,
+    /// Scheme and authority of every request URI sent to it, parsed once.
+    pub uri_scheme: http::uri::Scheme,
+    pub uri_authority: http::uri::Authority,
     pub client: Client<Connector, ReqBody>,
 }
 
@@ -218,10 +220,16 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector);
+        let uri_scheme = match up.scheme {
+            Scheme::Http => http::uri::Scheme::HTTP,
+            Scheme::Https => http::uri::Scheme::HTTPS,
+        };
+        let uri_authority = http::uri::Authority::try_from(up.authority())
+            .map_err(|err| format!("{up}: not a valid URI authority: {err}"))?;
         Ok(UpstreamClient {
-            name: up.to_string(),
-            scheme: up.scheme,
-            authority: up.authority(),
+            name: up.to_string().into(),
+            uri_scheme,
+            uri_authority,
             client,
         })
     }
