@@ -184,16 +184,23 @@ run_child() {
 # Both run with RUST_LOG=$BENCH_RUST_LOG (warn): the anchors run with warnings only and no
 # access log, so ours must not pay for request logging either. The IoT Edge variables the proxy
 # reads are cleared so that the flags below are the whole configuration.
+# await_up PID URL CA LOG WHAT: wait until URL answers with PID still running; else show the end
+# of LOG and stop the sitting.
+await_up() {
+  local pid="$1" url="$2" ca="$3" log_file="$4" what="$5"
+  if ! wait_http "$url" "$ca" 30 || ! kill -0 "$pid" 2>/dev/null; then
+    tail -20 "$log_file" >&2 || true
+    die "$what did not start at $url (log: $log_file)"
+  fi
+}
+
 start_ours() { # ROUND
   local log_file="$BENCH_OUT/logs/ours-serve.$1.log"
   port_free "$OURS_PORT" || die "127.0.0.1:$OURS_PORT is in use (OURS_PORT)"
   RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --listen "127.0.0.1:$OURS_PORT" --data "$WORK/ours/data" \
     >"$log_file" 2>&1 &
   OURS_PID=$!
-  if ! wait_http "http://127.0.0.1:$OURS_PORT/v2/" "" 30 || ! kill -0 "$OURS_PID" 2>/dev/null; then
-    tail -20 "$log_file" >&2 || true
-    die "connected-registry serve did not start on 127.0.0.1:$OURS_PORT (log: $log_file)"
-  fi
+  await_up "$OURS_PID" "http://127.0.0.1:$OURS_PORT/v2/" "" "$log_file" "connected-registry serve"
   log "ours: connected-registry serve pid $OURS_PID on :$OURS_PORT, data $WORK/ours/data"
 }
 
@@ -208,11 +215,8 @@ start_proxy() { # ROUND
     --route "/v2=http://127.0.0.1:$OURS_PORT" --admin "127.0.0.1:$OURS_ADMIN_PORT" \
     ${OURS_PROXY_ARGS:-} >"$log_file" 2>&1 &
   PROXY_PID=$!
-  if ! wait_http "https://127.0.0.1:$OURS_PROXY_PORT/v2/" "$WORK/tls/ca.crt" 30 ||
-    ! kill -0 "$PROXY_PID" 2>/dev/null; then
-    tail -20 "$log_file" >&2 || true
-    die "connected-registry proxy did not start on 127.0.0.1:$OURS_PROXY_PORT (log: $log_file)"
-  fi
+  await_up "$PROXY_PID" "https://127.0.0.1:$OURS_PROXY_PORT/v2/" "$WORK/tls/ca.crt" "$log_file" \
+    "connected-registry proxy"
   log "ours-proxy: connected-registry proxy pid $PROXY_PID on :$OURS_PROXY_PORT (TLS), admin :$OURS_ADMIN_PORT"
 }
 
@@ -224,14 +228,11 @@ start_nginx_ours() { # ROUND
   sed -e "s|@@LISTEN@@|127.0.0.1:$NGINX_OURS_PORT|g" -e "s|@@UPSTREAM@@|127.0.0.1:$OURS_PORT|g" \
     -e "s|@@CERT@@|$WORK/tls/server.crt|g" -e "s|@@KEY@@|$WORK/tls/server.key|g" \
     -e "s|@@RUN@@|$run|g" "$BENCH_DIR/nginx-proxy.conf.template" >"$run/nginx.conf"
-  nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" -g 'daemon off;' \
-    >"$BENCH_OUT/logs/nginx-ours.$1.log" 2>&1 &
+  local log_file="$BENCH_OUT/logs/nginx-ours.$1.log"
+  nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" -g 'daemon off;' >"$log_file" 2>&1 &
   PROXY_PID=$!
-  if ! wait_http "https://127.0.0.1:$NGINX_OURS_PORT/v2/" "$WORK/tls/ca.crt" 30 ||
-    ! kill -0 "$PROXY_PID" 2>/dev/null; then
-    tail -20 "$run/error.log" >&2 || true
-    die "nginx did not start on 127.0.0.1:$NGINX_OURS_PORT (config $run/nginx.conf)"
-  fi
+  await_up "$PROXY_PID" "https://127.0.0.1:$NGINX_OURS_PORT/v2/" "$WORK/tls/ca.crt" "$log_file" \
+    "nginx in front of ours (config $run/nginx.conf, error log $run/error.log)"
   log "nginx-ours: nginx master pid $PROXY_PID on :$NGINX_OURS_PORT (TLS) in front of ours"
 }
 
