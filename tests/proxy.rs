@@ -713,14 +713,17 @@ fn forwarded_headers_and_hop_by_hop_removal() {
         !headers.to_ascii_lowercase().contains("keep-alive: timeout"),
         "{headers}"
     );
-    // A first hop: the client's address alone.
-    let (status, body, _) = curl(&ca.root, &["--http1.1", "--resolve", &resolve, &url]);
-    assert_eq!(status, 200, "{body}");
-    let lower = body.to_ascii_lowercase();
-    assert!(
-        lower.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
-        "{body}"
-    );
+    // A first hop, and a chain that is not text (replaced, not extended): the client alone.
+    for extra in [&[][..], &["-H", "X-Forwarded-For: café"][..]] {
+        let args = [&["--http1.1", "--resolve", &resolve, &url][..], extra].concat();
+        let (status, body, _) = curl(&ca.root, &args);
+        assert_eq!(status, 200, "{body}");
+        let lower = body.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{extra:?}: {body}"
+        );
+    }
 }
 
 /// With `--client-ca`, a client certificate is verified and forwarded (URL-escaped PEM).

@@ -809,14 +809,13 @@ async fn handle(
     if let Some(cert) = &info.client_cert {
         headers.insert(state.client_cert_header.clone(), cert.clone());
     }
-    let xff = match headers.get("x-forwarded-for").map(|v| v.to_str()) {
-        None => Some(info.peer_ip.clone()),
-        Some(Ok(prev)) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),
-        Some(Err(_)) => None,
+    // A chain that is not text is replaced, not extended.
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip()))
+            .unwrap_or_else(|_| info.peer_ip.clone()),
+        None => info.peer_ip.clone(),
     };
-    if let Some(v) = xff {
-        headers.insert("x-forwarded-for", v);
-    }
+    headers.insert("x-forwarded-for", xff);
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     if let Some(h) = &host {
         headers.insert("x-forwarded-host", h.clone());
