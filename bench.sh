@@ -39,8 +39,9 @@ BENCH_DIR="$(cd "$SHARED_BENCH" && pwd)"
 . "$BENCH_DIR/lib.sh"
 
 ALL_TARGETS="ours a ours-proxy nginx-ours b c-http c-tls"
+DEFAULT_TARGETS="ours a ours-proxy b c-http c-tls"
 ROUNDS="${ROUNDS:-3}"
-TARGETS="${TARGETS:-ours a ours-proxy b c-http c-tls}"
+TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
 BENCH_OUT="${BENCH_OUT:-$ROOT/target/bench}"
 OURS_PORT="${OURS_PORT:-5110}"
 OURS_PROXY_PORT="${OURS_PROXY_PORT:-8453}"
@@ -113,10 +114,12 @@ if want ours-proxy && [[ "$proxy_help" != *--route* ]]; then
   [ -n "$TARGETS" ] || die "no target left to measure (TARGETS had only ours-proxy)"
 fi
 
-for p in "$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT" "$NGINX_OURS_PORT"; do
-  if ours_wanted; then
-    port_free "$p" || die "127.0.0.1:$p is in use; choose other OURS_PORT / OURS_PROXY_PORT / OURS_ADMIN_PORT"
-  fi
+ours_ports=()
+if ours_wanted; then ours_ports+=("$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT"); fi
+if want nginx-ours; then ours_ports+=("$NGINX_OURS_PORT"); fi
+for p in "${ours_ports[@]}"; do
+  port_free "$p" ||
+    die "127.0.0.1:$p is in use; choose other OURS_PORT / OURS_PROXY_PORT / OURS_ADMIN_PORT / NGINX_OURS_PORT"
 done
 
 # ------------------------------------------------------------------ scratch space
@@ -181,9 +184,6 @@ run_child() {
 }
 
 # ------------------------------------------------------------------ our servers
-# Both run with RUST_LOG=$BENCH_RUST_LOG (warn): the anchors run with warnings only and no
-# access log, so ours must not pay for request logging either. The IoT Edge variables the proxy
-# reads are cleared so that the flags below are the whole configuration.
 # await_up PID URL CA LOG WHAT: wait until URL answers with PID still running; else show the end
 # of LOG and stop the sitting.
 await_up() {
@@ -194,6 +194,9 @@ await_up() {
   fi
 }
 
+# Both run with RUST_LOG=$BENCH_RUST_LOG (warn): the anchors run with warnings only and no
+# access log, so ours must not pay for request logging either. The IoT Edge variables the proxy
+# reads are cleared so that the flags below are the whole configuration.
 start_ours() { # ROUND
   local log_file="$BENCH_OUT/logs/ours-serve.$1.log"
   port_free "$OURS_PORT" || die "127.0.0.1:$OURS_PORT is in use (OURS_PORT)"

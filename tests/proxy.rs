@@ -668,7 +668,15 @@ fn forwarded_headers_and_hop_by_hop_removal() {
     let t = tmp.path();
     // Answers every request with its own request head as the body, with hop-by-hop headers.
     let up_addr = echo_upstream_with(String::new(), "X-Hop: 1\r\nKeep-Alive: timeout=5\r\n");
-    let proxy = start_routed(t, "proxy", &leaf, &format!("/=http://{up_addr}"), &[]);
+    // The default route takes what no path matches: the asterisk form of `OPTIONS *`.
+    let default = format!("http://{up_addr}");
+    let proxy = start_routed(
+        t,
+        "proxy",
+        &leaf,
+        &format!("/=http://{up_addr}"),
+        &["--default", &default],
+    );
     let url = format!("https://proxy.test:{}/echo?x=1", proxy.addr.port());
     let resolve = format!("proxy.test:{}:127.0.0.1", proxy.addr.port());
     let (status, body, headers) = curl(
@@ -713,6 +721,22 @@ fn forwarded_headers_and_hop_by_hop_removal() {
         !headers.to_ascii_lowercase().contains("keep-alive: timeout"),
         "{headers}"
     );
+    // An asterisk-form target (`OPTIONS *`) goes upstream as it came.
+    let (status, body, _) = curl(
+        &ca.root,
+        &[
+            "--http1.1",
+            "--resolve",
+            &resolve,
+            "-X",
+            "OPTIONS",
+            "--request-target",
+            "*",
+            &url,
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("OPTIONS * HTTP/1.1"), "{body}");
     // A first hop, and a chain that is not text (replaced, not extended): the client alone.
     for extra in [&[][..], &["-H", "X-Forwarded-For: café"][..]] {
         let args = [&["--http1.1", "--resolve", &resolve, &url][..], extra].concat();

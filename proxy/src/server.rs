@@ -785,23 +785,8 @@ async fn handle(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
-    let uri = match Uri::from_parts(uri_parts) {
-        Ok(u) => u,
-        Err(err) => {
-            let msg = format!("proxy: cannot build the upstream URI: {err}");
-            let body = error_json("BAD_REQUEST", &msg, Some(&upstream_name), "client");
-            return reply(
-                StatusCode::BAD_REQUEST,
-                body,
-                make_exchange(
-                    Some(upstream_name),
-                    StatusCode::BAD_REQUEST,
-                    "client",
-                    Some(msg),
-                ),
-            );
-        }
-    };
+    // `from_parts` fails only when one of the three is missing.
+    let uri = Uri::from_parts(uri_parts).expect("scheme, authority and path are all set");
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
     // Only the proxy vouches for a client certificate: drop whatever the client claims.
@@ -831,32 +816,26 @@ async fn handle(
     info.waiting.fetch_add(1, Ordering::Relaxed);
     let timeout = state.limits.upstream_timeout;
     let response = client.client.request(up_req);
-    let result = if progress.is_sent() {
-        // No body to send (GET, HEAD): one timer for the answer.
-        tokio::time::timeout(timeout, response).await.ok()
-    } else {
-        // Fires when the upstream takes no request-body bytes for `timeout` while the body
-        // is being sent, or does not answer within `timeout` once it was sent.
-        let deadline = async {
-            loop {
-                let before = progress.bytes.load(Ordering::Relaxed);
-                tokio::select! {
-                    _ = progress.sent() => {
-                        tokio::time::sleep(timeout).await;
+    // Fires when the upstream takes no request-body bytes for `timeout` while the body is
+    // being sent, or does not answer within `timeout` once it was sent. A request without a
+    // body (GET, HEAD) is sent from the start: one timer, for the answer.
+    let deadline = async {
+        while !progress.is_sent() {
+            let before = progress.bytes.load(Ordering::Relaxed);
+            tokio::select! {
+                _ = progress.sent() => break,
+                _ = tokio::time::sleep(timeout) => {
+                    if progress.bytes.load(Ordering::Relaxed) == before {
                         return;
-                    }
-                    _ = tokio::time::sleep(timeout) => {
-                        if progress.bytes.load(Ordering::Relaxed) == before {
-                            return;
-                        }
                     }
                 }
             }
-        };
-        tokio::select! {
-            r = response => Some(r),
-            _ = deadline => None,
         }
+        tokio::time::sleep(timeout).await;
+    };
+    let result = tokio::select! {
+        r = response => Some(r),
+        _ = deadline => None,
     };
     info.waiting.fetch_sub(1, Ordering::Relaxed);
 
