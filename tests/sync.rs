@@ -699,6 +699,46 @@ fn sync_refuses_a_parent_that_lies() {
     );
 }
 
+/// A repository name that the parent does not have, a pattern that matches nothing in its
+/// catalog and a tag filter that keeps no tag are warnings in the summary (the rest syncs);
+/// with `--strict` they fail the pass.
+#[test]
+fn sync_reports_scope_that_matches_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (parent, _, _) = parent_with_one_layer(tmp.path(), "demo/app", 4096);
+    let scope = [
+        "--repo",
+        "demo/nonexistnt",
+        "--repo",
+        "demo/app",
+        "--repo",
+        "nomatch/*",
+    ];
+    let data = tmp.path().join("child");
+    let out = sync_once(&data, &parent.url(), &scope);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["outcome"], "Completed", "{s}");
+    assert_eq!(s["tagsUpdated"], 1, "the rest still syncs: {s}");
+    let w = s["warnings"].to_string();
+    assert!(w.contains("demo/nonexistnt does not exist at the parent"), "{w}");
+    assert!(w.contains("nomatch/* matches no repository"), "{w}");
+    assert!(stderr(&out).contains("warning: repository demo/nonexistnt"), "{}", stderr(&out));
+
+    let filtered = [&["--repo", "demo/app", "--tag-include", "^v9"][..]].concat();
+    let s = sync_ok(&tmp.path().join("filtered"), &parent.url(), &filtered);
+    assert!(
+        s["warnings"].to_string().contains("passes the tag filter"),
+        "{s}"
+    );
+
+    let strict = [&scope[..], &["--strict"]].concat();
+    let out = sync_once(&tmp.path().join("strict"), &parent.url(), &strict);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = summary(&out)["errors"].to_string();
+    assert!(e.contains("demo/nonexistnt") && e.contains("--strict"), "{e}");
+}
+
 /// Invalid settings are refused at start with the valid range; a bad connection string names
 /// the bad field and never prints the password.
 #[test]
@@ -1010,14 +1050,25 @@ fn sync_verifies_the_parent_against_the_trust_bundle() {
     seed(&layout, &host, "tls/app", "v1");
     let url = format!("https://{host}");
 
+    // Five attempts allowed, but a certificate error is not a network error: retrying cannot
+    // help, so each request is sent once, and the error says what to do.
     let out = sync_once(
         &tmp.path().join("untrusting"),
         &url,
-        &["--repo", "tls/app", "--sync-retries", "1"],
+        &["--repo", "tls/app", "--sync-retries", "5"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let e = summary(&out)["errors"].to_string();
+    let s = summary(&out);
+    let e = s["errors"].to_string();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert!(
+        e.contains("--trust") && e.contains("certs doctor"),
+        "the error says how to fix it: {e}"
+    );
+    assert!(
+        s["requests"].as_u64().unwrap() <= 2,
+        "a certificate error was retried: {s}"
+    );
 
     let data = tmp.path().join("trusting");
     sync_ok(

@@ -14,27 +14,14 @@ use std::sync::{Arc, Mutex};
 
 use common::api::{sha256, Api};
 use common::oci::seeded_bytes;
-use common::{bin, free_port, Proc};
+use common::{bin, free_port, start_registry_on, Proc};
 use serde_json::Value;
 
 // ---------- the parent, and pushing to it ----------
 
 /// `connected-registry serve` on `port` with its data in `data` (restartable on the same port).
 fn serve(data: &Path, port: u16) -> Proc {
-    let listen = format!("127.0.0.1:{port}");
-    Proc::start(
-        &bin(),
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        &[("RUST_LOG", "warn")],
-        listen.parse().unwrap(),
-        data.with_extension("log"),
-    )
+    start_registry_on(data, port, &[])
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -227,7 +214,7 @@ fn relay_requests(mut from: TcpStream, mut to: TcpStream, reqs: &Mutex<Vec<Strin
 
 // ---------- the child ----------
 
-fn sync_once(data: &Path, parent: &str, repos: &[&str]) -> Output {
+fn sync_once(data: &Path, parent: &str, repos: &[&str], extra: &[&str]) -> Output {
     let mut args = vec![
         "sync",
         "--once",
@@ -241,6 +228,7 @@ fn sync_once(data: &Path, parent: &str, repos: &[&str]) -> Output {
     for r in repos {
         args.extend_from_slice(&["--repo", r]);
     }
+    args.extend_from_slice(extra);
     Command::new(bin())
         .args(&args)
         .env("RUST_LOG", "info")
@@ -251,7 +239,12 @@ fn sync_once(data: &Path, parent: &str, repos: &[&str]) -> Output {
 /// Runs one pass, asserts it completed, returns its JSON summary.
 #[track_caller]
 fn pass(data: &Path, parent: &str, repos: &[&str]) -> Value {
-    let out = sync_once(data, parent, repos);
+    pass_with(data, parent, repos, &[])
+}
+
+#[track_caller]
+fn pass_with(data: &Path, parent: &str, repos: &[&str], extra: &[&str]) -> Value {
+    let out = sync_once(data, parent, repos, extra);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -610,4 +603,64 @@ fn feed_brings_referrers_pushed_after_their_subject() {
     );
     let loose = registry::Reference::Digest(loose.parse().unwrap());
     assert!(store.get_manifest(&repo, &loose).unwrap().is_none());
+}
+
+/// A tag sync brought down that a client then deleted here comes back at the next pass, though
+/// the parent's feed names nothing new: the child reads its own change log for client changes
+/// to what it manages.
+#[test]
+fn feed_child_restores_a_synced_tag_deleted_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = serve(&tmp.path().join("parent"), free_port());
+    let a1 = push_image(&parent.url(), "apps/a", "1", 1);
+    let child = tmp.path().join("child");
+    pass(&child, &parent.url(), &["apps/*"]);
+    {
+        let registry = serve(&child, free_port());
+        delete_tag(&registry.url(), "apps/a", "1");
+    }
+    assert!(child_tags(&child, "apps/a").is_empty());
+
+    let s = pass(&child, &parent.url(), &["apps/*"]);
+    assert_eq!(s["pull"], "feed", "{s}");
+    assert_eq!(child_tags(&child, "apps/a"), tags(&[("1", a1.as_str())]));
+}
+
+/// The child's store restored from a backup older than sync's record of it: the next pass
+/// compares everything and brings back what the backup lacks.
+#[test]
+fn feed_child_restored_from_a_backup_compares_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = serve(&tmp.path().join("parent"), free_port());
+    let a1 = push_image(&parent.url(), "apps/a", "1", 1);
+    let child = tmp.path().join("child");
+    drop(registry::Store::open(&child, Default::default()).expect("create the child store"));
+    let backup = tmp.path().join("meta.redb.backup");
+    std::fs::copy(child.join("meta.redb"), &backup).unwrap();
+    pass(&child, &parent.url(), &["apps/*"]);
+    assert_eq!(child_tags(&child, "apps/a"), tags(&[("1", a1.as_str())]));
+
+    std::fs::copy(&backup, child.join("meta.redb")).unwrap();
+    assert!(child_tags(&child, "apps/a").is_empty());
+    let s = pass(&child, &parent.url(), &["apps/*"]);
+    assert_eq!(s["pull"], "full", "{s}");
+    assert_eq!(child_tags(&child, "apps/a"), tags(&[("1", a1.as_str())]));
+}
+
+/// However quiet the feed, a full comparison runs once per `--sync-reconcile-interval`.
+#[test]
+fn feed_child_compares_everything_each_reconcile_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = serve(&tmp.path().join("parent"), free_port());
+    push_image(&parent.url(), "apps/a", "1", 1);
+    let child = tmp.path().join("child");
+    let scope = ["apps/*"];
+    assert_eq!(pass(&child, &parent.url(), &scope)["pull"], "full");
+    let daily = ["--sync-reconcile-interval", "P1D"];
+    assert_eq!(pass_with(&child, &parent.url(), &scope, &daily)["pull"], "feed");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let each_second = ["--sync-reconcile-interval", "PT1S"];
+    let s = pass_with(&child, &parent.url(), &scope, &each_second);
+    assert_eq!(s["pull"], "full", "{s}");
+    assert_eq!(pass_with(&child, &parent.url(), &scope, &daily)["pull"], "feed");
 }

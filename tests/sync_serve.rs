@@ -1,15 +1,50 @@
 //! `serve` with sync settings: the schedule runs in the background, the synced image appears
 //! in the child, and `GET /acr/v1/_sync/status` reports the last result and the next window.
-//! Invalid sync settings stop `serve` at start with the valid range.
+//! Inside an open window sync stays active: it polls the parent, retries a failed pass with
+//! backoff, and reconciles a synced tag a client deleted here at once. Invalid sync settings
+//! stop `serve` at start with the valid range.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
+use common::api::Api;
 use common::distribution::start_distribution;
 use common::sync::{image, push};
-use common::{bin, poll, start_registry};
+use common::{bin, free_port, poll, start_registry, start_registry_on, wait_until, Proc};
+use serde_json::Value;
+
+/// The child's `GET /acr/v1/_sync/status`, once it answers and `ready` holds (bounded wait).
+#[track_caller]
+fn status_when(child: &Proc, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let api = Api::new(&child.url());
+    poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let r = api.get("/acr/v1/_sync/status");
+        (r.status == 200).then(|| r.json()).filter(&ready)
+    })
+    .unwrap_or_else(|| panic!("status never showed {what}; child log:\n{}", child.log_text()))
+}
+
+/// Waits (bounded) until `registry` serves `repo:tag` as `digest`.
+#[track_caller]
+fn wait_for_tag(registry: &Proc, repo: &str, tag: &str, digest: &str) {
+    let api = Api::new(&registry.url());
+    let arrived = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let r = api.head(&format!("/v2/{repo}/manifests/{tag}"));
+        r.status == 200 && r.header("docker-content-digest").as_deref() == Some(digest)
+    });
+    assert!(
+        arrived,
+        "{repo}:{tag} never arrived as {digest}; log:\n{}",
+        registry.log_text()
+    );
+}
+
+/// A schedule whose windows (hourly, one hour long) are always open, so these tests see an
+/// open window without a new scheduled start for the next minutes: what happens in them is the
+/// window's doing, not a new start's.
+const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-window", "PT1H"];
 
 #[test]
 fn serve_runs_the_sync_schedule_and_reports_status() {
@@ -96,4 +131,96 @@ fn assert_refused_at_start(args: &[&str]) {
     assert_eq!(out.status.code(), Some(2));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
+}
+
+/// The parent is down when the window opens: the failed pass is retried with backoff while the
+/// window is open (not at the next scheduled start, an hour away), and the status says when.
+#[test]
+fn serve_retries_a_failed_pass_while_the_window_is_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent_data = tmp.path().join("parent");
+    let port = free_port();
+    let digest = {
+        let parent = start_registry_on(&parent_data, port, &[]);
+        Api::new(&parent.url()).push_image("demo/app", "v1", 1, 4096).1.digest
+    };
+    let parent_url = format!("http://127.0.0.1:{port}");
+    let args = [
+        &ALWAYS_OPEN[..],
+        &["--parent", &parent_url, "--repo", "demo/app", "--sync-retry-max", "PT1S"],
+    ]
+    .concat();
+    let child = start_registry(&tmp.path().join("child"), &args);
+    let failed = status_when(&child, "a failed pass", |s| {
+        s["lastResult"]["outcome"] == "Failed"
+    });
+    assert!(failed["currentWindowEnd"].is_string(), "{failed}");
+    assert!(failed["nextAttempt"].is_string(), "{failed}");
+    assert!(failed["failuresInARow"].as_u64().unwrap() >= 1, "{failed}");
+
+    let _parent = start_registry_on(&parent_data, port, &[]);
+    wait_for_tag(&child, "demo/app", "v1", &digest);
+    let ok = status_when(&child, "a completed pass", |s| {
+        s["lastResult"]["outcome"] == "Completed"
+    });
+    assert_eq!(ok["failuresInARow"], 0, "{ok}");
+    assert!(ok["currentWindowEnd"].is_string(), "{ok}");
+}
+
+/// While the window is open the child keeps polling its parent: a tag pushed there after the
+/// first pass comes down without a new scheduled start. A synced tag a client deletes here
+/// comes back at once, though the poll interval is a day.
+#[test]
+fn serve_keeps_syncing_while_the_window_is_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let parent_url = parent.url();
+    let up = Api::new(&parent_url);
+    let v1 = up.push_image("demo/app", "v1", 1, 4096).1.digest;
+    let args = [
+        &ALWAYS_OPEN[..],
+        &["--parent", &parent_url, "--repo", "demo/*", "--sync-poll-interval", "PT1S"],
+    ]
+    .concat();
+    let child = start_registry(&tmp.path().join("child"), &args);
+    wait_for_tag(&child, "demo/app", "v1", &v1);
+    let v2 = up.push_image("demo/app", "v2", 1, 4096).1.digest;
+    wait_for_tag(&child, "demo/app", "v2", &v2);
+    drop(child);
+
+    let args = [
+        &ALWAYS_OPEN[..],
+        &["--parent", &parent_url, "--repo", "demo/*", "--sync-poll-interval", "P1D"],
+    ]
+    .concat();
+    let child = start_registry(&tmp.path().join("child"), &args);
+    status_when(&child, "a completed pass", |s| {
+        s["lastResult"]["outcome"] == "Completed"
+    });
+    Api::new(&child.url())
+        .delete("/v2/demo/app/manifests/v1")
+        .expect(202);
+    wait_for_tag(&child, "demo/app", "v1", &v1);
+}
+
+/// A repository the parent does not have is a warning in the status, not silence.
+#[test]
+fn serve_status_shows_scope_that_matches_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let parent_url = parent.url();
+    Api::new(&parent_url).push_image("demo/app", "v1", 1, 1024);
+    let args = [
+        &ALWAYS_OPEN[..],
+        &["--parent", &parent_url, "--repo", "demo/app", "--repo", "demo/nonexistnt"],
+    ]
+    .concat();
+    let child = start_registry(&tmp.path().join("child"), &args);
+    let s = status_when(&child, "a completed pass", |s| {
+        s["lastResult"]["outcome"] == "Completed"
+    });
+    assert!(
+        s["warnings"].to_string().contains("demo/nonexistnt does not exist"),
+        "{s}"
+    );
 }

@@ -87,6 +87,26 @@ pub struct SyncFlags {
     #[arg(long)]
     pub sync_referrers_recheck: Option<String>,
 
+    /// ISO-8601 wait between passes while a sync window is open, PT1S to P1D (default PT1M;
+    /// a parent of ours answers a poll with one request). A local push starts a pass at once.
+    #[arg(long)]
+    pub sync_poll_interval: Option<String>,
+
+    /// ISO-8601 longest wait before a failed pass is retried inside an open window, PT1S to
+    /// P1D (default PT5M; the first retry comes after 5 s, then the wait doubles).
+    #[arg(long)]
+    pub sync_retry_max: Option<String>,
+
+    /// ISO-8601 interval of the full comparison that brings the local store back in step with
+    /// the parent even when its change feed names nothing (default PT1H).
+    #[arg(long)]
+    pub sync_reconcile_interval: Option<String>,
+
+    /// A repository name or pattern that matches nothing at the parent, or a tag filter that
+    /// keeps no tag, fails the pass (default: a warning in the summary and the status).
+    #[arg(long)]
+    pub strict: bool,
+
     /// Blobs transferred at once (default 8).
     #[arg(long)]
     pub sync_concurrency: Option<usize>,
@@ -144,6 +164,10 @@ impl SyncFlags {
             sync_window: self.sync_window.clone(),
             message_ttl: self.message_ttl.clone(),
             referrers_recheck: self.sync_referrers_recheck.clone(),
+            sync_poll_interval: self.sync_poll_interval.clone(),
+            sync_retry_max: self.sync_retry_max.clone(),
+            reconcile_interval: self.sync_reconcile_interval.clone(),
+            strict: self.strict.then_some(true),
             repos,
             platforms: self.platforms.clone(),
             concurrency: self.sync_concurrency,
@@ -316,6 +340,9 @@ fn print_summary(s: &Summary, json: bool) {
     );
     for c in &s.conflicts {
         let _ = writeln!(e, "conflict: {c}");
+    }
+    for w in &s.warnings {
+        let _ = writeln!(e, "warning: {w}");
     }
     for err in &s.errors {
         let _ = writeln!(e, "error: {err}");

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
+use crate::backoff::Backoff;
 use crate::digest::Digest;
 use crate::settings::{Credentials, Limits};
 
@@ -45,6 +46,16 @@ pub enum ClientError {
     Stalled { url: String, secs: u64 },
     #[error("trust bundle: {0}")]
     Trust(String),
+    /// The parent's certificate does not verify: retrying cannot help, the trust must change.
+    #[error(
+        "upstream {url}: the parent's TLS certificate cannot be verified ({message}); {hint}; \
+         check the chain with `connected-registry certs doctor {url} --trust FILE`"
+    )]
+    Certificate {
+        url: String,
+        message: String,
+        hint: &'static str,
+    },
 }
 
 impl ClientError {
@@ -217,7 +228,10 @@ pub struct ParentClient {
     /// The parent answered 404 to the referrers API: it has none.
     no_referrers_api: AtomicBool,
     pub stats: ClientStats,
-    jitter: AtomicU64,
+    /// Waits between attempts of one request.
+    retry: Backoff,
+    /// A trust bundle was given (else the public web roots): shapes the advice on a certificate error.
+    trust_given: bool,
 }
 
 /// A streaming blob response. `skip` bytes at its start must be dropped (the parent ignored
@@ -273,21 +287,18 @@ impl ParentClient {
                 url: base.into(),
                 message: format!("cannot build the HTTP client: {e}"),
             })?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9);
         Ok(ParentClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
             creds,
+            retry: Backoff::new(limits.backoff_base, limits.backoff_max),
+            trust_given: trust.is_some(),
             limits,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
             refresh_lock: tokio::sync::Mutex::new(()),
             no_referrers_api: AtomicBool::new(false),
             stats: ClientStats::default(),
-            jitter: AtomicU64::new(seed | 1),
         })
     }
 
@@ -299,25 +310,9 @@ impl ParentClient {
         format!("{}{}", self.base, path)
     }
 
-    /// xorshift: jitter needs spread, not cryptographic randomness.
-    fn random(&self) -> u64 {
-        let mut x = self.jitter.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.jitter.store(x, Ordering::Relaxed);
-        x
-    }
-
     /// Full jitter: a uniform delay in [0, min(max, base * 2^attempt)].
     fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .limits
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.limits.backoff_max);
-        let ms = cap.as_millis().max(1) as u64;
-        Duration::from_millis(self.random() % (ms + 1))
+        self.retry.full(attempt + 1)
     }
 
     fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
@@ -504,6 +499,9 @@ impl ParentClient {
             let last = attempt >= self.limits.retries;
             match result {
                 Err(e) => {
+                    if let Some(err) = certificate_error(&self.base, self.trust_given, &e) {
+                        return Err(err);
+                    }
                     let err = ClientError::Transport {
                         url: url.to_owned(),
                         message: error_chain(&e),
@@ -1327,6 +1325,42 @@ async fn status_error(method: &Method, url: &str, resp: Response) -> ClientError
         status,
         body: body.trim().to_owned(),
     }
+}
+
+/// The certificate failure behind a transport error, if that is what it is (found in the error's
+/// source chain, through the I/O errors hyper and rustls wrap it in).
+fn certificate_error(
+    base: &str,
+    trust_given: bool,
+    e: &(dyn std::error::Error + 'static),
+) -> Option<ClientError> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(cert)) = err.downcast_ref::<rustls::Error>()
+        {
+            let hint = if trust_given {
+                "the trust bundle given with --trust does not hold the CA that issued it: \
+                 give the parent's root CA (the IoT Edge trust bundle of this device)"
+            } else {
+                "no trust bundle is configured, so only public web roots are trusted: give the \
+                 parent's root CA with --trust FILE (the IoT Edge trust bundle of this device)"
+            };
+            return Some(ClientError::Certificate {
+                url: base.to_owned(),
+                message: format!("invalid peer certificate: {cert:?}"),
+                hint,
+            });
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            // io::Error::source() skips the error it wraps: look at that one too.
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static))
+                .or_else(|| err.source()),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

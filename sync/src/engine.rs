@@ -36,6 +36,9 @@ pub enum SyncError {
     /// The parent sent something that must not be kept.
     #[error("upstream {0}")]
     Refused(String),
+    /// A repository rule selects nothing at the parent (`--strict`).
+    #[error("{0} (--strict)")]
+    Scope(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -67,6 +70,8 @@ pub(crate) struct Pass {
     pub(crate) blobs_resumed: AtomicU64,
     pub(crate) manifests_pushed: AtomicU64,
     pub(crate) errors: Mutex<Vec<String>>,
+    /// Scope that matched nothing at the parent (errors instead under `strict`).
+    pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
     pub(crate) pull: Mutex<Pull>,
 }
@@ -93,6 +98,18 @@ impl Pass {
 
     pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Notes a repository rule that selects nothing at the parent: a warning, or with
+    /// `strict` an error that fails the pass.
+    pub(crate) fn nothing_matched(&self, strict: bool, msg: String) {
+        if strict {
+            return self.record("scope", SyncError::Scope(msg));
+        }
+        tracing::warn!("{msg}");
+        if let Ok(mut v) = self.warnings.lock() {
+            v.push(msg);
+        }
     }
 
     pub(crate) fn record(&self, what: &str, err: SyncError) {
@@ -127,6 +144,9 @@ pub struct Engine {
     progress: Arc<dyn Progress>,
     blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     blob_slots: Semaphore,
+    /// The tags sync recorded were checked against the local store since this process started
+    /// (see `reconcile.rs`).
+    pub(crate) audited: AtomicBool,
 }
 
 /// Network chunks are gathered into writes of about this size.
@@ -190,6 +210,7 @@ impl Engine {
             progress,
             blob_locks: Mutex::new(HashMap::new()),
             blob_slots: Semaphore::new(slots),
+            audited: AtomicBool::new(false),
         }
     }
 
@@ -240,6 +261,7 @@ impl Engine {
             manifests_pushed: pass.manifests_pushed.load(Ordering::Relaxed),
             pull: pass.pull.lock().map(|p| *p).unwrap_or_default(),
             conflicts: pass.conflicts.lock().map(|v| v.clone()).unwrap_or_default(),
+            warnings: pass.warnings.lock().map(|v| v.clone()).unwrap_or_default(),
             errors,
         };
         let saved = summary.clone();
@@ -251,7 +273,7 @@ impl Engine {
 
     /// Repositories in scope: explicit names as given, wildcard patterns expanded from the
     /// parent's catalog when it offers one.
-    async fn expand_repos(&self) -> Result<Vec<(String, RepoRule)>, SyncError> {
+    async fn expand_repos(&self, pass: &Pass) -> Result<Vec<(String, RepoRule)>, SyncError> {
         let mut out: Vec<(String, RepoRule)> = Vec::new();
         let mut seen = BTreeSet::new();
         let needs_catalog = self.settings.repos.iter().any(|r| !r.is_explicit());
@@ -260,22 +282,40 @@ impl Engine {
         } else {
             None
         };
-        if needs_catalog && catalog.is_none() {
-            tracing::warn!(
-                "the parent offers no catalog: wildcard patterns match nothing; list repositories by name"
-            );
-        }
+        let strict = self.settings.strict;
         for rule in &self.settings.repos {
             if rule.is_explicit() {
                 if seen.insert(rule.pattern.clone()) {
                     out.push((rule.pattern.clone(), rule.clone()));
                 }
-            } else if let Some(cat) = &catalog {
-                for repo in cat.iter().filter(|r| rule.matches_repo(r)) {
-                    if seen.insert(repo.clone()) {
-                        out.push((repo.clone(), rule.clone()));
-                    }
+                continue;
+            }
+            let Some(cat) = &catalog else {
+                pass.nothing_matched(
+                    strict,
+                    format!(
+                        "pattern {} matches nothing: the parent offers no catalog to expand it \
+                         from; list repositories by name",
+                        rule.pattern
+                    ),
+                );
+                continue;
+            };
+            let mut matched = false;
+            for repo in cat.iter().filter(|r| rule.matches_repo(r)) {
+                matched = true;
+                if seen.insert(repo.clone()) {
+                    out.push((repo.clone(), rule.clone()));
                 }
+            }
+            if !matched {
+                pass.nothing_matched(
+                    strict,
+                    format!(
+                        "pattern {} matches no repository in the parent's catalog",
+                        rule.pattern
+                    ),
+                );
             }
         }
         Ok(out)
@@ -283,7 +323,7 @@ impl Engine {
 
     /// Compares every repository in scope (catalog, tag lists, one HEAD per tag).
     pub(crate) async fn compare_all(&self, pass: &Pass) {
-        match self.expand_repos().await {
+        match self.expand_repos(pass).await {
             Ok(repos) => {
                 let conc = self.settings.limits.concurrency;
                 futures_util::stream::iter(repos)
@@ -309,11 +349,28 @@ impl Engine {
         let tags = match self.client.tags(&repo).await {
             Ok(Some(t)) => t,
             // The repository is gone at the parent: its synced tags go too.
-            Ok(None) => Vec::new(),
+            Ok(None) => {
+                if rule.is_explicit() {
+                    pass.nothing_matched(
+                        self.settings.strict,
+                        format!("repository {repo} does not exist at the parent"),
+                    );
+                }
+                Vec::new()
+            }
             Err(e) => return pass.record(&repo, e.into()),
         };
         pass.repos.fetch_add(1, Ordering::Relaxed);
         let selected = rule.select_tags(&tags);
+        if selected.is_empty() && !tags.is_empty() {
+            pass.nothing_matched(
+                self.settings.strict,
+                format!(
+                    "{repo}: none of its {} tags passes the tag filter (include, exclude, newest)",
+                    tags.len()
+                ),
+            );
+        }
         let (done, _missing) = self.sync_tags(pass, &repo, &selected).await;
         // Tags sync wrote earlier that the parent no longer has (in scope): untag locally.
         let keep: BTreeSet<&String> = selected.iter().collect();
@@ -386,7 +443,7 @@ impl Engine {
     }
 
     /// Tags sync wrote in `repo`, with the digest it wrote.
-    fn synced_tags(&self, repo: &str) -> std::collections::BTreeMap<String, Digest> {
+    pub(crate) fn synced_tags(&self, repo: &str) -> std::collections::BTreeMap<String, Digest> {
         self.state
             .read(|s| s.synced_tags.get(repo).cloned())
             .unwrap_or_default()

@@ -84,7 +84,7 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
         .state
         .read(|s| s.parent_feed.clone())
         .filter(|f| f.parent == parent);
-    let start = match &known {
+    let mut start = match &known {
         Some(f) if f.seq.is_none() => {
             let age = (chrono::Utc::now() - f.checked)
                 .to_std()
@@ -98,12 +98,46 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
         Some(f) if f.scope == scope => Start::From(f.seq.unwrap_or(0)),
         _ => Start::Probe,
     };
+    // What changed here behind sync's back is compared again; some drift needs everything.
+    let drift = match crate::reconcile::local_drift(engine).await {
+        Ok(d) => d,
+        Err(e) => {
+            pass.record("local change log", e);
+            crate::reconcile::Drift {
+                everything: Some("the local change log could not be read".into()),
+                ..Default::default()
+            }
+        }
+    };
+    let now = chrono::Utc::now();
+    let reconcile_due = engine
+        .state
+        .read(|s| s.compared_all)
+        .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= engine.settings.reconcile_interval);
+    if let Start::From(_) = start {
+        if let Some(why) = &drift.everything {
+            tracing::info!("{why}: comparing everything with the parent");
+            start = Start::Probe;
+        } else if reconcile_due {
+            tracing::info!(
+                interval = %crate::settings::format_iso_duration(engine.settings.reconcile_interval),
+                "reconcile interval reached: comparing everything with the parent"
+            );
+            start = Start::Probe;
+        }
+    }
     let head = match start {
         Start::NoFeed => None,
         Start::From(after) => match read(engine, after).await {
             Read::Changes(changes, last) => {
                 set_pull(pass, Pull::Feed);
-                apply(engine, pass, changes, last, after, &parent, &scope).await;
+                let position = Position {
+                    after,
+                    last,
+                    parent: &parent,
+                    scope: &scope,
+                };
+                apply(engine, pass, changes, drift, position).await;
                 return;
             }
             Read::Reset(head) => {
@@ -139,7 +173,6 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
         },
     };
     let errors = pass.error_count();
-    let now = chrono::Utc::now();
     let recheck = engine.settings.referrers_recheck;
     let due = engine
         .state
@@ -148,9 +181,20 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
     pass.recheck_referrers.store(due, Ordering::Relaxed);
     engine.compare_all(pass).await;
     let clean = !pass.is_paused() && pass.error_count() == errors;
-    if due && clean {
-        if let Err(e) = engine.state.update(|s| s.referrers_checked = Some(now)) {
+    if clean {
+        let warnings = pass.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+        let r = engine.state.update(|s| {
+            s.compared_all = Some(now);
+            s.scope_warnings = warnings;
+            if due {
+                s.referrers_checked = Some(now);
+            }
+        });
+        if let Err(e) = r {
             pass.record("sync state", e.into());
+        }
+        if let Err(e) = crate::reconcile::reconciled(engine, drift.head) {
+            pass.record("sync state", e);
         }
     }
     if let Some(head) = head {
@@ -218,16 +262,29 @@ struct Touched {
     whole: bool,
 }
 
-/// Compares what `changes` name, then moves the position to `last` when everything succeeded.
+/// Where a feed pass reads: after `after` up to `last`, for `parent` and the scope fingerprint.
+struct Position<'a> {
+    after: u64,
+    last: u64,
+    parent: &'a str,
+    scope: &'a str,
+}
+
+/// Compares what `changes` name and what drifted here, then moves the position to `last` when
+/// everything succeeded.
 async fn apply(
     engine: &Engine,
     pass: &Pass,
     changes: Vec<crate::client::FeedChange>,
-    last: u64,
-    after: u64,
-    parent: &str,
-    scope: &str,
+    drift: crate::reconcile::Drift,
+    at: Position<'_>,
 ) {
+    let Position {
+        after,
+        last,
+        parent,
+        scope,
+    } = at;
     let mut touched: BTreeMap<String, (RepoRule, Touched)> = BTreeMap::new();
     let mut stored: Vec<(String, crate::digest::Digest)> = Vec::new();
     for change in changes {
@@ -248,6 +305,31 @@ async fn apply(
             // Tags pointing at a deleted manifest come as their own changes; a stored manifest
             // is looked at below, after the tags (it may be a referrer of what they bring).
             FeedWhat::ManifestPut(_) | FeedWhat::ManifestDeleted => {}
+        }
+    }
+    let drifted = drift.tags.values().map(BTreeSet::len).sum::<usize>() + drift.repos.len();
+    if drifted > 0 {
+        tracing::info!(
+            tags = drifted,
+            "tags sync manages were changed here by a client or while stopped: comparing them with the parent"
+        );
+    }
+    let whole_repos = drift.repos.into_iter().map(|r| (r, None));
+    let drift_tags = drift.tags.into_iter().flat_map(|(r, tags)| {
+        tags.into_iter().map(move |t| (r.clone(), Some(t)))
+    });
+    for (repo, tag) in whole_repos.chain(drift_tags) {
+        let Some(rule) = engine.rule_for(&repo) else {
+            continue;
+        };
+        let entry = touched
+            .entry(repo)
+            .or_insert_with(|| (rule.clone(), Touched::default()));
+        match tag {
+            Some(tag) if rule.newest.is_none() => {
+                entry.1.tags.insert(tag);
+            }
+            _ => entry.1.whole = true,
         }
     }
     touched.retain(|_, (_, t)| t.whole || !t.tags.is_empty());
@@ -286,8 +368,14 @@ async fn apply(
         .await;
     // Only a pass that reflected everything moves on; otherwise the same changes are read
     // again next time (comparing a tag twice is harmless, missing one is not).
-    if last > after && !pass.is_paused() && pass.error_count() == errors {
+    if pass.is_paused() || pass.error_count() != errors {
+        return;
+    }
+    if last > after {
         remember(engine, pass, parent, scope, Some(last));
+    }
+    if let Err(e) = crate::reconcile::reconciled(engine, drift.head) {
+        pass.record("sync state", e);
     }
 }
 

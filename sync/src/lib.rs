@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod client;
 pub mod connection_string;
 pub mod digest;
@@ -10,6 +11,7 @@ pub mod engine;
 mod feed;
 pub mod manifest;
 mod push;
+mod reconcile;
 pub mod service;
 pub mod settings;
 pub mod state;

@@ -1,7 +1,12 @@
-//! The background schedule `serve` runs, and its status endpoint: at each cron start a window
-//! of `syncWindow` opens; a pass runs inside it and pauses when it closes (partial blobs stay
-//! on disk and resume in the next window). `GET /acr/v1/_sync/status` shows the last result,
-//! the current and next window, conflicts and errors.
+//! The background schedule `serve` runs, and its status endpoint. At each cron start a window
+//! of `syncWindow` opens, and sync stays active until it closes, as in the ACR connected
+//! registry: a pass runs at once, then again every `syncPollInterval` (a parent of ours answers
+//! with one feed request), at once when a client changes content here (pushed up in ReadWrite,
+//! reconciled in scope), and a failed pass is retried with backoff (from `FIRST_RETRY` up to
+//! `syncRetryMax`), so a link that is down when the window opens costs minutes, not a day. A
+//! pass still running when the window closes pauses (partial blobs stay on disk and resume in
+//! the next window). `GET /acr/v1/_sync/status` shows the last result, the open window's end,
+//! the next attempt and the next window, conflicts, warnings and errors.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,8 +17,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::engine::Engine;
-use crate::settings::{format_iso_duration, Mode};
+use crate::settings::{format_iso_duration, Mode, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
 
 /// What `GET /acr/v1/_sync/status` returns.
@@ -25,11 +31,17 @@ pub struct StatusView {
     pub sync_schedule: String,
     pub sync_window: String,
     pub message_ttl: String,
+    pub sync_poll_interval: String,
     /// A pass is running now.
     pub running: bool,
-    /// End of the window the current pass runs in.
+    /// End of the window open now (`None`: no window is open).
     pub current_window_end: Option<DateTime<Utc>>,
-    /// Start of the next scheduled window.
+    /// When the next pass starts: the next poll or retry inside the open window, else the next
+    /// window's start. A client change here can start it sooner.
+    pub next_attempt: Option<DateTime<Utc>>,
+    /// Passes in a row that failed in this window (reset by one that completes).
+    pub failures_in_a_row: u32,
+    /// Start of the next scheduled window after the one open now.
     pub next_window_start: Option<DateTime<Utc>>,
     pub last_result: Option<Summary>,
     /// Last change-log sequence pushed up (ReadWrite).
@@ -38,6 +50,8 @@ pub struct StatusView {
     /// feed, or no pass has completed against it yet).
     pub parent_feed_seq: Option<u64>,
     pub conflicts: Vec<Conflict>,
+    /// Repository rules that selected nothing at the parent in the last full comparison.
+    pub warnings: Vec<String>,
     /// Errors of the last pass (also in `lastResult.errors`).
     pub errors: Vec<String>,
 }
@@ -59,9 +73,13 @@ impl SyncService {
             sync_schedule: s.schedule.source().to_owned(),
             sync_window: format_iso_duration(s.window),
             message_ttl: format_iso_duration(s.message_ttl),
+            sync_poll_interval: format_iso_duration(s.poll_interval),
             running: false,
             current_window_end: None,
+            next_attempt: None,
+            failures_in_a_row: 0,
             next_window_start: s.schedule.next_after(Utc::now()),
+            warnings: state.scope_warnings,
             errors: state
                 .last_result
                 .as_ref()
@@ -96,50 +114,113 @@ impl SyncService {
         tokio::spawn(async move { me.run().await })
     }
 
+    /// The end of the window open at `now`, if one is.
+    fn open_window_end(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let settings = &self.engine.settings;
+        let start = settings.schedule.last_start_within(now, settings.window)?;
+        let end = start + chrono::Duration::from_std(settings.window).ok()?;
+        (end > now).then_some(end)
+    }
+
     async fn run(&self) {
         let settings = &self.engine.settings;
+        let client_changed = self.engine.store.client_changes();
+        let retry = Backoff::new(FIRST_RETRY.min(settings.retry_max), settings.retry_max);
+        let mut failures = 0u32;
         loop {
             let now = Utc::now();
-            if let Some(start) = settings.schedule.last_start_within(now, settings.window) {
-                let end = start + chrono::Duration::from_std(settings.window).unwrap_or_default();
-                if end > now {
-                    let left = (end - now).to_std().unwrap_or(Duration::ZERO);
-                    self.set(|s| {
-                        s.running = true;
-                        s.current_window_end = Some(end);
-                    });
-                    tracing::info!(window_end = %end, "sync window open: pass starts");
-                    let summary = self
-                        .engine
-                        .run_pass(Some(tokio::time::Instant::now() + left))
-                        .await;
-                    tracing::info!(
-                        outcome = ?summary.outcome,
-                        tags_updated = summary.tags_updated,
-                        bytes = summary.bytes_down,
-                        errors = summary.errors.len(),
-                        "sync pass finished"
-                    );
-                    self.prune(&summary).await;
-                    let state = self.engine.state.snapshot();
-                    self.set(|s| {
-                        s.running = false;
-                        s.current_window_end = None;
-                        s.errors = summary.errors.clone();
-                        s.last_result = Some(summary);
-                        s.pushed_seq = state.pushed_seq;
-                        s.parent_feed_seq = feed_seq(&state, &s.parent);
-                        s.conflicts = state.conflicts;
-                    });
+            let Some(end) = self.open_window_end(now) else {
+                failures = 0;
+                let next = settings.schedule.next_after(now);
+                self.set(|s| {
+                    s.current_window_end = None;
+                    s.next_attempt = next;
+                    s.failures_in_a_row = 0;
+                    s.next_window_start = next;
+                });
+                let wait = next
+                    .and_then(|n| (n - now).to_std().ok())
+                    .unwrap_or(Duration::from_secs(3600));
+                tokio::time::sleep(wait).await;
+                continue;
+            };
+            self.set(|s| {
+                s.running = true;
+                s.current_window_end = Some(end);
+                s.next_attempt = None;
+                s.next_window_start = settings.schedule.next_after(end);
+            });
+            let left = (end - now).to_std().unwrap_or(Duration::ZERO);
+            tracing::debug!(window_end = %end, "sync pass starts");
+            let summary = self
+                .engine
+                .run_pass(Some(tokio::time::Instant::now() + left))
+                .await;
+            let wait = match summary.outcome {
+                Outcome::Failed => {
+                    failures += 1;
+                    retry.equal(failures)
+                }
+                _ => {
+                    failures = 0;
+                    settings.poll_interval
+                }
+            };
+            self.log(&summary, failures);
+            self.prune(&summary).await;
+            let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            let state = self.engine.state.snapshot();
+            self.set(|s| {
+                s.running = false;
+                s.next_attempt = Some(next.min(end));
+                s.failures_in_a_row = failures;
+                s.errors = summary.errors.clone();
+                s.last_result = Some(summary.clone());
+                s.pushed_seq = state.pushed_seq;
+                s.parent_feed_seq = feed_seq(&state, &s.parent);
+                s.conflicts = state.conflicts;
+                s.warnings = state.scope_warnings;
+            });
+            if summary.outcome == Outcome::Paused {
+                continue; // the window closed: the loop finds the next one
+            }
+            let until_end = (end - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let sleep = tokio::time::sleep(wait.min(until_end));
+            if summary.outcome == Outcome::Failed {
+                // Backing off from a parent that fails; a local push waits for the retry.
+                sleep.await;
+            } else {
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = client_changed.notified() => {
+                        tracing::debug!("a client changed content here: sync pass starts");
+                    }
                 }
             }
-            let now = Utc::now();
-            let next = settings.schedule.next_after(now);
-            self.set(|s| s.next_window_start = next);
-            let wait = next
-                .and_then(|n| (n - now).to_std().ok())
-                .unwrap_or(Duration::from_secs(3600));
-            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One line per pass that did something or failed; a poll with nothing new logs at debug.
+    fn log(&self, summary: &Summary, failures: u32) {
+        let busy = summary.tags_updated + summary.tags_deleted + summary.manifests_pushed > 0;
+        if summary.outcome == Outcome::Failed {
+            tracing::warn!(
+                failures_in_a_row = failures,
+                errors = summary.errors.len(),
+                first_error = summary.errors.first().map(String::as_str).unwrap_or(""),
+                "sync pass failed: retrying with backoff while the window is open"
+            );
+        } else if busy || summary.outcome != Outcome::Completed {
+            tracing::info!(
+                outcome = ?summary.outcome,
+                tags_updated = summary.tags_updated,
+                tags_deleted = summary.tags_deleted,
+                manifests_pushed = summary.manifests_pushed,
+                bytes = summary.bytes_down,
+                "sync pass finished"
+            );
+        } else {
+            tracing::debug!(requests = summary.requests, "sync poll: nothing new");
         }
     }
 

@@ -415,6 +415,19 @@ pub struct Settings {
     /// of tags already in step. A parent of ours names them in its change feed; other parents
     /// cannot say what changed, and asking on every pass would cost a request per tag.
     pub referrers_recheck: Duration,
+    /// While a window is open, how long after a completed pass the next one starts (a parent of
+    /// ours answers it with one feed request; another parent is compared tag by tag).
+    pub poll_interval: Duration,
+    /// Longest wait before a failed pass is tried again inside an open window (the wait starts at
+    /// `FIRST_RETRY` and doubles, with jitter, up to this).
+    pub retry_max: Duration,
+    /// A full comparison runs at least this often even when the parent's change feed names
+    /// nothing, so a local store that drifted from what sync recorded (a disk restored from
+    /// backup, a tag removed behind sync's back) is brought back in step.
+    pub reconcile_interval: Duration,
+    /// A repository name or pattern that matches nothing at the parent (or a tag filter that
+    /// keeps no tag) fails the pass instead of being a warning.
+    pub strict: bool,
     pub limits: Limits,
 }
 
@@ -444,6 +457,14 @@ pub struct RawSettings {
     pub message_ttl: Option<String>,
     /// ISO-8601 interval of the referrers re-check (PT0S: every full comparison).
     pub referrers_recheck: Option<String>,
+    /// ISO-8601 wait between passes while a window is open.
+    pub sync_poll_interval: Option<String>,
+    /// ISO-8601 longest wait before a failed pass is retried inside an open window.
+    pub sync_retry_max: Option<String>,
+    /// ISO-8601 interval of the full comparison that reconciles the local store with the parent.
+    pub reconcile_interval: Option<String>,
+    /// Scope that matches nothing at the parent is an error, not a warning.
+    pub strict: Option<bool>,
     #[serde(default)]
     pub repos: Vec<RawRepoRule>,
     /// `os/architecture[/variant]` entries of the platform filter.
@@ -466,6 +487,14 @@ pub const DEFAULT_WINDOW: &str = "PT1H";
 pub const DEFAULT_REFERRERS_RECHECK: &str = "PT1H";
 /// Default `messageTtl`.
 pub const DEFAULT_MESSAGE_TTL: &str = "P7D";
+/// Default `syncPollInterval`: the cadence the old one-pass-a-minute default schedule had.
+pub const DEFAULT_POLL_INTERVAL: &str = "PT1M";
+/// Default `syncRetryMax`.
+pub const DEFAULT_RETRY_MAX: &str = "PT5M";
+/// Default `reconcileInterval`.
+pub const DEFAULT_RECONCILE_INTERVAL: &str = "PT1H";
+/// The first wait before a failed pass is retried (never longer than `syncRetryMax`).
+pub const FIRST_RETRY: Duration = Duration::from_secs(5);
 
 impl RawSettings {
     /// Reads a JSON config file.
@@ -496,6 +525,10 @@ impl RawSettings {
             sync_window,
             message_ttl,
             referrers_recheck,
+            sync_poll_interval,
+            sync_retry_max,
+            reconcile_interval,
+            strict,
             concurrency,
             connect_timeout_secs,
             request_timeout_secs,
@@ -575,6 +608,28 @@ impl RawSettings {
                 .as_deref()
                 .unwrap_or(DEFAULT_REFERRERS_RECHECK),
             Duration::ZERO,
+            Duration::from_secs(30 * 86_400),
+        )?;
+        let poll_interval = duration_in_range(
+            "syncPollInterval",
+            self.sync_poll_interval
+                .as_deref()
+                .unwrap_or(DEFAULT_POLL_INTERVAL),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        )?;
+        let retry_max = duration_in_range(
+            "syncRetryMax",
+            self.sync_retry_max.as_deref().unwrap_or(DEFAULT_RETRY_MAX),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        )?;
+        let reconcile_interval = duration_in_range(
+            "reconcileInterval",
+            self.reconcile_interval
+                .as_deref()
+                .unwrap_or(DEFAULT_RECONCILE_INTERVAL),
+            Duration::from_secs(1),
             Duration::from_secs(30 * 86_400),
         )?;
         // No patterns: everything the parent's catalog lists, as a connected registry mirrors
@@ -689,6 +744,10 @@ impl RawSettings {
             repos,
             platforms,
             referrers_recheck,
+            poll_interval,
+            retry_max,
+            reconcile_interval,
+            strict: self.strict.unwrap_or(false),
             limits,
         }))
     }

@@ -49,6 +49,9 @@ pub struct Summary {
     #[serde(default)]
     pub pull: Pull,
     pub conflicts: Vec<String>,
+    /// Repository rules that selected nothing at the parent (errors instead with `--strict`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -113,6 +116,14 @@ pub struct SyncState {
     pub parent_feed: Option<ParentFeed>,
     /// When a full comparison last asked for new referrers of tags already in step.
     pub referrers_checked: Option<DateTime<Utc>>,
+    /// When a full comparison last completed (the reconcile interval counts from it).
+    pub compared_all: Option<DateTime<Utc>>,
+    /// What the last full comparison found selecting nothing at the parent (the status shows it
+    /// between full comparisons, which feed passes do not repeat).
+    pub scope_warnings: Vec<String>,
+    /// The local change log up to here has been looked at for client changes to what sync
+    /// manages (see `feed.rs`, reconcile).
+    pub reconciled_seq: u64,
 }
 
 /// The state file with its in-memory copy.

@@ -122,8 +122,16 @@ pub trait LocalStore: Send + Sync + 'static {
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
     /// Change-log entries with `seq > after`, oldest first, at most `limit`.
     fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError>;
+    /// The oldest kept and the newest sequence number of the change log (`(head + 1, head)`
+    /// when it is empty): a reader past `head` is reading a store older than it remembers (a
+    /// disk restored from backup), one before `oldest - 1` missed pruned entries.
+    fn change_bounds(&self) -> Result<(u64, u64), StoreError>;
     /// Drops change-log entries older than `before_unix_secs` (the `messageTtl` rule).
     fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError>;
+    /// Woken after a client (not sync) changed a tag or a manifest; the default is never woken.
+    fn client_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::default()
+    }
 }
 
 /// The registry's store as the sync engine's target: everything sync writes carries
@@ -249,6 +257,13 @@ mod registry_store {
         }
         fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError> {
             Store::prune_changes(self, before_unix_secs).map_err(map)
+        }
+        fn change_bounds(&self) -> Result<(u64, u64), StoreError> {
+            let page = Store::change_page(self, 0, 0).map_err(map)?;
+            Ok((page.oldest, page.head))
+        }
+        fn client_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+            Store::client_changes(self)
         }
         fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
             use registry::storage::ChangeKind as K;

@@ -131,7 +131,11 @@ impl Drop for Proc {
 
 /// Our registry (`connected-registry serve`) on a fresh loopback port with its data in `data`.
 pub fn start_registry(data: &Path, extra_args: &[&str]) -> Proc {
-    let port = free_port();
+    start_registry_on(data, free_port(), extra_args)
+}
+
+/// [`start_registry`] on a given port (to start it again where a child expects its parent).
+pub fn start_registry_on(data: &Path, port: u16, extra_args: &[&str]) -> Proc {
     let listen = format!("127.0.0.1:{port}");
     let data_s = data.to_str().expect("utf-8 temp path");
     let mut args = vec!["serve", "--listen", &listen, "--data", data_s];

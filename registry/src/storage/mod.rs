@@ -69,6 +69,9 @@ struct Inner {
     /// Taken shared by everything that makes a blob file wanted (install, link) and exclusively
     /// by GC while it deletes a file, so GC never deletes a file someone just took.
     gc_lock: RwLock<()>,
+    /// Woken after a client (not sync) changed a tag or a manifest: sync reconciles what it
+    /// manages, and pushes up in ReadWrite mode, without waiting for its next poll.
+    client_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Manifest bytes by digest. Content never changes under a digest, so entries never go stale;
@@ -118,6 +121,7 @@ impl Store {
             limits,
             cache: ManifestCache::default(),
             gc_lock: RwLock::new(()),
+            client_changed: Arc::default(),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -325,7 +329,20 @@ impl Store {
         self.inner
             .cache
             .put(&digest, &body, self.inner.limits.manifest_cache_bytes);
+        self.changed_by(origin);
         Ok((digest, meta.subject))
+    }
+
+    /// Woken (one stored permit, so a change made while nobody waits is not lost) after a
+    /// client changed a tag or a manifest; changes sync makes itself do not wake it.
+    pub fn client_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.client_changed.clone()
+    }
+
+    fn changed_by(&self, origin: Origin) {
+        if origin == Origin::Client {
+            self.inner.client_changed.notify_one();
+        }
     }
 
     pub fn get_manifest(
@@ -364,7 +381,11 @@ impl Store {
         tag: &str,
         origin: Origin,
     ) -> Result<bool, StorageError> {
-        self.inner.meta.delete_tag(repo.as_str(), tag, origin)
+        let removed = self.inner.meta.delete_tag(repo.as_str(), tag, origin)?;
+        if removed {
+            self.changed_by(origin);
+        }
+        Ok(removed)
     }
 
     pub fn delete_manifest(
@@ -375,7 +396,9 @@ impl Store {
     ) -> Result<(), StorageError> {
         self.inner
             .meta
-            .delete_manifest(repo.as_str(), digest, origin)
+            .delete_manifest(repo.as_str(), digest, origin)?;
+        self.changed_by(origin);
+        Ok(())
     }
 
     /// Tags in lexical order after `last`, at most `limit`; `None` for an unknown repository.
