@@ -638,6 +638,7 @@ fn feed_child_restored_from_a_backup_compares_everything() {
     let backup = tmp.path().join("meta.redb.backup");
     std::fs::copy(child.join("meta.redb"), &backup).unwrap();
     pass(&child, &parent.url(), &["apps/*"]);
+    assert_eq!(pass(&child, &parent.url(), &["apps/*"])["pull"], "feed");
     assert_eq!(child_tags(&child, "apps/a"), tags(&[("1", a1.as_str())]));
 
     std::fs::copy(&backup, child.join("meta.redb")).unwrap();

@@ -97,6 +97,7 @@ async fn readwrite_push_while_parent_down_arrives_when_it_returns() {
         "rw/app",
         RawSettings {
             sync_schedule: Some("* * * * * *".into()),
+            sync_retry_max: Some("PT1S".into()),
             retries: Some(2),
             ..Default::default()
         },

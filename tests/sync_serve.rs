@@ -224,3 +224,30 @@ fn serve_status_shows_scope_that_matches_nothing() {
         "{s}"
     );
 }
+
+/// A client asking a child for an image outside its sync scope is told so, not only that the
+/// manifest is missing; a miss inside the scope says nothing of the kind. No parent address.
+#[test]
+fn serve_says_when_a_repository_is_outside_the_sync_scope() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let parent_url = parent.url();
+    let args = [&ALWAYS_OPEN[..], &["--parent", &parent_url, "--repo", "demo/*"]].concat();
+    let child = start_registry(&tmp.path().join("child"), &args);
+    let api = Api::new(&child.url());
+    let outside = api
+        .get("/v2/other/multi/manifests/1.0")
+        .expect_error(404, "MANIFEST_UNKNOWN")
+        .text();
+    assert!(
+        outside.contains("other/multi is outside this registry's sync scope")
+            && outside.contains("demo/*"),
+        "{outside}"
+    );
+    assert!(!outside.contains(&parent.addr.to_string()), "{outside}");
+    let inside = api
+        .get("/v2/demo/app/manifests/1.0")
+        .expect_error(404, "MANIFEST_UNKNOWN")
+        .text();
+    assert!(!inside.contains("sync scope"), "{inside}");
+}

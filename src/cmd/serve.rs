@@ -63,10 +63,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.gc.options(),
         ));
     }
-    let mut app = registry::api::router(store.clone());
-    match super::sync::start_background(&args.sync, store.clone(), &args.data)? {
+    let sync = super::sync::start_background(&args.sync, store.clone(), &args.data)?;
+    let miss_hint = sync.as_ref().map(|s| s.miss_hint.clone());
+    let mut app = registry::api::router_with(store.clone(), miss_hint);
+    match sync {
         // The sync service prunes the change log itself, sparing what still has to go up.
-        Some(status) => app = app.merge(status),
+        Some(sync) => app = app.merge(sync.status),
         // With no parent nothing goes up: keep changes for children for messageTtl.
         None => {
             let ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;

@@ -203,16 +203,22 @@ fn engine(
     )))
 }
 
+/// What `serve` gets from a running sync schedule.
+pub struct Background {
+    /// `GET /acr/v1/_sync/status`, to merge into the registry's router.
+    pub status: axum::Router,
+    /// Tells a client asking for a repository outside the sync scope that it is.
+    pub miss_hint: registry::api::MissHint,
+}
+
 /// Called by `serve`: starts the sync schedule in the background (when a parent is
-/// configured) and returns the router with `GET /acr/v1/_sync/status` to merge into the
-/// registry's. `None` when sync is off. `data` is the registry's data directory (sync keeps
+/// configured). `None` when sync is off. `data` is the registry's data directory (sync keeps
 /// its progress in `data/sync/`).
-#[allow(dead_code)] // called by `serve` once the lead wires it in (see sync/README.md)
 pub fn start_background(
     flags: &SyncFlags,
     store: registry::Store,
     data: &Path,
-) -> anyhow::Result<Option<axum::Router>> {
+) -> anyhow::Result<Option<Background>> {
     let Some(settings) = flags.settings()? else {
         return Ok(None);
     };
@@ -222,10 +228,17 @@ pub fn start_background(
         schedule = settings.schedule.source(),
         "sync enabled"
     );
+    let rules = settings.repos.clone();
+    let miss_hint: registry::api::MissHint = Arc::new(move |repo: &registry::RepoName| {
+        sync::settings::outside_scope(&rules, repo.as_str())
+    });
     let engine = engine(settings, store, data, Arc::new(NoProgress))?;
     let service = SyncService::new(engine);
     service.spawn();
-    Ok(Some(service.router()))
+    Ok(Some(Background {
+        status: service.router(),
+        miss_hint,
+    }))
 }
 
 #[derive(clap::Args)]

@@ -12,7 +12,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${1:-$ROOT/target/release/connected-registry}"
-BENCH="${BENCH:-/work/shared/bench}"
+# The shared harness lives beside the repository (../shared/bench), as bench.sh finds it.
+BENCH="${BENCH:-$ROOT/../shared/bench}"
+if [ ! -d "$BENCH" ]; then
+  echo "sync-bench.sh: the shared harness is not at $BENCH; set BENCH=/path/to/shared/bench" >&2
+  exit 2
+fi
 W6_REPOS="${W6_REPOS:-20}"
 W6_TAGS="${W6_TAGS:-3}"
 BLOB_SIZE="${BLOB_SIZE:-512M}"

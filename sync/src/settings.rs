@@ -310,6 +310,20 @@ impl RepoRule {
     }
 }
 
+/// Why `repo` is absent here when no rule puts it in sync's scope: the sentence a client's
+/// 404 gets (it names the patterns, never the parent's address).
+pub fn outside_scope(rules: &[RepoRule], repo: &str) -> Option<String> {
+    if rules.iter().any(|r| r.matches_repo(repo)) {
+        return None;
+    }
+    let patterns: Vec<&str> = rules.iter().map(|r| r.pattern.as_str()).collect();
+    Some(format!(
+        "repository {repo} is outside this registry's sync scope (it syncs {} from its parent); \
+         push it here, or add it to the scope with --repo",
+        patterns.join(", ")
+    ))
+}
+
 fn glob_match(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,

@@ -138,10 +138,35 @@ async fn dispatch(
     match handle(&state, &path, req).await {
         Ok(response) => response,
         Err(err) => {
+            let err = explain_miss(&state, &path, err);
             tracing::debug!(path, error = %err, "request refused");
             err.into_response()
         }
     }
+}
+
+/// Adds what the state's miss hint knows to a "not here" error about a repository.
+fn explain_miss(state: &AppState, path: &str, mut err: ApiError) -> ApiError {
+    let unknown = matches!(
+        err.code,
+        ErrorCode::ManifestUnknown | ErrorCode::NameUnknown | ErrorCode::BlobUnknown
+    );
+    let Some(hint) = state.miss_hint.as_ref().filter(|_| unknown) else {
+        return err;
+    };
+    let name = match parse_route(path) {
+        Some(
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::Referrers(n, _),
+        ) => n,
+        _ => return err,
+    };
+    if let Some(why) = name.parse::<RepoName>().ok().and_then(|r| hint(&r)) {
+        err.message = format!("{}: {why}", err.message);
+    }
+    err
 }
 
 async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiError> {
