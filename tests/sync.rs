@@ -721,9 +721,16 @@ fn sync_reports_scope_that_matches_nothing() {
     assert_eq!(s["outcome"], "Completed", "{s}");
     assert_eq!(s["tagsUpdated"], 1, "the rest still syncs: {s}");
     let w = s["warnings"].to_string();
-    assert!(w.contains("demo/nonexistnt does not exist at the parent"), "{w}");
+    assert!(
+        w.contains("demo/nonexistnt does not exist at the parent"),
+        "{w}"
+    );
     assert!(w.contains("nomatch/* matches no repository"), "{w}");
-    assert!(stderr(&out).contains("warning: repository demo/nonexistnt"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: repository demo/nonexistnt"),
+        "{}",
+        stderr(&out)
+    );
 
     let filtered = [&["--repo", "demo/app", "--tag-include", "^v9"][..]].concat();
     let s = sync_ok(&tmp.path().join("filtered"), &parent.url(), &filtered);
@@ -736,7 +743,10 @@ fn sync_reports_scope_that_matches_nothing() {
     let out = sync_once(&tmp.path().join("strict"), &parent.url(), &strict);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let e = summary(&out)["errors"].to_string();
-    assert!(e.contains("demo/nonexistnt") && e.contains("--strict"), "{e}");
+    assert!(
+        e.contains("demo/nonexistnt") && e.contains("--strict"),
+        "{e}"
+    );
 }
 
 /// Invalid settings are refused at start with the valid range; a bad connection string names

@@ -658,10 +658,16 @@ fn feed_child_compares_everything_each_reconcile_interval() {
     let scope = ["apps/*"];
     assert_eq!(pass(&child, &parent.url(), &scope)["pull"], "full");
     let daily = ["--sync-reconcile-interval", "P1D"];
-    assert_eq!(pass_with(&child, &parent.url(), &scope, &daily)["pull"], "feed");
+    assert_eq!(
+        pass_with(&child, &parent.url(), &scope, &daily)["pull"],
+        "feed"
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let each_second = ["--sync-reconcile-interval", "PT1S"];
     let s = pass_with(&child, &parent.url(), &scope, &each_second);
     assert_eq!(s["pull"], "full", "{s}");
-    assert_eq!(pass_with(&child, &parent.url(), &scope, &daily)["pull"], "feed");
+    assert_eq!(
+        pass_with(&child, &parent.url(), &scope, &daily)["pull"],
+        "feed"
+    );
 }

@@ -23,7 +23,12 @@ fn status_when(child: &Proc, what: &str, ready: impl Fn(&Value) -> bool) -> Valu
         let r = api.get("/acr/v1/_sync/status");
         (r.status == 200).then(|| r.json()).filter(&ready)
     })
-    .unwrap_or_else(|| panic!("status never showed {what}; child log:\n{}", child.log_text()))
+    .unwrap_or_else(|| {
+        panic!(
+            "status never showed {what}; child log:\n{}",
+            child.log_text()
+        )
+    })
 }
 
 /// Waits (bounded) until `registry` serves `repo:tag` as `digest`.
@@ -142,12 +147,22 @@ fn serve_retries_a_failed_pass_while_the_window_is_open() {
     let port = free_port();
     let digest = {
         let parent = start_registry_on(&parent_data, port, &[]);
-        Api::new(&parent.url()).push_image("demo/app", "v1", 1, 4096).1.digest
+        Api::new(&parent.url())
+            .push_image("demo/app", "v1", 1, 4096)
+            .1
+            .digest
     };
     let parent_url = format!("http://127.0.0.1:{port}");
     let args = [
         &ALWAYS_OPEN[..],
-        &["--parent", &parent_url, "--repo", "demo/app", "--sync-retry-max", "PT1S"],
+        &[
+            "--parent",
+            &parent_url,
+            "--repo",
+            "demo/app",
+            "--sync-retry-max",
+            "PT1S",
+        ],
     ]
     .concat();
     let child = start_registry(&tmp.path().join("child"), &args);
@@ -179,7 +194,14 @@ fn serve_keeps_syncing_while_the_window_is_open() {
     let v1 = up.push_image("demo/app", "v1", 1, 4096).1.digest;
     let args = [
         &ALWAYS_OPEN[..],
-        &["--parent", &parent_url, "--repo", "demo/*", "--sync-poll-interval", "PT1S"],
+        &[
+            "--parent",
+            &parent_url,
+            "--repo",
+            "demo/*",
+            "--sync-poll-interval",
+            "PT1S",
+        ],
     ]
     .concat();
     let child = start_registry(&tmp.path().join("child"), &args);
@@ -190,7 +212,14 @@ fn serve_keeps_syncing_while_the_window_is_open() {
 
     let args = [
         &ALWAYS_OPEN[..],
-        &["--parent", &parent_url, "--repo", "demo/*", "--sync-poll-interval", "P1D"],
+        &[
+            "--parent",
+            &parent_url,
+            "--repo",
+            "demo/*",
+            "--sync-poll-interval",
+            "P1D",
+        ],
     ]
     .concat();
     let child = start_registry(&tmp.path().join("child"), &args);
@@ -212,7 +241,14 @@ fn serve_status_shows_scope_that_matches_nothing() {
     Api::new(&parent_url).push_image("demo/app", "v1", 1, 1024);
     let args = [
         &ALWAYS_OPEN[..],
-        &["--parent", &parent_url, "--repo", "demo/app", "--repo", "demo/nonexistnt"],
+        &[
+            "--parent",
+            &parent_url,
+            "--repo",
+            "demo/app",
+            "--repo",
+            "demo/nonexistnt",
+        ],
     ]
     .concat();
     let child = start_registry(&tmp.path().join("child"), &args);
@@ -220,7 +256,9 @@ fn serve_status_shows_scope_that_matches_nothing() {
         s["lastResult"]["outcome"] == "Completed"
     });
     assert!(
-        s["warnings"].to_string().contains("demo/nonexistnt does not exist"),
+        s["warnings"]
+            .to_string()
+            .contains("demo/nonexistnt does not exist"),
         "{s}"
     );
 }
@@ -232,7 +270,11 @@ fn serve_says_when_a_repository_is_outside_the_sync_scope() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_registry(&tmp.path().join("parent"), &[]);
     let parent_url = parent.url();
-    let args = [&ALWAYS_OPEN[..], &["--parent", &parent_url, "--repo", "demo/*"]].concat();
+    let args = [
+        &ALWAYS_OPEN[..],
+        &["--parent", &parent_url, "--repo", "demo/*"],
+    ]
+    .concat();
     let child = start_registry(&tmp.path().join("child"), &args);
     let api = Api::new(&child.url());
     let outside = api

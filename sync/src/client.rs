@@ -1336,8 +1336,7 @@ fn certificate_error(
 ) -> Option<ClientError> {
     let mut next = Some(e);
     while let Some(err) = next {
-        if let Some(rustls::Error::InvalidCertificate(cert)) = err.downcast_ref::<rustls::Error>()
-        {
+        if let Some(rustls::Error::InvalidCertificate(cert)) = err.downcast_ref::<rustls::Error>() {
             let hint = if trust_given {
                 "the trust bundle given with --trust does not hold the CA that issued it: \
                  give the parent's root CA (the IoT Edge trust bundle of this device)"

@@ -110,10 +110,9 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
         }
     };
     let now = chrono::Utc::now();
-    let reconcile_due = engine
-        .state
-        .read(|s| s.compared_all)
-        .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= engine.settings.reconcile_interval);
+    let reconcile_due = engine.state.read(|s| s.compared_all).is_none_or(|t| {
+        (now - t).to_std().unwrap_or_default() >= engine.settings.reconcile_interval
+    });
     if let Start::From(_) = start {
         if let Some(why) = &drift.everything {
             tracing::info!("{why}: comparing everything with the parent");
@@ -315,9 +314,10 @@ async fn apply(
         );
     }
     let whole_repos = drift.repos.into_iter().map(|r| (r, None));
-    let drift_tags = drift.tags.into_iter().flat_map(|(r, tags)| {
-        tags.into_iter().map(move |t| (r.clone(), Some(t)))
-    });
+    let drift_tags = drift
+        .tags
+        .into_iter()
+        .flat_map(|(r, tags)| tags.into_iter().map(move |t| (r.clone(), Some(t))));
     for (repo, tag) in whole_repos.chain(drift_tags) {
         let Some(rule) = engine.rule_for(&repo) else {
             continue;

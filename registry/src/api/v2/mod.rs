@@ -156,10 +156,7 @@ fn explain_miss(state: &AppState, path: &str, mut err: ApiError) -> ApiError {
     };
     let name = match parse_route(path) {
         Some(
-            Route::Tags(n)
-            | Route::Manifest(n, _)
-            | Route::Blob(n, _)
-            | Route::Referrers(n, _),
+            Route::Tags(n) | Route::Manifest(n, _) | Route::Blob(n, _) | Route::Referrers(n, _),
         ) => n,
         _ => return err,
     };
