@@ -17,6 +17,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use crate::backoff::Backoff;
 use crate::digest::Digest;
+use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
 
 /// Media types we ask for and accept for manifests.
@@ -1037,18 +1038,20 @@ impl ParentClient {
     /// `until` (the end of the sync window) is honoured between chunks: a chunk in flight is
     /// finished, because a registry that received part of a chunk may drop the whole upload
     /// (CNCF distribution cancels an upload whose size no longer matches its last answer).
-    #[allow(clippy::too_many_arguments)]
     pub async fn upload_blob_chunked(
         &self,
-        repo: &str,
-        digest: &Digest,
-        path: &Path,
-        size: u64,
-        chunk: u64,
-        resume: Option<String>,
-        saved: &(dyn Fn(&str) + Sync),
-        until: Option<Instant>,
+        upload: ChunkedUpload<'_>,
     ) -> Result<Uploaded, ClientError> {
+        let ChunkedUpload {
+            repo,
+            digest,
+            path,
+            size,
+            chunk,
+            resume,
+            saved,
+            until,
+        } = upload;
         let scope = Scope::Push(repo.into());
         // A location saved for another parent (the settings changed) is of no use here.
         let resume = resume.filter(|loc| loc.starts_with(&self.base));

@@ -14,9 +14,10 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::client::{ClientError, FetchedManifest, ParentClient};
+use crate::client::{ClientError, FetchedManifest};
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, Parsed};
+use crate::parent::Parent;
 use crate::settings::{RepoRule, Settings};
 use crate::state::{Outcome, Pull, StateError, StateFile, Summary};
 use crate::store::{BlobWriter, LocalStore, Reference, StoreError, StoredManifest};
@@ -137,7 +138,7 @@ struct Ready {
 
 /// The sync engine for one parent and one local store.
 pub struct Engine {
-    pub client: Arc<ParentClient>,
+    pub client: Arc<dyn Parent>,
     pub store: Arc<dyn LocalStore>,
     pub settings: Settings,
     pub state: Arc<StateFile>,
@@ -195,7 +196,7 @@ impl Engine {
     }
 
     pub fn new(
-        client: Arc<ParentClient>,
+        client: Arc<dyn Parent>,
         store: Arc<dyn LocalStore>,
         settings: Settings,
         state: Arc<StateFile>,
@@ -219,7 +220,7 @@ impl Engine {
     pub async fn run_pass(&self, deadline: Option<Instant>) -> Summary {
         let started = chrono::Utc::now();
         let clock = std::time::Instant::now();
-        let stats = &self.client.stats;
+        let stats = self.client.stats();
         let (req0, down0, up0) = (
             stats.requests.load(Ordering::Relaxed),
             stats.bytes_down.load(Ordering::Relaxed),
@@ -867,19 +868,17 @@ impl Engine {
         let mut pending = bytes::BytesMut::with_capacity(WRITE_BATCH);
         loop {
             let next = match pass.deadline {
-                Some(dl) => {
-                    match tokio::time::timeout_at(dl, self.client.next_chunk(&mut blob)).await {
-                        Err(_) => {
-                            failure = Some(pass.pause());
-                            break;
-                        }
-                        Ok(r) => r,
+                Some(dl) => match tokio::time::timeout_at(dl, blob.chunks.next()).await {
+                    Err(_) => {
+                        failure = Some(pass.pause());
+                        break;
                     }
-                }
-                None => self.client.next_chunk(&mut blob).await,
+                    Ok(r) => r,
+                },
+                None => blob.chunks.next().await,
             };
             match next {
-                Ok(Some(mut chunk)) => {
+                Some(Ok(mut chunk)) => {
                     if skip > 0 {
                         let n = (skip as usize).min(chunk.len());
                         chunk = chunk.slice(n..);
@@ -893,7 +892,7 @@ impl Engine {
                         too_long = true;
                         failure = Some(SyncError::Refused(format!(
                             "{}: sent more than the {} bytes of {digest}: refused, the bytes were not kept",
-                            blob.url, desc.size
+                            blob.source, desc.size
                         )));
                         break;
                     }
@@ -912,8 +911,8 @@ impl Engine {
                         break;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
+                None => break,
+                Some(Err(e)) => {
                     failure = Some(e.into());
                     break;
                 }
@@ -948,12 +947,84 @@ impl Engine {
         if desc.size > 0 && written < desc.size {
             return Err((
                 SyncError::Client(ClientError::Transport {
-                    url: blob.url,
+                    url: blob.source,
                     message: format!("connection ended after {written} of {} bytes", desc.size),
                 }),
                 progressed,
             ));
         }
         Ok(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{image_manifest, index_manifest, Rig, IMAGE, INDEX};
+
+    const CONFIG: &[u8] = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+
+    /// The parent's bytes for a layer do not hash to its digest: refused, nothing kept, no tag.
+    #[tokio::test]
+    async fn a_blob_that_arrives_corrupt_is_not_kept_and_not_tagged() {
+        let rig = Rig::new("ReadOnly");
+        let layer = vec![7u8; 5000];
+        rig.parent.put_blob(CONFIG);
+        rig.parent
+            .put_blob_as(Digest::sha256_of(&layer), &vec![8u8; 5000]);
+        let m = image_manifest(CONFIG, &[&layer]);
+        rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Failed);
+        assert!(
+            summary.errors.iter().any(|e| e.contains("hash to")),
+            "{:?}",
+            summary.errors
+        );
+        assert!(!rig.store.has_blob(&Digest::sha256_of(&layer)));
+        assert_eq!(rig.store.tag("app", "v1"), None);
+    }
+
+    /// The link drops in the middle of a layer: the download resumes from the bytes already
+    /// here (a second request at that offset), and the image ends whole and tagged.
+    #[tokio::test]
+    async fn a_parent_that_drops_mid_blob_is_resumed_where_it_stopped() {
+        let rig = Rig::new("ReadOnly");
+        let layer: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let layer_digest = Digest::sha256_of(&layer);
+        rig.parent.put_blob(CONFIG);
+        rig.parent.put_blob(&layer);
+        rig.parent.cut_next_download(&layer_digest, 8192);
+        let m = image_manifest(CONFIG, &[&layer]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(rig.parent.download_offsets(&layer_digest), vec![0, 8192]);
+        assert_eq!(summary.blobs_resumed, 1);
+        assert!(rig.store.has_blob(&layer_digest));
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
+    }
+
+    /// An index whose child the parent does not have: the index is not stored and the tag is
+    /// not set (a tag never points at missing content).
+    #[tokio::test]
+    async fn an_index_whose_child_is_missing_is_not_stored() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.put_blob(CONFIG);
+        let child = image_manifest(CONFIG, &[]);
+        let index = index_manifest(&[&child]);
+        let index_digest = rig.parent.put_manifest("app", Some("v1"), INDEX, &index);
+
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Failed);
+        assert!(
+            summary.errors.iter().any(|e| e.contains("has no manifest")),
+            "{:?}",
+            summary.errors
+        );
+        assert!(!rig.store.has_manifest("app", &index_digest));
+        assert_eq!(rig.store.tag("app", "v1"), None);
     }
 }

@@ -8,8 +8,11 @@ pub mod client;
 pub mod connection_string;
 pub mod digest;
 pub mod engine;
+#[cfg(test)]
+mod fake;
 mod feed;
 pub mod manifest;
+pub mod parent;
 mod push;
 mod reconcile;
 pub mod service;

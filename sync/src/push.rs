@@ -14,6 +14,7 @@ use crate::client::Uploaded;
 use crate::digest::Digest;
 use crate::engine::{blocking, Engine, Pass, SyncError};
 use crate::manifest::{self, Parsed};
+use crate::parent::ChunkedUpload;
 use crate::state::Conflict;
 use crate::store::ChangeKind;
 
@@ -193,16 +194,16 @@ async fn upload(
         }
     };
     let uploaded = client
-        .upload_blob_chunked(
+        .upload_blob_chunked(ChunkedUpload {
             repo,
             digest,
             path,
             size,
             chunk,
             resume,
-            &saved,
-            pass.deadline.map(|d| d.into_std()),
-        )
+            saved: &saved,
+            until: pass.deadline.map(|d| d.into_std()),
+        })
         .await?;
     if uploaded == Uploaded::Paused {
         return Err(pass.pause());
@@ -240,5 +241,46 @@ async fn mount_from_synced_repo(
             Ok(mounted)
         }
         None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::digest::Digest;
+    use crate::fake::{image_manifest, Rig, IMAGE};
+
+    /// Both sides moved the same tag: the parent's tag stays where it is, the local manifest
+    /// goes up by digest, and the conflict is reported.
+    #[tokio::test]
+    async fn a_tag_moved_on_both_sides_is_a_conflict_that_keeps_both() {
+        let rig = Rig::new("ReadWrite");
+        let config = b"{\"os\":\"linux\"}".as_slice();
+        let synced = image_manifest(config, &[b"synced"]);
+        let theirs = image_manifest(config, &[b"theirs"]);
+        let ours = image_manifest(config, &[b"ours"]);
+        rig.parent.put_blob(config);
+        rig.parent.put_blob(b"theirs");
+        let parent_digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &theirs);
+        let synced_digest = Digest::sha256_of(&synced);
+        rig.engine
+            .state
+            .update(|s| {
+                s.synced_tags
+                    .entry("app".into())
+                    .or_default()
+                    .insert("v1".into(), synced_digest)
+            })
+            .unwrap();
+        rig.store.client_blob("app", config);
+        rig.store.client_blob("app", b"ours");
+        let local = rig.store.client_manifest("app", "v1", IMAGE, ours);
+
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.conflicts.len(), 1, "{summary:?}");
+        assert_eq!(rig.parent.tag("app", "v1"), Some(parent_digest));
+        assert!(rig.parent.has_manifest(&local), "ours went up by digest");
+        let recorded = rig.engine.state.read(|s| s.conflicts.clone());
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].local, local);
     }
 }

@@ -1,0 +1,617 @@
+//! In-memory fakes of the two contracts sync works against, for unit tests of the copy engine
+//! and the upward push: a [`FakeParent`] that can serve corrupt bytes or cut a blob download
+//! short, and a [`FakeStore`] that keeps the local store's rules (content-addressed blobs,
+//! a manifest only when everything it references is here, a change log with origins).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::client::{ClientError, ClientStats, FeedPage, FetchedManifest, Uploaded};
+use crate::digest::Digest;
+use crate::manifest::{self, Parsed};
+use crate::parent::{BlobDownload, ChunkedUpload, Parent};
+use crate::store::{
+    BlobWriter, ChangeKind, LocalChange, LocalStore, Reference, StoreError, StoredManifest,
+};
+
+pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An image manifest over `config` and `layers` (each given by its bytes).
+pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Bytes {
+    let desc = |media: &str, b: &[u8]| serde_json::json!({"mediaType": media, "digest": Digest::sha256_of(b).to_string(), "size": b.len()});
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| desc("application/vnd.oci.image.layer.v1.tar+gzip", l))
+        .collect();
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": IMAGE,
+        "config": desc("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers,
+    });
+    Bytes::from(serde_json::to_vec(&m).unwrap())
+}
+
+/// An index over image manifests (by their bodies), each for linux/amd64.
+pub fn index_manifest(children: &[&[u8]]) -> Bytes {
+    let manifests: Vec<_> = children
+        .iter()
+        .map(|c| {
+            serde_json::json!({"mediaType": IMAGE, "digest": Digest::sha256_of(c).to_string(),
+                "size": c.len(), "platform": {"os": "linux", "architecture": "amd64"}})
+        })
+        .collect();
+    let m = serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests});
+    Bytes::from(serde_json::to_vec(&m).unwrap())
+}
+
+// ---------- the parent ----------
+
+#[derive(Default)]
+struct ParentState {
+    /// What the parent serves for a digest (tests may put bytes that do not hash to it).
+    blobs: HashMap<Digest, Bytes>,
+    manifests: HashMap<Digest, FetchedManifest>,
+    /// repo -> manifests it holds.
+    repo_manifests: BTreeMap<String, BTreeSet<Digest>>,
+    tags: BTreeMap<(String, String), Digest>,
+    /// The next download of a blob ends with a dropped connection after this many bytes.
+    cut_next_download: HashMap<Digest, usize>,
+    /// The offsets of every download of a blob asked for, in order.
+    download_offsets: HashMap<Digest, Vec<u64>>,
+}
+
+/// A parent registry in memory, with no feed and no referrers.
+#[derive(Default)]
+pub struct FakeParent {
+    stats: ClientStats,
+    state: Mutex<ParentState>,
+}
+
+impl FakeParent {
+    fn with<T>(&self, f: impl FnOnce(&mut ParentState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// Serves `bytes` as the blob `digest` (pass a digest of other bytes for a corrupt blob).
+    pub fn put_blob_as(&self, digest: Digest, bytes: &[u8]) {
+        self.with(|s| s.blobs.insert(digest, Bytes::copy_from_slice(bytes)));
+    }
+
+    pub fn put_blob(&self, bytes: &[u8]) {
+        self.put_blob_as(Digest::sha256_of(bytes), bytes);
+    }
+
+    /// Stores a manifest in `repo`, tagged `tag` when given; returns its digest.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        body: &Bytes,
+    ) -> Digest {
+        let digest = Digest::sha256_of(body);
+        self.with(|s| {
+            s.manifests.insert(
+                digest.clone(),
+                FetchedManifest {
+                    digest: digest.clone(),
+                    media_type: media_type.to_owned(),
+                    body: body.clone(),
+                },
+            );
+            s.repo_manifests
+                .entry(repo.to_owned())
+                .or_default()
+                .insert(digest.clone());
+            if let Some(t) = tag {
+                s.tags
+                    .insert((repo.to_owned(), t.to_owned()), digest.clone());
+            }
+        });
+        digest
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.with(|s| s.tags.get(&(repo.to_owned(), tag.to_owned())).cloned())
+    }
+
+    pub fn has_manifest(&self, digest: &Digest) -> bool {
+        self.with(|s| s.manifests.contains_key(digest))
+    }
+
+    /// The next download of `digest` drops after `bytes` bytes.
+    pub fn cut_next_download(&self, digest: &Digest, bytes: usize) {
+        self.with(|s| s.cut_next_download.insert(digest.clone(), bytes));
+    }
+
+    /// The offsets every download of `digest` started at.
+    pub fn download_offsets(&self, digest: &Digest) -> Vec<u64> {
+        self.with(|s| s.download_offsets.get(digest).cloned().unwrap_or_default())
+    }
+
+    fn resolve(&self, repo: &str, reference: &str) -> Option<FetchedManifest> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.with(|s| {
+            let digest = match reference.parse::<Digest>() {
+                Ok(d) => d,
+                Err(_) => s
+                    .tags
+                    .get(&(repo.to_owned(), reference.to_owned()))?
+                    .clone(),
+            };
+            s.repo_manifests.get(repo)?.get(&digest)?;
+            s.manifests.get(&digest).cloned()
+        })
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    futures_util::future::ready(value).boxed()
+}
+
+impl Parent for FakeParent {
+    fn base(&self) -> &str {
+        "http://fake-parent"
+    }
+    fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+    fn catalog(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, ClientError>> {
+        ready(Ok(Some(
+            self.with(|s| s.repo_manifests.keys().cloned().collect()),
+        )))
+    }
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let tags: Vec<String> = self.with(|s| {
+            s.tags
+                .keys()
+                .filter(|(r, _)| r == repo)
+                .map(|(_, t)| t.clone())
+                .collect()
+        });
+        ready(Ok((!tags.is_empty()).then_some(tags)))
+    }
+    fn head_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>, ClientError>> {
+        ready(Ok(self.resolve(repo, reference).map(|m| m.digest)))
+    }
+    fn get_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FetchedManifest>, ClientError>> {
+        ready(Ok(self.resolve(repo, reference)))
+    }
+    fn referrers<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Digest,
+    ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>> {
+        ready(Ok(Vec::new()))
+    }
+    fn get_blob<'a>(
+        &'a self,
+        _repo: &'a str,
+        digest: &'a Digest,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<BlobDownload<'a>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let source = format!("{}/blobs/{digest}", self.base());
+        let found = self.with(|s| {
+            s.download_offsets
+                .entry(digest.clone())
+                .or_default()
+                .push(offset);
+            let cut = s.cut_next_download.remove(digest);
+            s.blobs.get(digest).cloned().map(|b| (b, cut))
+        });
+        let Some((bytes, cut)) = found else {
+            return ready(Err(ClientError::Status {
+                method: "GET".into(),
+                url: source,
+                status: 404,
+                body: "blob unknown".into(),
+            }));
+        };
+        let rest = bytes.slice((offset as usize).min(bytes.len())..);
+        let mut chunks: Vec<Result<Bytes, ClientError>> = Vec::new();
+        let end = cut.map_or(rest.len(), |c| c.min(rest.len()));
+        for start in (0..end).step_by(1024) {
+            chunks.push(Ok(rest.slice(start..(start + 1024).min(end))));
+        }
+        if cut.is_some() {
+            chunks.push(Err(ClientError::Transport {
+                url: source.clone(),
+                message: "connection reset".into(),
+            }));
+        }
+        self.stats
+            .bytes_down
+            .fetch_add(end as u64, Ordering::Relaxed);
+        ready(Ok(BlobDownload {
+            skip: 0,
+            source,
+            chunks: Box::pin(futures_util::stream::iter(chunks)),
+        }))
+    }
+    fn blob_exists<'a>(
+        &'a self,
+        _: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        ready(Ok(self.with(|s| s.blobs.contains_key(digest))))
+    }
+    fn mount_blob<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Digest,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        ready(Ok(false))
+    }
+    fn upload_blob<'a>(
+        &'a self,
+        _: &'a str,
+        digest: &'a Digest,
+        path: &'a Path,
+        _: u64,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&Digest::sha256_of(&bytes), digest, "uploaded bytes match");
+        self.put_blob(&bytes);
+        ready(Ok(()))
+    }
+    fn upload_blob_chunked<'a>(
+        &'a self,
+        u: ChunkedUpload<'a>,
+    ) -> BoxFuture<'a, Result<Uploaded, ClientError>> {
+        let done = self.upload_blob(u.repo, u.digest, u.path, u.size);
+        async move { done.await.map(|_| Uploaded::Done) }.boxed()
+    }
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        media_type: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        let tag = reference.parse::<Digest>().is_err().then_some(reference);
+        self.put_manifest(repo, tag, media_type, &body);
+        ready(Ok(()))
+    }
+    fn changes(&self, _: u64, _: usize) -> BoxFuture<'_, Result<Option<FeedPage>, ClientError>> {
+        ready(Ok(None))
+    }
+    fn feed_head(&self) -> BoxFuture<'_, Result<Option<u64>, ClientError>> {
+        ready(Ok(None))
+    }
+}
+
+// ---------- the local store ----------
+
+#[derive(Default)]
+struct StoreState {
+    /// Blob files are real (under `root`): the upward push streams them from their paths.
+    blobs: BTreeSet<Digest>,
+    links: BTreeSet<(String, Digest)>,
+    uploads: HashMap<String, (String, Vec<u8>)>,
+    manifests: BTreeMap<(String, Digest), StoredManifest>,
+    tags: BTreeMap<(String, String), Digest>,
+    changes: Vec<LocalChange>,
+}
+
+/// The local store in memory (blob bytes in files under a temp directory).
+pub struct FakeStore {
+    root: PathBuf,
+    state: Arc<Mutex<StoreState>>,
+}
+
+impl FakeStore {
+    pub fn new(root: &Path) -> FakeStore {
+        FakeStore {
+            root: root.to_owned(),
+            state: Arc::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut StoreState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str) -> Option<Digest> {
+        self.with(|s| s.tags.get(&(repo.to_owned(), tag.to_owned())).cloned())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.with(|s| s.blobs.contains(digest))
+    }
+
+    pub fn has_manifest(&self, repo: &str, digest: &Digest) -> bool {
+        self.with(|s| s.manifests.contains_key(&(repo.to_owned(), digest.clone())))
+    }
+
+    /// What a client push does here: the blob, linked to `repo`.
+    pub fn client_blob(&self, repo: &str, bytes: &[u8]) {
+        let d = Digest::sha256_of(bytes);
+        std::fs::write(self.blob_path(&d), bytes).unwrap();
+        self.with(|s| {
+            s.blobs.insert(d.clone());
+            s.links.insert((repo.to_owned(), d));
+        });
+    }
+
+    /// What a client push of a tagged manifest does here (origin: client).
+    pub fn client_manifest(&self, repo: &str, tag: &str, media_type: &str, body: Bytes) -> Digest {
+        self.store(
+            repo,
+            &Reference::Tag(tag.to_owned()),
+            media_type,
+            body,
+            &[],
+            true,
+        )
+        .unwrap()
+    }
+
+    fn store(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        media_type: &str,
+        body: Bytes,
+        skipped: &[Digest],
+        from_client: bool,
+    ) -> Result<Digest, StoreError> {
+        let digest = Digest::sha256_of(&body);
+        let mut s = self.state.lock().unwrap();
+        let missing = match manifest::parse(media_type, &body).map_err(StoreError::Other)? {
+            Parsed::Image(image) => std::iter::once(&image.config)
+                .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+                .find(|b| !s.links.contains(&(repo.to_owned(), b.digest.clone())))
+                .map(|b| b.digest.clone()),
+            Parsed::Index(index) => index
+                .manifests
+                .iter()
+                .filter(|c| !skipped.contains(&c.digest))
+                .find(|c| {
+                    !s.manifests
+                        .contains_key(&(repo.to_owned(), c.digest.clone()))
+                })
+                .map(|c| c.digest.clone()),
+        };
+        if let Some(m) = missing {
+            return Err(StoreError::MissingReference(m.to_string()));
+        }
+        let stored = StoredManifest {
+            digest: digest.clone(),
+            media_type: media_type.to_owned(),
+            body,
+            skipped: skipped.to_vec(),
+        };
+        s.manifests
+            .insert((repo.to_owned(), digest.clone()), stored);
+        let mut log = vec![ChangeKind::ManifestPut {
+            digest: digest.clone(),
+        }];
+        if let Reference::Tag(t) = reference {
+            s.tags.insert((repo.to_owned(), t.clone()), digest.clone());
+            log.push(ChangeKind::TagSet {
+                tag: t.clone(),
+                digest: digest.clone(),
+            });
+        }
+        for kind in log {
+            let seq = s.changes.len() as u64 + 1;
+            s.changes.push(LocalChange {
+                seq,
+                repo: repo.to_owned(),
+                from_client,
+                kind,
+            });
+        }
+        Ok(digest)
+    }
+}
+
+struct FakeWriter {
+    id: String,
+    root: PathBuf,
+    state: Arc<Mutex<StoreState>>,
+}
+
+impl BlobWriter for FakeWriter {
+    fn len(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .uploads
+            .get(&self.id)
+            .map_or(0, |u| u.1.len() as u64)
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let upload = s
+            .uploads
+            .get_mut(&self.id)
+            .ok_or_else(|| StoreError::Other("upload gone".into()))?;
+        upload.1.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn finish(self: Box<Self>, expected: &Digest) -> Result<(), StoreError> {
+        let mut s = self.state.lock().unwrap();
+        let (repo, bytes) = s
+            .uploads
+            .remove(&self.id)
+            .ok_or_else(|| StoreError::Other("upload gone".into()))?;
+        let actual = Digest::sha256_of(&bytes);
+        if &actual != expected {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: actual.to_string(),
+            });
+        }
+        std::fs::write(self.root.join(actual.hex()), &bytes).unwrap();
+        s.blobs.insert(actual.clone());
+        s.links.insert((repo, actual));
+        Ok(())
+    }
+}
+
+impl LocalStore for FakeStore {
+    fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        self.has_blob(digest)
+            .then(|| std::fs::metadata(self.blob_path(digest)).unwrap().len())
+    }
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.hex())
+    }
+    fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool {
+        self.with(|s| s.links.contains(&(repo.to_owned(), digest.clone())))
+    }
+    fn link_blob(&self, repo: &str, digest: &Digest) -> Result<(), StoreError> {
+        self.with(|s| s.links.insert((repo.to_owned(), digest.clone())));
+        Ok(())
+    }
+    fn open_upload(&self, repo: &str, id: &str) -> Result<Box<dyn BlobWriter>, StoreError> {
+        self.with(|s| {
+            s.uploads
+                .entry(id.to_owned())
+                .or_insert_with(|| (repo.to_owned(), Vec::new()))
+                .0 = repo.to_owned()
+        });
+        Ok(Box::new(FakeWriter {
+            id: id.to_owned(),
+            root: self.root.clone(),
+            state: self.state.clone(),
+        }))
+    }
+    fn cancel_upload(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|s| s.uploads.remove(id));
+        Ok(())
+    }
+    fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        media_type: &str,
+        body: Bytes,
+        skipped: &[Digest],
+    ) -> Result<Digest, StoreError> {
+        self.store(repo, reference, media_type, body, skipped, false)
+    }
+    fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>, StoreError> {
+        Ok(self.with(|s| {
+            let digest = match reference {
+                Reference::Digest(d) => d.clone(),
+                Reference::Tag(t) => s.tags.get(&(repo.to_owned(), t.clone()))?.clone(),
+            };
+            s.manifests.get(&(repo.to_owned(), digest)).cloned()
+        }))
+    }
+    fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.with(|s| {
+            s.tags
+                .keys()
+                .filter(|(r, _)| r == repo)
+                .map(|(_, t)| t.clone())
+                .collect()
+        }))
+    }
+    fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
+        self.with(|s| {
+            if s.tags.remove(&(repo.to_owned(), tag.to_owned())).is_some() {
+                let seq = s.changes.len() as u64 + 1;
+                s.changes.push(LocalChange {
+                    seq,
+                    repo: repo.to_owned(),
+                    from_client: false,
+                    kind: ChangeKind::TagDeleted {
+                        tag: tag.to_owned(),
+                    },
+                });
+            }
+        });
+        Ok(())
+    }
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
+        Ok(self.with(|s| {
+            s.changes
+                .iter()
+                .filter(|c| c.seq > after)
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
+    }
+    fn change_bounds(&self) -> Result<(u64, u64), StoreError> {
+        let head = self.with(|s| s.changes.len() as u64);
+        Ok((1, head))
+    }
+    fn prune_changes(&self, _: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
+
+// ---------- an engine over both ----------
+
+/// An engine syncing repository `app` (all tags) from a [`FakeParent`] into a [`FakeStore`].
+pub struct Rig {
+    pub parent: Arc<FakeParent>,
+    pub store: Arc<FakeStore>,
+    pub engine: crate::Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    pub fn new(mode: &str) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let settings = crate::RawSettings {
+            parent: Some("http://fake-parent".into()),
+            mode: Some(mode.into()),
+            repos: vec![crate::settings::RawRepoRule {
+                pattern: "app".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+        .unwrap();
+        let parent = Arc::new(FakeParent::default());
+        let store = Arc::new(FakeStore::new(&blobs));
+        let state = Arc::new(crate::StateFile::open(&dir.path().join("sync")).unwrap());
+        let engine = crate::Engine::new(
+            parent.clone(),
+            store.clone(),
+            settings,
+            state,
+            Arc::new(crate::NoProgress),
+        );
+        Rig {
+            parent,
+            store,
+            engine,
+            _dir: dir,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! What sync needs from a parent registry: the contract the copy engine, the change-feed reader
+//! and the upward push are written against. [`ParentClient`] is the real one (the OCI `/v2` API
+//! over HTTP); the tests' in-memory fake lets the engine's rules (verify before keep, bottom-up,
+//! resume, conflicts) be checked without a network.
+
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::FutureExt;
+
+use crate::client::{ClientError, ClientStats, FeedPage, FetchedManifest, ParentClient, Uploaded};
+use crate::digest::Digest;
+
+/// A blob coming down from the parent.
+pub struct BlobDownload<'a> {
+    /// Bytes at the start of `chunks` to drop: the parent ignored `Range` and sent the blob
+    /// from byte 0.
+    pub skip: u64,
+    /// Where it comes from, for messages.
+    pub source: String,
+    /// The bytes; an error ends the download (the bytes so far stay, to resume).
+    pub chunks: BoxStream<'a, Result<Bytes, ClientError>>,
+}
+
+/// A parent registry as sync uses it. Every call is one logical request (retries, auth and
+/// timeouts are the implementation's business); `None` means "the parent has no such thing".
+pub trait Parent: Send + Sync + 'static {
+    /// The parent's base URL, for messages and logs (never for a client of this registry).
+    fn base(&self) -> &str;
+    /// Requests and bytes so far, for the pass summary.
+    fn stats(&self) -> &ClientStats;
+    /// Every repository in the catalog; `None` when the parent offers no catalog.
+    fn catalog(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, ClientError>>;
+    /// The tags of `repo`; `None` when the repository is unknown.
+    fn tags<'a>(&'a self, repo: &'a str)
+        -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>>;
+    /// The digest `reference` (a tag or digest) resolves to.
+    fn head_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>, ClientError>>;
+    /// A manifest; when `reference` is a digest its body hashes to it.
+    fn get_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FetchedManifest>, ClientError>>;
+    /// The referrers (signatures, SBOMs) of a manifest; empty without a referrers API.
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>>;
+    /// Starts a blob download at byte `offset`.
+    fn get_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<BlobDownload<'a>, ClientError>>;
+    /// Whether the parent holds a blob in `repo`.
+    fn blob_exists<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, ClientError>>;
+    /// A cross-repository mount from `from`; true when the parent mounted it.
+    fn mount_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        from: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ClientError>>;
+    /// Uploads a blob from a local file in one request.
+    fn upload_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        path: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// Uploads a blob in acknowledged chunks, from `resume` (a location saved by `saved` after
+    /// an earlier chunk) when the parent still holds it; stops between chunks at `until`.
+    fn upload_blob_chunked<'a>(
+        &'a self,
+        upload: ChunkedUpload<'a>,
+    ) -> BoxFuture<'a, Result<Uploaded, ClientError>>;
+    /// Puts a manifest by tag or digest.
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        media_type: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// One page of the parent's change feed after `after`; `None` when it has no feed.
+    fn changes(&self, after: u64, n: usize)
+        -> BoxFuture<'_, Result<Option<FeedPage>, ClientError>>;
+    /// The feed's newest sequence number (one cheap probe); `None` when it has no feed.
+    fn feed_head(&self) -> BoxFuture<'_, Result<Option<u64>, ClientError>>;
+}
+
+/// The arguments of [`Parent::upload_blob_chunked`].
+pub struct ChunkedUpload<'a> {
+    pub repo: &'a str,
+    pub digest: &'a Digest,
+    pub path: &'a Path,
+    pub size: u64,
+    /// Bytes per chunk.
+    pub chunk: u64,
+    pub resume: Option<String>,
+    /// Called with the upload's location after every acknowledged chunk (to persist it).
+    pub saved: &'a (dyn Fn(&str) + Sync),
+    pub until: Option<Instant>,
+}
+
+impl Parent for ParentClient {
+    fn base(&self) -> &str {
+        ParentClient::base(self)
+    }
+    fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+    fn catalog(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, ClientError>> {
+        ParentClient::catalog(self).boxed()
+    }
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>> {
+        ParentClient::tags(self, repo).boxed()
+    }
+    fn head_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>, ClientError>> {
+        ParentClient::head_manifest(self, repo, reference).boxed()
+    }
+    fn get_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FetchedManifest>, ClientError>> {
+        ParentClient::get_manifest(self, repo, reference).boxed()
+    }
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>> {
+        ParentClient::referrers(self, repo, digest).boxed()
+    }
+    fn get_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<BlobDownload<'a>, ClientError>> {
+        async move {
+            let blob = ParentClient::get_blob(self, repo, digest, offset).await?;
+            let (skip, source) = (blob.skip, blob.url.clone());
+            let chunks = futures_util::stream::unfold(Some(blob), move |blob| async move {
+                let mut blob = blob?;
+                match self.next_chunk(&mut blob).await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(blob))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
+            Ok(BlobDownload {
+                skip,
+                source,
+                chunks: Box::pin(chunks),
+            })
+        }
+        .boxed()
+    }
+    fn blob_exists<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        ParentClient::blob_exists(self, repo, digest).boxed()
+    }
+    fn mount_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        from: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        ParentClient::mount_blob(self, repo, digest, from).boxed()
+    }
+    fn upload_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        path: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        ParentClient::upload_blob(self, repo, digest, path, size).boxed()
+    }
+    fn upload_blob_chunked<'a>(
+        &'a self,
+        u: ChunkedUpload<'a>,
+    ) -> BoxFuture<'a, Result<Uploaded, ClientError>> {
+        ParentClient::upload_blob_chunked(self, u).boxed()
+    }
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        media_type: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        ParentClient::put_manifest(self, repo, reference, media_type, body).boxed()
+    }
+    fn changes(
+        &self,
+        after: u64,
+        n: usize,
+    ) -> BoxFuture<'_, Result<Option<FeedPage>, ClientError>> {
+        ParentClient::changes(self, after, n).boxed()
+    }
+    fn feed_head(&self) -> BoxFuture<'_, Result<Option<u64>, ClientError>> {
+        ParentClient::feed_head(self).boxed()
+    }
+}
