@@ -19,8 +19,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::client::FeedWhat;
-use crate::engine::{Engine, Pass};
+use crate::engine::Engine;
 use crate::manifest::Platform;
+use crate::pass::Pass;
 use crate::settings::RepoRule;
 use crate::state::{ParentFeed, Pull};
 

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod client;
 pub mod connection_string;
+mod copy;
 pub mod digest;
 pub mod engine;
 #[cfg(test)]
@@ -13,6 +14,7 @@ mod fake;
 mod feed;
 pub mod manifest;
 pub mod parent;
+mod pass;
 mod push;
 mod reconcile;
 pub mod service;

@@ -12,9 +12,10 @@ use futures_util::FutureExt;
 
 use crate::client::Uploaded;
 use crate::digest::Digest;
-use crate::engine::{blocking, Engine, Pass, SyncError};
+use crate::engine::{blocking, Engine, SyncError};
 use crate::manifest::{self, Parsed};
 use crate::parent::ChunkedUpload;
+use crate::pass::Pass;
 use crate::state::Conflict;
 use crate::store::ChangeKind;
 
