@@ -851,3 +851,58 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
         "{err}"
     );
 }
+
+/// `issue server` and `issue client` never replace an existing key and certificate silently:
+/// without `--force` they refuse, name the files and the flag, and leave them as they were;
+/// with `--force` they replace them. (`new-chain` follows the same rule, above.)
+#[test]
+fn issue_refuses_to_overwrite_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = new_chain(tmp.path(), "Overwrite", "ecdsa-p256");
+    let out = tmp.path().join("out");
+    let cases: [(&str, Vec<&str>, &str); 2] = [
+        (
+            "server",
+            issue_server(s(&ca), "edge.test", &out, &[]),
+            "edge.test",
+        ),
+        (
+            "client",
+            vec![
+                "certs",
+                "issue",
+                "client",
+                "--ca",
+                s(&ca),
+                "--name",
+                "device-1",
+                "--out",
+                s(&out),
+            ],
+            "device-1",
+        ),
+    ];
+    for (what, args, stem) in cases {
+        cr_ok(&args);
+        let key = out.join(format!("{stem}.key.pem"));
+        let cert = out.join(format!("{stem}.cert.pem"));
+        let before = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+        let (code, _, err) = cr(&args);
+        assert_eq!(code, 2, "issue {what} again must be refused: {err}");
+        assert!(
+            err.contains(s(&key)) && err.contains(s(&cert)) && err.contains("--force"),
+            "issue {what}: the error names the existing files and --force: {err}"
+        );
+        let after = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+        assert_eq!(
+            before, after,
+            "issue {what}: a refused issue changed the files"
+        );
+        cr_ok(&[&args[..], &["--force"]].concat());
+        assert_ne!(
+            before.0,
+            std::fs::read(&key).unwrap(),
+            "issue {what} --force writes a new key"
+        );
+    }
+}
