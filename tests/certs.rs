@@ -82,6 +82,21 @@ fn issue_server<'a>(
     args
 }
 
+/// `certs issue client --ca CA --name NAME --out OUT`, the arguments.
+fn issue_client<'a>(ca: &'a str, name: &'a str, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "certs",
+        "issue",
+        "client",
+        "--ca",
+        ca,
+        "--name",
+        name,
+        "--out",
+        s(out),
+    ]
+}
+
 /// `openssl x509 -noout -text` of the certificate file `cert`: OpenSSL's reading of it.
 fn x509_text(cert: &Path) -> String {
     run_ok("openssl", &["x509", "-noout", "-text", "-in", s(cert)])
@@ -219,17 +234,7 @@ fn openssl_shows_expected_names_usages_and_constraints() {
     assert!(ok, "{text}");
 
     let client = tmp.path().join("client");
-    cr_ok(&[
-        "certs",
-        "issue",
-        "client",
-        "--ca",
-        s(&ca),
-        "--name",
-        "child-device-1",
-        "--out",
-        s(&client),
-    ]);
+    cr_ok(&issue_client(s(&ca), "child-device-1", &client));
     let text = x509_text(&client.join("child-device-1.cert.pem"));
     assert!(text.contains("Subject: CN = child-device-1"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
@@ -866,21 +871,7 @@ fn issue_refuses_to_overwrite_without_force() {
             issue_server(s(&ca), "edge.test", &out, &[]),
             "edge.test",
         ),
-        (
-            "client",
-            vec![
-                "certs",
-                "issue",
-                "client",
-                "--ca",
-                s(&ca),
-                "--name",
-                "device-1",
-                "--out",
-                s(&out),
-            ],
-            "device-1",
-        ),
+        ("client", issue_client(s(&ca), "device-1", &out), "device-1"),
     ];
     for (what, args, stem) in cases {
         cr_ok(&args);

@@ -59,6 +59,19 @@ fn nested_fixture() -> (tempfile::TempDir, TestCa, Leaf, Leaf) {
     (tmp, ca, parent, child)
 }
 
+/// A copy of `leaf` as `live.*` in `t`, for a test to replace the way a rotation does.
+fn live_copy(t: &Path, leaf: &Leaf) -> Leaf {
+    let live = Leaf {
+        chain: t.join("live.chain.pem"),
+        cert: t.join("live.crt"),
+        key: t.join("live.key"),
+    };
+    std::fs::copy(&leaf.chain, &live.chain).unwrap();
+    std::fs::copy(&leaf.cert, &live.cert).unwrap();
+    std::fs::copy(&leaf.key, &live.key).unwrap();
+    live
+}
+
 /// [`start_proxy`] with one route (`PREFIX=UPSTREAM`), then `extra` flags.
 fn start_routed(t: &Path, name: &str, leaf: &Leaf, route: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["--route", route];
@@ -187,14 +200,26 @@ fn wait_exit(child: &mut Child, limit: Duration) -> bool {
     false
 }
 
-/// Runs `connected-registry ARGS` in `dir`, which must refuse to start: returns its stderr once
-/// it has exited with a failure (a proxy that starts serving instead is killed, and the test
-/// fails rather than hangs).
-fn refused_start(dir: &Path, args: &[&str]) -> String {
+/// Runs `connected-registry proxy` in `dir` on a fresh loopback port with a `/v2` route and
+/// `extra` flags; it must refuse to start: returns its stderr once it has exited with a
+/// failure (a proxy that starts serving instead is killed, and the test fails rather than hangs).
+fn refused_proxy_start(dir: &Path, extra: &[&str]) -> String {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        &[
+            "proxy",
+            "--listen",
+            &listen,
+            "--route",
+            "/v2=http://127.0.0.1:1",
+        ],
+        extra,
+    ]
+    .concat();
     let log = dir.join("refused.log");
     let mut child = Command::new(bin())
         .current_dir(dir)
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -429,13 +454,7 @@ fn server_certificate_rotation_during_download() {
     let ca = TestCa::new(&t.join("ca"));
     let old = ca.server("old", "proxy.test");
     let new = ca.server("new", "proxy.test");
-    let live = Leaf {
-        chain: t.join("live.chain.pem"),
-        cert: t.join("live.crt"),
-        key: t.join("live.key"),
-    };
-    std::fs::copy(&old.chain, &live.chain).unwrap();
-    std::fs::copy(&old.key, &live.key).unwrap();
+    let live = live_copy(t, &old);
     let reg = start_registry(&t.join("data"), &[]);
     let blob = t.join("blob");
     let data = seeded_bytes(1, 8 << 20);
@@ -495,18 +514,13 @@ fn server_certificate_rotation_during_download() {
 #[test]
 fn ca_certificate_as_server_certificate_is_refused_at_start() {
     let (tmp, ca, _) = proxy_fixture();
-    let err = refused_start(
+    let err = refused_proxy_start(
         tmp.path(),
         &[
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
             "--cert",
             ca.root.to_str().unwrap(),
             "--key",
             ca.dir.join("root.key").to_str().unwrap(),
-            "--route",
-            "/v2=http://127.0.0.1:1",
         ],
     );
     assert!(
@@ -524,13 +538,7 @@ fn ca_certificate_as_server_certificate_is_refused_at_start() {
 fn reload_to_a_ca_certificate_keeps_the_old_leaf() {
     let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let live = Leaf {
-        chain: t.join("live.chain.pem"),
-        cert: t.join("live.crt"),
-        key: t.join("live.key"),
-    };
-    std::fs::copy(&leaf.chain, &live.chain).unwrap();
-    std::fs::copy(&leaf.key, &live.key).unwrap();
+    let live = live_copy(t, &leaf);
     let admin = format!("127.0.0.1:{}", free_port());
     let proxy = start_routed(
         t,
@@ -1489,16 +1497,7 @@ fn nested_hops_preserve_the_client_host() {
 #[test]
 fn proxy_without_certificate_is_refused_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = refused_start(
-        tmp.path(),
-        &[
-            "proxy",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--route",
-            "/v2=http://127.0.0.1:1",
-        ],
-    );
+    let err = refused_proxy_start(tmp.path(), &[]);
     assert!(
         err.contains("--cert") && err.contains("--key") && err.contains("--dev-certs"),
         "the error says how to fix it: {err}"

@@ -13,12 +13,13 @@ use common::oci::Layout;
 use common::tls::TestCa;
 use common::{bin, free_port, run_ok, Proc};
 
-/// `serve --proxy-listen TLS` with data in `data` and `extra` flags; waits for the TLS port
-/// on loopback (whatever address TLS names).
-fn serve_tls(dir: &Path, name: &str, tls: &str, extra: &[&str]) -> Proc {
+/// `serve --proxy-listen IP:PORT` on a fresh port, with data in `dir/data` and `extra` flags;
+/// waits for the TLS port on loopback (whatever address `ip` is) and returns it.
+fn serve_tls(dir: &Path, name: &str, ip: &str, extra: &[&str]) -> (Proc, String) {
     let data = dir.join("data");
     let http = format!("127.0.0.1:{}", free_port());
-    let port = tls.rsplit(':').next().unwrap();
+    let port = free_port().to_string();
+    let tls = format!("{ip}:{port}");
     let mut args = vec![
         "serve",
         "--listen",
@@ -26,18 +27,19 @@ fn serve_tls(dir: &Path, name: &str, tls: &str, extra: &[&str]) -> Proc {
         "--data",
         data.to_str().unwrap(),
         "--proxy-listen",
-        tls,
+        &tls,
     ];
     args.extend_from_slice(extra);
     // No names from the environment: what the certificate holds comes from the flags and
     // the machine.
-    Proc::start(
+    let proc = Proc::start(
         &bin(),
         &args,
         &[("HOSTNAME", ""), ("IOTEDGE_GATEWAYHOSTNAME", "")],
         format!("127.0.0.1:{port}").parse().unwrap(),
         dir.join(format!("{name}.log")),
-    )
+    );
+    (proc, port)
 }
 
 /// The names in the subjectAltName extension of a PEM certificate file, as `openssl x509`
@@ -84,8 +86,7 @@ fn served_leaf(port: &str) -> String {
 fn dev_certificate_on_every_address_names_the_machine_and_extra_names() {
     let dir = tempfile::tempdir().unwrap();
     let chain = certs::dev::DevChain::in_dir(&dir.path().join("data/certs"));
-    let port = free_port().to_string();
-    let mut first = serve_tls(dir.path(), "loopback", &format!("127.0.0.1:{port}"), &[]);
+    let (mut first, _) = serve_tls(dir.path(), "loopback", "127.0.0.1", &[]);
     let before = sans(&chain.server_chain);
     let root = std::fs::read(&chain.root_ca).unwrap();
     first.kill();
@@ -96,11 +97,10 @@ fn dev_certificate_on_every_address_names_the_machine_and_extra_names() {
         "on loopback the certificate names loopback only"
     );
 
-    let port = free_port().to_string();
-    let _all = serve_tls(
+    let (_all, port) = serve_tls(
         dir.path(),
         "all",
-        &format!("0.0.0.0:{port}"),
+        "0.0.0.0",
         &[
             "--proxy-name",
             "registry.plant.test",
@@ -149,11 +149,10 @@ fn proxy_cert_and_key_serve_the_given_chain() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(&dir.path().join("ca"));
     let leaf = ca.server("real", "registry.plant.test");
-    let port = free_port().to_string();
-    let _serve = serve_tls(
+    let (_serve, port) = serve_tls(
         dir.path(),
         "serve",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
         &[
             "--proxy-cert",
             leaf.chain.to_str().unwrap(),
@@ -188,23 +187,8 @@ fn proxy_cert_and_key_serve_the_given_chain() {
 fn serve_with_proxy_listen_pushes_and_pulls_over_verified_tls() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let http = format!("127.0.0.1:{}", free_port());
-    let tls = format!("127.0.0.1:{}", free_port());
-    let _registry = Proc::start(
-        &bin(),
-        &[
-            "serve",
-            "--listen",
-            &http,
-            "--data",
-            data.to_str().unwrap(),
-            "--proxy-listen",
-            &tls,
-        ],
-        &[],
-        tls.parse().unwrap(),
-        dir.path().join("serve.log"),
-    );
+    let (_registry, port) = serve_tls(dir.path(), "serve", "127.0.0.1", &[]);
+    let tls = format!("127.0.0.1:{port}");
     // skopeo trusts exactly the CA files in --cert-dir.
     let cert_dir = dir.path().join("trust");
     std::fs::create_dir_all(&cert_dir).unwrap();
