@@ -82,6 +82,21 @@ fn issue_server<'a>(
     args
 }
 
+/// `certs issue client --ca CA --name NAME --out OUT`, the arguments.
+fn issue_client<'a>(ca: &'a str, name: &'a str, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "certs",
+        "issue",
+        "client",
+        "--ca",
+        ca,
+        "--name",
+        name,
+        "--out",
+        s(out),
+    ]
+}
+
 /// `openssl x509 -noout -text` of the certificate file `cert`: OpenSSL's reading of it.
 fn x509_text(cert: &Path) -> String {
     run_ok("openssl", &["x509", "-noout", "-text", "-in", s(cert)])
@@ -219,17 +234,7 @@ fn openssl_shows_expected_names_usages_and_constraints() {
     assert!(ok, "{text}");
 
     let client = tmp.path().join("client");
-    cr_ok(&[
-        "certs",
-        "issue",
-        "client",
-        "--ca",
-        s(&ca),
-        "--name",
-        "child-device-1",
-        "--out",
-        s(&client),
-    ]);
+    cr_ok(&issue_client(s(&ca), "child-device-1", &client));
     let text = x509_text(&client.join("child-device-1.cert.pem"));
     assert!(text.contains("Subject: CN = child-device-1"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
@@ -850,4 +855,45 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
         err.contains("root-ca.cert.pem") && err.contains("--force"),
         "{err}"
     );
+}
+
+/// `issue server` and `issue client` never replace an existing key and certificate silently:
+/// without `--force` they refuse, name the files and the flag, and leave them as they were;
+/// with `--force` they replace them. (`new-chain` follows the same rule, above.)
+#[test]
+fn issue_refuses_to_overwrite_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = new_chain(tmp.path(), "Overwrite", "ecdsa-p256");
+    let out = tmp.path().join("out");
+    let cases: [(&str, Vec<&str>, &str); 2] = [
+        (
+            "server",
+            issue_server(s(&ca), "edge.test", &out, &[]),
+            "edge.test",
+        ),
+        ("client", issue_client(s(&ca), "device-1", &out), "device-1"),
+    ];
+    for (what, args, stem) in cases {
+        cr_ok(&args);
+        let key = out.join(format!("{stem}.key.pem"));
+        let cert = out.join(format!("{stem}.cert.pem"));
+        let before = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+        let (code, _, err) = cr(&args);
+        assert_eq!(code, 2, "issue {what} again must be refused: {err}");
+        assert!(
+            err.contains(s(&key)) && err.contains(s(&cert)) && err.contains("--force"),
+            "issue {what}: the error names the existing files and --force: {err}"
+        );
+        let after = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+        assert_eq!(
+            before, after,
+            "issue {what}: a refused issue changed the files"
+        );
+        cr_ok(&[&args[..], &["--force"]].concat());
+        assert_ne!(
+            before.0,
+            std::fs::read(&key).unwrap(),
+            "issue {what} --force writes a new key"
+        );
+    }
 }

@@ -59,6 +59,19 @@ fn nested_fixture() -> (tempfile::TempDir, TestCa, Leaf, Leaf) {
     (tmp, ca, parent, child)
 }
 
+/// A copy of `leaf` as `live.*` in `t`, for a test to replace the way a rotation does.
+fn live_copy(t: &Path, leaf: &Leaf) -> Leaf {
+    let live = Leaf {
+        chain: t.join("live.chain.pem"),
+        cert: t.join("live.crt"),
+        key: t.join("live.key"),
+    };
+    std::fs::copy(&leaf.chain, &live.chain).unwrap();
+    std::fs::copy(&leaf.cert, &live.cert).unwrap();
+    std::fs::copy(&leaf.key, &live.key).unwrap();
+    live
+}
+
 /// [`start_proxy`] with one route (`PREFIX=UPSTREAM`), then `extra` flags.
 fn start_routed(t: &Path, name: &str, leaf: &Leaf, route: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["--route", route];
@@ -185,6 +198,43 @@ fn wait_exit(child: &mut Child, limit: Duration) -> bool {
         waited += step;
     }
     false
+}
+
+/// Runs `connected-registry proxy` in `dir` on a fresh loopback port with a `/v2` route and
+/// `extra` flags; it must refuse to start: returns its stderr once it has exited with a
+/// failure (a proxy that starts serving instead is killed, and the test fails rather than hangs).
+fn refused_proxy_start(dir: &Path, extra: &[&str]) -> String {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        &[
+            "proxy",
+            "--listen",
+            &listen,
+            "--route",
+            "/v2=http://127.0.0.1:1",
+        ],
+        extra,
+    ]
+    .concat();
+    let log = dir.join("refused.log");
+    let mut child = Command::new(bin())
+        .current_dir(dir)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let exited = wait_exit(&mut child, Duration::from_secs(20));
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let err = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert!(exited, "{args:?} started instead of refusing:\n{err}");
+    assert!(!child.wait().unwrap().success(), "{args:?}: {err}");
+    err
 }
 
 /// `openssl s_client` as a raw TLS pipe to `addr` (HTTP/1.1 by ALPN); stdin is ours to write,
@@ -404,13 +454,7 @@ fn server_certificate_rotation_during_download() {
     let ca = TestCa::new(&t.join("ca"));
     let old = ca.server("old", "proxy.test");
     let new = ca.server("new", "proxy.test");
-    let live = Leaf {
-        chain: t.join("live.chain.pem"),
-        cert: t.join("live.crt"),
-        key: t.join("live.key"),
-    };
-    std::fs::copy(&old.chain, &live.chain).unwrap();
-    std::fs::copy(&old.key, &live.key).unwrap();
+    let live = live_copy(t, &old);
     let reg = start_registry(&t.join("data"), &[]);
     let blob = t.join("blob");
     let data = seeded_bytes(1, 8 << 20);
@@ -465,24 +509,111 @@ fn server_certificate_rotation_during_download() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
-/// Upstream refusing connections: 502 with a JSON body naming the upstream; the access log
-/// says the error came from the upstream.
+/// A CA certificate given as the server certificate is refused at start: clients would refuse
+/// every handshake. The error names the file, says why, and how to get a server certificate.
 #[test]
-fn upstream_down_gives_502_naming_it() {
+fn ca_certificate_as_server_certificate_is_refused_at_start() {
+    let (tmp, ca, _) = proxy_fixture();
+    let err = refused_proxy_start(
+        tmp.path(),
+        &[
+            "--cert",
+            ca.root.to_str().unwrap(),
+            "--key",
+            ca.dir.join("root.key").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains(ca.root.to_str().unwrap())
+            && err.contains("a CA certificate cannot be the server certificate")
+            && err.contains("certs issue server"),
+        "{err}"
+    );
+}
+
+/// A rotation that puts a CA certificate (with its matching key) in place of the server
+/// certificate is not taken: the proxy keeps serving the old leaf, logs why and counts a
+/// failed reload.
+#[test]
+fn reload_to_a_ca_certificate_keeps_the_old_leaf() {
     let (tmp, ca, leaf) = proxy_fixture();
     let t = tmp.path();
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let live = live_copy(t, &leaf);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proxy = start_routed(
+        t,
+        "proxy",
+        &live,
+        "/v2=http://127.0.0.1:1",
+        &["--reload-interval", "100ms", "--admin", &admin],
+    );
+    assert_eq!(served_leaf(proxy.addr, &ca.root), pem_of(&leaf.cert));
+    // Key first, then chain, each renamed into place: the root CA and its own key.
+    std::fs::copy(ca.dir.join("root.key"), t.join("tmp.key")).unwrap();
+    std::fs::rename(t.join("tmp.key"), &live.key).unwrap();
+    std::fs::copy(&ca.root, t.join("tmp.pem")).unwrap();
+    std::fs::rename(t.join("tmp.pem"), &live.chain).unwrap();
+    let refused = soon(|| {
+        proxy
+            .log_text()
+            .contains("a CA certificate cannot be the server certificate")
+    });
+    assert!(refused, "the log must say why:\n{}", proxy.log_text());
+    assert!(
+        proxy.log_text().contains("live.chain.pem"),
+        "{}",
+        proxy.log_text()
+    );
+    let failures: u64 = metrics(admin.parse().unwrap())
+        .lines()
+        .find_map(|l| l.strip_prefix("proxy_reload_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "the failed reload is counted");
+    assert_eq!(
+        served_leaf(proxy.addr, &ca.root),
+        pem_of(&leaf.cert),
+        "the old leaf stays in service"
+    );
+}
+
+/// Asserts that an error body tells the client nothing of the layout behind the proxy: no
+/// upstream address or port, no host name, no file path.
+fn assert_reveals_nothing(body: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(
+            !body.contains(secret),
+            "the error body shows {secret:?} to the client: {body}"
+        );
+    }
+}
+
+/// Upstream refusing connections: 502 with a JSON body naming the route and the reason, not
+/// the upstream's address; the access log has the address and says the error came from the
+/// upstream.
+#[test]
+fn upstream_down_gives_502_naming_the_route_not_the_address() {
+    let (tmp, ca, leaf) = proxy_fixture();
+    let t = tmp.path();
+    let port = free_port().to_string();
+    let dead = format!("http://127.0.0.1:{port}");
     let proxy = start_routed(t, "proxy", &leaf, &format!("/v2={dead}"), &[]);
     let (status, body, _) = curl(&ca.root, &[&format!("https://{}/v2/", proxy.addr)]);
     assert_eq!(status, 502, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
     assert_eq!(json["errors"][0]["code"], "UPSTREAM_UNREACHABLE");
-    assert_eq!(json["errors"][0]["detail"]["upstream"], dead.as_str());
-    assert!(json["errors"][0]["message"]
-        .as_str()
-        .unwrap()
-        .contains(&dead));
-    assert!(proxy.log_text().contains("502") && proxy.log_text().contains("source=upstream"));
+    assert_eq!(json["errors"][0]["detail"]["route"], "route /v2");
+    let message = json["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("route /v2") && message.contains("connection refused"),
+        "{message}"
+    );
+    assert_reveals_nothing(&body, &["127.0.0.1", &port]);
+    let log = proxy.log_text();
+    assert!(
+        log.contains("502") && log.contains("source=upstream") && log.contains(&dead),
+        "the log keeps the upstream's address:\n{log}"
+    );
 }
 
 /// An upstream that accepts and never answers: 504 after the (short) upstream timeout.
@@ -509,8 +640,14 @@ fn upstream_silent_gives_504() {
     let (status, body, _) = curl(&ca.root, &[&format!("https://{}/v2/", proxy.addr)]);
     assert_eq!(status, 504, "{body}");
     assert!(
-        body.contains("UPSTREAM_TIMEOUT") && body.contains(&silent_addr.to_string()),
+        body.contains("UPSTREAM_TIMEOUT") && body.contains("route /v2"),
         "{body}"
+    );
+    assert_reveals_nothing(&body, &["127.0.0.1", &silent_addr.port().to_string()]);
+    assert!(
+        proxy.log_text().contains(&silent_addr.to_string()),
+        "the log keeps the upstream's address:\n{}",
+        proxy.log_text()
     );
     // An upload the upstream never reads: 504 as well, not a hang.
     let file = t.join("upload");
@@ -1080,8 +1217,25 @@ fn trust_bundle_rotation_applies_to_new_upstream_connections() {
     let (status, body, _) = curl(&old_ca.root, &[&url]);
     assert_eq!(status, 502, "{body}");
     assert!(
-        body.contains("TLS handshake") && body.contains("trust.pem"),
-        "{body}"
+        body.contains("TLS handshake") && body.contains("not signed by a CA"),
+        "the client learns which route failed and why: {body}\n{}",
+        child.log_text()
+    );
+    // ... but not where the parent is or which file the proxy trusts.
+    assert_reveals_nothing(
+        &body,
+        &[
+            "127.0.0.1",
+            &parent.addr.port().to_string(),
+            "parent.test",
+            "trust.pem",
+            t.to_str().unwrap(),
+        ],
+    );
+    let log = child.log_text();
+    assert!(
+        log.contains("trust.pem") && log.contains(&parent.addr.to_string()),
+        "the log keeps the upstream's address and trust bundle:\n{log}"
     );
     // The operator installs the new bundle (old and new roots), renamed into place.
     let both = format!(
@@ -1337,38 +1491,67 @@ fn nested_hops_preserve_the_client_host() {
 }
 
 /// `--print-config` shows the table even when the proxy could not start yet, and says why.
+/// Without a certificate and without `--dev-certs`, the proxy refuses to start, says how to
+/// fix it, and writes nothing (a bare `proxy` used to make `./data/certs` in the current
+/// directory and serve a development certificate).
 #[test]
-fn print_config_without_certificate_shows_table_and_the_dev_chain() {
+fn proxy_without_certificate_is_refused_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = refused_proxy_start(tmp.path(), &[]);
+    assert!(
+        err.contains("--cert") && err.contains("--key") && err.contains("--dev-certs"),
+        "the error says how to fix it: {err}"
+    );
+    let written: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(written.is_empty(), "a refused proxy wrote {written:?}");
+}
+
+/// `--print-config` says where the certificate comes from: unset (and the proxy would not
+/// start) without a certificate, `flag --dev-certs` with a development chain; it writes nothing.
+#[test]
+fn print_config_without_certificate_labels_its_source() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = tmp.path().join("dev-certs");
-    let out = Command::new(bin())
-        .args([
-            "proxy",
-            "--print-config",
-            "--dev-cert-dir",
-            dev.to_str().unwrap(),
-        ])
-        .env("CONNECTED_ACR_ROUTE_ADDRESS", "connectedRegistry:8080")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}{err}");
+    let print = |extra: &[&str]| {
+        let out = Command::new(bin())
+            .current_dir(tmp.path())
+            .args([&["proxy", "--print-config"], extra].concat())
+            .env("CONNECTED_ACR_ROUTE_ADDRESS", "connectedRegistry:8080")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = print(&[]);
+    assert_eq!(code, Some(2), "{text}{err}");
     assert!(
         text.contains("route /v2") && text.contains("connectedRegistry:8080"),
         "{text}"
     );
+    let cert_line = text.lines().find(|l| l.starts_with("cert ")).unwrap();
+    assert!(cert_line.contains("unset"), "{cert_line}");
+    assert!(err.contains("--dev-certs"), "{err}");
+
+    let (code, text, err) = print(&["--dev-certs", dev.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("DEVELOPMENT chain"), "{text}");
+    let cert_line = text.lines().find(|l| l.starts_with("cert ")).unwrap();
     assert!(
-        text.contains("DEVELOPMENT chain") && text.contains("--cert"),
-        "{text}"
+        cert_line.contains(dev.to_str().unwrap()) && cert_line.contains("# flag --dev-certs"),
+        "{cert_line}"
     );
     assert!(!dev.exists(), "--print-config must not create files");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
-/// With no certificate configured the proxy generates a development chain, says which root CA
-/// to trust, serves a chain a client trusting only that root accepts, and reports its expiry.
+/// With `--dev-certs DIR` and no certificate the proxy generates a development chain in DIR,
+/// says which root CA to trust, serves a chain a client trusting only that root accepts, and
+/// reports its expiry.
 #[test]
-fn proxy_without_certificate_serves_a_dev_chain_clients_can_trust() {
+fn proxy_with_dev_certs_serves_a_dev_chain_clients_can_trust() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let registry = start_registry(&t.join("data"), &[]);
@@ -1387,7 +1570,7 @@ fn proxy_without_certificate_serves_a_dev_chain_clients_can_trust() {
             &route,
             "--admin",
             &admin.to_string(),
-            "--dev-cert-dir",
+            "--dev-certs",
             dev.to_str().unwrap(),
         ],
         &[],

@@ -51,6 +51,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertErro
     result
 }
 
+/// Refuses to replace any of `paths` that exists, unless `force`: a command that writes keys
+/// and certificates must never silently destroy the ones a device already serves or trusts.
+/// The error names every existing file, says what replacing them would break (`why`) and
+/// how to go ahead anyway (`--force`).
+pub fn refuse_overwrite(paths: &[&Path], force: bool, why: &str) -> Result<(), CertError> {
+    if force {
+        return Ok(());
+    }
+    let existing: Vec<String> = paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    Err(CertError::Input(format!(
+        "{} already exist{}; {why}. Nothing was written: write elsewhere (another --out), \
+         or give --force to replace {}",
+        existing.join(", "),
+        if existing.len() == 1 { "s" } else { "" },
+        if existing.len() == 1 { "it" } else { "them" },
+    )))
+}
+
 /// Creates a directory (and parents) for certificate output.
 pub fn ensure_dir(dir: &Path) -> Result<(), CertError> {
     std::fs::create_dir_all(dir).map_err(|e| CertError::io(dir, "cannot create directory", e))

@@ -436,6 +436,19 @@ impl ChainFiles {
         }
     }
 
+    /// Every file of the chain, root first.
+    pub fn all(&self) -> [&Path; 7] {
+        [
+            &self.root_ca_cert,
+            &self.root_ca_key,
+            &self.intermediate_ca_cert,
+            &self.intermediate_ca_key,
+            &self.edge_ca_cert,
+            &self.edge_ca_key,
+            &self.edge_ca_chain,
+        ]
+    }
+
     /// Loads the edge CA for issuing.
     pub fn edge_ca(&self) -> Result<Ca, CertError> {
         Ca::load(
@@ -454,17 +467,11 @@ pub fn new_chain(
     overwrite: bool,
 ) -> Result<ChainFiles, CertError> {
     let files = ChainFiles::in_dir(dir);
-    if !overwrite {
-        for path in [&files.root_ca_cert, &files.root_ca_key, &files.edge_ca_cert] {
-            if path.exists() {
-                return Err(CertError::file(
-                    path,
-                    "already exists; a new root breaks every device that trusts the old one. \
-                     Use another --out directory, or --force to replace it",
-                ));
-            }
-        }
-    }
+    files::refuse_overwrite(
+        &files.all(),
+        overwrite,
+        "a new root breaks every device that trusts the old one",
+    )?;
     let o = opts.organization.as_deref();
     let (nb, na) = validity(opts.root_days)?;
     let root = Ca::new_root(
@@ -553,15 +560,34 @@ pub struct IssuedFiles {
     pub full_chain: PathBuf,
 }
 
-impl Issued {
-    /// Writes `<name>.cert.pem`, `<name>.key.pem` (0600) and `<name>-full-chain.cert.pem` in `dir`.
-    pub fn write(&self, dir: &Path, name: &str) -> Result<IssuedFiles, CertError> {
-        files::ensure_dir(dir)?;
-        let out = IssuedFiles {
+impl IssuedFiles {
+    /// Where [`Issued::write`] puts the files named `name` in `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> IssuedFiles {
+        IssuedFiles {
             cert: dir.join(format!("{name}.cert.pem")),
             key: dir.join(format!("{name}.key.pem")),
             full_chain: dir.join(format!("{name}-full-chain.cert.pem")),
-        };
+        }
+    }
+
+    /// Fails, naming the files, if any of them exists and `force` is not given
+    /// (see [`files::refuse_overwrite`]).
+    pub fn refuse_overwrite(&self, force: bool) -> Result<(), CertError> {
+        files::refuse_overwrite(
+            &[&self.key, &self.cert, &self.full_chain],
+            force,
+            "replacing them changes the key and certificate whatever uses them serves",
+        )
+    }
+}
+
+impl Issued {
+    /// Writes `<name>.cert.pem`, `<name>.key.pem` (0600) and `<name>-full-chain.cert.pem` in
+    /// `dir`, replacing what is there (renewal does that on purpose; commands that must not
+    /// call [`IssuedFiles::refuse_overwrite`] first).
+    pub fn write(&self, dir: &Path, name: &str) -> Result<IssuedFiles, CertError> {
+        files::ensure_dir(dir)?;
+        let out = IssuedFiles::in_dir(dir, name);
         files::write_atomic(&out.key, self.key_pem.as_bytes(), KEY_MODE)?;
         files::write_atomic(&out.cert, self.cert_pem.as_bytes(), CERT_MODE)?;
         files::write_atomic(&out.full_chain, self.full_chain_pem.as_bytes(), CERT_MODE)?;

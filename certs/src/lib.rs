@@ -11,6 +11,7 @@ pub mod doctor;
 mod error;
 pub mod files;
 pub mod gen;
+pub mod host;
 pub mod inspect;
 pub mod reload;
 pub mod renew;

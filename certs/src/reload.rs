@@ -43,9 +43,12 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Loads a chain and key and checks that the key belongs to the leaf certificate.
+/// Loads a chain and key and checks that the leaf is not a CA and that the key belongs to it.
+/// The same checks run at start and on every reload, so a rotation to a CA certificate keeps
+/// the previous certificate in service instead of breaking every client's handshake.
 fn load_certified_key(chain: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let certs = tls::load_certs(chain)?;
+    tls::reject_ca_leaf(chain, &certs[0])?;
     let private_key = tls::load_key(key)?;
     let signing_key = tls::provider()
         .key_provider
@@ -361,7 +364,8 @@ mod tests {
         }
     }
 
-    /// A self-signed EC certificate and key as `NAME.crt` / `NAME.key` in `dir`.
+    /// A self-signed EC certificate and key as `NAME.crt` / `NAME.key` in `dir`; not a CA
+    /// (`openssl req -x509` makes CAs by default), so it may serve.
     fn self_signed(dir: &Path, name: &str) {
         openssl(
             dir,
@@ -381,6 +385,8 @@ mod tests {
                 "2",
                 "-subj",
                 &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
             ],
         );
     }

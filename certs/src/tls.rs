@@ -129,8 +129,9 @@ pub fn server_config(
 }
 
 /// A CA certificate presented as a server's own certificate is refused by every client
-/// (webpki: CaUsedAsEndEntity); say so at startup, naming the file, instead of at each handshake.
-fn reject_ca_leaf(chain: &Path, leaf: &CertificateDer<'_>) -> Result<(), TlsError> {
+/// (webpki: CaUsedAsEndEntity); say so when the file is loaded (at start and on every reload),
+/// naming the file, instead of at each handshake.
+pub(crate) fn reject_ca_leaf(chain: &Path, leaf: &CertificateDer<'_>) -> Result<(), TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Invalid {
         path: chain.to_owned(),
         message: format!("the first certificate is not valid X.509: {e}"),
@@ -139,9 +140,9 @@ fn reject_ca_leaf(chain: &Path, leaf: &CertificateDer<'_>) -> Result<(), TlsErro
         return Err(TlsError::Invalid {
             path: chain.to_owned(),
             message: format!(
-                "the first certificate '{}' is a CA certificate, not a server certificate: clients \
-                 refuse it. Serve a server certificate issued by this CA \
-                 (connected-registry certs issue server --ca ... --hostname ...), leaf first",
+                "the first certificate '{}' is a CA certificate, and a CA certificate cannot be \
+                 the server certificate: clients refuse it. Serve a server certificate issued by \
+                 this CA (connected-registry certs issue server --ca ... --hostname ...), leaf first",
                 cert.subject()
             ),
         });

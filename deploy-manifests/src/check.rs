@@ -118,12 +118,40 @@ impl Module<'_> {
         self.value.get("settings")?.get("image")?.as_str()
     }
 
-    fn cmd_first(&self) -> Option<String> {
-        match self.create.as_ref()?.get("Cmd")? {
-            Value::Array(a) => a.first()?.as_str().map(str::to_string),
-            Value::String(s) => s.split_whitespace().next().map(str::to_string),
-            _ => None,
+    /// The container's command line (`Cmd`, an array or a string split at spaces).
+    fn cmd(&self) -> Vec<String> {
+        match self.create.as_ref().and_then(|c| c.get("Cmd")) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
         }
+    }
+
+    fn cmd_first(&self) -> Option<String> {
+        self.cmd().into_iter().next()
+    }
+
+    /// The value of `--flag VALUE` or `--flag=VALUE` in `Cmd`.
+    fn cmd_flag(&self, flag: &str) -> Option<String> {
+        let cmd = self.cmd();
+        let mut args = cmd.iter();
+        while let Some(a) = args.next() {
+            if a == flag {
+                return args.next().cloned();
+            }
+            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                return Some(v.to_string());
+            }
+        }
+        None
+    }
+
+    fn cmd_path(&self) -> String {
+        format!("{}#/Cmd", self.create_path)
     }
 }
 
@@ -1106,6 +1134,9 @@ fn check_connected_registry(c: &mut Checker, modules: &[Module]) {
                 if cs.parent_endpoint_protocol == ParentProtocol::Http && !cs.parent_is_edge_device() && !unknown && !is_private_or_local(ep) {
                     c.error("parent-protocol", p, format!("module `{}` syncs from the cloud endpoint `{ep}` over plain http: the sync token would cross the internet in clear text", m.name), "set ParentEndpointProtocol=https");
                 }
+                if cs.parent_endpoint_protocol == ParentProtocol::Https && cs.parent_is_edge_device() {
+                    check_parent_trust(c, m);
+                }
             }
         }
     }
@@ -1150,6 +1181,44 @@ fn check_connected_registry(c: &mut Checker, modules: &[Module]) {
                 );
             }
         }
+    }
+}
+
+/// A registry whose parent is another edge device syncs over https through the parent's API
+/// proxy, whose certificate comes from the edge CA chain and not from a public CA: without
+/// `--trust` (a root CA file bound into the container) every sync fails with
+/// `invalid peer certificate: UnknownIssuer`.
+fn check_parent_trust(c: &mut Checker, m: &Module) {
+    if m.create_invalid {
+        return;
+    }
+    // A sync settings file may name the trust bundle; the checker cannot read it.
+    if m.cmd_flag("--sync-config").is_some() || m.env("CONNECTED_REGISTRY_SYNC_CONFIG").is_some() {
+        return;
+    }
+    let fix = "bind the root CA of the parent's certificate chain (the one the API proxy trusts) into the module, e.g. \"<PROXY_CERT_DIR>/root-ca.pem:/certs/parent-root-ca.pem:ro\" in HostConfig.Binds, and add \"--trust\", \"/certs/parent-root-ca.pem\" to Cmd (as manifests/lower-layer.json does)";
+    let Some(trust) = m.cmd_flag("--trust") else {
+        c.error(
+            "parent-trust",
+            m.cmd_path(),
+            format!("connected-registry module `{}` syncs from its parent over https but has no trust bundle (--trust): it cannot verify the parent's API proxy, and every sync fails with `invalid peer certificate: UnknownIssuer`", m.name),
+            fix,
+        );
+        return;
+    };
+    if templated(&trust) || bracket_placeholder(&trust) {
+        return;
+    }
+    let bound = host_binds(m)
+        .iter()
+        .any(|b| trust == *b || trust.starts_with(&format!("{b}/")));
+    if !bound {
+        c.error(
+            "parent-trust",
+            m.hc_path("Binds"),
+            format!("connected-registry module `{}` trusts {trust}, but no host file or directory is bound there: the file is not in the container", m.name),
+            fix,
+        );
     }
 }
 

@@ -196,3 +196,37 @@ fn a_manifest_cut_anywhere_is_one_syntax_error_with_a_position() {
         assert_eq!(report.exit_code(), 2);
     }
 }
+
+/// The lower-layer manifest as it shipped before it bound the parent's root CA into the
+/// connected-registry module: its sync could never verify the parent's API proxy
+/// (`invalid peer certificate: UnknownIssuer`), and the checker says so, with the fix.
+#[test]
+fn lower_layer_without_a_trust_bundle_for_its_parent_is_an_error() {
+    let (_, text) = SHIPPED
+        .iter()
+        .find(|(name, _)| *name == "lower-layer.json")
+        .expect("lower-layer.json is shipped");
+    let old = text
+        .replace(r#",\"--trust\",\"/certs/parent-root-ca.pem\""#, "")
+        .replace(
+            r#",\"<PROXY_CERT_DIR>/root-ca.pem:/certs/parent-root-ca.pem:ro\""#,
+            "",
+        );
+    assert_ne!(
+        &old, text,
+        "the shipped manifest changed shape; update this test"
+    );
+    let report = check(&old, &CheckSettings::default());
+    let rules: Vec<_> = report.findings.iter().map(|f| f.rule).collect();
+    assert_eq!(rules, ["parent-trust"], "{:#?}", report.findings);
+    let finding = &report.findings[0];
+    assert_eq!(finding.severity, deploy_manifests::Severity::Error);
+    assert!(
+        finding
+            .path
+            .ends_with("connectedRegistry/settings/createOptions#/Cmd")
+            && finding.message.contains("UnknownIssuer")
+            && finding.fix.contains("--trust"),
+        "{finding:#?}"
+    );
+}

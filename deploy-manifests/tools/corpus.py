@@ -171,6 +171,22 @@ case(
 case("proxy-route.json", lambda d: mod(d, "IoTEdgeAPIProxy")["env"]["CONNECTED_ACR_ROUTE_ADDRESS"].__setitem__("value", "registry:8080"), ("error", "proxy-route", PROXY + "/env/CONNECTED_ACR_ROUTE_ADDRESS/value"))
 
 
+def edge_parent(d):
+    """The lower-layer shape: the parent is the parent device's API proxy, over https."""
+    cs(lambda v: v.replace("<CLOUD_REGISTRY_ADDRESS>", "$IOTEDGE_PARENTHOSTNAME"))(d)
+
+
+case("parent-trust.json", edge_parent, ("error", "parent-trust", REG + "/settings/createOptions#/Cmd"))
+
+
+def trust_not_bound(d):
+    edge_parent(d)
+    edit_opts(d, "connectedRegistry", lambda o: o["Cmd"].extend(["--trust", "/certs/parent-root-ca.pem"]))
+
+
+case("parent-trust-unbound.json", trust_not_bound, ("error", "parent-trust", REG + "/settings/createOptions#/HostConfig/Binds"))
+
+
 # --- Clean variants that must give no finding at all.
 def split(d):
     s = mod(d, "connectedRegistry")["settings"]

@@ -45,6 +45,12 @@ def manifest(layer):
     }
     if not with_proxy:
         registry_opts["HostConfig"]["PortBindings"] = {"8080/tcp": [{"HostPort": "8080"}]}
+    if lower:
+        # The parent's API proxy serves a certificate from the edge CA chain, not a public CA:
+        # sync verifies it against the same root CA this layer's API proxy trusts (only that
+        # file is bound, not the proxy's key).
+        registry_opts["Cmd"] += ["--trust", "/certs/parent-root-ca.pem"]
+        registry_opts["HostConfig"]["Binds"].append("<PROXY_CERT_DIR>/root-ca.pem:/certs/parent-root-ca.pem:ro")
     modules = {
         "connectedRegistry": {
             "type": "docker",

@@ -213,6 +213,10 @@ pub struct Config {
     pub workers: usize,
     /// The config file, watched for changes.
     pub file: Option<PathBuf>,
+    /// Set when no certificate is configured and `--dev-certs DIR` was given: `cert` and
+    /// `key` then name the development chain in DIR, which the caller must generate (and
+    /// renew) before the proxy starts.
+    pub dev_certs: Option<PathBuf>,
 }
 
 /// Settings given on the command line (`connected-registry proxy --...`), as raw strings so
@@ -243,7 +247,14 @@ pub struct Flags {
     /// Comma-separated ALPN list, e.g. `h2,http/1.1`.
     pub alpn: Option<String>,
     pub workers: Option<usize>,
+    /// Where a development chain lives when no certificate is configured anywhere: the
+    /// explicit opt-in for local tests. Without it a missing certificate is an error.
+    pub dev_certs: Option<PathBuf>,
 }
+
+/// The flag that opts into a development certificate chain, as messages and
+/// `--print-config` name it.
+pub const DEV_CERTS_FLAG: &str = "--dev-certs";
 
 /// The default listen port, as the IoT Edge API proxy has it.
 pub const DEFAULT_PORT: u16 = 443;
@@ -794,6 +805,7 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         alpn: DEFAULT_ALPN.iter().map(|p| p.to_string()).collect(),
         workers: default_workers(),
         file,
+        dev_certs: None,
     };
     let mut routes: BTreeMap<(String, Option<String>), Route> = BTreeMap::new();
     for l in layers {
@@ -875,7 +887,15 @@ impl Config {
         let mut layers = vec![env];
         layers.extend(file);
         layers.push(flag);
-        let config = merge(layers, flags.config.clone(), flags.sni.as_deref());
+        let mut config = merge(layers, flags.config.clone(), flags.sni.as_deref());
+        // The development chain only fills a gap no source filled: one half of a real pair
+        // plus a development half would never match.
+        if let (None, None, Some(dir)) = (&config.cert, &config.key, &flags.dev_certs) {
+            let chain = certs::dev::DevChain::in_dir(dir);
+            config.cert = Some((chain.server_chain, Source::Flag(DEV_CERTS_FLAG)));
+            config.key = Some((chain.server_key, Source::Flag(DEV_CERTS_FLAG)));
+            config.dev_certs = Some(dir.clone());
+        }
         let problem = config.check().err();
         Ok((config, problem))
     }
@@ -892,7 +912,8 @@ impl Config {
         if self.cert.is_none() || self.key.is_none() {
             return Err(ConfigError::Missing(
                 "the TLS server certificate is missing: give --cert CHAIN.pem and --key KEY.pem \
-                 (or `cert`/`key` in the config file, or PROXY_CERT_FILE/PROXY_KEY_FILE)"
+                 (or `cert`/`key` in the config file, or PROXY_CERT_FILE/PROXY_KEY_FILE); \
+                 for a local test only, --dev-certs DIR generates a development chain in DIR"
                     .into(),
             ));
         }
@@ -1064,6 +1085,37 @@ mod tests {
             c.default.unwrap().upstream.to_string(),
             "https://parent.example:443"
         );
+    }
+
+    /// The development chain fills only a gap no source filled, labelled `flag --dev-certs`;
+    /// half of a configured pair is an error, never completed with a development half.
+    #[test]
+    fn dev_certs_fill_only_a_missing_pair() {
+        let none = env(&[]);
+        let mut f = Flags {
+            routes: vec!["/v2=http://127.0.0.1:9".into()],
+            ..Flags::default()
+        };
+        let err = Config::load(&f, &none).unwrap_err().to_string();
+        assert!(
+            err.contains("--cert") && err.contains(DEV_CERTS_FLAG),
+            "{err}"
+        );
+
+        f.dev_certs = Some("dev".into());
+        let c = Config::load(&f, &none).unwrap();
+        let (cert, source) = c.cert.clone().unwrap();
+        assert!(cert.starts_with("dev"), "{cert:?}");
+        assert_eq!(source, Source::Flag(DEV_CERTS_FLAG));
+        assert_eq!(c.dev_certs.as_deref(), Some(Path::new("dev")));
+        assert!(c.render().contains("# flag --dev-certs"));
+
+        f.cert = Some("c.pem".into());
+        assert!(Config::load(&f, &none).is_err(), "a cert without its key");
+        f.key = Some("k.pem".into());
+        let c = Config::load(&f, &none).unwrap();
+        assert_eq!(c.cert.unwrap().1, Source::Flag("--cert"));
+        assert!(c.dev_certs.is_none());
     }
 
     #[test]

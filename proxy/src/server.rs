@@ -44,7 +44,25 @@ pub enum StartError {
 /// A route with its upstream client.
 struct Entry {
     route: Route,
+    /// How error bodies name the route to clients ("route /v2", "the default route"): the
+    /// route, never the upstream's address, which is internal.
+    label: Arc<str>,
     client: Arc<UpstreamClient>,
+}
+
+impl Entry {
+    fn new(route: &Route, client: Arc<UpstreamClient>, default: bool) -> Entry {
+        let label = match (&route.header, default) {
+            (_, true) => "the default route".to_string(),
+            (Some(h), false) => format!("route {} (header {h})", route.prefix),
+            (None, false) => format!("route {}", route.prefix),
+        };
+        Entry {
+            route: route.clone(),
+            label: label.into(),
+            client,
+        }
+    }
 }
 
 /// The routing table in force; swapped whole on reload.
@@ -151,10 +169,7 @@ impl State {
             let client = self
                 .client(config, &r.upstream, worker)
                 .map_err(|e| format!("route {} ({}): {e}", r.prefix, r.source))?;
-            routes.push(Entry {
-                route: r.clone(),
-                client,
-            });
+            routes.push(Entry::new(r, client, false));
         }
         routes.sort_by(|a, b| {
             b.route
@@ -164,12 +179,12 @@ impl State {
                 .then(b.route.prefix.len().cmp(&a.route.prefix.len()))
         });
         let default = match &config.default {
-            Some(r) => Some(Entry {
-                route: r.clone(),
-                client: self
-                    .client(config, &r.upstream, worker)
+            Some(r) => Some(Entry::new(
+                r,
+                self.client(config, &r.upstream, worker)
                     .map_err(|e| format!("default route ({}): {e}", r.source))?,
-            }),
+                true,
+            )),
             None => None,
         };
         Ok(Table { routes, default })
@@ -667,13 +682,14 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// An OCI-style error body naming the upstream and where the error came from.
-fn error_json(code: &str, message: &str, upstream: Option<&str>, source: &str) -> Bytes {
+/// An OCI-style error body naming the route (not the upstream: its address is internal) and
+/// where the error came from.
+fn error_json(code: &str, message: &str, route: Option<&str>, source: &str) -> Bytes {
     let body = serde_json::json!({
         "errors": [{
             "code": code,
             "message": message,
-            "detail": { "upstream": upstream, "source": source },
+            "detail": { "route": route, "source": source },
         }]
     });
     Bytes::from(body.to_string())
@@ -842,7 +858,11 @@ async fn handle(
     let mut resp = match result {
         Some(Ok(resp)) => resp,
         Some(Err(err)) => {
-            let (status, code, source, msg, kind) = if let Some(ce) = find_connect_error(&err) {
+            // `public` goes to the client, `logged` (with addresses and paths) to the log.
+            let label = &entry.label;
+            let (status, code, source, public, logged, kind) = if let Some(ce) =
+                find_connect_error(&err)
+            {
                 let kind = match ce {
                     ConnectError::Timeout { .. } => "connect_timeout",
                     ConnectError::Tcp { .. } => "connect",
@@ -852,37 +872,54 @@ async fn handle(
                     StatusCode::BAD_GATEWAY,
                     "UPSTREAM_UNREACHABLE",
                     "upstream",
+                    format!("proxy: the upstream for {label} {}", ce.public_reason()),
                     format!("proxy: upstream {upstream_name} unreachable: {ce}"),
                     kind,
                 )
             } else if progress.failed.load(Ordering::Relaxed) {
-                (StatusCode::BAD_REQUEST, "CLIENT_ABORTED", "client", format!("proxy: the client's request body failed before the upstream {upstream_name} answered: {}", chain(&err)), "client_aborted")
+                (
+                        StatusCode::BAD_REQUEST,
+                        "CLIENT_ABORTED",
+                        "client",
+                        format!(
+                            "proxy: the request body failed before the upstream for {label} answered"
+                        ),
+                        format!("proxy: the client's request body failed before the upstream {upstream_name} answered: {}", chain(&err)),
+                        "client_aborted",
+                    )
             } else {
                 (
                     StatusCode::BAD_GATEWAY,
                     "UPSTREAM_ERROR",
                     "upstream",
+                    format!(
+                        "proxy: the upstream for {label} broke off the exchange before answering"
+                    ),
                     format!("proxy: upstream {upstream_name} failed: {}", chain(&err)),
                     "protocol",
                 )
             };
             state.metrics.upstream_error(&upstream_name, kind);
-            let body = error_json(code, &msg, Some(&upstream_name), source);
+            let body = error_json(code, &public, Some(label), source);
             return reply(
                 status,
                 body,
-                make_exchange(Some(upstream_name), status, source, Some(msg)),
+                make_exchange(Some(upstream_name), status, source, Some(logged)),
             );
         }
         None => {
             state.metrics.upstream_error(&upstream_name, "timeout");
-            let msg = format!("proxy: upstream {upstream_name} did not answer within {timeout:?}");
-            let body = error_json("UPSTREAM_TIMEOUT", &msg, Some(&upstream_name), "upstream");
+            let label = &entry.label;
+            let public =
+                format!("proxy: the upstream for {label} did not answer within {timeout:?}");
+            let logged =
+                format!("proxy: upstream {upstream_name} did not answer within {timeout:?}");
+            let body = error_json("UPSTREAM_TIMEOUT", &public, Some(label), "upstream");
             let status = StatusCode::GATEWAY_TIMEOUT;
             return reply(
                 status,
                 body,
-                make_exchange(Some(upstream_name), status, "upstream", Some(msg)),
+                make_exchange(Some(upstream_name), status, "upstream", Some(logged)),
             );
         }
     };

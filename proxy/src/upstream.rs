@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use crate::body::ReqBody;
 use crate::config::{Scheme, Upstream};
 
-/// Why an upstream connection could not be opened; the text ends up in the 502 body.
+/// Why an upstream connection could not be opened. The text names the address and the trust
+/// bundle, for the log; clients get [`ConnectError::public_reason`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connecting to {addr} timed out after {after:?}")]
@@ -37,6 +38,48 @@ pub enum ConnectError {
         trust: String,
         source: std::io::Error,
     },
+}
+
+impl ConnectError {
+    /// Why, in words that name no address, port, host or file: what a client of the proxy
+    /// may be told (the internal layout of the layers is the operator's, not the client's).
+    pub fn public_reason(&self) -> String {
+        match self {
+            ConnectError::Timeout { after, .. } => {
+                format!("did not accept a connection within {after:?}")
+            }
+            ConnectError::Tcp { source, .. } => format!("did not answer ({})", source.kind()),
+            ConnectError::Tls { source, .. } => {
+                format!("failed the TLS handshake ({})", tls_reason(source))
+            }
+        }
+    }
+}
+
+/// The reason a TLS handshake with an upstream failed, without the names rustls puts in
+/// some of its messages (the expected and presented server names).
+fn tls_reason(err: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            // BadSignature: a trusted CA has the issuer's name but did not sign it (another
+            // chain's root of the same name): to the operator, the same missing trust.
+            C::UnknownIssuer | C::BadSignature => {
+                "its certificate is not signed by a CA in the proxy's trust bundle"
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "its certificate is not valid for the name the proxy expects"
+            }
+            C::Expired | C::ExpiredContext { .. } => "its certificate has expired",
+            _ => "its certificate was not accepted",
+        },
+        Some(rustls::Error::AlertReceived(_)) => "it refused the handshake",
+        Some(_) => "TLS error",
+        None => "the connection failed during the handshake",
+    }
 }
 
 /// A plain or TLS stream to an upstream.

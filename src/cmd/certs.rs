@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use certs::gen::{self, ChainFiles, ChainOptions, ClientOptions, KeyType, ServerOptions};
+use certs::gen::{
+    self, ChainFiles, ChainOptions, ClientOptions, IssuedFiles, KeyType, ServerOptions,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -112,6 +114,9 @@ enum IssueCommand {
         /// File name stem (default: the hostname in lower case).
         #[arg(long)]
         file_name: Option<String>,
+        /// Replace an existing key and certificate of that name in --out.
+        #[arg(long)]
+        force: bool,
     },
     /// A client certificate (clientAuth) for a child device.
     Client {
@@ -129,6 +134,9 @@ enum IssueCommand {
         /// Directory for the files.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Replace an existing key and certificate of that name in --out.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -235,7 +243,10 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
             key_type,
             out,
             file_name,
+            force,
         }) => {
+            let stem = file_name.unwrap_or_else(|| hostname.trim().to_ascii_lowercase());
+            IssuedFiles::in_dir(&out, &stem).refuse_overwrite(force)?;
             let ca = load_ca(&ca)?;
             let opts = ServerOptions {
                 hostname: hostname.clone(),
@@ -244,7 +255,6 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
                 key_type,
             };
             let issued = gen::issue_server(&ca, &opts)?;
-            let stem = file_name.unwrap_or_else(|| hostname.trim().to_ascii_lowercase());
             let f = issued.write(&out, &stem)?;
             println!(
                 "Issued a server certificate for {}:",
@@ -261,7 +271,9 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
             days,
             key_type,
             out,
+            force,
         }) => {
+            IssuedFiles::in_dir(&out, name.trim()).refuse_overwrite(force)?;
             let ca = load_ca(&ca)?;
             let issued = gen::issue_client(
                 &ca,

@@ -1,6 +1,7 @@
 //! `connected-registry proxy`: the TLS API proxy that routes child devices to the local
 //! registry, the blob module or the parent layer (replaces the nginx-based IoT Edge API proxy).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -82,15 +83,11 @@ struct Flags {
     /// Worker threads, each with its own single-threaded runtime [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Where a development certificate chain is generated (and renewed) when no server
-    /// certificate is configured.
-    #[arg(
-        long,
-        env = "CONNECTED_REGISTRY_DEV_CERT_DIR",
-        value_name = "DIR",
-        default_value = "./data/certs"
-    )]
-    dev_cert_dir: PathBuf,
+    /// For local tests only: with no server certificate configured, generate (and renew) a
+    /// development chain in DIR and serve it. Without this flag a missing certificate is an
+    /// error.
+    #[arg(long, env = "CONNECTED_REGISTRY_DEV_CERTS", value_name = "DIR")]
+    dev_certs: Option<PathBuf>,
     /// Print the effective configuration, with where each entry came from, and exit.
     #[arg(long)]
     print_config: bool,
@@ -102,7 +99,7 @@ fn env(name: &str) -> Option<String> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let args = *args.flags;
-    let mut flags = proxy::Flags {
+    let flags = proxy::Flags {
         config: args.config,
         listen: args.listen,
         cert: args.cert,
@@ -124,23 +121,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         reload_interval: args.reload_interval,
         alpn: args.alpn,
         workers: args.workers,
+        dev_certs: args.dev_certs,
     };
-    let (shown, _) =
+    let (config, problem) =
         proxy::Config::load_for_display(&flags, &env).context("proxy configuration")?;
-    let dev_chain = shown.cert.is_none() && shown.key.is_none();
     if args.print_config {
-        if dev_chain {
+        if let Some(dir) = &config.dev_certs {
             println!(
-                "# no server certificate configured (--cert/--key): a DEVELOPMENT chain would be \
-                 generated in {}",
-                args.dev_cert_dir.display()
+                "# no server certificate configured (--cert/--key): {} would generate a \
+                 DEVELOPMENT chain in {}",
+                proxy::config::DEV_CERTS_FLAG,
+                dir.display()
             );
-            let chain = certs::dev::DevChain::in_dir(&args.dev_cert_dir);
-            flags.cert = Some(chain.server_chain);
-            flags.key = Some(chain.server_key);
         }
-        let (config, problem) =
-            proxy::Config::load_for_display(&flags, &env).context("proxy configuration")?;
         print!("{}", config.render());
         if let Some(problem) = problem {
             eprintln!("error: the proxy would not start: {problem}");
@@ -148,13 +141,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if dev_chain {
-        let chain = dev_certificates(&args.dev_cert_dir).await?;
-        flags.cert = Some(chain.server_chain);
-        flags.key = Some(chain.server_key);
-        tokio::spawn(renew_dev_chain(args.dev_cert_dir.clone()));
+    // Refused before anything is written: no development chain for a proxy that cannot start.
+    if let Some(problem) = problem {
+        return Err(problem).context("proxy configuration");
     }
-    let config = proxy::Config::load(&flags, &env).context("proxy configuration")?;
+    if let Some(dir) = &config.dev_certs {
+        let names = dev_names(config.listen.0, &[]);
+        dev_certificates(dir, &names).await?;
+        tokio::spawn(renew_dev_chain(dir.clone(), names));
+    }
     let loader = Box::new(move || proxy::Config::load(&flags, &env));
     let server = proxy::Proxy::bind(config, loader)
         .await
@@ -167,27 +162,51 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Names the development server certificate is for: this machine as IoT Edge knows it, plus
-/// `localhost` and `127.0.0.1` (added by the generator).
-fn dev_hostnames() -> Vec<String> {
-    ["IOTEDGE_GATEWAYHOSTNAME", "HOSTNAME"]
+/// Names the development server certificate is for, besides `localhost` and `127.0.0.1`
+/// (added by the generator): this machine as IoT Edge knows it, the operator's `extra`
+/// names, and where other machines can connect: on every address (0.0.0.0 or ::) the
+/// machine's hostname and non-loopback addresses, on one address that address.
+pub fn dev_names(listen: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = ["IOTEDGE_GATEWAYHOSTNAME", "HOSTNAME"]
         .iter()
         .filter_map(|v| env(v))
+        .collect();
+    let ip = listen.ip();
+    if ip.is_unspecified() {
+        // Detected names a certificate cannot carry are left out; the operator's are not.
+        names.extend(
+            certs::host::hostname()
+                .filter(|h| certs::gen::parse_san(h).is_ok())
+                .into_iter()
+                .chain(certs::host::addresses().iter().map(|a| a.to_string())),
+        );
+    } else if !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    names.extend(extra.iter().cloned());
+    names
+        .into_iter()
         .map(|h| h.trim().to_ascii_lowercase())
         .filter(|h| !h.is_empty())
         .collect()
 }
 
-/// Creates or reuses the development chain, and says loudly what it is and what to trust.
-pub async fn dev_certificates(dir: &std::path::Path) -> anyhow::Result<certs::dev::DevChain> {
+/// Creates or reuses the development chain for `names` (re-issuing the server certificate,
+/// under the same root, when it lacks one of them), and says loudly what it is and what to
+/// trust.
+pub async fn dev_certificates(
+    dir: &std::path::Path,
+    names: &[String],
+) -> anyhow::Result<certs::dev::DevChain> {
     let dir = dir.to_owned();
-    let chain =
-        tokio::task::spawn_blocking(move || certs::dev::ensure_dev_chain(&dir, &dev_hostnames()))
-            .await?
-            .context("generating the development certificate chain")?;
+    let names = names.to_vec();
+    let chain = tokio::task::spawn_blocking(move || certs::dev::ensure_dev_chain(&dir, &names))
+        .await?
+        .context("generating the development certificate chain")?;
     tracing::warn!(
         "NO SERVER CERTIFICATE CONFIGURED: serving a DEVELOPMENT certificate ({}). \
-         Clients must trust the development root CA: {}. For production give --cert and --key.",
+         Clients must trust the development root CA: {}. For production give a real \
+         certificate and key.",
         chain.server_chain.display(),
         chain.root_ca.display()
     );
@@ -195,16 +214,15 @@ pub async fn dev_certificates(dir: &std::path::Path) -> anyhow::Result<certs::de
     Ok(chain)
 }
 
-/// Renews the development server certificate when due; the proxy picks up the new files itself.
-pub async fn renew_dev_chain(dir: PathBuf) {
+/// Renews the development server certificate for `names` when due; the proxy picks up the
+/// new files itself.
+pub async fn renew_dev_chain(dir: PathBuf, names: Vec<String>) {
     let every = certs::renew::RenewPolicy::default().max_check_interval;
     loop {
         tokio::time::sleep(every).await;
         let dir = dir.clone();
-        match tokio::task::spawn_blocking(move || {
-            certs::dev::ensure_dev_chain(&dir, &dev_hostnames())
-        })
-        .await
+        let names = names.clone();
+        match tokio::task::spawn_blocking(move || certs::dev::ensure_dev_chain(&dir, &names)).await
         {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::error!("renewing the development certificate failed: {err}"),

@@ -35,10 +35,43 @@ pub struct Args {
     pub gc_interval: Duration,
 
     /// Also serve TLS on this address through the built-in API proxy (routes `/v2`, `/acr` and
-    /// `/oauth2` to this registry), with a development certificate chain generated in DATA/certs:
-    /// the one-command local setup. In IoT Edge the proxy is its own module (`proxy`).
+    /// `/oauth2` to this registry), with a development certificate chain generated in DATA/certs
+    /// unless --proxy-cert/--proxy-key are given: the one-command local setup. On 0.0.0.0 or
+    /// :: the development certificate also names this machine's hostname and addresses.
+    /// In IoT Edge the proxy is its own module (`proxy`).
     #[arg(long, env = "CONNECTED_REGISTRY_PROXY_LISTEN", value_name = "IP:PORT")]
     pub proxy_listen: Option<SocketAddr>,
+
+    /// One more DNS name or IP address for the development certificate of --proxy-listen
+    /// (repeatable, or comma-separated), e.g. the name clients use through a NAT.
+    #[arg(
+        long = "proxy-name",
+        env = "CONNECTED_REGISTRY_PROXY_NAMES",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "proxy_listen",
+        conflicts_with = "proxy_cert"
+    )]
+    pub proxy_names: Vec<String>,
+
+    /// Server certificate chain (PEM, leaf first) for --proxy-listen instead of the development
+    /// chain; reloaded when it changes.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_PROXY_CERT",
+        value_name = "CHAIN.pem",
+        requires_all = ["proxy_listen", "proxy_key"]
+    )]
+    pub proxy_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --proxy-cert.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_PROXY_KEY",
+        value_name = "KEY.pem",
+        requires = "proxy_cert"
+    )]
+    pub proxy_key: Option<PathBuf>,
 
     #[command(flatten)]
     pub gc: super::gc::GcFlags,
@@ -79,7 +112,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     if let Some(tls) = args.proxy_listen {
-        start_local_proxy(tls, listener.local_addr()?, &args.data).await?;
+        let chain = match (&args.proxy_cert, &args.proxy_key) {
+            (Some(cert), Some(key)) => ServerChain::Given {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => ServerChain::Development {
+                dir: args.data.join("certs"),
+                names: super::proxy::dev_names(tls, &args.proxy_names),
+            },
+        };
+        start_local_proxy(tls, listener.local_addr()?, chain).await?;
     }
     tracing::info!(
         listen = %args.listen,
@@ -94,22 +137,36 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The API proxy in this process, in front of this registry, with the development chain.
+/// The certificate the built-in proxy serves.
+enum ServerChain {
+    /// The operator's own (`--proxy-cert`/`--proxy-key`).
+    Given { cert: PathBuf, key: PathBuf },
+    /// The development chain in `dir`, its server certificate covering `names`.
+    Development { dir: PathBuf, names: Vec<String> },
+}
+
+/// The API proxy in this process, in front of this registry.
 async fn start_local_proxy(
     tls: SocketAddr,
     registry: SocketAddr,
-    data: &std::path::Path,
+    chain: ServerChain,
 ) -> anyhow::Result<()> {
     let mut upstream = registry;
     if upstream.ip().is_unspecified() {
         upstream.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let dir = data.join("certs");
-    let chain = super::proxy::dev_certificates(&dir).await?;
+    let (cert, key) = match chain {
+        ServerChain::Given { cert, key } => (cert, key),
+        ServerChain::Development { dir, names } => {
+            let dev = super::proxy::dev_certificates(&dir, &names).await?;
+            tokio::spawn(super::proxy::renew_dev_chain(dir, names));
+            (dev.server_chain, dev.server_key)
+        }
+    };
     let flags = proxy::Flags {
         listen: Some(tls.to_string()),
-        cert: Some(chain.server_chain),
-        key: Some(chain.server_key),
+        cert: Some(cert),
+        key: Some(key),
         routes: ["/v2", "/acr", "/oauth2"]
             .iter()
             .map(|prefix| format!("{prefix}=http://{upstream}"))
@@ -128,7 +185,6 @@ async fn start_local_proxy(
         server.local_addr()?
     );
     tokio::spawn(server.serve());
-    tokio::spawn(super::proxy::renew_dev_chain(dir));
     Ok(())
 }
 
