@@ -46,6 +46,12 @@ fn wait_for_tag(registry: &Proc, repo: &str, tag: &str, digest: &str) {
     );
 }
 
+/// A child of `parent_url` (`--parent`) whose window is always open, with `extra` flags.
+fn start_child(data: &std::path::Path, parent_url: &str, extra: &[&str]) -> Proc {
+    let args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
+    start_registry(data, &args)
+}
+
 /// A schedule whose windows (hourly, one hour long) are always open, so these tests see an
 /// open window without a new scheduled start for the next minutes: what happens in them is the
 /// window's doing, not a new start's.
@@ -153,19 +159,11 @@ fn serve_retries_a_failed_pass_while_the_window_is_open() {
             .digest
     };
     let parent_url = format!("http://127.0.0.1:{port}");
-    let args = [
-        &ALWAYS_OPEN[..],
-        &[
-            "--parent",
-            &parent_url,
-            "--repo",
-            "demo/app",
-            "--sync-retry-max",
-            "PT1S",
-        ],
-    ]
-    .concat();
-    let child = start_registry(&tmp.path().join("child"), &args);
+    let child = start_child(
+        &tmp.path().join("child"),
+        &parent_url,
+        &["--repo", "demo/app", "--sync-retry-max", "PT1S"],
+    );
     let failed = status_when(&child, "a failed pass", |s| {
         s["lastResult"]["outcome"] == "Failed"
     });
@@ -192,37 +190,21 @@ fn serve_keeps_syncing_while_the_window_is_open() {
     let parent_url = parent.url();
     let up = Api::new(&parent_url);
     let v1 = up.push_image("demo/app", "v1", 1, 4096).1.digest;
-    let args = [
-        &ALWAYS_OPEN[..],
-        &[
-            "--parent",
-            &parent_url,
-            "--repo",
-            "demo/*",
-            "--sync-poll-interval",
-            "PT1S",
-        ],
-    ]
-    .concat();
-    let child = start_registry(&tmp.path().join("child"), &args);
+    let child = start_child(
+        &tmp.path().join("child"),
+        &parent_url,
+        &["--repo", "demo/*", "--sync-poll-interval", "PT1S"],
+    );
     wait_for_tag(&child, "demo/app", "v1", &v1);
     let v2 = up.push_image("demo/app", "v2", 1, 4096).1.digest;
     wait_for_tag(&child, "demo/app", "v2", &v2);
     drop(child);
 
-    let args = [
-        &ALWAYS_OPEN[..],
-        &[
-            "--parent",
-            &parent_url,
-            "--repo",
-            "demo/*",
-            "--sync-poll-interval",
-            "P1D",
-        ],
-    ]
-    .concat();
-    let child = start_registry(&tmp.path().join("child"), &args);
+    let child = start_child(
+        &tmp.path().join("child"),
+        &parent_url,
+        &["--repo", "demo/*", "--sync-poll-interval", "P1D"],
+    );
     status_when(&child, "a completed pass", |s| {
         s["lastResult"]["outcome"] == "Completed"
     });
@@ -239,19 +221,11 @@ fn serve_status_shows_scope_that_matches_nothing() {
     let parent = start_registry(&tmp.path().join("parent"), &[]);
     let parent_url = parent.url();
     Api::new(&parent_url).push_image("demo/app", "v1", 1, 1024);
-    let args = [
-        &ALWAYS_OPEN[..],
-        &[
-            "--parent",
-            &parent_url,
-            "--repo",
-            "demo/app",
-            "--repo",
-            "demo/nonexistnt",
-        ],
-    ]
-    .concat();
-    let child = start_registry(&tmp.path().join("child"), &args);
+    let child = start_child(
+        &tmp.path().join("child"),
+        &parent_url,
+        &["--repo", "demo/app", "--repo", "demo/nonexistnt"],
+    );
     let s = status_when(&child, "a completed pass", |s| {
         s["lastResult"]["outcome"] == "Completed"
     });
@@ -270,12 +244,11 @@ fn serve_says_when_a_repository_is_outside_the_sync_scope() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_registry(&tmp.path().join("parent"), &[]);
     let parent_url = parent.url();
-    let args = [
-        &ALWAYS_OPEN[..],
-        &["--parent", &parent_url, "--repo", "demo/*"],
-    ]
-    .concat();
-    let child = start_registry(&tmp.path().join("child"), &args);
+    let child = start_child(
+        &tmp.path().join("child"),
+        &parent_url,
+        &["--repo", "demo/*"],
+    );
     let api = Api::new(&child.url());
     let outside = api
         .get("/v2/other/multi/manifests/1.0")

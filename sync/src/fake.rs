@@ -314,6 +314,19 @@ struct StoreState {
     changes: Vec<LocalChange>,
 }
 
+impl StoreState {
+    /// Appends to the change log (sequence numbers from 1, without gaps).
+    fn log(&mut self, repo: &str, from_client: bool, kind: ChangeKind) {
+        let seq = self.changes.len() as u64 + 1;
+        self.changes.push(LocalChange {
+            seq,
+            repo: repo.to_owned(),
+            from_client,
+            kind,
+        });
+    }
+}
+
 /// The local store in memory (blob bytes in files under a temp directory).
 pub struct FakeStore {
     root: PathBuf,
@@ -415,13 +428,7 @@ impl FakeStore {
             });
         }
         for kind in log {
-            let seq = s.changes.len() as u64 + 1;
-            s.changes.push(LocalChange {
-                seq,
-                repo: repo.to_owned(),
-                from_client,
-                kind,
-            });
+            s.log(repo, from_client, kind);
         }
         Ok(digest)
     }
@@ -538,15 +545,10 @@ impl LocalStore for FakeStore {
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
         self.with(|s| {
             if s.tags.remove(&(repo.to_owned(), tag.to_owned())).is_some() {
-                let seq = s.changes.len() as u64 + 1;
-                s.changes.push(LocalChange {
-                    seq,
-                    repo: repo.to_owned(),
-                    from_client: false,
-                    kind: ChangeKind::TagDeleted {
-                        tag: tag.to_owned(),
-                    },
-                });
+                let kind = ChangeKind::TagDeleted {
+                    tag: tag.to_owned(),
+                };
+                s.log(repo, false, kind);
             }
         });
         Ok(())
