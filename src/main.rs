@@ -7,6 +7,7 @@
 
 mod cmd;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -40,7 +41,38 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_in_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .init();
+}
+
+/// Colour codes help a person at a terminal and garble everything else (log files,
+/// `docker logs`, `journalctl`), so logs are coloured only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+fn log_in_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The error and its causes, each said once. Our error types, like most, put their cause in
+/// their own message (so a log line that shows only the message is complete) and also return
+/// it as `source()`; printing the chain naively then repeats it ("...: Address already in use
+/// (os error 98): Address already in use (os error 98)"). A cause whose text the message
+/// already holds is left out.
+fn error_report(err: &anyhow::Error) -> String {
+    let mut report = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if report.contains(&text) {
+            continue;
+        }
+        if !report.is_empty() {
+            report.push_str(": ");
+        }
+        report.push_str(&text);
+    }
+    report
 }
 
 fn main() -> ExitCode {
@@ -69,8 +101,50 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_report(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        /// Says its cause and returns it as its source, as `#[error("...: {source}")]` does.
+        #[derive(Debug)]
+        struct Bind(std::io::Error);
+        impl std::fmt::Display for Bind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot listen on 127.0.0.1:1: {}", self.0)
+            }
+        }
+        impl std::error::Error for Bind {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let os = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let err = anyhow::Error::new(Bind(os)).context("starting the proxy");
+        let report = error_report(&err);
+        let cause = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+        assert_eq!(report.matches(&cause).count(), 1, "{report}");
+        assert!(
+            report.starts_with("starting the proxy: cannot listen"),
+            "{report}"
+        );
+        // Causes not in the message are all there, in order.
+        let err = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_report(&err), "outer: middle: inner");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_in_colour(true, None));
+        assert!(log_in_colour(true, Some("".into())));
+        assert!(!log_in_colour(true, Some("1".into())));
+        assert!(!log_in_colour(false, None));
     }
 }

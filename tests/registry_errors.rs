@@ -397,6 +397,46 @@ fn unknown_manifests_blobs_and_uploads() {
         .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 }
 
+#[test]
+fn malformed_references_are_unknown_manifests_except_to_put() {
+    let (_d, t, api) = setup();
+    let (manifest, _, _) = api.push_image("known", "v1", 1, 100);
+    // The OCI v1.1 conformance suite reads `.INVALID_MANIFEST_NAME` and expects 404: nothing can
+    // be stored under a reference that is not one.
+    let long_tag = "t".repeat(129);
+    let malformed = [
+        ".INVALID_MANIFEST_NAME",
+        "-leading-dash",
+        long_tag.as_str(),
+        "sha256:nothex",
+    ];
+    refused_stores_nothing(
+        &t,
+        &api,
+        &["known"],
+        "reads of malformed references",
+        || {
+            for reference in malformed {
+                let path = format!("/v2/known/manifests/{reference}");
+                api.get(&path).expect_error(404, "MANIFEST_UNKNOWN");
+                api.head(&path).expect(404);
+                let r = api.delete(&path);
+                assert_eq!(r.status, 404, "DELETE {reference}: {}", r.text());
+            }
+        },
+    );
+    if t.kind == Kind::Distribution {
+        return; // its router answers a PUT to an unroutable reference 404 as well
+    }
+    // A PUT names what it would create: a malformed name is the client's to fix.
+    refused_stores_nothing(&t, &api, &["known"], "PUT to malformed references", || {
+        api.put_manifest("known", ".INVALID_MANIFEST_NAME", OCI_MANIFEST, &manifest)
+            .expect_error(400, "MANIFEST_INVALID");
+        api.put_manifest("known", "sha256:nothex", OCI_MANIFEST, &manifest)
+            .expect_error(400, "DIGEST_INVALID");
+    });
+}
+
 /// PATCHes `data` to a new upload in `repo` with `Content-Range: content_range` and asserts
 /// the refusal: 416, or 400 with SIZE_INVALID or BLOB_UPLOAD_INVALID. `what` names the case.
 fn patch_is_refused(api: &Api, repo: &str, content_range: &str, data: &[u8], what: &str) {

@@ -433,10 +433,38 @@ fn header_name(text: &str, source: &Source) -> Result<HeaderName, ConfigError> {
 }
 
 fn socket_addr(text: &str, source: &Source, what: &str) -> Result<SocketAddr, ConfigError> {
-    text.trim().parse().map_err(|_| ConfigError::Value {
+    listen_addr(text).map_err(|message| ConfigError::Value {
         origin: source.clone(),
-        message: format!("{what} {text:?} is not IP:PORT (e.g. 0.0.0.0:443 or [::]:443)"),
+        message: format!("{what} {message}"),
     })
+}
+
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` with a host name, resolved now. A name
+/// with several addresses gets the first IPv4 one, else the first: `localhost` binds 127.0.0.1,
+/// the address the docs and most clients use (a client that tries `::1` first falls back to
+/// it). Used for every listen address of the binary, the registry's included.
+pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let text = text.trim();
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let malformed =
+        || format!("{text:?} is not HOST:PORT (e.g. 0.0.0.0:443, [::]:443 or localhost:8443)");
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(malformed()),
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("{text:?}: cannot resolve the host name: {err}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: the host name has no address"))
 }
 
 fn prefix(text: &str, source: &Source) -> Result<String, ConfigError> {
@@ -1147,6 +1175,14 @@ mod tests {
         assert!(Upstream::parse("http://h:0").is_err());
         assert!(Upstream::parse("http://h:1/path").is_err());
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            listen_addr("localhost:8443").unwrap(),
+            "127.0.0.1:8443".parse().unwrap()
+        );
+        assert_eq!(listen_addr("[::1]:1").unwrap(), "[::1]:1".parse().unwrap());
+        for bad in ["localhost", "localhost:99999", ":80"] {
+            assert!(listen_addr(bad).is_err(), "{bad}");
+        }
         assert!(parse_duration("3 weeks").is_err());
     }
 }

@@ -42,7 +42,7 @@ impl GcFlags {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Data directory to collect (the registry must not be running on it).
+    /// Data directory to collect (the registry must not be running on it); never created.
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     pub data: PathBuf,
 
@@ -51,6 +51,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::check_data_dir(&args.data, super::MissingData::Refuse)?;
     let data = args.data.clone();
     let options = args.gc.options();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

@@ -7,6 +7,40 @@ pub mod proxy;
 pub mod serve;
 pub mod sync;
 
+/// What a command does when its data directory does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum MissingData {
+    /// Create it (`serve`, `sync`: they fill a store).
+    Create,
+    /// Refuse (`gc`: a command that reads or collects must never create a store at a
+    /// mistyped path).
+    Refuse,
+}
+
+/// Checks the data directory before a store is opened there, so a path that cannot hold one
+/// is named as such, with the setting to change, instead of failing deep in the store.
+pub fn check_data_dir(dir: &std::path::Path, missing: MissingData) -> anyhow::Result<()> {
+    let shown = dir.display();
+    let setting = "check --data (or ACR_REGISTRY_DATA_VOLUME)";
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => anyhow::bail!(
+            "{shown} is not a directory: the data directory must be one; {setting},              or move the file away"
+        ),
+        Ok(_) if missing == MissingData::Refuse && !registry::Store::exists_in(dir) => {
+            anyhow::bail!("no registry data at {shown} (it holds no meta.redb): {setting}")
+        }
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => match missing {
+            MissingData::Create => Ok(()),
+            MissingData::Refuse => {
+                anyhow::bail!("no registry data at {shown}: it does not exist; {setting}")
+            }
+        },
+        Err(err) => Err(anyhow::Error::new(err)
+            .context(format!("cannot use {shown} as the data directory ({setting})"))),
+    }
+}
+
 /// A duration flag: a number with a unit, `s`, `m`, `h` or `d` (e.g. `90s`, `30m`, `1h`, `7d`).
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
     let value = value.trim();

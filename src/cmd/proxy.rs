@@ -21,8 +21,9 @@ struct Flags {
     /// TOML config file (watched: route changes apply without a restart).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// TLS listen address [default: 0.0.0.0:443, or 0.0.0.0:$NGINX_DEFAULT_PORT].
-    #[arg(long, value_name = "IP:PORT")]
+    /// TLS listen address, IP:PORT or HOST:PORT (a host name binds its first IPv4 address)
+    /// [default: 0.0.0.0:443, or 0.0.0.0:$NGINX_DEFAULT_PORT].
+    #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Server certificate chain, PEM, leaf first (reloaded when it changes).
     #[arg(long, value_name = "CHAIN.pem")]
@@ -41,7 +42,7 @@ struct Flags {
     #[arg(long, value_name = "ROOTS.pem")]
     trust: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (plain HTTP, /metrics and /healthz).
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "HOST:PORT")]
     admin: Option<String>,
     /// A path route, PREFIX=URL (repeatable), e.g. /v2=http://127.0.0.1:8080.
     #[arg(long = "route", value_name = "PREFIX=URL")]

@@ -10,11 +10,14 @@ use registry::{Limits, Store};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Address to listen on (plain HTTP; TLS is the proxy's job). The IoT Edge module uses 0.0.0.0:8080.
+    /// Address to listen on, IP:PORT or HOST:PORT (plain HTTP; TLS is the proxy's job). A host
+    /// name binds its first IPv4 address (localhost: 127.0.0.1). The IoT Edge module uses 0.0.0.0:8080.
     #[arg(
         long,
         env = "CONNECTED_REGISTRY_LISTEN",
-        default_value = "127.0.0.1:8080"
+        default_value = "127.0.0.1:8080",
+        value_name = "HOST:PORT",
+        value_parser = proxy::config::listen_addr
     )]
     pub listen: SocketAddr,
 
@@ -39,7 +42,12 @@ pub struct Args {
     /// unless --proxy-cert/--proxy-key are given: the one-command local setup. On 0.0.0.0 or
     /// :: the development certificate also names this machine's hostname and addresses.
     /// In IoT Edge the proxy is its own module (`proxy`).
-    #[arg(long, env = "CONNECTED_REGISTRY_PROXY_LISTEN", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_PROXY_LISTEN",
+        value_name = "HOST:PORT",
+        value_parser = proxy::config::listen_addr
+    )]
     pub proxy_listen: Option<SocketAddr>,
 
     /// One more DNS name or IP address for the development certificate of --proxy-listen
@@ -73,6 +81,18 @@ pub struct Args {
     )]
     pub proxy_key: Option<PathBuf>,
 
+    /// Log one line per request (target `access`: method, path without the query, status,
+    /// bytes sent, duration, client address; never a header or token).
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_ACCESS_LOG",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub access_log: bool,
+
     #[command(flatten)]
     pub gc: super::gc::GcFlags,
 
@@ -81,6 +101,13 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Every setting is checked, and the port taken, before anything is written to disk: a
+    // refused command leaves no data directory behind.
+    let sync = super::sync::Prepared::from_flags(&args.sync)?;
+    let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
+    super::check_data_dir(&args.data, super::MissingData::Create)?;
+    let port =
+        claim_port(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let limits = Limits {
         max_manifest_size: args.max_manifest_size,
         manifest_cache_bytes: args.manifest_cache_size,
@@ -89,6 +116,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    let listener = port
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     if !args.gc_interval.is_zero() {
         tokio::spawn(collect_garbage(
             store.clone(),
@@ -96,21 +126,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.gc.options(),
         ));
     }
-    let sync = super::sync::start_background(&args.sync, store.clone(), &args.data)?;
-    let miss_hint = sync.as_ref().map(|s| s.miss_hint.clone());
+    let background = sync
+        .map(|sync| sync.start_background(store.clone(), &args.data))
+        .transpose()?;
+    let miss_hint = background.as_ref().map(|b| b.miss_hint.clone());
     let mut app = registry::api::router_with(store.clone(), miss_hint);
-    match sync {
+    match background {
         // The sync service prunes the change log itself, sparing what still has to go up.
-        Some(sync) => app = app.merge(sync.status),
+        Some(background) => app = app.merge(background.status),
         // With no parent nothing goes up: keep changes for children for messageTtl.
         None => {
-            let ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
-            tokio::spawn(prune_change_log(store, ttl));
+            tokio::spawn(prune_change_log(store, message_ttl));
         }
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     if let Some(tls) = args.proxy_listen {
         let chain = match (&args.proxy_cert, &args.proxy_key) {
             (Some(cert), Some(key)) => ServerChain::Given {
@@ -127,8 +155,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(
         listen = %args.listen,
         data = %args.data.display(),
+        access_log = args.access_log,
         "registry serving /v2 over plain HTTP"
     );
+    let app = registry::api::access_log::WithAccessLog::new(app, args.access_log);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -143,6 +173,23 @@ enum ServerChain {
     Given { cert: PathBuf, key: PathBuf },
     /// The development chain in `dir`, its server certificate covering `names`.
     Development { dir: PathBuf, names: Vec<String> },
+}
+
+/// Connections waiting to be accepted, as `TcpListener::bind` has it.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` without listening yet: a port in use is refused before anything is written to
+/// disk, and connections are accepted only once the store is open (until then they are
+/// refused, so whoever waits for the port finds a registry that serves, and `gc` cannot open
+/// the store under a registry that is starting).
+fn claim_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// The API proxy in this process, in front of this registry.

@@ -1,7 +1,7 @@
 //! `connected-registry sync`: one pass now (`--once`, with a progress bar per blob and a
 //! summary) or the schedule in the foreground; and `SyncFlags`, the sync settings `serve`
-//! shares, with `start_background` that `serve` calls to run the schedule and expose
-//! `GET /acr/v1/_sync/status`.
+//! shares, with `Prepared::start_background` that `serve` calls to run the schedule and
+//! expose `GET /acr/v1/_sync/status`.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -177,30 +177,29 @@ impl SyncFlags {
             retries: self.sync_retries,
             upload_chunk_bytes: self.sync_upload_chunk,
         });
-        Ok(raw.validate()?)
+        match raw.clone().validate()? {
+            Some(settings) => Ok(Some(settings)),
+            // Sync is off, but what was set for it is still checked, against a parent that is
+            // never contacted: a mistyped setting is refused now, not ignored until the day
+            // a parent is configured.
+            None => {
+                RawSettings {
+                    parent: Some("https://parent.invalid".into()),
+                    ..raw
+                }
+                .validate()?;
+                Ok(None)
+            }
+        }
     }
 }
 
-fn engine(
+/// Sync, checked and ready to start: the validated settings and the parent client (which
+/// reads the trust bundle), both made before a command touches the disk, so a bad setting
+/// leaves no data directory behind.
+pub struct Prepared {
     settings: Settings,
-    store: registry::Store,
-    data: &Path,
-    progress: Arc<dyn Progress>,
-) -> anyhow::Result<Arc<Engine>> {
-    let client = ParentClient::new(
-        &settings.parent,
-        settings.credentials.clone(),
-        settings.trust.as_deref(),
-        settings.limits.clone(),
-    )?;
-    let state = StateFile::open(&data.join("sync"))?;
-    Ok(Arc::new(Engine::new(
-        Arc::new(client),
-        Arc::new(store),
-        settings,
-        Arc::new(state),
-        progress,
-    )))
+    client: ParentClient,
 }
 
 /// What `serve` gets from a running sync schedule.
@@ -211,34 +210,61 @@ pub struct Background {
     pub miss_hint: registry::api::MissHint,
 }
 
-/// Called by `serve`: starts the sync schedule in the background (when a parent is
-/// configured). `None` when sync is off. `data` is the registry's data directory (sync keeps
-/// its progress in `data/sync/`).
-pub fn start_background(
-    flags: &SyncFlags,
-    store: registry::Store,
-    data: &Path,
-) -> anyhow::Result<Option<Background>> {
-    let Some(settings) = flags.settings()? else {
-        return Ok(None);
-    };
-    tracing::info!(
-        parent = %settings.parent,
-        mode = ?settings.mode,
-        schedule = settings.schedule.source(),
-        "sync enabled"
-    );
-    let rules = settings.repos.clone();
-    let miss_hint: registry::api::MissHint = Arc::new(move |repo: &registry::RepoName| {
-        sync::settings::outside_scope(&rules, repo.as_str())
-    });
-    let engine = engine(settings, store, data, Arc::new(NoProgress))?;
-    let service = SyncService::new(engine);
-    service.spawn();
-    Ok(Some(Background {
-        status: service.router(),
-        miss_hint,
-    }))
+impl Prepared {
+    /// `None` when no parent is configured (sync off).
+    pub fn from_flags(flags: &SyncFlags) -> anyhow::Result<Option<Prepared>> {
+        let Some(settings) = flags.settings()? else {
+            return Ok(None);
+        };
+        let client = ParentClient::new(
+            &settings.parent,
+            settings.credentials.clone(),
+            settings.trust.as_deref(),
+            settings.limits.clone(),
+        )?;
+        Ok(Some(Prepared { settings, client }))
+    }
+
+    fn engine(
+        self,
+        store: registry::Store,
+        data: &Path,
+        progress: Arc<dyn Progress>,
+    ) -> anyhow::Result<Arc<Engine>> {
+        let state = StateFile::open(&data.join("sync"))?;
+        Ok(Arc::new(Engine::new(
+            Arc::new(self.client),
+            Arc::new(store),
+            self.settings,
+            Arc::new(state),
+            progress,
+        )))
+    }
+
+    /// Called by `serve`: starts the sync schedule in the background. `data` is the
+    /// registry's data directory (sync keeps its progress in `data/sync/`).
+    pub fn start_background(
+        self,
+        store: registry::Store,
+        data: &Path,
+    ) -> anyhow::Result<Background> {
+        tracing::info!(
+            parent = %self.settings.parent,
+            mode = ?self.settings.mode,
+            schedule = self.settings.schedule.source(),
+            "sync enabled"
+        );
+        let rules = self.settings.repos.clone();
+        let miss_hint: registry::api::MissHint = Arc::new(move |repo: &registry::RepoName| {
+            sync::settings::outside_scope(&rules, repo.as_str())
+        });
+        let service = SyncService::new(self.engine(store, data, Arc::new(NoProgress))?);
+        service.spawn();
+        Ok(Background {
+            status: service.router(),
+            miss_hint,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -270,7 +296,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Some(settings) = args.sync.settings()? else {
+    let Some(sync) = Prepared::from_flags(&args.sync)? else {
         anyhow::bail!(
             "no parent configured: give --parent URL, --connection-string, \
              ACR_REGISTRY_CONNECTION_STRING, or a --sync-config file with `parent`"
@@ -283,13 +309,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    super::check_data_dir(&args.data, super::MissingData::Create)?;
     let data = args.data.clone();
     let store =
         tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
             .await?
             .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     if !args.once {
-        let engine = engine(settings, store, &args.data, Arc::new(NoProgress))?;
+        let engine = sync.engine(store, &args.data, Arc::new(NoProgress))?;
         let service = SyncService::new(engine);
         let handle = service.spawn();
         tokio::select! {
@@ -300,7 +327,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let bars = Bars::new(!args.quiet && std::io::stderr().is_terminal(), args.quiet);
     let ticker = bars.clone().start();
-    let engine = engine(settings, store, &args.data, bars.clone())?;
+    let engine = sync.engine(store, &args.data, bars.clone())?;
     let deadline = time_limit.map(|d| tokio::time::Instant::now() + d);
     let summary = engine.run_pass(deadline).await;
     ticker.abort();

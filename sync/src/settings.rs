@@ -185,6 +185,12 @@ impl CronSchedule {
                 ))
             }
         };
+        // Five fields start at the minute, six at the second.
+        let names = &CRON_FIELDS[CRON_FIELDS.len() - fields.len()..];
+        for ((name, min, max), field) in names.iter().zip(&fields) {
+            check_cron_field(name, *min, *max, field)
+                .map_err(|m| invalid("syncSchedule", format!("{s:?}: {m}")))?;
+        }
         let dow = crontab_dow_to_names(rest[4])
             .map_err(|m| invalid("syncSchedule", format!("{s:?}: {m}; {help}")))?;
         let expr = format!(
@@ -220,6 +226,63 @@ impl CronSchedule {
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.schedule.after(&now).next()
     }
+}
+
+/// The fields of a schedule with their valid numbers, as crontab has them; the five-field
+/// form starts at the minute.
+const CRON_FIELDS: [(&str, u32, u32); 6] = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+];
+
+/// Checks the numbers of one field (in lists, ranges `a-b` and steps `/n`) against its range,
+/// so a mistake is reported in crontab's terms: the `cron` crate's own messages count some
+/// fields differently from crontab (it says "Minutes must be less than 59" of 61, though 59 is
+/// valid). Names (`MON`, `JAN`) are left to the crate.
+fn check_cron_field(name: &str, min: u32, max: u32, field: &str) -> Result<(), String> {
+    let number = |text: &str| -> Result<Option<u32>, String> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(None);
+        }
+        match text.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("{name} {text} is out of range {min}-{max}")),
+        }
+    };
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        if let Some(step) = step {
+            if step.bytes().all(|b| b.is_ascii_digit())
+                && !matches!(step.parse::<u32>(), Ok(n) if (1..=max).contains(&n))
+            {
+                return Err(format!(
+                    "{name} step /{step} is out of range: steps run from 1 to {max}"
+                ));
+            }
+        }
+        if range == "*" || range == "?" {
+            continue;
+        }
+        let (first, last) = match range.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(range)?, None),
+        };
+        if let (Some(a), Some(b)) = (first, last) {
+            if a > b {
+                return Err(format!(
+                    "{name} range {a}-{b} runs backwards: write the smaller number first"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Crontab numbers day-of-week 0-7 with Sunday 0 and 7; the `cron` crate numbers 1-7 from
@@ -873,7 +936,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("five fields"));
-        assert!(CronSchedule::parse("61 * * * *").is_err());
+        assert!(CronSchedule::parse("59 23 31 12 7").is_ok());
+        assert!(CronSchedule::parse("0-59/5 0-23 1-31 1-12 0-7").is_ok());
+        assert!(CronSchedule::parse("0 0 * JAN-MAR MON-FRI").is_ok());
         let every = CronSchedule::parse("* * * * *").unwrap();
         let now = "2026-11-23T02:00:30Z".parse::<DateTime<Utc>>().unwrap();
         assert_eq!(
@@ -882,6 +947,37 @@ mod tests {
                 .unwrap(),
             "2026-11-23T02:00:00Z".parse::<DateTime<Utc>>().unwrap()
         );
+    }
+
+    #[test]
+    fn cron_numbers_out_of_range_name_the_field_and_its_range() {
+        let refused = |expr: &str| CronSchedule::parse(expr).unwrap_err().to_string();
+        assert_eq!(
+            refused("61 * * * *"),
+            r#"syncSchedule: "61 * * * *": minute 61 is out of range 0-59"#
+        );
+        for (expr, says) in [
+            ("* 24 * * *", "hour 24 is out of range 0-23"),
+            ("* * 0 * *", "day-of-month 0 is out of range 1-31"),
+            ("* * 32 * *", "day-of-month 32 is out of range 1-31"),
+            ("* * * 13 *", "month 13 is out of range 1-12"),
+            ("* * * 0 *", "month 0 is out of range 1-12"),
+            ("* * * * 8", "day-of-week 8 is out of range 0-7"),
+            ("0-60 * * * *", "minute 60 is out of range 0-59"),
+            ("* 1,2,25 * * *", "hour 25 is out of range 0-23"),
+            ("5-70/5 * * * *", "minute 70 is out of range 0-59"),
+            (
+                "*/0 * * * *",
+                "minute step /0 is out of range: steps run from 1 to 59",
+            ),
+            ("*/60 * * * *", "minute step /60 is out of range"),
+            ("30-10 * * * *", "minute range 30-10 runs backwards"),
+            ("60 0 * * * *", "second 60 is out of range 0-59"),
+        ] {
+            let message = refused(expr);
+            assert!(message.contains(says), "{expr}: {message}");
+            assert!(message.starts_with("syncSchedule: "), "{expr}: {message}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The registry's HTTP API: `/v2` (OCI Distribution v1.1) and `/acr/v1/_changes` (the change
 //! feed children sync from). `/oauth2` joins here.
 
+pub mod access_log;
 pub mod acr;
 mod drain;
 pub mod v2;

@@ -108,6 +108,9 @@ impl ManifestCache {
     }
 }
 
+/// The metadata database in a store's directory.
+const META_FILE: &str = "meta.redb";
+
 impl Store {
     /// Opens (or creates) the store in `dir`: `blobs/`, `uploads/`, `tmp/` and `meta.redb`.
     pub fn open(dir: &Path, limits: Limits) -> Result<Store, StorageError> {
@@ -116,7 +119,7 @@ impl Store {
         let inner = Inner {
             root: dir.to_owned(),
             blobs: blobs::Blobs::open(dir)?,
-            meta: meta::Meta::open(&dir.join("meta.redb"))?,
+            meta: meta::Meta::open(&dir.join(META_FILE))?,
             uploads: uploads::Uploads::open(dir.join("uploads"))?,
             limits,
             cache: ManifestCache::default(),
@@ -126,6 +129,11 @@ impl Store {
         Ok(Store {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Whether `dir` holds a store (its metadata file), for commands that must not create one.
+    pub fn exists_in(dir: &Path) -> bool {
+        dir.join(META_FILE).is_file()
     }
 
     pub fn root(&self) -> &Path {

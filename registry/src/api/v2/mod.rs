@@ -183,7 +183,19 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
         }
         (Route::Manifest(name, reference), method) => {
             let repo = repo(name)?;
-            let reference = Reference::parse(reference)?;
+            let reference = match Reference::parse(reference) {
+                Ok(parsed) => parsed,
+                // A PUT names what it creates: a bad name is the client's to fix (400).
+                Err(err) if method == Method::PUT => return Err(err.into()),
+                // Nothing can be stored under a malformed reference, so reading or deleting
+                // one finds nothing: 404, as the spec and the conformance suite have it.
+                Err(err) => {
+                    return Err(ApiError::new(
+                        ErrorCode::ManifestUnknown,
+                        format!("no manifest can be known as {reference:?}: {err}"),
+                    ))
+                }
+            };
             match method {
                 Method::GET | Method::HEAD => manifests::get(store, &repo, &reference, &req),
                 Method::PUT => manifests::put(store, repo, reference, req).await,
