@@ -52,24 +52,6 @@ pub(super) fn parse_challenge(header: &str) -> (String, HashMap<String, String>)
     (scheme.to_owned(), params)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenge() {
-        let (k, p) = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
-        );
-        assert_eq!(k, "Bearer");
-        assert_eq!(p["realm"], "https://auth.example/token");
-        assert_eq!(p["scope"], "repository:a/b:pull,push");
-        let (k, p) = parse_challenge(r#"Basic realm="x""#);
-        assert_eq!(k, "Basic");
-        assert_eq!(p["realm"], "x");
-    }
-}
-
 impl ParentClient {
     /// Adds what the parent asked for so far; says what was sent, so a 401 can tell a
     /// refused credential from a token someone else already refreshed.
@@ -214,5 +196,23 @@ impl ParentClient {
             }
             other => Err(auth_err(format!("unsupported auth scheme {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge() {
+        let (k, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(k, "Bearer");
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (k, p) = parse_challenge(r#"Basic realm="x""#);
+        assert_eq!(k, "Basic");
+        assert_eq!(p["realm"], "x");
     }
 }
