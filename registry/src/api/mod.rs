@@ -4,13 +4,14 @@
 pub mod access_log;
 pub mod acr;
 mod drain;
+pub mod error;
 pub mod v2;
 
 use std::sync::Arc;
 
 use axum::Router;
 
-use crate::name::RepoName;
+use oci::name::RepoName;
 use crate::storage::Store;
 
 /// Explains why a repository has no such manifest, tag or blob here, when something outside

@@ -4,10 +4,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::Req;
-use crate::digest::Digest;
-use crate::error::{ApiError, ErrorCode};
-use crate::manifest::OCI_INDEX;
-use crate::name::RepoName;
+use oci::digest::Digest;
+use crate::api::error::ApiError;
+use oci::ErrorCode;
+use oci::media_type::OCI_INDEX;
+use oci::name::RepoName;
 use crate::storage::Store;
 
 /// `n` and `last` from the query; `n` absent means everything.

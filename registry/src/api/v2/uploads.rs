@@ -13,9 +13,11 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::manifests::internal;
 use super::{digest, repo as parse_repo, Req, DIGEST_HEADER, UPLOAD_UUID_HEADER};
-use crate::digest::Digest;
-use crate::error::{upload_range, ApiError, ErrorCode, StorageError};
-use crate::name::RepoName;
+use oci::digest::Digest;
+use crate::api::error::{upload_range, ApiError};
+use crate::storage::StorageError;
+use oci::ErrorCode;
+use oci::name::RepoName;
 use crate::storage::{Session, Store};
 
 /// Body frames in flight between the network and the disk writer.
