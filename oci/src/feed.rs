@@ -57,7 +57,11 @@ pub enum FeedError {
     /// (and upgrade this side to use the feed again).
     #[error("the change feed answered in version {version}, and this build reads versions up to {FEED_VERSION}")]
     Newer { version: u32 },
+    /// Not a feed page at all (no `head`): whatever answered offers no feed.
     #[error("not a change feed page: {0}")]
+    NotAFeed(String),
+    /// A feed page of a version this side reads that does not parse: a broken parent.
+    #[error("a broken change feed page: {0}")]
     Malformed(String),
 }
 
@@ -66,16 +70,22 @@ impl FeedPage {
     /// shape, and must read as [`FeedError::Newer`], not as malformed.
     pub fn from_json(bytes: &[u8]) -> Result<FeedPage, FeedError> {
         #[derive(Deserialize)]
-        struct Version {
+        struct Frame {
             #[serde(default = "first_version")]
             version: u32,
+            head: Option<serde_json::Value>,
         }
-        let malformed = |e: serde_json::Error| FeedError::Malformed(e.to_string());
-        let Version { version } = serde_json::from_slice(bytes).map_err(malformed)?;
-        if version > FEED_VERSION {
-            return Err(FeedError::Newer { version });
+        let frame: Frame = serde_json::from_slice(bytes)
+            .map_err(|e| FeedError::NotAFeed(format!("not a JSON object with a version: {e}")))?;
+        if frame.version > FEED_VERSION {
+            return Err(FeedError::Newer {
+                version: frame.version,
+            });
         }
-        serde_json::from_slice(bytes).map_err(malformed)
+        if frame.head.is_none() {
+            return Err(FeedError::NotAFeed("no \"head\" field".into()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| FeedError::Malformed(e.to_string()))
     }
 }
 
@@ -177,6 +187,14 @@ mod tests {
         );
         assert!(matches!(
             FeedPage::from_json(b"{\"version\":1}"),
+            Err(FeedError::NotAFeed(_))
+        ));
+        assert!(matches!(
+            FeedPage::from_json(b"[1]"),
+            Err(FeedError::NotAFeed(_))
+        ));
+        assert!(matches!(
+            FeedPage::from_json(b"{\"head\":1,\"changes\":[{\"seq\":1}]}"),
             Err(FeedError::Malformed(_))
         ));
     }

@@ -7,13 +7,12 @@ pub mod backoff;
 pub mod client;
 pub mod connection_string;
 mod copy;
-pub mod digest;
 pub mod engine;
 #[cfg(test)]
 mod fake;
 mod feed;
-pub mod manifest;
 pub mod parent;
+pub mod platforms;
 mod pass;
 mod push;
 mod reconcile;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::connection_string::{ConnectionString, ConnectionStringError};
-use crate::manifest::Platform;
+use oci::Platform;
 
 /// A setting that cannot be used. The message names the setting and what is valid.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sync::client::ClientError;
-use sync::digest::Digest;
+use oci::Digest;
 use sync::settings::Limits;
 use sync::ParentClient;
 

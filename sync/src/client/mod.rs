@@ -21,7 +21,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TY
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use crate::backoff::Backoff;
-use crate::digest::Digest;
+use oci::Digest;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
 
@@ -32,7 +32,7 @@ mod tls;
 mod upload;
 
 use auth::CachedToken;
-pub use feed::{FeedChange, FeedPage, FeedWhat};
+pub use feed::FeedAnswer;
 pub use pull::BlobStream;
 use tls::tls_config;
 pub use upload::Uploaded;

@@ -135,7 +135,7 @@ impl ParentClient {
             Ok(d) => d,
             Err(_) => header_digest.unwrap_or_else(|| Digest::sha256_of(&body)),
         };
-        if !crate::digest::matches(&digest, &body) {
+        if !digest.matches(&body) {
             return Err(ClientError::Protocol {
                 url,
                 message: format!("manifest bytes do not match digest {digest}: refused"),
@@ -265,7 +265,7 @@ impl ParentClient {
         if !is_index {
             return Ok(Vec::new());
         }
-        let index: crate::manifest::Index = self.json(&url, resp).await?;
+        let index: oci::manifest::Index = self.json(&url, resp).await?;
         Ok(index.manifests.into_iter().map(|d| d.digest).collect())
     }
 }
