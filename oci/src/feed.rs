@@ -124,9 +124,16 @@ pub enum ChangeKind {
         media_type: String,
     },
     /// A manifest was deleted (tags that pointed at it come as their own `TagDeleted`).
-    ManifestDeleted { digest: Digest },
-    TagSet { tag: String, digest: Digest },
-    TagDeleted { tag: String },
+    ManifestDeleted {
+        digest: Digest,
+    },
+    TagSet {
+        tag: String,
+        digest: Digest,
+    },
+    TagDeleted {
+        tag: String,
+    },
     /// A kind a newer parent wrote that this version does not know: the reader compares the
     /// repository in full rather than failing.
     #[serde(other)]

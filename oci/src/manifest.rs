@@ -27,7 +27,8 @@ fn invalid(msg: impl Into<String>) -> ManifestError {
 pub enum Content {
     /// An image (or artifact) manifest: its config and layers are blobs.
     Image {
-        config: Descriptor,
+        /// Boxed: a descriptor is large, and the other variants hold none inline.
+        config: Box<Descriptor>,
         layers: Vec<Descriptor>,
     },
     /// An index: its children are manifests.
@@ -53,7 +54,7 @@ impl Manifest {
     /// [`Descriptor::is_foreign`]).
     pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         let (config, layers) = match &self.content {
-            Content::Image { config, layers } => (Some(config), layers.as_slice()),
+            Content::Image { config, layers } => (Some(config.as_ref()), layers.as_slice()),
             _ => (None, &[][..]),
         };
         config.into_iter().chain(layers)
@@ -151,7 +152,10 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
         let layers = raw
             .layers
             .ok_or_else(|| invalid(format!("{media_type} needs a \"layers\" array")))?;
-        Content::Image { config, layers }
+        Content::Image {
+            config: Box::new(config),
+            layers,
+        }
     };
     let artifact_type = raw.artifact_type.or_else(|| match &content {
         Content::Image { config, .. } if config.media_type != OCI_EMPTY_CONFIG => {
@@ -172,7 +176,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
 fn by_shape(media_type: &str, raw: RawManifest) -> Manifest {
     let content = match (raw.config, raw.manifests) {
         (Some(config), _) => Content::Image {
-            config,
+            config: Box::new(config),
             layers: raw.layers.unwrap_or_default(),
         },
         (None, Some(manifests)) if !manifests.is_empty() => Content::Index { manifests },
@@ -230,7 +234,10 @@ mod tests {
         let p = parse(Some(DOCKER_LIST), body.as_bytes()).unwrap();
         assert_eq!(p.blobs().count(), 0);
         let child = &p.children()[0];
-        assert_eq!(child.platform.as_ref().unwrap().to_string(), "linux/arm64/v8");
+        assert_eq!(
+            child.platform.as_ref().unwrap().to_string(),
+            "linux/arm64/v8"
+        );
         assert_eq!(p.artifact_type, None);
     }
 

@@ -12,13 +12,13 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, FetchedManifest};
-use oci::Digest;
 use crate::engine::{blocking, upload_id, Engine, SyncError};
+use crate::pass::Pass;
 use crate::platforms;
+use crate::store::{BlobWriter, StoreError, StoredManifest};
 use oci::manifest::{self, Content};
 use oci::Descriptor;
-use crate::pass::Pass;
-use crate::store::{BlobWriter, StoreError, StoredManifest};
+use oci::Digest;
 use oci::Reference;
 
 /// A manifest whose content is all present locally, ready to be stored.
@@ -142,7 +142,7 @@ impl Engine {
                 Content::Image { config, layers } => {
                     // Foreign / non-distributable layers (Windows base layers) are not served
                     // by registries; the local store does not require them either.
-                    let blobs = std::iter::once(&config)
+                    let blobs = std::iter::once(config.as_ref())
                         .chain(layers.iter().filter(|l| !l.is_foreign()))
                         .map(|b| self.ensure_blob(pass, repo, b));
                     futures_util::future::try_join_all(blobs).await?;

@@ -13,10 +13,10 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::client::{ClientError, ClientStats, FeedAnswer, FetchedManifest, Uploaded};
-use oci::Digest;
 use crate::parent::{BlobDownload, ChunkedUpload, Parent};
 use crate::store::{BlobWriter, LocalStore, StoreError, StoredManifest};
 use oci::manifest::Content;
+use oci::Digest;
 use oci::{Change, ChangeKind, Origin, Reference};
 
 pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -420,7 +420,7 @@ impl FakeStore {
             .map_err(|e| StoreError::Other(e.to_string()))?;
         let missing = match parsed.content {
             Content::Opaque => None,
-            Content::Image { config, layers } => std::iter::once(&config)
+            Content::Image { config, layers } => std::iter::once(config.as_ref())
                 .chain(layers.iter().filter(|l| !l.is_foreign()))
                 .find(|b| !s.links.contains(&(repo.to_owned(), b.digest.clone())))
                 .map(|b| b.digest.clone()),

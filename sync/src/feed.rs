@@ -25,10 +25,10 @@ use oci::{Change, ChangeKind};
 
 use crate::client::FeedAnswer;
 use crate::engine::Engine;
-use oci::Platform;
 use crate::pass::Pass;
 use crate::settings::RepoRule;
 use crate::state::{ParentFeed, Pull};
+use oci::Platform;
 
 /// Changes asked for per feed request (the parent caps pages at its own limit, 1000 for ours).
 pub const FEED_PAGE: usize = 1000;

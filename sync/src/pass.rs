@@ -9,11 +9,11 @@ use std::sync::Mutex;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use oci::Digest;
 use crate::engine::{blocking, Engine, SyncError};
-use oci::Descriptor;
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
+use oci::Descriptor;
+use oci::Digest;
 use oci::Reference;
 
 /// Counters of one pass.

@@ -11,12 +11,12 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::client::Uploaded;
-use oci::Digest;
 use crate::engine::{blocking, Engine, SyncError};
-use oci::manifest::{self, Content};
 use crate::parent::ChunkedUpload;
 use crate::pass::Pass;
 use crate::state::Conflict;
+use oci::manifest::{self, Content};
+use oci::Digest;
 use oci::{ChangeKind, Origin};
 
 /// Change-log entries read per batch.
@@ -139,7 +139,8 @@ fn push_manifest<'a>(
                 }
             }
             Content::Image { config, layers } => {
-                for blob in std::iter::once(&config).chain(layers.iter().filter(|l| !l.is_foreign()))
+                for blob in std::iter::once(config.as_ref())
+                    .chain(layers.iter().filter(|l| !l.is_foreign()))
                 {
                     pass.check()?;
                     if engine.client.blob_exists(repo, &blob.digest).await? {
@@ -251,8 +252,8 @@ async fn mount_from_synced_repo(
 
 #[cfg(test)]
 mod tests {
-    use oci::Digest;
     use crate::fake::{image_manifest, Rig, IMAGE};
+    use oci::Digest;
 
     /// Both sides moved the same tag: the parent's tag stays where it is, the local manifest
     /// goes up by digest, and the conflict is reported.

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sync::client::ClientError;
 use oci::Digest;
+use sync::client::ClientError;
 use sync::settings::Limits;
 use sync::ParentClient;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use axum::Router;
 
-use oci::name::RepoName;
 use crate::storage::Store;
+use oci::name::RepoName;
 
 /// Explains why a repository has no such manifest, tag or blob here, when something outside
 /// the registry knows (sync: "the repository is outside this registry's sync scope"). Its

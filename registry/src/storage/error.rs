@@ -70,7 +70,6 @@ db_error!(
     redb::CommitError
 );
 
-
 impl From<ManifestError> for StorageError {
     fn from(err: ManifestError) -> StorageError {
         StorageError::ManifestInvalid(err.0)

@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use oci::digest::Digest;
 use crate::storage::StorageError;
-use oci::{Change, ChangeKind, Descriptor, Origin};
+use oci::digest::Digest;
 use oci::reference::Reference;
+use oci::{Change, ChangeKind, Descriptor, Origin};
 
 /// (repo, tag) -> manifest digest.
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");

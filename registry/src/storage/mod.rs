@@ -16,15 +16,15 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+pub use error::StorageError;
+pub use gc::{GcOptions, GcReport};
+pub use meta::{ChangePage, ManifestMeta};
 use oci::digest::Digest;
 use oci::name::RepoName;
 use oci::reference::Reference;
-pub use error::StorageError;
-pub use gc::{GcOptions, GcReport};
 use oci::{manifest, Descriptor};
-pub use meta::{ChangePage, ManifestMeta};
-pub use reader::{BlobReader, OpenBlob};
 use oci::{Change, Origin};
+pub use reader::{BlobReader, OpenBlob};
 pub use uploads::{Session, SessionRef};
 
 /// Limits of the store, each a named setting of `serve`.

@@ -36,7 +36,11 @@ impl OpenBlob {
     /// stream with `UnexpectedEof`, so a client sees a broken download, never a short body
     /// that looks complete. Call inside a tokio runtime.
     pub fn read(self, range: Range<u64>) -> BlobReader {
-        read_range(self.file, range.start, range.end.saturating_sub(range.start))
+        read_range(
+            self.file,
+            range.start,
+            range.end.saturating_sub(range.start),
+        )
     }
 }
 

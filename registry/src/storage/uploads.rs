@@ -10,8 +10,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use oci::digest::{Algorithm, Digest, Hasher};
 use crate::storage::StorageError;
+use oci::digest::{Algorithm, Digest, Hasher};
 use oci::name::RepoName;
 
 /// The state of one session. Held behind an async mutex: one writer at a time.

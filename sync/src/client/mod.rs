@@ -21,9 +21,9 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TY
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use crate::backoff::Backoff;
-use oci::Digest;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
+use oci::Digest;
 
 mod auth;
 mod feed;

@@ -7,11 +7,11 @@ use axum::response::Response;
 
 use super::manifests::{accepted, internal};
 use super::DIGEST_HEADER;
-use oci::digest::Digest;
 use crate::api::error::ApiError;
-use oci::ErrorCode;
-use oci::name::RepoName;
 use crate::storage::Store;
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::ErrorCode;
 
 /// A byte range `start..=end` of a blob of known size, from a `Range: bytes=...` header.
 fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {

@@ -4,12 +4,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::Req;
-use oci::digest::Digest;
 use crate::api::error::ApiError;
-use oci::ErrorCode;
+use crate::storage::Store;
+use oci::digest::Digest;
 use oci::media_type::OCI_INDEX;
 use oci::name::RepoName;
-use crate::storage::Store;
+use oci::ErrorCode;
 
 /// `n` and `last` from the query; `n` absent means everything.
 fn page(req: &Req) -> Result<(usize, String), ApiError> {

@@ -9,10 +9,10 @@ use futures_util::StreamExt;
 use super::{Req, DIGEST_HEADER};
 use crate::api::error::ApiError;
 use crate::storage::StorageError;
-use oci::ErrorCode;
+use crate::storage::Store;
 use oci::name::RepoName;
 use oci::reference::Reference;
-use crate::storage::Store;
+use oci::ErrorCode;
 use oci::Origin;
 
 pub fn get(

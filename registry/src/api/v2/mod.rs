@@ -15,11 +15,11 @@ use axum::routing::{any, get};
 use axum::Router;
 
 use super::AppState;
-use oci::digest::Digest;
 use crate::api::error::ApiError;
-use oci::ErrorCode;
+use oci::digest::Digest;
 use oci::name::RepoName;
 use oci::reference::Reference;
+use oci::ErrorCode;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const DIGEST_HEADER: &str = "docker-content-digest";

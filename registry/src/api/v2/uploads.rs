@@ -13,12 +13,12 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::manifests::internal;
 use super::{digest, repo as parse_repo, Req, DIGEST_HEADER, UPLOAD_UUID_HEADER};
-use oci::digest::Digest;
 use crate::api::error::{upload_range, ApiError};
 use crate::storage::StorageError;
-use oci::ErrorCode;
-use oci::name::RepoName;
 use crate::storage::{Session, Store};
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::ErrorCode;
 
 /// Body frames in flight between the network and the disk writer.
 const WRITE_QUEUE: usize = 16;
