@@ -19,8 +19,7 @@ use oci::manifest::Content;
 use oci::Digest;
 use oci::{Change, ChangeKind, Origin, Reference};
 
-pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub use oci::media_type::{OCI_INDEX as INDEX, OCI_MANIFEST as IMAGE};
 
 /// An image manifest over `config` and `layers` (each given by its bytes).
 pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Bytes {
