@@ -14,7 +14,8 @@
 //!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
 //!   fakes of both (`fake`, tests only) test the engine without a network.
 //! - `settings` (validated once at start), `state` (persisted progress), `backoff`,
-//!   `connection_string`, `manifest`, `digest`.
+//!   `connection_string`, `platforms` (the platform filter). The protocol's types (digests,
+//!   manifests, the feed page) come from the `oci` crate.
 
 #![forbid(unsafe_code)]
 
