@@ -589,8 +589,8 @@ fn assert_reveals_nothing(body: &str, secrets: &[&str]) {
 }
 
 /// Upstream refusing connections: 502 with a JSON body naming the route and the reason, not
-/// the upstream's address; the access log has the address and says the error came from the
-/// upstream.
+/// the upstream's address, and saying it is the upstream's fault and worth a retry (the words
+/// every part uses); the access log has the address and the same fault.
 #[test]
 fn upstream_down_gives_502_naming_the_route_not_the_address() {
     let (tmp, ca, leaf) = proxy_fixture();
@@ -603,6 +603,8 @@ fn upstream_down_gives_502_naming_the_route_not_the_address() {
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
     assert_eq!(json["errors"][0]["code"], "UPSTREAM_UNREACHABLE");
     assert_eq!(json["errors"][0]["detail"]["route"], "route /v2");
+    assert_eq!(json["errors"][0]["detail"]["fault"], "upstream");
+    assert_eq!(json["errors"][0]["detail"]["retryable"], true);
     let message = json["errors"][0]["message"].as_str().unwrap();
     assert!(
         message.contains("route /v2") && message.contains("connection refused"),
@@ -611,7 +613,7 @@ fn upstream_down_gives_502_naming_the_route_not_the_address() {
     assert_reveals_nothing(&body, &["127.0.0.1", &port]);
     let log = proxy.log_text();
     assert!(
-        log.contains("502") && log.contains("source=upstream") && log.contains(&dead),
+        log.contains("502") && log.contains("fault=upstream retryable=true") && log.contains(&dead),
         "the log keeps the upstream's address:\n{log}"
     );
 }
@@ -1114,7 +1116,8 @@ fn config_file_reload_switches_routes() {
     );
 }
 
-/// The admin port serves Prometheus text with per-upstream request counts.
+/// The admin port serves Prometheus text with per-upstream request counts and failures by
+/// fault.
 #[test]
 fn metrics_on_admin_port() {
     let (tmp, ca, leaf) = proxy_fixture();
@@ -1132,12 +1135,21 @@ fn metrics_on_admin_port() {
         curl(&ca.root, &[&format!("https://{}/v2/", proxy.addr)]).0,
         200
     );
+    // No route and no default route: the client's fault, and no retry helps.
+    assert_eq!(
+        curl(&ca.root, &[&format!("https://{}/nowhere", proxy.addr)]).0,
+        404
+    );
     let text = metrics(admin.parse().unwrap());
     assert!(
         text.contains(&format!(
             "proxy_requests_total{{upstream=\"{}\",status=\"200\"}} 1",
             reg.url()
         )),
+        "{text}"
+    );
+    assert!(
+        text.contains("proxy_failures_total{fault=\"client\",retryable=\"false\"} 1"),
         "{text}"
     );
 }

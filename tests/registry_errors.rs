@@ -706,3 +706,24 @@ fn a_chunk_that_breaks_off_is_rolled_back() {
     api.send(api.req(Method::PUT, &Api::with_digest(&loc, &sha256(&data))))
         .expect(201);
 }
+
+/// Every error says whose fault it is and whether a retry can help, in the words the proxy and
+/// sync use: a bad request is the client's and not worth repeating as it is.
+#[test]
+fn errors_say_whose_fault_and_whether_to_retry() {
+    let (_d, t, api) = setup();
+    if t.kind != Kind::Ours {
+        return;
+    }
+    let body = api
+        .get("/v2/Bad_Name/tags/list")
+        .expect_error(400, "NAME_INVALID")
+        .json();
+    assert_eq!(body["errors"][0]["detail"]["fault"], "client", "{body}");
+    assert_eq!(body["errors"][0]["detail"]["retryable"], false, "{body}");
+    let body = api
+        .get("/v2/nothing/manifests/v1")
+        .expect_error(404, "MANIFEST_UNKNOWN")
+        .json();
+    assert_eq!(body["errors"][0]["detail"]["fault"], "client", "{body}");
+}

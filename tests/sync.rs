@@ -1079,6 +1079,8 @@ fn sync_verifies_the_parent_against_the_trust_bundle() {
         s["requests"].as_u64().unwrap() <= 2,
         "a certificate error was retried: {s}"
     );
+    assert_eq!(s["retryable"], false, "{s}");
+    assert!(s["faults"]["local"].as_u64().unwrap() >= 1, "{s}");
 
     let data = tmp.path().join("trusting");
     sync_ok(

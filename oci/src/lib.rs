@@ -11,6 +11,7 @@
 //! | [`descriptor`] | descriptors and platforms, as manifests and indexes carry them |
 //! | [`manifest`] | the one manifest and index parser (what a manifest references) |
 //! | [`error_code`] | the OCI error codes and the HTTP status each is answered with |
+//! | [`fault`] | where a failure came from (client, upstream, local, internal) and whether a retry helps |
 //! | [`feed`] | the typed, versioned change-feed page a parent of ours serves its children |
 //!
 //! No HTTP, no async runtime, no storage: only the vocabulary and its rules.
@@ -20,6 +21,7 @@
 pub mod descriptor;
 pub mod digest;
 pub mod error_code;
+pub mod fault;
 pub mod feed;
 pub mod manifest;
 pub mod media_type;
@@ -29,6 +31,7 @@ pub mod reference;
 pub use descriptor::{Descriptor, Platform};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;
+pub use fault::{Class, Classify, Fault};
 pub use feed::{Change, ChangeKind, FeedError, FeedPage, Origin, FEED_VERSION};
 pub use manifest::{Content, Manifest, ManifestError};
 pub use name::{validate_tag, NameError, RepoName};

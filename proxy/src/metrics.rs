@@ -28,6 +28,8 @@ pub struct Metrics {
     per_upstream: Mutex<HashMap<String, UpstreamStats>>,
     /// (upstream, kind) -> count
     upstream_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Requests the proxy failed (or that failed on their way), by fault and retryability.
+    failures: Mutex<BTreeMap<(&'static str, bool), u64>>,
     /// Client connections each worker thread serves now; the acceptor gives a new
     /// connection to the worker with the fewest.
     pub worker_connections: Box<[AtomicU64]>,
@@ -76,6 +78,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((upstream.to_owned(), kind))
+            .or_default() += 1;
+    }
+
+    /// Counts a request that failed, under the labels every part uses (`oci::fault`).
+    pub fn failure(&self, class: oci::Class) {
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((class.fault.as_str(), class.retryable))
             .or_default() += 1;
     }
 
@@ -193,6 +205,18 @@ impl Metrics {
                 out,
                 "proxy_upstream_errors_total{{upstream=\"{}\",kind=\"{kind}\"}} {n}",
                 esc(up)
+            );
+        }
+        out.push_str("# HELP proxy_failures_total Requests that failed, by fault (client, upstream, local, internal) and whether a retry can help.\n# TYPE proxy_failures_total counter\n");
+        for ((fault, retryable), n) in self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "proxy_failures_total{{fault=\"{fault}\",retryable=\"{retryable}\"}} {n}"
             );
         }
         out

@@ -18,6 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use oci::{Class, Fault};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -682,14 +683,14 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// An OCI-style error body naming the route (not the upstream: its address is internal) and
-/// where the error came from.
-fn error_json(code: &str, message: &str, route: Option<&str>, source: &str) -> Bytes {
+/// An OCI-style error body naming the route (not the upstream: its address is internal),
+/// whose fault the error is and whether retrying can help (`oci::fault`, as the registry says it).
+fn error_json(code: &str, message: &str, route: Option<&str>, class: Class) -> Bytes {
     let body = serde_json::json!({
         "errors": [{
             "code": code,
             "message": message,
-            "detail": { "route": route, "source": source },
+            "detail": { "route": route, "fault": class.fault.as_str(), "retryable": class.retryable },
         }]
     });
     Bytes::from(body.to_string())
@@ -709,9 +710,10 @@ async fn handle(
     let table = state.tables.read().unwrap_or_else(|e| e.into_inner())[info.worker].clone();
     let progress = Arc::new(ReqProgress::default());
 
+    // `class` is set for an exchange the proxy failed (or that failed on its way).
     let make_exchange = |upstream: Option<Arc<str>>,
                          status: StatusCode,
-                         source: &'static str,
+                         class: Option<Class>,
                          error: Option<String>| {
         let state = state.clone();
         let method = method.clone();
@@ -721,17 +723,20 @@ async fn handle(
             on_done: Some(Box::new(move |bytes_out: u64, outcome: Outcome| {
                 let secs = start.elapsed().as_secs_f64();
                 let bytes_in = progress.bytes.load(Ordering::Relaxed);
-                let (source, error) = match outcome {
-                    Outcome::Complete => (source, error),
+                let (class, error) = match outcome {
+                    Outcome::Complete => (class, error),
                     Outcome::ClientGone => (
-                        "client",
+                        Some(Class::new(Fault::Client, true)),
                         Some("client closed before the end of the response".into()),
                     ),
                     Outcome::UpstreamFailed => (
-                        "upstream",
+                        Some(Class::new(Fault::Upstream, true)),
                         Some("upstream failed during the response body".into()),
                     ),
                 };
+                if let Some(class) = class {
+                    state.metrics.failure(class);
+                }
                 let up = upstream.as_deref().unwrap_or("-");
                 state
                     .metrics
@@ -744,10 +749,11 @@ async fn handle(
                 state.metrics.request(up, status.as_u16(), secs);
                 tracing::info!(
                     target: "access",
-                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} source={source}{}",
+                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} fault={}{}",
                     uri.path(),
                     status.as_u16(),
                     secs * 1000.0,
+                    class.map_or("-".into(), |c| format!("{} retryable={}", c.fault, c.retryable)),
                     error.map(|e| format!(" error={e:?}")).unwrap_or_default()
                 );
             })),
@@ -767,11 +773,12 @@ async fn handle(
 
     let Some(entry) = table.pick(path, req.headers()) else {
         let msg = format!("proxy: no route for {path} and no default route");
-        let body = error_json("ROUTE_NOT_FOUND", &msg, None, "proxy");
+        let class = Class::of_status(404);
+        let body = error_json("ROUTE_NOT_FOUND", &msg, None, class);
         return reply(
             StatusCode::NOT_FOUND,
             body,
-            make_exchange(None, StatusCode::NOT_FOUND, "proxy", Some(msg)),
+            make_exchange(None, StatusCode::NOT_FOUND, Some(class), Some(msg)),
         );
     };
     let client = entry.client.clone();
@@ -860,7 +867,7 @@ async fn handle(
         Some(Err(err)) => {
             // `public` goes to the client, `logged` (with addresses and paths) to the log.
             let label = &entry.label;
-            let (status, code, source, public, logged, kind) = if let Some(ce) =
+            let (status, code, class, public, logged, kind) = if let Some(ce) =
                 find_connect_error(&err)
             {
                 let kind = match ce {
@@ -871,7 +878,7 @@ async fn handle(
                 (
                     StatusCode::BAD_GATEWAY,
                     "UPSTREAM_UNREACHABLE",
-                    "upstream",
+                    Class::new(Fault::Upstream, !matches!(ce, ConnectError::Tls { .. })),
                     format!("proxy: the upstream for {label} {}", ce.public_reason()),
                     format!("proxy: upstream {upstream_name} unreachable: {ce}"),
                     kind,
@@ -880,7 +887,7 @@ async fn handle(
                 (
                         StatusCode::BAD_REQUEST,
                         "CLIENT_ABORTED",
-                        "client",
+                        Class::new(Fault::Client, true),
                         format!(
                             "proxy: the request body failed before the upstream for {label} answered"
                         ),
@@ -891,7 +898,7 @@ async fn handle(
                 (
                     StatusCode::BAD_GATEWAY,
                     "UPSTREAM_ERROR",
-                    "upstream",
+                    Class::of_status(502),
                     format!(
                         "proxy: the upstream for {label} broke off the exchange before answering"
                     ),
@@ -900,11 +907,11 @@ async fn handle(
                 )
             };
             state.metrics.upstream_error(&upstream_name, kind);
-            let body = error_json(code, &public, Some(label), source);
+            let body = error_json(code, &public, Some(label), class);
             return reply(
                 status,
                 body,
-                make_exchange(Some(upstream_name), status, source, Some(logged)),
+                make_exchange(Some(upstream_name), status, Some(class), Some(logged)),
             );
         }
         None => {
@@ -914,12 +921,13 @@ async fn handle(
                 format!("proxy: the upstream for {label} did not answer within {timeout:?}");
             let logged =
                 format!("proxy: upstream {upstream_name} did not answer within {timeout:?}");
-            let body = error_json("UPSTREAM_TIMEOUT", &public, Some(label), "upstream");
             let status = StatusCode::GATEWAY_TIMEOUT;
+            let class = Class::of_status(status.as_u16());
+            let body = error_json("UPSTREAM_TIMEOUT", &public, Some(label), class);
             return reply(
                 status,
                 body,
-                make_exchange(Some(upstream_name), status, "upstream", Some(logged)),
+                make_exchange(Some(upstream_name), status, Some(class), Some(logged)),
             );
         }
     };
@@ -950,7 +958,7 @@ async fn handle(
         &mut parts.headers,
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    let exchange = make_exchange(Some(upstream_name), status, "-", None);
+    let exchange = make_exchange(Some(upstream_name), status, None, None);
     Response::from_parts(parts, RespBody::upstream(body, exchange))
 }
 

@@ -447,6 +447,9 @@ mod tests {
         );
         assert!(!rig.store.has_blob(&Digest::sha256_of(&layer)));
         assert_eq!(rig.store.tag("app", "v1"), None);
+        // The parent's fault, and a retry of the same bytes does not help.
+        assert_eq!(summary.faults.get("upstream"), Some(&1), "{summary:?}");
+        assert!(!summary.retryable);
     }
 
     /// The link drops in the middle of a layer: the download resumes from the bytes already

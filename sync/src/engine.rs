@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
+use oci::{Class, Classify, Fault};
+
 use crate::client::ClientError;
 use crate::parent::Parent;
 use crate::settings::Settings;
@@ -38,6 +40,27 @@ pub enum SyncError {
     Scope(String),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl Classify for SyncError {
+    fn class(&self) -> Class {
+        match self {
+            SyncError::Client(e) => e.class(),
+            // A blob that did not hash to its digest was the parent's bytes; a manifest missing
+            // what it references here is a bug in the order of copying.
+            SyncError::Store(StoreError::DigestMismatch { .. }) => {
+                Class::new(Fault::Upstream, true)
+            }
+            SyncError::Store(StoreError::MissingReference(_)) => Class::new(Fault::Internal, false),
+            SyncError::Store(StoreError::Other(_)) | SyncError::State(_) => {
+                Class::new(Fault::Local, false)
+            }
+            SyncError::Paused => Class::new(Fault::Local, true),
+            SyncError::Refused(_) => Class::new(Fault::Upstream, false),
+            SyncError::Scope(_) => Class::new(Fault::Client, false),
+            SyncError::Internal(_) => Class::new(Fault::Internal, false),
+        }
+    }
 }
 
 /// Per-blob progress for `sync --once`'s progress bars.

@@ -2,11 +2,12 @@
 //! tags are compared, in what order, and what a tag the parent no longer has means here. The
 //! copying itself (manifests bottom-up, blobs, resume) is `copy.rs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
+use oci::Classify;
 use tokio::time::Instant;
 
 use crate::engine::{blocking, Engine, SyncError};
@@ -35,6 +36,9 @@ pub(crate) struct Pass {
     /// Scope that matched nothing at the parent (errors instead under `strict`).
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
+    /// Errors by fault (`oci::Fault`), and how many of them no retry can help.
+    pub(crate) faults: Mutex<BTreeMap<String, u64>>,
+    pub(crate) unretryable: AtomicU64,
     pub(crate) pull: Mutex<Pull>,
 }
 
@@ -78,10 +82,21 @@ impl Pass {
         match err {
             SyncError::Paused => self.paused.store(true, Ordering::Relaxed),
             e => {
+                let class = e.class();
                 let msg = format!("{what}: {e}");
-                tracing::warn!("{msg}");
+                tracing::warn!(
+                    fault = class.fault.as_str(),
+                    retryable = class.retryable,
+                    "{msg}"
+                );
                 if let Ok(mut v) = self.errors.lock() {
                     v.push(msg);
+                }
+                if let Ok(mut f) = self.faults.lock() {
+                    *f.entry(class.fault.as_str().to_owned()).or_default() += 1;
+                }
+                if !class.retryable {
+                    self.unretryable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -137,6 +152,8 @@ impl Engine {
             pull: pass.pull.lock().map(|p| *p).unwrap_or_default(),
             conflicts: pass.conflicts.lock().map(|v| v.clone()).unwrap_or_default(),
             warnings: pass.warnings.lock().map(|v| v.clone()).unwrap_or_default(),
+            faults: pass.faults.lock().map(|f| f.clone()).unwrap_or_default(),
+            retryable: pass.unretryable.load(Ordering::Relaxed) == 0,
             errors,
         };
         let saved = summary.clone();

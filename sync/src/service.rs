@@ -157,6 +157,12 @@ impl SyncService {
                 .run_pass(Some(tokio::time::Instant::now() + left))
                 .await;
             let wait = match summary.outcome {
+                // An error no retry can help (a certificate the trust bundle lacks, a refusal)
+                // is asked again only at the longest wait: the parent may still change.
+                Outcome::Failed if !summary.retryable => {
+                    failures += 1;
+                    settings.retry_max
+                }
                 Outcome::Failed => {
                     failures += 1;
                     retry.equal(failures)
@@ -207,6 +213,7 @@ impl SyncService {
             tracing::warn!(
                 failures_in_a_row = failures,
                 errors = summary.errors.len(),
+                retryable = summary.retryable,
                 first_error = summary.errors.first().map(String::as_str).unwrap_or(""),
                 "sync pass failed: retrying with backoff while the window is open"
             );

@@ -53,6 +53,17 @@ pub struct Summary {
     #[serde(default)]
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
+    /// The errors by fault (`client`, `upstream`, `local`, `internal`), as every part says it.
+    #[serde(default)]
+    pub faults: std::collections::BTreeMap<String, u64>,
+    /// Every error may pass by itself (a dropped link, a busy parent); false when one needs a
+    /// change first (a certificate the trust bundle does not hold, a refusal, a setting).
+    #[serde(default = "yes")]
+    pub retryable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How a pass found what changed at the parent.

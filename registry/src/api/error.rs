@@ -3,7 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{header, StatusCode};
-use oci::{DigestError, ErrorCode, NameError, ReferenceError};
+use oci::{Class, Classify, DigestError, ErrorCode, NameError, ReferenceError};
 
 use crate::storage::StorageError;
 
@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub status: StatusCode,
     pub message: String,
+    /// Whose fault it is and whether a retry can help; in the body's `detail` and the log.
+    pub class: Class,
     /// Extra headers some errors carry (e.g. `Range` on a 416 for an upload).
     pub headers: Vec<(header::HeaderName, String)>,
 }
@@ -24,12 +26,21 @@ impl ApiError {
             status: StatusCode::from_u16(code.status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             message: message.into(),
+            class: Class::of_status(code.status()),
             headers: Vec::new(),
         }
     }
 
+    /// Another status; the class follows it (`Class::of_status`).
     pub fn with_status(mut self, status: StatusCode) -> ApiError {
         self.status = status;
+        self.class = Class::of_status(status.as_u16());
+        self
+    }
+
+    /// A class the status alone does not tell (a 500 that is this machine's disk, not a bug).
+    pub fn with_class(mut self, class: Class) -> ApiError {
+        self.class = class;
         self
     }
 
@@ -53,8 +64,12 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let detail = serde_json::json!({
+            "fault": self.class.fault.as_str(),
+            "retryable": self.class.retryable,
+        });
         let body = serde_json::json!({
-            "errors": [{ "code": self.code.as_str(), "message": self.message, "detail": null }]
+            "errors": [{ "code": self.code.as_str(), "message": self.message, "detail": detail }]
         });
         let mut response = (
             self.status,
@@ -100,7 +115,8 @@ impl From<ReferenceError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> ApiError {
         let message = err.to_string();
-        match err {
+        let class = err.class();
+        let api = match err {
             StorageError::Io { ref source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
@@ -139,7 +155,14 @@ impl From<StorageError> for ApiError {
             StorageError::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, message),
             StorageError::NameUnknown => ApiError::new(ErrorCode::NameUnknown, message),
             StorageError::Denied(_) => ApiError::new(ErrorCode::Denied, message),
-        }
+        };
+        api.with_class(class)
+    }
+}
+
+impl Classify for ApiError {
+    fn class(&self) -> Class {
+        self.class
     }
 }
 
@@ -147,4 +170,25 @@ impl From<StorageError> for ApiError {
 /// as distribution answers).
 pub fn upload_range(len: u64) -> String {
     format!("0-{}", len.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci::Fault;
+
+    #[test]
+    fn storage_errors_keep_their_class_on_the_wire() {
+        let full = StorageError::Io {
+            context: "write blob".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let api = ApiError::from(full);
+        assert_eq!(api.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(api.class, Class::new(Fault::Local, true));
+        let db = ApiError::from(StorageError::Db("table gone".into()));
+        assert_eq!(db.class.fault, Fault::Local);
+        let bad = ApiError::from(StorageError::ManifestInvalid("no layers".into()));
+        assert_eq!(bad.class, Class::new(Fault::Client, false));
+    }
 }

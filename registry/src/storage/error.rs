@@ -3,7 +3,7 @@
 //! place (`From<StorageError> for ApiError` in `api::error`); nothing here knows HTTP.
 
 use oci::manifest::ManifestError;
-use oci::Digest;
+use oci::{Class, Classify, Digest, Fault};
 
 /// What the store can fail with. Each variant maps to one OCI code.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,22 @@ pub enum StorageError {
     NameUnknown,
     #[error("{0}")]
     Denied(String),
+}
+
+impl Classify for StorageError {
+    /// The disk and the database are this machine's; everything else is a request the store
+    /// refused. A full disk is worth retrying once space is freed; other I/O and database
+    /// failures need someone to look.
+    fn class(&self) -> Class {
+        match self {
+            StorageError::Io { source, .. } => Class::new(
+                Fault::Local,
+                source.kind() == std::io::ErrorKind::StorageFull,
+            ),
+            StorageError::Db(_) => Class::new(Fault::Local, false),
+            _ => Class::new(Fault::Client, false),
+        }
+    }
 }
 
 impl StorageError {

@@ -20,6 +20,8 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
+use oci::{Class, Classify, Fault};
+
 use crate::backoff::Backoff;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
@@ -74,6 +76,29 @@ pub enum ClientError {
         message: String,
         hint: &'static str,
     },
+}
+
+impl Classify for ClientError {
+    /// The parent's doing, except what only a change here fixes: the trust bundle (an
+    /// unreadable file, or one without the parent's CA). Transport failures, timeouts, 429 and
+    /// 5xx may pass; a refusal (4xx), bad credentials or a broken answer will not by itself.
+    fn class(&self) -> Class {
+        match self {
+            ClientError::Transport { .. } | ClientError::Stalled { .. } => {
+                Class::new(Fault::Upstream, true)
+            }
+            ClientError::Status { status, .. } => {
+                let by_status = Class::of_status(*status);
+                Class::new(Fault::Upstream, by_status.retryable || *status >= 500)
+            }
+            ClientError::Auth { .. } | ClientError::Protocol { .. } => {
+                Class::new(Fault::Upstream, false)
+            }
+            ClientError::Trust(_) | ClientError::Certificate { .. } => {
+                Class::new(Fault::Local, false)
+            }
+        }
+    }
 }
 
 impl ClientError {

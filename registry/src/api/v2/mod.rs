@@ -140,7 +140,12 @@ async fn dispatch(
         Ok(response) => response,
         Err(err) => {
             let err = explain_miss(&state, &path, err);
-            tracing::debug!(path, error = %err, "request refused");
+            let (fault, retryable) = (err.class.fault.as_str(), err.class.retryable);
+            if matches!(err.class.fault, oci::Fault::Client) {
+                tracing::debug!(path, fault, retryable, error = %err, "request refused");
+            } else {
+                tracing::warn!(path, fault, retryable, error = %err, "request failed");
+            }
             err.into_response()
         }
     }
