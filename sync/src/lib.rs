@@ -3,9 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod client;
-pub mod connection_string;
 mod copy;
 pub mod digest;
 pub mod engine;

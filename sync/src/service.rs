@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backoff::Backoff;
+use util::backoff::Backoff;
 use crate::engine::Engine;
 use crate::settings::{format_iso_duration, Mode, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};

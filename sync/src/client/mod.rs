@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
-use crate::backoff::Backoff;
+use util::backoff::Backoff;
 use crate::digest::Digest;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
