@@ -15,7 +15,8 @@ pub const CERT_MODE: u32 = 0o644;
 
 /// Writes `bytes` to `path` atomically with exactly `mode` (see [`util::atomic_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    util::atomic_file::write(path, bytes, Some(mode)).map_err(|e| CertError::io(&e.path, e.step, e.source))
+    util::atomic_file::write(path, bytes, Some(mode))
+        .map_err(|e| CertError::io(&e.path, e.step, e.source))
 }
 
 /// Refuses to replace any of `paths` that exists, unless `force`: a command that writes keys

@@ -262,8 +262,7 @@ impl ReloadingTrust {
 
     /// Re-reads the bundle if the file changed; on error the previous trust stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        self.followed
-            .reload(|| Self::load(&self.trust, &self.alpn))
+        self.followed.reload(|| Self::load(&self.trust, &self.alpn))
     }
 
     /// The error of the last failed reload, if the last attempt failed.

@@ -1081,7 +1081,10 @@ impl Config {
             ("alpn", self.alpn != new.alpn),
             ("workers", self.workers != new.workers),
             ("limits", self.limits != new.limits),
-            ("reload_interval", self.reload_interval != new.reload_interval),
+            (
+                "reload_interval",
+                self.reload_interval != new.reload_interval,
+            ),
         ];
         Change {
             routes: self.routes != new.routes
@@ -1188,7 +1191,10 @@ mod tests {
         let zero = parse_duration("0s").unwrap_err();
         assert!(zero.contains("must be positive"), "{zero}");
         let soon = parse_duration("soon").unwrap_err();
-        assert!(soon.contains("is not a duration") && soon.contains("PT1H"), "{soon}");
+        assert!(
+            soon.contains("is not a duration") && soon.contains("PT1H"),
+            "{soon}"
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody};
 use crate::config::{Config, ConfigError, Limits, Route, Upstream};
-use util::file_watch::FileWatch;
 use crate::metrics::{serve_admin, Metrics};
 use crate::upstream::{ConnectError, UpstreamClient};
+use util::file_watch::FileWatch;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

@@ -68,9 +68,14 @@ struct NewChainArgs {
     /// Key type: ecdsa-p256, rsa2048, rsa4096 or ed25519.
     #[arg(long, default_value = "ecdsa-p256", value_parser = parse_key_type)]
     key_type: KeyType,
-    /// Subject prefix: CNs become "<NAME> Root CA", "<NAME> Intermediate CA", "<NAME> Edge CA".
-    /// Use a distinct name per layer so a diagnosis can say which layer's CA is missing.
-    #[arg(long, default_value = "Connected Registry")]
+    // The help is an attribute, not a doc comment: rustdoc would read `<NAME>` as an HTML tag,
+    // and backticks would show in `--help`.
+    #[arg(
+        long,
+        default_value = "Connected Registry",
+        help = "Subject prefix: CNs become \"<NAME> Root CA\", \"<NAME> Intermediate CA\", \"<NAME> Edge CA\". \
+                Use a distinct name per layer so a diagnosis can say which layer's CA is missing"
+    )]
     name: String,
     /// Organization (O=) for every subject.
     #[arg(long)]

@@ -305,9 +305,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     };
     let time_limit = match &args.time_limit {
-        Some(t) => Some(
-            util::duration::parse(t).map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?,
-        ),
+        Some(t) => {
+            Some(util::duration::parse(t).map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?)
+        }
         None => None,
     };
     super::check_data_dir(&args.data, super::MissingData::Create)?;

@@ -813,10 +813,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            duration::parse("PT1H").unwrap(),
-            Duration::from_secs(3600)
-        );
+        assert_eq!(duration::parse("PT1H").unwrap(), Duration::from_secs(3600));
         assert_eq!(
             duration::parse("P1DT12H").unwrap(),
             Duration::from_secs(129_600)

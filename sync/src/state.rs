@@ -195,5 +195,4 @@ impl StateFile {
         })?;
         Ok(out)
     }
-
 }

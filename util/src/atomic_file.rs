@@ -131,7 +131,11 @@ mod tests {
         assert_eq!(err.step, "cannot rename into place");
         assert!(err.to_string().contains("blocked/x"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(&blocked).unwrap().count(), 1, "temp file left behind");
+        assert_eq!(
+            std::fs::read_dir(&blocked).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
         let missing = write(&dir.path().join("no/such/dir/f"), b"x", None).unwrap_err();
         assert_eq!(missing.step, "cannot create");
     }

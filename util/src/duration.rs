@@ -36,7 +36,11 @@ impl DurationError {
 
 impl fmt::Display for DurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} is not a duration ({}); {EXPECTED}", self.input, self.why)
+        write!(
+            f,
+            "{:?} is not a duration ({}); {EXPECTED}",
+            self.input, self.why
+        )
     }
 }
 
@@ -220,7 +224,10 @@ mod tests {
     fn bare_numbers_are_seconds_only_where_asked() {
         assert!(parse("60").is_err());
         assert_eq!(parse_or_seconds("60").unwrap(), secs(60));
-        assert_eq!(parse_or_seconds("0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_or_seconds("0.25").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_or_seconds("2m").unwrap(), secs(120));
         assert_eq!(parse_or_seconds("PT2M").unwrap(), secs(120));
     }
@@ -232,14 +239,23 @@ mod tests {
             "1H", "PT1", "PTH", "P1.5D", "soon",
         ] {
             let err = parse(bad).expect_err(bad).to_string();
-            assert!(err.starts_with(&format!("{bad:?} is not a duration")), "{err}");
+            assert!(
+                err.starts_with(&format!("{bad:?} is not a duration")),
+                "{err}"
+            );
             assert!(err.ends_with(EXPECTED), "{err}");
             assert!(err.contains("90s") && err.contains("PT1H"), "{err}");
         }
         assert!(parse("P1M").unwrap_err().to_string().contains("use days"));
-        assert!(parse("1w").unwrap_err().to_string().contains("unknown unit \"w\""));
+        assert!(parse("1w")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit \"w\""));
         assert!(parse("10").unwrap_err().to_string().contains("no unit"));
-        assert!(parse("99999999999999999999999d").unwrap_err().to_string().contains("too large"));
+        assert!(parse("99999999999999999999999d")
+            .unwrap_err()
+            .to_string()
+            .contains("too large"));
     }
 
     #[test]

@@ -20,10 +20,10 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
-use util::backoff::Backoff;
 use crate::digest::Digest;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
+use util::backoff::Backoff;
 
 mod auth;
 mod feed;
