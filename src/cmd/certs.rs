@@ -54,9 +54,10 @@ enum Command {
         /// Check this name instead of the URL's host (when connecting by IP to a named server).
         #[arg(long)]
         hostname: Option<String>,
-        /// Seconds allowed to connect and finish the handshake.
-        #[arg(long, default_value_t = certs::doctor::DEFAULT_TIMEOUT.as_secs())]
-        timeout_secs: u64,
+        /// Time allowed to connect and finish the handshake: a duration (10s, PT10S) or
+        /// bare seconds, at least 1 s [default: 10].
+        #[arg(long, value_parser = util::duration::parse_or_seconds)]
+        timeout_secs: Option<Duration>,
     },
 }
 
@@ -323,7 +324,9 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
                 &url,
                 &trust,
                 hostname.as_deref(),
-                Duration::from_secs(timeout_secs.max(1)),
+                timeout_secs
+                    .unwrap_or(certs::doctor::DEFAULT_TIMEOUT)
+                    .max(Duration::from_secs(1)),
             )?;
             print!("{}", diagnosis.report());
             Ok(if diagnosis.verdict.accepted {
