@@ -24,7 +24,7 @@ pub fn check_data_dir(dir: &std::path::Path, missing: MissingData) -> anyhow::Re
     let setting = "check --data (or ACR_REGISTRY_DATA_VOLUME)";
     match std::fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => anyhow::bail!(
-            "{shown} is not a directory: the data directory must be one; {setting},              or move the file away"
+            "{shown} is not a directory: the data directory must be one; {setting}, or move the file away"
         ),
         Ok(_) if missing == MissingData::Refuse && !registry::Store::exists_in(dir) => {
             anyhow::bail!("no registry data at {shown} (it holds no meta.redb): {setting}")

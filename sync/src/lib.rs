@@ -1,5 +1,20 @@
 //! Synchronization with the parent registry: parent client, cron schedule and sync window,
 //! the copy engine (down and up), persisted progress and status.
+//!
+//! Layout, in the order a pass runs:
+//! - `service`: the schedule `serve` runs (windows, polls, retries) and `GET /acr/v1/_sync/status`;
+//!   `sync --once` calls [`Engine::run_pass`] directly.
+//! - `engine`: what a pass works with (the parent, the local store, settings, state) and its errors.
+//! - `pass`: one pass: push up (`push`, ReadWrite), then pull down: which repositories and tags to
+//!   compare, the summary.
+//! - `feed`: a parent of ours' change feed decides what a pull compares; `reconcile` adds what
+//!   drifted here; otherwise everything is compared.
+//! - `copy`: bringing a manifest and what it references down, bottom-up, verified, resumable.
+//! - The two contracts: `parent` (what sync needs from a parent; `client` is the HTTP one) and
+//!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
+//!   fakes of both (`fake`, tests only) test the engine without a network.
+//! - `settings` (validated once at start), `state` (persisted progress), `backoff`,
+//!   `connection_string`, `manifest`, `digest`.
 
 #![forbid(unsafe_code)]
 
