@@ -13,8 +13,9 @@
 //! - The two contracts: `parent` (what sync needs from a parent; `client` is the HTTP one) and
 //!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
 //!   fakes of both (`fake`, tests only) test the engine without a network.
-//! - `settings` (validated once at start), `state` (persisted progress), `backoff`,
-//!   `connection_string`, `manifest`, `digest`.
+//! - `settings` (validated once at start), `state` (persisted progress), `manifest`, `digest`.
+//!   Backoff, durations and atomic writes come from the `util` crate, the connection string from
+//!   the `connection-string` crate.
 
 #![forbid(unsafe_code)]
 
