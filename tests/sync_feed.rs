@@ -2,6 +2,9 @@
 //! (paging, bounds, reset), and a child (`connected-registry sync --once`) syncing from it
 //! through a loopback relay that records every HTTP request the child sends, so "a second sync
 //! with nothing new costs one request" is counted on the wire, not taken from the child's word.
+//! The feed's version is pinned both ways: a parent answers a child a version ahead in its own,
+//! and a child meets a parent a version ahead (an HTTP front that answers the feed with a newer
+//! page and forwards everything else to a real parent) by comparing tag by tag.
 
 mod common;
 
@@ -284,7 +287,161 @@ fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+// ---------- a parent one feed version ahead ----------
+
+/// An HTTP front on loopback for a real parent: it answers the change feed with a page of the
+/// next feed version (a shape this build does not know) and forwards every other request.
+struct NewerFeedFront {
+    url: String,
+    feed_requests: Arc<std::sync::atomic::AtomicUsize>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl NewerFeedFront {
+    fn start(upstream: String) -> NewerFeedFront {
+        use axum::routing::get;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let feed_requests: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let counter = feed_requests.clone();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/acr/v1/_changes",
+                get(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        axum::Json(serde_json::json!({
+                            "version": oci::FEED_VERSION + 1,
+                            "cursor": "a shape only the next version knows",
+                        }))
+                    }
+                }),
+            )
+            .fallback(move |req: axum::extract::Request| {
+                forward(client.clone(), upstream.clone(), req)
+            });
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        NewerFeedFront {
+            url,
+            feed_requests,
+            _runtime: runtime,
+        }
+    }
+}
+
+/// Sends `req` on to `upstream` and its answer back (hop-by-hop headers left out).
+async fn forward(
+    client: reqwest::Client,
+    upstream: String,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let hop = |name: &str| matches!(name, "host" | "connection" | "transfer-encoding");
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = client
+        .request(parts.method, format!("{upstream}{path}"))
+        .body(body);
+    for (name, value) in parts.headers.iter().filter(|(n, _)| !hop(n.as_str())) {
+        out = out.header(name, value);
+    }
+    let answer = out.send().await.unwrap();
+    let mut back = axum::response::Response::builder().status(answer.status());
+    for (name, value) in answer.headers().iter().filter(|(n, _)| !hop(n.as_str())) {
+        back = back.header(name, value);
+    }
+    back.body(axum::body::Body::from(answer.bytes().await.unwrap()))
+        .unwrap()
+}
+
 // ---------- tests ----------
+
+/// A child one feed version ahead of its parent asks for that version; the parent answers in
+/// its own newest, which such a child reads. A child that names no version (children in the
+/// field before versions) gets version 1, and this child names the version it reads.
+#[test]
+fn feed_answers_a_child_a_version_ahead_in_its_own_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = serve(&tmp.path().join("parent"), free_port());
+    let base = parent.url();
+    let a1 = push_image(&base, "apps/a", "1", 1);
+
+    let ahead = format!("?after=0&v={}", oci::FEED_VERSION + 1);
+    let (status, page) = feed(&base, &ahead);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["version"], oci::FEED_VERSION, "{page}");
+    let page = oci::FeedPage::from_json(page.to_string().as_bytes()).expect("a page it reads");
+    assert!(
+        page.changes
+            .iter()
+            .any(|c| matches!(&c.kind, oci::ChangeKind::TagSet { tag, .. } if tag == "1")),
+        "{page:?}"
+    );
+    let (_, unversioned) = feed(&base, "?after=0");
+    assert_eq!(unversioned["version"], 1, "{unversioned}");
+
+    let relay = Relay::start(parent.addr);
+    let child = tmp.path().join("child");
+    pass(&child, &relay.url(), &["apps/a"]);
+    let reqs = relay.take();
+    let asked = format!("v={}", oci::FEED_VERSION);
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET /acr/v1/_changes") && r.contains(&asked)),
+        "{reqs:?}"
+    );
+    assert_eq!(child_tags(&child, "apps/a"), tags(&[("1", a1.as_str())]));
+}
+
+/// A parent one feed version ahead of its child: the child does not fail, says so in one log
+/// line, compares tag by tag (the tags arrive), and does not ask for the feed again soon.
+#[test]
+fn feed_of_a_parent_a_version_ahead_falls_back_to_tag_by_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = serve(&tmp.path().join("parent"), free_port());
+    let base = parent.url();
+    let a1 = push_image(&base, "apps/a", "1", 1);
+    let front = NewerFeedFront::start(base.clone());
+    let child = tmp.path().join("child");
+
+    let out = sync_once(&child, &front.url, &["apps/a"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["outcome"], "Completed", "{summary}\n{stderr}");
+    assert_eq!(summary["pull"], "full", "{summary}");
+    let said = stderr
+        .lines()
+        .filter(|l| l.contains("newer than this child reads"))
+        .count();
+    assert_eq!(said, 1, "one log line says why:\n{stderr}");
+    assert_eq!(child_tags(&child, "apps/a"), tags(&[("1", a1.as_str())]));
+    assert_eq!(front.feed_requests.load(Ordering::SeqCst), 1);
+
+    let a1_new = push_image(&base, "apps/a", "1", 2);
+    let second = pass(&child, &front.url, &["apps/a"]);
+    assert_eq!(second["pull"], "full", "{second}");
+    assert_eq!(
+        child_tags(&child, "apps/a"),
+        tags(&[("1", a1_new.as_str())])
+    );
+    assert_eq!(
+        front.feed_requests.load(Ordering::SeqCst),
+        1,
+        "remembered like a parent without a feed"
+    );
+}
 
 /// The registry's feed: bounds, paging with `after` and `n`, a reset for a position that was
 /// pruned or that the log never reached, and clear errors for bad parameters.

@@ -1,17 +1,12 @@
-//! The connected registry: storage, the `/v2` API, auth, change feed, GC.
+//! The connected registry: storage (blobs, metadata, change log, GC) and the `/v2` and `/acr`
+//! HTTP API over it. The protocol's vocabulary (digests, names, manifests, the feed page)
+//! comes from the `oci` crate; the few re-exports below save callers an import.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod digest;
-pub mod error;
-pub mod manifest;
-pub mod name;
-pub mod reference;
 pub mod storage;
 
-pub use digest::Digest;
-pub use error::{ApiError, ErrorCode, StorageError};
-pub use name::RepoName;
-pub use reference::Reference;
-pub use storage::{Limits, Origin, Store};
+pub use api::error::ApiError;
+pub use oci::{Digest, ErrorCode, Origin, Reference, RepoName};
+pub use storage::{Limits, StorageError, Store};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sync::digest::Digest;
+use registry::Digest;
 use sync::settings::{RawRepoRule, RawSettings, Settings, Timeout};
 use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
 

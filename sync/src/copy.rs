@@ -12,11 +12,14 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, FetchedManifest};
-use crate::digest::Digest;
 use crate::engine::{blocking, upload_id, Engine, SyncError};
-use crate::manifest::{self, Descriptor, Parsed};
 use crate::pass::Pass;
-use crate::store::{BlobWriter, Reference, StoreError, StoredManifest};
+use crate::platforms;
+use crate::store::{BlobWriter, StoreError, StoredManifest};
+use oci::manifest::{self, Content};
+use oci::Descriptor;
+use oci::Digest;
+use oci::Reference;
 
 /// A manifest whose content is all present locally, ready to be stored.
 pub(crate) struct Ready {
@@ -69,12 +72,11 @@ impl Engine {
         if stored.skipped.is_empty() {
             return false;
         }
-        match manifest::parse(&stored.media_type, &stored.body) {
-            Ok(Parsed::Index(index)) => index.manifests.iter().any(|c| {
-                stored.skipped.contains(&c.digest) && manifest::keeps(&self.settings.platforms, c)
-            }),
-            _ => false,
-        }
+        manifest::parse(Some(&stored.media_type), &stored.body).is_ok_and(|m| {
+            m.children().iter().any(|c| {
+                stored.skipped.contains(&c.digest) && platforms::keeps(&self.settings.platforms, c)
+            })
+        })
     }
 
     /// Makes everything `digest` references present locally (bottom-up) and returns the
@@ -111,15 +113,15 @@ impl Engine {
                     m
                 }
             };
-            let skipped = match manifest::parse(&m.media_type, &m.body)
+            let skipped = match manifest::parse(Some(&m.media_type), &m.body)
                 .map_err(|e| SyncError::Refused(format!("{repo}@{digest}: {e}")))?
+                .content
             {
-                Parsed::Index(index) => {
+                Content::Index { manifests } => {
                     let platforms = &self.settings.platforms;
-                    let (kept, skipped): (Vec<_>, Vec<_>) = index
-                        .manifests
+                    let (kept, skipped): (Vec<_>, Vec<_>) = manifests
                         .iter()
-                        .partition(|c| manifest::keeps(platforms, c));
+                        .partition(|c| platforms::keeps(platforms, c));
                     // Only a filter can leave nothing: an empty index is synced as it is.
                     if kept.is_empty() && !skipped.is_empty() {
                         let offered: Vec<String> = skipped
@@ -137,15 +139,17 @@ impl Engine {
                     futures_util::future::try_join_all(children).await?;
                     skipped.into_iter().map(|c| c.digest.clone()).collect()
                 }
-                Parsed::Image(image) => {
+                Content::Image { config, layers } => {
                     // Foreign / non-distributable layers (Windows base layers) are not served
                     // by registries; the local store does not require them either.
-                    let blobs = std::iter::once(&image.config)
-                        .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+                    let blobs = std::iter::once(config.as_ref())
+                        .chain(layers.iter().filter(|l| !l.is_foreign()))
                         .map(|b| self.ensure_blob(pass, repo, b));
                     futures_util::future::try_join_all(blobs).await?;
                     Vec::new()
                 }
+                // A type that references nothing the parser can see is stored as it is.
+                Content::Opaque => Vec::new(),
             };
             Ok(Ready {
                 manifest: m,

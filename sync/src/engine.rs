@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 use crate::client::ClientError;
-use crate::digest::Digest;
 use crate::parent::Parent;
 use crate::settings::Settings;
 use crate::state::{StateError, StateFile};
-use crate::store::{LocalStore, Reference, StoreError, StoredManifest};
+use crate::store::{LocalStore, StoreError, StoredManifest};
+use oci::Digest;
+use oci::Reference;
 
 /// Why a piece of work stopped.
 #[derive(Debug, thiserror::Error)]

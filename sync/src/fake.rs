@@ -12,16 +12,14 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::client::{ClientError, ClientStats, FeedPage, FetchedManifest, Uploaded};
-use crate::digest::Digest;
-use crate::manifest::{self, Parsed};
+use crate::client::{ClientError, ClientStats, FeedAnswer, FetchedManifest, Uploaded};
 use crate::parent::{BlobDownload, ChunkedUpload, Parent};
-use crate::store::{
-    BlobWriter, ChangeKind, LocalChange, LocalStore, Reference, StoreError, StoredManifest,
-};
+use crate::store::{BlobWriter, LocalStore, StoreError, StoredManifest};
+use oci::manifest::Content;
+use oci::Digest;
+use oci::{Change, ChangeKind, Origin, Reference};
 
-pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub use oci::media_type::{OCI_INDEX as INDEX, OCI_MANIFEST as IMAGE};
 
 /// An image manifest over `config` and `layers` (each given by its bytes).
 pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Bytes {
@@ -65,9 +63,13 @@ struct ParentState {
     cut_next_download: HashMap<Digest, usize>,
     /// The offsets of every download of a blob asked for, in order.
     download_offsets: HashMap<Digest, Vec<u64>>,
+    /// What every change-feed request is answered with (`None`: no feed).
+    feed: Option<FeedAnswer>,
+    /// Change-feed requests (pages and probes) asked for.
+    feed_requests: usize,
 }
 
-/// A parent registry in memory, with no feed and no referrers.
+/// A parent registry in memory, with no referrers, and no feed unless a test gives it one.
 #[derive(Default)]
 pub struct FakeParent {
     stats: ClientStats,
@@ -82,6 +84,23 @@ impl FakeParent {
     /// Serves `bytes` as the blob `digest` (pass a digest of other bytes for a corrupt blob).
     pub fn put_blob_as(&self, digest: Digest, bytes: &[u8]) {
         self.with(|s| s.blobs.insert(digest, Bytes::copy_from_slice(bytes)));
+    }
+
+    /// Answers every change-feed request (page or probe) with `answer`.
+    pub fn answer_feed_with(&self, answer: FeedAnswer) {
+        self.with(|s| s.feed = Some(answer));
+    }
+
+    /// How many change-feed requests were asked for.
+    pub fn feed_requests(&self) -> usize {
+        self.with(|s| s.feed_requests)
+    }
+
+    fn feed(&self) -> FeedAnswer {
+        self.with(|s| {
+            s.feed_requests += 1;
+            s.feed.clone().unwrap_or(FeedAnswer::Absent)
+        })
     }
 
     pub fn put_blob(&self, bytes: &[u8]) {
@@ -293,11 +312,11 @@ impl Parent for FakeParent {
         self.put_manifest(repo, tag, media_type, &body);
         ready(Ok(()))
     }
-    fn changes(&self, _: u64, _: usize) -> BoxFuture<'_, Result<Option<FeedPage>, ClientError>> {
-        ready(Ok(None))
+    fn changes(&self, _: u64, _: usize) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
+        ready(Ok(self.feed()))
     }
-    fn feed_head(&self) -> BoxFuture<'_, Result<Option<u64>, ClientError>> {
-        ready(Ok(None))
+    fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
+        ready(Ok(self.feed()))
     }
 }
 
@@ -311,17 +330,22 @@ struct StoreState {
     uploads: HashMap<String, (String, Vec<u8>)>,
     manifests: BTreeMap<(String, Digest), StoredManifest>,
     tags: BTreeMap<(String, String), Digest>,
-    changes: Vec<LocalChange>,
+    changes: Vec<Change>,
 }
 
 impl StoreState {
     /// Appends to the change log (sequence numbers from 1, without gaps).
     fn log(&mut self, repo: &str, from_client: bool, kind: ChangeKind) {
         let seq = self.changes.len() as u64 + 1;
-        self.changes.push(LocalChange {
+        self.changes.push(Change {
             seq,
+            time: 0,
             repo: repo.to_owned(),
-            from_client,
+            origin: if from_client {
+                Origin::Client
+            } else {
+                Origin::Sync
+            },
             kind,
         });
     }
@@ -391,13 +415,15 @@ impl FakeStore {
     ) -> Result<Digest, StoreError> {
         let digest = Digest::sha256_of(&body);
         let mut s = self.state.lock().unwrap();
-        let missing = match manifest::parse(media_type, &body).map_err(StoreError::Other)? {
-            Parsed::Image(image) => std::iter::once(&image.config)
-                .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+        let parsed = oci::manifest::parse(Some(media_type), &body)
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let missing = match parsed.content {
+            Content::Opaque => None,
+            Content::Image { config, layers } => std::iter::once(config.as_ref())
+                .chain(layers.iter().filter(|l| !l.is_foreign()))
                 .find(|b| !s.links.contains(&(repo.to_owned(), b.digest.clone())))
                 .map(|b| b.digest.clone()),
-            Parsed::Index(index) => index
-                .manifests
+            Content::Index { manifests } => manifests
                 .iter()
                 .filter(|c| !skipped.contains(&c.digest))
                 .find(|c| {
@@ -419,6 +445,7 @@ impl FakeStore {
             .insert((repo.to_owned(), digest.clone()), stored);
         let mut log = vec![ChangeKind::ManifestPut {
             digest: digest.clone(),
+            media_type: media_type.to_owned(),
         }];
         if let Reference::Tag(t) = reference {
             s.tags.insert((repo.to_owned(), t.clone()), digest.clone());
@@ -553,7 +580,7 @@ impl LocalStore for FakeStore {
         });
         Ok(())
     }
-    fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         Ok(self.with(|s| {
             s.changes
                 .iter()

@@ -6,7 +6,9 @@
 //!
 //! The position is kept in the state file per parent and per repository scope. The full
 //! comparison (every repository, tag list and tag) runs instead when the parent has no feed
-//! (any other registry; asked again after `REPROBE_NO_FEED`), on the first pass, when the
+//! (any other registry; asked again after `REPROBE_NO_FEED`), when the parent's feed is of a
+//! newer version than this build reads (one log line, then remembered like "no feed": asked
+//! again after `REPROBE_NO_FEED`, so an upgraded child finds it again), on the first pass, when the
 //! repository rules changed, when the feed failed, and once when the parent says the position
 //! cannot continue (`reset`: its log was pruned past `messageTtl`, or it was set up again). The
 //! full comparison starts from the parent's head read *before* it, so a change made while it
@@ -18,12 +20,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::client::FeedWhat;
+use oci::feed::FEED_VERSION;
+use oci::{Change, ChangeKind};
+
+use crate::client::FeedAnswer;
 use crate::engine::Engine;
-use crate::manifest::Platform;
 use crate::pass::Pass;
 use crate::settings::RepoRule;
 use crate::state::{ParentFeed, Pull};
+use oci::Platform;
 
 /// Changes asked for per feed request (the parent caps pages at its own limit, 1000 for ours).
 pub const FEED_PAGE: usize = 1000;
@@ -48,11 +53,13 @@ enum Start {
 /// What reading the feed gave.
 enum Read {
     /// The changes after the position, and the last sequence among them.
-    Changes(Vec<crate::client::FeedChange>, u64),
+    Changes(Vec<Change>, u64),
     /// The position cannot continue; the parent's head to continue from after a full comparison.
     Reset(u64),
     /// The parent has no feed.
     NoFeed,
+    /// The parent's feed is of a newer version than this build reads.
+    Newer(u32),
     /// The feed failed (unreachable, bad answer): compare in full this time.
     Failed(String),
 }
@@ -74,7 +81,7 @@ pub fn scope_fingerprint(rules: &[RepoRule], platforms: &[Platform]) -> String {
     for p in platforms {
         text.push_str(&format!("platform\u{0}{p}\u{1}"));
     }
-    crate::digest::Digest::sha256_of(text.as_bytes()).hex()[..16].to_owned()
+    oci::Digest::sha256_of(text.as_bytes()).hex()[..16].to_owned()
 }
 
 /// The downward half of a pass: through the feed where possible, else in full.
@@ -154,14 +161,22 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
                 remember(engine, pass, &parent, &scope, None);
                 None
             }
+            Read::Newer(version) => {
+                newer_feed(engine, pass, &parent, &scope, version);
+                None
+            }
             Read::Failed(e) => {
                 tracing::warn!("{e}; comparing everything instead");
                 None
             }
         },
         Start::Probe => match engine.client.feed_head().await {
-            Ok(Some(head)) => Some(head),
-            Ok(None) => {
+            Ok(FeedAnswer::Page(page)) => Some(page.head),
+            Ok(FeedAnswer::Newer { version }) => {
+                newer_feed(engine, pass, &parent, &scope, version);
+                None
+            }
+            Ok(FeedAnswer::Absent) => {
                 tracing::info!("the parent offers no change feed: comparing tag by tag");
                 remember(engine, pass, &parent, &scope, None);
                 None
@@ -223,15 +238,30 @@ fn remember(engine: &Engine, pass: &Pass, parent: &str, scope: &str, seq: Option
     }
 }
 
+/// The parent's feed is newer than this build reads: says so once and remembers it like "no
+/// feed", so passes compare tag by tag without asking until `REPROBE_NO_FEED` has passed.
+fn newer_feed(engine: &Engine, pass: &Pass, parent: &str, scope: &str, version: u32) {
+    tracing::warn!(
+        version,
+        reads = FEED_VERSION,
+        "the parent's change feed is version {version}, newer than this child reads (up to \
+         {FEED_VERSION}): comparing tag by tag instead; upgrade this child to use the feed"
+    );
+    remember(engine, pass, parent, scope, None);
+}
+
 /// Reads every change after `after`, page by page.
 async fn read(engine: &Engine, after: u64) -> Read {
     let mut changes = Vec::new();
     let mut last = after;
     loop {
         let page = match engine.client.changes(last, FEED_PAGE).await {
-            Ok(Some(p)) => p,
-            Ok(None) if last == after => return Read::NoFeed,
-            Ok(None) => return Read::Failed("change feed: the parent stopped answering it".into()),
+            Ok(FeedAnswer::Page(p)) => p,
+            Ok(FeedAnswer::Newer { version }) => return Read::Newer(version),
+            Ok(FeedAnswer::Absent) if last == after => return Read::NoFeed,
+            Ok(FeedAnswer::Absent) => {
+                return Read::Failed("change feed: the parent stopped answering it".into())
+            }
             Err(e) => return Read::Failed(format!("change feed: {e}")),
         };
         if page.reset {
@@ -275,7 +305,7 @@ struct Position<'a> {
 async fn apply(
     engine: &Engine,
     pass: &Pass,
-    changes: Vec<crate::client::FeedChange>,
+    changes: Vec<Change>,
     drift: crate::reconcile::Drift,
     at: Position<'_>,
 ) {
@@ -286,25 +316,31 @@ async fn apply(
         scope,
     } = at;
     let mut touched: BTreeMap<String, (RepoRule, Touched)> = BTreeMap::new();
-    let mut stored: Vec<(String, crate::digest::Digest)> = Vec::new();
+    let mut stored: Vec<(String, oci::Digest)> = Vec::new();
     for change in changes {
         let Some(rule) = engine.rule_for(&change.repo) else {
             continue;
         };
-        if let FeedWhat::ManifestPut(digest) = &change.what {
+        if let ChangeKind::ManifestPut { digest, .. } = &change.kind {
             stored.push((change.repo.clone(), digest.clone()));
         }
         let entry = touched
             .entry(change.repo)
             .or_insert_with(|| (rule.clone(), Touched::default()));
-        match change.what {
-            FeedWhat::Tag(tag) if rule.newest.is_none() => {
+        match change.kind {
+            ChangeKind::TagSet { tag, .. } | ChangeKind::TagDeleted { tag }
+                if rule.newest.is_none() =>
+            {
                 entry.1.tags.insert(tag);
             }
-            FeedWhat::Tag(_) | FeedWhat::Other => entry.1.whole = true,
+            // A `newest N` rule, where one new tag can push another out, or a kind this build
+            // does not know: the whole repository is compared.
+            ChangeKind::TagSet { .. } | ChangeKind::TagDeleted { .. } | ChangeKind::Unknown => {
+                entry.1.whole = true
+            }
             // Tags pointing at a deleted manifest come as their own changes; a stored manifest
             // is looked at below, after the tags (it may be a referrer of what they bring).
-            FeedWhat::ManifestPut(_) | FeedWhat::ManifestDeleted => {}
+            ChangeKind::ManifestPut { .. } | ChangeKind::ManifestDeleted { .. } => {}
         }
     }
     let drifted = drift.tags.values().map(BTreeSet::len).sum::<usize>() + drift.repos.len();
@@ -383,6 +419,9 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{image_manifest, Rig, IMAGE};
+    use crate::Outcome;
+    use oci::FeedPage;
 
     fn rule(pattern: &str, newest: Option<usize>) -> RepoRule {
         RepoRule {
@@ -405,5 +444,46 @@ mod tests {
         );
         let arm = ["linux/arm64".parse().unwrap()];
         assert_ne!(a, scope_fingerprint(&[rule("apps/*", None)], &arm));
+    }
+
+    /// A parent one feed version ahead: the child does not fail, compares tag by tag (the tag
+    /// arrives), and remembers the parent like one without a feed, so the next pass does not
+    /// ask again.
+    #[tokio::test]
+    async fn a_parent_with_a_newer_feed_version_is_synced_tag_by_tag() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        rig.parent.answer_feed_with(FeedAnswer::Newer {
+            version: FEED_VERSION + 1,
+        });
+
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
+        assert_eq!(rig.parent.feed_requests(), 1);
+        let feed = rig.engine.state.read(|s| s.parent_feed.clone()).unwrap();
+        assert_eq!(feed.seq, None, "remembered like a parent without a feed");
+
+        rig.engine.run_pass(None).await;
+        assert_eq!(rig.parent.feed_requests(), 1, "not asked again this soon");
+    }
+
+    /// The same parent with a feed this child reads: the probe's head becomes the position.
+    #[tokio::test]
+    async fn a_parent_with_a_feed_this_child_reads_gives_a_position() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
+            version: FEED_VERSION,
+            head: 7,
+            oldest: 1,
+            reset: false,
+            changes: Vec::new(),
+        }));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        let feed = rig.engine.state.read(|s| s.parent_feed.clone()).unwrap();
+        assert_eq!(feed.seq, Some(7));
     }
 }

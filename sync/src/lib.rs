@@ -13,22 +13,22 @@
 //! - The two contracts: `parent` (what sync needs from a parent; `client` is the HTTP one) and
 //!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
 //!   fakes of both (`fake`, tests only) test the engine without a network.
-//! - `settings` (validated once at start), `state` (persisted progress), `manifest`, `digest`.
-//!   Backoff, durations and atomic writes come from the `util` crate, the connection string from
-//!   the `connection-string` crate.
+//! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
+//!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
+//!   `oci` crate; backoff, durations and atomic writes from `util`; the connection string from
+//!   `connection-string`.
 
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod copy;
-pub mod digest;
 pub mod engine;
 #[cfg(test)]
 mod fake;
 mod feed;
-pub mod manifest;
 pub mod parent;
 mod pass;
+pub mod platforms;
 mod push;
 mod reconcile;
 pub mod service;

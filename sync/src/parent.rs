@@ -11,8 +11,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::FutureExt;
 
-use crate::client::{ClientError, ClientStats, FeedPage, FetchedManifest, ParentClient, Uploaded};
-use crate::digest::Digest;
+use crate::client::{
+    ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentClient, Uploaded,
+};
+use oci::Digest;
 
 /// A blob coming down from the parent.
 pub struct BlobDownload<'a> {
@@ -97,11 +99,10 @@ pub trait Parent: Send + Sync + 'static {
         media_type: &'a str,
         body: Bytes,
     ) -> BoxFuture<'a, Result<(), ClientError>>;
-    /// One page of the parent's change feed after `after`; `None` when it has no feed.
-    fn changes(&self, after: u64, n: usize)
-        -> BoxFuture<'_, Result<Option<FeedPage>, ClientError>>;
-    /// The feed's newest sequence number (one cheap probe); `None` when it has no feed.
-    fn feed_head(&self) -> BoxFuture<'_, Result<Option<u64>, ClientError>>;
+    /// One page of the parent's change feed after `after`, if it has a feed this build reads.
+    fn changes(&self, after: u64, n: usize) -> BoxFuture<'_, Result<FeedAnswer, ClientError>>;
+    /// The feed's bounds without changes (one cheap probe for its head).
+    fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>>;
 }
 
 /// The arguments of [`Parent::upload_blob_chunked`].
@@ -219,14 +220,10 @@ impl Parent for ParentClient {
     ) -> BoxFuture<'a, Result<(), ClientError>> {
         ParentClient::put_manifest(self, repo, reference, media_type, body).boxed()
     }
-    fn changes(
-        &self,
-        after: u64,
-        n: usize,
-    ) -> BoxFuture<'_, Result<Option<FeedPage>, ClientError>> {
+    fn changes(&self, after: u64, n: usize) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
         ParentClient::changes(self, after, n).boxed()
     }
-    fn feed_head(&self) -> BoxFuture<'_, Result<Option<u64>, ClientError>> {
+    fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
         ParentClient::feed_head(self).boxed()
     }
 }

@@ -9,12 +9,12 @@ use std::sync::Mutex;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::digest::Digest;
 use crate::engine::{blocking, Engine, SyncError};
-use crate::manifest::Descriptor;
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
-use crate::store::Reference;
+use oci::Descriptor;
+use oci::Digest;
+use oci::Reference;
 
 /// Counters of one pass.
 #[derive(Default)]

@@ -11,13 +11,13 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::client::Uploaded;
-use crate::digest::Digest;
 use crate::engine::{blocking, Engine, SyncError};
-use crate::manifest::{self, Parsed};
 use crate::parent::ChunkedUpload;
 use crate::pass::Pass;
 use crate::state::Conflict;
-use crate::store::ChangeKind;
+use oci::manifest::{self, Content};
+use oci::Digest;
+use oci::{ChangeKind, Origin};
 
 /// Change-log entries read per batch.
 const BATCH: usize = 256;
@@ -31,17 +31,20 @@ pub(crate) async fn push_up(engine: &Engine, pass: &Pass) -> Result<(), SyncErro
             return Ok(());
         }
         for change in changes {
-            if change.from_client {
+            if change.origin == Origin::Client {
                 let repo = change.repo.as_str();
                 match &change.kind {
                     ChangeKind::TagSet { tag, digest } => {
                         push_tag(engine, pass, repo, tag, digest).await?;
                     }
-                    ChangeKind::ManifestPut { digest } => {
+                    ChangeKind::ManifestPut { digest, .. } => {
                         push_manifest(engine, pass, repo, digest).await?;
                     }
-                    // Deletions stay local: a child never deletes content at its parent.
-                    ChangeKind::TagDeleted { .. } | ChangeKind::ManifestDeleted { .. } => {}
+                    // Deletions stay local: a child never deletes content at its parent; a kind
+                    // this build does not know names nothing it could push.
+                    ChangeKind::TagDeleted { .. }
+                    | ChangeKind::ManifestDeleted { .. }
+                    | ChangeKind::Unknown => {}
                 }
             }
             let seq = change.seq;
@@ -125,17 +128,19 @@ fn push_manifest<'a>(
             return Ok(true);
         }
         pass.check()?;
-        match manifest::parse(&m.media_type, &m.body)
+        match manifest::parse(Some(&m.media_type), &m.body)
             .map_err(|e| SyncError::Internal(format!("{repo}@{digest}: {e}")))?
+            .content
         {
-            Parsed::Index(index) => {
-                for child in &index.manifests {
+            Content::Opaque => {}
+            Content::Index { manifests } => {
+                for child in &manifests {
                     push_manifest(engine, pass, repo, &child.digest).await?;
                 }
             }
-            Parsed::Image(image) => {
-                for blob in std::iter::once(&image.config)
-                    .chain(image.layers.iter().filter(|l| !manifest::is_foreign(l)))
+            Content::Image { config, layers } => {
+                for blob in std::iter::once(config.as_ref())
+                    .chain(layers.iter().filter(|l| !l.is_foreign()))
                 {
                     pass.check()?;
                     if engine.client.blob_exists(repo, &blob.digest).await? {
@@ -247,8 +252,8 @@ async fn mount_from_synced_repo(
 
 #[cfg(test)]
 mod tests {
-    use crate::digest::Digest;
     use crate::fake::{image_manifest, Rig, IMAGE};
+    use oci::Digest;
 
     /// Both sides moved the same tag: the parent's tag stays where it is, the local manifest
     /// goes up by digest, and the conflict is reported.

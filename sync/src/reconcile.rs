@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use crate::engine::{blocking, Engine, SyncError};
-use crate::store::{ChangeKind, Reference};
+use oci::{ChangeKind, Origin, Reference};
 
 /// Local change-log entries read per batch.
 const BATCH: usize = 1000;
@@ -71,7 +71,7 @@ pub(crate) async fn local_drift(engine: &Engine) -> Result<Drift, SyncError> {
             drift.everything = Some(format!("{read} local changes since the last look"));
             return Ok(drift);
         }
-        for change in changes.into_iter().filter(|c| c.from_client) {
+        for change in changes.into_iter().filter(|c| c.origin == Origin::Client) {
             if engine.rule_for(&change.repo).is_none() {
                 continue;
             }
@@ -79,7 +79,8 @@ pub(crate) async fn local_drift(engine: &Engine) -> Result<Drift, SyncError> {
                 ChangeKind::TagSet { tag, .. } | ChangeKind::TagDeleted { tag } => {
                     drift.tags.entry(change.repo).or_default().insert(tag);
                 }
-                ChangeKind::ManifestDeleted { .. } => {
+                // A deleted manifest may have carried tags; an unknown kind may have moved any.
+                ChangeKind::ManifestDeleted { .. } | ChangeKind::Unknown => {
                     drift.repos.insert(change.repo);
                 }
                 // A manifest stored by digest moves no tag sync manages.
@@ -96,7 +97,7 @@ pub(crate) async fn local_drift(engine: &Engine) -> Result<Drift, SyncError> {
 
 /// Adds every tag sync recorded whose local tag is gone or points elsewhere.
 async fn audit(engine: &Engine, drift: &mut Drift) -> Result<(), SyncError> {
-    let recorded: Vec<(String, String, crate::digest::Digest)> = engine.state.read(|s| {
+    let recorded: Vec<(String, String, oci::Digest)> = engine.state.read(|s| {
         s.synced_tags
             .iter()
             .flat_map(|(repo, tags)| {

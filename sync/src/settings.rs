@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::manifest::Platform;
 use connection_string::{ConnectionString, ConnectionStringError};
+use oci::Platform;
 use util::duration::{self, Iso};
 
 /// A setting that cannot be used. The message names the setting and what is valid.

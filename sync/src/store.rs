@@ -7,23 +7,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use crate::digest::Digest;
-
-/// A tag or a digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reference {
-    Tag(String),
-    Digest(Digest),
-}
-
-impl std::fmt::Display for Reference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reference::Tag(t) => f.write_str(t),
-            Reference::Digest(d) => write!(f, "{d}"),
-        }
-    }
-}
+use oci::{Change, Digest, Reference};
 
 /// A manifest as stored locally.
 #[derive(Clone, Debug)]
@@ -43,24 +27,6 @@ impl From<StoredManifest> for crate::client::FetchedManifest {
             body: m.body,
         }
     }
-}
-
-/// One entry of the local change log.
-#[derive(Clone, Debug)]
-pub struct LocalChange {
-    pub seq: u64,
-    pub repo: String,
-    /// True when a client pushed it here; false when sync wrote it (never pushed back up).
-    pub from_client: bool,
-    pub kind: ChangeKind,
-}
-
-#[derive(Clone, Debug)]
-pub enum ChangeKind {
-    TagSet { tag: String, digest: Digest },
-    TagDeleted { tag: String },
-    ManifestPut { digest: Digest },
-    ManifestDeleted { digest: Digest },
 }
 
 /// A storage failure, as the engine needs to tell them apart.
@@ -121,7 +87,7 @@ pub trait LocalStore: Send + Sync + 'static {
     fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError>;
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
     /// Change-log entries with `seq > after`, oldest first, at most `limit`.
-    fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError>;
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
     /// The oldest kept and the newest sequence number of the change log (`(head + 1, head)`
     /// when it is empty): a reader past `head` is reading a store older than it remembers (a
     /// disk restored from backup), one before `oldest - 1` missed pruned entries.
@@ -138,7 +104,8 @@ pub trait LocalStore: Send + Sync + 'static {
 /// `Origin::Sync`, so it is never pushed back up.
 mod registry_store {
     use super::*;
-    use registry::storage::{Origin, Session};
+    use oci::Origin;
+    use registry::storage::Session;
     use registry::{RepoName, StorageError, Store};
 
     fn repo_name(repo: &str) -> Result<RepoName, StoreError> {
@@ -154,13 +121,6 @@ mod registry_store {
             },
             StorageError::ManifestBlobUnknown(d) => StoreError::MissingReference(d.to_string()),
             e => StoreError::Other(e.to_string()),
-        }
-    }
-
-    fn reference(r: &Reference) -> registry::Reference {
-        match r {
-            Reference::Tag(t) => registry::Reference::Tag(t.clone()),
-            Reference::Digest(d) => registry::Reference::Digest(d.clone()),
         }
     }
 
@@ -224,7 +184,7 @@ mod registry_store {
             Store::put_partial_index(
                 self,
                 &repo_name(repo)?,
-                &reference(r),
+                r,
                 Some(media_type),
                 body,
                 Origin::Sync,
@@ -238,7 +198,7 @@ mod registry_store {
             repo: &str,
             r: &Reference,
         ) -> Result<Option<StoredManifest>, StoreError> {
-            Ok(Store::get_manifest(self, &repo_name(repo)?, &reference(r))
+            Ok(Store::get_manifest(self, &repo_name(repo)?, r)
                 .map_err(map)?
                 .map(|m| StoredManifest {
                     digest: m.digest,
@@ -265,23 +225,8 @@ mod registry_store {
         fn client_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
             Store::client_changes(self)
         }
-        fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, StoreError> {
-            use registry::storage::ChangeKind as K;
-            Ok(Store::changes(self, after, limit)
-                .map_err(map)?
-                .into_iter()
-                .map(|c| LocalChange {
-                    seq: c.seq,
-                    repo: c.repo,
-                    from_client: c.origin == Origin::Client,
-                    kind: match c.kind {
-                        K::ManifestPut { digest, .. } => ChangeKind::ManifestPut { digest },
-                        K::ManifestDeleted { digest } => ChangeKind::ManifestDeleted { digest },
-                        K::TagSet { tag, digest } => ChangeKind::TagSet { tag, digest },
-                        K::TagDeleted { tag } => ChangeKind::TagDeleted { tag },
-                    },
-                })
-                .collect())
+        fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+            Store::changes(self, after, limit).map_err(map)
         }
     }
 }

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use oci::Digest;
 use sync::client::ClientError;
-use sync::digest::Digest;
 use sync::settings::Limits;
 use sync::ParentClient;
 

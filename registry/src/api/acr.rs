@@ -1,24 +1,32 @@
 //! `/acr/v1/_changes`: the incremental change feed a child registry of ours reads, so a sync
 //! with nothing new costs one request instead of one per tag.
 //!
-//! `GET /acr/v1/_changes?after=SEQ&n=N` answers
-//! `{"head": H, "oldest": O, "reset": false, "changes": [Change, ...]}`: at most `N` change-log
+//! `GET /acr/v1/_changes?after=SEQ&n=N&v=VERSION` answers an `oci::FeedPage`,
+//! `{"version": 1, "head": H, "oldest": O, "reset": false, "changes": [Change, ...]}`: at most `N` change-log
 //! entries with `seq > SEQ`, oldest first. `head` is the newest sequence number, `oldest` the
 //! oldest still kept (the log is pruned after `messageTtl`; `head + 1` when it is empty).
 //! `reset: true` (with no changes) says the reader cannot continue from `SEQ`: entries after
 //! it were pruned (`SEQ < oldest - 1`), or this log never reached `SEQ` (`SEQ > head`: the
 //! registry was set up again). The reader then compares everything once and continues from `head`.
+//!
+//! `v` is the feed version the child reads (absent: 1). The page comes in that version when
+//! this registry knows it, else in its newest (`oci::feed::answer_version`); a child that
+//! cannot read the answer compares tag by tag. The stored change log becomes the wire's
+//! `oci::Change` in `storage::meta`, never here: this handler only pages and frames it.
 
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use oci::feed::{answer_version, FeedPage};
+
 use super::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::api::error::ApiError;
+use oci::ErrorCode;
 
 /// Changes per page when the request gives no `n`, and the most a page holds whatever `n`
 /// says: bounds the memory and time one request takes (a page of 1000 is about 200 KB).
@@ -67,6 +75,7 @@ async fn feed(state: &AppState, query: &HashMap<String, String>) -> Result<Respo
     // bounds-only probe (`n=0`), which names nothing and which children send anonymously to
     // find out whether their parent has a feed (see `sync::ParentClient::feed_head`).
     let after = number(query, "after", "sequence number, 0 for the start")?.unwrap_or(0);
+    let asked = number(query, "v", "feed version")?.map(|v| v.min(u32::MAX as u64) as u32);
     let n = number(query, "n", &format!("count, 0 to {MAX_CHANGES_PER_PAGE}"))?
         .map(|n| n.min(MAX_CHANGES_PER_PAGE as u64) as usize)
         .unwrap_or(MAX_CHANGES_PER_PAGE);
@@ -81,15 +90,12 @@ async fn feed(state: &AppState, query: &HashMap<String, String>) -> Result<Respo
         })??;
     let reset = after.saturating_add(1) < page.oldest || after > page.head;
     let changes = if reset { Vec::new() } else { page.changes };
-    let body = serde_json::json!({
-        "head": page.head,
-        "oldest": page.oldest,
-        "reset": reset,
-        "changes": changes,
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response())
+    let body = FeedPage {
+        version: answer_version(asked),
+        head: page.head,
+        oldest: page.oldest,
+        reset,
+        changes,
+    };
+    Ok(axum::Json(body).into_response())
 }

@@ -4,14 +4,15 @@
 pub mod access_log;
 pub mod acr;
 mod drain;
+pub mod error;
 pub mod v2;
 
 use std::sync::Arc;
 
 use axum::Router;
 
-use crate::name::RepoName;
 use crate::storage::Store;
+use oci::name::RepoName;
 
 /// Explains why a repository has no such manifest, tag or blob here, when something outside
 /// the registry knows (sync: "the repository is outside this registry's sync scope"). Its

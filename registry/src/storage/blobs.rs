@@ -7,8 +7,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
-use crate::error::StorageError;
+use crate::storage::StorageError;
+use oci::digest::Digest;
 
 #[derive(Debug)]
 pub struct Blobs {

@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::digest::Digest;
-use crate::error::StorageError;
+use crate::storage::StorageError;
+use oci::digest::Digest;
 
 use super::Store;
 
@@ -181,11 +181,12 @@ fn unreached(snap: &super::meta::GcSnapshot, before: u64) -> Vec<(String, Digest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
-    use crate::name::RepoName;
-    use crate::reference::Reference;
-    use crate::storage::{Limits, Origin};
+    use crate::storage::Limits;
     use bytes::Bytes;
+    use oci::media_type::{OCI_INDEX, OCI_MANIFEST};
+    use oci::name::RepoName;
+    use oci::reference::Reference;
+    use oci::Origin;
 
     fn push_blob(store: &Store, repo: &RepoName, data: &[u8]) -> Digest {
         let digest = Digest::sha256_of(data);

@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::error::StorageError;
-use crate::manifest::Descriptor;
-use crate::reference::Reference;
+use crate::storage::StorageError;
+use oci::digest::Digest;
+use oci::reference::Reference;
+use oci::{Change, ChangeKind, Descriptor, Origin};
 
 /// (repo, tag) -> manifest digest.
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
@@ -23,7 +23,7 @@ const REPO_BLOBS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::n
 const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
 /// repo -> unix time of its first manifest: the catalog.
 const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
-/// seq -> `Change` as JSON: the feed for children and for the upward push.
+/// seq -> `Record` as JSON: the feed for children and for the upward push.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 
 /// What the registry keeps about a manifest in a repository (its bytes are a blob file).
@@ -44,35 +44,71 @@ pub struct ManifestMeta {
     pub pushed_at: u64,
 }
 
-/// Who made a change: a client of this registry, or the sync engine copying from the parent.
+/// One entry of the change log as stored in redb. Private: the feed children read is
+/// `oci::Change`, converted from this in one place (`From<Record> for Change`), so the stored
+/// form and the wire form can each change without the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    seq: u64,
+    /// Unix seconds.
+    time: u64,
+    repo: String,
+    origin: RecordOrigin,
+    #[serde(flatten)]
+    kind: RecordKind,
+}
+
+/// [`Origin`] as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Origin {
+enum RecordOrigin {
     Client,
     Sync,
-    /// Garbage collection removing untagged manifests: never pushed up.
     Gc,
 }
 
+/// What changed, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ChangeKind {
+enum RecordKind {
     ManifestPut { digest: Digest, media_type: String },
     ManifestDeleted { digest: Digest },
     TagSet { tag: String, digest: Digest },
     TagDeleted { tag: String },
 }
 
-/// One entry of the change log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    pub seq: u64,
-    /// Unix seconds.
-    pub time: u64,
-    pub repo: String,
-    pub origin: Origin,
-    #[serde(flatten)]
-    pub kind: ChangeKind,
+impl From<Origin> for RecordOrigin {
+    fn from(origin: Origin) -> RecordOrigin {
+        match origin {
+            Origin::Client => RecordOrigin::Client,
+            Origin::Sync => RecordOrigin::Sync,
+            Origin::Gc => RecordOrigin::Gc,
+        }
+    }
+}
+
+/// The one conversion from the stored record to the feed's change.
+impl From<Record> for Change {
+    fn from(record: Record) -> Change {
+        Change {
+            seq: record.seq,
+            time: record.time,
+            repo: record.repo,
+            origin: match record.origin {
+                RecordOrigin::Client => Origin::Client,
+                RecordOrigin::Sync => Origin::Sync,
+                RecordOrigin::Gc => Origin::Gc,
+            },
+            kind: match record.kind {
+                RecordKind::ManifestPut { digest, media_type } => {
+                    ChangeKind::ManifestPut { digest, media_type }
+                }
+                RecordKind::ManifestDeleted { digest } => ChangeKind::ManifestDeleted { digest },
+                RecordKind::TagSet { tag, digest } => ChangeKind::TagSet { tag, digest },
+                RecordKind::TagDeleted { tag } => ChangeKind::TagDeleted { tag },
+            },
+        }
+    }
 }
 
 /// A page of the change log with its bounds (see `Meta::change_page`).
@@ -95,7 +131,7 @@ pub struct NewManifest<'a> {
     pub digest: &'a Digest,
     pub meta: &'a ManifestMeta,
     /// Blobs it references with the sizes its descriptors claim.
-    pub blob_sizes: &'a [(Digest, i64)],
+    pub blob_sizes: &'a [(Digest, u64)],
     /// (subject, descriptor of this manifest) for the referrers index.
     pub referrer: Option<(&'a Digest, &'a Descriptor)>,
     pub tag: Option<&'a str>,
@@ -122,15 +158,15 @@ fn log(
     tx: &WriteTransaction,
     repo: &str,
     origin: Origin,
-    kind: ChangeKind,
+    kind: RecordKind,
 ) -> Result<(), StorageError> {
     let mut changes = tx.open_table(CHANGES)?;
     let seq = changes.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
-    let change = Change {
+    let change = Record {
         seq,
         time: now(),
         repo: repo.to_owned(),
-        origin,
+        origin: origin.into(),
         kind,
     };
     changes.insert(seq, json(&change).as_slice())?;
@@ -213,13 +249,13 @@ fn remove_manifest(
     }
     drop(tags);
     for tag in pointing {
-        log(tx, repo, origin, ChangeKind::TagDeleted { tag })?;
+        log(tx, repo, origin, RecordKind::TagDeleted { tag })?;
     }
     log(
         tx,
         repo,
         origin,
-        ChangeKind::ManifestDeleted {
+        RecordKind::ManifestDeleted {
             digest: digest.clone(),
         },
     )
@@ -328,7 +364,7 @@ impl Meta {
             for (blob, size) in blob_sizes {
                 match links.get((repo, blob.to_string().as_str()))? {
                     None => return Err(StorageError::ManifestBlobUnknown(blob.clone())),
-                    Some(actual) if actual.value().0 as i64 != *size => {
+                    Some(actual) if actual.value().0 != *size => {
                         return Err(StorageError::ManifestInvalid(format!(
                             "descriptor for {blob} says {size} bytes, but the blob has {} bytes",
                             actual.value().0
@@ -369,7 +405,7 @@ impl Meta {
                     &tx,
                     repo,
                     origin,
-                    ChangeKind::ManifestPut {
+                    RecordKind::ManifestPut {
                         digest: digest.clone(),
                         media_type: meta.media_type.clone(),
                     },
@@ -396,7 +432,7 @@ impl Meta {
                         &tx,
                         repo,
                         origin,
-                        ChangeKind::TagSet {
+                        RecordKind::TagSet {
                             tag: tag.to_owned(),
                             digest: digest.clone(),
                         },
@@ -416,7 +452,7 @@ impl Meta {
                 &tx,
                 repo,
                 origin,
-                ChangeKind::TagDeleted {
+                RecordKind::TagDeleted {
                     tag: tag.to_owned(),
                 },
             )?;
@@ -500,7 +536,7 @@ impl Meta {
                 break;
             }
             let (_, value) = entry?;
-            out.push(from_json(value.value())?);
+            out.push(from_json::<Record>(value.value())?.into());
         }
         Ok(out)
     }
@@ -523,7 +559,7 @@ impl Meta {
                     break;
                 }
                 let (_, value) = entry?;
-                changes.push(from_json(value.value())?);
+                changes.push(from_json::<Record>(value.value())?.into());
             }
         }
         Ok(ChangePage {
@@ -542,7 +578,7 @@ impl Meta {
             let mut old = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
-                let change: Change = from_json(value.value())?;
+                let change: Record = from_json(value.value())?;
                 if change.time >= before {
                     break;
                 }

@@ -4,8 +4,10 @@
 //! Methods block (file and database I/O); async callers run writes in `spawn_blocking`.
 
 pub mod blobs;
+pub mod error;
 pub mod gc;
 pub mod meta;
+pub mod reader;
 pub mod uploads;
 
 use std::collections::HashMap;
@@ -14,13 +16,15 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::digest::Digest;
-use crate::error::StorageError;
-use crate::manifest::{self, Descriptor};
-use crate::name::RepoName;
-use crate::reference::Reference;
+pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
-pub use meta::{Change, ChangeKind, ChangePage, ManifestMeta, Origin};
+pub use meta::{ChangePage, ManifestMeta};
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::reference::Reference;
+use oci::{manifest, Descriptor};
+use oci::{Change, Origin};
+pub use reader::{BlobReader, OpenBlob};
 pub use uploads::{Session, SessionRef};
 
 /// Limits of the store, each a named setting of `serve`.
@@ -168,6 +172,24 @@ impl Store {
         }
     }
 
+    /// Opens a blob of `repo` for reading (`None`: `repo` does not hold it). Routes read blobs
+    /// only through this, never through files.
+    pub fn open_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<OpenBlob>, StorageError> {
+        let Some(size) = self.inner.meta.repo_blob_size(repo.as_str(), digest)? else {
+            return Ok(None);
+        };
+        let path = self.inner.blobs.path(digest);
+        match std::fs::File::open(&path) {
+            Ok(file) => Ok(Some(OpenBlob { size, file })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(format!("open {}", path.display()))(e)),
+        }
+    }
+
     /// Makes a blob that is on disk part of `repo` (cross-repository mount, or sync).
     pub fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
         let _taking = self.inner.gc_lock.read().expect("gc lock");
@@ -277,17 +299,16 @@ impl Store {
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
         let parsed = manifest::parse(content_type, &body)?;
-        let blob_sizes: Vec<(Digest, i64)> = parsed
-            .blobs
-            .iter()
+        let blob_sizes: Vec<(Digest, u64)> = parsed
+            .blobs()
             .filter(|d| !d.is_foreign())
             .map(|d| (d.digest.clone(), d.size))
             .collect();
         let mut refs: Vec<Digest> = blob_sizes.iter().map(|(d, _)| d.clone()).collect();
-        refs.extend(parsed.children.iter().map(|d| d.digest.clone()));
+        refs.extend(parsed.children().iter().map(|d| d.digest.clone()));
         if let Some(stray) = skipped
             .iter()
-            .find(|d| !parsed.children.iter().any(|c| &c.digest == *d))
+            .find(|d| !parsed.children().iter().any(|c| &c.digest == *d))
         {
             return Err(StorageError::ManifestInvalid(format!(
                 "{stray} is not a child of this index: only an index's children can be left out"
@@ -305,13 +326,9 @@ impl Store {
             (
                 subject.digest.clone(),
                 Descriptor {
-                    media_type: parsed.media_type.clone(),
-                    digest: digest.clone(),
-                    size: body.len() as i64,
                     artifact_type: parsed.artifact_type.clone(),
                     annotations: parsed.annotations.clone(),
-                    urls: None,
-                    platform: None,
+                    ..Descriptor::new(&parsed.media_type, digest.clone(), body.len() as u64)
                 },
             )
         });

@@ -10,9 +10,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::digest::{Algorithm, Digest, Hasher};
-use crate::error::StorageError;
-use crate::name::RepoName;
+use crate::storage::StorageError;
+use oci::digest::{Algorithm, Digest, Hasher};
+use oci::name::RepoName;
 
 /// The state of one session. Held behind an async mutex: one writer at a time.
 pub struct Session {

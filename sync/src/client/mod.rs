@@ -20,9 +20,9 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
-use crate::digest::Digest;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
+use oci::Digest;
 use util::backoff::Backoff;
 
 mod auth;
@@ -32,7 +32,7 @@ mod tls;
 mod upload;
 
 use auth::CachedToken;
-pub use feed::{FeedChange, FeedPage, FeedWhat};
+pub use feed::FeedAnswer;
 pub use pull::BlobStream;
 use tls::tls_config;
 pub use upload::Uploaded;

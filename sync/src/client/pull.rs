@@ -135,7 +135,7 @@ impl ParentClient {
             Ok(d) => d,
             Err(_) => header_digest.unwrap_or_else(|| Digest::sha256_of(&body)),
         };
-        if !crate::digest::matches(&digest, &body) {
+        if !digest.matches(&body) {
             return Err(ClientError::Protocol {
                 url,
                 message: format!("manifest bytes do not match digest {digest}: refused"),
@@ -245,7 +245,7 @@ impl ParentClient {
         let url = self.url(&format!("/v2/{repo}/referrers/{digest}"));
         let resp = self
             .send(Method::GET, &url, &Scope::Pull(repo.into()), true, &|rb| {
-                rb.header(ACCEPT, "application/vnd.oci.image.index.v1+json")
+                rb.header(ACCEPT, oci::media_type::OCI_INDEX)
             })
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -261,11 +261,11 @@ impl ParentClient {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/vnd.oci.image.index.v1+json"));
+            .is_some_and(|v| v.starts_with(oci::media_type::OCI_INDEX));
         if !is_index {
             return Ok(Vec::new());
         }
-        let index: crate::manifest::Index = self.json(&url, resp).await?;
+        let index: oci::manifest::Index = self.json(&url, resp).await?;
         Ok(index.manifests.into_iter().map(|d| d.digest).collect())
     }
 }

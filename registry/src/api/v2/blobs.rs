@@ -1,6 +1,5 @@
-//! Blobs: GET/HEAD with `Range`, DELETE (unlink from the repository; bytes go at GC).
-
-use std::io::SeekFrom;
+//! Blobs: GET/HEAD with `Range`, DELETE (unlink from the repository; bytes go at GC). The
+//! store opens and streams the bytes (`Store::open_blob`); this only maps them to HTTP.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -8,16 +7,11 @@ use axum::response::Response;
 
 use super::manifests::{accepted, internal};
 use super::DIGEST_HEADER;
-use crate::digest::Digest;
-use crate::error::{ApiError, ErrorCode, StorageError};
-use crate::name::RepoName;
+use crate::api::error::ApiError;
 use crate::storage::Store;
-
-/// Read size when streaming a blob: large enough that a multi-GB pull costs few wake-ups,
-/// small enough that many concurrent pulls stay cheap in memory.
-const READ_CHUNK: usize = 256 * 1024;
-/// Chunks read ahead of the network per download.
-const READ_AHEAD: usize = 2;
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::ErrorCode;
 
 /// A byte range `start..=end` of a blob of known size, from a `Range: bytes=...` header.
 fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {
@@ -61,12 +55,13 @@ pub async fn get(
     headers: &HeaderMap,
     head_only: bool,
 ) -> Result<Response, ApiError> {
-    let size = store.repo_blob(repo, digest)?.ok_or_else(|| {
+    let blob = store.open_blob(repo, digest)?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::BlobUnknown,
             format!("blob {digest} is not in repository {repo}"),
         )
     })?;
+    let size = blob.size();
     let range = headers
         .get(header::RANGE)
         .map(|r| parse_range(r.to_str().unwrap_or(""), size))
@@ -89,64 +84,9 @@ pub async fn get(
     if head_only {
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
-    let path = store.blob_path(digest);
-    let file = std::fs::File::open(&path)
-        .map_err(|e| ApiError::from(StorageError::io(format!("open {}", path.display()))(e)))?;
     Ok(builder
-        .body(Body::from_stream(read_range(file, start, length)))
+        .body(Body::from_stream(blob.read(start..start + length)))
         .expect("valid response"))
-}
-
-/// Streams `length` bytes of `file` from `start`. A blocking thread reads straight into fresh
-/// buffers and hands them over a small bounded channel: one copy from the page cache, the disk
-/// and the network work in parallel, and a slow client holds at most `READ_AHEAD` chunks.
-fn read_range(
-    mut file: std::fs::File,
-    start: u64,
-    length: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek};
-        if let Err(err) = file.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(err));
-            return;
-        }
-        let mut left = length;
-        while left > 0 {
-            let want = left.min(READ_CHUNK as u64) as usize;
-            // `read_to_end` reads into the spare capacity without zeroing it first.
-            let mut buf = Vec::with_capacity(want);
-            match (&mut file).take(want as u64).read_to_end(&mut buf) {
-                Ok(0) => {
-                    let eof = std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "blob shorter than its size",
-                    );
-                    let _ = tx.blocking_send(Err(eof));
-                    return;
-                }
-                Ok(n) => {
-                    left -= n as u64;
-                    if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
-                        return; // the client went away
-                    }
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    let _ = tx.blocking_send(Err(err));
-                    return;
-                }
-            }
-        }
-    });
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 pub async fn delete(store: &Store, repo: RepoName, digest: Digest) -> Result<Response, ApiError> {
@@ -159,31 +99,7 @@ pub async fn delete(store: &Store, repo: RepoName, digest: Digest) -> Result<Res
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_range, read_range};
-    use futures_util::StreamExt;
-
-    /// A blob file shorter than its recorded size (damaged disk) ends the stream with an error,
-    /// so the client sees a broken download, never a short body that looks complete.
-    #[tokio::test]
-    async fn a_short_file_ends_the_stream_with_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("blob");
-        std::fs::write(&path, vec![7u8; 600 * 1024]).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let items: Vec<_> = read_range(file, 100, 1 << 20).collect().await;
-        let bytes: usize = items
-            .iter()
-            .filter_map(|i| i.as_ref().ok())
-            .map(|b| b.len())
-            .sum();
-        assert_eq!(bytes, 600 * 1024 - 100, "everything that is there is sent");
-        let last = items.last().unwrap().as_ref().unwrap_err();
-        assert_eq!(last.kind(), std::io::ErrorKind::UnexpectedEof);
-        let file = std::fs::File::open(&path).unwrap();
-        let whole: Vec<_> = read_range(file, 10, 1000).collect().await;
-        assert_eq!(whole.len(), 1);
-        assert_eq!(whole[0].as_ref().unwrap().len(), 1000);
-    }
+    use super::parse_range;
 
     #[test]
     fn ranges() {

@@ -4,11 +4,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::Req;
-use crate::digest::Digest;
-use crate::error::{ApiError, ErrorCode};
-use crate::manifest::OCI_INDEX;
-use crate::name::RepoName;
+use crate::api::error::ApiError;
 use crate::storage::Store;
+use oci::digest::Digest;
+use oci::media_type::OCI_INDEX;
+use oci::name::RepoName;
+use oci::ErrorCode;
 
 /// `n` and `last` from the query; `n` absent means everything.
 fn page(req: &Req) -> Result<(usize, String), ApiError> {

@@ -7,10 +7,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::{Req, DIGEST_HEADER};
-use crate::error::{ApiError, ErrorCode, StorageError};
-use crate::name::RepoName;
-use crate::reference::Reference;
-use crate::storage::{Origin, Store};
+use crate::api::error::ApiError;
+use crate::storage::StorageError;
+use crate::storage::Store;
+use oci::name::RepoName;
+use oci::reference::Reference;
+use oci::ErrorCode;
+use oci::Origin;
 
 pub fn get(
     store: &Store,

@@ -15,10 +15,11 @@ use axum::routing::{any, get};
 use axum::Router;
 
 use super::AppState;
-use crate::digest::Digest;
-use crate::error::{ApiError, ErrorCode};
-use crate::name::RepoName;
-use crate::reference::Reference;
+use crate::api::error::ApiError;
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::reference::Reference;
+use oci::ErrorCode;
 
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const DIGEST_HEADER: &str = "docker-content-digest";

@@ -13,10 +13,12 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::manifests::internal;
 use super::{digest, repo as parse_repo, Req, DIGEST_HEADER, UPLOAD_UUID_HEADER};
-use crate::digest::Digest;
-use crate::error::{upload_range, ApiError, ErrorCode, StorageError};
-use crate::name::RepoName;
+use crate::api::error::{upload_range, ApiError};
+use crate::storage::StorageError;
 use crate::storage::{Session, Store};
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::ErrorCode;
 
 /// Body frames in flight between the network and the disk writer.
 const WRITE_QUEUE: usize = 16;

@@ -1,79 +1,11 @@
-//! Errors: `StorageError` from the store, and `ApiError`, which mirrors the OCI error codes
-//! and renders the spec's JSON body with the spec's status.
+//! `ApiError`: an error as an HTTP client sees it, with the OCI error code, the spec's status
+//! and the spec's JSON body; and the one mapping from each storage and parse error to it.
 
 use axum::response::{IntoResponse, Response};
 use http::{header, StatusCode};
+use oci::{DigestError, ErrorCode, NameError, ReferenceError};
 
-use crate::digest::{Digest, DigestError};
-use crate::name::NameError;
-use crate::reference::ReferenceError;
-
-/// The OCI Distribution error codes (plus `UNKNOWN` for internal failures and `RANGE_INVALID`
-/// for an unsatisfiable `Range` on a blob GET, which the spec answers with 416 but names no code for).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BlobUnknown,
-    BlobUploadInvalid,
-    BlobUploadUnknown,
-    DigestInvalid,
-    ManifestBlobUnknown,
-    ManifestInvalid,
-    ManifestUnknown,
-    NameInvalid,
-    NameUnknown,
-    SizeInvalid,
-    Unauthorized,
-    Denied,
-    Unsupported,
-    TooManyRequests,
-    RangeInvalid,
-    Unknown,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
-            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
-            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
-            ErrorCode::DigestInvalid => "DIGEST_INVALID",
-            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
-            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
-            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
-            ErrorCode::NameInvalid => "NAME_INVALID",
-            ErrorCode::NameUnknown => "NAME_UNKNOWN",
-            ErrorCode::SizeInvalid => "SIZE_INVALID",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Denied => "DENIED",
-            ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
-            ErrorCode::RangeInvalid => "RANGE_INVALID",
-            ErrorCode::Unknown => "UNKNOWN",
-        }
-    }
-
-    /// The status the spec gives each code.
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::BlobUnknown
-            | ErrorCode::BlobUploadUnknown
-            | ErrorCode::ManifestUnknown
-            | ErrorCode::NameUnknown => StatusCode::NOT_FOUND,
-            ErrorCode::BlobUploadInvalid
-            | ErrorCode::DigestInvalid
-            | ErrorCode::ManifestBlobUnknown
-            | ErrorCode::ManifestInvalid
-            | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid => StatusCode::BAD_REQUEST,
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Denied => StatusCode::FORBIDDEN,
-            ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
-            ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
+use crate::storage::StorageError;
 
 /// An error as the client sees it: code, status, and a message that says what to fix.
 #[derive(Debug, Clone)]
@@ -89,7 +21,8 @@ impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
-            status: code.status(),
+            status: StatusCode::from_u16(code.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             message: message.into(),
             headers: Vec::new(),
         }
@@ -163,71 +96,6 @@ impl From<ReferenceError> for ApiError {
         }
     }
 }
-
-/// What the store can fail with. Each variant maps to one OCI code.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
-    #[error("metadata store: {0}")]
-    Db(String),
-    #[error("digest mismatch: the content's digest is {actual}, not the claimed {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
-    #[error("blob {0} is not known in this repository")]
-    BlobUnknown(Digest),
-    #[error(
-        "upload session {0:?} is unknown (finished, cancelled, expired, or of another repository)"
-    )]
-    UploadUnknown(String),
-    #[error("{0}")]
-    UploadInvalid(String),
-    #[error("chunk starts at byte {start}, but the upload holds {len} bytes: send chunks in order, starting at {len}")]
-    ChunkOutOfOrder { start: u64, len: u64 },
-    #[error("{0}")]
-    SizeInvalid(String),
-    #[error("{0}")]
-    ManifestInvalid(String),
-    #[error("manifest too large: {size} bytes, over the limit of {limit} bytes (setting --max-manifest-size)")]
-    ManifestTooLarge { size: u64, limit: u64 },
-    #[error(
-        "manifest references {0}, which this repository does not hold: push it before the manifest"
-    )]
-    ManifestBlobUnknown(Digest),
-    #[error("manifest unknown")]
-    ManifestUnknown,
-    #[error("repository unknown")]
-    NameUnknown,
-    #[error("{0}")]
-    Denied(String),
-}
-
-impl StorageError {
-    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StorageError {
-        let context = context.into();
-        move |source| StorageError::Io { context, source }
-    }
-}
-
-macro_rules! db_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StorageError {
-            fn from(err: $t) -> StorageError {
-                StorageError::Db(err.to_string())
-            }
-        }
-    )*};
-}
-db_error!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> ApiError {

@@ -66,6 +66,11 @@ impl Digest {
         hasher.update(data);
         hasher.finish()
     }
+
+    /// Whether `data` hashes to this digest (with this digest's algorithm).
+    pub fn matches(&self, data: &[u8]) -> bool {
+        self.same_algorithm_of(data) == *self
+    }
 }
 
 impl FromStr for Digest {

@@ -1,0 +1,77 @@
+//! What the store can fail with: one variant per way a storage operation goes wrong, each
+//! saying where it came from and what to do. The HTTP layer maps them to OCI codes in one
+//! place (`From<StorageError> for ApiError` in `api::error`); nothing here knows HTTP.
+
+use oci::manifest::ManifestError;
+use oci::Digest;
+
+/// What the store can fail with. Each variant maps to one OCI code.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("metadata store: {0}")]
+    Db(String),
+    #[error("digest mismatch: the content's digest is {actual}, not the claimed {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("blob {0} is not known in this repository")]
+    BlobUnknown(Digest),
+    #[error(
+        "upload session {0:?} is unknown (finished, cancelled, expired, or of another repository)"
+    )]
+    UploadUnknown(String),
+    #[error("{0}")]
+    UploadInvalid(String),
+    #[error("chunk starts at byte {start}, but the upload holds {len} bytes: send chunks in order, starting at {len}")]
+    ChunkOutOfOrder { start: u64, len: u64 },
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest too large: {size} bytes, over the limit of {limit} bytes (setting --max-manifest-size)")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    #[error(
+        "manifest references {0}, which this repository does not hold: push it before the manifest"
+    )]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("repository unknown")]
+    NameUnknown,
+    #[error("{0}")]
+    Denied(String),
+}
+
+impl StorageError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StorageError {
+        let context = context.into();
+        move |source| StorageError::Io { context, source }
+    }
+}
+
+macro_rules! db_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(err: $t) -> StorageError {
+                StorageError::Db(err.to_string())
+            }
+        }
+    )*};
+}
+db_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<ManifestError> for StorageError {
+    fn from(err: ManifestError) -> StorageError {
+        StorageError::ManifestInvalid(err.0)
+    }
+}
