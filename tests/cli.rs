@@ -243,13 +243,13 @@ fn refused_settings_leave_no_data_directory() {
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
     let cases: [(&[&str], &str); 5] = [
-        (&["serve", "--sync-window", "1h"], "syncWindow"),
+        (&["serve", "--sync-window", "30m"], "syncWindow"),
         (
             &["serve", "--sync-schedule", "61 * * * *"],
             "minute 61 is out of range 0-59",
         ),
         (&["serve", "--trust", "/nonexistent/ca.pem"], "trust"),
-        (&["sync", "--once", "--sync-window", "1h"], "syncWindow"),
+        (&["sync", "--once", "--sync-window", "30m"], "syncWindow"),
         (&["sync", "--once", "--time-limit", "soon"], "--time-limit"),
     ];
     let parent = ["--parent", "http://127.0.0.1:9"];

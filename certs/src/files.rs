@@ -1,10 +1,9 @@
-//! Writing certificate and key files atomically (temp file + fsync + rename), keys 0600.
+//! Writing certificate and key files atomically (temp file, fsync, rename, fsync of the
+//! directory), keys 0600, and refusing to overwrite what a device already uses.
 //!
 //! Atomic because the proxy watches these files: a reader must see either the old file or
 //! the new one, never half of one.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::CertError;
@@ -14,41 +13,10 @@ pub const KEY_MODE: u32 = 0o600;
 /// File mode for certificates: public material.
 pub const CERT_MODE: u32 = 0o644;
 
-/// Writes `bytes` to `path` through a temp file in the same directory, then renames it.
+/// Writes `bytes` to `path` atomically with exactly `mode` (see [`util::atomic_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| CertError::Input(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| CertError::io(&tmp, "cannot create", e))?;
-        // The mode given to open() is filtered by the umask; set it exactly.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| CertError::io(&tmp, "cannot set permissions", e))?;
-        file.write_all(bytes)
-            .map_err(|e| CertError::io(&tmp, "cannot write", e))?;
-        file.sync_all()
-            .map_err(|e| CertError::io(&tmp, "cannot fsync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| CertError::io(path, "cannot rename into place", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    util::atomic_file::write(path, bytes, Some(mode))
+        .map_err(|e| CertError::io(&e.path, e.step, e.source))
 }
 
 /// Refuses to replace any of `paths` that exists, unless `force`: a command that writes keys

@@ -386,7 +386,7 @@ fn ensure_newline(mut s: String) -> String {
 #[derive(Clone, Debug)]
 pub struct ChainOptions {
     pub key_type: KeyType,
-    /// Prefix of every subject CN: "<name> Root CA", "<name> Intermediate CA", "<name> Edge CA".
+    /// Prefix of every subject CN: `<name> Root CA`, `<name> Intermediate CA`, `<name> Edge CA`.
     /// Give each layer its own name so a diagnosis can say which layer's CA is missing.
     pub name: String,
     /// Optional organization (O=) in every subject.

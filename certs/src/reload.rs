@@ -3,45 +3,22 @@
 //!
 //! IoT Edge rotates a module's server certificate while the module runs, and an operator
 //! replaces trust bundles in place; the nginx-based API proxy missed the latter. Both types
-//! here poll the files' metadata (inode, length, mtime) instead of using inotify, because a
-//! poll also sees a bind mount or a symlink swap (Kubernetes secrets) and needs no extra
-//! dependency. Rename-into-place (write `cert.pem.tmp`, then `rename` over `cert.pem`) changes
-//! the inode, so it is seen even when the length and mtime happen to match.
+//! here notice changes with [`util::file_watch`] (polling inode, length and mtime, which also
+//! sees a bind mount, a symlink swap or a rename into place).
 //!
 //! A change that does not load (half-written file, key that does not fit the certificate)
 //! keeps the previous certificate in service: a bad rotation must never take the listener down.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use util::file_watch::FileWatch;
+
 use crate::tls::{self, TlsError};
-
-/// What we remember about a file to notice that it changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    len: u64,
-    mtime: Option<SystemTime>,
-}
-
-/// Metadata of `path`, following symlinks (so a swapped symlink target counts as a change).
-/// A missing file gets `None`: a rename-into-place can leave a short gap.
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(Stamp {
-        inode,
-        len: meta.len(),
-        mtime: meta.modified().ok(),
-    })
-}
 
 /// Loads a chain and key and checks that the leaf is not a CA and that the key belongs to it.
 /// The same checks run at start and on every reload, so a rotation to a CA certificate keeps
@@ -76,16 +53,18 @@ fn load_certified_key(chain: &Path, key: &Path) -> Result<CertifiedKey, TlsError
 #[derive(Debug)]
 struct Followed<T> {
     current: RwLock<Arc<T>>,
-    /// The files' stamps at the last attempted load, so a broken file is not retried every poll.
-    seen: Mutex<Vec<Option<Stamp>>>,
+    /// The files, as they were at the last attempted load, so a broken file is not retried
+    /// every poll.
+    files: Mutex<FileWatch>,
     last_error: Mutex<Option<String>>,
 }
 
 impl<T> Followed<T> {
-    fn new(value: T, stamps: Vec<Option<Stamp>>) -> Self {
+    /// `files` must be taken before `value` was loaded from them.
+    fn new(value: T, files: FileWatch) -> Self {
         Followed {
             current: RwLock::new(Arc::new(value)),
-            seen: Mutex::new(stamps),
+            files: Mutex::new(files),
             last_error: Mutex::new(None),
         }
     }
@@ -97,21 +76,18 @@ impl<T> Followed<T> {
             .clone()
     }
 
-    /// Loads again when `stamps` differ from the last attempt. `Ok(true)`: the new value is in
-    /// service; `Ok(false)`: nothing changed; `Err`: it does not load and the old value stays.
-    fn reload(
-        &self,
-        stamps: Vec<Option<Stamp>>,
-        load: impl FnOnce() -> Result<T, TlsError>,
-    ) -> Result<bool, TlsError> {
+    /// Loads again when the files changed since the last attempt. `Ok(true)`: the new value is
+    /// in service; `Ok(false)`: nothing changed; `Err`: it does not load and the old value stays.
+    fn reload(&self, load: impl FnOnce() -> Result<T, TlsError>) -> Result<bool, TlsError> {
+        // The attempt is remembered even if it fails: a broken file is reported once, and the
+        // writer finishing it (or fixing it) changes it again.
+        if !self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .changed()
         {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == stamps {
-                return Ok(false);
-            }
-            // Remember the attempt even if it fails: a broken file is reported once, and the
-            // writer finishing it (or fixing it) changes the stamp again.
-            *seen = stamps;
+            return Ok(false);
         }
         let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match load() {
@@ -174,9 +150,9 @@ impl ReloadingServer {
         alpn: Vec<Vec<u8>>,
         client_ca: Option<&Path>,
     ) -> Result<Self, TlsError> {
-        let seen = vec![stamp(&chain), stamp(&key)];
+        let files = FileWatch::new([chain.clone(), key.clone()]);
         let certified = load_certified_key(&chain, &key)?;
-        let resolver = Arc::new(CurrentCert(Followed::new(certified, seen)));
+        let resolver = Arc::new(CurrentCert(Followed::new(certified, files)));
         let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|err| TlsError::Invalid {
@@ -224,10 +200,9 @@ impl ReloadingServer {
     /// `Ok(true)`: the new certificate is in service; `Ok(false)`: nothing changed;
     /// `Err`: the files changed but do not load, and the previous certificate stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let stamps = vec![stamp(&self.chain), stamp(&self.key)];
         self.resolver
             .0
-            .reload(stamps, || load_certified_key(&self.chain, &self.key))
+            .reload(|| load_certified_key(&self.chain, &self.key))
     }
 
     /// The error of the last failed reload, if the last attempt failed.
@@ -260,12 +235,12 @@ pub struct ReloadingTrust {
 impl ReloadingTrust {
     /// Loads the PEM bundle `trust`; the client config offers `alpn` (may be empty).
     pub fn new(trust: PathBuf, alpn: Vec<Vec<u8>>) -> Result<Self, TlsError> {
-        let seen = vec![stamp(&trust)];
+        let files = FileWatch::new([trust.clone()]);
         let config = Self::load(&trust, &alpn)?;
         Ok(Self {
             trust,
             alpn,
-            followed: Followed::new(config, seen),
+            followed: Followed::new(config, files),
         })
     }
 
@@ -287,9 +262,7 @@ impl ReloadingTrust {
 
     /// Re-reads the bundle if the file changed; on error the previous trust stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        self.followed.reload(vec![stamp(&self.trust)], || {
-            Self::load(&self.trust, &self.alpn)
-        })
+        self.followed.reload(|| Self::load(&self.trust, &self.alpn))
     }
 
     /// The error of the last failed reload, if the last attempt failed.
@@ -349,7 +322,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!(
                 "certs-reload-{name}-{}-{:?}",
                 std::process::id(),
-                SystemTime::now()
+                std::time::SystemTime::now()
             ));
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)

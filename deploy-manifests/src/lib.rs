@@ -1,5 +1,6 @@
 //! IoT Edge deployment manifests: the checker that holds a manifest to the production
-//! checklist, the `${VAR}` renderer, and the connection-string parser the sync crate reuses.
+//! checklist and the `${VAR}` renderer. The connection string it checks is parsed by the
+//! `connection-string` crate, which sync uses too.
 //!
 //! The shipped manifests live in `manifests/` and are embedded here (`SHIPPED`) so the
 //! binary can list and test them without a path on disk.
@@ -7,8 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
-/// The connection string is sync's; the checker checks it.
-pub use sync::connection_string;
+/// The connection string, shared with sync; the checker checks it.
+pub use connection_string;
 pub mod dupkeys;
 pub mod finding;
 pub mod image;

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | [`digest`] | content digests (`sha256:…`), parsing and streaming hashers |
 //! | [`name`] | repository names and tags, checked against the distribution spec's grammar |
-//! | [`reference`] | a manifest reference in a URL: a tag or a digest |
+//! | [`reference`](mod@reference) | a manifest reference in a URL: a tag or a digest |
 //! | [`media_type`] | the manifest media types and which of them are checked |
 //! | [`descriptor`] | descriptors and platforms, as manifests and indexes carry them |
 //! | [`manifest`] | the one manifest and index parser (what a manifest references) |

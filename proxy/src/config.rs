@@ -309,31 +309,15 @@ fn alpn(list: &[String], source: &Source) -> Result<Vec<String>, ConfigError> {
     Ok(list.to_vec())
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+/// Parses a timeout or interval: a duration in either spelling (`500ms`, `30s`, `5m`, `1h`,
+/// `PT30S`; see [`util::duration`]) or, as always, a bare number of seconds. It must be positive:
+/// a zero timeout would fail every request.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (write e.g. 500ms, 30s, 5m, 1h)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    if !(secs > 0.0 && secs < 1e9) {
+    let d = util::duration::parse_or_seconds(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
         return Err(format!("{text:?}: a duration must be positive"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 // ---- the file ----
@@ -1063,6 +1047,58 @@ fn describe(up: &Upstream, c: &Config) -> String {
     }
 }
 
+// ---- what a reload changes ----
+
+/// What a changed configuration means for a running proxy: what a reload applies at once, and
+/// what keeps its old value until the next restart. The reload loop only applies it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The route table changed (routes, the default route, or the trust bundle or SNI an
+    /// https upstream is checked with): new tables are built, each new request uses them.
+    pub routes: bool,
+    /// Settings read once at start (the listener, its certificate and key paths, client
+    /// authentication, ALPN, limits, workers, the admin listener, the reload interval), by
+    /// their config-file names: a new value takes effect at the next restart. The certificate
+    /// and trust *files* are watched and reloaded on their own; only their paths are here.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl Config {
+    /// Compares the configuration in service (`self`) with a newly loaded one.
+    pub fn change_to(&self, new: &Config) -> Change {
+        let path = |v: &Option<(PathBuf, Source)>| v.as_ref().map(|(p, _)| p.clone());
+        let addr = |v: &Option<(SocketAddr, Source)>| v.as_ref().map(|(a, _)| *a);
+        let at_start = [
+            ("listen", self.listen.0 != new.listen.0),
+            ("cert", path(&self.cert) != path(&new.cert)),
+            ("key", path(&self.key) != path(&new.key)),
+            ("client_ca", path(&self.client_ca) != path(&new.client_ca)),
+            (
+                "client_cert_header",
+                self.client_cert_header != new.client_cert_header,
+            ),
+            ("admin", addr(&self.admin) != addr(&new.admin)),
+            ("alpn", self.alpn != new.alpn),
+            ("workers", self.workers != new.workers),
+            ("limits", self.limits != new.limits),
+            (
+                "reload_interval",
+                self.reload_interval != new.reload_interval,
+            ),
+        ];
+        Change {
+            routes: self.routes != new.routes
+                || self.default != new.default
+                || path(&self.trust) != path(&new.trust),
+            restart_needed: at_start
+                .into_iter()
+                .filter(|(_, changed)| *changed)
+                .map(|(name, _)| name)
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1082,6 +1118,83 @@ mod tests {
             key: Some("k.pem".into()),
             ..Flags::default()
         }
+    }
+
+    fn loaded(f: &Flags) -> Config {
+        Config::load(f, &env(&[])).unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_config_changes_nothing() {
+        let f = Flags {
+            routes: vec!["/v2=http://127.0.0.1:9".into()],
+            ..flags()
+        };
+        assert_eq!(loaded(&f).change_to(&loaded(&f)), Change::default());
+    }
+
+    #[test]
+    fn routes_and_trust_are_applied_at_once() {
+        let old = Flags {
+            routes: vec!["/v2=http://127.0.0.1:9".into()],
+            default: Some("https://parent.example".into()),
+            trust: Some("ca.pem".into()),
+            ..flags()
+        };
+        let new_route = Flags {
+            routes: vec!["/v2=http://127.0.0.1:10".into()],
+            ..old.clone()
+        };
+        let new_default = Flags {
+            default: Some("https://other.example".into()),
+            ..old.clone()
+        };
+        let new_trust = Flags {
+            trust: Some("other-ca.pem".into()),
+            ..old.clone()
+        };
+        for new in [new_route, new_default, new_trust] {
+            let change = loaded(&old).change_to(&loaded(&new));
+            assert!(change.routes, "{new:?}");
+            assert!(change.restart_needed.is_empty(), "{new:?}: {change:?}");
+        }
+    }
+
+    #[test]
+    fn settings_read_at_start_wait_for_a_restart() {
+        let old = Flags {
+            routes: vec!["/v2=http://127.0.0.1:9".into()],
+            ..flags()
+        };
+        let new = Flags {
+            listen: Some("127.0.0.1:9443".into()),
+            cert: Some("other.pem".into()),
+            idle_timeout: Some("5m".into()),
+            workers: Some(3),
+            reload_interval: Some("PT10S".into()),
+            ..old.clone()
+        };
+        let change = loaded(&old).change_to(&loaded(&new));
+        assert!(!change.routes);
+        assert_eq!(
+            change.restart_needed,
+            ["listen", "cert", "workers", "limits", "reload_interval"]
+        );
+    }
+
+    #[test]
+    fn durations_take_both_spellings_and_bare_seconds() {
+        assert_eq!(parse_duration("PT30S").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        let zero = parse_duration("0s").unwrap_err();
+        assert!(zero.contains("must be positive"), "{zero}");
+        let soon = parse_duration("soon").unwrap_err();
+        assert!(
+            soon.contains("is not a duration") && soon.contains("PT1H"),
+            "{soon}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use certs::reload::{ReloadingServer, ReloadingTrust};
@@ -27,6 +27,7 @@ use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody};
 use crate::config::{Config, ConfigError, Limits, Route, Upstream};
 use crate::metrics::{serve_admin, Metrics};
 use crate::upstream::{ConnectError, UpstreamClient};
+use util::file_watch::FileWatch;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -984,16 +985,6 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// What we remember about the config file to notice a change.
-fn file_stamp(path: &std::path::Path) -> Option<(u64, Option<SystemTime>, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let ino = std::os::unix::fs::MetadataExt::ino(&m);
-    #[cfg(not(unix))]
-    let ino = 0;
-    Some((m.len(), m.modified().ok(), ino))
-}
-
 /// Polls the config file, the server certificate and the trust bundles; reloads what changed.
 async fn reload_loop(
     state: Arc<State>,
@@ -1010,7 +1001,7 @@ async fn reload_loop(
         .unwrap_or_else(|e| e.into_inner())
         .file
         .clone();
-    let mut seen = file.as_deref().and_then(file_stamp);
+    let mut watch = file.as_ref().map(|f| FileWatch::new([f.clone()]));
     loop {
         tokio::time::sleep(interval).await;
         let m = &state.metrics;
@@ -1045,37 +1036,10 @@ async fn reload_loop(
                 }
             }
         }
-        if let Some(path) = &file {
-            let now = file_stamp(path);
-            if now != seen {
-                seen = now;
-                match loader().and_then(|c| {
-                    let tables = state.build_tables(&c).map_err(ConfigError::Missing)?;
-                    Ok((c, tables))
-                }) {
-                    Ok((config, tables)) => {
-                        let old = state
-                            .config
-                            .read()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone();
-                        if config.listen != old.listen
-                            || config.cert.as_ref().map(|c| &c.0) != old.cert.as_ref().map(|c| &c.0)
-                            || config.key.as_ref().map(|c| &c.0) != old.key.as_ref().map(|c| &c.0)
-                            || config.limits != old.limits
-                            || config.workers != old.workers
-                            || config.admin.as_ref().map(|a| a.0) != old.admin.as_ref().map(|a| a.0)
-                        {
-                            tracing::warn!(
-                                "{}: listen, cert, key, admin, workers and limits changes take effect at the next restart; routes were reloaded",
-                                path.display()
-                            );
-                        }
-                        *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
-                        *state.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-                        m.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("{}: config reloaded", path.display());
-                    }
+        if let (Some(path), Some(watch)) = (&file, watch.as_mut()) {
+            if watch.changed() {
+                match loader() {
+                    Ok(config) => apply_config(&state, path, config),
                     Err(err) => {
                         m.reloads_failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("config not reloaded, the previous one stays: {err}");
@@ -1084,6 +1048,43 @@ async fn reload_loop(
             }
         }
     }
+}
+
+/// Puts a newly loaded config in service as far as a running proxy can: what that means is
+/// [`Config::change_to`]'s decision; this only carries it out and says what waits for a restart.
+fn apply_config(state: &State, path: &std::path::Path, config: Config) {
+    let m = &state.metrics;
+    let old = state
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let change = old.change_to(&config);
+    if change.routes {
+        match state.build_tables(&config) {
+            Ok(tables) => *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables,
+            Err(err) => {
+                m.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("config not reloaded, the previous one stays: {err}");
+                return;
+            }
+        }
+    }
+    if !change.restart_needed.is_empty() {
+        tracing::warn!(
+            "{}: {} changes take effect at the next restart; {}",
+            path.display(),
+            change.restart_needed.join(", "),
+            if change.routes {
+                "routes were reloaded"
+            } else {
+                "routes are unchanged"
+            }
+        );
+    }
+    *state.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    m.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    tracing::info!("{}: config reloaded", path.display());
 }
 
 #[cfg(test)]

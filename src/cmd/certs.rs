@@ -54,9 +54,10 @@ enum Command {
         /// Check this name instead of the URL's host (when connecting by IP to a named server).
         #[arg(long)]
         hostname: Option<String>,
-        /// Seconds allowed to connect and finish the handshake.
-        #[arg(long, default_value_t = certs::doctor::DEFAULT_TIMEOUT.as_secs())]
-        timeout_secs: u64,
+        /// Time allowed to connect and finish the handshake: a duration (10s, PT10S) or
+        /// bare seconds, at least 1 s [default: 10].
+        #[arg(long, value_parser = util::duration::parse_or_seconds)]
+        timeout_secs: Option<Duration>,
     },
 }
 
@@ -68,9 +69,14 @@ struct NewChainArgs {
     /// Key type: ecdsa-p256, rsa2048, rsa4096 or ed25519.
     #[arg(long, default_value = "ecdsa-p256", value_parser = parse_key_type)]
     key_type: KeyType,
-    /// Subject prefix: CNs become "<NAME> Root CA", "<NAME> Intermediate CA", "<NAME> Edge CA".
-    /// Use a distinct name per layer so a diagnosis can say which layer's CA is missing.
-    #[arg(long, default_value = "Connected Registry")]
+    // The help is an attribute, not a doc comment: rustdoc would read `<NAME>` as an HTML tag,
+    // and backticks would show in `--help`.
+    #[arg(
+        long,
+        default_value = "Connected Registry",
+        help = "Subject prefix: CNs become \"<NAME> Root CA\", \"<NAME> Intermediate CA\", \"<NAME> Edge CA\". \
+                Use a distinct name per layer so a diagnosis can say which layer's CA is missing"
+    )]
     name: String,
     /// Organization (O=) for every subject.
     #[arg(long)]
@@ -318,7 +324,9 @@ fn run_blocking(args: Args) -> anyhow::Result<ExitCode> {
                 &url,
                 &trust,
                 hostname.as_deref(),
-                Duration::from_secs(timeout_secs.max(1)),
+                timeout_secs
+                    .unwrap_or(certs::doctor::DEFAULT_TIMEOUT)
+                    .max(Duration::from_secs(1)),
             )?;
             print!("{}", diagnosis.report());
             Ok(if diagnosis.verdict.accepted {

@@ -158,7 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!("proxy listening on {} (TLS)", server.local_addr()?);
     tokio::select! {
         _ = server.serve() => {}
-        _ = shutdown_signal() => tracing::info!("proxy stopping on signal"),
+        _ = util::shutdown::signal() => tracing::info!("proxy stopping on signal"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -229,27 +229,5 @@ pub async fn renew_dev_chain(dir: PathBuf, names: Vec<String>) {
             Ok(Err(err)) => tracing::error!("renewing the development certificate failed: {err}"),
             Err(err) => tracing::error!("development certificate task failed: {err}"),
         }
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

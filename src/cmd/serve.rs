@@ -160,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let app = registry::api::access_log::WithAccessLog::new(app, args.access_log);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(util::shutdown::signal())
         .await
         .context("server failed")?;
     tracing::info!("registry stopped");
@@ -268,24 +268,5 @@ async fn collect_garbage(store: Store, interval: Duration, options: registry::st
             Ok(Err(err)) => tracing::error!("garbage collection failed: {err}"),
             Err(err) => tracing::error!("garbage collection task failed: {err}"),
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM (what `docker stop` and `iotedge restart` send).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

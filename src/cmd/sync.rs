@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use registry::Digest;
-use sync::settings::{RawRepoRule, RawSettings, Settings};
+use sync::settings::{RawRepoRule, RawSettings, Settings, Timeout};
 use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
 
 /// Sync settings, shared by `sync` and `serve`. Flags override the config file; the connection
@@ -74,30 +74,30 @@ pub struct SyncFlags {
     #[arg(long)]
     pub sync_schedule: Option<String>,
 
-    /// ISO-8601 length of each sync window, PT1H to P7D (default PT1H).
+    /// Length of each sync window (ISO-8601 or short: PT1H or 1h), PT1H to P7D (default PT1H).
     #[arg(long)]
     pub sync_window: Option<String>,
 
-    /// ISO-8601 time change-log events are kept for children, P1D to P90D (default P7D).
+    /// Time change-log events are kept for children, P1D to P90D (default P7D).
     #[arg(long)]
     pub message_ttl: Option<String>,
 
-    /// ISO-8601 interval at which a full comparison also asks for new referrers of tags
+    /// Interval at which a full comparison also asks for new referrers of tags
     /// already in step (default PT1H; PT0S: every time; parents of ours need none).
     #[arg(long)]
     pub sync_referrers_recheck: Option<String>,
 
-    /// ISO-8601 wait between passes while a sync window is open, PT1S to P1D (default PT1M;
+    /// Wait between passes while a sync window is open, PT1S to P1D (default PT1M;
     /// a parent of ours answers a poll with one request). A local push starts a pass at once.
     #[arg(long)]
     pub sync_poll_interval: Option<String>,
 
-    /// ISO-8601 longest wait before a failed pass is retried inside an open window, PT1S to
+    /// Longest wait before a failed pass is retried inside an open window, PT1S to
     /// P1D (default PT5M; the first retry comes after 5 s, then the wait doubles).
     #[arg(long)]
     pub sync_retry_max: Option<String>,
 
-    /// ISO-8601 interval of the full comparison that brings the local store back in step with
+    /// Interval of the full comparison that brings the local store back in step with
     /// the parent even when its change feed names nothing (default PT1H).
     #[arg(long)]
     pub sync_reconcile_interval: Option<String>,
@@ -111,13 +111,15 @@ pub struct SyncFlags {
     #[arg(long)]
     pub sync_concurrency: Option<usize>,
 
-    /// Seconds without a byte before a blob transfer is retried (default 60).
+    /// Time without a byte before a blob transfer is retried: a duration (`90s`, `PT90S`) or
+    /// bare seconds (default 60).
     #[arg(long)]
-    pub sync_progress_timeout: Option<u64>,
+    pub sync_progress_timeout: Option<String>,
 
-    /// Whole-request timeout for small requests, seconds (default 60).
+    /// Whole-request timeout for small requests: a duration (`90s`, `PT90S`) or bare seconds
+    /// (default 60).
     #[arg(long)]
-    pub sync_request_timeout: Option<u64>,
+    pub sync_request_timeout: Option<String>,
 
     /// Upward blob uploads larger than this go in chunks of this many bytes, each a resume
     /// point (default 16 MiB).
@@ -172,8 +174,8 @@ impl SyncFlags {
             platforms: self.platforms.clone(),
             concurrency: self.sync_concurrency,
             connect_timeout_secs: None,
-            request_timeout_secs: self.sync_request_timeout,
-            progress_timeout_secs: self.sync_progress_timeout,
+            request_timeout_secs: self.sync_request_timeout.clone().map(Timeout::Text),
+            progress_timeout_secs: self.sync_progress_timeout.clone().map(Timeout::Text),
             retries: self.sync_retries,
             upload_chunk_bytes: self.sync_upload_chunk,
         });
@@ -281,7 +283,7 @@ pub struct Args {
     #[arg(long)]
     pub once: bool,
 
-    /// With --once: stop transfers after this ISO-8601 duration (e.g. PT10M); partial blobs are
+    /// With --once: stop transfers after this duration (e.g. 10m or PT10M); partial blobs are
     /// kept and the next run resumes them.
     #[arg(long)]
     pub time_limit: Option<String>,
@@ -303,10 +305,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     };
     let time_limit = match &args.time_limit {
-        Some(t) => Some(
-            sync::settings::parse_iso_duration(t)
-                .map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?,
-        ),
+        Some(t) => {
+            Some(util::duration::parse(t).map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?)
+        }
         None => None,
     };
     super::check_data_dir(&args.data, super::MissingData::Create)?;
@@ -321,7 +322,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let handle = service.spawn();
         tokio::select! {
             _ = handle => {},
-            _ = crate::cmd::serve::shutdown_signal() => {},
+            _ = util::shutdown::signal() => {},
         }
         return Ok(ExitCode::SUCCESS);
     }

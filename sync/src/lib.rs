@@ -13,15 +13,14 @@
 //! - The two contracts: `parent` (what sync needs from a parent; `client` is the HTTP one) and
 //!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
 //!   fakes of both (`fake`, tests only) test the engine without a network.
-//! - `settings` (validated once at start), `state` (persisted progress), `backoff`,
-//!   `connection_string`, `platforms` (the platform filter). The protocol's types (digests,
-//!   manifests, the feed page) come from the `oci` crate.
+//! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
+//!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
+//!   `oci` crate; backoff, durations and atomic writes from `util`; the connection string from
+//!   `connection-string`.
 
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod client;
-pub mod connection_string;
 mod copy;
 pub mod engine;
 #[cfg(test)]

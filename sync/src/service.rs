@@ -17,10 +17,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backoff::Backoff;
 use crate::engine::Engine;
 use crate::settings::{format_iso_duration, Mode, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
+use util::backoff::Backoff;
 
 /// What `GET /acr/v1/_sync/status` returns.
 #[derive(Clone, Debug, Serialize)]

@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::connection_string::{ConnectionString, ConnectionStringError};
+use connection_string::{ConnectionString, ConnectionStringError};
 use oci::Platform;
+use util::duration::{self, Iso};
 
 /// A setting that cannot be used. The message names the setting and what is valid.
 #[derive(Debug, thiserror::Error)]
@@ -56,78 +57,11 @@ impl FromStr for Mode {
     }
 }
 
-/// Parses an ISO-8601 duration of weeks, days, hours, minutes and seconds
-/// (`P7D`, `PT1H`, `P1DT12H`, `PT90M`, `P2W`). Years and months are refused: their length varies.
-pub fn parse_iso_duration(s: &str) -> Result<Duration, String> {
-    let bad = |why: &str| {
-        format!("{s:?} is not an ISO-8601 duration ({why}); examples: PT1H, P1D, P1DT12H")
-    };
-    let rest = s
-        .strip_prefix('P')
-        .or_else(|| s.strip_prefix('p'))
-        .ok_or_else(|| bad("it must start with P"))?;
-    if rest.is_empty() {
-        return Err(bad("no value after P"));
-    }
-    let mut secs: u64 = 0;
-    let mut in_time = false;
-    let mut number = String::new();
-    let mut any = false;
-    for c in rest.chars() {
-        match c.to_ascii_uppercase() {
-            'T' if !in_time && number.is_empty() => in_time = true,
-            d if d.is_ascii_digit() => number.push(d),
-            unit => {
-                let n: u64 = number.parse().map_err(|_| bad("a unit without a number"))?;
-                number.clear();
-                let mult = match (in_time, unit) {
-                    (false, 'W') => 7 * 86_400,
-                    (false, 'D') => 86_400,
-                    (false, 'Y') | (false, 'M') => {
-                        return Err(bad("years and months have no fixed length; use days"))
-                    }
-                    (true, 'H') => 3_600,
-                    (true, 'M') => 60,
-                    (true, 'S') => 1,
-                    _ => return Err(bad(&format!("unexpected {unit:?}"))),
-                };
-                secs = n
-                    .checked_mul(mult)
-                    .and_then(|v| secs.checked_add(v))
-                    .ok_or_else(|| bad("too large"))?;
-                any = true;
-            }
-        }
-    }
-    if !number.is_empty() || !any {
-        return Err(bad("a number without a unit"));
-    }
-    Ok(Duration::from_secs(secs))
-}
-
-/// Formats a duration as ISO-8601 (for status output and messages).
+/// Formats a duration as ISO-8601 (for status output and messages), the form the ACR connected
+/// registry documents its settings in. Every duration setting also reads the short spelling
+/// (`1h`, `7d`): see [`util::duration`].
 pub fn format_iso_duration(d: Duration) -> String {
-    let mut s = d.as_secs();
-    let days = s / 86_400;
-    s %= 86_400;
-    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
-    let mut out = String::from("P");
-    if days > 0 {
-        out.push_str(&format!("{days}D"));
-    }
-    if h + m + sec > 0 || days == 0 {
-        out.push('T');
-        if h > 0 {
-            out.push_str(&format!("{h}H"));
-        }
-        if m > 0 {
-            out.push_str(&format!("{m}M"));
-        }
-        if sec > 0 || (h == 0 && m == 0) {
-            out.push_str(&format!("{sec}S"));
-        }
-    }
-    out
+    Iso(d).to_string()
 }
 
 /// `messageTtl` checked against its range (P1D to P90D), `DEFAULT_MESSAGE_TTL` when absent.
@@ -152,7 +86,7 @@ fn duration_in_range(
         format_iso_duration(min),
         format_iso_duration(max)
     );
-    let d = parse_iso_duration(value).map_err(|m| invalid(setting, format!("{m}; {range}")))?;
+    let d = duration::parse(value).map_err(|m| invalid(setting, format!("{m}; {range}")))?;
     if d < min || d > max {
         return Err(invalid(
             setting,
@@ -548,12 +482,40 @@ pub struct RawSettings {
     #[serde(default)]
     pub platforms: Vec<String>,
     pub concurrency: Option<usize>,
-    pub connect_timeout_secs: Option<u64>,
-    pub request_timeout_secs: Option<u64>,
-    pub progress_timeout_secs: Option<u64>,
+    pub connect_timeout_secs: Option<Timeout>,
+    pub request_timeout_secs: Option<Timeout>,
+    pub progress_timeout_secs: Option<Timeout>,
     pub retries: Option<u32>,
     /// Bytes per chunk of an upward blob upload.
     pub upload_chunk_bytes: Option<u64>,
+}
+
+/// A timeout setting as written in the config file or on the command line: a whole number of
+/// seconds (`60`, the form these settings always took, hence the `Secs` in their names) or a
+/// duration in either spelling (`"90s"`, `"PT1M"`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Timeout {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Timeout {
+    fn duration(&self) -> Result<Duration, duration::DurationError> {
+        match self {
+            Timeout::Seconds(s) => Ok(Duration::from_secs(*s)),
+            Timeout::Text(t) => duration::parse_or_seconds(t),
+        }
+    }
+}
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Timeout::Seconds(s) => write!(f, "{s} s"),
+            Timeout::Text(t) => write!(f, "{t:?}"),
+        }
+    }
 }
 
 /// Default `syncSchedule`: every minute, i.e. continuous.
@@ -778,13 +740,17 @@ impl RawSettings {
             }
             limits.concurrency = c;
         }
-        let secs = |name: &'static str, v: Option<u64>, d: Duration| match v {
-            None => Ok(d),
-            Some(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
-            Some(s) => Err(invalid(
-                name,
-                format!("{s} s is out of range; valid range 1 to 86400 s"),
-            )),
+        let secs = |name: &'static str, v: Option<Timeout>, d: Duration| {
+            let Some(v) = v else { return Ok(d) };
+            let t = v.duration().map_err(|m| invalid(name, m.to_string()))?;
+            if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&t) {
+                Ok(t)
+            } else {
+                Err(invalid(
+                    name,
+                    format!("{v} is out of range; valid range 1 to 86400 s (PT1S to P1D)"),
+                ))
+            }
         };
         limits.connect_timeout = secs(
             "connect timeout",
@@ -847,21 +813,18 @@ mod tests {
 
     #[test]
     fn durations() {
+        assert_eq!(duration::parse("PT1H").unwrap(), Duration::from_secs(3600));
         assert_eq!(
-            parse_iso_duration("PT1H").unwrap(),
-            Duration::from_secs(3600)
-        );
-        assert_eq!(
-            parse_iso_duration("P1DT12H").unwrap(),
+            duration::parse("P1DT12H").unwrap(),
             Duration::from_secs(129_600)
         );
         assert_eq!(
-            parse_iso_duration("P2W").unwrap(),
+            duration::parse("P2W").unwrap(),
             Duration::from_secs(14 * 86_400)
         );
-        assert!(parse_iso_duration("P1M").is_err());
-        assert!(parse_iso_duration("1H").is_err());
-        assert!(parse_iso_duration("PT").is_err());
+        assert!(duration::parse("P1M").is_err());
+        assert!(duration::parse("1H").is_err());
+        assert!(duration::parse("PT").is_err());
         assert_eq!(format_iso_duration(Duration::from_secs(129_600)), "P1DT12H");
     }
 

@@ -4,7 +4,6 @@
 //! the new state, never a torn one. Separate from the registry's database on purpose.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -189,7 +188,8 @@ impl StateFile {
         }
     }
 
-    /// Changes the state and writes it through (temp file, fsync, rename).
+    /// Changes the state and writes it through atomically (temp file, fsync, rename, fsync of
+    /// the directory), so a restart after a crash reads the old state or the new, never half.
     pub fn update<T>(&self, f: impl FnOnce(&mut SyncState) -> T) -> Result<T, StateError> {
         let mut guard = self.state.lock().map_err(|_| StateError {
             path: self.path.clone(),
@@ -200,26 +200,10 @@ impl StateFile {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
-        self.write(&bytes).map_err(|e| StateError {
+        util::atomic_file::write(&self.path, &bytes, None).map_err(|e| StateError {
             path: self.path.clone(),
             message: format!("cannot write: {e}"),
         })?;
         Ok(out)
-    }
-
-    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
     }
 }

@@ -20,12 +20,10 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
-use oci::{Class, Classify, Fault};
-
-use crate::backoff::Backoff;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
-use oci::Digest;
+use oci::{Class, Classify, Digest, Fault};
+use util::backoff::Backoff;
 
 mod auth;
 mod feed;

@@ -2,6 +2,10 @@
 //! name the bad field when it is wrong, and never show the password.
 //!
 //! Sync reads it at run time; the deployment-manifest checker (`deploy-manifests`) checks it.
+//! It is a crate of its own so that the checker, which needs no network stack, does not depend
+//! on sync (and through it on an HTTP client, server and database) for one parser.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,6 @@
-//! Exponential backoff with jitter, shared by the request retries of the parent client and the
-//! retries of a failed pass: many children that lost the same parent must not come back in step.
+//! Exponential backoff with jitter, shared by every retry loop (sync's requests to the parent and
+//! its retries of a failed pass): many children that lost the same parent must not come back in
+//! step.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,0 +1,22 @@
+//! Small pieces that every part of the binary needs, written once so that they behave the same
+//! everywhere (the same duration spellings in every flag, the same crash-safe file writes).
+//!
+//! | module | what it is for |
+//! | --- | --- |
+//! | [`duration`] | the one duration syntax: `90s`, `30m`, `1h`, `7d`, `500ms` and ISO-8601 `PT1H`, `P7D`; formatting back to ISO-8601 |
+//! | [`backoff`] | exponential backoff with jitter, so clients that lost the same peer do not come back in step |
+//! | [`atomic_file`] | replace a file so a crash or a concurrent reader sees the old or the new one, never half |
+//! | [`file_watch`] | notice that files changed on disk (inode, length, mtime), for reloading |
+//! | `shutdown` | the future that completes on SIGTERM or Ctrl-C (feature `shutdown`) |
+//!
+//! Each module depends on nothing but `std`, except `shutdown`, which needs tokio's signal
+//! handling and is therefore behind the `shutdown` feature.
+
+#![forbid(unsafe_code)]
+
+pub mod atomic_file;
+pub mod backoff;
+pub mod duration;
+pub mod file_watch;
+#[cfg(feature = "shutdown")]
+pub mod shutdown;
