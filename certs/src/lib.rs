@@ -3,6 +3,14 @@
 //!
 //! Every error names the file it came from and says how to fix it, because a wrong
 //! certificate is the most common reason a nested edge deployment fails.
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | `gen`, `dev` | issuing the chain (root, intermediate, edge CA, server, client); the development chain |
+//! | `files`, `tls` | reading PEM files; loading them into rustls (client and server configs) |
+//! | `inspect`, `verify`, `doctor` | showing a chain; checking one offline; diagnosing a live server's trust failure |
+//! | `reload`, `renew` | a server certificate and trust bundle reloaded when their files change; renewal before expiry |
+//! | `host` | this machine's names and addresses, for a development certificate on every address |
 
 #![forbid(unsafe_code)]
 

@@ -3,6 +3,17 @@
 //! Replaces the nginx-based IoT Edge API proxy module: one port (443) for every request from
 //! child devices, routed by path prefix (and optional header) to the local registry, the
 //! blob-storage module or the parent layer's proxy. See `proxy/README.md` for the settings.
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | `config` | file, IoT Edge environment and flags merged into one [`Config`]; what a reload changes |
+//! | `server` | [`Proxy`]: the TLS listener, one acceptor handing connections to workers, the request handler (route, forward, error bodies), the reload loop |
+//! | `upstream` | connections to upstreams (TCP with a timeout, TLS against the current trust bundle) |
+//! | `body` | bodies streamed through while counting bytes; the access-log line when one ends |
+//! | `metrics` | Prometheus counters and the admin port |
+//!
+//! A request enters at `server`'s handler: the route table picks an upstream, `upstream`
+//! connects, `body` streams both ways, errors become OCI-style JSON saying whose fault they are.
 
 #![forbid(unsafe_code)]
 

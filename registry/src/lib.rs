@@ -1,6 +1,14 @@
 //! The connected registry: storage (blobs, metadata, change log, GC) and the `/v2` and `/acr`
 //! HTTP API over it. The protocol's vocabulary (digests, names, manifests, the feed page)
 //! comes from the `oci` crate; the few re-exports below save callers an import.
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | `api` | the HTTP side: [`api::router`] (what `serve` serves), `api::v2` (the OCI routes: the path is parsed from its end, then `handle` calls one handler per route), `api::acr` (the change feed), `api::access_log`, `api::drain` (refused bodies are read, up to a budget), `api::error` (`ApiError`, the one mapping from storage errors) |
+//! | `storage` | the store behind one [`Store`] handle: `blobs` (content-addressed files), `meta` (redb: tags, manifests, links, referrers, the change log), `uploads` (resumable sessions), `reader` (a blob's bytes as a stream), `gc`, `error` (`StorageError`) |
+//!
+//! A request enters at `api::v2::dispatch`, which calls a handler; handlers call the store and
+//! never touch files; the store never sees HTTP.
 
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
-//! What the sync engine needs from the local registry's storage: a narrow, blocking interface
-//! the binary implements over `registry::storage::Store`. Keeping it a trait keeps `sync`
+//! What the sync engine needs from the local registry's storage: a narrow, blocking interface,
+//! implemented for `registry::Store` at the end of this file (and by the tests' fake store). Keeping it a trait keeps `sync`
 //! independent of how the registry stores things, and lets the engine's rules (bottom-up,
 //! verify before keep) be tested against any store.
 
