@@ -158,11 +158,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         access_log = args.access_log,
         "registry serving /v2 over plain HTTP"
     );
-    let app = registry::api::access_log::WithAccessLog::new(app, args.access_log);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(util::shutdown::signal())
-        .await
-        .context("server failed")?;
+    // The log filter is fixed at start: with the access log off (the setting, or a RUST_LOG
+    // that drops target `access`) the router is served bare, with no per-request layer at all.
+    let logging = args.access_log && tracing::enabled!(target: "access", tracing::Level::INFO);
+    let served = if logging {
+        let app = registry::api::access_log::WithAccessLog::new(app, true);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(util::shutdown::signal())
+            .await
+    } else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(util::shutdown::signal())
+            .await
+    };
+    served.context("server failed")?;
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
 }
