@@ -23,6 +23,9 @@ pub mod digest;
 pub mod error_code;
 pub mod fault;
 pub mod feed;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod manifest;
 pub mod media_type;
 pub mod name;

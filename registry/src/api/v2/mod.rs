@@ -5,6 +5,10 @@ mod listing;
 mod manifests;
 mod uploads;
 
+/// The fuzz targets of the private parsers above, for `fuzz/` (built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub use {blobs::fuzz_parse_range, uploads::fuzz_content_range};
+
 use std::collections::HashMap;
 
 use axum::body::Body;

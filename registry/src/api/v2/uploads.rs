@@ -49,9 +49,14 @@ fn in_progress(status: StatusCode, repo: &RepoName, session: &Session) -> Respon
 
 /// `Content-Range: <start>-<end>` of a chunk (distribution's form; `bytes=` tolerated).
 fn content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
-    let Some(value) = req.header("content-range") else {
-        return Ok(None);
-    };
+    req.header("content-range")
+        .map(parse_content_range)
+        .transpose()
+}
+
+/// Parses a chunk's `Content-Range` value. The chunk's length, `end - start + 1`, must fit a
+/// `u64`: `0-18446744073709551615` would otherwise overflow where the length is checked.
+fn parse_content_range(value: &str) -> Result<(u64, u64), ApiError> {
     let bad = || {
         ApiError::new(
             ErrorCode::BlobUploadInvalid,
@@ -68,10 +73,10 @@ fn content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
     let (start, end) = spec.split_once('-').ok_or_else(bad)?;
     let start: u64 = start.trim().parse().map_err(|_| bad())?;
     let end: u64 = end.trim().parse().map_err(|_| bad())?;
-    if end < start {
+    if end < start || (end - start).checked_add(1).is_none() {
         return Err(bad());
     }
-    Ok(Some((start, end)))
+    Ok((start, end))
 }
 
 fn content_length(req: &Req) -> Option<u64> {
@@ -265,4 +270,55 @@ pub async fn cancel(store: &Store, repo: &RepoName, id: &str) -> Result<Response
         .header(header::CONTENT_LENGTH, 0)
         .body(Body::empty())
         .expect("valid response"))
+}
+
+/// Fuzz target for [`parse_content_range`] (bounded run below; `fuzz/` under `cargo fuzz`):
+/// never a panic, and an accepted range runs forwards and has a length that fits a `u64`.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_content_range(data: &[u8]) {
+    let value = fuzzkit::text(data);
+    if let Ok((start, end)) = parse_content_range(&value) {
+        assert!(start <= end, "{value:?} gave {start}-{end}");
+        assert!(
+            (end - start).checked_add(1).is_some(),
+            "{value:?}: length overflows"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-1023").unwrap(), (0, 1023));
+        assert_eq!(parse_content_range("bytes=5-5").unwrap(), (5, 5));
+        assert_eq!(parse_content_range(" bytes 10-19/100 ").unwrap(), (10, 19));
+        for bad in ["", "5", "5-4", "a-b", "-1", "1-", "0x1-2"] {
+            assert!(parse_content_range(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Found by fuzzing: the chunk length `end - start + 1` overflowed (a panic in debug
+    /// builds, a length of 0 in release) when the range covered every `u64`.
+    #[test]
+    fn fuzz_regression_content_range_of_every_u64_is_refused() {
+        assert!(parse_content_range("0-18446744073709551615").is_err());
+        assert_eq!(
+            parse_content_range("1-18446744073709551615").unwrap(),
+            (1, u64::MAX)
+        );
+    }
+
+    #[test]
+    fn fuzz_content_range_bounded() {
+        let seeds: [&[u8]; 4] = [
+            b"0-1023",
+            b"bytes=0-0",
+            b"bytes 10-19/100",
+            b"0-18446744073709551614",
+        ];
+        fuzzkit::run("registry::content_range", &seeds, fuzz_content_range);
+    }
 }
