@@ -220,32 +220,55 @@ fn check_cron_field(name: &str, min: u32, max: u32, field: &str) -> Result<(), S
 }
 
 /// Crontab numbers day-of-week 0-7 with Sunday 0 and 7; the `cron` crate numbers 1-7 from
-/// Sunday. Names avoid the ambiguity.
+/// Sunday. Names avoid the ambiguity: a numeric range (`1-5`, `5-7`, `1-7/3`) becomes the list
+/// of the days it names, so it never wraps or runs backwards in the crate's numbering.
 fn crontab_dow_to_names(field: &str) -> Result<String, String> {
     const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
-    let name = |t: &str| -> Result<String, String> {
+    let number = |t: &str| -> Result<Option<usize>, String> {
         match t.parse::<usize>() {
-            Ok(n) if n <= 7 => Ok(NAMES[n].to_owned()),
+            Ok(n) if n <= 7 => Ok(Some(n)),
             Ok(n) => Err(format!("day-of-week {n} is out of range 0-7")),
-            Err(_) => Ok(t.to_owned()),
+            Err(_) => Ok(None),
         }
     };
-    let mut items = Vec::new();
+    let name = |t: &str| -> Result<String, String> {
+        Ok(number(t)?.map_or_else(|| t.to_owned(), |n| NAMES[n].to_owned()))
+    };
+    let mut items: Vec<String> = Vec::new();
     for item in field.split(',') {
         let (range, step) = match item.split_once('/') {
             Some((r, s)) => (r, Some(s)),
             None => (item, None),
         };
-        let mapped = match range.split_once('-') {
-            Some((a, b)) => {
-                // `5-7` ends on Sunday: split so the range does not wrap.
-                if b == "7" && a != "0" && step.is_none() {
-                    items.push(format!("{}-SAT", name(a)?));
-                    "SUN".to_owned()
-                } else {
-                    format!("{}-{}", name(a)?, name(b)?)
+        let numeric = match range.split_once('-') {
+            Some((a, b)) => match (number(a)?, number(b)?) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            },
+            None if step.is_none() => number(range)?.map(|a| (a, a)),
+            None => None,
+        };
+        let every = match step.map(str::parse::<usize>) {
+            None => Some(1),
+            Some(Ok(n)) if n >= 1 => Some(n),
+            // Not a step of ours: the crate names what is wrong with it.
+            Some(_) => None,
+        };
+        if let (Some((a, b)), Some(every)) = (numeric, every) {
+            if a > b {
+                return Err(format!(
+                    "day-of-week range {a}-{b} runs backwards: write the smaller number first"
+                ));
+            }
+            for day in (a..=b).step_by(every).map(|d| NAMES[d]) {
+                if !items.iter().any(|i| i == day) {
+                    items.push(day.to_owned());
                 }
             }
+            continue;
+        }
+        let mapped = match range.split_once('-') {
+            Some((a, b)) => format!("{}-{}", name(a)?, name(b)?),
             None if range == "*" => "*".to_owned(),
             None => name(range)?,
         };
@@ -796,6 +819,45 @@ impl RawSettings {
     }
 }
 
+/// Fuzz target for [`CronSchedule::parse`] (bounded run below; `fuzz/` under `cargo fuzz`):
+/// any schedule text parses or is refused without a panic, and a parsed one computes its next
+/// and last starts; a crontab day-of-week range `a-b` (`0` and `7` both Sunday, optionally
+/// `/step`) fires on exactly the days crontab would.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_cron_schedule(data: &[u8]) {
+    use chrono::Datelike;
+    let mut g = fuzzkit::Gen::new(data);
+    // Monday 2026-11-23, midnight.
+    let monday = DateTime::<Utc>::from_timestamp(1_795_392_000, 0).expect("a valid time");
+    if g.bool() {
+        if let Ok(s) = CronSchedule::parse(&fuzzkit::text(g.rest())) {
+            let _ = s.next_after(monday);
+            let _ = s.last_start_within(monday, Duration::from_secs(86_400));
+        }
+        return;
+    }
+    let (a, b) = (g.below(8), g.below(8));
+    let (a, b) = (a.min(b), a.max(b));
+    let step = if g.bool() { Some(1 + g.below(7)) } else { None };
+    let field = match step {
+        Some(n) => format!("{a}-{b}/{n}"),
+        None => format!("{a}-{b}"),
+    };
+    let expected: std::collections::BTreeSet<u32> = (a..=b)
+        .step_by(step.unwrap_or(1))
+        .map(|d| (d % 7) as u32)
+        .collect();
+    let s = CronSchedule::parse(&format!("0 0 * * {field}"))
+        .unwrap_or_else(|e| panic!("day-of-week {field} refused: {e}"));
+    let fired: std::collections::BTreeSet<u32> = s
+        .schedule
+        .after(&(monday - chrono::Duration::seconds(1)))
+        .take_while(|t| *t < monday + chrono::Duration::days(7))
+        .map(|t| t.weekday().num_days_from_sunday())
+        .collect();
+    assert_eq!(fired, expected, "day-of-week {field}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,6 +942,38 @@ mod tests {
         let e = r.validate().unwrap_err().to_string();
         assert!(e.contains("messageTtl") && e.contains("P1D to P90D"), "{e}");
         assert!(raw().validate().unwrap().is_some());
+    }
+
+    #[test]
+    fn fuzz_cron_schedule_bounded() {
+        let seeds: [&[u8]; 6] = [
+            b"\x01*/15 * * * *",
+            b"\x010 3 * * 1-5",
+            b"\x010-59/5 0-23 1-31 1-12 0-7",
+            b"\x010 0 * JAN-MAR MON-FRI",
+            b"\x01*/10 0 3 * * 5-7",
+            b"\x00\x05\x07",
+        ];
+        fuzzkit::run("sync::cron_schedule", &seeds, fuzz_cron_schedule);
+    }
+
+    /// Found by fuzzing: a crontab day-of-week range ending on Sunday (7) with a step was
+    /// handed to the `cron` crate as `MON-SUN/3`, a backwards range there, and refused; `7-7`
+    /// was split as `SUN-SAT,SUN` and fired every day.
+    #[test]
+    fn fuzz_regression_day_of_week_ranges_ending_on_sunday() {
+        for (field, days) in [
+            ("1-7/3", "MON,THU,SUN"),
+            ("7-7", "SUN"),
+            ("5-7", "FRI,SAT,SUN"),
+            ("0-7", "SUN,MON,TUE,WED,THU,FRI,SAT"),
+            ("1-5", "MON,TUE,WED,THU,FRI"),
+            ("MON-FRI", "MON-FRI"),
+            ("*/2", "*/2"),
+        ] {
+            assert_eq!(crontab_dow_to_names(field).unwrap(), days, "{field}");
+        }
+        assert!(CronSchedule::parse("0 0 * * 1-7/3").is_ok());
     }
 
     #[test]

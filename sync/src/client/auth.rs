@@ -199,9 +199,52 @@ impl ParentClient {
     }
 }
 
+/// Fuzz target for [`parse_challenge`] (bounded run below; `fuzz/` under `cargo fuzz`): any
+/// header a parent sends parses without a panic, and a challenge written by the rules (quoted
+/// values escaped) reads back to its scheme and parameters.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_parse_challenge(data: &[u8]) {
+    let mut g = fuzzkit::Gen::new(data);
+    if g.bool() {
+        let _ = parse_challenge(&fuzzkit::text(g.rest()));
+        return;
+    }
+    let scheme = g.pick(&["Bearer", "Basic", "Digest", "X"]).to_string();
+    let mut params = HashMap::new();
+    for _ in 0..g.below(5) {
+        let key = format!("k{}", g.string("abz_-", 6));
+        let value = g.string("az09:/,= \"\\\t.é", 20).trim().to_owned();
+        params.insert(key, value);
+    }
+    let written: Vec<String> = params
+        .iter()
+        .map(|(k, v)| {
+            let bare = !v.is_empty() && !v.contains([',', '"', '\\', ' ', '\t']);
+            if bare && g.bool() {
+                format!("{k}={v}")
+            } else {
+                format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+            }
+        })
+        .collect();
+    let sep = *g.pick(&[",", ", ", " ,", ",,"]);
+    let header = format!("{scheme} {}", written.join(sep));
+    assert_eq!(parse_challenge(&header), (scheme, params), "{header:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_parse_challenge_bounded() {
+        let seeds: [&[u8]; 3] = [
+            b"\x01Bearer realm=\"https://auth.example/token\",service=\"reg\",scope=\"repository:a/b:pull,push\"",
+            b"\x01Basic realm=\"x\"",
+            b"\x00\x00\x02\x00\x03abc\x05\x01\x02\x03\x04\x05",
+        ];
+        fuzzkit::run("sync::parse_challenge", &seeds, fuzz_parse_challenge);
+    }
 
     #[test]
     fn challenge() {
