@@ -7,6 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz_targets;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -72,14 +72,14 @@ fn parse_with(text: &str, bare_seconds: bool) -> Result<Duration, DurationError>
     if number.is_empty() {
         return Err(DurationError::new(text, "it must start with a number"));
     }
-    let seconds_per_unit = match unit.trim() {
-        "" if bare_seconds => 1.0,
+    let nanos_per_unit: u128 = match unit.trim() {
+        "" if bare_seconds => SECOND,
         "" => return Err(DurationError::new(text, "it has no unit")),
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
+        "ms" => SECOND / 1000,
+        "s" => SECOND,
+        "m" => 60 * SECOND,
+        "h" => 3600 * SECOND,
+        "d" => DAY,
         other => {
             return Err(DurationError::new(
                 text,
@@ -88,21 +88,51 @@ fn parse_with(text: &str, bare_seconds: bool) -> Result<Duration, DurationError>
         }
     };
     let n = number_of(text, number)?;
-    seconds(text, n * seconds_per_unit)
+    nanoseconds(text, times(text, n, nanos_per_unit)?)
 }
 
-/// A non-negative decimal number (`30`, `1.5`); signs and exponents are not durations.
-fn number_of(text: &str, number: &str) -> Result<f64, DurationError> {
+/// Nanoseconds in a second and in a day.
+const SECOND: u128 = 1_000_000_000;
+const DAY: u128 = 86_400 * SECOND;
+
+fn too_large(text: &str) -> DurationError {
+    DurationError::new(text, "it is too large")
+}
+
+/// A non-negative decimal number (`30`, `1.5`; signs and exponents are not durations) in
+/// billionths, so that a duration adds up exactly: in `f64` a long one lost milliseconds
+/// (`P21253DT12H33M37.32S` read back 1 ms short). Decimals past the ninth are dropped.
+fn number_of(text: &str, number: &str) -> Result<u128, DurationError> {
     if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
         return Err(DurationError::new(text, "it must start with a number"));
     }
-    number
-        .parse()
-        .map_err(|_| DurationError::new(text, format!("{number:?} is not a number")))
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if !(whole.bytes().all(|b| b.is_ascii_digit()) && fraction.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(DurationError::new(
+            text,
+            format!("{number:?} is not a number"),
+        ));
+    }
+    let whole: u128 = whole.parse().map_err(|_| too_large(text))?;
+    let fraction = &fraction[..fraction.len().min(9)];
+    let billionths: u128 = format!("{fraction:0<9}").parse().unwrap_or(0);
+    whole
+        .checked_mul(SECOND)
+        .and_then(|w| w.checked_add(billionths))
+        .ok_or_else(|| too_large(text))
 }
 
-fn seconds(text: &str, secs: f64) -> Result<Duration, DurationError> {
-    Duration::try_from_secs_f64(secs).map_err(|_| DurationError::new(text, "it is too large"))
+/// `n` billionths of a unit of `unit` nanoseconds, in nanoseconds.
+fn times(text: &str, n: u128, unit: u128) -> Result<u128, DurationError> {
+    n.checked_mul(unit)
+        .map(|v| v / SECOND)
+        .ok_or_else(|| too_large(text))
+}
+
+fn nanoseconds(text: &str, nanos: u128) -> Result<Duration, DurationError> {
+    let secs = u64::try_from(nanos / SECOND).map_err(|_| too_large(text))?;
+    Ok(Duration::new(secs, (nanos % SECOND) as u32))
 }
 
 /// The ISO-8601 part after `P`: `nW`, `nD`, then after `T`: `nH`, `nM`, `nS`.
@@ -111,7 +141,7 @@ fn parse_iso(text: &str, rest: &str) -> Result<Duration, DurationError> {
     if rest.trim().is_empty() {
         return Err(bad("no value after P"));
     }
-    let mut total = 0.0;
+    let mut total: u128 = 0;
     let mut in_time = false;
     let mut number = String::new();
     let mut any = false;
@@ -124,23 +154,25 @@ fn parse_iso(text: &str, rest: &str) -> Result<Duration, DurationError> {
                     return Err(bad(&format!("{unit:?} without a number")));
                 }
                 let n = number_of(text, &number)?;
-                let whole = n.fract() == 0.0;
+                let whole = n % SECOND == 0;
                 number.clear();
                 let per = match (in_time, unit) {
-                    (false, 'W') if whole => 7.0 * 86_400.0,
-                    (false, 'D') if whole => 86_400.0,
+                    (false, 'W') if whole => 7 * DAY,
+                    (false, 'D') if whole => DAY,
                     (false, 'Y') | (false, 'M') => {
                         return Err(bad("years and months have no fixed length; use days"))
                     }
-                    (true, 'H') if whole => 3_600.0,
-                    (true, 'M') if whole => 60.0,
-                    (true, 'S') => 1.0,
+                    (true, 'H') if whole => 3_600 * SECOND,
+                    (true, 'M') if whole => 60 * SECOND,
+                    (true, 'S') => SECOND,
                     (_, 'W' | 'D' | 'H' | 'M') => {
                         return Err(bad("only seconds may have a fraction"))
                     }
                     _ => return Err(bad(&format!("unexpected {unit:?}"))),
                 };
-                total += n * per;
+                total = total
+                    .checked_add(times(text, n, per)?)
+                    .ok_or_else(|| too_large(text))?;
                 any = true;
             }
         }
@@ -151,7 +183,7 @@ fn parse_iso(text: &str, rest: &str) -> Result<Duration, DurationError> {
     if !any {
         return Err(bad("no value after T"));
     }
-    seconds(text, total)
+    nanoseconds(text, total)
 }
 
 /// Shows a duration as ISO-8601 (`P7D`, `PT1H`, `P1DT12H`, `PT0.5S`, `PT0S`), the form the sync
@@ -195,6 +227,22 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    /// Found by fuzzing: the parts were added in `f64`, and a long duration with a fraction
+    /// read back a millisecond short of what [`Iso`] wrote.
+    #[test]
+    fn fuzz_regression_a_long_iso_duration_reads_back_exactly() {
+        let d = Duration::new(1_836_304_417, 320_000_000);
+        assert_eq!(Iso(d).to_string(), "P21253DT12H33M37.32S");
+        assert_eq!(parse("P21253DT12H33M37.32S"), Ok(d));
+        assert_eq!(parse("0.433s"), Ok(Duration::from_millis(433)));
+        assert_eq!(
+            parse(&Iso(Duration::new(u64::MAX, 999_000_000)).to_string()),
+            Ok(Duration::new(u64::MAX, 999_000_000))
+        );
+        assert!(parse("213503982334602d").is_err(), "past u64::MAX seconds");
+        assert!(parse("99999999999999999999999999999999999999999s").is_err());
     }
 
     #[test]

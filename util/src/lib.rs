@@ -18,5 +18,8 @@ pub mod atomic_file;
 pub mod backoff;
 pub mod duration;
 pub mod file_watch;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 #[cfg(feature = "shutdown")]
 pub mod shutdown;
