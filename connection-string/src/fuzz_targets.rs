@@ -57,7 +57,7 @@ pub fn connection_string(data: &[u8]) {
         endpoint
     };
     let protocol = *g.pick(&["https", "http", "HTTPS", "Http"]);
-    let mut parts = vec![
+    let mut parts = [
         format!("ConnectedRegistryName={name}"),
         format!("SyncTokenName={token}"),
         format!("SyncTokenPassword={password}"),

@@ -12,6 +12,9 @@ pub mod check;
 pub use connection_string;
 pub mod dupkeys;
 pub mod finding;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod image;
 pub mod render;
 pub mod route;

@@ -355,7 +355,7 @@ mod tests {
     #[should_panic(expected = "replay: FUZZ_SEED=")]
     fn a_failing_target_names_the_replay() {
         run_cases("fuzzkit::fails", 10, &[b"x"], |data| {
-            assert!(data.len() < 1)
+            assert!(data.is_empty())
         });
     }
 }

@@ -26,6 +26,9 @@ use oci::{Class, Classify, Digest, Fault};
 use util::backoff::Backoff;
 
 mod auth;
+/// The challenge parser's fuzz target, for `fuzz/` (built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub use auth::fuzz_parse_challenge;
 mod feed;
 mod pull;
 mod tls;

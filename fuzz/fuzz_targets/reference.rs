@@ -1,0 +1,4 @@
+//! cargo-fuzz target `reference`: runs `oci::fuzz_targets::reference` (the same property the bounded `cargo test` run checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oci::fuzz_targets::reference(data));
