@@ -33,6 +33,12 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_MANIFEST_CACHE_SIZE", default_value_t = Limits::default().manifest_cache_bytes)]
     pub manifest_cache_size: usize,
 
+    /// Free space kept on the data directory's filesystem, so the device's own system keeps
+    /// working: a share (5%) or a size (512MiB, 2GiB, 0 for none). Uploads and manifests that
+    /// would go below it are refused with 507 before the disk is full; sync's writes too.
+    #[arg(long, env = "CONNECTED_REGISTRY_MIN_FREE", default_value = registry::MinFree::DEFAULT, value_name = "SIZE|PERCENT")]
+    pub min_free: registry::MinFree,
+
     /// How often to collect garbage while serving (0s: never).
     #[arg(long, env = "CONNECTED_REGISTRY_GC_INTERVAL", default_value = "1h", value_parser = super::parse_duration)]
     pub gc_interval: Duration,
@@ -112,6 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let limits = Limits {
         max_manifest_size: args.max_manifest_size,
         manifest_cache_bytes: args.manifest_cache_size,
+        min_free: args.min_free,
     };
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
