@@ -18,10 +18,10 @@ use reqwest::Method;
 
 /// Sends SIGTERM, as `docker stop` and `iotedge restart` do.
 fn sigterm(registry: &Proc) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &registry.child.id().to_string()])
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", registry.child.id())])
         .status()
-        .expect("run kill");
+        .expect("run sh");
     assert!(status.success());
 }
 

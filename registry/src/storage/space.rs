@@ -156,6 +156,8 @@ impl Space {
         if free.available >= METADATA_ROOM {
             return Ok(());
         }
+        // Metadata changes may use the reserve (a deletion is how space is freed), not the room.
+        let free = Free { reserve: 0, ..free };
         Err(self.no_space("a metadata change".into(), 0, free))
     }
 

@@ -110,7 +110,7 @@ async fn append_body(
     let writer = tokio::task::spawn_blocking(move || {
         let mut session = session;
         let checkpoint = session.checkpoint();
-        if let Some(size) = expected {
+        if let Some(size) = expected.filter(|size| *size > 0) {
             if let Err(err) = session.make_room(size) {
                 // Dropping the receiver ends the body below; the error is reported after it.
                 return (session, checkpoint, Err(err));
