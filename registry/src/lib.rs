@@ -17,4 +17,4 @@ pub mod storage;
 
 pub use api::error::ApiError;
 pub use oci::{Digest, ErrorCode, Origin, Reference, RepoName};
-pub use storage::{Limits, StorageError, Store};
+pub use storage::{Limits, MinFree, StorageError, Store};

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,6 +33,18 @@ pub struct Args {
     /// Memory for recently served manifests, in bytes.
     #[arg(long, env = "CONNECTED_REGISTRY_MANIFEST_CACHE_SIZE", default_value_t = Limits::default().manifest_cache_bytes)]
     pub manifest_cache_size: usize,
+
+    /// Free space kept on the data directory's filesystem, so the device's own system keeps
+    /// working: a share (5%) or a size (512MiB, 2GiB, 0 for none). Uploads and manifests that
+    /// would go below it are refused with 507 before the disk is full; sync's writes too.
+    #[arg(long, env = "CONNECTED_REGISTRY_MIN_FREE", default_value = registry::MinFree::DEFAULT, value_name = "SIZE|PERCENT")]
+    pub min_free: registry::MinFree,
+
+    /// On SIGTERM or Ctrl-C: stop accepting connections, let requests in flight finish for at
+    /// most this long, then cut the rest (an upload cut short resumes from what was stored) and
+    /// exit 0.
+    #[arg(long, env = "CONNECTED_REGISTRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = super::parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// How often to collect garbage while serving (0s: never).
     #[arg(long, env = "CONNECTED_REGISTRY_GC_INTERVAL", default_value = "1h", value_parser = super::parse_duration)]
@@ -112,6 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let limits = Limits {
         max_manifest_size: args.max_manifest_size,
         manifest_cache_bytes: args.manifest_cache_size,
+        min_free: args.min_free,
     };
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
@@ -165,15 +179,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The log filter is fixed at start: with the access log off (the setting, or a RUST_LOG
     // that drops target `access`) the router is served bare, with no per-request layer at all.
     let logging = args.access_log && tracing::enabled!(target: "access", tracing::Level::INFO);
-    let served = if logging {
-        let app = registry::api::access_log::WithAccessLog::new(app, true);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(util::shutdown::signal())
-            .await
-    } else {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(util::shutdown::signal())
-            .await
+    let grace = args.shutdown_grace;
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let stop = {
+        let stopping = stopping.clone();
+        async move {
+            util::shutdown::signal().await;
+            tracing::info!(?grace, "stopping: no new connections; requests in flight may finish within the grace period (--shutdown-grace)");
+            stopping.notify_one();
+        }
+    };
+    let serving = async {
+        if logging {
+            let app = registry::api::access_log::WithAccessLog::new(app, true);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        } else {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "requests still in flight at the end of the grace period are cut (--shutdown-grace); upload sessions keep what they stored");
+            Ok(())
+        }
     };
     served.context("server failed")?;
     tracing::info!("registry stopped");

@@ -32,6 +32,9 @@ pub enum SyncError {
     /// The window closed or the time limit passed; partial blobs stay for the next pass.
     #[error("paused: the sync window closed")]
     Paused,
+    /// An earlier error ended the pass (the local disk is full): the rest waits for the next.
+    #[error("stopped: the local disk is full")]
+    Halted,
     /// The parent sent something that must not be kept.
     #[error("upstream {0}")]
     Refused(String),
@@ -55,7 +58,9 @@ impl Classify for SyncError {
             SyncError::Store(StoreError::Other(_)) | SyncError::State(_) => {
                 Class::new(Fault::Local, false)
             }
-            SyncError::Paused => Class::new(Fault::Local, true),
+            SyncError::Paused | SyncError::Halted => Class::new(Fault::Local, true),
+            // Worth retrying once space is freed, like the registry's 507.
+            SyncError::Store(StoreError::Full(_)) => Class::new(Fault::Local, true),
             SyncError::Refused(_) => Class::new(Fault::Upstream, false),
             SyncError::Scope(_) => Class::new(Fault::Client, false),
             SyncError::Internal(_) => Class::new(Fault::Internal, false),

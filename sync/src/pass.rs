@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::engine::{blocking, Engine, SyncError};
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
+use crate::store::StoreError;
 use oci::Descriptor;
 use oci::Digest;
 use oci::Reference;
@@ -22,6 +23,8 @@ use oci::Reference;
 pub(crate) struct Pass {
     pub(crate) deadline: Option<Instant>,
     pub(crate) paused: AtomicBool,
+    /// The local disk filled up: whatever else the pass would copy cannot be stored either.
+    pub(crate) halted: AtomicBool,
     /// This full comparison also asks for new referrers of tags already in step.
     pub(crate) recheck_referrers: AtomicBool,
     pub(crate) repos: AtomicUsize,
@@ -44,6 +47,9 @@ pub(crate) struct Pass {
 
 impl Pass {
     pub(crate) fn check(&self) -> Result<(), SyncError> {
+        if self.halted.load(Ordering::Relaxed) {
+            return Err(SyncError::Halted);
+        }
         if self.paused.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
         {
             return Err(self.pause());
@@ -81,7 +87,15 @@ impl Pass {
     pub(crate) fn record(&self, what: &str, err: SyncError) {
         match err {
             SyncError::Paused => self.paused.store(true, Ordering::Relaxed),
+            // Recorded once, as the error that ended the pass.
+            SyncError::Halted => {}
             e => {
+                if matches!(e, SyncError::Store(StoreError::Full(_))) {
+                    if self.halted.swap(true, Ordering::Relaxed) {
+                        return;
+                    }
+                    tracing::error!("the local disk is full: this sync pass stops here, the next continues once space is freed");
+                }
                 let class = e.class();
                 let msg = format!("{what}: {e}");
                 tracing::warn!(

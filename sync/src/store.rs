@@ -38,6 +38,10 @@ pub enum StoreError {
     /// A manifest references content that is not stored yet.
     #[error("manifest references missing content: {0}")]
     MissingReference(String),
+    /// The local disk is full, or down to its free-space reserve: nothing more can be
+    /// stored until space is freed.
+    #[error("local storage: {0}")]
+    Full(String),
     #[error("local storage: {0}")]
     Other(String),
 }
@@ -120,6 +124,7 @@ mod registry_store {
                 actual: actual.to_string(),
             },
             StorageError::ManifestBlobUnknown(d) => StoreError::MissingReference(d.to_string()),
+            e if e.is_no_space() => StoreError::Full(e.to_string()),
             e => StoreError::Other(e.to_string()),
         }
     }

@@ -117,6 +117,8 @@ impl From<StorageError> for ApiError {
         let message = err.to_string();
         let class = err.class();
         let api = match err {
+            StorageError::NoSpace { .. } => ApiError::new(ErrorCode::Unknown, message)
+                .with_status(StatusCode::INSUFFICIENT_STORAGE),
             StorageError::Io { ref source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {

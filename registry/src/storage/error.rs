@@ -43,6 +43,20 @@ pub enum StorageError {
     NameUnknown,
     #[error("{0}")]
     Denied(String),
+    /// Refused before the disk is full (the reserve), or failed because it is.
+    #[error(
+        "not enough disk space for {what} ({size} bytes): {available} bytes are free, and writes stop at the \
+         reserve of {reserve} bytes (--min-free {min_free}) plus {} bytes kept for the metadata database; \
+         nothing was stored: free space (delete tags, then collect garbage) and retry",
+        crate::storage::space::METADATA_ROOM
+    )]
+    NoSpace {
+        what: String,
+        size: u64,
+        available: u64,
+        reserve: u64,
+        min_free: crate::storage::space::MinFree,
+    },
 }
 
 impl Classify for StorageError {
@@ -56,12 +70,22 @@ impl Classify for StorageError {
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
             StorageError::Db(_) => Class::new(Fault::Local, false),
+            StorageError::NoSpace { .. } => Class::new(Fault::Local, true),
             _ => Class::new(Fault::Client, false),
         }
     }
 }
 
 impl StorageError {
+    /// A full disk: refused ahead by the reserve, or a write that failed with `ENOSPC`.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::NoSpace { .. } => true,
+            StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StorageError {
         let context = context.into();
         move |source| StorageError::Io { context, source }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::storage::space::Space;
 use crate::storage::StorageError;
 use oci::digest::Digest;
 use oci::reference::Reference;
@@ -123,6 +124,8 @@ pub struct ChangePage {
 
 pub struct Meta {
     db: Database,
+    /// Checked before every write transaction (see `space::METADATA_ROOM`).
+    space: Space,
 }
 
 /// A manifest about to be stored, with what must be checked first.
@@ -262,7 +265,7 @@ fn remove_manifest(
 }
 
 impl Meta {
-    pub fn open(path: &Path) -> Result<Meta, StorageError> {
+    pub fn open(path: &Path, space: Space) -> Result<Meta, StorageError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         tx.open_table(TAGS)?;
@@ -272,7 +275,13 @@ impl Meta {
         tx.open_table(REPOS)?;
         tx.open_table(CHANGES)?;
         tx.commit()?;
-        Ok(Meta { db })
+        Ok(Meta { db, space })
+    }
+
+    /// A write transaction, refused while the disk is too full to be sure it can commit.
+    fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
+        self.space.check_metadata()?;
+        Ok(self.db.begin_write()?)
     }
 
     pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
@@ -285,7 +294,7 @@ impl Meta {
     }
 
     pub fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         tx.open_table(REPO_BLOBS)?
             .insert((repo, digest.to_string().as_str()), (size, now()))?;
         tx.commit()?;
@@ -294,7 +303,7 @@ impl Meta {
 
     /// Removes a blob from a repository unless a manifest there still references it.
     pub fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let manifests = tx.open_table(MANIFESTS)?;
             let all = scan_repo!(manifests, repo, "", usize::MAX);
@@ -358,7 +367,7 @@ impl Meta {
             origin,
         } = new;
         let digest_s = digest.to_string();
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let links = tx.open_table(REPO_BLOBS)?;
             for (blob, size) in blob_sizes {
@@ -445,7 +454,7 @@ impl Meta {
     }
 
     pub fn delete_tag(&self, repo: &str, tag: &str, origin: Origin) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         if removed {
             log(
@@ -469,7 +478,7 @@ impl Meta {
         digest: &Digest,
         origin: Origin,
     ) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         remove_manifest(&tx, repo, digest, origin)?;
         tx.commit()?;
         Ok(())
@@ -571,7 +580,7 @@ impl Meta {
 
     /// Drops change-log entries older than `before` (unix seconds), except the newest; returns how many.
     pub fn prune_changes(&self, before: u64) -> Result<usize, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let mut removed = 0;
         {
             let mut table = tx.open_table(CHANGES)?;
@@ -631,7 +640,7 @@ impl Meta {
         repo: &str,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty() {
             return Ok(false);
         }
@@ -652,7 +661,7 @@ impl Meta {
         &self,
         before: u64,
     ) -> Result<Vec<(String, Digest)>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let mut removed = Vec::new();
         {
             let mut referenced = std::collections::HashSet::new();

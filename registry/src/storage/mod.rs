@@ -8,6 +8,7 @@ pub mod error;
 pub mod gc;
 pub mod meta;
 pub mod reader;
+pub mod space;
 pub mod uploads;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use oci::reference::Reference;
 use oci::{manifest, Descriptor};
 use oci::{Change, Origin};
 pub use reader::{BlobReader, OpenBlob};
+pub use space::MinFree;
 pub use uploads::{Session, SessionRef};
 
 /// Limits of the store, each a named setting of `serve`.
@@ -36,6 +38,9 @@ pub struct Limits {
     /// Memory for recently served manifests (`--manifest-cache-size`): manifests are read far
     /// more often than anything else, and are immutable by digest. Default 64 MiB.
     pub manifest_cache_bytes: usize,
+    /// Free space kept on the data directory's filesystem (`--min-free`): uploads and manifests
+    /// that would go below it are refused with 507. Default [`MinFree::DEFAULT`].
+    pub min_free: MinFree,
 }
 
 impl Default for Limits {
@@ -43,6 +48,7 @@ impl Default for Limits {
         Limits {
             max_manifest_size: 4 << 20,
             manifest_cache_bytes: 64 << 20,
+            min_free: MinFree::default(),
         }
     }
 }
@@ -69,6 +75,7 @@ struct Inner {
     meta: meta::Meta,
     uploads: uploads::Uploads,
     limits: Limits,
+    space: space::Space,
     cache: ManifestCache,
     /// Taken shared by everything that makes a blob file wanted (install, link) and exclusively
     /// by GC while it deletes a file, so GC never deletes a file someone just took.
@@ -120,12 +127,14 @@ impl Store {
     pub fn open(dir: &Path, limits: Limits) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(StorageError::io(format!("create {}", dir.display())))?;
+        let space = space::Space::new(dir.to_owned(), limits.min_free);
         let inner = Inner {
             root: dir.to_owned(),
             blobs: blobs::Blobs::open(dir)?,
-            meta: meta::Meta::open(&dir.join(META_FILE))?,
-            uploads: uploads::Uploads::open(dir.join("uploads"))?,
+            meta: meta::Meta::open(&dir.join(META_FILE), space.clone())?,
+            uploads: uploads::Uploads::open(dir.join("uploads"), space.clone())?,
             limits,
+            space,
             cache: ManifestCache::default(),
             gc_lock: RwLock::new(()),
             client_changed: Arc::default(),
@@ -333,7 +342,14 @@ impl Store {
             )
         });
         // The bytes are staged now and installed only once the manifest is accepted.
-        let staged = self.inner.blobs.stage(&body)?;
+        let what = || format!("manifest {digest} in {repo}");
+        let space = &self.inner.space;
+        space.check_write(what, body.len() as u64)?;
+        let staged = self
+            .inner
+            .blobs
+            .stage(&body)
+            .map_err(|e| space.explain(e, what, body.len() as u64))?;
         let _taking = self.inner.gc_lock.read().expect("gc lock");
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str()),

@@ -10,6 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::storage::space::{Space, CHECK_EVERY};
 use crate::storage::StorageError;
 use oci::digest::{Algorithm, Digest, Hasher};
 use oci::name::RepoName;
@@ -24,6 +25,9 @@ pub struct Session {
     len: u64,
     /// Writes the bytes to disk in the background while more arrive (see [`EarlyWriteback`]).
     writeback: Option<EarlyWriteback>,
+    space: Space,
+    /// Free space was last confirmed for the session to grow up to this many bytes.
+    space_checked_to: u64,
 }
 
 /// Every this many bytes appended, the session's data starts going to disk in the background.
@@ -62,6 +66,7 @@ pub type SessionRef = Arc<tokio::sync::Mutex<Session>>;
 
 pub struct Uploads {
     root: PathBuf,
+    space: Space,
     live: Mutex<HashMap<String, (RepoName, SessionRef)>>,
 }
 
@@ -76,11 +81,12 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Uploads {
-    pub fn open(root: PathBuf) -> Result<Uploads, StorageError> {
+    pub fn open(root: PathBuf, space: Space) -> Result<Uploads, StorageError> {
         fs::create_dir_all(&root)
             .map_err(StorageError::io(format!("create {}", root.display())))?;
         Ok(Uploads {
             root,
+            space,
             live: Mutex::new(HashMap::new()),
         })
     }
@@ -102,9 +108,9 @@ impl Uploads {
         // restart takes a while, and other uploads must not wait for it.
         let dir = self.root.join(id);
         let session = match fs::read_to_string(dir.join("repo")) {
-            Ok(owner) if owner == repo.as_str() => reopen(id, repo, dir)?,
+            Ok(owner) if owner == repo.as_str() => reopen(id, repo, dir, &self.space)?,
             Ok(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
-            Err(_) if create => start(id, repo, dir)?,
+            Err(_) if create => start(id, repo, dir, &self.space)?,
             Err(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
         };
         let mut live = self.live.lock().expect("uploads lock");
@@ -157,7 +163,7 @@ impl Uploads {
     }
 }
 
-fn start(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageError> {
+fn start(id: &str, repo: &RepoName, dir: PathBuf, space: &Space) -> Result<Session, StorageError> {
     fs::create_dir_all(&dir).map_err(StorageError::io(format!("create {}", dir.display())))?;
     // Never truncate: a concurrent first open of the same id may already be writing here.
     let file = match OpenOptions::new()
@@ -168,7 +174,7 @@ fn start(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageErro
     {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            return reopen(id, repo, dir)
+            return reopen(id, repo, dir, space)
         }
         Err(err) => {
             return Err(StorageError::io(format!("create {}/data", dir.display()))(
@@ -186,10 +192,12 @@ fn start(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageErro
         hasher: Hasher::new(Algorithm::Sha256),
         len: 0,
         writeback: None,
+        space: space.clone(),
+        space_checked_to: 0,
     })
 }
 
-fn reopen(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageError> {
+fn reopen(id: &str, repo: &RepoName, dir: PathBuf, space: &Space) -> Result<Session, StorageError> {
     let path = dir.join("data");
     let mut file = OpenOptions::new()
         .read(true)
@@ -208,6 +216,8 @@ fn reopen(id: &str, repo: &RepoName, dir: PathBuf) -> Result<Session, StorageErr
         hasher,
         len,
         writeback: None,
+        space: space.clone(),
+        space_checked_to: 0,
     })
 }
 
@@ -246,12 +256,41 @@ impl Session {
         self.len == 0
     }
 
-    /// Appends bytes (blocking I/O).
+    /// Refuses `size` more bytes (a request body of known length) up front when they would
+    /// leave less free space than the reserve; with room for them, `append` need not look again
+    /// until the session grows past them.
+    pub fn make_room(&mut self, size: u64) -> Result<(), StorageError> {
+        self.space.check_write(
+            || {
+                format!(
+                    "{size} more bytes of upload {} holding {}",
+                    self.id, self.len
+                )
+            },
+            size,
+        )?;
+        self.space_checked_to = self.len + size;
+        Ok(())
+    }
+
+    /// Appends bytes (blocking I/O): all of them or, on an error, none. Refused when the free
+    /// space would go below the reserve, checked every [`CHECK_EVERY`] bytes.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        self.file.write_all(data).map_err(StorageError::io(format!(
-            "write {}/data",
-            self.dir.display()
-        )))?;
+        let size = data.len() as u64;
+        let what = || format!("upload {} holding {} bytes", self.id, self.len);
+        if self.len + size > self.space_checked_to {
+            let window = CHECK_EVERY.max(size);
+            self.space.check_write(what, window)?;
+            self.space_checked_to = self.len + window;
+        }
+        if let Err(err) = self.file.write_all(data) {
+            let err = StorageError::io(format!("write {}/data", self.dir.display()))(err);
+            let err = self.space.explain(err, what, size);
+            // A write that failed halfway leaves part of `data`: cut it off again.
+            let len = self.len;
+            self.rollback((self.hasher.clone(), len))?;
+            return Err(err);
+        }
         self.hasher.update(data);
         self.len += data.len() as u64;
         self.flush_in_background();
@@ -329,11 +368,16 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::MinFree;
+
+    fn no_reserve(dir: &std::path::Path) -> Space {
+        Space::new(dir.to_owned(), MinFree::Bytes(0))
+    }
 
     #[test]
     fn large_uploads_flush_early_and_stay_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+        let uploads = Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
         let repo: RepoName = "r".parse().unwrap();
         let session = uploads.get(&repo, "big", true).unwrap();
         let mut session = session.blocking_lock();
@@ -353,7 +397,7 @@ mod tests {
     #[test]
     fn a_rollback_below_the_last_early_flush_keeps_the_session_usable() {
         let dir = tempfile::tempdir().unwrap();
-        let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+        let uploads = Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
         let repo: RepoName = "r".parse().unwrap();
         let session = uploads.get(&repo, "cut", true).unwrap();
         let mut session = session.blocking_lock();
@@ -383,7 +427,8 @@ mod tests {
     #[test]
     fn concurrent_first_opens_of_one_id_share_one_session_and_lose_no_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let uploads = Arc::new(Uploads::open(dir.path().join("uploads")).unwrap());
+        let uploads =
+            Arc::new(Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap());
         let repo: RepoName = "r".parse().unwrap();
         let first = uploads.get(&repo, "sync-blob-1", true).unwrap();
         first.blocking_lock().append(b"already fetched").unwrap();
@@ -410,11 +455,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo: RepoName = "r".parse().unwrap();
         {
-            let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+            let uploads =
+                Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
             let s = uploads.get(&repo, "resume-me", true).unwrap();
             s.blocking_lock().append(b"hello ").unwrap();
         }
-        let uploads = Uploads::open(dir.path().join("uploads")).unwrap();
+        let uploads = Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
         let s = uploads.get(&repo, "resume-me", false).unwrap();
         let mut s = s.blocking_lock();
         assert_eq!(s.len(), 6);

@@ -110,10 +110,17 @@ async fn append_body(
             .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
         }
     }
+    let expected = range.map(|(s, e)| e - s + 1).or(declared);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
     let writer = tokio::task::spawn_blocking(move || {
         let mut session = session;
         let checkpoint = session.checkpoint();
+        if let Some(size) = expected.filter(|size| *size > 0) {
+            if let Err(err) = session.make_room(size) {
+                // Dropping the receiver ends the body below; the error is reported after it.
+                return (session, checkpoint, Err(err));
+            }
+        }
         let mut result = Ok(());
         while let Some(chunk) = rx.blocking_recv() {
             if let Err(err) = session.append(&chunk) {
@@ -148,7 +155,6 @@ async fn append_body(
     if let Err(err) = written {
         failure = Some(err.into());
     }
-    let expected = range.map(|(s, e)| e - s + 1).or(declared);
     if failure.is_none() {
         if let Some(expected) = expected.filter(|e| *e != received) {
             failure = Some(ApiError::new(
