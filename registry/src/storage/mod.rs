@@ -9,6 +9,7 @@ pub mod gc;
 pub mod meta;
 pub mod reader;
 pub mod uploads;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
