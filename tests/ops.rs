@@ -14,28 +14,15 @@ use common::{bin, free_port, poll, start_registry, Proc};
 
 /// GET `url` with curl: (status, body, headers). `root` is the CA to trust for https.
 fn curl(url: &str, root: Option<&Path>, headers: &[&str]) -> (u16, String, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20", "-D", "-", "-o", "/dev/stderr"]);
+    let mut args = Vec::new();
     if let Some(root) = root {
-        cmd.arg("--cacert").arg(root);
+        args.extend(["--cacert", root.to_str().unwrap()]);
     }
     for h in headers {
-        cmd.args(["-H", h]);
+        args.extend(["-H", h]);
     }
-    let out = cmd
-        .arg(url)
-        .output()
-        .expect("run curl (./test.sh installs it)");
-    let head = String::from_utf8_lossy(&out.stdout).into_owned();
-    let body = String::from_utf8_lossy(&out.stderr).into_owned();
-    let status = head
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("HTTP/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("curl {url} got no HTTP response: {body}"));
-    (status, body, head)
+    args.push(url);
+    common::curl(&args)
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {

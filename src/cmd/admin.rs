@@ -336,23 +336,25 @@ fn render_sync(out: &mut String, sync: &SyncService) {
             "connected_registry_sync_passes_total{{outcome=\"{outcome}\"}} {n}"
         );
     }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP connected_registry_sync_bytes_total Blob bytes sync moved, by direction.\n\
-         # TYPE connected_registry_sync_bytes_total counter\n\
-         connected_registry_sync_bytes_total{{direction=\"down\"}} {}\n\
-         connected_registry_sync_bytes_total{{direction=\"up\"}} {}",
-        totals.bytes_down.load(ld),
-        totals.bytes_up.load(ld)
+        "connected_registry_sync_bytes_total",
+        "Blob bytes sync moved, by direction.",
+        "direction",
+        &[
+            ("down", totals.bytes_down.load(ld)),
+            ("up", totals.bytes_up.load(ld)),
+        ],
     );
-    let _ = writeln!(
+    family(
         out,
-        "# HELP connected_registry_sync_tags_total Tags sync changed here, by change.\n\
-         # TYPE connected_registry_sync_tags_total counter\n\
-         connected_registry_sync_tags_total{{change=\"updated\"}} {}\n\
-         connected_registry_sync_tags_total{{change=\"deleted\"}} {}",
-        totals.tags_updated.load(ld),
-        totals.tags_deleted.load(ld)
+        "connected_registry_sync_tags_total",
+        "Tags sync changed here, by change.",
+        "change",
+        &[
+            ("updated", totals.tags_updated.load(ld)),
+            ("deleted", totals.tags_deleted.load(ld)),
+        ],
     );
     let _ = writeln!(
         out,
@@ -383,6 +385,14 @@ fn render_sync(out: &mut String, sync: &SyncService) {
              connected_registry_sync_lag_seconds {}",
             unix_now().saturating_sub(done.timestamp()).max(0)
         );
+    }
+}
+
+/// A counter family with one label, one sample per value.
+fn family(out: &mut String, name: &str, help: &str, label: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 
