@@ -200,10 +200,18 @@ fn serve_keeps_syncing_while_the_window_is_open() {
     wait_for_tag(&child, "demo/app", "v2", &v2);
     drop(child);
 
+    // ReadWrite, so a client may delete here (deletions stay local; the parent's tag comes back).
     let child = start_child(
         &tmp.path().join("child"),
         &parent_url,
-        &["--repo", "demo/*", "--sync-poll-interval", "P1D"],
+        &[
+            "--repo",
+            "demo/*",
+            "--sync-poll-interval",
+            "P1D",
+            "--mode",
+            "ReadWrite",
+        ],
     );
     status_when(&child, "a completed pass", |s| {
         s["lastResult"]["outcome"] == "Completed"
@@ -212,6 +220,52 @@ fn serve_keeps_syncing_while_the_window_is_open() {
         .delete("/v2/demo/app/manifests/v1")
         .expect(202);
     wait_for_tag(&child, "demo/app", "v1", &v1);
+}
+
+/// ReadOnly (a child's default) refuses every client write with 405 `UNSUPPORTED`, whatever
+/// the route, and leaves nothing behind, while sync in the same process still writes what it
+/// brings down.
+#[test]
+fn serve_read_only_refuses_client_writes_while_sync_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let parent_url = parent.url();
+    let up = Api::new(&parent_url);
+    let (_, v1, blobs) = up.push_image("demo/app", "v1", 1, 2048);
+    let child = start_child(
+        &tmp.path().join("child"),
+        &parent_url,
+        &["--repo", "demo/*", "--sync-poll-interval", "PT1S"],
+    );
+    wait_for_tag(&child, "demo/app", "v1", &v1.digest);
+    let api = Api::new(&child.url());
+    let manifest = api.get("/v2/demo/app/manifests/v1").expect(200).body;
+    let layer = &blobs[1].digest;
+    let refused = [
+        api.send(api.req(reqwest::Method::POST, "/v2/demo/app/blobs/uploads/")),
+        api.send(api.req(
+            reqwest::Method::POST,
+            &format!("/v2/other/app/blobs/uploads/?mount={layer}&from=demo/app"),
+        )),
+        api.put_manifest("demo/app", "v2", common::api::OCI_MANIFEST, &manifest),
+        api.delete("/v2/demo/app/manifests/v1"),
+        api.delete(&format!("/v2/demo/app/blobs/{layer}")),
+        api.send(api.req(reqwest::Method::PATCH, "/v2/demo/app/blobs/uploads/x")),
+    ];
+    for r in refused {
+        let text = r.text();
+        r.expect_error(405, "UNSUPPORTED");
+        assert!(
+            text.contains("This operation is not allowed on this registry"),
+            "{text}"
+        );
+    }
+    assert_eq!(api.tags("demo/app"), vec!["v1".to_owned()]);
+    assert!(api.tags("other/app").is_empty());
+    api.get("/v2/demo/app/manifests/v1").expect(200);
+    // Sync still writes: a new tag at the parent comes down at the next poll.
+    let (_, v2, _) = up.push_image("demo/app", "v2", 1, 2048);
+    wait_for_tag(&child, "demo/app", "v2", &v2.digest);
 }
 
 /// A repository the parent does not have is a warning in the status, not silence.

@@ -108,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Every setting is checked, and the port taken, before anything is written to disk: a
     // refused command leaves no data directory behind.
     let sync = super::sync::Prepared::from_flags(&args.sync)?;
+    let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
     super::check_data_dir(&args.data, super::MissingData::Create)?;
     let port =
@@ -139,9 +140,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let background = sync
         .map(|sync| sync.start_background(store.clone(), &args.data))
         .transpose()?;
-    let miss_hint = background.as_ref().map(|b| b.miss_hint.clone());
     let sync_service = background.as_ref().map(|b| b.service.clone());
-    let mut app = registry::api::router_with(store.clone(), miss_hint);
+    let options = registry::api::Options {
+        miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
+        writes,
+    };
+    let mut app = registry::api::router_with(store.clone(), options);
     // With --admin, every request is counted; without it the router has no such layer.
     let mut ops = admin.map(|listener| {
         let http = Arc::new(registry::api::metrics::HttpMetrics::default());
@@ -199,6 +203,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     served.context("server failed")?;
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether clients may write: the sync mode decides (ReadOnly, a child's default, refuses every
+/// client write; sync still writes what it brings down). A registry with no parent takes
+/// pushes unless `--mode ReadOnly` says otherwise.
+fn client_writes(
+    sync: Option<&super::sync::Prepared>,
+    mode: Option<&str>,
+) -> anyhow::Result<registry::api::Writes> {
+    let mode = match (sync, mode) {
+        (Some(sync), _) => sync.mode(),
+        (None, Some(mode)) => mode.parse()?,
+        (None, None) => sync::settings::Mode::ReadWrite,
+    };
+    Ok(match mode {
+        sync::settings::Mode::ReadOnly => registry::api::Writes::Refused,
+        sync::settings::Mode::ReadWrite => registry::api::Writes::Allowed,
+    })
 }
 
 /// The certificate the built-in proxy serves.

@@ -229,6 +229,11 @@ impl Prepared {
         Ok(Some(Prepared { settings, client }))
     }
 
+    /// ReadOnly or ReadWrite, as the settings say (ReadOnly when none is given).
+    pub fn mode(&self) -> sync::settings::Mode {
+        self.settings.mode
+    }
+
     fn engine(
         self,
         store: registry::Store,

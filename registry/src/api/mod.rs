@@ -20,22 +20,47 @@ use oci::name::RepoName;
 /// answer is added to the 404's message; it must name no internal address.
 pub type MissHint = Arc<dyn Fn(&RepoName) -> Option<String> + Send + Sync>;
 
+/// Who may write through the API. Sync writes through the store, never through these routes, so
+/// a read-only registry still fills from its parent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Writes {
+    /// Clients push and delete (a standalone registry; a child in ReadWrite mode).
+    #[default]
+    Allowed,
+    /// Every client write is refused (a child in ReadOnly mode: content comes from the parent).
+    Refused,
+}
+
+/// How the routes behave beyond the store they serve.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Explains a 404 for a repository (see [`MissHint`]).
+    pub miss_hint: Option<MissHint>,
+    pub writes: Writes,
+}
+
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub miss_hint: Option<MissHint>,
+    pub writes: Writes,
 }
 
 /// The registry's routes over `store`. The binary merges other parts' routes into it.
 pub fn router(store: Store) -> Router {
-    router_with(store, None)
+    router_with(store, Options::default())
 }
 
-/// [`router`] whose 404s for a repository also say what `miss_hint` knows of it.
-pub fn router_with(store: Store, miss_hint: Option<MissHint>) -> Router {
+/// [`router`] with [`Options`]: 404s that say what a miss hint knows, writes refused.
+pub fn router_with(store: Store, options: Options) -> Router {
+    let state = AppState {
+        store,
+        miss_hint: options.miss_hint,
+        writes: options.writes,
+    };
     v2::routes()
         .merge(acr::routes())
         .layer(axum::middleware::from_fn(drain::drain_unread_body))
-        .with_state(AppState { store, miss_hint })
+        .with_state(state)
 }

@@ -115,6 +115,15 @@ pub fn digest(s: &str) -> Result<Digest, ApiError> {
     Ok(s.parse()?)
 }
 
+/// The answer to any client write on a read-only registry (the words ACR's connected registry
+/// uses): 405 `UNSUPPORTED`, whatever the route.
+fn read_only() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unsupported,
+        "This operation is not allowed on this registry",
+    )
+}
+
 fn unsupported(method: &Method, what: &str) -> ApiError {
     ApiError::new(
         ErrorCode::Unsupported,
@@ -181,6 +190,9 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
         .with_status(axum::http::StatusCode::NOT_FOUND)
     })?;
     let store = &state.store;
+    if state.writes == super::Writes::Refused && !matches!(req.method, Method::GET | Method::HEAD) {
+        return Err(read_only());
+    }
     match (route, req.method.clone()) {
         (Route::Catalog, Method::GET) => listing::catalog(store, &req),
         (Route::Tags(name), Method::GET) => listing::tags(store, &repo(name)?, &req),
