@@ -103,31 +103,7 @@ fn soon(cond: impl FnMut() -> bool) -> bool {
 
 /// `curl` with only `root` trusted; returns (HTTP status, body, response headers).
 fn curl(root: &Path, args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "60",
-            "--cacert",
-            root.to_str().unwrap(),
-            "-D",
-            "-",
-            "-o",
-            "/dev/stderr",
-        ])
-        .args(args)
-        .output()
-        .expect("run curl (./test.sh installs it)");
-    let headers = String::from_utf8_lossy(&out.stdout).into_owned();
-    let body = String::from_utf8_lossy(&out.stderr).into_owned();
-    let status = headers
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("HTTP/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("curl {args:?} got no HTTP response: {body}"));
-    (status, body, headers)
+    common::curl(&[&["--cacert", root.to_str().unwrap()], args].concat())
 }
 
 fn skopeo(args: &[&str]) -> String {

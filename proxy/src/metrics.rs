@@ -1,11 +1,12 @@
-//! Prometheus metrics of the proxy, served as text on the admin listener (`/metrics`).
+//! Prometheus metrics of the proxy, served as text on the admin listener (`/metrics`), with
+//! the probes `/healthz` (the process answers) and `/readyz` (ready for traffic).
 //!
 //! Plain atomics and one small map: a metrics library would cost more than it gives here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub struct Metrics {
     /// The server certificate chain file, read at each scrape for its days to expiry: an
     /// operator's alert on it catches a rotation that stopped before clients see expired certs.
     pub server_cert: std::sync::OnceLock<std::path::PathBuf>,
+    /// The acceptor runs on the TLS listener (set when it starts, cleared if it stops).
+    pub listening: AtomicBool,
 }
 
 #[derive(Default)]
@@ -89,6 +92,29 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry((class.fault.as_str(), class.retryable))
             .or_default() += 1;
+    }
+
+    /// Whether the proxy is ready for traffic (`/readyz`): its configuration loaded (a proxy
+    /// exists only once it has), its server certificate readable and not expired, and the TLS
+    /// listener accepting. The error says what is missing.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err("the TLS listener is not accepting connections".into());
+        }
+        let Some(path) = self.server_cert.get() else {
+            return Err("no server certificate configured".into());
+        };
+        match certs::renew::days_to_expiry(path) {
+            Ok(days) if days > 0.0 => Ok(()),
+            Ok(_) => Err(format!(
+                "the server certificate {} has expired",
+                path.display()
+            )),
+            Err(err) => Err(format!(
+                "the server certificate {} cannot be read: {err}",
+                path.display()
+            )),
+        }
     }
 
     /// The Prometheus text exposition.
@@ -227,7 +253,7 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// Serves `/metrics` (and `/healthz`) over plain HTTP on `listener` until the task is dropped.
+/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `listener` until the task is dropped.
 pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let (tcp, _peer): (tokio::net::TcpStream, SocketAddr) = match listener.accept().await {
@@ -240,23 +266,32 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let resp = match req.uri().path() {
-                        "/metrics" => Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(metrics.render()))),
-                        "/healthz" => {
-                            Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
-                        }
-                        _ => Response::builder()
-                            .status(404)
-                            .body(Full::new(Bytes::from_static(b"try /metrics or /healthz\n"))),
-                    };
-                    Ok::<_, http::Error>(resp.expect("static response parts are valid"))
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let resp =
+                            match req.uri().path() {
+                                "/metrics" => Response::builder()
+                                    .header("content-type", "text/plain; version=0.0.4")
+                                    .body(Full::new(Bytes::from(metrics.render()))),
+                                "/healthz" => {
+                                    Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+                                }
+                                "/readyz" => match metrics.readiness() {
+                                    Ok(()) => Response::builder()
+                                        .body(Full::new(Bytes::from_static(b"ready\n"))),
+                                    Err(why) => Response::builder().status(503).body(Full::new(
+                                        Bytes::from(format!("not ready: {why}\n")),
+                                    )),
+                                },
+                                _ => Response::builder().status(404).body(Full::new(
+                                    Bytes::from_static(b"try /metrics, /healthz or /readyz\n"),
+                                )),
+                            };
+                        Ok::<_, http::Error>(resp.expect("static response parts are valid"))
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;

@@ -323,8 +323,11 @@ impl Proxy {
                             }
                             tokio::spawn(reload_loop(state.clone(), loader));
                             let acceptor = accept_loop(listener, senders, permits, state.clone());
+                            let metrics = state.metrics.clone();
+                            metrics.listening.store(true, Ordering::Relaxed);
                             tokio::spawn(async move {
                                 acceptor.await;
+                                metrics.listening.store(false, Ordering::Relaxed);
                                 // Without an acceptor nothing new arrives: stop the proxy.
                                 let _ = done.send(()).await;
                             });
@@ -710,6 +713,7 @@ async fn handle(
     let path = client_uri.path();
     let table = state.tables.read().unwrap_or_else(|e| e.into_inner())[info.worker].clone();
     let progress = Arc::new(ReqProgress::default());
+    let request_id = request_id(req.headers());
 
     // `class` is set for an exchange the proxy failed (or that failed on its way).
     let make_exchange = |upstream: Option<Arc<str>>,
@@ -720,6 +724,7 @@ async fn handle(
         let method = method.clone();
         let uri = client_uri.clone();
         let progress = progress.clone();
+        let request_id = request_id.clone();
         Exchange {
             on_done: Some(Box::new(move |bytes_out: u64, outcome: Outcome| {
                 let secs = start.elapsed().as_secs_f64();
@@ -750,10 +755,12 @@ async fn handle(
                 state.metrics.request(up, status.as_u16(), secs);
                 tracing::info!(
                     target: "access",
-                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} fault={}{}",
+                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} rid={} fault={}{}",
                     uri.path(),
                     status.as_u16(),
                     secs * 1000.0,
+                    // Checked or made by `request_id`: plain text, fit for a log line.
+                    request_id.to_str().unwrap_or("-"),
                     class.map_or("-".into(), |c| format!("{} retryable={}", c.fault, c.retryable)),
                     error.map(|e| format!(" error={e:?}")).unwrap_or_default()
                 );
@@ -765,6 +772,8 @@ async fn handle(
     let reply = |status: StatusCode, body: Bytes, exchange: Exchange| {
         let mut resp = Response::new(RespBody::full(body, exchange));
         *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(util::request_id::HEADER, request_id.clone());
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -826,6 +835,7 @@ async fn handle(
     };
     headers.insert("x-forwarded-for", xff);
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert(util::request_id::HEADER, request_id.clone());
     if let Some(h) = &host {
         headers.insert("x-forwarded-host", h.clone());
         headers.insert(header::HOST, h.clone());
@@ -959,8 +969,22 @@ async fn handle(
         &mut parts.headers,
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
+    parts
+        .headers
+        .insert(util::request_id::HEADER, request_id.clone());
     let exchange = make_exchange(Some(upstream_name), status, None, None);
     Response::from_parts(parts, RespBody::upstream(body, exchange))
+}
+
+/// The request's id: the client's `X-Request-Id` when it is fit to log, else a fresh one. It
+/// goes upstream, back to the client and into the access log, so one request can be followed
+/// across hops.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(util::request_id::HEADER) {
+        Some(id) if util::request_id::is_valid(id.as_bytes()) => id.clone(),
+        _ => HeaderValue::from_str(&util::request_id::new())
+            .expect("hex digits are a valid header value"),
+    }
 }
 
 fn find_connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {

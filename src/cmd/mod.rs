@@ -1,5 +1,6 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
+pub mod admin;
 pub mod certs;
 pub mod gc;
 pub mod manifest;

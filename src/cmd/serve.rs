@@ -110,6 +110,9 @@ pub struct Args {
     pub gc: super::gc::GcFlags,
 
     #[command(flatten)]
+    pub admin: super::admin::AdminFlags,
+
+    #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
 }
 
@@ -122,6 +125,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::check_data_dir(&args.data, super::MissingData::Create)?;
     let port =
         claim_port(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin = match args.admin.admin {
+        Some(addr) => Some(super::admin::bind(addr).await?),
+        None => None,
+    };
     let limits = Limits {
         max_manifest_size: args.max_manifest_size,
         manifest_cache_bytes: args.manifest_cache_size,
@@ -134,21 +141,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = port
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let gc_totals = Arc::new(super::admin::GcTotals::default());
     if !args.gc_interval.is_zero() {
         tokio::spawn(collect_garbage(
             store.clone(),
             args.gc_interval,
             args.gc.options(),
+            gc_totals.clone(),
         ));
     }
     let background = sync
         .map(|sync| sync.start_background(store.clone(), &args.data))
         .transpose()?;
+    let sync_service = background.as_ref().map(|b| b.service.clone());
     let options = registry::api::Options {
         miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
         writes,
     };
     let mut app = registry::api::router_with(store.clone(), options);
+    // With --admin, every request is counted; without it the router has no such layer.
+    let mut ops = admin.map(|listener| {
+        let http = Arc::new(registry::api::metrics::HttpMetrics::default());
+        app = std::mem::take(&mut app).layer(registry::api::metrics::MetricsLayer(http.clone()));
+        let mut ops = super::admin::Ops::new(store.clone(), http, gc_totals, &args.admin);
+        ops.sync = sync_service;
+        (listener, ops)
+    });
     match background {
         // The sync service prunes the change log itself, sparing what still has to go up.
         Some(background) => app = app.merge(background.status),
@@ -168,7 +186,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 names: super::proxy::dev_names(tls, &args.proxy_names),
             },
         };
-        start_local_proxy(tls, listener.local_addr()?, chain).await?;
+        let cert = start_local_proxy(tls, listener.local_addr()?, chain).await?;
+        if let Some((_, ops)) = &mut ops {
+            ops.cert = Some(cert);
+        }
+    }
+    if let Some((listener, ops)) = ops {
+        super::admin::spawn(listener, ops);
     }
     tracing::info!(
         listen = %args.listen,
@@ -259,12 +283,12 @@ fn claim_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
-/// The API proxy in this process, in front of this registry.
+/// The API proxy in this process, in front of this registry; returns its server chain's path.
 async fn start_local_proxy(
     tls: SocketAddr,
     registry: SocketAddr,
     chain: ServerChain,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PathBuf> {
     let mut upstream = registry;
     if upstream.ip().is_unspecified() {
         upstream.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -279,7 +303,7 @@ async fn start_local_proxy(
     };
     let flags = proxy::Flags {
         listen: Some(tls.to_string()),
-        cert: Some(cert),
+        cert: Some(cert.clone()),
         key: Some(key),
         routes: ["/v2", "/acr", "/oauth2"]
             .iter()
@@ -299,7 +323,7 @@ async fn start_local_proxy(
         server.local_addr()?
     );
     tokio::spawn(server.serve());
-    Ok(())
+    Ok(cert)
 }
 
 /// Drops change-log entries older than `ttl`, hourly: a child away longer falls back once to
@@ -324,16 +348,30 @@ async fn prune_change_log(store: Store, ttl: Duration) {
 }
 
 /// Collects garbage every `interval`, first one `interval` after start.
-async fn collect_garbage(store: Store, interval: Duration, options: registry::storage::GcOptions) {
+async fn collect_garbage(
+    store: Store,
+    interval: Duration,
+    options: registry::storage::GcOptions,
+    totals: Arc<super::admin::GcTotals>,
+) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         ticks.tick().await;
         let store = store.clone();
         let options = options.clone();
         match tokio::task::spawn_blocking(move || store.gc(&options)).await {
-            Ok(Ok(report)) => tracing::info!(?report, "garbage collected"),
-            Ok(Err(err)) => tracing::error!("garbage collection failed: {err}"),
-            Err(err) => tracing::error!("garbage collection task failed: {err}"),
+            Ok(Ok(report)) => {
+                totals.add(Ok(&report));
+                tracing::info!(?report, "garbage collected")
+            }
+            Ok(Err(err)) => {
+                totals.add(Err(()));
+                tracing::error!("garbage collection failed: {err}")
+            }
+            Err(err) => {
+                totals.add(Err(()));
+                tracing::error!("garbage collection task failed: {err}")
+            }
         }
     }
 }

@@ -210,6 +210,8 @@ pub struct Background {
     pub status: axum::Router,
     /// Tells a client asking for a repository outside the sync scope that it is.
     pub miss_hint: registry::api::MissHint,
+    /// The schedule itself, for the admin listener's metrics and readiness.
+    pub service: Arc<SyncService>,
 }
 
 impl Prepared {
@@ -270,6 +272,7 @@ impl Prepared {
         Ok(Background {
             status: service.router(),
             miss_hint,
+            service,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! Layout, in the order a pass runs:
 //! - `service`: the schedule `serve` runs (windows, polls, retries) and `GET /acr/v1/_sync/status`;
 //!   `sync --once` calls [`Engine::run_pass`] directly.
+//! - `totals`: counters over every pass since start, for `serve --admin`'s metrics.
 //! - `engine`: what a pass works with (the parent, the local store, settings, state) and its errors.
 //! - `pass`: one pass: push up (`push`, ReadWrite), then pull down: which repositories and tags to
 //!   compare, the summary.
@@ -35,6 +36,7 @@ pub mod service;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod totals;
 
 pub use axum;
 pub use client::ParentClient;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::settings::{format_iso_duration, Mode, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
+use crate::totals::SyncTotals;
 use util::backoff::Backoff;
 
 /// What `GET /acr/v1/_sync/status` returns.
@@ -41,6 +42,13 @@ pub struct StatusView {
     pub next_attempt: Option<DateTime<Utc>>,
     /// Passes in a row that failed in this window (reset by one that completes).
     pub failures_in_a_row: u32,
+    /// When the first of the passes failing now (across windows) finished; `None` when the
+    /// last pass did not fail. Readiness (`serve --admin`'s `/readyz`) compares it with
+    /// `--ready-max-sync-failure`.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Start of the last pass that completed: content here is at least as new as the parent's
+    /// then (the lag metric).
+    pub last_completed: Option<DateTime<Utc>>,
     /// Start of the next scheduled window after the one open now.
     pub next_window_start: Option<DateTime<Utc>>,
     pub last_result: Option<Summary>,
@@ -60,6 +68,7 @@ pub struct StatusView {
 pub struct SyncService {
     engine: Arc<Engine>,
     status: Arc<RwLock<StatusView>>,
+    totals: SyncTotals,
 }
 
 impl SyncService {
@@ -78,6 +87,12 @@ impl SyncService {
             current_window_end: None,
             next_attempt: None,
             failures_in_a_row: 0,
+            failing_since: None,
+            last_completed: state
+                .last_result
+                .as_ref()
+                .filter(|r| r.outcome == Outcome::Completed)
+                .and_then(|r| r.started),
             next_window_start: s.schedule.next_after(Utc::now()),
             warnings: state.scope_warnings,
             errors: state
@@ -93,7 +108,13 @@ impl SyncService {
         Arc::new(SyncService {
             engine,
             status: Arc::new(RwLock::new(status)),
+            totals: SyncTotals::default(),
         })
+    }
+
+    /// Counters over every pass since start.
+    pub fn totals(&self) -> &SyncTotals {
+        &self.totals
     }
 
     pub fn status(&self) -> StatusView {
@@ -173,6 +194,7 @@ impl SyncService {
                 }
             };
             self.log(&summary, failures);
+            self.totals.add(&summary);
             self.prune(&summary).await;
             let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
             let state = self.engine.state.snapshot();
@@ -180,6 +202,17 @@ impl SyncService {
                 s.running = false;
                 s.next_attempt = Some(next.min(end));
                 s.failures_in_a_row = failures;
+                match summary.outcome {
+                    Outcome::Failed => {
+                        s.failing_since
+                            .get_or_insert(summary.finished.unwrap_or_else(Utc::now));
+                    }
+                    Outcome::Completed => {
+                        s.failing_since = None;
+                        s.last_completed = summary.started.or(s.last_completed);
+                    }
+                    _ => s.failing_since = None,
+                }
                 s.errors = summary.errors.clone();
                 s.last_result = Some(summary.clone());
                 s.pushed_seq = state.pushed_seq;

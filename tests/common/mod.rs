@@ -166,3 +166,23 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `curl -sS ARGS...` (60 s at most); returns (HTTP status of the last response, body,
+/// response headers). Panics when no HTTP response came.
+pub fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-D", "-", "-o", "/dev/stderr"])
+        .args(args)
+        .output()
+        .expect("run curl (./test.sh installs it)");
+    let headers = String::from_utf8_lossy(&out.stdout).into_owned();
+    let body = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = headers
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("curl {args:?} got no HTTP response: {body}"));
+    (status, body, headers)
+}

@@ -7,6 +7,7 @@
 //! | [`backoff`] | exponential backoff with jitter, so clients that lost the same peer do not come back in step |
 //! | [`atomic_file`] | replace a file so a crash or a concurrent reader sees the old or the new one, never half |
 //! | [`file_watch`] | notice that files changed on disk (inode, length, mtime), for reloading |
+//! | [`request_id`] | `X-Request-Id`: which ids a hop keeps and logs, and fresh ones |
 //! | `shutdown` | the future that completes on SIGTERM or Ctrl-C (feature `shutdown`) |
 //!
 //! Each module depends on nothing but `std`, except `shutdown`, which needs tokio's signal
@@ -21,5 +22,6 @@ pub mod file_watch;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod request_id;
 #[cfg(feature = "shutdown")]
 pub mod shutdown;

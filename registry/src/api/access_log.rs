@@ -1,5 +1,6 @@
 //! The registry's access log: one line per request, at info level with target `access` (as the
-//! proxy's), saying method, path, status, bytes sent, duration and client address, written when
+//! proxy's), saying method, path, status, bytes sent, duration, client address and request id
+//! (`X-Request-Id`, which the proxy sets: one pull can be followed across both), written when
 //! the response body has been sent or the client went away. The query string is left out and
 //! no header is ever logged: both can carry tokens (`Authorization`, `?token=`).
 //!
@@ -22,7 +23,7 @@ use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use bytes::Bytes;
-use http::{Method, StatusCode, Uri};
+use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tower::Service;
 
@@ -85,6 +86,7 @@ impl Service<Request> for AccessLog {
                 method: request.method().clone(),
                 uri: request.uri().clone(),
                 client: self.client,
+                request_id: request.headers().get(util::request_id::HEADER).cloned(),
                 status: None,
                 bytes: 0,
                 complete: false,
@@ -131,6 +133,8 @@ struct Line {
     method: Method,
     uri: Uri,
     client: SocketAddr,
+    /// The `X-Request-Id` the request came with (a clone shares the header's bytes).
+    request_id: Option<HeaderValue>,
     status: Option<StatusCode>,
     bytes: u64,
     complete: bool,
@@ -146,12 +150,13 @@ impl Drop for Line {
         };
         tracing::info!(
             target: "access",
-            "{} {} {} out={} {millis:.1}ms client={}{ending}",
+            "{} {} {} out={} {millis:.1}ms client={} rid={}{ending}",
             self.method,
             self.uri.path(),
             StatusText(self.status),
             self.bytes,
             self.client,
+            RequestIdText(self.request_id.as_ref()),
         );
     }
 }
@@ -164,6 +169,21 @@ impl std::fmt::Display for StatusText {
         match self.0 {
             None => f.write_str("-"),
             Some(code) => code.as_u16().fmt(f),
+        }
+    }
+}
+
+/// A request id fit for a log line (see `util::request_id::is_valid`), else `-`: a client
+/// talking to the registry directly could send anything.
+struct RequestIdText<'a>(Option<&'a HeaderValue>);
+
+impl std::fmt::Display for RequestIdText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.map(|v| v.as_bytes()) {
+            Some(id) if util::request_id::is_valid(id) => {
+                f.write_str(std::str::from_utf8(id).map_err(|_| std::fmt::Error)?)
+            }
+            _ => f.write_str("-"),
         }
     }
 }

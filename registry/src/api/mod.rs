@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod acr;
 mod drain;
 pub mod error;
+pub mod metrics;
 pub mod v2;
 
 use std::sync::Arc;

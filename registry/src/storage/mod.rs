@@ -10,6 +10,7 @@ pub mod meta;
 pub mod reader;
 pub mod space;
 pub mod uploads;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
