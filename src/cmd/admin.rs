@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use registry::api::metrics::HttpMetrics;
 use registry::storage::usage::Usage;
-use registry::Store;
+use registry::{MinFree, Store};
 use sync::service::SyncService;
 
 /// The admin listener's flags (`serve`).
@@ -41,7 +41,6 @@ pub struct AdminFlags {
         env = "CONNECTED_REGISTRY_READY_MIN_FREE",
         value_name = "BYTES|N%",
         default_value = "64MiB",
-        value_parser = parse_min_free
     )]
     pub ready_min_free: MinFree,
 
@@ -54,48 +53,6 @@ pub struct AdminFlags {
         value_parser = super::parse_duration
     )]
     pub ready_max_sync_failure: Duration,
-}
-
-/// The least free space a ready registry has.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum MinFree {
-    Bytes(u64),
-    /// A share of the disk's size, in percent.
-    Percent(f64),
-}
-
-impl MinFree {
-    fn bytes(self, total: u64) -> u64 {
-        match self {
-            MinFree::Bytes(n) => n,
-            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
-        }
-    }
-}
-
-fn parse_min_free(value: &str) -> Result<MinFree, String> {
-    let bad =
-        || format!("expected bytes (67108864, 64MiB, 1GiB) or a percentage (1%), not {value:?}");
-    if let Some(p) = value.strip_suffix('%') {
-        let p: f64 = p.trim().parse().map_err(|_| bad())?;
-        return (0.0..=100.0)
-            .contains(&p)
-            .then_some(MinFree::Percent(p))
-            .ok_or_else(bad);
-    }
-    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => value.split_at(i),
-        None => (value, ""),
-    };
-    let factor: u64 = match unit {
-        "" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(factor).map(MinFree::Bytes).ok_or_else(bad)
 }
 
 /// Garbage collections while serving, for metrics.
@@ -409,21 +366,4 @@ async fn usage(ops: &Ops) -> std::io::Result<Usage> {
         .map_err(std::io::Error::other)??;
     *ops.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), usage));
     Ok(usage)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn min_free_in_bytes_or_percent() {
-        assert_eq!(parse_min_free("1%"), Ok(MinFree::Percent(1.0)));
-        assert_eq!(parse_min_free("64MiB"), Ok(MinFree::Bytes(64 << 20)));
-        assert_eq!(parse_min_free("1024"), Ok(MinFree::Bytes(1024)));
-        assert_eq!(parse_min_free("2GiB"), Ok(MinFree::Bytes(2 << 30)));
-        for bad in ["", "1MB", "101%", "x%", "-1", "99999999999999999999GiB"] {
-            assert!(parse_min_free(bad).is_err(), "{bad}");
-        }
-        assert_eq!(MinFree::Percent(1.0).bytes(1000), 10);
-    }
 }

@@ -111,26 +111,12 @@ impl Space {
         Space { dir, min_free }
     }
 
-    #[cfg(unix)]
     fn free(&self) -> Result<Free, StorageError> {
-        let stat = rustix::fs::statvfs(&self.dir).map_err(|e| {
-            StorageError::io(format!("free space of {}", self.dir.display()))(e.into())
-        })?;
+        let disk = super::usage::disk_space(&self.dir)
+            .map_err(StorageError::io(format!("free space of {}", self.dir.display())))?;
         Ok(Free {
-            available: stat.f_bavail.saturating_mul(stat.f_frsize),
-            reserve: self
-                .min_free
-                .bytes(stat.f_blocks.saturating_mul(stat.f_frsize)),
-        })
-    }
-
-    /// Without `statvfs` the free space is unknown: nothing is refused ahead, and a full disk
-    /// still fails the write cleanly.
-    #[cfg(not(unix))]
-    fn free(&self) -> Result<Free, StorageError> {
-        Ok(Free {
-            available: u64::MAX,
-            reserve: 0,
+            available: disk.free_bytes,
+            reserve: self.min_free.bytes(disk.total_bytes),
         })
     }
 
@@ -211,14 +197,22 @@ mod tests {
         assert_eq!("2 GiB".parse(), Ok(MinFree::Bytes(2 << 30)));
         assert_eq!(MinFree::default(), MinFree::Bytes(256 << 20));
         assert_eq!(MinFree::Percent(1.0).bytes(1000), 10);
+        // As `serve --ready-min-free` reads it too.
+        assert_eq!("1%".parse(), Ok(MinFree::Percent(1.0)));
+        assert_eq!("64MiB".parse(), Ok(MinFree::Bytes(64 << 20)));
+        assert_eq!("1024".parse(), Ok(MinFree::Bytes(1024)));
         for bad in [
             "",
             "5 %%",
             "100%",
+            "101%",
+            "x%",
             "-1",
+            "1MB",
             "1.5GiB",
             "12 parsecs",
             "99999999999TiB",
+            "99999999999999999999GiB",
         ] {
             assert!(bad.parse::<MinFree>().is_err(), "{bad}");
         }
