@@ -75,42 +75,28 @@ const BUCKETS: [f64; 15] = [
 ];
 
 impl Route {
-    /// The route of `path`, read from its end as the dispatcher does (a repository name may
-    /// hold `manifests` or `blobs` as a component; the last components decide).
+    /// The route of `path`, as the dispatcher reads it (`v2::parse_route`: from the end, since
+    /// a repository name may hold `manifests` or `blobs` as a component).
     pub fn of(path: &str) -> Route {
-        let Some(rest) = path.strip_prefix("/v2/") else {
-            return match path {
-                "/v2" => Route::Base,
-                p if p.starts_with("/acr/") => Route::Acr,
-                _ => Route::Other,
-            };
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() {
+        use super::v2::Route as V2;
+        if path == "/v2" || path == "/v2/" {
             return Route::Base;
         }
-        if rest == "_catalog" {
-            return Route::Catalog;
-        }
-        if rest.ends_with("/tags/list") {
-            return Route::Tags;
-        }
-        if rest.ends_with("/blobs/uploads") {
-            return Route::Upload;
-        }
-        let Some((head, _last)) = rest.rsplit_once('/') else {
-            return Route::Other;
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return if path.starts_with("/acr/") {
+                Route::Acr
+            } else {
+                Route::Other
+            };
         };
-        if head.ends_with("/blobs/uploads") {
-            Route::Upload
-        } else if head.ends_with("/manifests") {
-            Route::Manifest
-        } else if head.ends_with("/blobs") {
-            Route::Blob
-        } else if head.ends_with("/referrers") {
-            Route::Referrers
-        } else {
-            Route::Other
+        match super::v2::parse_route(rest) {
+            Some(V2::Catalog) => Route::Catalog,
+            Some(V2::Tags(_)) => Route::Tags,
+            Some(V2::Manifest(..)) => Route::Manifest,
+            Some(V2::Referrers(..)) => Route::Referrers,
+            Some(V2::UploadStart(_) | V2::Upload(..)) => Route::Upload,
+            Some(V2::Blob(..)) => Route::Blob,
+            None => Route::Other,
         }
     }
 }

@@ -54,7 +54,7 @@ async fn base() -> Response {
 
 /// The parts of a `/v2/...` path.
 #[derive(Debug, PartialEq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     Catalog,
     Tags(&'a str),
     Manifest(&'a str, &'a str),
@@ -69,7 +69,7 @@ fn last_segment<'a>(path: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
         .filter(|(name, rest)| !name.is_empty() && !rest.is_empty() && !rest.contains('/'))
 }
 
-fn parse_route(path: &str) -> Option<Route<'_>> {
+pub(crate) fn parse_route(path: &str) -> Option<Route<'_>> {
     if path == "_catalog" {
         return Some(Route::Catalog);
     }
