@@ -40,7 +40,7 @@ pub struct AdminFlags {
         long,
         env = "CONNECTED_REGISTRY_READY_MIN_FREE",
         value_name = "BYTES|N%",
-        default_value = "64MiB",
+        default_value = "64MiB"
     )]
     pub ready_min_free: MinFree,
 

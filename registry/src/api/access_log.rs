@@ -17,15 +17,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use axum::Router;
-use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tower::Service;
+
+use super::watched_body::{watched, Watch};
 
 /// The router for `axum::serve`, with an access log unless `enabled` is false.
 #[derive(Clone)]
@@ -120,7 +119,7 @@ where
             None => response,
             Some(mut line) => {
                 line.status = Some(response.status());
-                response.map(|body| Body::new(CountedBody { body, line }))
+                response.map(|body| watched(body, line))
             }
         }))
     }
@@ -188,45 +187,11 @@ impl std::fmt::Display for RequestIdText<'_> {
     }
 }
 
-/// A response body that counts the bytes sent and notes whether it was sent to the end.
-struct CountedBody {
-    body: Body,
-    line: Line,
-}
-
-impl HttpBody for CountedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.line.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
-                this.line.complete = this.body.is_end_stream();
-            }
-            Poll::Ready(None) => this.line.complete = true,
-            _ => {}
-        }
-        polled
+impl Watch for Line {
+    fn data(&mut self, n: u64) {
+        self.bytes += n;
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for CountedBody {
-    fn drop(&mut self) {
-        // A body empty from the start (HEAD, 204) may never be polled.
-        self.line.complete |= self.body.is_end_stream();
+    fn ended(&mut self) {
+        self.complete = true;
     }
 }

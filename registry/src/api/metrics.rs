@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use bytes::Bytes;
 use http::Method;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use tower::{Layer, Service};
+
+use super::watched_body::{watched, Count};
 
 /// What a request asked for, from its path: the label `route`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,12 +289,12 @@ where
         } else {
             let (metrics, r) = (self.metrics.clone(), route as usize);
             request.map(|body| {
-                Body::new(CountingBody {
+                watched(
                     body,
-                    count: move |n| {
+                    Count(move |n| {
                         metrics.bytes_in[r].fetch_add(n, Ordering::Relaxed);
-                    },
-                })
+                    }),
+                )
             })
         };
         CountedFuture {
@@ -344,49 +344,16 @@ where
             None => {
                 let metrics = metrics.clone();
                 response.map(|body| {
-                    Body::new(CountingBody {
+                    watched(
                         body,
-                        count: move |n| {
+                        Count(move |n| {
                             metrics.bytes_out[r].fetch_add(n, Ordering::Relaxed);
-                        },
-                    })
+                        }),
+                    )
                 })
             }
         };
         Poll::Ready(Ok(response))
-    }
-}
-
-/// A body that reports the bytes of each frame to `count` as they pass.
-struct CountingBody<C> {
-    body: Body,
-    count: C,
-}
-
-impl<C: Fn(u64) + Unpin + Send + 'static> HttpBody for CountingBody<C> {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                (this.count)(data.len() as u64);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

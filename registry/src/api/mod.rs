@@ -7,6 +7,7 @@ mod drain;
 pub mod error;
 pub mod metrics;
 pub mod v2;
+mod watched_body;
 
 use std::sync::Arc;
 

@@ -112,8 +112,10 @@ impl Space {
     }
 
     fn free(&self) -> Result<Free, StorageError> {
-        let disk = super::usage::disk_space(&self.dir)
-            .map_err(StorageError::io(format!("free space of {}", self.dir.display())))?;
+        let disk = super::usage::disk_space(&self.dir).map_err(StorageError::io(format!(
+            "free space of {}",
+            self.dir.display()
+        )))?;
         Ok(Free {
             available: disk.free_bytes,
             reserve: self.min_free.bytes(disk.total_bytes),
