@@ -197,79 +197,75 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     let usage = usage(&ops).await;
     let mut out = String::with_capacity(8192);
     ops.http.render(&mut out);
-    let mut gauge = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
     match &usage {
         Ok(u) => {
-            gauge(
-                "connected_registry_blobs",
-                "gauge",
-                "Blob files stored (layers, configs, manifests).",
-                &u.blobs,
-            );
-            gauge(
-                "connected_registry_blob_bytes",
-                "gauge",
-                "Bytes of the blob files stored.",
-                &u.blob_bytes,
-            );
-            gauge(
-                "connected_registry_uploads_open",
-                "gauge",
-                "Upload sessions on disk.",
-                &u.uploads_open,
-            );
-            gauge(
-                "connected_registry_disk_free_bytes",
-                "gauge",
-                "Free bytes on the data directory's disk.",
-                &u.disk.free_bytes,
-            );
-            gauge(
-                "connected_registry_disk_size_bytes",
-                "gauge",
-                "Size of the data directory's disk.",
-                &u.disk.total_bytes,
-            );
+            let gauges: [(&str, &str, u64); 5] = [
+                (
+                    "connected_registry_blobs",
+                    "Blob files stored (layers, configs, manifests).",
+                    u.blobs,
+                ),
+                (
+                    "connected_registry_blob_bytes",
+                    "Bytes of the blob files stored.",
+                    u.blob_bytes,
+                ),
+                (
+                    "connected_registry_uploads_open",
+                    "Upload sessions on disk.",
+                    u.uploads_open,
+                ),
+                (
+                    "connected_registry_disk_free_bytes",
+                    "Free bytes on the data directory's disk.",
+                    u.disk.free_bytes,
+                ),
+                (
+                    "connected_registry_disk_size_bytes",
+                    "Size of the data directory's disk.",
+                    u.disk.total_bytes,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                single(&mut out, name, "gauge", help, &value);
+            }
         }
         Err(err) => tracing::warn!("metrics: cannot read the store's usage: {err}"),
     }
     let ld = Ordering::Relaxed;
     let gc = &ops.gc;
-    gauge(
-        "connected_registry_gc_runs_total",
-        "counter",
-        "Garbage collections finished while serving.",
-        &gc.runs.load(ld),
-    );
-    gauge(
-        "connected_registry_gc_failures_total",
-        "counter",
-        "Garbage collections that failed.",
-        &gc.failures.load(ld),
-    );
-    gauge(
-        "connected_registry_gc_freed_bytes_total",
-        "counter",
-        "Bytes of blob files garbage collection removed.",
-        &gc.bytes_freed.load(ld),
-    );
-    gauge(
-        "connected_registry_gc_deleted_blobs_total",
-        "counter",
-        "Blob files garbage collection removed.",
-        &gc.blobs_deleted.load(ld),
-    );
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "connected_registry_gc_runs_total",
+            "Garbage collections finished while serving.",
+            gc.runs.load(ld),
+        ),
+        (
+            "connected_registry_gc_failures_total",
+            "Garbage collections that failed.",
+            gc.failures.load(ld),
+        ),
+        (
+            "connected_registry_gc_freed_bytes_total",
+            "Bytes of blob files garbage collection removed.",
+            gc.bytes_freed.load(ld),
+        ),
+        (
+            "connected_registry_gc_deleted_blobs_total",
+            "Blob files garbage collection removed.",
+            gc.blobs_deleted.load(ld),
+        ),
+    ];
+    for (name, help, value) in counters {
+        single(&mut out, name, "counter", help, &value);
+    }
     if let Some(days) = ops
         .cert
         .as_deref()
         .and_then(|path| certs::renew::days_to_expiry(path).ok())
     {
-        gauge(
+        single(
+            &mut out,
             "connected_registry_server_cert_days_to_expiry",
             "gauge",
             "Days until the built-in proxy's server certificate expires.",
@@ -286,13 +282,17 @@ fn render_sync(out: &mut String, sync: &SyncService) {
     let totals = sync.totals();
     let status = sync.status();
     let ld = Ordering::Relaxed;
-    out.push_str("# HELP connected_registry_sync_passes_total Sync passes finished, by outcome.\n# TYPE connected_registry_sync_passes_total counter\n");
-    for (outcome, n) in sync::totals::OUTCOMES.iter().zip(totals.passes()) {
-        let _ = writeln!(
-            out,
-            "connected_registry_sync_passes_total{{outcome=\"{outcome}\"}} {n}"
-        );
-    }
+    let passes: Vec<(&str, u64)> = sync::totals::OUTCOMES
+        .into_iter()
+        .zip(totals.passes())
+        .collect();
+    family(
+        out,
+        "connected_registry_sync_passes_total",
+        "Sync passes finished, by outcome.",
+        "outcome",
+        &passes,
+    );
     family(
         out,
         "connected_registry_sync_bytes_total",
@@ -313,36 +313,46 @@ fn render_sync(out: &mut String, sync: &SyncService) {
             ("deleted", totals.tags_deleted.load(ld)),
         ],
     );
-    let _ = writeln!(
+    single(
         out,
-        "# HELP connected_registry_sync_manifests_pushed_total Manifests pushed up to the parent.\n\
-         # TYPE connected_registry_sync_manifests_pushed_total counter\n\
-         connected_registry_sync_manifests_pushed_total {}",
-        totals.manifests_pushed.load(ld)
+        "connected_registry_sync_manifests_pushed_total",
+        "counter",
+        "Manifests pushed up to the parent.",
+        &totals.manifests_pushed.load(ld),
     );
-    out.push_str("# HELP connected_registry_sync_errors_total Sync errors, by fault (client, upstream, local, internal).\n# TYPE connected_registry_sync_errors_total counter\n");
-    for (fault, n) in totals.errors() {
-        let _ = writeln!(
-            out,
-            "connected_registry_sync_errors_total{{fault=\"{fault}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
+    let errors = totals.errors();
+    let errors: Vec<(&str, u64)> = errors.iter().map(|(f, n)| (f.as_str(), *n)).collect();
+    family(
         out,
-        "# HELP connected_registry_sync_running Whether a sync pass runs now.\n\
-         # TYPE connected_registry_sync_running gauge\n\
-         connected_registry_sync_running {}",
-        u8::from(status.running)
+        "connected_registry_sync_errors_total",
+        "Sync errors, by fault (client, upstream, local, internal).",
+        "fault",
+        &errors,
+    );
+    single(
+        out,
+        "connected_registry_sync_running",
+        "gauge",
+        "Whether a sync pass runs now.",
+        &u8::from(status.running),
     );
     if let Some(done) = status.last_completed {
-        let _ = writeln!(
+        single(
             out,
-            "# HELP connected_registry_sync_lag_seconds Seconds since the start of the last sync pass that completed (content here is at least that recent).\n\
-             # TYPE connected_registry_sync_lag_seconds gauge\n\
-             connected_registry_sync_lag_seconds {}",
-            unix_now().saturating_sub(done.timestamp()).max(0)
+            "connected_registry_sync_lag_seconds",
+            "gauge",
+            "Seconds since the start of the last sync pass that completed (content here is at least that recent).",
+            &unix_now().saturating_sub(done.timestamp()).max(0),
         );
     }
+}
+
+/// A metric with one sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// A counter family with one label, one sample per value.
