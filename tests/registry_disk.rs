@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::api::{sha256, Api};
 use common::oci::random_bytes;
-use common::{bin, free_port, poll, start_registry, Proc};
+use common::{free_port, poll, serve_with, start_registry, Proc};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -80,23 +80,8 @@ fn free_bytes(dir: &Path) -> u64 {
 /// Our registry with its data on `fs` and its log outside it (a log must not take the space).
 fn start_on(fs: &Tmpfs, log_dir: &Path, args: &[&str]) -> Proc {
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let data = fs.path().join("data");
-    let mut all = vec![
-        "serve",
-        "--listen",
-        &listen,
-        "--data",
-        data.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    Proc::start(
-        &bin(),
-        &all,
-        &[],
-        listen.parse().unwrap(),
-        log_dir.join(format!("serve-{port}.log")),
-    )
+    let log = log_dir.join(format!("serve-{port}.log"));
+    serve_with(&fs.path().join("data"), port, args, &[], log)
 }
 
 /// The files under `dir` (recursively), for "nothing partial stays".
@@ -245,20 +230,11 @@ fn the_reserve_refuses_writes_before_the_disk_is_full() {
     let Some(fs) = Tmpfs::mount(16) else { return };
     let logs = tempfile::tempdir().unwrap();
     // Half of 16 MiB stays free; the environment variable sets it like the flag.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let data = fs.path().join("data");
-    let registry = Proc::start(
-        &bin(),
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--data",
-            data.to_str().unwrap(),
-        ],
+    let registry = serve_with(
+        &fs.path().join("data"),
+        free_port(),
+        &[],
         &[("CONNECTED_REGISTRY_MIN_FREE", "50%")],
-        listen.parse().unwrap(),
         logs.path().join("serve.log"),
     );
     let api = Api::new(&registry.url());

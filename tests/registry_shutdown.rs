@@ -124,18 +124,11 @@ fn a_request_still_running_at_the_deadline_is_cut_and_its_upload_resumes_after_a
     let data = tmp.path().join("reg");
     let port = common::free_port();
     // `CONNECTED_REGISTRY_SHUTDOWN_GRACE` sets it like the flag.
-    let listen = format!("127.0.0.1:{port}");
-    let mut registry = Proc::start(
-        &common::bin(),
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--data",
-            data.to_str().unwrap(),
-        ],
+    let mut registry = common::serve_with(
+        &data,
+        port,
+        &[],
         &[("CONNECTED_REGISTRY_SHUTDOWN_GRACE", "1s")],
-        listen.parse().unwrap(),
         tmp.path().join("serve.log"),
     );
     let api = Api::new(&registry.url());

@@ -136,17 +136,23 @@ pub fn start_registry(data: &Path, extra_args: &[&str]) -> Proc {
 
 /// [`start_registry`] on a given port (to start it again where a child expects its parent).
 pub fn start_registry_on(data: &Path, port: u16, extra_args: &[&str]) -> Proc {
+    serve_with(data, port, extra_args, &[], data.with_extension("log"))
+}
+
+/// [`start_registry_on`] with environment variables `envs` and the log at `log` (a test whose
+/// data directory sits on a small filesystem keeps its log elsewhere).
+pub fn serve_with(
+    data: &Path,
+    port: u16,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+    log: PathBuf,
+) -> Proc {
     let listen = format!("127.0.0.1:{port}");
     let data_s = data.to_str().expect("utf-8 temp path");
     let mut args = vec!["serve", "--listen", &listen, "--data", data_s];
     args.extend_from_slice(extra_args);
-    Proc::start(
-        &bin(),
-        &args,
-        &[],
-        listen.parse().unwrap(),
-        data.with_extension("log"),
-    )
+    Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
 }
 
 /// Runs a command to completion and returns stdout; panics with stderr if it fails.
