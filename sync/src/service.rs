@@ -197,7 +197,17 @@ impl SyncService {
             self.totals.add(&summary);
             self.prune(&summary).await;
             let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            let state = self.engine.state.snapshot();
+            // Only what the status shows: the state also holds every tag sync wrote, and a
+            // poll comes every minute.
+            let parent = &self.engine.settings.parent;
+            let (pushed_seq, parent_feed_seq, conflicts, warnings) = self.engine.state.read(|st| {
+                (
+                    st.pushed_seq,
+                    feed_seq(st, parent),
+                    st.conflicts.clone(),
+                    st.scope_warnings.clone(),
+                )
+            });
             self.set(|s| {
                 s.running = false;
                 s.next_attempt = Some(next.min(end));
@@ -215,10 +225,10 @@ impl SyncService {
                 }
                 s.errors = summary.errors.clone();
                 s.last_result = Some(summary.clone());
-                s.pushed_seq = state.pushed_seq;
-                s.parent_feed_seq = feed_seq(&state, &s.parent);
-                s.conflicts = state.conflicts;
-                s.warnings = state.scope_warnings;
+                s.pushed_seq = pushed_seq;
+                s.parent_feed_seq = parent_feed_seq;
+                s.conflicts = conflicts;
+                s.warnings = warnings;
             });
             if summary.outcome == Outcome::Paused {
                 continue; // the window closed: the loop finds the next one
