@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
-use oci::Classify;
+use oci::{Class, Classify};
 use tokio::time::Instant;
 
 use crate::engine::{blocking, Engine, SyncError};
@@ -35,13 +35,11 @@ pub(crate) struct Pass {
     pub(crate) blobs_fetched: AtomicU64,
     pub(crate) blobs_resumed: AtomicU64,
     pub(crate) manifests_pushed: AtomicU64,
-    pub(crate) errors: Mutex<Vec<String>>,
+    /// What failed, each with its class (the summary's `faults` and `retryable` come from it).
+    pub(crate) errors: Mutex<Vec<(String, Class)>>,
     /// Scope that matched nothing at the parent (errors instead under `strict`).
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
-    /// Errors by fault (`oci::Fault`), and how many of them no retry can help.
-    pub(crate) faults: Mutex<BTreeMap<String, u64>>,
-    pub(crate) unretryable: AtomicU64,
     pub(crate) pull: Mutex<Pull>,
 }
 
@@ -104,13 +102,7 @@ impl Pass {
                     "{msg}"
                 );
                 if let Ok(mut v) = self.errors.lock() {
-                    v.push(msg);
-                }
-                if let Ok(mut f) = self.faults.lock() {
-                    *f.entry(class.fault.as_str().to_owned()).or_default() += 1;
-                }
-                if !class.retryable {
-                    self.unretryable.fetch_add(1, Ordering::Relaxed);
+                    v.push((msg, class));
                 }
             }
         }
@@ -139,7 +131,13 @@ impl Engine {
             }
         }
         crate::feed::pull_down(self, &pass).await;
-        let errors = pass.errors.lock().map(|v| v.clone()).unwrap_or_default();
+        let failed = pass.errors.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut faults = BTreeMap::new();
+        for (_, class) in &failed {
+            *faults.entry(class.fault.as_str().to_owned()).or_default() += 1;
+        }
+        let retryable = failed.iter().all(|(_, class)| class.retryable);
+        let errors: Vec<String> = failed.into_iter().map(|(msg, _)| msg).collect();
         let outcome = if pass.paused.load(Ordering::Relaxed) {
             Outcome::Paused
         } else if errors.is_empty() {
@@ -166,8 +164,8 @@ impl Engine {
             pull: pass.pull.lock().map(|p| *p).unwrap_or_default(),
             conflicts: pass.conflicts.lock().map(|v| v.clone()).unwrap_or_default(),
             warnings: pass.warnings.lock().map(|v| v.clone()).unwrap_or_default(),
-            faults: pass.faults.lock().map(|f| f.clone()).unwrap_or_default(),
-            retryable: pass.unretryable.load(Ordering::Relaxed) == 0,
+            faults,
+            retryable,
             errors,
         };
         let saved = summary.clone();
