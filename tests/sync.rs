@@ -1081,6 +1081,21 @@ fn sync_verifies_the_parent_against_the_trust_bundle() {
     );
     assert_eq!(s["retryable"], false, "{s}");
     assert!(s["faults"]["local"].as_u64().unwrap() >= 1, "{s}");
+    assert!(e.contains("no trust bundle is configured"), "{e}");
+
+    // A trust bundle of another CA: the error says the bundle lacks the parent's CA.
+    let other = TestCa::new(&tmp.path().join("other-ca"));
+    let out = sync_once(
+        &tmp.path().join("mistrusting"),
+        &url,
+        &["--repo", "tls/app", "--trust", other.root.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = summary(&out)["errors"].to_string();
+    assert!(
+        e.contains("does not hold the CA that issued it") && e.contains("certs doctor"),
+        "{e}"
+    );
 
     let data = tmp.path().join("trusting");
     sync_ok(

@@ -944,6 +944,43 @@ mod tests {
         assert!(raw().validate().unwrap().is_some());
     }
 
+    /// The window's own limits: how often it polls, how long a failed pass waits at most, how
+    /// often everything is compared; each refused outside its range, named, with the range.
+    #[test]
+    fn poll_retry_and_reconcile_ranges_are_shown() {
+        type Field = fn(&mut RawSettings) -> &mut Option<String>;
+        let cases: [(Field, &str, &str, &str); 3] = [
+            (
+                |r| &mut r.sync_poll_interval,
+                "PT0S",
+                "syncPollInterval",
+                "PT1S to P1D",
+            ),
+            (
+                |r| &mut r.sync_retry_max,
+                "P2D",
+                "syncRetryMax",
+                "PT1S to P1D",
+            ),
+            (
+                |r| &mut r.reconcile_interval,
+                "P31D",
+                "reconcileInterval",
+                "PT1S to P30D",
+            ),
+        ];
+        for (field, value, name, range) in cases {
+            let mut r = raw();
+            *field(&mut r) = Some(value.into());
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(range), "{e}");
+        }
+        let s = raw().validate().unwrap().unwrap();
+        assert_eq!(s.poll_interval, Duration::from_secs(60));
+        assert_eq!(s.retry_max, Duration::from_secs(300));
+        assert_eq!(s.reconcile_interval, Duration::from_secs(3600));
+    }
+
     #[test]
     fn fuzz_cron_schedule_bounded() {
         let seeds: [&[u8]; 6] = [
