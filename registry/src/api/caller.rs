@@ -9,8 +9,11 @@ use std::sync::Arc;
 /// (`serve --auth none`, and the store's own tests), which [`Caller::anyone`] stands for.
 #[derive(Clone)]
 pub struct Caller {
-    may_list: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    may_list: Option<ListFilter>,
 }
+
+/// Whether listings may name a repository.
+type ListFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Caller {
     /// A caller that sees everything.
