@@ -58,6 +58,11 @@ const REPOS: [&str; 3] = ["torture/a", "torture/b", "torture/c"];
 /// Where `skopeo copy` pushes its image.
 const SKOPEO_REPO: &str = "torture/skopeo";
 const WORKERS: usize = 3;
+/// Manifests a worker holds before it deletes more than it writes.
+const MAX_OWNED: usize = 60;
+/// Tags and manifests written before the last cycle that each check samples (all of them every
+/// 25 cycles and at the end).
+const SAMPLE: u64 = 30;
 
 /// splitmix64: small, seedable, good enough to choose operations and crash moments.
 struct Rng(u64);
@@ -216,6 +221,14 @@ impl Worker {
         let mut ops = 0;
         while !stop.load(Ordering::Relaxed) && ops < 10_000 {
             ops += 1;
+            // A worker holding many tags and manifests deletes more, so that a long run's
+            // store (and each check of it) stays the same size.
+            if owned.manifests.len() > MAX_OWNED && self.rng.chance(50) {
+                if self.delete_manifest(owned).is_err() {
+                    return;
+                }
+                continue;
+            }
             let r = match self.rng.below(100) {
                 0..=34 => self.push_image(owned),
                 35..=44 => self.push_index(owned),
@@ -382,7 +395,7 @@ impl Worker {
             let layer = match layer {
                 Some(l) => l,
                 None => {
-                    let len = 1 + self.rng.below(96 << 10) as usize;
+                    let len = 1 + self.rng.below(32 << 10) as usize;
                     let l = Arc::new(self.rng.bytes(len));
                     if !self.blob(owned, repo, l.clone())? {
                         return Ok(());
@@ -577,8 +590,8 @@ impl Tally {
 /// Checks the restarted registry against what the workers hold; adopts what an unacknowledged
 /// write left (it fully happened or not at all); returns what is wrong.
 ///
-/// Tags and manifests written since the last check are all checked; older ones one in
-/// `sample` (all of them with 1), so that a long run's checks do not grow with its history.
+/// Tags and manifests written since the last check are all checked; of the older ones about
+/// `sample` (all of them with `u64::MAX`), so that a long run's checks do not grow with its history.
 fn verify(
     api: &Api,
     t: &Target,
@@ -671,7 +684,8 @@ fn verify(
         }
         // Every acknowledged tag: the bytes acknowledged, over whole content.
         let touched = std::mem::take(&mut o.touched);
-        let mut due = |key: &(String, String)| touched.contains(key) || rng.below(sample) == 0;
+        let held = (o.tags.len() + o.manifests.len()) as u64;
+        let mut due = |key: &(String, String)| touched.contains(key) || rng.below(held) < sample;
         for ((repo, tag), body) in &o.tags {
             known_tags.insert((repo.clone(), tag.clone()));
             if !due(&(repo.clone(), tag.clone())) {
@@ -778,7 +792,7 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
             .collect();
         t.restart();
         let api = Api::new(&t.url());
-        let sample = if cycle % 25 == 0 { 1 } else { 20 };
+        let sample = if cycle % 25 == 0 { u64::MAX } else { SAMPLE };
         let problems = verify(&api, &t, &mut owned, &mut tally, &mut rng, sample);
         assert!(
             problems.is_empty() && tally.lost.is_empty(),
@@ -809,8 +823,8 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
                 })
             })
             .collect();
-        let moment = Duration::from_millis(100 + rng.below(1200));
-        if point.is_some() && exited_within(&mut t, moment * 3) {
+        let moment = Duration::from_millis(100 + rng.below(800));
+        if point.is_some() && exited_within(&mut t, moment * 2) {
             tally.hit(point.as_deref());
         } else {
             std::thread::sleep(moment);
@@ -822,12 +836,21 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
             .map(|w| w.join().expect("worker thread"))
             .collect();
         tally.acked = owned.iter().map(|o| o.acked).sum();
+        if (cycle + 1) % 50 == 0 {
+            eprintln!(
+                "registry torture: {} cycles so far, {} writes acknowledged, {} lost, {:.0?}",
+                cycle + 1,
+                tally.acked,
+                tally.lost.len(),
+                started.elapsed()
+            );
+        }
     }
     // The last cycle's writes, checked once more.
     t.envs.clear();
     t.restart();
     let api = Api::new(&t.url());
-    let problems = verify(&api, &t, &mut owned, &mut tally, &mut rng, 1);
+    let problems = verify(&api, &t, &mut owned, &mut tally, &mut rng, u64::MAX);
     tally.cycles = total;
     eprintln!(
         "registry torture: {} cycles, {} writes acknowledged, {} writes lost, {} unacknowledged writes found complete, crash points hit {:?}, seed {seed}, {:.0?}",
@@ -1043,7 +1066,19 @@ fn sync_child_survives_crashes_during_its_passes() {
             });
             down && upward
         });
-    let puts = manifest_puts(&parent.log_text());
+    // The parent logs a request once its response is sent: give the last lines a moment.
+    let expected: Vec<String> = local
+        .tags
+        .iter()
+        .flat_map(|((repo, tag), body)| {
+            [tag.clone(), sha256(body)].map(|r| format!("/v2/{repo}/manifests/{r}"))
+        })
+        .collect();
+    let mut puts = manifest_puts(&parent.log_text());
+    common::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        puts = manifest_puts(&parent.log_text());
+        expected.iter().all(|p| puts.contains_key(p))
+    });
     eprintln!(
         "sync torture: {} cycles, crash points hit {:?}, {} local images acknowledged, {} manifest PUTs at the parent, converged: {converged}, seed {seed}, {:.0?}",
         tally.cycles,
@@ -1065,15 +1100,12 @@ fn sync_child_survives_crashes_during_its_passes() {
         twice.is_empty(),
         "seed {seed}: local manifests pushed up more than once: {twice:?}"
     );
-    for ((repo, tag), body) in &local.tags {
-        for reference in [tag.clone(), sha256(body)] {
-            let path = format!("/v2/{repo}/manifests/{reference}");
-            assert_eq!(
-                puts.get(&path),
-                Some(&1),
-                "seed {seed}: {path} not pushed up exactly once"
-            );
-        }
+    for path in &expected {
+        assert_eq!(
+            puts.get(path),
+            Some(&1),
+            "seed {seed}: {path} not pushed up exactly once"
+        );
     }
     child.kill9();
     let missing = synced_without_content(&child.data_dir());
