@@ -145,6 +145,9 @@ enum Pending {
     },
 }
 
+/// Bytes of a blob, shared between the model and the request that sends them.
+type Shared = Arc<Vec<u8>>;
+
 /// What one worker had acknowledged: the tags and manifests it owns (no other worker touches
 /// them, so their expected state is exact) and its recent blob uploads.
 #[derive(Default)]
@@ -154,9 +157,9 @@ struct Owned {
     /// (repo, digest) -> manifest bytes.
     manifests: BTreeMap<(String, String), Vec<u8>>,
     /// (repo, digest) -> bytes and when acknowledged; checked while younger than the GC grace.
-    blobs: BTreeMap<(String, String), (Arc<Vec<u8>>, Instant)>,
+    blobs: BTreeMap<(String, String), (Shared, Instant)>,
     /// Blobs of this worker's manifests, by repo: what a mount can take from.
-    layers: BTreeMap<String, Vec<(String, Arc<Vec<u8>>)>>,
+    layers: BTreeMap<String, Vec<(String, Shared)>>,
     /// Tags and manifests written since the last check: always checked; the others by sample.
     touched: BTreeSet<(String, String)>,
     pending: Option<Pending>,
@@ -634,18 +637,18 @@ fn verify(
                     o.tag_put(&repo, tag.as_deref(), &body);
                 }
             }
-            Some(Pending::TagDelete { repo, tag }) => {
-                if api.get_manifest(&repo, &tag).status == 404 {
-                    o.tags.remove(&(repo, tag));
-                    tally.unacked_seen += 1;
-                }
+            Some(Pending::TagDelete { repo, tag })
+                if api.get_manifest(&repo, &tag).status == 404 =>
+            {
+                o.tags.remove(&(repo, tag));
+                tally.unacked_seen += 1;
             }
-            Some(Pending::ManifestDelete { repo, digest }) => {
-                if api.get_manifest(&repo, &digest).status == 404 {
-                    o.manifest_deleted(&repo, &digest);
-                    o.layers.remove(&repo);
-                    tally.unacked_seen += 1;
-                }
+            Some(Pending::ManifestDelete { repo, digest })
+                if api.get_manifest(&repo, &digest).status == 404 =>
+            {
+                o.manifest_deleted(&repo, &digest);
+                o.layers.remove(&repo);
+                tally.unacked_seen += 1;
             }
             Some(Pending::Blob {
                 repo,
@@ -680,7 +683,8 @@ fn verify(
                     }
                 }
             }
-            None => {}
+            // Not deleted after all, or nothing was in flight.
+            Some(Pending::TagDelete { .. }) | Some(Pending::ManifestDelete { .. }) | None => {}
         }
         // Every acknowledged tag: the bytes acknowledged, over whole content.
         let touched = std::mem::take(&mut o.touched);
