@@ -174,10 +174,11 @@ async fn dispatch(
     {
         Ok(response) => response,
         Err(err) => {
+            let repo = parse_route(&path).and_then(|r| r.repo()).unwrap_or("");
             if matches!(err.class.fault, oci::Fault::Client) {
-                tracing::debug!(path, error = %err, "/acr request refused");
+                tracing::debug!(path, repo, error = %err, "/acr request refused");
             } else {
-                tracing::warn!(path, error = %err, "/acr request failed");
+                tracing::warn!(path, repo, error = %err, "/acr request failed");
             }
             err.into_response()
         }
