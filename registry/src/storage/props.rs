@@ -95,7 +95,7 @@ impl Store {
     }
 
     /// The architecture and OS an image manifest's config names, when it is an image with a
-    /// config of at most [`MAX_CONFIG_READ`] bytes that says so; `None` otherwise (an index, an
+    /// config of at most `MAX_CONFIG_READ` bytes that says so; `None` otherwise (an index, an
     /// artifact).
     pub fn image_platform(
         &self,

@@ -85,14 +85,14 @@ pub(super) fn handle(
     let digest: Digest = digest.parse()?;
     let target = Target::Manifest(digest.clone());
     match (&req.method, &req.patch) {
-        (&Method::PATCH, Some(patch)) => {
+        (&Method::PATCH, Some(patch))
             if store
                 .set_attributes(repo, &target, patch, Origin::Client)?
-                .is_none()
-            {
-                one(store, repo, &digest)?;
-                return Err(unknown(repo, &digest));
-            }
+                .is_none() =>
+        {
+            // Which is missing: the repository or the item.
+            one(store, repo, &digest)?;
+            return Err(unknown(repo, &digest));
         }
         (&Method::DELETE, _) => {
             if store.repository(repo)?.is_none() {

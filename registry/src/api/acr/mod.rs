@@ -14,7 +14,7 @@
 //! | `/acr/v1/{repo}/_manifests?n&last&orderby` | GET | manifest list | `metadata/read` on `repo` |
 //! | `/acr/v1/{repo}/_manifests/{digest}` | GET, PATCH, DELETE | one manifest | `metadata/read`, `metadata/write`, `content/delete` |
 //!
-//! [`parse_route`] and [`AcrRoute::action`] give the access layer the repository and action of a
+//! `parse_route` and `AcrRoute::action` give the access layer the repository and action of a
 //! request before it reaches a handler; the handlers check nothing about the caller except
 //! what listings may name.
 //!
@@ -415,27 +415,8 @@ fn attributes_json(a: &ChangeableAttributes) -> Value {
     serde_json::to_value(a).unwrap_or(Value::Null)
 }
 
-/// Unix seconds as RFC 3339 UTC (`2024-05-01T12:00:00Z`), as ACR's times.
-fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
+// Times are answered as RFC 3339 UTC (`2024-05-01T12:00:00Z`), as ACR answers them.
+use util::time::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -467,13 +448,6 @@ mod tests {
             AcrRoute::Catalog.action(&Method::GET),
             Some("metadata/read")
         );
-    }
-
-    #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_714_564_800), "2024-05-01T12:00:00Z");
     }
 
     #[test]

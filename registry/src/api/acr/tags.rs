@@ -70,15 +70,14 @@ pub(super) fn handle(
     }
     let target = Target::Tag(tag.to_owned());
     match (&req.method, &req.patch) {
-        (&Method::PATCH, Some(patch)) => {
+        (&Method::PATCH, Some(patch))
             if store
                 .set_attributes(repo, &target, patch, Origin::Client)?
-                .is_none()
-            {
-                // Which is missing: the repository or the tag.
-                one(store, repo, tag)?;
-                return Err(unknown(repo, tag));
-            }
+                .is_none() =>
+        {
+            // Which is missing: the repository or the item.
+            one(store, repo, tag)?;
+            return Err(unknown(repo, tag));
         }
         (&Method::DELETE, _) => {
             if store.repository(repo)?.is_none() {
