@@ -11,9 +11,14 @@
 //! gets [`FeedError::Newer`] and compares tag by tag instead. Within a version, new change
 //! kinds may appear: they read as [`ChangeKind::Unknown`], never as an error. Anything else a
 //! reader of this version could misread (a new origin, a renamed field) is a new version.
+//!
+//! `attributes_set` (a repository's, tag's or manifest's `changeableAttributes` changed) is
+//! such a new kind within version 1: a child built before it reads it as unknown and compares
+//! that repository in full, which is harmless; a child that knows it applies the attributes.
 
 use serde::{Deserialize, Serialize};
 
+use crate::attributes::ChangeableAttributes;
 use crate::digest::Digest;
 
 /// The newest feed version this build writes and reads.
@@ -134,6 +139,15 @@ pub enum ChangeKind {
     TagDeleted {
         tag: String,
     },
+    /// The `changeableAttributes` of the repository (neither `tag` nor `digest`), of a tag, or
+    /// of a manifest were set to `attributes` (the whole set, not a difference).
+    AttributesSet {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<Digest>,
+        attributes: ChangeableAttributes,
+    },
     /// A kind a newer parent wrote that this version does not know: the reader compares the
     /// repository in full rather than failing.
     #[serde(other)]
@@ -174,6 +188,23 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&put).unwrap(),
             serde_json::json!({"type": "manifest_put", "digest": d(2), "media_type": "m"})
+        );
+    }
+
+    #[test]
+    fn attributes_set_keeps_its_wire_names() {
+        let set = ChangeKind::AttributesSet {
+            tag: Some("1".into()),
+            digest: None,
+            attributes: ChangeableAttributes {
+                write_enabled: false,
+                ..ChangeableAttributes::ALL_ENABLED
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&set).unwrap(),
+            serde_json::json!({"type": "attributes_set", "tag": "1", "attributes":
+                {"deleteEnabled": true, "writeEnabled": false, "readEnabled": true, "listEnabled": true}})
         );
     }
 

@@ -4,6 +4,7 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
+//! | [`attributes`] | `changeableAttributes`: whether an item may be deleted, overwritten, pulled, listed |
 //! | [`digest`] | content digests (`sha256:…`), parsing and streaming hashers |
 //! | [`name`] | repository names and tags, checked against the distribution spec's grammar |
 //! | [`reference`](mod@reference) | a manifest reference in a URL: a tag or a digest |
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attributes;
 pub mod descriptor;
 pub mod digest;
 pub mod error_code;
@@ -31,6 +33,7 @@ pub mod media_type;
 pub mod name;
 pub mod reference;
 
+pub use attributes::{AttributesPatch, ChangeableAttributes};
 pub use descriptor::{Descriptor, Platform};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;

@@ -4,8 +4,8 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
-//! | `api` | the HTTP side: [`api::router`] (what `serve` serves), `api::v2` (the OCI routes: the path is parsed from its end, then `handle` calls one handler per route), `api::acr` (the change feed), `api::access_log`, `api::metrics` (request counters and latency for `serve --admin`), `api::drain` (refused bodies are read, up to a budget), `api::error` (`ApiError`, the one mapping from storage errors) |
-//! | `storage` | the store behind one [`Store`] handle: `blobs` (content-addressed files), `meta` (redb: tags, manifests, links, referrers, the change log), `uploads` (resumable sessions), `reader` (a blob's bytes as a stream), `gc`, `usage` (blobs, bytes, open uploads and free disk, for metrics and readiness), `error` (`StorageError`) |
+//! | `api` | the HTTP side: [`api::router`] (what `serve` serves), `api::v2` (the OCI routes: the path is parsed from its end, then `handle` calls one handler per route), `api::acr` (the ACR data-plane API: repositories, tags, manifests and their `changeableAttributes`; and the change feed), `api::access_log`, `api::metrics` (request counters and latency for `serve --admin`), `api::drain` (refused bodies are read, up to a budget), `api::error` (`ApiError`, the one mapping from storage errors) |
+//! | `storage` | the store behind one [`Store`] handle: `blobs` (content-addressed files), `meta` (redb: tags, manifests, links, referrers, the change log; `meta::props`: attributes, times, the lock rules), `props` (the store's `/acr` conveniences), `uploads` (resumable sessions), `reader` (a blob's bytes as a stream), `gc`, `usage` (blobs, bytes, open uploads and free disk, for metrics and readiness), `error` (`StorageError`) |
 //!
 //! A request enters at `api::v2::dispatch`, which calls a handler; handlers call the store and
 //! never touch files; the store never sees HTTP.

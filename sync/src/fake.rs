@@ -569,6 +569,30 @@ impl LocalStore for FakeStore {
                 .collect()
         }))
     }
+    fn set_attributes(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        digest: Option<&Digest>,
+        attributes: oci::ChangeableAttributes,
+    ) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
+            let known = match (tag, digest) {
+                (Some(tag), _) => s.tags.contains_key(&(repo.to_owned(), tag.to_owned())),
+                (None, Some(d)) => s.manifests.contains_key(&(repo.to_owned(), d.clone())),
+                (None, None) => s.tags.keys().any(|(r, _)| r == repo),
+            };
+            if known {
+                let kind = ChangeKind::AttributesSet {
+                    tag: tag.map(str::to_owned),
+                    digest: digest.cloned(),
+                    attributes,
+                };
+                s.log(repo, false, kind);
+            }
+            known
+        }))
+    }
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
         self.with(|s| {
             if s.tags.remove(&(repo.to_owned(), tag.to_owned())).is_some() {

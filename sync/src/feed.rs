@@ -300,6 +300,42 @@ struct Position<'a> {
     scope: &'a str,
 }
 
+/// An `attributes_set` change read from the feed: repository, tag, digest, the new set.
+type Lock = (
+    String,
+    Option<String>,
+    Option<oci::Digest>,
+    oci::ChangeableAttributes,
+);
+
+/// Sets the attributes the parent logged, in the feed's order (the last set of an item wins),
+/// after the content they name came down. An item not here (left out by the platform filter,
+/// or deleted since) is skipped: its attributes come with it only if it is changed again.
+async fn apply_locks(engine: &Engine, pass: &Pass, locks: Vec<Lock>) {
+    if locks.is_empty() {
+        return;
+    }
+    let count = locks.len();
+    let applied = crate::engine::blocking(&engine.store, move |s| {
+        let mut applied = 0usize;
+        for (repo, tag, digest, attributes) in locks {
+            if s.set_attributes(&repo, tag.as_deref(), digest.as_ref(), attributes)? {
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    })
+    .await;
+    match applied {
+        Ok(applied) => tracing::info!(
+            changes = count,
+            applied,
+            "changeableAttributes set at the parent applied here"
+        ),
+        Err(e) => pass.record("changeableAttributes from the parent", e),
+    }
+}
+
 /// Compares what `changes` name and what drifted here, then moves the position to `last` when
 /// everything succeeded.
 async fn apply(
@@ -317,10 +353,20 @@ async fn apply(
     } = at;
     let mut touched: BTreeMap<String, (RepoRule, Touched)> = BTreeMap::new();
     let mut stored: Vec<(String, oci::Digest)> = Vec::new();
+    let mut locks: Vec<Lock> = Vec::new();
     for change in changes {
         let Some(rule) = engine.rule_for(&change.repo) else {
             continue;
         };
+        if let ChangeKind::AttributesSet {
+            tag,
+            digest,
+            attributes,
+        } = change.kind
+        {
+            locks.push((change.repo, tag, digest, attributes));
+            continue;
+        }
         if let ChangeKind::ManifestPut { digest, .. } = &change.kind {
             stored.push((change.repo.clone(), digest.clone()));
         }
@@ -341,6 +387,7 @@ async fn apply(
             // Tags pointing at a deleted manifest come as their own changes; a stored manifest
             // is looked at below, after the tags (it may be a referrer of what they bring).
             ChangeKind::ManifestPut { .. } | ChangeKind::ManifestDeleted { .. } => {}
+            ChangeKind::AttributesSet { .. } => {}
         }
     }
     let drifted = drift.tags.values().map(BTreeSet::len).sum::<usize>() + drift.repos.len();
@@ -403,6 +450,7 @@ async fn apply(
         .buffer_unordered(conc)
         .collect::<Vec<()>>()
         .await;
+    apply_locks(engine, pass, locks).await;
     // Only a pass that reflected everything moves on; otherwise the same changes are read
     // again next time (comparing a tag twice is harmless, missing one is not).
     if pass.is_paused() || pass.error_count() != errors {

@@ -40,10 +40,12 @@ pub(crate) async fn push_up(engine: &Engine, pass: &Pass) -> Result<(), SyncErro
                     ChangeKind::ManifestPut { digest, .. } => {
                         push_manifest(engine, pass, repo, digest).await?;
                     }
-                    // Deletions stay local: a child never deletes content at its parent; a kind
-                    // this build does not know names nothing it could push.
+                    // Deletions stay local: a child never deletes content at its parent; locks
+                    // come down from the parent, never go up; a kind this build does not know
+                    // names nothing it could push.
                     ChangeKind::TagDeleted { .. }
                     | ChangeKind::ManifestDeleted { .. }
+                    | ChangeKind::AttributesSet { .. }
                     | ChangeKind::Unknown => {}
                 }
             }

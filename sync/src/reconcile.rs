@@ -83,8 +83,8 @@ pub(crate) async fn local_drift(engine: &Engine) -> Result<Drift, SyncError> {
                 ChangeKind::ManifestDeleted { .. } | ChangeKind::Unknown => {
                     drift.repos.insert(change.repo);
                 }
-                // A manifest stored by digest moves no tag sync manages.
-                ChangeKind::ManifestPut { .. } => {}
+                // A manifest stored by digest moves no tag sync manages; a lock moves none.
+                ChangeKind::ManifestPut { .. } | ChangeKind::AttributesSet { .. } => {}
             }
         }
         after = last;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use oci::{Change, Digest, Reference};
+use oci::{Change, ChangeableAttributes, Digest, Reference};
 
 /// A manifest as stored locally.
 #[derive(Clone, Debug)]
@@ -90,6 +90,16 @@ pub trait LocalStore: Send + Sync + 'static {
     ) -> Result<Option<StoredManifest>, StoreError>;
     fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError>;
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
+    /// Sets the `changeableAttributes` of the repository (no `tag`, no `digest`), a tag or a
+    /// manifest to what the parent logged (origin: sync; the child's own locks do not hold
+    /// against it). `false` when the item is not here (outside the platform filter, or gone).
+    fn set_attributes(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        digest: Option<&Digest>,
+        attributes: ChangeableAttributes,
+    ) -> Result<bool, StoreError>;
     /// Change-log entries with `seq > after`, oldest first, at most `limit`.
     fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
     /// The oldest kept and the newest sequence number of the change log (`(head + 1, head)`
@@ -219,6 +229,29 @@ mod registry_store {
             Store::delete_tag(self, &repo_name(repo)?, tag, Origin::Sync)
                 .map(|_| ())
                 .map_err(map)
+        }
+        fn set_attributes(
+            &self,
+            repo: &str,
+            tag: Option<&str>,
+            digest: Option<&Digest>,
+            attributes: ChangeableAttributes,
+        ) -> Result<bool, StoreError> {
+            use registry::storage::Target;
+            let target = match (tag, digest) {
+                (Some(tag), _) => Target::Tag(tag.to_owned()),
+                (None, Some(digest)) => Target::Manifest(digest.clone()),
+                (None, None) => Target::Repository,
+            };
+            Store::set_attributes(
+                self,
+                &repo_name(repo)?,
+                &target,
+                &attributes.into(),
+                Origin::Sync,
+            )
+            .map(|set| set.is_some())
+            .map_err(map)
         }
         fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError> {
             Store::prune_changes(self, before_unix_secs).map_err(map)

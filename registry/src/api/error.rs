@@ -157,6 +157,10 @@ impl From<StorageError> for ApiError {
             StorageError::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, message),
             StorageError::NameUnknown => ApiError::new(ErrorCode::NameUnknown, message),
             StorageError::Denied(_) => ApiError::new(ErrorCode::Denied, message),
+            // ACR answers a locked item's refusal with 405 (its REGISTRY_DISALLOWED_OPERATION);
+            // DENIED is the OCI code clients know.
+            StorageError::Locked(_) => ApiError::new(ErrorCode::Denied, message)
+                .with_status(StatusCode::METHOD_NOT_ALLOWED),
         };
         api.with_class(class)
     }

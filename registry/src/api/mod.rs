@@ -1,5 +1,5 @@
-//! The registry's HTTP API: `/v2` (OCI Distribution v1.1) and `/acr/v1/_changes` (the change
-//! feed children sync from). Token auth (`/oauth2`) and access control are not built yet.
+//! The registry's HTTP API: `/v2` (OCI Distribution v1.1) and `/acr/v1` (the ACR data-plane
+//! API and the change feed children sync from). Token auth (`/oauth2`) and access control are not built yet.
 
 pub mod access_log;
 pub mod acr;

@@ -43,6 +43,10 @@ pub enum StorageError {
     NameUnknown,
     #[error("{0}")]
     Denied(String),
+    /// A `changeableAttributes` switch forbids it; the message names the switch and how to
+    /// turn it back on.
+    #[error("{0}")]
+    Locked(String),
     /// Refused before the disk is full (the reserve), or failed because it is.
     #[error(
         "not enough disk space for {what} ({size} bytes): {available} bytes are free, and writes stop at the \

@@ -1,5 +1,6 @@
 //! Metadata in redb (ACID, crash-safe): tags, manifests per repository, blob links, referrers,
-//! and the change log. Each change to tags or manifests is logged in the same transaction.
+//! and the change log. Each change to tags, manifests or their attributes is logged in the same
+//! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +12,11 @@ use crate::storage::space::Space;
 use crate::storage::StorageError;
 use oci::digest::Digest;
 use oci::reference::Reference;
-use oci::{Change, ChangeKind, Descriptor, Origin};
+use oci::{Change, ChangeKind, ChangeableAttributes, Descriptor, Origin};
+
+mod props;
+pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
+use props::{require, Attribute as A};
 
 /// (repo, tag) -> manifest digest.
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
@@ -72,10 +77,27 @@ enum RecordOrigin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum RecordKind {
-    ManifestPut { digest: Digest, media_type: String },
-    ManifestDeleted { digest: Digest },
-    TagSet { tag: String, digest: Digest },
-    TagDeleted { tag: String },
+    ManifestPut {
+        digest: Digest,
+        media_type: String,
+    },
+    ManifestDeleted {
+        digest: Digest,
+    },
+    TagSet {
+        tag: String,
+        digest: Digest,
+    },
+    TagDeleted {
+        tag: String,
+    },
+    AttributesSet {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<Digest>,
+        attributes: ChangeableAttributes,
+    },
 }
 
 impl From<Origin> for RecordOrigin {
@@ -107,6 +129,15 @@ impl From<Record> for Change {
                 RecordKind::ManifestDeleted { digest } => ChangeKind::ManifestDeleted { digest },
                 RecordKind::TagSet { tag, digest } => ChangeKind::TagSet { tag, digest },
                 RecordKind::TagDeleted { tag } => ChangeKind::TagDeleted { tag },
+                RecordKind::AttributesSet {
+                    tag,
+                    digest,
+                    attributes,
+                } => ChangeKind::AttributesSet {
+                    tag,
+                    digest,
+                    attributes,
+                },
             },
         }
     }
@@ -163,11 +194,13 @@ fn log(
     origin: Origin,
     kind: RecordKind,
 ) -> Result<(), StorageError> {
+    let time = now();
+    props::touch(tx, repo, &kind, time)?;
     let mut changes = tx.open_table(CHANGES)?;
     let seq = changes.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
     let change = Record {
         seq,
-        time: now(),
+        time,
         repo: repo.to_owned(),
         origin: origin.into(),
         kind,
@@ -274,6 +307,8 @@ impl Meta {
         tx.open_table(REFERRERS)?;
         tx.open_table(REPOS)?;
         tx.open_table(CHANGES)?;
+        tx.open_table(props::ATTRIBUTES)?;
+        tx.open_table(props::TIMES)?;
         tx.commit()?;
         Ok(Meta { db, space })
     }
@@ -325,13 +360,14 @@ impl Meta {
         Ok(())
     }
 
-    /// The digest and record of the manifest a tag or digest names in `repo`, read in one
-    /// snapshot: this is every manifest GET, the hottest path there is.
+    /// The digest and record of the manifest a tag or digest names in `repo`, with the first
+    /// item on the way that has `readEnabled: false`, read in one snapshot: this is every
+    /// manifest GET, the hottest path there is.
     pub fn resolve(
         &self,
         repo: &str,
         reference: &Reference,
-    ) -> Result<Option<(Digest, ManifestMeta)>, StorageError> {
+    ) -> Result<Option<(Digest, ManifestMeta, Option<Target>)>, StorageError> {
         let tx = self.db.begin_read()?;
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
@@ -343,10 +379,16 @@ impl Meta {
         let found = tx
             .open_table(MANIFESTS)?
             .get((repo, digest.to_string().as_str()))?;
-        match found {
-            Some(v) => Ok(Some((digest, from_json(v.value())?))),
-            None => Ok(None),
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let mut through = Vec::with_capacity(2);
+        if let Reference::Tag(tag) = reference {
+            through.push(Target::Tag(tag.as_str().to_owned()));
         }
+        through.push(Target::Manifest(digest.clone()));
+        let unreadable = props::unreadable(&tx.open_table(props::ATTRIBUTES)?, repo, &through)?;
+        Ok(Some((digest, from_json(found.value())?, unreadable)))
     }
 
     /// Stores a manifest (and optionally a tag) once everything it references is present in
@@ -369,6 +411,20 @@ impl Meta {
         } = new;
         let digest_s = digest.to_string();
         let tx = self.begin_write()?;
+        require(&tx, repo, origin, &[], &[A::Write], "pushed to")?;
+        if let Some(tag) = tag {
+            let previous = tx
+                .open_table(TAGS)?
+                .get((repo, tag))?
+                .map(|v| v.value().to_owned());
+            if let Some(previous) = previous.filter(|p| *p != digest_s) {
+                let targets = [
+                    Target::Tag(tag.to_owned()),
+                    Target::Manifest(parse_digest(&previous)?),
+                ];
+                require(&tx, repo, origin, &targets, &[A::Write], "overwritten")?;
+            }
+        }
         {
             let links = tx.open_table(REPO_BLOBS)?;
             for (blob, size) in blob_sizes {
@@ -457,6 +513,17 @@ impl Meta {
 
     pub fn delete_tag(&self, repo: &str, tag: &str, origin: Origin) -> Result<bool, StorageError> {
         let tx = self.begin_write()?;
+        if tx.open_table(TAGS)?.get((repo, tag))?.is_some() {
+            let target = [Target::Tag(tag.to_owned())];
+            require(
+                &tx,
+                repo,
+                origin,
+                &target,
+                &[A::Delete, A::Write],
+                "deleted",
+            )?;
+        }
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         if removed {
             log(
@@ -482,13 +549,29 @@ impl Meta {
         origin: Origin,
     ) -> Result<(), StorageError> {
         let tx = self.begin_write()?;
+        let mut targets = vec![Target::Manifest(digest.clone())];
+        targets.extend(
+            tags_pointing(&tx, repo, &digest.to_string())?
+                .into_iter()
+                .map(Target::Tag),
+        );
+        require(
+            &tx,
+            repo,
+            origin,
+            &targets,
+            &[A::Delete, A::Write],
+            "deleted",
+        )?;
         remove_manifest(&tx, repo, digest, origin)?;
         util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
         Ok(())
     }
 
-    /// Tags of a repository in lexical order after `last`; `None` if the repository is unknown.
+    /// Tags of a repository in lexical order after `last`, leaving out those listings may not
+    /// name (`listEnabled: false` on the tag or the repository); `None` if the repository is
+    /// unknown.
     pub fn tags(
         &self,
         repo: &str,
@@ -499,15 +582,35 @@ impl Meta {
         if tx.open_table(REPOS)?.get(repo)?.is_none() {
             return Ok(None);
         }
+        let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
         let table = tx.open_table(TAGS)?;
-        let tags = scan_repo!(table, repo, last, limit);
-        Ok(Some(tags.into_iter().map(|(t, _)| t).collect()))
+        let mut out = Vec::new();
+        for entry in table.range((repo, last)..)? {
+            let (key, _) = entry?;
+            let (r, tag) = key.value();
+            if r != repo || out.len() == limit {
+                break;
+            }
+            if (tag == last && !last.is_empty()) || hidden.tag(tag) {
+                continue;
+            }
+            out.push(tag.to_owned());
+        }
+        Ok(Some(out))
     }
 
-    /// Repositories in lexical order after `last`.
-    pub fn repos(&self, last: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+    /// Repositories in lexical order after `last` that listings may name: their own
+    /// `listEnabled`, and `may_list` (the caller's access). Filtered while scanning, so a page
+    /// still holds `limit` names when there are that many.
+    pub fn repos(
+        &self,
+        last: &str,
+        limit: usize,
+        may_list: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REPOS)?;
+        let attributes = tx.open_table(props::ATTRIBUTES)?;
         let mut out = Vec::new();
         for entry in table.range(last..)? {
             let (key, _) = entry?;
@@ -518,7 +621,9 @@ impl Meta {
             if out.len() == limit {
                 break;
             }
-            out.push(repo.to_owned());
+            if may_list(repo) && props::repo_listed(&attributes, repo)? {
+                out.push(repo.to_owned());
+            }
         }
         Ok(out)
     }
@@ -645,7 +750,9 @@ impl Meta {
         digest: &Digest,
     ) -> Result<bool, StorageError> {
         let tx = self.begin_write()?;
-        if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty() {
+        if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty()
+            || props::gc_must_keep(&tx, repo, digest)?
+        {
             return Ok(false);
         }
         match remove_manifest(&tx, repo, digest, Origin::Gc) {

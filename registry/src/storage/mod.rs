@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod error;
 pub mod gc;
 pub mod meta;
+mod props;
 pub mod reader;
 pub mod space;
 pub mod uploads;
@@ -20,7 +21,9 @@ use bytes::Bytes;
 
 pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
-pub use meta::{ChangePage, ManifestMeta};
+pub use meta::{
+    refusal, Attribute, ChangePage, ManifestMeta, ManifestProps, RepoProps, TagProps, Target,
+};
 use oci::digest::Digest;
 use oci::name::RepoName;
 use oci::reference::Reference;
@@ -62,6 +65,9 @@ pub struct StoredManifest {
     pub body: Bytes,
     /// Children of an index that were left out on purpose (see [`Store::put_partial_index`]).
     pub skipped: Vec<Digest>,
+    /// The first item the reference goes through (repository, tag, manifest) that has
+    /// `readEnabled: false`: a client may not pull it (sync still reads it).
+    pub unreadable: Option<Target>,
 }
 
 /// The store handle; cheap to clone.
@@ -392,7 +398,8 @@ impl Store {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Option<StoredManifest>, StorageError> {
-        let Some((digest, meta)) = self.inner.meta.resolve(repo.as_str(), reference)? else {
+        let Some((digest, meta, unreadable)) = self.inner.meta.resolve(repo.as_str(), reference)?
+        else {
             return Ok(None);
         };
         let body = match self.inner.cache.get(&digest) {
@@ -414,6 +421,7 @@ impl Store {
             media_type: meta.media_type,
             body,
             skipped: meta.skipped,
+            unreadable,
         }))
     }
 
@@ -458,10 +466,24 @@ impl Store {
         Ok(self.tags_page(repo, "", usize::MAX)?.unwrap_or_default())
     }
 
+    /// Repositories in lexical order after `last`, at most `limit`, leaving out those with
+    /// `listEnabled: false`.
     pub fn repos_page(&self, last: &str, limit: usize) -> Result<Vec<String>, StorageError> {
-        self.inner.meta.repos(last, limit)
+        self.repos_visible(last, limit, &|_| true)
     }
 
+    /// [`Store::repos_page`] for a caller who may list only the repositories `may_list` allows:
+    /// filtered while scanning, so a page still holds `limit` names when there are that many.
+    pub fn repos_visible(
+        &self,
+        last: &str,
+        limit: usize,
+        may_list: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.meta.repos(last, limit, may_list)
+    }
+
+    /// Every repository listings may name.
     pub fn repos(&self) -> Result<Vec<String>, StorageError> {
         self.repos_page("", usize::MAX)
     }

@@ -1,9 +1,12 @@
 //! Listings: tags, the catalog (both paginated with `n`/`last` and `Link`), and referrers.
+//! Items with `listEnabled: false` are left out, and the catalog names only what the caller
+//! may list, filtered while paging so a page still holds `n` names.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::Req;
+use crate::api::caller::Caller;
 use crate::api::error::ApiError;
 use crate::storage::Store;
 use oci::digest::Digest;
@@ -70,7 +73,9 @@ pub fn tags(store: &Store, repo: &RepoName, req: &Req) -> Result<Response, ApiEr
 
 pub fn catalog(store: &Store, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = page(req)?;
-    let items = store.repos_page(&last, n.saturating_add(1))?;
+    let caller = Caller::of(&req.extensions);
+    let may_list = |repo: &str| caller.may_list(repo);
+    let items = store.repos_visible(&last, n.saturating_add(1), &may_list)?;
     Ok(paged(
         items,
         n,

@@ -10,6 +10,7 @@ use super::{Req, DIGEST_HEADER};
 use crate::api::error::ApiError;
 use crate::storage::StorageError;
 use crate::storage::Store;
+use crate::storage::{refusal, Attribute};
 use oci::name::RepoName;
 use oci::reference::Reference;
 use oci::ErrorCode;
@@ -27,6 +28,9 @@ pub fn get(
             format!("manifest {reference} is not in repository {repo}"),
         )
     })?;
+    if let Some(locked) = &manifest.unreadable {
+        return Err(refusal(repo.as_str(), locked, Attribute::Read, "pulled").into());
+    }
     let digest = manifest.digest.to_string();
     let builder = Response::builder()
         .status(StatusCode::OK)

@@ -13,13 +13,14 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
 use super::AppState;
 use crate::api::error::ApiError;
+use crate::storage::Attribute;
 use oci::digest::Digest;
 use oci::name::RepoName;
 use oci::reference::Reference;
@@ -102,6 +103,8 @@ pub struct Req {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: HashMap<String, String>,
+    /// What layers before the handler attached (the access layer's `Caller`).
+    pub extensions: Extensions,
     pub body: Body,
 }
 
@@ -120,8 +123,8 @@ pub fn digest(s: &str) -> Result<Digest, ApiError> {
 }
 
 /// The answer to any client write on a read-only registry (the words ACR's connected registry
-/// uses): 405 `UNSUPPORTED`, whatever the route.
-fn read_only() -> ApiError {
+/// uses): 405 `UNSUPPORTED`, whatever the route (`/acr` writes too).
+pub(crate) fn read_only() -> ApiError {
     ApiError::new(
         ErrorCode::Unsupported,
         "This operation is not allowed on this registry",
@@ -141,12 +144,14 @@ async fn dispatch(
     Query(query): Query<HashMap<String, String>>,
     method: Method,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Body,
 ) -> Response {
     let req = Req {
         method,
         headers,
         query,
+        extensions,
         body,
     };
     match handle(&state, &path, req).await {
@@ -230,13 +235,22 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
             let digest = digest(d)?;
             match method {
                 Method::GET | Method::HEAD => {
+                    store.require_repo(&repo, &[Attribute::Read], "pulled from")?;
                     blobs::get(store, &repo, &digest, &req.headers, method == Method::HEAD).await
                 }
-                Method::DELETE => blobs::delete(store, repo, digest).await,
+                Method::DELETE => {
+                    let needs = [Attribute::Delete, Attribute::Write];
+                    store.require_repo(&repo, &needs, "deleted from")?;
+                    blobs::delete(store, repo, digest).await
+                }
                 other => Err(unsupported(&other, "blobs")),
             }
         }
-        (Route::UploadStart(name), Method::POST) => uploads::start(store, repo(name)?, req).await,
+        (Route::UploadStart(name), Method::POST) => {
+            let repo = repo(name)?;
+            store.require_repo(&repo, &[Attribute::Write], "pushed to")?;
+            uploads::start(store, repo, req).await
+        }
         (Route::Upload(name, id), method) => {
             let repo = repo(name)?;
             match method {

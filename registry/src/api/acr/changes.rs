@@ -17,46 +17,20 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 
 use oci::feed::{answer_version, FeedPage};
 
-use super::AppState;
+use super::number;
 use crate::api::error::ApiError;
+use crate::api::AppState;
 use oci::ErrorCode;
 
 /// Changes per page when the request gives no `n`, and the most a page holds whatever `n`
 /// says: bounds the memory and time one request takes (a page of 1000 is about 200 KB).
 pub const MAX_CHANGES_PER_PAGE: usize = 1000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/acr/v1/_changes", get(changes))
-}
-
-fn bad_query(message: String) -> ApiError {
-    ApiError::new(ErrorCode::Unsupported, message).with_status(StatusCode::BAD_REQUEST)
-}
-
-/// Parses a query number, naming the parameter and the valid form when it is not one.
-fn number(
-    query: &HashMap<String, String>,
-    name: &str,
-    valid: &str,
-) -> Result<Option<u64>, ApiError> {
-    match query.get(name) {
-        None => Ok(None),
-        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-            bad_query(format!(
-                "{name}={v:?} is not a number: use {name}=<{valid}>"
-            ))
-        }),
-    }
-}
-
-async fn changes(
+pub(super) async fn changes(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
