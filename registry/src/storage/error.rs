@@ -15,6 +15,9 @@ pub enum StorageError {
     },
     #[error("metadata store: {0}")]
     Db(String),
+    /// redb locks its file: another process has this store open.
+    #[error("{} is open in another process (a running `connected-registry serve`, or another command on this data directory): stop it first, or ask the running registry", .0.display())]
+    InUse(std::path::PathBuf),
     #[error("digest mismatch: the content's digest is {actual}, not the claimed {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is not known in this repository")]
@@ -69,7 +72,7 @@ impl Classify for StorageError {
                 Fault::Local,
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
-            StorageError::Db(_) => Class::new(Fault::Local, false),
+            StorageError::Db(_) | StorageError::InUse(_) => Class::new(Fault::Local, false),
             StorageError::NoSpace { .. } => Class::new(Fault::Local, true),
             _ => Class::new(Fault::Client, false),
         }
