@@ -117,10 +117,7 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let findings: Vec<&str> = report
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let findings: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(findings.is_empty(), "promtool: {report}\n{text}");
 }
 

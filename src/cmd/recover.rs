@@ -82,18 +82,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("manifest not recovered: {line}");
         }
     }
-    Ok(if report.tags_lost.is_empty() && report.manifests_unplaced.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if report.tags_lost.is_empty() && report.manifests_unplaced.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 /// Moves an existing database aside, after making sure no process has it open (redb's lock):
 /// moving a live registry's database would lose everything it writes afterwards.
 async fn move_aside(data: &Path, meta: &Path) -> anyhow::Result<()> {
     let probe = data.to_owned();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&probe, Limits::default())).await?;
+    let opened =
+        tokio::task::spawn_blocking(move || Store::open(&probe, Limits::default())).await?;
     if let Err(err @ StorageError::InUse(_)) = opened {
         return Err(err.into());
     }

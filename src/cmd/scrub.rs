@@ -153,7 +153,9 @@ async fn repair(store: &Store, client: &ParentClient, missing: &Missing) -> anyh
             let id = format!("scrub-{}", digest.hex());
             let session = store.open_upload(&repo, &id)?;
             let mut session = session.lock().await;
-            let mut stream = client.get_blob(&missing.repo, digest, session.len()).await?;
+            let mut stream = client
+                .get_blob(&missing.repo, digest, session.len())
+                .await?;
             let result = async {
                 while let Some(chunk) = client.next_chunk(&mut stream).await? {
                     tokio::task::block_in_place(|| session.append(&chunk))?;

@@ -43,7 +43,12 @@ pub struct Args {
     /// When a blob read checks the bytes against the digest: `once` (the first complete read of
     /// each blob after start) or `always` (every complete read; costs throughput, see README
     /// Performance). A damaged file is quarantined and the read fails; manifests are always checked.
-    #[arg(long, env = "CONNECTED_REGISTRY_VERIFY_READS", default_value = "once", value_name = "once|always")]
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_VERIFY_READS",
+        default_value = "once",
+        value_name = "once|always"
+    )]
     pub verify_reads: registry::storage::VerifyReads,
 
     /// On SIGTERM or Ctrl-C: stop accepting connections, let requests in flight finish for at

@@ -421,9 +421,7 @@ impl Store {
                     Ok(body) => Bytes::from(body),
                     // Quarantined (or lost): absent, as the blob GET has it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => {
-                        return Err(StorageError::io(format!("read {}", path.display()))(e))
-                    }
+                    Err(e) => return Err(StorageError::io(format!("read {}", path.display()))(e)),
                 };
                 // Manifests are checked on every read from disk: small, and cached after.
                 let actual = digest.same_algorithm_of(&body);

@@ -58,8 +58,8 @@ impl OpenBlob {
     /// inside a tokio runtime.
     pub fn read(self, range: Range<u64>) -> BlobReader {
         let whole = range.start == 0 && range.end == self.size && self.size > 0;
-        let check = (whole && self.check.integrity.needs_check(&self.check.digest))
-            .then_some(self.check);
+        let check =
+            (whole && self.check.integrity.needs_check(&self.check.digest)).then_some(self.check);
         read_range(
             self.file,
             range.start,
@@ -165,8 +165,60 @@ fn finish_check(hasher: Hasher, check: &Check) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::read_range;
+    use super::{read_range, Check, Integrity};
+    use crate::storage::VerifyReads;
     use futures_util::StreamExt;
+    use oci::digest::Digest;
+    use std::sync::Arc;
+
+    /// A complete read of a file that does not hash to its digest sends everything but the
+    /// last chunk, then an error; the file is quarantined. A sound one is remembered (`once`).
+    #[tokio::test]
+    async fn a_damaged_blob_ends_before_its_last_chunk_and_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let integrity = Arc::new(Integrity::new(dir.path(), VerifyReads::Once));
+        let good = vec![3u8; 700 * 1024];
+        let digest = Digest::sha256_of(&good);
+        let path = dir.path().join("blob");
+        let mut bad = good.clone();
+        bad[1000] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let check = Check {
+            digest: digest.clone(),
+            path: path.clone(),
+            integrity: integrity.clone(),
+        };
+        let file = std::fs::File::open(&path).unwrap();
+        let items: Vec<_> = read_range(file, 0, good.len() as u64, Some(check))
+            .collect()
+            .await;
+        let sent: usize = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|b| b.len())
+            .sum();
+        assert!(sent < good.len(), "{sent}");
+        assert_eq!(
+            items.last().unwrap().as_ref().unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData
+        );
+        assert!(!path.exists());
+        assert_eq!(integrity.quarantined_total(), 1);
+        assert!(integrity.needs_check(&digest));
+
+        std::fs::write(&path, &good).unwrap();
+        let check = Check {
+            digest: digest.clone(),
+            path: path.clone(),
+            integrity: integrity.clone(),
+        };
+        let file = std::fs::File::open(&path).unwrap();
+        let items: Vec<_> = read_range(file, 0, good.len() as u64, Some(check))
+            .collect()
+            .await;
+        assert!(items.iter().all(|i| i.is_ok()));
+        assert!(!integrity.needs_check(&digest), "verified once is enough");
+    }
 
     /// A blob file shorter than its recorded size (damaged disk) ends the stream with an error,
     /// so the client sees a broken download, never a short body that looks complete.

@@ -19,7 +19,7 @@ use oci::name::RepoName;
 use oci::reference::Reference;
 use oci::Origin;
 
-use super::{Store, StorageError};
+use super::{StorageError, Store};
 
 /// A tag something outside the database remembers (sync's state).
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::path::Path;
 use bytes::Bytes;
 use oci::digest::{Digest, Hasher};
 
-use super::{Store, StorageError};
+use super::{StorageError, Store};
 
 /// Bytes hashed per read while scrubbing.
 const SCRUB_CHUNK: usize = 1 << 20;
@@ -165,7 +165,9 @@ pub(super) fn blob_files(
 /// Where `digest` lives under `root` (as `blobs::Blobs::path` has it).
 fn digest_path(root: &Path, digest: &Digest) -> std::path::PathBuf {
     let hex = digest.hex();
-    root.join(digest.algorithm().name()).join(&hex[..2]).join(hex)
+    root.join(digest.algorithm().name())
+        .join(&hex[..2])
+        .join(hex)
 }
 
 /// The digest of a file's bytes (in the algorithm of `digest`) and its length.
