@@ -1,6 +1,7 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
 pub mod admin;
+pub mod auth;
 pub mod certs;
 pub mod gc;
 pub mod manifest;

@@ -125,6 +125,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
+
+    #[command(flatten)]
+    pub auth: super::auth::AuthFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -133,6 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sync = super::sync::Prepared::from_flags(&args.sync)?;
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
+    let auth_settings = args.auth.settings()?;
     super::check_data_dir(&args.data, super::MissingData::Create)?;
     let port =
         claim_port(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -172,6 +176,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         writes,
     };
     let mut app = registry::api::router_with(store.clone(), options);
+    match background {
+        // The sync service prunes the change log itself, sparing what still has to go up.
+        Some(background) => app = app.merge(background.status),
+        // With no parent nothing goes up: keep changes for children for messageTtl.
+        None => {
+            tokio::spawn(prune_change_log(store.clone(), message_ttl));
+        }
+    }
+    let data = args.data.clone();
+    let authority =
+        tokio::task::spawn_blocking(move || super::auth::open(&args.auth, auth_settings, &data))
+            .await??;
+    if let Some(authority) = &authority {
+        app = registry::api::auth::guard(
+            app.merge(registry::api::auth::token::routes(authority.clone())),
+            authority.clone(),
+        );
+    }
     // With --admin, every request is counted; without it the router has no such layer.
     let mut ops = admin.map(|listener| {
         let http = Arc::new(registry::api::metrics::HttpMetrics::default());
@@ -181,16 +203,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (listener, ops)
     });
     // Probes on the main port too (orchestrators probe the port they route to), merged after
-    // the metrics layer: probes are not requests worth counting.
+    // the access guard and the metrics layer: probes need no credentials and are not counted.
     app = app.merge(super::admin::health_routes(ready));
-    match background {
-        // The sync service prunes the change log itself, sparing what still has to go up.
-        Some(background) => app = app.merge(background.status),
-        // With no parent nothing goes up: keep changes for children for messageTtl.
-        None => {
-            tokio::spawn(prune_change_log(store, message_ttl));
-        }
-    }
     if let Some(tls) = args.proxy_listen {
         let chain = match (&args.proxy_cert, &args.proxy_key) {
             (Some(cert), Some(key)) => ServerChain::Given {
@@ -236,6 +250,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_graceful_shutdown(stop)
                 .await
         } else {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

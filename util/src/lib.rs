@@ -8,6 +8,7 @@
 //! | [`atomic_file`] | replace a file so a crash or a concurrent reader sees the old or the new one, never half |
 //! | [`file_watch`] | notice that files changed on disk (inode, length, mtime), for reloading |
 //! | [`request_id`] | `X-Request-Id`: which ids a hop keeps and logs, and fresh ones |
+//! | [`time`] | Unix time as RFC 3339, for JSON answers and status |
 //! | `shutdown` | the future that completes on SIGTERM or Ctrl-C (feature `shutdown`) |
 //!
 //! Each module depends on nothing but `std`, except `shutdown`, which needs tokio's signal
@@ -25,3 +26,4 @@ pub mod fuzz_targets;
 pub mod request_id;
 #[cfg(feature = "shutdown")]
 pub mod shutdown;
+pub mod time;

@@ -1,0 +1,510 @@
+//! The live access model of a running registry: who a request comes from (Basic, Bearer or
+//! nobody), what that caller may do, the tokens the token service issues, and management
+//! commands applied at once (no restart).
+//!
+//! Every decision reads the current token set: a disabled token, a deleted one or a retired
+//! password stops working at the next request, whatever was cached or issued before.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::action::Action;
+use crate::jwt::{self, Claims, Grant, RefreshOf};
+use crate::limiter::{Limits, LoginLimiter};
+use crate::manage::{self, Command, ManageError};
+use crate::scope_map::{RepoPattern, Target};
+use crate::store::{AccessStore, Snapshot, StoreError};
+use crate::token::{Slot, Status};
+
+/// The named settings of access control.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Lifetime of an access token from `/oauth2/token`.
+    pub token_lifetime: Duration,
+    /// Lifetime of a refresh token (`docker login` keeps one).
+    pub refresh_lifetime: Duration,
+    /// How long a verified Basic credential is remembered (so argon2id runs once per client,
+    /// not per request).
+    pub credential_cache: Duration,
+    pub login: Limits,
+    /// Repositories anyone may pull (and list) without credentials; empty: nobody.
+    pub anonymous_pull: Vec<RepoPattern>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            token_lifetime: Duration::from_secs(600),
+            refresh_lifetime: Duration::from_secs(30 * 86_400),
+            credential_cache: Duration::from_secs(60),
+            login: Limits {
+                attempts: 10,
+                lockout: Duration::from_secs(300),
+            },
+            anonymous_pull: Vec::new(),
+        }
+    }
+}
+
+/// Who a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// No credentials.
+    Anonymous,
+    /// A token, by a password (Basic): its scope map decides.
+    Password { token: String },
+    /// A token, by an access token (Bearer): what it grants, within the scope map.
+    Bearer {
+        /// Empty for an anonymous access token.
+        token: String,
+        access: Vec<Grant>,
+    },
+}
+
+/// Why a caller was refused. The reason is for the log; a client hears only the kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong, unknown, disabled or expired credentials (401).
+    Unauthorized(String),
+    /// Too many failed logins (429 with Retry-After).
+    TooManyAttempts(Duration),
+}
+
+/// A token request's answer (`/oauth2/token`).
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub issued_at: u64,
+    pub refresh_token: Option<String>,
+}
+
+/// A successful login (Basic or refresh token), from which tokens are issued.
+#[derive(Clone, Debug)]
+pub struct Login {
+    /// `None`: anonymous.
+    token: Option<(String, Slot, String)>,
+}
+
+/// What a caller asks a token for: `repository:NAME:ACTIONS` or `registry:catalog:*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+impl Asked {
+    /// Parses the `scope` parameters of a token request (several may be space-separated).
+    /// Unknown forms are ignored, as the Docker token specification says.
+    pub fn parse_all(scopes: &[String]) -> Vec<Asked> {
+        scopes
+            .iter()
+            .flat_map(|s| s.split(' '))
+            .filter_map(|s| {
+                let (kind, rest) = s.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(Asked {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                    actions: actions.split(',').map(String::from).collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Entries of the credential cache at most (each about 100 bytes).
+const MAX_REMEMBERED: usize = 10_000;
+
+struct Remembered {
+    token: String,
+    slot: Slot,
+    generation: String,
+    until: Instant,
+}
+
+pub struct Authority {
+    store: Mutex<Option<AccessStore>>,
+    state: RwLock<Arc<Snapshot>>,
+    settings: Settings,
+    limiter: LoginLimiter,
+    /// Keyed hashes of verified `name:password` pairs: the cache never holds a password.
+    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
+    cache_key: [u8; 32],
+}
+
+impl Authority {
+    /// Opens the access store in `data` (made on first start, with the built-in scope maps and a
+    /// signing key).
+    pub fn open(data: &Path, settings: Settings) -> Result<Authority, StoreError> {
+        let store = AccessStore::open(data)?;
+        let mut snapshot = store.load()?;
+        let now = crate::now();
+        let longest = settings
+            .refresh_lifetime
+            .max(settings.token_lifetime)
+            .as_secs();
+        let added = manage::ensure_defaults(&mut snapshot, now);
+        let pruned = manage::prune_keys(&mut snapshot, now, longest);
+        if added || pruned {
+            store.save(&snapshot)?;
+        }
+        Ok(Authority::with(Some(store), snapshot, settings))
+    }
+
+    /// An authority over `snapshot`, kept nowhere (tests, and a child's tokens from its parent).
+    pub fn in_memory(mut snapshot: Snapshot, settings: Settings) -> Authority {
+        manage::ensure_defaults(&mut snapshot, crate::now());
+        Authority::with(None, snapshot, settings)
+    }
+
+    fn with(store: Option<AccessStore>, snapshot: Snapshot, settings: Settings) -> Authority {
+        Authority {
+            store: Mutex::new(store),
+            state: RwLock::new(Arc::new(snapshot)),
+            limiter: LoginLimiter::new(settings.login),
+            settings,
+            remembered: Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether any token exists (a registry with none can be reached by nobody).
+    pub fn has_tokens(&self) -> bool {
+        !self.snapshot().tokens.is_empty()
+    }
+
+    /// Applies a management command, keeps the result, and answers as `az acr` would.
+    pub fn manage(&self, command: Command) -> Result<serde_json::Value, ManageError> {
+        let writes = command.writes();
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = (*self.snapshot()).clone();
+        let answer = manage::apply(&mut next, command, crate::now())?;
+        if writes {
+            if let Some(store) = store.as_ref() {
+                store
+                    .save(&next)
+                    .map_err(|e| ManageError(format!("cannot keep the change: {e}")))?;
+            }
+            *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        }
+        Ok(answer)
+    }
+
+    /// Checks a password (Basic). Slow the first time (argon2id); remembered afterwards for
+    /// `credential_cache`. Call it off the async threads.
+    pub fn login(&self, name: &str, password: &str, from: IpAddr) -> Result<Login, Refusal> {
+        if let Some(login) = self.remembered_login(name, password) {
+            return Ok(login);
+        }
+        let now = crate::now();
+        let snapshot = self.snapshot();
+        let key = self.cache_key_of(name, password);
+        if let Some(retry_after) = self.limiter.locked(name, from) {
+            return Err(Refusal::TooManyAttempts(retry_after));
+        }
+        let checked = snapshot
+            .tokens
+            .get(name)
+            .filter(|t| t.status == Status::Enabled)
+            .and_then(|t| {
+                let slot = t.check_password(password, now)?;
+                Some((slot, t.password(slot)?.generation()))
+            });
+        let Some((slot, generation)) = checked else {
+            self.limiter.failed(name, from);
+            return Err(Refusal::Unauthorized(format!(
+                "token {name}: unknown, disabled, or the password is wrong or expired"
+            )));
+        };
+        self.limiter.succeeded(name);
+        self.remember(key, name, slot, &generation);
+        Ok(Login {
+            token: Some((name.to_owned(), slot, generation)),
+        })
+    }
+
+    /// A login remembered from an earlier check of the same password (fast: no hashing).
+    pub fn remembered_login(&self, name: &str, password: &str) -> Option<Login> {
+        let key = self.cache_key_of(name, password);
+        let (slot, generation) = self.recall(&key, &self.snapshot(), crate::now())?;
+        Some(Login {
+            token: Some((name.to_owned(), slot, generation)),
+        })
+    }
+
+    /// The anonymous login, when anonymous pull is on for some repositories.
+    pub fn anonymous(&self) -> Option<Login> {
+        (!self.settings.anonymous_pull.is_empty()).then_some(Login { token: None })
+    }
+
+    /// A login from a refresh token (`grant_type=refresh_token`).
+    pub fn refresh(&self, refresh_token: &str, service: &str) -> Result<Login, Refusal> {
+        let snapshot = self.snapshot();
+        let claims = jwt::verify(&snapshot.keys, refresh_token, crate::now())
+            .map_err(|e| Refusal::Unauthorized(format!("refresh token: {e}")))?;
+        let (Some(of), true) = (&claims.refresh, claims.aud == service) else {
+            return Err(Refusal::Unauthorized(
+                "not a refresh token for this service".into(),
+            ));
+        };
+        let slot: Slot = of
+            .slot
+            .parse()
+            .map_err(|_| Refusal::Unauthorized("refresh token names no password".into()))?;
+        if !self.password_current(&snapshot, &claims.sub, slot, &of.generation, crate::now()) {
+            return Err(Refusal::Unauthorized(format!(
+                "refresh token of {}: the token is gone or disabled, or its password was changed or expired",
+                claims.sub
+            )));
+        }
+        Ok(Login {
+            token: Some((claims.sub, slot, of.generation.clone())),
+        })
+    }
+
+    /// The identity of a Bearer access token for `service`.
+    pub fn bearer(&self, access_token: &str, service: &str) -> Result<Identity, Refusal> {
+        let snapshot = self.snapshot();
+        let claims = jwt::verify(&snapshot.keys, access_token, crate::now())
+            .map_err(|e| Refusal::Unauthorized(format!("access token: {e}")))?;
+        if claims.refresh.is_some() {
+            return Err(Refusal::Unauthorized(
+                "a refresh token is not an access token".into(),
+            ));
+        }
+        if claims.aud != service {
+            return Err(Refusal::Unauthorized(format!(
+                "access token for service {:?}, not {service:?}",
+                claims.aud
+            )));
+        }
+        Ok(Identity::Bearer {
+            token: claims.sub,
+            access: claims.access,
+        })
+    }
+
+    /// Whether `identity` may do `action` on `target`, by the token set as it is now.
+    pub fn allows(&self, identity: &Identity, target: Target<'_>, action: Action) -> bool {
+        let snapshot = self.snapshot();
+        match identity {
+            Identity::Anonymous => self.anonymous_allows(target, action),
+            Identity::Password { token } => scope_allows(&snapshot, token, target, action),
+            Identity::Bearer { token, access } => {
+                let granted = access.iter().any(|g| grant_covers(g, target, action));
+                granted
+                    && if token.is_empty() {
+                        self.anonymous_allows(target, action)
+                    } else {
+                        scope_allows(&snapshot, token, target, action)
+                    }
+            }
+        }
+    }
+
+    /// Whether `identity` may list `repo` (catalog, tags): `metadata/read` there, or a pull
+    /// for anonymous callers of an anonymous-pull repository. A Bearer token needs the
+    /// catalog grant for that, which the route's own check has already asked.
+    pub fn may_list(&self, identity: &Identity, repo: &str) -> bool {
+        let snapshot = self.snapshot();
+        let target = Target::Repository(repo);
+        match identity {
+            Identity::Anonymous => self.anonymous_allows(target, Action::MetadataRead),
+            Identity::Password { token } | Identity::Bearer { token, .. } if !token.is_empty() => {
+                scope_allows(&snapshot, token, target, Action::MetadataRead)
+            }
+            Identity::Password { .. } | Identity::Bearer { .. } => {
+                self.anonymous_allows(target, Action::MetadataRead)
+            }
+        }
+    }
+
+    fn anonymous_allows(&self, target: Target<'_>, action: Action) -> bool {
+        let Target::Repository(repo) = target else {
+            return false;
+        };
+        matches!(action, Action::ContentRead | Action::MetadataRead)
+            && self.settings.anonymous_pull.iter().any(|p| p.matches(repo))
+    }
+
+    /// Issues an access token for `service` holding what `login` may do of what was `asked`
+    /// (never more), and a refresh token when `offline` and the login is a token's.
+    pub fn issue(&self, login: &Login, asked: &[Asked], service: &str, offline: bool) -> Issued {
+        let snapshot = self.snapshot();
+        let now = crate::now();
+        let name = login
+            .token
+            .as_ref()
+            .map(|(n, _, _)| n.as_str())
+            .unwrap_or("");
+        let identity = match name {
+            "" => Identity::Anonymous,
+            name => Identity::Password {
+                token: name.to_owned(),
+            },
+        };
+        let access: Vec<Grant> = asked
+            .iter()
+            .filter_map(|a| {
+                let actions: Vec<String> = a
+                    .actions
+                    .iter()
+                    .filter(|word| {
+                        let wanted = Action::from_scope_name(word);
+                        !wanted.is_empty()
+                            && wanted.iter().all(|action| match a.kind.as_str() {
+                                "repository" => {
+                                    self.allows(&identity, Target::Repository(&a.name), *action)
+                                }
+                                // The catalog (and the change feed) list what the caller may
+                                // see; any token may ask, the listing filters.
+                                "registry" => a.name == "catalog" && !name.is_empty(),
+                                _ => false,
+                            })
+                    })
+                    .cloned()
+                    .collect();
+                (!actions.is_empty()).then(|| Grant {
+                    kind: a.kind.clone(),
+                    name: a.name.clone(),
+                    actions,
+                })
+            })
+            .collect();
+        let lifetime = self.settings.token_lifetime.as_secs().max(1);
+        let claims = |exp: u64, access: Vec<Grant>, refresh: Option<RefreshOf>| Claims {
+            iss: jwt::ISSUER.into(),
+            sub: name.to_owned(),
+            aud: service.to_owned(),
+            exp,
+            nbf: now,
+            iat: now,
+            jti: format!("{:x}", rand::random::<u128>()),
+            access,
+            refresh,
+        };
+        let Some(key) = snapshot.signing_key() else {
+            // `open`/`in_memory` always make one; an empty answer is refused by every route.
+            return Issued {
+                access_token: String::new(),
+                expires_in: 0,
+                issued_at: now,
+                refresh_token: None,
+            };
+        };
+        let access_token = jwt::sign(key, &claims(now + lifetime, access, None));
+        let refresh_token = match (&login.token, offline) {
+            (Some((_, slot, generation)), true) => Some(jwt::sign(
+                key,
+                &claims(
+                    now + self.settings.refresh_lifetime.as_secs(),
+                    Vec::new(),
+                    Some(RefreshOf {
+                        slot: slot.as_str().into(),
+                        generation: generation.clone(),
+                    }),
+                ),
+            )),
+            _ => None,
+        };
+        Issued {
+            access_token,
+            expires_in: lifetime,
+            issued_at: now,
+            refresh_token,
+        }
+    }
+
+    fn cache_key_of(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.cache_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A remembered credential, if still remembered and its password still current.
+    fn recall(&self, key: &[u8; 32], snapshot: &Snapshot, now: u64) -> Option<(Slot, String)> {
+        let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        let r = remembered.get(key).filter(|r| Instant::now() < r.until)?;
+        self.password_current(snapshot, &r.token, r.slot, &r.generation, now)
+            .then(|| (r.slot, r.generation.clone()))
+    }
+
+    fn remember(&self, key: [u8; 32], name: &str, slot: Slot, generation: &str) {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.retain(|_, r| now < r.until);
+            if remembered.len() >= MAX_REMEMBERED {
+                remembered.clear();
+            }
+        }
+        remembered.insert(
+            key,
+            Remembered {
+                token: name.to_owned(),
+                slot,
+                generation: generation.to_owned(),
+                until: now + self.settings.credential_cache,
+            },
+        );
+    }
+
+    /// Whether token `name` is enabled and its password in `slot` is still the one of
+    /// `generation` and not expired.
+    fn password_current(
+        &self,
+        snapshot: &Snapshot,
+        name: &str,
+        slot: Slot,
+        generation: &str,
+        now: u64,
+    ) -> bool {
+        snapshot
+            .tokens
+            .get(name)
+            .filter(|t| t.status == Status::Enabled)
+            .and_then(|t| t.password(slot))
+            .is_some_and(|p| !p.expired(now) && p.generation() == generation)
+    }
+}
+
+fn scope_allows(snapshot: &Snapshot, token: &str, target: Target<'_>, action: Action) -> bool {
+    snapshot
+        .tokens
+        .get(token)
+        .filter(|t| t.status == Status::Enabled)
+        .and_then(|t| snapshot.scope_maps.get(&t.scope_map))
+        .is_some_and(|map| map.allows(target, action))
+}
+
+/// Whether an access token's grant covers `action` on `target`.
+fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
+    let named = grant
+        .actions
+        .iter()
+        .any(|a| Action::from_scope_name(a).contains(&action));
+    match target {
+        Target::Repository(repo) => grant.kind == "repository" && grant.name == repo && named,
+        // The registry-wide routes (catalog, change feed) need the catalog grant.
+        Target::Registry => grant.kind == "registry" && grant.name == "catalog",
+    }
+}

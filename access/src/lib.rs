@@ -1,0 +1,40 @@
+//! Who may do what, as the ACR connected registry has it: scope maps (repository patterns and
+//! actions), tokens (a scope map and up to two passwords, kept as argon2id hashes), the access
+//! tokens (JWTs) the token service issues, and the limit on failed logins. Nothing here knows
+//! HTTP: the registry's middleware and token endpoint ask [`Authority`].
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`action`] | the actions (`content/read`, ...) and their Docker scope names (`pull`, ...) |
+//! | [`scope_map`] | repository patterns, rules, scope maps |
+//! | [`token`] | tokens and their two passwords |
+//! | [`password`] | generating and hashing passwords (argon2id) |
+//! | [`jwt`] | signing and verifying access tokens (HS256), signing keys |
+//! | [`limiter`] | failed logins per token and per address, the lockout |
+//! | [`store`] | `access.redb` in the data directory |
+//! | [`manage`] | the `scope-map`/`token` commands and their `az acr`-shaped answers |
+//! | [`authority`] | the live model a server asks per request |
+
+#![forbid(unsafe_code)]
+
+pub mod action;
+pub mod authority;
+pub mod jwt;
+pub mod limiter;
+pub mod manage;
+mod names;
+pub mod password;
+pub mod scope_map;
+pub mod store;
+pub mod token;
+
+pub use action::Action;
+pub use authority::{Asked, Authority, Identity, Issued, Login, Refusal, Settings};
+pub use manage::{Command, ManageError};
+pub use scope_map::{RepoPattern, Rule, ScopeMap, Target};
+pub use store::{AccessStore, Snapshot, StoreError};
+
+/// Unix seconds now.
+pub(crate) fn now() -> u64 {
+    util::time::now_secs()
+}
