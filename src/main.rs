@@ -47,6 +47,11 @@ enum Command {
     Sync(cmd::sync::Args),
     /// Collect garbage in a data directory no registry has open.
     Gc(cmd::gc::Args),
+    /// Hash every blob and manifest file, quarantine damaged ones, and with --repair fetch
+    /// them again from the parent (the registry must not be running on the directory).
+    Scrub(cmd::scrub::Args),
+    /// Rebuild a lost metadata database (meta.redb) from the blob files.
+    Recover(cmd::recover::Args),
     /// Create, issue, inspect and diagnose certificates for the edge CA chain.
     Certs(cmd::certs::Args),
     /// Check or render IoT Edge deployment manifests.
@@ -117,6 +122,8 @@ fn main() -> ExitCode {
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Sync(args) => cmd::sync::run(args).await,
             Command::Gc(args) => cmd::gc::run(args).await,
+            Command::Scrub(args) => cmd::scrub::run(args).await,
+            Command::Recover(args) => cmd::recover::run(args).await,
             Command::Certs(args) => cmd::certs::run(args).await,
             Command::Manifest(args) => cmd::manifest::run(args).await,
         }

@@ -1576,12 +1576,17 @@ fn proxy_with_dev_certs_serves_a_dev_chain_clients_can_trust() {
     let (status, _, _) = curl(&root, &[&format!("https://localhost:{port}/v2/")]);
     assert_eq!(status, 200, "the dev certificate covers localhost too");
     let text = metrics(admin);
-    let days: f64 = text
+    let expiry: i64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("connected_registry_server_cert_days_to_expiry "))
+        .find_map(|l| l.strip_prefix("connected_registry_server_cert_expiry_timestamp_seconds "))
         .unwrap_or_else(|| panic!("no expiry gauge in metrics:\n{text}"))
         .parse()
         .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days = (expiry - now) as f64 / 86_400.0;
     assert!(
         days > 80.0 && days <= 90.0,
         "a fresh dev certificate has ~90 days: {days}"

@@ -57,8 +57,8 @@ pub struct CertStatus {
     pub not_after: OffsetDateTime,
     /// When the policy says to renew.
     pub renew_at: OffsetDateTime,
-    /// Days (fractional) from now to not_after; negative once expired. For a metric such as
-    /// `connected_registry_server_cert_days_to_expiry`.
+    /// Days (fractional) from now to not_after; negative once expired. For people and for
+    /// readiness; the metric is the expiry time itself (see [`expiry_unix_seconds`]).
     pub days_to_expiry: f64,
 }
 
@@ -101,6 +101,15 @@ pub fn status(path: &Path, policy: &RenewPolicy) -> Result<CertStatus, CertError
 /// Days until the first certificate in `path` expires (negative once expired).
 pub fn days_to_expiry(path: &Path) -> Result<f64, CertError> {
     Ok(status(path, &RenewPolicy::default())?.days_to_expiry)
+}
+
+/// When the first certificate in `path` expires, in Unix seconds: the metric
+/// `connected_registry_server_cert_expiry_timestamp_seconds`. A timestamp in seconds is
+/// Prometheus' convention (base unit, no moving value to scrape: alerts compute `- time()`).
+pub fn expiry_unix_seconds(path: &Path) -> Result<i64, CertError> {
+    Ok(status(path, &RenewPolicy::default())?
+        .not_after
+        .unix_timestamp())
 }
 
 /// How long to wait before the next check: until the renewal time, at most

@@ -179,16 +179,16 @@ impl Metrics {
                 n.load(ld)
             );
         }
-        if let Some(days) = self
+        if let Some(expiry) = self
             .server_cert
             .get()
-            .and_then(|path| certs::renew::days_to_expiry(path).ok())
+            .and_then(|path| certs::renew::expiry_unix_seconds(path).ok())
         {
             let _ = writeln!(
                 out,
-                "# HELP connected_registry_server_cert_days_to_expiry Days until the served certificate expires.\n\
-                 # TYPE connected_registry_server_cert_days_to_expiry gauge\n\
-                 connected_registry_server_cert_days_to_expiry {days:.3}"
+                "# HELP connected_registry_server_cert_expiry_timestamp_seconds When the served certificate expires (Unix seconds).\n\
+                 # TYPE connected_registry_server_cert_expiry_timestamp_seconds gauge\n\
+                 connected_registry_server_cert_expiry_timestamp_seconds {expiry}"
             );
         }
         let map = self.per_upstream.lock().unwrap_or_else(|e| e.into_inner());

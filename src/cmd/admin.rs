@@ -2,6 +2,7 @@
 //! (Prometheus text), `/healthz` (the process answers) and `/readyz` (the store answers, the
 //! disk has room, sync is not failing for too long). Plain HTTP and unauthenticated, like the
 //! proxy's: bind it to an address only operators reach. No header, token or path is a label.
+//! `/healthz` and `/readyz` are also served on the registry's main port ([`health_routes`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -121,14 +122,48 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .map_err(|err| anyhow::anyhow!("cannot listen on {addr} (--admin): {err}"))
 }
 
-/// Serves the admin paths on `listener` until the process stops.
-pub fn spawn(listener: tokio::net::TcpListener, ops: Ops) {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
+/// What `/readyz` checks: the same on the admin listener and on the registry's main port.
+#[derive(Clone)]
+pub struct Readiness {
+    pub store: Store,
+    pub sync: Option<Arc<SyncService>>,
+    pub min_free: MinFree,
+    pub max_sync_failure: Duration,
+}
+
+impl Readiness {
+    pub fn new(store: Store, sync: Option<Arc<SyncService>>, flags: &AdminFlags) -> Readiness {
+        Readiness {
+            store,
+            sync,
+            min_free: flags.ready_min_free,
+            max_sync_failure: flags.ready_max_sync_failure,
+        }
+    }
+}
+
+/// `/healthz` (the process answers) and `/readyz` (see [`Readiness`]): cheap, unauthenticated,
+/// for the admin listener and for the registry's main port (where orchestrators probe).
+pub fn health_routes(ready: Readiness) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n") })
-        .with_state(Arc::new(ops));
+        .with_state(Arc::new(ready))
+}
+
+/// Serves the admin paths on `listener` until the process stops.
+pub fn spawn(listener: tokio::net::TcpListener, ops: Ops) {
+    let ready = Readiness {
+        store: ops.store.clone(),
+        sync: ops.sync.clone(),
+        min_free: ops.min_free,
+        max_sync_failure: ops.max_sync_failure,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(ops))
+        .merge(health_routes(ready))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n") });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("admin listener on http://{addr}: /metrics, /healthz, /readyz");
     }
@@ -146,7 +181,7 @@ fn unix_now() -> i64 {
 }
 
 /// `/readyz`: 200 `ready`, or 503 `not ready: WHY`.
-async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+async fn readyz(State(ops): State<Arc<Readiness>>) -> impl IntoResponse {
     match readiness(&ops).await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(why) => (
@@ -156,7 +191,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
 }
 
-async fn readiness(ops: &Ops) -> Result<(), String> {
+async fn readiness(ops: &Readiness) -> Result<(), String> {
     let store = ops.store.clone();
     let checked = tokio::task::spawn_blocking(move || {
         store
@@ -234,7 +269,12 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
     let ld = Ordering::Relaxed;
     let gc = &ops.gc;
-    let counters: [(&str, &str, u64); 4] = [
+    let counters: [(&str, &str, u64); 5] = [
+        (
+            "connected_registry_quarantined_files_total",
+            "Damaged blob and manifest files found on read or scrub and moved to DATA/quarantine.",
+            ops.store.quarantined_total(),
+        ),
         (
             "connected_registry_gc_runs_total",
             "Garbage collections finished while serving.",
@@ -259,17 +299,17 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     for (name, help, value) in counters {
         single(&mut out, name, "counter", help, &value);
     }
-    if let Some(days) = ops
+    if let Some(expiry) = ops
         .cert
         .as_deref()
-        .and_then(|path| certs::renew::days_to_expiry(path).ok())
+        .and_then(|path| certs::renew::expiry_unix_seconds(path).ok())
     {
         single(
             &mut out,
-            "connected_registry_server_cert_days_to_expiry",
+            "connected_registry_server_cert_expiry_timestamp_seconds",
             "gauge",
-            "Days until the built-in proxy's server certificate expires.",
-            &format_args!("{days:.3}"),
+            "When the built-in proxy's server certificate expires (Unix seconds).",
+            &expiry,
         );
     }
     if let Some(sync) = &ops.sync {

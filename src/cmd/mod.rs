@@ -6,6 +6,8 @@ pub mod certs;
 pub mod gc;
 pub mod manifest;
 pub mod proxy;
+pub mod recover;
+pub mod scrub;
 pub mod serve;
 pub mod sync;
 

@@ -40,6 +40,17 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_MIN_FREE", default_value = registry::MinFree::DEFAULT, value_name = "SIZE|PERCENT")]
     pub min_free: registry::MinFree,
 
+    /// When a blob read checks the bytes against the digest: `once` (the first complete read of
+    /// each blob after start) or `always` (every complete read; costs throughput, see README
+    /// Performance). A damaged file is quarantined and the read fails; manifests are always checked.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_VERIFY_READS",
+        default_value = "once",
+        value_name = "once|always"
+    )]
+    pub verify_reads: registry::storage::VerifyReads,
+
     /// On SIGTERM or Ctrl-C: stop accepting connections, let requests in flight finish for at
     /// most this long, then cut the rest (an upload cut short resumes from what was stored) and
     /// exit 0.
@@ -137,6 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_manifest_size: args.max_manifest_size,
         manifest_cache_bytes: args.manifest_cache_size,
         min_free: args.min_free,
+        verify_reads: args.verify_reads,
     };
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
@@ -158,6 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|sync| sync.start_background(store.clone(), &args.data))
         .transpose()?;
     let sync_service = background.as_ref().map(|b| b.service.clone());
+    let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
     let options = registry::api::Options {
         miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
         writes,
@@ -189,6 +202,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ops.sync = sync_service;
         (listener, ops)
     });
+    // Probes on the main port too (orchestrators probe the port they route to), merged after
+    // the access guard and the metrics layer: probes need no credentials and are not counted.
+    app = app.merge(super::admin::health_routes(ready));
     if let Some(tls) = args.proxy_listen {
         let chain = match (&args.proxy_cert, &args.proxy_key) {
             (Some(cert), Some(key)) => ServerChain::Given {

@@ -229,6 +229,12 @@ impl Prepared {
         Ok(Some(Prepared { settings, client }))
     }
 
+    /// The parent client alone, for commands that fetch from the parent without syncing
+    /// (`scrub --repair`).
+    pub fn into_client(self) -> ParentClient {
+        self.client
+    }
+
     /// ReadOnly or ReadWrite, as the settings say (ReadOnly when none is given).
     pub fn mode(&self) -> sync::settings::Mode {
         self.settings.mode

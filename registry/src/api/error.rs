@@ -129,7 +129,7 @@ impl From<StorageError> for ApiError {
                 )
                 .with_status(StatusCode::INSUFFICIENT_STORAGE)
             }
-            StorageError::Io { .. } | StorageError::Db(_) => {
+            StorageError::Io { .. } | StorageError::Db(_) | StorageError::InUse(_) => {
                 tracing::error!("internal storage error: {message}");
                 ApiError::new(
                     ErrorCode::Unknown,

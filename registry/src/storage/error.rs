@@ -15,6 +15,9 @@ pub enum StorageError {
     },
     #[error("metadata store: {0}")]
     Db(String),
+    /// redb locks its file: another process has this store open.
+    #[error("{} is open in another process (a running `connected-registry serve`, or another command on this data directory): stop it first, or ask the running registry", .0.display())]
+    InUse(std::path::PathBuf),
     #[error("digest mismatch: the content's digest is {actual}, not the claimed {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is not known in this repository")]
@@ -73,7 +76,7 @@ impl Classify for StorageError {
                 Fault::Local,
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
-            StorageError::Db(_) => Class::new(Fault::Local, false),
+            StorageError::Db(_) | StorageError::InUse(_) => Class::new(Fault::Local, false),
             StorageError::NoSpace { .. } => Class::new(Fault::Local, true),
             _ => Class::new(Fault::Client, false),
         }
@@ -96,15 +99,66 @@ impl StorageError {
     }
 }
 
+/// A database error. A full disk under it stays a full disk (`Io` of kind `StorageFull`: a
+/// 507, worth retrying once space is freed). After a commit failed on I/O (a full disk) redb
+/// refuses every further operation until the database is opened again: that says to restart.
+fn db(storage: Option<&redb::StorageError>, err: &dyn std::fmt::Display) -> StorageError {
+    match storage {
+        Some(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull => {
+            StorageError::Io {
+                context: "metadata database (meta.redb)".into(),
+                source: std::io::Error::new(std::io::ErrorKind::StorageFull, err.to_string()),
+            }
+        }
+        Some(redb::StorageError::PreviousIo) => StorageError::Db(format!(
+            "{err} (an earlier write failed, e.g. on a full disk): restart the registry; the store \
+             opens again with everything committed before"
+        )),
+        _ => StorageError::Db(err.to_string()),
+    }
+}
+
 macro_rules! db_error {
     ($($t:ty),*) => {$(
         impl From<$t> for StorageError {
             fn from(err: $t) -> StorageError {
-                StorageError::Db(err.to_string())
+                db(<$t>::storage(&err), &err)
             }
         }
     )*};
 }
+
+/// Where each redb error type keeps its storage error.
+trait Storage {
+    fn storage(&self) -> Option<&redb::StorageError>;
+}
+
+impl Storage for redb::StorageError {
+    fn storage(&self) -> Option<&redb::StorageError> {
+        Some(self)
+    }
+}
+
+impl Storage for redb::Error {
+    fn storage(&self) -> Option<&redb::StorageError> {
+        None
+    }
+}
+
+macro_rules! storage_via_variant {
+    ($($t:ident),*) => {$(
+        impl Storage for redb::$t {
+            fn storage(&self) -> Option<&redb::StorageError> {
+                match self {
+                    redb::$t::Storage(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+storage_via_variant!(DatabaseError, TransactionError, TableError, CommitError);
+
 db_error!(
     redb::Error,
     redb::DatabaseError,

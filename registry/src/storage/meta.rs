@@ -299,7 +299,11 @@ fn remove_manifest(
 
 impl Meta {
     pub fn open(path: &Path, space: Space) -> Result<Meta, StorageError> {
-        let db = Database::create(path)?;
+        let db = Database::create(path).map_err(|err| match err {
+            // redb locks the file: another process (a running `serve`) has the store open.
+            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse(path.to_owned()),
+            err => err.into(),
+        })?;
         let tx = db.begin_write()?;
         tx.open_table(TAGS)?;
         tx.open_table(MANIFESTS)?;

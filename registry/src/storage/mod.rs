@@ -6,9 +6,12 @@
 pub mod blobs;
 pub mod error;
 pub mod gc;
+pub mod integrity;
 pub mod meta;
 mod props;
 pub mod reader;
+pub mod recover;
+pub mod scrub;
 pub mod space;
 pub mod uploads;
 pub mod usage;
@@ -21,6 +24,7 @@ use bytes::Bytes;
 
 pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
+pub use integrity::VerifyReads;
 pub use meta::{
     refusal, Attribute, ChangePage, ManifestMeta, ManifestProps, RepoProps, TagProps, Target,
 };
@@ -45,6 +49,8 @@ pub struct Limits {
     /// Free space kept on the data directory's filesystem (`--min-free`): uploads and manifests
     /// that would go below it are refused with 507. Default [`MinFree::DEFAULT`].
     pub min_free: MinFree,
+    /// How often a blob read checks the digest (`--verify-reads`); see [`VerifyReads`].
+    pub verify_reads: VerifyReads,
 }
 
 impl Default for Limits {
@@ -53,6 +59,7 @@ impl Default for Limits {
             max_manifest_size: 4 << 20,
             manifest_cache_bytes: 64 << 20,
             min_free: MinFree::default(),
+            verify_reads: VerifyReads::default(),
         }
     }
 }
@@ -84,6 +91,8 @@ struct Inner {
     limits: Limits,
     space: space::Space,
     cache: ManifestCache,
+    /// Which blobs hashed right since start, and the quarantine for those that did not.
+    integrity: Arc<integrity::Integrity>,
     /// Taken shared by everything that makes a blob file wanted (install, link) and exclusively
     /// by GC while it deletes a file, so GC never deletes a file someone just took.
     gc_lock: RwLock<()>,
@@ -140,11 +149,12 @@ impl Store {
             blobs: blobs::Blobs::open(dir)?,
             meta: meta::Meta::open(&dir.join(META_FILE), space.clone())?,
             uploads: uploads::Uploads::open(dir.join("uploads"), space.clone())?,
-            limits,
             space,
             cache: ManifestCache::default(),
+            integrity: Arc::new(integrity::Integrity::new(dir, limits.verify_reads)),
             gc_lock: RwLock::new(()),
             client_changed: Arc::default(),
+            limits,
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -200,7 +210,15 @@ impl Store {
         };
         let path = self.inner.blobs.path(digest);
         match std::fs::File::open(&path) {
-            Ok(file) => Ok(Some(OpenBlob { size, file })),
+            Ok(file) => Ok(Some(OpenBlob {
+                size,
+                file,
+                check: reader::Check {
+                    digest: digest.clone(),
+                    path,
+                    integrity: self.inner.integrity.clone(),
+                },
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::io(format!("open {}", path.display()))(e)),
         }
@@ -406,10 +424,19 @@ impl Store {
             Some(body) => body,
             None => {
                 let path = self.inner.blobs.path(&digest);
-                let body = Bytes::from(
-                    std::fs::read(&path)
-                        .map_err(StorageError::io(format!("read {}", path.display())))?,
-                );
+                let body = match std::fs::read(&path) {
+                    Ok(body) => Bytes::from(body),
+                    // Quarantined (or lost): absent, as the blob GET has it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(StorageError::io(format!("read {}", path.display()))(e)),
+                };
+                // Manifests are checked on every read from disk: small, and cached after.
+                let actual = digest.same_algorithm_of(&body);
+                if actual != digest {
+                    let why = format!("its bytes hash to {actual}");
+                    self.inner.integrity.quarantine(&path, &digest, &why);
+                    return Ok(None);
+                }
                 self.inner
                     .cache
                     .put(&digest, &body, self.inner.limits.manifest_cache_bytes);

@@ -4,14 +4,24 @@
 //! A blocking thread reads straight into fresh buffers and hands them over a small bounded
 //! channel: one copy from the page cache, the disk and the network work in parallel, and a
 //! slow client holds at most `READ_AHEAD` chunks.
+//!
+//! A complete read that must be checked (see `integrity::VerifyReads`) hashes each chunk as it
+//! goes and decides before the last chunk is sent: on a mismatch the stream ends with an error
+//! instead of that chunk, so the body is short of its Content-Length and no client accepts it,
+//! and the file is quarantined.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use oci::digest::{Digest, Hasher};
+
+use super::integrity::Integrity;
 
 /// Read size when streaming a blob: large enough that a multi-GB pull costs few wake-ups,
 /// small enough that many concurrent pulls stay cheap in memory.
@@ -24,6 +34,15 @@ const READ_AHEAD: usize = 2;
 pub struct OpenBlob {
     pub(super) size: u64,
     pub(super) file: File,
+    pub(super) check: Check,
+}
+
+/// What a complete read needs to check the bytes against their digest.
+#[derive(Debug)]
+pub(super) struct Check {
+    pub(super) digest: Digest,
+    pub(super) path: PathBuf,
+    pub(super) integrity: Arc<Integrity>,
 }
 
 impl OpenBlob {
@@ -34,12 +53,18 @@ impl OpenBlob {
 
     /// Streams the bytes of `range`. A file shorter than the range (a damaged disk) ends the
     /// stream with `UnexpectedEof`, so a client sees a broken download, never a short body
-    /// that looks complete. Call inside a tokio runtime.
+    /// that looks complete. A complete read is checked against the digest when the store's
+    /// `VerifyReads` asks for it; a range is never checked (its bytes alone cannot be). Call
+    /// inside a tokio runtime.
     pub fn read(self, range: Range<u64>) -> BlobReader {
+        let whole = range.start == 0 && range.end == self.size && self.size > 0;
+        let check =
+            (whole && self.check.integrity.needs_check(&self.check.digest)).then_some(self.check);
         read_range(
             self.file,
             range.start,
             range.end.saturating_sub(range.start),
+            check,
         )
     }
 }
@@ -57,8 +82,9 @@ impl futures_util::Stream for BlobReader {
     }
 }
 
-/// Streams `length` bytes of `file` from `start` from a blocking thread.
-fn read_range(mut file: File, start: u64, length: u64) -> BlobReader {
+/// Streams `length` bytes of `file` from `start` from a blocking thread; with `check`, the
+/// bytes are the whole blob and are hashed on the way.
+fn read_range(mut file: File, start: u64, length: u64, check: Option<Check>) -> BlobReader {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
         if let Err(err) = file.seek(SeekFrom::Start(start)) {
@@ -66,12 +92,20 @@ fn read_range(mut file: File, start: u64, length: u64) -> BlobReader {
             return;
         }
         let mut left = length;
+        let mut hasher = check.as_ref().map(|c| Hasher::new(c.digest.algorithm()));
         while left > 0 {
             let want = left.min(READ_CHUNK as u64) as usize;
             // `read_to_end` reads into the spare capacity without zeroing it first.
             let mut buf = Vec::with_capacity(want);
             match (&mut file).take(want as u64).read_to_end(&mut buf) {
                 Ok(0) => {
+                    if let Some(check) = &check {
+                        check.integrity.quarantine(
+                            &check.path,
+                            &check.digest,
+                            "the file is shorter than the blob's recorded size",
+                        );
+                    }
                     let eof = std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "blob shorter than its size",
@@ -81,6 +115,17 @@ fn read_range(mut file: File, start: u64, length: u64) -> BlobReader {
                 }
                 Ok(n) => {
                     left -= n as u64;
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&buf);
+                    }
+                    if left == 0 {
+                        if let (Some(h), Some(check)) = (hasher.take(), &check) {
+                            if let Err(damaged) = finish_check(h, check) {
+                                let _ = tx.blocking_send(Err(damaged));
+                                return;
+                            }
+                        }
+                    }
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // the client went away
                     }
@@ -96,10 +141,84 @@ fn read_range(mut file: File, start: u64, length: u64) -> BlobReader {
     BlobReader { rx }
 }
 
+/// Compares the hash of a complete read with the digest: remembers a match, quarantines a
+/// mismatch and returns the error that ends the stream before its last chunk.
+fn finish_check(hasher: Hasher, check: &Check) -> std::io::Result<()> {
+    let actual = hasher.finish();
+    if actual == check.digest {
+        check.integrity.verified(&check.digest);
+        return Ok(());
+    }
+    check.integrity.quarantine(
+        &check.path,
+        &check.digest,
+        &format!("its bytes hash to {actual}"),
+    );
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "blob {} is damaged on disk (its bytes hash to {actual}): quarantined",
+            check.digest
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::read_range;
+    use super::{read_range, Check, Integrity};
+    use crate::storage::VerifyReads;
     use futures_util::StreamExt;
+    use oci::digest::Digest;
+    use std::sync::Arc;
+
+    /// A complete read of a file that does not hash to its digest sends everything but the
+    /// last chunk, then an error; the file is quarantined. A sound one is remembered (`once`).
+    #[tokio::test]
+    async fn a_damaged_blob_ends_before_its_last_chunk_and_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let integrity = Arc::new(Integrity::new(dir.path(), VerifyReads::Once));
+        let good = vec![3u8; 700 * 1024];
+        let digest = Digest::sha256_of(&good);
+        let path = dir.path().join("blob");
+        let mut bad = good.clone();
+        bad[1000] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let check = Check {
+            digest: digest.clone(),
+            path: path.clone(),
+            integrity: integrity.clone(),
+        };
+        let file = std::fs::File::open(&path).unwrap();
+        let items: Vec<_> = read_range(file, 0, good.len() as u64, Some(check))
+            .collect()
+            .await;
+        let sent: usize = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|b| b.len())
+            .sum();
+        assert!(sent < good.len(), "{sent}");
+        assert_eq!(
+            items.last().unwrap().as_ref().unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData
+        );
+        assert!(!path.exists());
+        assert_eq!(integrity.quarantined_total(), 1);
+        assert!(integrity.needs_check(&digest));
+
+        std::fs::write(&path, &good).unwrap();
+        let check = Check {
+            digest: digest.clone(),
+            path: path.clone(),
+            integrity: integrity.clone(),
+        };
+        let file = std::fs::File::open(&path).unwrap();
+        let items: Vec<_> = read_range(file, 0, good.len() as u64, Some(check))
+            .collect()
+            .await;
+        assert!(items.iter().all(|i| i.is_ok()));
+        assert!(!integrity.needs_check(&digest), "verified once is enough");
+    }
 
     /// A blob file shorter than its recorded size (damaged disk) ends the stream with an error,
     /// so the client sees a broken download, never a short body that looks complete.
@@ -109,7 +228,7 @@ mod tests {
         let path = dir.path().join("blob");
         std::fs::write(&path, vec![7u8; 600 * 1024]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let items: Vec<_> = read_range(file, 100, 1 << 20).collect().await;
+        let items: Vec<_> = read_range(file, 100, 1 << 20, None).collect().await;
         let bytes: usize = items
             .iter()
             .filter_map(|i| i.as_ref().ok())
@@ -119,7 +238,7 @@ mod tests {
         let last = items.last().unwrap().as_ref().unwrap_err();
         assert_eq!(last.kind(), std::io::ErrorKind::UnexpectedEof);
         let file = std::fs::File::open(&path).unwrap();
-        let whole: Vec<_> = read_range(file, 10, 1000).collect().await;
+        let whole: Vec<_> = read_range(file, 10, 1000, None).collect().await;
         assert_eq!(whole.len(), 1);
         assert_eq!(whole[0].as_ref().unwrap().len(), 1000);
     }
