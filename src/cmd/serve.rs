@@ -113,6 +113,9 @@ pub struct Args {
     pub admin: super::admin::AdminFlags,
 
     #[command(flatten)]
+    pub access: super::access::AccessConfigFlags,
+
+    #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
 }
 
@@ -138,6 +141,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    // access-cli hook (one block): the token set, seeded from --access-config, and the admin
+    // socket the token/scope-map commands reach. The integrator's Authority replaces the
+    // `open` here; `seed` and `admin_socket::spawn` stay, given that Authority.
+    let authority = {
+        let data = args.data.clone();
+        tokio::task::spawn_blocking(move || {
+            access::Authority::open(&data, access::Settings::default())
+        })
+        .await?
+        .with_context(|| format!("cannot open the access store in {}", args.data.display()))?
+    };
+    let authority = Arc::new(authority);
+    super::access::seed(&authority, &args.access).await?;
+    super::admin_socket::spawn(&args.data, authority.clone())?;
     let listener = port
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
