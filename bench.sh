@@ -200,7 +200,7 @@ await_up() {
 start_ours() { # ROUND
   local log_file="$BENCH_OUT/logs/ours-serve.$1.log"
   port_free "$OURS_PORT" || die "127.0.0.1:$OURS_PORT is in use (OURS_PORT)"
-  RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --listen "127.0.0.1:$OURS_PORT" --data "$WORK/ours/data" \
+  RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --listen "127.0.0.1:$OURS_PORT" --data "$WORK/ours/data" --auth "${OURS_AUTH:-none}" \
     >"$log_file" 2>&1 &
   OURS_PID=$!
   await_up "$OURS_PID" "http://127.0.0.1:$OURS_PORT/v2/" "" "$log_file" "connected-registry serve"

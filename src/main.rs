@@ -40,7 +40,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the OCI Distribution API (`/v2`) from the local store.
-    Serve(cmd::serve::Args),
+    Serve(Box<cmd::serve::Args>),
     /// Run the TLS API proxy that routes child devices to the local registry or the parent.
     Proxy(cmd::proxy::Args),
     /// Synchronize repositories with the parent registry.
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Serve(args) => cmd::serve::run(*args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Sync(args) => cmd::sync::run(args).await,
             Command::Gc(args) => cmd::gc::run(args).await,

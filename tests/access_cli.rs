@@ -431,7 +431,7 @@ fn bad_input_is_refused_with_a_clear_message() {
 fn commands_reach_a_running_registry_through_its_socket() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = common::start_registry(&data, &[]);
+    let mut server = common::start_registry(&data, &["--auth", "tokens"]);
     let socket = data.join("admin.sock");
     let mode = std::fs::metadata(&socket)
         .expect("the admin socket")
@@ -456,14 +456,36 @@ fn commands_reach_a_running_registry_through_its_socket() {
     );
     let passwords = values(&created["credentials"]["passwords"]);
     let list = json(&data, &["token", "list"]);
-    assert_eq!(list[0]["name"], "ci", "{list}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["admin", "ci"], "the first start made admin");
+    // The registry takes the new token at once, and drops it at once when it is disabled.
+    let v2 = format!("{}/v2/", server.url());
+    let status_with = |password: &str| common::curl(&["-u", &format!("ci:{password}"), &v2]).0;
+    assert_eq!(status_with(&passwords[0]), 200);
     let generated = json(
         &data,
         &["token", "credential", "generate", "ci", "--password1"],
     );
     let newer = values(&generated["passwords"]);
+    assert_eq!(status_with(&newer[0]), 200);
+    assert_eq!(
+        status_with(&passwords[0]),
+        401,
+        "the replaced password1 is refused at once"
+    );
+    assert_eq!(status_with(&passwords[1]), 200);
     json(&data, &["token", "update", "ci", "--status", "disabled"]);
     assert_eq!(json(&data, &["token", "show", "ci"])["status"], "disabled");
+    assert_eq!(
+        status_with(&passwords[1]),
+        401,
+        "a disabled token is refused at once"
+    );
     let stderr = refused(&data, &["token", "show", "nobody"]);
     assert!(stderr.contains("no token nobody"), "{stderr}");
 
@@ -481,17 +503,16 @@ fn commands_reach_a_running_registry_through_its_socket() {
     // the store, which holds what the server was told.
     server.kill();
     assert!(socket.exists(), "a killed server leaves its socket");
-    let list = json(&data, &["token", "list"]);
-    assert_eq!(list[0]["status"], "disabled", "{list}");
+    assert_eq!(json(&data, &["token", "show", "ci"])["status"], "disabled");
     // A new server replaces the stale socket and answers on it.
-    let server = common::start_registry(&data, &[]);
+    let server = common::start_registry(&data, &["--auth", "tokens"]);
     json(&data, &["token", "delete", "ci"]);
     assert!(
         server.log_text().contains("command=token-delete"),
         "{}",
         server.log_text()
     );
-    assert_eq!(json(&data, &["token", "list"]), serde_json::json!([]));
+    assert_eq!(json(&data, &["token", "list"]).as_array().unwrap().len(), 1);
 }
 
 /// `serve --access-config FILE` creates or updates what the file names at start, from argon2id
@@ -559,7 +580,7 @@ status = "disabled"
     )
     .unwrap();
     let config_s = config.to_str().unwrap();
-    let server = common::start_registry(&data, &["--access-config", config_s]);
+    let server = common::start_registry(&data, &["--auth", "tokens", "--access-config", config_s]);
     let ci = json(&data, &["token", "show", "ci"]);
     assert_eq!(ci["scopeMapId"], "team-a");
     assert_eq!(ci["credentials"]["passwords"][0]["name"], "password1");
@@ -585,6 +606,14 @@ status = "disabled"
     let log = server.log_text();
     assert!(log.contains("access config applied"), "{log}");
     assert!(!log.contains(password) && !log.contains(&hash), "{log}");
+    // The seeded password works: the registry holds the hash the file gave.
+    let v2 = format!("{}/v2/", server.url());
+    let (status, _, _) = common::curl(&["-u", &format!("ci:{password}"), &v2]);
+    assert_eq!(status, 200);
+    assert!(
+        !data.join("admin-password").exists(),
+        "tokens existed: no admin was made"
+    );
     drop(server);
 
     // The same file again, in JSON: updates, keeps the password's creation time.
@@ -598,7 +627,15 @@ status = "disabled"
         .to_string(),
     )
     .unwrap();
-    let server = common::start_registry(&data, &["--access-config", config.to_str().unwrap()]);
+    let server = common::start_registry(
+        &data,
+        &[
+            "--auth",
+            "tokens",
+            "--access-config",
+            config.to_str().unwrap(),
+        ],
+    );
     let ci = json(&data, &["token", "show", "ci"]);
     assert_eq!(ci["status"], "disabled");
     assert_eq!(ci["credentials"]["passwords"][0]["creationTime"], created);

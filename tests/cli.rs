@@ -147,7 +147,15 @@ fn the_access_log_can_be_switched_off() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut serve = vec!["serve", "--listen", &listen, "--data", path(&data)];
+        let mut serve = vec![
+            "serve",
+            "--listen",
+            &listen,
+            "--data",
+            path(&data),
+            "--auth",
+            "none",
+        ];
         serve.extend_from_slice(args);
         let mut registry = Proc::start(
             &bin(),

@@ -675,7 +675,10 @@ fn data_directory_from_environment_variable() {
     let _p = common::Proc::start(
         &common::bin(),
         &["serve", "--listen", &listen],
-        &[("ACR_REGISTRY_DATA_VOLUME", data.to_str().unwrap())],
+        &[
+            ("ACR_REGISTRY_DATA_VOLUME", data.to_str().unwrap()),
+            ("CONNECTED_REGISTRY_AUTH", "none"),
+        ],
         listen.parse().unwrap(),
         dir.path().join("env.log"),
     );

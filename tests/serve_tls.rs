@@ -35,7 +35,11 @@ fn serve_tls(dir: &Path, name: &str, ip: &str, extra: &[&str]) -> (Proc, String)
     let proc = Proc::start(
         &bin(),
         &args,
-        &[("HOSTNAME", ""), ("IOTEDGE_GATEWAYHOSTNAME", "")],
+        &[
+            ("HOSTNAME", ""),
+            ("IOTEDGE_GATEWAYHOSTNAME", ""),
+            ("CONNECTED_REGISTRY_AUTH", "none"),
+        ],
         format!("127.0.0.1:{port}").parse().unwrap(),
         dir.join(format!("{name}.log")),
     );

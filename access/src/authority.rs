@@ -219,14 +219,12 @@ impl Authority {
     /// Checks a password (Basic). Slow the first time (argon2id); remembered afterwards for
     /// `credential_cache`. Call it off the async threads.
     pub fn login(&self, name: &str, password: &str, from: IpAddr) -> Result<Login, Refusal> {
+        if let Some(login) = self.remembered_login(name, password) {
+            return Ok(login);
+        }
         let now = crate::now();
         let snapshot = self.snapshot();
         let key = self.cache_key_of(name, password);
-        if let Some(slot) = self.recall(&key, &snapshot, now) {
-            return Ok(Login {
-                token: Some((name.to_owned(), slot.0, slot.1)),
-            });
-        }
         if let Some(retry_after) = self.limiter.locked(name, from) {
             return Err(Refusal::TooManyAttempts(retry_after));
         }
@@ -247,6 +245,15 @@ impl Authority {
         self.limiter.succeeded(name);
         self.remember(key, name, slot, &generation);
         Ok(Login {
+            token: Some((name.to_owned(), slot, generation)),
+        })
+    }
+
+    /// A login remembered from an earlier check of the same password (fast: no hashing).
+    pub fn remembered_login(&self, name: &str, password: &str) -> Option<Login> {
+        let key = self.cache_key_of(name, password);
+        let (slot, generation) = self.recall(&key, &self.snapshot(), crate::now())?;
+        Some(Login {
             token: Some((name.to_owned(), slot, generation)),
         })
     }

@@ -9,7 +9,6 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use access::token::{Slot, Status};
@@ -385,23 +384,16 @@ fn hash_password() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Applies `--access-config` to the registry's token set at start (a no-op without it).
-pub async fn seed(
-    authority: &Arc<access::Authority>,
-    flags: &AccessConfigFlags,
-) -> anyhow::Result<()> {
-    let Some(path) = flags.access_config.clone() else {
+/// Applies `--access-config` to the registry's token set at start (a no-op without it). Blocks
+/// (reads the file, writes the store): call it off the async threads.
+pub fn seed(authority: &access::Authority, flags: &AccessConfigFlags) -> anyhow::Result<()> {
+    let Some(path) = &flags.access_config else {
         return Ok(());
     };
-    let authority = authority.clone();
-    let shown = path.display().to_string();
-    let done = tokio::task::spawn_blocking(move || {
-        let seed = access::Seed::load(&path)?;
-        authority.seed(&seed)
-    })
-    .await??;
+    let seed = access::Seed::load(path)?;
+    let done = authority.seed(&seed)?;
     tracing::info!(
-        file = %shown,
+        file = %path.display(),
         scope_maps_created = done.scope_maps_created,
         scope_maps_updated = done.scope_maps_updated,
         tokens_created = done.tokens_created,

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod admin;
 pub mod admin_socket;
+pub mod auth;
 pub mod certs;
 pub mod gc;
 pub mod manifest;

@@ -117,6 +117,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
+
+    #[command(flatten)]
+    pub auth: super::auth::AuthFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -125,6 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sync = super::sync::Prepared::from_flags(&args.sync)?;
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
+    let auth_settings = args.auth.settings()?;
     super::check_data_dir(&args.data, super::MissingData::Create)?;
     let port =
         claim_port(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -141,23 +145,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
-    // access-cli hook (one block): the token set, seeded from --access-config, and the admin
-    // socket the token/scope-map commands reach. The integrator's Authority replaces the
-    // `open` here; `seed` and `admin_socket::spawn` stay, given that Authority.
-    let authority = {
-        let data = args.data.clone();
-        tokio::task::spawn_blocking(move || {
-            access::Authority::open(&data, access::Settings::default())
-        })
-        .await?
-        .with_context(|| format!("cannot open the access store in {}", args.data.display()))?
-    };
-    let authority = Arc::new(authority);
-    super::access::seed(&authority, &args.access).await?;
-    super::admin_socket::spawn(&args.data, authority.clone())?;
-    let listener = port
-        .listen(LISTEN_BACKLOG)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let gc_totals = Arc::new(super::admin::GcTotals::default());
     if !args.gc_interval.is_zero() {
         tokio::spawn(collect_garbage(
@@ -176,6 +163,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         writes,
     };
     let mut app = registry::api::router_with(store.clone(), options);
+    match background {
+        // The sync service prunes the change log itself, sparing what still has to go up.
+        Some(background) => app = app.merge(background.status),
+        // With no parent nothing goes up: keep changes for children for messageTtl.
+        None => {
+            tokio::spawn(prune_change_log(store.clone(), message_ttl));
+        }
+    }
+    let data = args.data.clone();
+    let authority = tokio::task::spawn_blocking(move || {
+        super::auth::open(&args.auth, auth_settings, &data, &args.access)
+    })
+    .await??;
+    if let Some(authority) = &authority {
+        // Management commands (`token`, `scope-map`) reach this authority on DATA/admin.sock.
+        super::admin_socket::spawn(&args.data, authority.clone())?;
+        app = registry::api::auth::guard(
+            app.merge(registry::api::auth::token::routes(authority.clone())),
+            authority.clone(),
+        );
+    }
+    // Only now, with the store and the token set open (and the admin socket bound): whoever
+    // waits for the port finds a registry that serves and answers management commands.
+    let listener = port
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     // With --admin, every request is counted; without it the router has no such layer.
     let mut ops = admin.map(|listener| {
         let http = Arc::new(registry::api::metrics::HttpMetrics::default());
@@ -184,14 +197,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ops.sync = sync_service;
         (listener, ops)
     });
-    match background {
-        // The sync service prunes the change log itself, sparing what still has to go up.
-        Some(background) => app = app.merge(background.status),
-        // With no parent nothing goes up: keep changes for children for messageTtl.
-        None => {
-            tokio::spawn(prune_change_log(store, message_ttl));
-        }
-    }
     if let Some(tls) = args.proxy_listen {
         let chain = match (&args.proxy_cert, &args.proxy_key) {
             (Some(cert), Some(key)) => ServerChain::Given {
@@ -237,6 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_graceful_shutdown(stop)
                 .await
         } else {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

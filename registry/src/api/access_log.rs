@@ -78,7 +78,11 @@ impl Service<Request> for AccessLog {
         Service::<Request>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        // Access control counts failed logins per client address.
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.client));
         let line = (self.enabled && tracing::enabled!(target: "access", tracing::Level::INFO))
             .then(|| Line {
                 start: Instant::now(),

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod acr;
+pub mod auth;
 pub mod caller;
 mod drain;
 pub mod error;

@@ -1,0 +1,300 @@
+//! Access control for every route: who the caller is (Basic, Bearer or nobody), whether it may
+//! do what the route needs (`need`), and the answers of the Docker token flow when it may not.
+//! `token` is the token service (`/oauth2/token`) the challenge points clients to.
+//!
+//! | caller | lacks the need | answer |
+//! | --- | --- | --- |
+//! | nobody | yes | 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer realm=...,service=...,scope=...` |
+//! | Bearer token | yes | 401 with the challenge and `error="insufficient_scope"` (the client asks for that scope) |
+//! | Basic (a token's password) | yes | 403 `DENIED` |
+//! | wrong credentials | - | 401 with the challenge |
+//! | too many failed logins | - | 429 `TOOMANYREQUESTS` with `Retry-After` |
+//!
+//! A repository the caller may not read answers the same whether or not it exists: the check
+//! comes before the handler looks.
+
+mod need;
+pub mod token;
+
+pub use need::{need, Need};
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use access::{Action, Authority, Identity, Refusal, Target};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+
+use crate::api::caller::Caller;
+use crate::api::error::ApiError;
+use oci::ErrorCode;
+
+/// Puts access control in front of every route of `router`.
+pub fn guard(router: Router, authority: Arc<Authority>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(authority, check))
+}
+
+/// The service and realm as the client addressed this registry: behind our proxy, the
+/// proxy's name and `https` (`X-Forwarded-Host`, `X-Forwarded-Proto`).
+pub(crate) struct Addressed {
+    pub service: String,
+    pub realm: String,
+}
+
+impl Addressed {
+    pub(crate) fn of(headers: &HeaderMap) -> Addressed {
+        let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let host = value("x-forwarded-host")
+            .or_else(|| value(header::HOST.as_str()))
+            .unwrap_or("localhost")
+            .to_owned();
+        let scheme = match value("x-forwarded-proto") {
+            Some("https") => "https",
+            _ => "http",
+        };
+        Addressed {
+            realm: format!("{scheme}://{host}/oauth2/token"),
+            service: host,
+        }
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a proxy on this machine (ours), the
+/// address it names last in `X-Forwarded-For` (the one it added).
+pub(crate) fn client_addr(request: &Request) -> IpAddr {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if !peer.is_loopback() {
+        return peer;
+    }
+    request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// Credentials of an `Authorization` header.
+pub(crate) enum Credentials {
+    None,
+    Basic {
+        name: String,
+        password: String,
+    },
+    Bearer(String),
+    /// A header that is neither, or Basic that does not decode.
+    Malformed,
+}
+
+impl Credentials {
+    pub(crate) fn of(headers: &HeaderMap) -> Credentials {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Credentials::None;
+        };
+        let Ok(value) = value.to_str() else {
+            return Credentials::Malformed;
+        };
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Credentials::Bearer(rest.trim().to_owned());
+        }
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Credentials::Malformed;
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|pair| {
+                let (name, password) = pair.split_once(':')?;
+                Some(Credentials::Basic {
+                    name: name.to_owned(),
+                    password: password.to_owned(),
+                })
+            })
+            .unwrap_or(Credentials::Malformed)
+    }
+}
+
+/// The identity of a request's credentials; a Basic password is checked off the async
+/// threads unless remembered.
+async fn identify(
+    authority: &Arc<Authority>,
+    credentials: Credentials,
+    service: &str,
+    from: IpAddr,
+) -> Result<Identity, Refusal> {
+    match credentials {
+        Credentials::None => Ok(Identity::Anonymous),
+        Credentials::Malformed => Err(Refusal::Unauthorized(
+            "Authorization is neither Basic name:password nor Bearer".into(),
+        )),
+        Credentials::Bearer(jwt) => authority.bearer(&jwt, service),
+        Credentials::Basic { name, password } => {
+            if authority.remembered_login(&name, &password).is_none() {
+                let authority = authority.clone();
+                let name = name.clone();
+                tokio::task::spawn_blocking(move || authority.login(&name, &password, from))
+                    .await
+                    .map_err(|_| Refusal::Unauthorized("password check failed".into()))??;
+            }
+            Ok(Identity::Password { token: name })
+        }
+    }
+}
+
+async fn check(
+    State(authority): State<Arc<Authority>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let need = need(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    if need == Need::Nothing {
+        return next.run(request).await;
+    }
+    let addressed = Addressed::of(request.headers());
+    let from = client_addr(&request);
+    let credentials = Credentials::of(request.headers());
+    let basic = matches!(credentials, Credentials::Basic { .. });
+    let identity = match identify(&authority, credentials, &addressed.service, from).await {
+        Ok(identity) => identity,
+        Err(Refusal::TooManyAttempts(retry_after)) => return too_many(retry_after),
+        Err(Refusal::Unauthorized(why)) => {
+            tracing::debug!(%why, client = %from, "credentials refused");
+            return challenge(
+                &addressed,
+                &need,
+                None,
+                "authentication failed: check the token name and password, or log in again",
+            );
+        }
+    };
+    let allowed = match &need {
+        Need::Nothing => true,
+        Need::Known => match &identity {
+            Identity::Anonymous => authority.anonymous().is_some(),
+            _ => true,
+        },
+        Need::Catalog => match &identity {
+            Identity::Anonymous => authority.anonymous().is_some(),
+            Identity::Password { .. } => true,
+            Identity::Bearer { access, .. } => access
+                .iter()
+                .any(|g| g.kind == "registry" && g.name == "catalog"),
+        },
+        Need::Repository(repo, action) => {
+            authority.allows(&identity, Target::Repository(repo), *action)
+        }
+        Need::Gateway(action) => authority.allows(&identity, Target::Registry, *action),
+        Need::Mount { target, source } => {
+            let push =
+                authority.allows(&identity, Target::Repository(target), Action::ContentWrite);
+            if push && !authority.allows(&identity, Target::Repository(source), Action::ContentRead)
+            {
+                // No pull on the source: an ordinary upload, as if no mount had been asked,
+                // so the answer says nothing about what the source holds.
+                strip_mount(&mut request);
+            }
+            push
+        }
+    };
+    if !allowed {
+        return match identity {
+            Identity::Password { .. } if basic => ApiError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied: the token's scope map does not allow it",
+            )
+            .into_response(),
+            Identity::Bearer { .. } => challenge(&addressed, &need, Some("insufficient_scope"), "the access token does not grant this: ask the token service for this scope"),
+            _ => challenge(&addressed, &need, None, "authentication required: log in with a token (docker login)"),
+        };
+    }
+    let listed = identity.clone();
+    let seeing = authority.clone();
+    request
+        .extensions_mut()
+        .insert(Caller::seeing(move |repo| seeing.may_list(&listed, repo)));
+    next.run(request).await
+}
+
+/// Drops `mount` and `from` from an upload start's query.
+fn strip_mount(request: &mut Request) {
+    let uri = request.uri();
+    let kept: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.starts_with("mount=") && !p.starts_with("from=") && !p.is_empty())
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+}
+
+/// The Docker token scope a need asks for, as a challenge names it.
+fn scope_of(need: &Need) -> Option<String> {
+    match need {
+        Need::Repository(repo, action) => {
+            let actions = match action {
+                Action::ContentWrite => "pull,push".to_owned(),
+                other => other.scope_name().to_owned(),
+            };
+            Some(format!("repository:{repo}:{actions}"))
+        }
+        Need::Mount { target, source } => Some(format!(
+            "repository:{target}:pull,push repository:{source}:pull"
+        )),
+        Need::Catalog | Need::Gateway(_) => Some("registry:catalog:*".into()),
+        Need::Nothing | Need::Known => None,
+    }
+}
+
+/// 401 with the challenge that sends a Docker client to the token service.
+fn challenge(addressed: &Addressed, need: &Need, error: Option<&str>, message: &str) -> Response {
+    let mut value = format!(
+        "Bearer realm=\"{}\",service=\"{}\"",
+        addressed.realm, addressed.service
+    );
+    if let Some(scope) = scope_of(need) {
+        value.push_str(&format!(",scope=\"{scope}\""));
+    }
+    if let Some(error) = error {
+        value.push_str(&format!(",error=\"{error}\""));
+    }
+    ApiError::new(ErrorCode::Unauthorized, message)
+        .with_header(header::WWW_AUTHENTICATE, value)
+        .into_response()
+}
+
+fn too_many(retry_after: std::time::Duration) -> Response {
+    let secs = retry_after.as_secs().max(1);
+    ApiError::new(
+        ErrorCode::TooManyRequests,
+        format!("too many failed logins: try again in {secs} s"),
+    )
+    .with_status(StatusCode::TOO_MANY_REQUESTS)
+    .with_header(header::RETRY_AFTER, secs.to_string())
+    .into_response()
+}

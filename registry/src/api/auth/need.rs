@@ -1,0 +1,274 @@
+//! What each route needs: the one table from (method, path) to the repository and action a
+//! caller must hold. Every route of the registry is here; a path this table does not know is
+//! answered 404 by the router, after the caller was checked like any other request.
+
+use access::Action;
+use axum::http::Method;
+
+use crate::api::v2::{parse_route, Route};
+
+/// What a request needs before its handler runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing (the token endpoint, which checks credentials itself; the change feed's
+    /// bounds-only probe, which names nothing).
+    Nothing,
+    /// Any caller this registry knows, including anonymous callers when anonymous pull is on
+    /// (`GET /v2/`: "do you speak the API, and am I logged in").
+    Known,
+    /// An action on a repository.
+    Repository(String, Action),
+    /// A listing of repositories (`/v2/_catalog`, `/acr/v1/_catalog`): allowed to any known
+    /// caller, and filtered to what it may read (`Caller`).
+    Catalog,
+    /// A gateway action of a child registry (the change feed, the sync status).
+    Gateway(Action),
+    /// Writes of a cross-repository mount: the target repository's push, and pull on the
+    /// source (without it, the upload starts as an ordinary one: see `auth::guard`).
+    Mount { target: String, source: String },
+}
+
+/// The need of `method path?query`.
+pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
+    let write = !matches!(*method, Method::GET | Method::HEAD);
+    if path == "/v2" || path == "/v2/" {
+        return Need::Known;
+    }
+    if let Some(rest) = path.strip_prefix("/v2/") {
+        return match parse_route(rest) {
+            None => Need::Known,
+            Some(Route::Catalog) => Need::Catalog,
+            Some(Route::Tags(repo)) => Need::Repository(repo.into(), Action::MetadataRead),
+            Some(Route::Manifest(repo, _) | Route::Blob(repo, _)) => {
+                let action = match *method {
+                    Method::GET | Method::HEAD => Action::ContentRead,
+                    Method::DELETE => Action::ContentDelete,
+                    _ => Action::ContentWrite,
+                };
+                Need::Repository(repo.into(), action)
+            }
+            Some(Route::Referrers(repo, _)) => Need::Repository(repo.into(), Action::ContentRead),
+            Some(Route::UploadStart(repo)) => match query_value(query, "from") {
+                Some(source) if *method == Method::POST => Need::Mount {
+                    target: repo.into(),
+                    source,
+                },
+                _ => Need::Repository(repo.into(), Action::ContentWrite),
+            },
+            Some(Route::Upload(repo, _)) => Need::Repository(repo.into(), Action::ContentWrite),
+        };
+    }
+    if path.starts_with("/oauth2/") {
+        return Need::Nothing;
+    }
+    if let Some(rest) = path.strip_prefix("/acr/v1/") {
+        return acr_need(method, rest, query, write);
+    }
+    Need::Known
+}
+
+/// The `/acr/v1/` routes: the change feed and sync status (gateway actions), the catalog, and
+/// a repository's properties, tags and manifests (`metadata/read` to read, `metadata/write`
+/// to change attributes, `content/delete` to delete).
+fn acr_need(method: &Method, rest: &str, query: Option<&str>, write: bool) -> Need {
+    match rest {
+        "_changes" if query_value(query, "n").as_deref() == Some("0") => Need::Nothing,
+        "_changes" => Need::Gateway(Action::MessageRead),
+        "_catalog" => Need::Catalog,
+        _ if rest.starts_with("_sync/") => Need::Gateway(Action::MessageRead),
+        _ => {
+            let repo = ["/_tags", "/_manifests"]
+                .iter()
+                .filter_map(|marker| rest.find(marker).map(|at| &rest[..at]))
+                .min_by_key(|r| r.len())
+                .unwrap_or(rest);
+            let action = match *method {
+                Method::DELETE => Action::ContentDelete,
+                _ if write => Action::MetadataWrite,
+                _ => Action::MetadataRead,
+            };
+            Need::Repository(repo.into(), action)
+        }
+    }
+}
+
+/// One query parameter's value, percent-decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let query = query?;
+    url_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+pub(super) fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((decode(k)?, decode(v)?))
+    })
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    fn repo(name: &str, action: Action) -> Need {
+        Need::Repository(name.into(), action)
+    }
+
+    #[test]
+    fn every_route_has_its_need() {
+        let d = "sha256:aa";
+        let cases: &[(Method, &str, Option<&str>, Need)] = &[
+            (Method::GET, "/v2/", None, Need::Known),
+            (Method::GET, "/v2/_catalog", None, Need::Catalog),
+            (
+                Method::GET,
+                "/v2/a/b/tags/list",
+                None,
+                repo("a/b", MetadataRead),
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/latest",
+                None,
+                repo("a", ContentRead),
+            ),
+            (
+                Method::HEAD,
+                "/v2/a/manifests/latest",
+                None,
+                repo("a", ContentRead),
+            ),
+            (
+                Method::PUT,
+                "/v2/a/manifests/latest",
+                None,
+                repo("a", ContentWrite),
+            ),
+            (
+                Method::DELETE,
+                "/v2/a/manifests/latest",
+                None,
+                repo("a", ContentDelete),
+            ),
+            (
+                Method::GET,
+                &format!("/v2/a/blobs/{d}"),
+                None,
+                repo("a", ContentRead),
+            ),
+            (
+                Method::DELETE,
+                &format!("/v2/a/blobs/{d}"),
+                None,
+                repo("a", ContentDelete),
+            ),
+            (
+                Method::GET,
+                &format!("/v2/a/referrers/{d}"),
+                None,
+                repo("a", ContentRead),
+            ),
+            (
+                Method::POST,
+                "/v2/a/blobs/uploads/",
+                None,
+                repo("a", ContentWrite),
+            ),
+            (
+                Method::PATCH,
+                "/v2/a/blobs/uploads/u1",
+                None,
+                repo("a", ContentWrite),
+            ),
+            (
+                Method::GET,
+                "/v2/a/blobs/uploads/u1",
+                None,
+                repo("a", ContentWrite),
+            ),
+            (
+                Method::POST,
+                "/v2/a/blobs/uploads/",
+                Some("mount=sha256%3Aaa&from=b%2Fc"),
+                Need::Mount {
+                    target: "a".into(),
+                    source: "b/c".into(),
+                },
+            ),
+            (
+                Method::GET,
+                "/acr/v1/_changes",
+                Some("after=0"),
+                Need::Gateway(MessageRead),
+            ),
+            (Method::GET, "/acr/v1/_changes", Some("n=0"), Need::Nothing),
+            (
+                Method::GET,
+                "/acr/v1/_sync/status",
+                None,
+                Need::Gateway(MessageRead),
+            ),
+            (Method::GET, "/acr/v1/_catalog", None, Need::Catalog),
+            (Method::GET, "/acr/v1/a/b", None, repo("a/b", MetadataRead)),
+            (
+                Method::PATCH,
+                "/acr/v1/a/b",
+                None,
+                repo("a/b", MetadataWrite),
+            ),
+            (
+                Method::DELETE,
+                "/acr/v1/a/b",
+                None,
+                repo("a/b", ContentDelete),
+            ),
+            (
+                Method::GET,
+                "/acr/v1/a/b/_tags",
+                None,
+                repo("a/b", MetadataRead),
+            ),
+            (
+                Method::PATCH,
+                "/acr/v1/a/b/_tags/v1",
+                None,
+                repo("a/b", MetadataWrite),
+            ),
+            (
+                Method::DELETE,
+                "/acr/v1/a/_manifests/sha256:aa",
+                None,
+                repo("a", ContentDelete),
+            ),
+            (Method::GET, "/oauth2/token", None, Need::Nothing),
+            (Method::GET, "/elsewhere", None, Need::Known),
+        ];
+        for (method, path, query, expected) in cases {
+            assert_eq!(&need(method, path, *query), expected, "{method} {path}");
+        }
+    }
+}
