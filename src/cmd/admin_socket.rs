@@ -166,9 +166,8 @@ fn describe(command: &access::Command) -> (String, String) {
 /// serving it, or on the store itself when none does. Errors say what was refused and why.
 pub async fn send(data: &Path, command: access::Command) -> anyhow::Result<Value> {
     let socket = socket_path(data);
-    match ask_server(&socket, &command).await? {
-        Some(answer) => return answer,
-        None => {}
+    if let Some(answer) = ask_server(&socket, &command).await? {
+        return answer;
     }
     let direct = {
         let data = data.to_owned();
