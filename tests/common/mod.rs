@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod checks;
 pub mod distribution;
 pub mod docker;
 pub mod oci;
