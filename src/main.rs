@@ -56,6 +56,12 @@ enum Command {
     Certs(cmd::certs::Args),
     /// Check or render IoT Edge deployment manifests.
     Manifest(cmd::manifest::Args),
+    /// Manage scope maps: repositories and what tokens on them may do (as `az acr scope-map`).
+    ScopeMap(cmd::access::ScopeMapArgs),
+    /// Manage tokens and their passwords (as `az acr token`).
+    Token(cmd::access::TokenArgs),
+    /// Rotate the key that signs access tokens.
+    SigningKey(cmd::access::SigningKeyArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -126,6 +132,9 @@ fn main() -> ExitCode {
             Command::Recover(args) => cmd::recover::run(args).await,
             Command::Certs(args) => cmd::certs::run(args).await,
             Command::Manifest(args) => cmd::manifest::run(args).await,
+            Command::ScopeMap(args) => cmd::access::run_scope_map(args).await,
+            Command::Token(args) => cmd::access::run_token(args).await,
+            Command::SigningKey(args) => cmd::access::run_signing_key(args).await,
         }
     });
     match result {

@@ -202,9 +202,19 @@ impl Authority {
     /// Applies a management command, keeps the result, and answers as `az acr` would.
     pub fn manage(&self, command: Command) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
+        self.change(writes, |next| manage::apply(next, command, crate::now()))
+    }
+
+    /// Applies `change` to a copy of the token set and, when `writes`, keeps the copy (in the
+    /// store, then live) — all of it or, on an error, none.
+    pub(crate) fn change<T>(
+        &self,
+        writes: bool,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, ManageError>,
+    ) -> Result<T, ManageError> {
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = (*self.snapshot()).clone();
-        let answer = manage::apply(&mut next, command, crate::now())?;
+        let answer = change(&mut next)?;
         if writes {
             if let Some(store) = store.as_ref() {
                 store

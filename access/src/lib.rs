@@ -13,6 +13,7 @@
 //! | [`limiter`] | failed logins per token and per address, the lockout |
 //! | [`store`] | `access.redb` in the data directory |
 //! | [`manage`] | the `scope-map`/`token` commands and their `az acr`-shaped answers |
+//! | [`seed`] | scope maps and tokens from a config file, applied at start |
 //! | [`authority`] | the live model a server asks per request |
 
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod manage;
 mod names;
 pub mod password;
 pub mod scope_map;
+pub mod seed;
 pub mod store;
 pub mod token;
 
@@ -32,6 +34,7 @@ pub use action::Action;
 pub use authority::{Asked, Authority, Identity, Issued, Login, Refusal, Settings};
 pub use manage::{Command, ManageError};
 pub use scope_map::{RepoPattern, Rule, ScopeMap, Target};
+pub use seed::{Seed, Seeded};
 pub use store::{AccessStore, Snapshot, StoreError};
 
 /// Unix seconds now.

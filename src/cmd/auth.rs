@@ -89,20 +89,25 @@ impl AuthFlags {
 /// The file the first start writes the `admin` token's password to.
 pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
-/// Opens access control over `data` (none with `--auth none`); on a first start with no token,
-/// makes `admin` (every action on every repository) and writes its password to
-/// `DATA/admin-password`, mode 0600.
+/// Opens access control over `data` (none with `--auth none`) and applies `--access-config`;
+/// on a first start with no token, makes `admin` (every action on every repository) and writes
+/// its password to `DATA/admin-password`, mode 0600.
 pub fn open(
     flags: &AuthFlags,
     settings: access::Settings,
     data: &Path,
+    seed: &super::access::AccessConfigFlags,
 ) -> anyhow::Result<Option<Arc<access::Authority>>> {
     if flags.auth == AuthMode::None {
         tracing::warn!("--auth none: every route is open to anyone who can reach this registry");
+        if seed.access_config.is_some() {
+            tracing::warn!("--access-config is not applied with --auth none");
+        }
         return Ok(None);
     }
     let authority = access::Authority::open(data, settings)
         .with_context(|| format!("cannot open the access store in {}", data.display()))?;
+    super::access::seed(&authority, seed)?;
     if !authority.has_tokens() {
         make_admin(&authority, data)?;
     }

@@ -1,6 +1,8 @@
 //! One module per subcommand: its flags (`Args`) and its `run`.
 
+pub mod access;
 pub mod admin;
+pub mod admin_socket;
 pub mod auth;
 pub mod certs;
 pub mod gc;

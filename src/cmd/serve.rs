@@ -124,6 +124,9 @@ pub struct Args {
     pub admin: super::admin::AdminFlags,
 
     #[command(flatten)]
+    pub access: super::access::AccessConfigFlags,
+
+    #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
 
     #[command(flatten)]
@@ -154,9 +157,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
-    let listener = port
-        .listen(LISTEN_BACKLOG)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let gc_totals = Arc::new(super::admin::GcTotals::default());
     if !args.gc_interval.is_zero() {
         tokio::spawn(collect_garbage(
@@ -185,15 +185,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let data = args.data.clone();
-    let authority =
-        tokio::task::spawn_blocking(move || super::auth::open(&args.auth, auth_settings, &data))
-            .await??;
+    let authority = tokio::task::spawn_blocking(move || {
+        super::auth::open(&args.auth, auth_settings, &data, &args.access)
+    })
+    .await??;
     if let Some(authority) = &authority {
+        // Management commands (`token`, `scope-map`) reach this authority on DATA/admin.sock.
+        super::admin_socket::spawn(&args.data, authority.clone())?;
         app = registry::api::auth::guard(
             app.merge(registry::api::auth::token::routes(authority.clone())),
             authority.clone(),
         );
     }
+    // Only now, with the store and the token set open (and the admin socket bound): whoever
+    // waits for the port finds a registry that serves and answers management commands.
+    let listener = port
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     // With --admin, every request is counted; without it the router has no such layer.
     let mut ops = admin.map(|listener| {
         let http = Arc::new(registry::api::metrics::HttpMetrics::default());
