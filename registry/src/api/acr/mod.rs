@@ -94,15 +94,15 @@ impl<'a> AcrRoute<'a> {
 
     /// The action `method` on this route needs (see the module doc); `None`: the method is not
     /// served here.
-    pub(crate) fn action(&self, method: &Method) -> Option<&'static str> {
+    pub(crate) fn action(&self, method: &Method) -> Option<access::Action> {
         let item = matches!(
             self,
             AcrRoute::Repository(_) | AcrRoute::Tag(..) | AcrRoute::Manifest(..)
         );
         match *method {
-            Method::GET => Some("metadata/read"),
-            Method::PATCH if item => Some("metadata/write"),
-            Method::DELETE if item => Some("content/delete"),
+            Method::GET => Some(access::Action::MetadataRead),
+            Method::PATCH if item => Some(access::Action::MetadataWrite),
+            Method::DELETE if item => Some(access::Action::ContentDelete),
             _ => None,
         }
     }
@@ -441,12 +441,18 @@ mod tests {
         assert_eq!(parse_route(""), None);
         let tag = AcrRoute::Tag("a", "v1");
         assert_eq!(tag.repo(), Some("a"));
-        assert_eq!(tag.action(&Method::PATCH), Some("metadata/write"));
-        assert_eq!(tag.action(&Method::DELETE), Some("content/delete"));
+        assert_eq!(
+            tag.action(&Method::PATCH),
+            Some(access::Action::MetadataWrite)
+        );
+        assert_eq!(
+            tag.action(&Method::DELETE),
+            Some(access::Action::ContentDelete)
+        );
         assert_eq!(AcrRoute::Tags("a").action(&Method::PATCH), None);
         assert_eq!(
             AcrRoute::Catalog.action(&Method::GET),
-            Some("metadata/read")
+            Some(access::Action::MetadataRead)
         );
     }
 

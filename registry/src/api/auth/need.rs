@@ -5,6 +5,7 @@
 use access::Action;
 use axum::http::Method;
 
+use crate::api::acr::{parse_route as parse_acr_route, AcrRoute};
 use crate::api::v2::{parse_route, Route};
 
 /// What a request needs before its handler runs.
@@ -30,7 +31,6 @@ pub enum Need {
 
 /// The need of `method path?query`.
 pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
-    let write = !matches!(*method, Method::GET | Method::HEAD);
     if path == "/v2" || path == "/v2/" {
         return Need::Known;
     }
@@ -63,33 +63,28 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
         return Need::Nothing;
     }
     if let Some(rest) = path.strip_prefix("/acr/v1/") {
-        return acr_need(method, rest, query, write);
+        return acr_need(method, rest, query);
     }
     Need::Known
 }
 
-/// The `/acr/v1/` routes: the change feed and sync status (gateway actions), the catalog, and
-/// a repository's properties, tags and manifests (`metadata/read` to read, `metadata/write`
-/// to change attributes, `content/delete` to delete).
-fn acr_need(method: &Method, rest: &str, query: Option<&str>, write: bool) -> Need {
-    match rest {
-        "_changes" if query_value(query, "n").as_deref() == Some("0") => Need::Nothing,
-        "_changes" => Need::Gateway(Action::MessageRead),
-        "_catalog" => Need::Catalog,
-        _ if rest.starts_with("_sync/") => Need::Gateway(Action::MessageRead),
-        _ => {
-            let repo = ["/_tags", "/_manifests"]
-                .iter()
-                .filter_map(|marker| rest.find(marker).map(|at| &rest[..at]))
-                .min_by_key(|r| r.len())
-                .unwrap_or(rest);
-            let action = match *method {
-                Method::DELETE => Action::ContentDelete,
-                _ if write => Action::MetadataWrite,
-                _ => Action::MetadataRead,
-            };
-            Need::Repository(repo.into(), action)
-        }
+/// The `/acr/v1/` routes, as `api::acr` parses them and names their actions: the change feed
+/// and sync status (gateway actions), the catalog, and a repository's properties, tags and
+/// manifests.
+fn acr_need(method: &Method, rest: &str, query: Option<&str>) -> Need {
+    if rest.starts_with("_sync/") {
+        return Need::Gateway(Action::MessageRead);
+    }
+    match parse_acr_route(rest) {
+        None => Need::Known,
+        Some(AcrRoute::Changes) if query_value(query, "n").as_deref() == Some("0") => Need::Nothing,
+        Some(AcrRoute::Changes) => Need::Gateway(Action::MessageRead),
+        Some(AcrRoute::Catalog) => Need::Catalog,
+        Some(route) => match (route.repo(), route.action(method)) {
+            (Some(repo), Some(action)) => Need::Repository(repo.into(), action),
+            // A method the route does not serve: its 405 says nothing about the repository.
+            _ => Need::Known,
+        },
     }
 }
 
