@@ -206,7 +206,10 @@ fn refused_credentials() {
     let writer = create_token(
         &data,
         "writer",
-        vec![rule("team-a/*", &["content/read", "content/write"])],
+        vec![rule(
+            "team-a/*",
+            &["content/read", "content/write", "metadata/read"],
+        )],
         None,
     );
     let reader = create_token(
@@ -416,7 +419,10 @@ fn rotation_and_refresh_tokens() {
     let r = refreshed(&api).expect(200);
     let jwt = r.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(claims(&jwt)["sub"], "ci");
-    get_as(&api, "/v2/x/y/tags/list", &bearer(&jwt)).expect_error(404, "NAME_UNKNOWN");
+    assert_eq!(
+        get_as(&api, "/v2/x/y/manifests/v1", &bearer(&jwt)).status,
+        404
+    );
     drop(registry);
 
     let new1 = regenerate(&data, "ci", "password1");
@@ -437,6 +443,7 @@ fn brute_force_is_limited_per_token_and_per_address() {
     let data = tmp.path().join("data");
     let victim = create_token(&data, "victim", vec![rule("*", &["content/read"])], None);
     let bystander = create_token(&data, "bystander", vec![rule("*", &["content/read"])], None);
+    let fresh = create_token(&data, "fresh", vec![rule("*", &["content/read"])], None);
     let registry = serve(&data, &["--login-attempts", "3", "--login-lockout", "10m"]);
     let api = Api::new(&registry.url());
     let from = |addr: &str, authorization: &str| {
@@ -461,12 +468,14 @@ fn brute_force_is_limited_per_token_and_per_address() {
     // Another token from a clean address is not.
     from("10.0.0.20", &bystander.basic()).expect(200);
 
-    // Per address: three failures on unknown tokens lock the address, for every token.
+    // Per address: three failures on unknown tokens lock the address, for every token whose
+    // password is not already remembered (a credential verified within --credential-cache
+    // is not a guess, and is not checked again).
     for i in 0..3 {
         expect_challenge(from("10.0.1.1", &basic(&format!("nobody{i}"), "x")));
     }
-    from("10.0.1.1", &bystander.basic()).expect_error(429, "TOOMANYREQUESTS");
-    from("10.0.1.2", &bystander.basic()).expect(200);
+    from("10.0.1.1", &fresh.basic()).expect_error(429, "TOOMANYREQUESTS");
+    from("10.0.1.2", &fresh.basic()).expect(200);
 
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     let lockouts: Vec<&str> = log
@@ -485,7 +494,7 @@ fn brute_force_is_limited_per_token_and_per_address() {
     );
     for secret in guesses
         .iter()
-        .chain([&victim.password1, &bystander.password1])
+        .chain([&victim.password1, &bystander.password1, &fresh.password1])
     {
         assert!(!log.contains(secret.as_str()), "a password in the log");
     }
@@ -509,8 +518,7 @@ fn anonymous_pull_only_where_allowed() {
     expect_challenge(api.get("/v2/private/app/tags/list"));
     expect_challenge(api.send(api.req(Method::POST, "/v2/public/app/blobs/uploads/")));
     expect_challenge(api.delete("/v2/public/app/manifests/v1"));
-    let catalog = api.get("/v2/_catalog").expect(200).json();
-    assert_eq!(catalog["repositories"], serde_json::json!(["public/app"]));
+    api.get("/v2/_catalog").expect(200);
     // The anonymous token flow (what docker pull does) gets pull on public only.
     let r = api
         .get(
@@ -527,10 +535,10 @@ fn anonymous_pull_only_where_allowed() {
     r.expect(401);
 }
 
-/// A token scoped to `team-a/*` sees only team-a in listings, and is denied team-b whether or
-/// not it exists (the same answer: the check comes before the handler looks).
+/// A token scoped to `team-a/*` is denied team-b whether or not it exists (the same answer:
+/// the check comes before the handler looks).
 #[test]
-fn listings_show_only_what_the_token_reads() {
+fn another_teams_repository_is_denied_whether_or_not_it_exists() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let admin = create_token_on(&data, "owner", "_repositories_admin");
@@ -547,22 +555,6 @@ fn listings_show_only_what_the_token_reads() {
     let api = Api::new(&registry.url());
     push_image_as(&api, "team-a/app", "v1", &admin.basic());
     push_image_as(&api, "team-b/app", "v1", &admin.basic());
-    let all = get_as(&api, "/v2/_catalog", &admin.basic())
-        .expect(200)
-        .json();
-    assert_eq!(
-        all["repositories"],
-        serde_json::json!(["team-a/app", "team-b/app"])
-    );
-    let seen = get_as(&api, "/v2/_catalog", &team_a.basic())
-        .expect(200)
-        .json();
-    assert_eq!(seen["repositories"], serde_json::json!(["team-a/app"]));
-    let jwt = access_token(&api, &team_a.basic(), &["registry:catalog:*"], None);
-    let seen = get_as(&api, "/v2/_catalog", &bearer(&jwt))
-        .expect(200)
-        .json();
-    assert_eq!(seen["repositories"], serde_json::json!(["team-a/app"]));
     let exists = get_as(&api, "/v2/team-b/app/manifests/v1", &team_a.basic());
     let missing = get_as(&api, "/v2/team-b/nothing/manifests/v1", &team_a.basic());
     assert_eq!((exists.status, missing.status), (403, 403));
@@ -731,7 +723,15 @@ fn secrets_never_appear_in_logs_bodies_or_metrics() {
     let data = tmp.path().join("data");
     let admin_addr = format!("127.0.0.1:{}", free_port());
     // The first start makes `admin`; then `alice` is added with the registry stopped.
-    drop(serve(&data, &[]));
+    let first = serve(&data, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            data.join("admin-password").exists()
+        }),
+        "the first start wrote no admin-password"
+    );
+    Api::new(&first.url()).get("/v2/").expect(401);
+    drop(first);
     let first_log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     let alice: Made = create_token(
         &data,
@@ -868,5 +868,55 @@ fn secrets_never_appear_in_logs_bodies_or_metrics() {
                 &secret[..6]
             );
         }
+    }
+}
+
+/// The catalogs (`/v2/_catalog`, `/acr/v1/_catalog`) name only what the caller may read: a
+/// `team-a/*` token sees team-a (by password and by access token), an anonymous caller only
+/// the `--anonymous-pull` repositories, `admin` everything. (The listing filter is the `/acr`
+/// work's: this fails until it is merged.)
+#[test]
+fn catalogs_show_only_what_the_caller_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let admin = create_token_on(&data, "owner", "_repositories_admin");
+    let team_a = create_token(
+        &data,
+        "team-a",
+        vec![rule("team-a/*", &["content/read", "metadata/read"])],
+        None,
+    );
+    let registry = serve(&data, &["--anonymous-pull", "public/*"]);
+    let api = Api::new(&registry.url());
+    for repo in ["public/app", "team-a/app", "team-b/app"] {
+        push_image_as(&api, repo, "v1", &admin.basic());
+    }
+    let jwt = access_token(&api, &team_a.basic(), &["registry:catalog:*"], None);
+    let anonymous_jwt = api
+        .get("/oauth2/token?scope=registry:catalog:*")
+        .expect(200)
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for path in ["/v2/_catalog", "/acr/v1/_catalog"] {
+        let listed = |authorization: Option<&str>| {
+            let mut rb = api.req(Method::GET, path);
+            if let Some(value) = authorization {
+                rb = rb.header("authorization", value);
+            }
+            api.send(rb).expect(200).json()["repositories"].clone()
+        };
+        assert_eq!(
+            listed(Some(&admin.basic())),
+            serde_json::json!(["public/app", "team-a/app", "team-b/app"]),
+            "{path}"
+        );
+        let team = serde_json::json!(["team-a/app"]);
+        assert_eq!(listed(Some(&team_a.basic())), team, "{path}");
+        assert_eq!(listed(Some(&bearer(&jwt))), team, "{path}");
+        let public = serde_json::json!(["public/app"]);
+        assert_eq!(listed(None), public, "{path}");
+        assert_eq!(listed(Some(&bearer(&anonymous_jwt))), public, "{path}");
     }
 }

@@ -478,7 +478,7 @@ fn check_mode(api: &Api, mode: Mode, callers: &[Caller], routes: &[Route]) -> us
     let wrong = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for _ in 0..4 {
+        for _ in 0..8 {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(caller) = callers.get(i) else { break };
@@ -594,11 +594,15 @@ fn every_route_action_set_scope_shape_and_mode() {
                         actions: *actions,
                         header: header.clone(),
                     });
-                    callers.push(Caller::Bearer {
-                        shape: *shape,
-                        actions: *actions,
-                        jwt: access_token(&api, Some(&header)),
-                    });
+                    // ReadOnly changes what an allowed write answers, not who is allowed:
+                    // Basic alone covers it (half the cells, half the time).
+                    if mode == Mode::ReadWrite {
+                        callers.push(Caller::Bearer {
+                            shape: *shape,
+                            actions: *actions,
+                            jwt: access_token(&api, Some(&header)),
+                        });
+                    }
                 }
             }
         }

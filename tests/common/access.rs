@@ -149,24 +149,27 @@ fn made(answer: &Value) -> Made {
 pub fn seed_cheaply(data: &Path, tokens: &[(String, Vec<Rule>)]) -> Vec<String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     std::fs::create_dir_all(data).expect("make the data directory");
-    // Scope maps and tokens through the management commands; the passwords written after.
-    {
-        let authority = Authority::open(data, Settings::default()).expect("open access store");
-        for (name, rules) in tokens {
-            authority
-                .manage(Command::TokenCreate {
-                    name: name.clone(),
-                    scope_map: None,
-                    rules: rules.clone(),
-                    status: None,
-                    no_passwords: true,
-                    expiration: None,
-                })
-                .unwrap_or_else(|e| panic!("token {name}: {e}"));
-        }
-    }
+    // The management commands on one snapshot, kept in one write (a write per token would
+    // be a thousand transactions).
     let store = access::AccessStore::open(data).expect("open access store");
     let mut snapshot = store.load().expect("load access store");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    access::manage::ensure_defaults(&mut snapshot, now);
+    for (name, rules) in tokens {
+        let command = Command::TokenCreate {
+            name: name.clone(),
+            scope_map: None,
+            rules: rules.clone(),
+            status: None,
+            no_passwords: true,
+            expiration: None,
+        };
+        access::manage::apply(&mut snapshot, command, now)
+            .unwrap_or_else(|e| panic!("token {name}: {e}"));
+    }
     let cheap = argon2::Argon2::new(
         argon2::Algorithm::Argon2id,
         argon2::Version::V0x13,
@@ -175,7 +178,7 @@ pub fn seed_cheaply(data: &Path, tokens: &[(String, Vec<Rule>)]) -> Vec<String> 
     let mut passwords = Vec::new();
     for (i, (name, _)) in tokens.iter().enumerate() {
         let password = format!("matrix-password-{i}-{}", access::password::generate());
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let salt = SaltString::encode_b64(&super::oci::random_bytes(16)).expect("salt");
         let hash = cheap
             .hash_password(password.as_bytes(), &salt)
             .expect("hash")
