@@ -511,7 +511,9 @@ fn anonymous_pull_only_where_allowed() {
     let api = Api::new(&registry.url());
     push_image_as(&api, "public/app", "v1", &admin.basic());
     push_image_as(&api, "private/app", "v1", &admin.basic());
-    api.get("/v2/").expect(200);
+    // `GET /v2/` challenges even so: that is how clients learn to authenticate (a 200 there
+    // and skopeo pushes without its credentials).
+    expect_challenge(api.get("/v2/"));
     api.get_manifest("public/app", "v1").expect(200);
     assert_eq!(api.tags("public/app"), vec!["v1"]);
     expect_challenge(api.get_manifest("private/app", "v1"));
@@ -530,6 +532,7 @@ fn anonymous_pull_only_where_allowed() {
         claims(&jwt)["access"],
         serde_json::json!([{"type": "repository", "name": "public/app", "actions": ["pull"]}])
     );
+    get_as(&api, "/v2/", &bearer(&jwt)).expect(200);
     get_as(&api, "/v2/public/app/manifests/v1", &bearer(&jwt)).expect(200);
     let r = get_as(&api, "/v2/private/app/manifests/v1", &bearer(&jwt));
     r.expect(401);

@@ -349,7 +349,9 @@ fn expected(mode: Mode, caller: &Caller, needs: Needs) -> Expect {
             };
             let allowed = match needs {
                 Needs::Nothing => true,
-                Needs::Known | Needs::Catalog => anonymous_pull,
+                // `GET /v2/` challenges a caller without credentials whatever the mode.
+                Needs::Known => matches!(caller, Caller::AnonymousBearer(_)),
+                Needs::Catalog => anonymous_pull,
                 Needs::Repo(action) => anon_reads(action),
                 Needs::Gateway(_) | Needs::Mount => false,
             };

@@ -184,10 +184,11 @@ async fn check(
     };
     let allowed = match &need {
         Need::Nothing => true,
-        Need::Known => match &identity {
-            Identity::Anonymous => authority.anonymous().is_some(),
-            _ => true,
-        },
+        // A caller with no credentials is challenged here even with anonymous pull on: clients
+        // (docker, containers/image) learn from `GET /v2/` whether to authenticate, and after
+        // a 200 they push without their credentials. Anonymous pull goes through the token
+        // service (an anonymous access token), as at ACR and distribution.
+        Need::Known => !matches!(identity, Identity::Anonymous),
         Need::Catalog => match &identity {
             Identity::Anonymous => authority.anonymous().is_some(),
             Identity::Password { .. } => true,
