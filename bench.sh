@@ -6,6 +6,11 @@
 #   ours        connected-registry serve, plain HTTP                      127.0.0.1:OURS_PORT
 #   a           CNCF distribution (docker-registry), plain HTTP            (anchors.sh, :REG_PORT)
 #   ours-proxy  connected-registry proxy (TLS 1.3) in front of ours        127.0.0.1:OURS_PROXY_PORT
+#   ours-basic  ours with access control (--auth tokens), every request with Basic credentials
+#   ours-bearer ours with access control, every request with a Bearer token from /oauth2/token
+#               (both: WORKLOADS="W1 W2" only, the token grants the fixture's repository; not in
+#               the default TARGETS; also prints the token service's latency at TOKEN_RATE
+#               requests/s, see bench/token_rate.py)
 #   nginx-ours  nginx TLS reverse proxy (anchor b's config) in front of ours 127.0.0.1:NGINX_OURS_PORT
 #               (not in the default TARGETS: the "same registry" comparison for the proxy goal)
 #   b           nginx TLS reverse proxy in front of a                      (anchors.sh, :PROXY_PORT)
@@ -38,7 +43,7 @@ BENCH_DIR="$(cd "$SHARED_BENCH" && pwd)"
 # shellcheck source=../shared/bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-ALL_TARGETS="ours a ours-proxy nginx-ours b c-http c-tls"
+ALL_TARGETS="ours a ours-proxy nginx-ours ours-basic ours-bearer b c-http c-tls"
 DEFAULT_TARGETS="ours a ours-proxy b c-http c-tls"
 ROUNDS="${ROUNDS:-3}"
 TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
@@ -200,7 +205,8 @@ await_up() {
 start_ours() { # ROUND
   local log_file="$BENCH_OUT/logs/ours-serve.$1.log"
   port_free "$OURS_PORT" || die "127.0.0.1:$OURS_PORT is in use (OURS_PORT)"
-  RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --listen "127.0.0.1:$OURS_PORT" --data "$WORK/ours/data" --auth "${OURS_AUTH:-none}" \
+  RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --listen "127.0.0.1:$OURS_PORT" --data "$WORK/ours/data" \
+    --auth "${OURS_AUTH:-none}" --token-lifetime 1h \
     >"$log_file" 2>&1 &
   OURS_PID=$!
   await_up "$OURS_PID" "http://127.0.0.1:$OURS_PORT/v2/" "" "$log_file" "connected-registry serve"
@@ -256,7 +262,11 @@ run_ours_target() { # LABEL ROUND
   local label="$1" round="$2" out="$BENCH_OUT/$1.$2.txt" rc=0
   : >"$out"
   log "=== $label, round $round"
-  start_ours "$round"
+  local auth=none
+  case "$label" in ours-basic | ours-bearer) auth=tokens ;; esac
+  OURS_AUTH="$auth" start_ours "$round"
+  local password_file="$WORK/ours/data/admin-password" password=""
+  [ "$auth" = none ] || password="$(cat "$password_file")"
   case "$label" in
     ours)
       REGISTRY_URL="http://127.0.0.1:$OURS_PORT" SERVER_PIDS="registry:$OURS_PID" \
@@ -267,6 +277,20 @@ run_ours_target() { # LABEL ROUND
       REGISTRY_URL="http://127.0.0.1:$OURS_PORT" PROXY_URL="https://127.0.0.1:$OURS_PROXY_PORT" \
         CA_FILE="$WORK/tls/ca.crt" SERVER_PIDS="registry:$OURS_PID proxy:$PROXY_PID" \
         RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
+      ;;
+    ours-basic)
+      AUTH_USER=admin AUTH_PASS="$password" REGISTRY_URL="http://127.0.0.1:$OURS_PORT" \
+        SERVER_PIDS="registry:$OURS_PID" RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
+      python3 "$ROOT/bench/token_rate.py" "http://127.0.0.1:$OURS_PORT" admin "$password" \
+        "${TOKEN_RATE:-200}" "${TOKEN_SECONDS:-10}" >>"$out" || rc=$?
+      ;;
+    ours-bearer)
+      local token
+      token="$(curl -fsS -u "admin:$password" \
+        "http://127.0.0.1:$OURS_PORT/oauth2/token?service=127.0.0.1:$OURS_PORT&scope=repository:${NS:-bench}/anchor:pull,push" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
+      BEARER_TOKEN="$token" REGISTRY_URL="http://127.0.0.1:$OURS_PORT" \
+        SERVER_PIDS="registry:$OURS_PID" RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
       ;;
     nginx-ours)
       start_nginx_ours "$round"
@@ -333,7 +357,7 @@ for t in $TARGETS; do
 done
 [ "${#files[@]}" -gt 0 ] || die "no results (every target failed; see $BENCH_OUT/bench.log)"
 ratios=()
-for r in ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
+for r in ours-basic/ours ours-bearer/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
   if want "${r%/*}" && want "${r#*/}"; then ratios+=(--ratio "$r"); fi
 done
 {

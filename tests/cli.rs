@@ -298,6 +298,8 @@ fn host_names_are_accepted_as_listen_addresses() {
             &proxy_listen,
             "--data",
             path(&data),
+            "--auth",
+            "none",
         ],
         &[],
         SocketAddr::from(([127, 0, 0, 1], port)),

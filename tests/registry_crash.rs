@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::api::*;
+use common::checks::{assert_push_intact, assert_references_whole, path_of};
 use common::oci::random_bytes;
 use common::target::{setup, Target};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Total size of the files under `dir`.
 fn dir_size(dir: &std::path::Path) -> u64 {
@@ -64,70 +65,6 @@ impl Read for Trickle {
         buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-/// Checks that `repo:tag` serves exactly `body`, and that every blob it references is whole.
-#[track_caller]
-fn assert_push_intact(api: &Api, repo: &str, tag: &str, body: &[u8]) {
-    let r = api.get_manifest(repo, tag);
-    assert_eq!(
-        r.status,
-        200,
-        "acknowledged push {repo}:{tag} lost after the crash: {}",
-        r.text()
-    );
-    assert_eq!(
-        r.body, body,
-        "{repo}:{tag} serves other bytes after the crash"
-    );
-    assert_eq!(r.header("docker-content-digest"), Some(sha256(body)));
-    assert_references_whole(api, repo, &r.json());
-}
-
-/// The path and query of an upload `Location` (absolute or not), valid after a restart on
-/// another port.
-fn path_of(location: &str) -> String {
-    match location.strip_prefix("http://") {
-        Some(rest) => rest
-            .find('/')
-            .map(|i| rest[i..].to_string())
-            .unwrap_or_default(),
-        None => location.to_string(),
-    }
-}
-
-/// Every blob a manifest references can be fetched and hashes to its digest.
-#[track_caller]
-fn assert_references_whole(api: &Api, repo: &str, manifest: &Value) {
-    let mut digests: Vec<&str> = vec![];
-    if let Some(c) = manifest["config"]["digest"].as_str() {
-        digests.push(c);
-    }
-    for l in manifest["layers"].as_array().into_iter().flatten() {
-        digests.push(l["digest"].as_str().unwrap());
-    }
-    for child in manifest["manifests"].as_array().into_iter().flatten() {
-        let d = child["digest"].as_str().unwrap();
-        let r = api.get_manifest(repo, d);
-        assert_eq!(
-            r.status, 200,
-            "{repo}: index refers to child {d}, missing after the crash"
-        );
-        assert_eq!(sha256(&r.body), d, "{repo}: child manifest {d} is torn");
-        assert_references_whole(api, repo, &r.json());
-    }
-    for d in digests {
-        let b = api.get(&format!("/v2/{repo}/blobs/{d}"));
-        assert_eq!(
-            b.status, 200,
-            "{repo}: referenced blob {d} missing after the crash"
-        );
-        assert_eq!(
-            sha256(&b.body),
-            d,
-            "{repo}: blob {d} is torn after the crash"
-        );
     }
 }
 

@@ -120,7 +120,8 @@ impl Asked {
     }
 }
 
-/// Entries of the credential cache at most (each about 100 bytes).
+/// Entries of the credential cache, and of verified access tokens, at most (each a few hundred
+/// bytes).
 const MAX_REMEMBERED: usize = 10_000;
 
 struct Remembered {
@@ -130,6 +131,13 @@ struct Remembered {
     until: Instant,
 }
 
+/// An access token verified before: for which service, until when, and whom it names.
+struct Verified {
+    service: Box<str>,
+    exp: u64,
+    identity: Arc<Identity>,
+}
+
 pub struct Authority {
     store: Mutex<Option<AccessStore>>,
     state: RwLock<Arc<Snapshot>>,
@@ -137,6 +145,7 @@ pub struct Authority {
     limiter: LoginLimiter,
     /// Keyed hashes of verified `name:password` pairs: the cache never holds a password.
     remembered: Mutex<HashMap<[u8; 32], Remembered>>,
+    verified: RwLock<HashMap<Box<str>, Verified>>,
     cache_key: [u8; 32],
 }
 
@@ -172,6 +181,7 @@ impl Authority {
             limiter: LoginLimiter::new(settings.login),
             settings,
             remembered: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
             cache_key: rand::random(),
         }
     }
@@ -279,9 +289,20 @@ impl Authority {
     }
 
     /// The identity of a Bearer access token for `service`.
-    pub fn bearer(&self, access_token: &str, service: &str) -> Result<Identity, Refusal> {
+    /// Tokens verified before are recalled from memory (a client sends the same token with
+    /// every request for its lifetime; verifying is a signature and a JSON parse).
+    pub fn bearer(&self, access_token: &str, service: &str) -> Result<Arc<Identity>, Refusal> {
+        let now = crate::now();
+        {
+            let verified = self.verified.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = verified.get(access_token) {
+                if now < v.exp && *v.service == *service {
+                    return Ok(v.identity.clone());
+                }
+            }
+        }
         let snapshot = self.snapshot();
-        let claims = jwt::verify(&snapshot.keys, access_token, crate::now())
+        let claims = jwt::verify(&snapshot.keys, access_token, now)
             .map_err(|e| Refusal::Unauthorized(format!("access token: {e}")))?;
         if claims.refresh.is_some() {
             return Err(Refusal::Unauthorized(
@@ -294,10 +315,26 @@ impl Authority {
                 claims.aud
             )));
         }
-        Ok(Identity::Bearer {
+        let identity = Arc::new(Identity::Bearer {
             token: claims.sub,
             access: claims.access,
-        })
+        });
+        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= MAX_REMEMBERED {
+            verified.retain(|_, v| now < v.exp);
+            if verified.len() >= MAX_REMEMBERED {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            access_token.into(),
+            Verified {
+                service: service.into(),
+                exp: claims.exp,
+                identity: identity.clone(),
+            },
+        );
+        Ok(identity)
     }
 
     /// Whether `identity` may do `action` on `target`, by the token set as it is now.

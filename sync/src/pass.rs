@@ -418,6 +418,7 @@ impl Engine {
         if done.is_empty() && gone.is_empty() {
             return;
         }
+        util::crash_point::crash_point("sync_before_tag_recorded");
         let r = self.state.update(|s| {
             let entry = s.synced_tags.entry(repo.to_owned()).or_default();
             for (tag, d) in done {

@@ -99,6 +99,7 @@ async fn push_tag(
                 .put_manifest(repo, tag, &m.media_type, m.body)
                 .await?;
             tracing::info!(repo, tag, %digest, "pushed up");
+            util::crash_point::crash_point("sync_after_push_up");
         }
     }
     let (r, t, d) = (repo.to_owned(), tag.to_owned(), digest.clone());
@@ -169,6 +170,7 @@ fn push_manifest<'a>(
             .put_manifest(repo, &digest.to_string(), &m.media_type, m.body)
             .await?;
         pass.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+        util::crash_point::crash_point("sync_after_push_up");
         Ok(true)
     }
     .boxed()

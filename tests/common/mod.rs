@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod api;
+pub mod checks;
 pub mod distribution;
 pub mod docker;
 pub mod oci;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::api::Api;
-use super::{distribution, start_registry, Proc};
+use super::{distribution, free_port, serve_with, Proc};
 
 /// Which implementation answers the requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Target {
     /// The test's private directory; the registry's data lives inside it.
     pub dir: PathBuf,
     extra_args: Vec<String>,
+    /// Environment variables of the next start (ours only), e.g. a crash point to arm.
+    pub envs: Vec<(String, String)>,
     restarts: u32,
 }
 
@@ -58,12 +60,13 @@ impl Target {
     pub fn start_with(dir: &Path, extra_args: &[&str]) -> Target {
         let kind = kind();
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let proc = launch(kind, dir, &extra_args);
+        let proc = launch(kind, dir, &extra_args, &[]);
         Target {
             proc,
             kind,
             dir: dir.to_path_buf(),
             extra_args,
+            envs: Vec::new(),
             restarts: 0,
         }
     }
@@ -114,7 +117,11 @@ impl Target {
             if !rel.contains("sha256") {
                 continue;
             }
-            let bytes = std::fs::read(self.blobs_dir().join(&rel)).unwrap_or_default();
+            // A file GC removed since the listing is gone, not torn.
+            let bytes = match std::fs::read(self.blobs_dir().join(&rel)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                read => read.unwrap_or_default(),
+            };
             if super::api::sha256(&bytes) != format!("sha256:{hex}") {
                 bad.push(rel);
             }
@@ -139,16 +146,25 @@ impl Target {
         let old = self.proc.log.clone();
         let kept = old.with_extension(format!("log.{}", self.restarts));
         let _ = std::fs::rename(&old, &kept);
-        self.proc = launch(self.kind, &self.dir, &self.extra_args);
+        self.proc = launch(self.kind, &self.dir, &self.extra_args, &self.envs);
     }
 }
 
-fn launch(kind: Kind, dir: &Path, extra_args: &[String]) -> Proc {
+fn launch(kind: Kind, dir: &Path, extra_args: &[String], envs: &[(String, String)]) -> Proc {
     std::fs::create_dir_all(dir).expect("create test dir");
     match kind {
         Kind::Ours => {
             let extra: Vec<&str> = extra_args.iter().map(String::as_str).collect();
-            start_registry(&dir.join("data"), &extra)
+            let envs: Vec<(&str, &str)> =
+                envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let data = dir.join("data");
+            serve_with(
+                &data,
+                free_port(),
+                &extra,
+                &envs,
+                data.with_extension("log"),
+            )
         }
         Kind::Distribution => distribution::start_distribution(dir, ""),
     }

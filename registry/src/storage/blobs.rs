@@ -73,7 +73,9 @@ impl Blobs {
             file.display(),
             dest.display()
         )))?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        util::crash_point::crash_point("after_blob_rename");
+        Ok(())
     }
 
     /// Writes small content (a manifest) to a fsynced temp file, to be installed under its

@@ -297,6 +297,7 @@ impl Meta {
         let tx = self.begin_write()?;
         tx.open_table(REPO_BLOBS)?
             .insert((repo, digest.to_string().as_str()), (size, now()))?;
+        util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
         Ok(())
     }
@@ -449,6 +450,7 @@ impl Meta {
                 }
             }
         }
+        util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
         Ok(())
     }
@@ -466,6 +468,7 @@ impl Meta {
                 },
             )?;
         }
+        util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
         Ok(removed)
     }
@@ -480,6 +483,7 @@ impl Meta {
     ) -> Result<(), StorageError> {
         let tx = self.begin_write()?;
         remove_manifest(&tx, repo, digest, origin)?;
+        util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
         Ok(())
     }

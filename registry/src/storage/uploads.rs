@@ -361,6 +361,7 @@ impl Session {
             "fsync {}/data",
             self.dir.display()
         )))?;
+        util::crash_point::crash_point("after_blob_fsync");
         Ok(self.dir.join("data"))
     }
 }

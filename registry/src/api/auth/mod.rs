@@ -132,9 +132,9 @@ async fn identify(
     credentials: Credentials,
     service: &str,
     from: IpAddr,
-) -> Result<Identity, Refusal> {
+) -> Result<Arc<Identity>, Refusal> {
     match credentials {
-        Credentials::None => Ok(Identity::Anonymous),
+        Credentials::None => Ok(Arc::new(Identity::Anonymous)),
         Credentials::Malformed => Err(Refusal::Unauthorized(
             "Authorization is neither Basic name:password nor Bearer".into(),
         )),
@@ -147,7 +147,7 @@ async fn identify(
                     .await
                     .map_err(|_| Refusal::Unauthorized("password check failed".into()))??;
             }
-            Ok(Identity::Password { token: name })
+            Ok(Arc::new(Identity::Password { token: name }))
         }
     }
 }
@@ -182,25 +182,24 @@ async fn check(
             );
         }
     };
-    let allowed = match &need {
-        Need::Nothing => true,
+    let allowed = match (&need, &*identity) {
+        (Need::Nothing, _) => true,
         // A caller with no credentials is challenged here even with anonymous pull on: clients
         // (docker, containers/image) learn from `GET /v2/` whether to authenticate, and after
         // a 200 they push without their credentials. Anonymous pull goes through the token
         // service (an anonymous access token), as at ACR and distribution.
-        Need::Known => !matches!(identity, Identity::Anonymous),
-        Need::Catalog => match &identity {
-            Identity::Anonymous => authority.anonymous().is_some(),
-            Identity::Password { .. } => true,
-            Identity::Bearer { access, .. } => access
-                .iter()
-                .any(|g| g.kind == "registry" && g.name == "catalog"),
-        },
-        Need::Repository(repo, action) => {
+        (Need::Known, Identity::Anonymous) => false,
+        (Need::Catalog, Identity::Anonymous) => authority.anonymous().is_some(),
+        (Need::Known | Need::Catalog, Identity::Password { .. }) => true,
+        (Need::Known, Identity::Bearer { .. }) => true,
+        (Need::Catalog, Identity::Bearer { access, .. }) => access
+            .iter()
+            .any(|g| g.kind == "registry" && g.name == "catalog"),
+        (Need::Repository(repo, action), _) => {
             authority.allows(&identity, Target::Repository(repo), *action)
         }
-        Need::Gateway(action) => authority.allows(&identity, Target::Registry, *action),
-        Need::Mount { target, source } => {
+        (Need::Gateway(action), _) => authority.allows(&identity, Target::Registry, *action),
+        (Need::Mount { target, source }, _) => {
             let push =
                 authority.allows(&identity, Target::Repository(target), Action::ContentWrite);
             if push && !authority.allows(&identity, Target::Repository(source), Action::ContentRead)
@@ -213,7 +212,7 @@ async fn check(
         }
     };
     if !allowed {
-        return match identity {
+        return match *identity {
             Identity::Password { .. } if basic => ApiError::new(
                 ErrorCode::Denied,
                 "requested access to the resource is denied: the token's scope map does not allow it",
@@ -223,11 +222,16 @@ async fn check(
             _ => challenge(&addressed, &need, None, "authentication required: log in with a token (docker login)"),
         };
     }
-    let listed = identity.clone();
-    let seeing = authority.clone();
-    request
-        .extensions_mut()
-        .insert(Caller::seeing(move |repo| seeing.may_list(&listed, repo)));
+    // Only listings need to know what the caller may see; a pull is spared the allocation.
+    if matches!(
+        need,
+        Need::Catalog | Need::Repository(_, Action::MetadataRead)
+    ) {
+        let seeing = authority.clone();
+        request
+            .extensions_mut()
+            .insert(Caller::seeing(move |repo| seeing.may_list(&identity, repo)));
+    }
     next.run(request).await
 }
 

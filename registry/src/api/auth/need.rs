@@ -58,7 +58,8 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
             Some(Route::Upload(repo, _)) => Need::Repository(repo.into(), Action::ContentWrite),
         };
     }
-    if path.starts_with("/oauth2/") {
+    // The token service checks credentials itself; health answers whoever asks (a probe).
+    if path.starts_with("/oauth2/") || path == "/healthz" || path == "/readyz" {
         return Need::Nothing;
     }
     if let Some(rest) = path.strip_prefix("/acr/v1/") {
@@ -265,6 +266,8 @@ mod tests {
                 repo("a", ContentDelete),
             ),
             (Method::GET, "/oauth2/token", None, Need::Nothing),
+            (Method::GET, "/healthz", None, Need::Nothing),
+            (Method::GET, "/readyz", None, Need::Nothing),
             (Method::GET, "/elsewhere", None, Need::Known),
         ];
         for (method, path, query, expected) in cases {
