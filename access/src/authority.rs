@@ -420,8 +420,13 @@ impl Authority {
                                     self.allows(&identity, Target::Repository(&a.name), *action)
                                 }
                                 // The catalog (and the change feed) list what the caller may
-                                // see; any token may ask, the listing filters.
-                                "registry" => a.name == "catalog" && !name.is_empty(),
+                                // see; any token may ask, the listing filters. So may an
+                                // anonymous caller when anonymous pull is on (as without a
+                                // token): the gateway actions stay refused to it (`allows`).
+                                "registry" => {
+                                    a.name == "catalog"
+                                        && (!name.is_empty() || self.anonymous().is_some())
+                                }
                                 _ => false,
                             })
                     })

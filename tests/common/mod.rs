@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod access;
 pub mod api;
 pub mod checks;
 pub mod distribution;

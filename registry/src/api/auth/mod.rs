@@ -184,7 +184,12 @@ async fn check(
     };
     let allowed = match (&need, &*identity) {
         (Need::Nothing, _) => true,
-        (Need::Known | Need::Catalog, Identity::Anonymous) => authority.anonymous().is_some(),
+        // A caller with no credentials is challenged here even with anonymous pull on: clients
+        // (docker, containers/image) learn from `GET /v2/` whether to authenticate, and after
+        // a 200 they push without their credentials. Anonymous pull goes through the token
+        // service (an anonymous access token), as at ACR and distribution.
+        (Need::Known, Identity::Anonymous) => false,
+        (Need::Catalog, Identity::Anonymous) => authority.anonymous().is_some(),
         (Need::Known | Need::Catalog, Identity::Password { .. }) => true,
         (Need::Known, Identity::Bearer { .. }) => true,
         (Need::Catalog, Identity::Bearer { access, .. }) => access

@@ -14,8 +14,8 @@ pub enum Need {
     /// Nothing (the token endpoint, which checks credentials itself; the change feed's
     /// bounds-only probe, which names nothing).
     Nothing,
-    /// Any caller this registry knows, including anonymous callers when anonymous pull is on
-    /// (`GET /v2/`: "do you speak the API, and am I logged in").
+    /// Any caller with credentials, an anonymous access token among them (`GET /v2/`: "do you
+    /// speak the API, and am I logged in"; a caller with none is challenged).
     Known,
     /// An action on a repository.
     Repository(String, Action),
