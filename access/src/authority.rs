@@ -553,7 +553,7 @@ fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
     let named = grant
         .actions
         .iter()
-        .any(|a| Action::from_scope_name(a).contains(&action));
+        .any(|a| a == "*" || a == action.scope_name());
     match target {
         Target::Repository(repo) => grant.kind == "repository" && grant.name == repo && named,
         // The registry-wide routes (catalog, change feed) need the catalog grant.

@@ -68,8 +68,14 @@ impl Password {
     /// for it.
     pub fn generation(&self) -> String {
         use sha2::Digest;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = sha2::Sha256::digest(self.hash.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        let mut text = String::with_capacity(16);
+        for b in &digest[..8] {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        text
     }
 }
 
