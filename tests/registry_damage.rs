@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::api::{config_bytes, image_manifest, sha256, Api, Desc};
 use common::oci::random_bytes;
+use common::tmpfs::{free_bytes, Tmpfs};
 use common::{bin, free_port, serve_with, start_registry, start_registry_on};
 use reqwest::Method;
 
@@ -373,49 +374,6 @@ fn health_and_readiness_on_the_main_port() {
         "{}",
         ready.text()
     );
-}
-
-/// A tmpfs of `mib` MiB on a temp directory, unmounted on drop (needs root; `None` where not).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(mib: u32) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here ({}): this test needs root",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs { dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    let out = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(dir)
-        .output()
-        .expect("run df");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df prints the free bytes")
 }
 
 /// The disk fills inside a metadata commit (past the checks made before it: a manifest whose

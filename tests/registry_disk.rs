@@ -10,72 +10,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::api::{sha256, Api};
 use common::oci::random_bytes;
+use common::tmpfs::{free_bytes, Tmpfs};
 use common::{free_port, poll, serve_with, start_registry, Proc};
 use reqwest::Method;
 use serde_json::Value;
-
-/// A tmpfs of `mib` MiB mounted on a temp directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` (after saying why) where mounting is not permitted.
-    fn mount(mib: u32) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here ({}): these tests need root",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Takes all but `leave` bytes of the free space with a file; returns its path.
-    fn fill_leaving(&self, leave: u64) -> PathBuf {
-        let path = self.path().join("filler");
-        let free = free_bytes(self.path());
-        let size = free.saturating_sub(leave);
-        std::fs::write(&path, vec![0u8; size as usize]).expect("write the filler file");
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// Available bytes on the filesystem of `dir`, as `df` says.
-fn free_bytes(dir: &Path) -> u64 {
-    let out = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(dir)
-        .output()
-        .expect("run df");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("df output: {text}"))
-}
 
 /// Our registry with its data on `fs` and its log outside it (a log must not take the space).
 fn start_on(fs: &Tmpfs, log_dir: &Path, args: &[&str]) -> Proc {

@@ -14,6 +14,7 @@ pub mod skopeo;
 pub mod sync;
 pub mod target;
 pub mod tls;
+pub mod tmpfs;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
