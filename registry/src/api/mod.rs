@@ -1,5 +1,7 @@
 //! The registry's HTTP API: `/v2` (OCI Distribution v1.1) and `/acr/v1` (the ACR data-plane
-//! API and the change feed children sync from). Token auth (`/oauth2`) and access control are not built yet.
+//! API and the change feed children sync from). `auth` puts access control in front of every
+//! route and serves the token service (`/oauth2/token`); `caller` tells listings what the
+//! caller may see.
 
 pub mod access_log;
 pub mod acr;
