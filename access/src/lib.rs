@@ -38,6 +38,4 @@ pub use seed::{Seed, Seeded};
 pub use store::{AccessStore, Snapshot, StoreError};
 
 /// Unix seconds now.
-pub(crate) fn now() -> u64 {
-    util::time::now_secs()
-}
+pub(crate) use util::time::now_secs as now;

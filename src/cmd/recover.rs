@@ -103,9 +103,7 @@ async fn move_aside(data: &Path, meta: &Path) -> anyhow::Result<()> {
     drop(opened);
     let aside = meta.with_file_name(format!(
         "{META_FILE}.before-recover-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        util::time::now_secs()
     ));
     std::fs::rename(meta, &aside)
         .with_context(|| format!("cannot move {} to {}", meta.display(), aside.display()))?;

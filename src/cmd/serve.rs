@@ -371,11 +371,7 @@ async fn prune_change_log(store: Store, ttl: Duration) {
     let mut ticks = tokio::time::interval(Duration::from_secs(3600));
     loop {
         ticks.tick().await;
-        let before = std::time::SystemTime::now()
-            .checked_sub(ttl)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let before = util::time::now_secs().saturating_sub(ttl.as_secs());
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.prune_changes(before)).await {
             Ok(Ok(0)) => {}

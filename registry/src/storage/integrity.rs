@@ -111,7 +111,7 @@ impl Integrity {
             );
             return;
         }
-        let stamp = super::meta::now();
+        let stamp = util::time::now_secs();
         let name = format!("{}-{}-{stamp}", digest.algorithm().name(), digest.hex());
         let dest = self.quarantine.join(&name);
         match fs::rename(path, &dest) {

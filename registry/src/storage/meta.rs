@@ -3,7 +3,7 @@
 //! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use util::time::now_secs as now;
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -170,13 +170,6 @@ pub struct NewManifest<'a> {
     pub referrer: Option<(&'a Digest, &'a Descriptor)>,
     pub tag: Option<&'a str>,
     pub origin: Origin,
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {

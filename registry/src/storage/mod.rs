@@ -354,7 +354,7 @@ impl Store {
             refs,
             subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
             skipped,
-            pushed_at: meta::now(),
+            pushed_at: util::time::now_secs(),
         };
         let referrer = parsed.subject.as_ref().map(|subject| {
             (
