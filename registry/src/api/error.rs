@@ -48,6 +48,35 @@ impl ApiError {
         self.headers.push((name, value));
         self
     }
+
+    /// The answer to any client write on a read-only registry (the words ACR's connected
+    /// registry uses): 405 `UNSUPPORTED`, whatever the route (`/v2` and `/acr` alike).
+    pub fn read_only() -> ApiError {
+        ApiError::new(
+            ErrorCode::Unsupported,
+            "This operation is not allowed on this registry",
+        )
+    }
+
+    /// A method a route does not serve.
+    pub fn unsupported(method: &http::Method, what: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported on {what}"),
+        )
+    }
+
+    /// Logs the error once, as a refusal (the client's fault: debug) or a failure (warn), with
+    /// whose fault it is and whether a retry can help; then answers it.
+    pub fn logged(self, path: &str) -> Response {
+        let (fault, retryable) = (self.class.fault.as_str(), self.class.retryable);
+        if matches!(self.class.fault, oci::Fault::Client) {
+            tracing::debug!(path, fault, retryable, error = %self, "request refused");
+        } else {
+            tracing::warn!(path, fault, retryable, error = %self, "request failed");
+        }
+        self.into_response()
+    }
 }
 
 impl std::fmt::Display for ApiError {

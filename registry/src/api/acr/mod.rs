@@ -173,15 +173,7 @@ async fn dispatch(
     .await
     {
         Ok(response) => response,
-        Err(err) => {
-            let repo = parse_route(&path).and_then(|r| r.repo()).unwrap_or("");
-            if matches!(err.class.fault, oci::Fault::Client) {
-                tracing::debug!(path, repo, error = %err, "/acr request refused");
-            } else {
-                tracing::warn!(path, repo, error = %err, "/acr request failed");
-            }
-            err.into_response()
-        }
+        Err(err) => err.logged(&format!("/acr/v1/{path}")),
     }
 }
 
@@ -206,13 +198,13 @@ async fn handle(
     })?;
     if route == AcrRoute::Changes {
         // Served by its own route; reached here only with a trailing slash.
-        return Err(unsupported(&method, "/acr/v1/_changes/"));
+        return Err(ApiError::unsupported(&method, "/acr/v1/_changes/"));
     }
     if route.action(&method).is_none() {
-        return Err(unsupported(&method, &format!("/acr/v1/{path}")));
+        return Err(ApiError::unsupported(&method, &format!("/acr/v1/{path}")));
     }
     if method != Method::GET && state.writes == Writes::Refused {
-        return Err(crate::api::v2::read_only());
+        return Err(ApiError::read_only());
     }
     let patch = if method == Method::PATCH {
         Some(read_patch(body).await?)
@@ -222,11 +214,7 @@ async fn handle(
     let req = AcrReq {
         method,
         query,
-        registry: headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost")
-            .to_owned(),
+        registry: crate::api::auth::Addressed::of(&headers).service,
         caller: Caller::of(&extensions),
         patch,
     };
@@ -240,7 +228,7 @@ async fn handle(
             AcrRoute::Tag(r, tag) => tags::handle(&store, &repo(r)?, tag, &req),
             AcrRoute::Manifests(r) => manifests::list(&store, &repo(r)?, &req),
             AcrRoute::Manifest(r, d) => manifests::handle(&store, &repo(r)?, d, &req),
-            AcrRoute::Changes => Err(unsupported(&req.method, "/acr/v1/_changes/")),
+            AcrRoute::Changes => Err(ApiError::unsupported(&req.method, "/acr/v1/_changes/")),
         }
     })
     .await
@@ -273,19 +261,8 @@ fn repo(name: &str) -> Result<RepoName, ApiError> {
     Ok(name.parse()?)
 }
 
-fn unsupported(method: &Method, what: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::Unsupported,
-        format!("{method} is not supported on {what}"),
-    )
-}
-
 fn bad_request(message: String) -> ApiError {
     ApiError::new(ErrorCode::Unsupported, message).with_status(StatusCode::BAD_REQUEST)
-}
-
-fn bad_query(message: String) -> ApiError {
-    bad_request(message)
 }
 
 /// Parses a query number, naming the parameter and the valid form when it is not one.
@@ -297,7 +274,7 @@ pub(super) fn number(
     match query.get(name) {
         None => Ok(None),
         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-            bad_query(format!(
+            bad_request(format!(
                 "{name}={v:?} is not a number: use {name}=<{valid}>"
             ))
         }),
@@ -336,7 +313,7 @@ impl Page {
             Some("timeasc") => Order::TimeAsc,
             Some("timedesc") => Order::TimeDesc,
             Some(other) => {
-                return Err(bad_query(format!(
+                return Err(bad_request(format!(
                     "orderby={other:?} is not an order: use orderby=timedesc or orderby=timeasc, \
                      or leave it out for name order"
                 )))

@@ -122,22 +122,6 @@ pub fn digest(s: &str) -> Result<Digest, ApiError> {
     Ok(s.parse()?)
 }
 
-/// The answer to any client write on a read-only registry (the words ACR's connected registry
-/// uses): 405 `UNSUPPORTED`, whatever the route (`/acr` writes too).
-pub(crate) fn read_only() -> ApiError {
-    ApiError::new(
-        ErrorCode::Unsupported,
-        "This operation is not allowed on this registry",
-    )
-}
-
-fn unsupported(method: &Method, what: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::Unsupported,
-        format!("{method} is not supported on {what}"),
-    )
-}
-
 async fn dispatch(
     State(state): State<AppState>,
     Path(path): Path<String>,
@@ -156,16 +140,7 @@ async fn dispatch(
     };
     match handle(&state, &path, req).await {
         Ok(response) => response,
-        Err(err) => {
-            let err = explain_miss(&state, &path, err);
-            let (fault, retryable) = (err.class.fault.as_str(), err.class.retryable);
-            if matches!(err.class.fault, oci::Fault::Client) {
-                tracing::debug!(path, fault, retryable, error = %err, "request refused");
-            } else {
-                tracing::warn!(path, fault, retryable, error = %err, "request failed");
-            }
-            err.into_response()
-        }
+        Err(err) => explain_miss(&state, &path, err).logged(&path),
     }
 }
 
@@ -200,7 +175,7 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
     })?;
     let store = &state.store;
     if state.writes == super::Writes::Refused && !matches!(req.method, Method::GET | Method::HEAD) {
-        return Err(read_only());
+        return Err(ApiError::read_only());
     }
     match (route, req.method.clone()) {
         (Route::Catalog, Method::GET) => listing::catalog(store, &req),
@@ -227,7 +202,7 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
                 Method::GET | Method::HEAD => manifests::get(store, &repo, &reference, &req),
                 Method::PUT => manifests::put(store, repo, reference, req).await,
                 Method::DELETE => manifests::delete(store, repo, reference).await,
-                other => Err(unsupported(&other, "manifests")),
+                other => Err(ApiError::unsupported(&other, "manifests")),
             }
         }
         (Route::Blob(name, d), method) => {
@@ -243,7 +218,7 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
                     store.require_repo(&repo, &needs, "deleted from")?;
                     blobs::delete(store, repo, digest).await
                 }
-                other => Err(unsupported(&other, "blobs")),
+                other => Err(ApiError::unsupported(&other, "blobs")),
             }
         }
         (Route::UploadStart(name), Method::POST) => {
@@ -258,10 +233,10 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
                 Method::PATCH => uploads::patch(store, &repo, id, req).await,
                 Method::PUT => uploads::finish(store, &repo, id, req).await,
                 Method::DELETE => uploads::cancel(store, &repo, id).await,
-                other => Err(unsupported(&other, "upload sessions")),
+                other => Err(ApiError::unsupported(&other, "upload sessions")),
             }
         }
-        (_, method) => Err(unsupported(&method, path)),
+        (_, method) => Err(ApiError::unsupported(&method, path)),
     }
 }
 
