@@ -21,7 +21,7 @@ pub use need::{need, Need};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use access::{Action, Authority, Identity, Refusal, Target};
+use access::{Action, Authority, Identity, Login, Refusal, Target};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -38,11 +38,12 @@ pub fn guard(router: Router, authority: Arc<Authority>) -> Router {
     router.layer(axum::middleware::from_fn_with_state(authority, check))
 }
 
-/// The service and realm as the client addressed this registry: behind our proxy, the
-/// proxy's name and `https` (`X-Forwarded-Host`, `X-Forwarded-Proto`).
+/// This registry as the client addressed it: behind our proxy, the proxy's name and `https`
+/// (`X-Forwarded-Host`, `X-Forwarded-Proto`). The service name of tokens, ACR's `registry`
+/// field, and the token service's realm all come from here.
 pub(crate) struct Addressed {
     pub service: String,
-    pub realm: String,
+    scheme: &'static str,
 }
 
 impl Addressed {
@@ -50,16 +51,20 @@ impl Addressed {
         let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let host = value("x-forwarded-host")
             .or_else(|| value(header::HOST.as_str()))
-            .unwrap_or("localhost")
-            .to_owned();
+            .unwrap_or("localhost");
         let scheme = match value("x-forwarded-proto") {
             Some("https") => "https",
             _ => "http",
         };
         Addressed {
-            realm: format!("{scheme}://{host}/oauth2/token"),
-            service: host,
+            service: host.to_owned(),
+            scheme,
         }
+    }
+
+    /// The token service's URL (made only for a challenge, not per request).
+    fn realm(&self) -> String {
+        format!("{}://{}/oauth2/token", self.scheme, self.service)
     }
 }
 
@@ -84,19 +89,20 @@ pub(crate) fn client_addr(request: &Request) -> IpAddr {
 }
 
 /// Credentials of an `Authorization` header.
-pub(crate) enum Credentials {
+pub(crate) enum Credentials<'a> {
     None,
     Basic {
         name: String,
         password: String,
     },
-    Bearer(String),
+    /// Borrowed from the header: a token comes with every request and is only looked up.
+    Bearer(&'a str),
     /// A header that is neither, or Basic that does not decode.
     Malformed,
 }
 
-impl Credentials {
-    pub(crate) fn of(headers: &HeaderMap) -> Credentials {
+impl Credentials<'_> {
+    pub(crate) fn of(headers: &HeaderMap) -> Credentials<'_> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Credentials::None;
         };
@@ -105,7 +111,7 @@ impl Credentials {
         };
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         if scheme.eq_ignore_ascii_case("bearer") {
-            return Credentials::Bearer(rest.trim().to_owned());
+            return Credentials::Bearer(rest.trim());
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return Credentials::Malformed;
@@ -129,7 +135,7 @@ impl Credentials {
 /// threads unless remembered.
 async fn identify(
     authority: &Arc<Authority>,
-    credentials: Credentials,
+    credentials: Credentials<'_>,
     service: &str,
     from: IpAddr,
 ) -> Result<Arc<Identity>, Refusal> {
@@ -138,18 +144,29 @@ async fn identify(
         Credentials::Malformed => Err(Refusal::Unauthorized(
             "Authorization is neither Basic name:password nor Bearer".into(),
         )),
-        Credentials::Bearer(jwt) => authority.bearer(&jwt, service),
+        Credentials::Bearer(jwt) => authority.bearer(jwt, service),
         Credentials::Basic { name, password } => {
-            if authority.remembered_login(&name, &password).is_none() {
-                let authority = authority.clone();
-                let name = name.clone();
-                tokio::task::spawn_blocking(move || authority.login(&name, &password, from))
-                    .await
-                    .map_err(|_| Refusal::Unauthorized("password check failed".into()))??;
-            }
+            check_password(authority, name.clone(), password, from).await?;
             Ok(Arc::new(Identity::Password { token: name }))
         }
     }
+}
+
+/// Checks a token's password: from memory when it was verified lately, else (argon2id, slow
+/// by design) off the async threads.
+pub(crate) async fn check_password(
+    authority: &Arc<Authority>,
+    name: String,
+    password: String,
+    from: IpAddr,
+) -> Result<Login, Refusal> {
+    if let Some(login) = authority.remembered_login(&name, &password) {
+        return Ok(login);
+    }
+    let authority = authority.clone();
+    tokio::task::spawn_blocking(move || authority.login(&name, &password, from))
+        .await
+        .map_err(|_| Refusal::Unauthorized("password check failed".into()))?
 }
 
 async fn check(
@@ -280,7 +297,8 @@ fn scope_of(need: &Need) -> Option<String> {
 fn challenge(addressed: &Addressed, need: &Need, error: Option<&str>, message: &str) -> Response {
     let mut value = format!(
         "Bearer realm=\"{}\",service=\"{}\"",
-        addressed.realm, addressed.service
+        addressed.realm(),
+        addressed.service
     );
     if let Some(scope) = scope_of(need) {
         value.push_str(&format!(",scope=\"{scope}\""));

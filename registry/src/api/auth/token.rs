@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use access::{Asked, Authority, Login, Refusal};
+use access::{Asked, Authority, Refusal};
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
-use super::{client_addr, too_many, Addressed, Credentials};
+use super::{check_password, client_addr, too_many, Addressed, Credentials};
 use crate::api::error::ApiError;
 use oci::ErrorCode;
 
@@ -30,7 +30,12 @@ pub fn routes(authority: Arc<Authority>) -> Router {
 async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Response {
     let addressed = Addressed::of(request.headers());
     let from = client_addr(&request);
-    let credentials = Credentials::of(request.headers());
+    // The token service takes Basic credentials or none (read before the body takes the request).
+    let basic = match Credentials::of(request.headers()) {
+        Credentials::Basic { name, password } => Ok(Some((name, password))),
+        Credentials::None => Ok(None),
+        Credentials::Bearer(_) | Credentials::Malformed => Err(()),
+    };
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or("").to_owned();
     let mut params = form(&query);
@@ -73,14 +78,12 @@ async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Res
                 other.unwrap_or("")
             ))
         }
-        (false, _) => match credentials {
-            Credentials::Basic { name, password } => {
-                check_password(&authority, name, password, from).await
-            }
-            Credentials::None => authority
+        (false, _) => match basic {
+            Ok(Some((name, password))) => check_password(&authority, name, password, from).await,
+            Ok(None) => authority
                 .anonymous()
                 .ok_or_else(|| Refusal::Unauthorized("no credentials".into())),
-            _ => Err(Refusal::Unauthorized(
+            Err(()) => Err(Refusal::Unauthorized(
                 "the token service takes Basic credentials".into(),
             )),
         },
@@ -120,21 +123,6 @@ async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Res
         body.to_string(),
     )
         .into_response()
-}
-
-async fn check_password(
-    authority: &Arc<Authority>,
-    name: String,
-    password: String,
-    from: std::net::IpAddr,
-) -> Result<Login, Refusal> {
-    if let Some(login) = authority.remembered_login(&name, &password) {
-        return Ok(login);
-    }
-    let authority = authority.clone();
-    tokio::task::spawn_blocking(move || authority.login(&name, &password, from))
-        .await
-        .map_err(|_| Refusal::Unauthorized("password check failed".into()))?
 }
 
 fn bad_request(message: &str) -> Response {
