@@ -423,15 +423,51 @@ fn rotation_and_refresh_tokens() {
         get_as(&api, "/v2/x/y/manifests/v1", &bearer(&jwt)).status,
         404
     );
-    drop(registry);
 
+    // A new password1, with the server running: the retired one stops working at once.
     let new1 = regenerate(&data, "ci", "password1");
-    let registry = serve(&data, &[]);
-    let api = Api::new(&registry.url());
     expect_challenge(get_as(&api, "/v2/", &ci.basic()));
     get_as(&api, "/v2/", &basic("ci", &new1)).expect(200);
     get_as(&api, "/v2/", &basic("ci", &ci.password2)).expect(200);
     refreshed(&api).expect_error(401, "UNAUTHORIZED");
+}
+
+/// The token service refuses a form it cannot use with 400 and says what it needs: a form over
+/// its 64 KiB limit, a grant type it does not know, a grant missing its fields.
+#[test]
+fn token_requests_with_unusable_forms_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let registry = serve(&data, &[]);
+    let api = Api::new(&registry.url());
+    let post = |body: String| {
+        api.send(
+            api.req(Method::POST, "/oauth2/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+    };
+    let cases = [
+        (
+            format!("grant_type=password&scope={}", "x".repeat(70_000)),
+            "64 KiB",
+        ),
+        (
+            "grant_type=client_credentials".to_owned(),
+            "use password or refresh_token",
+        ),
+        ("grant_type=refresh_token".to_owned(), "needs refresh_token"),
+        (
+            "grant_type=password&username=admin".to_owned(),
+            "needs username and password",
+        ),
+    ];
+    for (body, says) in cases {
+        let r = post(body);
+        let text = r.text();
+        r.expect_error(400, "UNSUPPORTED");
+        assert!(text.contains(says), "{says}: {text}");
+    }
 }
 
 /// After `--login-attempts` failures for a token, or from an address, further attempts get

@@ -364,6 +364,15 @@ fn acr_bad_input_gets_clear_errors() {
     assert!(text.contains("writeEnable"), "{text}");
     let r = patch(&api, "/acr/v1/x/app", r#"{"writeEnabled": "no"}"#);
     r.expect_error(400, "UNSUPPORTED");
+    // A body over the limit (4096 bytes) is refused naming the limit, not read on.
+    let huge = format!(
+        r#"{{"writeEnabled": false, "pad": "{}"}}"#,
+        "x".repeat(5000)
+    );
+    let r = patch(&api, "/acr/v1/x/app", &huge);
+    let text = r.text();
+    r.expect_error(400, "UNSUPPORTED");
+    assert!(text.contains("over 4096 bytes"), "{text}");
     api.get("/acr/v1/x/app/_tags?orderby=size")
         .expect_error(400, "UNSUPPORTED");
     api.get("/acr/v1/x/app/_tags?n=many")

@@ -250,7 +250,9 @@ fn refused_settings_leave_no_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
+        (&["serve", "--login-attempts", "0"], "--login-attempts 0"),
+        (&["serve", "--anonymous-pull", "Team/*"], "--anonymous-pull"),
         (&["serve", "--sync-window", "30m"], "syncWindow"),
         (
             &["serve", "--sync-schedule", "61 * * * *"],

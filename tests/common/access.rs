@@ -104,16 +104,26 @@ pub fn set_enabled(data: &Path, name: &str, enabled: bool) {
     );
 }
 
-/// Regenerates password1 or password2 (`slot`) of token `name`; returns the new value.
+/// Regenerates password1 or password2 (`slot`) of token `name` with the CLI (through the
+/// admin socket when `serve` runs on `data`, so it takes effect with no restart); returns the
+/// new value.
 pub fn regenerate(data: &Path, name: &str, slot: &str) -> String {
-    let answer = manage(
-        data,
-        Command::CredentialGenerate {
-            name: name.into(),
-            slots: vec![slot.parse().unwrap()],
-            expiration: None,
-        },
+    let data = data.to_str().expect("utf-8 temp path");
+    let out = super::run_ok(
+        super::bin().to_str().expect("utf-8 binary path"),
+        &[
+            "token",
+            "credential",
+            "generate",
+            name,
+            &format!("--{slot}"),
+            "--data",
+            data,
+            "--output",
+            "json",
+        ],
     );
+    let answer: Value = serde_json::from_str(&out).expect("token credential generate prints JSON");
     answer["passwords"][0]["value"]
         .as_str()
         .expect("a generated password's value")
