@@ -49,8 +49,13 @@ pub fn free_port() -> u16 {
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration, child: &mut Child) {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
+        // A connection to itself is not a server: on loopback, connect() may pick `addr`'s own
+        // port as its source port while nothing listens there yet (TCP simultaneous open),
+        // and then "succeeds" with no server behind it.
+        if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            if stream.local_addr().ok() != Some(addr) {
+                return;
+            }
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("process exited before listening on {addr}: {status}");
