@@ -5,7 +5,7 @@
 use std::path::Path;
 use util::time::now_secs as now;
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::space::Space;
@@ -16,6 +16,8 @@ use oci::{Change, ChangeKind, ChangeableAttributes, Descriptor, Origin};
 
 mod props;
 pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
+mod quota;
+pub use quota::{Evicted, EvictedTag, EvictionCandidate};
 use props::{require, Attribute as A};
 
 /// (repo, tag) -> manifest digest.
@@ -189,6 +191,7 @@ fn log(
 ) -> Result<(), StorageError> {
     let time = now();
     props::touch(tx, repo, &kind, time)?;
+    quota::on_logged(tx, repo, origin, &kind, time)?;
     let mut changes = tx.open_table(CHANGES)?;
     let seq = changes.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
     let change = Record {
@@ -298,6 +301,10 @@ impl Meta {
             err => err.into(),
         })?;
         let tx = db.begin_write()?;
+        // A store from before the quota tables: learn which tags sync wrote from the log.
+        let quota_tables_new = !tx
+            .list_tables()?
+            .any(|t| t.name() == quota::SYNCED_TAGS.name());
         tx.open_table(TAGS)?;
         tx.open_table(MANIFESTS)?;
         tx.open_table(REPO_BLOBS)?;
@@ -306,6 +313,12 @@ impl Meta {
         tx.open_table(CHANGES)?;
         tx.open_table(props::ATTRIBUTES)?;
         tx.open_table(props::TIMES)?;
+        tx.open_table(quota::SYNCED_TAGS)?;
+        tx.open_table(quota::PULLED)?;
+        tx.open_table(quota::EVICTED)?;
+        if quota_tables_new {
+            quota::backfill(&tx)?;
+        }
         tx.commit()?;
         Ok(Meta { db, space })
     }
@@ -522,6 +535,8 @@ impl Meta {
             )?;
         }
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
+        // An evicted tag is only known here: forgetting it changes nothing in the hierarchy.
+        let forgotten = !removed && tx.open_table(quota::EVICTED)?.remove((repo, tag))?.is_some();
         if removed {
             log(
                 &tx,
@@ -534,7 +549,7 @@ impl Meta {
         }
         util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
-        Ok(removed)
+        Ok(removed || forgotten)
     }
 
     /// Deletes a manifest and every tag that points at it, unless an index in the repository
@@ -580,19 +595,33 @@ impl Meta {
             return Ok(None);
         }
         let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
-        let table = tx.open_table(TAGS)?;
-        let mut out = Vec::new();
-        for entry in table.range((repo, last)..)? {
+        // Evicted tags stay listed: they are still known, and sync brings them back on demand.
+        // Both tables are in name order, so the first `limit` of each make the page.
+        let listed = |tag: &str| !(tag == last && !last.is_empty()) && !hidden.tag(tag);
+        let mut names = std::collections::BTreeSet::new();
+        for entry in tx.open_table(TAGS)?.range((repo, last)..)? {
             let (key, _) = entry?;
             let (r, tag) = key.value();
-            if r != repo || out.len() == limit {
+            if r != repo || names.len() == limit {
                 break;
             }
-            if (tag == last && !last.is_empty()) || hidden.tag(tag) {
-                continue;
+            if listed(tag) {
+                names.insert(tag.to_owned());
             }
-            out.push(tag.to_owned());
         }
+        let mut evicted = 0;
+        for entry in tx.open_table(quota::EVICTED)?.range((repo, last)..)? {
+            let (key, _) = entry?;
+            let (r, tag) = key.value();
+            if r != repo || evicted == limit {
+                break;
+            }
+            if listed(tag) {
+                names.insert(tag.to_owned());
+                evicted += 1;
+            }
+        }
+        let out: Vec<String> = names.into_iter().take(limit).collect();
         Ok(Some(out))
     }
 

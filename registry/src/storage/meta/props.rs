@@ -479,6 +479,23 @@ impl Meta {
                 listed: !hidden.tag(tag),
             });
         }
+        // Evicted tags are still known (see `quota`), with the digest they had.
+        for (tag, row) in super::quota::evicted_in(&tx.open_table(super::quota::EVICTED)?, repo)? {
+            let target = Target::Tag(tag.clone());
+            let (created, updated) = times
+                .get((repo, target.key().as_str()))?
+                .map(|v| v.value())
+                .unwrap_or((row.evicted_at, row.evicted_at));
+            out.push(TagProps {
+                listed: !hidden.tag(&tag),
+                attributes: stored(&attributes, repo, &target)?,
+                name: tag,
+                digest: row.digest,
+                created,
+                updated,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Some(out))
     }
 
@@ -576,6 +593,7 @@ impl Meta {
             super::log(&tx, repo, origin, RecordKind::ManifestDeleted { digest })?;
         }
         forget_repo(&tx, repo)?;
+        super::quota::forget_repo(&tx, repo)?;
         tx.commit()?;
         Ok(true)
     }
