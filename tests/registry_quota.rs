@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::api::Api;
 use common::checks::assert_references_whole;
-use common::{free_port, poll, start_registry, wait_until, Proc};
+use common::{free_port, poll, serve_with, start_registry, start_registry_on, wait_until, Proc};
 
 /// A schedule whose windows are always open (see `sync_serve.rs`).
 const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-window", "PT1H"];
@@ -95,7 +95,11 @@ fn no_dangling_tag(api: &Api, repo: &str) {
         let r = peek_manifest(api, repo, &tag);
         match r.status {
             200 => assert_references_whole(api, repo, &r.json()),
-            404 => assert!(r.text().contains("was evicted"), "{repo}:{tag}: {}", r.text()),
+            404 => assert!(
+                r.text().contains("was evicted"),
+                "{repo}:{tag}: {}",
+                r.text()
+            ),
             s => panic!("{repo}:{tag}: {s} {}", r.text()),
         }
     }
@@ -148,7 +152,11 @@ fn quota_evicts_the_least_recently_pulled_and_brings_an_image_back_on_demand() {
     // least recently pulled.
     std::thread::sleep(Duration::from_millis(1100));
     let api = Api::new(&child.url());
-    assert_references_whole(&api, "q/app", &api.get_manifest("q/app", "a").expect(200).json());
+    assert_references_whole(
+        &api,
+        "q/app",
+        &api.get_manifest("q/app", "a").expect(200).json(),
+    );
     std::thread::sleep(Duration::from_millis(1100));
     let c = up.push_image("q/app", "c", 1, LAYER).1.digest;
     wait_for_tag(&child, "q/app", "c", &c);
@@ -178,8 +186,10 @@ fn quota_evicts_the_least_recently_pulled_and_brings_an_image_back_on_demand() {
 
     // No churn: passes without a client asking for `b` fetch nothing (the grandchild's HEADs
     // of `b` are a sync comparing, not a client asking).
+    // (The passes' bytes down include feed pages; tags written and blob files are the measure.)
     let passes = metric(&admin, "connected_registry_sync_passes_total");
-    let down = metric(&admin, "connected_registry_sync_bytes_total");
+    let updated = metric(&admin, "connected_registry_sync_tags_total");
+    let stored = blob_bytes(&child_data);
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(300), || {
             metric(&admin, "connected_registry_sync_passes_total") >= passes + 3
@@ -187,7 +197,11 @@ fn quota_evicts_the_least_recently_pulled_and_brings_an_image_back_on_demand() {
         "no further passes; child log:\n{}",
         child.log_text()
     );
-    assert_eq!(metric(&admin, "connected_registry_sync_bytes_total"), down);
+    assert_eq!(
+        metric(&admin, "connected_registry_sync_tags_total"),
+        updated
+    );
+    assert_eq!(blob_bytes(&child_data), stored);
     assert_eq!(metric(&admin, "connected_registry_evictions_total"), 1);
     assert!(is_evicted(&api, "q/app", "b"));
     // The grandchild keeps its copy of a tag its parent lists but evicted.
@@ -259,9 +273,81 @@ fn content_pushed_here_is_never_evicted() {
         let log = child.log_text();
         log.contains("still over the quota").then_some(log)
     });
-    assert!(warned.is_some(), "no warning; child log:\n{}", child.log_text());
+    assert!(
+        warned.is_some(),
+        "no warning; child log:\n{}",
+        child.log_text()
+    );
     let r = api.get_manifest("mine/app", "v1").expect(200);
     assert_eq!(r.body, manifest);
     assert_references_whole(&api, "mine/app", &r.json());
     no_dangling_tag(&api, "q/app");
+}
+
+/// `kill -9` (an abort at the named crash point) after an eviction's metadata committed and
+/// before its files went: the store opens as it is, the tag is still evicted, no tag points at
+/// missing content, and the files left behind are garbage that `gc` collects.
+#[test]
+fn a_crash_between_evicting_and_deleting_leaves_only_garbage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let up = Api::new(&parent.url());
+    up.push_image("q/app", "a", 1, LAYER);
+    up.push_image("q/app", "b", 1, LAYER);
+    let data = tmp.path().join("child");
+    let port = free_port();
+    let parent_url = parent.url();
+    let args = [
+        &ALWAYS_OPEN[..],
+        &[
+            "--parent",
+            &parent_url,
+            "--repo",
+            "q/*",
+            "--quota",
+            "150KiB",
+        ],
+    ]
+    .concat();
+    let mut child = serve_with(
+        &data,
+        port,
+        &args,
+        &[("CONNECTED_REGISTRY_CRASH_AT", "after_eviction_commit")],
+        tmp.path().join("child.log"),
+    );
+    let aborted = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        child.child.try_wait().unwrap()
+    });
+    assert!(
+        aborted.is_some(),
+        "the child never reached the crash point:\n{}",
+        child.log_text()
+    );
+    let before = blob_bytes(&data);
+
+    // Open again without a parent: nothing is repaired, one tag is evicted, the other whole.
+    let again = start_registry_on(&data, port, &[]);
+    let api = Api::new(&again.url());
+    assert_eq!(api.tags("q/app"), ["a", "b"]);
+    let evicted: Vec<&str> = ["a", "b"]
+        .into_iter()
+        .filter(|t| is_evicted(&api, "q/app", t))
+        .collect();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    no_dangling_tag(&api, "q/app");
+    drop(again);
+
+    let out = common::run_ok(
+        common::bin().to_str().unwrap(),
+        &["gc", "--data", data.to_str().unwrap(), "--gc-grace", "0s"],
+    );
+    let after = blob_bytes(&data);
+    assert!(
+        after + LAYER as u64 <= before,
+        "gc freed {} bytes of {before}: {out}",
+        before - after
+    );
+    let again = start_registry_on(&data, port, &[]);
+    no_dangling_tag(&Api::new(&again.url()), "q/app");
 }

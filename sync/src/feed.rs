@@ -534,4 +534,44 @@ mod tests {
         let feed = rig.engine.state.read(|s| s.parent_feed.clone()).unwrap();
         assert_eq!(feed.seq, Some(7));
     }
+
+    /// A tag the feed names that the parent still lists but no longer serves was evicted
+    /// there (its quota): no deletion, so the copy here stays.
+    #[tokio::test]
+    async fn a_tag_the_parent_lists_but_evicted_stays_here() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        let page = |head: u64, changes: Vec<oci::Change>| {
+            FeedAnswer::Page(FeedPage {
+                version: FEED_VERSION,
+                head,
+                oldest: 1,
+                reset: false,
+                changes,
+            })
+        };
+        rig.parent.answer_feed_with(page(1, Vec::new()));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest.clone()));
+
+        rig.parent.evict("app", "v1");
+        let named = oci::Change {
+            seq: 2,
+            time: 0,
+            repo: "app".into(),
+            origin: oci::Origin::Client,
+            kind: oci::ChangeKind::TagSet {
+                tag: "v1".into(),
+                digest: digest.clone(),
+            },
+        };
+        rig.parent.answer_feed_with(page(2, vec![named]));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(summary.tags_deleted, 0);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
+    }
 }

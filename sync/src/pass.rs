@@ -476,7 +476,11 @@ impl Engine {
             if let Some(evicted) = blocking(&self.store, move |s| s.evicted(&r, &t)).await? {
                 if !evicted.demanded {
                     // Fetching it now would only push the store over its quota again.
-                    tracing::debug!(repo, tag, "evicted here to stay under the quota and not asked for since: left out");
+                    tracing::debug!(
+                        repo,
+                        tag,
+                        "evicted here to stay under the quota and not asked for since: left out"
+                    );
                     return Ok(Some(remote));
                 }
                 tracing::info!(repo, tag, digest = %remote, "a client asked for a tag evicted here: bringing it back");

@@ -17,8 +17,8 @@ use oci::{Change, ChangeKind, ChangeableAttributes, Descriptor, Origin};
 mod props;
 pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
 mod quota;
-pub use quota::{Evicted, EvictedTag, EvictionCandidate};
 use props::{require, Attribute as A};
+pub use quota::{Evicted, EvictedTag, EvictionCandidate};
 
 /// (repo, tag) -> manifest digest.
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
@@ -536,7 +536,11 @@ impl Meta {
         }
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         // An evicted tag is only known here: forgetting it changes nothing in the hierarchy.
-        let forgotten = !removed && tx.open_table(quota::EVICTED)?.remove((repo, tag))?.is_some();
+        let forgotten = !removed
+            && tx
+                .open_table(quota::EVICTED)?
+                .remove((repo, tag))?
+                .is_some();
         if removed {
             log(
                 &tx,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::{MinFree, Store, StorageError};
+use super::{MinFree, StorageError, Store};
 use crate::storage::meta::EvictedTag;
 use oci::digest::Digest;
 use oci::name::RepoName;
@@ -82,11 +82,16 @@ impl Store {
         if self.quota().is_none() {
             return;
         }
-        lock(&self.inner.quota.pulls).insert((repo.as_str().to_owned(), digest.clone()), now_secs());
+        lock(&self.inner.quota.pulls)
+            .insert((repo.as_str().to_owned(), digest.clone()), now_secs());
     }
 
     /// The evicted tag `repo:tag`, if it is one, with the demand not flushed yet counted.
-    pub fn evicted_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<EvictedTag>, StorageError> {
+    pub fn evicted_tag(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<EvictedTag>, StorageError> {
         let Some(mut row) = self.inner.meta.evicted_tag(repo.as_str(), tag)? else {
             return Ok(None);
         };
@@ -188,6 +193,7 @@ impl Store {
                     continue;
                 };
                 lock(&self.inner.quota.demand).remove(&(repo.clone(), tag.clone()));
+                util::crash_point::crash_point("after_eviction_commit");
                 let freed = self.delete_unreferenced(&evicted.files, decided)?;
                 used = used.saturating_sub(freed);
                 let q = &self.inner.quota;
@@ -226,7 +232,11 @@ impl Store {
     /// a blob touches its file, so a client that just uploaded the same bytes keeps them. No
     /// grace period is needed beyond that: the metadata that referenced these files is gone.
     /// Returns the bytes freed.
-    fn delete_unreferenced(&self, files: &[Digest], decided: SystemTime) -> Result<u64, StorageError> {
+    fn delete_unreferenced(
+        &self,
+        files: &[Digest],
+        decided: SystemTime,
+    ) -> Result<u64, StorageError> {
         let mut freed = 0;
         for digest in files {
             let _sweeping = self.inner.gc_lock.write().expect("gc lock");
@@ -298,7 +308,13 @@ mod tests {
             descs.join(",")
         );
         let (digest, _) = store
-            .put_manifest(repo, &Reference::Tag(tag.into()), None, Bytes::from(body), origin)
+            .put_manifest(
+                repo,
+                &Reference::Tag(tag.into()),
+                None,
+                Bytes::from(body),
+                origin,
+            )
             .unwrap();
         (digest, layers)
     }
@@ -330,31 +346,60 @@ mod tests {
         let (_, b_layers) = image(&store, &repo, "b", 10_000, None, Origin::Sync);
         let (_, mine) = image(&store, &repo, "mine", 10_000, Some(&shared), Origin::Client);
         // `b` was pulled after both were synced: `a` is the least recently used.
-        store.note_pull(&repo, &store.get_manifest(&repo, &Reference::Tag("b".into())).unwrap().unwrap().digest);
-        lock(&store.inner.quota.pulls).values_mut().for_each(|t| *t += 10);
+        store.note_pull(
+            &repo,
+            &store
+                .get_manifest(&repo, &Reference::Tag("b".into()))
+                .unwrap()
+                .unwrap()
+                .digest,
+        );
+        lock(&store.inner.quota.pulls)
+            .values_mut()
+            .for_each(|t| *t += 10);
 
         let report = store.enforce_quota().unwrap();
         assert_eq!(report.evicted.len(), 1, "{report:?}");
-        assert_eq!((report.evicted[0].tag.as_str(), &report.evicted[0].digest), ("a", &a));
+        assert_eq!(
+            (report.evicted[0].tag.as_str(), &report.evicted[0].digest),
+            ("a", &a)
+        );
         assert!(report.usage_after <= 27_000 && report.usage_after < report.usage_before);
         // Its own layer went; the layer a client's image shares stayed.
         assert!(!store.blob_exists(&a_layers[0]) && store.blob_exists(&a_layers[1]));
         assert!(store.blob_exists(&b_layers[0]) && store.blob_exists(&mine[0]));
         // Still listed, not served, and no change logged (children do not mirror it).
         assert_eq!(store.tags(&repo).unwrap(), ["a", "b", "mine"]);
-        assert!(store.get_manifest(&repo, &Reference::Tag("a".into())).unwrap().is_none());
-        assert!(store.get_manifest(&repo, &Reference::Digest(a.clone())).unwrap().is_none());
+        assert!(store
+            .get_manifest(&repo, &Reference::Tag("a".into()))
+            .unwrap()
+            .is_none());
+        assert!(store
+            .get_manifest(&repo, &Reference::Digest(a.clone()))
+            .unwrap()
+            .is_none());
         let changes = store.changes(0, 1000).unwrap();
-        assert!(!changes.iter().any(|c| matches!(&c.kind, oci::ChangeKind::TagDeleted { .. } | oci::ChangeKind::ManifestDeleted { .. })));
+        assert!(!changes.iter().any(|c| matches!(
+            &c.kind,
+            oci::ChangeKind::TagDeleted { .. } | oci::ChangeKind::ManifestDeleted { .. }
+        )));
         let row = store.evicted_tag(&repo, "a").unwrap().unwrap();
         assert_eq!((row.digest, row.demanded_at), (a.clone(), None));
         assert_eq!(store.evictions_total().0, 1);
 
         // Asked for: demanded; sync putting it back clears the record in the same transaction.
         store.note_demand(&repo, "a");
-        assert_eq!(store.demanded_evictions().unwrap(), [("edge/app".to_owned(), "a".to_owned())]);
+        assert_eq!(
+            store.demanded_evictions().unwrap(),
+            [("edge/app".to_owned(), "a".to_owned())]
+        );
         store.flush_pulls().unwrap();
-        assert!(store.evicted_tag(&repo, "a").unwrap().unwrap().demanded_at.is_some());
+        assert!(store
+            .evicted_tag(&repo, "a")
+            .unwrap()
+            .unwrap()
+            .demanded_at
+            .is_some());
         let (back, _) = image(&store, &repo, "a", 10_000, Some(&shared), Origin::Sync);
         assert_eq!(back, a);
         assert!(store.evicted_tag(&repo, "a").unwrap().is_none());
@@ -364,7 +409,10 @@ mod tests {
         let small = store_with_quota(dir.path().join("x").as_path(), 1);
         image(&small, &repo, "mine", 10_000, None, Origin::Client);
         assert!(small.enforce_quota().unwrap().evicted.is_empty());
-        assert!(small.get_manifest(&repo, &Reference::Tag("mine".into())).unwrap().is_some());
+        assert!(small
+            .get_manifest(&repo, &Reference::Tag("mine".into()))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -374,14 +422,27 @@ mod tests {
         let repo: RepoName = "edge/app".parse().unwrap();
         let (d, layers) = image(&store, &repo, "s", 10_000, None, Origin::Sync);
         // A client tags the same manifest: evicting `s` must not take it away from `c`.
-        let body = store.get_manifest(&repo, &Reference::Digest(d.clone())).unwrap().unwrap().body;
+        let body = store
+            .get_manifest(&repo, &Reference::Digest(d.clone()))
+            .unwrap()
+            .unwrap()
+            .body;
         store
-            .put_manifest(&repo, &Reference::Tag("c".into()), None, body, Origin::Client)
+            .put_manifest(
+                &repo,
+                &Reference::Tag("c".into()),
+                None,
+                body,
+                Origin::Client,
+            )
             .unwrap();
         let report = store.enforce_quota().unwrap();
         assert_eq!(report.evicted.len(), 1);
         assert_eq!(report.evicted[0].bytes, 0);
-        assert!(store.get_manifest(&repo, &Reference::Tag("c".into())).unwrap().is_some());
+        assert!(store
+            .get_manifest(&repo, &Reference::Tag("c".into()))
+            .unwrap()
+            .is_some());
         assert!(store.blob_exists(&layers[0]) && store.blob_exists(&d));
     }
 }

@@ -135,10 +135,7 @@ pub(super) fn backfill(tx: &WriteTransaction) -> Result<(), StorageError> {
         match record.kind {
             RecordKind::TagSet { tag, digest } => {
                 let synced = record.origin == super::RecordOrigin::Sync;
-                newest.insert(
-                    (record.repo, tag),
-                    synced.then(|| digest.to_string()),
-                );
+                newest.insert((record.repo, tag), synced.then(|| digest.to_string()));
             }
             RecordKind::TagDeleted { tag } => {
                 newest.insert((record.repo, tag), None);
@@ -151,7 +148,11 @@ pub(super) fn backfill(tx: &WriteTransaction) -> Result<(), StorageError> {
     let time = now();
     for ((repo, tag), digest) in newest {
         let Some(digest) = digest else { continue };
-        if tags.get((repo.as_str(), tag.as_str()))?.map(|v| v.value() == digest) == Some(true) {
+        if tags
+            .get((repo.as_str(), tag.as_str()))?
+            .map(|v| v.value() == digest)
+            == Some(true)
+        {
             synced.insert((repo.as_str(), tag.as_str()), time)?;
         }
     }
@@ -208,7 +209,9 @@ impl Meta {
             let mut evicted = tx.open_table(EVICTED)?;
             for ((repo, tag), time) in demand {
                 let found = evicted.get((repo.as_str(), tag.as_str()))?;
-                let Some(mut row) = found.map(|v| from_json::<EvictedTag>(v.value())).transpose()?
+                let Some(mut row) = found
+                    .map(|v| from_json::<EvictedTag>(v.value()))
+                    .transpose()?
                 else {
                     continue;
                 };
@@ -265,9 +268,7 @@ impl Meta {
                 last_used,
             });
         }
-        out.sort_by(|a, b| {
-            (a.last_used, &a.repo, &a.tag).cmp(&(b.last_used, &b.repo, &b.tag))
-        });
+        out.sort_by(|a, b| (a.last_used, &a.repo, &a.tag).cmp(&(b.last_used, &b.repo, &b.tag)));
         Ok(out)
     }
 
@@ -280,7 +281,10 @@ impl Meta {
     /// uploaded that blob for a manifest it is about to push.
     pub fn evict_tag(&self, repo: &str, tag: &str) -> Result<Option<Evicted>, StorageError> {
         let tx = self.begin_write()?;
-        let Some(synced_at) = tx.open_table(SYNCED_TAGS)?.get((repo, tag))?.map(|v| v.value())
+        let Some(synced_at) = tx
+            .open_table(SYNCED_TAGS)?
+            .get((repo, tag))?
+            .map(|v| v.value())
         else {
             return Ok(None);
         };
