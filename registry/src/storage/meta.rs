@@ -601,7 +601,7 @@ impl Meta {
         let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
         // Evicted tags stay listed: they are still known, and sync brings them back on demand.
         // Both tables are in name order, so the first `limit` of each make the page.
-        let listed = |tag: &str| !(tag == last && !last.is_empty()) && !hidden.tag(tag);
+        let listed = |tag: &str| (tag != last || last.is_empty()) && !hidden.tag(tag);
         let mut names = std::collections::BTreeSet::new();
         for entry in tx.open_table(TAGS)?.range((repo, last)..)? {
             let (key, _) = entry?;
