@@ -445,4 +445,97 @@ mod tests {
             .is_some());
         assert!(store.blob_exists(&layers[0]) && store.blob_exists(&d));
     }
+
+    #[test]
+    fn an_index_child_a_kept_tag_needs_stays_a_lock_pins_and_a_client_push_ends_an_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_quota(dir.path(), 1);
+        let repo: RepoName = "edge/multi".parse().unwrap();
+        let (child, layers) = image(&store, &repo, "plat", 10_000, None, Origin::Sync);
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child}","size":{}}}]}}"#,
+            oci::media_type::OCI_INDEX,
+            store.blob_size(&child).unwrap()
+        );
+        let index = Bytes::from(index);
+        let (idx, _) = store
+            .put_manifest(
+                &repo,
+                &Reference::Tag("idx".into()),
+                None,
+                index.clone(),
+                Origin::Sync,
+            )
+            .unwrap();
+        // `plat` is locked (as an operator pins an image): never evicted.
+        let lock_it = oci::AttributesPatch {
+            delete_enabled: Some(false),
+            ..Default::default()
+        };
+        store
+            .set_attributes(
+                &repo,
+                &crate::storage::Target::Tag("plat".into()),
+                &lock_it,
+                Origin::Client,
+            )
+            .unwrap();
+
+        let report = store.enforce_quota().unwrap();
+        let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(evicted, ["idx"]);
+        // The index went; its platform, which `plat` still needs, stayed whole.
+        assert!(!store.blob_exists(&idx));
+        assert!(store
+            .get_manifest(&repo, &Reference::Tag("plat".into()))
+            .unwrap()
+            .is_some());
+        assert!(store.blob_exists(&child) && store.blob_exists(&layers[0]));
+
+        // A client pushing to the evicted tag ends the eviction; the tag is then its own.
+        store
+            .put_manifest(
+                &repo,
+                &Reference::Tag("idx".into()),
+                None,
+                index,
+                Origin::Client,
+            )
+            .unwrap();
+        assert!(store.evicted_tag(&repo, "idx").unwrap().is_none());
+        assert!(store.enforce_quota().unwrap().evicted.is_empty());
+        assert!(store
+            .get_manifest(&repo, &Reference::Tag("idx".into()))
+            .unwrap()
+            .is_some());
+    }
+
+    /// A store from before the quota tables learns which tags sync wrote from its change log.
+    #[test]
+    fn a_store_from_before_the_quota_learns_its_synced_tags_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo: RepoName = "edge/old".parse().unwrap();
+        {
+            let store = Store::open(dir.path(), Limits::default()).unwrap();
+            image(&store, &repo, "synced", 10_000, None, Origin::Sync);
+            image(&store, &repo, "pushed", 10_000, None, Origin::Client);
+        }
+        {
+            let db = redb::Database::create(dir.path().join("meta.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            let table: redb::TableDefinition<(&str, &str), u64> =
+                redb::TableDefinition::new("synced_tags");
+            assert!(tx.delete_table(table).unwrap());
+            tx.commit().unwrap();
+        }
+        let store = store_with_quota(dir.path(), 1);
+        let evicted: Vec<String> = store
+            .enforce_quota()
+            .unwrap()
+            .evicted
+            .into_iter()
+            .map(|e| e.tag)
+            .collect();
+        assert_eq!(evicted, ["synced"]);
+    }
 }

@@ -157,6 +157,22 @@ pub(super) fn require(
     Ok(())
 }
 
+/// Whether an eviction must leave this tag: it, its manifest or its repository may not be
+/// deleted or written (a lock is how an operator pins an image), as GC leaves such manifests.
+pub(super) fn pinned(
+    tx: &WriteTransaction,
+    repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<bool, StorageError> {
+    let a = stored(
+        &tx.open_table(ATTRIBUTES)?,
+        repo,
+        &Target::Tag(tag.to_owned()),
+    )?;
+    Ok(!a.delete_enabled || !a.write_enabled || gc_must_keep(tx, repo, digest)?)
+}
+
 /// Whether GC must leave this manifest: it (or its repository) may not be deleted.
 pub(super) fn gc_must_keep(
     tx: &WriteTransaction,

@@ -275,7 +275,8 @@ impl Meta {
     /// Evicts the synced tag `repo:tag` in one transaction: removes the tag, the manifests only
     /// it needed (an index's children, referrers of what goes), the blob links only those
     /// manifests needed, and records it as evicted. No change is logged. `None` when the tag is
-    /// gone or no longer one sync wrote (checked here, in the transaction).
+    /// gone, no longer one sync wrote, or locked (`deleteEnabled` or `writeEnabled` off on it,
+    /// its manifest or its repository): checked here, in the transaction.
     ///
     /// A blob link newer than the time sync set the tag is left to GC: a client may have just
     /// uploaded that blob for a manifest it is about to push.
@@ -296,6 +297,9 @@ impl Meta {
             return Ok(None);
         };
         let digest = parse_digest(&digest)?;
+        if super::props::pinned(&tx, repo, tag, &digest)? {
+            return Ok(None);
+        }
         let mut manifests: HashMap<Digest, ManifestMeta> = HashMap::new();
         for entry in tx.open_table(MANIFESTS)?.range((repo, "")..)? {
             let (key, value) = entry?;
