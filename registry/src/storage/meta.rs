@@ -1,11 +1,12 @@
 //! Metadata in redb (ACID, crash-safe): tags, manifests per repository, blob links, referrers,
 //! and the change log. Each change to tags, manifests or their attributes is logged in the same
-//! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows.
+//! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows;
+//! `handle` is the database itself, opened again by the next write after a failed commit.
 
 use std::path::Path;
 use util::time::now_secs as now;
 
-use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::space::Space;
@@ -14,7 +15,9 @@ use oci::digest::Digest;
 use oci::reference::Reference;
 use oci::{Change, ChangeKind, ChangeableAttributes, Descriptor, Origin};
 
+mod handle;
 mod props;
+pub(crate) use handle::io_failed;
 pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
 mod quota;
 use props::{require, Attribute as A};
@@ -156,7 +159,7 @@ pub struct ChangePage {
 }
 
 pub struct Meta {
-    db: Database,
+    db: handle::Handle,
     /// Checked before every write transaction (see `space::METADATA_ROOM`).
     space: Space,
 }
@@ -295,11 +298,7 @@ fn remove_manifest(
 
 impl Meta {
     pub fn open(path: &Path, space: Space) -> Result<Meta, StorageError> {
-        let db = Database::create(path).map_err(|err| match err {
-            // redb locks the file: another process (a running `serve`) has the store open.
-            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse(path.to_owned()),
-            err => err.into(),
-        })?;
+        let db = handle::Handle::open(path)?;
         let tx = db.begin_write()?;
         // A store from before the quota tables: learn which tags sync wrote from the log.
         let quota_tables_new = !tx
@@ -326,7 +325,7 @@ impl Meta {
     /// A write transaction, refused while the disk is too full to be sure it can commit.
     fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
         self.space.check_metadata()?;
-        Ok(self.db.begin_write()?)
+        self.db.begin_write()
     }
 
     pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
