@@ -287,6 +287,8 @@ async fn read(engine: &Engine, after: u64) -> Read {
 #[derive(Default)]
 struct Touched {
     tags: BTreeSet<String>,
+    /// Those of `tags` whose newest change here is a deletion: gone at the parent for sure.
+    deleted: BTreeSet<String>,
     /// Compare the whole repository (a `newest N` rule, where one new tag can push another out,
     /// or a change this version does not know).
     whole: bool,
@@ -374,9 +376,12 @@ async fn apply(
             .entry(change.repo)
             .or_insert_with(|| (rule.clone(), Touched::default()));
         match change.kind {
-            ChangeKind::TagSet { tag, .. } | ChangeKind::TagDeleted { tag }
-                if rule.newest.is_none() =>
-            {
+            ChangeKind::TagSet { tag, .. } if rule.newest.is_none() => {
+                entry.1.deleted.remove(&tag);
+                entry.1.tags.insert(tag);
+            }
+            ChangeKind::TagDeleted { tag } if rule.newest.is_none() => {
+                entry.1.deleted.insert(tag.clone());
                 entry.1.tags.insert(tag);
             }
             // A `newest N` rule, where one new tag can push another out, or a kind this build
@@ -432,7 +437,9 @@ async fn apply(
             if t.whole {
                 engine.sync_repo(pass, repo, rule).await
             } else {
-                engine.sync_named_tags(pass, repo, rule, t.tags).await
+                engine
+                    .sync_named_tags(pass, repo, rule, t.tags, t.deleted)
+                    .await
             }
         })
         .buffer_unordered(conc)

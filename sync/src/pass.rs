@@ -292,12 +292,15 @@ impl Engine {
 
     /// Compares only the tags a change feed named in `repo` (each one HEAD, through the normal
     /// copy engine); a named tag the parent no longer has is untagged here if sync wrote it.
+    /// `deleted`: those the feed says were deleted (no need to ask whether the parent still
+    /// lists them).
     pub(crate) async fn sync_named_tags(
         &self,
         pass: &Pass,
         repo: String,
         rule: RepoRule,
         names: BTreeSet<String>,
+        deleted: BTreeSet<String>,
     ) {
         if pass.check().is_err() {
             return;
@@ -308,8 +311,9 @@ impl Engine {
         let (done, missing) = self.sync_tags(pass, &repo, &selected).await;
         let mut missing: BTreeSet<String> = missing.into_iter().collect();
         // A tag the parent still lists but does not serve was evicted there to stay under its
-        // quota: that is no deletion, so the copy here stays.
-        if !missing.is_empty() {
+        // quota: that is no deletion, so the copy here stays. One tag list answers it, asked
+        // only for a tag the feed did not say was deleted.
+        if !missing.is_subset(&deleted) {
             match self.client.tags(&repo).await {
                 Ok(Some(listed)) => missing.retain(|tag| !listed.contains(tag)),
                 Ok(None) => {}
