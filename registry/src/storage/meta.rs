@@ -2,6 +2,7 @@
 //! and the change log. Each change to tags, manifests or their attributes is logged in the same
 //! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows;
 //! `handle` is the database itself, opened again by the next write after a failed commit.
+//! `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`).
 
 use std::path::Path;
 use util::time::now_secs as now;
