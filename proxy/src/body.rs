@@ -1,6 +1,7 @@
 //! Body wrappers that stream frames through untouched while counting bytes: the request
 //! body also says when it has been sent completely (the upstream timeout starts then), and
-//! the response body writes the access-log line when it ends or is dropped.
+//! the response body writes the access-log line when it ends or is dropped. A response of the
+//! registry in this process (one module) is streamed the same way, frame by frame, uncopied.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,8 +128,44 @@ impl Drop for Exchange {
     }
 }
 
+/// An upstream's response body: off a connection, or from the registry in this process.
+pub enum UpstreamBody {
+    Remote(Incoming),
+    InProcess(axum::body::Body),
+}
+
+impl UpstreamBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Remote(b) => b.is_end_stream(),
+            UpstreamBody::InProcess(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Remote(b) => b.size_hint(),
+            UpstreamBody::InProcess(b) => b.size_hint(),
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            UpstreamBody::Remote(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            UpstreamBody::InProcess(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+}
+
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -139,7 +176,7 @@ pub struct RespBody {
 }
 
 impl RespBody {
-    pub fn upstream(inner: Incoming, mut exchange: Exchange) -> Self {
+    pub fn upstream(inner: UpstreamBody, mut exchange: Exchange) -> Self {
         // A body that is empty from the start (HEAD, 204, 304) may never be polled.
         exchange.outcome = if inner.is_end_stream() {
             Outcome::Complete
@@ -172,10 +209,10 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
-            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+            Inner::Upstream(body) => match body.poll_frame(cx) {
                 Poll::Ready(Some(Err(err))) => {
                     this.exchange.outcome = Outcome::UpstreamFailed;
-                    Poll::Ready(Some(Err(Box::new(err))))
+                    Poll::Ready(Some(Err(err)))
                 }
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(None) => Poll::Ready(None),

@@ -38,6 +38,9 @@ pub enum Source {
     Env(&'static str),
     File { path: PathBuf, line: usize },
     Flag(&'static str),
+    /// `serve --proxy-listen`: the one-module deployment routes the registry's prefixes to
+    /// the registry in the same process.
+    OneModule,
 }
 
 impl fmt::Display for Source {
@@ -47,16 +50,23 @@ impl fmt::Display for Source {
             Source::Env(name) => write!(f, "env {name}"),
             Source::File { path, line } => write!(f, "{}:{line}", path.display()),
             Source::Flag(name) => write!(f, "flag {name}"),
+            Source::OneModule => write!(f, "serve --proxy-listen (one module)"),
         }
     }
 }
 
-/// `http` or `https` towards an upstream.
+/// `http` or `https` towards an upstream, or no network at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
     Http,
     Https,
+    /// The registry in this process (`serve --proxy-listen`): its router is called with the
+    /// request directly, with no connection and no second HTTP parse. Written `in-process`.
+    InProcess,
 }
+
+/// How an upstream of [`Scheme::InProcess`] is written in routes and shown.
+pub const IN_PROCESS: &str = "in-process";
 
 /// Where a route sends its requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,9 +83,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// Parses `http://host:port`, `https://host:port` or a bare `host:port` (plain HTTP, as the
-    /// IoT Edge variables give it). The port defaults to 80 / 443.
+    /// IoT Edge variables give it), or `in-process` (the registry in this process, see
+    /// [`Upstream::in_process`]). The port defaults to 80 / 443.
     pub fn parse(text: &str) -> Result<Upstream, String> {
         let text = text.trim();
+        if text == IN_PROCESS {
+            return Ok(Upstream::in_process());
+        }
         let (scheme, rest) = if let Some(rest) = text.strip_prefix("https://") {
             (Scheme::Https, rest)
         } else if let Some(rest) = text.strip_prefix("http://") {
@@ -94,7 +108,7 @@ impl Upstream {
             ));
         }
         let default_port = match scheme {
-            Scheme::Http => 80,
+            Scheme::Http | Scheme::InProcess => 80,
             Scheme::Https => 443,
         };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
@@ -137,6 +151,18 @@ impl Upstream {
         })
     }
 
+    /// The registry in this process: only `serve --proxy-listen` has one; the `proxy` command
+    /// refuses a route to it at start.
+    pub fn in_process() -> Upstream {
+        Upstream {
+            scheme: Scheme::InProcess,
+            host: IN_PROCESS.to_owned(),
+            port: 0,
+            sni: None,
+            trust: None,
+        }
+    }
+
     /// `host:port`, bracketing IPv6 literals.
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
@@ -152,6 +178,7 @@ impl fmt::Display for Upstream {
         let scheme = match self.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::InProcess => return f.write_str(IN_PROCESS),
         };
         write!(f, "{scheme}://{}", self.authority())
     }
@@ -255,7 +282,16 @@ pub struct Flags {
     /// Where a development chain lives when no certificate is configured anywhere: the
     /// explicit opt-in for local tests. Without it a missing certificate is an error.
     pub dev_certs: Option<PathBuf>,
+    /// The one-module deployment (`serve --proxy-listen`): `/v2`, `/acr` and `/oauth2` go to
+    /// the registry in this process. These routes override the environment's
+    /// (`CONNECTED_ACR_ROUTE_ADDRESS` names the registry module, which is this process now);
+    /// the file and the flags can still override them.
+    pub in_process: bool,
 }
+
+/// The prefixes the registry serves, routed to it by the IoT Edge variable
+/// `CONNECTED_ACR_ROUTE_ADDRESS` and, in one module, to the registry in this process.
+pub const REGISTRY_PREFIXES: [&str; 3] = ["/v2", "/acr", "/oauth2"];
 
 /// The flag that opts into a development certificate chain, as messages and
 /// `--print-config` name it.
@@ -649,7 +685,7 @@ fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
     }
     if let Some((v, source)) = var("CONNECTED_ACR_ROUTE_ADDRESS") {
         let up = upstream(&v, &source)?;
-        for p in ["/v2", "/acr", "/oauth2"] {
+        for p in REGISTRY_PREFIXES {
             layer.routes.push(Route {
                 prefix: p.into(),
                 header: None,
@@ -902,6 +938,20 @@ impl Config {
         };
         let flag = flag_layer(flags)?;
         let mut layers = vec![env];
+        if flags.in_process {
+            layers.push(Layer {
+                routes: REGISTRY_PREFIXES
+                    .iter()
+                    .map(|p| Route {
+                        prefix: (*p).to_owned(),
+                        header: None,
+                        upstream: Upstream::in_process(),
+                        source: Source::OneModule,
+                    })
+                    .collect(),
+                ..Layer::default()
+            });
+        }
         layers.extend(file);
         layers.push(flag);
         let mut config = merge(layers, flags.config.clone(), flags.sni.as_deref());
@@ -1041,6 +1091,7 @@ impl Config {
 fn describe(up: &Upstream, c: &Config) -> String {
     match up.scheme {
         Scheme::Http => up.to_string(),
+        Scheme::InProcess => format!("{up} (this process's registry, no connection)"),
         Scheme::Https => format!(
             "{} sni={} trust={}",
             up,
@@ -1142,7 +1193,7 @@ pub fn fuzz_route_config(data: &[u8]) {
         2 => {
             let text = fuzzkit::text(g.rest());
             if let Ok(up) = Upstream::parse(&text) {
-                assert!(up.port != 0 && !up.host.is_empty());
+                assert!(up.scheme == Scheme::InProcess || (up.port != 0 && !up.host.is_empty()));
                 let shown = up.to_string();
                 assert_eq!(
                     Upstream::parse(&shown).as_ref(),

@@ -1,6 +1,12 @@
 //! The TLS listener and the forwarding handler: accepts client connections (HTTP/1.1 and
 //! HTTP/2 over TLS), picks a route, streams the exchange to the upstream and back, and
 //! reloads config, certificate and trust bundle in the background.
+//!
+//! An upstream is reached over the network, or, in the one-module deployment (`serve
+//! --proxy-listen`), is the registry in this process: its router is called with the request
+//! directly (no loopback connection, no second HTTP parse; bodies are handed over as streams).
+//! Everything else (request id, `X-Forwarded-*`, access log, metrics, limits, error bodies) is
+//! one code path for both.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -22,9 +28,10 @@ use oci::{Class, Fault};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt as _;
 
-use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody};
-use crate::config::{Config, ConfigError, Limits, Route, Upstream};
+use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody, UpstreamBody};
+use crate::config::{Config, ConfigError, Limits, Route, Scheme, Upstream};
 use crate::metrics::{serve_admin, Metrics};
 use crate::upstream::{ConnectError, UpstreamClient};
 use util::file_watch::FileWatch;
@@ -43,26 +50,41 @@ pub enum StartError {
     Route(String),
 }
 
-/// A route with its upstream client.
+/// Where a route's requests go.
+enum Target {
+    /// An upstream over the network, through its pooled client.
+    Remote(Arc<UpstreamClient>),
+    /// The registry in this process: its router, called with the request.
+    InProcess(axum::Router),
+}
+
+/// A route with its upstream.
 struct Entry {
     route: Route,
     /// How error bodies name the route to clients ("route /v2", "the default route"): the
     /// route, never the upstream's address, which is internal.
     label: Arc<str>,
-    client: Arc<UpstreamClient>,
+    /// The upstream as written in the config, for logs and metrics.
+    name: Arc<str>,
+    target: Target,
 }
 
 impl Entry {
-    fn new(route: &Route, client: Arc<UpstreamClient>, default: bool) -> Entry {
+    fn new(route: &Route, target: Target, default: bool) -> Entry {
         let label = match (&route.header, default) {
             (_, true) => "the default route".to_string(),
             (Some(h), false) => format!("route {} (header {h})", route.prefix),
             (None, false) => format!("route {}", route.prefix),
         };
+        let name = match &target {
+            Target::Remote(client) => client.name.clone(),
+            Target::InProcess(_) => route.upstream.to_string().into(),
+        };
         Entry {
             route: route.clone(),
             label: label.into(),
-            client,
+            name,
+            target,
         }
     }
 }
@@ -109,6 +131,8 @@ struct State {
     server_cert: Arc<ReloadingServer>,
     trusts: Mutex<HashMap<PathBuf, Arc<ReloadingTrust>>>,
     clients: Mutex<HashMap<String, Arc<UpstreamClient>>>,
+    /// The registry in this process (one module), for routes to `in-process`.
+    registry: Option<axum::Router>,
 }
 
 /// ALPN offered to upstreams: HTTP/2 when the upstream speaks it (another proxy of ours).
@@ -128,6 +152,21 @@ impl State {
         );
         trusts.insert(path, t.clone());
         Ok(t)
+    }
+
+    /// Where requests for `up` go from `worker`.
+    fn target(&self, config: &Config, up: &Upstream, worker: usize) -> Result<Target, String> {
+        if up.scheme != Scheme::InProcess {
+            return self.client(config, up, worker).map(Target::Remote);
+        }
+        match &self.registry {
+            Some(router) => Ok(Target::InProcess(router.clone())),
+            None => Err(format!(
+                "{up} names the registry in this process, which only the one-module \
+                 deployment (`connected-registry serve --proxy-listen`) has; give the \
+                 registry's URL instead (e.g. http://127.0.0.1:8080)"
+            )),
+        }
     }
 
     fn client(
@@ -168,10 +207,10 @@ impl State {
     fn build_table(&self, config: &Config, worker: usize) -> Result<Table, String> {
         let mut routes = Vec::new();
         for r in &config.routes {
-            let client = self
-                .client(config, &r.upstream, worker)
+            let target = self
+                .target(config, &r.upstream, worker)
                 .map_err(|e| format!("route {} ({}): {e}", r.prefix, r.source))?;
-            routes.push(Entry::new(r, client, false));
+            routes.push(Entry::new(r, target, false));
         }
         routes.sort_by(|a, b| {
             b.route
@@ -183,7 +222,7 @@ impl State {
         let default = match &config.default {
             Some(r) => Some(Entry::new(
                 r,
-                self.client(config, &r.upstream, worker)
+                self.target(config, &r.upstream, worker)
                     .map_err(|e| format!("default route ({}): {e}", r.source))?,
                 true,
             )),
@@ -207,6 +246,25 @@ impl Proxy {
     pub async fn bind(
         config: Config,
         loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+    ) -> Result<Proxy, StartError> {
+        Proxy::bind_with(config, loader, None).await
+    }
+
+    /// [`Proxy::bind`] for the one-module deployment: routes to `in-process` call `registry`
+    /// (the registry's router, with its access control and metrics layers) on the proxy's own
+    /// worker threads, with the client's address as its `ConnectInfo`.
+    pub async fn bind_one_module(
+        config: Config,
+        loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+        registry: axum::Router,
+    ) -> Result<Proxy, StartError> {
+        Proxy::bind_with(config, loader, Some(registry)).await
+    }
+
+    async fn bind_with(
+        config: Config,
+        loader: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+        registry: Option<axum::Router>,
     ) -> Result<Proxy, StartError> {
         let (cert, _) = config
             .cert
@@ -234,6 +292,7 @@ impl Proxy {
             server_cert,
             trusts: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            registry,
         });
         let tables = state.build_tables(&config).map_err(StartError::Route)?;
         *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
@@ -725,6 +784,7 @@ async fn handle(
         let uri = client_uri.clone();
         let progress = progress.clone();
         let request_id = request_id.clone();
+        let peer = info.peer;
         Exchange {
             on_done: Some(Box::new(move |bytes_out: u64, outcome: Outcome| {
                 let secs = start.elapsed().as_secs_f64();
@@ -755,7 +815,7 @@ async fn handle(
                 state.metrics.request(up, status.as_u16(), secs);
                 tracing::info!(
                     target: "access",
-                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms upstream={up} rid={} fault={}{}",
+                    "{method} {} {} in={bytes_in} out={bytes_out} {:.1}ms client={peer} upstream={up} rid={} fault={}{}",
                     uri.path(),
                     status.as_u16(),
                     secs * 1000.0,
@@ -791,8 +851,7 @@ async fn handle(
             make_exchange(None, StatusCode::NOT_FOUND, Some(class), Some(msg)),
         );
     };
-    let client = entry.client.clone();
-    let upstream_name = client.name.clone();
+    let upstream_name = entry.name.clone();
 
     // Build the upstream request: same method, path and body; Host preserved.
     let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
@@ -809,8 +868,11 @@ async fn handle(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(client.uri_scheme.clone());
-    uri_parts.authority = Some(client.uri_authority.clone());
+    // The registry in this process gets the origin form a server would have parsed.
+    if let Target::Remote(client) = &entry.target {
+        uri_parts.scheme = Some(client.uri_scheme.clone());
+        uri_parts.authority = Some(client.uri_authority.clone());
+    }
     uri_parts.path_and_query = Some(
         parts
             .uri
@@ -818,8 +880,8 @@ async fn handle(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
-    // `from_parts` fails only when one of the three is missing.
-    let uri = Uri::from_parts(uri_parts).expect("scheme, authority and path are all set");
+    // `from_parts` fails only when a scheme comes without an authority, or a path without both.
+    let uri = Uri::from_parts(uri_parts).expect("a path, with scheme and authority or neither");
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
     // Only the proxy vouches for a client certificate: drop whatever the client claims.
@@ -845,11 +907,28 @@ async fn handle(
     *up_req.uri_mut() = uri;
     *up_req.headers_mut() = headers;
     *up_req.version_mut() = http::Version::HTTP_11;
+    // The registry's access control counts failed logins per client address: in process it
+    // reads the real client's from here, no `X-Forwarded-For` trust needed.
+    up_req
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(info.peer));
 
     // Wait for the response head (see `deadline` for the upstream timeout).
     info.waiting.fetch_add(1, Ordering::Relaxed);
     let timeout = state.limits.upstream_timeout;
-    let response = client.client.request(up_req);
+    let response = async {
+        match &entry.target {
+            Target::Remote(client) => client
+                .client
+                .request(up_req)
+                .await
+                .map(|r| r.map(UpstreamBody::Remote)),
+            Target::InProcess(router) => {
+                let Ok(r) = router.clone().oneshot(up_req).await;
+                Ok(r.map(UpstreamBody::InProcess))
+            }
+        }
+    };
     // Fires when the upstream takes no request-body bytes for `timeout` while the body is
     // being sent, or does not answer within `timeout` once it was sent. A request without a
     // body (GET, HEAD) is sent from the start: one timer, for the answer.

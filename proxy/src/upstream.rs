@@ -242,6 +242,11 @@ impl UpstreamClient {
         connect_timeout: Duration,
     ) -> Result<Self, String> {
         let tls = match up.scheme {
+            Scheme::InProcess => {
+                return Err(format!(
+                    "{up}: the registry in this process is called directly, not connected to"
+                ))
+            }
             Scheme::Http => None,
             Scheme::Https => {
                 let trust = trust.ok_or_else(|| format!("{up}: https needs a trust bundle"))?;
@@ -264,7 +269,7 @@ impl UpstreamClient {
             .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector);
         let uri_scheme = match up.scheme {
-            Scheme::Http => http::uri::Scheme::HTTP,
+            Scheme::Http | Scheme::InProcess => http::uri::Scheme::HTTP,
             Scheme::Https => http::uri::Scheme::HTTPS,
         };
         let uri_authority = http::uri::Authority::try_from(up.authority())

@@ -13,77 +13,7 @@ use anyhow::Context as _;
 pub struct Args {
     // Boxed: the flags are many, and the subcommand enum should stay small.
     #[command(flatten)]
-    flags: Box<Flags>,
-}
-
-#[derive(clap::Args)]
-struct Flags {
-    /// TOML config file (watched: route changes apply without a restart).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// TLS listen address, IP:PORT or HOST:PORT (a host name binds its first IPv4 address)
-    /// [default: 0.0.0.0:443, or 0.0.0.0:$NGINX_DEFAULT_PORT].
-    #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<String>,
-    /// Server certificate chain, PEM, leaf first (reloaded when it changes).
-    #[arg(long, value_name = "CHAIN.pem")]
-    cert: Option<PathBuf>,
-    /// Private key of the server certificate, PEM.
-    #[arg(long, value_name = "KEY.pem")]
-    key: Option<PathBuf>,
-    /// Ask clients for a certificate verified against these roots (optional for clients);
-    /// a verified one is forwarded to upstreams in --client-cert-header.
-    #[arg(long, value_name = "ROOTS.pem")]
-    client_ca: Option<PathBuf>,
-    /// Header carrying the verified client certificate (URL-escaped PEM) [default: x-client-cert].
-    #[arg(long, value_name = "NAME")]
-    client_cert_header: Option<String>,
-    /// Trust bundle for https upstreams (the parent), reloaded when it changes.
-    #[arg(long, value_name = "ROOTS.pem")]
-    trust: Option<PathBuf>,
-    /// Serve Prometheus metrics on this address (plain HTTP, /metrics and /healthz).
-    #[arg(long, value_name = "HOST:PORT")]
-    admin: Option<String>,
-    /// A path route, PREFIX=URL (repeatable), e.g. /v2=http://127.0.0.1:8080.
-    #[arg(long = "route", value_name = "PREFIX=URL")]
-    routes: Vec<String>,
-    /// A header route, HEADER=URL (repeatable): requests carrying HEADER go to URL.
-    #[arg(long = "header-route", value_name = "HEADER=URL")]
-    header_routes: Vec<String>,
-    /// Where requests no route matches go (usually https://PARENT:443).
-    #[arg(long, value_name = "URL")]
-    default: Option<String>,
-    /// TLS server name to verify the default upstream against [default: its host].
-    #[arg(long, value_name = "NAME")]
-    sni: Option<String>,
-    /// Largest request head accepted; larger gets 431 [default: 32768].
-    #[arg(long, value_name = "BYTES")]
-    max_header_bytes: Option<usize>,
-    /// Time for the TLS handshake and each request head [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    header_read_timeout: Option<String>,
-    /// Close a client connection with no traffic for this long [default: 120s].
-    #[arg(long, value_name = "DURATION")]
-    idle_timeout: Option<String>,
-    /// Time to connect to an upstream before 502 [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    connect_timeout: Option<String>,
-    /// Time an upstream has to start answering after the request body was sent, else 504
-    /// [default: 300s].
-    #[arg(long, value_name = "DURATION")]
-    upstream_timeout: Option<String>,
-    /// Client connections served at once [default: 4096].
-    #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
-    /// How often files are checked for changes [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    reload_interval: Option<String>,
-    /// ALPN protocols offered to clients, in order of preference [default: http/1.1,h2].
-    #[arg(long, value_name = "LIST")]
-    alpn: Option<String>,
-    /// Worker threads, each with its own single-threaded runtime [default: one per core].
-    #[arg(long, value_name = "N")]
-    workers: Option<usize>,
+    flags: Box<ProxyFlags>,
     /// For local tests only: with no server certificate configured, generate (and renew) a
     /// development chain in DIR and serve it. Without this flag a missing certificate is an
     /// error.
@@ -94,36 +24,184 @@ struct Flags {
     print_config: bool,
 }
 
+/// The API proxy's settings, shared by `proxy` (as `--NAME`) and by `serve`'s one-module
+/// deployment (as `--proxy-NAME`, see [`Prefixed`]): one list, so both take the same settings.
+/// Every id starts with `proxy_`, which is how [`Prefixed`] finds them.
+#[derive(clap::Args, Clone, Default)]
+pub struct ProxyFlags {
+    /// TOML config file of the API proxy (watched: route changes apply without a restart).
+    #[arg(id = "proxy_config", long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// TLS listen address, IP:PORT or HOST:PORT (a host name binds its first IPv4 address)
+    /// [proxy default: 0.0.0.0:443, or 0.0.0.0:$NGINX_DEFAULT_PORT].
+    #[arg(id = "proxy_listen", long = "listen", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Server certificate chain, PEM, leaf first (reloaded when it changes).
+    #[arg(id = "proxy_cert", long = "cert", value_name = "CHAIN.pem")]
+    cert: Option<PathBuf>,
+    /// Private key of the server certificate, PEM.
+    #[arg(id = "proxy_key", long = "key", value_name = "KEY.pem")]
+    key: Option<PathBuf>,
+    /// Ask clients for a certificate verified against these roots (optional for clients);
+    /// a verified one is forwarded to upstreams in the client-cert header.
+    #[arg(id = "proxy_client_ca", long = "client-ca", value_name = "ROOTS.pem")]
+    client_ca: Option<PathBuf>,
+    /// Header carrying the verified client certificate (URL-escaped PEM) [default: x-client-cert].
+    #[arg(id = "proxy_client_cert_header", long = "client-cert-header", value_name = "NAME")]
+    client_cert_header: Option<String>,
+    /// Trust bundle for https upstreams (the parent), reloaded when it changes.
+    #[arg(id = "proxy_trust", long = "trust", value_name = "ROOTS.pem")]
+    trust: Option<PathBuf>,
+    /// Serve the proxy's Prometheus metrics on this address (plain HTTP, /metrics and /healthz).
+    #[arg(id = "proxy_admin", long = "admin", value_name = "HOST:PORT")]
+    admin: Option<String>,
+    /// A path route, PREFIX=URL (repeatable), e.g. /v2=http://127.0.0.1:8080; URL `in-process`
+    /// is the registry in this process (one module only).
+    #[arg(id = "proxy_route", long = "route", value_name = "PREFIX=URL")]
+    routes: Vec<String>,
+    /// A header route, HEADER=URL (repeatable): requests carrying HEADER go to URL.
+    #[arg(id = "proxy_header_route", long = "header-route", value_name = "HEADER=URL")]
+    header_routes: Vec<String>,
+    /// Where requests no route matches go (usually https://PARENT:443).
+    #[arg(id = "proxy_default", long = "default", value_name = "URL")]
+    default: Option<String>,
+    /// TLS server name to verify the default upstream against [default: its host].
+    #[arg(id = "proxy_sni", long = "sni", value_name = "NAME")]
+    sni: Option<String>,
+    /// Largest request head accepted; larger gets 431 [default: 32768].
+    #[arg(id = "proxy_max_header_bytes", long = "max-header-bytes", value_name = "BYTES")]
+    max_header_bytes: Option<usize>,
+    /// Time for the TLS handshake and each request head [default: 30s].
+    #[arg(
+        id = "proxy_header_read_timeout",
+        long = "header-read-timeout",
+        value_name = "DURATION"
+    )]
+    header_read_timeout: Option<String>,
+    /// Close a client connection with no traffic for this long [default: 120s].
+    #[arg(id = "proxy_idle_timeout", long = "idle-timeout", value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Time to connect to an upstream before 502 [default: 10s].
+    #[arg(id = "proxy_connect_timeout", long = "connect-timeout", value_name = "DURATION")]
+    connect_timeout: Option<String>,
+    /// Time an upstream has to start answering after the request body was sent, else 504
+    /// [default: 300s].
+    #[arg(
+        id = "proxy_upstream_timeout",
+        long = "upstream-timeout",
+        value_name = "DURATION"
+    )]
+    upstream_timeout: Option<String>,
+    /// Client connections served at once [default: 4096].
+    #[arg(id = "proxy_max_connections", long = "max-connections", value_name = "N")]
+    max_connections: Option<usize>,
+    /// How often files are checked for changes [default: 5s].
+    #[arg(id = "proxy_reload_interval", long = "reload-interval", value_name = "DURATION")]
+    reload_interval: Option<String>,
+    /// ALPN protocols offered to clients, in order of preference [default: http/1.1,h2].
+    #[arg(id = "proxy_alpn", long = "alpn", value_name = "LIST")]
+    alpn: Option<String>,
+    /// Worker threads, each with its own single-threaded runtime [default: one per core].
+    #[arg(id = "proxy_workers", long = "workers", value_name = "N")]
+    workers: Option<usize>,
+}
+
+impl ProxyFlags {
+    /// The proxy crate's flags; `dev_certs` is where a development chain goes when no
+    /// certificate is configured anywhere.
+    pub fn to_proxy(&self, dev_certs: Option<PathBuf>) -> proxy::Flags {
+        let f = self.clone();
+        proxy::Flags {
+            config: f.config,
+            listen: f.listen,
+            cert: f.cert,
+            key: f.key,
+            client_ca: f.client_ca,
+            client_cert_header: f.client_cert_header,
+            trust: f.trust,
+            admin: f.admin,
+            routes: f.routes,
+            header_routes: f.header_routes,
+            default: f.default,
+            sni: f.sni,
+            max_header_bytes: f.max_header_bytes,
+            header_read_timeout: f.header_read_timeout,
+            idle_timeout: f.idle_timeout,
+            connect_timeout: f.connect_timeout,
+            upstream_timeout: f.upstream_timeout,
+            max_connections: f.max_connections,
+            reload_interval: f.reload_interval,
+            alpn: f.alpn,
+            workers: f.workers,
+            dev_certs,
+            in_process: false,
+        }
+    }
+}
+
+/// [`ProxyFlags`] under another command (`serve`): `--NAME` becomes `--proxy-NAME`, and each
+/// setting also reads `CONNECTED_REGISTRY_PROXY_NAME` (repeatable ones a comma-separated
+/// list) and needs `--proxy-listen`, so the registry's own `--listen`, `--admin`, `--config`
+/// keep their meaning.
+#[derive(Clone, Default)]
+pub struct Prefixed(pub ProxyFlags);
+
+impl Prefixed {
+    fn rename(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|arg| {
+            let id = arg.get_id().as_str().to_owned();
+            let Some(long) = arg.get_long().map(str::to_owned) else {
+                return arg;
+            };
+            if !id.starts_with("proxy_") || long.starts_with("proxy-") {
+                return arg;
+            }
+            let repeatable = matches!(arg.get_action(), clap::ArgAction::Append);
+            // clap (without its `string` feature) takes static names: the two dozen made
+            // here, once per process, are leaked.
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            let mut arg = arg
+                .long(leak(format!("proxy-{long}")))
+                .env(leak(format!(
+                    "CONNECTED_REGISTRY_{}",
+                    id.to_ascii_uppercase()
+                )));
+            if id != "proxy_listen" {
+                arg = arg.requires("proxy_listen");
+            }
+            if repeatable {
+                arg.value_delimiter(',')
+            } else {
+                arg
+            }
+        })
+    }
+}
+
+impl clap::FromArgMatches for Prefixed {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        ProxyFlags::from_arg_matches(matches).map(Prefixed)
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+}
+
+impl clap::Args for Prefixed {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Prefixed::rename(ProxyFlags::augment_args(cmd))
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Prefixed::rename(ProxyFlags::augment_args_for_update(cmd))
+    }
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let args = *args.flags;
-    let flags = proxy::Flags {
-        config: args.config,
-        listen: args.listen,
-        cert: args.cert,
-        key: args.key,
-        client_ca: args.client_ca,
-        client_cert_header: args.client_cert_header,
-        trust: args.trust,
-        admin: args.admin,
-        routes: args.routes,
-        header_routes: args.header_routes,
-        default: args.default,
-        sni: args.sni,
-        max_header_bytes: args.max_header_bytes,
-        header_read_timeout: args.header_read_timeout,
-        idle_timeout: args.idle_timeout,
-        connect_timeout: args.connect_timeout,
-        upstream_timeout: args.upstream_timeout,
-        max_connections: args.max_connections,
-        reload_interval: args.reload_interval,
-        alpn: args.alpn,
-        workers: args.workers,
-        dev_certs: args.dev_certs,
-    };
+    let flags = args.flags.to_proxy(args.dev_certs.clone());
     let (config, problem) =
         proxy::Config::load_for_display(&flags, &env).context("proxy configuration")?;
     if args.print_config {

@@ -12,15 +12,15 @@ use registry::{Limits, Store};
 #[derive(clap::Args)]
 pub struct Args {
     /// Address to listen on, IP:PORT or HOST:PORT (plain HTTP; TLS is the proxy's job). A host
-    /// name binds its first IPv4 address (localhost: 127.0.0.1). The IoT Edge module uses 0.0.0.0:8080.
+    /// name binds its first IPv4 address (localhost: 127.0.0.1). The IoT Edge module uses
+    /// 0.0.0.0:8080. [default: 127.0.0.1:8080; none with --proxy-listen (one module, TLS only)]
     #[arg(
         long,
         env = "CONNECTED_REGISTRY_LISTEN",
-        default_value = "127.0.0.1:8080",
         value_name = "HOST:PORT",
         value_parser = proxy::config::listen_addr
     )]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
 
     /// Data directory: blobs, metadata (meta.redb), upload sessions.
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
@@ -73,18 +73,15 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_GC_INTERVAL", default_value = "1h", value_parser = super::parse_duration)]
     pub gc_interval: Duration,
 
-    /// Also serve TLS on this address through the built-in API proxy (routes `/v2`, `/acr` and
-    /// `/oauth2` to this registry), with a development certificate chain generated in DATA/certs
-    /// unless --proxy-cert/--proxy-key are given: the one-command local setup. On 0.0.0.0 or
-    /// :: the development certificate also names this machine's hostname and addresses.
-    /// In IoT Edge the proxy is its own module (`proxy`).
-    #[arg(
-        long,
-        env = "CONNECTED_REGISTRY_PROXY_LISTEN",
-        value_name = "HOST:PORT",
-        value_parser = proxy::config::listen_addr
-    )]
-    pub proxy_listen: Option<SocketAddr>,
+    /// The API proxy in this process (one module): `--proxy-listen HOST:PORT` serves TLS there,
+    /// routing `/v2`, `/acr` and `/oauth2` to this registry by calling it directly (no
+    /// connection) and other routes (`--proxy-default`, `--proxy-header-route`) over the
+    /// network. Every `proxy` flag `--NAME` is `--proxy-NAME` here, with the environment
+    /// variable `CONNECTED_REGISTRY_PROXY_NAME`; the IoT Edge API-proxy variables apply too.
+    /// With no certificate configured, a development chain is generated in DATA/certs (on
+    /// 0.0.0.0 or :: also naming this machine's hostname and addresses).
+    #[command(flatten)]
+    pub proxy: Box<super::proxy::Prefixed>,
 
     /// One more DNS name or IP address for the development certificate of --proxy-listen
     /// (repeatable, or comma-separated), e.g. the name clients use through a NAT.
@@ -97,25 +94,6 @@ pub struct Args {
         conflicts_with = "proxy_cert"
     )]
     pub proxy_names: Vec<String>,
-
-    /// Server certificate chain (PEM, leaf first) for --proxy-listen instead of the development
-    /// chain; reloaded when it changes.
-    #[arg(
-        long,
-        env = "CONNECTED_REGISTRY_PROXY_CERT",
-        value_name = "CHAIN.pem",
-        requires_all = ["proxy_listen", "proxy_key"]
-    )]
-    pub proxy_cert: Option<PathBuf>,
-
-    /// Private key (PEM) of --proxy-cert.
-    #[arg(
-        long,
-        env = "CONNECTED_REGISTRY_PROXY_KEY",
-        value_name = "KEY.pem",
-        requires = "proxy_cert"
-    )]
-    pub proxy_key: Option<PathBuf>,
 
     /// Log one line per request (target `access`: method, path without the query, status,
     /// bytes sent, duration, client address; never a header or token).
@@ -152,9 +130,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
     let auth_settings = args.auth.settings()?;
+    let one_module = OneModule::load(&args)?;
+    // One module serves TLS only, unless a plain listener is asked for too.
+    let listen = match (args.listen, &one_module) {
+        (Some(addr), _) => Some(addr),
+        (None, None) => Some(DEFAULT_LISTEN),
+        (None, Some(_)) => None,
+    };
     super::check_data_dir(&args.data, super::MissingData::Create)?;
-    let port =
-        claim_port(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let port = listen
+        .map(|addr| claim_port(addr).with_context(|| format!("cannot listen on {addr}")))
+        .transpose()?;
     let admin = match args.admin.admin {
         Some(addr) => Some(super::admin::bind(addr).await?),
         None => None,
@@ -212,9 +198,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // Only now, with the store and the token set open (and the admin socket bound): whoever
     // waits for the port finds a registry that serves and answers management commands.
-    let listener = port
-        .listen(LISTEN_BACKLOG)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = match (port, listen) {
+        (Some(port), Some(addr)) => Some(
+            port.listen(LISTEN_BACKLOG)
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        _ => None,
+    };
     // With --admin, every request is counted; without it the router has no such layer.
     let mut ops = admin.map(|listener| {
         let http = Arc::new(registry::api::metrics::HttpMetrics::default());
@@ -226,18 +216,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Probes on the main port too (orchestrators probe the port they route to), merged after
     // the access guard and the metrics layer: probes need no credentials and are not counted.
     app = app.merge(super::admin::health_routes(ready));
-    if let Some(tls) = args.proxy_listen {
-        let chain = match (&args.proxy_cert, &args.proxy_key) {
-            (Some(cert), Some(key)) => ServerChain::Given {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            _ => ServerChain::Development {
-                dir: args.data.join("certs"),
-                names: super::proxy::dev_names(tls, &args.proxy_names),
-            },
-        };
-        let cert = start_local_proxy(tls, listener.local_addr()?, chain).await?;
+    if let Some(one_module) = one_module {
+        let cert = one_module.start(&args.data, &args.proxy_names, app.clone()).await?;
         if let Some((_, ops)) = &mut ops {
             ops.cert = Some(cert);
         }
@@ -245,12 +225,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some((listener, ops)) = ops {
         super::admin::spawn(listener, ops);
     }
-    tracing::info!(
-        listen = %args.listen,
-        data = %args.data.display(),
-        access_log = args.access_log,
-        "registry serving /v2 over plain HTTP"
-    );
+    match listen {
+        Some(listen) => tracing::info!(
+            %listen,
+            data = %args.data.display(),
+            access_log = args.access_log,
+            "registry serving /v2 over plain HTTP"
+        ),
+        None => tracing::info!(
+            data = %args.data.display(),
+            "registry serving over TLS only, through the proxy in this process (no --listen)"
+        ),
+    }
     // The log filter is fixed at start: with the access log off (the setting, or a RUST_LOG
     // that drops target `access`) the router is served bare, with no per-request layer at all.
     let logging = args.access_log && tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -265,6 +251,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let serving = async {
+        let Some(listener) = listener else {
+            // One module without a plain listener: the proxy's workers serve; wait for the signal.
+            stop.await;
+            return Ok(());
+        };
         if logging {
             let app = registry::api::access_log::WithAccessLog::new(app, true);
             axum::serve(listener, app)
@@ -310,14 +301,6 @@ fn client_writes(
     })
 }
 
-/// The certificate the built-in proxy serves.
-enum ServerChain {
-    /// The operator's own (`--proxy-cert`/`--proxy-key`).
-    Given { cert: PathBuf, key: PathBuf },
-    /// The development chain in `dir`, its server certificate covering `names`.
-    Development { dir: PathBuf, names: Vec<String> },
-}
-
 /// Connections waiting to be accepted, as `TcpListener::bind` has it.
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -335,47 +318,70 @@ fn claim_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
-/// The API proxy in this process, in front of this registry; returns its server chain's path.
-async fn start_local_proxy(
-    tls: SocketAddr,
-    registry: SocketAddr,
-    chain: ServerChain,
-) -> anyhow::Result<PathBuf> {
-    let mut upstream = registry;
-    if upstream.ip().is_unspecified() {
-        upstream.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let (cert, key) = match chain {
-        ServerChain::Given { cert, key } => (cert, key),
-        ServerChain::Development { dir, names } => {
-            let dev = super::proxy::dev_certificates(&dir, &names).await?;
-            tokio::spawn(super::proxy::renew_dev_chain(dir, names));
-            (dev.server_chain, dev.server_key)
+/// The plain-HTTP address when neither `--listen` nor `--proxy-listen` is given.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
+
+/// The one-module deployment: the API proxy in this process, its registry routes calling this
+/// registry's router directly.
+struct OneModule {
+    flags: proxy::Flags,
+    config: proxy::Config,
+}
+
+impl OneModule {
+    /// The proxy's configuration when `--proxy-listen` is given, checked before anything is
+    /// written: flags, the proxy's config file and the IoT Edge API-proxy variables, with
+    /// `/v2`, `/acr` and `/oauth2` routed in process. With no certificate configured anywhere,
+    /// a development chain in DATA/certs.
+    fn load(args: &Args) -> anyhow::Result<Option<OneModule>> {
+        if args.proxy.0.listen.is_none() {
+            return Ok(None);
         }
-    };
-    let flags = proxy::Flags {
-        listen: Some(tls.to_string()),
-        cert: Some(cert.clone()),
-        key: Some(key),
-        routes: ["/v2", "/acr", "/oauth2"]
-            .iter()
-            .map(|prefix| format!("{prefix}=http://{upstream}"))
-            .collect(),
-        ..Default::default()
-    };
-    // The IoT Edge variables configure the proxy module, not this built-in one.
-    let no_env = |_: &str| None;
-    let config = proxy::Config::load(&flags, &no_env).context("built-in proxy configuration")?;
-    let loader = Box::new(move || proxy::Config::load(&flags, &no_env));
-    let server = proxy::Proxy::bind(config, loader)
-        .await
-        .context("starting the built-in proxy")?;
-    tracing::info!(
-        "TLS on https://{} through the built-in proxy",
-        server.local_addr()?
-    );
-    tokio::spawn(server.serve());
-    Ok(cert)
+        let mut flags = args.proxy.0.to_proxy(Some(args.data.join("certs")));
+        flags.in_process = true;
+        let config = proxy::Config::load(&flags, &env).context("proxy configuration (--proxy-*)")?;
+        Ok(Some(OneModule { flags, config }))
+    }
+
+    /// Starts the proxy's listener and workers with `registry` as the in-process upstream;
+    /// returns the path of the server chain it serves (for the expiry metric).
+    async fn start(
+        self,
+        data: &std::path::Path,
+        extra_names: &[String],
+        registry: axum::Router,
+    ) -> anyhow::Result<PathBuf> {
+        let OneModule { flags, config } = self;
+        if let Some(dir) = &config.dev_certs {
+            let names = super::proxy::dev_names(config.listen.0, extra_names);
+            super::proxy::dev_certificates(dir, &names).await?;
+            tokio::spawn(super::proxy::renew_dev_chain(dir.clone(), names));
+        } else if !extra_names.is_empty() {
+            tracing::warn!(
+                "--proxy-name is for the development certificate only; {} is served as given",
+                data.display()
+            );
+        }
+        let (cert, _) = config
+            .cert
+            .clone()
+            .context("the proxy has no server certificate (internal)")?;
+        let loader = Box::new(move || proxy::Config::load(&flags, &env));
+        let server = proxy::Proxy::bind_one_module(config, loader, registry)
+            .await
+            .context("starting the proxy in this process")?;
+        tracing::info!(
+            "TLS on https://{} (one module: /v2, /acr, /oauth2 served in process)",
+            server.local_addr()?
+        );
+        tokio::spawn(server.serve());
+        Ok(cert)
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// Drops change-log entries older than `ttl`, hourly: a child away longer falls back once to
