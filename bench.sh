@@ -6,6 +6,9 @@
 #   ours        connected-registry serve, plain HTTP                      127.0.0.1:OURS_PORT
 #   a           CNCF distribution (docker-registry), plain HTTP            (anchors.sh, :REG_PORT)
 #   ours-proxy  connected-registry proxy (TLS 1.3) in front of ours        127.0.0.1:OURS_PROXY_PORT
+#   ours-onemodule  one module: connected-registry serve --proxy-listen, TLS 1.3 only (no plain
+#               listener; /v2 served in process, fixtures pushed over TLS) 127.0.0.1:OURS_PROXY_PORT
+#               (not in the default TARGETS: TARGETS="ours ours-onemodule c-tls ours-proxy")
 #   ours-basic  ours with access control (--auth tokens), every request with Basic credentials
 #   ours-bearer ours with access control, every request with a Bearer token from /oauth2/token
 #               (both: WORKLOADS="W1 W2" only, the token grants the fixture's repository; not in
@@ -43,7 +46,7 @@ BENCH_DIR="$(cd "$SHARED_BENCH" && pwd)"
 # shellcheck source=../shared/bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-ALL_TARGETS="ours a ours-proxy nginx-ours ours-basic ours-bearer b c-http c-tls"
+ALL_TARGETS="ours a ours-proxy ours-onemodule nginx-ours ours-basic ours-bearer b c-http c-tls"
 DEFAULT_TARGETS="ours a ours-proxy b c-http c-tls"
 ROUNDS="${ROUNDS:-3}"
 TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
@@ -69,7 +72,7 @@ want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 is_anchor() { case "$1" in a | b | c-http | c-tls) return 0 ;; *) return 1 ;; esac; }
 
 need curl python3 awk openssl timeout
-ours_wanted() { want ours || want ours-proxy || want nginx-ours; }
+ours_wanted() { want ours || want ours-proxy || want ours-onemodule || want nginx-ours; }
 if ours_wanted && [ -z "$BIN" ] && [ "$BUILD" = 1 ]; then need cargo; fi
 if want a || want b || want c-http || want c-tls; then need docker-registry nginx; fi
 if want nginx-ours; then need nginx; fi
@@ -213,6 +216,24 @@ start_ours() { # ROUND
   log "ours: connected-registry serve pid $OURS_PID on :$OURS_PORT, data $WORK/ours/data"
 }
 
+# One module: the registry and the TLS proxy in one process, no plain listener; /v2 reaches the
+# registry in process. The proxy's settings as ours-proxy's (OURS_PROXY_ARGS as --proxy-NAME).
+start_onemodule() { # ROUND
+  local log_file="$BENCH_OUT/logs/ours-onemodule.$1.log"
+  port_free "$OURS_PROXY_PORT" || die "127.0.0.1:$OURS_PROXY_PORT is in use (OURS_PROXY_PORT)"
+  port_free "$OURS_ADMIN_PORT" || die "127.0.0.1:$OURS_ADMIN_PORT is in use (OURS_ADMIN_PORT)"
+  env -u NGINX_DEFAULT_PORT -u CONNECTED_ACR_ROUTE_ADDRESS -u DOCKER_REQUEST_ROUTE_ADDRESS \
+    -u BLOB_UPLOAD_ROUTE_ADDRESS -u IOTEDGE_PARENTHOSTNAME -u CONNECTED_REGISTRY_LISTEN \
+    RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --data "$WORK/ours/data" --auth none \
+    --proxy-listen "127.0.0.1:$OURS_PROXY_PORT" \
+    --proxy-cert "$WORK/tls/server.crt" --proxy-key "$WORK/tls/server.key" \
+    --proxy-admin "127.0.0.1:$OURS_ADMIN_PORT" ${OURS_ONEMODULE_ARGS:-} >"$log_file" 2>&1 &
+  OURS_PID=$!
+  await_up "$OURS_PID" "https://127.0.0.1:$OURS_PROXY_PORT/v2/" "$WORK/tls/ca.crt" "$log_file" \
+    "connected-registry serve --proxy-listen (one module)"
+  log "ours-onemodule: connected-registry serve pid $OURS_PID on :$OURS_PROXY_PORT (TLS only)"
+}
+
 start_proxy() { # ROUND
   local log_file="$BENCH_OUT/logs/ours-proxy.$1.log"
   port_free "$OURS_PROXY_PORT" || die "127.0.0.1:$OURS_PROXY_PORT is in use (OURS_PROXY_PORT)"
@@ -252,7 +273,7 @@ stop_ours() {
   OURS_PID=""
 }
 
-if want ours-proxy || want nginx-ours; then
+if want ours-proxy || want ours-onemodule || want nginx-ours; then
   "$BENCH_DIR/gen-certs.sh" "$WORK/tls" >/dev/null # throw-away CA + 127.0.0.1 cert, like anchor b's
 fi
 
@@ -264,10 +285,18 @@ run_ours_target() { # LABEL ROUND
   log "=== $label, round $round"
   local auth=none
   case "$label" in ours-basic | ours-bearer) auth=tokens ;; esac
-  OURS_AUTH="$auth" start_ours "$round"
+  if [ "$label" = ours-onemodule ]; then
+    start_onemodule "$round"
+  else
+    OURS_AUTH="$auth" start_ours "$round"
+  fi
   local password_file="$WORK/ours/data/admin-password" password=""
   [ "$auth" = none ] || password="$(cat "$password_file")"
   case "$label" in
+    ours-onemodule)
+      REGISTRY_URL="https://127.0.0.1:$OURS_PROXY_PORT" CA_FILE="$WORK/tls/ca.crt" \
+        SERVER_PIDS="onemodule:$OURS_PID" RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
+      ;;
     ours)
       REGISTRY_URL="http://127.0.0.1:$OURS_PORT" SERVER_PIDS="registry:$OURS_PID" \
         RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
@@ -357,7 +386,7 @@ for t in $TARGETS; do
 done
 [ "${#files[@]}" -gt 0 ] || die "no results (every target failed; see $BENCH_OUT/bench.log)"
 ratios=()
-for r in ours-basic/ours ours-bearer/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
+for r in ours-onemodule/ours ours-onemodule/c-tls ours-onemodule/ours-proxy ours-basic/ours ours-bearer/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
   if want "${r%/*}" && want "${r#*/}"; then ratios+=(--ratio "$r"); fi
 done
 {

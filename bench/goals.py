@@ -52,6 +52,16 @@ GOALS = [
      ("ours-proxy", "w2.manifest_p99"), "ms", "<", 10.0),
     ("proxy: peak RSS of the proxy below nginx-as-proxy's",
      ("ours-proxy", "w5.rss_peak.proxy"), ("b", "w5.rss_peak.nginx"), "<", 1.0),
+    ("one module: manifest rps over TLS >= 0.85x the registry's own over plain HTTP",
+     ("ours-onemodule", "w2.manifest_rps"), ("ours", "w2.manifest_rps"), ">=", 0.85),
+    ("one module: manifest GET p99 over TLS < 5 ms",
+     ("ours-onemodule", "w2.manifest_p99"), "ms", "<", 5.0),
+    ("one module: big-blob pull >= 0.9x static TLS nginx (sequential)",
+     ("ours-onemodule", "w1.blob_seq_median"), ("c-tls", "w1.blob_seq_median"), ">=", 0.9),
+    ("one module: big-blob pull >= 0.9x static TLS nginx (concurrent)",
+     ("ours-onemodule", "w1.blob_conc*"), ("c-tls", "w1.blob_conc*"), ">=", 0.9),
+    ("one module: peak RSS below the registry and the proxy as two processes",
+     ("ours-onemodule", "w5.rss_peak.total"), ("ours-proxy", "w5.rss_peak.total"), "<", 1.0),
 ]
 
 OPS = {

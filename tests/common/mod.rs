@@ -167,6 +167,26 @@ pub fn serve_with(
     Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
 }
 
+/// Our registry as one module: `serve --proxy-listen 127.0.0.1:TLS_PORT` and no `--listen`,
+/// so the registry has no plain listener and is reached only through the proxy in the same
+/// process; waits for the TLS port. As [`serve_with`], `--auth none` unless `extra_args` say.
+pub fn serve_one_module(
+    data: &Path,
+    tls_port: u16,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+    log: PathBuf,
+) -> Proc {
+    let listen = format!("127.0.0.1:{tls_port}");
+    let data_s = data.to_str().expect("utf-8 temp path");
+    let mut args = vec!["serve", "--proxy-listen", &listen, "--data", data_s];
+    args.extend_from_slice(extra_args);
+    if !extra_args.iter().any(|a| a.starts_with("--auth")) {
+        args.extend_from_slice(&["--auth", "none"]);
+    }
+    Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
+}
+
 /// Runs a command to completion and returns stdout; panics with stderr if it fails.
 pub fn run_ok(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
