@@ -91,7 +91,10 @@ fn skopeo_over_tls_through_one_module_with_no_loopback_hop() {
     let skopeo = |args: &[&str]| run_ok("skopeo", &[&["--insecure-policy"], args].concat());
     skopeo(&["copy", "--dest-cert-dir", certs, &img.reference("v1"), &dst]);
     let inspected = skopeo(&["inspect", "--cert-dir", certs, &dst]);
-    assert!(inspected.contains("\"Architecture\": \"amd64\""), "{inspected}");
+    assert!(
+        inspected.contains("\"Architecture\": \"amd64\""),
+        "{inspected}"
+    );
     let pulled = t.join("pulled");
     let pulled_ref = format!("oci:{}:v1", pulled.display());
     skopeo(&["copy", "--src-cert-dir", certs, &dst, &pulled_ref]);
@@ -102,7 +105,8 @@ fn skopeo_over_tls_through_one_module_with_no_loopback_hop() {
     let (status, head, body) = curl_tls(&ca.root, &url, &["X-Request-Id: one-module-7", accept]);
     assert_eq!(status, 200, "{body}");
     assert!(
-        head.to_ascii_lowercase().contains("x-request-id: one-module-7"),
+        head.to_ascii_lowercase()
+            .contains("x-request-id: one-module-7"),
         "{head}"
     );
 
@@ -184,7 +188,10 @@ fn failed_logins_count_against_the_real_client_in_process() {
         (status, head)
     };
     for i in 0..3 {
-        let (status, head) = login(&format!("10.0.0.{}", i + 2), &basic(&format!("nobody{i}"), "x"));
+        let (status, head) = login(
+            &format!("10.0.0.{}", i + 2),
+            &basic(&format!("nobody{i}"), "x"),
+        );
         assert_eq!(status, 401, "{head}");
         // The challenge names the proxy's address and https (X-Forwarded-Host/Proto).
         assert!(
@@ -193,7 +200,10 @@ fn failed_logins_count_against_the_real_client_in_process() {
         );
     }
     let (status, head) = login("10.0.0.9", &good.basic());
-    assert_eq!(status, 429, "the client is locked out, whatever it claims: {head}");
+    assert_eq!(
+        status, 429,
+        "the client is locked out, whatever it claims: {head}"
+    );
 
     let log = server.log_text();
     let lockouts: Vec<&str> = log

@@ -149,10 +149,7 @@ impl UpstreamBody {
         }
     }
 
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self {
             UpstreamBody::Remote(b) => Pin::new(b)
                 .poll_frame(cx)

@@ -36,7 +36,10 @@ pub enum ConfigError {
 pub enum Source {
     Default,
     Env(&'static str),
-    File { path: PathBuf, line: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+    },
     Flag(&'static str),
     /// `serve --proxy-listen`: the one-module deployment routes the registry's prefixes to
     /// the registry in the same process.

@@ -47,7 +47,11 @@ pub struct ProxyFlags {
     #[arg(id = "proxy_client_ca", long = "client-ca", value_name = "ROOTS.pem")]
     client_ca: Option<PathBuf>,
     /// Header carrying the verified client certificate (URL-escaped PEM) [default: x-client-cert].
-    #[arg(id = "proxy_client_cert_header", long = "client-cert-header", value_name = "NAME")]
+    #[arg(
+        id = "proxy_client_cert_header",
+        long = "client-cert-header",
+        value_name = "NAME"
+    )]
     client_cert_header: Option<String>,
     /// Trust bundle for https upstreams (the parent), reloaded when it changes.
     #[arg(id = "proxy_trust", long = "trust", value_name = "ROOTS.pem")]
@@ -60,7 +64,11 @@ pub struct ProxyFlags {
     #[arg(id = "proxy_route", long = "route", value_name = "PREFIX=URL")]
     routes: Vec<String>,
     /// A header route, HEADER=URL (repeatable): requests carrying HEADER go to URL.
-    #[arg(id = "proxy_header_route", long = "header-route", value_name = "HEADER=URL")]
+    #[arg(
+        id = "proxy_header_route",
+        long = "header-route",
+        value_name = "HEADER=URL"
+    )]
     header_routes: Vec<String>,
     /// Where requests no route matches go (usually https://PARENT:443).
     #[arg(id = "proxy_default", long = "default", value_name = "URL")]
@@ -69,7 +77,11 @@ pub struct ProxyFlags {
     #[arg(id = "proxy_sni", long = "sni", value_name = "NAME")]
     sni: Option<String>,
     /// Largest request head accepted; larger gets 431 [default: 32768].
-    #[arg(id = "proxy_max_header_bytes", long = "max-header-bytes", value_name = "BYTES")]
+    #[arg(
+        id = "proxy_max_header_bytes",
+        long = "max-header-bytes",
+        value_name = "BYTES"
+    )]
     max_header_bytes: Option<usize>,
     /// Time for the TLS handshake and each request head [default: 30s].
     #[arg(
@@ -79,10 +91,18 @@ pub struct ProxyFlags {
     )]
     header_read_timeout: Option<String>,
     /// Close a client connection with no traffic for this long [default: 120s].
-    #[arg(id = "proxy_idle_timeout", long = "idle-timeout", value_name = "DURATION")]
+    #[arg(
+        id = "proxy_idle_timeout",
+        long = "idle-timeout",
+        value_name = "DURATION"
+    )]
     idle_timeout: Option<String>,
     /// Time to connect to an upstream before 502 [default: 10s].
-    #[arg(id = "proxy_connect_timeout", long = "connect-timeout", value_name = "DURATION")]
+    #[arg(
+        id = "proxy_connect_timeout",
+        long = "connect-timeout",
+        value_name = "DURATION"
+    )]
     connect_timeout: Option<String>,
     /// Time an upstream has to start answering after the request body was sent, else 504
     /// [default: 300s].
@@ -93,10 +113,18 @@ pub struct ProxyFlags {
     )]
     upstream_timeout: Option<String>,
     /// Client connections served at once [default: 4096].
-    #[arg(id = "proxy_max_connections", long = "max-connections", value_name = "N")]
+    #[arg(
+        id = "proxy_max_connections",
+        long = "max-connections",
+        value_name = "N"
+    )]
     max_connections: Option<usize>,
     /// How often files are checked for changes [default: 5s].
-    #[arg(id = "proxy_reload_interval", long = "reload-interval", value_name = "DURATION")]
+    #[arg(
+        id = "proxy_reload_interval",
+        long = "reload-interval",
+        value_name = "DURATION"
+    )]
     reload_interval: Option<String>,
     /// ALPN protocols offered to clients, in order of preference [default: http/1.1,h2].
     #[arg(id = "proxy_alpn", long = "alpn", value_name = "LIST")]
@@ -160,12 +188,10 @@ impl Prefixed {
             // clap (without its `string` feature) takes static names: the two dozen made
             // here, once per process, are leaked.
             let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-            let mut arg = arg
-                .long(leak(format!("proxy-{long}")))
-                .env(leak(format!(
-                    "CONNECTED_REGISTRY_{}",
-                    id.to_ascii_uppercase()
-                )));
+            let mut arg = arg.long(leak(format!("proxy-{long}"))).env(leak(format!(
+                "CONNECTED_REGISTRY_{}",
+                id.to_ascii_uppercase()
+            )));
             if id != "proxy_listen" {
                 arg = arg.requires("proxy_listen");
             }

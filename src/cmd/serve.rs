@@ -217,7 +217,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // the access guard and the metrics layer: probes need no credentials and are not counted.
     app = app.merge(super::admin::health_routes(ready));
     if let Some(one_module) = one_module {
-        let cert = one_module.start(&args.data, &args.proxy_names, app.clone()).await?;
+        let cert = one_module
+            .start(&args.data, &args.proxy_names, app.clone())
+            .await?;
         if let Some((_, ops)) = &mut ops {
             ops.cert = Some(cert);
         }
@@ -319,8 +321,10 @@ fn claim_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
 }
 
 /// The plain-HTTP address when neither `--listen` nor `--proxy-listen` is given.
-const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
 
 /// The one-module deployment: the API proxy in this process, its registry routes calling this
 /// registry's router directly.
@@ -340,7 +344,8 @@ impl OneModule {
         }
         let mut flags = args.proxy.0.to_proxy(Some(args.data.join("certs")));
         flags.in_process = true;
-        let config = proxy::Config::load(&flags, &env).context("proxy configuration (--proxy-*)")?;
+        let config =
+            proxy::Config::load(&flags, &env).context("proxy configuration (--proxy-*)")?;
         Ok(Some(OneModule { flags, config }))
     }
 
