@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::client::{ClientError, ClientStats, FeedAnswer, FetchedManifest, Uploaded};
+use crate::client::{
+    ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentTag, TagListing, Uploaded,
+};
 use crate::parent::{BlobDownload, ChunkedUpload, Parent};
 use crate::store::{BlobWriter, LocalStore, StoreError, StoredManifest};
 use oci::manifest::Content;
@@ -67,6 +69,13 @@ struct ParentState {
     feed: Option<FeedAnswer>,
     /// Change-feed requests (pages and probes) asked for.
     feed_requests: usize,
+    /// Whether it answers the `/acr` tag listing (a parent of ours).
+    acr: bool,
+    /// (repo, tag) -> the tag's attributes, when not all enabled: `/v2` leaves a tag with
+    /// `listEnabled: false` out of its list and refuses to resolve one with `readEnabled: false`.
+    tag_attributes: BTreeMap<(String, String), oci::ChangeableAttributes>,
+    /// `/acr` tag listing requests asked for.
+    acr_requests: usize,
 }
 
 /// A parent registry in memory, with no referrers, and no feed unless a test gives it one.
@@ -89,6 +98,24 @@ impl FakeParent {
     /// Answers every change-feed request (page or probe) with `answer`.
     pub fn answer_feed_with(&self, answer: FeedAnswer) {
         self.with(|s| s.feed = Some(answer));
+    }
+
+    /// Answers the `/acr` tag listing, as a parent of ours does.
+    pub fn serve_acr(&self) {
+        self.with(|s| s.acr = true);
+    }
+
+    /// Sets a tag's attributes, as `PATCH /acr/v1/REPO/_tags/TAG` does at a parent of ours.
+    pub fn lock_tag(&self, repo: &str, tag: &str, attributes: oci::ChangeableAttributes) {
+        self.with(|s| {
+            s.tag_attributes
+                .insert((repo.to_owned(), tag.to_owned()), attributes)
+        });
+    }
+
+    /// How many `/acr` tag listing requests were asked for.
+    pub fn acr_requests(&self) -> usize {
+        self.with(|s| s.acr_requests)
     }
 
     /// How many change-feed requests were asked for.
@@ -155,18 +182,36 @@ impl FakeParent {
         self.with(|s| s.download_offsets.get(digest).cloned().unwrap_or_default())
     }
 
-    fn resolve(&self, repo: &str, reference: &str) -> Option<FetchedManifest> {
+    /// A manifest by tag or digest; a tag with `readEnabled: false` is refused (405), as a
+    /// parent of ours refuses it.
+    fn resolve(&self, repo: &str, reference: &str) -> Result<Option<FetchedManifest>, ClientError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.with(|s| {
             let digest = match reference.parse::<Digest>() {
                 Ok(d) => d,
-                Err(_) => s
-                    .tags
-                    .get(&(repo.to_owned(), reference.to_owned()))?
-                    .clone(),
+                Err(_) => {
+                    let key = (repo.to_owned(), reference.to_owned());
+                    if s.tag_attributes.get(&key).is_some_and(|a| !a.read_enabled) {
+                        return Err(ClientError::Status {
+                            method: "GET".into(),
+                            url: format!("http://fake-parent/v2/{repo}/manifests/{reference}"),
+                            status: 405,
+                            body: "DENIED: readEnabled is false".into(),
+                        });
+                    }
+                    match s.tags.get(&key) {
+                        Some(d) => d.clone(),
+                        None => return Ok(None),
+                    }
+                }
             };
-            s.repo_manifests.get(repo)?.get(&digest)?;
-            s.manifests.get(&digest).cloned()
+            if s.repo_manifests
+                .get(repo)
+                .is_none_or(|m| !m.contains(&digest))
+            {
+                return Ok(None);
+            }
+            Ok(s.manifests.get(&digest).cloned())
         })
     }
 }
@@ -192,28 +237,55 @@ impl Parent for FakeParent {
         repo: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let tags: Vec<String> = self.with(|s| {
-            s.tags
-                .keys()
-                .filter(|(r, _)| r == repo)
+        let (known, tags): (bool, Vec<String>) = self.with(|s| {
+            let all: Vec<&(String, String)> = s.tags.keys().filter(|(r, _)| r == repo).collect();
+            let listed = all
+                .iter()
+                .filter(|key| s.tag_attributes.get(**key).is_none_or(|a| a.list_enabled))
                 .map(|(_, t)| t.clone())
-                .collect()
+                .collect();
+            (!all.is_empty(), listed)
         });
-        ready(Ok((!tags.is_empty()).then_some(tags)))
+        ready(Ok(known.then_some(tags)))
+    }
+    fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let listing = self.with(|s| {
+            s.acr_requests += 1;
+            if !s.acr {
+                return TagListing::NoAcr;
+            }
+            let tags: Vec<ParentTag> = s
+                .tags
+                .iter()
+                .filter(|((r, _), _)| r == repo)
+                .map(|(key, digest)| ParentTag {
+                    name: key.1.clone(),
+                    digest: digest.clone(),
+                    attributes: s.tag_attributes.get(key).copied().unwrap_or_default(),
+                })
+                .collect();
+            if tags.is_empty() {
+                TagListing::UnknownRepo
+            } else {
+                TagListing::Tags(tags)
+            }
+        });
+        ready(Ok(listing))
     }
     fn head_manifest<'a>(
         &'a self,
         repo: &'a str,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<Option<Digest>, ClientError>> {
-        ready(Ok(self.resolve(repo, reference).map(|m| m.digest)))
+        ready(self.resolve(repo, reference).map(|m| m.map(|m| m.digest)))
     }
     fn get_manifest<'a>(
         &'a self,
         repo: &'a str,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<Option<FetchedManifest>, ClientError>> {
-        ready(Ok(self.resolve(repo, reference)))
+        ready(self.resolve(repo, reference))
     }
     fn referrers<'a>(
         &'a self,
@@ -330,6 +402,8 @@ struct StoreState {
     uploads: HashMap<String, (String, Vec<u8>)>,
     manifests: BTreeMap<(String, Digest), StoredManifest>,
     tags: BTreeMap<(String, String), Digest>,
+    /// (repo, tag) -> the tag's own attributes, when not all enabled.
+    tag_attributes: BTreeMap<(String, String), oci::ChangeableAttributes>,
     changes: Vec<Change>,
 }
 
@@ -371,6 +445,11 @@ impl FakeStore {
 
     pub fn tag(&self, repo: &str, tag: &str) -> Option<Digest> {
         self.with(|s| s.tags.get(&(repo.to_owned(), tag.to_owned())).cloned())
+    }
+
+    /// How many entries the change log holds (each a write sync made).
+    pub fn changes_logged(&self) -> usize {
+        self.with(|s| s.changes.len())
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -582,6 +661,10 @@ impl LocalStore for FakeStore {
                 (None, Some(d)) => s.manifests.contains_key(&(repo.to_owned(), d.clone())),
                 (None, None) => s.tags.keys().any(|(r, _)| r == repo),
             };
+            if let (true, Some(tag)) = (known, tag) {
+                s.tag_attributes
+                    .insert((repo.to_owned(), tag.to_owned()), attributes);
+            }
             if known {
                 let kind = ChangeKind::AttributesSet {
                     tag: tag.map(str::to_owned),
@@ -593,8 +676,24 @@ impl LocalStore for FakeStore {
             known
         }))
     }
+    fn tag_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<BTreeMap<String, oci::ChangeableAttributes>, StoreError> {
+        Ok(self.with(|s| {
+            s.tags
+                .keys()
+                .filter(|(r, _)| r == repo)
+                .map(|key| {
+                    let own = s.tag_attributes.get(key).copied().unwrap_or_default();
+                    (key.1.clone(), own)
+                })
+                .collect()
+        }))
+    }
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
         self.with(|s| {
+            s.tag_attributes.remove(&(repo.to_owned(), tag.to_owned()));
             if s.tags.remove(&(repo.to_owned(), tag.to_owned())).is_some() {
                 let kind = ChangeKind::TagDeleted {
                     tag: tag.to_owned(),

@@ -1,6 +1,6 @@
 //! What sync needs from a parent registry: the contract the copy engine, the change-feed reader
 //! and the upward push are written against. [`ParentClient`] is the real one (the OCI `/v2` API
-//! over HTTP); the tests' in-memory fake lets the engine's rules (verify before keep, bottom-up,
+//! over HTTP, and a parent of ours' `/acr` tag listing and change feed); the tests' in-memory fake lets the engine's rules (verify before keep, bottom-up,
 //! resume, conflicts) be checked without a network.
 
 use std::path::Path;
@@ -12,7 +12,7 @@ use futures_util::stream::BoxStream;
 use futures_util::FutureExt;
 
 use crate::client::{
-    ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentClient, Uploaded,
+    ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentClient, TagListing, Uploaded,
 };
 use oci::Digest;
 
@@ -39,6 +39,10 @@ pub trait Parent: Send + Sync + 'static {
     /// The tags of `repo`; `None` when the repository is unknown.
     fn tags<'a>(&'a self, repo: &'a str)
         -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>>;
+    /// The tags of `repo` with their digests and `changeableAttributes`, those hidden from
+    /// listings included (a parent of ours' `/acr` tag listing, paged);
+    /// [`TagListing::NoAcr`] when the parent has no such API.
+    fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>>;
     /// The digest `reference` (a tag or digest) resolves to.
     fn head_manifest<'a>(
         &'a self,
@@ -134,6 +138,9 @@ impl Parent for ParentClient {
         repo: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>> {
         ParentClient::tags(self, repo).boxed()
+    }
+    fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>> {
+        ParentClient::acr_tags(self, repo).boxed()
     }
     fn head_manifest<'a>(
         &'a self,

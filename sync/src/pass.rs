@@ -10,10 +10,12 @@ use futures_util::StreamExt;
 use oci::{Class, Classify};
 use tokio::time::Instant;
 
+use crate::client::{ParentTag, TagListing};
 use crate::engine::{blocking, Engine, SyncError};
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
 use crate::store::StoreError;
+use oci::ChangeableAttributes;
 use oci::Descriptor;
 use oci::Digest;
 use oci::Reference;
@@ -41,6 +43,11 @@ pub(crate) struct Pass {
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
     pub(crate) pull: Mutex<Pull>,
+    /// The parent answered it has no `/acr` tag listing (not ours): the rest of this pass lists
+    /// tags through `/v2` without asking again.
+    pub(crate) no_acr: AtomicBool,
+    /// Tags (`repo:tag`) read-locked at the parent, not pulled this pass.
+    pub(crate) read_locked: Mutex<Vec<String>>,
 }
 
 impl Pass {
@@ -138,6 +145,19 @@ impl Engine {
         }
         let retryable = failed.iter().all(|(_, class)| class.retryable);
         let errors: Vec<String> = failed.into_iter().map(|(msg, _)| msg).collect();
+        let read_locked = pass
+            .read_locked
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        if !read_locked.is_empty() {
+            tracing::info!(
+                tags = read_locked.len(),
+                first = %read_locked[0],
+                "read-locked at the parent (readEnabled: false): not pulled; a copy held here \
+                 stays and carries the same lock"
+            );
+        }
         let outcome = if pass.paused.load(Ordering::Relaxed) {
             Outcome::Paused
         } else if errors.is_empty() {
@@ -164,6 +184,7 @@ impl Engine {
             pull: pass.pull.lock().map(|p| *p).unwrap_or_default(),
             conflicts: pass.conflicts.lock().map(|v| v.clone()).unwrap_or_default(),
             warnings: pass.warnings.lock().map(|v| v.clone()).unwrap_or_default(),
+            read_locked,
             faults,
             retryable,
             errors,
@@ -250,10 +271,32 @@ impl Engine {
         if pass.check().is_err() {
             return;
         }
-        let tags = match self.client.tags(&repo).await {
-            Ok(Some(t)) => t,
+        // A parent of ours lists every tag with its attributes (those hidden from `/v2`
+        // listings too); any other registry through `/v2`.
+        let listing = match self.parent_tags(pass, &repo).await {
+            Ok(listing) => listing,
+            Err(e) => return pass.record(&repo, e.into()),
+        };
+        let listed = match listing {
+            Some(TagListing::Tags(tags)) => Ok(Some(tags)),
+            Some(TagListing::UnknownRepo) => Ok(None),
+            Some(TagListing::NoAcr) | None => Err(()),
+        };
+        let (tags, attributes) = match listed {
+            Ok(Some(tags)) => {
+                let names = tags.iter().map(|t| t.name.clone()).collect();
+                (Some(names), Some(tags))
+            }
+            Ok(None) => (None, None),
+            Err(()) => match self.client.tags(&repo).await {
+                Ok(tags) => (tags, None),
+                Err(e) => return pass.record(&repo, e.into()),
+            },
+        };
+        let tags = match tags {
+            Some(t) => t,
             // The repository is gone at the parent: its synced tags go too.
-            Ok(None) => {
+            None => {
                 if rule.is_explicit() {
                     pass.nothing_matched(
                         self.settings.strict,
@@ -262,10 +305,9 @@ impl Engine {
                 }
                 Vec::new()
             }
-            Err(e) => return pass.record(&repo, e.into()),
         };
         pass.repos.fetch_add(1, Ordering::Relaxed);
-        let selected = rule.select_tags(&tags);
+        let mut selected = rule.select_tags(&tags);
         if selected.is_empty() && !tags.is_empty() {
             pass.nothing_matched(
                 self.settings.strict,
@@ -275,7 +317,25 @@ impl Engine {
                 ),
             );
         }
+        // Read-locked at the parent: not pulled (it refuses); a copy held here stays.
+        let mut kept = Vec::new();
+        if let Some(parent) = &attributes {
+            let locked: BTreeSet<&str> = parent
+                .iter()
+                .filter(|t| !t.attributes.read_enabled)
+                .map(|t| t.name.as_str())
+                .collect();
+            if !locked.is_empty() {
+                kept = self.read_locked(pass, &repo, &selected, &locked).await;
+                selected.retain(|t| !locked.contains(t.as_str()));
+            }
+        }
         let (done, _missing) = self.sync_tags(pass, &repo, &selected).await;
+        selected.extend(kept);
+        if let Some(parent) = attributes {
+            self.apply_tag_attributes(pass, &repo, &selected, parent)
+                .await;
+        }
         // Tags sync wrote earlier that the parent no longer has (in scope): untag locally.
         let keep: BTreeSet<&String> = selected.iter().collect();
         let candidates = self
@@ -284,6 +344,90 @@ impl Engine {
             .filter(|(tag, _)| !keep.contains(tag))
             .collect();
         self.reflect(pass, &repo, done, candidates).await;
+    }
+
+    /// The parent's tags of `repo` with their attributes; `None` when the parent was found
+    /// this pass to have no `/acr` API (asked once per pass, then not again).
+    async fn parent_tags(
+        &self,
+        pass: &Pass,
+        repo: &str,
+    ) -> Result<Option<TagListing>, crate::client::ClientError> {
+        if pass.no_acr.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let listing = self.client.acr_tags(repo).await?;
+        if listing == TagListing::NoAcr && !pass.no_acr.swap(true, Ordering::Relaxed) {
+            tracing::debug!(
+                "the parent has no /acr tag listing: tags come from /v2, attributes only through \
+                 a change feed"
+            );
+        }
+        Ok(Some(listing))
+    }
+
+    /// Of `selected`, the tags read-locked at the parent (`locked`): each is noted once for the
+    /// summary; those held here are returned (kept, not untagged, and locked the same way).
+    async fn read_locked(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        selected: &[String],
+        locked: &BTreeSet<&str>,
+    ) -> Vec<String> {
+        let mut kept = Vec::new();
+        for tag in selected.iter().filter(|t| locked.contains(t.as_str())) {
+            if let Ok(mut v) = pass.read_locked.lock() {
+                v.push(format!("{repo}:{tag}"));
+            }
+            let (r, t) = (repo.to_owned(), tag.clone());
+            match blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await {
+                Ok(Some(_)) => kept.push(tag.clone()),
+                Ok(None) => {}
+                Err(e) => pass.record(&format!("{repo}:{tag}"), e),
+            }
+        }
+        kept
+    }
+
+    /// Sets each tag of `selected` here to the attributes the parent lists for it, where they
+    /// differ (origin: sync). A tag not here (left out, or failed this pass) is skipped.
+    async fn apply_tag_attributes(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        selected: &[String],
+        parent: Vec<ParentTag>,
+    ) {
+        let selected: BTreeSet<&String> = selected.iter().collect();
+        let wanted: Vec<(String, ChangeableAttributes)> = parent
+            .into_iter()
+            .filter(|t| selected.contains(&t.name))
+            .map(|t| (t.name, t.attributes))
+            .collect();
+        let r = repo.to_owned();
+        let applied = blocking(&self.store, move |s| {
+            let here = s.tag_attributes(&r)?;
+            let mut applied = 0usize;
+            for (tag, attributes) in wanted {
+                if here.get(&tag).is_some_and(|own| *own != attributes)
+                    && s.set_attributes(&r, Some(&tag), None, attributes)?
+                {
+                    applied += 1;
+                }
+            }
+            Ok(applied)
+        })
+        .await;
+        match applied {
+            Ok(0) => {}
+            Ok(applied) => tracing::info!(
+                repo,
+                tags = applied,
+                "changeableAttributes of the parent's tags applied here"
+            ),
+            Err(e) => pass.record(&format!("{repo}: changeableAttributes from the parent"), e),
+        }
     }
 
     /// Compares only the tags a change feed named in `repo` (each one HEAD, through the normal
@@ -478,5 +622,90 @@ impl Engine {
             }
             Err(e) => pass.record(&format!("{repo}:{tag}: referrers"), e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fake::{image_manifest, Rig, IMAGE};
+    use crate::Outcome;
+    use oci::ChangeableAttributes;
+
+    fn locked(f: impl FnOnce(&mut ChangeableAttributes)) -> ChangeableAttributes {
+        let mut a = ChangeableAttributes::ALL_ENABLED;
+        f(&mut a);
+        a
+    }
+
+    /// A parent of ours with no feed: the full comparison reads the `/acr` tag listing (one
+    /// request for the repository, not one per tag) and brings the parent's locks down: a
+    /// write lock set before the child's first pass, a tag hidden from `/v2` listings (still
+    /// mirrored, hidden here too), and a read-locked tag that is not pulled and is no error.
+    #[tokio::test]
+    async fn a_full_comparison_brings_the_parents_tag_attributes_down() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.serve_acr();
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        for tag in ["v2", "hidden", "secret"] {
+            rig.parent.put_manifest("app", Some(tag), IMAGE, &m);
+        }
+        let write_locked = locked(|a| a.write_enabled = false);
+        let unlisted = locked(|a| a.list_enabled = false);
+        let unreadable = locked(|a| a.read_enabled = false);
+        rig.parent.lock_tag("app", "v1", write_locked);
+        rig.parent.lock_tag("app", "hidden", unlisted);
+        rig.parent.lock_tag("app", "secret", unreadable);
+
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(
+            rig.parent.acr_requests(),
+            1,
+            "one listing page for the repository"
+        );
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest.clone()));
+        assert_eq!(rig.store.tag("app", "hidden"), Some(digest.clone()));
+        assert_eq!(
+            rig.store.tag("app", "secret"),
+            None,
+            "read-locked: not pulled"
+        );
+        assert_eq!(summary.read_locked, ["app:secret"]);
+        let here = crate::store::LocalStore::tag_attributes(&*rig.store, "app").unwrap();
+        assert_eq!(here["v1"], write_locked);
+        assert_eq!(here["hidden"], unlisted);
+        assert_eq!(here["v2"], ChangeableAttributes::ALL_ENABLED);
+
+        // In step: a second pass sets nothing again and untags nothing.
+        let before = rig.store.changes_logged();
+        let again = rig.engine.run_pass(None).await;
+        assert_eq!(again.outcome, Outcome::Completed, "{:?}", again.errors);
+        assert_eq!(again.tags_deleted, 0);
+        assert_eq!(rig.store.changes_logged(), before, "nothing set twice");
+
+        // Read-locked later, a tag held here stays, locked the same way.
+        rig.parent.lock_tag("app", "v2", unreadable);
+        let third = rig.engine.run_pass(None).await;
+        assert_eq!(third.outcome, Outcome::Completed, "{:?}", third.errors);
+        assert_eq!(rig.store.tag("app", "v2"), Some(digest));
+        let here = crate::store::LocalStore::tag_attributes(&*rig.store, "app").unwrap();
+        assert_eq!(here["v2"], unreadable);
+        assert_eq!(third.read_locked, ["app:secret", "app:v2"]);
+    }
+
+    /// A parent that is not ours (no `/acr`): asked once per pass, then tags come from `/v2`
+    /// as before, and nothing fails.
+    #[tokio::test]
+    async fn a_parent_without_acr_is_asked_once_per_pass() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
+        assert_eq!(rig.parent.acr_requests(), 1);
     }
 }

@@ -625,9 +625,16 @@ impl Meta {
         Ok(out)
     }
 
+    /// The referrers of `subject` the referrers API lists: like the tag and manifest listings,
+    /// it leaves out manifests with `listEnabled: false` (all of them when the repository has
+    /// it). A hidden referrer still answers by digest.
     pub fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REFERRERS)?;
+        let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
+        if hidden.repo {
+            return Ok(Vec::new());
+        }
         let subject = subject.to_string();
         let mut out = Vec::new();
         for entry in table.range((repo, subject.as_str(), "")..)? {
@@ -636,7 +643,10 @@ impl Meta {
             if r != repo || s != subject {
                 break;
             }
-            out.push(from_json(value.value())?);
+            let referrer: Descriptor = from_json(value.value())?;
+            if !hidden.manifest(&referrer.digest) {
+                out.push(referrer);
+            }
         }
         Ok(out)
     }

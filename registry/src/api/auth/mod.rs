@@ -244,10 +244,12 @@ async fn check(
         need,
         Need::Catalog | Need::Repository(_, Action::MetadataRead)
     ) {
+        let sync_reader = authority.allows(&identity, Target::Registry, Action::MessageRead);
         let seeing = authority.clone();
+        let caller = Caller::seeing(move |repo| seeing.may_list(&identity, repo));
         request
             .extensions_mut()
-            .insert(Caller::seeing(move |repo| seeing.may_list(&identity, repo)));
+            .insert(caller.with_unlisted(sync_reader));
     }
     next.run(request).await
 }
