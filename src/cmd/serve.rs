@@ -117,6 +117,23 @@ pub struct Args {
     )]
     pub access_log: bool,
 
+    /// A proxy in front of this registry whose `X-Forwarded-For` (its last entry) names the
+    /// client that failed logins count against: CIDR (e.g. 172.18.0.0/16) or one address,
+    /// repeatable or comma-separated. None by default: the header is ignored and failures count
+    /// against the peer. --proxy-listen trusts its own loopback connection (127.0.0.1/32).
+    #[arg(
+        long = "trusted-proxy",
+        env = "CONNECTED_REGISTRY_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<registry::api::auth::TrustedProxy>,
+
+    /// Print the effective settings (secrets redacted) and exit, without touching the data
+    /// directory or the port.
+    #[arg(long)]
+    pub print_config: bool,
+
     #[command(flatten)]
     pub gc: super::gc::GcFlags,
 
@@ -140,6 +157,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
     let auth_settings = args.auth.settings()?;
+    let mut trusted = args.trusted_proxies.clone();
+    if args.proxy_listen.is_some() {
+        // The built-in proxy connects from loopback and names the client it serves.
+        trusted.push(BUILT_IN_PROXY.parse().expect("a valid range"));
+    }
+    if args.print_config {
+        let settings = sync.as_ref().map(|s| s.settings());
+        print!("{}", super::serve_config::render(&args, settings, &trusted));
+        return Ok(ExitCode::SUCCESS);
+    }
     super::check_data_dir(&args.data, super::MissingData::Create)?;
     let port =
         claim_port(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -196,6 +223,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             app.merge(registry::api::auth::token::routes(authority.clone())),
             authority.clone(),
         );
+        app = registry::api::auth::with_client_addr(app, trusted);
     }
     // Only now, with the store and the token set open (and the admin socket bound): whoever
     // waits for the port finds a registry that serves and answers management commands.
@@ -304,6 +332,9 @@ enum ServerChain {
     /// The development chain in `dir`, its server certificate covering `names`.
     Development { dir: PathBuf, names: Vec<String> },
 }
+
+/// Where the built-in proxy (`--proxy-listen`) connects from: trusted for `X-Forwarded-For`.
+const BUILT_IN_PROXY: &str = "127.0.0.1/32";
 
 /// Connections waiting to be accepted, as `TcpListener::bind` has it.
 const LISTEN_BACKLOG: u32 = 1024;
