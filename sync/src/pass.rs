@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use oci::{Class, Classify};
 use tokio::time::Instant;
 
-use crate::client::{ParentTag, TagListing};
+use crate::client::{ClientError, ParentTag, TagListing};
 use crate::engine::{blocking, Engine, SyncError};
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
@@ -352,7 +352,7 @@ impl Engine {
         &self,
         pass: &Pass,
         repo: &str,
-    ) -> Result<Option<TagListing>, crate::client::ClientError> {
+    ) -> Result<Option<TagListing>, ClientError> {
         if pass.no_acr.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -521,6 +521,12 @@ impl Engine {
             match r {
                 Ok(Some(d)) => done.push((tag, d)),
                 Ok(None) => missing.push(tag),
+                // Neither in step nor gone: a copy held here stays.
+                Err(SyncError::ReadLocked) => {
+                    if let Ok(mut v) = pass.read_locked.lock() {
+                        v.push(format!("{repo}:{tag}"));
+                    }
+                }
                 Err(e) => pass.record(&format!("{repo}:{tag}"), e),
             }
         }
@@ -585,8 +591,14 @@ impl Engine {
         tag: &str,
     ) -> Result<Option<Digest>, SyncError> {
         pass.check()?;
-        let Some(remote) = self.client.head_manifest(repo, tag).await? else {
-            return Ok(None);
+        let remote = match self.client.head_manifest(repo, tag).await {
+            Ok(Some(remote)) => remote,
+            Ok(None) => return Ok(None),
+            // A parent of ours refuses a tag with `readEnabled: false` (HEAD has no body to
+            // say so; nothing else answers 405 to a manifest HEAD): a tag the feed named, or
+            // locked since the listing was read.
+            Err(ClientError::Status { status: 405, .. }) => return Err(SyncError::ReadLocked),
+            Err(e) => return Err(e.into()),
         };
         pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         let (r, t) = (repo.to_owned(), tag.to_owned());
@@ -693,6 +705,25 @@ mod tests {
         let here = crate::store::LocalStore::tag_attributes(&*rig.store, "app").unwrap();
         assert_eq!(here["v2"], unreadable);
         assert_eq!(third.read_locked, ["app:secret", "app:v2"]);
+    }
+
+    /// A tag read-locked at a parent whose tag set comes without attributes (the feed named
+    /// it, or `/acr` is not there): the parent's refusal is noted, not an error, and a copy
+    /// held here is not untagged.
+    #[tokio::test]
+    async fn a_read_locked_tag_is_no_error_without_the_listing() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        let first = rig.engine.run_pass(None).await;
+        assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+        rig.parent
+            .lock_tag("app", "v1", locked(|a| a.read_enabled = false));
+        let second = rig.engine.run_pass(None).await;
+        assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+        assert_eq!(second.read_locked, ["app:v1"]);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
     }
 
     /// A parent that is not ours (no `/acr`): asked once per pass, then tags come from `/v2`
