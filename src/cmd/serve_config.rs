@@ -29,7 +29,7 @@ pub fn render(
         .line("data", args.data.display(), "")
         .line("max_manifest_size", args.max_manifest_size, "bytes")
         .line("manifest_cache_size", args.manifest_cache_size, "bytes")
-        .line("min_free", &args.min_free, "")
+        .line("min_free", args.min_free, "")
         .line("verify_reads", format!("{:?}", args.verify_reads), "")
         .line("shutdown_grace", duration(args.shutdown_grace), "")
         .line("gc_interval", duration(args.gc_interval), "0: never")

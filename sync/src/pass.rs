@@ -639,9 +639,11 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use crate::client::FeedAnswer;
     use crate::fake::{image_manifest, Rig, IMAGE};
     use crate::Outcome;
-    use oci::ChangeableAttributes;
+    use oci::feed::FEED_VERSION;
+    use oci::{ChangeableAttributes, FeedPage};
 
     fn locked(f: impl FnOnce(&mut ChangeableAttributes)) -> ChangeableAttributes {
         let mut a = ChangeableAttributes::ALL_ENABLED;
@@ -657,6 +659,14 @@ mod tests {
     async fn a_full_comparison_brings_the_parents_tag_attributes_down() {
         let rig = Rig::new("ReadOnly");
         rig.parent.serve_acr();
+        // A parent of ours whose feed cannot continue: every pass compares in full.
+        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
+            version: FEED_VERSION,
+            head: 0,
+            oldest: 1,
+            reset: true,
+            changes: Vec::new(),
+        }));
         rig.parent.put_blob(b"{}");
         let m = image_manifest(b"{}", &[]);
         let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
@@ -726,11 +736,33 @@ mod tests {
         assert_eq!(rig.store.tag("app", "v1"), Some(digest));
     }
 
-    /// A parent that is not ours (no `/acr`): asked once per pass, then tags come from `/v2`
-    /// as before, and nothing fails.
+    /// A parent that is not ours (no feed): not asked for `/acr` at all (a parent demanding
+    /// tokens would cost a token fetch), tags come from `/v2` as before, and nothing fails.
+    #[tokio::test]
+    async fn a_parent_without_a_feed_is_not_asked_for_acr() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.serve_acr();
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
+        assert_eq!(rig.parent.acr_requests(), 0);
+    }
+
+    /// A parent with a feed that answers 404 on `/acr` (a listing this parent does not offer):
+    /// asked once in the pass, then tags come from `/v2`.
     #[tokio::test]
     async fn a_parent_without_acr_is_asked_once_per_pass() {
         let rig = Rig::new("ReadOnly");
+        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
+            version: FEED_VERSION,
+            head: 0,
+            oldest: 1,
+            reset: false,
+            changes: Vec::new(),
+        }));
         rig.parent.put_blob(b"{}");
         let m = image_manifest(b"{}", &[]);
         let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
