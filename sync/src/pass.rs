@@ -1,6 +1,9 @@
 //! One pass: push up (ReadWrite), then pull down, and its summary; which repositories and
-//! tags are compared, in what order, and what a tag the parent no longer has means here. The
-//! copying itself (manifests bottom-up, blobs, resume) is `copy.rs`.
+//! tags are compared, in what order, and what a tag the parent no longer has means here. A
+//! full comparison with a parent of ours takes the tag set and each tag's `changeableAttributes`
+//! from its `/acr` tag listing (hidden tags included) and applies the attributes here; a tag
+//! read-locked at the parent is not pulled. The copying itself (manifests bottom-up, blobs,
+//! resume) is `copy.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
