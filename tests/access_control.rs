@@ -1035,3 +1035,78 @@ fn catalogs_show_only_what_the_caller_reads() {
         assert_eq!(listed(Some(&bearer(&anonymous_jwt))), public, "{path}");
     }
 }
+
+/// `include=unlisted` on the `/acr` tag listing is honoured for a child's sync token (the
+/// gateway action `message/read`) and ignored for a token that only reads metadata; a child
+/// syncing with such a token through the token service (a Bearer token for the listing's
+/// scope plus the registry grant) mirrors a tag its parent hides, hidden at the child too.
+#[test]
+fn a_sync_token_sees_and_mirrors_tags_hidden_from_listings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("parent");
+    let admin = create_token_on(&data, "owner", "_repositories_admin");
+    let reader = create_token(&data, "reader", vec![rule("*", &["metadata/read"])], None);
+    let sync = create_token(
+        &data,
+        "child-sync",
+        vec![rule(
+            "*",
+            &["content/read", "metadata/read", "message/read"],
+        )],
+        None,
+    );
+    let parent = serve(&data, &[]);
+    let api = Api::new(&parent.url());
+    for tag in ["shown", "hidden"] {
+        push_image_as(&api, "demo/app", tag, &admin.basic());
+    }
+    api.send(
+        api.req(Method::PATCH, "/acr/v1/demo/app/_tags/hidden")
+            .header("authorization", admin.basic())
+            .header("content-type", "application/json")
+            .body(r#"{"listEnabled": false}"#),
+    )
+    .expect(200);
+    let names = |who: &Made| -> Vec<String> {
+        let listing = get_as(
+            &api,
+            "/acr/v1/demo/app/_tags?include=unlisted",
+            &who.basic(),
+        )
+        .expect(200)
+        .json();
+        listing["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&reader), ["shown"]);
+    assert_eq!(names(&sync), ["hidden", "shown"]);
+
+    let child = tmp.path().join("child");
+    let creds = format!("child-sync:{}", sync.password1);
+    let out = common::sync::sync_once(
+        &child,
+        &parent.url(),
+        &["--repo", "demo/*"],
+        &[("CONNECTED_REGISTRY_SYNC_CREDS", creds.as_str())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sync failed:\n{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["outcome"], "Completed", "{summary}\n{stderr}");
+    let store = registry::Store::open(&child, Default::default()).expect("open child store");
+    let repo: registry::RepoName = "demo/app".parse().unwrap();
+    let hidden = store
+        .attributes(&repo, &registry::storage::Target::Tag("hidden".into()))
+        .unwrap()
+        .expect("the hidden tag came down");
+    assert!(!hidden.list_enabled, "{hidden:?}");
+    assert_eq!(
+        store.tags(&repo).unwrap(),
+        ["shown"],
+        "hidden at the child too"
+    );
+}
