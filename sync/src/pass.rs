@@ -1,19 +1,21 @@
 //! One pass: push up (ReadWrite), then pull down, and its summary; which repositories and
 //! tags are compared, in what order, and what a tag the parent no longer has means here. A
-//! full comparison with a parent of ours takes the tag set and each tag's `changeableAttributes`
-//! from its `/acr` tag listing (hidden tags included) and applies the attributes here; a tag
-//! read-locked at the parent is not pulled. The copying itself (manifests bottom-up, blobs,
-//! resume) is `copy.rs`.
+//! full comparison with a parent of ours expands wildcard rules from its `/acr` catalog and
+//! takes the tag set from its `/acr` tag listing (hidden repositories and tags included), and
+//! brings the `changeableAttributes` of the repository, its tags and its manifests down (the
+//! repository read and the manifest listing besides the tag listing); a tag read-locked at the
+//! parent is not pulled. The copying itself (manifests bottom-up, blobs, resume) is `copy.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use oci::{Class, Classify};
 use tokio::time::Instant;
 
-use crate::client::{ClientError, ParentTag, TagListing};
+use crate::client::{AcrAnswer, ClientError, ParentTag};
 use crate::engine::{blocking, Engine, SyncError};
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
@@ -22,6 +24,13 @@ use oci::ChangeableAttributes;
 use oci::Descriptor;
 use oci::Digest;
 use oci::Reference;
+
+/// What `changeableAttributes` are kept on in a repository.
+enum Item {
+    Repository,
+    Tag(String),
+    Manifest(Digest),
+}
 
 /// Counters of one pass.
 #[derive(Default)]
@@ -46,8 +55,8 @@ pub(crate) struct Pass {
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
     pub(crate) pull: Mutex<Pull>,
-    /// The parent answered it has no `/acr` tag listing (not ours): the rest of this pass lists
-    /// tags through `/v2` without asking again.
+    /// The parent answered it has no `/acr` API (not ours): the rest of this pass lists
+    /// repositories and tags through `/v2` without asking again.
     pub(crate) no_acr: AtomicBool,
     /// Tags (`repo:tag`) read-locked at the parent, not pulled this pass.
     pub(crate) read_locked: Mutex<Vec<String>>,
@@ -204,13 +213,17 @@ impl Engine {
     }
 
     /// Repositories in scope: explicit names as given, wildcard patterns expanded from the
-    /// parent's catalog when it offers one.
+    /// parent's catalog when it offers one (a parent of ours' `/acr` catalog, which names the
+    /// repositories hidden from `/v2/_catalog` too, so a hidden one stays mirrored).
     async fn expand_repos(&self, pass: &Pass) -> Result<Vec<(String, RepoRule)>, SyncError> {
         let mut out: Vec<(String, RepoRule)> = Vec::new();
         let mut seen = BTreeSet::new();
         let needs_catalog = self.settings.repos.iter().any(|r| !r.is_explicit());
         let catalog = if needs_catalog {
-            self.client.catalog().await?
+            match self.acr(pass, || self.client.acr_catalog()).await? {
+                Some(AcrAnswer::Found(repos)) => Some(repos),
+                _ => self.client.catalog().await?,
+            }
         } else {
             None
         };
@@ -285,9 +298,9 @@ impl Engine {
             Err(e) => return pass.record(&repo, e.into()),
         };
         let listed = match listing {
-            Some(TagListing::Tags(tags)) => Ok(Some(tags)),
-            Some(TagListing::UnknownRepo) => Ok(None),
-            Some(TagListing::NoAcr) | None => Err(()),
+            Some(AcrAnswer::Found(tags)) => Ok(Some(tags)),
+            Some(AcrAnswer::UnknownRepo) => Ok(None),
+            Some(AcrAnswer::NoAcr) | None => Err(()),
         };
         let (tags, attributes) = match listed {
             Ok(Some(tags)) => {
@@ -340,7 +353,7 @@ impl Engine {
         let (done, _missing) = self.sync_tags(pass, &repo, &selected).await;
         selected.extend(kept);
         if let Some(parent) = attributes {
-            self.apply_tag_attributes(pass, &repo, &selected, parent)
+            self.apply_parent_attributes(pass, &repo, &selected, parent)
                 .await;
         }
         // Tags sync wrote earlier that the parent no longer has (in scope): untag locally.
@@ -353,24 +366,36 @@ impl Engine {
         self.reflect(pass, &repo, done, candidates).await;
     }
 
-    /// The parent's tags of `repo` with their attributes; `None` when the parent was found
-    /// this pass to have no `/acr` API (asked once per pass, then not again).
+    /// The parent's tags of `repo` with their attributes; `None` when the parent has no `/acr`.
     async fn parent_tags(
         &self,
         pass: &Pass,
         repo: &str,
-    ) -> Result<Option<TagListing>, ClientError> {
+    ) -> Result<Option<AcrAnswer<Vec<ParentTag>>>, ClientError> {
+        self.acr(pass, || self.client.acr_tags(repo)).await
+    }
+
+    /// Asks a parent of ours through `/acr` (`ask`); `None` when the parent has no `/acr` API,
+    /// which is remembered for the pass: asked once, then not again.
+    async fn acr<'a, T>(
+        &self,
+        pass: &Pass,
+        ask: impl FnOnce() -> BoxFuture<'a, Result<AcrAnswer<T>, ClientError>>,
+    ) -> Result<Option<AcrAnswer<T>>, ClientError> {
         if pass.no_acr.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let listing = self.client.acr_tags(repo).await?;
-        if listing == TagListing::NoAcr && !pass.no_acr.swap(true, Ordering::Relaxed) {
+        let answer = ask().await?;
+        if !matches!(answer, AcrAnswer::NoAcr) {
+            return Ok(Some(answer));
+        }
+        if !pass.no_acr.swap(true, Ordering::Relaxed) {
             tracing::debug!(
-                "the parent has no /acr tag listing: tags come from /v2, attributes only through \
-                 a change feed"
+                "the parent has no /acr API: repositories and tags come from /v2, attributes \
+                 only through a change feed"
             );
         }
-        Ok(Some(listing))
+        Ok(None)
     }
 
     /// Of `selected`, the tags read-locked at the parent (`locked`): each is noted once for the
@@ -397,42 +422,78 @@ impl Engine {
         kept
     }
 
-    /// Sets each tag of `selected` here to the attributes the parent lists for it, where they
-    /// differ (origin: sync). A tag not here (left out, or failed this pass) is skipped.
-    async fn apply_tag_attributes(
+    /// Brings the parent's `changeableAttributes` down onto `repo` here: the repository's own
+    /// (one request), each tag of `selected` (from the tag listing already read) and each
+    /// manifest (the manifest listing), set where they differ (origin: sync). An item not here
+    /// (left out, or failed this pass) is skipped.
+    async fn apply_parent_attributes(
         &self,
         pass: &Pass,
         repo: &str,
         selected: &[String],
-        parent: Vec<ParentTag>,
+        tags: Vec<ParentTag>,
     ) {
         let selected: BTreeSet<&String> = selected.iter().collect();
-        let wanted: Vec<(String, ChangeableAttributes)> = parent
+        let mut wanted: Vec<(Item, ChangeableAttributes)> = tags
             .into_iter()
             .filter(|t| selected.contains(&t.name))
-            .map(|t| (t.name, t.attributes))
+            .map(|t| (Item::Tag(t.name), t.attributes))
             .collect();
+        match self.acr(pass, || self.client.acr_repository(repo)).await {
+            Ok(Some(AcrAnswer::Found(attributes))) => wanted.push((Item::Repository, attributes)),
+            Ok(_) => {}
+            Err(e) => pass.record(
+                &format!("{repo}: the parent's repository attributes"),
+                e.into(),
+            ),
+        }
+        match self.acr(pass, || self.client.acr_manifests(repo)).await {
+            Ok(Some(AcrAnswer::Found(manifests))) => wanted.extend(
+                manifests
+                    .into_iter()
+                    .map(|m| (Item::Manifest(m.digest), m.attributes)),
+            ),
+            Ok(_) => {}
+            Err(e) => pass.record(&format!("{repo}: the parent's manifest listing"), e.into()),
+        }
         let r = repo.to_owned();
         let applied = blocking(&self.store, move |s| {
-            let here = s.tag_attributes(&r)?;
-            let mut applied = 0usize;
-            for (tag, attributes) in wanted {
-                if here.get(&tag).is_some_and(|own| *own != attributes)
-                    && s.set_attributes(&r, Some(&tag), None, attributes)?
+            let repository = s.repository_attributes(&r)?;
+            let tags = s.tag_attributes(&r)?;
+            let manifests = s.manifest_attributes(&r)?;
+            let mut applied = Vec::new();
+            for (item, attributes) in wanted {
+                let here = match &item {
+                    Item::Repository => repository,
+                    Item::Tag(tag) => tags.get(tag).copied(),
+                    Item::Manifest(digest) => manifests.get(digest).copied(),
+                };
+                let (tag, digest) = match &item {
+                    Item::Repository => (None, None),
+                    Item::Tag(tag) => (Some(tag.as_str()), None),
+                    Item::Manifest(digest) => (None, Some(digest)),
+                };
+                if here.is_some_and(|own| own != attributes)
+                    && s.set_attributes(&r, tag, digest, attributes)?
                 {
-                    applied += 1;
+                    applied.push(item);
                 }
             }
             Ok(applied)
         })
         .await;
         match applied {
-            Ok(0) => {}
-            Ok(applied) => tracing::info!(
-                repo,
-                tags = applied,
-                "changeableAttributes of the parent's tags applied here"
-            ),
+            Ok(applied) if applied.is_empty() => {}
+            Ok(applied) => {
+                let count = |f: fn(&Item) -> bool| applied.iter().filter(|i| f(i)).count();
+                tracing::info!(
+                    repo,
+                    repository = count(|i| matches!(i, Item::Repository)) > 0,
+                    tags = count(|i| matches!(i, Item::Tag(_))),
+                    manifests = count(|i| matches!(i, Item::Manifest(_))),
+                    "changeableAttributes of the parent applied here"
+                );
+            }
             Err(e) => pass.record(&format!("{repo}: changeableAttributes from the parent"), e),
         }
     }
@@ -730,8 +791,8 @@ mod tests {
         assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
         assert_eq!(
             rig.parent.acr_requests(),
-            1,
-            "one listing page for the repository"
+            3,
+            "one tag listing page, one repository read, one manifest listing page"
         );
         assert_eq!(rig.store.tag("app", "v1"), Some(digest.clone()));
         assert_eq!(rig.store.tag("app", "hidden"), Some(digest.clone()));
@@ -761,6 +822,102 @@ mod tests {
         let here = crate::store::LocalStore::tag_attributes(&*rig.store, "app").unwrap();
         assert_eq!(here["v2"], unreadable);
         assert_eq!(third.read_locked, ["app:secret", "app:v2"]);
+    }
+
+    /// A parent of ours whose every pass compares in full (its feed cannot continue).
+    fn parent_of_ours(rig: &Rig) {
+        rig.parent.serve_acr();
+        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
+            version: FEED_VERSION,
+            head: 0,
+            oldest: 1,
+            reset: true,
+            changes: Vec::new(),
+        }));
+    }
+
+    /// A repository lock and a manifest lock set at the parent before the child's first pass
+    /// arrive with that full comparison (no feed entry carries them); a second pass writes
+    /// nothing; unlocked at the parent, unlocked here at the next comparison.
+    #[tokio::test]
+    async fn a_full_comparison_brings_repository_and_manifest_attributes_down() {
+        use crate::store::LocalStore;
+        let rig = Rig::new("ReadOnly");
+        parent_of_ours(&rig);
+        rig.parent.put_blob(b"{}");
+        rig.parent.put_blob(b"layer");
+        let plain = rig
+            .parent
+            .put_manifest("app", Some("v1"), IMAGE, &image_manifest(b"{}", &[]));
+        let pinned = rig.parent.put_manifest(
+            "app",
+            Some("v2"),
+            IMAGE,
+            &image_manifest(b"{}", &[b"layer"]),
+        );
+        let write_locked = locked(|a| a.write_enabled = false);
+        let undeletable = locked(|a| a.delete_enabled = false);
+        rig.parent.lock_repo("app", write_locked);
+        rig.parent.lock_manifest("app", &pinned, undeletable);
+
+        let first = rig.engine.run_pass(None).await;
+        assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+        assert_eq!(rig.store.tag("app", "v2"), Some(pinned.clone()));
+        assert_eq!(
+            rig.store.repository_attributes("app").unwrap(),
+            Some(write_locked)
+        );
+        let manifests = rig.store.manifest_attributes("app").unwrap();
+        assert_eq!(manifests[&pinned], undeletable);
+        assert_eq!(manifests[&plain], ChangeableAttributes::ALL_ENABLED);
+
+        let before = rig.store.changes_logged();
+        let second = rig.engine.run_pass(None).await;
+        assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+        assert_eq!(rig.store.changes_logged(), before, "nothing set twice");
+
+        rig.parent
+            .lock_repo("app", ChangeableAttributes::ALL_ENABLED);
+        let third = rig.engine.run_pass(None).await;
+        assert_eq!(third.outcome, Outcome::Completed, "{:?}", third.errors);
+        assert_eq!(
+            rig.store.repository_attributes("app").unwrap(),
+            Some(ChangeableAttributes::ALL_ENABLED)
+        );
+        assert_eq!(rig.store.changes_logged(), before + 1, "one unlock");
+    }
+
+    /// A repository hidden at the parent (`listEnabled: false` drops it from `/v2/_catalog`)
+    /// stays mirrored under a wildcard rule: a parent of ours' `/acr` catalog names it. It is
+    /// hidden here too.
+    #[tokio::test]
+    async fn a_hidden_repository_under_a_wildcard_rule_stays_mirrored() {
+        use crate::store::LocalStore;
+        let rig = Rig::with_repos("ReadOnly", &["team/*"]);
+        parent_of_ours(&rig);
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("team/shown", Some("v1"), IMAGE, &m);
+        rig.parent.put_manifest("team/ghost", Some("v1"), IMAGE, &m);
+        let unlisted = locked(|a| a.list_enabled = false);
+        rig.parent.lock_repo("team/ghost", unlisted);
+
+        let first = rig.engine.run_pass(None).await;
+        assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+        assert_eq!(first.repos, 2, "{:?}", first.warnings);
+        assert_eq!(rig.store.tag("team/shown", "v1"), Some(digest.clone()));
+        assert_eq!(rig.store.tag("team/ghost", "v1"), Some(digest.clone()));
+        assert_eq!(
+            rig.store.repository_attributes("team/ghost").unwrap(),
+            Some(unlisted)
+        );
+
+        let before = rig.store.changes_logged();
+        let second = rig.engine.run_pass(None).await;
+        assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+        assert_eq!(second.tags_deleted, 0);
+        assert_eq!(rig.store.tag("team/ghost", "v1"), Some(digest));
+        assert_eq!(rig.store.changes_logged(), before, "nothing written again");
     }
 
     /// A tag read-locked at a parent whose tag set comes without attributes (the feed named
