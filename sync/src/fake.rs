@@ -126,6 +126,11 @@ impl FakeParent {
         self.with(|s| s.acr = true);
     }
 
+    /// Answers `/acr` with 404 again, as a registry that is not ours (with a feed) would.
+    pub fn stop_serving_acr(&self) {
+        self.with(|s| s.acr = false);
+    }
+
     /// Sets a tag's attributes, as `PATCH /acr/v1/REPO/_tags/TAG` does at a parent of ours.
     pub fn lock_tag(&self, repo: &str, tag: &str, attributes: oci::ChangeableAttributes) {
         self.with(|s| {

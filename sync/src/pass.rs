@@ -32,6 +32,27 @@ enum Item {
     Manifest(Digest),
 }
 
+/// The attributes a parent of ours keeps in one repository, as a full comparison read them.
+struct ParentAttributes {
+    tags: Vec<ParentTag>,
+    /// The repository's own; `None` when its read failed.
+    repository: Option<ChangeableAttributes>,
+    manifests: BTreeMap<Digest, ChangeableAttributes>,
+}
+
+impl ParentAttributes {
+    /// Whether the parent refuses to serve `tag`: read-locked itself, its manifest, or the
+    /// repository.
+    fn read_locked(&self, tag: &ParentTag) -> bool {
+        !tag.attributes.read_enabled
+            || self.repository.is_some_and(|a| !a.read_enabled)
+            || self
+                .manifests
+                .get(&tag.digest)
+                .is_some_and(|a| !a.read_enabled)
+    }
+}
+
 /// Counters of one pass.
 #[derive(Default)]
 pub(crate) struct Pass {
@@ -305,7 +326,8 @@ impl Engine {
         let (tags, attributes) = match listed {
             Ok(Some(tags)) => {
                 let names = tags.iter().map(|t| t.name.clone()).collect();
-                (Some(names), Some(tags))
+                let parent = self.parent_attributes(pass, &repo, tags).await;
+                (Some(names), Some(parent))
             }
             Ok(None) => (None, None),
             Err(()) => match self.client.tags(&repo).await {
@@ -339,18 +361,25 @@ impl Engine {
         }
         // Read-locked at the parent: not pulled (it refuses); a copy held here stays.
         let mut kept = Vec::new();
+        let mut listed = BTreeMap::new();
         if let Some(parent) = &attributes {
             let locked: BTreeSet<&str> = parent
+                .tags
                 .iter()
-                .filter(|t| !t.attributes.read_enabled)
+                .filter(|t| parent.read_locked(t))
                 .map(|t| t.name.as_str())
                 .collect();
             if !locked.is_empty() {
                 kept = self.read_locked(pass, &repo, &selected, &locked).await;
                 selected.retain(|t| !locked.contains(t.as_str()));
             }
+            listed = parent
+                .tags
+                .iter()
+                .map(|t| (t.name.clone(), t.digest.clone()))
+                .collect();
         }
-        let (done, _missing) = self.sync_tags(pass, &repo, &selected).await;
+        let (done, _missing) = self.sync_tags(pass, &repo, &selected, &listed).await;
         selected.extend(kept);
         if let Some(parent) = attributes {
             self.apply_parent_attributes(pass, &repo, &selected, parent)
@@ -422,40 +451,66 @@ impl Engine {
         kept
     }
 
-    /// Brings the parent's `changeableAttributes` down onto `repo` here: the repository's own
-    /// (one request), each tag of `selected` (from the tag listing already read) and each
-    /// manifest (the manifest listing), set where they differ (origin: sync). An item not here
-    /// (left out, or failed this pass) is skipped.
+    /// The attributes a parent of ours keeps in `repo`: its tags' (the listing already read),
+    /// the repository's own (one request) and its manifests' (the manifest listing). A failed
+    /// read is recorded, and that part is left as it is here.
+    async fn parent_attributes(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        tags: Vec<ParentTag>,
+    ) -> ParentAttributes {
+        let repository = match self.acr(pass, || self.client.acr_repository(repo)).await {
+            Ok(Some(AcrAnswer::Found(attributes))) => Some(attributes),
+            Ok(_) => None,
+            Err(e) => {
+                let what = format!("{repo}: the parent's repository attributes");
+                pass.record(&what, e.into());
+                None
+            }
+        };
+        let manifests = match self.acr(pass, || self.client.acr_manifests(repo)).await {
+            Ok(Some(AcrAnswer::Found(manifests))) => manifests
+                .into_iter()
+                .map(|m| (m.digest, m.attributes))
+                .collect(),
+            Ok(_) => BTreeMap::new(),
+            Err(e) => {
+                pass.record(&format!("{repo}: the parent's manifest listing"), e.into());
+                BTreeMap::new()
+            }
+        };
+        ParentAttributes {
+            tags,
+            repository,
+            manifests,
+        }
+    }
+
+    /// Brings the parent's `changeableAttributes` down onto `repo` here: the repository's own,
+    /// each tag of `selected` and each manifest, set where they differ (origin: sync). An item
+    /// not here (left out, or failed this pass) is skipped.
     async fn apply_parent_attributes(
         &self,
         pass: &Pass,
         repo: &str,
         selected: &[String],
-        tags: Vec<ParentTag>,
+        parent: ParentAttributes,
     ) {
         let selected: BTreeSet<&String> = selected.iter().collect();
-        let mut wanted: Vec<(Item, ChangeableAttributes)> = tags
+        let mut wanted: Vec<(Item, ChangeableAttributes)> = parent
+            .tags
             .into_iter()
             .filter(|t| selected.contains(&t.name))
             .map(|t| (Item::Tag(t.name), t.attributes))
             .collect();
-        match self.acr(pass, || self.client.acr_repository(repo)).await {
-            Ok(Some(AcrAnswer::Found(attributes))) => wanted.push((Item::Repository, attributes)),
-            Ok(_) => {}
-            Err(e) => pass.record(
-                &format!("{repo}: the parent's repository attributes"),
-                e.into(),
-            ),
-        }
-        match self.acr(pass, || self.client.acr_manifests(repo)).await {
-            Ok(Some(AcrAnswer::Found(manifests))) => wanted.extend(
-                manifests
-                    .into_iter()
-                    .map(|m| (Item::Manifest(m.digest), m.attributes)),
-            ),
-            Ok(_) => {}
-            Err(e) => pass.record(&format!("{repo}: the parent's manifest listing"), e.into()),
-        }
+        wanted.extend(parent.repository.map(|a| (Item::Repository, a)));
+        wanted.extend(
+            parent
+                .manifests
+                .into_iter()
+                .map(|(digest, a)| (Item::Manifest(digest), a)),
+        );
         let r = repo.to_owned();
         let applied = blocking(&self.store, move |s| {
             let repository = s.repository_attributes(&r)?;
@@ -516,7 +571,9 @@ impl Engine {
         pass.repos.fetch_add(1, Ordering::Relaxed);
         let names: Vec<String> = names.into_iter().collect();
         let selected = rule.select_tags(&names);
-        let (done, missing) = self.sync_tags(pass, &repo, &selected).await;
+        let (done, missing) = self
+            .sync_tags(pass, &repo, &selected, &BTreeMap::new())
+            .await;
         let mut missing: BTreeSet<String> = missing.into_iter().collect();
         // A tag the parent still lists but does not serve was evicted there to stay under its
         // quota: that is no deletion, so the copy here stays. One tag list answers it, asked
@@ -581,19 +638,22 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Brings `tags` of `repo` in step, concurrently. Returns the tags now in step with their
-    /// digests, and the tags the parent does not have (errors are recorded in `pass`).
+    /// Brings `tags` of `repo` in step, concurrently. `listed`: the digests a parent of ours'
+    /// tag listing gave (a tag here already at its digest costs no request). Returns the tags
+    /// now in step with their digests, and the tags the parent does not have (errors are
+    /// recorded in `pass`).
     async fn sync_tags(
         &self,
         pass: &Pass,
         repo: &str,
         tags: &[String],
+        listed: &BTreeMap<String, Digest>,
     ) -> (Vec<(String, Digest)>, Vec<String>) {
         let conc = self.settings.limits.concurrency;
         let results: Vec<(String, Result<Option<Digest>, SyncError>)> =
             futures_util::stream::iter(tags.iter().cloned())
                 .map(|tag| async move {
-                    let r = self.sync_tag(pass, repo, &tag).await;
+                    let r = self.sync_tag(pass, repo, &tag, listed.get(&tag)).await;
                     (tag, r)
                 })
                 .buffer_unordered(conc)
@@ -676,25 +736,36 @@ impl Engine {
     }
 
     /// Brings one tag in step. Returns the digest it now points at (None: gone at the parent).
+    /// `listed`: its digest as a parent of ours' tag listing gave it, which spares the HEAD
+    /// when the tag here is already there; anything to copy is resolved by HEAD as ever.
     async fn sync_tag(
         &self,
         pass: &Pass,
         repo: &str,
         tag: &str,
+        listed: Option<&Digest>,
     ) -> Result<Option<Digest>, SyncError> {
         pass.check()?;
-        let remote = match self.client.head_manifest(repo, tag).await {
-            Ok(Some(remote)) => remote,
-            Ok(None) => return Ok(None),
-            // A parent of ours refuses a tag with `readEnabled: false` (HEAD has no body to
-            // say so; nothing else answers 405 to a manifest HEAD): a tag the feed named, or
-            // locked since the listing was read.
-            Err(ClientError::Status { status: 405, .. }) => return Err(SyncError::ReadLocked),
-            Err(e) => return Err(e.into()),
-        };
-        pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         let (r, t) = (repo.to_owned(), tag.to_owned());
         let local = blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await?;
+        let in_step = |digest: &Digest| {
+            local
+                .as_ref()
+                .is_some_and(|m| &m.digest == digest && !self.filter_wants_skipped(m))
+        };
+        let remote = match listed {
+            Some(digest) if in_step(digest) => digest.clone(),
+            _ => match self.client.head_manifest(repo, tag).await {
+                Ok(Some(remote)) => remote,
+                Ok(None) => return Ok(None),
+                // A parent of ours refuses a tag with `readEnabled: false` (HEAD has no body
+                // to say so; nothing else answers 405 to a manifest HEAD): a tag the feed
+                // named, or locked since the listing was read.
+                Err(ClientError::Status { status: 405, .. }) => return Err(SyncError::ReadLocked),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         if local.is_none() {
             let (r, t) = (repo.to_owned(), tag.to_owned());
             if let Some(evicted) = blocking(&self.store, move |s| s.evicted(&r, &t)).await? {
@@ -710,10 +781,7 @@ impl Engine {
                 tracing::info!(repo, tag, digest = %remote, "a client asked for a tag evicted here: bringing it back");
             }
         }
-        if local
-            .as_ref()
-            .is_some_and(|m| m.digest == remote && !self.filter_wants_skipped(m))
-        {
+        if in_step(&remote) {
             if pass.recheck_referrers.load(Ordering::Relaxed) {
                 self.sync_referrers(pass, repo, tag, &remote).await;
             }
@@ -918,6 +986,57 @@ mod tests {
         assert_eq!(second.tags_deleted, 0);
         assert_eq!(rig.store.tag("team/ghost", "v1"), Some(digest));
         assert_eq!(rig.store.changes_logged(), before, "nothing written again");
+    }
+
+    /// A manifest read-locked at the parent: the tags pointing at it are not pulled and are
+    /// noted, as a read-locked tag is; the pass completes.
+    #[tokio::test]
+    async fn a_tag_of_a_read_locked_manifest_is_not_pulled() {
+        let rig = Rig::new("ReadOnly");
+        parent_of_ours(&rig);
+        rig.parent.put_blob(b"{}");
+        let digest = rig
+            .parent
+            .put_manifest("app", Some("v1"), IMAGE, &image_manifest(b"{}", &[]));
+        rig.parent
+            .lock_manifest("app", &digest, locked(|a| a.read_enabled = false));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(summary.read_locked, ["app:v1"]);
+        assert_eq!(rig.store.tag("app", "v1"), None);
+    }
+
+    /// A pass over tags already here costs no request per tag with a parent of ours: its tag
+    /// listing gave their digests, so no HEAD is sent. A parent with no `/acr` costs a HEAD
+    /// per tag (as every registry that is not ours does).
+    #[tokio::test]
+    async fn tags_in_step_cost_no_head_when_the_listing_gave_their_digests() {
+        const TAGS: u64 = 10;
+        for ours in [true, false] {
+            let rig = Rig::new("ReadOnly");
+            parent_of_ours(&rig);
+            if !ours {
+                rig.parent.stop_serving_acr();
+            }
+            rig.parent.put_blob(b"{}");
+            let m = image_manifest(b"{}", &[]);
+            for n in 0..TAGS {
+                rig.parent
+                    .put_manifest("app", Some(&format!("v{n}")), IMAGE, &m);
+            }
+            let first = rig.engine.run_pass(None).await;
+            assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+            let second = rig.engine.run_pass(None).await;
+            assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+            assert_eq!(second.tags_checked, TAGS);
+            assert_eq!(second.tags_updated, 0);
+            let expected = if ours {
+                3 // the tag listing, the repository, the manifest listing
+            } else {
+                1 + 1 + TAGS // the /acr ask answered 404, the /v2 tag list, one HEAD per tag
+            };
+            assert_eq!(second.requests, expected, "parent of ours: {ours}");
+        }
     }
 
     /// A tag read-locked at a parent whose tag set comes without attributes (the feed named
