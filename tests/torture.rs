@@ -8,6 +8,10 @@
 //! unacknowledged write either fully happened or left nothing, no temp file or partial blob
 //! shows, and the store opened without anyone repairing it (the restart itself).
 //!
+//! The untagged variant runs `serve --gc-delete-untagged` and crashes inside GC's transaction
+//! too (`in_gc_transaction`): an acknowledged manifest no tag reaches and older than the grace
+//! may be gone; one a tag reaches (directly, through an index, as a referrer) never is.
+//!
 //! The sync variant kills a ReadWrite child of a parent of ours at random moments and named
 //! points of its passes, until it converges: no tag its state records as synced lacks content
 //! in its store, and every local image goes up to the parent exactly once.
@@ -199,8 +203,9 @@ impl Owned {
             .retain(|(r, _), body| !(r == repo && sha256(body) == digest));
     }
 
-    /// (repo, digest) of the manifests this worker's tags reach, directly or as children of an
-    /// index it holds: what untagged deletion must never take.
+    /// (repo, digest) of the manifests this worker's tags reach, directly, as children of an
+    /// index it holds or as referrers of a reached manifest: what untagged deletion must never
+    /// take.
     fn reached(&self) -> BTreeSet<(String, String)> {
         let mut todo: Vec<(String, String)> = self
             .tags
@@ -208,20 +213,28 @@ impl Owned {
             .map(|((repo, _), body)| (repo.clone(), sha256(body)))
             .collect();
         let mut reached = BTreeSet::new();
-        while let Some(key) = todo.pop() {
-            if !reached.insert(key.clone()) {
-                continue;
+        while !todo.is_empty() {
+            while let Some(key) = todo.pop() {
+                if !reached.insert(key.clone()) {
+                    continue;
+                }
+                let Some(body) = self.manifests.get(&key) else {
+                    continue;
+                };
+                let index: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                for child in index["manifests"].as_array().into_iter().flatten() {
+                    todo.extend(
+                        child["digest"]
+                            .as_str()
+                            .map(|d| (key.0.clone(), d.to_owned())),
+                    );
+                }
             }
-            let Some(body) = self.manifests.get(&key) else {
-                continue;
-            };
-            let index: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-            for child in index["manifests"].as_array().into_iter().flatten() {
-                todo.extend(
-                    child["digest"]
-                        .as_str()
-                        .map(|d| (key.0.clone(), d.to_owned())),
-                );
+            for (key, body) in &self.manifests {
+                let subject = subject_of(body).map(|s| (key.0.clone(), s));
+                if !reached.contains(key) && subject.is_some_and(|s| reached.contains(&s)) {
+                    todo.push(key.clone());
+                }
             }
         }
         reached
@@ -287,6 +300,7 @@ impl Worker {
                 continue;
             }
             let r = match self.rng.below(100) {
+                0..=6 if self.untagged => self.push_referrer(owned),
                 0..=34 => self.push_image(owned),
                 35..=44 => self.push_index(owned),
                 45..=54 => self.move_tag(owned),
@@ -473,6 +487,52 @@ impl Worker {
             kept.extend(layers.iter().map(|l| (sha256(l), l.clone())));
             kept.push((sha256(&config), config));
         }
+        Ok(())
+    }
+
+    /// A signature-like referrer (an artifact manifest with a `subject`), untagged, of an image
+    /// this worker holds; half the time of an untagged one. Untagged deletion must keep it
+    /// while its subject is reached, and may take it once its subject is not.
+    fn push_referrer(&mut self, owned: &mut Owned) -> Result<(), Down> {
+        let repo = *self.rng.pick(&REPOS);
+        let reached = owned.reached();
+        let untagged_only = self.rng.chance(50);
+        let mut subjects: Vec<Vec<u8>> = Vec::new();
+        for untagged_only in [untagged_only, false] {
+            subjects = owned
+                .manifests
+                .iter()
+                .filter(|(k, body)| {
+                    k.0 == repo
+                        && media_type_of(body) == OCI_MANIFEST
+                        && subject_of(body).is_none()
+                        && !(untagged_only && reached.contains(*k))
+                })
+                .map(|(_, b)| b.clone())
+                .collect();
+            if !subjects.is_empty() {
+                break;
+            }
+        }
+        if subjects.is_empty() {
+            return self.push_image(owned);
+        }
+        let subject = self.rng.pick(&subjects).clone();
+        let empty = Arc::new(b"{}".to_vec());
+        let signature = Arc::new(self.rng.bytes(64));
+        if !self.blob(owned, repo, empty.clone())? || !self.blob(owned, repo, signature.clone())? {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.torture.signature",
+            "config": Desc::of("application/vnd.oci.empty.v1+json", &empty).json(),
+            "layers": [Desc::of("application/octet-stream", &signature).json()],
+            "subject": Desc::of(OCI_MANIFEST, &subject).json(),
+        }))
+        .unwrap();
+        self.put_manifest(owned, repo, None, OCI_MANIFEST, body)?;
         Ok(())
     }
 
@@ -1049,6 +1109,13 @@ fn registry_torture(what: &str, default_cycles: usize, untagged: bool) {
         "upload sessions left in {} after their TTL",
         uploads.display()
     );
+}
+
+/// The digest of the manifest's `subject`, for a referrer.
+fn subject_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["subject"]["digest"].as_str().map(String::from))
 }
 
 /// The `mediaType` a manifest names (every manifest the torture writes names one).

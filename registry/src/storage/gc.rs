@@ -2,7 +2,10 @@
 //! a blob and content still referenced is never removed.
 //!
 //! 1. With `delete_untagged`, manifests no tag reaches (directly, as an index's child, or as a
-//!    referrer of a reached manifest) and older than the grace period are removed.
+//!    referrer of a reached manifest) and older than the grace period are removed. Each removal
+//!    checks again, in its own transaction, that no tag points at it, no manifest references it
+//!    and (for a referrer) its subject is gone: a client may have tagged either since the
+//!    snapshot. So children go after their index, and referrers after their subject.
 //! 2. Blob links older than the grace period that no manifest of their repository references are removed.
 //! 3. Blob files that no repository links or holds as a manifest, untouched for the grace period,
 //!    are deleted. Installing or linking a blob touches its file, so a blob pushed again is spared.
