@@ -267,7 +267,8 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     }
     let ld = Ordering::Relaxed;
     let gc = &ops.gc;
-    let counters: [(&str, &str, u64); 5] = [
+    let (evictions, evicted_bytes) = ops.store.evictions_total();
+    let counters: [(&str, &str, u64); 7] = [
         (
             "connected_registry_quarantined_files_total",
             "Damaged blob and manifest files found on read or scrub and moved to DATA/quarantine.",
@@ -292,6 +293,16 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
             "connected_registry_gc_deleted_blobs_total",
             "Blob files garbage collection removed.",
             gc.blobs_deleted.load(ld),
+        ),
+        (
+            "connected_registry_evictions_total",
+            "Synced tags evicted to keep the store under --quota (each is logged with why).",
+            evictions,
+        ),
+        (
+            "connected_registry_evicted_bytes_total",
+            "Bytes of blob files deleted by evictions under --quota.",
+            evicted_bytes,
         ),
     ];
     for (name, help, value) in counters {

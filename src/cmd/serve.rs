@@ -40,6 +40,18 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_MIN_FREE", default_value = registry::MinFree::DEFAULT, value_name = "SIZE|PERCENT")]
     pub min_free: registry::MinFree,
 
+    /// Most bytes of blob files to keep (500MiB, 20GiB; sizes as --min-free). Above it, images
+    /// sync brought down are evicted, least recently pulled first, after each sync pass and at
+    /// the GC interval; content pushed here is never evicted. An evicted tag stays listed and
+    /// comes back with the next sync pass after a client asks for it. None by default.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_QUOTA",
+        value_name = "SIZE",
+        value_parser = registry::storage::quota::parse_quota
+    )]
+    pub quota: Option<u64>,
+
     /// When a blob read checks the bytes against the digest: `once` (the first complete read of
     /// each blob after start) or `always` (every complete read; costs throughput, see README
     /// Performance). A damaged file is quarantined and the read fails; manifests are always checked.
@@ -152,6 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         manifest_cache_bytes: args.manifest_cache_size,
         min_free: args.min_free,
         verify_reads: args.verify_reads,
+        quota: args.quota,
     };
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
@@ -382,7 +395,8 @@ async fn prune_change_log(store: Store, ttl: Duration) {
     }
 }
 
-/// Collects garbage every `interval`, first one `interval` after start.
+/// Collects garbage every `interval`, first one `interval` after start, then evicts down to
+/// the quota if one is set.
 async fn collect_garbage(
     store: Store,
     interval: Duration,
@@ -394,7 +408,15 @@ async fn collect_garbage(
         ticks.tick().await;
         let store = store.clone();
         let options = options.clone();
-        match tokio::task::spawn_blocking(move || store.gc(&options)).await {
+        let collected = tokio::task::spawn_blocking(move || {
+            let report = store.gc(&options);
+            // Pull times are flushed here too (enforce_quota starts with that).
+            if let Err(err) = store.enforce_quota() {
+                tracing::error!("evicting synced images down to the quota (--quota) failed: {err}");
+            }
+            report
+        });
+        match collected.await {
             Ok(Ok(report)) => {
                 totals.add(Ok(&report));
                 tracing::info!(?report, "garbage collected")

@@ -137,6 +137,18 @@ impl FakeParent {
         digest
     }
 
+    /// Stops serving the manifest `repo:tag` points at while still listing the tag, as a parent
+    /// of ours does after evicting it to stay under its quota.
+    pub fn evict(&self, repo: &str, tag: &str) {
+        self.with(|s| {
+            let digest = s.tags[&(repo.to_owned(), tag.to_owned())].clone();
+            s.repo_manifests
+                .entry(repo.to_owned())
+                .or_default()
+                .remove(&digest);
+        });
+    }
+
     pub fn tag(&self, repo: &str, tag: &str) -> Option<Digest> {
         self.with(|s| s.tags.get(&(repo.to_owned(), tag.to_owned())).cloned())
     }

@@ -287,6 +287,8 @@ async fn read(engine: &Engine, after: u64) -> Read {
 #[derive(Default)]
 struct Touched {
     tags: BTreeSet<String>,
+    /// Those of `tags` whose newest change here is a deletion: gone at the parent for sure.
+    deleted: BTreeSet<String>,
     /// Compare the whole repository (a `newest N` rule, where one new tag can push another out,
     /// or a change this version does not know).
     whole: bool,
@@ -374,9 +376,12 @@ async fn apply(
             .entry(change.repo)
             .or_insert_with(|| (rule.clone(), Touched::default()));
         match change.kind {
-            ChangeKind::TagSet { tag, .. } | ChangeKind::TagDeleted { tag }
-                if rule.newest.is_none() =>
-            {
+            ChangeKind::TagSet { tag, .. } if rule.newest.is_none() => {
+                entry.1.deleted.remove(&tag);
+                entry.1.tags.insert(tag);
+            }
+            ChangeKind::TagDeleted { tag } if rule.newest.is_none() => {
+                entry.1.deleted.insert(tag.clone());
                 entry.1.tags.insert(tag);
             }
             // A `newest N` rule, where one new tag can push another out, or a kind this build
@@ -432,7 +437,9 @@ async fn apply(
             if t.whole {
                 engine.sync_repo(pass, repo, rule).await
             } else {
-                engine.sync_named_tags(pass, repo, rule, t.tags).await
+                engine
+                    .sync_named_tags(pass, repo, rule, t.tags, t.deleted)
+                    .await
             }
         })
         .buffer_unordered(conc)
@@ -533,5 +540,45 @@ mod tests {
         assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
         let feed = rig.engine.state.read(|s| s.parent_feed.clone()).unwrap();
         assert_eq!(feed.seq, Some(7));
+    }
+
+    /// A tag the feed names that the parent still lists but no longer serves was evicted
+    /// there (its quota): no deletion, so the copy here stays.
+    #[tokio::test]
+    async fn a_tag_the_parent_lists_but_evicted_stays_here() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        let page = |head: u64, changes: Vec<oci::Change>| {
+            FeedAnswer::Page(FeedPage {
+                version: FEED_VERSION,
+                head,
+                oldest: 1,
+                reset: false,
+                changes,
+            })
+        };
+        rig.parent.answer_feed_with(page(1, Vec::new()));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest.clone()));
+
+        rig.parent.evict("app", "v1");
+        let named = oci::Change {
+            seq: 2,
+            time: 0,
+            repo: "app".into(),
+            origin: oci::Origin::Client,
+            kind: oci::ChangeKind::TagSet {
+                tag: "v1".into(),
+                digest: digest.clone(),
+            },
+        };
+        rig.parent.answer_feed_with(page(2, vec![named]));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(summary.tags_deleted, 0);
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
     }
 }

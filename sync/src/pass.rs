@@ -131,6 +131,10 @@ impl Engine {
             }
         }
         crate::feed::pull_down(self, &pass).await;
+        let store = self.store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.after_pass()).await {
+            tracing::error!("the local store's housekeeping after the pass failed: {e}");
+        }
         let failed = pass.errors.lock().map(|v| v.clone()).unwrap_or_default();
         let mut faults = BTreeMap::new();
         for (_, class) in &failed {
@@ -288,12 +292,15 @@ impl Engine {
 
     /// Compares only the tags a change feed named in `repo` (each one HEAD, through the normal
     /// copy engine); a named tag the parent no longer has is untagged here if sync wrote it.
+    /// `deleted`: those the feed says were deleted (no need to ask whether the parent still
+    /// lists them).
     pub(crate) async fn sync_named_tags(
         &self,
         pass: &Pass,
         repo: String,
         rule: RepoRule,
         names: BTreeSet<String>,
+        deleted: BTreeSet<String>,
     ) {
         if pass.check().is_err() {
             return;
@@ -302,7 +309,20 @@ impl Engine {
         let names: Vec<String> = names.into_iter().collect();
         let selected = rule.select_tags(&names);
         let (done, missing) = self.sync_tags(pass, &repo, &selected).await;
-        let missing: BTreeSet<String> = missing.into_iter().collect();
+        let mut missing: BTreeSet<String> = missing.into_iter().collect();
+        // A tag the parent still lists but does not serve was evicted there to stay under its
+        // quota: that is no deletion, so the copy here stays. One tag list answers it, asked
+        // only for a tag the feed did not say was deleted.
+        if !missing.is_subset(&deleted) {
+            match self.client.tags(&repo).await {
+                Ok(Some(listed)) => missing.retain(|tag| !listed.contains(tag)),
+                Ok(None) => {}
+                Err(e) => {
+                    missing.clear();
+                    pass.record(&repo, e.into());
+                }
+            }
+        }
         let candidates = self
             .synced_tags(&repo)
             .into_iter()
@@ -408,6 +428,14 @@ impl Engine {
                         Err(e) => pass.record(&format!("{repo}:{tag}: untag"), e),
                     }
                 }
+                Ok(None) => {
+                    // Evicted here (to stay under the quota): no longer known either.
+                    let (r, t) = (repo.to_owned(), tag.clone());
+                    match blocking(&self.store, move |s| s.delete_tag(&r, &t)).await {
+                        Ok(()) => gone.push(tag),
+                        Err(e) => pass.record(&format!("{repo}:{tag}: untag"), e),
+                    }
+                }
                 Ok(_) => gone.push(tag),
                 Err(e) => pass.record(&format!("{repo}:{tag}: untag"), e),
             }
@@ -447,6 +475,21 @@ impl Engine {
         pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         let (r, t) = (repo.to_owned(), tag.to_owned());
         let local = blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await?;
+        if local.is_none() {
+            let (r, t) = (repo.to_owned(), tag.to_owned());
+            if let Some(evicted) = blocking(&self.store, move |s| s.evicted(&r, &t)).await? {
+                if !evicted.demanded {
+                    // Fetching it now would only push the store over its quota again.
+                    tracing::debug!(
+                        repo,
+                        tag,
+                        "evicted here to stay under the quota and not asked for since: left out"
+                    );
+                    return Ok(Some(remote));
+                }
+                tracing::info!(repo, tag, digest = %remote, "a client asked for a tag evicted here: bringing it back");
+            }
+        }
         if local
             .as_ref()
             .is_some_and(|m| m.digest == remote && !self.filter_wants_skipped(m))

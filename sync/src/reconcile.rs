@@ -5,6 +5,8 @@
 //!   repositories in scope: those tags are compared with the parent again;
 //! - once per process start, every tag sync recorded against the local store (a store
 //!   changed while the registry was stopped);
+//! - tags the store evicted to stay under its quota that a client asked for since: they come
+//!   back;
 //! - a change log that is older than sync's record of it (restored from backup) or that
 //!   lost entries sync never looked at (pruned): everything is compared.
 //!
@@ -88,6 +90,11 @@ pub(crate) async fn local_drift(engine: &Engine) -> Result<Drift, SyncError> {
             }
         }
         after = last;
+    }
+    for (repo, tag) in blocking(&engine.store, |s| s.demanded_evictions()).await? {
+        if engine.rule_for(&repo).is_some() {
+            drift.tags.entry(repo).or_default().insert(tag);
+        }
     }
     if !engine.audited.load(Ordering::Relaxed) {
         audit(engine, &mut drift).await?;

@@ -29,6 +29,17 @@ impl From<StoredManifest> for crate::client::FetchedManifest {
     }
 }
 
+/// A tag the local store evicted to stay under its storage quota (`serve --quota`): still
+/// known there, and brought back by sync only once a client asked for it (else every pass
+/// would fetch it and the next eviction drop it again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvictedTag {
+    /// What it pointed at when it was evicted.
+    pub digest: Digest,
+    /// A client asked for it since it was evicted.
+    pub demanded: bool,
+}
+
 /// A storage failure, as the engine needs to tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -108,6 +119,17 @@ pub trait LocalStore: Send + Sync + 'static {
     fn change_bounds(&self) -> Result<(u64, u64), StoreError>;
     /// Drops change-log entries older than `before_unix_secs` (the `messageTtl` rule).
     fn prune_changes(&self, before_unix_secs: u64) -> Result<usize, StoreError>;
+    /// `repo:tag` if the store evicted it to stay under its quota; the default evicts nothing.
+    fn evicted(&self, _repo: &str, _tag: &str) -> Result<Option<EvictedTag>, StoreError> {
+        Ok(None)
+    }
+    /// Evicted tags (repo, tag) a client asked for since: the next pass brings them back.
+    fn demanded_evictions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Runs after each pass (the store's own housekeeping: evicting down to its quota). Logs
+    /// its own failures: the pass's outcome is about the parent.
+    fn after_pass(&self) {}
     /// Woken after a client (not sync) changed a tag or a manifest; the default is never woken.
     fn client_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
         std::sync::Arc::default()
@@ -262,6 +284,22 @@ mod registry_store {
         }
         fn client_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
             Store::client_changes(self)
+        }
+        fn evicted(&self, repo: &str, tag: &str) -> Result<Option<EvictedTag>, StoreError> {
+            Ok(Store::evicted_tag(self, &repo_name(repo)?, tag)
+                .map_err(map)?
+                .map(|row| EvictedTag {
+                    digest: row.digest,
+                    demanded: row.demanded_at.is_some(),
+                }))
+        }
+        fn demanded_evictions(&self) -> Result<Vec<(String, String)>, StoreError> {
+            Store::demanded_evictions(self).map_err(map)
+        }
+        fn after_pass(&self) {
+            if let Err(err) = Store::enforce_quota(self) {
+                tracing::error!("evicting synced images down to the quota (--quota) failed: {err}");
+            }
         }
         fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
             Store::changes(self, after, limit).map_err(map)

@@ -100,9 +100,15 @@ impl StorageError {
 }
 
 /// A database error. A full disk under it stays a full disk (`Io` of kind `StorageFull`: a
-/// 507, worth retrying once space is freed). After a commit failed on I/O (a full disk) redb
-/// refuses every further operation until the database is opened again: that says to restart.
+/// 507, worth retrying once space is freed). After an I/O failure redb refuses everything
+/// until the database is opened again, which the next transaction does (`meta::handle`).
 fn db(storage: Option<&redb::StorageError>, err: &dyn std::fmt::Display) -> StorageError {
+    if matches!(
+        storage,
+        Some(redb::StorageError::Io(_) | redb::StorageError::PreviousIo)
+    ) {
+        crate::storage::meta::io_failed();
+    }
     match storage {
         Some(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull => {
             StorageError::Io {
@@ -111,8 +117,8 @@ fn db(storage: Option<&redb::StorageError>, err: &dyn std::fmt::Display) -> Stor
             }
         }
         Some(redb::StorageError::PreviousIo) => StorageError::Db(format!(
-            "{err} (an earlier write failed, e.g. on a full disk): restart the registry; the store \
-             opens again with everything committed before"
+            "{err} (an earlier metadata write failed, e.g. on a full disk): the database is \
+             opened again at the next request; retry"
         )),
         _ => StorageError::Db(err.to_string()),
     }

@@ -1,11 +1,13 @@
 //! Metadata in redb (ACID, crash-safe): tags, manifests per repository, blob links, referrers,
 //! and the change log. Each change to tags, manifests or their attributes is logged in the same
-//! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows.
+//! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows;
+//! `handle` is the database itself, opened again by the next write after a failed commit.
+//! `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`).
 
 use std::path::Path;
 use util::time::now_secs as now;
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::space::Space;
@@ -14,9 +16,13 @@ use oci::digest::Digest;
 use oci::reference::Reference;
 use oci::{Change, ChangeKind, ChangeableAttributes, Descriptor, Origin};
 
+mod handle;
 mod props;
+pub(crate) use handle::io_failed;
 pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
+mod quota;
 use props::{require, Attribute as A};
+pub use quota::{Evicted, EvictedTag, EvictionCandidate};
 
 /// (repo, tag) -> manifest digest.
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
@@ -154,7 +160,7 @@ pub struct ChangePage {
 }
 
 pub struct Meta {
-    db: Database,
+    db: handle::Handle,
     /// Checked before every write transaction (see `space::METADATA_ROOM`).
     space: Space,
 }
@@ -189,6 +195,7 @@ fn log(
 ) -> Result<(), StorageError> {
     let time = now();
     props::touch(tx, repo, &kind, time)?;
+    quota::on_logged(tx, repo, origin, &kind, time)?;
     let mut changes = tx.open_table(CHANGES)?;
     let seq = changes.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
     let change = Record {
@@ -311,12 +318,12 @@ fn remove_manifest(
 
 impl Meta {
     pub fn open(path: &Path, space: Space) -> Result<Meta, StorageError> {
-        let db = Database::create(path).map_err(|err| match err {
-            // redb locks the file: another process (a running `serve`) has the store open.
-            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse(path.to_owned()),
-            err => err.into(),
-        })?;
+        let db = handle::Handle::open(path)?;
         let tx = db.begin_write()?;
+        // A store from before the quota tables: learn which tags sync wrote from the log.
+        let quota_tables_new = !tx
+            .list_tables()?
+            .any(|t| t.name() == quota::SYNCED_TAGS.name());
         tx.open_table(TAGS)?;
         tx.open_table(MANIFESTS)?;
         tx.open_table(REPO_BLOBS)?;
@@ -325,6 +332,12 @@ impl Meta {
         tx.open_table(CHANGES)?;
         tx.open_table(props::ATTRIBUTES)?;
         tx.open_table(props::TIMES)?;
+        tx.open_table(quota::SYNCED_TAGS)?;
+        tx.open_table(quota::PULLED)?;
+        tx.open_table(quota::EVICTED)?;
+        if quota_tables_new {
+            quota::backfill(&tx)?;
+        }
         tx.commit()?;
         Ok(Meta { db, space })
     }
@@ -332,7 +345,7 @@ impl Meta {
     /// A write transaction, refused while the disk is too full to be sure it can commit.
     fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
         self.space.check_metadata()?;
-        Ok(self.db.begin_write()?)
+        self.db.begin_write()
     }
 
     pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
@@ -541,6 +554,12 @@ impl Meta {
             )?;
         }
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
+        // An evicted tag is only known here: forgetting it changes nothing in the hierarchy.
+        let forgotten = !removed
+            && tx
+                .open_table(quota::EVICTED)?
+                .remove((repo, tag))?
+                .is_some();
         if removed {
             log(
                 &tx,
@@ -553,7 +572,7 @@ impl Meta {
         }
         util::crash_point::crash_point("in_meta_transaction");
         tx.commit()?;
-        Ok(removed)
+        Ok(removed || forgotten)
     }
 
     /// Deletes a manifest and every tag that points at it, unless an index in the repository
@@ -599,19 +618,33 @@ impl Meta {
             return Ok(None);
         }
         let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
-        let table = tx.open_table(TAGS)?;
-        let mut out = Vec::new();
-        for entry in table.range((repo, last)..)? {
+        // Evicted tags stay listed: they are still known, and sync brings them back on demand.
+        // Both tables are in name order, so the first `limit` of each make the page.
+        let listed = |tag: &str| (tag != last || last.is_empty()) && !hidden.tag(tag);
+        let mut names = std::collections::BTreeSet::new();
+        for entry in tx.open_table(TAGS)?.range((repo, last)..)? {
             let (key, _) = entry?;
             let (r, tag) = key.value();
-            if r != repo || out.len() == limit {
+            if r != repo || names.len() == limit {
                 break;
             }
-            if (tag == last && !last.is_empty()) || hidden.tag(tag) {
-                continue;
+            if listed(tag) {
+                names.insert(tag.to_owned());
             }
-            out.push(tag.to_owned());
         }
+        let mut evicted = 0;
+        for entry in tx.open_table(quota::EVICTED)?.range((repo, last)..)? {
+            let (key, _) = entry?;
+            let (r, tag) = key.value();
+            if r != repo || evicted == limit {
+                break;
+            }
+            if listed(tag) {
+                names.insert(tag.to_owned());
+                evicted += 1;
+            }
+        }
+        let out: Vec<String> = names.into_iter().take(limit).collect();
         Ok(Some(out))
     }
 

@@ -9,6 +9,7 @@ pub mod gc;
 pub mod integrity;
 pub mod meta;
 mod props;
+pub mod quota;
 pub mod reader;
 pub mod recover;
 pub mod scrub;
@@ -26,7 +27,8 @@ pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
 pub use integrity::VerifyReads;
 pub use meta::{
-    refusal, Attribute, ChangePage, ManifestMeta, ManifestProps, RepoProps, TagProps, Target,
+    refusal, Attribute, ChangePage, EvictedTag, ManifestMeta, ManifestProps, RepoProps, TagProps,
+    Target,
 };
 use oci::digest::Digest;
 use oci::name::RepoName;
@@ -51,6 +53,9 @@ pub struct Limits {
     pub min_free: MinFree,
     /// How often a blob read checks the digest (`--verify-reads`); see [`VerifyReads`].
     pub verify_reads: VerifyReads,
+    /// Bytes of blob files above which synced images are evicted (`--quota`); none by default.
+    /// See [`quota`].
+    pub quota: Option<u64>,
 }
 
 impl Default for Limits {
@@ -60,6 +65,7 @@ impl Default for Limits {
             manifest_cache_bytes: 64 << 20,
             min_free: MinFree::default(),
             verify_reads: VerifyReads::default(),
+            quota: None,
         }
     }
 }
@@ -99,6 +105,8 @@ struct Inner {
     /// Woken after a client (not sync) changed a tag or a manifest: sync reconciles what it
     /// manages, and pushes up in ReadWrite mode, without waiting for its next poll.
     client_changed: Arc<tokio::sync::Notify>,
+    /// Pull times and demand gathered in memory, and the eviction counters.
+    quota: quota::QuotaState,
 }
 
 /// Manifest bytes by digest. Content never changes under a digest, so entries never go stale;
@@ -154,6 +162,7 @@ impl Store {
             integrity: Arc::new(integrity::Integrity::new(dir, limits.verify_reads)),
             gc_lock: RwLock::new(()),
             client_changed: Arc::default(),
+            quota: quota::QuotaState::default(),
             limits,
         };
         Ok(Store {
@@ -227,6 +236,11 @@ impl Store {
     /// Makes a blob that is on disk part of `repo` (cross-repository mount, or sync).
     pub fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
         let _taking = self.inner.gc_lock.read().expect("gc lock");
+        self.link_taken_blob(repo, digest)
+    }
+
+    /// [`Store::link_blob`] for a caller that holds the GC lock already.
+    fn link_taken_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
         let size = self
             .blob_size(digest)
             .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
@@ -266,11 +280,11 @@ impl Store {
         expected: &Digest,
     ) -> Result<u64, StorageError> {
         let result = session.seal(expected).and_then(|data| {
-            {
-                let _taking = self.inner.gc_lock.read().expect("gc lock");
-                self.inner.blobs.install(&data, expected)?;
-            }
-            self.link_blob(&session.repo.clone(), expected)
+            // Installed and linked under one hold of the GC lock: a collection or an eviction
+            // never deletes the file between the two.
+            let _taking = self.inner.gc_lock.read().expect("gc lock");
+            self.inner.blobs.install(&data, expected)?;
+            self.link_taken_blob(&session.repo.clone(), expected)
         });
         // Whether it worked or not, the session is over: its bytes are a blob now, or unwanted.
         self.inner.uploads.remove(&session.id.clone());

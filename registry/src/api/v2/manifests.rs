@@ -22,14 +22,14 @@ pub fn get(
     reference: &Reference,
     req: &Req,
 ) -> Result<Response, ApiError> {
-    let manifest = store.get_manifest(repo, reference)?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ManifestUnknown,
-            format!("manifest {reference} is not in repository {repo}"),
-        )
-    })?;
+    let Some(manifest) = store.get_manifest(repo, reference)? else {
+        return Err(missing(store, repo, reference, req)?);
+    };
     if let Some(locked) = &manifest.unreadable {
         return Err(refusal(repo.as_str(), locked, Attribute::Read, "pulled").into());
+    }
+    if req.method == axum::http::Method::GET {
+        store.note_pull(repo, &manifest.digest);
     }
     let digest = manifest.digest.to_string();
     let builder = Response::builder()
@@ -45,6 +45,42 @@ pub fn get(
     };
     Ok(builder.body(body).expect("valid response"))
 }
+
+/// The answer for a manifest that is not here: for a tag evicted to stay under the quota, why
+/// and what brings it back, and the ask is noted as demand (a child's sync comparing tags is not
+/// a client asking: it keeps its own copy of a tag listed here).
+fn missing(
+    store: &Store,
+    repo: &RepoName,
+    reference: &Reference,
+    req: &Req,
+) -> Result<ApiError, ApiError> {
+    if let Reference::Tag(tag) = reference {
+        let tag = tag.as_str();
+        if store.evicted_tag(repo, tag)?.is_some() {
+            let from_sync = req
+                .header("user-agent")
+                .is_some_and(|agent| agent.starts_with(SYNC_USER_AGENT));
+            if !from_sync {
+                store.note_demand(repo, tag);
+            }
+            return Ok(ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "{repo}:{tag} was evicted to keep storage under the quota (--quota); \
+                     the next sync pass brings it back"
+                ),
+            ));
+        }
+    }
+    Ok(ApiError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is not in repository {repo}"),
+    ))
+}
+
+/// How this project's sync client introduces itself (`sync::client`).
+const SYNC_USER_AGENT: &str = "connected-registry-sync/";
 
 /// Reads a manifest body, refusing it as soon as it passes the size limit.
 async fn read_limited(req: Req, limit: u64) -> Result<Bytes, ApiError> {

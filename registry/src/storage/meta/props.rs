@@ -157,6 +157,22 @@ pub(super) fn require(
     Ok(())
 }
 
+/// Whether an eviction must leave this tag: it, its manifest or its repository may not be
+/// deleted or written (a lock is how an operator pins an image), as GC leaves such manifests.
+pub(super) fn pinned(
+    tx: &WriteTransaction,
+    repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<bool, StorageError> {
+    let a = stored(
+        &tx.open_table(ATTRIBUTES)?,
+        repo,
+        &Target::Tag(tag.to_owned()),
+    )?;
+    Ok(!a.delete_enabled || !a.write_enabled || gc_must_keep(tx, repo, digest)?)
+}
+
 /// Whether GC must leave this manifest: it (or its repository) may not be deleted.
 pub(super) fn gc_must_keep(
     tx: &WriteTransaction,
@@ -479,6 +495,23 @@ impl Meta {
                 listed: !hidden.tag(tag),
             });
         }
+        // Evicted tags are still known (see `quota`), with the digest they had.
+        for (tag, row) in super::quota::evicted_in(&tx.open_table(super::quota::EVICTED)?, repo)? {
+            let target = Target::Tag(tag.clone());
+            let (created, updated) = times
+                .get((repo, target.key().as_str()))?
+                .map(|v| v.value())
+                .unwrap_or((row.evicted_at, row.evicted_at));
+            out.push(TagProps {
+                listed: !hidden.tag(&tag),
+                attributes: stored(&attributes, repo, &target)?,
+                name: tag,
+                digest: row.digest,
+                created,
+                updated,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Some(out))
     }
 
@@ -576,6 +609,7 @@ impl Meta {
             super::log(&tx, repo, origin, RecordKind::ManifestDeleted { digest })?;
         }
         forget_repo(&tx, repo)?;
+        super::quota::forget_repo(&tx, repo)?;
         tx.commit()?;
         Ok(true)
     }
