@@ -45,13 +45,15 @@ const GC_GRACE: Duration = Duration::from_secs(10);
 /// Upload sessions idle this long are dropped: the uploads directory must drain once the
 /// torture ends.
 const UPLOAD_TTL: &str = "5s";
-/// The named points of the registry's write path and of its GC (see `util::crash_point`).
-const REGISTRY_POINTS: [&str; 4] = [
+/// The named points of the registry's write path (see `util::crash_point`).
+const REGISTRY_POINTS: [&str; 3] = [
     "after_blob_fsync",
     "after_blob_rename",
     "in_meta_transaction",
-    "in_gc_transaction",
 ];
+/// The named point inside GC's removals: the untagged variant's, where GC removes something
+/// every few seconds (in the default run it would seldom fire: only stale links go there).
+const GC_POINT: &str = "in_gc_transaction";
 /// Slack on [`GC_GRACE`] for the model of untagged deletion: GC compares whole seconds
 /// (`pushed_at < now - grace`), so it may take a manifest a little under the grace after its
 /// put was sent, never sooner than this much under it.
@@ -987,7 +989,7 @@ fn registry_torture(what: &str, default_cycles: usize, untagged: bool) {
         // with untagged deletion, half of those inside GC's removals.
         let point = rng.chance(50).then(|| {
             if untagged && rng.chance(50) {
-                format!("in_gc_transaction:{}", 1 + rng.below(3))
+                format!("{GC_POINT}:{}", 1 + rng.below(3))
             } else {
                 format!("{}:{}", rng.pick(&REGISTRY_POINTS), 1 + rng.below(6))
             }
@@ -1000,9 +1002,7 @@ fn registry_torture(what: &str, default_cycles: usize, untagged: bool) {
         };
         // GC runs while the check reads: a point inside it is armed only after the check (one
         // more restart), so that it fires among the workers' writes, not under the check.
-        let in_gc = point
-            .as_deref()
-            .is_some_and(|p| p.starts_with("in_gc_transaction"));
+        let in_gc = point.as_deref().is_some_and(|p| p.starts_with(GC_POINT));
         if in_gc {
             t.envs.clear();
         } else {
