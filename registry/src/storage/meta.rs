@@ -246,6 +246,25 @@ fn tags_pointing(
         .collect())
 }
 
+/// Whether the manifest `digest` of `repo` is a referrer whose subject is stored in `repo`.
+fn subject_present(
+    tx: &WriteTransaction,
+    repo: &str,
+    digest: &Digest,
+) -> Result<bool, StorageError> {
+    let manifests = tx.open_table(MANIFESTS)?;
+    let Some(meta) = manifests.get((repo, digest.to_string().as_str()))? else {
+        return Ok(false);
+    };
+    let Some(subject) = from_json::<ManifestMeta>(meta.value())?.subject else {
+        return Ok(false);
+    };
+    let present = manifests
+        .get((repo, subject.to_string().as_str()))?
+        .is_some();
+    Ok(present)
+}
+
 /// Removes a manifest from `repo` inside `tx`, with its referrers entry and the tags that point
 /// at it, logging each. Refused (`Denied`) while another manifest there references it: that
 /// index would then point at missing content.
@@ -783,8 +802,11 @@ impl Meta {
         Ok(snap)
     }
 
-    /// Removes a manifest that no tag and no other manifest in its repository points at (checked
-    /// again here: a client may have tagged it since the snapshot). Returns whether it went.
+    /// Removes a manifest that no tag and no other manifest in its repository points at, and
+    /// whose subject (for a referrer) is not in its repository any more: all checked again here,
+    /// since a client may have tagged it, or tagged its subject, since the snapshot. A referrer
+    /// therefore goes only after its subject (GC's next pass), never while a client can still
+    /// reach the subject it describes. Returns whether it went.
     pub(crate) fn remove_untagged(
         &self,
         repo: &str,
@@ -793,11 +815,13 @@ impl Meta {
         let tx = self.begin_write()?;
         if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty()
             || props::gc_must_keep(&tx, repo, digest)?
+            || subject_present(&tx, repo, digest)?
         {
             return Ok(false);
         }
         match remove_manifest(&tx, repo, digest, Origin::Gc) {
             Ok(()) => {
+                util::crash_point::crash_point("in_gc_transaction");
                 tx.commit()?;
                 Ok(true)
             }
@@ -839,6 +863,9 @@ impl Meta {
                 links.remove((repo.as_str(), digest.to_string().as_str()))?;
                 removed.push((repo, digest));
             }
+        }
+        if !removed.is_empty() {
+            util::crash_point::crash_point("in_gc_transaction");
         }
         tx.commit()?;
         Ok(removed)
