@@ -472,7 +472,8 @@ fn token_requests_with_unusable_forms_are_refused() {
 
 /// After `--login-attempts` failures for a token, or from an address, further attempts get
 /// 429 with Retry-After, even with the right password; the lockout is logged once per token or
-/// address, without the password tried.
+/// address, without the password tried. The client's address is what a trusted proxy
+/// (`--trusted-proxy`) names last in `X-Forwarded-For`.
 #[test]
 fn brute_force_is_limited_per_token_and_per_address() {
     let tmp = tempfile::tempdir().unwrap();
@@ -480,7 +481,18 @@ fn brute_force_is_limited_per_token_and_per_address() {
     let victim = create_token(&data, "victim", vec![rule("*", &["content/read"])], None);
     let bystander = create_token(&data, "bystander", vec![rule("*", &["content/read"])], None);
     let fresh = create_token(&data, "fresh", vec![rule("*", &["content/read"])], None);
-    let registry = serve(&data, &["--login-attempts", "3", "--login-lockout", "10m"]);
+    // The test stands for a proxy on this machine, trusted to name the client it serves.
+    let registry = serve(
+        &data,
+        &[
+            "--login-attempts",
+            "3",
+            "--login-lockout",
+            "10m",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+        ],
+    );
     let api = Api::new(&registry.url());
     let from = |addr: &str, authorization: &str| {
         api.send(
@@ -534,6 +546,48 @@ fn brute_force_is_limited_per_token_and_per_address() {
     {
         assert!(!log.contains(secret.as_str()), "a password in the log");
     }
+}
+
+/// Without `--trusted-proxy` (the default), `X-Forwarded-For` is ignored even from a loopback
+/// peer: a client cannot choose the address its failures count against, so varying the header
+/// neither spreads its guesses over many addresses nor pins them on someone else's. With the
+/// peer's range trusted, the header names the client again.
+#[test]
+fn an_untrusted_peer_cannot_choose_the_address_its_failures_count_against() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let fresh = create_token(&data, "fresh", vec![rule("*", &["content/read"])], None);
+    let limits = ["--login-attempts", "3", "--login-lockout", "10m"];
+    let registry = serve(&data, &limits);
+    let api = Api::new(&registry.url());
+    let from = |api: &Api, addr: &str, authorization: &str| {
+        api.send(
+            api.req(Method::GET, "/v2/")
+                .header("authorization", authorization)
+                .header("x-forwarded-for", addr),
+        )
+    };
+    for i in 0..3 {
+        let spoofed = format!("10.9.0.{}", i + 1);
+        expect_challenge(from(&api, &spoofed, &basic(&format!("nobody{i}"), "x")));
+    }
+    // All three counted against the peer (127.0.0.1): locked whatever the header says.
+    for spoofed in ["10.9.0.4", "192.0.2.1"] {
+        from(&api, spoofed, &fresh.basic()).expect_error(429, "TOOMANYREQUESTS");
+    }
+    drop(registry);
+
+    // The same registry with loopback trusted (a proxy there): the header decides again.
+    let trusted = serve(
+        &data,
+        &[&limits[..], &["--trusted-proxy", "127.0.0.0/8"]].concat(),
+    );
+    let api = Api::new(&trusted.url());
+    for i in 0..3 {
+        expect_challenge(from(&api, "10.9.1.1", &basic(&format!("nobody{i}"), "x")));
+    }
+    from(&api, "10.9.1.1", &fresh.basic()).expect_error(429, "TOOMANYREQUESTS");
+    from(&api, "10.9.1.2", &fresh.basic()).expect(200);
 }
 
 /// Anonymous pull covers exactly the `--anonymous-pull` repositories: pulls and listings there,
@@ -882,6 +936,28 @@ fn secrets_never_appear_in_logs_bodies_or_metrics() {
     let (status, metrics, _) = common::curl(&[&format!("http://{admin_addr}/metrics")]);
     assert_eq!(status, 200);
     drop(registry);
+    // `serve --print-config` with the sync token's password in both places a child takes it
+    // from: `--creds` and the connection string.
+    let connection_string = format!(
+        "ConnectedRegistryName=edge;SyncTokenName=alice;SyncTokenPassword={};\
+         ParentGatewayEndpoint=127.0.0.1:9;ParentEndpointProtocol=http",
+        alice.password2
+    );
+    let printed = std::process::Command::new(common::bin())
+        .args(["serve", "--print-config", "--data"])
+        .arg(&data)
+        .args(["--repo", "team-a/*", "--creds"])
+        .arg(format!("alice:{}", alice.password1))
+        .env("ACR_REGISTRY_CONNECTION_STRING", &connection_string)
+        .output()
+        .expect("run serve --print-config");
+    let config = String::from_utf8_lossy(&printed.stdout).into_owned()
+        + &String::from_utf8_lossy(&printed.stderr);
+    assert!(printed.status.success(), "{config}");
+    assert!(
+        config.contains("SyncTokenPassword=<redacted>") && config.contains("alice:<redacted>"),
+        "{config}"
+    );
     let log = first_log + &std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert!(
         log.contains("/oauth2/token") && log.contains("credentials refused"),
@@ -895,7 +971,12 @@ fn secrets_never_appear_in_logs_bodies_or_metrics() {
                 "a password or Basic value in a token answer"
             );
         }
-        for (what, text) in [("log", &log), ("responses", &seen), ("metrics", &metrics)] {
+        for (what, text) in [
+            ("log", &log),
+            ("responses", &seen),
+            ("metrics", &metrics),
+            ("--print-config output", &config),
+        ] {
             assert!(
                 !text.contains(secret.as_str()),
                 "a secret (starting {}) in the {what}",
@@ -953,4 +1034,107 @@ fn catalogs_show_only_what_the_caller_reads() {
         assert_eq!(listed(None), public, "{path}");
         assert_eq!(listed(Some(&bearer(&anonymous_jwt))), public, "{path}");
     }
+}
+
+/// `include=unlisted` on the `/acr` tag listing is honoured for a child's sync token (the
+/// gateway action `message/read`) and ignored for a token that only reads metadata; a child
+/// syncing with such a token through the token service (a Bearer token for the listing's
+/// scope plus the registry grant) mirrors a tag its parent hides, hidden at the child too. The
+/// same for a repository hidden from the catalog: `/acr/v1/_catalog?include=unlisted` names it
+/// to the sync token only, and the child's wildcard rule still finds and mirrors it.
+#[test]
+fn a_sync_token_sees_and_mirrors_tags_hidden_from_listings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("parent");
+    let admin = create_token_on(&data, "owner", "_repositories_admin");
+    let reader = create_token(&data, "reader", vec![rule("*", &["metadata/read"])], None);
+    let sync = create_token(
+        &data,
+        "child-sync",
+        vec![rule(
+            "*",
+            &["content/read", "metadata/read", "message/read"],
+        )],
+        None,
+    );
+    let parent = serve(&data, &[]);
+    let api = Api::new(&parent.url());
+    for tag in ["shown", "hidden"] {
+        push_image_as(&api, "demo/app", tag, &admin.basic());
+    }
+    push_image_as(&api, "demo/ghost", "v1", &admin.basic());
+    for path in ["/acr/v1/demo/app/_tags/hidden", "/acr/v1/demo/ghost"] {
+        api.send(
+            api.req(Method::PATCH, path)
+                .header("authorization", admin.basic())
+                .header("content-type", "application/json")
+                .body(r#"{"listEnabled": false}"#),
+        )
+        .expect(200);
+    }
+    let repos = |who: &Made| {
+        get_as(&api, "/acr/v1/_catalog?include=unlisted", &who.basic())
+            .expect(200)
+            .json()["repositories"]
+            .clone()
+    };
+    assert_eq!(repos(&reader), serde_json::json!(["demo/app"]));
+    assert_eq!(repos(&sync), serde_json::json!(["demo/app", "demo/ghost"]));
+    let names = |who: &Made| -> Vec<String> {
+        let listing = get_as(
+            &api,
+            "/acr/v1/demo/app/_tags?include=unlisted",
+            &who.basic(),
+        )
+        .expect(200)
+        .json();
+        listing["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&reader), ["shown"]);
+    assert_eq!(names(&sync), ["hidden", "shown"]);
+
+    let child = tmp.path().join("child");
+    let creds = format!("child-sync:{}", sync.password1);
+    let out = common::sync::sync_once(
+        &child,
+        &parent.url(),
+        &["--repo", "demo/*"],
+        &[("CONNECTED_REGISTRY_SYNC_CREDS", creds.as_str())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sync failed:\n{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["outcome"], "Completed", "{summary}\n{stderr}");
+    let store = registry::Store::open(&child, Default::default()).expect("open child store");
+    let repo: registry::RepoName = "demo/app".parse().unwrap();
+    let hidden = store
+        .attributes(&repo, &registry::storage::Target::Tag("hidden".into()))
+        .unwrap()
+        .expect("the hidden tag came down");
+    assert!(!hidden.list_enabled, "{hidden:?}");
+    assert_eq!(
+        store.tags(&repo).unwrap(),
+        ["shown"],
+        "hidden at the child too"
+    );
+    let ghost: registry::RepoName = "demo/ghost".parse().unwrap();
+    let attributes = store
+        .attributes(&ghost, &registry::storage::Target::Repository)
+        .unwrap()
+        .expect("the hidden repository came down");
+    assert!(!attributes.list_enabled, "{attributes:?}");
+    assert!(store
+        .attributes(&ghost, &registry::storage::Target::Tag("v1".into()))
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.repos().unwrap(),
+        ["demo/app"],
+        "hidden at the child too"
+    );
 }

@@ -1,7 +1,8 @@
 //! The `/acr/v1` data-plane API against the real binary: every route and method, the JSON
 //! shapes ACR uses, paging in name and time order with `Link`, `changeableAttributes` set with
-//! PATCH and enforced through `/v2`, a read-only child refusing `/acr` writes, bad input, and a
-//! lock set at a parent arriving at its child through the change feed.
+//! PATCH and enforced through `/v2`, a read-only child refusing `/acr` writes, bad input, a
+//! lock set at a parent arriving at its child through the change feed and, set before the
+//! child's first sync, through the full comparison; referrers listings and read locks vs blobs.
 
 mod common;
 
@@ -498,4 +499,219 @@ fn acr_lock_set_at_the_parent_arrives_at_the_child() {
     assert_eq!(acr["tag"]["changeableAttributes"]["writeEnabled"], false);
     api.delete("/v2/apps/a/manifests/1")
         .expect_error(405, "DENIED");
+}
+
+/// Referrers listings leave out manifests with `listEnabled: false`, like the tag and manifest
+/// listings (the referrer still answers by digest). And a decision pinned: `readEnabled: false`
+/// on a tag or a manifest locks the manifest, not the blobs it references (blobs are
+/// content-addressed and shared between manifests); the repository's switch locks blobs too.
+#[test]
+fn acr_referrers_leave_out_unlisted_and_item_read_locks_leave_blobs_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_registry(&tmp.path().join("data"), &[]);
+    let api = Api::new(&reg.url());
+    let (_, subject, blobs) = api.push_image("sig/app", "v1", 1, 64);
+    let empty = b"{}".to_vec();
+    api.push_blob("sig/app", &empty);
+    let empty_desc = common::api::Desc::of("application/vnd.oci.empty.v1+json", &empty);
+    let mut signatures = Vec::new();
+    for i in 0..2 {
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.sig",
+            "config": empty_desc.json(),
+            "layers": [empty_desc.json()],
+            "subject": subject.json(),
+            "annotations": {"n": i.to_string()},
+        }))
+        .unwrap();
+        let digest = common::api::sha256(&m);
+        api.put_manifest("sig/app", &digest, OCI_MANIFEST, &m)
+            .expect(201);
+        signatures.push(digest);
+    }
+    let listed = |api: &Api| -> Vec<String> {
+        let index = api
+            .get(&format!("/v2/sig/app/referrers/{}", subject.digest))
+            .expect(200)
+            .json();
+        let mut out: Vec<String> = index["manifests"]
+            .as_array()
+            .expect("an index")
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_owned())
+            .collect();
+        out.sort();
+        out
+    };
+    let mut all = signatures.clone();
+    all.sort();
+    assert_eq!(listed(&api), all);
+    patch(
+        &api,
+        &format!("/acr/v1/sig/app/_manifests/{}", signatures[0]),
+        r#"{"listEnabled": false}"#,
+    )
+    .expect(200);
+    assert_eq!(listed(&api), [signatures[1].clone()]);
+    api.get_manifest("sig/app", &signatures[0]).expect(200);
+    patch(&api, "/acr/v1/sig/app", r#"{"listEnabled": false}"#).expect(200);
+    assert!(
+        listed(&api).is_empty(),
+        "a hidden repository lists no referrer"
+    );
+    patch(&api, "/acr/v1/sig/app", r#"{"listEnabled": true}"#).expect(200);
+
+    // Read locks on the tag and on the manifest: the manifest is refused, its blobs are not.
+    patch(
+        &api,
+        "/acr/v1/sig/app/_tags/v1",
+        r#"{"readEnabled": false}"#,
+    )
+    .expect(200);
+    patch(
+        &api,
+        &format!("/acr/v1/sig/app/_manifests/{}", subject.digest),
+        r#"{"readEnabled": false}"#,
+    )
+    .expect(200);
+    api.get_manifest("sig/app", "v1")
+        .expect_error(405, "DENIED");
+    api.get_manifest("sig/app", &subject.digest)
+        .expect_error(405, "DENIED");
+    for blob in &blobs {
+        api.get(&format!("/v2/sig/app/blobs/{}", blob.digest))
+            .expect(200);
+    }
+    // The repository's own switch covers its blobs too.
+    patch(&api, "/acr/v1/sig/app", r#"{"readEnabled": false}"#).expect(200);
+    for blob in &blobs {
+        assert_eq!(
+            api.get(&format!("/v2/sig/app/blobs/{}", blob.digest))
+                .status,
+            405,
+            "a read-locked repository serves no blob"
+        );
+    }
+}
+
+/// Two `serve` processes, parent and child: locks set at the parent BEFORE the child's first
+/// sync arrive with that first (full) comparison, without the feed: a write lock, a tag hidden
+/// from the parent's `/v2` listing (mirrored, and hidden at the child too), a read-locked tag
+/// the child does not try to pull (the pass completes, saying so once, not as an error), a
+/// repository lock, a manifest lock, and a repository hidden from the parent's catalog (still
+/// found by the child's wildcard rule, mirrored, and hidden at the child too).
+#[test]
+fn acr_locks_set_before_the_first_sync_arrive_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let up = Api::new(&parent.url());
+    let mut digests = std::collections::HashMap::new();
+    for tag in ["locked", "hidden", "secret", "plain"] {
+        let (_, manifest, _) = up.push_image("early/app", tag, 1, 64);
+        digests.insert(tag, manifest.digest);
+    }
+    up.push_image("early/frozen", "v1", 1, 64);
+    up.push_image("early/ghost", "v1", 1, 64);
+    patch(&up, "/acr/v1/early/frozen", r#"{"writeEnabled": false}"#).expect(200);
+    patch(&up, "/acr/v1/early/ghost", r#"{"listEnabled": false}"#).expect(200);
+    let pinned = format!("/acr/v1/early/app/_manifests/{}", digests["plain"]);
+    patch(&up, &pinned, r#"{"deleteEnabled": false}"#).expect(200);
+    let catalog = up.get("/v2/_catalog").expect(200).json();
+    assert_eq!(
+        catalog["repositories"],
+        json!(["early/app", "early/frozen"])
+    );
+    patch(
+        &up,
+        "/acr/v1/early/app/_tags/locked",
+        r#"{"writeEnabled": false}"#,
+    )
+    .expect(200);
+    patch(
+        &up,
+        "/acr/v1/early/app/_tags/hidden",
+        r#"{"listEnabled": false}"#,
+    )
+    .expect(200);
+    patch(
+        &up,
+        "/acr/v1/early/app/_tags/secret",
+        r#"{"readEnabled": false}"#,
+    )
+    .expect(200);
+    assert!(!up.tags("early/app").contains(&"hidden".to_owned()));
+
+    let child = start_registry(
+        &tmp.path().join("child"),
+        &[
+            "--parent",
+            &parent.url(),
+            "--repo",
+            "early/*",
+            "--sync-schedule",
+            "0 * * * *",
+            "--sync-window",
+            "PT1H",
+            "--sync-poll-interval",
+            "PT1S",
+        ],
+    );
+    let api = Api::new(&child.url());
+    let done = common::poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let r = api.get("/acr/v1/_sync/status");
+        (r.status == 200)
+            .then(|| r.json())
+            .filter(|s| s["lastResult"]["outcome"] == "Completed")
+    })
+    .unwrap_or_else(|| panic!("no completed pass; child log:\n{}", child.log_text()));
+    let summary = &done["lastResult"];
+    assert_eq!(
+        summary["readLocked"],
+        json!(["early/app:secret"]),
+        "{summary}"
+    );
+    assert_eq!(summary["errors"], json!([]), "{summary}");
+
+    let attributes = |tag: &str| {
+        api.get(&format!("/acr/v1/early/app/_tags/{tag}"))
+            .expect(200)
+            .json()["tag"]["changeableAttributes"]
+            .clone()
+    };
+    assert_eq!(attributes("locked")["writeEnabled"], false);
+    assert_eq!(attributes("hidden")["listEnabled"], false);
+    assert_eq!(
+        attributes("plain"),
+        serde_json::from_str::<Value>(ALL_ENABLED).unwrap()
+    );
+    api.get("/acr/v1/early/app/_tags/secret")
+        .expect_error(404, "MANIFEST_UNKNOWN");
+    // Hidden at the child too, and still there by name.
+    assert_eq!(api.tags("early/app"), ["locked", "plain"]);
+    api.get_manifest("early/app", "hidden").expect(200);
+
+    // The repository lock and the manifest lock came down with the same comparison.
+    let frozen = api.get("/acr/v1/early/frozen").expect(200).json();
+    assert_eq!(
+        frozen["changeableAttributes"]["writeEnabled"], false,
+        "{frozen}"
+    );
+    let manifest = api.get(&pinned).expect(200).json();
+    let attributes = &manifest["manifest"]["changeableAttributes"];
+    assert_eq!(attributes["deleteEnabled"], false, "{manifest}");
+    assert_eq!(attributes["writeEnabled"], true, "{manifest}");
+    // The hidden repository: mirrored, hidden from the child's catalog, there by name.
+    api.get_manifest("early/ghost", "v1").expect(200);
+    let ghost = api.get("/acr/v1/early/ghost").expect(200).json();
+    assert_eq!(
+        ghost["changeableAttributes"]["listEnabled"], false,
+        "{ghost}"
+    );
+    let catalog = api.get("/v2/_catalog").expect(200).json();
+    assert_eq!(
+        catalog["repositories"],
+        json!(["early/app", "early/frozen"])
+    );
 }

@@ -239,3 +239,42 @@ fn proxy_command_refuses_an_in_process_route() {
         "{stderr}"
     );
 }
+
+/// `serve --print-config` with `--proxy-listen` also prints the proxy's table: the registry's
+/// prefixes go in process, labelled as one module's, and no plain listener.
+#[test]
+fn print_config_shows_the_in_process_routes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = Command::new(bin())
+        .args(["serve", "--print-config", "--auth", "none", "--data"])
+        .arg(&data)
+        .args(["--proxy-listen", "127.0.0.1:8443"])
+        .args(["--proxy-default", "http://127.0.0.1:9"])
+        .output()
+        .expect("run serve --print-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for prefix in ["/v2", "/acr", "/oauth2"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("route {prefix} "))
+                    && l.contains("in-process")
+                    && l.contains("one module")),
+            "{prefix}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("http://127.0.0.1:9"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("listen") && l.contains("TLS only")),
+        "{stdout}"
+    );
+    assert!(!data.exists(), "--print-config wrote {}", data.display());
+}

@@ -8,6 +8,10 @@
 //! unacknowledged write either fully happened or left nothing, no temp file or partial blob
 //! shows, and the store opened without anyone repairing it (the restart itself).
 //!
+//! The untagged variant runs `serve --gc-delete-untagged` and crashes inside GC's transaction
+//! too (`in_gc_transaction`): an acknowledged manifest no tag reaches and older than the grace
+//! may be gone; one a tag reaches (directly, through an index, as a referrer) never is.
+//!
 //! The sync variant kills a ReadWrite child of a parent of ours at random moments and named
 //! points of its passes, until it converges: no tag its state records as synced lacks content
 //! in its store, and every local image goes up to the parent exactly once.
@@ -47,6 +51,13 @@ const REGISTRY_POINTS: [&str; 3] = [
     "after_blob_rename",
     "in_meta_transaction",
 ];
+/// The named point inside GC's removals: the untagged variant's, where GC removes something
+/// every few seconds (in the default run it would seldom fire: only stale links go there).
+const GC_POINT: &str = "in_gc_transaction";
+/// Slack on [`GC_GRACE`] for the model of untagged deletion: GC compares whole seconds
+/// (`pushed_at < now - grace`), so it may take a manifest a little under the grace after its
+/// put was sent, never sooner than this much under it.
+const GRACE_SLACK: Duration = Duration::from_millis(1500);
 /// The named points of a sync pass.
 const SYNC_POINTS: [&str; 4] = [
     "sync_before_tag_recorded",
@@ -122,11 +133,12 @@ fn cycles(default: usize) -> usize {
 /// fully happened or left nothing.
 #[derive(Clone, Debug)]
 enum Pending {
-    /// A manifest put by digest, and under `tag` when given.
+    /// A manifest put by digest, and under `tag` when given, sent at `sent`.
     Manifest {
         repo: String,
         tag: Option<String>,
         body: Vec<u8>,
+        sent: Instant,
     },
     TagDelete {
         repo: String,
@@ -156,6 +168,10 @@ struct Owned {
     tags: BTreeMap<(String, String), Vec<u8>>,
     /// (repo, digest) -> manifest bytes.
     manifests: BTreeMap<(String, String), Vec<u8>>,
+    /// (repo, digest) -> when the last put of it known to have happened was sent: the
+    /// registry stores it no earlier, so untagged deletion may not take it before the grace
+    /// has passed since then.
+    put_at: BTreeMap<(String, String), Instant>,
     /// (repo, digest) -> bytes and when acknowledged; checked while younger than the GC grace.
     blobs: BTreeMap<(String, String), (Shared, Instant)>,
     /// Blobs of this worker's manifests, by repo: what a mount can take from.
@@ -170,7 +186,9 @@ struct Owned {
 }
 
 impl Owned {
-    fn tag_put(&mut self, repo: &str, tag: Option<&str>, body: &[u8]) {
+    /// Records a put of `body` (under `tag` when given) that happened, sent at `sent`.
+    fn tag_put(&mut self, repo: &str, tag: Option<&str>, body: &[u8], sent: Instant) {
+        self.put_at.insert((repo.into(), sha256(body)), sent);
         self.manifests
             .insert((repo.into(), sha256(body)), body.to_vec());
         self.touched.insert((repo.into(), sha256(body)));
@@ -182,8 +200,56 @@ impl Owned {
 
     fn manifest_deleted(&mut self, repo: &str, digest: &str) {
         self.manifests.remove(&(repo.into(), digest.into()));
+        self.put_at.remove(&(repo.into(), digest.into()));
         self.tags
             .retain(|(r, _), body| !(r == repo && sha256(body) == digest));
+    }
+
+    /// (repo, digest) of the manifests this worker's tags reach, directly, as children of an
+    /// index it holds or as referrers of a reached manifest: what untagged deletion must never
+    /// take.
+    fn reached(&self) -> BTreeSet<(String, String)> {
+        let mut todo: Vec<(String, String)> = self
+            .tags
+            .iter()
+            .map(|((repo, _), body)| (repo.clone(), sha256(body)))
+            .collect();
+        let mut reached = BTreeSet::new();
+        while !todo.is_empty() {
+            while let Some(key) = todo.pop() {
+                if !reached.insert(key.clone()) {
+                    continue;
+                }
+                let Some(body) = self.manifests.get(&key) else {
+                    continue;
+                };
+                let index: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                for child in index["manifests"].as_array().into_iter().flatten() {
+                    todo.extend(
+                        child["digest"]
+                            .as_str()
+                            .map(|d| (key.0.clone(), d.to_owned())),
+                    );
+                }
+            }
+            for (key, body) in &self.manifests {
+                let subject = subject_of(body).map(|s| (key.0.clone(), s));
+                if !reached.contains(key) && subject.is_some_and(|s| reached.contains(&s)) {
+                    todo.push(key.clone());
+                }
+            }
+        }
+        reached
+    }
+
+    /// Whether untagged deletion may have taken this manifest: no tag of this worker reaches
+    /// it and its last put was sent longer than the grace ago (less the slack).
+    fn collectable(&self, key: &(String, String), reached: &BTreeSet<(String, String)>) -> bool {
+        !reached.contains(key)
+            && self
+                .put_at
+                .get(key)
+                .is_none_or(|sent| sent.elapsed() + GRACE_SLACK > GC_GRACE)
     }
 }
 
@@ -197,6 +263,9 @@ struct Worker {
     /// For the worker that runs skopeo: the layout and its manifest bytes.
     skopeo: Option<(Layout, Vec<u8>)>,
     host: String,
+    /// The registry deletes untagged manifests: push more images untagged, and re-tag or
+    /// build indexes over untagged manifests more often, to meet GC at the moment it takes them.
+    untagged: bool,
 }
 
 /// A request that got no HTTP answer: the registry is gone.
@@ -233,6 +302,7 @@ impl Worker {
                 continue;
             }
             let r = match self.rng.below(100) {
+                0..=6 if self.untagged => self.push_referrer(owned),
                 0..=34 => self.push_image(owned),
                 35..=44 => self.push_index(owned),
                 45..=54 => self.move_tag(owned),
@@ -354,10 +424,12 @@ impl Worker {
         media_type: &str,
         body: Vec<u8>,
     ) -> Result<bool, Down> {
+        let sent = Instant::now();
         owned.pending = Some(Pending::Manifest {
             repo: repo.into(),
             tag: tag.clone(),
             body: body.clone(),
+            sent,
         });
         let reference = tag.clone().unwrap_or_else(|| sha256(&body));
         let r = self.send(
@@ -371,7 +443,7 @@ impl Worker {
             return Ok(false);
         }
         owned.acked += 1;
-        owned.tag_put(repo, tag.as_deref(), &body);
+        owned.tag_put(repo, tag.as_deref(), &body, sent);
         Ok(true)
     }
 
@@ -410,7 +482,8 @@ impl Worker {
         }
         let ldescs: Vec<Desc> = layers.iter().map(|l| Desc::of(OCI_LAYER, l)).collect();
         let body = image_manifest(OCI_MANIFEST, &Desc::of(OCI_CONFIG, &config), &ldescs);
-        let tag = self.rng.chance(85).then(|| self.next_tag());
+        let tagged = if self.untagged { 60 } else { 85 };
+        let tag = self.rng.chance(tagged).then(|| self.next_tag());
         if self.put_manifest(owned, repo, tag, OCI_MANIFEST, body)? {
             let kept = owned.layers.entry(repo.into()).or_default();
             kept.extend(layers.iter().map(|l| (sha256(l), l.clone())));
@@ -419,15 +492,74 @@ impl Worker {
         Ok(())
     }
 
+    /// A signature-like referrer (an artifact manifest with a `subject`), untagged, of an image
+    /// this worker holds; half the time of an untagged one. Untagged deletion must keep it
+    /// while its subject is reached, and may take it once its subject is not.
+    fn push_referrer(&mut self, owned: &mut Owned) -> Result<(), Down> {
+        let repo = *self.rng.pick(&REPOS);
+        let reached = owned.reached();
+        let untagged_only = self.rng.chance(50);
+        let mut subjects: Vec<Vec<u8>> = Vec::new();
+        for untagged_only in [untagged_only, false] {
+            subjects = owned
+                .manifests
+                .iter()
+                .filter(|(k, body)| {
+                    k.0 == repo
+                        && media_type_of(body) == OCI_MANIFEST
+                        && subject_of(body).is_none()
+                        && !(untagged_only && reached.contains(*k))
+                })
+                .map(|(_, b)| b.clone())
+                .collect();
+            if !subjects.is_empty() {
+                break;
+            }
+        }
+        if subjects.is_empty() {
+            return self.push_image(owned);
+        }
+        let subject = self.rng.pick(&subjects).clone();
+        let empty = Arc::new(b"{}".to_vec());
+        let signature = Arc::new(self.rng.bytes(64));
+        if !self.blob(owned, repo, empty.clone())? || !self.blob(owned, repo, signature.clone())? {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.torture.signature",
+            "config": Desc::of("application/vnd.oci.empty.v1+json", &empty).json(),
+            "layers": [Desc::of("application/octet-stream", &signature).json()],
+            "subject": Desc::of(OCI_MANIFEST, &subject).json(),
+        }))
+        .unwrap();
+        self.put_manifest(owned, repo, None, OCI_MANIFEST, body)?;
+        Ok(())
+    }
+
     /// An index over two manifests this worker holds in one repository.
     fn push_index(&mut self, owned: &mut Owned) -> Result<(), Down> {
         let repo = *self.rng.pick(&REPOS);
-        let children: Vec<Vec<u8>> = owned
-            .manifests
-            .iter()
-            .filter(|((r, _), body)| r == repo && media_type_of(body) == OCI_MANIFEST)
-            .map(|(_, b)| b.clone())
-            .collect();
+        // Untagged children half the time in the untagged mode: GC may be taking them.
+        let reached = owned.reached();
+        let prefer_untagged = self.untagged && self.rng.chance(50);
+        let mut children: Vec<Vec<u8>> = Vec::new();
+        for untagged_only in [prefer_untagged, false] {
+            children = owned
+                .manifests
+                .iter()
+                .filter(|(k, body)| {
+                    k.0 == repo
+                        && media_type_of(body) == OCI_MANIFEST
+                        && !(untagged_only && reached.contains(*k))
+                })
+                .map(|(_, b)| b.clone())
+                .collect();
+            if children.len() >= 2 {
+                break;
+            }
+        }
         if children.len() < 2 {
             return self.push_image(owned);
         }
@@ -445,14 +577,23 @@ impl Worker {
         Ok(())
     }
 
-    /// Points one of this worker's tags (or a new one) at another manifest it holds there.
+    /// Points one of this worker's tags (or a new one) at another manifest it holds there; in
+    /// the untagged mode half the time at an untagged one, which GC may be taking meanwhile.
     fn move_tag(&mut self, owned: &mut Owned) -> Result<(), Down> {
-        let choices: Vec<(String, Vec<u8>)> = owned
-            .manifests
-            .iter()
-            .filter(|((r, _), _)| r != SKOPEO_REPO)
-            .map(|((r, _), b)| (r.clone(), b.clone()))
-            .collect();
+        let reached = owned.reached();
+        let untagged_only = self.untagged && self.rng.chance(50);
+        let mut choices: Vec<(String, Vec<u8>)> = Vec::new();
+        for untagged_only in [untagged_only, false] {
+            choices = owned
+                .manifests
+                .iter()
+                .filter(|(k, _)| k.0 != SKOPEO_REPO && !(untagged_only && reached.contains(*k)))
+                .map(|((r, _), b)| (r.clone(), b.clone()))
+                .collect();
+            if !choices.is_empty() {
+                break;
+            }
+        }
         if choices.is_empty() {
             return Ok(());
         }
@@ -523,10 +664,12 @@ impl Worker {
             return Ok(());
         };
         let tag = self.next_tag();
+        let sent = Instant::now();
         owned.pending = Some(Pending::Manifest {
             repo: SKOPEO_REPO.into(),
             tag: Some(tag.clone()),
             body: body.clone(),
+            sent,
         });
         let out = Command::new("skopeo")
             .args(["copy", "--dest-tls-verify=false", "--retry-times", "0"])
@@ -540,7 +683,7 @@ impl Worker {
         }
         owned.pending = None;
         owned.acked += 1;
-        owned.tag_put(SKOPEO_REPO, Some(&tag), &body);
+        owned.tag_put(SKOPEO_REPO, Some(&tag), &body, sent);
         Ok(())
     }
 
@@ -578,6 +721,8 @@ struct Tally {
     acked: u64,
     lost: Vec<String>,
     unacked_seen: u64,
+    /// Acknowledged manifests found gone that the model let untagged deletion take.
+    collected: u64,
     /// Crash points that fired, by name.
     crash_points_hit: BTreeMap<String, u64>,
 }
@@ -595,6 +740,11 @@ impl Tally {
 ///
 /// Tags and manifests written since the last check are all checked; of the older ones about
 /// `sample` (all of them with `u64::MAX`), so that a long run's checks do not grow with its history.
+///
+/// With `untagged` (the registry runs `--gc-delete-untagged`), an acknowledged manifest that no
+/// tag of its worker reaches and whose last put is older than the grace may be gone (it leaves
+/// the model then); if there it is byte-identical. A reached one (tagged, or a child of a
+/// tagged index) is there and whole, and so is a younger untagged one.
 fn verify(
     api: &Api,
     t: &Target,
@@ -602,6 +752,7 @@ fn verify(
     tally: &mut Tally,
     rng: &mut Rng,
     sample: u64,
+    untagged: bool,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut known_tags: BTreeSet<(String, String)> = BTreeSet::new();
@@ -609,7 +760,12 @@ fn verify(
         problems.append(&mut o.violations);
         // The unacknowledged write: happened in full, or not at all.
         match o.pending.take() {
-            Some(Pending::Manifest { repo, tag, body }) => {
+            Some(Pending::Manifest {
+                repo,
+                tag,
+                body,
+                sent,
+            }) => {
                 let digest = sha256(&body);
                 let by_digest = api.get_manifest(&repo, &digest);
                 let happened = match &tag {
@@ -634,7 +790,14 @@ fn verify(
                         problems.push(format!("unacknowledged put of {repo}@{digest} happened, but the manifest by digest is {}", by_digest.status));
                     }
                     tally.unacked_seen += 1;
-                    o.tag_put(&repo, tag.as_deref(), &body);
+                    // Already held: it may have been there all along (the put not happening),
+                    // so its age still counts from the put known to have happened.
+                    let key = (repo.clone(), digest.clone());
+                    let before = o.put_at.get(&key).copied();
+                    o.tag_put(&repo, tag.as_deref(), &body, sent);
+                    if let Some(before) = before {
+                        o.put_at.insert(key, before);
+                    }
                 }
             }
             Some(Pending::TagDelete { repo, tag })
@@ -706,17 +869,35 @@ fn verify(
             }
             problems.extend(broken_references(api, repo, &r.json()));
         }
-        for ((repo, digest), body) in &o.manifests {
-            if !due(&(repo.clone(), digest.clone())) {
+        let reached = o.reached();
+        let mut collected = Vec::new();
+        for (key, body) in &o.manifests {
+            if !due(key) {
                 continue;
             }
+            let (repo, digest) = key;
+            let collectable = untagged && o.collectable(key, &reached);
             let r = api.get_manifest(repo, digest);
-            if r.status != 200 || r.body != *body {
+            if r.status == 404 && collectable {
+                collected.push(key.clone());
+            } else if r.status != 200 || r.body != *body {
                 tally.lost.push(format!(
-                    "acknowledged manifest {repo}@{digest} lost: {}",
-                    r.status
+                    "acknowledged manifest {repo}@{digest} lost: {}{}",
+                    r.status,
+                    if untagged && !reached.contains(key) {
+                        " (untagged, but younger than the GC grace)"
+                    } else {
+                        ""
+                    }
                 ));
+            } else if untagged && !collectable && !reached.contains(key) {
+                // Untagged and young: GC may not take it, nor anything it references.
+                problems.extend(broken_references(api, repo, &r.json()));
             }
+        }
+        tally.collected += collected.len() as u64;
+        for (repo, digest) in collected {
+            o.manifest_deleted(&repo, &digest);
         }
         // Blobs acknowledged recently enough that GC must have spared them.
         o.blobs
@@ -763,8 +944,22 @@ fn exited_within(t: &mut Target, limit: Duration) -> bool {
 
 #[test]
 fn registry_survives_crashes_at_random_moments_and_named_points() {
-    let seed = seed("registry torture");
-    let total = cycles(50);
+    registry_torture("registry torture", 50, false);
+}
+
+/// The riskiest GC mode: untagged manifests older than the grace are deleted while workers
+/// re-tag them, build indexes over them and delete tags, and crashes land inside GC's
+/// transactions (`in_gc_transaction`) a quarter of the cycles.
+#[test]
+fn registry_survives_crashes_while_gc_deletes_untagged_manifests() {
+    registry_torture("registry torture, untagged deletion", 25, true);
+}
+
+/// Runs `TORTURE_CYCLES` (or `default_cycles`) cycles against one data directory; `untagged`
+/// runs the registry with `--gc-delete-untagged` and checks with that model.
+fn registry_torture(what: &str, default_cycles: usize, untagged: bool) {
+    let seed = seed(what);
+    let total = cycles(default_cycles);
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let (layout, image) = Layout::with_image(
@@ -773,31 +968,50 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
         &[40_000, 10_000],
     );
     let skopeo_body = layout.read_blob(&image.manifest.digest);
-    let args = [
+    let grace = format!("{}s", GC_GRACE.as_secs());
+    let mut args = vec![
         "--gc-interval",
         GC_INTERVAL,
         "--gc-grace",
-        "10s",
+        &grace,
         "--upload-ttl",
         UPLOAD_TTL,
     ];
+    if untagged {
+        args.push("--gc-delete-untagged");
+    }
     let mut t = Target::start_with(&dir.path().join("reg"), &args);
     let mut owned: Vec<Owned> = (0..WORKERS).map(|_| Owned::default()).collect();
     let mut tally = Tally::default();
     let started = Instant::now();
     for cycle in 0..total {
-        // Half the cycles crash at a named point (or are killed if it is not reached in time).
-        let point = rng
-            .chance(50)
-            .then(|| format!("{}:{}", rng.pick(&REGISTRY_POINTS), 1 + rng.below(6)));
-        t.envs = point
-            .iter()
-            .map(|p| (util::crash_point::ENV.to_owned(), p.clone()))
-            .collect();
+        // Half the cycles crash at a named point (or are killed if it is not reached in time);
+        // with untagged deletion, half of those inside GC's removals.
+        let point = rng.chance(50).then(|| {
+            if untagged && rng.chance(50) {
+                format!("{GC_POINT}:{}", 1 + rng.below(3))
+            } else {
+                format!("{}:{}", rng.pick(&REGISTRY_POINTS), 1 + rng.below(6))
+            }
+        });
+        let armed = |t: &mut Target| {
+            t.envs = point
+                .iter()
+                .map(|p| (util::crash_point::ENV.to_owned(), p.clone()))
+                .collect();
+        };
+        // GC runs while the check reads: a point inside it is armed only after the check (one
+        // more restart), so that it fires among the workers' writes, not under the check.
+        let in_gc = point.as_deref().is_some_and(|p| p.starts_with(GC_POINT));
+        if in_gc {
+            t.envs.clear();
+        } else {
+            armed(&mut t);
+        }
         t.restart();
         let api = Api::new(&t.url());
         let sample = if cycle % 25 == 0 { u64::MAX } else { SAMPLE };
-        let problems = verify(&api, &t, &mut owned, &mut tally, &mut rng, sample);
+        let problems = verify(&api, &t, &mut owned, &mut tally, &mut rng, sample, untagged);
         assert!(
             problems.is_empty() && tally.lost.is_empty(),
             "seed {seed}, cycle {cycle}: {} lost, problems:\n{}\n{}",
@@ -805,6 +1019,10 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
             tally.lost.join("\n"),
             problems.join("\n")
         );
+        if in_gc {
+            armed(&mut t);
+            t.restart();
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = owned
@@ -819,6 +1037,7 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
                     serial: 0,
                     skopeo: (id == 0).then(|| (layout.clone(), skopeo_body.clone())),
                     host: t.host(),
+                    untagged,
                 };
                 let stop = stop.clone();
                 std::thread::spawn(move || {
@@ -842,7 +1061,7 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
         tally.acked = owned.iter().map(|o| o.acked).sum();
         if (cycle + 1) % 50 == 0 {
             eprintln!(
-                "registry torture: {} cycles so far, {} writes acknowledged, {} lost, {:.0?}",
+                "{what}: {} cycles so far, {} writes acknowledged, {} lost, {:.0?}",
                 cycle + 1,
                 tally.acked,
                 tally.lost.len(),
@@ -854,14 +1073,23 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
     t.envs.clear();
     t.restart();
     let api = Api::new(&t.url());
-    let problems = verify(&api, &t, &mut owned, &mut tally, &mut rng, u64::MAX);
+    let problems = verify(
+        &api,
+        &t,
+        &mut owned,
+        &mut tally,
+        &mut rng,
+        u64::MAX,
+        untagged,
+    );
     tally.cycles = total;
     eprintln!(
-        "registry torture: {} cycles, {} writes acknowledged, {} writes lost, {} unacknowledged writes found complete, crash points hit {:?}, seed {seed}, {:.0?}",
+        "{what}: {} cycles, {} writes acknowledged, {} writes lost, {} unacknowledged writes found complete, {} untagged manifests collected, crash points hit {:?}, seed {seed}, {:.0?}",
         tally.cycles,
         tally.acked,
         tally.lost.len(),
         tally.unacked_seen,
+        tally.collected,
         tally.crash_points_hit,
         started.elapsed()
     );
@@ -881,6 +1109,13 @@ fn registry_survives_crashes_at_random_moments_and_named_points() {
         "upload sessions left in {} after their TTL",
         uploads.display()
     );
+}
+
+/// The digest of the manifest's `subject`, for a referrer.
+fn subject_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["subject"]["digest"].as_str().map(String::from))
 }
 
 /// The `mediaType` a manifest names (every manifest the torture writes names one).
@@ -1023,6 +1258,7 @@ fn sync_child_survives_crashes_during_its_passes() {
             serial: 0,
             skopeo: None,
             host: child.host(),
+            untagged: false,
         };
         let pushes = 1 + rng.below(3);
         let pusher = std::thread::spawn(move || {

@@ -67,6 +67,11 @@ def manifest(layer):
         }
     }
     if with_proxy:
+        # The API proxy module reaches the registry over the IoT Edge network and names the
+        # client in X-Forwarded-For; only peers in this range are believed (failed logins count
+        # against the client, not the proxy). Docker's default bridge pools; narrow it to the
+        # `azure-iot-edge` network's subnet (`docker network inspect azure-iot-edge`).
+        modules["connectedRegistry"]["env"]["CONNECTED_REGISTRY_TRUSTED_PROXY"] = {"value": "172.16.0.0/12"}
         cmd = ["proxy", "--cert", "/certs/server-chain.pem", "--key", "/certs/server-key.pem"]
         binds = ["<PROXY_CERT_DIR>:/certs:ro"]
         if lower:

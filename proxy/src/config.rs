@@ -1014,14 +1014,9 @@ impl Config {
 
     /// The effective table for `--print-config`, one entry a line with its origin.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut table = util::config_table::ConfigTable::new();
         let mut line = |k: &str, v: String, s: &dyn fmt::Display| {
-            let s = s.to_string();
-            if s.is_empty() {
-                out.push_str(&format!("{k:<27} {v}\n"));
-            } else {
-                out.push_str(&format!("{k:<27} {v:<44} # {s}\n"));
-            }
+            table.line(k, v, s);
         };
         line("listen", self.listen.0.to_string(), &self.listen.1);
         let p = |v: &Option<(PathBuf, Source)>| match v {
@@ -1087,7 +1082,7 @@ impl Config {
             Some(r) => line("default", describe(&r.upstream, self), &r.source),
             None => line("default", "- (404 for unrouted paths)".into(), &"unset"),
         }
-        out
+        table.to_string()
     }
 }
 

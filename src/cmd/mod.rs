@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod recover;
 pub mod scrub;
 pub mod serve;
+mod serve_config;
 pub mod sync;
 
 /// What a command does when its data directory does not exist.

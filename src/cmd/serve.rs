@@ -107,6 +107,24 @@ pub struct Args {
     )]
     pub access_log: bool,
 
+    /// A proxy in front of this registry whose `X-Forwarded-For` (its last entry) names the
+    /// client that failed logins count against: CIDR (e.g. 172.18.0.0/16) or one address,
+    /// repeatable or comma-separated. None by default: the header is ignored and failures count
+    /// against the peer. --proxy-listen needs none: in process the registry sees the client's
+    /// own address.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CONNECTED_REGISTRY_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<registry::api::auth::TrustedProxy>,
+
+    /// Print the effective settings (secrets redacted) and exit, without touching the data
+    /// directory or the port.
+    #[arg(long)]
+    pub print_config: bool,
+
     #[command(flatten)]
     pub gc: super::gc::GcFlags,
 
@@ -130,6 +148,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
     let auth_settings = args.auth.settings()?;
+    // One module needs no trust: the proxy in this process hands the registry the client's
+    // own address (its `ConnectInfo`), not a loopback peer.
+    let trusted = args.trusted_proxies.clone();
+    if args.print_config {
+        let settings = sync.as_ref().map(|s| s.settings());
+        print!("{}", super::serve_config::render(&args, settings, &trusted));
+        return OneModule::print_config(&args);
+    }
     let one_module = OneModule::load(&args)?;
     // One module serves TLS only, unless a plain listener is asked for too.
     let listen = match (args.listen, &one_module) {
@@ -195,6 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             app.merge(registry::api::auth::token::routes(authority.clone())),
             authority.clone(),
         );
+        app = registry::api::auth::with_client_addr(app, trusted);
     }
     // Only now, with the store and the token set open (and the admin socket bound): whoever
     // waits for the port finds a registry that serves and answers management commands.
@@ -321,7 +348,7 @@ fn claim_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
 }
 
 /// The plain-HTTP address when neither `--listen` nor `--proxy-listen` is given.
-const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
     8080,
 ));
@@ -334,6 +361,32 @@ struct OneModule {
 }
 
 impl OneModule {
+    /// `serve --print-config`, one module's part: the proxy's effective table, each entry with
+    /// where it came from, as `proxy --print-config` prints it; exit status 2 when the proxy
+    /// would not start.
+    fn print_config(args: &Args) -> anyhow::Result<ExitCode> {
+        if args.proxy.0.listen.is_none() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let (config, problem) = proxy::Config::load_for_display(&OneModule::flags(args), &env)
+            .context("proxy configuration (--proxy-*)")?;
+        println!("# one module: the API proxy in this process (--proxy-*)");
+        print!("{}", config.render());
+        if let Some(problem) = problem {
+            eprintln!("error: the proxy would not start: {problem}");
+            return Ok(ExitCode::from(2));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// The proxy crate's flags for one module: `/v2`, `/acr`, `/oauth2` in process, and a
+    /// development chain in DATA/certs when no certificate is configured.
+    fn flags(args: &Args) -> proxy::Flags {
+        let mut flags = args.proxy.0.to_proxy(Some(args.data.join("certs")));
+        flags.in_process = true;
+        flags
+    }
+
     /// The proxy's configuration when `--proxy-listen` is given, checked before anything is
     /// written: flags, the proxy's config file and the IoT Edge API-proxy variables, with
     /// `/v2`, `/acr` and `/oauth2` routed in process. With no certificate configured anywhere,

@@ -235,6 +235,11 @@ impl Prepared {
         self.client
     }
 
+    /// The validated settings (for `serve --print-config`).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// ReadOnly or ReadWrite, as the settings say (ReadOnly when none is given).
     pub fn mode(&self) -> sync::settings::Mode {
         self.settings.mode

@@ -41,6 +41,10 @@ pub enum SyncError {
     /// A repository rule selects nothing at the parent (`--strict`).
     #[error("{0} (--strict)")]
     Scope(String),
+    /// The parent refuses to resolve the tag (405): `readEnabled: false` there. Not recorded as
+    /// an error: the pass notes it in `read_locked` and keeps a copy held here.
+    #[error("read-locked at the parent (readEnabled: false)")]
+    ReadLocked,
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -63,6 +67,7 @@ impl Classify for SyncError {
             SyncError::Store(StoreError::Full(_)) => Class::new(Fault::Local, true),
             SyncError::Refused(_) => Class::new(Fault::Upstream, false),
             SyncError::Scope(_) => Class::new(Fault::Client, false),
+            SyncError::ReadLocked => Class::new(Fault::Upstream, false),
             SyncError::Internal(_) => Class::new(Fault::Internal, false),
         }
     }

@@ -12,7 +12,10 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::client::{ClientError, ClientStats, FeedAnswer, FetchedManifest, Uploaded};
+use crate::client::{
+    AcrAnswer, ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentManifest, ParentTag,
+    TagListing, Uploaded,
+};
 use crate::parent::{BlobDownload, ChunkedUpload, Parent};
 use crate::store::{BlobWriter, LocalStore, StoreError, StoredManifest};
 use oci::manifest::Content;
@@ -67,6 +70,33 @@ struct ParentState {
     feed: Option<FeedAnswer>,
     /// Change-feed requests (pages and probes) asked for.
     feed_requests: usize,
+    /// Whether it answers the `/acr` tag listing (a parent of ours).
+    acr: bool,
+    /// (repo, tag) -> the tag's attributes, when not all enabled: `/v2` leaves a tag with
+    /// `listEnabled: false` out of its list and refuses to resolve one with `readEnabled: false`.
+    tag_attributes: BTreeMap<(String, String), oci::ChangeableAttributes>,
+    /// repo -> the repository's attributes, when not all enabled: `/v2/_catalog` leaves out a
+    /// repository with `listEnabled: false`, and its tag list names none of its tags.
+    repo_attributes: BTreeMap<String, oci::ChangeableAttributes>,
+    /// (repo, digest) -> the manifest's attributes, when not all enabled.
+    manifest_attributes: BTreeMap<(String, Digest), oci::ChangeableAttributes>,
+    /// `/acr` requests asked for (listings and repository reads).
+    acr_requests: usize,
+}
+
+impl ParentState {
+    /// Whether `/v2` listings name the repository.
+    fn repo_listed(&self, repo: &str) -> bool {
+        self.repo_attributes
+            .get(repo)
+            .is_none_or(|a| a.list_enabled)
+    }
+
+    /// Counts one `/acr` request; `false` when this parent has no `/acr`.
+    fn acr_request(&mut self) -> bool {
+        self.acr_requests += 1;
+        self.acr
+    }
 }
 
 /// A parent registry in memory, with no referrers, and no feed unless a test gives it one.
@@ -89,6 +119,47 @@ impl FakeParent {
     /// Answers every change-feed request (page or probe) with `answer`.
     pub fn answer_feed_with(&self, answer: FeedAnswer) {
         self.with(|s| s.feed = Some(answer));
+    }
+
+    /// Answers the `/acr` tag listing, as a parent of ours does.
+    pub fn serve_acr(&self) {
+        self.with(|s| s.acr = true);
+    }
+
+    /// Answers `/acr` with 404 again, as a registry that is not ours (with a feed) would.
+    pub fn stop_serving_acr(&self) {
+        self.with(|s| s.acr = false);
+    }
+
+    /// Sets a tag's attributes, as `PATCH /acr/v1/REPO/_tags/TAG` does at a parent of ours.
+    pub fn lock_tag(&self, repo: &str, tag: &str, attributes: oci::ChangeableAttributes) {
+        self.with(|s| {
+            s.tag_attributes
+                .insert((repo.to_owned(), tag.to_owned()), attributes)
+        });
+    }
+
+    /// Sets a repository's attributes, as `PATCH /acr/v1/REPO` does at a parent of ours.
+    pub fn lock_repo(&self, repo: &str, attributes: oci::ChangeableAttributes) {
+        self.with(|s| s.repo_attributes.insert(repo.to_owned(), attributes));
+    }
+
+    /// Sets a manifest's attributes, as `PATCH /acr/v1/REPO/_manifests/DIGEST` does.
+    pub fn lock_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        attributes: oci::ChangeableAttributes,
+    ) {
+        self.with(|s| {
+            s.manifest_attributes
+                .insert((repo.to_owned(), digest.clone()), attributes)
+        });
+    }
+
+    /// How many `/acr` requests (listings and repository reads) were asked for.
+    pub fn acr_requests(&self) -> usize {
+        self.with(|s| s.acr_requests)
     }
 
     /// How many change-feed requests were asked for.
@@ -167,18 +238,36 @@ impl FakeParent {
         self.with(|s| s.download_offsets.get(digest).cloned().unwrap_or_default())
     }
 
-    fn resolve(&self, repo: &str, reference: &str) -> Option<FetchedManifest> {
+    /// A manifest by tag or digest; a tag with `readEnabled: false` is refused (405), as a
+    /// parent of ours refuses it.
+    fn resolve(&self, repo: &str, reference: &str) -> Result<Option<FetchedManifest>, ClientError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.with(|s| {
             let digest = match reference.parse::<Digest>() {
                 Ok(d) => d,
-                Err(_) => s
-                    .tags
-                    .get(&(repo.to_owned(), reference.to_owned()))?
-                    .clone(),
+                Err(_) => {
+                    let key = (repo.to_owned(), reference.to_owned());
+                    if s.tag_attributes.get(&key).is_some_and(|a| !a.read_enabled) {
+                        return Err(ClientError::Status {
+                            method: "GET".into(),
+                            url: format!("http://fake-parent/v2/{repo}/manifests/{reference}"),
+                            status: 405,
+                            body: "DENIED: readEnabled is false".into(),
+                        });
+                    }
+                    match s.tags.get(&key) {
+                        Some(d) => d.clone(),
+                        None => return Ok(None),
+                    }
+                }
             };
-            s.repo_manifests.get(repo)?.get(&digest)?;
-            s.manifests.get(&digest).cloned()
+            if s.repo_manifests
+                .get(repo)
+                .is_none_or(|m| !m.contains(&digest))
+            {
+                return Ok(None);
+            }
+            Ok(s.manifests.get(&digest).cloned())
         })
     }
 }
@@ -195,37 +284,125 @@ impl Parent for FakeParent {
         &self.stats
     }
     fn catalog(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, ClientError>> {
-        ready(Ok(Some(
-            self.with(|s| s.repo_manifests.keys().cloned().collect()),
-        )))
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let listed = self.with(|s| {
+            s.repo_manifests
+                .keys()
+                .filter(|r| s.repo_listed(r))
+                .cloned()
+                .collect()
+        });
+        ready(Ok(Some(listed)))
     }
     fn tags<'a>(
         &'a self,
         repo: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let tags: Vec<String> = self.with(|s| {
-            s.tags
-                .keys()
-                .filter(|(r, _)| r == repo)
+        let (known, tags): (bool, Vec<String>) = self.with(|s| {
+            let all: Vec<&(String, String)> = s.tags.keys().filter(|(r, _)| r == repo).collect();
+            let listed = all
+                .iter()
+                .filter(|_| s.repo_listed(repo))
+                .filter(|key| s.tag_attributes.get(**key).is_none_or(|a| a.list_enabled))
                 .map(|(_, t)| t.clone())
-                .collect()
+                .collect();
+            (!all.is_empty(), listed)
         });
-        ready(Ok((!tags.is_empty()).then_some(tags)))
+        ready(Ok(known.then_some(tags)))
+    }
+    fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let listing = self.with(|s| {
+            if !s.acr_request() {
+                return TagListing::NoAcr;
+            }
+            let tags: Vec<ParentTag> = s
+                .tags
+                .iter()
+                .filter(|((r, _), _)| r == repo)
+                .map(|(key, digest)| ParentTag {
+                    name: key.1.clone(),
+                    digest: digest.clone(),
+                    attributes: s.tag_attributes.get(key).copied().unwrap_or_default(),
+                })
+                .collect();
+            if tags.is_empty() {
+                TagListing::UnknownRepo
+            } else {
+                TagListing::Found(tags)
+            }
+        });
+        ready(Ok(listing))
+    }
+    fn acr_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<Vec<ParentManifest>>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let listing = self.with(|s| {
+            if !s.acr_request() {
+                return AcrAnswer::NoAcr;
+            }
+            let Some(digests) = s.repo_manifests.get(repo) else {
+                return AcrAnswer::UnknownRepo;
+            };
+            let key = |d: &Digest| (repo.to_owned(), d.clone());
+            AcrAnswer::Found(
+                digests
+                    .iter()
+                    .map(|d| ParentManifest {
+                        digest: d.clone(),
+                        attributes: s
+                            .manifest_attributes
+                            .get(&key(d))
+                            .copied()
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            )
+        });
+        ready(Ok(listing))
+    }
+    fn acr_repository<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<oci::ChangeableAttributes>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = self.with(|s| {
+            if !s.acr_request() {
+                return AcrAnswer::NoAcr;
+            }
+            if !s.repo_manifests.contains_key(repo) {
+                return AcrAnswer::UnknownRepo;
+            }
+            AcrAnswer::Found(s.repo_attributes.get(repo).copied().unwrap_or_default())
+        });
+        ready(Ok(answer))
+    }
+    fn acr_catalog(&self) -> BoxFuture<'_, Result<AcrAnswer<Vec<String>>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = self.with(|s| {
+            if !s.acr_request() {
+                return AcrAnswer::NoAcr;
+            }
+            AcrAnswer::Found(s.repo_manifests.keys().cloned().collect())
+        });
+        ready(Ok(answer))
     }
     fn head_manifest<'a>(
         &'a self,
         repo: &'a str,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<Option<Digest>, ClientError>> {
-        ready(Ok(self.resolve(repo, reference).map(|m| m.digest)))
+        ready(self.resolve(repo, reference).map(|m| m.map(|m| m.digest)))
     }
     fn get_manifest<'a>(
         &'a self,
         repo: &'a str,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<Option<FetchedManifest>, ClientError>> {
-        ready(Ok(self.resolve(repo, reference)))
+        ready(self.resolve(repo, reference))
     }
     fn referrers<'a>(
         &'a self,
@@ -342,6 +519,12 @@ struct StoreState {
     uploads: HashMap<String, (String, Vec<u8>)>,
     manifests: BTreeMap<(String, Digest), StoredManifest>,
     tags: BTreeMap<(String, String), Digest>,
+    /// (repo, tag) -> the tag's own attributes, when not all enabled.
+    tag_attributes: BTreeMap<(String, String), oci::ChangeableAttributes>,
+    /// repo -> the repository's own attributes, when not all enabled.
+    repo_attributes: BTreeMap<String, oci::ChangeableAttributes>,
+    /// (repo, digest) -> the manifest's own attributes, when not all enabled.
+    manifest_attributes: BTreeMap<(String, Digest), oci::ChangeableAttributes>,
     changes: Vec<Change>,
 }
 
@@ -383,6 +566,11 @@ impl FakeStore {
 
     pub fn tag(&self, repo: &str, tag: &str) -> Option<Digest> {
         self.with(|s| s.tags.get(&(repo.to_owned(), tag.to_owned())).cloned())
+    }
+
+    /// How many entries the change log holds (each a write sync made).
+    pub fn changes_logged(&self) -> usize {
+        self.with(|s| s.changes.len())
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -592,8 +780,16 @@ impl LocalStore for FakeStore {
             let known = match (tag, digest) {
                 (Some(tag), _) => s.tags.contains_key(&(repo.to_owned(), tag.to_owned())),
                 (None, Some(d)) => s.manifests.contains_key(&(repo.to_owned(), d.clone())),
-                (None, None) => s.tags.keys().any(|(r, _)| r == repo),
+                (None, None) => s.manifests.keys().any(|(r, _)| r == repo),
             };
+            if known {
+                let repo = repo.to_owned();
+                match (tag, digest) {
+                    (Some(tag), _) => s.tag_attributes.insert((repo, tag.to_owned()), attributes),
+                    (None, Some(d)) => s.manifest_attributes.insert((repo, d.clone()), attributes),
+                    (None, None) => s.repo_attributes.insert(repo, attributes),
+                };
+            }
             if known {
                 let kind = ChangeKind::AttributesSet {
                     tag: tag.map(str::to_owned),
@@ -605,8 +801,48 @@ impl LocalStore for FakeStore {
             known
         }))
     }
+    fn tag_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<BTreeMap<String, oci::ChangeableAttributes>, StoreError> {
+        Ok(self.with(|s| {
+            s.tags
+                .keys()
+                .filter(|(r, _)| r == repo)
+                .map(|key| {
+                    let own = s.tag_attributes.get(key).copied().unwrap_or_default();
+                    (key.1.clone(), own)
+                })
+                .collect()
+        }))
+    }
+    fn repository_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<Option<oci::ChangeableAttributes>, StoreError> {
+        Ok(self.with(|s| {
+            let known = s.manifests.keys().any(|(r, _)| r == repo);
+            known.then(|| s.repo_attributes.get(repo).copied().unwrap_or_default())
+        }))
+    }
+    fn manifest_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<BTreeMap<Digest, oci::ChangeableAttributes>, StoreError> {
+        Ok(self.with(|s| {
+            s.manifests
+                .keys()
+                .filter(|(r, _)| r == repo)
+                .map(|key| {
+                    let own = s.manifest_attributes.get(key).copied().unwrap_or_default();
+                    (key.1.clone(), own)
+                })
+                .collect()
+        }))
+    }
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
         self.with(|s| {
+            s.tag_attributes.remove(&(repo.to_owned(), tag.to_owned()));
             if s.tags.remove(&(repo.to_owned(), tag.to_owned())).is_some() {
                 let kind = ChangeKind::TagDeleted {
                     tag: tag.to_owned(),
@@ -637,7 +873,7 @@ impl LocalStore for FakeStore {
 
 // ---------- an engine over both ----------
 
-/// An engine syncing repository `app` (all tags) from a [`FakeParent`] into a [`FakeStore`].
+/// An engine syncing from a [`FakeParent`] into a [`FakeStore`].
 pub struct Rig {
     pub parent: Arc<FakeParent>,
     pub store: Arc<FakeStore>,
@@ -647,16 +883,24 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(mode: &str) -> Rig {
+        Rig::with_repos(mode, &["app"])
+    }
+
+    /// An engine syncing the repositories `patterns` select (all tags).
+    pub fn with_repos(mode: &str, patterns: &[&str]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let blobs = dir.path().join("blobs");
         std::fs::create_dir_all(&blobs).unwrap();
         let settings = crate::RawSettings {
             parent: Some("http://fake-parent".into()),
             mode: Some(mode.into()),
-            repos: vec![crate::settings::RawRepoRule {
-                pattern: "app".into(),
-                ..Default::default()
-            }],
+            repos: patterns
+                .iter()
+                .map(|p| crate::settings::RawRepoRule {
+                    pattern: (*p).into(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
         .validate()

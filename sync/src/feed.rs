@@ -133,8 +133,14 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
             start = Start::Probe;
         }
     }
+    // A parent without a feed is not ours: it has no `/acr` tag listing either, and asking
+    // would cost a token fetch at a parent that demands tokens.
+    let not_ours = || pass.no_acr.store(true, Ordering::Relaxed);
     let head = match start {
-        Start::NoFeed => None,
+        Start::NoFeed => {
+            not_ours();
+            None
+        }
         Start::From(after) => match read(engine, after).await {
             Read::Changes(changes, last) => {
                 set_pull(pass, Pull::Feed);
@@ -158,6 +164,7 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
                 Some(head)
             }
             Read::NoFeed => {
+                not_ours();
                 remember(engine, pass, &parent, &scope, None);
                 None
             }
@@ -178,6 +185,7 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
             }
             Ok(FeedAnswer::Absent) => {
                 tracing::info!("the parent offers no change feed: comparing tag by tag");
+                not_ours();
                 remember(engine, pass, &parent, &scope, None);
                 None
             }

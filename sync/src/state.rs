@@ -51,6 +51,10 @@ pub struct Summary {
     /// Repository rules that selected nothing at the parent (errors instead with `--strict`).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Tags (`repo:tag`) the parent holds with `readEnabled: false`: not pulled (a copy held
+    /// here stays, locked the same way). Not an error: the parent's owner decided it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_locked: Vec<String>,
     pub errors: Vec<String>,
     /// The errors by fault (`client`, `upstream`, `local`, `internal`), as every part says it.
     #[serde(default)]

@@ -100,6 +100,20 @@ pub trait LocalStore: Send + Sync + 'static {
         reference: &Reference,
     ) -> Result<Option<StoredManifest>, StoreError>;
     fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError>;
+    /// The own `changeableAttributes` of every tag of `repo` (empty when it is unknown): what a
+    /// full comparison compares with the parent's before setting any.
+    fn tag_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<std::collections::BTreeMap<String, ChangeableAttributes>, StoreError>;
+    /// The repository's own `changeableAttributes`; `None` when it is not here.
+    fn repository_attributes(&self, repo: &str)
+        -> Result<Option<ChangeableAttributes>, StoreError>;
+    /// The own `changeableAttributes` of every manifest of `repo` (empty when it is unknown).
+    fn manifest_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<std::collections::BTreeMap<Digest, ChangeableAttributes>, StoreError>;
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
     /// Sets the `changeableAttributes` of the repository (no `tag`, no `digest`), a tag or a
     /// manifest to what the parent logged (origin: sync; the child's own locks do not hold
@@ -246,6 +260,35 @@ mod registry_store {
         }
         fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
             Store::tags(self, &repo_name(repo)?).map_err(map)
+        }
+        fn tag_attributes(
+            &self,
+            repo: &str,
+        ) -> Result<std::collections::BTreeMap<String, ChangeableAttributes>, StoreError> {
+            let tags = Store::tag_props(self, &repo_name(repo)?).map_err(map)?;
+            Ok(tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| (t.name, t.attributes))
+                .collect())
+        }
+        fn repository_attributes(
+            &self,
+            repo: &str,
+        ) -> Result<Option<ChangeableAttributes>, StoreError> {
+            let props = Store::repository(self, &repo_name(repo)?).map_err(map)?;
+            Ok(props.map(|p| p.attributes))
+        }
+        fn manifest_attributes(
+            &self,
+            repo: &str,
+        ) -> Result<std::collections::BTreeMap<Digest, ChangeableAttributes>, StoreError> {
+            let manifests = Store::manifest_props(self, &repo_name(repo)?).map_err(map)?;
+            Ok(manifests
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| (m.digest, m.attributes))
+                .collect())
         }
         fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
             Store::delete_tag(self, &repo_name(repo)?, tag, Origin::Sync)

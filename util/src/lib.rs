@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`duration`] | the one duration syntax: `90s`, `30m`, `1h`, `7d`, `500ms` and ISO-8601 `PT1H`, `P7D`; formatting back to ISO-8601 |
 //! | [`crash_point`] | named points where a test makes the process abort, to prove crash safety there (a test aid, not a setting) |
+//! | [`config_table`] | the table `--print-config` prints (setting, value, where it came from), secrets redacted |
 //! | [`backoff`] | exponential backoff with jitter, so clients that lost the same peer do not come back in step |
 //! | [`atomic_file`] | replace a file so a crash or a concurrent reader sees the old or the new one, never half |
 //! | [`file_watch`] | notice that files changed on disk (inode, length, mtime), for reloading |
@@ -19,6 +20,7 @@
 
 pub mod atomic_file;
 pub mod backoff;
+pub mod config_table;
 pub mod crash_point;
 pub mod duration;
 pub mod file_watch;

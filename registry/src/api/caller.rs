@@ -1,6 +1,7 @@
 //! Who is asking, as the access layer decided before a handler runs. Handlers use it for one
 //! thing: leaving out of listings (catalog, tags, manifests, referrers) what the caller may not
-//! see, so a repository the caller may not read looks exactly like one that does not exist.
+//! see, so a repository the caller may not read looks exactly like one that does not exist;
+//! and whether it may ask for what listings hide (`include=unlisted`, a child's sync token).
 //! Whether the request itself is allowed was decided before the handler ran.
 
 use std::sync::Arc;
@@ -10,6 +11,10 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Caller {
     may_list: Option<ListFilter>,
+    /// May ask listings for items with `listEnabled: false` (`include=unlisted`): a child's
+    /// sync token (the gateway action `message/read`), so the child keeps mirroring what its
+    /// parent hides from clients.
+    sees_unlisted: bool,
 }
 
 /// Whether listings may name a repository.
@@ -18,14 +23,31 @@ type ListFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 impl Caller {
     /// A caller that sees everything.
     pub fn anyone() -> Caller {
-        Caller { may_list: None }
+        Caller {
+            may_list: None,
+            sees_unlisted: true,
+        }
     }
 
     /// A caller that sees the repositories for which `may_list(repo)` is true.
     pub fn seeing(may_list: impl Fn(&str) -> bool + Send + Sync + 'static) -> Caller {
         Caller {
             may_list: Some(Arc::new(may_list)),
+            sees_unlisted: false,
         }
+    }
+
+    /// This caller, allowed (or not) to ask listings for items hidden from them.
+    pub fn with_unlisted(self, sees_unlisted: bool) -> Caller {
+        Caller {
+            sees_unlisted,
+            ..self
+        }
+    }
+
+    /// Whether `include=unlisted` is honoured for this caller.
+    pub fn sees_unlisted(&self) -> bool {
+        self.sees_unlisted
     }
 
     /// Whether listings may name `repo` (and its tags and manifests) to this caller.
@@ -49,6 +71,9 @@ impl std::fmt::Debug for Caller {
         } else {
             "everything"
         };
-        f.debug_struct("Caller").field("sees", &sees).finish()
+        f.debug_struct("Caller")
+            .field("sees", &sees)
+            .field("sees_unlisted", &self.sees_unlisted)
+            .finish()
     }
 }

@@ -2,7 +2,10 @@
 //! a blob and content still referenced is never removed.
 //!
 //! 1. With `delete_untagged`, manifests no tag reaches (directly, as an index's child, or as a
-//!    referrer of a reached manifest) and older than the grace period are removed.
+//!    referrer of a reached manifest) and older than the grace period are removed. Each removal
+//!    checks again, in its own transaction, that no tag points at it, no manifest references it
+//!    and (for a referrer) its subject is gone: a client may have tagged either since the
+//!    snapshot. So children go after their index, and referrers after their subject.
 //! 2. Blob links older than the grace period that no manifest of their repository references are removed.
 //! 3. Blob files that no repository links or holds as a manifest, untouched for the grace period,
 //!    are deleted. Installing or linking a blob touches its file, so a blob pushed again is spared.
@@ -65,23 +68,7 @@ impl Store {
 
         if options.delete_untagged {
             let snap = meta.gc_snapshot()?;
-            let mut candidates = unreached(&snap, unix(cutoff));
-            // Parents go before their children: repeat until a pass removes nothing.
-            loop {
-                let before = candidates.len();
-                let mut left = Vec::new();
-                for (repo, digest) in candidates {
-                    if meta.remove_untagged(&repo, &digest)? {
-                        report.manifests_deleted += 1;
-                    } else {
-                        left.push((repo, digest));
-                    }
-                }
-                candidates = left;
-                if candidates.len() == before || candidates.is_empty() {
-                    break;
-                }
-            }
+            report.manifests_deleted = self.remove_unreached(unreached(&snap, unix(cutoff)))?;
         }
 
         report.links_removed = meta.remove_stale_links(unix(cutoff))?.len();
@@ -114,6 +101,32 @@ impl Store {
         report.uploads_expired = self.inner.uploads.expire(options.upload_ttl);
         self.inner.cache.clear();
         Ok(report)
+    }
+
+    /// Removes the `candidates` a snapshot found unreached, each in its own transaction that
+    /// checks again that no client reached it since (see `Meta::remove_untagged`); returns how
+    /// many went. Parents go before their children and subjects before their referrers: it
+    /// repeats until a pass removes nothing.
+    fn remove_unreached(
+        &self,
+        mut candidates: Vec<(String, Digest)>,
+    ) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        loop {
+            let before = candidates.len();
+            let mut left = Vec::new();
+            for (repo, digest) in candidates {
+                if self.inner.meta.remove_untagged(&repo, &digest)? {
+                    removed += 1;
+                } else {
+                    left.push((repo, digest));
+                }
+            }
+            candidates = left;
+            if candidates.len() == before || candidates.is_empty() {
+                return Ok(removed);
+            }
+        }
     }
 
     /// Every blob file on disk with the digest its path names.
@@ -183,7 +196,7 @@ mod tests {
     use super::*;
     use crate::storage::Limits;
     use bytes::Bytes;
-    use oci::media_type::{OCI_INDEX, OCI_MANIFEST};
+    use oci::media_type::{OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST};
     use oci::name::RepoName;
     use oci::reference::Reference;
     use oci::Origin;
@@ -279,6 +292,74 @@ mod tests {
         assert!(!store.blob_exists(&child) && !store.blob_exists(&layer));
         let changes = store.changes(0, 100).unwrap();
         assert!(changes.iter().any(|c| c.origin == Origin::Gc));
+    }
+
+    /// A signature-like referrer of `subject`: an artifact manifest with an empty config.
+    fn referrer(store: &Store, repo: &RepoName, subject: &Digest) -> Digest {
+        let empty = push_blob(store, repo, b"{}");
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/example.signature","config":{{"mediaType":"{OCI_EMPTY_CONFIG}","digest":"{empty}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":{}}}}}"#,
+            store.blob_size(subject).unwrap()
+        );
+        let digest = Digest::sha256_of(body.as_bytes());
+        store
+            .put_manifest(
+                repo,
+                &Reference::Digest(digest.clone()),
+                None,
+                Bytes::from(body),
+                Origin::Client,
+            )
+            .unwrap();
+        digest
+    }
+
+    /// Regression: GC's snapshot found an untagged image and its referrer unreached; a client
+    /// tagged the image before the removals ran. The image stayed (its tag is checked again),
+    /// but the referrer went, although a referrer of a tagged manifest is reached: the
+    /// re-check did not look at the subject.
+    #[test]
+    fn a_referrer_stays_when_its_subject_is_tagged_while_collecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Limits::default()).unwrap();
+        let repo: RepoName = "signed".parse().unwrap();
+        let (subject, _) = image(&store, &repo, "signed", None);
+        let signature = referrer(&store, &repo, &subject);
+        std::thread::sleep(Duration::from_millis(1100)); // pushed_at has 1 s resolution
+
+        let snap = store.inner.meta.gc_snapshot().unwrap();
+        let candidates = unreached(&snap, unix(SystemTime::now()));
+        assert_eq!(candidates.len(), 2, "both unreached at the snapshot");
+        let body = store
+            .get_manifest(&repo, &Reference::Digest(subject.clone()))
+            .unwrap()
+            .unwrap()
+            .body;
+        store
+            .put_manifest(
+                &repo,
+                &Reference::Tag("v1".into()),
+                None,
+                body,
+                Origin::Client,
+            )
+            .unwrap();
+        assert_eq!(store.remove_unreached(candidates).unwrap(), 0);
+        let referrers = store.referrers(&repo, &subject).unwrap();
+        assert!(referrers.iter().any(|d| d.digest == signature));
+        assert!(store
+            .get_manifest(&repo, &Reference::Digest(signature.clone()))
+            .unwrap()
+            .is_some());
+
+        // Untagged again: the subject goes, then its referrer in the next pass of the same run.
+        assert!(store.delete_tag(&repo, "v1", Origin::Client).unwrap());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(store.gc(&now_options(true)).unwrap().manifests_deleted, 2);
+        assert!(store
+            .get_manifest(&repo, &Reference::Digest(signature))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -246,6 +246,25 @@ fn tags_pointing(
         .collect())
 }
 
+/// Whether the manifest `digest` of `repo` is a referrer whose subject is stored in `repo`.
+fn subject_present(
+    tx: &WriteTransaction,
+    repo: &str,
+    digest: &Digest,
+) -> Result<bool, StorageError> {
+    let manifests = tx.open_table(MANIFESTS)?;
+    let Some(meta) = manifests.get((repo, digest.to_string().as_str()))? else {
+        return Ok(false);
+    };
+    let Some(subject) = from_json::<ManifestMeta>(meta.value())?.subject else {
+        return Ok(false);
+    };
+    let present = manifests
+        .get((repo, subject.to_string().as_str()))?
+        .is_some();
+    Ok(present)
+}
+
 /// Removes a manifest from `repo` inside `tx`, with its referrers entry and the tags that point
 /// at it, logging each. Refused (`Denied`) while another manifest there references it: that
 /// index would then point at missing content.
@@ -630,13 +649,14 @@ impl Meta {
     }
 
     /// Repositories in lexical order after `last` that listings may name: their own
-    /// `listEnabled`, and `may_list` (the caller's access). Filtered while scanning, so a page
-    /// still holds `limit` names when there are that many.
+    /// `listEnabled` (unless `unlisted`: hidden ones too), and `may_list` (the caller's access).
+    /// Filtered while scanning, so a page still holds `limit` names when there are that many.
     pub fn repos(
         &self,
         last: &str,
         limit: usize,
         may_list: &dyn Fn(&str) -> bool,
+        unlisted: bool,
     ) -> Result<Vec<String>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REPOS)?;
@@ -651,16 +671,23 @@ impl Meta {
             if out.len() == limit {
                 break;
             }
-            if may_list(repo) && props::repo_listed(&attributes, repo)? {
+            if may_list(repo) && (unlisted || props::repo_listed(&attributes, repo)?) {
                 out.push(repo.to_owned());
             }
         }
         Ok(out)
     }
 
+    /// The referrers of `subject` the referrers API lists: like the tag and manifest listings,
+    /// it leaves out manifests with `listEnabled: false` (all of them when the repository has
+    /// it). A hidden referrer still answers by digest.
     pub fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REFERRERS)?;
+        let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
+        if hidden.repo {
+            return Ok(Vec::new());
+        }
         let subject = subject.to_string();
         let mut out = Vec::new();
         for entry in table.range((repo, subject.as_str(), "")..)? {
@@ -669,7 +696,10 @@ impl Meta {
             if r != repo || s != subject {
                 break;
             }
-            out.push(from_json(value.value())?);
+            let referrer: Descriptor = from_json(value.value())?;
+            if !hidden.manifest(&referrer.digest) {
+                out.push(referrer);
+            }
         }
         Ok(out)
     }
@@ -772,8 +802,11 @@ impl Meta {
         Ok(snap)
     }
 
-    /// Removes a manifest that no tag and no other manifest in its repository points at (checked
-    /// again here: a client may have tagged it since the snapshot). Returns whether it went.
+    /// Removes a manifest that no tag and no other manifest in its repository points at, and
+    /// whose subject (for a referrer) is not in its repository any more: all checked again here,
+    /// since a client may have tagged it, or tagged its subject, since the snapshot. A referrer
+    /// therefore goes only after its subject (GC's next pass), never while a client can still
+    /// reach the subject it describes. Returns whether it went.
     pub(crate) fn remove_untagged(
         &self,
         repo: &str,
@@ -782,11 +815,13 @@ impl Meta {
         let tx = self.begin_write()?;
         if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty()
             || props::gc_must_keep(&tx, repo, digest)?
+            || subject_present(&tx, repo, digest)?
         {
             return Ok(false);
         }
         match remove_manifest(&tx, repo, digest, Origin::Gc) {
             Ok(()) => {
+                util::crash_point::crash_point("in_gc_transaction");
                 tx.commit()?;
                 Ok(true)
             }
@@ -828,6 +863,9 @@ impl Meta {
                 links.remove((repo.as_str(), digest.to_string().as_str()))?;
                 removed.push((repo, digest));
             }
+        }
+        if !removed.is_empty() {
+            util::crash_point::crash_point("in_gc_transaction");
         }
         tx.commit()?;
         Ok(removed)

@@ -143,6 +143,7 @@ impl ParentClient {
                 let token_scope = params
                     .get("scope")
                     .cloned()
+                    .map(|challenged| scope.with_challenge(challenged))
                     .unwrap_or_else(|| scope.as_token_scope());
                 let mut query: Vec<(&str, String)> = vec![("scope", token_scope)];
                 if let Some(service) = params.get("service") {

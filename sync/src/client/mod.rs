@@ -7,7 +7,8 @@
 //! Here: the client, one request with its retries and timeouts ([`ParentClient::send`]), and
 //! the errors. Beside it: `auth.rs` (Basic and bearer tokens), `tls.rs` (trust), `pull.rs`
 //! (catalog, tags, manifests, blobs, referrers), `upload.rs` (blobs and manifests going up),
-//! `feed.rs` (a parent of ours' change feed).
+//! `feed.rs` (a parent of ours' change feed), `acr.rs` (a parent of ours' `/acr` listings and
+//! attributes).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +26,7 @@ use crate::settings::{Credentials, Limits};
 use oci::{Class, Classify, Digest, Fault};
 use util::backoff::Backoff;
 
+mod acr;
 mod auth;
 /// The challenge parser's fuzz target, for `fuzz/` (built with `--cfg fuzzing`).
 #[cfg(fuzzing)]
@@ -34,6 +36,7 @@ mod pull;
 mod tls;
 mod upload;
 
+pub use acr::{AcrAnswer, ParentManifest, ParentTag, TagListing, ACR_PAGE};
 use auth::CachedToken;
 pub use feed::FeedAnswer;
 pub use pull::BlobStream;
@@ -126,14 +129,33 @@ pub enum Scope {
     Catalog,
     Pull(String),
     Push(String),
+    /// A repository's `/acr` properties and listings with the items hidden from listings:
+    /// `metadata_read` there, and the registry-wide grant a parent of ours checks its gateway
+    /// action (`message/read`, a sync token's) against.
+    Attributes(String),
 }
+
+/// The registry-wide token scope (catalog, change feed, gateway actions).
+const CATALOG_SCOPE: &str = "registry:catalog:*";
 
 impl Scope {
     fn as_token_scope(&self) -> String {
         match self {
-            Scope::Catalog => "registry:catalog:*".into(),
+            Scope::Catalog => CATALOG_SCOPE.into(),
             Scope::Pull(r) => format!("repository:{r}:pull"),
             Scope::Push(r) => format!("repository:{r}:pull,push"),
+            Scope::Attributes(r) => format!("repository:{r}:metadata_read {CATALOG_SCOPE}"),
+        }
+    }
+
+    /// The token scope to ask for when a challenge names `challenged`: what it names, plus
+    /// the registry-wide grant this scope also needs (a challenge names one scope only).
+    fn with_challenge(&self, challenged: String) -> String {
+        match self {
+            Scope::Attributes(_) if !challenged.contains(CATALOG_SCOPE) => {
+                format!("{challenged} {CATALOG_SCOPE}")
+            }
+            _ => challenged,
         }
     }
 }

@@ -36,12 +36,12 @@ fn manifest_json(store: &Store, repo: &RepoName, m: &ManifestProps) -> Value {
 }
 
 pub(super) fn list(store: &Store, repo: &RepoName, req: &AcrReq) -> Result<Response, ApiError> {
-    let page = Page::of(&req.query)?;
+    let page = Page::of_request(req)?;
     let manifests: Vec<ManifestProps> = store
         .manifest_props(repo)?
         .ok_or_else(|| not_found_repo(repo))?
         .into_iter()
-        .filter(|m| m.listed)
+        .filter(|m| m.listed || page.unlisted)
         .collect();
     let keyed: Vec<(String, ManifestProps)> = manifests
         .into_iter()

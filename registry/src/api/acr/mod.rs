@@ -4,14 +4,14 @@
 //!
 //! | route | method | answers | action the access layer requires |
 //! | --- | --- | --- | --- |
-//! | `/acr/v1/_catalog?n&last` | GET | `{"repositories": [...]}` | `metadata/read`, filtered per repository ([`Caller::may_list`]) |
+//! | `/acr/v1/_catalog?n&last&include` | GET | `{"repositories": [...]}` | `metadata/read`, filtered per repository ([`Caller::may_list`]) |
 //! | `/acr/v1/_changes?after&n&v` | GET | the change feed (`changes`) | the sync token's catalog scope |
 //! | `/acr/v1/{repo}` | GET | repository properties | `metadata/read` on `repo` |
 //! | `/acr/v1/{repo}` | PATCH | sets its attributes | `metadata/write` on `repo` |
 //! | `/acr/v1/{repo}` | DELETE | deletes it and everything in it | `content/delete` on `repo` |
-//! | `/acr/v1/{repo}/_tags?n&last&orderby&digest` | GET | tag list | `metadata/read` on `repo` |
+//! | `/acr/v1/{repo}/_tags?n&last&orderby&digest&include` | GET | tag list | `metadata/read` on `repo` |
 //! | `/acr/v1/{repo}/_tags/{tag}` | GET, PATCH, DELETE | one tag | `metadata/read`, `metadata/write`, `content/delete` |
-//! | `/acr/v1/{repo}/_manifests?n&last&orderby` | GET | manifest list | `metadata/read` on `repo` |
+//! | `/acr/v1/{repo}/_manifests?n&last&orderby&include` | GET | manifest list | `metadata/read` on `repo` |
 //! | `/acr/v1/{repo}/_manifests/{digest}` | GET, PATCH, DELETE | one manifest | `metadata/read`, `metadata/write`, `content/delete` |
 //!
 //! `parse_route` and `AcrRoute::action` give the access layer the repository and action of a
@@ -23,7 +23,9 @@
 //! name (digest) of the previous page's last item in every order; `n` defaults to
 //! [`DEFAULT_PAGE`] and is capped at [`MAX_PAGE`]. When more follow, `Link` names the next page.
 //! Items with `listEnabled: false` (or in a repository with it) are left out of listings and
-//! still answer by name.
+//! still answer by name. `include=unlisted` lists them too, for a caller holding the gateway
+//! action `message/read` (a child's sync token, which keeps mirroring them) or with access
+//! control off; anyone else gets the ordinary listing.
 //!
 //! Writes (`PATCH`, `DELETE`) on a read-only registry are refused exactly as `/v2` writes are.
 //! A delete a lock forbids is refused with 405 `DENIED` naming the switch and how to turn it
@@ -296,14 +298,25 @@ enum Order {
     TimeDesc,
 }
 
-/// `n`, `last` and `orderby` of a listing request.
+/// `n`, `last` and `orderby` of a listing request, and whether it lists hidden items too.
 struct Page {
     n: usize,
     last: Option<String>,
     order: Order,
+    /// `include=unlisted`, honoured for this caller: items with `listEnabled: false` too.
+    unlisted: bool,
 }
 
 impl Page {
+    /// The page a listing request asks for; `include=unlisted` counts only when `caller` may
+    /// see what listings hide.
+    fn of_request(req: &AcrReq) -> Result<Page, ApiError> {
+        let mut page = Page::of(&req.query)?;
+        page.unlisted =
+            req.query.get("include").is_some_and(|v| v == "unlisted") && req.caller.sees_unlisted();
+        Ok(page)
+    }
+
     fn of(query: &HashMap<String, String>) -> Result<Page, ApiError> {
         let n = number(query, "n", &format!("count, 1 to {MAX_PAGE}"))?
             .map(|n| (n as usize).clamp(1, MAX_PAGE))
@@ -320,7 +333,12 @@ impl Page {
             }
         };
         let last = query.get("last").filter(|l| !l.is_empty()).cloned();
-        Ok(Page { n, last, order })
+        Ok(Page {
+            n,
+            last,
+            order,
+            unlisted: false,
+        })
     }
 
     /// Sorts `items` in this page's order, keeps those after `last`, at most `n`; and whether
@@ -363,8 +381,13 @@ impl Page {
             Order::TimeAsc => "&orderby=timeasc",
             Order::TimeDesc => "&orderby=timedesc",
         };
+        let include = if self.unlisted {
+            "&include=unlisted"
+        } else {
+            ""
+        };
         format!(
-            "<{path}?last={last_item}&n={}{order}>; rel=\"next\"",
+            "<{path}?last={last_item}&n={}{order}{include}>; rel=\"next\"",
             self.n
         )
     }

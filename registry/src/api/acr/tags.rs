@@ -1,7 +1,8 @@
 //! `GET /acr/v1/{repo}/_tags?n&last&orderby&digest` and `GET|PATCH|DELETE
 //! /acr/v1/{repo}/_tags/{tag}`: tags as ACR's `TagAttributesBase` (`name`, `digest`,
 //! `createdTime`, `lastUpdateTime`, `signed`, `changeableAttributes`). The list leaves out tags
-//! with `listEnabled: false`; one tag answers by name whatever its switches.
+//! with `listEnabled: false` (unless `include=unlisted` is honoured, see the module above); one
+//! tag answers by name whatever its switches.
 
 use axum::http::Method;
 use axum::response::Response;
@@ -24,13 +25,15 @@ fn tag_json(t: &TagProps) -> Value {
 }
 
 pub(super) fn list(store: &Store, repo: &RepoName, req: &AcrReq) -> Result<Response, ApiError> {
-    let page = Page::of(&req.query)?;
+    let page = Page::of_request(req)?;
     let digest = req.query.get("digest").filter(|d| !d.is_empty());
     let tags: Vec<TagProps> = store
         .tag_props(repo)?
         .ok_or_else(|| not_found_repo(repo))?
         .into_iter()
-        .filter(|t| t.listed && digest.is_none_or(|d| t.digest.to_string() == *d))
+        .filter(|t| {
+            (t.listed || page.unlisted) && digest.is_none_or(|d| t.digest.to_string() == *d)
+        })
         .collect();
     let (tags, more) = page.cut(tags, |t| t.name.as_str(), |t| t.updated);
     let link = tags

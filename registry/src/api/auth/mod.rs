@@ -1,6 +1,7 @@
 //! Access control for every route: who the caller is (Basic, Bearer or nobody), whether it may
 //! do what the route needs (`need`), and the answers of the Docker token flow when it may not.
-//! `token` is the token service (`/oauth2/token`) the challenge points clients to.
+//! `token` is the token service (`/oauth2/token`) the challenge points clients to;
+//! `client_addr` decides which address failed logins count against (`--trusted-proxy`).
 //!
 //! | caller | lacks the need | answer |
 //! | --- | --- | --- |
@@ -13,16 +14,19 @@
 //! A repository the caller may not read answers the same whether or not it exists: the check
 //! comes before the handler looks.
 
+mod client_addr;
 mod need;
 pub mod token;
 
+pub(crate) use client_addr::client_addr;
+pub use client_addr::{with_client_addr, TrustedProxy};
 pub use need::{need, Need};
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use access::{Action, Authority, Identity, Login, Refusal, Target};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -66,26 +70,6 @@ impl Addressed {
     fn realm(&self) -> String {
         format!("{}://{}/oauth2/token", self.scheme, self.service)
     }
-}
-
-/// The client's address: the peer, or, when the peer is a proxy on this machine (ours), the
-/// address it names last in `X-Forwarded-For` (the one it added).
-pub(crate) fn client_addr(request: &Request) -> IpAddr {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    if !peer.is_loopback() {
-        return peer;
-    }
-    request
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|last| last.trim().parse().ok())
-        .unwrap_or(peer)
 }
 
 /// Credentials of an `Authorization` header.
@@ -244,10 +228,12 @@ async fn check(
         need,
         Need::Catalog | Need::Repository(_, Action::MetadataRead)
     ) {
+        let sync_reader = authority.allows(&identity, Target::Registry, Action::MessageRead);
         let seeing = authority.clone();
+        let caller = Caller::seeing(move |repo| seeing.may_list(&identity, repo));
         request
             .extensions_mut()
-            .insert(Caller::seeing(move |repo| seeing.may_list(&identity, repo)));
+            .insert(caller.with_unlisted(sync_reader));
     }
     next.run(request).await
 }

@@ -278,6 +278,10 @@ impl Hidden {
     pub fn tag(&self, tag: &str) -> bool {
         self.repo || self.keys.contains(&Target::Tag(tag.to_owned()).key())
     }
+
+    pub fn manifest(&self, digest: &Digest) -> bool {
+        self.repo || self.keys.contains(&Target::Manifest(digest.clone()).key())
+    }
 }
 
 pub(super) fn hidden(table: &impl AttributesTable, repo: &str) -> Result<Hidden, StorageError> {

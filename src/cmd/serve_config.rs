@@ -1,0 +1,140 @@
+//! `serve --print-config`: the effective settings `serve` would run with, one a line, in the
+//! table `proxy --print-config` prints too (`util::config_table`), then exit. Secrets never
+//! appear: the sync token's password and a connection string's `SyncTokenPassword` /
+//! `SharedAccessKey` are shown as `<redacted>`.
+
+use std::time::Duration;
+
+use util::config_table::{redacted, ConfigTable, REDACTED};
+
+use super::serve::Args;
+
+fn duration(d: Duration) -> String {
+    sync::settings::format_iso_duration(d)
+}
+
+fn or_unset<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// The table for `args`, with the validated sync settings when a parent is configured and the
+/// ranges `X-Forwarded-For` is trusted from.
+pub fn render(
+    args: &Args,
+    sync: Option<&sync::Settings>,
+    trusted: &[registry::api::auth::TrustedProxy],
+) -> String {
+    let mut t = ConfigTable::new();
+    let listen = match (args.listen, &args.proxy.0.listen) {
+        (Some(addr), _) => addr.to_string(),
+        (None, None) => super::serve::DEFAULT_LISTEN.to_string(),
+        (None, Some(_)) => "-".to_owned(),
+    };
+    let listen_note = if listen == "-" {
+        "one module: TLS only (--proxy-listen)"
+    } else {
+        ""
+    };
+    t.line("listen", listen, listen_note)
+        .line("data", args.data.display(), "")
+        .line("max_manifest_size", args.max_manifest_size, "bytes")
+        .line("manifest_cache_size", args.manifest_cache_size, "bytes")
+        .line("min_free", args.min_free, "")
+        .line("verify_reads", format!("{:?}", args.verify_reads), "")
+        .line("shutdown_grace", duration(args.shutdown_grace), "")
+        .line("gc_interval", duration(args.gc_interval), "0: never")
+        .line("access_log", args.access_log, "")
+        .line("admin", or_unset(args.admin.admin), "")
+        .line("proxy_listen", or_unset(args.proxy.0.listen.as_ref()), "");
+    let auth = format!("{:?}", args.auth.auth).to_ascii_lowercase();
+    t.line("auth", auth, "");
+    let patterns = args.auth.anonymous_pull.join(",");
+    t.line(
+        "anonymous_pull",
+        if patterns.is_empty() {
+            "-".into()
+        } else {
+            patterns
+        },
+        "",
+    )
+    .line("token_lifetime", duration(args.auth.token_lifetime), "")
+    .line(
+        "refresh_token_lifetime",
+        duration(args.auth.refresh_token_lifetime),
+        "",
+    )
+    .line("credential_cache", duration(args.auth.credential_cache), "")
+    .line(
+        "login_attempts",
+        args.auth.login_attempts,
+        "per token and per client address",
+    )
+    .line("login_lockout", duration(args.auth.login_lockout), "");
+    let ranges: Vec<String> = trusted.iter().map(|r| r.to_string()).collect();
+    let note = if ranges.is_empty() {
+        "none: X-Forwarded-For is ignored"
+    } else {
+        "X-Forwarded-For trusted from these peers"
+    };
+    t.line(
+        "trusted_proxy",
+        if ranges.is_empty() {
+            "-".into()
+        } else {
+            ranges.join(",")
+        },
+        note,
+    );
+    if let Some(cs) = &args.sync.connection_string {
+        t.line("connection_string", redacted(cs), "");
+    }
+    let Some(s) = sync else {
+        t.line("parent", "-", "no parent: sync off");
+        return t.to_string();
+    };
+    t.line("parent", &s.parent, "");
+    match &s.credentials {
+        Some(c) => t.line("credentials", format!("{}:{REDACTED}", c.username), ""),
+        None => t.line("credentials", "-", "anonymous"),
+    };
+    t.line("trust", or_unset(s.trust.as_ref().map(|p| p.display())), "")
+        .line("mode", format!("{:?}", s.mode), "")
+        .line("sync_schedule", s.schedule.source(), "")
+        .line("sync_window", duration(s.window), "")
+        .line("message_ttl", duration(s.message_ttl), "");
+    for r in &s.repos {
+        let mut rule = r.pattern.clone();
+        if let Some(i) = &r.include {
+            rule.push_str(&format!(" include={}", i.as_str()));
+        }
+        if let Some(e) = &r.exclude {
+            rule.push_str(&format!(" exclude={}", e.as_str()));
+        }
+        if let Some(n) = r.newest {
+            rule.push_str(&format!(" newest={n}"));
+        }
+        t.line("repo", rule, "");
+    }
+    let platforms: Vec<String> = s.platforms.iter().map(|p| p.to_string()).collect();
+    t.line(
+        "platforms",
+        if platforms.is_empty() {
+            "all".into()
+        } else {
+            platforms.join(",")
+        },
+        "",
+    )
+    .line("sync_referrers_recheck", duration(s.referrers_recheck), "")
+    .line("sync_poll_interval", duration(s.poll_interval), "")
+    .line("sync_retry_max", duration(s.retry_max), "")
+    .line(
+        "sync_reconcile_interval",
+        duration(s.reconcile_interval),
+        "",
+    )
+    .line("strict", s.strict, "")
+    .line("sync_concurrency", s.limits.concurrency, "");
+    t.to_string()
+}
