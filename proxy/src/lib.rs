@@ -14,6 +14,8 @@
 //!
 //! A request enters at `server`'s handler: the route table picks an upstream, `upstream`
 //! connects, `body` streams both ways, errors become OCI-style JSON saying whose fault they are.
+//! In the one-module deployment (`serve --proxy-listen`, [`Proxy::bind_one_module`]) an upstream
+//! may be `in-process`: the registry's router in this process, called with the request.
 
 #![forbid(unsafe_code)]
 
