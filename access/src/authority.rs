@@ -220,6 +220,9 @@ impl Authority {
                 store
                     .save(&next)
                     .map_err(|e| ManageError(format!("cannot keep the change: {e}")))?;
+                // A crash here leaves the change durable but unanswered: the next start must
+                // serve it whole (the caller, who heard nothing, finds it done).
+                util::crash_point::crash_point("after_access_commit");
             }
             *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         }
