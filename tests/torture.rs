@@ -1505,6 +1505,9 @@ struct AccessModel {
     failure: Option<(Instant, String)>,
     acked: u64,
     violations: Vec<String>,
+    /// Logins with a known password and access tokens presented again by the checks.
+    passwords_checked: u64,
+    jwts_checked: u64,
 }
 
 /// An access token from `/oauth2/token`, kept to present again after a crash.
@@ -1884,7 +1887,7 @@ fn access_control_survives_crashes_during_token_commands() {
         // not reached in time).
         let point = rng
             .chance(50)
-            .then(|| format!("{}:{}", rng.pick(&ACCESS_POINTS), 1 + rng.below(3)));
+            .then(|| format!("{}:{}", rng.pick(&ACCESS_POINTS), 1 + rng.below(4)));
         t.envs = point
             .iter()
             .map(|p| (util::crash_point::ENV.to_owned(), p.clone()))
@@ -1983,11 +1986,13 @@ fn access_control_survives_crashes_during_token_commands() {
     );
     tally.cycles = total;
     eprintln!(
-        "{what}: {} cycles, {} token commands acknowledged, {} lost, {} unacknowledged commands found done, {logins} logins and pulls, {} tokens and {} deleted at the end, crash points hit {:?}, seed {seed}, {:.0?}",
+        "{what}: {} cycles, {} token commands acknowledged, {} lost, {} unacknowledged commands found done, {logins} logins and pulls, {} passwords and {} access tokens checked after restarts, {} tokens and {} deleted at the end, crash points hit {:?}, seed {seed}, {:.0?}",
         tally.cycles,
         tally.acked,
         tally.lost.len(),
         tally.unacked_seen,
+        m.passwords_checked,
+        m.jwts_checked,
         m.tokens.len(),
         m.deleted.len(),
         tally.crash_points_hit,
@@ -2216,6 +2221,7 @@ fn verify_access(
                     return problems;
                 };
                 let after = unix_now();
+                m.passwords_checked += 1;
                 let expected = match (k.enabled, k.expiry[slot]) {
                     (false, _) => Some(401),
                     (true, None) => Some(200),
@@ -2270,6 +2276,7 @@ fn verify_access(
     m.issued.retain(|i| i.valid_until > now + 5);
     for _ in 0..JWT_SAMPLE.min(m.issued.len()) {
         let issued = m.issued[rng.below(m.issued.len() as u64) as usize].clone();
+        m.jwts_checked += 1;
         match bearer_get(http, base, "/v2/", &issued.jwt) {
             Ok((200, _)) => {}
             got => {
