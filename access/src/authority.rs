@@ -205,6 +205,24 @@ impl Authority {
         self.change(writes, |next| manage::apply(next, command, crate::now()))
     }
 
+    /// Like [`Authority::manage`], with `before_keeping` given the answer after the command is
+    /// applied and before the change is kept; when it fails, nothing is kept. For what must be
+    /// durable elsewhere first: the first token's password goes to a file before the token is
+    /// committed, since a crash between a committed token and its file would leave a token whose
+    /// password nobody has (and, tokens existing, no start would make another).
+    pub fn manage_then(
+        &self,
+        command: Command,
+        before_keeping: impl FnOnce(&serde_json::Value) -> Result<(), String>,
+    ) -> Result<serde_json::Value, ManageError> {
+        let writes = command.writes();
+        self.change(writes, |next| {
+            let answer = manage::apply(next, command, crate::now())?;
+            before_keeping(&answer).map_err(ManageError)?;
+            Ok(answer)
+        })
+    }
+
     /// Applies `change` to a copy of the token set and, when `writes`, keeps the copy (in the
     /// store, then live) — all of it or, on an error, none.
     pub(crate) fn change<T>(
