@@ -1881,6 +1881,7 @@ fn access_control_survives_crashes_during_token_commands() {
     let mut m = AccessModel::default();
     let mut tally = Tally::default();
     let mut logins = 0;
+    let mut offline_acked = 0;
     let started = Instant::now();
     for cycle in 0..total {
         // Half the cycles crash at a named point of the access store (or are killed if it is
@@ -1965,6 +1966,30 @@ fn access_control_survives_crashes_during_token_commands() {
         }
         m.violations.extend(read.violations);
         m.issued.extend(read.issued);
+        // Now and then a command while no registry runs: the CLI changes the store itself, and
+        // the next start must serve that. The command in flight stays unsettled (its token
+        // left alone) until the check.
+        if rng.chance(30) {
+            let in_flight = m.pending.take();
+            let mut offline = TokenWorker {
+                data: data.clone(),
+                rng: Rng(rng.next()),
+                cycle,
+                serial: 1_000,
+                reserved: in_flight
+                    .iter()
+                    .map(|(op, _)| op.name().to_owned())
+                    .collect(),
+            };
+            let op = offline.choose(&m);
+            if offline.apply(&mut m, op).is_ok() {
+                offline_acked += 1;
+            } else if let Some((_, why)) = m.failure.take() {
+                m.violations
+                    .push(format!("with no registry running, a command failed: {why}"));
+            }
+            m.pending = in_flight;
+        }
         let keep = m.issued.len().saturating_sub(50);
         m.issued.drain(..keep);
         logins += read.logins;
@@ -1986,7 +2011,7 @@ fn access_control_survives_crashes_during_token_commands() {
     );
     tally.cycles = total;
     eprintln!(
-        "{what}: {} cycles, {} token commands acknowledged, {} lost, {} unacknowledged commands found done, {logins} logins and pulls, {} passwords and {} access tokens checked after restarts, {} tokens and {} deleted at the end, crash points hit {:?}, seed {seed}, {:.0?}",
+        "{what}: {} cycles, {} token commands acknowledged ({offline_acked} with no registry running), {} lost, {} unacknowledged commands found done, {logins} logins and pulls, {} passwords and {} access tokens checked after restarts, {} tokens and {} deleted at the end, crash points hit {:?}, seed {seed}, {:.0?}",
         tally.cycles,
         tally.acked,
         tally.lost.len(),
