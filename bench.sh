@@ -8,7 +8,10 @@
 #   ours-proxy  connected-registry proxy (TLS 1.3) in front of ours        127.0.0.1:OURS_PROXY_PORT
 #   ours-basic  ours with access control (--auth tokens), every request with Basic credentials
 #   ours-bearer ours with access control, every request with a Bearer token from /oauth2/token
-#               (both: WORKLOADS="W1 W2" only, the token grants the fixture's repository; not in
+#   ours-header ours without access control, every request with a Bearer header of a real token's
+#               length that nobody reads: what the bigger request costs the client and the HTTP
+#               parse, so ours-bearer/ours-header is what the access check itself costs
+#               (all three: WORKLOADS="W1 W2" only, the token grants the fixture's repository; not in
 #               the default TARGETS; also prints the token service's latency at TOKEN_RATE
 #               requests/s, see bench/token_rate.py)
 #   nginx-ours  nginx TLS reverse proxy (anchor b's config) in front of ours 127.0.0.1:NGINX_OURS_PORT
@@ -43,7 +46,7 @@ BENCH_DIR="$(cd "$SHARED_BENCH" && pwd)"
 # shellcheck source=../shared/bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-ALL_TARGETS="ours a ours-proxy nginx-ours ours-basic ours-bearer b c-http c-tls"
+ALL_TARGETS="ours a ours-proxy nginx-ours ours-basic ours-bearer ours-header b c-http c-tls"
 DEFAULT_TARGETS="ours a ours-proxy b c-http c-tls"
 ROUNDS="${ROUNDS:-3}"
 TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
@@ -284,11 +287,18 @@ run_ours_target() { # LABEL ROUND
       python3 "$ROOT/bench/token_rate.py" "http://127.0.0.1:$OURS_PORT" admin "$password" \
         "${TOKEN_RATE:-200}" "${TOKEN_SECONDS:-10}" >>"$out" || rc=$?
       ;;
+    ours-header)
+      # A real access token for bench/anchor is 400-odd characters; this one is never checked.
+      BEARER_TOKEN="$(printf 'x%.0s' $(seq 1 "${HEADER_TOKEN_LENGTH:-440}"))" \
+        REGISTRY_URL="http://127.0.0.1:$OURS_PORT" SERVER_PIDS="registry:$OURS_PID" \
+        RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
+      ;;
     ours-bearer)
       local token
       token="$(curl -fsS -u "admin:$password" \
         "http://127.0.0.1:$OURS_PORT/oauth2/token?service=127.0.0.1:$OURS_PORT&scope=repository:${NS:-bench}/anchor:pull,push" |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
+      log "ours-bearer: the access token is ${#token} characters"
       BEARER_TOKEN="$token" REGISTRY_URL="http://127.0.0.1:$OURS_PORT" \
         SERVER_PIDS="registry:$OURS_PID" RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
       ;;
@@ -357,7 +367,7 @@ for t in $TARGETS; do
 done
 [ "${#files[@]}" -gt 0 ] || die "no results (every target failed; see $BENCH_OUT/bench.log)"
 ratios=()
-for r in ours-basic/ours ours-bearer/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
+for r in ours-basic/ours ours-bearer/ours ours-bearer/ours-header ours-header/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
   if want "${r%/*}" && want "${r#*/}"; then ratios+=(--ratio "$r"); fi
 done
 {

@@ -1039,7 +1039,9 @@ fn catalogs_show_only_what_the_caller_reads() {
 /// `include=unlisted` on the `/acr` tag listing is honoured for a child's sync token (the
 /// gateway action `message/read`) and ignored for a token that only reads metadata; a child
 /// syncing with such a token through the token service (a Bearer token for the listing's
-/// scope plus the registry grant) mirrors a tag its parent hides, hidden at the child too.
+/// scope plus the registry grant) mirrors a tag its parent hides, hidden at the child too. The
+/// same for a repository hidden from the catalog: `/acr/v1/_catalog?include=unlisted` names it
+/// to the sync token only, and the child's wildcard rule still finds and mirrors it.
 #[test]
 fn a_sync_token_sees_and_mirrors_tags_hidden_from_listings() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1060,13 +1062,24 @@ fn a_sync_token_sees_and_mirrors_tags_hidden_from_listings() {
     for tag in ["shown", "hidden"] {
         push_image_as(&api, "demo/app", tag, &admin.basic());
     }
-    api.send(
-        api.req(Method::PATCH, "/acr/v1/demo/app/_tags/hidden")
-            .header("authorization", admin.basic())
-            .header("content-type", "application/json")
-            .body(r#"{"listEnabled": false}"#),
-    )
-    .expect(200);
+    push_image_as(&api, "demo/ghost", "v1", &admin.basic());
+    for path in ["/acr/v1/demo/app/_tags/hidden", "/acr/v1/demo/ghost"] {
+        api.send(
+            api.req(Method::PATCH, path)
+                .header("authorization", admin.basic())
+                .header("content-type", "application/json")
+                .body(r#"{"listEnabled": false}"#),
+        )
+        .expect(200);
+    }
+    let repos = |who: &Made| {
+        get_as(&api, "/acr/v1/_catalog?include=unlisted", &who.basic())
+            .expect(200)
+            .json()["repositories"]
+            .clone()
+    };
+    assert_eq!(repos(&reader), serde_json::json!(["demo/app"]));
+    assert_eq!(repos(&sync), serde_json::json!(["demo/app", "demo/ghost"]));
     let names = |who: &Made| -> Vec<String> {
         let listing = get_as(
             &api,
@@ -1107,6 +1120,21 @@ fn a_sync_token_sees_and_mirrors_tags_hidden_from_listings() {
     assert_eq!(
         store.tags(&repo).unwrap(),
         ["shown"],
+        "hidden at the child too"
+    );
+    let ghost: registry::RepoName = "demo/ghost".parse().unwrap();
+    let attributes = store
+        .attributes(&ghost, &registry::storage::Target::Repository)
+        .unwrap()
+        .expect("the hidden repository came down");
+    assert!(!attributes.list_enabled, "{attributes:?}");
+    assert!(store
+        .attributes(&ghost, &registry::storage::Target::Tag("v1".into()))
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.repos().unwrap(),
+        ["demo/app"],
         "hidden at the child too"
     );
 }

@@ -598,16 +598,31 @@ fn acr_referrers_leave_out_unlisted_and_item_read_locks_leave_blobs_readable() {
 
 /// Two `serve` processes, parent and child: locks set at the parent BEFORE the child's first
 /// sync arrive with that first (full) comparison, without the feed: a write lock, a tag hidden
-/// from the parent's `/v2` listing (mirrored, and hidden at the child too), and a read-locked
-/// tag the child does not try to pull (the pass completes, saying so once, not as an error).
+/// from the parent's `/v2` listing (mirrored, and hidden at the child too), a read-locked tag
+/// the child does not try to pull (the pass completes, saying so once, not as an error), a
+/// repository lock, a manifest lock, and a repository hidden from the parent's catalog (still
+/// found by the child's wildcard rule, mirrored, and hidden at the child too).
 #[test]
 fn acr_locks_set_before_the_first_sync_arrive_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let parent = start_registry(&tmp.path().join("parent"), &[]);
     let up = Api::new(&parent.url());
+    let mut digests = std::collections::HashMap::new();
     for tag in ["locked", "hidden", "secret", "plain"] {
-        up.push_image("early/app", tag, 1, 64);
+        let (_, manifest, _) = up.push_image("early/app", tag, 1, 64);
+        digests.insert(tag, manifest.digest);
     }
+    up.push_image("early/frozen", "v1", 1, 64);
+    up.push_image("early/ghost", "v1", 1, 64);
+    patch(&up, "/acr/v1/early/frozen", r#"{"writeEnabled": false}"#).expect(200);
+    patch(&up, "/acr/v1/early/ghost", r#"{"listEnabled": false}"#).expect(200);
+    let pinned = format!("/acr/v1/early/app/_manifests/{}", digests["plain"]);
+    patch(&up, &pinned, r#"{"deleteEnabled": false}"#).expect(200);
+    let catalog = up.get("/v2/_catalog").expect(200).json();
+    assert_eq!(
+        catalog["repositories"],
+        json!(["early/app", "early/frozen"])
+    );
     patch(
         &up,
         "/acr/v1/early/app/_tags/locked",
@@ -676,4 +691,27 @@ fn acr_locks_set_before_the_first_sync_arrive_with_it() {
     // Hidden at the child too, and still there by name.
     assert_eq!(api.tags("early/app"), ["locked", "plain"]);
     api.get_manifest("early/app", "hidden").expect(200);
+
+    // The repository lock and the manifest lock came down with the same comparison.
+    let frozen = api.get("/acr/v1/early/frozen").expect(200).json();
+    assert_eq!(
+        frozen["changeableAttributes"]["writeEnabled"], false,
+        "{frozen}"
+    );
+    let manifest = api.get(&pinned).expect(200).json();
+    let attributes = &manifest["manifest"]["changeableAttributes"];
+    assert_eq!(attributes["deleteEnabled"], false, "{manifest}");
+    assert_eq!(attributes["writeEnabled"], true, "{manifest}");
+    // The hidden repository: mirrored, hidden from the child's catalog, there by name.
+    api.get_manifest("early/ghost", "v1").expect(200);
+    let ghost = api.get("/acr/v1/early/ghost").expect(200).json();
+    assert_eq!(
+        ghost["changeableAttributes"]["listEnabled"], false,
+        "{ghost}"
+    );
+    let catalog = api.get("/v2/_catalog").expect(200).json();
+    assert_eq!(
+        catalog["repositories"],
+        json!(["early/app", "early/frozen"])
+    );
 }

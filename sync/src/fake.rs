@@ -13,7 +13,8 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::client::{
-    ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentTag, TagListing, Uploaded,
+    AcrAnswer, ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentManifest, ParentTag,
+    TagListing, Uploaded,
 };
 use crate::parent::{BlobDownload, ChunkedUpload, Parent};
 use crate::store::{BlobWriter, LocalStore, StoreError, StoredManifest};
@@ -74,8 +75,28 @@ struct ParentState {
     /// (repo, tag) -> the tag's attributes, when not all enabled: `/v2` leaves a tag with
     /// `listEnabled: false` out of its list and refuses to resolve one with `readEnabled: false`.
     tag_attributes: BTreeMap<(String, String), oci::ChangeableAttributes>,
-    /// `/acr` tag listing requests asked for.
+    /// repo -> the repository's attributes, when not all enabled: `/v2/_catalog` leaves out a
+    /// repository with `listEnabled: false`, and its tag list names none of its tags.
+    repo_attributes: BTreeMap<String, oci::ChangeableAttributes>,
+    /// (repo, digest) -> the manifest's attributes, when not all enabled.
+    manifest_attributes: BTreeMap<(String, Digest), oci::ChangeableAttributes>,
+    /// `/acr` requests asked for (listings and repository reads).
     acr_requests: usize,
+}
+
+impl ParentState {
+    /// Whether `/v2` listings name the repository.
+    fn repo_listed(&self, repo: &str) -> bool {
+        self.repo_attributes
+            .get(repo)
+            .is_none_or(|a| a.list_enabled)
+    }
+
+    /// Counts one `/acr` request; `false` when this parent has no `/acr`.
+    fn acr_request(&mut self) -> bool {
+        self.acr_requests += 1;
+        self.acr
+    }
 }
 
 /// A parent registry in memory, with no referrers, and no feed unless a test gives it one.
@@ -105,6 +126,11 @@ impl FakeParent {
         self.with(|s| s.acr = true);
     }
 
+    /// Answers `/acr` with 404 again, as a registry that is not ours (with a feed) would.
+    pub fn stop_serving_acr(&self) {
+        self.with(|s| s.acr = false);
+    }
+
     /// Sets a tag's attributes, as `PATCH /acr/v1/REPO/_tags/TAG` does at a parent of ours.
     pub fn lock_tag(&self, repo: &str, tag: &str, attributes: oci::ChangeableAttributes) {
         self.with(|s| {
@@ -113,7 +139,25 @@ impl FakeParent {
         });
     }
 
-    /// How many `/acr` tag listing requests were asked for.
+    /// Sets a repository's attributes, as `PATCH /acr/v1/REPO` does at a parent of ours.
+    pub fn lock_repo(&self, repo: &str, attributes: oci::ChangeableAttributes) {
+        self.with(|s| s.repo_attributes.insert(repo.to_owned(), attributes));
+    }
+
+    /// Sets a manifest's attributes, as `PATCH /acr/v1/REPO/_manifests/DIGEST` does.
+    pub fn lock_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        attributes: oci::ChangeableAttributes,
+    ) {
+        self.with(|s| {
+            s.manifest_attributes
+                .insert((repo.to_owned(), digest.clone()), attributes)
+        });
+    }
+
+    /// How many `/acr` requests (listings and repository reads) were asked for.
     pub fn acr_requests(&self) -> usize {
         self.with(|s| s.acr_requests)
     }
@@ -240,9 +284,15 @@ impl Parent for FakeParent {
         &self.stats
     }
     fn catalog(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, ClientError>> {
-        ready(Ok(Some(
-            self.with(|s| s.repo_manifests.keys().cloned().collect()),
-        )))
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let listed = self.with(|s| {
+            s.repo_manifests
+                .keys()
+                .filter(|r| s.repo_listed(r))
+                .cloned()
+                .collect()
+        });
+        ready(Ok(Some(listed)))
     }
     fn tags<'a>(
         &'a self,
@@ -253,6 +303,7 @@ impl Parent for FakeParent {
             let all: Vec<&(String, String)> = s.tags.keys().filter(|(r, _)| r == repo).collect();
             let listed = all
                 .iter()
+                .filter(|_| s.repo_listed(repo))
                 .filter(|key| s.tag_attributes.get(**key).is_none_or(|a| a.list_enabled))
                 .map(|(_, t)| t.clone())
                 .collect();
@@ -263,8 +314,7 @@ impl Parent for FakeParent {
     fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let listing = self.with(|s| {
-            s.acr_requests += 1;
-            if !s.acr {
+            if !s.acr_request() {
                 return TagListing::NoAcr;
             }
             let tags: Vec<ParentTag> = s
@@ -280,10 +330,65 @@ impl Parent for FakeParent {
             if tags.is_empty() {
                 TagListing::UnknownRepo
             } else {
-                TagListing::Tags(tags)
+                TagListing::Found(tags)
             }
         });
         ready(Ok(listing))
+    }
+    fn acr_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<Vec<ParentManifest>>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let listing = self.with(|s| {
+            if !s.acr_request() {
+                return AcrAnswer::NoAcr;
+            }
+            let Some(digests) = s.repo_manifests.get(repo) else {
+                return AcrAnswer::UnknownRepo;
+            };
+            let key = |d: &Digest| (repo.to_owned(), d.clone());
+            AcrAnswer::Found(
+                digests
+                    .iter()
+                    .map(|d| ParentManifest {
+                        digest: d.clone(),
+                        attributes: s
+                            .manifest_attributes
+                            .get(&key(d))
+                            .copied()
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            )
+        });
+        ready(Ok(listing))
+    }
+    fn acr_repository<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<oci::ChangeableAttributes>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = self.with(|s| {
+            if !s.acr_request() {
+                return AcrAnswer::NoAcr;
+            }
+            if !s.repo_manifests.contains_key(repo) {
+                return AcrAnswer::UnknownRepo;
+            }
+            AcrAnswer::Found(s.repo_attributes.get(repo).copied().unwrap_or_default())
+        });
+        ready(Ok(answer))
+    }
+    fn acr_catalog(&self) -> BoxFuture<'_, Result<AcrAnswer<Vec<String>>, ClientError>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = self.with(|s| {
+            if !s.acr_request() {
+                return AcrAnswer::NoAcr;
+            }
+            AcrAnswer::Found(s.repo_manifests.keys().cloned().collect())
+        });
+        ready(Ok(answer))
     }
     fn head_manifest<'a>(
         &'a self,
@@ -416,6 +521,10 @@ struct StoreState {
     tags: BTreeMap<(String, String), Digest>,
     /// (repo, tag) -> the tag's own attributes, when not all enabled.
     tag_attributes: BTreeMap<(String, String), oci::ChangeableAttributes>,
+    /// repo -> the repository's own attributes, when not all enabled.
+    repo_attributes: BTreeMap<String, oci::ChangeableAttributes>,
+    /// (repo, digest) -> the manifest's own attributes, when not all enabled.
+    manifest_attributes: BTreeMap<(String, Digest), oci::ChangeableAttributes>,
     changes: Vec<Change>,
 }
 
@@ -671,11 +780,15 @@ impl LocalStore for FakeStore {
             let known = match (tag, digest) {
                 (Some(tag), _) => s.tags.contains_key(&(repo.to_owned(), tag.to_owned())),
                 (None, Some(d)) => s.manifests.contains_key(&(repo.to_owned(), d.clone())),
-                (None, None) => s.tags.keys().any(|(r, _)| r == repo),
+                (None, None) => s.manifests.keys().any(|(r, _)| r == repo),
             };
-            if let (true, Some(tag)) = (known, tag) {
-                s.tag_attributes
-                    .insert((repo.to_owned(), tag.to_owned()), attributes);
+            if known {
+                let repo = repo.to_owned();
+                match (tag, digest) {
+                    (Some(tag), _) => s.tag_attributes.insert((repo, tag.to_owned()), attributes),
+                    (None, Some(d)) => s.manifest_attributes.insert((repo, d.clone()), attributes),
+                    (None, None) => s.repo_attributes.insert(repo, attributes),
+                };
             }
             if known {
                 let kind = ChangeKind::AttributesSet {
@@ -698,6 +811,30 @@ impl LocalStore for FakeStore {
                 .filter(|(r, _)| r == repo)
                 .map(|key| {
                     let own = s.tag_attributes.get(key).copied().unwrap_or_default();
+                    (key.1.clone(), own)
+                })
+                .collect()
+        }))
+    }
+    fn repository_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<Option<oci::ChangeableAttributes>, StoreError> {
+        Ok(self.with(|s| {
+            let known = s.manifests.keys().any(|(r, _)| r == repo);
+            known.then(|| s.repo_attributes.get(repo).copied().unwrap_or_default())
+        }))
+    }
+    fn manifest_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<BTreeMap<Digest, oci::ChangeableAttributes>, StoreError> {
+        Ok(self.with(|s| {
+            s.manifests
+                .keys()
+                .filter(|(r, _)| r == repo)
+                .map(|key| {
+                    let own = s.manifest_attributes.get(key).copied().unwrap_or_default();
                     (key.1.clone(), own)
                 })
                 .collect()
@@ -736,7 +873,7 @@ impl LocalStore for FakeStore {
 
 // ---------- an engine over both ----------
 
-/// An engine syncing repository `app` (all tags) from a [`FakeParent`] into a [`FakeStore`].
+/// An engine syncing from a [`FakeParent`] into a [`FakeStore`].
 pub struct Rig {
     pub parent: Arc<FakeParent>,
     pub store: Arc<FakeStore>,
@@ -746,16 +883,24 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(mode: &str) -> Rig {
+        Rig::with_repos(mode, &["app"])
+    }
+
+    /// An engine syncing the repositories `patterns` select (all tags).
+    pub fn with_repos(mode: &str, patterns: &[&str]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let blobs = dir.path().join("blobs");
         std::fs::create_dir_all(&blobs).unwrap();
         let settings = crate::RawSettings {
             parent: Some("http://fake-parent".into()),
             mode: Some(mode.into()),
-            repos: vec![crate::settings::RawRepoRule {
-                pattern: "app".into(),
-                ..Default::default()
-            }],
+            repos: patterns
+                .iter()
+                .map(|p| crate::settings::RawRepoRule {
+                    pattern: (*p).into(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
         .validate()

@@ -1,7 +1,8 @@
 //! What sync needs from a parent registry: the contract the copy engine, the change-feed reader
 //! and the upward push are written against. [`ParentClient`] is the real one (the OCI `/v2` API
-//! over HTTP, and a parent of ours' `/acr` tag listing and change feed); the tests' in-memory fake lets the engine's rules (verify before keep, bottom-up,
-//! resume, conflicts) be checked without a network.
+//! over HTTP, and a parent of ours' `/acr` listings and change feed); the tests' in-memory
+//! fake lets the engine's rules (verify before keep, bottom-up, resume, conflicts) be checked
+//! without a network.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,9 +13,10 @@ use futures_util::stream::BoxStream;
 use futures_util::FutureExt;
 
 use crate::client::{
-    ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentClient, TagListing, Uploaded,
+    AcrAnswer, ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentClient, ParentManifest,
+    TagListing, Uploaded,
 };
-use oci::Digest;
+use oci::{ChangeableAttributes, Digest};
 
 /// A blob coming down from the parent.
 pub struct BlobDownload<'a> {
@@ -41,8 +43,20 @@ pub trait Parent: Send + Sync + 'static {
         -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>>;
     /// The tags of `repo` with their digests and `changeableAttributes`, those hidden from
     /// listings included (a parent of ours' `/acr` tag listing, paged);
-    /// [`TagListing::NoAcr`] when the parent has no such API.
+    /// [`AcrAnswer::NoAcr`] when the parent has no such API.
     fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>>;
+    /// The manifests of `repo` with their `changeableAttributes`, hidden ones included (paged).
+    fn acr_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<Vec<ParentManifest>>, ClientError>>;
+    /// The repository's own `changeableAttributes` (`GET /acr/v1/{repo}`).
+    fn acr_repository<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<ChangeableAttributes>, ClientError>>;
+    /// Every repository, those hidden from `/v2/_catalog` included (`/acr/v1/_catalog`).
+    fn acr_catalog(&self) -> BoxFuture<'_, Result<AcrAnswer<Vec<String>>, ClientError>>;
     /// The digest `reference` (a tag or digest) resolves to.
     fn head_manifest<'a>(
         &'a self,
@@ -141,6 +155,21 @@ impl Parent for ParentClient {
     }
     fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>> {
         ParentClient::acr_tags(self, repo).boxed()
+    }
+    fn acr_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<Vec<ParentManifest>>, ClientError>> {
+        ParentClient::acr_manifests(self, repo).boxed()
+    }
+    fn acr_repository<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<ChangeableAttributes>, ClientError>> {
+        ParentClient::acr_repository(self, repo).boxed()
+    }
+    fn acr_catalog(&self) -> BoxFuture<'_, Result<AcrAnswer<Vec<String>>, ClientError>> {
+        ParentClient::acr_catalog(self).boxed()
     }
     fn head_manifest<'a>(
         &'a self,

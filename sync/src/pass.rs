@@ -1,19 +1,21 @@
 //! One pass: push up (ReadWrite), then pull down, and its summary; which repositories and
 //! tags are compared, in what order, and what a tag the parent no longer has means here. A
-//! full comparison with a parent of ours takes the tag set and each tag's `changeableAttributes`
-//! from its `/acr` tag listing (hidden tags included) and applies the attributes here; a tag
-//! read-locked at the parent is not pulled. The copying itself (manifests bottom-up, blobs,
-//! resume) is `copy.rs`.
+//! full comparison with a parent of ours expands wildcard rules from its `/acr` catalog and
+//! takes the tag set from its `/acr` tag listing (hidden repositories and tags included), and
+//! brings the `changeableAttributes` of the repository, its tags and its manifests down (the
+//! repository read and the manifest listing besides the tag listing); a tag read-locked at the
+//! parent is not pulled. The copying itself (manifests bottom-up, blobs, resume) is `copy.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use oci::{Class, Classify};
 use tokio::time::Instant;
 
-use crate::client::{ClientError, ParentTag, TagListing};
+use crate::client::{AcrAnswer, ClientError, ParentTag};
 use crate::engine::{blocking, Engine, SyncError};
 use crate::settings::RepoRule;
 use crate::state::{Outcome, Pull, Summary};
@@ -22,6 +24,34 @@ use oci::ChangeableAttributes;
 use oci::Descriptor;
 use oci::Digest;
 use oci::Reference;
+
+/// What `changeableAttributes` are kept on in a repository.
+enum Item {
+    Repository,
+    Tag(String),
+    Manifest(Digest),
+}
+
+/// The attributes a parent of ours keeps in one repository, as a full comparison read them.
+struct ParentAttributes {
+    tags: Vec<ParentTag>,
+    /// The repository's own; `None` when its read failed.
+    repository: Option<ChangeableAttributes>,
+    manifests: BTreeMap<Digest, ChangeableAttributes>,
+}
+
+impl ParentAttributes {
+    /// Whether the parent refuses to serve `tag`: read-locked itself, its manifest, or the
+    /// repository.
+    fn read_locked(&self, tag: &ParentTag) -> bool {
+        !tag.attributes.read_enabled
+            || self.repository.is_some_and(|a| !a.read_enabled)
+            || self
+                .manifests
+                .get(&tag.digest)
+                .is_some_and(|a| !a.read_enabled)
+    }
+}
 
 /// Counters of one pass.
 #[derive(Default)]
@@ -46,8 +76,8 @@ pub(crate) struct Pass {
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) conflicts: Mutex<Vec<String>>,
     pub(crate) pull: Mutex<Pull>,
-    /// The parent answered it has no `/acr` tag listing (not ours): the rest of this pass lists
-    /// tags through `/v2` without asking again.
+    /// The parent answered it has no `/acr` API (not ours): the rest of this pass lists
+    /// repositories and tags through `/v2` without asking again.
     pub(crate) no_acr: AtomicBool,
     /// Tags (`repo:tag`) read-locked at the parent, not pulled this pass.
     pub(crate) read_locked: Mutex<Vec<String>>,
@@ -204,13 +234,17 @@ impl Engine {
     }
 
     /// Repositories in scope: explicit names as given, wildcard patterns expanded from the
-    /// parent's catalog when it offers one.
+    /// parent's catalog when it offers one (a parent of ours' `/acr` catalog, which names the
+    /// repositories hidden from `/v2/_catalog` too, so a hidden one stays mirrored).
     async fn expand_repos(&self, pass: &Pass) -> Result<Vec<(String, RepoRule)>, SyncError> {
         let mut out: Vec<(String, RepoRule)> = Vec::new();
         let mut seen = BTreeSet::new();
         let needs_catalog = self.settings.repos.iter().any(|r| !r.is_explicit());
         let catalog = if needs_catalog {
-            self.client.catalog().await?
+            match self.acr(pass, || self.client.acr_catalog()).await? {
+                Some(AcrAnswer::Found(repos)) => Some(repos),
+                _ => self.client.catalog().await?,
+            }
         } else {
             None
         };
@@ -285,14 +319,15 @@ impl Engine {
             Err(e) => return pass.record(&repo, e.into()),
         };
         let listed = match listing {
-            Some(TagListing::Tags(tags)) => Ok(Some(tags)),
-            Some(TagListing::UnknownRepo) => Ok(None),
-            Some(TagListing::NoAcr) | None => Err(()),
+            Some(AcrAnswer::Found(tags)) => Ok(Some(tags)),
+            Some(AcrAnswer::UnknownRepo) => Ok(None),
+            Some(AcrAnswer::NoAcr) | None => Err(()),
         };
         let (tags, attributes) = match listed {
             Ok(Some(tags)) => {
                 let names = tags.iter().map(|t| t.name.clone()).collect();
-                (Some(names), Some(tags))
+                let parent = self.parent_attributes(pass, &repo, tags).await;
+                (Some(names), Some(parent))
             }
             Ok(None) => (None, None),
             Err(()) => match self.client.tags(&repo).await {
@@ -326,21 +361,28 @@ impl Engine {
         }
         // Read-locked at the parent: not pulled (it refuses); a copy held here stays.
         let mut kept = Vec::new();
+        let mut listed = BTreeMap::new();
         if let Some(parent) = &attributes {
             let locked: BTreeSet<&str> = parent
+                .tags
                 .iter()
-                .filter(|t| !t.attributes.read_enabled)
+                .filter(|t| parent.read_locked(t))
                 .map(|t| t.name.as_str())
                 .collect();
             if !locked.is_empty() {
                 kept = self.read_locked(pass, &repo, &selected, &locked).await;
                 selected.retain(|t| !locked.contains(t.as_str()));
             }
+            listed = parent
+                .tags
+                .iter()
+                .map(|t| (t.name.clone(), t.digest.clone()))
+                .collect();
         }
-        let (done, _missing) = self.sync_tags(pass, &repo, &selected).await;
+        let (done, _missing) = self.sync_tags(pass, &repo, &selected, &listed).await;
         selected.extend(kept);
         if let Some(parent) = attributes {
-            self.apply_tag_attributes(pass, &repo, &selected, parent)
+            self.apply_parent_attributes(pass, &repo, &selected, parent)
                 .await;
         }
         // Tags sync wrote earlier that the parent no longer has (in scope): untag locally.
@@ -353,24 +395,36 @@ impl Engine {
         self.reflect(pass, &repo, done, candidates).await;
     }
 
-    /// The parent's tags of `repo` with their attributes; `None` when the parent was found
-    /// this pass to have no `/acr` API (asked once per pass, then not again).
+    /// The parent's tags of `repo` with their attributes; `None` when the parent has no `/acr`.
     async fn parent_tags(
         &self,
         pass: &Pass,
         repo: &str,
-    ) -> Result<Option<TagListing>, ClientError> {
+    ) -> Result<Option<AcrAnswer<Vec<ParentTag>>>, ClientError> {
+        self.acr(pass, || self.client.acr_tags(repo)).await
+    }
+
+    /// Asks a parent of ours through `/acr` (`ask`); `None` when the parent has no `/acr` API,
+    /// which is remembered for the pass: asked once, then not again.
+    async fn acr<'a, T>(
+        &self,
+        pass: &Pass,
+        ask: impl FnOnce() -> BoxFuture<'a, Result<AcrAnswer<T>, ClientError>>,
+    ) -> Result<Option<AcrAnswer<T>>, ClientError> {
         if pass.no_acr.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let listing = self.client.acr_tags(repo).await?;
-        if listing == TagListing::NoAcr && !pass.no_acr.swap(true, Ordering::Relaxed) {
+        let answer = ask().await?;
+        if !matches!(answer, AcrAnswer::NoAcr) {
+            return Ok(Some(answer));
+        }
+        if !pass.no_acr.swap(true, Ordering::Relaxed) {
             tracing::debug!(
-                "the parent has no /acr tag listing: tags come from /v2, attributes only through \
-                 a change feed"
+                "the parent has no /acr API: repositories and tags come from /v2, attributes \
+                 only through a change feed"
             );
         }
-        Ok(Some(listing))
+        Ok(None)
     }
 
     /// Of `selected`, the tags read-locked at the parent (`locked`): each is noted once for the
@@ -397,42 +451,104 @@ impl Engine {
         kept
     }
 
-    /// Sets each tag of `selected` here to the attributes the parent lists for it, where they
-    /// differ (origin: sync). A tag not here (left out, or failed this pass) is skipped.
-    async fn apply_tag_attributes(
+    /// The attributes a parent of ours keeps in `repo`: its tags' (the listing already read),
+    /// the repository's own (one request) and its manifests' (the manifest listing). A failed
+    /// read is recorded, and that part is left as it is here.
+    async fn parent_attributes(
+        &self,
+        pass: &Pass,
+        repo: &str,
+        tags: Vec<ParentTag>,
+    ) -> ParentAttributes {
+        let repository = match self.acr(pass, || self.client.acr_repository(repo)).await {
+            Ok(Some(AcrAnswer::Found(attributes))) => Some(attributes),
+            Ok(_) => None,
+            Err(e) => {
+                let what = format!("{repo}: the parent's repository attributes");
+                pass.record(&what, e.into());
+                None
+            }
+        };
+        let manifests = match self.acr(pass, || self.client.acr_manifests(repo)).await {
+            Ok(Some(AcrAnswer::Found(manifests))) => manifests
+                .into_iter()
+                .map(|m| (m.digest, m.attributes))
+                .collect(),
+            Ok(_) => BTreeMap::new(),
+            Err(e) => {
+                pass.record(&format!("{repo}: the parent's manifest listing"), e.into());
+                BTreeMap::new()
+            }
+        };
+        ParentAttributes {
+            tags,
+            repository,
+            manifests,
+        }
+    }
+
+    /// Brings the parent's `changeableAttributes` down onto `repo` here: the repository's own,
+    /// each tag of `selected` and each manifest, set where they differ (origin: sync). An item
+    /// not here (left out, or failed this pass) is skipped.
+    async fn apply_parent_attributes(
         &self,
         pass: &Pass,
         repo: &str,
         selected: &[String],
-        parent: Vec<ParentTag>,
+        parent: ParentAttributes,
     ) {
         let selected: BTreeSet<&String> = selected.iter().collect();
-        let wanted: Vec<(String, ChangeableAttributes)> = parent
+        let mut wanted: Vec<(Item, ChangeableAttributes)> = parent
+            .tags
             .into_iter()
             .filter(|t| selected.contains(&t.name))
-            .map(|t| (t.name, t.attributes))
+            .map(|t| (Item::Tag(t.name), t.attributes))
             .collect();
+        wanted.extend(parent.repository.map(|a| (Item::Repository, a)));
+        wanted.extend(
+            parent
+                .manifests
+                .into_iter()
+                .map(|(digest, a)| (Item::Manifest(digest), a)),
+        );
         let r = repo.to_owned();
         let applied = blocking(&self.store, move |s| {
-            let here = s.tag_attributes(&r)?;
-            let mut applied = 0usize;
-            for (tag, attributes) in wanted {
-                if here.get(&tag).is_some_and(|own| *own != attributes)
-                    && s.set_attributes(&r, Some(&tag), None, attributes)?
+            let repository = s.repository_attributes(&r)?;
+            let tags = s.tag_attributes(&r)?;
+            let manifests = s.manifest_attributes(&r)?;
+            let mut applied = Vec::new();
+            for (item, attributes) in wanted {
+                let here = match &item {
+                    Item::Repository => repository,
+                    Item::Tag(tag) => tags.get(tag).copied(),
+                    Item::Manifest(digest) => manifests.get(digest).copied(),
+                };
+                let (tag, digest) = match &item {
+                    Item::Repository => (None, None),
+                    Item::Tag(tag) => (Some(tag.as_str()), None),
+                    Item::Manifest(digest) => (None, Some(digest)),
+                };
+                if here.is_some_and(|own| own != attributes)
+                    && s.set_attributes(&r, tag, digest, attributes)?
                 {
-                    applied += 1;
+                    applied.push(item);
                 }
             }
             Ok(applied)
         })
         .await;
         match applied {
-            Ok(0) => {}
-            Ok(applied) => tracing::info!(
-                repo,
-                tags = applied,
-                "changeableAttributes of the parent's tags applied here"
-            ),
+            Ok(applied) if applied.is_empty() => {}
+            Ok(applied) => {
+                let count = |f: fn(&Item) -> bool| applied.iter().filter(|i| f(i)).count();
+                tracing::info!(
+                    repo,
+                    repository = count(|i| matches!(i, Item::Repository)) > 0,
+                    tags = count(|i| matches!(i, Item::Tag(_))),
+                    manifests = count(|i| matches!(i, Item::Manifest(_))),
+                    "changeableAttributes of the parent applied here"
+                );
+            }
             Err(e) => pass.record(&format!("{repo}: changeableAttributes from the parent"), e),
         }
     }
@@ -455,7 +571,9 @@ impl Engine {
         pass.repos.fetch_add(1, Ordering::Relaxed);
         let names: Vec<String> = names.into_iter().collect();
         let selected = rule.select_tags(&names);
-        let (done, missing) = self.sync_tags(pass, &repo, &selected).await;
+        let (done, missing) = self
+            .sync_tags(pass, &repo, &selected, &BTreeMap::new())
+            .await;
         let mut missing: BTreeSet<String> = missing.into_iter().collect();
         // A tag the parent still lists but does not serve was evicted there to stay under its
         // quota: that is no deletion, so the copy here stays. One tag list answers it, asked
@@ -520,19 +638,22 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Brings `tags` of `repo` in step, concurrently. Returns the tags now in step with their
-    /// digests, and the tags the parent does not have (errors are recorded in `pass`).
+    /// Brings `tags` of `repo` in step, concurrently. `listed`: the digests a parent of ours'
+    /// tag listing gave (a tag here already at its digest costs no request). Returns the tags
+    /// now in step with their digests, and the tags the parent does not have (errors are
+    /// recorded in `pass`).
     async fn sync_tags(
         &self,
         pass: &Pass,
         repo: &str,
         tags: &[String],
+        listed: &BTreeMap<String, Digest>,
     ) -> (Vec<(String, Digest)>, Vec<String>) {
         let conc = self.settings.limits.concurrency;
         let results: Vec<(String, Result<Option<Digest>, SyncError>)> =
             futures_util::stream::iter(tags.iter().cloned())
                 .map(|tag| async move {
-                    let r = self.sync_tag(pass, repo, &tag).await;
+                    let r = self.sync_tag(pass, repo, &tag, listed.get(&tag)).await;
                     (tag, r)
                 })
                 .buffer_unordered(conc)
@@ -615,25 +736,36 @@ impl Engine {
     }
 
     /// Brings one tag in step. Returns the digest it now points at (None: gone at the parent).
+    /// `listed`: its digest as a parent of ours' tag listing gave it, which spares the HEAD
+    /// when the tag here is already there; anything to copy is resolved by HEAD as ever.
     async fn sync_tag(
         &self,
         pass: &Pass,
         repo: &str,
         tag: &str,
+        listed: Option<&Digest>,
     ) -> Result<Option<Digest>, SyncError> {
         pass.check()?;
-        let remote = match self.client.head_manifest(repo, tag).await {
-            Ok(Some(remote)) => remote,
-            Ok(None) => return Ok(None),
-            // A parent of ours refuses a tag with `readEnabled: false` (HEAD has no body to
-            // say so; nothing else answers 405 to a manifest HEAD): a tag the feed named, or
-            // locked since the listing was read.
-            Err(ClientError::Status { status: 405, .. }) => return Err(SyncError::ReadLocked),
-            Err(e) => return Err(e.into()),
-        };
-        pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         let (r, t) = (repo.to_owned(), tag.to_owned());
         let local = blocking(&self.store, move |s| s.get_manifest(&r, &Reference::Tag(t))).await?;
+        let in_step = |digest: &Digest| {
+            local
+                .as_ref()
+                .is_some_and(|m| &m.digest == digest && !self.filter_wants_skipped(m))
+        };
+        let remote = match listed {
+            Some(digest) if in_step(digest) => digest.clone(),
+            _ => match self.client.head_manifest(repo, tag).await {
+                Ok(Some(remote)) => remote,
+                Ok(None) => return Ok(None),
+                // A parent of ours refuses a tag with `readEnabled: false` (HEAD has no body
+                // to say so; nothing else answers 405 to a manifest HEAD): a tag the feed
+                // named, or locked since the listing was read.
+                Err(ClientError::Status { status: 405, .. }) => return Err(SyncError::ReadLocked),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        pass.tags_checked.fetch_add(1, Ordering::Relaxed);
         if local.is_none() {
             let (r, t) = (repo.to_owned(), tag.to_owned());
             if let Some(evicted) = blocking(&self.store, move |s| s.evicted(&r, &t)).await? {
@@ -649,10 +781,7 @@ impl Engine {
                 tracing::info!(repo, tag, digest = %remote, "a client asked for a tag evicted here: bringing it back");
             }
         }
-        if local
-            .as_ref()
-            .is_some_and(|m| m.digest == remote && !self.filter_wants_skipped(m))
-        {
+        if in_step(&remote) {
             if pass.recheck_referrers.load(Ordering::Relaxed) {
                 self.sync_referrers(pass, repo, tag, &remote).await;
             }
@@ -730,8 +859,8 @@ mod tests {
         assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
         assert_eq!(
             rig.parent.acr_requests(),
-            1,
-            "one listing page for the repository"
+            3,
+            "one tag listing page, one repository read, one manifest listing page"
         );
         assert_eq!(rig.store.tag("app", "v1"), Some(digest.clone()));
         assert_eq!(rig.store.tag("app", "hidden"), Some(digest.clone()));
@@ -761,6 +890,153 @@ mod tests {
         let here = crate::store::LocalStore::tag_attributes(&*rig.store, "app").unwrap();
         assert_eq!(here["v2"], unreadable);
         assert_eq!(third.read_locked, ["app:secret", "app:v2"]);
+    }
+
+    /// A parent of ours whose every pass compares in full (its feed cannot continue).
+    fn parent_of_ours(rig: &Rig) {
+        rig.parent.serve_acr();
+        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
+            version: FEED_VERSION,
+            head: 0,
+            oldest: 1,
+            reset: true,
+            changes: Vec::new(),
+        }));
+    }
+
+    /// A repository lock and a manifest lock set at the parent before the child's first pass
+    /// arrive with that full comparison (no feed entry carries them); a second pass writes
+    /// nothing; unlocked at the parent, unlocked here at the next comparison.
+    #[tokio::test]
+    async fn a_full_comparison_brings_repository_and_manifest_attributes_down() {
+        use crate::store::LocalStore;
+        let rig = Rig::new("ReadOnly");
+        parent_of_ours(&rig);
+        rig.parent.put_blob(b"{}");
+        rig.parent.put_blob(b"layer");
+        let plain = rig
+            .parent
+            .put_manifest("app", Some("v1"), IMAGE, &image_manifest(b"{}", &[]));
+        let pinned = rig.parent.put_manifest(
+            "app",
+            Some("v2"),
+            IMAGE,
+            &image_manifest(b"{}", &[b"layer"]),
+        );
+        let write_locked = locked(|a| a.write_enabled = false);
+        let undeletable = locked(|a| a.delete_enabled = false);
+        rig.parent.lock_repo("app", write_locked);
+        rig.parent.lock_manifest("app", &pinned, undeletable);
+
+        let first = rig.engine.run_pass(None).await;
+        assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+        assert_eq!(rig.store.tag("app", "v2"), Some(pinned.clone()));
+        assert_eq!(
+            rig.store.repository_attributes("app").unwrap(),
+            Some(write_locked)
+        );
+        let manifests = rig.store.manifest_attributes("app").unwrap();
+        assert_eq!(manifests[&pinned], undeletable);
+        assert_eq!(manifests[&plain], ChangeableAttributes::ALL_ENABLED);
+
+        let before = rig.store.changes_logged();
+        let second = rig.engine.run_pass(None).await;
+        assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+        assert_eq!(rig.store.changes_logged(), before, "nothing set twice");
+
+        rig.parent
+            .lock_repo("app", ChangeableAttributes::ALL_ENABLED);
+        let third = rig.engine.run_pass(None).await;
+        assert_eq!(third.outcome, Outcome::Completed, "{:?}", third.errors);
+        assert_eq!(
+            rig.store.repository_attributes("app").unwrap(),
+            Some(ChangeableAttributes::ALL_ENABLED)
+        );
+        assert_eq!(rig.store.changes_logged(), before + 1, "one unlock");
+    }
+
+    /// A repository hidden at the parent (`listEnabled: false` drops it from `/v2/_catalog`)
+    /// stays mirrored under a wildcard rule: a parent of ours' `/acr` catalog names it. It is
+    /// hidden here too.
+    #[tokio::test]
+    async fn a_hidden_repository_under_a_wildcard_rule_stays_mirrored() {
+        use crate::store::LocalStore;
+        let rig = Rig::with_repos("ReadOnly", &["team/*"]);
+        parent_of_ours(&rig);
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("team/shown", Some("v1"), IMAGE, &m);
+        rig.parent.put_manifest("team/ghost", Some("v1"), IMAGE, &m);
+        let unlisted = locked(|a| a.list_enabled = false);
+        rig.parent.lock_repo("team/ghost", unlisted);
+
+        let first = rig.engine.run_pass(None).await;
+        assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+        assert_eq!(first.repos, 2, "{:?}", first.warnings);
+        assert_eq!(rig.store.tag("team/shown", "v1"), Some(digest.clone()));
+        assert_eq!(rig.store.tag("team/ghost", "v1"), Some(digest.clone()));
+        assert_eq!(
+            rig.store.repository_attributes("team/ghost").unwrap(),
+            Some(unlisted)
+        );
+
+        let before = rig.store.changes_logged();
+        let second = rig.engine.run_pass(None).await;
+        assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+        assert_eq!(second.tags_deleted, 0);
+        assert_eq!(rig.store.tag("team/ghost", "v1"), Some(digest));
+        assert_eq!(rig.store.changes_logged(), before, "nothing written again");
+    }
+
+    /// A manifest read-locked at the parent: the tags pointing at it are not pulled and are
+    /// noted, as a read-locked tag is; the pass completes.
+    #[tokio::test]
+    async fn a_tag_of_a_read_locked_manifest_is_not_pulled() {
+        let rig = Rig::new("ReadOnly");
+        parent_of_ours(&rig);
+        rig.parent.put_blob(b"{}");
+        let digest = rig
+            .parent
+            .put_manifest("app", Some("v1"), IMAGE, &image_manifest(b"{}", &[]));
+        rig.parent
+            .lock_manifest("app", &digest, locked(|a| a.read_enabled = false));
+        let summary = rig.engine.run_pass(None).await;
+        assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        assert_eq!(summary.read_locked, ["app:v1"]);
+        assert_eq!(rig.store.tag("app", "v1"), None);
+    }
+
+    /// A pass over tags already here costs no request per tag with a parent of ours: its tag
+    /// listing gave their digests, so no HEAD is sent. A parent with no `/acr` costs a HEAD
+    /// per tag (as every registry that is not ours does).
+    #[tokio::test]
+    async fn tags_in_step_cost_no_head_when_the_listing_gave_their_digests() {
+        const TAGS: u64 = 10;
+        for ours in [true, false] {
+            let rig = Rig::new("ReadOnly");
+            parent_of_ours(&rig);
+            if !ours {
+                rig.parent.stop_serving_acr();
+            }
+            rig.parent.put_blob(b"{}");
+            let m = image_manifest(b"{}", &[]);
+            for n in 0..TAGS {
+                rig.parent
+                    .put_manifest("app", Some(&format!("v{n}")), IMAGE, &m);
+            }
+            let first = rig.engine.run_pass(None).await;
+            assert_eq!(first.outcome, Outcome::Completed, "{:?}", first.errors);
+            let second = rig.engine.run_pass(None).await;
+            assert_eq!(second.outcome, Outcome::Completed, "{:?}", second.errors);
+            assert_eq!(second.tags_checked, TAGS);
+            assert_eq!(second.tags_updated, 0);
+            let expected = if ours {
+                3 // the tag listing, the repository, the manifest listing
+            } else {
+                1 + 1 + TAGS // the /acr ask answered 404, the /v2 tag list, one HEAD per tag
+            };
+            assert_eq!(second.requests, expected, "parent of ours: {ours}");
+        }
     }
 
     /// A tag read-locked at a parent whose tag set comes without attributes (the feed named

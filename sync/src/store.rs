@@ -106,6 +106,14 @@ pub trait LocalStore: Send + Sync + 'static {
         &self,
         repo: &str,
     ) -> Result<std::collections::BTreeMap<String, ChangeableAttributes>, StoreError>;
+    /// The repository's own `changeableAttributes`; `None` when it is not here.
+    fn repository_attributes(&self, repo: &str)
+        -> Result<Option<ChangeableAttributes>, StoreError>;
+    /// The own `changeableAttributes` of every manifest of `repo` (empty when it is unknown).
+    fn manifest_attributes(
+        &self,
+        repo: &str,
+    ) -> Result<std::collections::BTreeMap<Digest, ChangeableAttributes>, StoreError>;
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError>;
     /// Sets the `changeableAttributes` of the repository (no `tag`, no `digest`), a tag or a
     /// manifest to what the parent logged (origin: sync; the child's own locks do not hold
@@ -262,6 +270,24 @@ mod registry_store {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|t| (t.name, t.attributes))
+                .collect())
+        }
+        fn repository_attributes(
+            &self,
+            repo: &str,
+        ) -> Result<Option<ChangeableAttributes>, StoreError> {
+            let props = Store::repository(self, &repo_name(repo)?).map_err(map)?;
+            Ok(props.map(|p| p.attributes))
+        }
+        fn manifest_attributes(
+            &self,
+            repo: &str,
+        ) -> Result<std::collections::BTreeMap<Digest, ChangeableAttributes>, StoreError> {
+            let manifests = Store::manifest_props(self, &repo_name(repo)?).map_err(map)?;
+            Ok(manifests
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| (m.digest, m.attributes))
                 .collect())
         }
         fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {

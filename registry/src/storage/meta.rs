@@ -649,13 +649,14 @@ impl Meta {
     }
 
     /// Repositories in lexical order after `last` that listings may name: their own
-    /// `listEnabled`, and `may_list` (the caller's access). Filtered while scanning, so a page
-    /// still holds `limit` names when there are that many.
+    /// `listEnabled` (unless `unlisted`: hidden ones too), and `may_list` (the caller's access).
+    /// Filtered while scanning, so a page still holds `limit` names when there are that many.
     pub fn repos(
         &self,
         last: &str,
         limit: usize,
         may_list: &dyn Fn(&str) -> bool,
+        unlisted: bool,
     ) -> Result<Vec<String>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REPOS)?;
@@ -670,7 +671,7 @@ impl Meta {
             if out.len() == limit {
                 break;
             }
-            if may_list(repo) && props::repo_listed(&attributes, repo)? {
+            if may_list(repo) && (unlisted || props::repo_listed(&attributes, repo)?) {
                 out.push(repo.to_owned());
             }
         }

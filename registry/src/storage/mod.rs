@@ -510,18 +510,20 @@ impl Store {
     /// Repositories in lexical order after `last`, at most `limit`, leaving out those with
     /// `listEnabled: false`.
     pub fn repos_page(&self, last: &str, limit: usize) -> Result<Vec<String>, StorageError> {
-        self.repos_visible(last, limit, &|_| true)
+        self.repos_visible(last, limit, &|_| true, false)
     }
 
     /// [`Store::repos_page`] for a caller who may list only the repositories `may_list` allows:
     /// filtered while scanning, so a page still holds `limit` names when there are that many.
+    /// `unlisted`: those with `listEnabled: false` too (`include=unlisted` for a child's sync).
     pub fn repos_visible(
         &self,
         last: &str,
         limit: usize,
         may_list: &dyn Fn(&str) -> bool,
+        unlisted: bool,
     ) -> Result<Vec<String>, StorageError> {
-        self.inner.meta.repos(last, limit, may_list)
+        self.inner.meta.repos(last, limit, may_list, unlisted)
     }
 
     /// Every repository listings may name.

@@ -7,7 +7,7 @@
 //! Here: the client, one request with its retries and timeouts ([`ParentClient::send`]), and
 //! the errors. Beside it: `auth.rs` (Basic and bearer tokens), `tls.rs` (trust), `pull.rs`
 //! (catalog, tags, manifests, blobs, referrers), `upload.rs` (blobs and manifests going up),
-//! `feed.rs` (a parent of ours' change feed), `acr.rs` (a parent of ours' tag listing with
+//! `feed.rs` (a parent of ours' change feed), `acr.rs` (a parent of ours' `/acr` listings and
 //! attributes).
 
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ mod pull;
 mod tls;
 mod upload;
 
-pub use acr::{ParentTag, TagListing, ACR_TAGS_PAGE};
+pub use acr::{AcrAnswer, ParentManifest, ParentTag, TagListing, ACR_PAGE};
 use auth::CachedToken;
 pub use feed::FeedAnswer;
 pub use pull::BlobStream;
@@ -129,9 +129,9 @@ pub enum Scope {
     Catalog,
     Pull(String),
     Push(String),
-    /// A repository's `/acr` tag listing with the tags hidden from listings: `metadata_read`
-    /// there, and the registry-wide grant a parent of ours checks its gateway action
-    /// (`message/read`, a sync token's) against.
+    /// A repository's `/acr` properties and listings with the items hidden from listings:
+    /// `metadata_read` there, and the registry-wide grant a parent of ours checks its gateway
+    /// action (`message/read`, a sync token's) against.
     Attributes(String),
 }
 

@@ -4,7 +4,7 @@
 //!
 //! | route | method | answers | action the access layer requires |
 //! | --- | --- | --- | --- |
-//! | `/acr/v1/_catalog?n&last` | GET | `{"repositories": [...]}` | `metadata/read`, filtered per repository ([`Caller::may_list`]) |
+//! | `/acr/v1/_catalog?n&last&include` | GET | `{"repositories": [...]}` | `metadata/read`, filtered per repository ([`Caller::may_list`]) |
 //! | `/acr/v1/_changes?after&n&v` | GET | the change feed (`changes`) | the sync token's catalog scope |
 //! | `/acr/v1/{repo}` | GET | repository properties | `metadata/read` on `repo` |
 //! | `/acr/v1/{repo}` | PATCH | sets its attributes | `metadata/write` on `repo` |

@@ -75,7 +75,7 @@ pub fn catalog(store: &Store, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = page(req)?;
     let caller = Caller::of(&req.extensions);
     let may_list = |repo: &str| caller.may_list(repo);
-    let items = store.repos_visible(&last, n.saturating_add(1), &may_list)?;
+    let items = store.repos_visible(&last, n.saturating_add(1), &may_list, false)?;
     Ok(paged(
         items,
         n,
