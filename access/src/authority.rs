@@ -581,3 +581,45 @@ fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
         Target::Registry => grant.kind == "registry" && grant.name == "catalog",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str) -> Command {
+        Command::TokenCreate {
+            name: name.into(),
+            scope_map: Some("_repositories_admin".into()),
+            rules: Vec::new(),
+            status: None,
+            no_passwords: false,
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn manage_then_keeps_nothing_when_the_step_before_keeping_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Authority::open(dir.path(), Settings::default()).unwrap();
+        let refused = authority.manage_then(create("admin"), |_| Err("disk full".into()));
+        assert_eq!(refused.unwrap_err().0, "disk full");
+        assert!(!authority.has_tokens(), "nothing live");
+        drop(authority);
+        let reopened = Authority::open(dir.path(), Settings::default()).unwrap();
+        assert!(!reopened.has_tokens(), "nothing kept");
+
+        let mut seen = String::new();
+        reopened
+            .manage_then(create("admin"), |answer| {
+                seen = answer["credentials"]["passwords"][0]["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(())
+            })
+            .unwrap();
+        assert!(!seen.is_empty(), "the step saw the new password");
+        let from = "127.0.0.1".parse().unwrap();
+        assert!(reopened.login("admin", &seen, from).is_ok());
+    }
+}
