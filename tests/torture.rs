@@ -17,9 +17,9 @@
 //! in its store, and every local image goes up to the parent exactly once.
 //!
 //! The token variant runs `serve --auth tokens` while a worker runs token commands through the
-//! real CLI (create, regenerate a password, disable and enable, delete, scope-map update) and
-//! another logs in (`/oauth2/token`) and pulls with acknowledged tokens; crashes land at random
-//! moments and inside the access store's commit (`in_access_transaction`,
+//! real CLI (create, regenerate a password, disable and enable, delete, scope-map update,
+//! signing-key rotate) and another logs in (`/oauth2/token`) and pulls with acknowledged
+//! tokens; crashes land at random moments and inside the access store's commit (`in_access_transaction`,
 //! `after_access_commit`). After every restart every acknowledged token is there with its status
 //! and scope map, every acknowledged password is accepted or refused as its token's state says,
 //! access tokens issued before the crash still verify, and the command in flight either fully
@@ -1433,6 +1433,8 @@ enum TokenOp {
         repo: String,
         add: bool,
     },
+    /// `signing-key rotate`: access tokens signed before stay valid until they expire.
+    RotateKey,
     /// `token show`, compared with the model (a read while the registry runs).
     Show {
         name: String,
@@ -1471,6 +1473,7 @@ impl TokenOp {
                 };
                 words(&["scope-map", "update", map, flag, repo, "content/read"])
             }
+            TokenOp::RotateKey => words(&["signing-key", "rotate"]),
             TokenOp::Show { name } => words(&["token", "show", name]),
         }
     }
@@ -1483,6 +1486,7 @@ impl TokenOp {
             | TokenOp::Delete { name }
             | TokenOp::Show { name } => name,
             TokenOp::ScopeMapUpdate { map, .. } => map.trim_end_matches("-scope-map"),
+            TokenOp::RotateKey => "",
         }
     }
 }
@@ -1663,6 +1667,7 @@ impl TokenWorker {
                     .is_some_and(|a| a.contains(&pull_action(&repo)));
                 TokenOp::ScopeMapUpdate { map, repo, add }
             }
+            85..=89 => TokenOp::RotateKey,
             _ => TokenOp::Show { name },
         }
     }
@@ -1763,6 +1768,11 @@ impl TokenWorker {
                     ));
                 }
             }
+            TokenOp::RotateKey => {
+                if answer["kid"].as_str().is_none() {
+                    wrong("signing-key rotate answered no kid".into());
+                }
+            }
             TokenOp::Show { name } => {
                 let enabled = m.tokens[name].enabled;
                 let expected = if enabled { "enabled" } else { "disabled" };
@@ -1833,7 +1843,7 @@ fn token_reader(
 }
 
 /// Token commands through the real CLI (create, regenerate, disable and enable, delete,
-/// scope-map update) and logins and pulls with acknowledged tokens, against `serve --auth
+/// scope-map update, signing-key rotate) and logins and pulls with acknowledged tokens, against `serve --auth
 /// tokens`, each cycle ended by `kill -9` at a random moment or by a crash inside the access
 /// store's commit (`in_access_transaction`, `after_access_commit`). After every restart: every
 /// acknowledged token there with its status and scope map, every acknowledged password accepted
@@ -2190,7 +2200,8 @@ fn verify_access(
                 }
                 done
             }
-            TokenOp::Show { .. } => false,
+            // Either way every access token signed before still verifies (checked below).
+            TokenOp::RotateKey | TokenOp::Show { .. } => false,
         };
         tally.unacked_seen += u64::from(done);
     }
