@@ -16,18 +16,19 @@
 //! points of its passes, until it converges: no tag its state records as synced lacks content
 //! in its store, and every local image goes up to the parent exactly once.
 //!
-//! The token variant runs `serve --auth tokens` while a worker runs token commands through the
-//! real CLI (create, regenerate a password, disable and enable, delete, scope-map update,
-//! signing-key rotate) and another logs in (`/oauth2/token`) and pulls with acknowledged
-//! tokens; crashes land at random moments and inside the access store's commit (`in_access_transaction`,
+//! The token variant runs `serve --auth tokens` while a worker runs token commands through the real
+//! CLI (create, regenerate a password, disable and enable, delete, scope-map update, signing-key
+//! rotate) and another logs in (`/oauth2/token`) and pulls with acknowledged tokens; crashes land
+//! at random moments and inside the access store's commit (`in_access_transaction`,
 //! `after_access_commit`). After every restart every acknowledged token is there with its status
 //! and scope map, every acknowledged password is accepted or refused as its token's state says,
 //! access tokens issued before the crash still verify, and the command in flight either fully
 //! happened or left nothing.
 //!
-//! `TORTURE_CYCLES` sets the number of cycles (default 50, sync 15, tokens 20); `TORTURE_SEED` replays a run
-//! (the seed is printed first). The seed fixes the operations, the data and the crash moments;
-//! thread timing still varies between runs, so a replay retraces the run, not every interleaving.
+//! `TORTURE_CYCLES` sets the number of cycles (default 50, sync 15, tokens 20); `TORTURE_SEED`
+//! replays a run (the seed is printed first). The seed fixes the operations, the data and the crash
+//! moments; thread timing still varies between runs, so a replay retraces the run, not every
+//! interleaving.
 
 #![forbid(unsafe_code)]
 
