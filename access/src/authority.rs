@@ -205,6 +205,24 @@ impl Authority {
         self.change(writes, |next| manage::apply(next, command, crate::now()))
     }
 
+    /// Like [`Authority::manage`], with `before_keeping` given the answer after the command is
+    /// applied and before the change is kept; when it fails, nothing is kept. For what must be
+    /// durable elsewhere first: the first token's password goes to a file before the token is
+    /// committed, since a crash between a committed token and its file would leave a token whose
+    /// password nobody has (and, tokens existing, no start would make another).
+    pub fn manage_then(
+        &self,
+        command: Command,
+        before_keeping: impl FnOnce(&serde_json::Value) -> Result<(), String>,
+    ) -> Result<serde_json::Value, ManageError> {
+        let writes = command.writes();
+        self.change(writes, |next| {
+            let answer = manage::apply(next, command, crate::now())?;
+            before_keeping(&answer).map_err(ManageError)?;
+            Ok(answer)
+        })
+    }
+
     /// Applies `change` to a copy of the token set and, when `writes`, keeps the copy (in the
     /// store, then live) — all of it or, on an error, none.
     pub(crate) fn change<T>(
@@ -220,6 +238,9 @@ impl Authority {
                 store
                     .save(&next)
                     .map_err(|e| ManageError(format!("cannot keep the change: {e}")))?;
+                // A crash here leaves the change durable but unanswered: the next start must
+                // serve it whole (the caller, who heard nothing, finds it done).
+                util::crash_point::crash_point("after_access_commit");
             }
             *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         }
@@ -558,5 +579,47 @@ fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
         Target::Repository(repo) => grant.kind == "repository" && grant.name == repo && named,
         // The registry-wide routes (catalog, change feed) need the catalog grant.
         Target::Registry => grant.kind == "registry" && grant.name == "catalog",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str) -> Command {
+        Command::TokenCreate {
+            name: name.into(),
+            scope_map: Some("_repositories_admin".into()),
+            rules: Vec::new(),
+            status: None,
+            no_passwords: false,
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn manage_then_keeps_nothing_when_the_step_before_keeping_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Authority::open(dir.path(), Settings::default()).unwrap();
+        let refused = authority.manage_then(create("admin"), |_| Err("disk full".into()));
+        assert_eq!(refused.unwrap_err().0, "disk full");
+        assert!(!authority.has_tokens(), "nothing live");
+        drop(authority);
+        let reopened = Authority::open(dir.path(), Settings::default()).unwrap();
+        assert!(!reopened.has_tokens(), "nothing kept");
+
+        let mut seen = String::new();
+        reopened
+            .manage_then(create("admin"), |answer| {
+                seen = answer["credentials"]["passwords"][0]["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(())
+            })
+            .unwrap();
+        assert!(!seen.is_empty(), "the step saw the new password");
+        let from = "127.0.0.1".parse().unwrap();
+        assert!(reopened.login("admin", &seen, from).is_ok());
     }
 }

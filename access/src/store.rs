@@ -132,6 +132,9 @@ impl AccessStore {
                     .map_err(db_err)?;
             }
         }
+        // A crash here must leave the set as it was before this change (the commit is the
+        // only moment the new set becomes durable).
+        util::crash_point::crash_point("in_access_transaction");
         txn.commit().map_err(db_err)
     }
 }

@@ -114,23 +114,29 @@ pub fn open(
     Ok(Some(Arc::new(authority)))
 }
 
+/// Makes `admin` and writes its password. The file is written (and synced) before the token is
+/// committed: a crash before the commit leaves no token, so the next start makes `admin` and
+/// writes the file again; a crash after it leaves both. The other order could leave a token
+/// whose password is nowhere, and no start would make another.
 fn make_admin(authority: &access::Authority, data: &Path) -> anyhow::Result<()> {
-    let answer = authority
-        .manage(access::Command::TokenCreate {
-            name: "admin".into(),
-            scope_map: Some("_repositories_admin".into()),
-            rules: Vec::new(),
-            status: None,
-            no_passwords: false,
-            expiration: None,
+    let path = data.join(ADMIN_PASSWORD_FILE);
+    let command = access::Command::TokenCreate {
+        name: "admin".into(),
+        scope_map: Some("_repositories_admin".into()),
+        rules: Vec::new(),
+        status: None,
+        no_passwords: false,
+        expiration: None,
+    };
+    authority
+        .manage_then(command, |answer| {
+            let password = answer["credentials"]["passwords"][0]["value"]
+                .as_str()
+                .unwrap_or_default();
+            write_private(&path, password)
+                .map_err(|e| format!("cannot write the admin password to {}: {e}", path.display()))
         })
         .map_err(|e| anyhow::anyhow!("cannot make the first token: {e}"))?;
-    let password = answer["credentials"]["passwords"][0]["value"]
-        .as_str()
-        .unwrap_or_default();
-    let path = data.join(ADMIN_PASSWORD_FILE);
-    write_private(&path, password)
-        .with_context(|| format!("cannot write the admin password to {}", path.display()))?;
     tracing::info!(
         file = %path.display(),
         "no token existed: made token `admin` (every action on every repository); its password is in the file (only this user can read it): log in with `docker login -u admin`, then make narrower tokens with `connected-registry token create` and delete the file"
@@ -150,5 +156,10 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(text.as_bytes())?;
     file.write_all(b"\n")?;
-    file.sync_all()
+    file.sync_all()?;
+    // The file's name is durable once its directory is synced.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

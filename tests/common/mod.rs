@@ -157,14 +157,53 @@ pub fn serve_with(
     log: PathBuf,
 ) -> Proc {
     let listen = format!("127.0.0.1:{port}");
+    let args = serve_args(data, &listen, extra_args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
+}
+
+/// `serve --listen LISTEN --data DATA EXTRA...`, open (`--auth none`) unless `extra_args` say
+/// how to control access.
+fn serve_args(data: &Path, listen: &str, extra_args: &[&str]) -> Vec<String> {
     let data_s = data.to_str().expect("utf-8 temp path");
-    let mut args = vec!["serve", "--listen", &listen, "--data", data_s];
+    let mut args = vec!["serve", "--listen", listen, "--data", data_s];
     args.extend_from_slice(extra_args);
     // Tests about access control say how; every other test gets an open registry.
     if !extra_args.iter().any(|a| a.starts_with("--auth")) {
         args.extend_from_slice(&["--auth", "none"]);
     }
-    Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
+    args.into_iter().map(String::from).collect()
+}
+
+/// Starts `serve` like [`serve_with`] for a start that is expected to stop by itself before it
+/// listens (an armed crash point on its way up): its exit status once it exits, or `None` if it
+/// still ran after `limit` (then it is killed).
+pub fn serve_until_exit(
+    data: &Path,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+    log: PathBuf,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = std::fs::File::create(&log).expect("create log file");
+    let err = out.try_clone().expect("clone log file");
+    let mut child = Command::new(bin())
+        .args(serve_args(data, &listen, extra_args))
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn connected-registry serve");
+    let exited = poll(limit, Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exited
 }
 
 /// Our registry as one module: `serve --proxy-listen 127.0.0.1:TLS_PORT` and no `--listen`,

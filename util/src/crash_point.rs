@@ -16,6 +16,8 @@
 //! | `in_meta_transaction` | registry metadata: a manifest put, tag deletion or blob link written in the redb transaction, before the commit | the transaction leaves nothing (the earlier state stays whole) |
 //! | `in_gc_transaction` | registry GC: untagged manifests or stale blob links removed in the redb transaction, before the commit | nothing is removed (the transaction leaves nothing); no tagged manifest or anything it references is touched either way |
 //! | `after_eviction_commit` | registry quota: a tag's eviction committed (tag, manifests, links gone; `evicted` row written), its blob files not deleted yet | the store opens as it is; the tag stays evicted; the files are garbage GC collects |
+//! | `in_access_transaction` | access store: the whole new set of scope maps, tokens and signing keys written in the redb transaction, before the commit | the transaction leaves nothing: the old set stays whole (no token half made, no password half replaced, the signing key kept) |
+//! | `after_access_commit` | access store: a management command's change committed, not yet live nor answered | the next start serves the change whole; the caller heard nothing and finds it done |
 //! | `sync_before_tag_recorded` | sync: content of tags brought down is in the store, the state file does not record them yet | the next pass finds them in step; no tag is recorded as synced without its content |
 //! | `sync_after_push_up` | sync: a local manifest or tag pushed to the parent, the state file does not record it yet | the next pass finds it at the parent and does not push it again |
 
