@@ -6,7 +6,7 @@
 //! lock someone else out.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -22,28 +22,30 @@ pub struct TrustedProxy {
 }
 
 impl TrustedProxy {
-    /// Whether `addr` is inside this range (an IPv4 peer seen as `::ffff:a.b.c.d` too).
+    /// Whether `addr` is inside this range. An IPv4 address and its IPv6-mapped form
+    /// (`::ffff:a.b.c.d`, how a dual-stack listener sees an IPv4 peer) are the same address,
+    /// whichever form the range or the peer is written in.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
+        let in_v6 = |net: Ipv6Addr, a: Ipv6Addr| {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(self.prefix))
+                .unwrap_or(0);
+            u128::from(net) & mask == u128::from(a) & mask
         };
         match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(a) & mask
-            }
-            _ => false,
+            (IpAddr::V4(net), IpAddr::V4(a)) => in_v4(net, a, self.prefix),
+            (IpAddr::V4(net), IpAddr::V6(a)) => a
+                .to_ipv4_mapped()
+                .is_some_and(|a| in_v4(net, a, self.prefix)),
+            (IpAddr::V6(net), IpAddr::V6(a)) => in_v6(net, a),
+            (IpAddr::V6(net), IpAddr::V4(a)) => in_v6(net, a.to_ipv6_mapped()),
         }
     }
+}
+
+fn in_v4(net: Ipv4Addr, a: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(net) & mask == u32::from(a) & mask
 }
 
 impl FromStr for TrustedProxy {
@@ -140,9 +142,41 @@ pub(crate) fn client_addr(request: &Request) -> IpAddr {
         .unwrap_or_else(|| peer(request))
 }
 
+/// Fuzz target for [`TrustedProxy`]'s parser (bounded run below; `fuzz/` under `cargo fuzz`):
+/// any text is refused with a message or parsed into a range that prints back as itself and
+/// holds its own network address.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_trusted_proxy(data: &[u8]) {
+    let text = fuzzkit::text(data);
+    match text.parse::<TrustedProxy>() {
+        Ok(range) => {
+            let printed = range.to_string();
+            assert_eq!(
+                printed.parse::<TrustedProxy>(),
+                Ok(range),
+                "{text:?} -> {printed}"
+            );
+            assert!(range.contains(range.network), "{text:?} -> {printed}");
+        }
+        Err(message) => assert!(message.contains("trusted proxy range"), "{message}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_trusted_proxy_bounded() {
+        let seeds: [&[u8]; 5] = [
+            b"127.0.0.1/32",
+            b"172.16.0.0/12",
+            b"10.0.0.9",
+            b"fd00::/8",
+            b"::ffff:10.0.0.1/128",
+        ];
+        fuzzkit::run("registry::trusted_proxy", &seeds, fuzz_trusted_proxy);
+    }
 
     #[test]
     fn ranges_parse_and_contain() {
@@ -160,6 +194,11 @@ mod tests {
         let v6: TrustedProxy = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        // A range written in the IPv6-mapped form holds the IPv4 peer, and the other way round.
+        let mapped: TrustedProxy = "::ffff:10.0.0.0/120".parse().unwrap();
+        assert!(mapped.contains("10.0.0.5".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.0.0.5".parse().unwrap()));
+        assert!(!mapped.contains("10.0.1.5".parse().unwrap()));
         for bad in ["", "10.0.0.0/33", "fd00::/129", "x/8", "10.0.0.0/-1"] {
             let err = bad.parse::<TrustedProxy>().unwrap_err();
             assert!(err.contains("ADDRESS/PREFIX"), "{err}");

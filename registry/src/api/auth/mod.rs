@@ -19,6 +19,8 @@ mod need;
 pub mod token;
 
 pub(crate) use client_addr::client_addr;
+#[cfg(any(test, fuzzing))]
+pub use client_addr::fuzz_trusted_proxy;
 pub use client_addr::{with_client_addr, TrustedProxy};
 pub use need::{need, Need};
 
