@@ -194,21 +194,13 @@ fn unreached(snap: &super::meta::GcSnapshot, before: u64) -> Vec<(String, Digest
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::test_support::push_blob;
     use crate::storage::Limits;
     use bytes::Bytes;
     use oci::media_type::{OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST};
     use oci::name::RepoName;
     use oci::reference::Reference;
     use oci::Origin;
-
-    fn push_blob(store: &Store, repo: &RepoName, data: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(data);
-        let session = store.new_upload(repo).unwrap();
-        let mut session = session.blocking_lock();
-        session.append(data).unwrap();
-        store.finish_upload(&mut session, &digest).unwrap();
-        digest
-    }
 
     fn image(store: &Store, repo: &RepoName, seed: &str, tag: Option<&str>) -> (Digest, Digest) {
         let config = push_blob(store, repo, format!("{{\"seed\":\"{seed}\"}}").as_bytes());

@@ -14,6 +14,8 @@ pub mod reader;
 pub mod recover;
 pub mod scrub;
 pub mod space;
+#[cfg(test)]
+mod test_support;
 pub mod uploads;
 pub mod usage;
 

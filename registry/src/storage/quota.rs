@@ -264,20 +264,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::test_support::push_blob;
     use crate::storage::Limits;
     use bytes::Bytes;
     use oci::media_type::OCI_MANIFEST;
     use oci::reference::Reference;
     use oci::Origin;
-
-    fn push_blob(store: &Store, repo: &RepoName, data: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(data);
-        let session = store.new_upload(repo).unwrap();
-        let mut session = session.blocking_lock();
-        session.append(data).unwrap();
-        store.finish_upload(&mut session, &digest).unwrap();
-        digest
-    }
 
     /// An image of one `size`-byte layer (plus `shared`, if given) tagged `tag` by `origin`.
     fn image(
