@@ -73,12 +73,7 @@ impl ParentClient {
         if !resp.status().is_success() {
             return Err(status_error(&Method::GET, &url, resp).await);
         }
-        let is_json = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !is_json {
+        if !answers_json(&resp) {
             return Ok(FeedAnswer::Absent);
         }
         let bytes = self.read_small(&url, resp).await?;

@@ -411,6 +411,15 @@ async fn status_error(method: &Method, url: &str, resp: Response) -> ClientError
 
 /// The certificate failure behind a transport error, if that is what it is (found in the error's
 /// source chain, through the I/O errors hyper and rustls wrap it in).
+/// Whether a parent answered JSON: a parent of ours does on `/acr`; anything else (a login page
+/// of a proxy in between, an HTML 200) means the API is not there.
+fn answers_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
 fn certificate_error(
     base: &str,
     trust_given: bool,
