@@ -11,33 +11,11 @@ use std::time::Duration;
 
 use common::api::Api;
 use common::checks::assert_references_whole;
-use common::{free_port, poll, serve_with, start_registry, start_registry_on, wait_until, Proc};
-
-/// A schedule whose windows are always open (see `sync_serve.rs`).
-const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-window", "PT1H"];
+use common::sync::{start_child, wait_for_tag, ALWAYS_OPEN};
+use common::{free_port, poll, serve_with, start_registry, start_registry_on, wait_until};
 
 /// Each image's one layer: random, so no two images share bytes.
 const LAYER: usize = 100 * 1024;
-
-fn start_child(data: &Path, parent_url: &str, extra: &[&str]) -> Proc {
-    let args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
-    start_registry(data, &args)
-}
-
-/// Waits (bounded) until `registry` serves `repo:tag` as `digest`.
-#[track_caller]
-fn wait_for_tag(registry: &Proc, repo: &str, tag: &str, digest: &str) {
-    let api = Api::new(&registry.url());
-    let arrived = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        let r = api.head(&format!("/v2/{repo}/manifests/{tag}"));
-        r.status == 200 && r.header("docker-content-digest").as_deref() == Some(digest)
-    });
-    assert!(
-        arrived,
-        "{repo}:{tag} never arrived as {digest}; log:\n{}",
-        registry.log_text()
-    );
-}
 
 /// How this project's sync client introduces itself: a request with it comparing tags is not a
 /// client asking for an evicted tag, so the checks below look without bringing anything back.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::api::Api;
 use common::distribution::start_distribution;
-use common::sync::{image, push};
-use common::{bin, free_port, poll, start_registry, start_registry_on, wait_until, Proc};
+use common::sync::{image, push, start_child, wait_for_tag};
+use common::{bin, free_port, poll, start_registry, start_registry_on, Proc};
 use serde_json::Value;
 
 /// The child's `GET /acr/v1/_sync/status`, once it answers and `ready` holds (bounded wait).
@@ -30,32 +30,6 @@ fn status_when(child: &Proc, what: &str, ready: impl Fn(&Value) -> bool) -> Valu
         )
     })
 }
-
-/// Waits (bounded) until `registry` serves `repo:tag` as `digest`.
-#[track_caller]
-fn wait_for_tag(registry: &Proc, repo: &str, tag: &str, digest: &str) {
-    let api = Api::new(&registry.url());
-    let arrived = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        let r = api.head(&format!("/v2/{repo}/manifests/{tag}"));
-        r.status == 200 && r.header("docker-content-digest").as_deref() == Some(digest)
-    });
-    assert!(
-        arrived,
-        "{repo}:{tag} never arrived as {digest}; log:\n{}",
-        registry.log_text()
-    );
-}
-
-/// A child of `parent_url` (`--parent`) whose window is always open, with `extra` flags.
-fn start_child(data: &std::path::Path, parent_url: &str, extra: &[&str]) -> Proc {
-    let args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
-    start_registry(data, &args)
-}
-
-/// A schedule whose windows (hourly, one hour long) are always open, so these tests see an
-/// open window without a new scheduled start for the next minutes: what happens in them is the
-/// window's doing, not a new start's.
-const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-window", "PT1H"];
 
 #[test]
 fn serve_runs_the_sync_schedule_and_reports_status() {

@@ -69,3 +69,33 @@ pub fn sync_once(data: &Path, parent: &str, extra: &[&str], envs: &[(&str, &str)
         .output()
         .expect("run connected-registry sync")
 }
+
+/// A schedule whose windows (hourly, one hour long) are always open, so a test sees an open
+/// window without a new scheduled start for the next minutes: what happens in it is the
+/// window's doing, not a new start's.
+pub const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-window", "PT1H"];
+
+/// A child of `parent_url` (`--parent`) whose window is always open, with `extra` flags.
+pub fn start_child(data: &Path, parent_url: &str, extra: &[&str]) -> super::Proc {
+    let args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
+    super::start_registry(data, &args)
+}
+
+/// Waits (bounded) until `registry` serves `repo:tag` as `digest`.
+#[track_caller]
+pub fn wait_for_tag(registry: &super::Proc, repo: &str, tag: &str, digest: &str) {
+    let api = super::api::Api::new(&registry.url());
+    let arrived = super::wait_until(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(200),
+        || {
+            let r = api.head(&format!("/v2/{repo}/manifests/{tag}"));
+            r.status == 200 && r.header("docker-content-digest").as_deref() == Some(digest)
+        },
+    );
+    assert!(
+        arrived,
+        "{repo}:{tag} never arrived as {digest}; log:\n{}",
+        registry.log_text()
+    );
+}
