@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::attributes::ChangeableAttributes;
 use crate::digest::Digest;
 
+/// How a child's sync introduces itself (`User-Agent`, then its version): a parent tells a
+/// child comparing tags from a client asking for them (an evicted tag's demand counts only
+/// the latter).
+pub const SYNC_USER_AGENT_PREFIX: &str = "connected-registry-sync/";
+
 /// The newest feed version this build writes and reads.
 pub const FEED_VERSION: u32 = 1;
 

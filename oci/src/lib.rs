@@ -38,7 +38,9 @@ pub use descriptor::{Descriptor, Platform};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;
 pub use fault::{Class, Classify, Fault};
-pub use feed::{Change, ChangeKind, FeedError, FeedPage, Origin, FEED_VERSION};
+pub use feed::{
+    Change, ChangeKind, FeedError, FeedPage, Origin, FEED_VERSION, SYNC_USER_AGENT_PREFIX,
+};
 pub use manifest::{Content, Manifest, ManifestError};
 pub use name::{validate_tag, NameError, RepoName};
 pub use reference::{Reference, ReferenceError};

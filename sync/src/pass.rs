@@ -833,15 +833,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_comparison_brings_the_parents_tag_attributes_down() {
         let rig = Rig::new("ReadOnly");
-        rig.parent.serve_acr();
-        // A parent of ours whose feed cannot continue: every pass compares in full.
-        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
-            version: FEED_VERSION,
-            head: 0,
-            oldest: 1,
-            reset: true,
-            changes: Vec::new(),
-        }));
+        parent_of_ours(&rig);
         rig.parent.put_blob(b"{}");
         let m = image_manifest(b"{}", &[]);
         let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);

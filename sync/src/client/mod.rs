@@ -210,8 +210,9 @@ impl ParentClient {
             .connect_timeout(limits.connect_timeout)
             .read_timeout(limits.progress_timeout)
             .pool_max_idle_per_host(limits.concurrency.max(4) * 2)
-            .user_agent(concat!(
-                "connected-registry-sync/",
+            .user_agent(format!(
+                "{}{}",
+                oci::SYNC_USER_AGENT_PREFIX,
                 env!("CARGO_PKG_VERSION")
             ))
             .build()

@@ -60,7 +60,7 @@ fn missing(
         if store.evicted_tag(repo, tag)?.is_some() {
             let from_sync = req
                 .header("user-agent")
-                .is_some_and(|agent| agent.starts_with(SYNC_USER_AGENT));
+                .is_some_and(|agent| agent.starts_with(oci::SYNC_USER_AGENT_PREFIX));
             if !from_sync {
                 store.note_demand(repo, tag);
             }
@@ -78,9 +78,6 @@ fn missing(
         format!("manifest {reference} is not in repository {repo}"),
     ))
 }
-
-/// How this project's sync client introduces itself (`sync::client`).
-const SYNC_USER_AGENT: &str = "connected-registry-sync/";
 
 /// Reads a manifest body, refusing it as soon as it passes the size limit.
 async fn read_limited(req: Req, limit: u64) -> Result<Bytes, ApiError> {
