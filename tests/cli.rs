@@ -250,8 +250,14 @@ fn refused_settings_leave_no_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["serve", "--login-attempts", "0"], "--login-attempts 0"),
+        (&["serve", "--quota", "5%"], "share of the disk"),
+        (&["serve", "--quota", "0"], "is zero"),
+        (
+            &["serve", "--trusted-proxy", "10.0.0.0/33"],
+            "the prefix must be 0 to 32",
+        ),
         (&["serve", "--anonymous-pull", "Team/*"], "--anonymous-pull"),
         (&["serve", "--sync-window", "30m"], "syncWindow"),
         (

@@ -194,6 +194,10 @@ mod tests {
         let v6: TrustedProxy = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "fd00::/129", "10.0.0.0/x", "host.local", ""] {
+            let err = bad.parse::<TrustedProxy>().unwrap_err();
+            assert!(err.contains("give ADDRESS/PREFIX"), "{bad:?}: {err}");
+        }
         // A range written in the IPv6-mapped form holds the IPv4 peer, and the other way round.
         let mapped: TrustedProxy = "::ffff:10.0.0.0/120".parse().unwrap();
         assert!(mapped.contains("10.0.0.5".parse().unwrap()));
