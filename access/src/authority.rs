@@ -131,8 +131,10 @@ struct Remembered {
     until: Instant,
 }
 
-/// An access token verified before: for which service, until when, and whom it names.
+/// An access token verified before: the token itself, for which service, until when, and whom
+/// it names.
 struct Verified {
+    token: Box<[u8]>,
     service: Box<str>,
     exp: u64,
     identity: Arc<Identity>,
@@ -145,7 +147,8 @@ pub struct Authority {
     limiter: LoginLimiter,
     /// Keyed hashes of verified `name:password` pairs: the cache never holds a password.
     remembered: Mutex<HashMap<[u8; 32], Remembered>>,
-    verified: RwLock<HashMap<Box<str>, Verified>>,
+    /// Keyed by the end of the token (see [`recall_key`]).
+    verified: RwLock<HashMap<RecallKey, Verified>>,
     cache_key: [u8; 32],
 }
 
@@ -319,19 +322,22 @@ impl Authority {
         })
     }
 
-    /// The identity of a Bearer access token for `service`.
+    /// The identity of a Bearer access token for `service`, given as the request carries it.
     /// Tokens verified before are recalled from memory (a client sends the same token with
-    /// every request for its lifetime; verifying is a signature and a JSON parse).
-    pub fn bearer(&self, access_token: &str, service: &str) -> Result<Arc<Identity>, Refusal> {
+    /// every request for its lifetime; verifying is a signature and a JSON parse); recalling
+    /// one reads its bytes twice at most (the key, the comparison), as every request pays it.
+    pub fn bearer(&self, access_token: &[u8], service: &str) -> Result<Arc<Identity>, Refusal> {
         let now = crate::now();
         {
             let verified = self.verified.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = verified.get(access_token) {
-                if now < v.exp && *v.service == *service {
+            if let Some(v) = verified.get(&recall_key(access_token)) {
+                if *v.token == *access_token && now < v.exp && *v.service == *service {
                     return Ok(v.identity.clone());
                 }
             }
         }
+        let access_token = std::str::from_utf8(access_token)
+            .map_err(|_| Refusal::Unauthorized("access token: not text".into()))?;
         let snapshot = self.snapshot();
         let claims = jwt::verify(&snapshot.keys, access_token, now)
             .map_err(|e| Refusal::Unauthorized(format!("access token: {e}")))?;
@@ -358,8 +364,9 @@ impl Authority {
             }
         }
         verified.insert(
-            access_token.into(),
+            recall_key(access_token.as_bytes()),
             Verified {
+                token: access_token.as_bytes().into(),
                 service: service.into(),
                 exp: claims.exp,
                 identity: identity.clone(),
@@ -558,6 +565,18 @@ impl Authority {
             .and_then(|t| t.password(slot))
             .is_some_and(|p| !p.expired(now) && p.generation() == generation)
     }
+}
+
+/// What a verified token is recalled by: its last bytes, which are its signature's and name it
+/// as well as the whole does (a collision only costs a full verification). Hashing these
+/// instead of the whole token, four hundred bytes, is most of the cost of recalling one.
+type RecallKey = [u8; 32];
+
+fn recall_key(token: &[u8]) -> RecallKey {
+    let tail = &token[token.len().saturating_sub(32)..];
+    let mut key = [0; 32];
+    key[..tail.len()].copy_from_slice(tail);
+    key
 }
 
 fn scope_allows(snapshot: &Snapshot, token: &str, target: Target<'_>, action: Action) -> bool {
