@@ -35,6 +35,8 @@ pub struct Settings {
     pub login: Limits,
     /// Repositories anyone may pull (and list) without credentials; empty: nobody.
     pub anonymous_pull: Vec<RepoPattern>,
+    /// This registry refuses client writes (ReadOnly): it may only have ReadOnly children.
+    pub read_only: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
                 lockout: Duration::from_secs(300),
             },
             anonymous_pull: Vec::new(),
+            read_only: false,
         }
     }
 }
@@ -202,7 +205,10 @@ impl Authority {
     /// Applies a management command, keeps the result, and answers as `az acr` would.
     pub fn manage(&self, command: Command) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
-        self.change(writes, |next| manage::apply(next, command, crate::now()))
+        let read_only = self.settings.read_only;
+        self.change(writes, |next| {
+            manage::apply_as(next, command, crate::now(), read_only)
+        })
     }
 
     /// Like [`Authority::manage`], with `before_keeping` given the answer after the command is
@@ -217,7 +223,7 @@ impl Authority {
     ) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
         self.change(writes, |next| {
-            let answer = manage::apply(next, command, crate::now())?;
+            let answer = manage::apply_as(next, command, crate::now(), self.settings.read_only)?;
             before_keeping(&answer).map_err(ManageError)?;
             Ok(answer)
         })
@@ -403,6 +409,11 @@ impl Authority {
         }
     }
 
+    /// The settings child `name` receives from this registry (`None`: no such child).
+    pub fn child_config(&self, name: &str) -> Option<serde_json::Value> {
+        crate::child::config_of(&self.snapshot(), name)
+    }
+
     fn anonymous_allows(&self, target: Target<'_>, action: Action) -> bool {
         let Target::Repository(repo) = target else {
             return false;
@@ -561,6 +572,12 @@ impl Authority {
 }
 
 fn scope_allows(snapshot: &Snapshot, token: &str, target: Target<'_>, action: Action) -> bool {
+    // A gateway's own routes answer its sync token only, whatever another token's scope says.
+    if let Target::Gateway(name) = target {
+        if !crate::child::is_sync_token_of(snapshot, name, token) {
+            return false;
+        }
+    }
     snapshot
         .tokens
         .get(token)
@@ -578,7 +595,9 @@ fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
     match target {
         Target::Repository(repo) => grant.kind == "repository" && grant.name == repo && named,
         // The registry-wide routes (catalog, change feed) need the catalog grant.
-        Target::Registry => grant.kind == "registry" && grant.name == "catalog",
+        Target::Registry | Target::Gateway(_) => {
+            grant.kind == "registry" && grant.name == "catalog"
+        }
     }
 }
 
