@@ -409,6 +409,23 @@ impl Authority {
         }
     }
 
+    /// Whether the change feed may name `repo` to `identity`: `content/read` or
+    /// `metadata/read` there (a child's sync token reads its own repositories' changes only).
+    pub fn may_read(&self, identity: &Identity, repo: &str) -> bool {
+        let snapshot = self.snapshot();
+        let target = Target::Repository(repo);
+        let token = match identity {
+            Identity::Password { token } | Identity::Bearer { token, .. } => token.as_str(),
+            Identity::Anonymous => "",
+        };
+        [Action::ContentRead, Action::MetadataRead]
+            .into_iter()
+            .any(|action| match token {
+                "" => self.anonymous_allows(target, action),
+                token => scope_allows(&snapshot, token, target, action),
+            })
+    }
+
     /// The settings child `name` receives from this registry (`None`: no such child).
     pub fn child_config(&self, name: &str) -> Option<serde_json::Value> {
         crate::child::config_of(&self.snapshot(), name)

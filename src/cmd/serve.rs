@@ -147,7 +147,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sync = super::sync::Prepared::from_flags(&args.sync)?;
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
-    let auth_settings = args.auth.settings()?;
+    let mut auth_settings = args.auth.settings()?;
+    // A ReadOnly registry may only have ReadOnly children (`child create`).
+    auth_settings.read_only = writes == registry::api::Writes::Refused;
     // One module needs no trust: the proxy in this process hands the registry the client's
     // own address (its `ConnectInfo`), not a loopback peer.
     let trusted = args.trusted_proxies.clone();
@@ -218,7 +220,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Management commands (`token`, `scope-map`) reach this authority on DATA/admin.sock.
         super::admin_socket::spawn(&args.data, authority.clone())?;
         app = registry::api::auth::guard(
-            app.merge(registry::api::auth::token::routes(authority.clone())),
+            app.merge(registry::api::auth::token::routes(authority.clone()))
+                .merge(registry::api::gateway::routes(authority.clone())),
             authority.clone(),
         );
         app = registry::api::auth::with_client_addr(app, trusted);

@@ -202,6 +202,9 @@ async fn check(
             authority.allows(&identity, Target::Repository(repo), *action)
         }
         (Need::Gateway(action), _) => authority.allows(&identity, Target::Registry, *action),
+        (Need::OwnGateway(name, action), _) => {
+            authority.allows(&identity, Target::Gateway(name), *action)
+        }
         (Need::Mount { target, source }, _) => {
             let push =
                 authority.allows(&identity, Target::Repository(target), Action::ContentWrite);
@@ -225,8 +228,13 @@ async fn check(
             _ => challenge(&addressed, &need, None, "authentication required: log in with a token (docker login)"),
         };
     }
-    // Only listings need to know what the caller may see; a pull is spared the allocation.
-    if matches!(
+    // Only listings (the change feed among them) need to know what the caller may see; a
+    // pull is spared the allocation.
+    if need == Need::Gateway(Action::MessageRead) {
+        let seeing = authority.clone();
+        let caller = Caller::seeing(move |repo| seeing.may_read(&identity, repo));
+        request.extensions_mut().insert(caller.with_unlisted(true));
+    } else if matches!(
         need,
         Need::Catalog | Need::Repository(_, Action::MetadataRead)
     ) {
@@ -276,7 +284,9 @@ fn scope_of(need: &Need) -> Option<String> {
         Need::Mount { target, source } => Some(format!(
             "repository:{target}:pull,push repository:{source}:pull"
         )),
-        Need::Catalog | Need::Gateway(_) => Some("registry:catalog:*".into()),
+        Need::Catalog | Need::Gateway(_) | Need::OwnGateway(..) => {
+            Some("registry:catalog:*".into())
+        }
         Need::Nothing | Need::Known => None,
     }
 }

@@ -24,6 +24,8 @@ pub enum Need {
     Catalog,
     /// A gateway action of a child registry (the change feed, the sync status).
     Gateway(Action),
+    /// A gateway action on one child registry's own route (its settings): its sync token's.
+    OwnGateway(String, Action),
     /// Writes of a cross-repository mount: the target repository's push, and pull on the
     /// source (without it, the upload starts as an ordinary one: see `auth::guard`).
     Mount { target: String, source: String },
@@ -74,6 +76,9 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
 fn acr_need(method: &Method, rest: &str, query: Option<&str>) -> Need {
     if rest.starts_with("_sync/") {
         return Need::Gateway(Action::MessageRead);
+    }
+    if let Some(name) = crate::api::gateway::config_route(rest) {
+        return Need::OwnGateway(name.into(), Action::ConfigRead);
     }
     match parse_acr_route(rest) {
         None => Need::Known,
@@ -229,6 +234,12 @@ mod tests {
                 Need::Gateway(MessageRead),
             ),
             (Method::GET, "/acr/v1/_catalog", None, Need::Catalog),
+            (
+                Method::GET,
+                "/acr/v1/_gateway/edge1/config",
+                None,
+                Need::OwnGateway("edge1".into(), ConfigRead),
+            ),
             (Method::GET, "/acr/v1/a/b", None, repo("a/b", MetadataRead)),
             (
                 Method::PATCH,
