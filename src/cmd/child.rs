@@ -61,7 +61,11 @@ enum ChildCommand {
         settings: SettingsFlags,
         /// How the child reaches this registry, HOST[:PORT] (it goes into the connection
         /// string as ParentGatewayEndpoint).
-        #[arg(long, env = "CONNECTED_REGISTRY_PARENT_ENDPOINT", value_name = "HOST[:PORT]")]
+        #[arg(
+            long,
+            env = "CONNECTED_REGISTRY_PARENT_ENDPOINT",
+            value_name = "HOST[:PORT]"
+        )]
         parent_endpoint: Option<String>,
         /// https, or http for tests on loopback.
         #[arg(long, default_value = "https", value_parser = ["https", "http"])]
@@ -101,7 +105,10 @@ enum CredentialCommand {
 fn patterns(words: &[String]) -> anyhow::Result<Vec<RepoPattern>> {
     words
         .iter()
-        .map(|w| w.parse().map_err(|e: String| anyhow::anyhow!("--repository: {e}")))
+        .map(|w| {
+            w.parse()
+                .map_err(|e: String| anyhow::anyhow!("--repository: {e}"))
+        })
         .collect()
 }
 
@@ -137,7 +144,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("child {name}: its connection string must say how it reaches this registry: give --parent-endpoint HOST[:PORT] (or CONNECTED_REGISTRY_PARENT_ENDPOINT)");
             };
             if settings.repositories.is_empty() {
-                anyhow::bail!("child {name} needs at least one --repository PATTERN (a name, team-a/* or *)");
+                anyhow::bail!(
+                    "child {name} needs at least one --repository PATTERN (a name, team-a/* or *)"
+                );
             }
             Command::ChildCreate {
                 name,
@@ -192,7 +201,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let answer = super::admin_socket::send(&args.on.data, command).await?;
     let text = match (args.on.output, deleted) {
         (Output::Json, _) => serde_json::to_string_pretty(&answer)?,
-        (Output::Table, Some(name)) => format!("child registry {name} deleted; its sync token stops working at once"),
+        (Output::Table, Some(name)) => {
+            format!("child registry {name} deleted; its sync token stops working at once")
+        }
         (Output::Table, None) if answer.is_array() => render_list(&answer),
         (Output::Table, None) => render_one(&answer),
     };

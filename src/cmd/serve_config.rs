@@ -109,9 +109,17 @@ pub fn render(
     };
     t.line("trust", or_unset(s.trust.as_ref().map(|p| p.display())), "")
         .line("mode", format!("{:?}", s.mode), source("mode"))
-        .line("sync_schedule", s.schedule.source(), source("sync_schedule"))
+        .line(
+            "sync_schedule",
+            s.schedule.source(),
+            source("sync_schedule"),
+        )
         .line("sync_window", duration(s.window), source("sync_window"))
-        .line("message_ttl", duration(s.message_ttl), source("message_ttl"));
+        .line(
+            "message_ttl",
+            duration(s.message_ttl),
+            source("message_ttl"),
+        );
     for r in &s.repos {
         let mut rule = r.pattern.clone();
         if let Some(i) = &r.include {

@@ -228,7 +228,10 @@ impl SyncFlags {
 
     /// Where each setting the parent may give came from, by `serve --print-config` key: `flag`,
     /// `file`, `parent`, `parent (cached)` or `default`.
-    pub fn sources(&self, parent: Option<(&ParentConfig, Received)>) -> Vec<(&'static str, String)> {
+    pub fn sources(
+        &self,
+        parent: Option<(&ParentConfig, Received)>,
+    ) -> Vec<(&'static str, String)> {
         let Ok((file, flags)) = self.layers() else {
             return Vec::new();
         };
@@ -245,7 +248,10 @@ impl SyncFlags {
         };
         let p = parent.map(|(p, _)| p.raw()).unwrap_or_default();
         vec![
-            ("mode", from(flags.mode.is_some(), file.mode.is_some(), p.mode.is_some())),
+            (
+                "mode",
+                from(flags.mode.is_some(), file.mode.is_some(), p.mode.is_some()),
+            ),
             (
                 "sync_schedule",
                 from(
@@ -347,7 +353,8 @@ impl Prepared {
         let Some(name) = self.flags.child_name()? else {
             return Ok(self);
         };
-        let fetched = tokio::time::timeout(PARENT_CONFIG_WAIT, self.client.gateway_config(&name)).await;
+        let fetched =
+            tokio::time::timeout(PARENT_CONFIG_WAIT, self.client.gateway_config(&name)).await;
         let received = match fetched {
             Ok(Ok(Some(config))) => Some((config, Received::Fresh)),
             Ok(Ok(None)) => {
@@ -399,13 +406,20 @@ impl Prepared {
             self.settings.trust.as_deref(),
             self.settings.limits.clone(),
         )?);
-        let last = Arc::new(Mutex::new(self.parent_config.as_ref().map(|(c, _)| c.clone())));
+        let last = Arc::new(Mutex::new(
+            self.parent_config.as_ref().map(|(c, _)| c.clone()),
+        ));
         let flags = Arc::new(self.flags.clone());
         let data = data.to_owned();
         let mode = self.settings.mode;
         Ok(Some(Arc::new(move || {
-            let (client, last, flags, data, name) =
-                (client.clone(), last.clone(), flags.clone(), data.clone(), name.clone());
+            let (client, last, flags, data, name) = (
+                client.clone(),
+                last.clone(),
+                flags.clone(),
+                data.clone(),
+                name.clone(),
+            );
             Box::pin(async move {
                 let config = match client.gateway_config(&name).await {
                     Ok(Some(config)) => config,

@@ -140,7 +140,13 @@ impl ParentClient {
                     method: "GET".into(),
                     url,
                     status: s.as_u16(),
-                    body: resp.text().await.unwrap_or_default().chars().take(300).collect(),
+                    body: resp
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect(),
                 })
             }
         }
