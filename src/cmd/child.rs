@@ -59,7 +59,7 @@ enum ChildCommand {
         mode: ChildMode,
         #[command(flatten)]
         settings: SettingsFlags,
-        /// How the child reaches this registry, HOST[:PORT] (it goes into the connection
+        /// How the child reaches this registry, HOST or HOST:PORT (it goes into the connection
         /// string as ParentGatewayEndpoint).
         #[arg(
             long,
