@@ -194,20 +194,15 @@ pub fn create(
         ));
     }
     let (token_name, map_name) = (child.sync_token(), child.scope_map());
-    for (what, taken) in [
-        ("token", snapshot.tokens.contains_key(&token_name)),
-        ("scope map", snapshot.scope_maps.contains_key(&map_name)),
-    ] {
-        let shown = if what == "token" {
-            &token_name
-        } else {
-            &map_name
-        };
-        if taken {
-            return refuse(format!(
-                "{what} {shown} exists already: delete it, or choose another child name"
-            ));
-        }
+    if snapshot.tokens.contains_key(&token_name) {
+        return refuse(format!(
+            "token {token_name} exists already: delete it, or choose another child name"
+        ));
+    }
+    if snapshot.scope_maps.contains_key(&map_name) {
+        return refuse(format!(
+            "scope map {map_name} exists already: delete it, or choose another child name"
+        ));
     }
     child.created = now;
     let map = ScopeMap::new(

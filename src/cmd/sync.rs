@@ -387,6 +387,16 @@ impl Prepared {
         Ok(self)
     }
 
+    /// Keeps the settings received from the parent at start in `data` (checked by then), for
+    /// a start with the parent unreachable.
+    fn keep_received(&self, data: &Path) {
+        if let Some((config, Received::Fresh)) = &self.parent_config {
+            if let Err(err) = config.keep(data) {
+                tracing::warn!(%err, "cannot keep the parent's settings in the data directory: a start with the parent unreachable will not have them");
+            }
+        }
+    }
+
     /// Where each setting the parent may give came from (`serve --print-config`).
     pub fn sources(&self) -> Vec<(&'static str, String)> {
         self.flags
@@ -511,11 +521,7 @@ impl Prepared {
                 sync::settings::outside_scope(&engine.settings.repos, repo.as_str())
             })
         };
-        if let Some((config, Received::Fresh)) = &self.parent_config {
-            if let Err(err) = config.keep(data) {
-                tracing::warn!(%err, "cannot keep the parent's settings in the data directory: a start with the parent unreachable will not have them");
-            }
-        }
+        self.keep_received(data);
         let refresh = self.refresh(data)?;
         let service =
             SyncService::refreshed_by(self.engine(store, data, Arc::new(NoProgress))?, refresh);
@@ -564,6 +570,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
              ACR_REGISTRY_CONNECTION_STRING, or a --sync-config file with `parent`"
         );
     };
+    // A child defined at its parent syncs with the settings it has there (under its own).
+    let sync = sync.with_parent_config(&args.data).await?;
     let time_limit = match &args.time_limit {
         Some(t) => {
             Some(util::duration::parse(t).map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?)
@@ -571,6 +579,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     super::check_data_dir(&args.data, super::MissingData::Create)?;
+    sync.keep_received(&args.data);
     let data = args.data.clone();
     let store =
         tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
