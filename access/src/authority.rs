@@ -35,6 +35,8 @@ pub struct Settings {
     pub login: Limits,
     /// Repositories anyone may pull (and list) without credentials; empty: nobody.
     pub anonymous_pull: Vec<RepoPattern>,
+    /// This registry refuses client writes (ReadOnly): it may only have ReadOnly children.
+    pub read_only: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
                 lockout: Duration::from_secs(300),
             },
             anonymous_pull: Vec::new(),
+            read_only: false,
         }
     }
 }
@@ -205,7 +208,10 @@ impl Authority {
     /// Applies a management command, keeps the result, and answers as `az acr` would.
     pub fn manage(&self, command: Command) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
-        self.change(writes, |next| manage::apply(next, command, crate::now()))
+        let read_only = self.settings.read_only;
+        self.change(writes, |next| {
+            manage::apply_as(next, command, crate::now(), read_only)
+        })
     }
 
     /// Like [`Authority::manage`], with `before_keeping` given the answer after the command is
@@ -220,7 +226,7 @@ impl Authority {
     ) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
         self.change(writes, |next| {
-            let answer = manage::apply(next, command, crate::now())?;
+            let answer = manage::apply_as(next, command, crate::now(), self.settings.read_only)?;
             before_keeping(&answer).map_err(ManageError)?;
             Ok(answer)
         })
@@ -410,6 +416,28 @@ impl Authority {
         }
     }
 
+    /// Whether the change feed may name `repo` to `identity`: `content/read` or
+    /// `metadata/read` there (a child's sync token reads its own repositories' changes only).
+    pub fn may_read(&self, identity: &Identity, repo: &str) -> bool {
+        let snapshot = self.snapshot();
+        let target = Target::Repository(repo);
+        let token = match identity {
+            Identity::Password { token } | Identity::Bearer { token, .. } => token.as_str(),
+            Identity::Anonymous => "",
+        };
+        [Action::ContentRead, Action::MetadataRead]
+            .into_iter()
+            .any(|action| match token {
+                "" => self.anonymous_allows(target, action),
+                token => scope_allows(&snapshot, token, target, action),
+            })
+    }
+
+    /// The settings child `name` receives from this registry (`None`: no such child).
+    pub fn child_config(&self, name: &str) -> Option<serde_json::Value> {
+        crate::child::config_of(&self.snapshot(), name)
+    }
+
     fn anonymous_allows(&self, target: Target<'_>, action: Action) -> bool {
         let Target::Repository(repo) = target else {
             return false;
@@ -580,6 +608,12 @@ fn recall_key(token: &[u8]) -> RecallKey {
 }
 
 fn scope_allows(snapshot: &Snapshot, token: &str, target: Target<'_>, action: Action) -> bool {
+    // A gateway's own routes answer its sync token only, whatever another token's scope says.
+    if let Target::Gateway(name) = target {
+        if !crate::child::is_sync_token_of(snapshot, name, token) {
+            return false;
+        }
+    }
     snapshot
         .tokens
         .get(token)
@@ -597,7 +631,9 @@ fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
     match target {
         Target::Repository(repo) => grant.kind == "repository" && grant.name == repo && named,
         // The registry-wide routes (catalog, change feed) need the catalog grant.
-        Target::Registry => grant.kind == "registry" && grant.name == "catalog",
+        Target::Registry | Target::Gateway(_) => {
+            grant.kind == "registry" && grant.name == "catalog"
+        }
     }
 }
 

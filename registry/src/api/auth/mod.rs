@@ -277,6 +277,9 @@ fn judge(
             authority.allows(&identity, Target::Repository(repo), *action)
         }
         (Need::Gateway(action), _) => authority.allows(&identity, Target::Registry, *action),
+        (Need::OwnGateway(name, action), _) => {
+            authority.allows(&identity, Target::Gateway(name), *action)
+        }
         (Need::Mount { target, source }, _) => {
             let push =
                 authority.allows(&identity, Target::Repository(target), Action::ContentWrite);
@@ -298,12 +301,18 @@ fn judge(
             _ => challenge(&addressed, &need, None, "authentication required: log in with a token (docker login)"),
         });
     }
-    // Only listings need to know what the caller may see; a pull is spared the allocation.
+    // Only listings (the change feed among them) need to know what the caller may see; a
+    // pull is spared the allocation.
+    let feed = need == Need::Gateway(Action::MessageRead);
     let lists = matches!(
         need,
         Need::Catalog | Need::Repository(_, Action::MetadataRead)
     );
-    if lists {
+    if feed {
+        let seeing = authority.clone();
+        let caller = Caller::seeing(move |repo| seeing.may_read(&identity, repo));
+        parts.extensions.insert(caller.with_unlisted(true));
+    } else if lists {
         let sync_reader = authority.allows(&identity, Target::Registry, Action::MessageRead);
         let seeing = authority.clone();
         let caller = Caller::seeing(move |repo| seeing.may_list(&identity, repo));
@@ -350,7 +359,9 @@ fn scope_of(need: &Need<'_>) -> Option<String> {
         Need::Mount { target, source } => Some(format!(
             "repository:{target}:pull,push repository:{source}:pull"
         )),
-        Need::Catalog | Need::Gateway(_) => Some("registry:catalog:*".into()),
+        Need::Catalog | Need::Gateway(_) | Need::OwnGateway(..) => {
+            Some("registry:catalog:*".into())
+        }
         Need::Nothing | Need::Known => None,
     }
 }

@@ -28,6 +28,8 @@ pub enum Need<'a> {
     Catalog,
     /// A gateway action of a child registry (the change feed, the sync status).
     Gateway(Action),
+    /// A gateway action on one child registry's own route (its settings): its sync token's.
+    OwnGateway(&'a str, Action),
     /// Writes of a cross-repository mount: the target repository's push, and pull on the
     /// source (without it, the upload starts as an ordinary one: see `auth::guard`).
     Mount {
@@ -81,6 +83,9 @@ pub fn need<'a>(method: &Method, path: &'a str, query: Option<&'a str>) -> Need<
 fn acr_need<'a>(method: &Method, rest: &'a str, query: Option<&'a str>) -> Need<'a> {
     if rest.starts_with("_sync/") {
         return Need::Gateway(Action::MessageRead);
+    }
+    if let Some(name) = crate::api::gateway::config_route(rest) {
+        return Need::OwnGateway(name, Action::ConfigRead);
     }
     match parse_acr_route(rest) {
         None => Need::Known,
@@ -245,6 +250,12 @@ mod tests {
                 Need::Gateway(MessageRead),
             ),
             (Method::GET, "/acr/v1/_catalog", None, Need::Catalog),
+            (
+                Method::GET,
+                "/acr/v1/_gateway/edge1/config",
+                None,
+                Need::OwnGateway("edge1", ConfigRead),
+            ),
             (Method::GET, "/acr/v1/a/b", None, repo("a/b", MetadataRead)),
             (
                 Method::PATCH,
