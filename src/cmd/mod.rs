@@ -6,6 +6,7 @@ pub mod admin_socket;
 pub mod auth;
 pub mod certs;
 pub mod gc;
+pub mod image;
 pub mod manifest;
 pub mod proxy;
 pub mod recover;
