@@ -44,7 +44,10 @@ pub fn write(
                 "mediaType": oci::media_type::OCI_INDEX,
                 "manifests": [descriptor],
             });
-            files.push(("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+            files.push((
+                "oci-layout".into(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ));
             files.push(("index.json".into(), to_json(&index)?));
             files.push((blob(image.manifest_digest()), image.manifest.clone()));
         }
@@ -67,7 +70,12 @@ pub fn write(
     }
     // The layer last and without a copy: it is most of the archive.
     let layer_path = blob(image.layer_digest());
-    append(&mut builder, &layer_path, tar::EntryType::Regular, &image.layer_gzip)?;
+    append(
+        &mut builder,
+        &layer_path,
+        tar::EntryType::Regular,
+        &image.layer_gzip,
+    )?;
     builder
         .into_inner()
         .and_then(|mut out| out.flush())
@@ -89,12 +97,18 @@ fn append(
 ) -> Result<(), ImageError> {
     let mut header = tar::Header::new_ustar();
     header.set_entry_type(kind);
-    header.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    header.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     header.set_mtime(0);
     header.set_size(data.len() as u64);
     builder
         .append_data(&mut header, path, data)
-        .map_err(ImageError::io(format!("cannot write {path} into the archive")))
+        .map_err(ImageError::io(format!(
+            "cannot write {path} into the archive"
+        )))
 }
 
 #[cfg(test)]
@@ -124,10 +138,23 @@ mod tests {
     fn an_oci_archive_is_a_layout_with_every_blob() {
         let image = image();
         let mut out = Vec::new();
-        write(&image, Format::Oci, &["connected-registry:0.1.0".into()], &mut out).unwrap();
+        write(
+            &image,
+            Format::Oci,
+            &["connected-registry:0.1.0".into()],
+            &mut out,
+        )
+        .unwrap();
         let names = names(&out);
-        for digest in [image.manifest_digest(), image.config_digest(), image.layer_digest()] {
-            assert!(names.contains(&format!("blobs/sha256/{}", digest.hex())), "{names:?}");
+        for digest in [
+            image.manifest_digest(),
+            image.config_digest(),
+            image.layer_digest(),
+        ] {
+            assert!(
+                names.contains(&format!("blobs/sha256/{}", digest.hex())),
+                "{names:?}"
+            );
         }
         assert!(names.contains(&"index.json".to_owned()));
     }

@@ -39,7 +39,11 @@ pub struct Image {
 
 impl Image {
     /// Packages `binary` with `ca_bundle` into a one-layer image.
-    pub fn build(binary: &[u8], ca_bundle: &[u8], settings: &Settings) -> Result<Image, ImageError> {
+    pub fn build(
+        binary: &[u8],
+        ca_bundle: &[u8],
+        settings: &Settings,
+    ) -> Result<Image, ImageError> {
         let layer_tar = rootfs::tar(binary, ca_bundle)?;
         let layer_gzip = rootfs::gzip(&layer_tar)?;
         let config = config_json(settings, &Digest::sha256_of(&layer_tar));
@@ -95,7 +99,10 @@ fn json_error(e: serde_json::Error) -> ImageError {
 /// The OCI labels (also the manifest's annotations, so registries show them without the config).
 fn labels(settings: &Settings) -> serde_json::Map<String, Value> {
     let mut labels = serde_json::Map::new();
-    labels.insert("org.opencontainers.image.title".into(), json!(crate::REPOSITORY));
+    labels.insert(
+        "org.opencontainers.image.title".into(),
+        json!(crate::REPOSITORY),
+    );
     labels.insert(
         "org.opencontainers.image.version".into(),
         json!(settings.version),
@@ -106,7 +113,10 @@ fn labels(settings: &Settings) -> serde_json::Map<String, Value> {
     if let Some(source) = &settings.source {
         labels.insert("org.opencontainers.image.source".into(), json!(source));
     }
-    labels.insert("org.opencontainers.image.licenses".into(), json!("Apache-2.0"));
+    labels.insert(
+        "org.opencontainers.image.licenses".into(),
+        json!("Apache-2.0"),
+    );
     labels
 }
 
@@ -162,8 +172,14 @@ mod tests {
         assert_eq!(config["config"]["User"], "65532:65532");
         assert_eq!(config["config"]["Entrypoint"][0], "/connected-registry");
         assert!(config["config"]["ExposedPorts"]["443/tcp"].is_object());
-        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.version"], "1.2.3");
-        assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some("arm"), Some("v7")));
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.version"],
+            "1.2.3"
+        );
+        assert_eq!(
+            (config["architecture"].as_str(), config["variant"].as_str()),
+            (Some("arm"), Some("v7"))
+        );
         let diff_id = Digest::sha256_of(&image.layer_tar).to_string();
         assert_eq!(config["rootfs"]["diff_ids"][0], diff_id);
     }
@@ -171,7 +187,8 @@ mod tests {
     #[test]
     fn the_manifest_parses_and_references_the_config_and_layer() {
         let image = Image::build(b"bin", b"ca", &settings()).unwrap();
-        let parsed = oci::manifest::parse(Some(oci::media_type::OCI_MANIFEST), &image.manifest).unwrap();
+        let parsed =
+            oci::manifest::parse(Some(oci::media_type::OCI_MANIFEST), &image.manifest).unwrap();
         let blobs: Vec<_> = parsed.blobs().map(|d| d.digest.clone()).collect();
         assert_eq!(blobs, [image.config_digest(), image.layer_digest()]);
         let again = Image::build(b"bin", b"ca", &settings()).unwrap();

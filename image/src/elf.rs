@@ -52,7 +52,11 @@ pub fn inspect(binary: &[u8]) -> Result<ElfFacts, String> {
         0xf3 => "riscv64",
         0x15 => "ppc64le",
         0x16 => "s390x",
-        other => return Err(format!("its ELF machine type {other:#x} is not one we know")),
+        other => {
+            return Err(format!(
+                "its ELF machine type {other:#x} is not one we know"
+            ))
+        }
     };
     let (ph_off, ph_size, ph_num) = if wide {
         (read(0x20, 8)?, read(0x36, 2)?, read(0x38, 2)?)
@@ -140,7 +144,16 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_a_reason_not_a_panic() {
-        for bad in [&b""[..], b"\x7fELF", b"#!/bin/sh\necho hi\n", &[0x7f, b'E', b'L', b'F', 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]] {
+        for bad in [
+            &b""[..],
+            b"\x7fELF",
+            b"#!/bin/sh\necho hi\n",
+            &[
+                0x7f, b'E', b'L', b'F', 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3e, 0, 0, 0, 0,
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0,
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        ] {
             assert!(inspect(bad).is_err(), "{bad:?}");
         }
     }

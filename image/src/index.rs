@@ -49,7 +49,12 @@ mod tests {
 
     #[test]
     fn an_index_lists_each_platform_once() {
-        let body = build(&[child("linux/amd64"), child("linux/arm64/v8"), child("linux/arm/v7")]).unwrap();
+        let body = build(&[
+            child("linux/amd64"),
+            child("linux/arm64/v8"),
+            child("linux/arm/v7"),
+        ])
+        .unwrap();
         let parsed = oci::manifest::parse(Some(oci::media_type::OCI_INDEX), &body).unwrap();
         assert_eq!(parsed.children().len(), 3);
         assert!(build(&[child("linux/amd64"), child("linux/amd64")]).is_err());

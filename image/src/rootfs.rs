@@ -16,8 +16,16 @@ const MTIME: u64 = 0;
 
 /// One entry of the layer.
 enum Entry<'a> {
-    Dir { path: &'a str, mode: u32, owner: u32 },
-    File { path: &'a str, mode: u32, data: &'a [u8] },
+    Dir {
+        path: &'a str,
+        mode: u32,
+        owner: u32,
+    },
+    File {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
 }
 
 /// The layer as an uncompressed tar (its digest is the config's `diff_id`).

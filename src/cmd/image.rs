@@ -135,8 +135,12 @@ fn build(flags: &BuildFlags) -> anyhow::Result<Image> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("cannot find this executable: pass --binary")?,
     };
-    let binary = std::fs::read(&binary_path)
-        .with_context(|| format!("cannot read the binary {} (--binary)", binary_path.display()))?;
+    let binary = std::fs::read(&binary_path).with_context(|| {
+        format!(
+            "cannot read the binary {} (--binary)",
+            binary_path.display()
+        )
+    })?;
     let ca_bundle = std::fs::read(&flags.ca_bundle).with_context(|| {
         format!(
             "cannot read the CA bundle {} (--ca-bundle; Debian's ca-certificates package has one)",
@@ -162,7 +166,10 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     let image = build(&args.build)?;
     let tags = if args.tags.is_empty() {
         let name = module_image::REPOSITORY;
-        vec![format!("{name}:{}", args.build.image_version), format!("{name}:latest")]
+        vec![
+            format!("{name}:{}", args.build.image_version),
+            format!("{name}:latest"),
+        ]
     } else {
         args.tags
     };
@@ -174,9 +181,10 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     let partial = args.output.with_extension("partial");
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {} (-o)", partial.display()))?;
-    let written = module_image::archive::write(&image, format, &tags, std::io::BufWriter::new(file))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(std::fs::rename(&partial, &args.output)?));
+    let written =
+        module_image::archive::write(&image, format, &tags, std::io::BufWriter::new(file))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(std::fs::rename(&partial, &args.output)?));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&partial);
         return Err(e.context(format!("cannot write {}", args.output.display())));
@@ -207,7 +215,9 @@ impl Target {
             bail!("{reference:?} names no registry: write HOST[:PORT]/REPOSITORY[:TAG], e.g. myregistry.azurecr.io/connected-registry:0.1.0");
         };
         if parsed.digest.is_some() {
-            bail!("{reference:?}: push to a tag, not a digest (the digest follows from the content)");
+            bail!(
+                "{reference:?}: push to a tag, not a digest (the digest follows from the content)"
+            );
         }
         parsed
             .repository
@@ -255,12 +265,27 @@ impl Target {
         Ok(())
     }
 
-    async fn put_manifest(&self, tags: &[String], media_type: &str, body: &[u8]) -> anyhow::Result<()> {
+    async fn put_manifest(
+        &self,
+        tags: &[String],
+        media_type: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
         for tag in tags {
             self.client
-                .put_manifest(&self.repository, tag, media_type, bytes::Bytes::copy_from_slice(body))
+                .put_manifest(
+                    &self.repository,
+                    tag,
+                    media_type,
+                    bytes::Bytes::copy_from_slice(body),
+                )
                 .await?;
-            println!("{}/{}:{tag} {}", self.client.base(), self.repository, Digest::sha256_of(body));
+            println!(
+                "{}/{}:{tag} {}",
+                self.client.base(),
+                self.repository,
+                Digest::sha256_of(body)
+            );
         }
         Ok(())
     }
@@ -270,21 +295,32 @@ impl Target {
 fn is_version_tag(tag: &str) -> bool {
     let core = tag.split(['-', '+']).next().unwrap_or(tag);
     let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 async fn push(args: PushArgs) -> anyhow::Result<()> {
     let image = build(&args.build)?;
     let target = Target::new(&args.reference, &args.registry)?;
-    let mut tags = vec![target.tag.clone().unwrap_or_else(|| args.build.image_version.clone())];
+    let mut tags = vec![target
+        .tag
+        .clone()
+        .unwrap_or_else(|| args.build.image_version.clone())];
     tags.extend(target.also_tags.iter().cloned());
     target.check_tags(&tags, &image.manifest_digest()).await?;
-    let staging = tempfile::tempdir().context("cannot create a temporary directory for the blobs")?;
+    let staging =
+        tempfile::tempdir().context("cannot create a temporary directory for the blobs")?;
     for (digest, bytes) in [
         (image.config_digest(), &image.config),
         (image.layer_digest(), &image.layer_gzip),
     ] {
-        if target.client.blob_exists(&target.repository, &digest).await? {
+        if target
+            .client
+            .blob_exists(&target.repository, &digest)
+            .await?
+        {
             continue;
         }
         let path = staging.path().join(digest.hex());
@@ -307,7 +343,10 @@ async fn upload(target: &Target, digest: &Digest, path: &Path, size: u64) -> any
 async fn index(args: IndexArgs) -> anyhow::Result<()> {
     let target = Target::new(&args.reference, &args.registry)?;
     let Some(tag) = target.tag.clone() else {
-        bail!("{:?} names no tag: write HOST[:PORT]/REPOSITORY:TAG", args.reference);
+        bail!(
+            "{:?} names no tag: write HOST[:PORT]/REPOSITORY:TAG",
+            args.reference
+        );
     };
     let mut children = Vec::new();
     for from in &args.from {
@@ -317,7 +356,9 @@ async fn index(args: IndexArgs) -> anyhow::Result<()> {
     let mut tags = vec![tag];
     tags.extend(target.also_tags.iter().cloned());
     target.check_tags(&tags, &Digest::sha256_of(&body)).await?;
-    target.put_manifest(&tags, oci::media_type::OCI_INDEX, &body).await
+    target
+        .put_manifest(&tags, oci::media_type::OCI_INDEX, &body)
+        .await
 }
 
 /// The descriptor of one platform's image in the repository, its platform read from its config.
@@ -341,7 +382,11 @@ async fn platform_child(target: &Target, reference: &str) -> anyhow::Result<Desc
     }
     let platform: Platform = serde_json::from_slice(&bytes)
         .with_context(|| format!("{repo}:{reference}: its config names no platform"))?;
-    let mut child = Descriptor::new(fetched.media_type, fetched.digest, fetched.body.len() as u64);
+    let mut child = Descriptor::new(
+        fetched.media_type,
+        fetched.digest,
+        fetched.body.len() as u64,
+    );
     child.platform = Some(platform);
     Ok(child)
 }
