@@ -241,15 +241,17 @@ fn a_docker_engine_loads_the_archive_and_runs_the_module() {
         .trim()
         .to_owned();
     let answers = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        common::curl(&["--max-time", "2", &format!("http://{listen}/v2/")]).0 == 200
+        std::net::TcpStream::connect(&listen).is_ok()
     });
     let logs =
         || String::from_utf8_lossy(&docker.docker(&["logs", &container]).stderr).into_owned();
     assert!(
         answers,
-        "the module did not answer on {listen}; its log:\n{}",
+        "the module did not listen on {listen}; its log:\n{}",
         logs()
     );
+    let (status, _, _) = common::curl(&[&format!("http://{listen}/v2/")]);
+    assert_eq!(status, 200, "its log:\n{}", logs());
 
     // The image pushes itself from inside a container: its own tooling, its CA bundle, a name
     // resolved without any NSS module, as the non-root user.
