@@ -276,3 +276,51 @@ fn a_docker_engine_loads_the_archive_and_runs_the_module() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65532);
     docker.docker_ok(&["rm", "-f", &container]);
 }
+
+/// The shipped deployment manifests run this version of the image, from the registry of their
+/// layer, with the data directory and port the image is made for.
+#[test]
+fn the_shipped_manifests_run_this_version_of_the_image() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy-manifests/manifests");
+    for (file, registry) in [
+        ("top-layer.json", "<REGISTRY_ADDRESS>"),
+        ("single-layer.json", "<REGISTRY_ADDRESS>"),
+        ("lower-layer.json", "$upstream:443"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let manifest = json(&text);
+        let modules = &manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"];
+        let registry_module = &modules["connectedRegistry"];
+        assert_eq!(
+            registry_module["settings"]["image"],
+            format!("{registry}/connected-registry:{VERSION}"),
+            "{file}"
+        );
+        assert_eq!(
+            registry_module["env"]["ACR_REGISTRY_DATA_VOLUME"]["value"], "/var/acr/data",
+            "{file}"
+        );
+        let create = registry_module["settings"]["createOptions"]
+            .as_str()
+            .unwrap();
+        assert!(create.contains(":/var/acr/data\""), "{file}: {create}");
+        assert!(create.contains("0.0.0.0:8080"), "{file}: {create}");
+        if let Some(proxy) = modules.get("IoTEdgeAPIProxy") {
+            assert_eq!(
+                proxy["settings"]["image"],
+                registry_module["settings"]["image"]
+            );
+        }
+        let out = Command::new(common::bin())
+            .args(["manifest", "check"])
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "manifest check {file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
