@@ -24,7 +24,7 @@ enum ImageCommand {
     /// Write the image to a file: `--format docker-archive` for `docker load`, `--format oci`
     /// for `skopeo copy oci-archive:FILE ...`.
     Export(ExportArgs),
-    /// Push the image to a registry: REF is HOST[:PORT]/REPOSITORY[:TAG] (default tag: the version).
+    /// Push the image to a registry: REF is `HOST[:PORT]/REPOSITORY[:TAG]` (default tag: the version).
     Push(PushArgs),
     /// Push a multi-platform index over images already in the repository (one per platform).
     Index(IndexArgs),
@@ -41,7 +41,7 @@ struct BuildFlags {
     /// module's TLS clients may use).
     #[arg(long, default_value = module_image::CA_BUNDLE_PATH)]
     ca_bundle: PathBuf,
-    /// The platform the binary is for, os/architecture[/variant] [default: this machine's].
+    /// The platform the binary is for, `os/architecture[/variant]` [default: this machine's].
     #[arg(long)]
     platform: Option<Platform>,
     /// The version label and default tag [default: this binary's version].
@@ -101,7 +101,7 @@ enum ArchiveFormat {
 struct PushArgs {
     #[command(flatten)]
     build: BuildFlags,
-    /// Where to push: HOST[:PORT]/REPOSITORY[:TAG].
+    /// Where to push: `HOST[:PORT]/REPOSITORY[:TAG]`.
     reference: String,
     #[command(flatten)]
     registry: RegistryFlags,
@@ -109,7 +109,7 @@ struct PushArgs {
 
 #[derive(clap::Args)]
 struct IndexArgs {
-    /// The index's place: HOST[:PORT]/REPOSITORY:TAG.
+    /// The index's place: `HOST[:PORT]/REPOSITORY:TAG`.
     reference: String,
     /// A tag or digest in the same repository naming one platform's image. Repeatable.
     #[arg(long = "from", value_name = "TAG", required = true)]
@@ -212,7 +212,7 @@ impl Target {
     fn new(reference: &str, flags: &RegistryFlags) -> anyhow::Result<Target> {
         let parsed = deploy_manifests::image::parse(reference);
         let Some(registry) = parsed.registry else {
-            bail!("{reference:?} names no registry: write HOST[:PORT]/REPOSITORY[:TAG], e.g. myregistry.azurecr.io/connected-registry:0.1.0");
+            bail!("{reference:?} names no registry: write `HOST[:PORT]/REPOSITORY[:TAG]`, e.g. myregistry.azurecr.io/connected-registry:0.1.0");
         };
         if parsed.digest.is_some() {
             bail!(
@@ -344,7 +344,7 @@ async fn index(args: IndexArgs) -> anyhow::Result<()> {
     let target = Target::new(&args.reference, &args.registry)?;
     let Some(tag) = target.tag.clone() else {
         bail!(
-            "{:?} names no tag: write HOST[:PORT]/REPOSITORY:TAG",
+            "{:?} names no tag: write `HOST[:PORT]/REPOSITORY:TAG`",
             args.reference
         );
     };
