@@ -139,29 +139,31 @@ fn push_reaches_our_registry_and_distribution_and_a_version_tag_never_moves() {
             skopeo::inspect_raw(&latest),
             skopeo::inspect_raw(&format!("docker://{target}"))
         );
-        // Pushing the same image again is fine; another image under the version is refused.
-        image_ok(&["push", &target, "--plain-http"]);
-        let moved = image(&["push", &target, "--plain-http", "--revision", "other"]);
-        assert!(!moved.status.success(), "a version tag moved");
-        let stderr = String::from_utf8_lossy(&moved.stderr);
-        assert!(
-            stderr.contains("never moves") && stderr.contains("--force"),
-            "{stderr}"
-        );
-        image_ok(&[
-            "push",
-            &target,
-            "--plain-http",
-            "--revision",
-            "other",
-            "--force",
-        ]);
-        let config = config_of(&format!("docker://{target}"));
-        assert_eq!(
-            config["config"]["Labels"]["org.opencontainers.image.revision"],
-            "other"
-        );
     }
+
+    // Pushing the same image again is fine; another image under the version is refused.
+    let target = format!("{}/connected-registry:{VERSION}", ours.addr);
+    image_ok(&["push", &target, "--plain-http"]);
+    let moved = image(&["push", &target, "--plain-http", "--revision", "other"]);
+    assert!(!moved.status.success(), "a version tag moved");
+    let stderr = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        stderr.contains("never moves") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    image_ok(&[
+        "push",
+        &target,
+        "--plain-http",
+        "--revision",
+        "other",
+        "--force",
+    ]);
+    let config = config_of(&format!("docker://{target}"));
+    assert_eq!(
+        config["config"]["Labels"]["org.opencontainers.image.revision"],
+        "other"
+    );
 
     // CI pushes each platform under its own tag, then one index over them.
     let registry = distribution.addr;
