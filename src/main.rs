@@ -65,6 +65,8 @@ enum Command {
     Token(cmd::access::TokenArgs),
     /// Rotate the key that signs access tokens.
     SigningKey(cmd::access::SigningKeyArgs),
+    /// Child registries defined here: their settings, sync token and connection string.
+    Child(cmd::child::Args),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
             Command::ScopeMap(args) => cmd::access::run_scope_map(args).await,
             Command::Token(args) => cmd::access::run_token(args).await,
             Command::SigningKey(args) => cmd::access::run_signing_key(args).await,
+            Command::Child(args) => cmd::child::run(args).await,
         }
     });
     match result {

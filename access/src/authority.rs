@@ -35,6 +35,8 @@ pub struct Settings {
     pub login: Limits,
     /// Repositories anyone may pull (and list) without credentials; empty: nobody.
     pub anonymous_pull: Vec<RepoPattern>,
+    /// This registry refuses client writes (ReadOnly): it may only have ReadOnly children.
+    pub read_only: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
                 lockout: Duration::from_secs(300),
             },
             anonymous_pull: Vec::new(),
+            read_only: false,
         }
     }
 }
@@ -131,8 +134,10 @@ struct Remembered {
     until: Instant,
 }
 
-/// An access token verified before: for which service, until when, and whom it names.
+/// An access token verified before: the token itself, for which service, until when, and whom
+/// it names.
 struct Verified {
+    token: Box<[u8]>,
     service: Box<str>,
     exp: u64,
     identity: Arc<Identity>,
@@ -145,7 +150,8 @@ pub struct Authority {
     limiter: LoginLimiter,
     /// Keyed hashes of verified `name:password` pairs: the cache never holds a password.
     remembered: Mutex<HashMap<[u8; 32], Remembered>>,
-    verified: RwLock<HashMap<Box<str>, Verified>>,
+    /// Keyed by the end of the token (see [`recall_key`]).
+    verified: RwLock<HashMap<RecallKey, Verified>>,
     cache_key: [u8; 32],
 }
 
@@ -202,7 +208,10 @@ impl Authority {
     /// Applies a management command, keeps the result, and answers as `az acr` would.
     pub fn manage(&self, command: Command) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
-        self.change(writes, |next| manage::apply(next, command, crate::now()))
+        let read_only = self.settings.read_only;
+        self.change(writes, |next| {
+            manage::apply_as(next, command, crate::now(), read_only)
+        })
     }
 
     /// Like [`Authority::manage`], with `before_keeping` given the answer after the command is
@@ -217,7 +226,7 @@ impl Authority {
     ) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
         self.change(writes, |next| {
-            let answer = manage::apply(next, command, crate::now())?;
+            let answer = manage::apply_as(next, command, crate::now(), self.settings.read_only)?;
             before_keeping(&answer).map_err(ManageError)?;
             Ok(answer)
         })
@@ -319,19 +328,22 @@ impl Authority {
         })
     }
 
-    /// The identity of a Bearer access token for `service`.
+    /// The identity of a Bearer access token for `service`, given as the request carries it.
     /// Tokens verified before are recalled from memory (a client sends the same token with
-    /// every request for its lifetime; verifying is a signature and a JSON parse).
-    pub fn bearer(&self, access_token: &str, service: &str) -> Result<Arc<Identity>, Refusal> {
+    /// every request for its lifetime; verifying is a signature and a JSON parse); recalling
+    /// one reads its bytes twice at most (the key, the comparison), as every request pays it.
+    pub fn bearer(&self, access_token: &[u8], service: &str) -> Result<Arc<Identity>, Refusal> {
         let now = crate::now();
         {
             let verified = self.verified.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = verified.get(access_token) {
-                if now < v.exp && *v.service == *service {
+            if let Some(v) = verified.get(&recall_key(access_token)) {
+                if *v.token == *access_token && now < v.exp && *v.service == *service {
                     return Ok(v.identity.clone());
                 }
             }
         }
+        let access_token = std::str::from_utf8(access_token)
+            .map_err(|_| Refusal::Unauthorized("access token: not text".into()))?;
         let snapshot = self.snapshot();
         let claims = jwt::verify(&snapshot.keys, access_token, now)
             .map_err(|e| Refusal::Unauthorized(format!("access token: {e}")))?;
@@ -358,8 +370,9 @@ impl Authority {
             }
         }
         verified.insert(
-            access_token.into(),
+            recall_key(access_token.as_bytes()),
             Verified {
+                token: access_token.as_bytes().into(),
                 service: service.into(),
                 exp: claims.exp,
                 identity: identity.clone(),
@@ -401,6 +414,28 @@ impl Authority {
                 self.anonymous_allows(target, Action::MetadataRead)
             }
         }
+    }
+
+    /// Whether the change feed may name `repo` to `identity`: `content/read` or
+    /// `metadata/read` there (a child's sync token reads its own repositories' changes only).
+    pub fn may_read(&self, identity: &Identity, repo: &str) -> bool {
+        let snapshot = self.snapshot();
+        let target = Target::Repository(repo);
+        let token = match identity {
+            Identity::Password { token } | Identity::Bearer { token, .. } => token.as_str(),
+            Identity::Anonymous => "",
+        };
+        [Action::ContentRead, Action::MetadataRead]
+            .into_iter()
+            .any(|action| match token {
+                "" => self.anonymous_allows(target, action),
+                token => scope_allows(&snapshot, token, target, action),
+            })
+    }
+
+    /// The settings child `name` receives from this registry (`None`: no such child).
+    pub fn child_config(&self, name: &str) -> Option<serde_json::Value> {
+        crate::child::config_of(&self.snapshot(), name)
     }
 
     fn anonymous_allows(&self, target: Target<'_>, action: Action) -> bool {
@@ -560,7 +595,25 @@ impl Authority {
     }
 }
 
+/// What a verified token is recalled by: its last bytes, which are its signature's and name it
+/// as well as the whole does (a collision only costs a full verification). Hashing these
+/// instead of the whole token, four hundred bytes, is most of the cost of recalling one.
+type RecallKey = [u8; 32];
+
+fn recall_key(token: &[u8]) -> RecallKey {
+    let tail = &token[token.len().saturating_sub(32)..];
+    let mut key = [0; 32];
+    key[..tail.len()].copy_from_slice(tail);
+    key
+}
+
 fn scope_allows(snapshot: &Snapshot, token: &str, target: Target<'_>, action: Action) -> bool {
+    // A gateway's own routes answer its sync token only, whatever another token's scope says.
+    if let Target::Gateway(name) = target {
+        if !crate::child::is_sync_token_of(snapshot, name, token) {
+            return false;
+        }
+    }
     snapshot
         .tokens
         .get(token)
@@ -578,7 +631,9 @@ fn grant_covers(grant: &Grant, target: Target<'_>, action: Action) -> bool {
     match target {
         Target::Repository(repo) => grant.kind == "repository" && grant.name == repo && named,
         // The registry-wide routes (catalog, change feed) need the catalog grant.
-        Target::Registry => grant.kind == "registry" && grant.name == "catalog",
+        Target::Registry | Target::Gateway(_) => {
+            grant.kind == "registry" && grant.name == "catalog"
+        }
     }
 }
 

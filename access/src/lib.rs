@@ -8,6 +8,7 @@
 //! | [`action`] | the actions (`content/read`, ...) and their Docker scope names (`pull`, ...) |
 //! | [`scope_map`] | repository patterns, rules, scope maps |
 //! | [`token`] | tokens and their two passwords |
+//! | [`child`] | child registries defined here: settings, sync token, connection string |
 //! | [`password`] | generating and hashing passwords (argon2id) |
 //! | [`jwt`] | signing and verifying access tokens (HS256), signing keys |
 //! | [`limiter`] | failed logins per token and per address, the lockout |
@@ -20,6 +21,7 @@
 
 pub mod action;
 pub mod authority;
+pub mod child;
 pub mod jwt;
 pub mod limiter;
 pub mod manage;

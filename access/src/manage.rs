@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::child::{self, ChildChange, ChildSettings};
 use crate::jwt::SigningKey;
 use crate::password;
 use crate::scope_map::{Rule, ScopeMap};
@@ -83,6 +84,31 @@ pub enum Command {
     },
     /// A new signing key; the old one verifies until what it signed expires.
     SigningKeyRotate,
+    /// A child registry, its sync token and connection string (`child create`).
+    ChildCreate {
+        name: String,
+        settings: ChildSettings,
+        /// `HOST[:PORT]` the child reaches this registry at.
+        parent_endpoint: String,
+        /// `https` or `http`.
+        protocol: String,
+    },
+    ChildUpdate {
+        name: String,
+        change: ChildChange,
+    },
+    ChildShow {
+        name: String,
+    },
+    ChildList,
+    ChildDelete {
+        name: String,
+    },
+    /// A new connection string; the old password works `overlap` seconds more.
+    ChildCredentialGenerate {
+        name: String,
+        overlap: u64,
+    },
 }
 
 impl Command {
@@ -94,6 +120,8 @@ impl Command {
                 | Command::ScopeMapList
                 | Command::TokenShow { .. }
                 | Command::TokenList
+                | Command::ChildShow { .. }
+                | Command::ChildList
         )
     }
 }
@@ -167,7 +195,42 @@ pub fn ensure_defaults(snapshot: &mut Snapshot, now: u64) -> bool {
 /// Applies `command` to `snapshot` at `now` (unix seconds); the answer as `az acr` prints it.
 /// On an error the snapshot may be half changed: callers apply to a copy.
 pub fn apply(snapshot: &mut Snapshot, command: Command, now: u64) -> Result<Value, ManageError> {
+    apply_as(snapshot, command, now, false)
+}
+
+/// [`apply`] on a registry that is ReadOnly (`registry_read_only`) or not: a ReadOnly one
+/// refuses ReadWrite children.
+pub fn apply_as(
+    snapshot: &mut Snapshot,
+    command: Command,
+    now: u64,
+    registry_read_only: bool,
+) -> Result<Value, ManageError> {
     match command {
+        Command::ChildCreate {
+            name,
+            settings,
+            parent_endpoint,
+            protocol,
+        } => {
+            let definition = child::Child {
+                name,
+                settings,
+                parent_endpoint,
+                protocol,
+                created: now,
+            };
+            child::create(snapshot, definition, registry_read_only, now)
+        }
+        Command::ChildUpdate { name, change } => {
+            child::update(snapshot, &name, change, registry_read_only)
+        }
+        Command::ChildShow { name } => child::show(snapshot, &name),
+        Command::ChildList => Ok(child::list(snapshot)),
+        Command::ChildDelete { name } => child::delete(snapshot, &name),
+        Command::ChildCredentialGenerate { name, overlap } => {
+            child::credential_generate(snapshot, &name, overlap, now)
+        }
         Command::ScopeMapCreate {
             name,
             description,
@@ -295,6 +358,12 @@ pub fn apply(snapshot: &mut Snapshot, command: Command, now: u64) -> Result<Valu
         )),
         Command::TokenDelete { name } => {
             token_mut(snapshot, &name)?;
+            if let Some(owner) = snapshot.children.values().find(|c| c.sync_token() == name) {
+                return refuse(format!(
+                    "token {name} is the sync token of child registry {}: delete the child (child delete {})",
+                    owner.name, owner.name
+                ));
+            }
             snapshot.tokens.remove(&name);
             Ok(Value::Null)
         }

@@ -93,6 +93,9 @@ pub enum Target<'a> {
     /// The registry itself: the gateway actions (a child's feed, status, settings), which a
     /// rule grants whatever repositories it names.
     Registry,
+    /// One child registry's own routes (its settings): the gateway actions, held by that
+    /// child's sync token only (`Authority` checks whose token it is).
+    Gateway(&'a str),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,7 +161,7 @@ impl ScopeMap {
             rule.actions.contains(&action)
                 && match target {
                     Target::Repository(repo) => rule.repository.matches(repo),
-                    Target::Registry => action.is_gateway(),
+                    Target::Registry | Target::Gateway(_) => action.is_gateway(),
                 }
         })
     }

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::child::Child;
 use crate::jwt::SigningKey;
 use crate::scope_map::ScopeMap;
 use crate::token::Token;
 
-/// kind ("scope-map", "token", "key") and name -> JSON.
+/// kind ("scope-map", "token", "child", "key") and name -> JSON.
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("access");
 
 /// The file's name in the data directory.
@@ -24,6 +25,9 @@ pub const FILE_NAME: &str = "access.redb";
 pub struct Snapshot {
     pub scope_maps: BTreeMap<String, ScopeMap>,
     pub tokens: BTreeMap<String, Token>,
+    /// Child registries defined here (`child create`), by name.
+    #[serde(default)]
+    pub children: BTreeMap<String, Child>,
     /// The signing key last, older (retired) ones before it.
     pub keys: Vec<SigningKey>,
 }
@@ -97,6 +101,11 @@ impl AccessStore {
                         .tokens
                         .insert(name.to_owned(), serde_json::from_slice(bytes).map_err(bad)?);
                 }
+                "child" => {
+                    snapshot
+                        .children
+                        .insert(name.to_owned(), serde_json::from_slice(bytes).map_err(bad)?);
+                }
                 "key" => snapshot
                     .keys
                     .push(serde_json::from_slice(bytes).map_err(bad)?),
@@ -124,6 +133,11 @@ impl AccessStore {
             for (name, token) in &snapshot.tokens {
                 table
                     .insert(("token", name.as_str()), json(token).as_slice())
+                    .map_err(db_err)?;
+            }
+            for (name, child) in &snapshot.children {
+                table
+                    .insert(("child", name.as_str()), json(child).as_slice())
                     .map_err(db_err)?;
             }
             for key in &snapshot.keys {

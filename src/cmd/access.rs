@@ -416,6 +416,8 @@ enum Shape {
     /// What was deleted, and its name.
     Deleted(&'static str, String),
     SigningKey,
+    /// Child registry commands, which print their own answers (`child`): JSON as it is.
+    Json,
 }
 
 impl Shape {
@@ -434,6 +436,12 @@ impl Shape {
             Command::TokenDelete { name } => Shape::Deleted("token", name.clone()),
             Command::CredentialGenerate { .. } => Shape::NewPasswords,
             Command::SigningKeyRotate => Shape::SigningKey,
+            Command::ChildCreate { .. }
+            | Command::ChildUpdate { .. }
+            | Command::ChildShow { .. }
+            | Command::ChildList
+            | Command::ChildDelete { .. }
+            | Command::ChildCredentialGenerate { .. } => Shape::Json,
         }
     }
 
@@ -498,6 +506,7 @@ impl Shape {
                     .to_owned()
             }
             Shape::Deleted(what, name) => format!("{what} {name} deleted"),
+            Shape::Json => serde_json::to_string_pretty(answer).unwrap_or_default(),
             Shape::SigningKey => format!(
                 "new signing key {} (created {}); the previous key still verifies the tokens it signed until they expire",
                 s(&answer["kid"]),
@@ -563,7 +572,7 @@ fn new_passwords(token: &str, passwords: &Value) -> String {
 }
 
 /// `name: value` lines, the values aligned.
-fn fields(pairs: &[(&str, String)]) -> String {
+pub(super) fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     pairs
         .iter()
@@ -572,7 +581,7 @@ fn fields(pairs: &[(&str, String)]) -> String {
 }
 
 /// A plain table: a header row and columns padded to their widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

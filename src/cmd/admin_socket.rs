@@ -271,7 +271,16 @@ fn apply_on_store(data: &Path, command: access::Command) -> Result<Value, Direct
             .map_err(Direct::Failed)?;
     }
     super::check_data_dir(data, super::MissingData::Create).map_err(Direct::Failed)?;
-    let authority = match access::Authority::open(data, access::Settings::default()) {
+    // With no server to ask, this registry is ReadOnly when its parent said so (a child
+    // defined there): it may then only have ReadOnly children.
+    let read_only = sync::parent_config::ParentConfig::cached(data)
+        .and_then(|c| c.mode)
+        .is_some_and(|m| m.eq_ignore_ascii_case("readonly"));
+    let settings = access::Settings {
+        read_only,
+        ..access::Settings::default()
+    };
+    let authority = match access::Authority::open(data, settings) {
         Ok(authority) => authority,
         Err(access::StoreError::InUse { .. }) => return Err(Direct::InUse),
         Err(err) => return Err(Direct::Failed(err.into())),

@@ -82,6 +82,7 @@ impl AuthFlags {
                 lockout: self.login_lockout,
             },
             anonymous_pull,
+            read_only: false,
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_socket;
 pub mod auth;
 pub mod certs;
+pub mod child;
 pub mod gc;
 pub mod image;
 pub mod manifest;

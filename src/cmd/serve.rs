@@ -144,16 +144,26 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Every setting is checked, and the port taken, before anything is written to disk: a
     // refused command leaves no data directory behind.
-    let sync = super::sync::Prepared::from_flags(&args.sync)?;
+    let sync = match super::sync::Prepared::from_flags(&args.sync)? {
+        // A child defined at its parent takes its settings from there (under its own).
+        Some(sync) => Some(sync.with_parent_config(&args.data).await?),
+        None => None,
+    };
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
-    let auth_settings = args.auth.settings()?;
+    let mut auth_settings = args.auth.settings()?;
+    // A ReadOnly registry may only have ReadOnly children (`child create`).
+    auth_settings.read_only = writes == registry::api::Writes::Refused;
     // One module needs no trust: the proxy in this process hands the registry the client's
     // own address (its `ConnectInfo`), not a loopback peer.
     let trusted = args.trusted_proxies.clone();
     if args.print_config {
         let settings = sync.as_ref().map(|s| s.settings());
-        print!("{}", super::serve_config::render(&args, settings, &trusted));
+        let sources = sync.as_ref().map(|s| s.sources()).unwrap_or_default();
+        print!(
+            "{}",
+            super::serve_config::render(&args, settings, &sources, &trusted)
+        );
         return OneModule::print_config(&args);
     }
     let one_module = OneModule::load(&args)?;
@@ -218,7 +228,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Management commands (`token`, `scope-map`) reach this authority on DATA/admin.sock.
         super::admin_socket::spawn(&args.data, authority.clone())?;
         app = registry::api::auth::guard(
-            app.merge(registry::api::auth::token::routes(authority.clone())),
+            app.merge(registry::api::auth::token::routes(authority.clone()))
+                .merge(registry::api::gateway::routes(authority.clone())),
             authority.clone(),
         );
         app = registry::api::auth::with_client_addr(app, trusted);

@@ -17,13 +17,22 @@ fn or_unset<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-/// The table for `args`, with the validated sync settings when a parent is configured and the
-/// ranges `X-Forwarded-For` is trusted from.
+/// The table for `args`, with the validated sync settings when a parent is configured (and
+/// where each setting a parent may give came from: `sources`, by key) and the ranges
+/// `X-Forwarded-For` is trusted from.
 pub fn render(
     args: &Args,
     sync: Option<&sync::Settings>,
+    sources: &[(&'static str, String)],
     trusted: &[registry::api::auth::TrustedProxy],
 ) -> String {
+    let source = |key: &str| {
+        sources
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, from)| format!("from {from}"))
+            .unwrap_or_default()
+    };
     let mut t = ConfigTable::new();
     let listen = match (args.listen, &args.proxy.0.listen) {
         (Some(addr), _) => addr.to_string(),
@@ -99,10 +108,18 @@ pub fn render(
         None => t.line("credentials", "-", "anonymous"),
     };
     t.line("trust", or_unset(s.trust.as_ref().map(|p| p.display())), "")
-        .line("mode", format!("{:?}", s.mode), "")
-        .line("sync_schedule", s.schedule.source(), "")
-        .line("sync_window", duration(s.window), "")
-        .line("message_ttl", duration(s.message_ttl), "");
+        .line("mode", format!("{:?}", s.mode), source("mode"))
+        .line(
+            "sync_schedule",
+            s.schedule.source(),
+            source("sync_schedule"),
+        )
+        .line("sync_window", duration(s.window), source("sync_window"))
+        .line(
+            "message_ttl",
+            duration(s.message_ttl),
+            source("message_ttl"),
+        );
     for r in &s.repos {
         let mut rule = r.pattern.clone();
         if let Some(i) = &r.include {
@@ -114,7 +131,7 @@ pub fn render(
         if let Some(n) = r.newest {
             rule.push_str(&format!(" newest={n}"));
         }
-        t.line("repo", rule, "");
+        t.line("repo", rule, source("repo"));
     }
     let platforms: Vec<String> = s.platforms.iter().map(|p| p.to_string()).collect();
     t.line(
@@ -124,7 +141,7 @@ pub fn render(
         } else {
             platforms.join(",")
         },
-        "",
+        source("platforms"),
     )
     .line("sync_referrers_recheck", duration(s.referrers_recheck), "")
     .line("sync_poll_interval", duration(s.poll_interval), "")

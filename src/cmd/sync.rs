@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use registry::Digest;
+use sync::parent_config::{ParentConfig, Received};
 use sync::settings::{RawRepoRule, RawSettings, Settings, Timeout};
 use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
 
@@ -132,9 +133,9 @@ pub struct SyncFlags {
 }
 
 impl SyncFlags {
-    /// Validated settings; `None` when no parent is configured (sync off).
-    pub fn settings(&self) -> anyhow::Result<Option<Settings>> {
-        let mut raw = match &self.sync_config {
+    /// The child's own layers: the config file's settings, and the flags'.
+    fn layers(&self) -> anyhow::Result<(RawSettings, RawSettings)> {
+        let file = match &self.sync_config {
             Some(path) => RawSettings::from_file(path)?,
             None => RawSettings::default(),
         };
@@ -155,7 +156,7 @@ impl SyncFlags {
                 newest: self.newest,
             })
             .collect();
-        raw = raw.overlay(RawSettings {
+        let flags = RawSettings {
             connection_string: self.connection_string.clone(),
             parent: self.parent.clone(),
             username,
@@ -178,7 +179,23 @@ impl SyncFlags {
             progress_timeout_secs: self.sync_progress_timeout.clone().map(Timeout::Text),
             retries: self.sync_retries,
             upload_chunk_bytes: self.sync_upload_chunk,
-        });
+        };
+        Ok((file, flags))
+    }
+
+    /// Validated settings; `None` when no parent is configured (sync off).
+    pub fn settings(&self) -> anyhow::Result<Option<Settings>> {
+        self.settings_over(None)
+    }
+
+    /// Validated settings over what the parent hands out (flag > file > parent > default).
+    pub fn settings_over(&self, parent: Option<&ParentConfig>) -> anyhow::Result<Option<Settings>> {
+        let (file, flags) = self.layers()?;
+        let local = file.overlay(flags);
+        let raw = match parent {
+            Some(parent) => parent.under(local),
+            None => local,
+        };
         match raw.clone().validate()? {
             Some(settings) => Ok(Some(settings)),
             // Sync is off, but what was set for it is still checked, against a parent that is
@@ -194,6 +211,89 @@ impl SyncFlags {
             }
         }
     }
+
+    /// The connected registry's name in the connection string (flag, environment or file), when
+    /// one is given: the name its parent knows it by.
+    fn child_name(&self) -> anyhow::Result<Option<String>> {
+        let (file, flags) = self.layers()?;
+        let Some(cs) = flags
+            .connection_string
+            .or(file.connection_string)
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(sync::parent_config::child_name(&cs)?))
+    }
+
+    /// Where each setting the parent may give came from, by `serve --print-config` key: `flag`,
+    /// `file`, `parent`, `parent (cached)` or `default`.
+    pub fn sources(
+        &self,
+        parent: Option<(&ParentConfig, Received)>,
+    ) -> Vec<(&'static str, String)> {
+        let Ok((file, flags)) = self.layers() else {
+            return Vec::new();
+        };
+        let from = |flag: bool, in_file: bool, in_parent: bool| -> String {
+            if flag {
+                "flag".into()
+            } else if in_file {
+                "file".into()
+            } else if let (true, Some((_, received))) = (in_parent, parent) {
+                received.source().into()
+            } else {
+                "default".into()
+            }
+        };
+        let p = parent.map(|(p, _)| p.raw()).unwrap_or_default();
+        vec![
+            (
+                "mode",
+                from(flags.mode.is_some(), file.mode.is_some(), p.mode.is_some()),
+            ),
+            (
+                "sync_schedule",
+                from(
+                    flags.sync_schedule.is_some(),
+                    file.sync_schedule.is_some(),
+                    p.sync_schedule.is_some(),
+                ),
+            ),
+            (
+                "sync_window",
+                from(
+                    flags.sync_window.is_some(),
+                    file.sync_window.is_some(),
+                    p.sync_window.is_some(),
+                ),
+            ),
+            (
+                "message_ttl",
+                from(
+                    flags.message_ttl.is_some(),
+                    file.message_ttl.is_some(),
+                    p.message_ttl.is_some(),
+                ),
+            ),
+            (
+                "repo",
+                from(
+                    !flags.repos.is_empty(),
+                    !file.repos.is_empty(),
+                    !p.repos.is_empty(),
+                ),
+            ),
+            (
+                "platforms",
+                from(
+                    !flags.platforms.is_empty(),
+                    !file.platforms.is_empty(),
+                    !p.platforms.is_empty(),
+                ),
+            ),
+        ]
+    }
 }
 
 /// Sync, checked and ready to start: the validated settings and the parent client (which
@@ -202,7 +302,16 @@ impl SyncFlags {
 pub struct Prepared {
     settings: Settings,
     client: ParentClient,
+    /// What the parent handed out at start (a child defined there), and whether it came from
+    /// the parent now or from the copy kept in the data directory.
+    parent_config: Option<(ParentConfig, Received)>,
+    /// The flags, to layer the parent's settings under again at every pass.
+    flags: SyncFlags,
 }
+
+/// How long `serve` waits at start for its parent's settings before it runs on the copy kept
+/// from an earlier start (or on its own settings).
+const PARENT_CONFIG_WAIT: Duration = Duration::from_secs(15);
 
 /// What `serve` gets from a running sync schedule.
 pub struct Background {
@@ -226,7 +335,137 @@ impl Prepared {
             settings.trust.as_deref(),
             settings.limits.clone(),
         )?;
-        Ok(Some(Prepared { settings, client }))
+        Ok(Some(Prepared {
+            settings,
+            client,
+            parent_config: None,
+            flags: flags.clone(),
+        }))
+    }
+
+    /// A child whose connection string names it asks its parent for its settings
+    /// (`GET /acr/v1/_gateway/{name}/config`) and layers its own over them: flag >
+    /// file > parent > default. An unreachable parent: the copy kept in `data` from an earlier
+    /// start; none either: its own settings and the defaults, said in the log. Reads `data`,
+    /// never writes it (that is [`Prepared::start_background`]'s, once the data directory is
+    /// checked).
+    pub async fn with_parent_config(mut self, data: &Path) -> anyhow::Result<Prepared> {
+        let Some(name) = self.flags.child_name()? else {
+            return Ok(self);
+        };
+        let fetched =
+            tokio::time::timeout(PARENT_CONFIG_WAIT, self.client.gateway_config(&name)).await;
+        let received = match fetched {
+            Ok(Ok(Some(config))) => Some((config, Received::Fresh)),
+            Ok(Ok(None)) => {
+                tracing::info!(child = %name, "the parent defines no settings for this registry (not a child defined there by `child create`): running on its own settings");
+                None
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(err)) => err.to_string(),
+                    _ => format!("no answer within {PARENT_CONFIG_WAIT:?}"),
+                };
+                match ParentConfig::cached(data) {
+                    Some(config) => {
+                        tracing::warn!(child = %name, error = %why, "cannot read this registry's settings at its parent: running on the ones it last received");
+                        Some((config, Received::Cached))
+                    }
+                    None => {
+                        tracing::warn!(child = %name, error = %why, "cannot read this registry's settings at its parent, and none were received before: running on its own settings and the defaults until the parent answers");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some((config, _)) = &received {
+            if let Some(settings) = self.flags.settings_over(Some(config))? {
+                self.settings = settings;
+            }
+        }
+        self.parent_config = received;
+        Ok(self)
+    }
+
+    /// Keeps the settings received from the parent at start in `data` (checked by then), for
+    /// a start with the parent unreachable.
+    fn keep_received(&self, data: &Path) {
+        if let Some((config, Received::Fresh)) = &self.parent_config {
+            if let Err(err) = config.keep(data) {
+                tracing::warn!(%err, "cannot keep the parent's settings in the data directory: a start with the parent unreachable will not have them");
+            }
+        }
+    }
+
+    /// Where each setting the parent may give came from (`serve --print-config`).
+    pub fn sources(&self) -> Vec<(&'static str, String)> {
+        self.flags
+            .sources(self.parent_config.as_ref().map(|(c, r)| (c, *r)))
+    }
+
+    /// Asks the parent for this child's settings before every pass; new ones are kept in
+    /// `data` and applied from that pass on (the mode only at the next start: it decides
+    /// whether clients may write, which is fixed while serving).
+    fn refresh(&self, data: &Path) -> anyhow::Result<Option<sync::service::Refresh>> {
+        let Some(name) = self.flags.child_name()? else {
+            return Ok(None);
+        };
+        let client = Arc::new(ParentClient::new(
+            &self.settings.parent,
+            self.settings.credentials.clone(),
+            self.settings.trust.as_deref(),
+            self.settings.limits.clone(),
+        )?);
+        let last = Arc::new(Mutex::new(
+            self.parent_config.as_ref().map(|(c, _)| c.clone()),
+        ));
+        let flags = Arc::new(self.flags.clone());
+        let data = data.to_owned();
+        let mode = self.settings.mode;
+        Ok(Some(Arc::new(move || {
+            let (client, last, flags, data, name) = (
+                client.clone(),
+                last.clone(),
+                flags.clone(),
+                data.clone(),
+                name.clone(),
+            );
+            Box::pin(async move {
+                let config = match client.gateway_config(&name).await {
+                    Ok(Some(config)) => config,
+                    Ok(None) => return None,
+                    Err(err) => {
+                        tracing::debug!(%err, "cannot read this registry's settings at its parent: keeping the current ones");
+                        return None;
+                    }
+                };
+                if last.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&config) {
+                    return None;
+                }
+                let settings = match flags.settings_over(Some(&config)) {
+                    Ok(Some(settings)) => settings,
+                    Ok(None) => return None,
+                    Err(err) => {
+                        tracing::warn!(%err, "the parent handed out settings this registry cannot use: keeping the current ones");
+                        return None;
+                    }
+                };
+                let kept = {
+                    let (config, data) = (config.clone(), data.clone());
+                    tokio::task::spawn_blocking(move || config.keep(&data)).await
+                };
+                if let Ok(Err(err)) | Err(err) = kept.map_err(|e| e.to_string()) {
+                    tracing::warn!(%err, "cannot keep the parent's settings in the data directory: they apply until the next start");
+                }
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+                let mut settings = settings;
+                if settings.mode != mode {
+                    tracing::warn!(now = ?mode, parent = ?settings.mode, "the parent changed this registry's mode: it takes effect at the next start");
+                    settings.mode = mode;
+                }
+                Some(settings)
+            })
+        })))
     }
 
     /// The parent client alone, for commands that fetch from the parent without syncing
@@ -274,11 +513,19 @@ impl Prepared {
             schedule = self.settings.schedule.source(),
             "sync enabled"
         );
-        let rules = self.settings.repos.clone();
-        let miss_hint: registry::api::MissHint = Arc::new(move |repo: &registry::RepoName| {
-            sync::settings::outside_scope(&rules, repo.as_str())
-        });
-        let service = SyncService::new(self.engine(store, data, Arc::new(NoProgress))?);
+        let miss_hint_of = Arc::new(std::sync::OnceLock::<Arc<SyncService>>::new());
+        let miss_hint: registry::api::MissHint = {
+            let service = miss_hint_of.clone();
+            Arc::new(move |repo: &registry::RepoName| {
+                let engine = service.get()?.engine();
+                sync::settings::outside_scope(&engine.settings.repos, repo.as_str())
+            })
+        };
+        self.keep_received(data);
+        let refresh = self.refresh(data)?;
+        let service =
+            SyncService::refreshed_by(self.engine(store, data, Arc::new(NoProgress))?, refresh);
+        let _ = miss_hint_of.set(service.clone());
         service.spawn();
         Ok(Background {
             status: service.router(),
@@ -323,6 +570,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
              ACR_REGISTRY_CONNECTION_STRING, or a --sync-config file with `parent`"
         );
     };
+    // A child defined at its parent syncs with the settings it has there (under its own).
+    let sync = sync.with_parent_config(&args.data).await?;
     let time_limit = match &args.time_limit {
         Some(t) => {
             Some(util::duration::parse(t).map_err(|m| anyhow::anyhow!("--time-limit: {m}"))?)
@@ -330,6 +579,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     super::check_data_dir(&args.data, super::MissingData::Create)?;
+    sync.keep_received(&args.data);
     let data = args.data.clone();
     let store =
         tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))

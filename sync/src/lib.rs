@@ -14,6 +14,8 @@
 //! - The two contracts: `parent` (what sync needs from a parent; `client` is the HTTP one) and
 //!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
 //!   fakes of both (`fake`, tests only) test the engine without a network.
+//! - `parent_config`: the settings a child receives from its parent, kept for when it is
+//!   unreachable.
 //! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
 //!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
 //!   `oci` crate; backoff, durations and atomic writes from `util`; the connection string from
@@ -28,6 +30,7 @@ pub mod engine;
 mod fake;
 mod feed;
 pub mod parent;
+pub mod parent_config;
 mod pass;
 pub mod platforms;
 mod push;

@@ -8,6 +8,8 @@
 //! the next window). `GET /acr/v1/_sync/status` shows the last result, the open window's end,
 //! the next attempt and the next window, conflicts, warnings and errors.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::settings::{format_iso_duration, Mode, FIRST_RETRY};
+use crate::settings::{format_iso_duration, Mode, Settings, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
 use crate::totals::SyncTotals;
 use util::backoff::Backoff;
@@ -64,15 +66,28 @@ pub struct StatusView {
     pub errors: Vec<String>,
 }
 
+/// Asked before every pass: new settings when they changed (a child's settings at its parent),
+/// `None` to keep the current ones.
+pub type Refresh =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Settings>> + Send>> + Send + Sync>;
+
 /// The sync schedule running in the background.
 pub struct SyncService {
-    engine: Arc<Engine>,
+    /// Replaced between passes when [`Refresh`] brings new settings.
+    engine: RwLock<Arc<Engine>>,
     status: Arc<RwLock<StatusView>>,
     totals: SyncTotals,
+    refresh: Option<Refresh>,
 }
 
 impl SyncService {
     pub fn new(engine: Arc<Engine>) -> Arc<SyncService> {
+        SyncService::refreshed_by(engine, None)
+    }
+
+    /// A schedule that asks `refresh` for new settings before every pass and applies them
+    /// (scope, schedule, window, TTL, filters) from that pass on.
+    pub fn refreshed_by(engine: Arc<Engine>, refresh: Option<Refresh>) -> Arc<SyncService> {
         let s = &engine.settings;
         let state = engine.state.snapshot();
         let parent_feed_seq = feed_seq(&state, &s.parent);
@@ -106,10 +121,51 @@ impl SyncService {
             conflicts: state.conflicts,
         };
         Arc::new(SyncService {
-            engine,
+            engine: RwLock::new(engine),
             status: Arc::new(RwLock::new(status)),
             totals: SyncTotals::default(),
+            refresh,
         })
+    }
+
+    /// The engine the next pass runs with.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks [`Refresh`] for new settings; when it has some, the next pass runs with them.
+    async fn refresh(&self) {
+        let Some(refresh) = &self.refresh else {
+            return;
+        };
+        let Some(settings) = refresh().await else {
+            return;
+        };
+        let old = self.engine();
+        tracing::info!(
+            mode = ?settings.mode,
+            schedule = settings.schedule.source(),
+            repos = settings.repos.len(),
+            "sync settings changed: the next pass uses them"
+        );
+        self.set(|s| {
+            s.mode = settings.mode;
+            s.sync_schedule = settings.schedule.source().to_owned();
+            s.sync_window = format_iso_duration(settings.window);
+            s.message_ttl = format_iso_duration(settings.message_ttl);
+            s.sync_poll_interval = format_iso_duration(settings.poll_interval);
+        });
+        let engine = Engine::new(
+            old.client.clone(),
+            old.store.clone(),
+            settings,
+            old.state.clone(),
+            old.progress.clone(),
+        );
+        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
     }
 
     /// Counters over every pass since start.
@@ -137,18 +193,21 @@ impl SyncService {
 
     /// The end of the window open at `now`, if one is.
     fn open_window_end(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let settings = &self.engine.settings;
+        let engine = self.engine();
+        let settings = &engine.settings;
         let start = settings.schedule.last_start_within(now, settings.window)?;
         let end = start + chrono::Duration::from_std(settings.window).ok()?;
         (end > now).then_some(end)
     }
 
     async fn run(&self) {
-        let settings = &self.engine.settings;
-        let client_changed = self.engine.store.client_changes();
-        let retry = Backoff::new(FIRST_RETRY.min(settings.retry_max), settings.retry_max);
+        let client_changed = self.engine().store.client_changes();
         let mut failures = 0u32;
         loop {
+            self.refresh().await;
+            let engine = self.engine();
+            let settings = &engine.settings;
+            let retry = Backoff::new(FIRST_RETRY.min(settings.retry_max), settings.retry_max);
             let now = Utc::now();
             let Some(end) = self.open_window_end(now) else {
                 failures = 0;
@@ -173,8 +232,7 @@ impl SyncService {
             });
             let left = (end - now).to_std().unwrap_or(Duration::ZERO);
             tracing::debug!(window_end = %end, "sync pass starts");
-            let summary = self
-                .engine
+            let summary = engine
                 .run_pass(Some(tokio::time::Instant::now() + left))
                 .await;
             let wait = match summary.outcome {
@@ -195,12 +253,12 @@ impl SyncService {
             };
             self.log(&summary, failures);
             self.totals.add(&summary);
-            self.prune(&summary).await;
+            self.prune(&engine, &summary).await;
             let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
             // Only what the status shows: the state also holds every tag sync wrote, and a
             // poll comes every minute.
-            let parent = &self.engine.settings.parent;
-            let (pushed_seq, parent_feed_seq, conflicts, warnings) = self.engine.state.read(|st| {
+            let parent = &engine.settings.parent;
+            let (pushed_seq, parent_feed_seq, conflicts, warnings) = engine.state.read(|st| {
                 (
                     st.pushed_seq,
                     feed_seq(st, parent),
@@ -275,15 +333,15 @@ impl SyncService {
     }
 
     /// Applies `messageTtl` to the change log, but never to changes not yet pushed up.
-    async fn prune(&self, summary: &Summary) {
+    async fn prune(&self, engine: &Engine, summary: &Summary) {
         let all_pushed =
-            self.engine.settings.mode == Mode::ReadOnly || summary.outcome == Outcome::Completed;
+            engine.settings.mode == Mode::ReadOnly || summary.outcome == Outcome::Completed;
         if !all_pushed {
             return;
         }
-        let ttl = self.engine.settings.message_ttl.as_secs();
+        let ttl = engine.settings.message_ttl.as_secs();
         let before = (Utc::now().timestamp().max(0) as u64).saturating_sub(ttl);
-        let store = self.engine.store.clone();
+        let store = engine.store.clone();
         match tokio::task::spawn_blocking(move || store.prune_changes(before)).await {
             Ok(Ok(n)) if n > 0 => {
                 tracing::info!(pruned = n, "change log entries past messageTtl dropped")

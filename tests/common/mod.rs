@@ -46,16 +46,18 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Waits until something accepts TCP connections on `addr`, or panics after `timeout`.
+/// Waits until `child` accepts TCP connections on `addr` and holds them, or panics after
+/// `timeout` or when `child` exits first.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration, child: &mut Child) {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        // A connection to itself is not a server: on loopback, connect() may pick `addr`'s own
-        // port as its source port while nothing listens there yet (TCP simultaneous open),
-        // and then "succeeds" with no server behind it.
         if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            if stream.local_addr().ok() != Some(addr) {
-                return;
+            if is_held(&stream, addr) {
+                match child.try_wait() {
+                    Ok(None) => return,
+                    Ok(Some(status)) => panic!("process exited after {addr} answered: {status}"),
+                    Err(e) => panic!("cannot tell whether the process still runs: {e}"),
+                }
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -64,6 +66,29 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration, child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("nothing listened on {addr} within {timeout:?}");
+}
+
+/// Whether a connection that `connect()` says succeeded has a server behind it that keeps it.
+/// Two impostors answer a port whose server is not listening yet: the connection to itself (on
+/// loopback, connect() may pick `addr`'s own port as its source port: TCP simultaneous open),
+/// and a listener that exists for an instant (a test in another thread asking the kernel for a
+/// free port may be handed this one while its server has bound it but not yet listens); that
+/// listener closes at once and resets what it had accepted. A server holds an idle connection
+/// open for much longer than this waits.
+fn is_held(stream: &TcpStream, addr: SocketAddr) -> bool {
+    if stream.local_addr().ok() == Some(addr) {
+        return false;
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(30)));
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut &*stream, &mut byte) {
+        // A server that speaks first (none of ours do) is a server too.
+        Ok(n) => n > 0,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 /// Calls `f` every `step` until it returns `Some`, for at most about `limit`; returns what it
@@ -133,7 +158,22 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process; a failing test also says whether it still ran, so that a server
+    /// that died (by a signal, say, which leaves nothing in its log) is told from one that
+    /// answered wrongly.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = match self.child.try_wait() {
+                Ok(None) => "still running".to_string(),
+                Ok(Some(status)) => format!("had exited: {status}"),
+                Err(e) => format!("unknown: {e}"),
+            };
+            eprintln!(
+                "--- process {} (log {}) {state} when the test failed",
+                self.child.id(),
+                self.log.display()
+            );
+        }
         self.kill();
     }
 }
@@ -160,7 +200,33 @@ pub fn serve_with(
     let listen = format!("127.0.0.1:{port}");
     let args = serve_args(data, &listen, extra_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
+    let mut proc = Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log);
+    wait_for_http(proc.addr, Duration::from_secs(20), &mut proc.child);
+    proc
+}
+
+/// Waits until `child` answers HTTP on `addr`: the proof that the port is served by it, which
+/// an open port alone is not (see [`is_held`]). What it sends is not a request (the HTTP
+/// server itself answers 400), so the probe leaves no access-log line and no count in the
+/// metrics that tests read.
+pub fn wait_for_http(addr: SocketAddr, timeout: Duration, child: &mut Child) {
+    use std::io::{Read, Write};
+    let request = b"\0\r\n\r\n";
+    let answered = poll(timeout, Duration::from_millis(20), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("process exited before it answered HTTP on {addr}: {status}");
+        }
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(request).ok()?;
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).ok()?;
+        (&head == b"HTTP/").then_some(())
+    });
+    assert!(
+        answered.is_some(),
+        "nothing answered HTTP on {addr} within {timeout:?}"
+    );
 }
 
 /// `serve --listen LISTEN --data DATA EXTRA...`, open (`--auth none`) unless `extra_args` say

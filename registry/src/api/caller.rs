@@ -55,6 +55,11 @@ impl Caller {
         self.may_list.as_ref().is_none_or(|may| may(repo))
     }
 
+    /// Whether listings may name every repository to this caller (no filter to apply).
+    pub fn may_list_all(&self) -> bool {
+        self.may_list.is_none()
+    }
+
     /// The caller a request carries, or [`Caller::anyone`] when no access layer ran.
     pub fn of(extensions: &axum::http::Extensions) -> Caller {
         extensions

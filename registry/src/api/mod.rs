@@ -1,6 +1,7 @@
 //! The registry's HTTP API: `/v2` (OCI Distribution v1.1) and `/acr/v1` (the ACR data-plane
 //! API and the change feed children sync from). `auth` puts access control in front of every
-//! route and serves the token service (`/oauth2/token`); `caller` tells listings what the
+//! route and serves the token service (`/oauth2/token`); `gateway` serves a child registry its
+//! settings; `caller` tells listings what the
 //! caller may see.
 
 pub mod access_log;
@@ -9,6 +10,7 @@ pub mod auth;
 pub mod caller;
 mod drain;
 pub mod error;
+pub mod gateway;
 pub mod metrics;
 pub mod v2;
 mod watched_body;

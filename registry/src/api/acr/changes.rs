@@ -21,7 +21,10 @@ use axum::response::{IntoResponse, Response};
 
 use oci::feed::{answer_version, FeedPage};
 
+use axum::http::Extensions;
+
 use super::number;
+use crate::api::caller::Caller;
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use oci::ErrorCode;
@@ -32,9 +35,11 @@ pub const MAX_CHANGES_PER_PAGE: usize = 1000;
 
 pub(super) async fn changes(
     State(state): State<AppState>,
+    extensions: Extensions,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    match feed(&state, &query).await {
+    let caller = Caller::of(&extensions);
+    match feed(&state, &caller, &query).await {
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(error = %err, "change feed request refused");
@@ -43,18 +48,22 @@ pub(super) async fn changes(
     }
 }
 
-async fn feed(state: &AppState, query: &HashMap<String, String>) -> Result<Response, ApiError> {
-    // TODO(auth): the feed names every repository and tag, like the catalog: require the
-    // `registry:catalog:*` scope (the sync token's) once tokens exist, except for the
-    // bounds-only probe (`n=0`), which names nothing and which children send anonymously to
-    // find out whether their parent has a feed (see `sync::ParentClient::feed_head`).
+async fn feed(
+    state: &AppState,
+    caller: &Caller,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    // The access layer let in a caller with `message/read` (or anyone for the bounds-only
+    // probe `n=0`, which names nothing); `caller` says which repositories it may read, and the
+    // page names no other (a child never learns a repository outside its scope).
     let after = number(query, "after", "sequence number, 0 for the start")?.unwrap_or(0);
     let asked = number(query, "v", "feed version")?.map(|v| v.min(u32::MAX as u64) as u32);
     let n = number(query, "n", &format!("count, 0 to {MAX_CHANGES_PER_PAGE}"))?
         .map(|n| n.min(MAX_CHANGES_PER_PAGE as u64) as usize)
         .unwrap_or(MAX_CHANGES_PER_PAGE);
     let store = state.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.change_page(after, n))
+    let caller = caller.clone();
+    let page = tokio::task::spawn_blocking(move || visible_page(&store, &caller, after, n))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -72,4 +81,44 @@ async fn feed(state: &AppState, query: &HashMap<String, String>) -> Result<Respo
         changes,
     };
     Ok(axum::Json(body).into_response())
+}
+
+/// Change-log entries read per request at most while looking for ones the caller may see:
+/// bounds the work a page of entries outside the caller's scope costs.
+pub const MAX_SCANNED_PER_PAGE: usize = 20 * MAX_CHANGES_PER_PAGE;
+
+/// Up to `n` changes after `after` that `caller` may see, reading on past the ones it may
+/// not until `n` are found, the log's head is reached, or [`MAX_SCANNED_PER_PAGE`] entries
+/// were read.
+fn visible_page(
+    store: &crate::storage::Store,
+    caller: &Caller,
+    after: u64,
+    n: usize,
+) -> Result<crate::storage::ChangePage, crate::storage::StorageError> {
+    let mut page = store.change_page(after, n)?;
+    if n == 0 || caller.may_list_all() {
+        return Ok(page);
+    }
+    let mut scanned = page.changes.len();
+    let mut last = page.changes.last().map(|c| c.seq);
+    page.changes.retain(|c| caller.may_list(&c.repo));
+    while page.changes.len() < n && scanned < MAX_SCANNED_PER_PAGE {
+        let Some(from) = last.filter(|&seq| seq < page.head) else {
+            break;
+        };
+        let next = store.change_page(from, n)?;
+        if next.changes.is_empty() {
+            break;
+        }
+        scanned += next.changes.len();
+        last = next.changes.last().map(|c| c.seq);
+        page.changes.extend(
+            next.changes
+                .into_iter()
+                .filter(|c| caller.may_list(&c.repo)),
+        );
+    }
+    page.changes.truncate(n);
+    Ok(page)
 }

@@ -111,7 +111,7 @@ pub fn with_client_addr(router: Router, trusted: Vec<TrustedProxy>) -> Router {
 
 /// The peer, or the last `X-Forwarded-For` entry when the peer is a trusted proxy.
 fn resolve(request: &Request, trusted: &[TrustedProxy]) -> IpAddr {
-    let peer = peer(request);
+    let peer = peer(request.extensions());
     if !trusted.iter().any(|t| t.contains(peer)) {
         return peer;
     }
@@ -124,9 +124,8 @@ fn resolve(request: &Request, trusted: &[TrustedProxy]) -> IpAddr {
         .unwrap_or(peer)
 }
 
-fn peer(request: &Request) -> IpAddr {
-    request
-        .extensions()
+fn peer(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -134,12 +133,12 @@ fn peer(request: &Request) -> IpAddr {
 
 /// The address a request's failed logins count against: as [`with_client_addr`] resolved it,
 /// else the peer (no `X-Forwarded-For` is trusted without that layer).
-pub(crate) fn client_addr(request: &Request) -> IpAddr {
-    request
-        .extensions()
+/// The address a request's failed logins count against, from its extensions.
+pub(crate) fn client_addr(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
         .get::<ClientAddr>()
         .map(|c| c.0)
-        .unwrap_or_else(|| peer(request))
+        .unwrap_or_else(|| peer(extensions))
 }
 
 /// Fuzz target for [`TrustedProxy`]'s parser (bounded run below; `fuzz/` under `cargo fuzz`):

@@ -24,54 +24,129 @@ pub use client_addr::fuzz_trusted_proxy;
 pub use client_addr::{with_client_addr, TrustedProxy};
 pub use need::{need, Need};
 
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use access::{Action, Authority, Identity, Login, Refusal, Target};
-use axum::extract::{Request, State};
+use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
+use futures_util::future::{BoxFuture, Either, Ready};
+use tower::{Service, ServiceExt};
 
 use crate::api::caller::Caller;
 use crate::api::error::ApiError;
 use oci::ErrorCode;
 
-/// Puts access control in front of every route of `router`.
+/// Puts access control in front of every route of `router`: one [`Guard`] around the whole
+/// router, which the returned router calls for every request (its fallback, having no routes
+/// of its own). Around the router rather than layered on each of its routes, where axum would
+/// box every route once more.
 pub fn guard(router: Router, authority: Arc<Authority>) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(authority, check))
+    Router::new().fallback_service(Guard {
+        inner: router,
+        authority,
+    })
+}
+
+/// Decides access before the router runs. Written as a service rather than a `from_fn`
+/// middleware so that the common case costs no allocation: a request whose credentials are
+/// known (an access token, a remembered password, none) is decided in `call` and handed to
+/// the router there, without the router cloned or a future boxed. Only a password seen
+/// for the first time waits (argon2id, off the async threads) in a future of its own.
+#[derive(Clone)]
+struct Guard<S> {
+    inner: S,
+    authority: Arc<Authority>,
+}
+
+type GuardFuture<F> = Either<
+    F,
+    Either<Ready<Result<Response, Infallible>>, BoxFuture<'static, Result<Response, Infallible>>>,
+>;
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        match judge(&self.authority, &mut parts, None) {
+            // `poll_ready` readied `inner` for exactly this call.
+            Verdict::Pass => Either::Left(self.inner.call(Request::from_parts(parts, body))),
+            Verdict::Answer(response) => {
+                Either::Right(Either::Left(futures_util::future::ready(Ok(response))))
+            }
+            Verdict::CheckPassword { name, password } => {
+                let authority = self.authority.clone();
+                let inner = self.inner.clone();
+                Either::Right(Either::Right(Box::pin(async move {
+                    let from = client_addr(&parts.extensions);
+                    let checked = check_password(&authority, name.clone(), password, from)
+                        .await
+                        .map(|_| Arc::new(Identity::Password { token: name }));
+                    match judge(&authority, &mut parts, Some(checked)) {
+                        Verdict::Answer(response) => Ok(response),
+                        _ => inner.oneshot(Request::from_parts(parts, body)).await,
+                    }
+                })))
+            }
+        }
+    }
+}
+
+/// What the guard decided about a request.
+enum Verdict {
+    /// The route may run.
+    Pass,
+    /// The answer instead of the route's (a challenge, a refusal).
+    Answer(Response),
+    /// A password not verified lately: check it (slowly), then judge again with the outcome.
+    CheckPassword { name: String, password: String },
 }
 
 /// This registry as the client addressed it: behind our proxy, the proxy's name and `https`
 /// (`X-Forwarded-Host`, `X-Forwarded-Proto`). The service name of tokens, ACR's `registry`
 /// field, and the token service's realm all come from here.
-pub(crate) struct Addressed {
-    pub service: String,
-    scheme: &'static str,
+pub(crate) struct Addressed<'a> {
+    pub service: &'a str,
+    headers: &'a HeaderMap,
 }
 
-impl Addressed {
-    pub(crate) fn of(headers: &HeaderMap) -> Addressed {
-        let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let host = value("x-forwarded-host")
-            .or_else(|| value(header::HOST.as_str()))
+impl Addressed<'_> {
+    pub(crate) fn of(headers: &HeaderMap) -> Addressed<'_> {
+        let service = header_str(headers, "x-forwarded-host")
+            .or_else(|| header_str(headers, header::HOST.as_str()))
             .unwrap_or("localhost");
-        let scheme = match value("x-forwarded-proto") {
-            Some("https") => "https",
-            _ => "http",
-        };
-        Addressed {
-            service: host.to_owned(),
-            scheme,
-        }
+        Addressed { service, headers }
     }
 
     /// The token service's URL (made only for a challenge, not per request).
     fn realm(&self) -> String {
-        format!("{}://{}/oauth2/token", self.scheme, self.service)
+        let scheme = match header_str(self.headers, "x-forwarded-proto") {
+            Some("https") => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{}/oauth2/token", self.service)
     }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Credentials of an `Authorization` header.
@@ -82,7 +157,7 @@ pub(crate) enum Credentials<'a> {
         password: String,
     },
     /// Borrowed from the header: a token comes with every request and is only looked up.
-    Bearer(&'a str),
+    Bearer(&'a [u8]),
     /// A header that is neither, or Basic that does not decode.
     Malformed,
 }
@@ -92,18 +167,21 @@ impl Credentials<'_> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Credentials::None;
         };
-        let Ok(value) = value.to_str() else {
-            return Credentials::Malformed;
+        // Bytes, not `to_str`: a token is a few hundred bytes on every request, looked up as
+        // they are; only one never seen before is read as text (and verified).
+        let value = value.as_bytes();
+        let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+            Some(space) => (&value[..space], &value[space + 1..]),
+            None => (value, &[][..]),
         };
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return Credentials::Bearer(rest.trim());
+        if scheme.eq_ignore_ascii_case(b"bearer") {
+            return Credentials::Bearer(rest.trim_ascii());
         }
-        if !scheme.eq_ignore_ascii_case("basic") {
+        if !scheme.eq_ignore_ascii_case(b"basic") {
             return Credentials::Malformed;
         }
         base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
+            .decode(rest.trim_ascii())
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .and_then(|pair| {
@@ -114,27 +192,6 @@ impl Credentials<'_> {
                 })
             })
             .unwrap_or(Credentials::Malformed)
-    }
-}
-
-/// The identity of a request's credentials; a Basic password is checked off the async
-/// threads unless remembered.
-async fn identify(
-    authority: &Arc<Authority>,
-    credentials: Credentials<'_>,
-    service: &str,
-    from: IpAddr,
-) -> Result<Arc<Identity>, Refusal> {
-    match credentials {
-        Credentials::None => Ok(Arc::new(Identity::Anonymous)),
-        Credentials::Malformed => Err(Refusal::Unauthorized(
-            "Authorization is neither Basic name:password nor Bearer".into(),
-        )),
-        Credentials::Bearer(jwt) => authority.bearer(jwt, service),
-        Credentials::Basic { name, password } => {
-            check_password(authority, name.clone(), password, from).await?;
-            Ok(Arc::new(Identity::Password { token: name }))
-        }
     }
 }
 
@@ -155,36 +212,54 @@ pub(crate) async fn check_password(
         .map_err(|_| Refusal::Unauthorized("password check failed".into()))?
 }
 
-async fn check(
-    State(authority): State<Arc<Authority>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let need = need(
-        request.method(),
-        request.uri().path(),
-        request.uri().query(),
-    );
+/// Decides a request: what its route needs, who is asking (`checked`: the outcome of a
+/// password check already made, else found from the credentials), and whether that caller
+/// holds the need. On the way it tells listings what the caller may see and turns a mount the
+/// caller may not read from into an ordinary upload.
+fn judge(
+    authority: &Arc<Authority>,
+    parts: &mut Parts,
+    checked: Option<Result<Arc<Identity>, Refusal>>,
+) -> Verdict {
+    let need = need(&parts.method, parts.uri.path(), parts.uri.query());
     if need == Need::Nothing {
-        return next.run(request).await;
+        return Verdict::Pass;
     }
-    let addressed = Addressed::of(request.headers());
-    let from = client_addr(&request);
-    let credentials = Credentials::of(request.headers());
+    let addressed = Addressed::of(&parts.headers);
+    let credentials = Credentials::of(&parts.headers);
     let basic = matches!(credentials, Credentials::Basic { .. });
-    let identity = match identify(&authority, credentials, &addressed.service, from).await {
+    let identity = match checked {
+        Some(outcome) => outcome,
+        None => match credentials {
+            Credentials::None => Ok(Arc::new(Identity::Anonymous)),
+            Credentials::Malformed => Err(Refusal::Unauthorized(
+                "Authorization is neither Basic name:password nor Bearer".into(),
+            )),
+            Credentials::Bearer(jwt) => authority.bearer(jwt, addressed.service),
+            Credentials::Basic { name, password } => {
+                if authority.remembered_login(&name, &password).is_none() {
+                    return Verdict::CheckPassword { name, password };
+                }
+                Ok(Arc::new(Identity::Password { token: name }))
+            }
+        },
+    };
+    let identity = match identity {
         Ok(identity) => identity,
-        Err(Refusal::TooManyAttempts(retry_after)) => return too_many(retry_after),
+        Err(Refusal::TooManyAttempts(retry_after)) => {
+            return Verdict::Answer(too_many(retry_after))
+        }
         Err(Refusal::Unauthorized(why)) => {
-            tracing::debug!(%why, client = %from, "credentials refused");
-            return challenge(
+            tracing::debug!(%why, client = %client_addr(&parts.extensions), "credentials refused");
+            return Verdict::Answer(challenge(
                 &addressed,
                 &need,
                 None,
                 "authentication failed: check the token name and password, or log in again",
-            );
+            ));
         }
     };
+    let mut unmount = false;
     let allowed = match (&need, &*identity) {
         (Need::Nothing, _) => true,
         // A caller with no credentials is challenged here even with anonymous pull on: clients
@@ -202,20 +277,21 @@ async fn check(
             authority.allows(&identity, Target::Repository(repo), *action)
         }
         (Need::Gateway(action), _) => authority.allows(&identity, Target::Registry, *action),
+        (Need::OwnGateway(name, action), _) => {
+            authority.allows(&identity, Target::Gateway(name), *action)
+        }
         (Need::Mount { target, source }, _) => {
             let push =
                 authority.allows(&identity, Target::Repository(target), Action::ContentWrite);
-            if push && !authority.allows(&identity, Target::Repository(source), Action::ContentRead)
-            {
-                // No pull on the source: an ordinary upload, as if no mount had been asked,
-                // so the answer says nothing about what the source holds.
-                strip_mount(&mut request);
-            }
+            // No pull on the source: an ordinary upload, as if no mount had been asked, so the
+            // answer says nothing about what the source holds.
+            unmount = push
+                && !authority.allows(&identity, Target::Repository(source), Action::ContentRead);
             push
         }
     };
     if !allowed {
-        return match *identity {
+        return Verdict::Answer(match *identity {
             Identity::Password { .. } if basic => ApiError::new(
                 ErrorCode::Denied,
                 "requested access to the resource is denied: the token's scope map does not allow it",
@@ -223,26 +299,33 @@ async fn check(
             .into_response(),
             Identity::Bearer { .. } => challenge(&addressed, &need, Some("insufficient_scope"), "the access token does not grant this: ask the token service for this scope"),
             _ => challenge(&addressed, &need, None, "authentication required: log in with a token (docker login)"),
-        };
+        });
     }
-    // Only listings need to know what the caller may see; a pull is spared the allocation.
-    if matches!(
+    // Only listings (the change feed among them) need to know what the caller may see; a
+    // pull is spared the allocation.
+    let feed = need == Need::Gateway(Action::MessageRead);
+    let lists = matches!(
         need,
         Need::Catalog | Need::Repository(_, Action::MetadataRead)
-    ) {
+    );
+    if feed {
+        let seeing = authority.clone();
+        let caller = Caller::seeing(move |repo| seeing.may_read(&identity, repo));
+        parts.extensions.insert(caller.with_unlisted(true));
+    } else if lists {
         let sync_reader = authority.allows(&identity, Target::Registry, Action::MessageRead);
         let seeing = authority.clone();
         let caller = Caller::seeing(move |repo| seeing.may_list(&identity, repo));
-        request
-            .extensions_mut()
-            .insert(caller.with_unlisted(sync_reader));
+        parts.extensions.insert(caller.with_unlisted(sync_reader));
     }
-    next.run(request).await
+    if unmount {
+        strip_mount(&mut parts.uri);
+    }
+    Verdict::Pass
 }
 
 /// Drops `mount` and `from` from an upload start's query.
-fn strip_mount(request: &mut Request) {
-    let uri = request.uri();
+fn strip_mount(uri: &mut axum::http::Uri) {
     let kept: Vec<&str> = uri
         .query()
         .unwrap_or("")
@@ -257,14 +340,14 @@ fn strip_mount(request: &mut Request) {
     let mut parts = uri.clone().into_parts();
     if let Ok(pq) = path_and_query.parse() {
         parts.path_and_query = Some(pq);
-        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
+        if let Ok(stripped) = axum::http::Uri::from_parts(parts) {
+            *uri = stripped;
         }
     }
 }
 
 /// The Docker token scope a need asks for, as a challenge names it.
-fn scope_of(need: &Need) -> Option<String> {
+fn scope_of(need: &Need<'_>) -> Option<String> {
     match need {
         Need::Repository(repo, action) => {
             let actions = match action {
@@ -276,13 +359,20 @@ fn scope_of(need: &Need) -> Option<String> {
         Need::Mount { target, source } => Some(format!(
             "repository:{target}:pull,push repository:{source}:pull"
         )),
-        Need::Catalog | Need::Gateway(_) => Some("registry:catalog:*".into()),
+        Need::Catalog | Need::Gateway(_) | Need::OwnGateway(..) => {
+            Some("registry:catalog:*".into())
+        }
         Need::Nothing | Need::Known => None,
     }
 }
 
 /// 401 with the challenge that sends a Docker client to the token service.
-fn challenge(addressed: &Addressed, need: &Need, error: Option<&str>, message: &str) -> Response {
+fn challenge(
+    addressed: &Addressed<'_>,
+    need: &Need<'_>,
+    error: Option<&str>,
+    message: &str,
+) -> Response {
     let mut value = format!(
         "Bearer realm=\"{}\",service=\"{}\"",
         addressed.realm(),

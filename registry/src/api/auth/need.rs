@@ -2,15 +2,19 @@
 //! caller must hold. Every route of the registry is here; a path this table does not know is
 //! answered 404 by the router, after the caller was checked like any other request.
 
+use std::borrow::Cow;
+
 use access::Action;
 use axum::http::Method;
 
 use crate::api::acr::{parse_route as parse_acr_route, AcrRoute};
 use crate::api::v2::{parse_route, Route};
 
-/// What a request needs before its handler runs.
+/// What a request needs before its handler runs. Names are borrowed from the request's path
+/// (a mount's source, percent-decoded from the query, may be owned): deciding costs no
+/// allocation on the way to a pull.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Need {
+pub enum Need<'a> {
     /// Nothing (the token endpoint, which checks credentials itself; the change feed's
     /// bounds-only probe, which names nothing).
     Nothing,
@@ -18,19 +22,24 @@ pub enum Need {
     /// speak the API, and am I logged in"; a caller with none is challenged).
     Known,
     /// An action on a repository.
-    Repository(String, Action),
+    Repository(&'a str, Action),
     /// A listing of repositories (`/v2/_catalog`, `/acr/v1/_catalog`): allowed to any known
     /// caller, and filtered to what it may read (`Caller`).
     Catalog,
     /// A gateway action of a child registry (the change feed, the sync status).
     Gateway(Action),
+    /// A gateway action on one child registry's own route (its settings): its sync token's.
+    OwnGateway(&'a str, Action),
     /// Writes of a cross-repository mount: the target repository's push, and pull on the
     /// source (without it, the upload starts as an ordinary one: see `auth::guard`).
-    Mount { target: String, source: String },
+    Mount {
+        target: &'a str,
+        source: Cow<'a, str>,
+    },
 }
 
 /// The need of `method path?query`.
-pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
+pub fn need<'a>(method: &Method, path: &'a str, query: Option<&'a str>) -> Need<'a> {
     if path == "/v2" || path == "/v2/" {
         return Need::Known;
     }
@@ -38,24 +47,24 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
         return match parse_route(rest) {
             None => Need::Known,
             Some(Route::Catalog) => Need::Catalog,
-            Some(Route::Tags(repo)) => Need::Repository(repo.into(), Action::MetadataRead),
+            Some(Route::Tags(repo)) => Need::Repository(repo, Action::MetadataRead),
             Some(Route::Manifest(repo, _) | Route::Blob(repo, _)) => {
                 let action = match *method {
                     Method::GET | Method::HEAD => Action::ContentRead,
                     Method::DELETE => Action::ContentDelete,
                     _ => Action::ContentWrite,
                 };
-                Need::Repository(repo.into(), action)
+                Need::Repository(repo, action)
             }
-            Some(Route::Referrers(repo, _)) => Need::Repository(repo.into(), Action::ContentRead),
+            Some(Route::Referrers(repo, _)) => Need::Repository(repo, Action::ContentRead),
             Some(Route::UploadStart(repo)) => match query_value(query, "from") {
                 Some(source) if *method == Method::POST => Need::Mount {
-                    target: repo.into(),
+                    target: repo,
                     source,
                 },
-                _ => Need::Repository(repo.into(), Action::ContentWrite),
+                _ => Need::Repository(repo, Action::ContentWrite),
             },
-            Some(Route::Upload(repo, _)) => Need::Repository(repo.into(), Action::ContentWrite),
+            Some(Route::Upload(repo, _)) => Need::Repository(repo, Action::ContentWrite),
         };
     }
     // The token service checks credentials itself; health answers whoever asks (a probe).
@@ -71,9 +80,12 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
 /// The `/acr/v1/` routes, as `api::acr` parses them and names their actions: the change feed
 /// and sync status (gateway actions), the catalog, and a repository's properties, tags and
 /// manifests.
-fn acr_need(method: &Method, rest: &str, query: Option<&str>) -> Need {
+fn acr_need<'a>(method: &Method, rest: &'a str, query: Option<&'a str>) -> Need<'a> {
     if rest.starts_with("_sync/") {
         return Need::Gateway(Action::MessageRead);
+    }
+    if let Some(name) = crate::api::gateway::config_route(rest) {
+        return Need::OwnGateway(name, Action::ConfigRead);
     }
     match parse_acr_route(rest) {
         None => Need::Known,
@@ -81,17 +93,26 @@ fn acr_need(method: &Method, rest: &str, query: Option<&str>) -> Need {
         Some(AcrRoute::Changes) => Need::Gateway(Action::MessageRead),
         Some(AcrRoute::Catalog) => Need::Catalog,
         Some(route) => match (route.repo(), route.action(method)) {
-            (Some(repo), Some(action)) => Need::Repository(repo.into(), action),
+            (Some(repo), Some(action)) => Need::Repository(repo, action),
             // A method the route does not serve: its 405 says nothing about the repository.
             _ => Need::Known,
         },
     }
 }
 
-/// One query parameter's value, percent-decoded.
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    let query = query?;
-    url_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+/// One query parameter's value, percent-decoded (borrowed when there was nothing to decode).
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(k)? != name {
+            return None;
+        }
+        if v.bytes().any(|b| b == b'%' || b == b'+') {
+            decode(v).map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(v))
+        }
+    })
 }
 
 pub(super) fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
@@ -130,14 +151,14 @@ mod tests {
     use super::*;
     use Action::*;
 
-    fn repo(name: &str, action: Action) -> Need {
-        Need::Repository(name.into(), action)
+    fn repo(name: &str, action: Action) -> Need<'_> {
+        Need::Repository(name, action)
     }
 
     #[test]
     fn every_route_has_its_need() {
         let d = "sha256:aa";
-        let cases: &[(Method, &str, Option<&str>, Need)] = &[
+        let cases: &[(Method, &str, Option<&str>, Need<'_>)] = &[
             (Method::GET, "/v2/", None, Need::Known),
             (Method::GET, "/v2/_catalog", None, Need::Catalog),
             (
@@ -211,7 +232,7 @@ mod tests {
                 "/v2/a/blobs/uploads/",
                 Some("mount=sha256%3Aaa&from=b%2Fc"),
                 Need::Mount {
-                    target: "a".into(),
+                    target: "a",
                     source: "b/c".into(),
                 },
             ),
@@ -229,6 +250,12 @@ mod tests {
                 Need::Gateway(MessageRead),
             ),
             (Method::GET, "/acr/v1/_catalog", None, Need::Catalog),
+            (
+                Method::GET,
+                "/acr/v1/_gateway/edge1/config",
+                None,
+                Need::OwnGateway("edge1", ConfigRead),
+            ),
             (Method::GET, "/acr/v1/a/b", None, repo("a/b", MetadataRead)),
             (
                 Method::PATCH,

@@ -28,19 +28,18 @@ pub fn routes(authority: Arc<Authority>) -> Router {
 }
 
 async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Response {
-    let addressed = Addressed::of(request.headers());
-    let from = client_addr(&request);
-    // The token service takes Basic credentials or none (read before the body takes the request).
-    let basic = match Credentials::of(request.headers()) {
+    let (parts, body) = request.into_parts();
+    let addressed = Addressed::of(&parts.headers);
+    let from = client_addr(&parts.extensions);
+    // The token service takes Basic credentials or none.
+    let basic = match Credentials::of(&parts.headers) {
         Credentials::Basic { name, password } => Ok(Some((name, password))),
         Credentials::None => Ok(None),
         Credentials::Bearer(_) | Credentials::Malformed => Err(()),
     };
-    let method = request.method().clone();
-    let query = request.uri().query().unwrap_or("").to_owned();
-    let mut params = form(&query);
-    if method == Method::POST {
-        let body = match axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES).await {
+    let mut params = form(parts.uri.query().unwrap_or(""));
+    if parts.method == Method::POST {
+        let body = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
             Ok(body) => body,
             Err(_) => {
                 return bad_request("the token request's form is larger than 64 KiB or was cut")
@@ -54,7 +53,7 @@ async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Res
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let service = one("service").unwrap_or_else(|| addressed.service.clone());
+    let service = one("service").unwrap_or_else(|| addressed.service.to_owned());
     let scopes: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "scope")
@@ -63,7 +62,7 @@ async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Res
     let asked = Asked::parse_all(&scopes);
     let offline = one("offline_token").as_deref() == Some("true")
         || one("access_type").as_deref() == Some("offline");
-    let login = match (method == Method::POST, one("grant_type").as_deref()) {
+    let login = match (parts.method == Method::POST, one("grant_type").as_deref()) {
         (true, Some("refresh_token")) => match one("refresh_token") {
             Some(refresh) => authority.refresh(&refresh, &service),
             None => return bad_request("grant_type=refresh_token needs refresh_token"),

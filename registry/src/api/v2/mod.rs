@@ -65,9 +65,14 @@ pub(crate) enum Route<'a> {
     Blob(&'a str, &'a str),
 }
 
+/// `(name, last)` of `name{marker}last` where `marker` is `/kind/` and `last` is the path's last
+/// segment. Done with a search for one byte and a comparison of the end: parsing runs twice
+/// per request (access, then the handler), and a substring search costs more than the rest.
 fn last_segment<'a>(path: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
-    path.rsplit_once(marker)
-        .filter(|(name, rest)| !name.is_empty() && !rest.is_empty() && !rest.contains('/'))
+    let (head, last) = path.rsplit_once('/')?;
+    let kind = marker.strip_suffix('/').unwrap_or(marker);
+    let name = head.strip_suffix(kind)?;
+    (!name.is_empty() && !last.is_empty()).then_some((name, last))
 }
 
 pub(crate) fn parse_route(path: &str) -> Option<Route<'_>> {
@@ -265,6 +270,16 @@ mod tests {
             Some(Route::Blob("a", "sha256:00"))
         );
         assert_eq!(parse_route("a/blobs/"), None);
+        assert_eq!(parse_route("manifests/v1"), None);
+        assert_eq!(parse_route("a/manifests/x/y"), None);
+        assert_eq!(
+            parse_route("a/manifests/blobs/x"),
+            Some(Route::Blob("a/manifests", "x"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/uploads"),
+            Some(Route::UploadStart("a"))
+        );
         assert_eq!(parse_route("nothing"), None);
     }
 }
