@@ -32,7 +32,14 @@ fn build() -> PathBuf {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--bin", "connected-registry", "--target", &triple])
+        .args([
+            "build",
+            "--locked",
+            "--bin",
+            "connected-registry",
+            "--target",
+            &triple,
+        ])
         .args(["--manifest-path", manifest])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
