@@ -64,6 +64,8 @@ enum Command {
     SigningKey(cmd::access::SigningKeyArgs),
     /// Child registries defined here: their settings, sync token and connection string.
     Child(cmd::child::Args),
+    /// This registry and, with --tree, every registry beneath it: state, report age, lag, errors.
+    Status(cmd::status::Args),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
             Command::Token(args) => cmd::access::run_token(args).await,
             Command::SigningKey(args) => cmd::access::run_signing_key(args).await,
             Command::Child(args) => cmd::child::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
         }
     });
     match result {

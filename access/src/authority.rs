@@ -438,6 +438,12 @@ impl Authority {
         crate::child::config_of(&self.snapshot(), name)
     }
 
+    /// The names of the child registries defined here, in order (for the tree of status
+    /// reports).
+    pub fn child_names(&self) -> Vec<String> {
+        self.snapshot().children.keys().cloned().collect()
+    }
+
     fn anonymous_allows(&self, target: Target<'_>, action: Action) -> bool {
         let Target::Repository(repo) = target else {
             return false;

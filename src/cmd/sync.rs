@@ -214,7 +214,7 @@ impl SyncFlags {
 
     /// The connected registry's name in the connection string (flag, environment or file), when
     /// one is given: the name its parent knows it by.
-    fn child_name(&self) -> anyhow::Result<Option<String>> {
+    pub fn child_name(&self) -> anyhow::Result<Option<String>> {
         let (file, flags) = self.layers()?;
         let Some(cs) = flags
             .connection_string
@@ -502,10 +502,13 @@ impl Prepared {
 
     /// Called by `serve`: starts the sync schedule in the background. `data` is the
     /// registry's data directory (sync keeps its progress in `data/sync/`).
+    /// A child defined at its parent reports its status there after every pass, with
+    /// `children`'s (its own children as it sees them).
     pub fn start_background(
         self,
         store: registry::Store,
         data: &Path,
+        children: sync::report::Subtree,
     ) -> anyhow::Result<Background> {
         tracing::info!(
             parent = %self.settings.parent,
@@ -523,8 +526,27 @@ impl Prepared {
         };
         self.keep_received(data);
         let refresh = self.refresh(data)?;
-        let service =
-            SyncService::refreshed_by(self.engine(store, data, Arc::new(NoProgress))?, refresh);
+        let reporter = match self.flags.child_name()? {
+            Some(name) => Some(sync::report::Reporter {
+                name,
+                client: Arc::new(ParentClient::new(
+                    &self.settings.parent,
+                    self.settings.credentials.clone(),
+                    self.settings.trust.as_deref(),
+                    self.settings.limits.clone(),
+                )?),
+                store: store.clone(),
+                children,
+            }),
+            None => None,
+        };
+        let service = SyncService::refreshed_by(
+            self.engine(store, data, Arc::new(NoProgress))?,
+            refresh,
+        );
+        if let Some(reporter) = reporter {
+            service.report_with(reporter);
+        }
         let _ = miss_hint_of.set(service.clone());
         service.spawn();
         Ok(Background {
