@@ -89,12 +89,8 @@ impl ChildReports {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let bytes = serde_json::to_vec(&received).map_err(|e| e.to_string())?;
-        util::atomic_file::write(
-            &self.dir.join(format!("{name}.json")),
-            &bytes,
-            Some(0o600),
-        )
-        .map_err(|e| e.to_string())?;
+        util::atomic_file::write(&self.dir.join(format!("{name}.json")), &bytes, Some(0o600))
+            .map_err(|e| e.to_string())?;
         self.latest
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -134,7 +130,9 @@ impl ChildReports {
                         name,
                         state,
                         report_age_seconds: Some(age),
-                        lag: head.zip(report.parent_feed_seq).map(|(h, seq)| h.saturating_sub(seq)),
+                        lag: head
+                            .zip(report.parent_feed_seq)
+                            .map(|(h, seq)| h.saturating_sub(seq)),
                         report: Some(Box::new(report.clone())),
                     };
                     // Its children's ages were as of its report: older by this report's age.
@@ -177,6 +175,9 @@ mod tests {
         // With a zero offline setting, a report a second old is stale.
         let stale = ChildReports::open(dir.path(), Duration::ZERO);
         std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(stale.children(None, None)[0].state, ConnectionState::Offline);
+        assert_eq!(
+            stale.children(None, None)[0].state,
+            ConnectionState::Offline
+        );
     }
 }

@@ -36,15 +36,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::check_data_dir(&args.data, super::MissingData::Refuse)?;
     let (mut report, live) = match super::admin_socket::tree(&args.data).await? {
         Some(value) => (
-            serde_json::from_value::<StatusReport>(value)
-                .map_err(|e| anyhow::anyhow!("the registry answered a tree this command cannot read: {e}"))?,
+            serde_json::from_value::<StatusReport>(value).map_err(|e| {
+                anyhow::anyhow!("the registry answered a tree this command cannot read: {e}")
+            })?,
             true,
         ),
         None => {
-            let reports = registry::child_reports::ChildReports::open(
-                &args.data,
-                args.child_offline_after,
-            );
+            let reports =
+                registry::child_reports::ChildReports::open(&args.data, args.child_offline_after);
             let report = StatusReport {
                 children: reports.children(None, None),
                 ..StatusReport::default()
@@ -84,7 +83,9 @@ fn render(top: &StatusReport, live: bool) -> String {
             top.connection_state.to_string(),
             "now".into(),
             "-".into(),
-            top.last_successful_sync.clone().unwrap_or_else(|| "-".into()),
+            top.last_successful_sync
+                .clone()
+                .unwrap_or_else(|| "-".into()),
             top.tags_synced.to_string(),
             error_of(top),
         ]);

@@ -540,10 +540,8 @@ impl Prepared {
             }),
             None => None,
         };
-        let service = SyncService::refreshed_by(
-            self.engine(store, data, Arc::new(NoProgress))?,
-            refresh,
-        );
+        let service =
+            SyncService::refreshed_by(self.engine(store, data, Arc::new(NoProgress))?, refresh);
         if let Some(reporter) = reporter {
             service.report_with(reporter);
         }

@@ -93,7 +93,9 @@ pub fn local(
     {
         report.mode = format!("{:?}", status.mode);
         report.connection_state = connection_state(status);
-        report.last_successful_sync = status.last_completed.map(|t| t.to_rfc3339());
+        report.last_successful_sync = status
+            .last_completed
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         report.last_error = status.last_error.clone();
         report.tags_synced = *tags;
         report.bytes_synced = *bytes;

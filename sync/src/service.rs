@@ -427,7 +427,9 @@ impl SyncService {
 fn last_error_of(summary: &Summary) -> Option<oci::gateway::LastError> {
     let first = summary.errors.first()?;
     Some(oci::gateway::LastError {
-        at: summary.finished.map(|t| t.to_rfc3339()),
+        at: summary
+            .finished
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         message: first.clone(),
         details: summary
             .errors

@@ -95,7 +95,9 @@ pub(crate) fn gateway_route(rest: &str) -> Option<GatewayRoute<'_>> {
 fn no_such_child(name: &str) -> Response {
     ApiError::new(
         ErrorCode::NameUnknown,
-        format!("no child registry {name} is defined here: `child list` on this registry shows them"),
+        format!(
+            "no child registry {name} is defined here: `child list` on this registry shows them"
+        ),
     )
     .into_response()
 }
