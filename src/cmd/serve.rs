@@ -220,7 +220,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let children = subtree(reports.clone(), store.clone(), authority.clone());
     let own_name = args.sync.child_name()?.unwrap_or_default();
     let background = sync
-        .map(|sync| sync.start_background(store.clone(), &args.data, children.clone()))
+        .map(|sync| {
+            sync.start_background(
+                store.clone(),
+                &args.data,
+                children.clone(),
+                authority.clone().map(parent_tokens),
+            )
+        })
         .transpose()?;
     let sync_service = background.as_ref().map(|b| b.service.clone());
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
@@ -359,6 +366,40 @@ fn subtree(
             .map(|a| a.child_names())
             .unwrap_or_default();
         reports.children(Some(&defined), head)
+    })
+}
+
+/// Applies the client tokens this registry's parent made for it (`token create --for-child`
+/// there) to its access store whenever their generation changes.
+fn parent_tokens(authority: Arc<access::Authority>) -> super::sync::TokensHook {
+    let applied = std::sync::Mutex::new(None::<String>);
+    Arc::new(move |value| {
+        let set: access::child_tokens::ChildTokens = match serde_json::from_value(value) {
+            Ok(set) => set,
+            Err(err) => {
+                tracing::warn!(%err, "the parent's client tokens for this registry cannot be read: keeping the ones it last handed down");
+                return;
+            }
+        };
+        let mut last = applied.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(set.generation.as_str()) {
+            return;
+        }
+        match authority.apply_parent_tokens(&set) {
+            Ok(done) => {
+                if !done.skipped.is_empty() {
+                    tracing::warn!(skipped = ?done.skipped, "client tokens from the parent left out: a token or scope map of the same name was made here (rename or delete the local one)");
+                }
+                tracing::info!(
+                    tokens = done.tokens,
+                    "client tokens from the parent applied"
+                );
+                *last = Some(set.generation);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "the parent's client tokens cannot be kept here: the next pass tries again")
+            }
+        }
     })
 }
 
