@@ -260,6 +260,9 @@ pub fn apply_as(
         } => {
             not_built_in(&name)?;
             let map = scope_map_mut(snapshot, &name)?;
+            if map.from_parent {
+                return refuse(format!("scope map {name} is managed by this registry's parent (it came with a token made there with --for-child): change it at the parent"));
+            }
             map.add(add);
             map.remove(&remove);
             if let Some(description) = description {
