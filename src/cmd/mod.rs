@@ -7,6 +7,7 @@ pub mod auth;
 pub mod certs;
 pub mod child;
 pub mod gc;
+pub mod image;
 pub mod manifest;
 pub mod proxy;
 pub mod recover;

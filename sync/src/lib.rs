@@ -18,6 +18,7 @@
 //!   children's), and the report a registry makes of itself for the tree.
 //! - `parent_config`: the settings a child receives from its parent, kept for when it is
 //!   unreachable.
+//! - `bandwidth`: the cap on transfers to and from the parent, and the throttle that holds it.
 //! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
 //!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
 //!   `oci` crate; backoff, durations and atomic writes from `util`; the connection string from
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bandwidth;
 pub mod client;
 mod copy;
 pub mod engine;

@@ -32,7 +32,7 @@ pub struct ParentConfig {
     pub message_ttl: Option<String>,
     #[serde(default)]
     pub platforms: Vec<String>,
-    /// Recorded and shown; sync does not limit its bandwidth yet.
+    /// The cap on the child's transfers to and from this parent.
     #[serde(default)]
     pub bandwidth_limit: Option<String>,
     /// The client tokens the parent made for this child (`token create --for-child`), as
@@ -78,6 +78,7 @@ impl ParentConfig {
                 })
                 .collect(),
             platforms: self.platforms.clone(),
+            bandwidth_limit: self.bandwidth_limit.clone(),
             ..RawSettings::default()
         }
     }

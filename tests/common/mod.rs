@@ -11,6 +11,7 @@ pub mod distribution;
 pub mod docker;
 pub mod oci;
 pub mod skopeo;
+pub mod static_build;
 pub mod sync;
 pub mod target;
 pub mod tls;
