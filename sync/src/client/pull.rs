@@ -199,7 +199,7 @@ impl ParentClient {
     }
 
     /// Starts a blob download at byte `offset` (a `Range` request when `offset > 0`, or when a
-    /// bandwidth cap is in force: then in slices, see [`Slices`]).
+    /// bandwidth cap is in force: then in slices, see `Slices`).
     pub async fn get_blob(
         &self,
         repo: &str,
