@@ -67,6 +67,8 @@ enum Command {
     SigningKey(cmd::access::SigningKeyArgs),
     /// Child registries defined here: their settings, sync token and connection string.
     Child(cmd::child::Args),
+    /// This registry and, with --tree, every registry beneath it: state, report age, lag, errors.
+    Status(cmd::status::Args),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
             Command::Token(args) => cmd::access::run_token(args).await,
             Command::SigningKey(args) => cmd::access::run_signing_key(args).await,
             Command::Child(args) => cmd::child::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
         }
     });
     match result {

@@ -14,6 +14,7 @@ pub mod recover;
 pub mod scrub;
 pub mod serve;
 mod serve_config;
+pub mod status;
 pub mod sync;
 
 /// What a command does when its data directory does not exist.
