@@ -628,3 +628,104 @@ fn three_layers_with_a_cloud_of_ours_in_read_write() {
     let mut layers = ThreeLayers::start(dir.path(), Cloud::Ours);
     exercise(&mut layers, false);
 }
+
+/// `connected-registry demo` on loopback ports (forced with `CONNECTED_REGISTRY_DEMO_LOOPBACK`,
+/// as a user who is not root gets): it prints its three layers and the command to pull from
+/// the lower one, that command works with skopeo, and SIGTERM stops it cleanly (exit 0, the
+/// layers stopped).
+#[test]
+fn demo_on_loopback_prints_a_pull_command_that_works_and_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut demo = Command::new(bin())
+        .args(["demo", "--dir", demo_dir.to_str().unwrap()])
+        .env("CONNECTED_REGISTRY_DEMO_LOOPBACK", "true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start connected-registry demo");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = demo.stdout.take().unwrap();
+    let mut demo = KillOnDrop(demo);
+    // Read what it prints on a thread, so a demo that hangs fails the test in bounded time.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !printed.iter().any(|l: &String| l.contains("Ctrl-C stops")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => panic!(
+                "the demo did not finish starting; it printed:\n{}",
+                printed.join("\n")
+            ),
+        }
+    }
+    let all = printed.join("\n");
+    for layer in ["cloud", "top", "lower"] {
+        assert!(
+            printed
+                .iter()
+                .any(|l| l.trim_start().starts_with(layer) && l.contains(" pid ")),
+            "the demo names the {layer} process:\n{all}"
+        );
+    }
+    assert!(
+        all.contains("came down from the cloud to the lower layer"),
+        "{all}"
+    );
+    let pull = printed
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("lower: "))
+        .unwrap_or_else(|| panic!("no pull command for the lower layer:\n{all}"));
+    let words: Vec<&str> = pull.split_whitespace().collect();
+    assert_eq!(
+        words[0], "skopeo",
+        "on loopback the command runs as is: {pull}"
+    );
+    let pulled = common::wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        Command::new(words[0])
+            .args(&words[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(pulled, "the printed command failed: {pull}\n{all}");
+    assert!(demo_dir.join("pulled-from-lower/index.json").exists());
+
+    let pid = demo.0.id();
+    Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .unwrap();
+    let exited = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        demo.0.try_wait().ok().flatten()
+    })
+    .expect("the demo stops on SIGTERM");
+    assert!(exited.success(), "the demo exits 0 when stopped: {exited}");
+    // The rest of what it printed, up to the end of its output (bounded).
+    let mut rest = Vec::new();
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(5)) {
+        rest.push(line);
+    }
+    for layer in ["cloud", "top", "lower"] {
+        assert!(
+            rest.iter().any(|l| l == &format!("stopped {layer}")),
+            "the demo stopped {layer}: {rest:?}"
+        );
+    }
+}
