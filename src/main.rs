@@ -56,6 +56,9 @@ enum Command {
     Certs(cmd::certs::Args),
     /// Check or render IoT Edge deployment manifests.
     Manifest(cmd::manifest::Args),
+    /// Build the module's OCI image from a static build of this binary: export it to a file
+    /// (`docker load`, `oci-archive:`) or push it to a registry.
+    Image(Box<cmd::image::Args>),
     /// Manage scope maps: repositories and what tokens on them may do (as `az acr scope-map`).
     ScopeMap(cmd::access::ScopeMapArgs),
     /// Manage tokens and their passwords (as `az acr token`).
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
             Command::Recover(args) => cmd::recover::run(args).await,
             Command::Certs(args) => cmd::certs::run(args).await,
             Command::Manifest(args) => cmd::manifest::run(args).await,
+            Command::Image(args) => cmd::image::run(*args).await,
             Command::ScopeMap(args) => cmd::access::run_scope_map(args).await,
             Command::Token(args) => cmd::access::run_token(args).await,
             Command::SigningKey(args) => cmd::access::run_signing_key(args).await,

@@ -103,8 +103,8 @@ pub fn generate_key(key_type: KeyType) -> Result<KeyPair, CertError> {
     }
 }
 
-/// ring (our only crypto provider) cannot generate RSA keys, so the pure-Rust `rsa` crate
-/// makes the key and ring signs with it.
+/// The pure-Rust `rsa` crate makes RSA keys (as it did when ring, which cannot generate them,
+/// was the signer); aws-lc-rs, the one crypto library in the binary, signs with them.
 fn generate_rsa(bits: usize) -> Result<KeyPair, CertError> {
     use rsa::pkcs8::EncodePrivateKey;
     let what = format!("generate an RSA {bits} key");
@@ -121,7 +121,7 @@ fn generate_rsa(bits: usize) -> Result<KeyPair, CertError> {
 /// Loads a private key for signing (a CA key, or a server key being renewed).
 ///
 /// PKCS#8 of any type and PKCS#1 RSA are accepted; a SEC1 EC key must be converted first
-/// (ring signs only from PKCS#8), and the error says how.
+/// (the signer takes only PKCS#8), and the error says how.
 pub fn load_signing_key(path: &Path) -> Result<KeyPair, CertError> {
     let pem = files::read_string(path)?;
     if pem.contains("ENCRYPTED PRIVATE KEY") || pem.contains("Proc-Type: 4,ENCRYPTED") {

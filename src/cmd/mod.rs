@@ -9,6 +9,7 @@ pub mod child;
 pub mod demo;
 mod demo_image;
 pub mod gc;
+pub mod image;
 pub mod manifest;
 pub mod proxy;
 pub mod recover;

@@ -152,6 +152,11 @@ pub fn render(
         "",
     )
     .line("strict", s.strict, "")
-    .line("sync_concurrency", s.limits.concurrency, "");
+    .line("sync_concurrency", s.limits.concurrency, "")
+    .line(
+        "bandwidth_limit",
+        s.limits.bandwidth.describe(),
+        source("bandwidth_limit"),
+    );
     t.to_string()
 }

@@ -130,6 +130,12 @@ pub struct SyncFlags {
     /// Attempts per request (default 5).
     #[arg(long)]
     pub sync_retries: Option<u32>,
+
+    /// Cap on transfers to and from the parent: bytes (`2MiB/s`, `500KB/s`) or bits
+    /// (`10Mbps`) per second, or `unlimited` (the default). Per cron window: `bandwidthWindows`
+    /// in the sync config file. Local clients are never capped.
+    #[arg(long, value_name = "RATE", env = "CONNECTED_REGISTRY_BANDWIDTH_LIMIT")]
+    pub bandwidth_limit: Option<String>,
 }
 
 impl SyncFlags {
@@ -179,6 +185,8 @@ impl SyncFlags {
             progress_timeout_secs: self.sync_progress_timeout.clone().map(Timeout::Text),
             retries: self.sync_retries,
             upload_chunk_bytes: self.sync_upload_chunk,
+            bandwidth_limit: self.bandwidth_limit.clone(),
+            bandwidth_windows: Vec::new(),
         };
         Ok((file, flags))
     }
@@ -290,6 +298,14 @@ impl SyncFlags {
                     !flags.platforms.is_empty(),
                     !file.platforms.is_empty(),
                     !p.platforms.is_empty(),
+                ),
+            ),
+            (
+                "bandwidth_limit",
+                from(
+                    flags.bandwidth_limit.is_some(),
+                    file.bandwidth_limit.is_some() || !file.bandwidth_windows.is_empty(),
+                    p.bandwidth_limit.is_some(),
                 ),
             ),
         ]

@@ -16,6 +16,7 @@
 //!   fakes of both (`fake`, tests only) test the engine without a network.
 //! - `parent_config`: the settings a child receives from its parent, kept for when it is
 //!   unreachable.
+//! - `bandwidth`: the cap on transfers to and from the parent, and the throttle that holds it.
 //! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
 //!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
 //!   `oci` crate; backoff, durations and atomic writes from `util`; the connection string from
@@ -23,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bandwidth;
 pub mod client;
 mod copy;
 pub mod engine;

@@ -32,7 +32,7 @@ pub struct ParentConfig {
     pub message_ttl: Option<String>,
     #[serde(default)]
     pub platforms: Vec<String>,
-    /// Recorded and shown; sync does not limit its bandwidth yet.
+    /// The cap on the child's transfers to and from this parent.
     #[serde(default)]
     pub bandwidth_limit: Option<String>,
 }
@@ -73,6 +73,7 @@ impl ParentConfig {
                 })
                 .collect(),
             platforms: self.platforms.clone(),
+            bandwidth_limit: self.bandwidth_limit.clone(),
             ..RawSettings::default()
         }
     }

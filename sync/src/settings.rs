@@ -382,6 +382,8 @@ pub struct Limits {
     /// before the next, so a cut upload resumes after the last one (default 16 MiB). Smaller
     /// blobs go in one request.
     pub upload_chunk: u64,
+    /// The cap on bytes to and from the parent, per cron window (default none).
+    pub bandwidth: crate::bandwidth::Bandwidth,
 }
 
 impl Default for Limits {
@@ -396,6 +398,7 @@ impl Default for Limits {
             backoff_max: Duration::from_secs(60),
             max_manifest_bytes: 4 << 20,
             upload_chunk: 16 << 20,
+            bandwidth: crate::bandwidth::Bandwidth::default(),
         }
     }
 }
@@ -511,6 +514,21 @@ pub struct RawSettings {
     pub retries: Option<u32>,
     /// Bytes per chunk of an upward blob upload.
     pub upload_chunk_bytes: Option<u64>,
+    /// Cap on transfers to and from the parent (`2MiB/s`, `10Mbps`, `unlimited`).
+    pub bandwidth_limit: Option<String>,
+    /// Other caps while cron windows are open, the first open one applying.
+    #[serde(default)]
+    pub bandwidth_windows: Vec<RawBandwidthWindow>,
+}
+
+/// One `bandwidthWindows` entry: `{"schedule": "0 8 * * 1-5", "duration": "PT10H", "limit":
+/// "2MiB/s"}`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBandwidthWindow {
+    pub schedule: String,
+    pub duration: String,
+    pub limit: String,
 }
 
 /// A timeout setting as written in the config file or on the command line: a whole number of
@@ -539,6 +557,38 @@ impl std::fmt::Display for Timeout {
             Timeout::Text(t) => write!(f, "{t:?}"),
         }
     }
+}
+
+/// The caps of `bandwidthLimit` and `bandwidthWindows`, checked.
+fn bandwidth(
+    default: Option<&str>,
+    windows: Vec<RawBandwidthWindow>,
+) -> Result<crate::bandwidth::Bandwidth, SettingsError> {
+    use crate::bandwidth::{parse_rate, Bandwidth, RateWindow};
+    let default = match default {
+        Some(text) => parse_rate(text).map_err(|m| invalid("bandwidthLimit", m))?,
+        None => None,
+    };
+    let windows = windows
+        .into_iter()
+        .map(|w| {
+            let schedule = CronSchedule::parse(&w.schedule)
+                .map_err(|e| invalid("bandwidthWindows", format!("schedule: {e}")))?;
+            let duration = duration::parse(&w.duration).map_err(|e| {
+                invalid(
+                    "bandwidthWindows",
+                    format!("duration {:?}: {e}", w.duration),
+                )
+            })?;
+            let rate = parse_rate(&w.limit).map_err(|m| invalid("bandwidthWindows", m))?;
+            Ok(RateWindow {
+                schedule,
+                duration,
+                rate,
+            })
+        })
+        .collect::<Result<_, SettingsError>>()?;
+    Ok(Bandwidth { default, windows })
 }
 
 /// Default `syncSchedule`: every minute, i.e. continuous.
@@ -596,9 +646,13 @@ impl RawSettings {
             request_timeout_secs,
             progress_timeout_secs,
             retries,
-            upload_chunk_bytes
+            upload_chunk_bytes,
+            bandwidth_limit
         );
         self.repos.extend(over.repos);
+        if !over.bandwidth_windows.is_empty() {
+            self.bandwidth_windows = over.bandwidth_windows;
+        }
         if !over.platforms.is_empty() {
             self.platforms = over.platforms;
         }
@@ -744,7 +798,10 @@ impl RawSettings {
             .iter()
             .map(|p| p.parse::<Platform>().map_err(|e| invalid("platform", e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut limits = Limits::default();
+        let mut limits = Limits {
+            bandwidth: bandwidth(self.bandwidth_limit.as_deref(), self.bandwidth_windows)?,
+            ..Limits::default()
+        };
         if let Some(c) = self.upload_chunk_bytes {
             if !((64 << 10)..=(1 << 30)).contains(&c) {
                 return Err(invalid(

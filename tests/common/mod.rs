@@ -12,6 +12,7 @@ pub mod docker;
 pub mod netns;
 pub mod oci;
 pub mod skopeo;
+pub mod static_build;
 pub mod sync;
 pub mod target;
 pub mod tls;

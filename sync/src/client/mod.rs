@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
+use crate::bandwidth::Throttle;
 use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
 use oci::{Class, Classify, Digest, Fault};
@@ -194,6 +195,8 @@ pub struct ParentClient {
     retry: Backoff,
     /// A trust bundle was given (else the public web roots): shapes the advice on a certificate error.
     trust_given: bool,
+    /// Paces every transfer's bytes to the bandwidth cap.
+    throttle: Arc<Throttle>,
 }
 
 impl ParentClient {
@@ -226,6 +229,7 @@ impl ParentClient {
             creds,
             retry: Backoff::new(limits.backoff_base, limits.backoff_max),
             trust_given: trust.is_some(),
+            throttle: Arc::new(Throttle::new(limits.bandwidth.clone())),
             limits,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
@@ -390,6 +394,7 @@ impl ParentClient {
                 });
             }
             out.extend_from_slice(&chunk);
+            self.throttle.pass(chunk.len()).await;
         }
         self.stats
             .bytes_down

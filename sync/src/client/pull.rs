@@ -10,6 +10,39 @@ pub struct BlobStream {
     pub response: Response,
     pub skip: u64,
     pub url: String,
+    /// Under a bandwidth cap: the rest of the blob, asked for one slice at a time.
+    paced: Option<Slices>,
+}
+
+/// A blob read in slices of `Range` requests, each asked for only when the last was read:
+/// under a bandwidth cap the pacing is done by reading slowly, and a whole blob asked for at
+/// once would fill the socket buffers on the way (megabytes on a fast hop) at full speed, so
+/// the link would carry a burst before the cap took hold. A slice is a quarter second at the
+/// cap, so any interval of seconds carries the cap's bytes.
+struct Slices {
+    repo: String,
+    digest: Digest,
+    /// The first byte not yet asked for.
+    next: u64,
+    size: u64,
+    slice: u64,
+}
+
+/// The bytes of one `Range` request under a cap: a quarter second's worth, within bounds.
+fn slice_at(rate: u64) -> u64 {
+    (rate / 4).clamp(64 << 10, 16 << 20)
+}
+
+/// `bytes START-END/SIZE` of a 206.
+fn content_range(resp: &Response) -> Option<(u64, u64, Option<u64>)> {
+    let value = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    let (range, size) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    Some((start.parse().ok()?, end.parse().ok()?, size.parse().ok()))
 }
 
 impl ParentClient {
@@ -165,18 +198,62 @@ impl ParentClient {
         }))
     }
 
-    /// Starts a blob download at byte `offset` (a `Range` request when `offset > 0`).
+    /// Starts a blob download at byte `offset` (a `Range` request when `offset > 0`, or when a
+    /// bandwidth cap is in force: then in slices, see `Slices`).
     pub async fn get_blob(
         &self,
         repo: &str,
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobStream, ClientError> {
+        let slice = self.throttle.rate_now().map(slice_at);
+        let end = slice.map(|s| offset + s - 1);
+        let (response, url, status) = self.request_range(repo, digest, offset, end).await?;
+        if status == 200 {
+            return Ok(BlobStream {
+                response,
+                skip: offset,
+                url,
+                paced: None,
+            });
+        }
+        let (_, last, size) = content_range(&response).unwrap_or((offset, 0, None));
+        let paced = match (slice, size) {
+            (Some(slice), Some(size)) if last + 1 < size => Some(Slices {
+                repo: repo.to_owned(),
+                digest: digest.clone(),
+                next: last + 1,
+                size,
+                slice,
+            }),
+            _ => None,
+        };
+        Ok(BlobStream {
+            response,
+            skip: 0,
+            url,
+            paced,
+        })
+    }
+
+    /// `GET` of a blob from `offset` (to `end`, inclusive, if given): the response and its
+    /// status, 200 (the whole blob: the parent ignored the range, or none was asked) or 206
+    /// starting at `offset`.
+    async fn request_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<(Response, String, u16), ClientError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let range = format!("bytes={offset}-");
+        let range = match end {
+            Some(end) => format!("bytes={offset}-{end}"),
+            None => format!("bytes={offset}-"),
+        };
         let resp = self
             .send(Method::GET, &url, &Scope::Pull(repo.into()), false, &|rb| {
-                if offset > 0 {
+                if offset > 0 || end.is_some() {
                     rb.header(reqwest::header::RANGE, range.as_str())
                 } else {
                     rb
@@ -184,30 +261,16 @@ impl ParentClient {
             })
             .await?;
         match resp.status().as_u16() {
-            200 => Ok(BlobStream {
-                response: resp,
-                skip: offset,
-                url,
-            }),
+            200 => Ok((resp, url, 200)),
             206 => {
-                let start = resp
-                    .headers()
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
+                let start = content_range(&resp).map(|(start, _, _)| start);
                 if start != Some(offset) {
                     return Err(ClientError::Protocol {
                         url,
                         message: format!("asked for bytes from {offset}, got Content-Range starting at {start:?}"),
                     });
                 }
-                Ok(BlobStream {
-                    response: resp,
-                    skip: 0,
-                    url,
-                })
+                Ok((resp, url, 206))
             }
             _ => Err(status_error(&Method::GET, &url, resp).await),
         }
@@ -216,6 +279,38 @@ impl ParentClient {
     /// Reads the next chunk of a blob stream, failing when nothing arrives within the
     /// progress timeout.
     pub async fn next_chunk(&self, blob: &mut BlobStream) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            let chunk = self.next_chunk_of_response(blob).await?;
+            if chunk.is_some() {
+                return Ok(chunk);
+            }
+            // The slice is read: ask for the next one, if any.
+            let Some(slices) = blob.paced.as_mut().filter(|s| s.next < s.size) else {
+                return Ok(None);
+            };
+            let (from, end) = (
+                slices.next,
+                (slices.next + slices.slice).min(slices.size) - 1,
+            );
+            let (repo, digest) = (slices.repo.clone(), slices.digest.clone());
+            let (response, _, status) = self.request_range(&repo, &digest, from, Some(end)).await?;
+            if status != 206 {
+                return Err(ClientError::Protocol {
+                    url: blob.url.clone(),
+                    message: format!(
+                        "asked for bytes {from}-{end}, got the whole blob (status {status})"
+                    ),
+                });
+            }
+            slices.next = end + 1;
+            blob.response = response;
+        }
+    }
+
+    async fn next_chunk_of_response(
+        &self,
+        blob: &mut BlobStream,
+    ) -> Result<Option<Bytes>, ClientError> {
         let secs = self.limits.progress_timeout.as_secs();
         match tokio::time::timeout(self.limits.progress_timeout, blob.response.chunk()).await {
             Err(_) => Err(ClientError::Stalled {
@@ -231,6 +326,7 @@ impl ParentClient {
                     self.stats
                         .bytes_down
                         .fetch_add(c.len() as u64, Ordering::Relaxed);
+                    self.throttle.pass(c.len()).await;
                 }
                 Ok(c)
             }

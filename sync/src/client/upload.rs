@@ -36,6 +36,23 @@ pub(super) async fn read_range(path: &Path, offset: u64, len: u64) -> std::io::R
 }
 
 impl ParentClient {
+    /// `body` with each chunk held back until the bandwidth cap lets it go.
+    fn throttled<S, E>(&self, body: S) -> impl futures_util::Stream<Item = Result<Bytes, E>>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, E>>,
+    {
+        let throttle = self.throttle.clone();
+        body.then(move |chunk| {
+            let throttle = throttle.clone();
+            async move {
+                if let Ok(bytes) = &chunk {
+                    throttle.pass(bytes.len()).await;
+                }
+                chunk
+            }
+        })
+    }
+
     /// Whether the parent has a blob in `repo` (HEAD).
     pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool, ClientError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
@@ -111,7 +128,7 @@ impl ParentClient {
                 message: format!("internal: cannot read local blob {}: {e}", path.display()),
             })?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-        let body = reqwest::Body::wrap_stream(stream);
+        let body = reqwest::Body::wrap_stream(self.throttled(stream));
         // Single attempt: the body stream cannot be replayed; the caller retries the whole upload.
         let rb = self
             .http
@@ -326,7 +343,7 @@ impl ParentClient {
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             )
-            .body(reqwest::Body::wrap_stream(body));
+            .body(reqwest::Body::wrap_stream(self.throttled(body)));
         let (rb, sent) = self.authorize(rb, scope);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let stall = self.limits.progress_timeout;

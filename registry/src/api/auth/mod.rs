@@ -43,7 +43,7 @@ use crate::api::caller::Caller;
 use crate::api::error::ApiError;
 use oci::ErrorCode;
 
-/// Puts access control in front of every route of `router`: one [`Guard`] around the whole
+/// Puts access control in front of every route of `router`: one `Guard` around the whole
 /// router, which the returned router calls for every request (its fallback, having no routes
 /// of its own). Around the router rather than layered on each of its routes, where axum would
 /// box every route once more.

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Footprint of the binary: its size, the idle memory of `serve` and the time from start to the
+first request answered (issue 16, "smaller and leaner"; figures in README.md, Performance > Size).
+
+For each way of running `serve` (MODES: `none` = `--auth none`, `tokens` = the default access
+control, `onemodule` = `--auth none --proxy-listen`, TLS only with a development certificate),
+RUNS times, on a fresh data directory each time: start the binary, poll `/v2/` every millisecond
+until it answers (any HTTP status: with `--auth tokens` the answer is a 401), then read the
+process's memory (`/proc/PID/status` VmRSS and VmHWM, `/proc/PID/smaps_rollup` anonymous and
+file-backed) IDLE seconds after the start, and stop it with SIGTERM. Prints the median, minimum
+and maximum of each figure. Everything listens on 127.0.0.1; every wait is bounded.
+
+Usage: footprint.py BINARY [RUNS=11] [IDLE=1.0] [MODES=none,tokens,onemodule]
+"""
+import http.client
+import os
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(port, tls):
+    """True once GET /v2/ gets any HTTP answer."""
+    try:
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/v2/")
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def proc_kib(pid, path, keys):
+    out = {}
+    with open(f"/proc/{pid}/{path}") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in keys:
+                out[name] = int(rest.split()[0])
+    return out
+
+
+def one_run(binary, mode, idle):
+    data = tempfile.mkdtemp(prefix="footprint-")
+    port = free_port()
+    args = [binary, "serve", "--data", os.path.join(data, "d")]
+    tls = mode == "onemodule"
+    if mode == "none":
+        args += ["--auth", "none", "--listen", f"127.0.0.1:{port}"]
+    elif mode == "tokens":
+        args += ["--listen", f"127.0.0.1:{port}"]
+    else:
+        args += ["--auth", "none", "--proxy-listen", f"127.0.0.1:{port}",
+                 "--proxy-admin", f"127.0.0.1:{free_port()}"]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CONNECTED_REGISTRY") and k not in (
+               "NGINX_DEFAULT_PORT", "CONNECTED_ACR_ROUTE_ADDRESS",
+               "DOCKER_REQUEST_ROUTE_ADDRESS", "BLOB_UPLOAD_ROUTE_ADDRESS",
+               "IOTEDGE_PARENTHOSTNAME")}
+    env["RUST_LOG"] = "warn"
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        status = None
+        while status is None and time.monotonic() - started < START_TIMEOUT_S:
+            if proc.poll() is not None:
+                raise SystemExit(f"{mode}: serve exited with {proc.returncode}: "
+                                 + proc.stderr.read().decode(errors="replace")[-2000:])
+            status = answers(port, tls)
+            if status is None:
+                time.sleep(0.001)
+        if status is None:
+            raise SystemExit(f"{mode}: no answer on 127.0.0.1:{port} in {START_TIMEOUT_S}s")
+        first_ms = (time.monotonic() - started) * 1000
+        time.sleep(max(0.0, idle - (time.monotonic() - started)))
+        st = proc_kib(proc.pid, "status", {"VmRSS", "VmHWM", "Threads"})
+        sm = proc_kib(proc.pid, "smaps_rollup", {"Anonymous", "Rss", "Pss_File"})
+        return {"first_ms": first_ms, "status": status, "rss_kib": st["VmRSS"],
+                "hwm_kib": st["VmHWM"], "anon_kib": sm["Anonymous"],
+                "file_kib": sm.get("Pss_File", 0), "threads": st["Threads"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    binary = os.path.abspath(sys.argv[1])
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 11
+    idle = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+    modes = (sys.argv[4] if len(sys.argv) > 4 else "none,tokens,onemodule").split(",")
+    print(f"binary {binary}: {os.path.getsize(binary)} bytes")
+    for mode in modes:
+        results = [one_run(binary, mode, idle) for _ in range(runs)]
+        line = [f"{mode:9} (HTTP {results[0]['status']}, {runs} runs)"]
+        for key, unit, scale in (("first_ms", "ms", 1), ("rss_kib", "MiB", 1024),
+                                 ("anon_kib", "MiB", 1024), ("file_kib", "MiB", 1024),
+                                 ("hwm_kib", "MiB", 1024), ("threads", "", 1)):
+            vals = [r[key] / scale for r in results]
+            line.append(f"{key.split('_')[0]} {statistics.median(vals):.2f} "
+                        f"[{min(vals):.2f}-{max(vals):.2f}]{unit}")
+        print("  ".join(line))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the module image from this checkout: a static release binary (glibc, +crt-static;
+# no .cargo/config needed), then `connected-registry image export` packages it. No Docker
+# daemon and no base image are involved.
+#
+#   image/build.sh                          # writes target/image/connected-registry-VERSION-ARCH.{docker,oci}.tar
+#   image/build.sh --push REGISTRY[/REPO]   # also pushes REGISTRY/connected-registry:VERSION and :latest
+#
+# Environment: TARGET (default x86_64-unknown-linux-gnu; CI sets aarch64-/armv7- triples with
+# a cross linker), PLATFORM (default: from TARGET), CARGO_TARGET_DIR (default ./target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=${TARGET:-x86_64-unknown-linux-gnu}
+case "$target" in
+  x86_64-*) platform=${PLATFORM:-linux/amd64} ;;
+  aarch64-*) platform=${PLATFORM:-linux/arm64/v8} ;;
+  armv7-*) platform=${PLATFORM:-linux/arm/v7} ;;
+  *) echo "unknown TARGET $target: set PLATFORM too" >&2; platform=${PLATFORM:?} ;;
+esac
+target_dir=${CARGO_TARGET_DIR:-target}
+version=$(cargo metadata --no-deps --format-version 1 \
+  | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="connected-registry"))')
+
+# Static: the image has no libc. Without debug information: the image is what devices download.
+RUSTFLAGS="-C target-feature=+crt-static" \
+CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+  cargo build --release --locked --target "$target" --bin connected-registry
+binary="$target_dir/$target/release/connected-registry"
+
+# The packaging tool is the binary of this machine (a cross-built one cannot run here).
+case "$target" in
+  "$(uname -m)"-*) packager=$binary ;;
+  *) cargo build --release --locked --bin connected-registry; packager="$target_dir/release/connected-registry" ;;
+esac
+
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+out="$target_dir/image"
+mkdir -p "$out"
+arch=${platform#linux/}; arch=${arch//\//-}
+common=(--binary "$binary" --platform "$platform" --revision "$revision")
+[ -n "${SOURCE_URL:-}" ] && common+=(--source "$SOURCE_URL")
+"$packager" image export "${common[@]}" --format docker-archive -o "$out/connected-registry-$version-$arch.docker.tar"
+"$packager" image export "${common[@]}" --format oci -o "$out/connected-registry-$version-$arch.oci.tar"
+ls -l "$binary" "$out"/connected-registry-"$version"-"$arch".*.tar
+
+if [ "${1:-}" = "--push" ]; then
+  dest=${2:?usage: image/build.sh --push REGISTRY[/REPOSITORY]}
+  case "$dest" in */*) ;; *) dest="$dest/connected-registry" ;; esac
+  "$packager" image push "${common[@]}" "$dest:$version-$arch"
+fi
