@@ -6,6 +6,8 @@ pub mod admin_socket;
 pub mod auth;
 pub mod certs;
 pub mod child;
+pub mod demo;
+mod demo_image;
 pub mod gc;
 pub mod image;
 pub mod manifest;
