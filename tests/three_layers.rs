@@ -353,6 +353,43 @@ impl ThreeLayers {
         start.elapsed()
     }
 
+    /// `connected-registry status --tree --output json` at the top layer (through the admin
+    /// socket in its data directory): the top layer's own state and that of its child `lower`.
+    fn tree_states(&self) -> (String, Option<String>) {
+        let data = self.dir.join("top");
+        let tree: serde_json::Value = serde_json::from_str(&cli_ok(&[
+            "status",
+            "--tree",
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            "json",
+        ]))
+        .expect("status --tree --output json prints JSON");
+        let own = tree["connectionState"].as_str().unwrap_or("").to_owned();
+        let lower = tree["children"]
+            .as_array()
+            .and_then(|c| c.iter().find(|n| n["name"] == "lower"))
+            .and_then(|n| n["state"].as_str())
+            .map(str::to_owned);
+        (own, lower)
+    }
+
+    /// Waits (bounded) until the top layer's tree shows it `top` and its child `lower`.
+    #[track_caller]
+    fn wait_for_states(&self, when: &str, top: &str, lower: &str) {
+        let mut seen = (String::new(), None);
+        let shown = poll(Duration::from_secs(90), Duration::from_millis(500), || {
+            seen = self.tree_states();
+            (seen.0 == top && seen.1.as_deref() == Some(lower)).then_some(())
+        });
+        assert!(
+            shown.is_some(),
+            "status --tree {when}: wanted top {top} and lower {lower}, last saw {seen:?}\n{}",
+            self.logs()
+        );
+    }
+
     /// Stops the cloud (the top layer's uplink is cut).
     fn cut_uplink(&mut self) {
         if let Some(mut cloud) = self.cloud.take() {
@@ -553,8 +590,9 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
     // The uplink is cut: both layers keep serving, the lower layer's push gets as far as the
     // top layer and waits there.
     layers.cut_uplink();
-    // TODO(treestatus): `connected-registry status --tree` at the top shows both layers
-    // (`Offline` for the uplink while cut, `Online` after the restore below).
+    // `status --tree` at the top (through its admin socket) shows the top layer `Offline`
+    // (its uplink) and the lower layer still `Online` (it reports to the top as before).
+    layers.wait_for_states("while the uplink is cut", "Offline", "Online");
     assert!(layers.lower_manifest("apps/hello", "v1").is_some());
     assert!(layers.top_manifest("apps/hello", "v1").is_some());
     skopeo_pull_from_lower(layers, "apps/hello", "v1", &image);
@@ -585,6 +623,7 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         "figure: queued push reached the cloud {:?} after the uplink returned",
         restored_at.elapsed()
     );
+    layers.wait_for_states("after the uplink returned", "Online", "Online");
     let (layout, after) = new_image(&dir, "after");
     layers.push_to_cloud(&layout, "apps/hello", "v2");
     let pushed_at = Instant::now();
