@@ -67,6 +67,11 @@ enum Command {
     SigningKey(cmd::access::SigningKeyArgs),
     /// Child registries defined here: their settings, sync token and connection string.
     Child(cmd::child::Args),
+    /// This registry and, with --tree, every registry beneath it: state, report age, lag, errors.
+    Status(cmd::status::Args),
+    /// Start a cloud, a top and a lower layer on this machine (network namespaces as root,
+    /// else loopback ports), print how to pull from each, and stop them on Ctrl-C.
+    Demo(cmd::demo::Args),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -142,6 +147,8 @@ fn main() -> ExitCode {
             Command::Token(args) => cmd::access::run_token(args).await,
             Command::SigningKey(args) => cmd::access::run_signing_key(args).await,
             Command::Child(args) => cmd::child::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
         }
     });
     match result {

@@ -271,7 +271,7 @@ impl Authority {
         let checked = snapshot
             .tokens
             .get(name)
-            .filter(|t| t.status == Status::Enabled)
+            .filter(|t| t.status == Status::Enabled && t.for_child.is_none())
             .and_then(|t| {
                 let slot = t.check_password(password, now)?;
                 Some((slot, t.password(slot)?.generation()))
@@ -436,6 +436,21 @@ impl Authority {
     /// The settings child `name` receives from this registry (`None`: no such child).
     pub fn child_config(&self, name: &str) -> Option<serde_json::Value> {
         crate::child::config_of(&self.snapshot(), name)
+    }
+
+    /// Replaces the tokens this registry's parent manages with `set` (kept, then live: a
+    /// token gone or disabled in it is refused from the next request).
+    pub fn apply_parent_tokens(
+        &self,
+        set: &crate::child_tokens::ChildTokens,
+    ) -> Result<crate::child_tokens::Applied, ManageError> {
+        self.change(true, |next| Ok(crate::child_tokens::apply(next, set)))
+    }
+
+    /// The names of the child registries defined here, in order (for the tree of status
+    /// reports).
+    pub fn child_names(&self) -> Vec<String> {
+        self.snapshot().children.keys().cloned().collect()
     }
 
     fn anonymous_allows(&self, target: Target<'_>, action: Action) -> bool {
@@ -617,7 +632,8 @@ fn scope_allows(snapshot: &Snapshot, token: &str, target: Target<'_>, action: Ac
     snapshot
         .tokens
         .get(token)
-        .filter(|t| t.status == Status::Enabled)
+        // A child's client token is valid at that child, not here.
+        .filter(|t| t.status == Status::Enabled && t.for_child.is_none())
         .and_then(|t| snapshot.scope_maps.get(&t.scope_map))
         .is_some_and(|map| map.allows(target, action))
 }
@@ -649,6 +665,7 @@ mod tests {
             status: None,
             no_passwords: false,
             expiration: None,
+            for_child: None,
         }
     }
 

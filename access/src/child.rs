@@ -278,6 +278,10 @@ pub fn delete(snapshot: &mut Snapshot, name: &str) -> Result<Value, ManageError>
     let child = child_mut(snapshot, name)?.clone();
     snapshot.tokens.remove(&child.sync_token());
     snapshot.scope_maps.remove(&child.scope_map());
+    // Its client tokens were valid there only.
+    snapshot
+        .tokens
+        .retain(|_, t| t.for_child.as_deref() != Some(name));
     snapshot.children.remove(name);
     Ok(Value::Null)
 }
@@ -327,6 +331,7 @@ pub fn config_of(snapshot: &Snapshot, name: &str) -> Option<Value> {
     let child = snapshot.children.get(name)?;
     let mut value = serde_json::to_value(&child.settings).ok()?;
     value["name"] = Value::String(child.name.clone());
+    value["tokens"] = serde_json::to_value(crate::child_tokens::tokens_for(snapshot, name)).ok()?;
     Some(value)
 }
 

@@ -9,6 +9,7 @@
 //! | [`scope_map`] | repository patterns, rules, scope maps |
 //! | [`token`] | tokens and their two passwords |
 //! | [`child`] | child registries defined here: settings, sync token, connection string |
+//! | [`child_tokens`] | client tokens made here for a child, handed down as hashes and applied there |
 //! | [`password`] | generating and hashing passwords (argon2id) |
 //! | [`jwt`] | signing and verifying access tokens (HS256), signing keys |
 //! | [`limiter`] | failed logins per token and per address, the lockout |
@@ -22,6 +23,7 @@
 pub mod action;
 pub mod authority;
 pub mod child;
+pub mod child_tokens;
 pub mod jwt;
 pub mod limiter;
 pub mod manage;

@@ -57,6 +57,9 @@ pub enum Command {
         /// Seconds until the passwords expire.
         #[serde(default)]
         expiration: Option<u64>,
+        /// A client token of this child registry: handed down to it, valid there only.
+        #[serde(default)]
+        for_child: Option<String>,
     },
     TokenUpdate {
         name: String,
@@ -257,6 +260,9 @@ pub fn apply_as(
         } => {
             not_built_in(&name)?;
             let map = scope_map_mut(snapshot, &name)?;
+            if map.from_parent {
+                return refuse(format!("scope map {name} is managed by this registry's parent (it came with a token made there with --for-child): change it at the parent"));
+            }
             map.add(add);
             map.remove(&remove);
             if let Some(description) = description {
@@ -293,7 +299,15 @@ pub fn apply_as(
             status,
             no_passwords,
             expiration,
+            for_child,
         } => {
+            if let Some(child) = &for_child {
+                if !snapshot.children.contains_key(child) {
+                    return refuse(format!(
+                        "no child registry {child} is defined here: `child list` shows them"
+                    ));
+                }
+            }
             if snapshot.tokens.contains_key(&name) {
                 return refuse(format!("token {name} exists: change it with token update, or make new passwords with token credential generate"));
             }
@@ -321,6 +335,7 @@ pub fn apply_as(
             };
             let mut token = Token::new(&name, &map_name).map_err(ManageError)?;
             token.status = status.unwrap_or_default();
+            token.for_child = for_child;
             let mut shown = Vec::new();
             if !no_passwords {
                 for slot in [Slot::Password1, Slot::Password2] {
@@ -340,6 +355,7 @@ pub fn apply_as(
                 scope_map_mut(snapshot, map)?;
             }
             let token = token_mut(snapshot, &name)?;
+            not_from_parent(token)?;
             if let Some(map) = scope_map {
                 token.scope_map = map;
             }
@@ -357,7 +373,7 @@ pub fn apply_as(
                 .collect(),
         )),
         Command::TokenDelete { name } => {
-            token_mut(snapshot, &name)?;
+            not_from_parent(token_mut(snapshot, &name)?)?;
             if let Some(owner) = snapshot.children.values().find(|c| c.sync_token() == name) {
                 return refuse(format!(
                     "token {name} is the sync token of child registry {}: delete the child (child delete {})",
@@ -378,6 +394,7 @@ pub fn apply_as(
                 );
             }
             let token = token_mut(snapshot, &name)?;
+            not_from_parent(token)?;
             let shown: Vec<Value> = slots
                 .into_iter()
                 .map(|slot| new_password(token, slot, expiration, now))
@@ -386,6 +403,7 @@ pub fn apply_as(
         }
         Command::CredentialDelete { name, slot } => {
             let token = token_mut(snapshot, &name)?;
+            not_from_parent(token)?;
             if token.password(slot).is_none() {
                 return refuse(format!("token {name} has no {slot}"));
             }
@@ -413,6 +431,17 @@ pub fn prune_keys(snapshot: &mut Snapshot, now: u64, longest_lifetime: u64) -> b
             .is_none_or(|r| now < r.saturating_add(longest_lifetime))
     });
     before != snapshot.keys.len()
+}
+
+/// Refuses changing a token this registry's parent manages: the next sync would undo it.
+fn not_from_parent(token: &Token) -> Result<(), ManageError> {
+    if token.from_parent {
+        return refuse(format!(
+            "token {} is managed by this registry's parent (made there with --for-child): change or delete it at the parent; it follows at the next sync",
+            token.name
+        ));
+    }
+    Ok(())
 }
 
 fn not_built_in(name: &str) -> Result<(), ManageError> {
@@ -489,14 +518,21 @@ fn token_json(token: &Token, passwords: Option<&[Value]>) -> Value {
         Some(shown) => shown.to_vec(),
         None => token.passwords.iter().map(password_json).collect(),
     };
-    json!({
+    let mut answer = json!({
         "name": token.name,
         "creationDate": rfc3339(token.created),
         "credentials": { "certificates": [], "passwords": passwords, "username": token.name },
         "scopeMapId": token.scope_map,
         "status": match token.status { Status::Enabled => "enabled", Status::Disabled => "disabled" },
         "provisioningState": "Succeeded",
-    })
+    });
+    if let Some(child) = &token.for_child {
+        answer["forChild"] = json!(child);
+    }
+    if token.from_parent {
+        answer["managedBy"] = json!("parent");
+    }
+    answer
 }
 
 #[cfg(test)]
@@ -521,6 +557,7 @@ mod tests {
                 status: None,
                 no_passwords: false,
                 expiration: Some(3600),
+                for_child: None,
             },
             10,
         )
@@ -563,6 +600,7 @@ mod tests {
                 status: None,
                 no_passwords: true,
                 expiration: None,
+                for_child: None,
             },
             1,
         )

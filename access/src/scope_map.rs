@@ -108,6 +108,10 @@ pub struct ScopeMap {
     /// Unix seconds.
     #[serde(default)]
     pub created: u64,
+    /// Came down from this registry's parent with a token made there for this registry
+    /// (`--for-child`): replaced at every sync.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_parent: bool,
 }
 
 impl ScopeMap {
@@ -119,6 +123,7 @@ impl ScopeMap {
             description: description.to_owned(),
             rules: Vec::new(),
             created: crate::now(),
+            from_parent: false,
         };
         map.add(rules);
         Ok(map)

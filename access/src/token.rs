@@ -110,6 +110,15 @@ pub struct Token {
     /// Unix seconds.
     #[serde(default)]
     pub created: u64,
+    /// A client token of child registry NAME (`token create --for-child NAME`): handed down
+    /// to that child at its syncs and valid there, not here (as ACR's client tokens of a
+    /// connected registry are that registry's, not its parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_child: Option<String>,
+    /// Made by this registry's parent (`--for-child` there) and replaced at every sync: not
+    /// changed here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_parent: bool,
 }
 
 impl Token {
@@ -121,6 +130,8 @@ impl Token {
             status: Status::Enabled,
             passwords: Vec::new(),
             created: crate::now(),
+            for_child: None,
+            from_parent: false,
         })
     }
 

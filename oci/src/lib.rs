@@ -14,6 +14,7 @@
 //! | [`error_code`] | the OCI error codes and the HTTP status each is answered with |
 //! | [`fault`] | where a failure came from (client, upstream, local, internal) and whether a retry helps |
 //! | [`feed`] | the typed, versioned change-feed page a parent of ours serves its children |
+//! | [`gateway`] | the status report a child sends up and the tree of registries a parent shows |
 //!
 //! No HTTP, no async runtime, no storage: only the vocabulary and its rules.
 
@@ -28,6 +29,7 @@ pub mod feed;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod gateway;
 pub mod manifest;
 pub mod media_type;
 pub mod name;

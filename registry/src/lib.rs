@@ -5,6 +5,7 @@
 //! | module | what lives there |
 //! | --- | --- |
 //! | `api` | the HTTP side: [`api::router`] (what `serve` serves), `api::v2` (the OCI routes: the path is parsed from its end, then `handle` calls one handler per route), `api::acr` (the ACR data-plane API: repositories, tags, manifests and their `changeableAttributes`; and the change feed), `api::auth` (the guard over every route: `need` maps route and method to what the caller must hold; `token` is `/oauth2/token`), `api::caller` (what listings may name to the caller), `api::access_log`, `api::metrics` (request counters and latency for `serve --admin`), `api::drain` (refused bodies are read, up to a budget), `api::error` (`ApiError`, the one mapping from storage errors) |
+//! | `child_reports` | the latest status report of each child registry, kept in `DATA/child-reports/` for the tree (`api::gateway`) |
 //! | `storage` | the store behind one [`Store`] handle: `blobs` (content-addressed files), `meta` (redb: tags, manifests, links, referrers, the change log; `meta::props`: attributes, times, the lock rules), `props` (the store's `/acr` conveniences), `uploads` (resumable sessions), `reader` (a blob's bytes as a stream), `gc`, `quota` (`--quota`: evicting the synced images least recently pulled; its tables are `meta::quota`), `usage` (blobs, bytes, open uploads and free disk, for metrics and readiness), `error` (`StorageError`) |
 //!
 //! A request enters at `api::v2::dispatch`, which calls a handler; handlers call the store and
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod child_reports;
 pub mod storage;
 
 pub use api::error::ApiError;

@@ -104,6 +104,10 @@ enum TokenCommand {
         /// The passwords expire after this long (`P30D`, `30d`, `12h`); default: never.
         #[arg(long, value_parser = expiration)]
         expiration: Option<Duration>,
+        /// A client token of child registry CHILD (`child create`): handed down to it (as
+        /// password hashes) at its next sync and valid there, not here.
+        #[arg(long, value_name = "CHILD")]
+        for_child: Option<String>,
     },
     /// Change a token's scope map or status (enabled, disabled).
     Update {
@@ -298,6 +302,7 @@ pub async fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             status,
             no_passwords,
             expiration,
+            for_child,
         } => Command::TokenCreate {
             name,
             scope_map,
@@ -305,6 +310,7 @@ pub async fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             status,
             no_passwords,
             expiration: expiration.map(|d| d.as_secs()),
+            for_child,
         },
         TokenCommand::Update {
             name,

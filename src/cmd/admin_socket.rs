@@ -5,7 +5,8 @@
 //! its name (it is bound in a private directory, restricted, then renamed into place), and a
 //! peer whose uid is neither the data directory's owner nor root is dropped unanswered. It
 //! serves HTTP/1: `POST /access` with an [`access::Command`] as JSON answers 200 with the
-//! command's `az acr`-shaped JSON, or 400 with `{"error": message}`.
+//! command's `az acr`-shaped JSON, or 400 with `{"error": message}`; `GET
+//! /acr/v1/_gateway/_tree` answers the tree of registries beneath this one (`status --tree`).
 //!
 //! The client side ([`send`]) falls back to the store itself when no server listens, which is
 //! the only other way to the token set: redb lets one process at a time hold `access.redb`.
@@ -43,7 +44,11 @@ pub fn socket_path(data: &Path) -> PathBuf {
 /// Serves management commands for `authority` on `DATA/admin.sock` until the process is asked
 /// to stop (then the socket is removed). A socket left by a registry that died is replaced:
 /// whoever calls this holds `access.redb`, so no other server can be behind it.
-pub fn spawn(data: &Path, authority: Arc<access::Authority>) -> anyhow::Result<()> {
+pub fn spawn(
+    data: &Path,
+    authority: Arc<access::Authority>,
+    tree: registry::api::gateway::TreeSource,
+) -> anyhow::Result<()> {
     let path = socket_path(data);
     let listener = bind_owner_only(data, &path)
         .with_context(|| format!("cannot serve the admin socket {}", path.display()))?;
@@ -53,7 +58,8 @@ pub fn spawn(data: &Path, authority: Arc<access::Authority>) -> anyhow::Result<(
     let app = Router::new()
         .route("/access", post(handle))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_COMMAND_BYTES))
-        .with_state(authority);
+        .with_state(authority)
+        .merge(registry::api::gateway::tree_routes(tree));
     tracing::info!(socket = %path.display(), "token and scope-map commands are served on the admin socket");
     tokio::spawn(async move {
         let served = axum::serve(OwnerOnly { listener, owner }, app)
@@ -198,6 +204,23 @@ async fn ask_server(
     socket: &Path,
     command: &access::Command,
 ) -> anyhow::Result<Option<anyhow::Result<Value>>> {
+    ask(socket, "/access", Some(serde_json::to_vec(command)?)).await
+}
+
+/// The tree of registries beneath the registry serving `data` (`status --tree`), or `None`
+/// when none serves it.
+pub async fn tree(data: &Path) -> anyhow::Result<Option<Value>> {
+    ask(&socket_path(data), "/acr/v1/_gateway/_tree", None)
+        .await?
+        .transpose()
+}
+
+/// One exchange on the admin socket: `POST path` with `body`, or `GET path` without one.
+async fn ask(
+    socket: &Path,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<Option<anyhow::Result<Value>>> {
     use http_body_util::{BodyExt, Full};
     let shown = socket.display();
     let stream = match UnixStream::connect(socket).await {
@@ -222,10 +245,15 @@ async fn ask_server(
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = hyper::Request::post("/access")
-            .header(hyper::header::HOST, "localhost")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(command)?)))?;
+        let request = match body {
+            Some(body) => hyper::Request::post(path)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .header(hyper::header::HOST, "localhost")
+                .body(Full::new(Bytes::from(body)))?,
+            None => hyper::Request::get(path)
+                .header(hyper::header::HOST, "localhost")
+                .body(Full::new(Bytes::new()))?,
+        };
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

@@ -128,6 +128,7 @@ fn make_admin(authority: &access::Authority, data: &Path) -> anyhow::Result<()> 
         status: None,
         no_passwords: false,
         expiration: None,
+        for_child: None,
     };
     authority
         .manage_then(command, |answer| {

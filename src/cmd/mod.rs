@@ -6,6 +6,8 @@ pub mod admin_socket;
 pub mod auth;
 pub mod certs;
 pub mod child;
+pub mod demo;
+mod demo_image;
 pub mod gc;
 pub mod image;
 pub mod manifest;
@@ -14,6 +16,7 @@ pub mod recover;
 pub mod scrub;
 pub mod serve;
 mod serve_config;
+pub mod status;
 pub mod sync;
 
 /// What a command does when its data directory does not exist.

@@ -120,6 +120,12 @@ pub struct Args {
     )]
     pub trusted_proxies: Vec<registry::api::auth::TrustedProxy>,
 
+    /// A child registry defined here whose last status report is older than this is shown
+    /// `Offline` in the tree (`GET /acr/v1/_gateway/_tree`, `status --tree`). Children report
+    /// at every sync pass (every `syncPollInterval`, PT1M by default, while a window is open).
+    #[arg(long, env = "CONNECTED_REGISTRY_CHILD_OFFLINE_AFTER", default_value = "5m", value_parser = super::parse_duration)]
+    pub child_offline_after: Duration,
+
     /// Print the effective settings (secrets redacted) and exit, without touching the data
     /// directory or the port.
     #[arg(long)]
@@ -201,8 +207,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             gc_totals.clone(),
         ));
     }
+    let data = args.data.clone();
+    let authority = tokio::task::spawn_blocking(move || {
+        super::auth::open(&args.auth, auth_settings, &data, &args.access)
+    })
+    .await??;
+    // The children's latest status reports, and the tree of registries beneath this one.
+    let reports = Arc::new(registry::child_reports::ChildReports::open(
+        &args.data,
+        args.child_offline_after,
+    ));
+    let children = subtree(reports.clone(), store.clone(), authority.clone());
+    let own_name = args.sync.child_name()?.unwrap_or_default();
     let background = sync
-        .map(|sync| sync.start_background(store.clone(), &args.data))
+        .map(|sync| {
+            sync.start_background(
+                store.clone(),
+                &args.data,
+                children.clone(),
+                authority.clone().map(parent_tokens),
+            )
+        })
         .transpose()?;
     let sync_service = background.as_ref().map(|b| b.service.clone());
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
@@ -219,17 +244,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokio::spawn(prune_change_log(store.clone(), message_ttl));
         }
     }
-    let data = args.data.clone();
-    let authority = tokio::task::spawn_blocking(move || {
-        super::auth::open(&args.auth, auth_settings, &data, &args.access)
-    })
-    .await??;
+    let tree = tree_source(
+        own_name,
+        writes,
+        sync_service.clone(),
+        store.clone(),
+        children,
+    );
+    app = app.merge(registry::api::gateway::tree_routes(tree.clone()));
     if let Some(authority) = &authority {
-        // Management commands (`token`, `scope-map`) reach this authority on DATA/admin.sock.
-        super::admin_socket::spawn(&args.data, authority.clone())?;
+        // Management commands (`token`, `scope-map`, `child`, `status --tree`) reach this
+        // registry on DATA/admin.sock.
+        super::admin_socket::spawn(&args.data, authority.clone(), tree)?;
         app = registry::api::auth::guard(
             app.merge(registry::api::auth::token::routes(authority.clone()))
-                .merge(registry::api::gateway::routes(authority.clone())),
+                .merge(registry::api::gateway::routes(authority.clone(), reports)),
             authority.clone(),
         );
         app = registry::api::auth::with_client_addr(app, trusted);
@@ -321,6 +350,76 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     served.context("server failed")?;
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The children defined here as this registry sees them now: their latest reports, ages and
+/// lag behind this registry's change log (with access control off, none can be defined).
+fn subtree(
+    reports: Arc<registry::child_reports::ChildReports>,
+    store: Store,
+    authority: Option<Arc<access::Authority>>,
+) -> sync::report::Subtree {
+    Arc::new(move || {
+        let head = store.change_page(u64::MAX, 0).map(|p| p.head).ok();
+        let defined = authority
+            .as_ref()
+            .map(|a| a.child_names())
+            .unwrap_or_default();
+        reports.children(Some(&defined), head)
+    })
+}
+
+/// Applies the client tokens this registry's parent made for it (`token create --for-child`
+/// there) to its access store whenever their generation changes.
+fn parent_tokens(authority: Arc<access::Authority>) -> super::sync::TokensHook {
+    let applied = std::sync::Mutex::new(None::<String>);
+    Arc::new(move |value| {
+        let set: access::child_tokens::ChildTokens = match serde_json::from_value(value) {
+            Ok(set) => set,
+            Err(err) => {
+                tracing::warn!(%err, "the parent's client tokens for this registry cannot be read: keeping the ones it last handed down");
+                return;
+            }
+        };
+        let mut last = applied.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(set.generation.as_str()) {
+            return;
+        }
+        match authority.apply_parent_tokens(&set) {
+            Ok(done) => {
+                if !done.skipped.is_empty() {
+                    tracing::warn!(skipped = ?done.skipped, "client tokens from the parent left out: a token or scope map of the same name was made here (rename or delete the local one)");
+                }
+                tracing::info!(
+                    tokens = done.tokens,
+                    "client tokens from the parent applied"
+                );
+                *last = Some(set.generation);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "the parent's client tokens cannot be kept here: the next pass tries again")
+            }
+        }
+    })
+}
+
+/// This registry's tree: its own state (from its sync status when it has a parent) over its
+/// children's latest reports.
+fn tree_source(
+    name: String,
+    writes: registry::api::Writes,
+    sync: Option<Arc<sync::SyncService>>,
+    store: Store,
+    children: sync::report::Subtree,
+) -> registry::api::gateway::TreeSource {
+    let mode = match writes {
+        registry::api::Writes::Refused => sync::settings::Mode::ReadOnly,
+        registry::api::Writes::Allowed => sync::settings::Mode::ReadWrite,
+    };
+    Arc::new(move || {
+        let synced = sync.as_ref().map(|s| s.synced());
+        sync::report::local(&name, synced.as_ref(), mode, &store, children())
+    })
 }
 
 /// Whether clients may write: the sync mode decides (ReadOnly, a child's default, refuses every

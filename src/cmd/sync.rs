@@ -222,7 +222,7 @@ impl SyncFlags {
 
     /// The connected registry's name in the connection string (flag, environment or file), when
     /// one is given: the name its parent knows it by.
-    fn child_name(&self) -> anyhow::Result<Option<String>> {
+    pub fn child_name(&self) -> anyhow::Result<Option<String>> {
         let (file, flags) = self.layers()?;
         let Some(cs) = flags
             .connection_string
@@ -325,6 +325,10 @@ pub struct Prepared {
     flags: SyncFlags,
 }
 
+/// Takes the client tokens a child's parent hands it (the `tokens` of its settings) into its
+/// access store. Blocking.
+pub type TokensHook = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
+
 /// How long `serve` waits at start for its parent's settings before it runs on the copy kept
 /// from an earlier start (or on its own settings).
 const PARENT_CONFIG_WAIT: Duration = Duration::from_secs(15);
@@ -372,7 +376,14 @@ impl Prepared {
         let fetched =
             tokio::time::timeout(PARENT_CONFIG_WAIT, self.client.gateway_config(&name)).await;
         let received = match fetched {
-            Ok(Ok(Some(config))) => Some((config, Received::Fresh)),
+            // The tokens in it are applied at the first pass, once the access store is open.
+            Ok(Ok(Some(config))) => Some((
+                ParentConfig {
+                    tokens: None,
+                    ..config
+                },
+                Received::Fresh,
+            )),
             Ok(Ok(None)) => {
                 tracing::info!(child = %name, "the parent defines no settings for this registry (not a child defined there by `child create`): running on its own settings");
                 None
@@ -422,7 +433,13 @@ impl Prepared {
     /// Asks the parent for this child's settings before every pass; new ones are kept in
     /// `data` and applied from that pass on (the mode only at the next start: it decides
     /// whether clients may write, which is fixed while serving).
-    fn refresh(&self, data: &Path) -> anyhow::Result<Option<sync::service::Refresh>> {
+    /// The client tokens in the answer go to `tokens` (off the async threads), whether or
+    /// not the settings changed.
+    fn refresh(
+        &self,
+        data: &Path,
+        tokens: Option<TokensHook>,
+    ) -> anyhow::Result<Option<sync::service::Refresh>> {
         let Some(name) = self.flags.child_name()? else {
             return Ok(None);
         };
@@ -439,16 +456,22 @@ impl Prepared {
         let data = data.to_owned();
         let mode = self.settings.mode;
         Ok(Some(Arc::new(move || {
-            let (client, last, flags, data, name) = (
+            let (client, last, flags, data, name, tokens) = (
                 client.clone(),
                 last.clone(),
                 flags.clone(),
                 data.clone(),
                 name.clone(),
+                tokens.clone(),
             );
             Box::pin(async move {
                 let config = match client.gateway_config(&name).await {
-                    Ok(Some(config)) => config,
+                    Ok(Some(mut config)) => {
+                        if let (Some(set), Some(hook)) = (config.tokens.take(), tokens) {
+                            let _ = tokio::task::spawn_blocking(move || hook(set)).await;
+                        }
+                        config
+                    }
                     Ok(None) => return None,
                     Err(err) => {
                         tracing::debug!(%err, "cannot read this registry's settings at its parent: keeping the current ones");
@@ -518,10 +541,14 @@ impl Prepared {
 
     /// Called by `serve`: starts the sync schedule in the background. `data` is the
     /// registry's data directory (sync keeps its progress in `data/sync/`).
+    /// A child defined at its parent reports its status there after every pass, with
+    /// `children`'s (its own children as it sees them).
     pub fn start_background(
         self,
         store: registry::Store,
         data: &Path,
+        children: sync::report::Subtree,
+        tokens: Option<TokensHook>,
     ) -> anyhow::Result<Background> {
         tracing::info!(
             parent = %self.settings.parent,
@@ -538,9 +565,26 @@ impl Prepared {
             })
         };
         self.keep_received(data);
-        let refresh = self.refresh(data)?;
+        let refresh = self.refresh(data, tokens)?;
+        let reporter = match self.flags.child_name()? {
+            Some(name) => Some(sync::report::Reporter {
+                name,
+                client: Arc::new(ParentClient::new(
+                    &self.settings.parent,
+                    self.settings.credentials.clone(),
+                    self.settings.trust.as_deref(),
+                    self.settings.limits.clone(),
+                )?),
+                store: store.clone(),
+                children,
+            }),
+            None => None,
+        };
         let service =
             SyncService::refreshed_by(self.engine(store, data, Arc::new(NoProgress))?, refresh);
+        if let Some(reporter) = reporter {
+            service.report_with(reporter);
+        }
         let _ = miss_hint_of.set(service.clone());
         service.spawn();
         Ok(Background {

@@ -14,6 +14,8 @@
 //! - The two contracts: `parent` (what sync needs from a parent; `client` is the HTTP one) and
 //!   `store` (what it needs from the local registry; `registry::Store` implements it). In-memory
 //!   fakes of both (`fake`, tests only) test the engine without a network.
+//! - `report`: the status report a child sends its parent after every pass (with its own
+//!   children's), and the report a registry makes of itself for the tree.
 //! - `parent_config`: the settings a child receives from its parent, kept for when it is
 //!   unreachable.
 //! - `bandwidth`: the cap on transfers to and from the parent, and the throttle that holds it.
@@ -37,6 +39,7 @@ mod pass;
 pub mod platforms;
 mod push;
 mod reconcile;
+pub mod report;
 pub mod service;
 pub mod settings;
 pub mod state;

@@ -35,6 +35,11 @@ pub struct ParentConfig {
     /// The cap on the child's transfers to and from this parent.
     #[serde(default)]
     pub bandwidth_limit: Option<String>,
+    /// The client tokens the parent made for this child (`token create --for-child`), as
+    /// password hashes: handed to the registry's access store (`access::child_tokens`), never
+    /// kept in this file. `None`: a parent that hands out none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<serde_json::Value>,
 }
 
 /// Where the parent's layer of the settings came from.
@@ -112,7 +117,12 @@ impl ParentConfig {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        // The tokens live in the access store, not here.
+        let settings = ParentConfig {
+            tokens: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&settings).map_err(|e| e.to_string())?;
         util::atomic_file::write(&path, &bytes, Some(0o600)).map_err(|e| e.to_string())
     }
 }

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::engine::Engine;
+use crate::report::Reporter;
 use crate::settings::{format_iso_duration, Mode, Settings, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
 use crate::totals::SyncTotals;
@@ -64,6 +65,9 @@ pub struct StatusView {
     pub warnings: Vec<String>,
     /// Errors of the last pass (also in `lastResult.errors`).
     pub errors: Vec<String>,
+    /// The errors of the last pass that had any, kept after later passes succeed (what a
+    /// status report sends up).
+    pub last_error: Option<oci::gateway::LastError>,
 }
 
 /// Asked before every pass: new settings when they changed (a child's settings at its parent),
@@ -78,6 +82,8 @@ pub struct SyncService {
     status: Arc<RwLock<StatusView>>,
     totals: SyncTotals,
     refresh: Option<Refresh>,
+    /// Sends a status report to the parent after every pass (a child defined there).
+    reporter: OnceLock<Reporter>,
 }
 
 impl SyncService {
@@ -115,6 +121,7 @@ impl SyncService {
                 .as_ref()
                 .map(|r| r.errors.clone())
                 .unwrap_or_default(),
+            last_error: state.last_result.as_ref().and_then(last_error_of),
             last_result: state.last_result,
             pushed_seq: state.pushed_seq,
             parent_feed_seq,
@@ -125,7 +132,50 @@ impl SyncService {
             status: Arc::new(RwLock::new(status)),
             totals: SyncTotals::default(),
             refresh,
+            reporter: OnceLock::new(),
         })
+    }
+
+    /// Reports to the parent with `reporter` after every pass from now on (set once, before
+    /// [`SyncService::spawn`]).
+    pub fn report_with(&self, reporter: Reporter) {
+        let _ = self.reporter.set(reporter);
+    }
+
+    /// Sends this registry's report (with its children's) to its parent, in the background:
+    /// best effort, never holding up or failing the schedule.
+    fn report_up(&self) {
+        let Some(reporter) = self.reporter.get() else {
+            return;
+        };
+        let synced = self.synced();
+        let report = {
+            let (name, store, children) = (
+                reporter.name.clone(),
+                reporter.store.clone(),
+                reporter.children.clone(),
+            );
+            move || {
+                let mode = synced.status.mode;
+                crate::report::local(&name, Some(&synced), mode, &store, children())
+            }
+        };
+        let (client, name) = (reporter.client.clone(), reporter.name.clone());
+        tokio::spawn(async move {
+            let Ok(report) = tokio::task::spawn_blocking(report).await else {
+                return;
+            };
+            match client.report_status(&name, &report).await {
+                Ok(true) => tracing::debug!("status reported to the parent"),
+                Ok(false) => tracing::debug!("the parent takes no status report from this registry (not ours, or it does not define this child)"),
+                Err(err) if err.is_unreachable() => {
+                    tracing::debug!(%err, "cannot report status to the parent: the next pass tries again")
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "the parent refused this registry's status report: the next pass tries again")
+                }
+            }
+        });
     }
 
     /// The engine the next pass runs with.
@@ -166,6 +216,16 @@ impl SyncService {
             old.progress.clone(),
         );
         *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+    }
+
+    /// The sync part of this registry's status report.
+    pub fn synced(&self) -> crate::report::Synced {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::report::Synced {
+            status: self.status(),
+            tags: self.totals.tags_updated.load(Relaxed),
+            bytes: self.totals.bytes_down.load(Relaxed),
+        }
     }
 
     /// Counters over every pass since start.
@@ -282,12 +342,16 @@ impl SyncService {
                     _ => s.failing_since = None,
                 }
                 s.errors = summary.errors.clone();
+                if let Some(error) = last_error_of(&summary) {
+                    s.last_error = Some(error);
+                }
                 s.last_result = Some(summary.clone());
                 s.pushed_seq = pushed_seq;
                 s.parent_feed_seq = parent_feed_seq;
                 s.conflicts = conflicts;
                 s.warnings = warnings;
             });
+            self.report_up();
             if summary.outcome == Outcome::Paused {
                 continue; // the window closed: the loop finds the next one
             }
@@ -357,6 +421,24 @@ impl SyncService {
             .route("/acr/v1/_sync/status", get(status_handler))
             .with_state(self.clone())
     }
+}
+
+/// The errors of `summary` as a report carries them (`None`: it had none).
+fn last_error_of(summary: &Summary) -> Option<oci::gateway::LastError> {
+    let first = summary.errors.first()?;
+    Some(oci::gateway::LastError {
+        at: summary
+            .finished
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        message: first.clone(),
+        details: summary
+            .errors
+            .iter()
+            .take(oci::gateway::MAX_ERROR_DETAILS)
+            .cloned()
+            .collect(),
+        retryable: summary.retryable,
+    })
 }
 
 fn feed_seq(state: &crate::state::SyncState, parent: &str) -> Option<u64> {

@@ -72,6 +72,7 @@ pub fn create_token(data: &Path, name: &str, rules: Vec<Rule>, expiration: Optio
             status: None,
             no_passwords: false,
             expiration,
+            for_child: None,
         },
     ))
 }
@@ -87,6 +88,7 @@ pub fn create_token_on(data: &Path, name: &str, scope_map: &str) -> Made {
             status: None,
             no_passwords: false,
             expiration: None,
+            for_child: None,
         },
     ))
 }
@@ -176,6 +178,7 @@ pub fn seed_cheaply(data: &Path, tokens: &[(String, Vec<Rule>)]) -> Vec<String> 
             status: None,
             no_passwords: true,
             expiration: None,
+            for_child: None,
         };
         access::manage::apply(&mut snapshot, command, now)
             .unwrap_or_else(|e| panic!("token {name}: {e}"));

@@ -24,6 +24,13 @@ fn require(path: &str) {
 impl Dockerd {
     /// Starts a private dockerd and waits until it answers; panics with its log if it cannot start.
     pub fn start() -> Dockerd {
+        Dockerd::start_in(None)
+    }
+
+    /// [`Dockerd::start`] with the engine in network namespace `netns` (through `nsenter
+    /// --net`, which changes only the network namespace): its pulls and pushes go out from
+    /// there, while the client still reaches it through its socket file.
+    pub fn start_in(netns: Option<&super::netns::Netns>) -> Dockerd {
         require("/usr/sbin/dockerd");
         require("/usr/bin/docker");
         // A short path: unix socket paths are limited to about 100 bytes.
@@ -37,7 +44,11 @@ impl Dockerd {
         let log = d.join("dockerd.log");
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new("/usr/sbin/dockerd")
+        let mut command = match netns {
+            Some(ns) => ns.command("/usr/sbin/dockerd"),
+            None => Command::new("/usr/sbin/dockerd"),
+        };
+        let child = command
             .args([
                 "--storage-driver",
                 "vfs",

@@ -9,6 +9,7 @@ pub mod api;
 pub mod checks;
 pub mod distribution;
 pub mod docker;
+pub mod netns;
 pub mod oci;
 pub mod skopeo;
 pub mod static_build;
@@ -249,7 +250,7 @@ pub fn wait_for_http(addr: SocketAddr, timeout: Duration, child: &mut Child) {
 
 /// `serve --listen LISTEN --data DATA EXTRA...`, open (`--auth none`) unless `extra_args` say
 /// how to control access.
-fn serve_args(data: &Path, listen: &str, extra_args: &[&str]) -> Vec<String> {
+pub fn serve_args(data: &Path, listen: &str, extra_args: &[&str]) -> Vec<String> {
     let data_s = data.to_str().expect("utf-8 temp path");
     let mut args = vec!["serve", "--listen", listen, "--data", data_s];
     args.extend_from_slice(extra_args);

@@ -8,6 +8,7 @@ use access::Action;
 use axum::http::Method;
 
 use crate::api::acr::{parse_route as parse_acr_route, AcrRoute};
+use crate::api::gateway::GatewayRoute;
 use crate::api::v2::{parse_route, Route};
 
 /// What a request needs before its handler runs. Names are borrowed from the request's path
@@ -26,9 +27,10 @@ pub enum Need<'a> {
     /// A listing of repositories (`/v2/_catalog`, `/acr/v1/_catalog`): allowed to any known
     /// caller, and filtered to what it may read (`Caller`).
     Catalog,
-    /// A gateway action of a child registry (the change feed, the sync status).
+    /// A gateway action of a child registry (the change feed, the sync status, the tree).
     Gateway(Action),
-    /// A gateway action on one child registry's own route (its settings): its sync token's.
+    /// A gateway action on one child registry's own route (its settings, its status report):
+    /// its sync token's.
     OwnGateway(&'a str, Action),
     /// Writes of a cross-repository mount: the target repository's push, and pull on the
     /// source (without it, the upload starts as an ordinary one: see `auth::guard`).
@@ -84,8 +86,12 @@ fn acr_need<'a>(method: &Method, rest: &'a str, query: Option<&'a str>) -> Need<
     if rest.starts_with("_sync/") {
         return Need::Gateway(Action::MessageRead);
     }
-    if let Some(name) = crate::api::gateway::config_route(rest) {
-        return Need::OwnGateway(name, Action::ConfigRead);
+    match crate::api::gateway::gateway_route(rest) {
+        Some(GatewayRoute::Config(name)) => return Need::OwnGateway(name, Action::ConfigRead),
+        Some(GatewayRoute::Status(name)) => return Need::OwnGateway(name, Action::MessageWrite),
+        // The whole subtree: whoever may read this registry's sync status and feed.
+        Some(GatewayRoute::Tree) => return Need::Gateway(Action::MessageRead),
+        None => {}
     }
     match parse_acr_route(rest) {
         None => Need::Known,
@@ -255,6 +261,18 @@ mod tests {
                 "/acr/v1/_gateway/edge1/config",
                 None,
                 Need::OwnGateway("edge1", ConfigRead),
+            ),
+            (
+                Method::POST,
+                "/acr/v1/_gateway/edge1/status",
+                None,
+                Need::OwnGateway("edge1", MessageWrite),
+            ),
+            (
+                Method::GET,
+                "/acr/v1/_gateway/_tree",
+                None,
+                Need::Gateway(MessageRead),
             ),
             (Method::GET, "/acr/v1/a/b", None, repo("a/b", MetadataRead)),
             (
