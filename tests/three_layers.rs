@@ -79,6 +79,9 @@ struct ThreeLayers {
     lower_trust: PathBuf,
     /// `tester:PASSWORD` of the top layer (which controls access: its child logs in).
     top_creds: String,
+    /// `edge-client:PASSWORD`: a client token of the lower layer, created at the top layer
+    /// (`token create --for-child lower`) and handed down at the lower layer's sync.
+    lower_creds: String,
     net: Network,
 }
 
@@ -204,6 +207,31 @@ impl ThreeLayers {
             .expect("token create prints the password once");
         let top_creds = format!("tester:{password}");
 
+        // The lower layer's client token, defined at the top: the lower layer controls access
+        // too, and knows this token only from its sync.
+        let client = cli_ok(&[
+            "token",
+            "create",
+            "edge-client",
+            "--for-child",
+            "lower",
+            "--repository",
+            "*",
+            "content/read",
+            "content/write",
+            "content/delete",
+            "metadata/read",
+            "--data",
+            top_data.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        let client: serde_json::Value = serde_json::from_str(&client).unwrap();
+        let client_password = client["credentials"]["passwords"][0]["value"]
+            .as_str()
+            .expect("token create prints the password once");
+        let lower_creds = format!("edge-client:{client_password}");
+
         let parent = format!("http://{cloud_addr}");
         let top = serve_in(
             &top_ns,
@@ -241,6 +269,8 @@ impl ThreeLayers {
             "127.0.0.1:8080",
             &[
                 &[
+                    "--auth",
+                    "tokens",
                     "--proxy-listen",
                     &format!("0.0.0.0:{port}"),
                     "--proxy-cert",
@@ -272,6 +302,7 @@ impl ThreeLayers {
             top_trust,
             lower_trust,
             top_creds,
+            lower_creds,
             net,
         }
     }
@@ -319,7 +350,12 @@ impl ThreeLayers {
         inspect_raw(
             &self.lower_ns,
             &format!("docker://{}/{repo}:{tag}", self.lower_proxy),
-            &["--cert-dir", self.lower_trust.to_str().unwrap()],
+            &[
+                "--cert-dir",
+                self.lower_trust.to_str().unwrap(),
+                "--creds",
+                &self.lower_creds,
+            ],
         )
     }
 
@@ -474,6 +510,8 @@ fn skopeo_pull_from_lower(layers: &ThreeLayers, repo: &str, tag: &str, image: &I
             "copy",
             "--src-cert-dir",
             layers.lower_trust.to_str().unwrap(),
+            "--src-creds",
+            &layers.lower_creds,
             &format!("docker://{}/{repo}:{tag}", layers.lower_proxy),
             &format!("oci:{}:x", dest.display()),
         ],
@@ -529,6 +567,9 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         Dockerd::start_in(Some(&layers.lower_ns))
     });
     if let Some(dk) = &dockerd {
+        // `docker login` at the lower layer with the token made for it at the top.
+        let (user, password) = layers.lower_creds.split_once(':').unwrap();
+        dk.docker_ok(&["login", &layers.lower_proxy, "-u", user, "-p", password]);
         let reference = format!("{}/apps/hello:v1", layers.lower_proxy);
         dk.docker_ok(&["pull", &reference]);
         let digests = dk.docker_ok(&[
@@ -582,11 +623,6 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         );
     }
 
-    // TODO(treestatus): a client token created at the top for the lower layer
-    // (`token create ... --for-child lower`) works for `docker login` at the lower layer after
-    // one sync, and stops working after it is disabled at the top. Needs the lower layer to
-    // run with `--auth tokens` and the `--for-child` flow from the treestatus branch.
-
     // The uplink is cut: both layers keep serving, the lower layer's push gets as far as the
     // top layer and waits there.
     layers.cut_uplink();
@@ -636,6 +672,30 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         "figure: cloud -> lower layer after the restore in {:?}",
         pushed_at.elapsed()
     );
+
+    // The lower layer's client token, disabled at the top, stops working at the lower layer
+    // at its next sync (it worked for everything above: skopeo, docker login, pull, push).
+    let top_data = layers.dir.join("top");
+    cli_ok(&[
+        "token",
+        "update",
+        "edge-client",
+        "--status",
+        "disabled",
+        "--data",
+        top_data.to_str().unwrap(),
+    ]);
+    let refused = poll(ARRIVAL_LIMIT, Duration::from_millis(250), || {
+        layers
+            .lower_manifest("apps/hello", "v1")
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the token disabled at the top still works at the lower layer\n{}",
+        layers.logs()
+    );
     drop(dockerd);
 }
 
@@ -648,6 +708,8 @@ fn push_to_lower(layers: &ThreeLayers, layout: &Layout, repo: &str, tag: &str) {
             "copy",
             "--dest-cert-dir",
             layers.lower_trust.to_str().unwrap(),
+            "--dest-creds",
+            &layers.lower_creds,
             &layout.reference(common::sync::LAYOUT_TAG),
             &format!("docker://{}/{repo}:{tag}", layers.lower_proxy),
         ],
