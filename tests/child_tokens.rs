@@ -8,24 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::api::Api;
-use common::{bin, curl, free_port, serve_with, start_registry_on, wait_until, Proc};
+use common::{cli, curl, free_port, serve_with, start_registry_on, wait_until, Proc};
 use serde_json::Value;
-
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run connected-registry");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[track_caller]
 fn cli_json(args: &[&str], data: &Path) -> Value {

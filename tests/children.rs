@@ -14,28 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::api::Api;
-use common::{bin, curl, free_port, start_registry_on, wait_until, Proc};
+use common::{bin, cli, cli_ok, curl, free_port, start_registry_on, wait_until, Proc};
 use serde_json::Value;
-
-/// Runs `connected-registry ARGS...`; (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run connected-registry");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[track_caller]
-fn cli_ok(args: &[&str]) -> String {
-    let (ok, out, err) = cli(args);
-    assert!(ok, "{args:?} failed:\n{out}\n{err}");
-    out
-}
 
 /// `child ARGS... --data DATA --output json`, parsed.
 #[track_caller]

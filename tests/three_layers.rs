@@ -37,7 +37,7 @@ use common::distribution::start_distribution_in;
 use common::docker::Dockerd;
 use common::netns::{serve_in, Netns, Network};
 use common::oci::{tar_file, Image, Layout};
-use common::{bin, free_port, poll, Proc};
+use common::{bin, cli_ok, free_port, poll, Proc};
 
 /// Bound on every wait for content to travel between layers. The layers poll every second
 /// and retry a failed pass after at most 2 s (see [`SYNC_FAST`]), so content normally arrives
@@ -83,23 +83,6 @@ struct ThreeLayers {
     /// (`token create --for-child lower`) and handed down at the lower layer's sync.
     lower_creds: String,
     net: Network,
-}
-
-/// `connected-registry ARGS...` on the host (certificates, child definitions); stdout.
-#[track_caller]
-fn cli_ok(args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run connected-registry");
-    assert!(
-        out.status.success(),
-        "connected-registry {} failed:\n{}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A chain for one layer made with our `certs` command (root CA → intermediate → edge CA →

@@ -8,32 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::api::Api;
-use common::{bin, curl, free_port, poll, serve_with, start_registry_on, wait_until, Proc};
+use common::{cli_ok, curl, free_port, poll, serve_with, start_registry_on, wait_until, Proc};
 use serde_json::Value;
-
-/// Runs `connected-registry ARGS...`; (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run connected-registry");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[track_caller]
-fn cli_ok(args: &[&str]) -> String {
-    let (ok, out, err) = cli(args);
-    assert!(ok, "{args:?} failed:\n{out}\n{err}");
-    out
-}
 
 /// Defines ReadOnly child `name` on `apps/*` at the registry whose data is `data`, reached on
 /// `port`; its connection string.

@@ -312,6 +312,31 @@ pub fn serve_one_module(
     Proc::start(&bin(), &args, envs, listen.parse().unwrap(), log)
 }
 
+/// Runs `connected-registry ARGS...` to completion: (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run connected-registry");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`cli`] that must succeed: its stdout, or a panic with both outputs.
+#[track_caller]
+pub fn cli_ok(args: &[&str]) -> String {
+    let (ok, out, err) = cli(args);
+    assert!(
+        ok,
+        "connected-registry {} failed:\n{out}\n{err}",
+        args.join(" ")
+    );
+    out
+}
+
 /// Runs a command to completion and returns stdout; panics with stderr if it fails.
 pub fn run_ok(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
