@@ -146,20 +146,7 @@ impl ParentClient {
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => return Ok(None),
-            s => {
-                return Err(ClientError::Status {
-                    method: "GET".into(),
-                    url,
-                    status: s.as_u16(),
-                    body: resp
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(300)
-                        .collect(),
-                })
-            }
+            _ => return Err(crate::client::status_error(&reqwest::Method::GET, &url, resp).await),
         }
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
             url: url.clone(),

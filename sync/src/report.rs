@@ -138,18 +138,7 @@ impl ParentClient {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Ok(false),
-            s => Err(ClientError::Status {
-                method: "POST".into(),
-                url,
-                status: s.as_u16(),
-                body: resp
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect(),
-            }),
+            _ => Err(crate::client::status_error(&reqwest::Method::POST, &url, resp).await),
         }
     }
 }

@@ -403,7 +403,7 @@ impl ParentClient {
     }
 }
 
-async fn status_error(method: &Method, url: &str, resp: Response) -> ClientError {
+pub(crate) async fn status_error(method: &Method, url: &str, resp: Response) -> ClientError {
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
     let body: String = body.chars().take(300).collect();
