@@ -12,11 +12,12 @@
 //!   top layer's proxy;
 //! - a private dockerd inside the lower namespace (started with `nsenter --net`, which changes
 //!   only the network namespace), trusting the lower layer's root CA through
-//!   `/etc/docker/certs.d/IP:PORT/ca.crt`.
+//!   `/etc/docker/certs.d/HOST:PORT/ca.crt`.
 //!
-//! Names: every server is addressed by IP, and the certificates carry the IP as a SAN, so no
-//! hosts file is needed in any namespace (dockerd and our processes would otherwise read the
-//! host's `/etc/hosts`).
+//! Names: the layers' proxies are `top.edge.test` and `lower.edge.test`, resolved through each
+//! namespace's own hosts file (`/etc/netns/NAME/hosts`, which every process started in the
+//! namespace sees as `/etc/hosts`: see `common::netns`); the lower layer's namespace knows only
+//! the two layers' names. The connection string names the top layer's proxy by name.
 //!
 //! Then: an image pushed to the cloud is pulled by skopeo and `docker pull` from the lower
 //! layer's proxy, byte-identical; an image pushed with `docker push` on the lower layer reaches
@@ -69,9 +70,9 @@ struct ThreeLayers {
     lower_ns: Netns,
     /// `IP:PORT` of the cloud registry (plain HTTP).
     cloud_addr: String,
-    /// `IP:PORT` of the top layer's TLS proxy.
+    /// `top.edge.test:PORT`, the top layer's TLS proxy.
     top_proxy: String,
-    /// `IP:PORT` of the lower layer's TLS proxy.
+    /// `lower.edge.test:PORT`, the lower layer's TLS proxy.
     lower_proxy: String,
     /// A directory holding only `ca.crt`: the top layer's root CA (skopeo's `--cert-dir`).
     top_trust: PathBuf,
@@ -137,8 +138,12 @@ impl ThreeLayers {
         // process, so the global certs.d directory named after it is this test's own.
         let port = free_port();
         let cloud_addr = format!("{cloud_ip}:5000");
-        let top_proxy = format!("{top_ip}:{port}");
-        let lower_proxy = format!("{lower_ip}:{port}");
+        let top_proxy = format!("top.edge.test:{port}");
+        let lower_proxy = format!("lower.edge.test:{port}");
+        // Each namespace's own hosts file names the layers it can reach.
+        net.name_host(&top_ns, "top.edge.test", &top_ip);
+        net.name_host(&lower_ns, "top.edge.test", &top_ip);
+        net.name_host(&lower_ns, "lower.edge.test", &lower_ip);
 
         let (top_chain, top_key, top_trust) = layer_chain(dir, "top", "top.edge.test", &top_ip);
         let (lower_chain, lower_key, lower_trust) =
@@ -544,7 +549,7 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
     // The Docker engine in the lower namespace, trusting the lower layer's root CA.
     let dockerd = docker.then(|| {
         let certs_d = PathBuf::from("/etc/docker/certs.d").join(&layers.lower_proxy);
-        std::fs::create_dir_all(&certs_d).expect("create /etc/docker/certs.d/IP:PORT (root)");
+        std::fs::create_dir_all(&certs_d).expect("create /etc/docker/certs.d/HOST:PORT (root)");
         layers.net.remove_on_drop(certs_d.clone());
         std::fs::copy(layers.lower_trust.join("ca.crt"), certs_d.join("ca.crt")).unwrap();
         Dockerd::start_in(Some(&layers.lower_ns))

@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use super::{poll, Proc};
 
-/// A namespace made by [`Network::namespace`]: its name under `/var/run/netns`.
+/// A namespace made by [`Network::namespace`]: its name under `/var/run/netns`, and its own
+/// hosts file (`/etc/netns/NAME/hosts`, where `ip netns exec` looks for it too), which every
+/// command run in it reads as `/etc/hosts`.
 #[derive(Clone, Debug)]
 pub struct Netns {
     pub name: String,
+    pub hosts: PathBuf,
 }
 
 impl Netns {
@@ -27,10 +30,25 @@ impl Netns {
         format!("--net=/var/run/netns/{}", self.name)
     }
 
-    /// `program args...` run in this namespace (through `nsenter`).
+    /// `program args...` run in this namespace: in a mount namespace of its own where this
+    /// namespace's hosts file is `/etc/hosts` (so names resolve as the layer's own network
+    /// has them, dockerd's included), then `nsenter` into the network namespace alone. Each
+    /// step execs the next, so the process is the program's.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(self.nsenter_arg()).arg(program);
+        const ENTER: &str = r#"mount --bind "$1" /etc/hosts || exit 125; net="$2"; shift 2; exec nsenter "$net" "$@""#;
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            ENTER,
+            "sh",
+        ])
+        .arg(&self.hosts)
+        .arg(self.nsenter_arg())
+        .arg(program);
         cmd
     }
 
@@ -128,13 +146,15 @@ impl Netns {
 }
 
 /// `HOST:PORT` of an `http(s)://HOST:PORT/...` URL, as a socket address (the namespace's, not
-/// reachable from the test process: for messages only).
+/// reachable from the test process: for messages only; a host name, which only the
+/// namespace resolves, stands as 0.0.0.0).
 fn host_port_of(url: &str) -> std::net::SocketAddr {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
-    authority
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: the test names its servers by IP:PORT ({e})"))
+    authority.parse().unwrap_or_else(|_| {
+        let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+        std::net::SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(0)))
+    })
 }
 
 /// The namespaces (and so their veth pairs) and global files of one test; all deleted on drop.
@@ -168,11 +188,16 @@ impl Network {
         }
     }
 
-    /// A new namespace `PREFIX-ROLE` with its loopback up.
+    /// A new namespace `PREFIX-ROLE` with its loopback up, and a hosts file that knows only
+    /// `localhost` (see [`Network::name_host`]).
     pub fn namespace(&mut self, role: &str) -> Netns {
-        let ns = Netns {
-            name: format!("{}-{role}", self.prefix),
-        };
+        let name = format!("{}-{role}", self.prefix);
+        let dir = PathBuf::from("/etc/netns").join(&name);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NAME (root)");
+        self.global_paths.push(dir.clone());
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("write the namespace's hosts file");
+        let ns = Netns { name, hosts };
         ip(&["netns", "add", &ns.name]);
         self.namespaces.push(ns.clone());
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
@@ -217,6 +242,16 @@ impl Network {
             ip(&["-n", &ns.name, "link", "set", ifname, "up"]);
         }
         (up_addr, low_addr)
+    }
+
+    /// Lets `ns` resolve `hostname` to `address` (a line in its own hosts file).
+    pub fn name_host(&self, ns: &Netns, hostname: &str, address: &str) {
+        use std::io::Write;
+        let mut hosts = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&ns.hosts)
+            .expect("open the namespace's hosts file");
+        writeln!(hosts, "{address} {hostname}").expect("write the namespace's hosts file");
     }
 
     /// Remembers a path outside the test's temp dir to delete with the network.
