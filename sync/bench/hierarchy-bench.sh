@@ -220,6 +220,15 @@ else:
     sys.exit(f"unknown command {cmd}")
 PY
 tool() { python3 "$WORK/tool.py" "$@"; }
+# The last pass of a running `serve`, from its sync status: what one pass of the continuous
+# schedule costs (no process start, and the one-time audit of recorded tags is behind it).
+steady_pass() { # PREFIX HOST
+  curl -sf "http://$2/acr/v1/_sync/status" | python3 -c 'import json,sys; p=sys.argv[1]
+r=json.load(sys.stdin).get("lastResult") or {}
+json.dump(r, open(sys.argv[2], "w"))
+print(p+"_requests", r.get("requests"), "count"); print(p+"_pass_time", round(r.get("seconds",0),4), "s")
+print(p+"_pull", r.get("pull"), "-")' "$1" "$WORK/$1.json"
+}
 summary() { # PREFIX FILE: requests, pass time and pull kind from a `sync --once --json` summary
   python3 -c 'import json,sys; s=json.load(open(sys.argv[2])); p=sys.argv[1]
 print(p+"_requests", s["requests"], "count"); print(p+"_pass_time", round(s["seconds"],4), "s")
@@ -246,6 +255,7 @@ c0="$(access_lines cloud)"; p0="$(access_lines top)"
 sleep 5
 echo "idle.cloud_requests_per_5s $(($(access_lines cloud) - c0)) count"
 echo "idle.top_requests_per_5s $(($(access_lines top) - p0)) count"
+steady_pass steady.nothing_new.feed "$lower"
 
 # skopeo's destination is filled before the change, so (c) is its incremental pass too.
 if [ "$SKOPEO" = 1 ]; then
@@ -281,6 +291,7 @@ one_pass() { # NAME DATA [sync flags...]: one `sync --once` against the top, who
 }
 cp -a "$WORK/lower" "$WORK/copy-feed"
 cp -a "$WORK/lower" "$WORK/copy-walk"
+cp -a "$WORK/lower" "$WORK/steady-walk"
 one_pass incremental.feed "$WORK/copy-feed"
 one_pass incremental.walk "$WORK/copy-walk" --sync-feed off
 one_pass nothing_new.feed "$WORK/copy-feed"
@@ -293,6 +304,13 @@ if [ "$SKOPEO" = 1 ]; then
   echo "incremental.skopeo.process_time $(cat "$WORK/incremental.skopeo.time") s"
   echo "incremental.skopeo_requests $(($(access_lines top) - p0)) count"
 fi
+# A continuous child with the feed off: its passes after the first (which takes the changed
+# tag and audits the recorded tags once) are the steady tag walk with nothing new.
+start_ours steady-walk "$(free_port)" --parent "http://$top" "${CONTINUOUS[@]}" --sync-feed off
+steady_walk="127.0.0.1:$PORT"; steady_walk_pid="$PID"
+sleep 3.5
+steady_pass steady.nothing_new.walk "$steady_walk"
+stop_pid "$steady_walk_pid"
 python3 - "$WORK" "$SKOPEO" <<'PY'
 import json, re, sys
 work, skopeo = sys.argv[1], sys.argv[2] == "1"
@@ -304,6 +322,9 @@ for kind in ("incremental", "nothing_new"):
     print(f"{kind}.walk_vs_feed_pass_time {w['seconds'] / max(f['seconds'], 1e-6):.1f} x")
     print(f"{kind}.walk_vs_feed_process_time {t(kind + '.walk') / t(kind + '.feed'):.1f} x")
     print(f"{kind}.walk_vs_feed_requests {w['requests'] / max(f['requests'], 1):.1f} x")
+f, w = j("steady.nothing_new.feed"), j("steady.nothing_new.walk")
+if f.get("seconds") and w.get("seconds"):
+    print(f"steady.nothing_new.walk_vs_feed_pass_time {w['seconds'] / f['seconds']:.1f} x")
 if skopeo:
     s = t("incremental.skopeo")
     print(f"incremental.skopeo_vs_feed_process_time {s / t('incremental.feed'):.1f} x")
