@@ -938,6 +938,26 @@ mod tests {
         }
     }
 
+    /// The feed is on unless the config file says `"feed": false` (flags overlay it).
+    #[test]
+    fn feed_is_on_by_default_and_off_from_the_file() {
+        assert!(raw().validate().unwrap().unwrap().feed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.json");
+        std::fs::write(
+            &path,
+            r#"{"parent": "http://127.0.0.1:5000", "feed": false}"#,
+        )
+        .unwrap();
+        let file = RawSettings::from_file(&path).unwrap();
+        assert!(!file.clone().validate().unwrap().unwrap().feed);
+        let on = RawSettings {
+            feed: Some(true),
+            ..Default::default()
+        };
+        assert!(file.overlay(on).validate().unwrap().unwrap().feed);
+    }
+
     #[test]
     fn durations() {
         assert_eq!(duration::parse("PT1H").unwrap(), Duration::from_secs(3600));
