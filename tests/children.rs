@@ -443,4 +443,30 @@ fn a_change_at_the_parent_reaches_the_running_child_at_its_next_pass() {
     ]);
     wait_for(&child, "third/c");
     assert!(!has_tag(&child, "other/b"));
+
+    // The mode too: the ReadOnly child refuses a push, and takes one once its parent made it
+    // ReadWrite (no restart).
+    let api = Api::new(&child.url());
+    let refused = api.send(api.req(reqwest::Method::POST, "/v2/local/app/blobs/uploads/"));
+    assert_eq!(refused.status, 405, "a ReadOnly child refuses a push");
+    cli_ok(&[
+        "child",
+        "update",
+        "edge1",
+        "--mode",
+        "ReadWrite",
+        "--data",
+        parent_data.to_str().unwrap(),
+    ]);
+    let takes_pushes = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+        api.send(api.req(reqwest::Method::POST, "/v2/local/app/blobs/uploads/"))
+            .status
+            == 202
+    });
+    assert!(
+        takes_pushes,
+        "the child never took pushes after its parent made it ReadWrite; log:\n{}",
+        child.log_text()
+    );
+    api.push_image("apps/made-here", "v1", 1, 1000);
 }

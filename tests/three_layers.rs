@@ -79,6 +79,9 @@ struct ThreeLayers {
     lower_trust: PathBuf,
     /// `tester:PASSWORD` of the top layer (which controls access: its child logs in).
     top_creds: String,
+    /// `edge-client:PASSWORD`: a client token of the lower layer, created at the top layer
+    /// (`token create --for-child lower`) and handed down at the lower layer's sync.
+    lower_creds: String,
     net: Network,
 }
 
@@ -204,6 +207,31 @@ impl ThreeLayers {
             .expect("token create prints the password once");
         let top_creds = format!("tester:{password}");
 
+        // The lower layer's client token, defined at the top: the lower layer controls access
+        // too, and knows this token only from its sync.
+        let client = cli_ok(&[
+            "token",
+            "create",
+            "edge-client",
+            "--for-child",
+            "lower",
+            "--repository",
+            "*",
+            "content/read",
+            "content/write",
+            "content/delete",
+            "metadata/read",
+            "--data",
+            top_data.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        let client: serde_json::Value = serde_json::from_str(&client).unwrap();
+        let client_password = client["credentials"]["passwords"][0]["value"]
+            .as_str()
+            .expect("token create prints the password once");
+        let lower_creds = format!("edge-client:{client_password}");
+
         let parent = format!("http://{cloud_addr}");
         let top = serve_in(
             &top_ns,
@@ -241,6 +269,8 @@ impl ThreeLayers {
             "127.0.0.1:8080",
             &[
                 &[
+                    "--auth",
+                    "tokens",
                     "--proxy-listen",
                     &format!("0.0.0.0:{port}"),
                     "--proxy-cert",
@@ -272,6 +302,7 @@ impl ThreeLayers {
             top_trust,
             lower_trust,
             top_creds,
+            lower_creds,
             net,
         }
     }
@@ -319,7 +350,12 @@ impl ThreeLayers {
         inspect_raw(
             &self.lower_ns,
             &format!("docker://{}/{repo}:{tag}", self.lower_proxy),
-            &["--cert-dir", self.lower_trust.to_str().unwrap()],
+            &[
+                "--cert-dir",
+                self.lower_trust.to_str().unwrap(),
+                "--creds",
+                &self.lower_creds,
+            ],
         )
     }
 
@@ -351,6 +387,43 @@ impl ThreeLayers {
             self.logs()
         );
         start.elapsed()
+    }
+
+    /// `connected-registry status --tree --output json` at the top layer (through the admin
+    /// socket in its data directory): the top layer's own state and that of its child `lower`.
+    fn tree_states(&self) -> (String, Option<String>) {
+        let data = self.dir.join("top");
+        let tree: serde_json::Value = serde_json::from_str(&cli_ok(&[
+            "status",
+            "--tree",
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            "json",
+        ]))
+        .expect("status --tree --output json prints JSON");
+        let own = tree["connectionState"].as_str().unwrap_or("").to_owned();
+        let lower = tree["children"]
+            .as_array()
+            .and_then(|c| c.iter().find(|n| n["name"] == "lower"))
+            .and_then(|n| n["state"].as_str())
+            .map(str::to_owned);
+        (own, lower)
+    }
+
+    /// Waits (bounded) until the top layer's tree shows it `top` and its child `lower`.
+    #[track_caller]
+    fn wait_for_states(&self, when: &str, top: &str, lower: &str) {
+        let mut seen = (String::new(), None);
+        let shown = poll(Duration::from_secs(90), Duration::from_millis(500), || {
+            seen = self.tree_states();
+            (seen.0 == top && seen.1.as_deref() == Some(lower)).then_some(())
+        });
+        assert!(
+            shown.is_some(),
+            "status --tree {when}: wanted top {top} and lower {lower}, last saw {seen:?}\n{}",
+            self.logs()
+        );
     }
 
     /// Stops the cloud (the top layer's uplink is cut).
@@ -437,6 +510,8 @@ fn skopeo_pull_from_lower(layers: &ThreeLayers, repo: &str, tag: &str, image: &I
             "copy",
             "--src-cert-dir",
             layers.lower_trust.to_str().unwrap(),
+            "--src-creds",
+            &layers.lower_creds,
             &format!("docker://{}/{repo}:{tag}", layers.lower_proxy),
             &format!("oci:{}:x", dest.display()),
         ],
@@ -492,6 +567,9 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         Dockerd::start_in(Some(&layers.lower_ns))
     });
     if let Some(dk) = &dockerd {
+        // `docker login` at the lower layer with the token made for it at the top.
+        let (user, password) = layers.lower_creds.split_once(':').unwrap();
+        dk.docker_ok(&["login", &layers.lower_proxy, "-u", user, "-p", password]);
         let reference = format!("{}/apps/hello:v1", layers.lower_proxy);
         dk.docker_ok(&["pull", &reference]);
         let digests = dk.docker_ok(&[
@@ -545,16 +623,12 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         );
     }
 
-    // TODO(treestatus): a client token created at the top for the lower layer
-    // (`token create ... --for-child lower`) works for `docker login` at the lower layer after
-    // one sync, and stops working after it is disabled at the top. Needs the lower layer to
-    // run with `--auth tokens` and the `--for-child` flow from the treestatus branch.
-
     // The uplink is cut: both layers keep serving, the lower layer's push gets as far as the
     // top layer and waits there.
     layers.cut_uplink();
-    // TODO(treestatus): `connected-registry status --tree` at the top shows both layers
-    // (`Offline` for the uplink while cut, `Online` after the restore below).
+    // `status --tree` at the top (through its admin socket) shows the top layer `Offline`
+    // (its uplink) and the lower layer still `Online` (it reports to the top as before).
+    layers.wait_for_states("while the uplink is cut", "Offline", "Online");
     assert!(layers.lower_manifest("apps/hello", "v1").is_some());
     assert!(layers.top_manifest("apps/hello", "v1").is_some());
     skopeo_pull_from_lower(layers, "apps/hello", "v1", &image);
@@ -585,6 +659,7 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
         "figure: queued push reached the cloud {:?} after the uplink returned",
         restored_at.elapsed()
     );
+    layers.wait_for_states("after the uplink returned", "Online", "Online");
     let (layout, after) = new_image(&dir, "after");
     layers.push_to_cloud(&layout, "apps/hello", "v2");
     let pushed_at = Instant::now();
@@ -596,6 +671,30 @@ fn exercise(layers: &mut ThreeLayers, docker: bool) {
     eprintln!(
         "figure: cloud -> lower layer after the restore in {:?}",
         pushed_at.elapsed()
+    );
+
+    // The lower layer's client token, disabled at the top, stops working at the lower layer
+    // at its next sync (it worked for everything above: skopeo, docker login, pull, push).
+    let top_data = layers.dir.join("top");
+    cli_ok(&[
+        "token",
+        "update",
+        "edge-client",
+        "--status",
+        "disabled",
+        "--data",
+        top_data.to_str().unwrap(),
+    ]);
+    let refused = poll(ARRIVAL_LIMIT, Duration::from_millis(250), || {
+        layers
+            .lower_manifest("apps/hello", "v1")
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the token disabled at the top still works at the lower layer\n{}",
+        layers.logs()
     );
     drop(dockerd);
 }
@@ -609,6 +708,8 @@ fn push_to_lower(layers: &ThreeLayers, layout: &Layout, repo: &str, tag: &str) {
             "copy",
             "--dest-cert-dir",
             layers.lower_trust.to_str().unwrap(),
+            "--dest-creds",
+            &layers.lower_creds,
             &layout.reference(common::sync::LAYOUT_TAG),
             &format!("docker://{}/{repo}:{tag}", layers.lower_proxy),
         ],

@@ -156,6 +156,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let writes = client_writes(sync.as_ref(), args.sync.mode.as_deref())?;
+    // Read by the routes on every request; a child's sync sets it when its parent changes
+    // the child's mode.
+    let write_switch = registry::api::WriteSwitch::new(writes);
     let message_ttl = sync::settings::message_ttl(args.sync.message_ttl.as_deref())?;
     let mut auth_settings = args.auth.settings()?;
     // A ReadOnly registry may only have ReadOnly children (`child create`).
@@ -226,6 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &args.data,
                 children.clone(),
                 authority.clone().map(parent_tokens),
+                write_switch.clone(),
             )
         })
         .transpose()?;
@@ -233,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
     let options = registry::api::Options {
         miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
-        writes,
+        writes: write_switch.clone(),
     };
     let mut app = registry::api::router_with(store.clone(), options);
     match background {
@@ -246,7 +250,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let tree = tree_source(
         own_name,
-        writes,
+        write_switch,
         sync_service.clone(),
         store.clone(),
         children,
@@ -407,16 +411,16 @@ fn parent_tokens(authority: Arc<access::Authority>) -> super::sync::TokensHook {
 /// children's latest reports.
 fn tree_source(
     name: String,
-    writes: registry::api::Writes,
+    writes: registry::api::WriteSwitch,
     sync: Option<Arc<sync::SyncService>>,
     store: Store,
     children: sync::report::Subtree,
 ) -> registry::api::gateway::TreeSource {
-    let mode = match writes {
-        registry::api::Writes::Refused => sync::settings::Mode::ReadOnly,
-        registry::api::Writes::Allowed => sync::settings::Mode::ReadWrite,
-    };
     Arc::new(move || {
+        let mode = match writes.get() {
+            registry::api::Writes::Refused => sync::settings::Mode::ReadOnly,
+            registry::api::Writes::Allowed => sync::settings::Mode::ReadWrite,
+        };
         let synced = sync.as_ref().map(|s| s.synced());
         sync::report::local(&name, synced.as_ref(), mode, &store, children())
     })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use registry::Digest;
 use sync::parent_config::{ParentConfig, Received};
-use sync::settings::{RawRepoRule, RawSettings, Settings, Timeout};
+use sync::settings::{Mode, RawRepoRule, RawSettings, Settings, Timeout};
 use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
 
 /// Sync settings, shared by `sync` and `serve`. Flags override the config file; the connection
@@ -442,14 +442,14 @@ impl Prepared {
     }
 
     /// Asks the parent for this child's settings before every pass; new ones are kept in
-    /// `data` and applied from that pass on (the mode only at the next start: it decides
-    /// whether clients may write, which is fixed while serving).
+    /// `data` and applied from that pass on, the mode too (`writes`: whether clients may push).
     /// The client tokens in the answer go to `tokens` (off the async threads), whether or
     /// not the settings changed.
     fn refresh(
         &self,
         data: &Path,
         tokens: Option<TokensHook>,
+        writes: registry::api::WriteSwitch,
     ) -> anyhow::Result<Option<sync::service::Refresh>> {
         let Some(name) = self.flags.child_name()? else {
             return Ok(None);
@@ -465,15 +465,15 @@ impl Prepared {
         ));
         let flags = Arc::new(self.flags.clone());
         let data = data.to_owned();
-        let mode = self.settings.mode;
         Ok(Some(Arc::new(move || {
-            let (client, last, flags, data, name, tokens) = (
+            let (client, last, flags, data, name, tokens, writes) = (
                 client.clone(),
                 last.clone(),
                 flags.clone(),
                 data.clone(),
                 name.clone(),
                 tokens.clone(),
+                writes.clone(),
             );
             Box::pin(async move {
                 let config = match client.gateway_config(&name).await {
@@ -508,10 +508,13 @@ impl Prepared {
                     tracing::warn!(%err, "cannot keep the parent's settings in the data directory: they apply until the next start");
                 }
                 *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
-                let mut settings = settings;
-                if settings.mode != mode {
-                    tracing::warn!(now = ?mode, parent = ?settings.mode, "the parent changed this registry's mode: it takes effect at the next start");
-                    settings.mode = mode;
+                let client_writes = match settings.mode {
+                    Mode::ReadOnly => registry::api::Writes::Refused,
+                    Mode::ReadWrite => registry::api::Writes::Allowed,
+                };
+                if writes.get() != client_writes {
+                    tracing::info!(mode = ?settings.mode, "the parent changed this registry's mode: clients may {} from now on", if client_writes == registry::api::Writes::Allowed { "push" } else { "no longer push" });
+                    writes.set(client_writes);
                 }
                 Some(settings)
             })
@@ -560,6 +563,7 @@ impl Prepared {
         data: &Path,
         children: sync::report::Subtree,
         tokens: Option<TokensHook>,
+        writes: registry::api::WriteSwitch,
     ) -> anyhow::Result<Background> {
         tracing::info!(
             parent = %self.settings.parent,
@@ -576,7 +580,7 @@ impl Prepared {
             })
         };
         self.keep_received(data);
-        let refresh = self.refresh(data, tokens)?;
+        let refresh = self.refresh(data, tokens, writes)?;
         let reporter = match self.flags.child_name()? {
             Some(name) => Some(sync::report::Reporter {
                 name,

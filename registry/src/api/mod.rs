@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod v2;
 mod watched_body;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::Router;
@@ -38,12 +39,35 @@ pub enum Writes {
     Refused,
 }
 
+/// Who may write, as the routes read it on every request: a switch, so that a child whose
+/// parent changes its mode (ReadOnly, ReadWrite) applies it at its next pass, not its next start.
+#[derive(Clone, Debug, Default)]
+pub struct WriteSwitch(Arc<AtomicBool>);
+
+impl WriteSwitch {
+    pub fn new(writes: Writes) -> WriteSwitch {
+        WriteSwitch(Arc::new(AtomicBool::new(writes == Writes::Refused)))
+    }
+
+    pub fn get(&self) -> Writes {
+        if self.0.load(Ordering::Relaxed) {
+            Writes::Refused
+        } else {
+            Writes::Allowed
+        }
+    }
+
+    pub fn set(&self, writes: Writes) {
+        self.0.store(writes == Writes::Refused, Ordering::Relaxed);
+    }
+}
+
 /// How the routes behave beyond the store they serve.
 #[derive(Clone, Default)]
 pub struct Options {
     /// Explains a 404 for a repository (see [`MissHint`]).
     pub miss_hint: Option<MissHint>,
-    pub writes: Writes,
+    pub writes: WriteSwitch,
 }
 
 /// What every handler gets.
@@ -51,7 +75,7 @@ pub struct Options {
 pub struct AppState {
     pub store: Store,
     pub miss_hint: Option<MissHint>,
-    pub writes: Writes,
+    pub writes: WriteSwitch,
 }
 
 /// The registry's routes over `store`. The binary merges other parts' routes into it.

@@ -205,7 +205,7 @@ async fn handle(
     if route.action(&method).is_none() {
         return Err(ApiError::unsupported(&method, &format!("/acr/v1/{path}")));
     }
-    if method != Method::GET && state.writes == Writes::Refused {
+    if method != Method::GET && state.writes.get() == Writes::Refused {
         return Err(ApiError::read_only());
     }
     let patch = if method == Method::PATCH {

@@ -179,7 +179,9 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
         .with_status(axum::http::StatusCode::NOT_FOUND)
     })?;
     let store = &state.store;
-    if state.writes == super::Writes::Refused && !matches!(req.method, Method::GET | Method::HEAD) {
+    if state.writes.get() == super::Writes::Refused
+        && !matches!(req.method, Method::GET | Method::HEAD)
+    {
         return Err(ApiError::read_only());
     }
     match (route, req.method.clone()) {
