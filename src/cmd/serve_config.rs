@@ -152,6 +152,7 @@ pub fn render(
         "",
     )
     .line("strict", s.strict, "")
+    .line("sync_feed", if s.feed { "on" } else { "off" }, "")
     .line("sync_concurrency", s.limits.concurrency, "")
     .line(
         "bandwidth_limit",

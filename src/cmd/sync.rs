@@ -108,6 +108,16 @@ pub struct SyncFlags {
     #[arg(long)]
     pub strict: bool,
 
+    /// `off`: never read the parent's change feed, compare tag by tag on every pass (as with a
+    /// parent that is not ours; for measuring what the feed saves). Default `on`.
+    #[arg(
+        long,
+        value_name = "on|off",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        hide_possible_values = true
+    )]
+    pub sync_feed: Option<bool>,
+
     /// Blobs transferred at once (default 8).
     #[arg(long)]
     pub sync_concurrency: Option<usize>,
@@ -177,6 +187,7 @@ impl SyncFlags {
             sync_retry_max: self.sync_retry_max.clone(),
             reconcile_interval: self.sync_reconcile_interval.clone(),
             strict: self.strict.then_some(true),
+            feed: self.sync_feed,
             repos,
             platforms: self.platforms.clone(),
             concurrency: self.sync_concurrency,

@@ -888,6 +888,12 @@ impl Rig {
 
     /// An engine syncing the repositories `patterns` select (all tags).
     pub fn with_repos(mode: &str, patterns: &[&str]) -> Rig {
+        Rig::with_raw(mode, patterns, crate::RawSettings::default())
+    }
+
+    /// An engine syncing `patterns` with other settings from `raw` (parent, mode and
+    /// repositories are set here).
+    pub fn with_raw(mode: &str, patterns: &[&str], raw: crate::RawSettings) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let blobs = dir.path().join("blobs");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -901,7 +907,7 @@ impl Rig {
                     ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
+            ..raw
         }
         .validate()
         .unwrap()

@@ -93,6 +93,8 @@ pub(crate) async fn pull_down(engine: &Engine, pass: &Pass) {
         .read(|s| s.parent_feed.clone())
         .filter(|f| f.parent == parent);
     let mut start = match &known {
+        // Turned off by the settings: compared as a parent that is not ours would be.
+        _ if !engine.settings.feed => Start::NoFeed,
         Some(f) if f.seq.is_none() => {
             let age = (chrono::Utc::now() - f.checked)
                 .to_std()

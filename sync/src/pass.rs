@@ -1085,4 +1085,37 @@ mod tests {
         assert_eq!(rig.store.tag("app", "v1"), Some(digest));
         assert_eq!(rig.parent.acr_requests(), 1);
     }
+
+    /// `feed: false` (`--sync-feed off`): a parent of ours that offers a feed is never asked
+    /// for it, nor for its `/acr` listing; every pass compares tag by tag, as with a parent
+    /// that is not ours (the generic comparison the benchmark measures the feed against).
+    #[tokio::test]
+    async fn feed_off_compares_tag_by_tag_at_a_parent_with_a_feed() {
+        let rig = Rig::with_raw(
+            "ReadOnly",
+            &["app"],
+            crate::RawSettings {
+                feed: Some(false),
+                ..Default::default()
+            },
+        );
+        rig.parent.serve_acr();
+        rig.parent.answer_feed_with(FeedAnswer::Page(FeedPage {
+            version: FEED_VERSION,
+            head: 0,
+            oldest: 1,
+            reset: false,
+            changes: Vec::new(),
+        }));
+        rig.parent.put_blob(b"{}");
+        let m = image_manifest(b"{}", &[]);
+        let digest = rig.parent.put_manifest("app", Some("v1"), IMAGE, &m);
+        for _ in 0..2 {
+            let summary = rig.engine.run_pass(None).await;
+            assert_eq!(summary.outcome, Outcome::Completed, "{:?}", summary.errors);
+        }
+        assert_eq!(rig.store.tag("app", "v1"), Some(digest));
+        assert_eq!(rig.parent.feed_requests(), 0);
+        assert_eq!(rig.parent.acr_requests(), 0);
+    }
 }

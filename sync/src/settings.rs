@@ -465,6 +465,10 @@ pub struct Settings {
     /// A repository name or pattern that matches nothing at the parent (or a tag filter that
     /// keeps no tag) fails the pass instead of being a warning.
     pub strict: bool,
+    /// Read the parent's change feed (default). Off, every pass compares tag by tag as with a
+    /// parent that is not ours: for measuring what the feed saves, or to step around a
+    /// parent whose feed misbehaves.
+    pub feed: bool,
     pub limits: Limits,
 }
 
@@ -502,6 +506,8 @@ pub struct RawSettings {
     pub reconcile_interval: Option<String>,
     /// Scope that matches nothing at the parent is an error, not a warning.
     pub strict: Option<bool>,
+    /// `false`: never read the parent's change feed; compare tag by tag on every pass.
+    pub feed: Option<bool>,
     #[serde(default)]
     pub repos: Vec<RawRepoRule>,
     /// `os/architecture[/variant]` entries of the platform filter.
@@ -641,6 +647,7 @@ impl RawSettings {
             sync_retry_max,
             reconcile_interval,
             strict,
+            feed,
             concurrency,
             connect_timeout_secs,
             request_timeout_secs,
@@ -871,6 +878,7 @@ impl RawSettings {
             retry_max,
             reconcile_interval,
             strict: self.strict.unwrap_or(false),
+            feed: self.feed.unwrap_or(true),
             limits,
         }))
     }
@@ -928,6 +936,26 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// The feed is on unless the config file says `"feed": false` (flags overlay it).
+    #[test]
+    fn feed_is_on_by_default_and_off_from_the_file() {
+        assert!(raw().validate().unwrap().unwrap().feed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.json");
+        std::fs::write(
+            &path,
+            r#"{"parent": "http://127.0.0.1:5000", "feed": false}"#,
+        )
+        .unwrap();
+        let file = RawSettings::from_file(&path).unwrap();
+        assert!(!file.clone().validate().unwrap().unwrap().feed);
+        let on = RawSettings {
+            feed: Some(true),
+            ..Default::default()
+        };
+        assert!(file.overlay(on).validate().unwrap().unwrap().feed);
     }
 
     #[test]
