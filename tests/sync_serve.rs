@@ -196,6 +196,50 @@ fn serve_keeps_syncing_while_the_window_is_open() {
     wait_for_tag(&child, "demo/app", "v1", &v1);
 }
 
+/// A child of a parent of ours learns of a change through a long poll of the parent's change
+/// feed, at once, not at its next poll: here the poll interval is a day, so only the long poll
+/// brings the new tags; through two layers (a grandchild of the parent) too.
+#[test]
+fn a_change_reaches_children_at_once_through_the_feed_long_poll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_registry(&tmp.path().join("parent"), &[]);
+    let up = Api::new(&parent.url());
+    let v1 = up.push_image("demo/app", "v1", 1, 4096).1.digest;
+    let once_a_day = ["--repo", "demo/*", "--sync-poll-interval", "P1D"];
+    let child = start_child(&tmp.path().join("child"), &parent.url(), &once_a_day);
+    wait_for_tag(&child, "demo/app", "v1", &v1);
+    let grandchild = start_child(&tmp.path().join("grandchild"), &child.url(), &once_a_day);
+    wait_for_tag(&grandchild, "demo/app", "v1", &v1);
+    // Both have completed a pass and now wait a day, or for their parent's feed.
+    for registry in [&child, &grandchild] {
+        status_when(registry, "a completed pass", |s| {
+            s["lastResult"]["outcome"] == "Completed"
+        });
+    }
+    // A change outside the children's scope (a pass that brings nothing), then one inside.
+    up.push_image("other/app", "v1", 1, 4096);
+    let v2 = up.push_image("demo/app", "v2", 1, 4096).1.digest;
+    wait_for_tag(&child, "demo/app", "v2", &v2);
+    wait_for_tag(&grandchild, "demo/app", "v2", &v2);
+
+    // A parent stopping answers its children's long polls at once: it is not held up for the
+    // polls' 25 s (nor for its 30 s grace period).
+    let mut parent = parent;
+    let term = Command::new("kill")
+        .args(["-TERM", &parent.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(term.success());
+    let stopped = poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        parent.child.try_wait().ok().flatten()
+    });
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "the parent did not stop cleanly while its children long-polled: {stopped:?}\n{}",
+        parent.log_text()
+    );
+}
+
 /// ReadOnly (a child's default) refuses every client write with 405 `UNSUPPORTED`, whatever
 /// the route, and leaves nothing behind, while sync in the same process still writes what it
 /// brings down.

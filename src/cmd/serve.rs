@@ -317,8 +317,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stop = {
         let stopping = stopping.clone();
+        let store = store.clone();
         async move {
             util::shutdown::signal().await;
+            // Children's long polls of the change feed answer now, not at their deadline.
+            store.stop_waiters();
             tracing::info!(?grace, "stopping: no new connections; requests in flight may finish within the grace period (--shutdown-grace)");
             stopping.notify_one();
         }

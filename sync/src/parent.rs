@@ -121,6 +121,16 @@ pub trait Parent: Send + Sync + 'static {
     fn changes(&self, after: u64, n: usize) -> BoxFuture<'_, Result<FeedAnswer, ClientError>>;
     /// The feed's bounds without changes (one cheap probe for its head).
     fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>>;
+    /// Waits (at most `wait`) until the feed has a change after `after` for this reader:
+    /// whether one came. A parent that cannot wait answers `false` at once, or never: the
+    /// caller races this against its poll timer.
+    fn wait_for_changes(
+        &self,
+        _after: u64,
+        _wait: std::time::Duration,
+    ) -> BoxFuture<'_, Result<bool, ClientError>> {
+        futures_util::future::pending().boxed()
+    }
 }
 
 /// The arguments of [`Parent::upload_blob_chunked`].
@@ -261,5 +271,12 @@ impl Parent for ParentClient {
     }
     fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
         ParentClient::feed_head(self).boxed()
+    }
+    fn wait_for_changes(
+        &self,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'_, Result<bool, ClientError>> {
+        ParentClient::wait_for_changes(self, after, wait).boxed()
     }
 }

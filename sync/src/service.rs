@@ -366,6 +366,9 @@ impl SyncService {
                     _ = client_changed.notified() => {
                         tracing::debug!("a client changed content here: sync pass starts");
                     }
+                    () = parent_changed(&engine, parent_feed_seq) => {
+                        tracing::debug!("the parent's change feed has news: sync pass starts");
+                    }
                 }
             }
         }
@@ -439,6 +442,37 @@ fn last_error_of(summary: &Summary) -> Option<oci::gateway::LastError> {
             .collect(),
         retryable: summary.retryable,
     })
+}
+
+/// The longest one long poll of the parent's change feed waits (the parent caps it too).
+const FEED_WAIT: Duration = Duration::from_secs(25);
+
+/// Completes when the parent's change feed has something after `after` (the position of
+/// this registry's last pass) for this registry, asking with long polls one after another:
+/// a change crosses each layer as soon as it is made instead of at the next poll. Never
+/// completes for a parent without a feed, or while asking fails: the poll timer it races
+/// against then decides, as before.
+async fn parent_changed(engine: &Engine, after: Option<u64>) {
+    let Some(after) = after else {
+        return std::future::pending().await;
+    };
+    // Under the progress timeout, which a quiet connection must not reach.
+    let wait = FEED_WAIT.min(engine.settings.limits.progress_timeout / 2);
+    loop {
+        let asked = tokio::time::Instant::now();
+        match engine.client.wait_for_changes(after, wait).await {
+            Ok(true) => return,
+            // Nothing within the wait: ask again.
+            Ok(false) if asked.elapsed() >= wait / 2 => {}
+            // An empty answer at once: a parent that does not wait (an older one). Asking
+            // again would be a request loop; the poll timer decides.
+            Ok(false) => return std::future::pending().await,
+            Err(err) => {
+                tracing::debug!(%err, "cannot long-poll the parent's change feed: waiting for the next poll");
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 fn feed_seq(state: &crate::state::SyncState, parent: &str) -> Option<u64> {

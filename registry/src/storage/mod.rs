@@ -107,6 +107,12 @@ struct Inner {
     /// Woken after a client (not sync) changed a tag or a manifest: sync reconciles what it
     /// manages, and pushes up in ReadWrite mode, without waiting for its next poll.
     client_changed: Arc<tokio::sync::Notify>,
+    /// Ticks after every change (a client's or sync's): what a child's long poll of the change
+    /// feed waits on.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Set when the registry stops: long polls answer at once, so they do not hold up the
+    /// graceful shutdown.
+    stopping: std::sync::atomic::AtomicBool,
     /// Pull times and demand gathered in memory, and the eviction counters.
     quota: quota::QuotaState,
 }
@@ -164,6 +170,8 @@ impl Store {
             integrity: Arc::new(integrity::Integrity::new(dir, limits.verify_reads)),
             gc_lock: RwLock::new(()),
             client_changed: Arc::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             quota: quota::QuotaState::default(),
             limits,
         };
@@ -421,10 +429,32 @@ impl Store {
         self.inner.client_changed.clone()
     }
 
+    /// Ticks at every change from now on (a client's or sync's): the change feed's long poll
+    /// subscribes before it reads the log, so a change between the two is not missed.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// The registry is stopping: wakes every long poll for good.
+    pub fn stop_waiters(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether [`Store::stop_waiters`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn changed_by(&self, origin: Origin) {
         if origin == Origin::Client {
             self.inner.client_changed.notify_one();
         }
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn get_manifest(

@@ -40,6 +40,31 @@ impl ParentClient {
         self.feed_page(url, resp, after).await
     }
 
+    /// Waits (a long poll, at most `wait`) until the parent's feed has a change after `after`
+    /// that this client may see: whether one came. A parent that does not wait answers at
+    /// once, which callers take as a no.
+    pub async fn wait_for_changes(&self, after: u64, wait: Duration) -> Result<bool, ClientError> {
+        let secs = wait.as_secs().max(1);
+        let url = self.url(&format!(
+            "/acr/v1/_changes?after={after}&n=1&v={FEED_VERSION}&wait={secs}"
+        ));
+        let resp = match self
+            .send(Method::GET, &url, &Scope::Catalog, false, &|rb| {
+                rb.header(ACCEPT, "application/json")
+                    .timeout(wait + self.limits.request_timeout)
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(ClientError::Auth { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(match self.feed_page(url, resp, after).await? {
+            FeedAnswer::Page(page) => !page.changes.is_empty() || page.reset,
+            FeedAnswer::Absent | FeedAnswer::Newer { .. } => false,
+        })
+    }
+
     /// Asks whether the parent has a change feed, and its head: one anonymous request for the
     /// feed's bounds only (`n=0`), which names no repository. Anonymous on purpose: answering a
     /// parent's auth challenge would cost a token fetch at every parent that is not ours.

@@ -9,12 +9,17 @@
 //! it were pruned (`SEQ < oldest - 1`), or this log never reached `SEQ` (`SEQ > head`: the
 //! registry was set up again). The reader then compares everything once and continues from `head`.
 //!
+//! `wait=SECONDS` (at most 25) makes it a long poll: when nothing after `SEQ` is there for the
+//! caller, the answer waits until something is or the time is up, so a child learns of a
+//! change at once instead of at its next poll, and a change crosses each layer in milliseconds.
+//!
 //! `v` is the feed version the child reads (absent: 1). The page comes in that version when
 //! this registry knows it, else in its newest (`oci::feed::answer_version`); a child that
 //! cannot read the answer compares tag by tag. The stored change log becomes the wire's
 //! `oci::Change` in `storage::meta`, never here: this handler only pages and frames it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -61,16 +66,25 @@ async fn feed(
     let n = number(query, "n", &format!("count, 0 to {MAX_CHANGES_PER_PAGE}"))?
         .map(|n| n.min(MAX_CHANGES_PER_PAGE as u64) as usize)
         .unwrap_or(MAX_CHANGES_PER_PAGE);
-    let store = state.store.clone();
-    let caller = caller.clone();
-    let page = tokio::task::spawn_blocking(move || visible_page(&store, &caller, after, n))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Unknown,
-                format!("internal: change feed task failed: {e}"),
-            )
-        })??;
+    let wait = number(query, "wait", "seconds to wait for a change, 0 to 25")?
+        .map(|w| Duration::from_secs(w.min(MAX_FEED_WAIT.as_secs())))
+        .filter(|w| !w.is_zero() && n > 0);
+    // Subscribed before the first read: a change between the read and the wait wakes it.
+    let mut changed = state.store.watch_changes();
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let mut page = read_page(state, caller, after, n).await?;
+    // A long poll: nothing the caller may see yet, so wait for a change (one it may not see
+    // wakes it too, and it reads again) until the deadline.
+    let nothing_yet = |p: &crate::storage::ChangePage| {
+        p.changes.is_empty() && after <= p.head && after.saturating_add(1) >= p.oldest
+    };
+    while let Some(deadline) = deadline.filter(|_| nothing_yet(&page) && !state.store.is_stopping())
+    {
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => page = read_page(state, caller, after, n).await?,
+            _ => break,
+        }
+    }
     let reset = after.saturating_add(1) < page.oldest || after > page.head;
     let changes = if reset { Vec::new() } else { page.changes };
     let body = FeedPage {
@@ -81,6 +95,31 @@ async fn feed(
         changes,
     };
     Ok(axum::Json(body).into_response())
+}
+
+/// The longest a feed request waits for a change (`wait=SECONDS`): under the timeouts of the
+/// proxies between a child and its parent, so the answer, empty or not, gets through.
+pub const MAX_FEED_WAIT: Duration = Duration::from_secs(25);
+
+/// [`visible_page`] off the async threads.
+async fn read_page(
+    state: &AppState,
+    caller: &Caller,
+    after: u64,
+    n: usize,
+) -> Result<crate::storage::ChangePage, ApiError> {
+    let store = state.store.clone();
+    let caller = caller.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || visible_page(&store, &caller, after, n))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Unknown,
+                    format!("internal: change feed task failed: {e}"),
+                )
+            })??,
+    )
 }
 
 /// Change-log entries read per request at most while looking for ones the caller may see:
