@@ -384,6 +384,21 @@ fn acr_bad_input_gets_clear_errors() {
         .expect_error(405, "UNSUPPORTED");
     api.get("/acr/v1/x/app/_bogus")
         .expect_error(404, "NAME_INVALID");
+    // The feed's long poll: a wait that is not a number is refused; one with nothing new
+    // answers an empty page at its deadline (1 s here).
+    let r = api.get("/acr/v1/_changes?after=0&wait=soon");
+    let text = r.text();
+    r.expect_error(400, "UNSUPPORTED");
+    assert!(text.contains("0 to 25"), "{text}");
+    let head = api.get("/acr/v1/_changes?n=0").expect(200).json()["head"]
+        .as_u64()
+        .unwrap();
+    let page = api
+        .get(&format!("/acr/v1/_changes?after={head}&wait=1"))
+        .expect(200)
+        .json();
+    assert_eq!(page["changes"], serde_json::json!([]), "{page}");
+    assert_eq!(page["reset"], false, "{page}");
     // Nothing changed.
     let tag = api.get("/acr/v1/x/app/_tags/1").expect(200).json();
     let enabled: Value = serde_json::from_str(ALL_ENABLED).unwrap();

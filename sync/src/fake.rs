@@ -70,6 +70,10 @@ struct ParentState {
     feed: Option<FeedAnswer>,
     /// Change-feed requests (pages and probes) asked for.
     feed_requests: usize,
+    /// What a long poll of the feed answers at once (`None`: it waits for ever), and how many
+    /// were asked.
+    long_poll: Option<bool>,
+    long_polls: usize,
     /// Whether it answers the `/acr` tag listing (a parent of ours).
     acr: bool,
     /// (repo, tag) -> the tag's attributes, when not all enabled: `/v2` leaves a tag with
@@ -119,6 +123,16 @@ impl FakeParent {
     /// Answers every change-feed request (page or probe) with `answer`.
     pub fn answer_feed_with(&self, answer: FeedAnswer) {
         self.with(|s| s.feed = Some(answer));
+    }
+
+    /// Answers every long poll of the feed at once with `changes` (whether one came).
+    pub fn answer_long_polls_with(&self, changes: bool) {
+        self.with(|s| s.long_poll = Some(changes));
+    }
+
+    /// Long polls of the feed asked for.
+    pub fn long_polls(&self) -> usize {
+        self.with(|s| s.long_polls)
     }
 
     /// Answers the `/acr` tag listing, as a parent of ours does.
@@ -506,6 +520,19 @@ impl Parent for FakeParent {
     }
     fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
         ready(Ok(self.feed()))
+    }
+    fn wait_for_changes(
+        &self,
+        _after: u64,
+        _wait: std::time::Duration,
+    ) -> BoxFuture<'_, Result<bool, ClientError>> {
+        match self.with(|s| {
+            s.long_polls += 1;
+            s.long_poll
+        }) {
+            Some(changes) => ready(Ok(changes)),
+            None => futures_util::future::pending().boxed(),
+        }
     }
 }
 

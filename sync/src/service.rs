@@ -486,3 +486,40 @@ fn feed_seq(state: &crate::state::SyncState, parent: &str) -> Option<u64> {
 async fn status_handler(State(service): State<Arc<SyncService>>) -> Json<StatusView> {
     Json(service.status())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::Rig;
+
+    #[tokio::test]
+    async fn the_long_poll_ends_on_news_and_leaves_a_parent_that_does_not_wait_to_the_timer() {
+        let rig = Rig::new("ReadOnly");
+        rig.parent.answer_long_polls_with(true);
+        parent_changed(&rig.engine, Some(7)).await;
+        assert_eq!(rig.parent.long_polls(), 1);
+
+        // An empty answer at once (a parent that does not wait): asked once, never again, and
+        // the future never completes (the poll timer it races decides).
+        let rig = Rig::new("ReadOnly");
+        rig.parent.answer_long_polls_with(false);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(500),
+            parent_changed(&rig.engine, Some(7)),
+        )
+        .await;
+        assert!(waited.is_err(), "completed without news");
+        assert_eq!(rig.parent.long_polls(), 1, "asked again in a loop");
+
+        // A parent with no feed position (not ours): not asked at all.
+        let rig = Rig::new("ReadOnly");
+        rig.parent.answer_long_polls_with(true);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(100),
+            parent_changed(&rig.engine, None),
+        )
+        .await;
+        assert!(waited.is_err());
+        assert_eq!(rig.parent.long_polls(), 0);
+    }
+}

@@ -976,6 +976,36 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_caps_are_checked_and_say_which_setting() {
+        let mut r = raw();
+        r.bandwidth_limit = Some("fast".into());
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("bandwidthLimit") && e.contains("2MiB/s"), "{e}");
+        let window = |schedule: &str, duration: &str, limit: &str| RawBandwidthWindow {
+            schedule: schedule.into(),
+            duration: duration.into(),
+            limit: limit.into(),
+        };
+        for (w, says) in [
+            (window("0 25 * * *", "PT8H", "2MiB/s"), "schedule"),
+            (window("0 22 * * *", "soon", "2MiB/s"), "duration"),
+            (window("0 22 * * *", "PT8H", "10"), "no unit"),
+        ] {
+            let mut r = raw();
+            r.bandwidth_windows = vec![w];
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.contains("bandwidthWindows") && e.contains(says), "{e}");
+        }
+        let mut r = raw();
+        r.bandwidth_limit = Some("10Mbps".into());
+        r.bandwidth_windows = vec![window("0 22 * * *", "PT8H", "unlimited")];
+        let s = r.validate().unwrap().unwrap();
+        assert_eq!(s.limits.bandwidth.default, Some(1_250_000));
+        assert_eq!(s.limits.bandwidth.windows.len(), 1);
+        assert_eq!(s.limits.bandwidth.windows[0].rate, None);
+    }
+
+    #[test]
     fn upload_chunk_and_referrers_recheck_ranges_are_shown() {
         let mut r = raw();
         r.upload_chunk_bytes = Some(1024);

@@ -69,18 +69,21 @@ async fn feed(
     let wait = number(query, "wait", "seconds to wait for a change, 0 to 25")?
         .map(|w| Duration::from_secs(w.min(MAX_FEED_WAIT.as_secs())))
         .filter(|w| !w.is_zero() && n > 0);
-    // Subscribed before the first read: a change between the read and the wait wakes it.
-    let mut changed = state.store.watch_changes();
-    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    // A long poll subscribes before the first read: a change between the read and the wait
+    // wakes it. A plain read subscribes to nothing.
+    let mut long_poll =
+        wait.map(|w| (state.store.watch_changes(), tokio::time::Instant::now() + w));
     let mut page = read_page(state, caller, after, n).await?;
-    // A long poll: nothing the caller may see yet, so wait for a change (one it may not see
-    // wakes it too, and it reads again) until the deadline.
+    // Nothing the caller may see yet: wait for a change (one it may not see wakes it too, and
+    // it reads again) until the deadline.
     let nothing_yet = |p: &crate::storage::ChangePage| {
         p.changes.is_empty() && after <= p.head && after.saturating_add(1) >= p.oldest
     };
-    while let Some(deadline) = deadline.filter(|_| nothing_yet(&page) && !state.store.is_stopping())
+    while let Some((changed, deadline)) = long_poll
+        .as_mut()
+        .filter(|_| nothing_yet(&page) && !state.store.is_stopping())
     {
-        match tokio::time::timeout_at(deadline, changed.changed()).await {
+        match tokio::time::timeout_at(*deadline, changed.changed()).await {
             Ok(Ok(())) => page = read_page(state, caller, after, n).await?,
             _ => break,
         }

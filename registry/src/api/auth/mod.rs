@@ -100,8 +100,15 @@ where
                         .await
                         .map(|_| Arc::new(Identity::Password { token: name }));
                     match judge(&authority, &mut parts, Some(checked)) {
+                        Verdict::Pass => inner.oneshot(Request::from_parts(parts, body)).await,
                         Verdict::Answer(response) => Ok(response),
-                        _ => inner.oneshot(Request::from_parts(parts, body)).await,
+                        // Judged with the outcome of the check, it never asks for another; if
+                        // it did, the request is refused, never let through unchecked.
+                        Verdict::CheckPassword { .. } => Ok(ApiError::new(
+                            ErrorCode::Unauthorized,
+                            "internal: the password check did not settle the request",
+                        )
+                        .into_response()),
                     }
                 })))
             }
