@@ -2,7 +2,7 @@
 //! file and socket, no iptables and no bridge, so it touches nothing of the host's Docker.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// A running `dockerd`, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -42,13 +42,11 @@ impl Dockerd {
         let sock = d.join("d.sock");
         let host = format!("unix://{}", sock.display());
         let log = d.join("dockerd.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
         let mut command = match netns {
             Some(ns) => ns.command("/usr/sbin/dockerd"),
             None => Command::new("/usr/sbin/dockerd"),
         };
-        let child = command
+        command
             .args([
                 "--storage-driver",
                 "vfs",
@@ -62,12 +60,8 @@ impl Dockerd {
             .arg(d.join("exec"))
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
-            .args(["--host", &host])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn dockerd");
+            .args(["--host", &host]);
+        let child = super::spawn_logged(&mut command, &log).expect("spawn dockerd");
         let mut dk = Dockerd {
             child,
             host,

@@ -123,6 +123,13 @@ pub fn wait_until(limit: Duration, step: Duration, mut cond: impl FnMut() -> boo
     poll(limit, step, || cond().then_some(())).is_some()
 }
 
+/// Starts `command` with no stdin and its stdout and stderr both to the file `log` (made anew).
+pub fn spawn_logged(command: &mut Command, log: &Path) -> std::io::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    command.stdin(Stdio::null()).stdout(out).stderr(err).spawn()
+}
+
 /// A child process that is killed when the test ends, whatever the outcome.
 pub struct Proc {
     pub child: Child,
@@ -140,16 +147,11 @@ impl Proc {
         addr: SocketAddr,
         log: PathBuf,
     ) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut child = spawn_logged(
+            Command::new(program).args(args).envs(envs.iter().copied()),
+            &log,
+        )
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         // A crash point armed for the start may fire before the port is open, or just after:
         // then the test sees the process gone (the torture tests count that as a hit).
         if envs.iter().any(|(k, _)| *k == util::crash_point::ENV) {
@@ -272,16 +274,13 @@ pub fn serve_until_exit(
     limit: Duration,
 ) -> Option<std::process::ExitStatus> {
     let listen = format!("127.0.0.1:{}", free_port());
-    let out = std::fs::File::create(&log).expect("create log file");
-    let err = out.try_clone().expect("clone log file");
-    let mut child = Command::new(bin())
-        .args(serve_args(data, &listen, extra_args))
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn connected-registry serve");
+    let mut child = spawn_logged(
+        Command::new(bin())
+            .args(serve_args(data, &listen, extra_args))
+            .envs(envs.iter().copied()),
+        &log,
+    )
+    .expect("spawn connected-registry serve");
     let exited = poll(limit, Duration::from_millis(20), || {
         child.try_wait().ok().flatten()
     });

@@ -7,7 +7,7 @@
 //! host's interfaces or routes, and deleted by [`Network`]'s `Drop` even when the test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -88,17 +88,11 @@ impl Netns {
         ready_url: &str,
         log: PathBuf,
     ) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = self
-            .command(program)
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} in {}: {e}", program.display(), self.name));
+        let child = super::spawn_logged(
+            self.command(program).args(args).envs(envs.iter().copied()),
+            &log,
+        )
+        .unwrap_or_else(|e| panic!("spawn {} in {}: {e}", program.display(), self.name));
         let addr = host_port_of(ready_url);
         let mut proc = Proc { child, addr, log };
         self.wait_for_http(ready_url, &mut proc);
