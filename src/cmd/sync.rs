@@ -254,70 +254,29 @@ impl SyncFlags {
         let Ok((file, flags)) = self.layers() else {
             return Vec::new();
         };
-        let from = |flag: bool, in_file: bool, in_parent: bool| -> String {
-            if flag {
+        let p = parent.map(|(p, _)| p.raw()).unwrap_or_default();
+        // The first layer that sets it: flag, file, parent, else the default.
+        let from = |set: fn(&RawSettings) -> bool| -> String {
+            if set(&flags) {
                 "flag".into()
-            } else if in_file {
+            } else if set(&file) {
                 "file".into()
-            } else if let (true, Some((_, received))) = (in_parent, parent) {
+            } else if let (true, Some((_, received))) = (set(&p), parent) {
                 received.source().into()
             } else {
                 "default".into()
             }
         };
-        let p = parent.map(|(p, _)| p.raw()).unwrap_or_default();
         vec![
-            (
-                "mode",
-                from(flags.mode.is_some(), file.mode.is_some(), p.mode.is_some()),
-            ),
-            (
-                "sync_schedule",
-                from(
-                    flags.sync_schedule.is_some(),
-                    file.sync_schedule.is_some(),
-                    p.sync_schedule.is_some(),
-                ),
-            ),
-            (
-                "sync_window",
-                from(
-                    flags.sync_window.is_some(),
-                    file.sync_window.is_some(),
-                    p.sync_window.is_some(),
-                ),
-            ),
-            (
-                "message_ttl",
-                from(
-                    flags.message_ttl.is_some(),
-                    file.message_ttl.is_some(),
-                    p.message_ttl.is_some(),
-                ),
-            ),
-            (
-                "repo",
-                from(
-                    !flags.repos.is_empty(),
-                    !file.repos.is_empty(),
-                    !p.repos.is_empty(),
-                ),
-            ),
-            (
-                "platforms",
-                from(
-                    !flags.platforms.is_empty(),
-                    !file.platforms.is_empty(),
-                    !p.platforms.is_empty(),
-                ),
-            ),
+            ("mode", from(|r| r.mode.is_some())),
+            ("sync_schedule", from(|r| r.sync_schedule.is_some())),
+            ("sync_window", from(|r| r.sync_window.is_some())),
+            ("message_ttl", from(|r| r.message_ttl.is_some())),
+            ("repo", from(|r| !r.repos.is_empty())),
+            ("platforms", from(|r| !r.platforms.is_empty())),
             (
                 "bandwidth_limit",
-                from(
-                    flags.bandwidth_limit.is_some(),
-                    file.bandwidth_limit.is_some() || !file.bandwidth_windows.is_empty(),
-                    p.bandwidth_limit.is_some(),
-                ),
+                from(|r| r.bandwidth_limit.is_some() || !r.bandwidth_windows.is_empty()),
             ),
         ]
     }
