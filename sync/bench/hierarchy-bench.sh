@@ -29,47 +29,16 @@ LATENCY_RUNS="${LATENCY_RUNS:-5}"
 SKOPEO="${SKOPEO:-1}"
 PROPAGATION_TIMEOUT="${PROPAGATION_TIMEOUT:-600}"
 WORK="$(mktemp -d -t hierarchy-bench.XXXXXX)"
-PIDS=()
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-cleanup() { for p in "${PIDS[@]}"; do stop_pid "$p"; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { # PORT
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/v2/" >/dev/null && return 0; sleep 0.05; done
-  echo "hierarchy-bench.sh: nothing answers on 127.0.0.1:$1 after 10 s" >&2
-  return 1
-}
+. "$ROOT/sync/bench/lib.sh"
 # The children's sync: continuous (an hourly one-hour window is always open), a pass a second.
 CONTINUOUS=(--sync-schedule '0 * * * *' --sync-window PT1H --sync-poll-interval PT1S --repo '*')
-# The starters run in this shell (not in $(...)), so the PIDs they record are the ones the exit
-# trap stops; each sets PORT and PID. The access log (target `access`) counts requests served.
+# Sets PORT and PID (see lib.sh). The access log (target `access`) counts requests served.
 start_ours() { # NAME PORT [serve flags...]
   local name="$1" port="$2"; shift 2
   RUST_LOG="warn,access=info" "$BIN" serve --auth none --listen "127.0.0.1:$port" \
     --data "$WORK/$name" "$@" >>"$WORK/$name.log" 2>&1 &
   PID="$!"
   PIDS+=("$PID")
-  wait_up "$port"
-  PORT="$port"
-}
-start_dist() { # DIR -> PORT
-  local dir="$1" port; port="$(free_port)"; mkdir -p "$dir/storage"
-  sed -e "s|@ROOT@|$dir/storage|" -e "s|@PORT@|$port|" >"$dir/config.yml" <<'YML'
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: @ROOT@
-http:
-  addr: 127.0.0.1:@PORT@
-YML
-  docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
-  PIDS+=("$!")
   wait_up "$port"
   PORT="$port"
 }

@@ -23,39 +23,13 @@ W6_TAGS="${W6_TAGS:-3}"
 BLOB_SIZE="${BLOB_SIZE:-512M}"
 PARENT="${PARENT:-distribution}"
 WORK="$(mktemp -d -t sync-bench.XXXXXX)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# The starters run in this shell (not in $(...)), so the PIDs they record are the ones the
-# exit trap stops; each sets PORT.
-start_dist() { # DIR -> PORT
-  local dir="$1" port; port="$(free_port)"; mkdir -p "$dir/storage"
-  sed -e "s|@ROOT@|$dir/storage|" -e "s|@PORT@|$port|" >"$dir/config.yml" <<'YML'
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: @ROOT@
-http:
-  addr: 127.0.0.1:@PORT@
-YML
-  docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
-  PIDS+=("$!")
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-  PORT="$port"
-}
+. "$ROOT/sync/bench/lib.sh"
 
 start_ours() { # DIR -> PORT
   local dir="$1" port; port="$(free_port)"; mkdir -p "$dir"
-  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --data "$dir/data" >"$dir/log" 2>&1 &
+  RUST_LOG=warn "$BIN" serve --auth none --listen "127.0.0.1:$port" --data "$dir/data" >"$dir/log" 2>&1 &
   PIDS+=("$!")
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+  wait_up "$port"
   PORT="$port"
 }
 
