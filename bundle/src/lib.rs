@@ -2,7 +2,7 @@
 //! disk to a site no network reaches, and stored there again as sync would have stored it.
 //!
 //! - [`export()`] writes the tagged images of the repositories asked for, with the referrers of
-//!   each manifest, as an OCI image layout in a tar ([`format`] describes it; `skopeo copy
+//!   each manifest, as an OCI image layout in a tar ([`mod@format`] describes it; `skopeo copy
 //!   oci-archive:FILE:REPO:TAG` reads it). Given a site's [`State`] it leaves out every blob
 //!   and manifest the site holds, so a second bundle carries only what changed.
 //! - [`import()`] verifies every digest and writes through the store's own API bottom-up
