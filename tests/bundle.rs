@@ -477,3 +477,41 @@ fn an_import_stopped_by_a_crash_resumes_without_reading_again_what_it_stored() {
         &REPOS,
     );
 }
+
+#[test]
+fn an_import_stopped_inside_a_blob_continues_it_from_the_bytes_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let shore = dir.path().join("shore");
+    fill(&shore, dir.path());
+    let file = dir.path().join("bundle.tar");
+    let file = file.to_str().unwrap();
+    cli_ok(&[
+        "bundle",
+        "export",
+        "--data",
+        shore.to_str().unwrap(),
+        "--repository",
+        "apps/web",
+        "-o",
+        file,
+    ]);
+    let site = dir.path().join("site");
+    let site_arg = site.to_str().unwrap();
+    // Aborts after the first chunk of the first blob reached its upload session.
+    let crashed = Command::new(bin())
+        .args(["bundle", "import", file, "--data", site_arg])
+        .env(util::crash_point::ENV, "bundle_blob_chunk")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the crash point fired");
+    let out = report(&cli_ok(&["bundle", "import", file, "--data", site_arg]));
+    assert!(out["bytes_resumed"].as_u64() > Some(0), "{out}");
+    assert_eq!(out["tags_set"], 1, "{out}");
+    let shore_registry = start_registry(&shore, &[]);
+    let site_registry = start_registry(&site, &[]);
+    assert_same_images(
+        &Api::new(&shore_registry.url()),
+        &Api::new(&site_registry.url()),
+        &["apps/web"],
+    );
+}

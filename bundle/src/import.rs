@@ -425,6 +425,7 @@ impl Bundle<'_> {
                 });
             }
             session.append(&buffer[..read])?;
+            util::crash_point::crash_point("bundle_blob_chunk");
             left -= read as u64;
             report.bytes_read += read as u64;
         }
