@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -16,8 +16,8 @@ use serde::Serialize;
 use crate::format::{self, Index};
 use crate::{BundleError, State};
 
-/// Writes go through a buffer of this size: blobs are copied in large sequential runs.
-const WRITE_BUFFER: usize = 4 << 20;
+/// A tar block: headers are one, content is padded to whole ones, two zero blocks end it.
+const BLOCK: u64 = 512;
 
 /// What to export.
 #[derive(Debug, Clone, Default)]
@@ -168,7 +168,7 @@ fn write(
         partial.display()
     )))?;
     let written = (|| {
-        let mut tar = tar::Builder::new(BufWriter::with_capacity(WRITE_BUFFER, file));
+        let mut tar = TarOut { file };
         let mut annotations = BTreeMap::new();
         if !plan.skipped.is_empty() {
             let skipped: Vec<String> = plan.skipped.iter().map(Digest::to_string).collect();
@@ -182,25 +182,15 @@ fn write(
         };
         let index = serde_json::to_vec(&index)
             .map_err(|e| BundleError::Invalid(format!("index.json: {e}")))?;
-        append(
-            &mut tar,
-            format::LAYOUT_FILE,
-            format::LAYOUT_CONTENT.len() as u64,
-            format::LAYOUT_CONTENT,
-        )?;
-        append(&mut tar, format::INDEX_FILE, index.len() as u64, &index[..])?;
+        tar.bytes(format::LAYOUT_FILE, format::LAYOUT_CONTENT)?;
+        tar.bytes(format::INDEX_FILE, &index)?;
         let holds = |d: &Digest| since.is_some_and(|s| s.holds(d));
         for (digest, body) in &plan.manifests {
             if holds(digest) {
                 plan.report.left_out += 1;
                 continue;
             }
-            append(
-                &mut tar,
-                &format::blob_entry(digest),
-                body.len() as u64,
-                &body[..],
-            )?;
+            tar.bytes(&format::blob_entry(digest), body)?;
             plan.report.manifests += 1;
             plan.report.content_bytes += body.len() as u64;
         }
@@ -216,19 +206,11 @@ fn write(
                     path.display()
                 ))
             })?;
-            let size = blob
-                .metadata()
-                .map_err(BundleError::io(format!("stat {}", path.display())))?
-                .len();
-            append(&mut tar, &format::blob_entry(digest), size, blob)?;
+            let size = tar.file(&format::blob_entry(digest), blob)?;
             plan.report.blobs += 1;
             plan.report.content_bytes += size;
         }
-        let file = tar
-            .into_inner()
-            .map_err(BundleError::io(format!("write {shown}")))?
-            .into_inner()
-            .map_err(|e| BundleError::io(format!("write {shown}"))(e.into_error()))?;
+        let file = tar.finish()?;
         file.sync_all()
             .map_err(BundleError::io(format!("sync {shown}")))?;
         Ok::<_, BundleError>(file.metadata().map(|m| m.len()).unwrap_or_default())
@@ -249,19 +231,68 @@ fn write(
     }
 }
 
-/// Appends one regular file entry, with fixed times and modes (the same content makes the
-/// same file).
-fn append<W: Write>(
-    tar: &mut tar::Builder<W>,
-    name: &str,
-    size: u64,
-    data: impl std::io::Read,
-) -> Result<(), BundleError> {
-    let mut header = tar::Header::new_ustar();
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, name, data)
-        .map_err(BundleError::io(format!("write entry {name}")))
+/// The bundle file as it is written: a tar (ustar headers, fixed times and modes, so the same
+/// content makes the same file). Not `tar::Builder`: blob files are copied file to file
+/// (`std::io::copy` uses `copy_file_range`, so their bytes never pass through this process).
+struct TarOut {
+    file: File,
+}
+
+impl TarOut {
+    fn header(&mut self, name: &str, size: u64) -> Result<(), BundleError> {
+        let mut header = tar::Header::new_ustar();
+        header
+            .set_path(name)
+            .map_err(BundleError::io(format!("entry name {name}")))?;
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        self.file
+            .write_all(header.as_bytes())
+            .map_err(BundleError::io(format!("write entry {name}")))
+    }
+
+    fn pad(&mut self, name: &str, size: u64) -> Result<(), BundleError> {
+        let padding = (BLOCK - size % BLOCK) % BLOCK;
+        self.file
+            .write_all(&[0; BLOCK as usize][..padding as usize])
+            .map_err(BundleError::io(format!("write entry {name}")))
+    }
+
+    /// An entry holding `bytes`.
+    fn bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        self.header(name, bytes.len() as u64)?;
+        self.file
+            .write_all(bytes)
+            .map_err(BundleError::io(format!("write entry {name}")))?;
+        self.pad(name, bytes.len() as u64)
+    }
+
+    /// An entry holding the whole of `source`; returns its size.
+    fn file(&mut self, name: &str, source: File) -> Result<u64, BundleError> {
+        let size = source
+            .metadata()
+            .map_err(BundleError::io(format!("stat the blob of {name}")))?
+            .len();
+        self.header(name, size)?;
+        let copied = std::io::copy(&mut source.take(size), &mut self.file)
+            .map_err(BundleError::io(format!("write entry {name}")))?;
+        if copied != size {
+            return Err(BundleError::Missing(format!(
+                "the blob of {name} shrank while it was read ({copied} of {size} bytes): run `connected-registry scrub`"
+            )));
+        }
+        self.pad(name, size)?;
+        Ok(size)
+    }
+
+    /// Ends the archive (two zero blocks).
+    fn finish(mut self) -> Result<File, BundleError> {
+        self.file
+            .write_all(&[0; 2 * BLOCK as usize])
+            .map_err(BundleError::io("end the bundle"))?;
+        Ok(self.file)
+    }
 }
