@@ -453,10 +453,9 @@ fn an_import_stopped_by_a_crash_resumes_without_reading_again_what_it_stored() {
         }
     }
     let out = report(&cli_ok(&["bundle", "import", file, "--data", site_arg]));
-    assert_eq!(
-        out["blobs_present"], 2,
-        "the two stored blobs are not read again: {out}"
-    );
+    // Blobs are written a few at a time: others may have been stored before the abort.
+    let present = out["blobs_present"].as_u64().unwrap();
+    assert!(present >= 2, "the stored blobs are not read again: {out}");
     assert_eq!(out["tags_set"], 3, "{out}");
     let full = report(&cli_ok(&[
         "bundle",

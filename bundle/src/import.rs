@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use oci::{manifest, Descriptor, Digest, Origin, Reference, RepoName};
@@ -26,6 +28,16 @@ use crate::BundleError;
 
 /// Blob bytes are read and appended in chunks of this size.
 const READ_CHUNK: usize = 1 << 20;
+
+/// Blobs written at the same time: enough that one blob's fsync overlaps the next one's
+/// reading and hashing, few enough that a small device's disk is not thrashed.
+const PARALLEL_BLOBS: usize = 4;
+
+/// A mutex's guard, also after a worker panicked holding it (the data is counters and the
+/// first error: still right).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What an import did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -69,6 +81,7 @@ struct RepoPlan {
 
 struct Bundle<'a> {
     file: File,
+    path: PathBuf,
     shown: String,
     entries: HashMap<Digest, Span>,
     store: &'a Store,
@@ -86,6 +99,7 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
     let (entries, index_span) = scan(&file, &shown)?;
     let mut bundle = Bundle {
         file,
+        path: path.to_owned(),
         shown,
         entries,
         store,
@@ -358,34 +372,91 @@ impl Bundle<'_> {
         }
         let mut order: Vec<(Digest, Vec<RepoName>)> = wanted.into_iter().collect();
         order.sort_by_key(|(d, _)| self.entries.get(d).map_or(0, |s| s.offset));
+        let mut to_write = Vec::new();
         for (digest, repos) in order {
             let expected = self.blob_sizes.get(&digest).copied();
             let held = self.store.blob_size(&digest);
-            let mut linked = repos.as_slice();
             if held.is_some() && held == expected {
                 report.blobs_present += 1;
-            } else {
-                let span = self.entries.get(&digest).copied().ok_or_else(|| {
-                    self.altered(format!(
-                        "blob {digest} in the store has the wrong size and the bundle does not hold it"
-                    ))
-                })?;
-                self.write_blob(&repos[0], &digest, span, report)?;
-                util::crash_point::crash_point("bundle_blob_stored");
-                report.blobs_written += 1;
-                linked = &repos[1..];
+                for repo in &repos {
+                    self.store.link_blob(repo, &digest)?;
+                }
+                continue;
             }
-            for repo in linked {
-                self.store.link_blob(repo, &digest)?;
-            }
+            let span = self.entries.get(&digest).copied().ok_or_else(|| {
+                self.altered(format!(
+                    "blob {digest} in the store has the wrong size and the bundle does not hold it"
+                ))
+            })?;
+            to_write.push((digest, repos, span));
         }
+        // A few blobs at a time, each worker on its own handle of the file: one blob's fsync
+        // overlaps the next one's reading and hashing.
+        let next = AtomicUsize::new(0);
+        let failed: Mutex<Option<BundleError>> = Mutex::new(None);
+        let totals = Mutex::new(ImportReport::default());
+        let this = &*self;
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL_BLOBS.min(to_write.len()) {
+                scope.spawn(|| {
+                    let fail = |err: BundleError| {
+                        lock(&failed).get_or_insert(err);
+                    };
+                    let mut file = match File::open(&this.path) {
+                        Ok(file) => file,
+                        Err(e) => {
+                            return fail(BundleError::io(format!(
+                                "cannot open the bundle {}",
+                                this.shown
+                            ))(e))
+                        }
+                    };
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((digest, repos, span)) = to_write.get(i) else {
+                            return;
+                        };
+                        if lock(&failed).is_some() {
+                            return;
+                        }
+                        let mut done = ImportReport::default();
+                        let written = this
+                            .write_blob(&mut file, &repos[0], digest, *span, &mut done)
+                            .and_then(|()| {
+                                repos[1..]
+                                    .iter()
+                                    .try_for_each(|repo| {
+                                        this.store.link_blob(repo, digest).map(|_| ())
+                                    })
+                                    .map_err(BundleError::from)
+                            });
+                        if let Err(err) = written {
+                            return fail(err);
+                        }
+                        util::crash_point::crash_point("bundle_blob_stored");
+                        let mut totals = lock(&totals);
+                        totals.blobs_written += 1;
+                        totals.bytes_read += done.bytes_read;
+                        totals.bytes_resumed += done.bytes_resumed;
+                    }
+                });
+            }
+        });
+        if let Some(err) = lock(&failed).take() {
+            return Err(err);
+        }
+        let totals = lock(&totals);
+        report.blobs_written += totals.blobs_written;
+        report.bytes_read += totals.bytes_read;
+        report.bytes_resumed += totals.bytes_resumed;
         Ok(())
     }
 
     /// Streams one blob from the bundle into an upload session of `repo` whose id is stable,
     /// so an interrupted import finds its bytes again; verified whole before it is kept.
     fn write_blob(
-        &mut self,
+        &self,
+        file: &mut File,
         repo: &RepoName,
         digest: &Digest,
         span: Span,
@@ -404,15 +475,13 @@ impl Bundle<'_> {
             tracing::info!(%digest, have, "resuming a blob an interrupted import left");
             report.bytes_resumed += have;
         }
-        self.file
-            .seek(SeekFrom::Start(span.offset + have))
+        file.seek(SeekFrom::Start(span.offset + have))
             .map_err(BundleError::io(format!("seek in {}", self.shown)))?;
         let mut left = span.size - have;
         let mut buffer = vec![0; READ_CHUNK];
         while left > 0 {
             let want = left.min(READ_CHUNK as u64) as usize;
-            let read = self
-                .file
+            let read = file
                 .read(&mut buffer[..want])
                 .map_err(BundleError::io(format!("read {name} from {}", self.shown)))?;
             if read == 0 {
