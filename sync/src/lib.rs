@@ -33,6 +33,7 @@ pub mod engine;
 #[cfg(test)]
 mod fake;
 mod feed;
+pub mod namespaced;
 pub mod parent;
 pub mod parent_config;
 mod pass;
@@ -45,6 +46,7 @@ pub mod settings;
 pub mod state;
 pub mod store;
 pub mod totals;
+pub mod upstreams;
 
 pub use axum;
 pub use client::ParentClient;

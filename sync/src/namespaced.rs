@@ -1,0 +1,329 @@
+//! A parent seen through local names: wraps any [`Parent`] and translates repository names
+//! between this registry's namespaces and the parent's, so the engine, the copy and the scope
+//! rules work in local names whichever upstream serves them. An upstream's (`mcr/foo` here is
+//! `foo` at `https://mcr.microsoft.com`) is pull-only; the main parent's keeps names as they
+//! are but leaves out the prefixes the upstreams claim (a repository `mcr/foo` at the parent is
+//! not this registry's `mcr/foo`), and takes no push under them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::client::{
+    AcrAnswer, ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentManifest, TagListing,
+    Uploaded,
+};
+use crate::parent::{BlobDownload, ChunkedUpload, Parent};
+use crate::upstreams::Upstream;
+use oci::{ChangeableAttributes, Digest};
+
+/// How local names map to the parent's.
+#[derive(Clone, Debug)]
+enum Names {
+    /// The main parent: the same names, except under the upstreams' prefixes (not its own).
+    Main { claimed: Vec<String> },
+    /// A foreign upstream: only names under its prefix, translated.
+    Upstream(Box<Upstream>),
+}
+
+/// A [`Parent`] addressed in local names.
+pub struct Namespaced {
+    inner: Arc<dyn Parent>,
+    names: Names,
+}
+
+impl Namespaced {
+    /// The main parent, leaving out the names under `claimed` (the upstreams' prefixes).
+    pub fn main(inner: Arc<dyn Parent>, claimed: Vec<String>) -> Namespaced {
+        Namespaced {
+            inner,
+            names: Names::Main { claimed },
+        }
+    }
+
+    /// The upstream `upstream`, reached through `inner`.
+    pub fn upstream(inner: Arc<dyn Parent>, upstream: Upstream) -> Namespaced {
+        Namespaced {
+            inner,
+            names: Names::Upstream(Box::new(upstream)),
+        }
+    }
+
+    /// The parent's name for local repository `local`; `None`: this parent does not serve it.
+    fn remote(&self, local: &str) -> Option<String> {
+        match &self.names {
+            Names::Main { claimed } => {
+                (!claimed.iter().any(|p| local.starts_with(p.as_str()))).then(|| local.to_owned())
+            }
+            Names::Upstream(up) => up.remote_name(local),
+        }
+    }
+
+    /// The local name of the parent's repository `remote`; `None`: it has none here.
+    fn local(&self, remote: &str) -> Option<String> {
+        match &self.names {
+            Names::Main { .. } => self.remote(remote),
+            Names::Upstream(up) => up.local_name(remote),
+        }
+    }
+
+    fn locals(&self, remotes: Vec<String>) -> Vec<String> {
+        remotes.iter().filter_map(|r| self.local(r)).collect()
+    }
+
+    /// The refusal of a write this parent takes none of (never reached by the engine, which
+    /// asks [`Parent::accepts_push`] first).
+    fn not_pushed(&self, local: &str) -> ClientError {
+        ClientError::Protocol {
+            url: self.inner.base().to_owned(),
+            message: format!(
+                "repository {local} is not pushed to this upstream (foreign upstreams are \
+                 pull-only, and the parent takes nothing under their prefixes)"
+            ),
+        }
+    }
+}
+
+impl Parent for Namespaced {
+    fn base(&self) -> &str {
+        self.inner.base()
+    }
+    fn stats(&self) -> &ClientStats {
+        self.inner.stats()
+    }
+    fn accepts_push(&self, repo: &str) -> bool {
+        matches!(self.names, Names::Main { .. }) && self.remote(repo).is_some()
+    }
+    fn catalog(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, ClientError>> {
+        async move { Ok(self.inner.catalog().await?.map(|c| self.locals(c))) }.boxed()
+    }
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.tags(&remote).await,
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+    fn acr_tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<TagListing, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.acr_tags(&remote).await,
+                None => Ok(AcrAnswer::UnknownRepo),
+            }
+        }
+        .boxed()
+    }
+    fn acr_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<Vec<ParentManifest>>, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.acr_manifests(&remote).await,
+                None => Ok(AcrAnswer::UnknownRepo),
+            }
+        }
+        .boxed()
+    }
+    fn acr_repository<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<AcrAnswer<ChangeableAttributes>, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.acr_repository(&remote).await,
+                None => Ok(AcrAnswer::UnknownRepo),
+            }
+        }
+        .boxed()
+    }
+    fn acr_catalog(&self) -> BoxFuture<'_, Result<AcrAnswer<Vec<String>>, ClientError>> {
+        async move {
+            Ok(match self.inner.acr_catalog().await? {
+                AcrAnswer::Found(c) => AcrAnswer::Found(self.locals(c)),
+                other => other,
+            })
+        }
+        .boxed()
+    }
+    fn head_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.head_manifest(&remote, reference).await,
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+    fn get_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FetchedManifest>, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.get_manifest(&remote, reference).await,
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.referrers(&remote, digest).await,
+                None => Ok(Vec::new()),
+            }
+        }
+        .boxed()
+    }
+    fn get_blob<'a, 'b>(
+        &'a self,
+        repo: &'b str,
+        digest: &'b Digest,
+        offset: u64,
+    ) -> BoxFuture<'b, Result<BlobDownload<'a>, ClientError>>
+    where
+        'a: 'b,
+    {
+        async move {
+            let remote = self.remote(repo).ok_or_else(|| ClientError::Protocol {
+                url: self.inner.base().to_owned(),
+                message: format!("repository {repo} is not served by this upstream"),
+            })?;
+            self.inner.get_blob(&remote, digest, offset).await
+        }
+        .boxed()
+    }
+    fn blob_exists<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        async move {
+            match self.remote(repo) {
+                Some(remote) => self.inner.blob_exists(&remote, digest).await,
+                None => Ok(false),
+            }
+        }
+        .boxed()
+    }
+    fn mount_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        from: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ClientError>> {
+        async move {
+            match (
+                self.accepts_push(repo),
+                self.remote(repo),
+                self.remote(from),
+            ) {
+                (true, Some(remote), Some(from)) => {
+                    self.inner.mount_blob(&remote, digest, &from).await
+                }
+                (true, Some(_), None) => Ok(false),
+                _ => Err(self.not_pushed(repo)),
+            }
+        }
+        .boxed()
+    }
+    fn upload_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        path: &'a Path,
+        size: u64,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        async move {
+            match (self.accepts_push(repo), self.remote(repo)) {
+                (true, Some(remote)) => self.inner.upload_blob(&remote, digest, path, size).await,
+                _ => Err(self.not_pushed(repo)),
+            }
+        }
+        .boxed()
+    }
+    fn upload_blob_chunked<'a>(
+        &'a self,
+        upload: ChunkedUpload<'a>,
+    ) -> BoxFuture<'a, Result<Uploaded, ClientError>> {
+        async move {
+            match (self.accepts_push(upload.repo), self.remote(upload.repo)) {
+                (true, Some(remote)) => {
+                    let upload = ChunkedUpload {
+                        repo: &remote,
+                        ..upload
+                    };
+                    self.inner.upload_blob_chunked(upload).await
+                }
+                _ => Err(self.not_pushed(upload.repo)),
+            }
+        }
+        .boxed()
+    }
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        media_type: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        async move {
+            match (self.accepts_push(repo), self.remote(repo)) {
+                (true, Some(remote)) => {
+                    self.inner
+                        .put_manifest(&remote, reference, media_type, body)
+                        .await
+                }
+                _ => Err(self.not_pushed(repo)),
+            }
+        }
+        .boxed()
+    }
+    fn changes(&self, after: u64, n: usize) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
+        async move {
+            Ok(match self.inner.changes(after, n).await? {
+                // A change to a repository with no local name here names nothing to compare.
+                FeedAnswer::Page(mut page) => {
+                    page.changes = std::mem::take(&mut page.changes)
+                        .into_iter()
+                        .filter_map(|mut change| {
+                            change.repo = self.local(&change.repo)?;
+                            Some(change)
+                        })
+                        .collect();
+                    FeedAnswer::Page(page)
+                }
+                other => other,
+            })
+        }
+        .boxed()
+    }
+    fn feed_head(&self) -> BoxFuture<'_, Result<FeedAnswer, ClientError>> {
+        self.inner.feed_head()
+    }
+    fn wait_for_changes(
+        &self,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'_, Result<bool, ClientError>> {
+        self.inner.wait_for_changes(after, wait)
+    }
+}
