@@ -168,6 +168,37 @@ fn each_prefix_comes_from_its_upstream_and_mirror_requests_map_to_it() {
         assert_eq!(digest, image.manifest.digest, "{repo}:{tag}");
     }
     assert_ne!(agent_image.manifest.digest, impostor_image.manifest.digest);
+    // The status shows each upstream's schedule under its prefix.
+    let (_, status, _) = curl(&[&format!("{base}/acr/v1/_sync/status")]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    for (prefix, url) in [("mcr/", mcr.url()), ("library/", hub.url())] {
+        assert_eq!(
+            status["upstreams"][prefix]["parent"],
+            url.as_str(),
+            "{status}"
+        );
+    }
+    // `sync --once` runs the parent's pass and each upstream's, one summary each.
+    let once = common::sync::sync_once(
+        &t.join("once"),
+        &parent.url(),
+        &["--sync-config", config_s],
+        &[],
+    );
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&once.stdout).unwrap();
+    assert_eq!(summary["outcome"], "Completed", "{summary}");
+    for url in [mcr.url(), hub.url()] {
+        assert_eq!(
+            summary["upstreams"][&url]["outcome"], "Completed",
+            "{summary}"
+        );
+        assert_eq!(summary["upstreams"][&url]["tagsUpdated"], 1, "{summary}");
+    }
     // The parent's catalog lists mcr/agent, but the prefix is mcr's: the top has only mcr's.
     let (_, catalog, _) = curl(&[&format!("{base}/v2/_catalog")]);
     assert!(

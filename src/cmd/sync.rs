@@ -325,6 +325,8 @@ pub struct Background {
 struct Engines {
     main: Arc<Engine>,
     upstreams: Vec<Arc<Engine>>,
+    /// The local prefix of each of `upstreams`.
+    prefixes: Vec<String>,
 }
 
 impl Prepared {
@@ -537,6 +539,7 @@ impl Prepared {
         let store: Arc<dyn sync::store::LocalStore> = Arc::new(store);
         let upstreams = Arc::new(self.settings.upstreams.clone());
         let mut for_upstreams = Vec::new();
+        let mut prefixes = Vec::new();
         for (up, client) in self.upstream_clients {
             if up.repos.is_empty() {
                 continue;
@@ -558,6 +561,7 @@ impl Prepared {
             let state = StateFile::open(&dir)
                 .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?;
             let client: Arc<dyn sync::parent::Parent> = Arc::new(client);
+            prefixes.push(up.prefix.clone());
             for_upstreams.push(Arc::new(Engine::new(
                 Arc::new(Namespaced::upstream(client, up)),
                 store.clone(),
@@ -584,6 +588,7 @@ impl Prepared {
         Ok(Engines {
             main,
             upstreams: for_upstreams,
+            prefixes,
         })
     }
 
@@ -641,11 +646,15 @@ impl Prepared {
         }
         let _ = miss_hint_of.set(service.clone());
         service.spawn();
-        // Each upstream's schedule runs on its own (its task holds it).
-        for engine in engines.upstreams {
-            tracing::info!(upstream = %engine.settings.parent, repos = engine.settings.repos.len(), "sync from an upstream enabled (pull-only)");
-            SyncService::new(engine).spawn();
+        // Each upstream's schedule runs on its own; the parent's status shows theirs.
+        let mut shown = Vec::new();
+        for (engine, prefix) in engines.upstreams.into_iter().zip(engines.prefixes) {
+            tracing::info!(upstream = %engine.settings.parent, %prefix, repos = engine.settings.repos.len(), "sync from an upstream enabled (pull-only)");
+            let upstream = SyncService::new(engine);
+            upstream.spawn();
+            shown.push((prefix, upstream));
         }
+        service.show_upstreams(shown);
         Ok(Background {
             status: service.router(),
             miss_hint,
