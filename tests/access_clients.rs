@@ -10,7 +10,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use common::access::{create_token, create_token_on, rule, Made};
 use common::api::Api;

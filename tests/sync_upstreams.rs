@@ -364,3 +364,81 @@ fn bad_upstream_configs_are_refused_naming_the_entry_and_the_field() {
         assert!(!data.exists(), "a refused start left {}", data.display());
     }
 }
+
+/// Access control judges the local name a `?ns=` request maps to: a token for `mcr/*` reads
+/// `agent` of mcr.microsoft.com, one for the bare name `agent` does not, and the challenge to
+/// an anonymous client names the local repository.
+#[test]
+fn access_control_judges_the_mapped_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("top");
+    let owner = create_token_on(&data, "owner", "_repositories_admin");
+    let mcr_reader = create_token(
+        &data,
+        "mcr-reader",
+        vec![rule("mcr/*", &["content/read", "metadata/read"])],
+        None,
+    );
+    let bare_reader = create_token(
+        &data,
+        "bare-reader",
+        vec![rule("agent", &["content/read", "metadata/read"])],
+        None,
+    );
+    // Neither the parent nor the upstream is ever reached: the content is pushed here.
+    let config = t.join("sync.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "parent": "http://127.0.0.1:9",
+            "upstreams": [{"prefix": "mcr/", "url": "http://127.0.0.1:9", "registry": "mcr.microsoft.com"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let top = start_registry(
+        &data,
+        &[
+            "--auth",
+            "tokens",
+            "--mode",
+            "ReadWrite",
+            "--sync-config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let (agent, image) = layout(&t.join("agent"), "v1", &[10_000]);
+    skopeo::run(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &owner.creds(),
+        &agent.reference("v1"),
+        &format!("docker://{}/mcr/agent:v1", top.addr),
+    ]);
+    let url = format!("{}/v2/agent/manifests/v1?ns=mcr.microsoft.com", top.url());
+    let get = |creds: Option<String>| {
+        let mut args = vec![
+            "-H".to_owned(),
+            "Accept: application/vnd.oci.image.manifest.v1+json".to_owned(),
+        ];
+        if let Some(creds) = creds {
+            args.extend(["-u".to_owned(), creds]);
+        }
+        args.push(url.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+    };
+    let (status, body, headers) = get(Some(mcr_reader.creds()));
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.contains(&image.manifest.digest), "{headers}");
+    let (status, body, _) = get(Some(bare_reader.creds()));
+    assert!(matches!(status, 401 | 403), "{status} {body}");
+    let (status, _, headers) = get(None);
+    assert_eq!(status, 401);
+    assert!(
+        headers.contains("repository:mcr/agent:pull"),
+        "the challenge names the local repository: {headers}"
+    );
+}

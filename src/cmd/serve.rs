@@ -236,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sync_service = background.as_ref().map(|b| b.service.clone());
     let upstreams = background
         .as_ref()
-        .map(|b| b.upstreams.clone())
+        .map(|b| b.upstreams.map().clone())
         .filter(|u| !u.is_empty());
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
     let options = registry::api::Options {

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use registry::Digest;
-use sync::namespaced::Namespaced;
+use sync::namespaced::{Namespaced, UpstreamParents};
 use sync::parent_config::{ParentConfig, Received};
 use sync::settings::{Mode, RawRepoRule, RawSettings, Settings, Timeout};
-use sync::upstreams::{Upstream, Upstreams};
+use sync::upstreams::Upstream;
 use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
 
 /// Sync settings, shared by `sync` and `serve`. Flags override the config file; the connection
@@ -317,8 +317,9 @@ pub struct Background {
     pub miss_hint: registry::api::MissHint,
     /// The schedule itself, for the admin listener's metrics and readiness.
     pub service: Arc<SyncService>,
-    /// Which upstream serves which name: for containerd's `?ns=` mirror requests.
-    pub upstreams: Arc<Upstreams>,
+    /// Which upstream serves which name, with their clients: for containerd's `?ns=` mirror
+    /// requests, and for pull-through (which parent serves a miss).
+    pub upstreams: UpstreamParents,
 }
 
 /// The engines of one registry: its parent's, and one per upstream copying ahead of time.
@@ -327,6 +328,8 @@ struct Engines {
     upstreams: Vec<Arc<Engine>>,
     /// The local prefix of each of `upstreams`.
     prefixes: Vec<String>,
+    /// Every upstream's client in local names (those copying nothing ahead of time too).
+    parents: UpstreamParents,
 }
 
 impl Prepared {
@@ -540,7 +543,12 @@ impl Prepared {
         let upstreams = Arc::new(self.settings.upstreams.clone());
         let mut for_upstreams = Vec::new();
         let mut prefixes = Vec::new();
+        let mut parents: Vec<Arc<dyn sync::parent::Parent>> = Vec::new();
         for (up, client) in self.upstream_clients {
+            let client: Arc<dyn sync::parent::Parent> = Arc::new(client);
+            let client: Arc<dyn sync::parent::Parent> =
+                Arc::new(Namespaced::upstream(client, up.clone()));
+            parents.push(client.clone());
             if up.repos.is_empty() {
                 continue;
             }
@@ -560,10 +568,9 @@ impl Prepared {
                 .join(up.state_dir_name());
             let state = StateFile::open(&dir)
                 .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?;
-            let client: Arc<dyn sync::parent::Parent> = Arc::new(client);
             prefixes.push(up.prefix.clone());
             for_upstreams.push(Arc::new(Engine::new(
-                Arc::new(Namespaced::upstream(client, up)),
+                client,
                 store.clone(),
                 settings,
                 Arc::new(state),
@@ -589,6 +596,7 @@ impl Prepared {
             main,
             upstreams: for_upstreams,
             prefixes,
+            parents: UpstreamParents::new(upstreams, parents),
         })
     }
 
@@ -640,6 +648,7 @@ impl Prepared {
             None => None,
         };
         let engines = self.engines(store, data, Arc::new(NoProgress))?;
+        let upstream_parents = engines.parents.clone();
         let service = SyncService::refreshed_by(engines.main, refresh);
         if let Some(reporter) = reporter {
             service.report_with(reporter);
@@ -659,7 +668,7 @@ impl Prepared {
             status: service.router(),
             miss_hint,
             service,
-            upstreams,
+            upstreams: upstream_parents,
         })
     }
 }

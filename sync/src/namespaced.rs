@@ -327,3 +327,48 @@ impl Parent for Namespaced {
         self.inner.wait_for_changes(after, wait)
     }
 }
+
+/// Who serves a local repository, for a miss fetched on demand.
+pub enum Route {
+    /// The main parent, under the same name (no upstream claims it).
+    Parent,
+    /// This upstream, addressed in local names (pass the local name as is).
+    Upstream(Arc<dyn Parent>),
+    /// An upstream's prefix claims it, but its `onDemand` patterns leave it out.
+    NotOnDemand,
+}
+
+/// Every upstream's client in local names, beside the mapping: what pull-through asks which
+/// parent serves a miss, and containerd's `?ns=` requests are mapped by.
+#[derive(Clone)]
+pub struct UpstreamParents {
+    map: Arc<crate::upstreams::Upstreams>,
+    /// One per entry of `map`, in its order.
+    parents: Vec<Arc<dyn Parent>>,
+}
+
+impl UpstreamParents {
+    /// `parents` holds one client per entry of `map`, in its order, each a [`Namespaced`]
+    /// upstream.
+    pub fn new(map: Arc<crate::upstreams::Upstreams>, parents: Vec<Arc<dyn Parent>>) -> Self {
+        UpstreamParents { map, parents }
+    }
+
+    /// The mapping alone.
+    pub fn map(&self) -> &Arc<crate::upstreams::Upstreams> {
+        &self.map
+    }
+
+    /// Which parent serves a miss of local repository `local`.
+    pub fn route(&self, local: &str) -> Route {
+        let entries = self.map.entries();
+        match entries.iter().position(|u| u.remote_name(local).is_some()) {
+            None => Route::Parent,
+            Some(i) if entries[i].serves_on_demand(local) => match self.parents.get(i) {
+                Some(parent) => Route::Upstream(parent.clone()),
+                None => Route::NotOnDemand,
+            },
+            Some(_) => Route::NotOnDemand,
+        }
+    }
+}
