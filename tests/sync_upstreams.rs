@@ -152,6 +152,7 @@ fn each_prefix_comes_from_its_upstream_and_mirror_requests_map_to_it() {
         ("mcr/agent", "1.0", &agent_image),
         ("library/alpine", "latest", &alpine_image),
     ];
+    let clock = std::time::Instant::now();
     let all_there = wait_until(Duration::from_secs(90), Duration::from_millis(250), || {
         expected.iter().all(|(repo, tag, _)| {
             manifest_digest(&format!("{base}/v2/{repo}/manifests/{tag}")).is_ok()
@@ -161,6 +162,10 @@ fn each_prefix_comes_from_its_upstream_and_mirror_requests_map_to_it() {
         all_there,
         "the top did not sync every prefix; its log:\n{}",
         top.log_text()
+    );
+    eprintln!(
+        "the top held every prefix {:.2} s after it answered",
+        clock.elapsed().as_secs_f64()
     );
     // Byte-identical: the digest each upstream was given, from the upstream of its prefix.
     for (repo, tag, image) in expected {
