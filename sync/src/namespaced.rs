@@ -372,3 +372,120 @@ impl UpstreamParents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{image_manifest, FakeParent, FakeStore, IMAGE};
+    use crate::upstreams::{RawUpstream, Upstreams};
+
+    /// An engine syncing `patterns` (local names) from `parent` seen through `wrap`, mode
+    /// `mode`, into a store of its own.
+    fn engine(
+        parent: Arc<FakeParent>,
+        wrap: impl FnOnce(Arc<dyn Parent>) -> Namespaced,
+        mode: &str,
+        patterns: &[&str],
+        dir: &std::path::Path,
+    ) -> (crate::Engine, Arc<FakeStore>) {
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let settings = crate::RawSettings {
+            parent: Some("http://fake-parent".into()),
+            mode: Some(mode.into()),
+            repos: patterns
+                .iter()
+                .map(|p| crate::settings::RawRepoRule {
+                    pattern: (*p).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+        .unwrap();
+        let store = Arc::new(FakeStore::new(&blobs));
+        let state = Arc::new(crate::StateFile::open(&dir.join("sync")).unwrap());
+        let engine = crate::Engine::new(
+            Arc::new(wrap(parent)),
+            store.clone(),
+            settings,
+            state,
+            Arc::new(crate::NoProgress),
+        );
+        (engine, store)
+    }
+
+    fn mcr() -> Upstream {
+        let raw = RawUpstream {
+            prefix: "mcr/".into(),
+            url: "http://fake-mcr".into(),
+            ..Default::default()
+        };
+        Upstreams::validate(vec![raw], "http://fake-parent")
+            .unwrap()
+            .entries()[0]
+            .clone()
+    }
+
+    /// An upstream's repositories come down under the prefix, from their names there.
+    #[tokio::test]
+    async fn an_upstream_syncs_into_its_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = Arc::new(FakeParent::default());
+        let config = b"{}".as_slice();
+        let body = image_manifest(config, &[b"agent"]);
+        parent.put_blob(config);
+        parent.put_blob(b"agent");
+        let digest = parent.put_manifest("agent", Some("1.0"), IMAGE, &body);
+        let (engine, store) = engine(
+            parent,
+            |p| Namespaced::upstream(p, mcr()),
+            "ReadOnly",
+            &["mcr/*"],
+            dir.path(),
+        );
+        let summary = engine.run_pass(None).await;
+        assert!(summary.errors.is_empty(), "{summary:?}");
+        assert_eq!(store.tag("mcr/agent", "1.0"), Some(digest));
+        assert_eq!(store.tag("agent", "1.0"), None);
+    }
+
+    /// The parent's own repositories under a claimed prefix are left out, and a client's push
+    /// under it does not go up (ReadWrite), while the rest does.
+    #[tokio::test]
+    async fn the_parent_leaves_claimed_prefixes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = Arc::new(FakeParent::default());
+        let config = b"{}".as_slice();
+        let web = image_manifest(config, &[b"web"]);
+        let impostor = image_manifest(config, &[b"impostor"]);
+        for blob in [config, b"web".as_slice(), b"impostor".as_slice()] {
+            parent.put_blob(blob);
+        }
+        let web_digest = parent.put_manifest("apps/web", Some("v1"), IMAGE, &web);
+        parent.put_manifest("mcr/agent", Some("1.0"), IMAGE, &impostor);
+        let (engine, store) = engine(
+            parent.clone(),
+            |p| Namespaced::main(p, vec!["mcr/".into()]),
+            "ReadWrite",
+            &["*"],
+            dir.path(),
+        );
+        let pushed = image_manifest(config, &[b"pushed"]);
+        store.client_blob("mcr/local", config);
+        store.client_blob("mcr/local", b"pushed");
+        store.client_manifest("mcr/local", "v1", IMAGE, pushed.clone());
+        store.client_blob("apps/mine", config);
+        store.client_blob("apps/mine", b"pushed");
+        let mine = store.client_manifest("apps/mine", "v1", IMAGE, pushed);
+        let summary = engine.run_pass(None).await;
+        assert!(summary.errors.is_empty(), "{summary:?}");
+        assert_eq!(store.tag("apps/web", "v1"), Some(web_digest));
+        assert_eq!(store.tag("mcr/agent", "1.0"), None);
+        assert_eq!(parent.tag("apps/mine", "v1"), Some(mine));
+        assert_eq!(parent.tag("mcr/local", "v1"), None);
+        assert!(engine.state.read(|s| s.pushed_seq) > 0);
+    }
+}
