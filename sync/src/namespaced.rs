@@ -488,4 +488,38 @@ mod tests {
         assert_eq!(parent.tag("mcr/local", "v1"), None);
         assert!(engine.state.read(|s| s.pushed_seq) > 0);
     }
+
+    /// The change feed names local repositories: an upstream's under its prefix, the parent's
+    /// without those under a claimed prefix.
+    #[tokio::test]
+    async fn feed_changes_are_named_locally() {
+        use oci::{Change, ChangeKind, FeedPage, Origin};
+        let change = |seq: u64, repo: &str| Change {
+            seq,
+            time: 0,
+            repo: repo.into(),
+            origin: Origin::Client,
+            kind: ChangeKind::TagDeleted { tag: "v1".into() },
+        };
+        let page = FeedPage {
+            version: oci::feed::FEED_VERSION,
+            head: 2,
+            oldest: 1,
+            reset: false,
+            changes: vec![change(1, "agent"), change(2, "mcr/agent")],
+        };
+        let repos = |answer: FeedAnswer| match answer {
+            FeedAnswer::Page(p) => p.changes.into_iter().map(|c| c.repo).collect::<Vec<_>>(),
+            _ => panic!("not a page"),
+        };
+        let parent = Arc::new(FakeParent::default());
+        parent.answer_feed_with(FeedAnswer::Page(page));
+        let upstream = Namespaced::upstream(parent.clone(), mcr());
+        assert_eq!(
+            repos(upstream.changes(0, 10).await.unwrap()),
+            ["mcr/agent", "mcr/mcr/agent"]
+        );
+        let main = Namespaced::main(parent, vec!["mcr/".into()]);
+        assert_eq!(repos(main.changes(0, 10).await.unwrap()), ["agent"]);
+    }
 }
