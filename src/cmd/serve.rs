@@ -260,10 +260,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         children,
     );
     app = app.merge(registry::api::gateway::tree_routes(tree.clone()));
+    // Management commands (`token`, `scope-map`, `child`, `status --tree`, `bundle`) reach
+    // this registry on DATA/admin.sock.
+    super::admin_socket::spawn(
+        &args.data,
+        authority.clone(),
+        tree,
+        super::bundle::socket_routes(store.clone()),
+    )?;
     if let Some(authority) = &authority {
-        // Management commands (`token`, `scope-map`, `child`, `status --tree`) reach this
-        // registry on DATA/admin.sock.
-        super::admin_socket::spawn(&args.data, authority.clone(), tree)?;
         app = registry::api::auth::guard(
             app.merge(registry::api::auth::token::routes(authority.clone()))
                 .merge(registry::api::gateway::routes(authority.clone(), reports)),
