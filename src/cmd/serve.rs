@@ -235,9 +235,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let sync_service = background.as_ref().map(|b| b.service.clone());
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
+    // Pull-through: a miss in the on-demand scope is fetched through sync's parent client.
+    let on_demand = background.as_ref().map(|b| {
+        let upstreams = sync::on_demand::Upstreams::new(b.service.clone());
+        let timeout = upstreams.timeout();
+        registry::api::on_demand::OnDemand::new(Arc::new(upstreams), timeout)
+    });
     let options = registry::api::Options {
         miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
         writes: write_switch.clone(),
+        on_demand,
     };
     let mut app = registry::api::router_with(store.clone(), options);
     match background {

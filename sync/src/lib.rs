@@ -33,6 +33,7 @@ pub mod engine;
 #[cfg(test)]
 mod fake;
 mod feed;
+pub mod on_demand;
 pub mod parent;
 pub mod parent_config;
 mod pass;

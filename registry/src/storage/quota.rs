@@ -205,6 +205,7 @@ impl Store {
                     digest = %evicted.digest,
                     bytes = freed,
                     last_used = candidate.last_used,
+                    on_demand = candidate.on_demand,
                     why,
                     "evicted a synced image least recently pulled; the tag stays listed and the next sync pass brings it back once a client asks for it"
                 );
@@ -253,6 +254,17 @@ impl Store {
             freed += stat.len();
         }
         Ok(freed)
+    }
+
+    /// Records that `repo:tag` was just fetched from the parent on demand (pull-through): it
+    /// counts toward the quota like synced content and is evicted first.
+    pub fn mark_on_demand(&self, repo: &RepoName, tag: &str) -> Result<(), StorageError> {
+        self.inner.meta.mark_on_demand(repo.as_str(), tag)
+    }
+
+    /// Whether `repo:tag` was fetched on demand (and not set again since).
+    pub fn is_on_demand(&self, repo: &RepoName, tag: &str) -> Result<bool, StorageError> {
+        self.inner.meta.is_on_demand(repo.as_str(), tag)
     }
 
     /// Forgets that `repo:tag` was evicted (the parent no longer has it). Whether it was.

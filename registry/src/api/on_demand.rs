@@ -1,0 +1,338 @@
+//! Pull-through: a pull of a manifest or blob this registry does not hold, in a repository its
+//! [`Source`] serves, is fetched from the parent on demand and streamed to the client while it
+//! is written and verified.
+//!
+//! The registry only knows the small [`Source`] contract; sync implements it over its parent
+//! client (auth, TLS, retries, the bandwidth cap), and decides in one place which parent serves
+//! a repository. What is held here is always answered from the store without asking the parent:
+//! only misses come here, and each waits on the parent at most [`OnDemand`]'s timeout.
+//!
+//! Coalescing: concurrent requests for one manifest share one fetch (kept in memory until the
+//! manifest is stored), and for one blob one download (`storage::fill`). A fetched manifest is
+//! answered at once; its blobs are fetched in the background, and the manifest is stored (as
+//! sync stores, so it is evictable under `--quota` and appears in the change feed for this
+//! registry's own children) once everything it references is here, and marked as fetched on
+//! demand, so the quota evicts it first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use crate::api::error::ApiError;
+use crate::storage::fill::{Fill, FillError, Fills, Incoming, OpenIncoming};
+use crate::storage::Store;
+use oci::digest::Digest;
+use oci::name::RepoName;
+use oci::reference::Reference;
+use oci::{ErrorCode, Origin};
+
+/// A manifest fetched from the parent, its body verified against its digest.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// Why the source could not answer.
+#[derive(Debug, Clone)]
+pub enum SourceError {
+    /// The parent could not be reached (connection refused, timed out, stalled).
+    Unreachable(String),
+    /// The parent answered, but not with something usable (refused, broken, unverifiable).
+    Refused(String),
+}
+
+/// Where content missing here comes from: the parent, as sync reaches it. `None` answers mean
+/// "the parent has no such thing".
+pub trait Source: Send + Sync + 'static {
+    /// Whether pulls of `repo` that miss here are fetched on demand (the on-demand scope).
+    fn serves(&self, repo: &RepoName) -> bool;
+    /// A manifest by tag or digest.
+    fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> BoxFuture<'static, Result<Option<FetchedManifest>, SourceError>>;
+    /// A blob's bytes from the first, and its size when the parent says.
+    fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> BoxFuture<'static, Result<Option<Incoming>, SourceError>>;
+}
+
+type SharedManifest = Shared<BoxFuture<'static, Result<Arc<FetchedManifest>, ApiError>>>;
+
+/// Pull-through for the routes: the source, the wait allowed, and what is in flight.
+#[derive(Clone)]
+pub struct OnDemand {
+    source: Arc<dyn Source>,
+    /// The longest a miss waits for the parent to answer (`--on-demand-timeout`).
+    timeout: Duration,
+    fills: Fills,
+    /// Manifests fetched and not stored yet, by (repository, reference as asked).
+    manifests: Arc<Mutex<HashMap<(String, String), SharedManifest>>>,
+}
+
+impl OnDemand {
+    pub fn new(source: Arc<dyn Source>, timeout: Duration) -> OnDemand {
+        OnDemand {
+            source,
+            timeout,
+            fills: Fills::default(),
+            manifests: Arc::default(),
+        }
+    }
+
+    /// The blobs being filled (for tests and metrics).
+    pub fn fills(&self) -> &Fills {
+        &self.fills
+    }
+
+    /// The manifest `reference` of `repo` from the parent (`None`: the repository is not
+    /// served on demand). Concurrent calls share one fetch.
+    pub async fn manifest(
+        &self,
+        store: &Store,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<Arc<FetchedManifest>>, ApiError> {
+        if !self.source.serves(repo) {
+            return Ok(None);
+        }
+        let key = (repo.as_str().to_owned(), reference.to_string());
+        let shared = {
+            let mut manifests = lock(&self.manifests);
+            match manifests.get(&key) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared = self.start_manifest(store, repo, reference, key.clone());
+                    manifests.insert(key, shared.clone());
+                    shared
+                }
+            }
+        };
+        shared.await.map(Some)
+    }
+
+    /// Spawns the fetch of a manifest (a client going away does not stop it for the others);
+    /// on success, the task that stores it once its content is here.
+    fn start_manifest(
+        &self,
+        store: &Store,
+        repo: &RepoName,
+        reference: &Reference,
+        key: (String, String),
+    ) -> SharedManifest {
+        let this = self.clone();
+        let (store, repo, reference) = (store.clone(), repo.clone(), reference.clone());
+        let task = tokio::spawn(async move {
+            let asked = this.source.manifest(&repo, &reference);
+            let fetched = match tokio::time::timeout(this.timeout, asked).await {
+                Err(_) => Err(this.too_slow()),
+                Ok(Err(err)) => Err(source_error(err)),
+                Ok(Ok(None)) => Err(ApiError::new(
+                    ErrorCode::ManifestUnknown,
+                    format!("manifest {reference} is not in repository {repo}, here or at the parent"),
+                )),
+                Ok(Ok(Some(fetched))) => Ok(Arc::new(fetched)),
+            };
+            match &fetched {
+                Ok(manifest) => {
+                    let manifest = manifest.clone();
+                    tokio::spawn(async move {
+                        this.keep(&store, &repo, &reference, &manifest).await;
+                        let mut manifests = lock(&this.manifests);
+                        manifests.remove(&key);
+                        manifests.remove(&(key.0.clone(), manifest.digest.to_string()));
+                    });
+                }
+                Err(_) => {
+                    lock(&this.manifests).remove(&key);
+                }
+            }
+            fetched
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    ErrorCode::Unknown,
+                    format!("the on-demand manifest fetch failed: {e}"),
+                ))
+            })
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Brings what `manifest` references down (its blobs; an index's children come when asked
+    /// for) and stores it as sync would, under `reference`. Failures are logged: the manifest
+    /// is then not kept, and the next pull fetches it again.
+    async fn keep(
+        &self,
+        store: &Store,
+        repo: &RepoName,
+        reference: &Reference,
+        manifest: &FetchedManifest,
+    ) {
+        // Requests by digest share this fetch too while the blobs come down.
+        if let Reference::Tag(_) = reference {
+            let by_digest = (repo.as_str().to_owned(), manifest.digest.to_string());
+            let ready: SharedManifest = futures_util::future::ready(Ok(Arc::new(manifest.clone())))
+                .boxed()
+                .shared();
+            lock(&self.manifests).entry(by_digest).or_insert(ready);
+        }
+        let parsed = match oci::manifest::parse(Some(&manifest.media_type), &manifest.body) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::warn!(%repo, digest = %manifest.digest, %err, "a manifest fetched on demand does not parse: served, not kept");
+                return;
+            }
+        };
+        let mut fills = Vec::new();
+        for blob in parsed.blobs().filter(|b| !b.is_foreign()) {
+            if matches!(store.repo_blob(repo, &blob.digest), Ok(Some(_))) {
+                continue;
+            }
+            fills.push(self.fill(store, repo, &blob.digest));
+        }
+        for fill in fills {
+            if let Err(err) = fill.finished().await {
+                tracing::warn!(%repo, digest = %manifest.digest, blob = %fill.digest, %err, "a blob of a manifest fetched on demand could not be fetched: the manifest is not kept");
+                return;
+            }
+        }
+        let skipped: Vec<Digest> = parsed
+            .children()
+            .iter()
+            .filter(|child| {
+                !matches!(
+                    store.get_manifest(repo, &Reference::Digest(child.digest.clone())),
+                    Ok(Some(_))
+                )
+            })
+            .map(|child| child.digest.clone())
+            .collect();
+        let (store, repo, reference) = (store.clone(), repo.clone(), reference.clone());
+        let manifest = manifest.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            store.put_partial_index(
+                &repo,
+                &reference,
+                Some(&manifest.media_type),
+                manifest.body.clone(),
+                Origin::Sync,
+                skipped,
+            )?;
+            if let Reference::Tag(tag) = &reference {
+                store.mark_on_demand(&repo, tag.as_str())?;
+            }
+            Ok::<_, crate::storage::StorageError>((repo, manifest.digest))
+        })
+        .await;
+        match stored {
+            Ok(Ok((repo, digest))) => {
+                tracing::info!(%repo, %digest, "stored a manifest fetched on demand")
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "a manifest fetched on demand could not be stored")
+            }
+            Err(err) => tracing::warn!(%err, "storing a manifest fetched on demand failed"),
+        }
+    }
+
+    /// The blob `digest` of `repo` from the parent, with its size when known (`None`: the
+    /// repository is not served on demand). Concurrent calls share one download.
+    pub async fn blob(
+        &self,
+        store: &Store,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<(Arc<Fill>, Option<u64>)>, ApiError> {
+        if !self.source.serves(repo) {
+            return Ok(None);
+        }
+        let fill = self.fill(store, repo, digest);
+        let size = match tokio::time::timeout(self.timeout, fill.opened()).await {
+            Err(_) => return Err(self.too_slow()),
+            Ok(Err(FillError::Missing)) => {
+                return Err(ApiError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {digest} is not in repository {repo}, here or at the parent"),
+                ))
+            }
+            Ok(Err(FillError::Unreachable(why))) => {
+                return Err(unreachable(why));
+            }
+            Ok(Err(FillError::Failed(why))) => {
+                return Err(ApiError::new(ErrorCode::Unknown, why)
+                    .with_status(StatusCode::BAD_GATEWAY))
+            }
+            Ok(Ok(size)) => size,
+        };
+        Ok(Some((fill, size)))
+    }
+
+    fn fill(&self, store: &Store, repo: &RepoName, digest: &Digest) -> Arc<Fill> {
+        self.fills
+            .fill(store, repo, digest, self.open_blob(repo, digest))
+    }
+
+    fn open_blob(&self, repo: &RepoName, digest: &Digest) -> OpenIncoming {
+        let asked = self.source.blob(repo, digest);
+        let timeout = self.timeout;
+        async move {
+            match tokio::time::timeout(timeout, asked).await {
+                Err(_) => Err(FillError::Unreachable(too_slow_message(timeout))),
+                Ok(Err(SourceError::Unreachable(why))) => {
+                    Err(FillError::Unreachable(format!("parent unreachable: {why}")))
+                }
+                Ok(Err(SourceError::Refused(why))) => Err(FillError::Failed(why)),
+                Ok(Ok(None)) => Err(FillError::Missing),
+                Ok(Ok(Some(incoming))) => Ok(incoming),
+            }
+        }
+        .boxed()
+    }
+
+    fn too_slow(&self) -> ApiError {
+        ApiError::new(ErrorCode::Unknown, too_slow_message(self.timeout))
+            .with_status(StatusCode::GATEWAY_TIMEOUT)
+    }
+}
+
+fn too_slow_message(timeout: Duration) -> String {
+    format!(
+        "parent unreachable: it did not answer within {} s (--on-demand-timeout); content held \
+         here is still served, this pull needs the parent",
+        timeout.as_secs_f64()
+    )
+}
+
+fn unreachable(why: String) -> ApiError {
+    let message = if why.starts_with("parent unreachable") {
+        why
+    } else {
+        format!("parent unreachable: {why}")
+    };
+    ApiError::new(ErrorCode::Unknown, message).with_status(StatusCode::BAD_GATEWAY)
+}
+
+fn source_error(err: SourceError) -> ApiError {
+    match err {
+        SourceError::Unreachable(why) => unreachable(why),
+        SourceError::Refused(why) => {
+            ApiError::new(ErrorCode::Unknown, why).with_status(StatusCode::BAD_GATEWAY)
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
