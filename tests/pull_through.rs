@@ -107,7 +107,11 @@ fn twenty_clients_through_an_empty_child_cost_one_parent_request_per_blob() {
     assert!(results.iter().all(|r| r.0 == digest));
     for blob in &blobs {
         let path = format!("/v2/lib/app/blobs/{blob}");
-        assert_eq!(requests(&parent, "GET", &path), 1, "GETs of {blob} at the parent");
+        assert_eq!(
+            requests(&parent, "GET", &path),
+            1,
+            "GETs of {blob} at the parent"
+        );
     }
     assert_eq!(
         requests(&parent, "GET", "/v2/lib/app/manifests/v1"),
@@ -119,8 +123,11 @@ fn twenty_clients_through_an_empty_child_cost_one_parent_request_per_blob() {
     let api = Api::new(&base);
     let part = api
         .send(
-            api.req(reqwest::Method::GET, &format!("/v2/lib/app/blobs/{}", blobs[1]))
-                .header("range", "bytes=100-199"),
+            api.req(
+                reqwest::Method::GET,
+                &format!("/v2/lib/app/blobs/{}", blobs[1]),
+            )
+            .header("range", "bytes=100-199"),
         )
         .expect(206);
     assert_eq!(part.body.len(), 100);
@@ -207,7 +214,11 @@ fn with_the_parent_unreachable_held_content_is_served_and_a_miss_says_so() {
         miss.text()
     );
     let blob_miss = api.get(&format!("/v2/lib/missed/blobs/sha256:{}", "0".repeat(64)));
-    assert!(blob_miss.text().contains("parent unreachable"), "{}", blob_miss.text());
+    assert!(
+        blob_miss.text().contains("parent unreachable"),
+        "{}",
+        blob_miss.text()
+    );
     api.push_image("local/pushed", "v1", 1, 1 << 20);
     assert_eq!(api.get_manifest("local/pushed", "v1").status, 200);
 }
@@ -274,9 +285,11 @@ fn on_demand_content_is_in_the_feed_and_evicted_first() {
     pull_checked(&api, "lib/fetched", "v1");
     wait_stored(&child, "lib/fetched");
     let feed = api.get("/acr/v1/_changes?after=0&n=100").expect(200).json();
-    let tagged = feed["changes"].as_array().unwrap().iter().any(|c| {
-        c["repo"] == "lib/fetched" && c["type"] == "tag_set" && c["tag"] == "v1"
-    });
+    let tagged = feed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["repo"] == "lib/fetched" && c["type"] == "tag_set" && c["tag"] == "v1");
     assert!(tagged, "the feed names the on-demand tag: {feed}");
     // The next sync pass enforces the quota: the on-demand image goes first.
     let evicted = wait_until(SETTLE, Duration::from_millis(200), || {

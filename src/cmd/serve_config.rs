@@ -152,7 +152,11 @@ pub fn render(
         "",
     )
     .line("strict", s.strict, "")
-    .line("on_demand", s.on_demand.describe(), "pull-through on a miss")
+    .line(
+        "on_demand",
+        s.on_demand.describe(),
+        "pull-through on a miss",
+    )
     .line("on_demand_timeout", duration(s.on_demand_timeout), "")
     .line("sync_feed", if s.feed { "on" } else { "off" }, "")
     .line("sync_concurrency", s.limits.concurrency, "")

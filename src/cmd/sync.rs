@@ -161,7 +161,11 @@ pub struct SyncFlags {
 
     /// How long a pull that misses here waits for the parent before it fails saying the
     /// parent is unreachable (default 10s; what is held here never waits on the parent).
-    #[arg(long, value_name = "DURATION", env = "CONNECTED_REGISTRY_ON_DEMAND_TIMEOUT")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "CONNECTED_REGISTRY_ON_DEMAND_TIMEOUT"
+    )]
     pub on_demand_timeout: Option<String>,
 }
 

@@ -57,21 +57,21 @@ fn source_error(err: ClientError, what: &str) -> SourceError {
         ClientError::Transport { .. } => {
             SourceError::Unreachable("the connection to the parent failed".into())
         }
-        ClientError::Stalled { secs, .. } => SourceError::Unreachable(format!(
-            "the parent sent no byte for {secs} s"
-        )),
-        ClientError::Status { status, .. } if *status >= 500 => SourceError::Unreachable(
-            format!("the parent answered {status} (unavailable)"),
-        ),
+        ClientError::Stalled { secs, .. } => {
+            SourceError::Unreachable(format!("the parent sent no byte for {secs} s"))
+        }
+        ClientError::Status { status, .. } if *status >= 500 => {
+            SourceError::Unreachable(format!("the parent answered {status} (unavailable)"))
+        }
         ClientError::Status { status, .. } => {
             SourceError::Refused(format!("the parent refused {what} ({status})"))
         }
         ClientError::Auth { .. } => SourceError::Refused(format!(
             "the parent refused this registry's credentials for {what}: check the sync token"
         )),
-        ClientError::Protocol { message, .. } => {
-            SourceError::Refused(format!("the parent's answer for {what} was refused: {message}"))
-        }
+        ClientError::Protocol { message, .. } => SourceError::Refused(format!(
+            "the parent's answer for {what} was refused: {message}"
+        )),
         ClientError::Trust(_) | ClientError::Certificate { .. } => SourceError::Unreachable(
             "the parent's TLS certificate cannot be verified (see the log)".into(),
         ),

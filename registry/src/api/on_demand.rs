@@ -138,7 +138,9 @@ impl OnDemand {
                 Ok(Err(err)) => Err(source_error(err)),
                 Ok(Ok(None)) => Err(ApiError::new(
                     ErrorCode::ManifestUnknown,
-                    format!("manifest {reference} is not in repository {repo}, here or at the parent"),
+                    format!(
+                        "manifest {reference} is not in repository {repo}, here or at the parent"
+                    ),
                 )),
                 Ok(Ok(Some(fetched))) => Ok(Arc::new(fetched)),
             };
@@ -271,8 +273,9 @@ impl OnDemand {
                 return Err(unreachable(why));
             }
             Ok(Err(FillError::Failed(why))) => {
-                return Err(ApiError::new(ErrorCode::Unknown, why)
-                    .with_status(StatusCode::BAD_GATEWAY))
+                return Err(
+                    ApiError::new(ErrorCode::Unknown, why).with_status(StatusCode::BAD_GATEWAY)
+                )
             }
             Ok(Ok(size)) => size,
         };

@@ -72,7 +72,9 @@ pub enum FillState {
     },
     /// Verified and installed: the store serves it from now on (`file` stays readable to
     /// readers that opened it before the move, as they hold it open).
-    Done { size: u64 },
+    Done {
+        size: u64,
+    },
     Failed(FillError),
 }
 
@@ -92,7 +94,13 @@ pub struct Fills {
 impl Fills {
     /// The fill of `digest` into `repo`: the one in flight, or a new one whose download
     /// `open` starts (`open` is dropped unused when a fill is in flight already).
-    pub fn fill(&self, store: &Store, repo: &RepoName, digest: &Digest, open: OpenIncoming) -> Arc<Fill> {
+    pub fn fill(
+        &self,
+        store: &Store,
+        repo: &RepoName,
+        digest: &Digest,
+        open: OpenIncoming,
+    ) -> Arc<Fill> {
         let key = (repo.as_str().to_owned(), digest.clone());
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fill) = inflight.get(&key) {
@@ -105,7 +113,8 @@ impl Fills {
         });
         inflight.insert(key.clone(), fill.clone());
         drop(inflight);
-        let (store, repo, digest, map) = (store.clone(), repo.clone(), digest.clone(), self.clone());
+        let (store, repo, digest, map) =
+            (store.clone(), repo.clone(), digest.clone(), self.clone());
         tokio::spawn(async move {
             let outcome = download(&store, &repo, &digest, open, &tx).await;
             // Out of the map first: a request from now on finds the blob installed, or starts
@@ -128,7 +137,10 @@ impl Fills {
 
     /// How many fills are in flight (for tests and metrics).
     pub fn in_flight(&self) -> usize {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -140,7 +152,8 @@ async fn download(
     open: OpenIncoming,
     tx: &watch::Sender<FillState>,
 ) -> Result<u64, FillError> {
-    let local = |e: StorageError| FillError::Failed(format!("storing blob {digest} here failed: {e}"));
+    let local =
+        |e: StorageError| FillError::Failed(format!("storing blob {digest} here failed: {e}"));
     let id = fill_id(repo, digest);
     // A session left by an earlier attempt (or a restart) starts over: its bytes are unverified.
     store.cancel_upload(&id);
@@ -462,7 +475,12 @@ mod tests {
         let size = Some(data.len() as u64);
         let mut readers = Vec::new();
         for _ in 0..5 {
-            let fill = fills.fill(&store, &repo, &digest, source(bad.clone(), size, opened.clone()));
+            let fill = fills.fill(
+                &store,
+                &repo,
+                &digest,
+                source(bad.clone(), size, opened.clone()),
+            );
             let store = store.clone();
             readers.push(tokio::spawn(async move {
                 fill.opened().await.ok();
@@ -483,7 +501,12 @@ mod tests {
         }
         // (A reader that came after a failed download already started another one.)
         let before = opened.load(Ordering::SeqCst);
-        let fill = fills.fill(&store, &repo, &digest, source(data.clone(), size, opened.clone()));
+        let fill = fills.fill(
+            &store,
+            &repo,
+            &digest,
+            source(data.clone(), size, opened.clone()),
+        );
         fill.opened().await.unwrap();
         let (bytes, failed) = collect(fill.read(&store, None)).await;
         assert!(!failed);

@@ -118,7 +118,10 @@ fn filling(
         } else {
             Body::from_stream(fill.read(store, None))
         };
-        return Ok(builder.status(StatusCode::OK).body(body).expect("valid response"));
+        return Ok(builder
+            .status(StatusCode::OK)
+            .body(body)
+            .expect("valid response"));
     };
     let range = headers
         .get(header::RANGE)
