@@ -108,6 +108,19 @@ impl OnDemand {
         let key = (repo.as_str().to_owned(), reference.to_string());
         let shared = {
             let mut manifests = lock(&self.manifests);
+            // Stored between the caller's miss and now: no second fetch.
+            if !manifests.contains_key(&key) {
+                if let Ok(Some(stored)) = store.get_manifest(repo, reference) {
+                    if stored.unreadable.is_some() {
+                        return Ok(None); // locked here: the route's own answer applies
+                    }
+                    return Ok(Some(Arc::new(FetchedManifest {
+                        digest: stored.digest,
+                        media_type: stored.media_type,
+                        body: stored.body,
+                    })));
+                }
+            }
             match manifests.get(&key) {
                 Some(shared) => shared.clone(),
                 None => {

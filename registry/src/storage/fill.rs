@@ -106,6 +106,14 @@ impl Fills {
         if let Some(fill) = inflight.get(&key) {
             return fill.clone();
         }
+        // A fill that ended between the caller's miss and now left the blob here: no second
+        // download.
+        if let Ok(Some(size)) = store.repo_blob(repo, digest) {
+            return Arc::new(Fill {
+                digest: digest.clone(),
+                state: watch::channel(FillState::Done { size }).1,
+            });
+        }
         let (tx, rx) = watch::channel(FillState::Opening);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
