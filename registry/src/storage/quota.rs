@@ -542,4 +542,29 @@ mod tests {
             .collect();
         assert_eq!(evicted, ["synced"]);
     }
+
+    /// A tag fetched on demand is evicted before the synced one, although pulled more
+    /// recently; sync setting the tag again makes it a synced tag like the others.
+    #[test]
+    fn on_demand_tags_are_evicted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_quota(dir.path(), 15_000);
+        let repo: RepoName = "edge/app".parse().unwrap();
+        image(&store, &repo, "synced", 10_000, None, Origin::Sync);
+        let (fetched, _) = image(&store, &repo, "fetched", 10_000, None, Origin::Sync);
+        store.mark_on_demand(&repo, "fetched").unwrap();
+        assert!(store.is_on_demand(&repo, "fetched").unwrap());
+        store.note_pull(&repo, &fetched);
+        lock(&store.inner.quota.pulls)
+            .values_mut()
+            .for_each(|t| *t += 10);
+        let report = store.enforce_quota().unwrap();
+        let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(evicted, ["fetched"]);
+
+        image(&store, &repo, "again", 1_000, None, Origin::Sync);
+        store.mark_on_demand(&repo, "again").unwrap();
+        image(&store, &repo, "again", 2_000, None, Origin::Sync);
+        assert!(!store.is_on_demand(&repo, "again").unwrap(), "set again by sync");
+    }
 }
