@@ -59,8 +59,10 @@ pub async fn get(
     head_only: bool,
 ) -> Result<Response, ApiError> {
     let Some(blob) = store.open_blob(repo, digest)? else {
-        // Not here: from the parent, when this repository is pulled through.
-        if let Some(on_demand) = on_demand {
+        // Not here: from the parent, when this repository is pulled through. Not for a HEAD:
+        // clients pull blobs with GET, while a push HEADs every blob it is about to upload, and
+        // a push must never wait on the parent.
+        if let Some(on_demand) = on_demand.filter(|_| !head_only) {
             if let Some((fill, size)) = on_demand.blob(store, repo, digest).await? {
                 return Ok(filling(store, &fill, size, digest, headers, head_only)?);
             }
