@@ -219,6 +219,9 @@ fn with_the_parent_unreachable_held_content_is_served_and_a_miss_says_so() {
         "{}",
         blob_miss.text()
     );
+    // A push HEADs blobs before uploading them: never asked of the parent.
+    let head = api.head(&format!("/v2/lib/missed/blobs/sha256:{}", "1".repeat(64)));
+    assert_eq!(head.status, 404);
     api.push_image("local/pushed", "v1", 1, 1 << 20);
     assert_eq!(api.get_manifest("local/pushed", "v1").status, 200);
 }
