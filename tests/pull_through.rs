@@ -266,7 +266,7 @@ fn on_demand_content_is_in_the_feed_and_evicted_first() {
             "--repo",
             "lib/synced",
             "--on-demand",
-            "lib/*",
+            "lib/fetched",
             "--sync-poll-interval",
             "PT1S",
             "--quota",

@@ -195,6 +195,9 @@ impl OnDemand {
         reference: &Reference,
         manifest: &FetchedManifest,
     ) {
+        // Until it is stored (and marked as fetched on demand, so evicted first), its blobs
+        // must not make the quota evict something else.
+        let _deferral = store.defer_evictions();
         // Requests by digest share this fetch too while the blobs come down.
         if let Reference::Tag(_) = reference {
             let by_digest = (repo.as_str().to_owned(), manifest.digest.to_string());

@@ -45,6 +45,23 @@ pub(crate) struct QuotaState {
     running: Mutex<()>,
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
+    /// Images being fetched on demand (see [`Store::defer_evictions`]).
+    deferring: AtomicU64,
+}
+
+/// While held, evictions wait (see [`Store::defer_evictions`]).
+pub struct EvictionDeferral {
+    store: Store,
+}
+
+impl Drop for EvictionDeferral {
+    fn drop(&mut self) {
+        self.store
+            .inner
+            .quota
+            .deferring
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One tag evicted.
@@ -164,6 +181,17 @@ impl Store {
         )
     }
 
+    /// Holds evictions back while an image is fetched on demand: its blobs count toward the
+    /// usage as they arrive, but its tag is an eviction candidate (the first) only once the
+    /// manifest is stored, so an eviction run meanwhile would evict a synced image instead.
+    /// The next run after the guard is dropped (the next sync pass, the GC timer) catches up.
+    pub fn defer_evictions(&self) -> EvictionDeferral {
+        self.inner.quota.deferring.fetch_add(1, Ordering::Relaxed);
+        EvictionDeferral {
+            store: self.clone(),
+        }
+    }
+
     /// Brings the blob files under the quota by evicting synced tags, least recently pulled
     /// first; logs each eviction. Does nothing without a quota, under it, or while another run
     /// is going. Blocking.
@@ -175,6 +203,10 @@ impl Store {
         let Ok(_one_run) = self.inner.quota.running.try_lock() else {
             return Ok(report);
         };
+        if self.inner.quota.deferring.load(Ordering::Relaxed) > 0 {
+            tracing::debug!("eviction deferred: an image is being fetched on demand");
+            return Ok(report);
+        }
         self.flush_pulls()?;
         let mut used = self
             .usage()
@@ -565,6 +597,9 @@ mod tests {
         image(&store, &repo, "again", 1_000, None, Origin::Sync);
         store.mark_on_demand(&repo, "again").unwrap();
         image(&store, &repo, "again", 2_000, None, Origin::Sync);
-        assert!(!store.is_on_demand(&repo, "again").unwrap(), "set again by sync");
+        assert!(
+            !store.is_on_demand(&repo, "again").unwrap(),
+            "set again by sync"
+        );
     }
 }
