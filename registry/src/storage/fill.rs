@@ -84,11 +84,15 @@ pub struct Fill {
     state: watch::Receiver<FillState>,
 }
 
+/// A fill's key: repository and digest (a blob is fetched for the repository that asks, as the
+/// parent's access control is per repository).
+type FillKey = (String, Digest);
+
 /// The fills in flight, by repository and digest: what makes concurrent requests share one
 /// download. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Fills {
-    inflight: Arc<Mutex<HashMap<(String, Digest), Arc<Fill>>>>,
+    inflight: Arc<Mutex<HashMap<FillKey, Arc<Fill>>>>,
 }
 
 impl Fills {

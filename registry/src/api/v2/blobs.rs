@@ -64,7 +64,7 @@ pub async fn get(
         // a push must never wait on the parent.
         if let Some(on_demand) = on_demand.filter(|_| !head_only) {
             if let Some((fill, size)) = on_demand.blob(store, repo, digest).await? {
-                return Ok(filling(store, &fill, size, digest, headers, head_only)?);
+                return filling(store, &fill, size, digest, headers, head_only);
             }
         }
         return Err(ApiError::new(
