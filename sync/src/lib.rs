@@ -18,6 +18,8 @@
 //!   children's), and the report a registry makes of itself for the tree.
 //! - `parent_config`: the settings a child receives from its parent, kept for when it is
 //!   unreachable.
+//! - `on_demand`: pull-through's source (the registry's `api::on_demand::Source` over the parent
+//!   client), and the one place that decides which parent serves a repository's misses.
 //! - `bandwidth`: the cap on transfers to and from the parent, and the throttle that holds it.
 //! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
 //!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
