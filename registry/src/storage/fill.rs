@@ -526,6 +526,25 @@ mod tests {
         assert_eq!(opened.load(Ordering::SeqCst), before + 1);
     }
 
+    /// A client that goes away mid-download does not stop it: the blob is still installed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_goes_away_does_not_stop_the_download() {
+        let (_dir, store) = store();
+        let fills = Fills::default();
+        let repo: RepoName = "lib/app".parse().unwrap();
+        let data: Vec<u8> = (0..2 << 20).map(|i| (i % 7) as u8).collect();
+        let digest = Digest::sha256_of(&data);
+        let opened = Arc::new(AtomicUsize::new(0));
+        let size = Some(data.len() as u64);
+        let fill = fills.fill(&store, &repo, &digest, source(data.clone(), size, opened));
+        fill.opened().await.unwrap();
+        let mut stream = fill.read(&store, None);
+        assert!(stream.next().await.unwrap().is_ok());
+        drop(stream);
+        assert_eq!(fill.finished().await, Ok(2 << 20));
+        assert_eq!(store.repo_blob(&repo, &digest).unwrap(), Some(2 << 20));
+    }
+
     /// A failure to open (the parent unreachable) reaches every reader, and releases the entry.
     #[tokio::test]
     async fn an_unreachable_source_fails_every_reader() {
