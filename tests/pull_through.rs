@@ -310,3 +310,29 @@ fn on_demand_content_is_in_the_feed_and_evicted_first() {
         "the synced image stays"
     );
 }
+
+/// With `--on-demand-revalidate`, a held tag that moved at the parent is answered as held at
+/// once (the pull never waits on the parent), checked in the background, and served as moved
+/// from then on.
+#[test]
+fn a_held_tag_moved_at_the_parent_is_revalidated_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = start_registry(&dir.path().join("parent"), &[]);
+    let parent_api = Api::new(&parent.url());
+    let (first, _, _) = parent_api.push_image("lib/app", "v1", 1, 1 << 20);
+    let extra = [&CHILD[..], &["--on-demand-revalidate", "1h"]].concat();
+    let child = start_child(&dir.path().join("child"), &parent.url(), &extra);
+    let api = Api::new(&child.url());
+    let (held, _) = pull_checked(&api, "lib/app", "v1");
+    assert_eq!(held, sha256(&first));
+    wait_stored(&child, "lib/app");
+
+    let (moved, _, _) = parent_api.push_image("lib/app", "v1", 1, 1 << 20);
+    let answered = api.get_manifest("lib/app", "v1").expect(200);
+    assert_eq!(sha256(&answered.body), held, "answered as held");
+    let arrived = wait_until(SETTLE, Duration::from_millis(100), || {
+        sha256(&api.get_manifest("lib/app", "v1").expect(200).body) == sha256(&moved)
+    });
+    assert!(arrived, "the moved tag never arrived; log:\n{}", child.log_text());
+    pull_checked(&api, "lib/app", "v1");
+}

@@ -167,6 +167,17 @@ pub struct SyncFlags {
         env = "CONNECTED_REGISTRY_ON_DEMAND_TIMEOUT"
     )]
     pub on_demand_timeout: Option<String>,
+
+    /// A tag in the on-demand scope that was not confirmed with the parent for this long is
+    /// checked with it in the background when a client pulls it (the pull is answered from
+    /// here at once; a moved tag is fetched and served from then on). Default: none, sync
+    /// alone keeps tags current.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "CONNECTED_REGISTRY_ON_DEMAND_REVALIDATE"
+    )]
+    pub on_demand_revalidate: Option<String>,
 }
 
 impl SyncFlags {
@@ -221,6 +232,7 @@ impl SyncFlags {
             bandwidth_windows: Vec::new(),
             on_demand: self.on_demand.clone(),
             on_demand_timeout: self.on_demand_timeout.clone(),
+            on_demand_revalidate: self.on_demand_revalidate.clone(),
         };
         Ok((file, flags))
     }

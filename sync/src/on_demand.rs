@@ -43,6 +43,11 @@ impl Upstreams {
             .then(|| engine.client.clone())
     }
 
+    /// How long a held tag goes unconfirmed with the parent before a pull checks it.
+    fn revalidate(&self) -> Option<std::time::Duration> {
+        self.service.engine().settings.on_demand_revalidate
+    }
+
     /// How long a miss waits for the parent, as configured now.
     pub fn timeout(&self) -> std::time::Duration {
         self.service.engine().settings.on_demand_timeout
@@ -85,6 +90,10 @@ fn is_not_found(err: &ClientError) -> bool {
 impl Source for Upstreams {
     fn serves(&self, repo: &RepoName) -> bool {
         self.for_repo(repo.as_str()).is_some()
+    }
+
+    fn revalidate_after(&self) -> Option<std::time::Duration> {
+        self.revalidate()
     }
 
     fn manifest(

@@ -475,6 +475,10 @@ pub struct Settings {
     /// The longest a pull that misses here waits for the parent before it fails saying the
     /// parent is unreachable.
     pub on_demand_timeout: Duration,
+    /// A tag held here and not confirmed with the parent for this long is checked with it in
+    /// the background when a client pulls it (the pull is answered from here at once); `None`:
+    /// tags are kept current by sync alone.
+    pub on_demand_revalidate: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -555,6 +559,8 @@ pub struct RawSettings {
     pub on_demand: Vec<String>,
     /// How long a pull that misses here waits for the parent (`"10s"`, `"PT10S"`).
     pub on_demand_timeout: Option<String>,
+    /// Tags not confirmed with the parent for this long are checked with it when pulled.
+    pub on_demand_revalidate: Option<String>,
     #[serde(default)]
     pub repos: Vec<RawRepoRule>,
     /// `os/architecture[/variant]` entries of the platform filter.
@@ -696,6 +702,7 @@ impl RawSettings {
             strict,
             feed,
             on_demand_timeout,
+            on_demand_revalidate,
             concurrency,
             connect_timeout_secs,
             request_timeout_secs,
@@ -860,6 +867,18 @@ impl RawSettings {
             Duration::from_secs(1),
             Duration::from_secs(3600),
         )?;
+        let on_demand_revalidate = self
+            .on_demand_revalidate
+            .as_deref()
+            .map(|d| {
+                duration_in_range(
+                    "onDemandRevalidate",
+                    d,
+                    Duration::from_secs(1),
+                    Duration::from_secs(30 * 86_400),
+                )
+            })
+            .transpose()?;
         let platforms = self
             .platforms
             .iter()
@@ -941,6 +960,7 @@ impl RawSettings {
             feed: self.feed.unwrap_or(true),
             on_demand,
             on_demand_timeout,
+            on_demand_revalidate,
             limits,
         }))
     }

@@ -52,6 +52,11 @@ pub enum SourceError {
 pub trait Source: Send + Sync + 'static {
     /// Whether pulls of `repo` that miss here are fetched on demand (the on-demand scope).
     fn serves(&self, repo: &RepoName) -> bool;
+    /// How long a tag held here may go unconfirmed with the parent before a pull of it checks
+    /// it (in the background); `None`: never (sync keeps tags current).
+    fn revalidate_after(&self) -> Option<Duration> {
+        None
+    }
     /// A manifest by tag or digest.
     fn manifest(
         &self,
@@ -77,6 +82,9 @@ pub struct OnDemand {
     fills: Fills,
     /// Manifests fetched and not stored yet, by (repository, reference as asked).
     manifests: Arc<Mutex<HashMap<(String, String), SharedManifest>>>,
+    /// When each held tag was last checked with the parent (or a check started), by
+    /// (repository, tag).
+    checked: Arc<Mutex<HashMap<(String, String), std::time::Instant>>>,
 }
 
 impl OnDemand {
@@ -86,7 +94,56 @@ impl OnDemand {
             timeout,
             fills: Fills::default(),
             manifests: Arc::default(),
+            checked: Arc::default(),
         }
+    }
+
+    /// After a pull of the held tag `reference` (as `held`): when tags are revalidated and this
+    /// one was not checked with the parent for that long, checks it in the background (the
+    /// pull was answered already); a tag moved at the parent is fetched and stored as a miss
+    /// would be. At most one check per tag per period, whatever its outcome.
+    pub fn revalidate(&self, store: &Store, repo: &RepoName, reference: &Reference, held: &Digest) {
+        let Reference::Tag(tag) = reference else {
+            return;
+        };
+        let Some(period) = self.source.revalidate_after() else {
+            return;
+        };
+        if !self.source.serves(repo) {
+            return;
+        }
+        let key = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        let now = std::time::Instant::now();
+        {
+            let mut checked = lock(&self.checked);
+            if checked
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < period)
+            {
+                return;
+            }
+            checked.insert(key, now);
+        }
+        let this = self.clone();
+        let (store, repo, reference, held) =
+            (store.clone(), repo.clone(), reference.clone(), held.clone());
+        tokio::spawn(async move {
+            let asked = this.source.manifest(&repo, &reference);
+            let fetched = match tokio::time::timeout(this.timeout, asked).await {
+                Ok(Ok(Some(fetched))) => fetched,
+                Ok(Ok(None)) => return, // gone at the parent: sync's to delete
+                Ok(Err(_)) | Err(_) => {
+                    tracing::debug!(%repo, %reference, "revalidating a tag: the parent did not answer; the held copy stays");
+                    return;
+                }
+            };
+            if fetched.digest == held {
+                return;
+            }
+            tracing::info!(%repo, %reference, from = %held, to = %fetched.digest, "a held tag moved at the parent: fetching the new manifest");
+            this.keep(&store, &repo, &reference, &fetched).await;
+            lock(&this.manifests).remove(&(repo.as_str().to_owned(), fetched.digest.to_string()));
+        });
     }
 
     /// The blobs being filled (for tests and metrics).

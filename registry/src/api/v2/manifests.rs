@@ -64,6 +64,9 @@ pub async fn get(
     if !req.head_only {
         store.note_pull(repo, &manifest.digest);
     }
+    if let Some(on_demand) = on_demand {
+        on_demand.revalidate(store, repo, reference, &manifest.digest);
+    }
     Ok(answer(
         req,
         &manifest.digest,
