@@ -333,6 +333,10 @@ fn a_held_tag_moved_at_the_parent_is_revalidated_in_the_background() {
     let arrived = wait_until(SETTLE, Duration::from_millis(100), || {
         sha256(&api.get_manifest("lib/app", "v1").expect(200).body) == sha256(&moved)
     });
-    assert!(arrived, "the moved tag never arrived; log:\n{}", child.log_text());
+    assert!(
+        arrived,
+        "the moved tag never arrived; log:\n{}",
+        child.log_text()
+    );
     pull_checked(&api, "lib/app", "v1");
 }
