@@ -2,8 +2,9 @@
 //! so a pull that misses here reaches the parent with sync's credentials, TLS trust, retries
 //! and bandwidth cap (one throttle for sync and on-demand transfers alike).
 //!
-//! [`Upstreams::for_repo`] is the one place that decides which parent serves a repository's
-//! misses (today: sync's one parent, for the repositories in the on-demand scope).
+//! [`PullThrough::for_repo`] is the one place that decides which parent serves a repository's
+//! misses: the upstream whose prefix claims the name (`upstreams` of the sync config, its
+//! `onDemand` patterns), else the main parent for the repositories in the on-demand scope.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::client::ClientError;
+use crate::namespaced::{Route, UpstreamParents};
 use crate::parent::Parent;
 use crate::service::SyncService;
 use registry::api::on_demand::{FetchedManifest, Source, SourceError};
@@ -22,19 +24,27 @@ const CHUNKS_AHEAD: usize = 8;
 
 /// Which parent serves which repository's misses.
 #[derive(Clone)]
-pub struct Upstreams {
+pub struct PullThrough {
     service: Arc<SyncService>,
+    upstreams: UpstreamParents,
 }
 
-impl Upstreams {
-    pub fn new(service: Arc<SyncService>) -> Upstreams {
-        Upstreams { service }
+impl PullThrough {
+    /// `service` runs the main parent's schedule; `upstreams` maps names to the other
+    /// registries (none: the main parent serves every name).
+    pub fn new(service: Arc<SyncService>, upstreams: UpstreamParents) -> PullThrough {
+        PullThrough { service, upstreams }
     }
 
     /// The parent that serves misses of `repo`, `None` when the repository is outside the
     /// on-demand scope. Read at every call: the scope follows the settings sync runs with now
     /// (a child's parent may change them).
     pub fn for_repo(&self, repo: &str) -> Option<Arc<dyn Parent>> {
+        match self.upstreams.route(repo) {
+            Route::Upstream(upstream) => return Some(upstream),
+            Route::NotOnDemand => return None,
+            Route::Parent => {}
+        }
         let engine = self.service.engine();
         let settings = &engine.settings;
         settings
@@ -87,7 +97,7 @@ fn is_not_found(err: &ClientError) -> bool {
     matches!(err, ClientError::Status { status: 404, .. })
 }
 
-impl Source for Upstreams {
+impl Source for PullThrough {
     fn serves(&self, repo: &RepoName) -> bool {
         self.for_repo(repo.as_str()).is_some()
     }
