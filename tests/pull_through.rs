@@ -340,3 +340,27 @@ fn a_held_tag_moved_at_the_parent_is_revalidated_in_the_background() {
     );
     pull_checked(&api, "lib/app", "v1");
 }
+
+/// A name under an upstream's prefix (`upstreams` of the sync config) is pulled through from
+/// that upstream, under its name there; any other name from the parent.
+#[test]
+fn a_miss_under_an_upstream_prefix_comes_from_that_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = start_registry(&dir.path().join("parent"), &[]);
+    let mcr = start_distribution(&dir.path().join("mcr"), "");
+    let (from_mcr, _, _) = Api::new(&mcr.url()).push_image("agent", "v1", 1, 1 << 20);
+    let (from_parent, _, _) = Api::new(&parent.url()).push_image("lib/app", "v1", 1, 1 << 20);
+    let config = dir.path().join("sync.json");
+    let body = serde_json::json!({
+        "upstreams": [{"prefix": "mcr/", "url": mcr.url(), "registry": "mcr.microsoft.com"}]
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    let extra = [&CHILD[..], &["--sync-config", config.to_str().unwrap()]].concat();
+    let child = start_child(&dir.path().join("child"), &parent.url(), &extra);
+    let api = Api::new(&child.url());
+    let (digest, _) = pull_checked(&api, "mcr/agent", "v1");
+    assert_eq!(digest, sha256(&from_mcr));
+    let (digest, _) = pull_checked(&api, "lib/app", "v1");
+    assert_eq!(digest, sha256(&from_parent));
+    assert_eq!(requests(&parent, "GET", "/v2/mcr/agent/manifests/v1"), 0);
+}
