@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::api::{sha256, Api, Resp};
 use common::distribution::start_distribution;
-use common::sync::{start_child, ALWAYS_OPEN};
+use common::sync::{start_child, wait_for_tag, ALWAYS_OPEN};
 use common::{start_registry, start_registry_on, wait_until, Proc};
 
 /// A child's flags: on-demand for `lib/*`, sync of nothing, a short wait for the parent.
@@ -225,6 +225,22 @@ fn with_the_parent_unreachable_held_content_is_served_and_a_miss_says_so() {
     assert_eq!(head.status, 404);
     api.push_image("local/pushed", "v1", 1, 1 << 20);
     assert_eq!(api.get_manifest("local/pushed", "v1").status, 200);
+}
+
+/// A ReadWrite child pushes up what its clients pushed. Its sync first asks (HEAD) what the
+/// layer above holds, and that is answered from the layer's store even while the layer's own
+/// parent is down: a push up never waits on, or fails with, the parent of the registry it
+/// goes to.
+#[test]
+fn a_childs_push_up_reaches_a_layer_whose_parent_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = start_registry(&dir.path().join("cloud"), &[]);
+    let read_write = [&CHILD[..], &["--mode", "ReadWrite"]].concat();
+    let top = start_child(&dir.path().join("top"), &cloud.url(), &read_write);
+    let lower = start_child(&dir.path().join("lower"), &top.url(), &read_write);
+    cloud.kill();
+    let (manifest, _, _) = Api::new(&lower.url()).push_image("lib/made-here", "v1", 1, 1 << 20);
+    wait_for_tag(&top, "lib/made-here", "v1", &sha256(&manifest));
 }
 
 /// Two layers of ours under CNCF distribution: a miss at the lower layer is a miss at the top

@@ -45,8 +45,12 @@ pub async fn get(
     req: Ask,
 ) -> Result<Response, ApiError> {
     let Some(manifest) = store.get_manifest(repo, reference)? else {
-        // Not here: from the parent, when this repository is pulled through.
-        if let Some(on_demand) = on_demand {
+        // Not here: from the parent, when this repository is pulled through. A child's sync
+        // asking with HEAD is checking what this registry holds (before pushing up, or
+        // comparing tags), not pulling: fetching for it would make its push wait on, and fail
+        // with, this registry's own parent. Its pulls through here are GETs.
+        let pulling = !(req.head_only && req.from_sync);
+        if let Some(on_demand) = on_demand.filter(|_| pulling) {
             if let Some(fetched) = on_demand.manifest(store, repo, reference).await? {
                 return Ok(answer(
                     req,
