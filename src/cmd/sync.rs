@@ -390,7 +390,8 @@ impl Prepared {
                     up.trust.as_deref(),
                     settings.limits.clone(),
                 )
-                .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?;
+                .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?
+                .sharing_cap_with(&client);
                 Ok((up.clone(), client))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

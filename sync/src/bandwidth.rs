@@ -179,7 +179,7 @@ impl Throttle {
     }
 
     /// Books `bytes` on the clock at `now`; returns how long the caller must wait.
-    fn book(&self, bytes: usize, now: Instant) -> Duration {
+    pub(crate) fn book(&self, bytes: usize, now: Instant) -> Duration {
         let mut pace = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(&mut pace, now);
         let Some(rate) = pace.rate else {

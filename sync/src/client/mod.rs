@@ -239,6 +239,14 @@ impl ParentClient {
         })
     }
 
+    /// This client, its transfers paced together with `other`'s under one cap: the
+    /// upstreams of a top layer share its one uplink, so a cap holds for all of them at once,
+    /// not for each.
+    pub fn sharing_cap_with(mut self, other: &ParentClient) -> ParentClient {
+        self.throttle = other.throttle.clone();
+        self
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -471,4 +479,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bandwidth::Bandwidth;
+
+    /// The upstreams of a top layer share one uplink: a client made `sharing_cap_with` the
+    /// parent's waits for the bytes the parent's moved; a client of its own does not.
+    #[test]
+    fn a_client_sharing_the_cap_waits_for_the_others_bytes() {
+        let limits = Limits {
+            bandwidth: Bandwidth {
+                default: Some(1 << 20),
+                windows: Vec::new(),
+            },
+            ..Limits::default()
+        };
+        let client = |base: &str| ParentClient::new(base, None, None, limits.clone()).unwrap();
+        let parent = client("http://127.0.0.1:9");
+        let upstream = client("http://127.0.0.2:9").sharing_cap_with(&parent);
+        let alone = client("http://127.0.0.3:9");
+        let now = Instant::now();
+        for _ in 0..64 {
+            parent.throttle.book(64 << 10, now); // 4 MiB at 1 MiB/s
+        }
+        assert!(upstream.throttle.book(64 << 10, now) >= Duration::from_secs(3));
+        assert!(alone.throttle.book(64 << 10, now) < Duration::from_secs(1));
+    }
 }
