@@ -285,8 +285,8 @@ fn crontab_dow_to_names(field: &str) -> Result<String, String> {
 #[derive(Clone, Debug)]
 pub struct RepoRule {
     pub pattern: String,
-    pub include: Option<regex::Regex>,
-    pub exclude: Option<regex::Regex>,
+    pub include: Option<regex_lite::Regex>,
+    pub exclude: Option<regex_lite::Regex>,
     /// Keep only the newest N tags that parse as semver (`v` prefix allowed).
     pub newest: Option<usize>,
 }
@@ -785,7 +785,7 @@ impl RawSettings {
             }
             let re = |what: &'static str, s: Option<String>| {
                 s.map(|s| {
-                    regex::Regex::new(&s)
+                    regex_lite::Regex::new(&s)
                         .map_err(|e| invalid(what, format!("bad regex {s:?}: {e}")))
                 })
                 .transpose()
@@ -1193,8 +1193,8 @@ mod tests {
     fn tag_filters() {
         let rule = RepoRule {
             pattern: "a/*".into(),
-            include: Some(regex::Regex::new("^v").unwrap()),
-            exclude: Some(regex::Regex::new("-rc").unwrap()),
+            include: Some(regex_lite::Regex::new("^v").unwrap()),
+            exclude: Some(regex_lite::Regex::new("-rc").unwrap()),
             newest: Some(2),
         };
         let tags: Vec<String> = ["v1.0.0", "v1.2.0", "v1.10.0", "v2.0.0-rc1", "latest"]
