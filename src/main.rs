@@ -77,7 +77,10 @@ enum Command {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::prelude::*;
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The fmt subscriber stops at INFO unless told otherwise; `filter` decides instead.
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
+        .with_writer(std::io::stderr);
     match format {
         // No colour codes in JSON: a collector reads it, not a terminal.
         LogFormat::Json => builder.json().with_ansi(false).finish().with(filter).init(),
