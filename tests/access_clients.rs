@@ -10,10 +10,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use common::access::{create_token, create_token_on, rule, Made};
 use common::api::Api;
+use common::containerd::Containerd;
 use common::docker::Dockerd;
 use common::oci::Layout;
 use common::{free_port, serve_with, skopeo, Proc};
@@ -331,71 +331,6 @@ fn podman_login_and_pull() {
         ],
     );
     failed_with(&out, "podman login with a wrong password");
-}
-
-/// A private containerd for `ctr`: its own root, state and socket.
-struct Containerd {
-    child: std::process::Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let dir = tempfile::Builder::new()
-            .prefix("ctd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path();
-        let address = d.join("c.sock").display().to_string();
-        // No configuration file: the defaults, with this directory's root, state and socket.
-        let config = d.join("config.toml");
-        std::fs::write(&config, "version = 2\n").unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .args(["--address", &address])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd (./test.sh installs docker.io, which brings it)");
-        let up = common::wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-            Command::new("ctr")
-                .args(["--address", &address, "version"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        assert!(
-            up,
-            "containerd did not answer: {}",
-            std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default()
-        );
-        Containerd {
-            child,
-            address,
-            _dir: dir,
-        }
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .args(["--address", &self.address])
-            .args(args)
-            .output()
-            .expect("run ctr")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -234,6 +234,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     let sync_service = background.as_ref().map(|b| b.service.clone());
+    let upstreams = background
+        .as_ref()
+        .map(|b| b.upstreams.map().clone())
+        .filter(|u| !u.is_empty());
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
     let options = registry::api::Options {
         miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
@@ -266,6 +270,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             authority.clone(),
         );
         app = registry::api::auth::with_client_addr(app, trusted);
+    }
+    if let Some(upstreams) = upstreams {
+        // Outermost: access control and routing judge the local name a `?ns=` maps to.
+        app = registry::api::mirror_ns::map_mirror_names(app, mirror_map(upstreams));
     }
     // Only now, with the store and the token set open (and the admin socket bound): whoever
     // waits for the port finds a registry that serves and answers management commands.
@@ -426,6 +434,16 @@ fn tree_source(
         };
         let synced = sync.as_ref().map(|s| s.synced());
         sync::report::local(&name, synced.as_ref(), mode, &store, children())
+    })
+}
+
+/// containerd's `?ns=` names mapped by the upstreams of the sync config.
+fn mirror_map(upstreams: Arc<sync::upstreams::Upstreams>) -> registry::api::mirror_ns::MirrorMap {
+    Arc::new(move |ns: &str, repo: &str, host: Option<&str>| {
+        match upstreams.mirror_name(ns, repo, host) {
+            sync::upstreams::MirrorName::Local(name) => Ok(name),
+            sync::upstreams::MirrorName::Unknown(message) => Err(message),
+        }
     })
 }
 

@@ -159,5 +159,39 @@ pub fn render(
         s.limits.bandwidth.describe(),
         source("bandwidth_limit"),
     );
+    for up in s.upstreams.entries() {
+        let rules: Vec<&str> = up.repos.iter().map(|r| r.pattern.as_str()).collect();
+        t.line(
+            "upstream",
+            format!(
+                "{} -> {} (ns {}{}; credentials {}; trust {}; repos {}; on demand {})",
+                up.prefix,
+                up.url,
+                up.registry,
+                if up.strip_prefix {
+                    ", prefix stripped"
+                } else {
+                    ""
+                },
+                up.credentials
+                    .as_ref()
+                    .map_or("-".to_owned(), |c| format!("{}:{REDACTED}", c.username)),
+                up.trust
+                    .as_ref()
+                    .map_or("-".to_owned(), |p| p.display().to_string()),
+                if rules.is_empty() {
+                    "-".to_owned()
+                } else {
+                    rules.join(",")
+                },
+                if up.on_demand.is_empty() {
+                    format!("{}*", up.prefix)
+                } else {
+                    up.on_demand.join(",")
+                },
+            ),
+            "file",
+        );
+    }
     t.to_string()
 }

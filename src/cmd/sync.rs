@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use registry::Digest;
+use sync::namespaced::{Namespaced, UpstreamParents};
 use sync::parent_config::{ParentConfig, Received};
 use sync::settings::{Mode, RawRepoRule, RawSettings, Settings, Timeout};
+use sync::upstreams::Upstream;
 use sync::{Engine, NoProgress, Outcome, ParentClient, Progress, StateFile, Summary, SyncService};
 
 /// Sync settings, shared by `sync` and `serve`. Flags override the config file; the connection
@@ -198,6 +200,8 @@ impl SyncFlags {
             upload_chunk_bytes: self.sync_upload_chunk,
             bandwidth_limit: self.bandwidth_limit.clone(),
             bandwidth_windows: Vec::new(),
+            // The sync config file's alone.
+            upstreams: Vec::new(),
         };
         Ok((file, flags))
     }
@@ -288,6 +292,8 @@ impl SyncFlags {
 pub struct Prepared {
     settings: Settings,
     client: ParentClient,
+    /// A client for each upstream besides the parent (`upstreams` in the sync config file).
+    upstream_clients: Vec<(Upstream, ParentClient)>,
     /// What the parent handed out at start (a child defined there), and whether it came from
     /// the parent now or from the copy kept in the data directory.
     parent_config: Option<(ParentConfig, Received)>,
@@ -311,6 +317,19 @@ pub struct Background {
     pub miss_hint: registry::api::MissHint,
     /// The schedule itself, for the admin listener's metrics and readiness.
     pub service: Arc<SyncService>,
+    /// Which upstream serves which name, with their clients: for containerd's `?ns=` mirror
+    /// requests, and for pull-through (which parent serves a miss).
+    pub upstreams: UpstreamParents,
+}
+
+/// The engines of one registry: its parent's, and one per upstream copying ahead of time.
+struct Engines {
+    main: Arc<Engine>,
+    upstreams: Vec<Arc<Engine>>,
+    /// The local prefix of each of `upstreams`.
+    prefixes: Vec<String>,
+    /// Every upstream's client in local names (those copying nothing ahead of time too).
+    parents: UpstreamParents,
 }
 
 impl Prepared {
@@ -325,9 +344,25 @@ impl Prepared {
             settings.trust.as_deref(),
             settings.limits.clone(),
         )?;
+        let upstream_clients = settings
+            .upstreams
+            .entries()
+            .iter()
+            .map(|up| {
+                let client = ParentClient::new(
+                    &up.url,
+                    up.credentials.clone(),
+                    up.trust.as_deref(),
+                    settings.limits.clone(),
+                )
+                .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?;
+                Ok((up.clone(), client))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Some(Prepared {
             settings,
             client,
+            upstream_clients,
             parent_config: None,
             flags: flags.clone(),
         }))
@@ -496,20 +531,73 @@ impl Prepared {
         self.settings.mode
     }
 
-    fn engine(
+    /// The main parent's engine, and one for each upstream with something to copy ahead of
+    /// time (its `repos`), each with its own progress in `DATA/sync/upstreams/NAME/`.
+    fn engines(
         self,
         store: registry::Store,
         data: &Path,
         progress: Arc<dyn Progress>,
-    ) -> anyhow::Result<Arc<Engine>> {
+    ) -> anyhow::Result<Engines> {
+        let store: Arc<dyn sync::store::LocalStore> = Arc::new(store);
+        let upstreams = Arc::new(self.settings.upstreams.clone());
+        let mut for_upstreams = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut parents: Vec<Arc<dyn sync::parent::Parent>> = Vec::new();
+        for (up, client) in self.upstream_clients {
+            let client: Arc<dyn sync::parent::Parent> = Arc::new(client);
+            let client: Arc<dyn sync::parent::Parent> =
+                Arc::new(Namespaced::upstream(client, up.clone()));
+            parents.push(client.clone());
+            if up.repos.is_empty() {
+                continue;
+            }
+            let settings = Settings {
+                parent: up.url.clone(),
+                credentials: up.credentials.clone(),
+                trust: up.trust.clone(),
+                // Foreign upstreams are pull-only.
+                mode: Mode::ReadOnly,
+                repos: up.repos.clone(),
+                upstreams: Default::default(),
+                ..self.settings.clone()
+            };
+            let dir = data
+                .join("sync")
+                .join("upstreams")
+                .join(up.state_dir_name());
+            let state = StateFile::open(&dir)
+                .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?;
+            prefixes.push(up.prefix.clone());
+            for_upstreams.push(Arc::new(Engine::new(
+                client,
+                store.clone(),
+                settings,
+                Arc::new(state),
+                progress.clone(),
+            )));
+        }
         let state = StateFile::open(&data.join("sync"))?;
-        Ok(Arc::new(Engine::new(
-            Arc::new(self.client),
-            Arc::new(store),
+        let client: Arc<dyn sync::parent::Parent> = Arc::new(self.client);
+        // The parent serves every name no upstream claims, and none of theirs.
+        let client: Arc<dyn sync::parent::Parent> = if upstreams.is_empty() {
+            client
+        } else {
+            Arc::new(Namespaced::main(client, upstreams.prefixes()))
+        };
+        let main = Arc::new(Engine::new(
+            client,
+            store,
             self.settings,
             Arc::new(state),
             progress,
-        )))
+        ));
+        Ok(Engines {
+            main,
+            upstreams: for_upstreams,
+            prefixes,
+            parents: UpstreamParents::new(upstreams, parents),
+        })
     }
 
     /// Called by `serve`: starts the sync schedule in the background. `data` is the
@@ -531,9 +619,14 @@ impl Prepared {
             "sync enabled"
         );
         let miss_hint_of = Arc::new(std::sync::OnceLock::<Arc<SyncService>>::new());
+        let upstreams = Arc::new(self.settings.upstreams.clone());
         let miss_hint: registry::api::MissHint = {
             let service = miss_hint_of.clone();
+            let upstreams = upstreams.clone();
             Arc::new(move |repo: &registry::RepoName| {
+                if let Some((up, _)) = upstreams.for_repository(repo.as_str()) {
+                    return sync::settings::outside_scope(&up.repos, repo.as_str());
+                }
                 let engine = service.get()?.engine();
                 sync::settings::outside_scope(&engine.settings.repos, repo.as_str())
             })
@@ -554,17 +647,28 @@ impl Prepared {
             }),
             None => None,
         };
-        let service =
-            SyncService::refreshed_by(self.engine(store, data, Arc::new(NoProgress))?, refresh);
+        let engines = self.engines(store, data, Arc::new(NoProgress))?;
+        let upstream_parents = engines.parents.clone();
+        let service = SyncService::refreshed_by(engines.main, refresh);
         if let Some(reporter) = reporter {
             service.report_with(reporter);
         }
         let _ = miss_hint_of.set(service.clone());
         service.spawn();
+        // Each upstream's schedule runs on its own; the parent's status shows theirs.
+        let mut shown = Vec::new();
+        for (engine, prefix) in engines.upstreams.into_iter().zip(engines.prefixes) {
+            tracing::info!(upstream = %engine.settings.parent, %prefix, repos = engine.settings.repos.len(), "sync from an upstream enabled (pull-only)");
+            let upstream = SyncService::new(engine);
+            upstream.spawn();
+            shown.push((prefix, upstream));
+        }
+        service.show_upstreams(shown);
         Ok(Background {
             status: service.router(),
             miss_hint,
             service,
+            upstreams: upstream_parents,
         })
     }
 }
@@ -620,9 +724,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?
             .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     if !args.once {
-        let engine = sync.engine(store, &args.data, Arc::new(NoProgress))?;
-        let service = SyncService::new(engine);
+        let engines = sync.engines(store, &args.data, Arc::new(NoProgress))?;
+        let service = SyncService::new(engines.main);
         let handle = service.spawn();
+        let _upstreams: Vec<_> = engines
+            .upstreams
+            .into_iter()
+            .map(|engine| {
+                let service = SyncService::new(engine);
+                service.spawn();
+                service
+            })
+            .collect();
         tokio::select! {
             _ = handle => {},
             _ = util::shutdown::signal() => {},
@@ -631,16 +744,45 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let bars = Bars::new(!args.quiet && std::io::stderr().is_terminal(), args.quiet);
     let ticker = bars.clone().start();
-    let engine = sync.engine(store, &args.data, bars.clone())?;
+    let engines = sync.engines(store, &args.data, bars.clone())?;
     let deadline = time_limit.map(|d| tokio::time::Instant::now() + d);
-    let summary = engine.run_pass(deadline).await;
+    // The parent first, then each upstream, one after the other: one summary each.
+    let mut summaries = vec![(None, engines.main.run_pass(deadline).await)];
+    for engine in &engines.upstreams {
+        summaries.push((
+            Some(engine.settings.parent.clone()),
+            engine.run_pass(deadline).await,
+        ));
+    }
     ticker.abort();
     bars.clear();
-    print_summary(&summary, args.json);
-    Ok(match summary.outcome {
-        Outcome::Completed => ExitCode::SUCCESS,
-        Outcome::Paused => ExitCode::from(75),
-        _ => ExitCode::from(1),
+    if args.json && summaries.len() > 1 {
+        // One JSON document: the parent's summary, with the upstreams' by URL.
+        let mut doc = serde_json::to_value(&summaries[0].1).unwrap_or_default();
+        let by_url: serde_json::Map<String, serde_json::Value> = summaries[1..]
+            .iter()
+            .filter_map(|(url, s)| Some((url.clone()?, serde_json::to_value(s).ok()?)))
+            .collect();
+        doc["upstreams"] = serde_json::Value::Object(by_url);
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    for (url, summary) in &summaries {
+        if let Some(url) = url {
+            eprintln!("upstream {url}:");
+        }
+        print_summary(summary, args.json && summaries.len() == 1);
+    }
+    // The worst outcome decides: an error anywhere, else a pause anywhere, else in step.
+    let outcomes: Vec<Outcome> = summaries.iter().map(|(_, s)| s.outcome).collect();
+    Ok(if outcomes.iter().all(|o| *o == Outcome::Completed) {
+        ExitCode::SUCCESS
+    } else if outcomes
+        .iter()
+        .all(|o| matches!(o, Outcome::Completed | Outcome::Paused))
+    {
+        ExitCode::from(75)
+    } else {
+        ExitCode::from(1)
     })
 }
 

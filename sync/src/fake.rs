@@ -425,12 +425,15 @@ impl Parent for FakeParent {
     ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>> {
         ready(Ok(Vec::new()))
     }
-    fn get_blob<'a>(
+    fn get_blob<'a, 'b>(
         &'a self,
-        _repo: &'a str,
-        digest: &'a Digest,
+        _repo: &'b str,
+        digest: &'b Digest,
         offset: u64,
-    ) -> BoxFuture<'a, Result<BlobDownload<'a>, ClientError>> {
+    ) -> BoxFuture<'b, Result<BlobDownload<'a>, ClientError>>
+    where
+        'a: 'b,
+    {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let source = format!("{}/blobs/{digest}", self.base());
         let found = self.with(|s| {

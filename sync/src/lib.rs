@@ -18,6 +18,10 @@
 //!   children's), and the report a registry makes of itself for the tree.
 //! - `parent_config`: the settings a child receives from its parent, kept for when it is
 //!   unreachable.
+//! - `upstreams`: other registries serving local namespaces (`mcr/` from mcr.microsoft.com)
+//!   besides the parent, and the one mapping from a local name to its upstream (and from
+//!   containerd's `?ns=`); `namespaced`: a parent seen through local names, so each upstream
+//!   gets an engine of its own that works in local names.
 //! - `bandwidth`: the cap on transfers to and from the parent, and the throttle that holds it.
 //! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
 //!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
@@ -33,6 +37,7 @@ pub mod engine;
 #[cfg(test)]
 mod fake;
 mod feed;
+pub mod namespaced;
 pub mod parent;
 pub mod parent_config;
 mod pass;
@@ -45,6 +50,7 @@ pub mod settings;
 pub mod state;
 pub mod store;
 pub mod totals;
+pub mod upstreams;
 
 pub use axum;
 pub use client::ParentClient;

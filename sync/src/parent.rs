@@ -34,6 +34,11 @@ pub struct BlobDownload<'a> {
 pub trait Parent: Send + Sync + 'static {
     /// The parent's base URL, for messages and logs (never for a client of this registry).
     fn base(&self) -> &str;
+    /// Whether what clients push to `repo` here goes up to this parent (ReadWrite): not to a
+    /// foreign upstream, nor to the parent under a prefix an upstream claims.
+    fn accepts_push(&self, _repo: &str) -> bool {
+        true
+    }
     /// Requests and bytes so far, for the pass summary.
     fn stats(&self) -> &ClientStats;
     /// Every repository in the catalog; `None` when the parent offers no catalog.
@@ -76,12 +81,15 @@ pub trait Parent: Send + Sync + 'static {
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>>;
     /// Starts a blob download at byte `offset`.
-    fn get_blob<'a>(
+    /// The download borrows only the parent, not the names it was asked with.
+    fn get_blob<'a, 'b>(
         &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
+        repo: &'b str,
+        digest: &'b Digest,
         offset: u64,
-    ) -> BoxFuture<'a, Result<BlobDownload<'a>, ClientError>>;
+    ) -> BoxFuture<'b, Result<BlobDownload<'a>, ClientError>>
+    where
+        'a: 'b;
     /// Whether the parent holds a blob in `repo`.
     fn blob_exists<'a>(
         &'a self,
@@ -202,12 +210,15 @@ impl Parent for ParentClient {
     ) -> BoxFuture<'a, Result<Vec<Digest>, ClientError>> {
         ParentClient::referrers(self, repo, digest).boxed()
     }
-    fn get_blob<'a>(
+    fn get_blob<'a, 'b>(
         &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
+        repo: &'b str,
+        digest: &'b Digest,
         offset: u64,
-    ) -> BoxFuture<'a, Result<BlobDownload<'a>, ClientError>> {
+    ) -> BoxFuture<'b, Result<BlobDownload<'a>, ClientError>>
+    where
+        'a: 'b,
+    {
         async move {
             let blob = ParentClient::get_blob(self, repo, digest, offset).await?;
             let (skip, source) = (blob.skip, blob.url.clone());

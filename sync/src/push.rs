@@ -31,7 +31,7 @@ pub(crate) async fn push_up(engine: &Engine, pass: &Pass) -> Result<(), SyncErro
             return Ok(());
         }
         for change in changes {
-            if change.origin == Origin::Client {
+            if change.origin == Origin::Client && engine.client.accepts_push(&change.repo) {
                 let repo = change.repo.as_str();
                 match &change.kind {
                     ChangeKind::TagSet { tag, digest } => {

@@ -68,6 +68,10 @@ pub struct StatusView {
     /// The errors of the last pass that had any, kept after later passes succeed (what a
     /// status report sends up).
     pub last_error: Option<oci::gateway::LastError>,
+    /// The upstreams besides the parent that copy ahead of time (`upstreams` in the sync
+    /// config), each with its own schedule and status, by local prefix.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub upstreams: std::collections::BTreeMap<String, StatusView>,
 }
 
 /// Asked before every pass: new settings when they changed (a child's settings at its parent),
@@ -84,6 +88,8 @@ pub struct SyncService {
     refresh: Option<Refresh>,
     /// Sends a status report to the parent after every pass (a child defined there).
     reporter: OnceLock<Reporter>,
+    /// The upstreams' schedules, by local prefix, shown in this one's status.
+    upstreams: OnceLock<Vec<(String, Arc<SyncService>)>>,
 }
 
 impl SyncService {
@@ -126,6 +132,7 @@ impl SyncService {
             pushed_seq: state.pushed_seq,
             parent_feed_seq,
             conflicts: state.conflicts,
+            upstreams: Default::default(),
         };
         Arc::new(SyncService {
             engine: RwLock::new(engine),
@@ -133,6 +140,7 @@ impl SyncService {
             totals: SyncTotals::default(),
             refresh,
             reporter: OnceLock::new(),
+            upstreams: OnceLock::new(),
         })
     }
 
@@ -176,6 +184,12 @@ impl SyncService {
                 }
             }
         });
+    }
+
+    /// Shows `upstreams` (the upstreams' schedules, by local prefix) in this one's status (set
+    /// once).
+    pub fn show_upstreams(&self, upstreams: Vec<(String, Arc<SyncService>)>) {
+        let _ = self.upstreams.set(upstreams);
     }
 
     /// The engine the next pass runs with.
@@ -484,7 +498,14 @@ fn feed_seq(state: &crate::state::SyncState, parent: &str) -> Option<u64> {
 }
 
 async fn status_handler(State(service): State<Arc<SyncService>>) -> Json<StatusView> {
-    Json(service.status())
+    let mut view = service.status();
+    if let Some(upstreams) = service.upstreams.get() {
+        view.upstreams = upstreams
+            .iter()
+            .map(|(prefix, s)| (prefix.clone(), s.status()))
+            .collect();
+    }
+    Json(view)
 }
 
 #[cfg(test)]

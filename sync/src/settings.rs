@@ -25,6 +25,13 @@ pub enum SettingsError {
     ConnectionString(#[from] ConnectionStringError),
     #[error("config file {path}: {message}")]
     ConfigFile { path: PathBuf, message: String },
+    /// An `upstreams` entry that cannot be used: which entry, which field, what is wrong.
+    #[error("{entry}: {field}: {message}")]
+    Upstream {
+        entry: String,
+        field: &'static str,
+        message: String,
+    },
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> SettingsError {
@@ -344,7 +351,7 @@ pub fn outside_scope(rules: &[RepoRule], repo: &str) -> Option<String> {
     ))
 }
 
-fn glob_match(pattern: &str, s: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,
         Some((head, tail)) => {
@@ -470,6 +477,8 @@ pub struct Settings {
     /// parent whose feed misbehaves.
     pub feed: bool,
     pub limits: Limits,
+    /// Other registries serving local namespaces; the parent serves every other name.
+    pub upstreams: crate::upstreams::Upstreams,
 }
 
 /// One repository rule as written in a config file.
@@ -525,6 +534,10 @@ pub struct RawSettings {
     /// Other caps while cron windows are open, the first open one applying.
     #[serde(default)]
     pub bandwidth_windows: Vec<RawBandwidthWindow>,
+    /// Other registries serving local namespaces (`mcr/` from `https://mcr.microsoft.com`),
+    /// besides the parent: see `upstreams.rs`.
+    #[serde(default)]
+    pub upstreams: Vec<crate::upstreams::RawUpstream>,
 }
 
 /// One `bandwidthWindows` entry: `{"schedule": "0 8 * * 1-5", "duration": "PT10H", "limit":
@@ -663,6 +676,9 @@ impl RawSettings {
         if !over.platforms.is_empty() {
             self.platforms = over.platforms;
         }
+        if !over.upstreams.is_empty() {
+            self.upstreams = over.upstreams;
+        }
         self
     }
 
@@ -694,16 +710,7 @@ impl RawSettings {
         let Some(parent) = parent else {
             return Ok(None);
         };
-        let parent = parent.trim_end_matches('/').to_owned();
-        if !(parent.starts_with("https://") || parent.starts_with("http://"))
-            || parent.len() <= "https://".len()
-            || parent["https://".len()..].contains('/')
-        {
-            return Err(invalid(
-                "parent",
-                format!("{parent:?} must be http(s)://host[:port] with no path"),
-            ));
-        }
+        let parent = check_base_url(&parent).map_err(|m| invalid("parent", m))?;
         if let Some(t) = &self.trust {
             if !t.is_file() {
                 return Err(invalid(
@@ -767,39 +774,8 @@ impl RawSettings {
         } else {
             self.repos
         };
-        let mut repos = Vec::new();
-        for r in raw_repos {
-            if r.pattern.is_empty()
-                || !r
-                    .pattern
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c))
-            {
-                return Err(invalid(
-                    "repos",
-                    format!(
-                        "{:?} is not a repository pattern (lowercase name, `/` separated, `*` as wildcard)",
-                        r.pattern
-                    ),
-                ));
-            }
-            let re = |what: &'static str, s: Option<String>| {
-                s.map(|s| {
-                    regex_lite::Regex::new(&s)
-                        .map_err(|e| invalid(what, format!("bad regex {s:?}: {e}")))
-                })
-                .transpose()
-            };
-            if r.newest == Some(0) {
-                return Err(invalid("newest", "must be at least 1"));
-            }
-            repos.push(RepoRule {
-                pattern: r.pattern,
-                include: re("tag include", r.include)?,
-                exclude: re("tag exclude", r.exclude)?,
-                newest: r.newest,
-            });
-        }
+        let repos = parse_repo_rules(raw_repos)?;
+        let upstreams = crate::upstreams::Upstreams::validate(self.upstreams, &parent)?;
         let platforms = self
             .platforms
             .iter()
@@ -880,8 +856,61 @@ impl RawSettings {
             strict: self.strict.unwrap_or(false),
             feed: self.feed.unwrap_or(true),
             limits,
+            upstreams,
         }))
     }
+}
+
+/// A base URL `http(s)://host[:port]` (a trailing `/` dropped), or why it is not one.
+pub(crate) fn check_base_url(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/').to_owned();
+    if !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.len() <= "https://".len()
+        || url["https://".len()..].contains('/')
+    {
+        return Err(format!(
+            "{url:?} must be http(s)://host[:port] with no path"
+        ));
+    }
+    Ok(url)
+}
+
+/// Repository rules as written, checked.
+pub(crate) fn parse_repo_rules(raw: Vec<RawRepoRule>) -> Result<Vec<RepoRule>, SettingsError> {
+    let mut repos = Vec::new();
+    for r in raw {
+        if r.pattern.is_empty()
+            || !r
+                .pattern
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c))
+        {
+            return Err(invalid(
+                "repos",
+                format!(
+                    "{:?} is not a repository pattern (lowercase name, `/` separated, `*` as wildcard)",
+                    r.pattern
+                ),
+            ));
+        }
+        let re = |what: &'static str, s: Option<String>| {
+            s.map(|s| {
+                regex_lite::Regex::new(&s)
+                    .map_err(|e| invalid(what, format!("bad regex {s:?}: {e}")))
+            })
+            .transpose()
+        };
+        if r.newest == Some(0) {
+            return Err(invalid("newest", "must be at least 1"));
+        }
+        repos.push(RepoRule {
+            pattern: r.pattern,
+            include: re("tag include", r.include)?,
+            exclude: re("tag exclude", r.exclude)?,
+            newest: r.newest,
+        });
+    }
+    Ok(repos)
 }
 
 /// Fuzz target for [`CronSchedule::parse`] (bounded run below; `fuzz/` under `cargo fuzz`):

@@ -31,6 +31,12 @@ impl Dockerd {
     /// --net`, which changes only the network namespace): its pulls and pushes go out from
     /// there, while the client still reaches it through its socket file.
     pub fn start_in(netns: Option<&super::netns::Netns>) -> Dockerd {
+        Dockerd::start_with(netns, &[])
+    }
+
+    /// [`Dockerd::start_in`] with extra daemon flags (e.g. `--registry-mirror URL`, what
+    /// `daemon.json`'s `registry-mirrors` sets).
+    pub fn start_with(netns: Option<&super::netns::Netns>, extra: &[&str]) -> Dockerd {
         require("/usr/sbin/dockerd");
         require("/usr/bin/docker");
         // A short path: unix socket paths are limited to about 100 bytes.
@@ -60,7 +66,8 @@ impl Dockerd {
             .arg(d.join("exec"))
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
-            .args(["--host", &host]);
+            .args(["--host", &host])
+            .args(extra);
         let child = super::spawn_logged(&mut command, &log).expect("spawn dockerd");
         let mut dk = Dockerd {
             child,

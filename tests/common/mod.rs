@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod checks;
+pub mod containerd;
 pub mod distribution;
 pub mod docker;
 pub mod netns;

@@ -12,6 +12,7 @@ mod drain;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod mirror_ns;
 pub mod v2;
 mod watched_body;
 
