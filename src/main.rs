@@ -69,6 +69,9 @@ enum Command {
     Child(cmd::child::Args),
     /// This registry and, with --tree, every registry beneath it: state, report age, lag, errors.
     Status(cmd::status::Args),
+    /// Carry images to a site no network reaches: export them to one file (an OCI layout in a
+    /// tar), import it there, and say what a site holds for the next, smaller export.
+    Bundle(cmd::bundle::Args),
     /// Start a cloud, a top and a lower layer on this machine (network namespaces as root,
     /// else loopback ports), print how to pull from each, and stop them on Ctrl-C.
     Demo(cmd::demo::Args),
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             Command::Child(args) => cmd::child::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
             Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Bundle(args) => cmd::bundle::run(args).await,
         }
     });
     match result {

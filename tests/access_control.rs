@@ -730,6 +730,8 @@ fn read_only_refuses_every_write_of_a_token_with_every_action() {
         &[
             "--parent",
             &parent.url(),
+            "--on-demand",
+            "off",
             "--repo",
             "demo/*",
             "--sync-schedule",

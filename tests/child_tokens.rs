@@ -33,7 +33,15 @@ fn start_child(data: &Path, connection_string: &str) -> Proc {
     serve_with(
         data,
         free_port(),
-        &["--auth", "tokens", "--sync-poll-interval", "PT1S"],
+        // Pull-through off: these tests read a HEAD 200 as "synced".
+        &[
+            "--auth",
+            "tokens",
+            "--sync-poll-interval",
+            "PT1S",
+            "--on-demand",
+            "off",
+        ],
         &[("ACR_REGISTRY_CONNECTION_STRING", connection_string)],
         data.with_extension("log"),
     )

@@ -82,11 +82,14 @@ fn parent_with_tokens(data: &Path, port: u16) -> Proc {
 }
 
 /// A child started with only its connection string (the environment) and its data directory.
+/// A child from its connection string; pull-through off (these tests read a HEAD 200 as
+/// "synced").
 fn start_child(data: &Path, connection_string: &str, extra: &[&str]) -> Proc {
+    let args = [extra, &["--on-demand", "off"]].concat();
     common::serve_with(
         data,
         free_port(),
-        extra,
+        &args,
         &[("ACR_REGISTRY_CONNECTION_STRING", connection_string)],
         data.with_extension("log"),
     )

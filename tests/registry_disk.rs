@@ -246,6 +246,9 @@ fn a_sync_pass_that_runs_out_of_space_stops_reports_it_and_continues_once_space_
             "PT1H",
             "--sync-retry-max",
             "PT1S",
+            // A miss must stay a miss here (no pull-through): the pass's own failure is tested.
+            "--on-demand",
+            "off",
         ],
     );
     let api = Api::new(&child.url());

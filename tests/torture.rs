@@ -1222,6 +1222,9 @@ fn sync_child_survives_crashes_during_its_passes() {
     let args = [
         "--parent",
         parent_url.as_str(),
+        // What sync alone brings down is checked: no pull-through.
+        "--on-demand",
+        "off",
         "--mode",
         "ReadWrite",
         "--repo",

@@ -67,7 +67,15 @@ fn start_child(data: &Path, port: u16, connection_string: &str) -> Proc {
     serve_with(
         data,
         port,
-        &["--auth", "tokens", "--sync-poll-interval", "PT1S"],
+        // Pull-through off: these tests read a HEAD 200 as "synced".
+        &[
+            "--auth",
+            "tokens",
+            "--sync-poll-interval",
+            "PT1S",
+            "--on-demand",
+            "off",
+        ],
         &[("ACR_REGISTRY_CONNECTION_STRING", connection_string)],
         data.with_extension("log"),
     )

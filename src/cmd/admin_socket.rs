@@ -1,5 +1,6 @@
-//! The admin socket, `DATA/admin.sock`: how the `token` and `scope-map` commands reach a
-//! running `serve`, so a change takes effect at once with no restart and no port to protect.
+//! The admin socket, `DATA/admin.sock`: how the `token`, `scope-map` and `bundle` commands
+//! reach a running `serve`, so a change takes effect at once with no restart and no port to
+//! protect.
 //!
 //! Only the data directory's owner reaches it: the socket is mode 0600 from the moment it has
 //! its name (it is bound in a private directory, restricted, then renamed into place), and a
@@ -7,6 +8,9 @@
 //! serves HTTP/1: `POST /access` with an [`access::Command`] as JSON answers 200 with the
 //! command's `az acr`-shaped JSON, or 400 with `{"error": message}`; `GET
 //! /acr/v1/_gateway/_tree` answers the tree of registries beneath this one (`status --tree`).
+//! Those two are served only with access control on (with `--auth none` there is no token set
+//! to manage: a 404 sends the CLI to the store). The routes `serve` adds (`POST /bundle`, see
+//! `cmd::bundle`) are served always.
 //!
 //! The client side ([`send`]) falls back to the store itself when no server listens, which is
 //! the only other way to the token set: redb lets one process at a time hold `access.redb`.
@@ -46,8 +50,9 @@ pub fn socket_path(data: &Path) -> PathBuf {
 /// whoever calls this holds `access.redb`, so no other server can be behind it.
 pub fn spawn(
     data: &Path,
-    authority: Arc<access::Authority>,
+    authority: Option<Arc<access::Authority>>,
     tree: registry::api::gateway::TreeSource,
+    routes: Router,
 ) -> anyhow::Result<()> {
     let path = socket_path(data);
     let listener = bind_owner_only(data, &path)
@@ -55,12 +60,17 @@ pub fn spawn(
     let owner = std::fs::metadata(data)
         .with_context(|| format!("cannot read the owner of {}", data.display()))?
         .uid();
-    let app = Router::new()
-        .route("/access", post(handle))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_COMMAND_BYTES))
-        .with_state(authority)
-        .merge(registry::api::gateway::tree_routes(tree));
-    tracing::info!(socket = %path.display(), "token and scope-map commands are served on the admin socket");
+    let mut app = routes;
+    if let Some(authority) = authority {
+        app = app.merge(
+            Router::new()
+                .route("/access", post(handle))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_COMMAND_BYTES))
+                .with_state(authority)
+                .merge(registry::api::gateway::tree_routes(tree)),
+        );
+    }
+    tracing::info!(socket = %path.display(), "management commands are served on the admin socket");
     tokio::spawn(async move {
         let served = axum::serve(OwnerOnly { listener, owner }, app)
             .with_graceful_shutdown(util::shutdown::signal())
@@ -204,22 +214,35 @@ async fn ask_server(
     socket: &Path,
     command: &access::Command,
 ) -> anyhow::Result<Option<anyhow::Result<Value>>> {
-    ask(socket, "/access", Some(serde_json::to_vec(command)?)).await
+    ask(
+        socket,
+        "/access",
+        Some(serde_json::to_vec(command)?),
+        ANSWER_TIMEOUT,
+    )
+    .await
 }
 
 /// The tree of registries beneath the registry serving `data` (`status --tree`), or `None`
 /// when none serves it.
 pub async fn tree(data: &Path) -> anyhow::Result<Option<Value>> {
-    ask(&socket_path(data), "/acr/v1/_gateway/_tree", None)
-        .await?
-        .transpose()
+    ask(
+        &socket_path(data),
+        "/acr/v1/_gateway/_tree",
+        None,
+        ANSWER_TIMEOUT,
+    )
+    .await?
+    .transpose()
 }
 
-/// One exchange on the admin socket: `POST path` with `body`, or `GET path` without one.
-async fn ask(
+/// One exchange on the admin socket: `POST path` with `body`, or `GET path` without one,
+/// answered within `timeout`. `None` when no server listens, or it does not serve `path`.
+pub async fn ask(
     socket: &Path,
     path: &str,
     body: Option<Vec<u8>>,
+    timeout: Duration,
 ) -> anyhow::Result<Option<anyhow::Result<Value>>> {
     use http_body_util::{BodyExt, Full};
     let shown = socket.display();
@@ -259,12 +282,13 @@ async fn ask(
         let body = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, body))
     };
-    let (status, body) = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+    let (status, body) = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| {
-            anyhow::anyhow!("the registry did not answer on {shown} within {ANSWER_TIMEOUT:?}")
-        })?
+        .map_err(|_| anyhow::anyhow!("the registry did not answer on {shown} within {timeout:?}"))?
         .with_context(|| format!("talking to the registry on its admin socket {shown}"))?;
+    if status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     let value: Value = serde_json::from_slice(&body)
         .with_context(|| format!("the registry answered {status} on {shown}, not in JSON"))?;
     Ok(Some(if status.is_success() {

@@ -4,6 +4,7 @@ pub mod access;
 pub mod admin;
 pub mod admin_socket;
 pub mod auth;
+pub mod bundle;
 pub mod certs;
 pub mod child;
 pub mod demo;

@@ -239,9 +239,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|b| b.upstreams.map().clone())
         .filter(|u| !u.is_empty());
     let ready = super::admin::Readiness::new(store.clone(), sync_service.clone(), &args.admin);
+    // Pull-through: a miss in the on-demand scope is fetched through sync's parent client.
+    let on_demand = background.as_ref().map(|b| {
+        let source = sync::on_demand::PullThrough::new(b.service.clone(), b.upstreams.clone());
+        let timeout = source.timeout();
+        registry::api::on_demand::OnDemand::new(Arc::new(source), timeout)
+    });
     let options = registry::api::Options {
         miss_hint: background.as_ref().map(|b| b.miss_hint.clone()),
         writes: write_switch.clone(),
+        on_demand,
     };
     let mut app = registry::api::router_with(store.clone(), options);
     match background {
@@ -260,10 +267,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         children,
     );
     app = app.merge(registry::api::gateway::tree_routes(tree.clone()));
+    // Management commands (`token`, `scope-map`, `child`, `status --tree`, `bundle`) reach
+    // this registry on DATA/admin.sock.
+    super::admin_socket::spawn(
+        &args.data,
+        authority.clone(),
+        tree,
+        super::bundle::socket_routes(store.clone()),
+    )?;
     if let Some(authority) = &authority {
-        // Management commands (`token`, `scope-map`, `child`, `status --tree`) reach this
-        // registry on DATA/admin.sock.
-        super::admin_socket::spawn(&args.data, authority.clone(), tree)?;
         app = registry::api::auth::guard(
             app.merge(registry::api::auth::token::routes(authority.clone()))
                 .merge(registry::api::gateway::routes(authority.clone(), reports)),

@@ -152,6 +152,18 @@ pub fn render(
         "",
     )
     .line("strict", s.strict, "")
+    .line(
+        "on_demand",
+        s.on_demand.describe(),
+        "pull-through on a miss",
+    )
+    .line("on_demand_timeout", duration(s.on_demand_timeout), "")
+    .line(
+        "on_demand_revalidate",
+        s.on_demand_revalidate
+            .map_or_else(|| "-".to_owned(), duration),
+        "-: sync alone keeps held tags current",
+    )
     .line("sync_feed", if s.feed { "on" } else { "off" }, "")
     .line("sync_concurrency", s.limits.concurrency, "")
     .line(

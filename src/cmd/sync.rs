@@ -148,6 +148,38 @@ pub struct SyncFlags {
     /// in the sync config file. Local clients are never capped.
     #[arg(long, value_name = "RATE", env = "CONNECTED_REGISTRY_BANDWIDTH_LIMIT")]
     pub bandwidth_limit: Option<String>,
+
+    /// Pull-through (`serve`): a pull of a manifest or blob not held here, in a repository
+    /// matching PATTERN (a name, or `*` matching any characters), is fetched from the parent
+    /// while it streams to the client (repeatable, or comma-separated; default: the sync scope,
+    /// --repo; `off`: none).
+    #[arg(
+        long = "on-demand",
+        value_name = "PATTERN",
+        env = "CONNECTED_REGISTRY_ON_DEMAND",
+        value_delimiter = ','
+    )]
+    pub on_demand: Vec<String>,
+
+    /// How long a pull that misses here waits for the parent before it fails saying the
+    /// parent is unreachable (default 10s; what is held here never waits on the parent).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "CONNECTED_REGISTRY_ON_DEMAND_TIMEOUT"
+    )]
+    pub on_demand_timeout: Option<String>,
+
+    /// A tag in the on-demand scope that was not confirmed with the parent for this long is
+    /// checked with it in the background when a client pulls it (the pull is answered from
+    /// here at once; a moved tag is fetched and served from then on). Default: none, sync
+    /// alone keeps tags current.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "CONNECTED_REGISTRY_ON_DEMAND_REVALIDATE"
+    )]
+    pub on_demand_revalidate: Option<String>,
 }
 
 impl SyncFlags {
@@ -200,6 +232,9 @@ impl SyncFlags {
             upload_chunk_bytes: self.sync_upload_chunk,
             bandwidth_limit: self.bandwidth_limit.clone(),
             bandwidth_windows: Vec::new(),
+            on_demand: self.on_demand.clone(),
+            on_demand_timeout: self.on_demand_timeout.clone(),
+            on_demand_revalidate: self.on_demand_revalidate.clone(),
             // The sync config file's alone.
             upstreams: Vec::new(),
         };

@@ -470,6 +470,7 @@ impl Parent for FakeParent {
         ready(Ok(BlobDownload {
             skip: 0,
             source,
+            size: None,
             chunks: Box::pin(futures_util::stream::iter(chunks)),
         }))
     }

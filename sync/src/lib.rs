@@ -22,6 +22,8 @@
 //!   besides the parent, and the one mapping from a local name to its upstream (and from
 //!   containerd's `?ns=`); `namespaced`: a parent seen through local names, so each upstream
 //!   gets an engine of its own that works in local names.
+//! - `on_demand`: pull-through's source (the registry's `api::on_demand::Source` over the parent
+//!   client), and the one place that decides which parent serves a repository's misses.
 //! - `bandwidth`: the cap on transfers to and from the parent, and the throttle that holds it.
 //! - `settings` (validated once at start), `state` (persisted progress), `platforms` (the
 //!   platform filter). The protocol's types (digests, manifests, the feed page) come from the
@@ -38,6 +40,7 @@ pub mod engine;
 mod fake;
 mod feed;
 pub mod namespaced;
+pub mod on_demand;
 pub mod parent;
 pub mod parent_config;
 mod pass;

@@ -25,6 +25,8 @@ pub struct BlobDownload<'a> {
     pub skip: u64,
     /// Where it comes from, for messages.
     pub source: String,
+    /// The whole blob's size, when the parent said.
+    pub size: Option<u64>,
     /// The bytes; an error ends the download (the bytes so far stay, to resume).
     pub chunks: BoxStream<'a, Result<Bytes, ClientError>>,
 }
@@ -221,7 +223,7 @@ impl Parent for ParentClient {
     {
         async move {
             let blob = ParentClient::get_blob(self, repo, digest, offset).await?;
-            let (skip, source) = (blob.skip, blob.url.clone());
+            let (skip, source, size) = (blob.skip, blob.url.clone(), blob.size);
             let chunks = futures_util::stream::unfold(Some(blob), move |blob| async move {
                 let mut blob = blob?;
                 match self.next_chunk(&mut blob).await {
@@ -233,6 +235,7 @@ impl Parent for ParentClient {
             Ok(BlobDownload {
                 skip,
                 source,
+                size,
                 chunks: Box::pin(chunks),
             })
         }

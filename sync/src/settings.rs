@@ -476,10 +476,55 @@ pub struct Settings {
     /// parent that is not ours: for measuring what the feed saves, or to step around a
     /// parent whose feed misbehaves.
     pub feed: bool,
+    /// Which repositories a pull that misses here is fetched from the parent for
+    /// (pull-through).
+    pub on_demand: OnDemandScope,
+    /// The longest a pull that misses here waits for the parent before it fails saying the
+    /// parent is unreachable.
+    pub on_demand_timeout: Duration,
+    /// A tag held here and not confirmed with the parent for this long is checked with it in
+    /// the background when a client pulls it (the pull is answered from here at once); `None`:
+    /// tags are kept current by sync alone.
+    pub on_demand_revalidate: Option<Duration>,
     pub limits: Limits,
     /// Other registries serving local namespaces; the parent serves every other name.
     pub upstreams: crate::upstreams::Upstreams,
 }
+
+/// The on-demand scope (`onDemand`, `--on-demand`): the repositories pulled through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OnDemandScope {
+    /// The repositories sync keeps (`repos`): the default.
+    SyncScope,
+    /// Repository names or `*` patterns (matching any characters, `/` included).
+    Patterns(Vec<String>),
+    /// No pull-through (`off`): a miss is a 404, as before.
+    Off,
+}
+
+impl OnDemandScope {
+    /// Whether a pull of `repo` that misses here is fetched from the parent, given the sync
+    /// scope `repos`.
+    pub fn covers(&self, repos: &[RepoRule], repo: &str) -> bool {
+        match self {
+            OnDemandScope::SyncScope => repos.iter().any(|r| r.matches_repo(repo)),
+            OnDemandScope::Patterns(patterns) => patterns.iter().any(|p| glob_match(p, repo)),
+            OnDemandScope::Off => false,
+        }
+    }
+
+    /// As `--print-config` shows it.
+    pub fn describe(&self) -> String {
+        match self {
+            OnDemandScope::SyncScope => "sync scope".into(),
+            OnDemandScope::Patterns(p) => p.join(","),
+            OnDemandScope::Off => "off".into(),
+        }
+    }
+}
+
+/// Default `onDemandTimeout`.
+pub const DEFAULT_ON_DEMAND_TIMEOUT: &str = "10s";
 
 /// One repository rule as written in a config file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -517,6 +562,14 @@ pub struct RawSettings {
     pub strict: Option<bool>,
     /// `false`: never read the parent's change feed; compare tag by tag on every pass.
     pub feed: Option<bool>,
+    /// Repositories pulled through (names or `*` patterns; `["off"]`: none; empty: the sync
+    /// scope).
+    #[serde(default)]
+    pub on_demand: Vec<String>,
+    /// How long a pull that misses here waits for the parent (`"10s"`, `"PT10S"`).
+    pub on_demand_timeout: Option<String>,
+    /// Tags not confirmed with the parent for this long are checked with it when pulled.
+    pub on_demand_revalidate: Option<String>,
     #[serde(default)]
     pub repos: Vec<RawRepoRule>,
     /// `os/architecture[/variant]` entries of the platform filter.
@@ -661,6 +714,8 @@ impl RawSettings {
             reconcile_interval,
             strict,
             feed,
+            on_demand_timeout,
+            on_demand_revalidate,
             concurrency,
             connect_timeout_secs,
             request_timeout_secs,
@@ -675,6 +730,9 @@ impl RawSettings {
         }
         if !over.platforms.is_empty() {
             self.platforms = over.platforms;
+        }
+        if !over.on_demand.is_empty() {
+            self.on_demand = over.on_demand;
         }
         if !over.upstreams.is_empty() {
             self.upstreams = over.upstreams;
@@ -776,6 +834,27 @@ impl RawSettings {
         };
         let repos = parse_repo_rules(raw_repos)?;
         let upstreams = crate::upstreams::Upstreams::validate(self.upstreams, &parent)?;
+        let on_demand = on_demand_scope(&self.on_demand)?;
+        let on_demand_timeout = duration_in_range(
+            "onDemandTimeout",
+            self.on_demand_timeout
+                .as_deref()
+                .unwrap_or(DEFAULT_ON_DEMAND_TIMEOUT),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
+        let on_demand_revalidate = self
+            .on_demand_revalidate
+            .as_deref()
+            .map(|d| {
+                duration_in_range(
+                    "onDemandRevalidate",
+                    d,
+                    Duration::from_secs(1),
+                    Duration::from_secs(30 * 86_400),
+                )
+            })
+            .transpose()?;
         let platforms = self
             .platforms
             .iter()
@@ -855,9 +934,45 @@ impl RawSettings {
             reconcile_interval,
             strict: self.strict.unwrap_or(false),
             feed: self.feed.unwrap_or(true),
+            on_demand,
+            on_demand_timeout,
+            on_demand_revalidate,
             limits,
             upstreams,
         }))
+    }
+}
+
+/// The on-demand scope from its entries: none, the sync scope; `off` alone, none; else
+/// repository patterns.
+fn on_demand_scope(entries: &[String]) -> Result<OnDemandScope, SettingsError> {
+    let entries: Vec<&str> = entries
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .collect();
+    match entries.as_slice() {
+        [] => Ok(OnDemandScope::SyncScope),
+        ["off"] => Ok(OnDemandScope::Off),
+        patterns => {
+            for p in patterns {
+                let valid = p
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(c));
+                if !valid || *p == "off" {
+                    return Err(invalid(
+                        "onDemand",
+                        format!(
+                            "{p:?} is not a repository pattern (lowercase name, `/` separated, \
+                             `*` as wildcard); `off` alone turns pull-through off"
+                        ),
+                    ));
+                }
+            }
+            Ok(OnDemandScope::Patterns(
+                patterns.iter().map(|p| p.to_string()).collect(),
+            ))
+        }
     }
 }
 

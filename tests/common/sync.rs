@@ -76,8 +76,13 @@ pub fn sync_once(data: &Path, parent: &str, extra: &[&str], envs: &[(&str, &str)
 pub const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-window", "PT1H"];
 
 /// A child of `parent_url` (`--parent`) whose window is always open, with `extra` flags.
+/// Pull-through is off unless `extra` sets `--on-demand`: these tests see what sync brought
+/// down (a HEAD that answers 200 means the tag is stored), not a fetch on a miss.
 pub fn start_child(data: &Path, parent_url: &str, extra: &[&str]) -> super::Proc {
-    let args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
+    let mut args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
+    if !extra.iter().any(|a| a.starts_with("--on-demand")) {
+        args.extend_from_slice(&["--on-demand", "off"]);
+    }
     super::start_registry(data, &args)
 }
 

@@ -20,6 +20,8 @@
 //! | `after_access_commit` | access store: a management command's change committed, not yet live nor answered | the next start serves the change whole; the caller heard nothing and finds it done |
 //! | `sync_before_tag_recorded` | sync: content of tags brought down is in the store, the state file does not record them yet | the next pass finds them in step; no tag is recorded as synced without its content |
 //! | `sync_after_push_up` | sync: a local manifest or tag pushed to the parent, the state file does not record it yet | the next pass finds it at the parent and does not push it again |
+//! | `bundle_blob_chunk` | `bundle import`: a chunk of a blob appended to its upload session, the blob not verified yet | the next import continues the blob from the bytes on disk, verifies it whole, and reads none of those bytes from the bundle again |
+//! | `bundle_blob_stored` | `bundle import`: a blob of the bundle verified and stored, before the next blob and before any manifest or tag | the next import skips the stored blobs (no byte of them read again); no tag points at content that is not whole |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod mirror_ns;
+pub mod on_demand;
 pub mod v2;
 mod watched_body;
 
@@ -69,6 +70,8 @@ pub struct Options {
     /// Explains a 404 for a repository (see [`MissHint`]).
     pub miss_hint: Option<MissHint>,
     pub writes: WriteSwitch,
+    /// Pull-through: where a pull that misses here is fetched from (see [`on_demand`]).
+    pub on_demand: Option<on_demand::OnDemand>,
 }
 
 /// What every handler gets.
@@ -77,6 +80,7 @@ pub struct AppState {
     pub store: Store,
     pub miss_hint: Option<MissHint>,
     pub writes: WriteSwitch,
+    pub on_demand: Option<on_demand::OnDemand>,
 }
 
 /// The registry's routes over `store`. The binary merges other parts' routes into it.
@@ -90,6 +94,7 @@ pub fn router_with(store: Store, options: Options) -> Router {
         store,
         miss_hint: options.miss_hint,
         writes: options.writes,
+        on_demand: options.on_demand,
     };
     v2::routes()
         .merge(acr::routes())

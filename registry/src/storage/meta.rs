@@ -335,6 +335,7 @@ impl Meta {
         tx.open_table(quota::SYNCED_TAGS)?;
         tx.open_table(quota::PULLED)?;
         tx.open_table(quota::EVICTED)?;
+        tx.open_table(quota::ON_DEMAND)?;
         if quota_tables_new {
             quota::backfill(&tx)?;
         }

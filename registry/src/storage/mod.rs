@@ -5,6 +5,7 @@
 
 pub mod blobs;
 pub mod error;
+pub mod fill;
 pub mod gc;
 pub mod integrity;
 pub mod meta;

@@ -45,6 +45,23 @@ pub(crate) struct QuotaState {
     running: Mutex<()>,
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
+    /// Images being fetched on demand (see [`Store::defer_evictions`]).
+    deferring: AtomicU64,
+}
+
+/// While held, evictions wait (see [`Store::defer_evictions`]).
+pub struct EvictionDeferral {
+    store: Store,
+}
+
+impl Drop for EvictionDeferral {
+    fn drop(&mut self) {
+        self.store
+            .inner
+            .quota
+            .deferring
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One tag evicted.
@@ -164,6 +181,17 @@ impl Store {
         )
     }
 
+    /// Holds evictions back while an image is fetched on demand: its blobs count toward the
+    /// usage as they arrive, but its tag is an eviction candidate (the first) only once the
+    /// manifest is stored, so an eviction run meanwhile would evict a synced image instead.
+    /// The next run after the guard is dropped (the next sync pass, the GC timer) catches up.
+    pub fn defer_evictions(&self) -> EvictionDeferral {
+        self.inner.quota.deferring.fetch_add(1, Ordering::Relaxed);
+        EvictionDeferral {
+            store: self.clone(),
+        }
+    }
+
     /// Brings the blob files under the quota by evicting synced tags, least recently pulled
     /// first; logs each eviction. Does nothing without a quota, under it, or while another run
     /// is going. Blocking.
@@ -175,6 +203,10 @@ impl Store {
         let Ok(_one_run) = self.inner.quota.running.try_lock() else {
             return Ok(report);
         };
+        if self.inner.quota.deferring.load(Ordering::Relaxed) > 0 {
+            tracing::debug!("eviction deferred: an image is being fetched on demand");
+            return Ok(report);
+        }
         self.flush_pulls()?;
         let mut used = self
             .usage()
@@ -205,6 +237,7 @@ impl Store {
                     digest = %evicted.digest,
                     bytes = freed,
                     last_used = candidate.last_used,
+                    on_demand = candidate.on_demand,
                     why,
                     "evicted a synced image least recently pulled; the tag stays listed and the next sync pass brings it back once a client asks for it"
                 );
@@ -253,6 +286,17 @@ impl Store {
             freed += stat.len();
         }
         Ok(freed)
+    }
+
+    /// Records that `repo:tag` was just fetched from the parent on demand (pull-through): it
+    /// counts toward the quota like synced content and is evicted first.
+    pub fn mark_on_demand(&self, repo: &RepoName, tag: &str) -> Result<(), StorageError> {
+        self.inner.meta.mark_on_demand(repo.as_str(), tag)
+    }
+
+    /// Whether `repo:tag` was fetched on demand (and not set again since).
+    pub fn is_on_demand(&self, repo: &RepoName, tag: &str) -> Result<bool, StorageError> {
+        self.inner.meta.is_on_demand(repo.as_str(), tag)
     }
 
     /// Forgets that `repo:tag` was evicted (the parent no longer has it). Whether it was.
@@ -529,5 +573,33 @@ mod tests {
             .map(|e| e.tag)
             .collect();
         assert_eq!(evicted, ["synced"]);
+    }
+
+    /// A tag fetched on demand is evicted before the synced one, although pulled more
+    /// recently; sync setting the tag again makes it a synced tag like the others.
+    #[test]
+    fn on_demand_tags_are_evicted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_quota(dir.path(), 15_000);
+        let repo: RepoName = "edge/app".parse().unwrap();
+        image(&store, &repo, "synced", 10_000, None, Origin::Sync);
+        let (fetched, _) = image(&store, &repo, "fetched", 10_000, None, Origin::Sync);
+        store.mark_on_demand(&repo, "fetched").unwrap();
+        assert!(store.is_on_demand(&repo, "fetched").unwrap());
+        store.note_pull(&repo, &fetched);
+        lock(&store.inner.quota.pulls)
+            .values_mut()
+            .for_each(|t| *t += 10);
+        let report = store.enforce_quota().unwrap();
+        let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(evicted, ["fetched"]);
+
+        image(&store, &repo, "again", 1_000, None, Origin::Sync);
+        store.mark_on_demand(&repo, "again").unwrap();
+        image(&store, &repo, "again", 2_000, None, Origin::Sync);
+        assert!(
+            !store.is_on_demand(&repo, "again").unwrap(),
+            "set again by sync"
+        );
     }
 }

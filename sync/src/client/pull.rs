@@ -10,6 +10,9 @@ pub struct BlobStream {
     pub response: Response,
     pub skip: u64,
     pub url: String,
+    /// The whole blob's size, when the parent said (`Content-Length` of a 200, the total of a
+    /// 206's `Content-Range`).
+    pub size: Option<u64>,
     /// Under a bandwidth cap: the rest of the blob, asked for one slice at a time.
     paced: Option<Slices>,
 }
@@ -210,10 +213,12 @@ impl ParentClient {
         let end = slice.map(|s| offset + s - 1);
         let (response, url, status) = self.request_range(repo, digest, offset, end).await?;
         if status == 200 {
+            let size = response.content_length();
             return Ok(BlobStream {
                 response,
                 skip: offset,
                 url,
+                size,
                 paced: None,
             });
         }
@@ -232,6 +237,7 @@ impl ParentClient {
             response,
             skip: 0,
             url,
+            size,
             paced,
         })
     }

@@ -8,6 +8,8 @@ use axum::response::Response;
 use super::manifests::{accepted, internal};
 use super::DIGEST_HEADER;
 use crate::api::error::ApiError;
+use crate::api::on_demand::OnDemand;
+use crate::storage::fill::Fill;
 use crate::storage::Store;
 use oci::digest::Digest;
 use oci::name::RepoName;
@@ -50,17 +52,26 @@ fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {
 
 pub async fn get(
     store: &Store,
+    on_demand: Option<&OnDemand>,
     repo: &RepoName,
     digest: &Digest,
     headers: &HeaderMap,
     head_only: bool,
 ) -> Result<Response, ApiError> {
-    let blob = store.open_blob(repo, digest)?.ok_or_else(|| {
-        ApiError::new(
+    let Some(blob) = store.open_blob(repo, digest)? else {
+        // Not here: from the parent, when this repository is pulled through. Not for a HEAD:
+        // clients pull blobs with GET, while a push HEADs every blob it is about to upload, and
+        // a push must never wait on the parent.
+        if let Some(on_demand) = on_demand.filter(|_| !head_only) {
+            if let Some((fill, size)) = on_demand.blob(store, repo, digest).await? {
+                return filling(store, &fill, size, digest, headers, head_only);
+            }
+        }
+        return Err(ApiError::new(
             ErrorCode::BlobUnknown,
             format!("blob {digest} is not in repository {repo}"),
-        )
-    })?;
+        ));
+    };
     let size = blob.size();
     let range = headers
         .get(header::RANGE)
@@ -87,6 +98,55 @@ pub async fn get(
     Ok(builder
         .body(Body::from_stream(blob.read(start..start + length)))
         .expect("valid response"))
+}
+
+/// The answer for a blob being fetched on demand: its bytes as they arrive (a `Range` too),
+/// the last one only once verified. Without a known size the whole blob is sent, unsized.
+fn filling(
+    store: &Store,
+    fill: &Fill,
+    size: Option<u64>,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response, ApiError> {
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(DIGEST_HEADER, digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""));
+    let Some(size) = size else {
+        let body = if head_only {
+            Body::empty()
+        } else {
+            Body::from_stream(fill.read(store, None))
+        };
+        return Ok(builder
+            .status(StatusCode::OK)
+            .body(body)
+            .expect("valid response"));
+    };
+    let range = headers
+        .get(header::RANGE)
+        .map(|r| parse_range(r.to_str().unwrap_or(""), size))
+        .transpose()?;
+    let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
+    let length = if size == 0 { 0 } else { end - start + 1 };
+    builder = builder
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes");
+    builder = if range.is_some() {
+        builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+    } else {
+        builder.status(StatusCode::OK)
+    };
+    let body = if head_only {
+        Body::empty()
+    } else {
+        Body::from_stream(fill.read(store, Some(start..start + length)))
+    };
+    Ok(builder.body(body).expect("valid response"))
 }
 
 pub async fn delete(store: &Store, repo: RepoName, digest: Digest) -> Result<Response, ApiError> {

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 
 use super::{Req, DIGEST_HEADER};
 use crate::api::error::ApiError;
+use crate::api::on_demand::OnDemand;
 use crate::storage::StorageError;
 use crate::storage::Store;
 use crate::storage::{refusal, Attribute};
@@ -16,34 +17,83 @@ use oci::reference::Reference;
 use oci::ErrorCode;
 use oci::Origin;
 
-pub fn get(
+/// What a manifest GET or HEAD needs from its request (taken before any wait: a request
+/// cannot be held across one).
+#[derive(Clone, Copy)]
+pub struct Ask {
+    head_only: bool,
+    /// A child's sync asking, not a client (see [`missing`]).
+    from_sync: bool,
+}
+
+impl Ask {
+    pub fn of(req: &Req) -> Ask {
+        Ask {
+            head_only: req.method == axum::http::Method::HEAD,
+            from_sync: req
+                .header("user-agent")
+                .is_some_and(|agent| agent.starts_with(oci::SYNC_USER_AGENT_PREFIX)),
+        }
+    }
+}
+
+pub async fn get(
     store: &Store,
+    on_demand: Option<&OnDemand>,
     repo: &RepoName,
     reference: &Reference,
-    req: &Req,
+    req: Ask,
 ) -> Result<Response, ApiError> {
     let Some(manifest) = store.get_manifest(repo, reference)? else {
-        return Err(missing(store, repo, reference, req)?);
+        // Not here: from the parent, when this repository is pulled through. A child's sync
+        // asking with HEAD is checking what this registry holds (before pushing up, or
+        // comparing tags), not pulling: fetching for it would make its push wait on, and fail
+        // with, this registry's own parent. Its pulls through here are GETs.
+        let pulling = !(req.head_only && req.from_sync);
+        if let Some(on_demand) = on_demand.filter(|_| pulling) {
+            if let Some(fetched) = on_demand.manifest(store, repo, reference).await? {
+                return Ok(answer(
+                    req,
+                    &fetched.digest,
+                    &fetched.media_type,
+                    fetched.body.clone(),
+                ));
+            }
+        }
+        return Err(missing(store, repo, reference, req.from_sync)?);
     };
     if let Some(locked) = &manifest.unreadable {
         return Err(refusal(repo.as_str(), locked, Attribute::Read, "pulled").into());
     }
-    if req.method == axum::http::Method::GET {
+    if !req.head_only {
         store.note_pull(repo, &manifest.digest);
     }
-    let digest = manifest.digest.to_string();
+    if let Some(on_demand) = on_demand {
+        on_demand.revalidate(store, repo, reference, &manifest.digest);
+    }
+    Ok(answer(
+        req,
+        &manifest.digest,
+        &manifest.media_type,
+        manifest.body,
+    ))
+}
+
+/// A manifest's answer: its bytes (none for HEAD), type and digest.
+fn answer(req: Ask, digest: &oci::Digest, media_type: &str, body: Bytes) -> Response {
+    let digest = digest.to_string();
     let builder = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, &manifest.media_type)
-        .header(header::CONTENT_LENGTH, manifest.body.len())
+        .header(header::CONTENT_TYPE, media_type)
+        .header(header::CONTENT_LENGTH, body.len())
         .header(DIGEST_HEADER, &digest)
         .header(header::ETAG, format!("\"{digest}\""));
-    let body = if req.method == axum::http::Method::HEAD {
+    let body = if req.head_only {
         Body::empty()
     } else {
-        Body::from(manifest.body)
+        Body::from(body)
     };
-    Ok(builder.body(body).expect("valid response"))
+    builder.body(body).expect("valid response")
 }
 
 /// The answer for a manifest that is not here: for a tag evicted to stay under the quota, why
@@ -53,14 +103,11 @@ fn missing(
     store: &Store,
     repo: &RepoName,
     reference: &Reference,
-    req: &Req,
+    from_sync: bool,
 ) -> Result<ApiError, ApiError> {
     if let Reference::Tag(tag) = reference {
         let tag = tag.as_str();
         if store.evicted_tag(repo, tag)?.is_some() {
-            let from_sync = req
-                .header("user-agent")
-                .is_some_and(|agent| agent.starts_with(oci::SYNC_USER_AGENT_PREFIX));
             if !from_sync {
                 store.note_demand(repo, tag);
             }

@@ -206,7 +206,10 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
                 }
             };
             match method {
-                Method::GET | Method::HEAD => manifests::get(store, &repo, &reference, &req),
+                Method::GET | Method::HEAD => {
+                    let ask = manifests::Ask::of(&req);
+                    manifests::get(store, state.on_demand.as_ref(), &repo, &reference, ask).await
+                }
                 Method::PUT => manifests::put(store, repo, reference, req).await,
                 Method::DELETE => manifests::delete(store, repo, reference).await,
                 other => Err(ApiError::unsupported(&other, "manifests")),
@@ -218,7 +221,9 @@ async fn handle(state: &AppState, path: &str, req: Req) -> Result<Response, ApiE
             match method {
                 Method::GET | Method::HEAD => {
                     store.require_repo(&repo, &[Attribute::Read], "pulled from")?;
-                    blobs::get(store, &repo, &digest, &req.headers, method == Method::HEAD).await
+                    let head_only = method == Method::HEAD;
+                    let on_demand = state.on_demand.as_ref();
+                    blobs::get(store, on_demand, &repo, &digest, &req.headers, head_only).await
                 }
                 Method::DELETE => {
                     let needs = [Attribute::Delete, Attribute::Write];

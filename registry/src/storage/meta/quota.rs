@@ -24,6 +24,10 @@ use oci::{Digest, Origin};
 /// (repo, tag) -> unix seconds when sync last set the tag. A tag a client set is not here.
 pub(super) const SYNCED_TAGS: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("synced_tags");
+/// (repo, tag) -> unix seconds when a pull fetched the tag from the parent on demand
+/// (pull-through): such tags are evicted before the ones sync keeps. Cleared when the tag is
+/// set or deleted again.
+pub(super) const ON_DEMAND: TableDefinition<(&str, &str), u64> = TableDefinition::new("on_demand");
 /// (repo, manifest digest) -> unix seconds of the last GET that served it (as last flushed).
 pub(super) const PULLED: TableDefinition<(&str, &str), u64> = TableDefinition::new("pulled");
 /// (repo, tag) -> [`EvictedTag`] as JSON: a synced tag evicted to stay under the quota.
@@ -50,6 +54,8 @@ pub struct EvictionCandidate {
     pub tag: String,
     /// The last time its manifest (or an index child of it) was pulled, or else synced.
     pub last_used: u64,
+    /// Fetched on demand (pull-through) rather than kept by sync: evicted first.
+    pub on_demand: bool,
 }
 
 /// What one eviction removed from the metadata.
@@ -81,8 +87,10 @@ pub(super) fn on_logged(
                 synced.remove((repo, tag.as_str()))?;
             }
             tx.open_table(EVICTED)?.remove((repo, tag.as_str()))?;
+            tx.open_table(ON_DEMAND)?.remove((repo, tag.as_str()))?;
         }
         RecordKind::TagDeleted { tag } => {
+            tx.open_table(ON_DEMAND)?.remove((repo, tag.as_str()))?;
             tx.open_table(SYNCED_TAGS)?.remove((repo, tag.as_str()))?;
             tx.open_table(EVICTED)?.remove((repo, tag.as_str()))?;
         }
@@ -104,6 +112,10 @@ pub(super) fn forget_repo(tx: &WriteTransaction, repo: &str) -> Result<(), Stora
     let mut pulled = tx.open_table(PULLED)?;
     for key in keys(&pulled, repo)? {
         pulled.remove((repo, key.as_str()))?;
+    }
+    let mut on_demand = tx.open_table(ON_DEMAND)?;
+    for key in keys(&on_demand, repo)? {
+        on_demand.remove((repo, key.as_str()))?;
     }
     Ok(())
 }
@@ -186,6 +198,23 @@ impl Meta {
         Ok(out)
     }
 
+    /// Records that the synced tag `repo:tag` was fetched on demand (pull-through): it is
+    /// evicted before the tags sync keeps. A no-op unless the tag is one sync wrote.
+    pub fn mark_on_demand(&self, repo: &str, tag: &str) -> Result<(), StorageError> {
+        let tx = self.begin_write()?;
+        if tx.open_table(SYNCED_TAGS)?.get((repo, tag))?.is_some() {
+            tx.open_table(ON_DEMAND)?.insert((repo, tag), now())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether `repo:tag` was fetched on demand and not set since.
+    pub fn is_on_demand(&self, repo: &str, tag: &str) -> Result<bool, StorageError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(ON_DEMAND)?.get((repo, tag))?.is_some())
+    }
+
     /// Writes a batch of pull times (newer ones win) and of demand for evicted tags, in one
     /// transaction.
     pub fn record_pulls(
@@ -235,6 +264,7 @@ impl Meta {
         let tags = tx.open_table(TAGS)?;
         let manifests = tx.open_table(MANIFESTS)?;
         let pulled = tx.open_table(PULLED)?;
+        let on_demand = tx.open_table(ON_DEMAND)?;
         let last_pull = |repo: &str, digest: &str| -> Result<u64, StorageError> {
             let stored = pulled.get((repo, digest))?.map(|v| v.value()).unwrap_or(0);
             let fresh = digest
@@ -266,9 +296,12 @@ impl Meta {
                 repo: repo.to_owned(),
                 tag: tag.to_owned(),
                 last_used,
+                on_demand: on_demand.get((repo, tag))?.is_some(),
             });
         }
-        out.sort_by(|a, b| (a.last_used, &a.repo, &a.tag).cmp(&(b.last_used, &b.repo, &b.tag)));
+        // Content fetched on demand goes first, then the least recently used.
+        let rank = |c: &EvictionCandidate| (!c.on_demand, c.last_used);
+        out.sort_by(|a, b| (rank(a), &a.repo, &a.tag).cmp(&(rank(b), &b.repo, &b.tag)));
         Ok(out)
     }
 
