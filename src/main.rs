@@ -78,20 +78,38 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    // The fmt subscriber stops at INFO unless told otherwise; `filter` decides instead.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_writer(std::io::stderr);
     match format {
         // No colour codes in JSON: a collector reads it, not a terminal.
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Json => builder.json().with_ansi(false).finish().with(filter).init(),
         LogFormat::Text => builder
             .with_ansi(log_in_colour(
                 std::io::stderr().is_terminal(),
                 std::env::var_os("NO_COLOR"),
             ))
+            .finish()
+            .with(filter)
             .init(),
+    }
+}
+
+/// The log filter from `RUST_LOG`: `LEVEL` and `TARGET=LEVEL` directives, comma separated
+/// (`info,access=off`), a target matching itself and its modules; `info` when unset or not
+/// understood. `Targets`, not `EnvFilter`: the span and field directives `EnvFilter` adds need a
+/// regex engine (~700 KiB of the binary, issue 16) and no setting of ours uses them.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::filter::Targets {
+    let info = || tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    match rust_log.map(str::trim) {
+        None | Some("") => info(),
+        Some(directives) => directives.parse().unwrap_or_else(|err| {
+            eprintln!("warning: RUST_LOG={directives:?} is not a log filter ({err}); logging at info. Write LEVEL or TARGET=LEVEL, comma separated, e.g. info,access=off");
+            info()
+        }),
     }
 }
 
@@ -167,6 +185,22 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_per_target() {
+        use tracing::Level;
+        let f = log_filter(Some("info,access=off,sync=debug"));
+        assert!(f.would_enable("registry::api", &Level::INFO));
+        assert!(!f.would_enable("registry::api", &Level::DEBUG));
+        assert!(!f.would_enable("access", &Level::ERROR));
+        // A target covers its modules.
+        assert!(f.would_enable("sync::client", &Level::DEBUG));
+        for unset_or_bad in [None, Some(""), Some("info,=nonsense=")] {
+            let f = log_filter(unset_or_bad);
+            assert!(f.would_enable("access", &Level::INFO), "{unset_or_bad:?}");
+            assert!(!f.would_enable("access", &Level::DEBUG), "{unset_or_bad:?}");
+        }
+    }
 
     #[test]
     fn each_cause_is_said_once() {

@@ -103,19 +103,45 @@ pub fn generate_key(key_type: KeyType) -> Result<KeyPair, CertError> {
     }
 }
 
-/// The pure-Rust `rsa` crate makes RSA keys (as it did when ring, which cannot generate them,
-/// was the signer); aws-lc-rs, the one crypto library in the binary, signs with them.
+/// aws-lc-rs, the one crypto library in the binary, makes the RSA key and signs with it.
 fn generate_rsa(bits: usize) -> Result<KeyPair, CertError> {
-    use rsa::pkcs8::EncodePrivateKey;
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
     let what = format!("generate an RSA {bits} key");
-    let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)
+    let size = match bits {
+        2048 => KeySize::Rsa2048,
+        4096 => KeySize::Rsa4096,
+        other => {
+            return Err(CertError::generate(
+                &what,
+                format!("{other} bits is not offered; use 2048 or 4096"),
+            ))
+        }
+    };
+    let key = RsaKeyPair::generate(size).map_err(|e| CertError::generate(&what, e))?;
+    let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&key)
         .map_err(|e| CertError::generate(&what, e))?;
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|e| CertError::generate(&what, e))?;
-    let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
+    let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_ref());
     KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256)
         .map_err(|e| CertError::generate(&what, e))
+}
+
+/// A PKCS#1 RSA key (`BEGIN RSA PRIVATE KEY`, as `openssl genrsa -traditional` writes) as the
+/// PKCS#8 the signer takes.
+fn pkcs1_rsa_to_signing_key(pem: &str) -> Result<KeyPair, String> {
+    use aws_lc_rs::encoding::AsDer;
+    let pkcs1 = match rustls_pemfile::private_key(&mut pem.as_bytes()) {
+        Ok(Some(rustls_pki_types::PrivateKeyDer::Pkcs1(der))) => der,
+        Ok(_) => return Err("bad PKCS#1 RSA key: no RSA PRIVATE KEY block".into()),
+        Err(e) => return Err(format!("bad PKCS#1 RSA key: {e}")),
+    };
+    let key = aws_lc_rs::rsa::KeyPair::from_der(pkcs1.secret_pkcs1_der())
+        .map_err(|e| format!("bad PKCS#1 RSA key: {e}"))?;
+    let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&key)
+        .map_err(|e| format!("cannot convert RSA key: {e}"))?;
+    let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_ref());
+    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256)
+        .map_err(|e| format!("unusable RSA key: {e}"))
 }
 
 /// Loads a private key for signing (a CA key, or a server key being renewed).
@@ -132,16 +158,7 @@ pub fn load_signing_key(path: &Path) -> Result<KeyPair, CertError> {
         ));
     }
     if pem.contains("-----BEGIN RSA PRIVATE KEY-----") {
-        use rsa::pkcs1::DecodeRsaPrivateKey;
-        use rsa::pkcs8::EncodePrivateKey;
-        let key = rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
-            .map_err(|e| CertError::file(path, format!("bad PKCS#1 RSA key: {e}")))?;
-        let der = key
-            .to_pkcs8_der()
-            .map_err(|e| CertError::file(path, format!("cannot convert RSA key: {e}")))?;
-        let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
-        return KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256)
-            .map_err(|e| CertError::file(path, format!("unusable RSA key: {e}")));
+        return pkcs1_rsa_to_signing_key(&pem).map_err(|message| CertError::file(path, message));
     }
     if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
         return Err(CertError::file(

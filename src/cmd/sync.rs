@@ -52,7 +52,7 @@ pub struct SyncFlags {
     #[arg(long = "repo", value_name = "PATTERN")]
     pub repos: Vec<String>,
 
-    /// Only tags matching this regex (applies to every --repo).
+    /// Only tags matching this regex (applies to every --repo; ASCII classes only: tags are ASCII).
     #[arg(long)]
     pub tag_include: Option<String>,
 

@@ -292,8 +292,8 @@ fn crontab_dow_to_names(field: &str) -> Result<String, String> {
 #[derive(Clone, Debug)]
 pub struct RepoRule {
     pub pattern: String,
-    pub include: Option<regex::Regex>,
-    pub exclude: Option<regex::Regex>,
+    pub include: Option<regex_lite::Regex>,
+    pub exclude: Option<regex_lite::Regex>,
     /// Keep only the newest N tags that parse as semver (`v` prefix allowed).
     pub newest: Option<usize>,
 }
@@ -1010,7 +1010,8 @@ pub(crate) fn parse_repo_rules(raw: Vec<RawRepoRule>) -> Result<Vec<RepoRule>, S
         }
         let re = |what: &'static str, s: Option<String>| {
             s.map(|s| {
-                regex::Regex::new(&s).map_err(|e| invalid(what, format!("bad regex {s:?}: {e}")))
+                regex_lite::Regex::new(&s)
+                    .map_err(|e| invalid(what, format!("bad regex {s:?}: {e}")))
             })
             .transpose()
         };
@@ -1336,8 +1337,8 @@ mod tests {
     fn tag_filters() {
         let rule = RepoRule {
             pattern: "a/*".into(),
-            include: Some(regex::Regex::new("^v").unwrap()),
-            exclude: Some(regex::Regex::new("-rc").unwrap()),
+            include: Some(regex_lite::Regex::new("^v").unwrap()),
+            exclude: Some(regex_lite::Regex::new("-rc").unwrap()),
             newest: Some(2),
         };
         let tags: Vec<String> = ["v1.0.0", "v1.2.0", "v1.10.0", "v2.0.0-rc1", "latest"]
