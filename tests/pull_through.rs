@@ -14,7 +14,8 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::api::{sha256, Api, Resp};
+use common::access::{create_token, rule};
+use common::api::{sha256, Api, Resp, OCI_MANIFEST};
 use common::distribution::start_distribution;
 use common::sync::{start_child, wait_for_tag, ALWAYS_OPEN};
 use common::{start_registry, start_registry_on, wait_until, Proc};
@@ -241,6 +242,45 @@ fn a_childs_push_up_reaches_a_layer_whose_parent_is_down() {
     cloud.kill();
     let (manifest, _, _) = Api::new(&lower.url()).push_image("lib/made-here", "v1", 1, 1 << 20);
     wait_for_tag(&top, "lib/made-here", "v1", &sha256(&manifest));
+}
+
+/// With access control on, a miss is fetched only for a caller who may pull it: the guard
+/// judges the token before the route asks the parent, so a token for `lib/allowed` gets
+/// `lib/allowed` pulled through and is refused `lib/other` with no request to the parent.
+#[test]
+fn a_miss_is_fetched_only_for_a_caller_whose_token_may_pull_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = start_registry(&dir.path().join("parent"), &[]);
+    let parent_api = Api::new(&parent.url());
+    parent_api.push_image("lib/allowed", "v1", 1, 1 << 20);
+    parent_api.push_image("lib/other", "v1", 1, 1 << 20);
+    let child_data = dir.path().join("child");
+    let reader = create_token(
+        &child_data,
+        "reader",
+        vec![rule("lib/allowed", &["content/read"])],
+        None,
+    );
+    let with_tokens = [&CHILD[..], &["--auth", "tokens"]].concat();
+    let child = start_child(&child_data, &parent.url(), &with_tokens);
+    let api = Api::new(&child.url());
+    let pull = |repo: &str| {
+        api.send(
+            api.req(reqwest::Method::GET, &format!("/v2/{repo}/manifests/v1"))
+                .header("accept", OCI_MANIFEST)
+                .header("authorization", reader.basic()),
+        )
+    };
+    pull("lib/allowed").expect(200);
+    let refused = pull("lib/other");
+    assert!(
+        [401, 403].contains(&refused.status),
+        "status {}: {}",
+        refused.status,
+        refused.text()
+    );
+    assert_eq!(requests(&parent, "GET", "/v2/lib/allowed/manifests/v1"), 1);
+    assert_eq!(requests(&parent, "GET", "/v2/lib/other/manifests/v1"), 0);
 }
 
 /// Two layers of ours under CNCF distribution: a miss at the lower layer is a miss at the top
