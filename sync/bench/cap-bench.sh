@@ -17,13 +17,6 @@ PARENT="${PARENT:-ours}"
 WORK="$(mktemp -d -t cap-bench.XXXXXX)"
 . "$ROOT/sync/bench/lib.sh"
 
-start_ours() { # DIR -> PORT
-  local dir="$1" port; port="$(free_port)"; mkdir -p "$dir"
-  RUST_LOG=warn "$BIN" serve --auth none --listen "127.0.0.1:$port" --data "$dir/data" >"$dir/log" 2>&1 &
-  PIDS+=("$!")
-  wait_up "$port"
-  PORT="$port"
-}
 
 # A relay on RELAY_PORT to 127.0.0.1:$1 that appends "bucket bytes" lines (bucket = 100 ms since
 # its start) of what it forwards down to $2 when it is stopped.

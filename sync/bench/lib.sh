@@ -1,5 +1,6 @@
 # lib.sh — what the sync benchmarks share: scratch and cleanup, timing, free ports, and starting
-# CNCF distribution on loopback. Sourced after the script sets WORK (its scratch directory).
+# CNCF distribution or ours (`$BIN`, `--auth none`, log filter `$OURS_LOG`) on loopback. Sourced
+# after the script sets WORK (its scratch directory) and BIN.
 # Every process a starter records in PIDS is stopped at exit; the starters run in the calling
 # shell (not in $(...)), so the PIDs they record are the ones the exit trap stops; each sets PORT.
 PIDS=()
@@ -13,6 +14,13 @@ wait_up() { # PORT: until /v2/ answers 200 there, at most 10 s
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/v2/" >/dev/null && return 0; sleep 0.05; done
   echo "$(basename "$0"): nothing answers on 127.0.0.1:$1 after 10 s" >&2
   return 1
+}
+start_ours() { # DIR [serve flags...] -> PORT: $BIN serve, data in DIR/data, log DIR/log
+  local dir="$1" port; shift; port="$(free_port)"; mkdir -p "$dir"
+  RUST_LOG="${OURS_LOG:-warn}" "$BIN" serve --auth none --listen "127.0.0.1:$port" --data "$dir/data" "$@" >"$dir/log" 2>&1 &
+  PIDS+=("$!")
+  wait_up "$port"
+  PORT="$port"
 }
 start_dist() { # DIR -> PORT
   local dir="$1" port; port="$(free_port)"; mkdir -p "$dir/storage"

@@ -23,16 +23,9 @@ LAYERS="${LAYERS:-4}"
 WORK="$(mktemp -d -t pull-through-bench.XXXXXX)"
 . "$ROOT/sync/bench/lib.sh"
 
-start_ours() { # DIR LOG_FILTER ARGS... -> PORT
-  local dir="$1" filter="$2" port; shift 2; port="$(free_port)"; mkdir -p "$dir"
-  RUST_LOG="$filter" "$BIN" serve --auth none --listen "127.0.0.1:$port" --data "$dir/data" "$@" >"$dir/log" 2>&1 &
-  PIDS+=("$!")
-  wait_up "$port"
-  PORT="$port"
-}
 
 # The parent logs every request with the bytes it sent (`out=`).
-start_ours "$WORK/parent" "warn,access=info"; parent="127.0.0.1:$PORT"
+OURS_LOG="warn,access=info" start_ours "$WORK/parent"; parent="127.0.0.1:$PORT"
 
 # Seed: a config and LAYERS random layers, pushed with curl (monolithic uploads).
 push_blob() { # FILE -> digest
@@ -67,7 +60,7 @@ echo "clients $CLIENTS -"
 
 # The child: syncs nothing by itself (its scope matches nothing at the parent), pulls bench/*
 # through on demand.
-start_ours "$WORK/child" "warn" --parent "http://$parent" --repo none/nothing --on-demand 'bench/*' \
+start_ours "$WORK/child" --parent "http://$parent" --repo none/nothing --on-demand 'bench/*' \
   --sync-poll-interval P1D; child="127.0.0.1:$PORT"
 
 pull() { # one client: the manifest, then every blob, each checked against its digest

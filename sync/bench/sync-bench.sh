@@ -25,13 +25,6 @@ PARENT="${PARENT:-distribution}"
 WORK="$(mktemp -d -t sync-bench.XXXXXX)"
 . "$ROOT/sync/bench/lib.sh"
 
-start_ours() { # DIR -> PORT
-  local dir="$1" port; port="$(free_port)"; mkdir -p "$dir"
-  RUST_LOG=warn "$BIN" serve --auth none --listen "127.0.0.1:$port" --data "$dir/data" >"$dir/log" 2>&1 &
-  PIDS+=("$!")
-  wait_up "$port"
-  PORT="$port"
-}
 
 case "$PARENT" in
   distribution) start_dist "$WORK/src"; src_port="$PORT" ;;
