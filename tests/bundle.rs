@@ -53,6 +53,34 @@ fn report(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not a JSON report ({e}): {stdout}"))
 }
 
+/// `bundle export --data DATA --repository PATTERNS... MORE... -o OUT`: its report.
+fn export(data: &str, patterns: &[&str], out: &str, more: &[&str]) -> Value {
+    let args = [
+        &["bundle", "export", "--data", data, "--repository"],
+        patterns,
+        more,
+        &["-o", out],
+    ]
+    .concat();
+    report(&cli_ok(&args))
+}
+
+/// `bundle import FILE --data DATA`: its report.
+fn import(file: &str, data: &str) -> Value {
+    report(&cli_ok(&["bundle", "import", file, "--data", data]))
+}
+
+/// `bundle import FILE --data DATA`, stopped (as kill -9 would) at the crash point `point`.
+#[track_caller]
+fn import_crashing_at(file: &str, data: &str, point: &str) {
+    let crashed = Command::new(bin())
+        .args(["bundle", "import", file, "--data", data])
+        .env(util::crash_point::ENV, point)
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the crash point {point} fired");
+}
+
 /// Every tag of `repos` in `a` is served by `b` with the same manifest bytes, and every blob
 /// those manifests reference too.
 #[track_caller]
@@ -131,28 +159,13 @@ fn export_import_serve_pull_byte_identical_with_referrers_and_skopeo_reads_it() 
     let file = dir.path().join("bundle.tar");
     let file = file.to_str().unwrap();
     // The shore's registry is stopped: the export opens the store itself.
-    let out = report(&cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
-        shore.to_str().unwrap(),
-        "--repository",
-        "apps/*",
-        "-o",
-        file,
-    ]));
+    let out = export(shore.to_str().unwrap(), &["apps/*"], file, &[]);
     assert_eq!(out["repositories"], 3, "{out}");
     assert_eq!(out["tags"], 3, "{out}");
     assert_eq!(out["referrers"], 1, "{out}");
 
     let site = dir.path().join("site");
-    let out = report(&cli_ok(&[
-        "bundle",
-        "import",
-        file,
-        "--data",
-        site.to_str().unwrap(),
-    ]));
+    let out = import(file, site.to_str().unwrap());
     assert_eq!(out["tags_set"], 3, "{out}");
     assert_eq!(out["blobs_present"], 0, "{out}");
 
@@ -196,29 +209,18 @@ fn import_while_serve_runs_goes_through_the_socket_and_is_pullable_at_once() {
     let file = file.to_str().unwrap();
     let shore_registry = start_registry(&shore, &[]);
     // Export while the shore serves: its registry writes the file.
-    cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
+    export(
         shore.to_str().unwrap(),
-        "--repository",
-        "apps/web",
-        "apps/api",
-        "-o",
+        &["apps/web", "apps/api"],
         file,
-    ]);
+        &[],
+    );
 
     let site = dir.path().join("site");
     let site_registry = start_registry(&site, &[]);
     let b = Api::new(&site_registry.url());
     assert!(b.tags("apps/web").is_empty());
-    let out = report(&cli_ok(&[
-        "bundle",
-        "import",
-        file,
-        "--data",
-        site.to_str().unwrap(),
-    ]));
+    let out = import(file, site.to_str().unwrap());
     assert_eq!(out["tags_set"], 2, "{out}");
     assert_same_images(
         &Api::new(&shore_registry.url()),
@@ -230,13 +232,7 @@ fn import_while_serve_runs_goes_through_the_socket_and_is_pullable_at_once() {
         "the running registry did the import"
     );
     // Importing again changes nothing and reads no blob.
-    let out = report(&cli_ok(&[
-        "bundle",
-        "import",
-        file,
-        "--data",
-        site.to_str().unwrap(),
-    ]));
+    let out = import(file, site.to_str().unwrap());
     assert_eq!(
         (out["tags_set"].as_u64(), out["bytes_read"].as_u64()),
         (Some(0), Some(0)),
@@ -251,23 +247,13 @@ fn a_delta_from_the_sites_state_is_small_and_imports_onto_the_site() {
     fill(&shore, dir.path());
     let site = dir.path().join("site");
     let first = dir.path().join("first.tar");
-    cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
+    export(
         shore.to_str().unwrap(),
-        "--repository",
-        "apps/*",
-        "-o",
+        &["apps/*"],
         first.to_str().unwrap(),
-    ]);
-    cli_ok(&[
-        "bundle",
-        "import",
-        first.to_str().unwrap(),
-        "--data",
-        site.to_str().unwrap(),
-    ]);
+        &[],
+    );
+    import(first.to_str().unwrap(), site.to_str().unwrap());
 
     // The shore gets a new image sharing the old layers, with one new 1 MiB layer.
     let shore_registry = start_registry(&shore, &[]);
@@ -297,18 +283,12 @@ fn a_delta_from_the_sites_state_is_small_and_imports_onto_the_site() {
         state.to_str().unwrap(),
     ]);
     let delta = dir.path().join("delta.tar");
-    let out = report(&cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
+    let out = export(
         shore.to_str().unwrap(),
-        "--repository",
-        "apps/*",
-        "--since-state",
-        state.to_str().unwrap(),
-        "-o",
+        &["apps/*"],
         delta.to_str().unwrap(),
-    ]));
+        &["--since-state", state.to_str().unwrap()],
+    );
     assert_eq!(
         (out["blobs"].as_u64(), out["manifests"].as_u64()),
         (Some(1), Some(1)),
@@ -320,13 +300,7 @@ fn a_delta_from_the_sites_state_is_small_and_imports_onto_the_site() {
         "delta {size} bytes for {changed} changed bytes"
     );
 
-    let out = report(&cli_ok(&[
-        "bundle",
-        "import",
-        delta.to_str().unwrap(),
-        "--data",
-        site.to_str().unwrap(),
-    ]));
+    let out = import(delta.to_str().unwrap(), site.to_str().unwrap());
     assert_eq!(
         (out["tags_set"].as_u64(), out["blobs_written"].as_u64()),
         (Some(1), Some(1)),
@@ -351,16 +325,12 @@ fn truncated_and_altered_bundles_are_refused_with_nothing_of_them_visible() {
     let shore = dir.path().join("shore");
     fill(&shore, dir.path());
     let file = dir.path().join("bundle.tar");
-    cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
+    export(
         shore.to_str().unwrap(),
-        "--repository",
-        "apps/web",
-        "-o",
+        &["apps/web"],
         file.to_str().unwrap(),
-    ]);
+        &[],
+    );
     let bytes = std::fs::read(&file).unwrap();
     let entries = tar_entries(&bytes);
     let (name, offset, size) = entries.iter().max_by_key(|e| e.2).unwrap().clone();
@@ -405,13 +375,7 @@ fn truncated_and_altered_bundles_are_refused_with_nothing_of_them_visible() {
     drop(site_registry);
 
     // The good file still imports over what the refusals left.
-    let out = report(&cli_ok(&[
-        "bundle",
-        "import",
-        file.to_str().unwrap(),
-        "--data",
-        site.to_str().unwrap(),
-    ]));
+    let out = import(file.to_str().unwrap(), site.to_str().unwrap());
     assert_eq!(out["tags_set"], 1, "{out}");
 }
 
@@ -422,26 +386,12 @@ fn an_import_stopped_by_a_crash_resumes_without_reading_again_what_it_stored() {
     fill(&shore, dir.path());
     let file = dir.path().join("bundle.tar");
     let file = file.to_str().unwrap();
-    cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
-        shore.to_str().unwrap(),
-        "--repository",
-        "apps/*",
-        "-o",
-        file,
-    ]);
+    export(shore.to_str().unwrap(), &["apps/*"], file, &[]);
     let site = dir.path().join("site");
     let site_arg = site.to_str().unwrap();
 
     // The process aborts (as kill -9 would) once its second blob is stored.
-    let crashed = Command::new(bin())
-        .args(["bundle", "import", file, "--data", site_arg])
-        .env(util::crash_point::ENV, "bundle_blob_stored:2")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "the crash point fired");
+    import_crashing_at(file, site_arg, "bundle_blob_stored:2");
     {
         let site_registry = start_registry(&site, &[]);
         let b = Api::new(&site_registry.url());
@@ -452,18 +402,12 @@ fn an_import_stopped_by_a_crash_resumes_without_reading_again_what_it_stored() {
             );
         }
     }
-    let out = report(&cli_ok(&["bundle", "import", file, "--data", site_arg]));
+    let out = import(file, site_arg);
     // Blobs are written a few at a time: others may have been stored before the abort.
     let present = out["blobs_present"].as_u64().unwrap();
     assert!(present >= 2, "the stored blobs are not read again: {out}");
     assert_eq!(out["tags_set"], 3, "{out}");
-    let full = report(&cli_ok(&[
-        "bundle",
-        "import",
-        file,
-        "--data",
-        dir.path().join("fresh").to_str().unwrap(),
-    ]));
+    let full = import(file, dir.path().join("fresh").to_str().unwrap());
     assert!(
         out["bytes_read"].as_u64() < full["bytes_read"].as_u64(),
         "resumed {out} vs whole {full}"
@@ -484,26 +428,12 @@ fn an_import_stopped_inside_a_blob_continues_it_from_the_bytes_on_disk() {
     fill(&shore, dir.path());
     let file = dir.path().join("bundle.tar");
     let file = file.to_str().unwrap();
-    cli_ok(&[
-        "bundle",
-        "export",
-        "--data",
-        shore.to_str().unwrap(),
-        "--repository",
-        "apps/web",
-        "-o",
-        file,
-    ]);
+    export(shore.to_str().unwrap(), &["apps/web"], file, &[]);
     let site = dir.path().join("site");
     let site_arg = site.to_str().unwrap();
     // Aborts after the first chunk of the first blob reached its upload session.
-    let crashed = Command::new(bin())
-        .args(["bundle", "import", file, "--data", site_arg])
-        .env(util::crash_point::ENV, "bundle_blob_chunk")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "the crash point fired");
-    let out = report(&cli_ok(&["bundle", "import", file, "--data", site_arg]));
+    import_crashing_at(file, site_arg, "bundle_blob_chunk");
+    let out = import(file, site_arg);
     assert!(out["bytes_resumed"].as_u64() > Some(0), "{out}");
     assert_eq!(out["tags_set"], 1, "{out}");
     let shore_registry = start_registry(&shore, &[]);
