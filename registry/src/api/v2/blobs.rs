@@ -72,32 +72,47 @@ pub async fn get(
             format!("blob {digest} is not in repository {repo}"),
         ));
     };
-    let size = blob.size();
+    let (builder, bytes) = sized(blob_answer(digest), headers, blob.size())?;
+    if head_only {
+        return Ok(builder.body(Body::empty()).expect("valid response"));
+    }
+    Ok(builder
+        .body(Body::from_stream(blob.read(bytes)))
+        .expect("valid response"))
+}
+
+/// The headers every blob answer carries.
+fn blob_answer(digest: &Digest) -> axum::http::response::Builder {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(DIGEST_HEADER, digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""))
+}
+
+/// The status and length of an answer for a blob of `size` bytes, as the `Range` header asks
+/// (206 with `Content-Range`) or whole (200); and the bytes to send.
+fn sized(
+    builder: axum::http::response::Builder,
+    headers: &HeaderMap,
+    size: u64,
+) -> Result<(axum::http::response::Builder, std::ops::Range<u64>), ApiError> {
     let range = headers
         .get(header::RANGE)
         .map(|r| parse_range(r.to_str().unwrap_or(""), size))
         .transpose()?;
     let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
     let length = if size == 0 { 0 } else { end - start + 1 };
-    let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
+    let builder = builder
         .header(header::CONTENT_LENGTH, length)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(DIGEST_HEADER, digest.to_string())
-        .header(header::ETAG, format!("\"{digest}\""));
-    builder = if range.is_some() {
+        .header(header::ACCEPT_RANGES, "bytes");
+    let builder = if range.is_some() {
         builder
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
     } else {
         builder.status(StatusCode::OK)
     };
-    if head_only {
-        return Ok(builder.body(Body::empty()).expect("valid response"));
-    }
-    Ok(builder
-        .body(Body::from_stream(blob.read(start..start + length)))
-        .expect("valid response"))
+    Ok((builder, start..start + length))
 }
 
 /// The answer for a blob being fetched on demand: its bytes as they arrive (a `Range` too),
@@ -110,10 +125,7 @@ fn filling(
     headers: &HeaderMap,
     head_only: bool,
 ) -> Result<Response, ApiError> {
-    let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(DIGEST_HEADER, digest.to_string())
-        .header(header::ETAG, format!("\"{digest}\""));
+    let builder = blob_answer(digest);
     let Some(size) = size else {
         let body = if head_only {
             Body::empty()
@@ -125,26 +137,11 @@ fn filling(
             .body(body)
             .expect("valid response"));
     };
-    let range = headers
-        .get(header::RANGE)
-        .map(|r| parse_range(r.to_str().unwrap_or(""), size))
-        .transpose()?;
-    let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
-    let length = if size == 0 { 0 } else { end - start + 1 };
-    builder = builder
-        .header(header::CONTENT_LENGTH, length)
-        .header(header::ACCEPT_RANGES, "bytes");
-    builder = if range.is_some() {
-        builder
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
-    } else {
-        builder.status(StatusCode::OK)
-    };
+    let (builder, bytes) = sized(builder, headers, size)?;
     let body = if head_only {
         Body::empty()
     } else {
-        Body::from_stream(fill.read(store, Some(start..start + length)))
+        Body::from_stream(fill.read(store, Some(bytes)))
     };
     Ok(builder.body(body).expect("valid response"))
 }
