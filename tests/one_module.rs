@@ -278,3 +278,114 @@ fn print_config_shows_the_in_process_routes() {
     );
     assert!(!data.exists(), "--print-config wrote {}", data.display());
 }
+
+/// SIGTERM while a client downloads a blob slowly over TLS: the TLS listener refuses new
+/// connections at once, the download in flight still completes with every byte, and the
+/// process then exits 0 by itself (`--shutdown-grace` covers the TLS listener too).
+#[test]
+fn a_tls_download_in_flight_finishes_after_sigterm_and_new_connections_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ca = TestCa::new(&t.join("ca"));
+    let leaf = ca.server("edge", "edge.test");
+    let (mut server, port) = one_module(t, &leaf, &["--shutdown-grace", "5m"], &[]);
+    let root = ca.root.to_str().unwrap();
+    let blob = common::oci::random_bytes(32 << 20);
+    let digest = common::api::sha256(&blob);
+    let blob_file = t.join("blob");
+    std::fs::write(&blob_file, &blob).unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+
+    let (status, body, head) = common::curl(&[
+        "--cacert",
+        root,
+        "-X",
+        "POST",
+        &format!("{base}/v2/big/blobs/uploads/"),
+    ]);
+    assert_eq!(status, 202, "{body}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("location")
+                .then(|| value.trim().to_string())
+        })
+        .expect("a Location for the upload");
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let (status, body, _) = common::curl(&[
+        "--cacert",
+        root,
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", blob_file.display()),
+        &format!("{base}{location}{separator}digest={digest}"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+
+    // A slow client: about 8 s for the whole blob.
+    let downloaded = t.join("downloaded");
+    let mut download = common::spawn_logged(
+        Command::new("curl").args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "120",
+            "--limit-rate",
+            "4M",
+            "--cacert",
+            root,
+            "-o",
+            downloaded.to_str().unwrap(),
+            &format!("{base}/v2/big/blobs/{digest}"),
+        ]),
+        &t.join("curl.log"),
+    )
+    .expect("run curl (./test.sh installs it)");
+    assert!(
+        common::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            std::fs::metadata(&downloaded).is_ok_and(|m| m.len() >= 1 << 20)
+        }),
+        "the download did not start"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    assert!(
+        common::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        }),
+        "still accepting TLS connections after SIGTERM"
+    );
+
+    let curl_status = poll(Duration::from_secs(150), Duration::from_millis(50), || {
+        download.try_wait().unwrap()
+    })
+    .expect("curl still downloading after 150 s");
+    assert!(
+        curl_status.success(),
+        "the download was cut ({curl_status}): {}\nserver log:\n{}",
+        std::fs::read_to_string(t.join("curl.log")).unwrap_or_default(),
+        server.log_text()
+    );
+    let got = std::fs::read(&downloaded).unwrap();
+    assert_eq!(got.len(), blob.len());
+    assert_eq!(common::api::sha256(&got), digest);
+
+    let exited = poll(Duration::from_secs(60), Duration::from_millis(20), || {
+        server.child.try_wait().unwrap()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "still running after the download; log:\n{}",
+            server.log_text()
+        )
+    });
+    assert!(exited.success(), "exit status {exited}");
+}
