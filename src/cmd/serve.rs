@@ -375,11 +375,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(drained) = tls_drained {
             let _ = drained.await;
         }
+        Ok(())
     };
-    let serving = async {
-        let (plain, ()) = tokio::join!(plain, tls);
-        plain
-    };
+    // Both drained, or the plain listener failed (then at once, as without a TLS listener).
+    let serving = async { tokio::try_join!(plain, tls).map(|((), ())| ()) };
     let served = tokio::select! {
         served = serving => served,
         () = async {
