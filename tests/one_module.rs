@@ -1,8 +1,9 @@
 //! The one-module deployment: `serve --proxy-listen` with no `--listen` serves the registry over
 //! TLS only, through the API proxy in the same process, which calls the registry's router
 //! directly. Real clients (skopeo, curl) over verified TLS; what the proxy does holds in process
-//! (request ids and the access log, the client's address for the login limit), and the process
-//! opens no connection to itself.
+//! (request ids and the access log, the client's address for the login limit), the process
+//! opens no connection to itself, and on SIGTERM a TLS download in flight finishes within
+//! `--shutdown-grace` (and is cut at its end).
 
 #![forbid(unsafe_code)]
 
@@ -277,4 +278,170 @@ fn print_config_shows_the_in_process_routes() {
         "{stdout}"
     );
     assert!(!data.exists(), "--print-config wrote {}", data.display());
+}
+
+/// A one module started with `extra` flags holding a 32 MiB blob, and a slow client (curl at
+/// 4 MB/s, about 8 s for the whole blob) that has received its first MiB over TLS.
+struct SlowDownload {
+    server: Proc,
+    port: u16,
+    curl: std::process::Child,
+    curl_log: std::path::PathBuf,
+    downloaded: std::path::PathBuf,
+    blob: Vec<u8>,
+}
+
+impl SlowDownload {
+    fn start(t: &Path, extra: &[&str]) -> SlowDownload {
+        let ca = TestCa::new(&t.join("ca"));
+        let leaf = ca.server("edge", "edge.test");
+        let (server, port) = one_module(t, &leaf, extra, &[]);
+        let root = ca.root.to_str().unwrap();
+        let blob = common::oci::random_bytes(32 << 20);
+        let digest = common::api::sha256(&blob);
+        let blob_file = t.join("blob");
+        std::fs::write(&blob_file, &blob).unwrap();
+        let base = format!("https://127.0.0.1:{port}");
+
+        let (status, body, head) = common::curl(&[
+            "--cacert",
+            root,
+            "-X",
+            "POST",
+            &format!("{base}/v2/big/blobs/uploads/"),
+        ]);
+        assert_eq!(status, 202, "{body}");
+        let location = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("location")
+                    .then(|| value.trim().to_string())
+            })
+            .expect("a Location for the upload");
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let (status, body, _) = common::curl(&[
+            "--cacert",
+            root,
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", blob_file.display()),
+            &format!("{base}{location}{separator}digest={digest}"),
+        ]);
+        assert_eq!(status, 201, "{body}");
+
+        let downloaded = t.join("downloaded");
+        let curl_log = t.join("curl.log");
+        let curl = common::spawn_logged(
+            Command::new("curl").args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "120",
+                "--limit-rate",
+                "4M",
+                "--cacert",
+                root,
+                "-o",
+                downloaded.to_str().unwrap(),
+                &format!("{base}/v2/big/blobs/{digest}"),
+            ]),
+            &curl_log,
+        )
+        .expect("run curl (./test.sh installs it)");
+        assert!(
+            common::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+                std::fs::metadata(&downloaded).is_ok_and(|m| m.len() >= 1 << 20)
+            }),
+            "the download did not start"
+        );
+        SlowDownload {
+            server,
+            port,
+            curl,
+            curl_log,
+            downloaded,
+            blob,
+        }
+    }
+
+    /// Sends SIGTERM to the server, as `docker stop` and `iotedge restart` do.
+    fn sigterm(&self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.server.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+    }
+
+    /// curl's exit status once it has ended (bounded), and its log.
+    fn curl_outcome(&mut self) -> (std::process::ExitStatus, String) {
+        let status = poll(Duration::from_secs(150), Duration::from_millis(50), || {
+            self.curl.try_wait().unwrap()
+        })
+        .expect("curl still downloading after 150 s");
+        let log = std::fs::read_to_string(&self.curl_log).unwrap_or_default();
+        (status, log)
+    }
+
+    /// The server's exit status once it has exited by itself (bounded).
+    fn server_exit(&mut self) -> std::process::ExitStatus {
+        let server = &mut self.server;
+        poll(Duration::from_secs(60), Duration::from_millis(20), || {
+            server.child.try_wait().unwrap()
+        })
+        .unwrap_or_else(|| panic!("still running; log:\n{}", self.server.log_text()))
+    }
+}
+
+/// SIGTERM while a client downloads a blob slowly over TLS: the TLS listener refuses new
+/// connections at once, the download in flight still completes with every byte, and the
+/// process then exits 0 by itself (`--shutdown-grace` covers the TLS listener too).
+#[test]
+fn a_tls_download_in_flight_finishes_after_sigterm_and_new_connections_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut slow = SlowDownload::start(tmp.path(), &["--shutdown-grace", "5m"]);
+
+    slow.sigterm();
+    let port = slow.port;
+    assert!(
+        common::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        }),
+        "still accepting TLS connections after SIGTERM"
+    );
+
+    let (curl_status, curl_log) = slow.curl_outcome();
+    assert!(
+        curl_status.success(),
+        "the download was cut ({curl_status}): {curl_log}\nserver log:\n{}",
+        slow.server.log_text()
+    );
+    let got = std::fs::read(&slow.downloaded).unwrap();
+    assert_eq!(got.len(), slow.blob.len());
+    assert_eq!(common::api::sha256(&got), common::api::sha256(&slow.blob));
+    let exited = slow.server_exit();
+    assert!(exited.success(), "exit status {exited}");
+}
+
+/// A TLS download still running at the end of the grace period is cut, the process exits 0
+/// and says so in its log.
+#[test]
+fn a_tls_download_still_running_at_the_deadline_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut slow = SlowDownload::start(tmp.path(), &["--shutdown-grace", "1s"]);
+
+    slow.sigterm();
+    let exited = slow.server_exit();
+    assert!(exited.success(), "exit status {exited}");
+    let (curl_status, _) = slow.curl_outcome();
+    assert!(
+        !curl_status.success(),
+        "a 32 MiB download at 4 MB/s finished within 1 s"
+    );
+    let log = slow.server.log_text();
+    assert!(log.contains("cut (--shutdown-grace)"), "{log}");
 }

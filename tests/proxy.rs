@@ -1663,3 +1663,79 @@ fn max_connections_holds_extra_clients_in_the_backlog() {
     let out = waiting.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
 }
+
+/// SIGTERM while a client downloads a blob slowly through the proxy: new connections are
+/// refused at once, the download in flight still completes with every byte, and the proxy
+/// then exits 0 by itself (`proxy --shutdown-grace`).
+#[test]
+fn a_download_in_flight_finishes_after_sigterm_and_new_connections_are_refused() {
+    let (tmp, ca, leaf) = proxy_fixture();
+    let t = tmp.path();
+    let reg = start_registry(&t.join("data"), &[]);
+    let blob = t.join("blob");
+    let data = seeded_bytes(2, 32 << 20);
+    std::fs::write(&blob, &data).unwrap();
+    let (digest, _, _) = upload_blob(&ca.root, &reg.url(), "big/blob", &blob, &[]);
+    let mut proxy = start_routed(
+        t,
+        "proxy",
+        &leaf,
+        &format!("/v2={}", reg.url()),
+        &["--shutdown-grace", "5m"],
+    );
+
+    // A slow client: about 8 s for the whole blob.
+    let out = t.join("download");
+    let mut download = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "120",
+            "--limit-rate",
+            "4M",
+            "--cacert",
+            ca.root.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            &format!("https://{}/v2/big/blob/blobs/{digest}", proxy.addr),
+        ])
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            std::fs::metadata(&out).is_ok_and(|m| m.len() >= 1 << 20)
+        }),
+        "the download did not start"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            std::net::TcpStream::connect(proxy.addr).is_err()
+        }),
+        "still accepting connections after SIGTERM"
+    );
+    assert!(
+        wait_exit(&mut download, Duration::from_secs(150)),
+        "curl still downloading after 150 s"
+    );
+    let status = download.wait().unwrap();
+    assert!(
+        status.success(),
+        "the download was cut ({status}); proxy log:\n{}",
+        proxy.log_text()
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(
+        wait_exit(&mut proxy.child, Duration::from_secs(60)),
+        "the proxy still runs after the download; log:\n{}",
+        proxy.log_text()
+    );
+    let exited = proxy.child.wait().unwrap();
+    assert!(exited.success(), "exit status {exited}");
+}

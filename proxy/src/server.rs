@@ -321,7 +321,16 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    /// Accepts connections until the future is dropped.
+    /// Accepts connections until the process ends; [`Proxy::serve_until`] with a stop.
+    pub async fn serve(self) {
+        self.serve_until(std::future::pending()).await
+    }
+
+    /// Accepts connections until `stop` completes, then drains: the listener is closed (new
+    /// connections are refused), idle connections close at once, and each request in flight
+    /// finishes before its connection closes (hyper's graceful shutdown, HTTP/1.1 and HTTP/2).
+    /// Returns when every connection has ended, so a shutdown can wait for the downloads and
+    /// uploads in flight instead of cutting them; the caller bounds the wait (its grace period).
     ///
     /// The work runs on `workers` threads, each with its own single-threaded runtime that
     /// keeps each connection, and the upstream connections it uses, on that one thread: no
@@ -330,7 +339,7 @@ impl Proxy {
     /// connection to the worker serving the fewest: workers that all waited on the shared
     /// listener took connections unevenly (one worker could end up with all of a client's
     /// connections while the other core idled).
-    pub async fn serve(self) {
+    pub async fn serve_until(self, stop: impl std::future::Future<Output = ()>) {
         let Proxy {
             state,
             listener,
@@ -347,6 +356,10 @@ impl Proxy {
         let admin = admin.and_then(|a| a.into_std().ok());
         let permits = Arc::new(Semaphore::new(state.limits.max_connections));
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+        // `true` once the proxy drains; the acceptor and every connection watch it.
+        let (draining_tx, draining) = tokio::sync::watch::channel(false);
+        // Each worker holds a sender until its last connection ended: `recv` sees `None` then.
+        let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut inboxes = Vec::with_capacity(state.workers);
         let mut senders = Vec::with_capacity(state.workers);
         for _ in 0..state.workers {
@@ -360,6 +373,8 @@ impl Proxy {
             let state = state.clone();
             let permits = permits.clone();
             let done = done_tx.clone();
+            let draining = draining.clone();
+            let ended = ended_tx.clone();
             let extras = extras.take();
             let spawned = std::thread::Builder::new()
                 .name(format!("proxy-{worker}"))
@@ -381,7 +396,13 @@ impl Proxy {
                                 tokio::spawn(serve_admin(admin, state.metrics.clone()));
                             }
                             tokio::spawn(reload_loop(state.clone(), loader));
-                            let acceptor = accept_loop(listener, senders, permits, state.clone());
+                            let acceptor = accept_loop(
+                                listener,
+                                senders,
+                                permits,
+                                state.clone(),
+                                draining.clone(),
+                            );
                             let metrics = state.metrics.clone();
                             metrics.listening.store(true, Ordering::Relaxed);
                             tokio::spawn(async move {
@@ -391,8 +412,10 @@ impl Proxy {
                                 let _ = done.send(()).await;
                             });
                         }
-                        worker_loop(state, inbox, worker).await;
+                        worker_loop(state, inbox, worker, draining).await;
                     });
+                    // Only now: dropping the runtime would cut the connections it still serves.
+                    drop(ended);
                 });
             if let Err(err) = spawned {
                 tracing::error!("cannot start proxy worker {worker} (internal): {err}");
@@ -400,8 +423,15 @@ impl Proxy {
             }
         }
         drop(done_tx);
-        // Runs until the acceptor stops (it does not, short of a fatal error) or we are dropped.
-        let _ = done_rx.recv().await;
+        drop(ended_tx);
+        // Serves until asked to stop, or until the acceptor stops by itself (a fatal error).
+        tokio::select! {
+            () = stop => tracing::info!("proxy draining: new connections refused, requests in flight finish"),
+            _ = done_rx.recv() => {}
+        }
+        let _ = draining_tx.send(true);
+        // `None` once every worker has ended, i.e. once every connection has.
+        let _ = ended_rx.recv().await;
     }
 }
 
@@ -414,6 +444,7 @@ async fn accept_loop(
     workers_tx: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
     permits: Arc<Semaphore>,
     state: Arc<State>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let listener = match listener
         .set_nonblocking(true)
@@ -425,11 +456,21 @@ async fn accept_loop(
             return;
         }
     };
+    // Returning drops the listener (new connections are refused) and the senders (each
+    // worker ends once its connections have).
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let Ok(permit) = permit else {
             return;
         };
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -448,14 +489,25 @@ async fn accept_loop(
     }
 }
 
-/// One worker: serves the connections handed to it on its own runtime.
+/// One worker: serves the connections handed to it on its own runtime; once the acceptor has
+/// stopped, returns when the last of them has ended.
 async fn worker_loop(
     state: Arc<State>,
     mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
     worker: usize,
+    draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(state.server_cert.config());
-    while let Some((tcp, peer, permit)) = inbox.recv().await {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let handoff = tokio::select! {
+            handoff = inbox.recv() => handoff,
+            // Reaped as they end, so the set holds the open connections only.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Some((tcp, peer, permit)) = handoff else {
+            break;
+        };
         // Counted out when it goes, however the connection ends.
         let slot = ConnectionSlot {
             state: state.clone(),
@@ -474,11 +526,13 @@ async fn worker_loop(
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            serve_connection(slot.state.clone(), acceptor, tcp, peer, worker).await;
+        let draining = draining.clone();
+        connections.spawn(async move {
+            serve_connection(slot.state.clone(), acceptor, tcp, peer, worker, draining).await;
             drop(slot);
         });
     }
+    while connections.join_next().await.is_some() {}
 }
 
 /// A connection's place: its permit and its count in its worker's gauge, both given back on drop.
@@ -529,6 +583,7 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     worker: usize,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let limits = &state.limits;
@@ -594,14 +649,26 @@ async fn serve_connection(
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     let idle = idle_watch(info.clone(), limits.idle_timeout);
-    tokio::select! {
-        result = conn => {
-            if let Err(err) = result {
-                tracing::debug!("connection from {peer} ended (client): {err}");
+    tokio::pin!(conn, idle);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!("connection from {peer} ended (client): {err}");
+                }
+                return;
             }
-        }
-        _ = idle => {
-            tracing::debug!("connection from {peer} idle for {:?}, closed", limits.idle_timeout);
+            _ = idle.as_mut() => {
+                tracing::debug!("connection from {peer} idle for {:?}, closed", limits.idle_timeout);
+                return;
+            }
+            // The proxy drains (or its owner is gone): close when idle, after the request in
+            // flight otherwise (HTTP/2: GOAWAY, the open streams finish).
+            _ = draining.wait_for(|d| *d), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }

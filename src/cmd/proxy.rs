@@ -22,6 +22,10 @@ pub struct Args {
     /// Print the effective configuration, with where each entry came from, and exit.
     #[arg(long)]
     print_config: bool,
+    /// On SIGTERM or Ctrl-C: refuse new connections, let requests in flight finish for at most
+    /// this long, then cut the rest and exit 0 (as `serve --shutdown-grace`).
+    #[arg(long, env = "CONNECTED_REGISTRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = super::parse_duration)]
+    shutdown_grace: std::time::Duration,
 }
 
 /// The API proxy's settings, shared by `proxy` (as `--NAME`) and by `serve`'s one-module
@@ -260,10 +264,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("starting the proxy")?;
     tracing::info!("proxy listening on {} (TLS)", server.local_addr()?);
+    let grace = args.shutdown_grace;
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop = {
+        let stopping = stopping.clone();
+        async move {
+            util::shutdown::signal().await;
+            tracing::info!(?grace, "proxy stopping: no new connections; requests in flight may finish within the grace period (--shutdown-grace)");
+            stopping.notify_one();
+        }
+    };
     tokio::select! {
-        _ = server.serve() => {}
-        _ = util::shutdown::signal() => tracing::info!("proxy stopping on signal"),
+        () = server.serve_until(stop) => {}
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "requests still in flight at the end of the grace period are cut (--shutdown-grace)"),
     }
+    tracing::info!("proxy stopped");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -307,10 +307,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Probes on the main port too (orchestrators probe the port they route to), merged after
     // the access guard and the metrics layer: probes need no credentials and are not counted.
     app = app.merge(super::admin::health_routes(ready));
+    // `true` once the signal came: both listeners stop accepting and drain.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let mut tls_drained = None;
     if let Some(one_module) = one_module {
-        let cert = one_module
-            .start(&args.data, &args.proxy_names, app.clone())
+        let (cert, drained) = one_module
+            .start(&args.data, &args.proxy_names, app.clone(), stopped())
             .await?;
+        tls_drained = Some(drained);
         if let Some((_, ops)) = &mut ops {
             ops.cert = Some(cert);
         }
@@ -334,40 +344,45 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // that drops target `access`) the router is served bare, with no per-request layer at all.
     let logging = args.access_log && tracing::enabled!(target: "access", tracing::Level::INFO);
     let grace = args.shutdown_grace;
-    let stopping = Arc::new(tokio::sync::Notify::new());
     let stop = {
-        let stopping = stopping.clone();
         let store = store.clone();
         async move {
             util::shutdown::signal().await;
             // Children's long polls of the change feed answer now, not at their deadline.
             store.stop_waiters();
             tracing::info!(?grace, "stopping: no new connections; requests in flight may finish within the grace period (--shutdown-grace)");
-            stopping.notify_one();
+            let _ = stop_tx.send(true);
         }
     };
-    let serving = async {
+    let plain = async {
         let Some(listener) = listener else {
-            // One module without a plain listener: the proxy's workers serve; wait for the signal.
-            stop.await;
             return Ok(());
         };
         if logging {
             let app = registry::api::access_log::WithAccessLog::new(app, true);
             axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
+                .with_graceful_shutdown(stopped())
                 .await
         } else {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
+                .with_graceful_shutdown(stopped())
                 .await
         }
     };
+    // The TLS listener of one module drains within the same grace period.
+    let tls = async {
+        if let Some(drained) = tls_drained {
+            let _ = drained.await;
+        }
+        Ok(())
+    };
+    // Both drained, or the plain listener failed (then at once, as without a TLS listener).
+    let serving = async { tokio::try_join!(plain, tls).map(|((), ())| ()) };
     let served = tokio::select! {
         served = serving => served,
         () = async {
-            stopping.notified().await;
+            stop.await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(?grace, "requests still in flight at the end of the grace period are cut (--shutdown-grace); upload sessions keep what they stored");
@@ -549,14 +564,16 @@ impl OneModule {
         Ok(Some(OneModule { flags, config }))
     }
 
-    /// Starts the proxy's listener and workers with `registry` as the in-process upstream;
-    /// returns the path of the server chain it serves (for the expiry metric).
+    /// Starts the proxy's listener and workers with `registry` as the in-process upstream,
+    /// serving until `stop` completes; returns the path of the server chain it serves (for the
+    /// expiry metric) and the proxy's task, which ends once its connections have drained.
     async fn start(
         self,
         data: &std::path::Path,
         extra_names: &[String],
         registry: axum::Router,
-    ) -> anyhow::Result<PathBuf> {
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<(PathBuf, tokio::task::JoinHandle<()>)> {
         let OneModule { flags, config } = self;
         if let Some(dir) = &config.dev_certs {
             let names = super::proxy::dev_names(config.listen.0, extra_names);
@@ -580,8 +597,8 @@ impl OneModule {
             "TLS on https://{} (one module: /v2, /acr, /oauth2 served in process)",
             server.local_addr()?
         );
-        tokio::spawn(server.serve());
-        Ok(cert)
+        let drained = tokio::spawn(server.serve_until(stop));
+        Ok((cert, drained))
     }
 }
 
