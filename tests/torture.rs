@@ -1194,16 +1194,27 @@ fn synced_without_content(data: &std::path::Path) -> Vec<String> {
 /// How many times the parent's access log shows a successful `PUT` of each manifest reference
 /// under `repos`.
 fn manifest_puts(log: &str) -> BTreeMap<String, usize> {
+    puts_with_status(log, "201")
+}
+
+/// Manifest PUTs the parent logged as abandoned (status `-`): the child was killed while the
+/// parent handled them. The parent may still have stored the manifest (its commit runs to the
+/// end), and then the child's next pass finds it there and does not put it again.
+fn abandoned_manifest_puts(log: &str) -> BTreeMap<String, usize> {
+    puts_with_status(log, "-")
+}
+
+fn puts_with_status(log: &str, wanted: &str) -> BTreeMap<String, usize> {
     let mut puts = BTreeMap::new();
     for line in log.lines() {
         let Some(rest) = line.split(" access: PUT ").nth(1) else {
             continue;
         };
         let mut words = rest.split_whitespace();
-        let (Some(path), Some("201")) = (words.next(), words.next()) else {
+        let (Some(path), Some(status)) = (words.next(), words.next()) else {
             continue;
         };
-        if path.contains("/manifests/") {
+        if status == wanted && path.contains("/manifests/") {
             *puts.entry(path.to_owned()).or_default() += 1;
         }
     }
@@ -1328,9 +1339,13 @@ fn sync_child_survives_crashes_during_its_passes() {
         })
         .collect();
     let mut puts = manifest_puts(&parent.log_text());
+    let mut abandoned = abandoned_manifest_puts(&parent.log_text());
     common::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        puts = manifest_puts(&parent.log_text());
-        expected.iter().all(|p| puts.contains_key(p))
+        let log = parent.log_text();
+        (puts, abandoned) = (manifest_puts(&log), abandoned_manifest_puts(&log));
+        expected
+            .iter()
+            .all(|p| puts.contains_key(p) || abandoned.contains_key(p))
     });
     eprintln!(
         "sync torture: {} cycles, crash points hit {:?}, {} local images acknowledged, {} manifest PUTs at the parent, converged: {converged}, seed {seed}, {:.0?}",
@@ -1353,14 +1368,18 @@ fn sync_child_survives_crashes_during_its_passes() {
         twice.is_empty(),
         "seed {seed}: local manifests pushed up more than once: {twice:?}"
     );
-    // Every local image is at the parent (`converged`) and none was put there twice. A PUT the
-    // parent logged no line for is reported, not failed: twice under load (a CI run and a replay
-    // of its seed; never in 10 quiet runs) the parent served a pushed tag with no PUT line for it.
-    // Not understood yet; the content itself was there both times.
-    for path in expected.iter().filter(|p| !puts.contains_key(*p)) {
+    // Each local image was put up once: one PUT answered 201, or none, when the one PUT made
+    // was abandoned by the child's kill -9 after the parent had stored it (it serves it:
+    // `converged`), so that the next pass found it there.
+    for path in &expected {
+        let once = match puts.get(path) {
+            Some(&n) => n == 1,
+            None => abandoned.contains_key(path),
+        };
         let repo = path.split("/manifests/").next().unwrap_or(path);
-        eprintln!(
-            "sync torture: seed {seed}: no PUT {path} in the parent's log, which serves it; its lines for {repo}:\n{}",
+        assert!(
+            once,
+            "seed {seed}: {path} not pushed up exactly once; the parent's lines for {repo}:\n{}",
             parent
                 .log_text()
                 .lines()
