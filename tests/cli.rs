@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::api::Api;
-use common::{bin, free_port, wait_for_port, wait_until, Proc};
+use common::{bin, free_port, wait_for_port, Proc};
 use reqwest::Method;
 
 /// Runs the binary to completion with `args` (and `envs`), stdin closed.
@@ -42,18 +42,8 @@ fn path(p: &Path) -> &str {
 /// Stops `proc` as `docker stop` does (SIGTERM) and waits for it to exit; returns its log,
 /// complete: everything it logged is written before it exits.
 fn stop(proc: &mut Proc) -> String {
-    let pid = proc.child.id();
-    Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status()
-        .expect("run sh");
-    let exited = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-        proc.child
-            .try_wait()
-            .expect("wait for the registry")
-            .is_some()
-    });
-    assert!(exited, "the registry did not stop on SIGTERM");
+    proc.sigterm();
+    proc.exit_within(Duration::from_secs(60));
     proc.log_text()
 }
 

@@ -368,15 +368,6 @@ impl SlowDownload {
         }
     }
 
-    /// Sends SIGTERM to the server, as `docker stop` and `iotedge restart` do.
-    fn sigterm(&self) {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.server.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(killed.success());
-    }
-
     /// curl's exit status once it has ended (bounded), and its log.
     fn curl_outcome(&mut self) -> (std::process::ExitStatus, String) {
         let status = poll(Duration::from_secs(150), Duration::from_millis(50), || {
@@ -385,15 +376,6 @@ impl SlowDownload {
         .expect("curl still downloading after 150 s");
         let log = std::fs::read_to_string(&self.curl_log).unwrap_or_default();
         (status, log)
-    }
-
-    /// The server's exit status once it has exited by itself (bounded).
-    fn server_exit(&mut self) -> std::process::ExitStatus {
-        let server = &mut self.server;
-        poll(Duration::from_secs(60), Duration::from_millis(20), || {
-            server.child.try_wait().unwrap()
-        })
-        .unwrap_or_else(|| panic!("still running; log:\n{}", self.server.log_text()))
     }
 }
 
@@ -405,7 +387,7 @@ fn a_tls_download_in_flight_finishes_after_sigterm_and_new_connections_are_refus
     let tmp = tempfile::tempdir().unwrap();
     let mut slow = SlowDownload::start(tmp.path(), &["--shutdown-grace", "5m"]);
 
-    slow.sigterm();
+    slow.server.sigterm();
     let port = slow.port;
     assert!(
         common::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
@@ -423,7 +405,7 @@ fn a_tls_download_in_flight_finishes_after_sigterm_and_new_connections_are_refus
     let got = std::fs::read(&slow.downloaded).unwrap();
     assert_eq!(got.len(), slow.blob.len());
     assert_eq!(common::api::sha256(&got), common::api::sha256(&slow.blob));
-    let exited = slow.server_exit();
+    let exited = slow.server.exit_within(Duration::from_secs(60));
     assert!(exited.success(), "exit status {exited}");
 }
 
@@ -434,8 +416,8 @@ fn a_tls_download_still_running_at_the_deadline_is_cut() {
     let tmp = tempfile::tempdir().unwrap();
     let mut slow = SlowDownload::start(tmp.path(), &["--shutdown-grace", "1s"]);
 
-    slow.sigterm();
-    let exited = slow.server_exit();
+    slow.server.sigterm();
+    let exited = slow.server.exit_within(Duration::from_secs(60));
     assert!(exited.success(), "exit status {exited}");
     let (curl_status, _) = slow.curl_outcome();
     assert!(

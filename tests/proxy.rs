@@ -1709,11 +1709,7 @@ fn a_download_in_flight_finishes_after_sigterm_and_new_connections_are_refused()
         "the download did not start"
     );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &proxy.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    proxy.sigterm();
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
             std::net::TcpStream::connect(proxy.addr).is_err()
@@ -1731,11 +1727,6 @@ fn a_download_in_flight_finishes_after_sigterm_and_new_connections_are_refused()
         proxy.log_text()
     );
     assert_eq!(std::fs::read(&out).unwrap(), data);
-    assert!(
-        wait_exit(&mut proxy.child, Duration::from_secs(60)),
-        "the proxy still runs after the download; log:\n{}",
-        proxy.log_text()
-    );
-    let exited = proxy.child.wait().unwrap();
+    let exited = proxy.exit_within(Duration::from_secs(60));
     assert!(exited.success(), "exit status {exited}");
 }

@@ -296,23 +296,8 @@ fn kill9_during_a_burst_of_manifest_pushes_keeps_every_acknowledged_push() {
 fn sigterm_stops_cleanly_and_the_data_survives_a_restart() {
     let (_dir, mut t, api) = setup();
     let (manifest, _, _) = api.push_image("kept", "v1", 2, 50_000);
-    // What `docker stop` and `iotedge restart` send.
-    let pid = t.proc.child.id();
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status()
-        .expect("run sh");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = t.proc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "still running a minute after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    t.proc.sigterm();
+    let status = t.proc.exit_within(Duration::from_secs(60));
     assert!(
         status.success(),
         "SIGTERM is a clean stop, exit status 0: {status}"

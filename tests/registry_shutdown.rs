@@ -8,38 +8,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::api::{sha256, Api};
 use common::oci::random_bytes;
 use common::{start_registry_on, wait_until, Proc};
 use reqwest::Method;
-
-/// Sends SIGTERM, as `docker stop` and `iotedge restart` do.
-fn sigterm(registry: &Proc) {
-    let status = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", registry.child.id())])
-        .status()
-        .expect("run sh");
-    assert!(status.success());
-}
-
-/// Waits (bounded, generously) for the process to exit.
-fn exit_status(registry: &mut Proc) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = registry.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "still running two minutes after SIGTERM; log:\n{}",
-            registry.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Starts a PATCH of `total` bytes to the upload at `location` on a raw connection and sends
 /// only `first` of them: a slow client with a request in flight.
@@ -84,7 +58,7 @@ fn a_request_in_flight_finishes_within_the_grace_period_and_new_connections_are_
         || stored(&data, &location) == first.len() as u64
     ));
 
-    sigterm(&registry);
+    registry.sigterm();
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
             TcpStream::connect(registry.addr).is_err()
@@ -106,7 +80,7 @@ fn a_request_in_flight_finishes_within_the_grace_period_and_new_connections_are_
             .contains(&format!("range: 0-{}", bytes.len() - 1)),
         "{answer}"
     );
-    let status = exit_status(&mut registry);
+    let status = registry.exit_within(Duration::from_secs(120));
     assert!(status.success(), "exit status {status}");
 
     // The finished chunk is there after a restart, and the upload completes.
@@ -143,8 +117,8 @@ fn a_request_still_running_at_the_deadline_is_cut_and_its_upload_resumes_after_a
         || stored(&data, &location) == first.len() as u64
     ));
 
-    sigterm(&registry);
-    let status = exit_status(&mut registry);
+    registry.sigterm();
+    let status = registry.exit_within(Duration::from_secs(120));
     assert!(status.success(), "exit status {status}");
     let log = registry.log_text();
     assert!(

@@ -171,6 +171,26 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends SIGTERM, as `docker stop` and `iotedge restart` do.
+    pub fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// The exit status once the process has ended by itself, waiting at most `limit`; panics
+    /// with its log if it still runs then.
+    #[track_caller]
+    pub fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        poll(limit, Duration::from_millis(20), || {
+            child.try_wait().expect("wait for the process")
+        })
+        .unwrap_or_else(|| panic!("still running after {limit:?}; log:\n{}", self.log_text()))
+    }
+
     /// Kills the process at once (SIGKILL), as a power loss would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
