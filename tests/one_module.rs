@@ -335,20 +335,9 @@ impl SlowDownload {
 
         let downloaded = t.join("downloaded");
         let curl_log = t.join("curl.log");
+        let url = format!("{base}/v2/big/blobs/{digest}");
         let curl = common::spawn_logged(
-            Command::new("curl").args([
-                "-sS",
-                "--fail",
-                "--max-time",
-                "120",
-                "--limit-rate",
-                "4M",
-                "--cacert",
-                root,
-                "-o",
-                downloaded.to_str().unwrap(),
-                &format!("{base}/v2/big/blobs/{digest}"),
-            ]),
+            &mut common::slow_curl(Path::new(root), &url, &downloaded, "4M"),
             &curl_log,
         )
         .expect("run curl (./test.sh installs it)");

@@ -14,7 +14,7 @@ use common::api::sha256;
 use common::distribution::start_distribution;
 use common::oci::{first_image_layers, seeded_bytes, Layout};
 use common::tls::{Leaf, TestCa};
-use common::{bin, free_port, run_ok, start_registry, wait_until, Proc};
+use common::{bin, free_port, run_ok, slow_curl, start_registry, wait_until, Proc};
 
 // ---------- helpers ----------
 
@@ -447,20 +447,8 @@ fn server_certificate_rotation_during_download() {
 
     // A slow download (rate-limited client) that is still running during the rotation.
     let out = t.join("download");
-    let mut download = Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--limit-rate",
-            "512K",
-            "--cacert",
-            ca.root.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            &format!("https://{}/v2/big/blob/blobs/{digest}", proxy.addr),
-        ])
-        .spawn()
-        .unwrap();
+    let url = format!("https://{}/v2/big/blob/blobs/{digest}", proxy.addr);
+    let mut download = slow_curl(&ca.root, &url, &out, "512K").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Key first, then chain, each renamed into place (what a renewal tool does).
     std::fs::copy(&new.key, t.join("tmp.key")).unwrap();
@@ -1686,22 +1674,8 @@ fn a_download_in_flight_finishes_after_sigterm_and_new_connections_are_refused()
 
     // A slow client: about 8 s for the whole blob.
     let out = t.join("download");
-    let mut download = Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "120",
-            "--limit-rate",
-            "4M",
-            "--cacert",
-            ca.root.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            &format!("https://{}/v2/big/blob/blobs/{digest}", proxy.addr),
-        ])
-        .spawn()
-        .unwrap();
+    let url = format!("https://{}/v2/big/blob/blobs/{digest}", proxy.addr);
+    let mut download = slow_curl(&ca.root, &url, &out, "4M").spawn().unwrap();
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
             std::fs::metadata(&out).is_ok_and(|m| m.len() >= 1 << 20)

@@ -124,6 +124,27 @@ pub fn wait_until(limit: Duration, step: Duration, mut cond: impl FnMut() -> boo
     poll(limit, step, || cond().then_some(())).is_some()
 }
 
+/// `curl` downloading `url` into `out` at most `rate` bytes a second (`4M`): a slow client,
+/// for a test that does something while a download is in flight. Trusts `cacert`; gives up
+/// after 120 s; the caller spawns it.
+pub fn slow_curl(cacert: &Path, url: &str, out: &Path, rate: &str) -> Command {
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-sS",
+        "--fail",
+        "--max-time",
+        "120",
+        "--limit-rate",
+        rate,
+        "--cacert",
+    ])
+    .arg(cacert)
+    .arg("-o")
+    .arg(out)
+    .arg(url);
+    curl
+}
+
 /// Starts `command` with no stdin and its stdout and stderr both to the file `log` (made anew).
 pub fn spawn_logged(command: &mut Command, log: &Path) -> std::io::Result<Child> {
     let out = std::fs::File::create(log)?;
