@@ -165,6 +165,12 @@ impl From<StorageError> for ApiError {
                     format!("internal storage error: {message}"),
                 )
             }
+            StorageError::Unavailable(_) => {
+                tracing::error!("{message}");
+                ApiError::new(ErrorCode::Unknown, message)
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_header(header::RETRY_AFTER, "1".into())
+            }
             StorageError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, message),
             StorageError::BlobUnknown(_) => ApiError::new(ErrorCode::BlobUnknown, message),
             StorageError::UploadUnknown(_) => ApiError::new(ErrorCode::BlobUploadUnknown, message),

@@ -15,6 +15,10 @@ pub enum StorageError {
     },
     #[error("metadata store: {0}")]
     Db(String),
+    /// The metadata database could not be reached, or asked for the transaction to be run
+    /// again (a lost connection, a server restarting): worth retrying shortly.
+    #[error("metadata store unavailable: {0}; retry shortly")]
+    Unavailable(String),
     /// redb locks its file: another process has this store open.
     #[error("{} is open in another process (a running `connected-registry serve`, or another command on this data directory): stop it first, or ask the running registry", .0.display())]
     InUse(std::path::PathBuf),
@@ -77,7 +81,9 @@ impl Classify for StorageError {
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
             StorageError::Db(_) | StorageError::InUse(_) => Class::new(Fault::Local, false),
-            StorageError::NoSpace { .. } => Class::new(Fault::Local, true),
+            StorageError::NoSpace { .. } | StorageError::Unavailable(_) => {
+                Class::new(Fault::Local, true)
+            }
             _ => Class::new(Fault::Client, false),
         }
     }
@@ -101,13 +107,13 @@ impl StorageError {
 
 /// A database error. A full disk under it stays a full disk (`Io` of kind `StorageFull`: a
 /// 507, worth retrying once space is freed). After an I/O failure redb refuses everything
-/// until the database is opened again, which the next transaction does (`meta::handle`).
+/// until the database is opened again, which the next transaction does (`kv::in_redb`).
 fn db(storage: Option<&redb::StorageError>, err: &dyn std::fmt::Display) -> StorageError {
     if matches!(
         storage,
         Some(redb::StorageError::Io(_) | redb::StorageError::PreviousIo)
     ) {
-        crate::storage::meta::io_failed();
+        crate::storage::kv::in_redb::io_failed();
     }
     match storage {
         Some(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull => {

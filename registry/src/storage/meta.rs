@@ -1,42 +1,40 @@
-//! Metadata in redb (ACID, crash-safe): tags, manifests per repository, blob links, referrers,
-//! and the change log. Each change to tags, manifests or their attributes is logged in the same
-//! transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API shows;
-//! `handle` is the database itself, opened again by the next write after a failed commit.
-//! `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`).
+//! The metadata (ACID, crash-safe): tags, manifests per repository, blob links, referrers, and
+//! the change log, written once over the key-value contract (`kv`), so the same rules hold on
+//! redb and on PostgreSQL. Each change to tags, manifests or their attributes is logged in the
+//! same transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API
+//! shows; `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`).
 
-use std::path::Path;
+use std::ops::Bound;
+
 use util::time::now_secs as now;
 
-use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::space::Space;
+use crate::storage::kv::{Kv, Read, Table, Value, Write};
 use crate::storage::StorageError;
 use oci::digest::Digest;
 use oci::reference::Reference;
 use oci::{Change, ChangeKind, ChangeableAttributes, Descriptor, Origin};
 
-mod handle;
 mod props;
-pub(crate) use handle::io_failed;
 pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
 mod quota;
 use props::{require, Attribute as A};
 pub use quota::{Evicted, EvictedTag, EvictionCandidate};
 
 /// (repo, tag) -> manifest digest.
-const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+const TAGS: Table<(String, String), String> = Table::new("tags");
 /// (repo, manifest digest) -> `ManifestMeta` as JSON.
-const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
+const MANIFESTS: Table<(String, String), Vec<u8>> = Table::new("manifests");
 /// (repo, blob digest) -> (size, unix time linked): which blobs a repository may serve and
 /// reference; the time lets GC spare a blob pushed moments before its manifest.
-const REPO_BLOBS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("repo_blobs");
+const REPO_BLOBS: Table<(String, String), (u64, u64)> = Table::new("repo_blobs");
 /// (repo, subject digest, referrer digest) -> referrer `Descriptor` as JSON.
-const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
+const REFERRERS: Table<(String, String, String), Vec<u8>> = Table::new("referrers");
 /// repo -> unix time of its first manifest: the catalog.
-const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+const REPOS: Table<String, u64> = Table::new("repos");
 /// seq -> `Record` as JSON: the feed for children and for the upward push.
-const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const CHANGES: Table<u64, Vec<u8>> = Table::new("changes");
 
 /// What the registry keeps about a manifest in a repository (its bytes are a blob file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,9 +158,7 @@ pub struct ChangePage {
 }
 
 pub struct Meta {
-    db: handle::Handle,
-    /// Checked before every write transaction (see `space::METADATA_ROOM`).
-    space: Space,
+    kv: Kv,
 }
 
 /// A manifest about to be stored, with what must be checked first.
@@ -187,17 +183,11 @@ fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageErr
 }
 
 /// Appends a change to the log inside `tx`.
-fn log(
-    tx: &WriteTransaction,
-    repo: &str,
-    origin: Origin,
-    kind: RecordKind,
-) -> Result<(), StorageError> {
+fn log(tx: &Write, repo: &str, origin: Origin, kind: RecordKind) -> Result<(), StorageError> {
     let time = now();
     props::touch(tx, repo, &kind, time)?;
     quota::on_logged(tx, repo, origin, &kind, time)?;
-    let mut changes = tx.open_table(CHANGES)?;
-    let seq = changes.last()?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+    let seq = tx.last(CHANGES)?.map(|(k, _)| k).unwrap_or(0) + 1;
     let change = Record {
         seq,
         time,
@@ -205,41 +195,31 @@ fn log(
         origin: origin.into(),
         kind,
     };
-    changes.insert(seq, json(&change).as_slice())?;
+    tx.insert(CHANGES, seq, &json(&change))?;
     Ok(())
 }
 
-/// Keys of a table whose first tuple element is `repo`, after `after`, at most `limit`.
-macro_rules! scan_repo {
-    ($table:expr, $repo:expr, $after:expr, $limit:expr) => {{
-        let mut out = Vec::new();
-        let start = ($repo, $after);
-        for entry in $table.range(start..)? {
-            let (key, value) = entry?;
-            let (r, k) = key.value();
-            if r != $repo {
-                break;
-            }
-            if k == $after && !$after.is_empty() {
-                continue;
-            }
-            if out.len() == $limit {
-                break;
-            }
-            out.push((k.to_owned(), value.value().to_owned()));
-        }
-        out
-    }};
+/// Rows of a `(repo, key)` table for `repo` with keys after `after` (all when it is empty),
+/// at most `limit`, as (key, value).
+fn scan_repo<V: Value>(
+    tx: &Read,
+    table: Table<(String, String), V>,
+    repo: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<(String, V)>, StorageError> {
+    let mut rows = tx.prefix(table, &[repo]);
+    if !after.is_empty() {
+        rows = rows.starting(Bound::Excluded((repo, after)));
+    }
+    rows.take(limit)
+        .map(|row| row.map(|((_, key), value)| (key, value)))
+        .collect()
 }
 
 /// Tags of `repo` that point at `digest`.
-fn tags_pointing(
-    tx: &WriteTransaction,
-    repo: &str,
-    digest: &str,
-) -> Result<Vec<String>, StorageError> {
-    let tags = tx.open_table(TAGS)?;
-    Ok(scan_repo!(tags, repo, "", usize::MAX)
+fn tags_pointing(tx: &Read, repo: &str, digest: &str) -> Result<Vec<String>, StorageError> {
+    Ok(scan_repo(tx, TAGS, repo, "", usize::MAX)?
         .into_iter()
         .filter(|(_, d)| d == digest)
         .map(|(t, _)| t)
@@ -247,37 +227,28 @@ fn tags_pointing(
 }
 
 /// Whether the manifest `digest` of `repo` is a referrer whose subject is stored in `repo`.
-fn subject_present(
-    tx: &WriteTransaction,
-    repo: &str,
-    digest: &Digest,
-) -> Result<bool, StorageError> {
-    let manifests = tx.open_table(MANIFESTS)?;
-    let Some(meta) = manifests.get((repo, digest.to_string().as_str()))? else {
+fn subject_present(tx: &Read, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+    let Some(meta) = tx.get(MANIFESTS, (repo, &digest.to_string()))? else {
         return Ok(false);
     };
-    let Some(subject) = from_json::<ManifestMeta>(meta.value())?.subject else {
+    let Some(subject) = from_json::<ManifestMeta>(&meta)?.subject else {
         return Ok(false);
     };
-    let present = manifests
-        .get((repo, subject.to_string().as_str()))?
-        .is_some();
-    Ok(present)
+    tx.contains(MANIFESTS, (repo, &subject.to_string()))
 }
 
 /// Removes a manifest from `repo` inside `tx`, with its referrers entry and the tags that point
 /// at it, logging each. Refused (`Denied`) while another manifest there references it: that
 /// index would then point at missing content.
 fn remove_manifest(
-    tx: &WriteTransaction,
+    tx: &Write,
     repo: &str,
     digest: &Digest,
     origin: Origin,
 ) -> Result<(), StorageError> {
     let digest_s = digest.to_string();
-    let mut manifests = tx.open_table(MANIFESTS)?;
     let mut this = None;
-    for (other, meta) in scan_repo!(manifests, repo, "", usize::MAX) {
+    for (other, meta) in scan_repo(tx, MANIFESTS, repo, "", usize::MAX)? {
         let meta: ManifestMeta = from_json(&meta)?;
         if other == digest_s {
             this = Some(meta);
@@ -288,21 +259,14 @@ fn remove_manifest(
         }
     }
     let meta = this.ok_or(StorageError::ManifestUnknown)?;
-    manifests.remove((repo, digest_s.as_str()))?;
-    drop(manifests);
+    tx.remove(MANIFESTS, (repo, &digest_s))?;
     if let Some(subject) = &meta.subject {
-        tx.open_table(REFERRERS)?.remove((
-            repo,
-            subject.to_string().as_str(),
-            digest_s.as_str(),
-        ))?;
+        tx.remove(REFERRERS, (repo, &subject.to_string(), &digest_s))?;
     }
     let pointing = tags_pointing(tx, repo, &digest_s)?;
-    let mut tags = tx.open_table(TAGS)?;
     for tag in &pointing {
-        tags.remove((repo, tag.as_str()))?;
+        tx.remove(TAGS, (repo, tag))?;
     }
-    drop(tags);
     for tag in pointing {
         log(tx, repo, origin, RecordKind::TagDeleted { tag })?;
     }
@@ -317,63 +281,53 @@ fn remove_manifest(
 }
 
 impl Meta {
-    pub fn open(path: &Path, space: Space) -> Result<Meta, StorageError> {
-        let db = handle::Handle::open(path)?;
-        let tx = db.begin_write()?;
-        // A store from before the quota tables: learn which tags sync wrote from the log.
-        let quota_tables_new = !tx
-            .list_tables()?
-            .any(|t| t.name() == quota::SYNCED_TAGS.name());
-        tx.open_table(TAGS)?;
-        tx.open_table(MANIFESTS)?;
-        tx.open_table(REPO_BLOBS)?;
-        tx.open_table(REFERRERS)?;
-        tx.open_table(REPOS)?;
-        tx.open_table(CHANGES)?;
-        tx.open_table(props::ATTRIBUTES)?;
-        tx.open_table(props::TIMES)?;
-        tx.open_table(quota::SYNCED_TAGS)?;
-        tx.open_table(quota::PULLED)?;
-        tx.open_table(quota::EVICTED)?;
-        tx.open_table(quota::ON_DEMAND)?;
-        if quota_tables_new {
-            quota::backfill(&tx)?;
-        }
-        tx.commit()?;
-        Ok(Meta { db, space })
-    }
-
-    /// A write transaction, refused while the disk is too full to be sure it can commit.
-    fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
-        self.space.check_metadata()?;
-        self.db.begin_write()
+    /// The metadata in `kv`, its tables created when missing. A store from before the quota
+    /// tables learns which tags sync wrote from its change log.
+    pub(crate) fn open(kv: Kv) -> Result<Meta, StorageError> {
+        kv.write(|tx| {
+            let quota_tables_new = tx.create_table(quota::SYNCED_TAGS.def())?;
+            for table in [
+                TAGS.def(),
+                MANIFESTS.def(),
+                REPO_BLOBS.def(),
+                REFERRERS.def(),
+                REPOS.def(),
+                CHANGES.def(),
+                props::ATTRIBUTES.def(),
+                props::TIMES.def(),
+                quota::PULLED.def(),
+                quota::EVICTED.def(),
+                quota::ON_DEMAND.def(),
+            ] {
+                tx.create_table(table)?;
+            }
+            if quota_tables_new {
+                quota::backfill(tx)?;
+            }
+            Ok(())
+        })?;
+        Ok(Meta { kv })
     }
 
     pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(REPO_BLOBS)?;
-        let size = table
-            .get((repo, digest.to_string().as_str()))?
-            .map(|v| v.value().0);
-        Ok(size)
+        let digest = digest.to_string();
+        self.kv
+            .read(|tx| Ok(tx.get(REPO_BLOBS, (repo, &digest))?.map(|(size, _)| size)))
     }
 
     pub fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<(), StorageError> {
-        let tx = self.begin_write()?;
-        tx.open_table(REPO_BLOBS)?
-            .insert((repo, digest.to_string().as_str()), (size, now()))?;
-        util::crash_point::crash_point("in_meta_transaction");
-        tx.commit()?;
-        Ok(())
+        let digest = digest.to_string();
+        self.kv.write(|tx| {
+            tx.insert(REPO_BLOBS, (repo, &digest), (size, now()))?;
+            util::crash_point::crash_point("in_meta_transaction");
+            Ok(())
+        })
     }
 
     /// Removes a blob from a repository unless a manifest there still references it.
     pub fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<(), StorageError> {
-        let tx = self.begin_write()?;
-        {
-            let manifests = tx.open_table(MANIFESTS)?;
-            let all = scan_repo!(manifests, repo, "", usize::MAX);
-            for (manifest, meta) in all {
+        self.kv.write(|tx| {
+            for (manifest, meta) in scan_repo(tx, MANIFESTS, repo, "", usize::MAX)? {
                 let meta: ManifestMeta = from_json(&meta)?;
                 if meta.refs.contains(digest) {
                     return Err(StorageError::Denied(format!(
@@ -381,13 +335,11 @@ impl Meta {
                     )));
                 }
             }
-            let mut links = tx.open_table(REPO_BLOBS)?;
-            if links.remove((repo, digest.to_string().as_str()))?.is_none() {
+            if tx.remove(REPO_BLOBS, (repo, &digest.to_string()))?.is_none() {
                 return Err(StorageError::BlobUnknown(digest.clone()));
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The digest and record of the manifest a tag or digest names in `repo`, with the first
@@ -398,37 +350,37 @@ impl Meta {
         repo: &str,
         reference: &Reference,
     ) -> Result<Option<(Digest, ManifestMeta, Option<Target>)>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(tag) => match tx.open_table(TAGS)?.get((repo, tag.as_str()))? {
-                Some(v) => parse_digest(v.value())?,
-                None => return Ok(None),
-            },
-        };
-        let found = tx
-            .open_table(MANIFESTS)?
-            .get((repo, digest.to_string().as_str()))?;
-        let Some(found) = found else {
-            return Ok(None);
-        };
-        let mut through = Vec::with_capacity(2);
-        if let Reference::Tag(tag) = reference {
-            through.push(Target::Tag(tag.as_str().to_owned()));
-        }
-        through.push(Target::Manifest(digest.clone()));
-        let unreadable = props::unreadable(&tx.open_table(props::ATTRIBUTES)?, repo, &through)?;
-        Ok(Some((digest, from_json(found.value())?, unreadable)))
+        self.kv.read(|tx| {
+            let digest = match reference {
+                Reference::Digest(d) => d.clone(),
+                Reference::Tag(tag) => match tx.get(TAGS, (repo, tag.as_str()))? {
+                    Some(v) => parse_digest(&v)?,
+                    None => return Ok(None),
+                },
+            };
+            let Some(found) = tx.get(MANIFESTS, (repo, &digest.to_string()))? else {
+                return Ok(None);
+            };
+            let mut through = Vec::with_capacity(2);
+            if let Reference::Tag(tag) = reference {
+                through.push(Target::Tag(tag.as_str().to_owned()));
+            }
+            through.push(Target::Manifest(digest.clone()));
+            let unreadable = props::unreadable(tx, repo, &through)?;
+            Ok(Some((digest, from_json(&found)?, unreadable)))
+        })
     }
 
     /// Stores a manifest (and optionally a tag) once everything it references is present in
     /// the repository; checks and writes in one transaction, so no concurrent delete slips between.
     /// `install` runs after the checks pass and before the commit: it puts the manifest's bytes
-    /// in place, so a refused manifest leaves nothing behind.
+    /// in place, so a refused manifest leaves nothing behind. When the transaction runs again
+    /// (the metadata backend was briefly unreachable) `install` runs again too: it must bear
+    /// that.
     pub fn put_manifest(
         &self,
         new: NewManifest<'_>,
-        install: impl FnOnce() -> Result<(), StorageError>,
+        mut install: impl FnMut() -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let NewManifest {
             repo,
@@ -440,41 +392,34 @@ impl Meta {
             origin,
         } = new;
         let digest_s = digest.to_string();
-        let tx = self.begin_write()?;
-        require(&tx, repo, origin, &[], &[A::Write], "pushed to")?;
-        if let Some(tag) = tag {
-            let previous = tx
-                .open_table(TAGS)?
-                .get((repo, tag))?
-                .map(|v| v.value().to_owned());
-            if let Some(previous) = previous.filter(|p| *p != digest_s) {
-                let targets = [
-                    Target::Tag(tag.to_owned()),
-                    Target::Manifest(parse_digest(&previous)?),
-                ];
-                require(&tx, repo, origin, &targets, &[A::Write], "overwritten")?;
+        self.kv.write(|tx| {
+            require(tx, repo, origin, &[], &[A::Write], "pushed to")?;
+            if let Some(tag) = tag {
+                let previous = tx.get(TAGS, (repo, tag))?;
+                if let Some(previous) = previous.filter(|p| *p != digest_s) {
+                    let targets = [
+                        Target::Tag(tag.to_owned()),
+                        Target::Manifest(parse_digest(&previous)?),
+                    ];
+                    require(tx, repo, origin, &targets, &[A::Write], "overwritten")?;
+                }
             }
-        }
-        {
-            let links = tx.open_table(REPO_BLOBS)?;
             for (blob, size) in blob_sizes {
-                match links.get((repo, blob.to_string().as_str()))? {
+                match tx.get(REPO_BLOBS, (repo, &blob.to_string()))? {
                     None => return Err(StorageError::ManifestBlobUnknown(blob.clone())),
-                    Some(actual) if actual.value().0 != *size => {
+                    Some((actual, _)) if actual != *size => {
                         return Err(StorageError::ManifestInvalid(format!(
-                            "descriptor for {blob} says {size} bytes, but the blob has {} bytes",
-                            actual.value().0
+                            "descriptor for {blob} says {size} bytes, but the blob has {actual} bytes"
                         )))
                     }
                     Some(_) => {}
                 }
             }
-            let mut manifests = tx.open_table(MANIFESTS)?;
             // A partial index stored again (a client re-tagging it) keeps what it left out.
             let mut meta = meta.clone();
             if meta.skipped.is_empty() {
-                if let Some(stored) = manifests.get((repo, digest_s.as_str()))? {
-                    meta.skipped = from_json::<ManifestMeta>(stored.value())?.skipped;
+                if let Some(stored) = tx.get(MANIFESTS, (repo, &digest_s))? {
+                    meta.skipped = from_json::<ManifestMeta>(&stored)?.skipped;
                 }
             }
             let mut skipped = Vec::new();
@@ -483,7 +428,7 @@ impl Meta {
                 .iter()
                 .filter(|d| !blob_sizes.iter().any(|(b, _)| b == *d))
             {
-                if manifests.get((repo, child.to_string().as_str()))?.is_none() {
+                if !tx.contains(MANIFESTS, (repo, &child.to_string()))? {
                     if !meta.skipped.contains(child) {
                         return Err(StorageError::ManifestBlobUnknown(child.clone()));
                     }
@@ -492,13 +437,12 @@ impl Meta {
             }
             meta.skipped = skipped;
             install()?;
-            let existed = manifests
-                .insert((repo, digest_s.as_str()), json(&meta).as_slice())?
+            let existed = tx
+                .insert(MANIFESTS, (repo, &digest_s), &json(&meta))?
                 .is_some();
-            drop(manifests);
             if !existed {
                 log(
-                    &tx,
+                    tx,
                     repo,
                     origin,
                     RecordKind::ManifestPut {
@@ -508,24 +452,20 @@ impl Meta {
                 )?;
             }
             if let Some((subject, descriptor)) = referrer {
-                tx.open_table(REFERRERS)?.insert(
-                    (repo, subject.to_string().as_str(), digest_s.as_str()),
-                    json(descriptor).as_slice(),
+                tx.insert(
+                    REFERRERS,
+                    (repo, &subject.to_string(), &digest_s),
+                    &json(descriptor),
                 )?;
             }
-            let mut repos = tx.open_table(REPOS)?;
-            if repos.get(repo)?.is_none() {
-                repos.insert(repo, now())?;
+            if !tx.contains(REPOS, repo)? {
+                tx.insert(REPOS, repo, now())?;
             }
-            drop(repos);
             if let Some(tag) = tag {
-                let previous = tx
-                    .open_table(TAGS)?
-                    .insert((repo, tag), digest_s.as_str())?
-                    .map(|v| v.value().to_owned());
+                let previous = tx.insert(TAGS, (repo, tag), &digest_s)?;
                 if previous.as_deref() != Some(digest_s.as_str()) {
                     log(
-                        &tx,
+                        tx,
                         repo,
                         origin,
                         RecordKind::TagSet {
@@ -535,45 +475,33 @@ impl Meta {
                     )?;
                 }
             }
-        }
-        util::crash_point::crash_point("in_meta_transaction");
-        tx.commit()?;
-        Ok(())
+            util::crash_point::crash_point("in_meta_transaction");
+            Ok(())
+        })
     }
 
     pub fn delete_tag(&self, repo: &str, tag: &str, origin: Origin) -> Result<bool, StorageError> {
-        let tx = self.begin_write()?;
-        if tx.open_table(TAGS)?.get((repo, tag))?.is_some() {
-            let target = [Target::Tag(tag.to_owned())];
-            require(
-                &tx,
-                repo,
-                origin,
-                &target,
-                &[A::Delete, A::Write],
-                "deleted",
-            )?;
-        }
-        let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
-        // An evicted tag is only known here: forgetting it changes nothing in the hierarchy.
-        let forgotten = !removed
-            && tx
-                .open_table(quota::EVICTED)?
-                .remove((repo, tag))?
-                .is_some();
-        if removed {
-            log(
-                &tx,
-                repo,
-                origin,
-                RecordKind::TagDeleted {
-                    tag: tag.to_owned(),
-                },
-            )?;
-        }
-        util::crash_point::crash_point("in_meta_transaction");
-        tx.commit()?;
-        Ok(removed || forgotten)
+        self.kv.write(|tx| {
+            if tx.contains(TAGS, (repo, tag))? {
+                let target = [Target::Tag(tag.to_owned())];
+                require(tx, repo, origin, &target, &[A::Delete, A::Write], "deleted")?;
+            }
+            let removed = tx.remove(TAGS, (repo, tag))?.is_some();
+            // An evicted tag is only known here: forgetting it changes nothing in the hierarchy.
+            let forgotten = !removed && tx.remove(quota::EVICTED, (repo, tag))?.is_some();
+            if removed {
+                log(
+                    tx,
+                    repo,
+                    origin,
+                    RecordKind::TagDeleted {
+                        tag: tag.to_owned(),
+                    },
+                )?;
+            }
+            util::crash_point::crash_point("in_meta_transaction");
+            Ok(removed || forgotten)
+        })
     }
 
     /// Deletes a manifest and every tag that points at it, unless an index in the repository
@@ -584,25 +512,25 @@ impl Meta {
         digest: &Digest,
         origin: Origin,
     ) -> Result<(), StorageError> {
-        let tx = self.begin_write()?;
-        let mut targets = vec![Target::Manifest(digest.clone())];
-        targets.extend(
-            tags_pointing(&tx, repo, &digest.to_string())?
-                .into_iter()
-                .map(Target::Tag),
-        );
-        require(
-            &tx,
-            repo,
-            origin,
-            &targets,
-            &[A::Delete, A::Write],
-            "deleted",
-        )?;
-        remove_manifest(&tx, repo, digest, origin)?;
-        util::crash_point::crash_point("in_meta_transaction");
-        tx.commit()?;
-        Ok(())
+        self.kv.write(|tx| {
+            let mut targets = vec![Target::Manifest(digest.clone())];
+            targets.extend(
+                tags_pointing(tx, repo, &digest.to_string())?
+                    .into_iter()
+                    .map(Target::Tag),
+            );
+            require(
+                tx,
+                repo,
+                origin,
+                &targets,
+                &[A::Delete, A::Write],
+                "deleted",
+            )?;
+            remove_manifest(tx, repo, digest, origin)?;
+            util::crash_point::crash_point("in_meta_transaction");
+            Ok(())
+        })
     }
 
     /// Tags of a repository in lexical order after `last`, leaving out those listings may not
@@ -614,39 +542,19 @@ impl Meta {
         last: &str,
         limit: usize,
     ) -> Result<Option<Vec<String>>, StorageError> {
-        let tx = self.db.begin_read()?;
-        if tx.open_table(REPOS)?.get(repo)?.is_none() {
-            return Ok(None);
-        }
-        let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
-        // Evicted tags stay listed: they are still known, and sync brings them back on demand.
-        // Both tables are in name order, so the first `limit` of each make the page.
-        let listed = |tag: &str| (tag != last || last.is_empty()) && !hidden.tag(tag);
-        let mut names = std::collections::BTreeSet::new();
-        for entry in tx.open_table(TAGS)?.range((repo, last)..)? {
-            let (key, _) = entry?;
-            let (r, tag) = key.value();
-            if r != repo || names.len() == limit {
-                break;
+        self.kv.read(|tx| {
+            if !tx.contains(REPOS, repo)? {
+                return Ok(None);
             }
-            if listed(tag) {
-                names.insert(tag.to_owned());
-            }
-        }
-        let mut evicted = 0;
-        for entry in tx.open_table(quota::EVICTED)?.range((repo, last)..)? {
-            let (key, _) = entry?;
-            let (r, tag) = key.value();
-            if r != repo || evicted == limit {
-                break;
-            }
-            if listed(tag) {
-                names.insert(tag.to_owned());
-                evicted += 1;
-            }
-        }
-        let out: Vec<String> = names.into_iter().take(limit).collect();
-        Ok(Some(out))
+            let hidden = props::hidden(tx, repo)?;
+            // Evicted tags stay listed: they are still known, and sync brings them back on
+            // demand. Both tables are in name order, so the first `limit` of each make the page.
+            let listed = |tag: &str| (tag != last || last.is_empty()) && !hidden.tag(tag);
+            let mut names = std::collections::BTreeSet::new();
+            names.extend(first_listed(tx, TAGS, repo, last, limit, &listed)?);
+            names.extend(first_listed(tx, quota::EVICTED, repo, last, limit, &listed)?);
+            Ok(Some(names.into_iter().take(limit).collect()))
+        })
     }
 
     /// Repositories in lexical order after `last` that listings may name: their own
@@ -659,148 +567,115 @@ impl Meta {
         may_list: &dyn Fn(&str) -> bool,
         unlisted: bool,
     ) -> Result<Vec<String>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(REPOS)?;
-        let attributes = tx.open_table(props::ATTRIBUTES)?;
-        let mut out = Vec::new();
-        for entry in table.range(last..)? {
-            let (key, _) = entry?;
-            let repo = key.value();
-            if repo == last && !last.is_empty() {
-                continue;
+        self.kv.read(|tx| {
+            let mut out = Vec::new();
+            let start = if last.is_empty() {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(last)
+            };
+            for repo in tx.iter(REPOS).starting(start).keys() {
+                let repo = repo?;
+                if out.len() == limit {
+                    break;
+                }
+                if may_list(&repo) && (unlisted || props::repo_listed(tx, &repo)?) {
+                    out.push(repo);
+                }
             }
-            if out.len() == limit {
-                break;
-            }
-            if may_list(repo) && (unlisted || props::repo_listed(&attributes, repo)?) {
-                out.push(repo.to_owned());
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The referrers of `subject` the referrers API lists: like the tag and manifest listings,
     /// it leaves out manifests with `listEnabled: false` (all of them when the repository has
     /// it). A hidden referrer still answers by digest.
     pub fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(REFERRERS)?;
-        let hidden = props::hidden(&tx.open_table(props::ATTRIBUTES)?, repo)?;
-        if hidden.repo {
-            return Ok(Vec::new());
-        }
         let subject = subject.to_string();
-        let mut out = Vec::new();
-        for entry in table.range((repo, subject.as_str(), "")..)? {
-            let (key, value) = entry?;
-            let (r, s, _) = key.value();
-            if r != repo || s != subject {
-                break;
+        self.kv.read(|tx| {
+            let hidden = props::hidden(tx, repo)?;
+            if hidden.repo {
+                return Ok(Vec::new());
             }
-            let referrer: Descriptor = from_json(value.value())?;
-            if !hidden.manifest(&referrer.digest) {
-                out.push(referrer);
+            let mut out = Vec::new();
+            for row in tx.prefix(REFERRERS, &[repo, &subject]) {
+                let (_, value) = row?;
+                let referrer: Descriptor = from_json(&value)?;
+                if !hidden.manifest(&referrer.digest) {
+                    out.push(referrer);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Change-log entries with `seq > after`, oldest first.
     pub fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(CHANGES)?;
-        let mut out = Vec::new();
-        for entry in table.range(after.saturating_add(1)..)? {
-            if out.len() == limit {
-                break;
-            }
-            let (_, value) = entry?;
-            out.push(from_json::<Record>(value.value())?.into());
-        }
-        Ok(out)
+        self.kv.read(|tx| changes_after(tx, after, limit))
     }
 
     /// One page of the change feed, read in one snapshot: entries with `seq > after` (at most
     /// `limit`, oldest first) with the log's oldest kept and newest sequence numbers, so a reader
     /// can tell whether entries it has not seen were pruned.
     pub fn change_page(&self, after: u64, limit: usize) -> Result<ChangePage, StorageError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(CHANGES)?;
-        let head = table.last()?.map(|(k, _)| k.value()).unwrap_or(0);
-        let oldest = table
-            .first()?
-            .map(|(k, _)| k.value())
-            .unwrap_or(head.saturating_add(1));
-        let mut changes = Vec::new();
-        if limit > 0 {
-            for entry in table.range(after.saturating_add(1)..)? {
-                if changes.len() == limit {
-                    break;
-                }
-                let (_, value) = entry?;
-                changes.push(from_json::<Record>(value.value())?.into());
-            }
-        }
-        Ok(ChangePage {
-            head,
-            oldest,
-            changes,
+        self.kv.read(|tx| {
+            let head = tx.last(CHANGES)?.map(|(k, _)| k).unwrap_or(0);
+            let oldest = tx
+                .first(CHANGES)?
+                .map(|(k, _)| k)
+                .unwrap_or(head.saturating_add(1));
+            Ok(ChangePage {
+                head,
+                oldest,
+                changes: changes_after(tx, after, limit)?,
+            })
         })
     }
 
     /// Drops change-log entries older than `before` (unix seconds), except the newest; returns how many.
     pub fn prune_changes(&self, before: u64) -> Result<usize, StorageError> {
-        let tx = self.begin_write()?;
-        let mut removed = 0;
-        {
-            let mut table = tx.open_table(CHANGES)?;
+        self.kv.write(|tx| {
             let mut old = Vec::new();
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                let change: Record = from_json(value.value())?;
+            for row in tx.iter(CHANGES) {
+                let (seq, value) = row?;
+                let change: Record = from_json(&value)?;
                 if change.time >= before {
                     break;
                 }
-                old.push(key.value());
+                old.push(seq);
             }
             // The newest entry stays: the next sequence number is derived from it.
-            let newest = table.last()?.map(|(k, _)| k.value());
+            let newest = tx.last(CHANGES)?.map(|(k, _)| k);
+            let mut removed = 0;
             for seq in old.into_iter().filter(|s| Some(*s) != newest) {
-                table.remove(seq)?;
+                tx.remove(CHANGES, seq)?;
                 removed += 1;
             }
-        }
-        tx.commit()?;
-        Ok(removed)
+            Ok(removed)
+        })
     }
 
     // ---- garbage collection (see gc.rs for the rules) ----
 
     /// Everything GC needs to decide, read in one consistent snapshot.
     pub(crate) fn gc_snapshot(&self) -> Result<GcSnapshot, StorageError> {
-        let tx = self.db.begin_read()?;
-        let mut snap = GcSnapshot::default();
-        for entry in tx.open_table(MANIFESTS)?.iter()? {
-            let (key, value) = entry?;
-            let (repo, digest) = key.value();
-            snap.manifests.push((
-                repo.to_owned(),
-                parse_digest(digest)?,
-                from_json(value.value())?,
-            ));
-        }
-        for entry in tx.open_table(TAGS)?.iter()? {
-            let (key, value) = entry?;
-            snap.tagged
-                .push((key.value().0.to_owned(), parse_digest(value.value())?));
-        }
-        for entry in tx.open_table(REPO_BLOBS)?.iter()? {
-            let (key, value) = entry?;
-            let (repo, digest) = key.value();
-            snap.links
-                .push((repo.to_owned(), parse_digest(digest)?, value.value().1));
-        }
-        Ok(snap)
+        self.kv.read(|tx| {
+            let mut snap = GcSnapshot::default();
+            for row in tx.iter(MANIFESTS) {
+                let ((repo, digest), value) = row?;
+                snap.manifests
+                    .push((repo, parse_digest(&digest)?, from_json(&value)?));
+            }
+            for row in tx.iter(TAGS) {
+                let ((repo, _), digest) = row?;
+                snap.tagged.push((repo, parse_digest(&digest)?));
+            }
+            for row in tx.iter(REPO_BLOBS) {
+                let ((repo, digest), (_, linked)) = row?;
+                snap.links.push((repo, parse_digest(&digest)?, linked));
+            }
+            Ok(snap)
+        })
     }
 
     /// Removes a manifest that no tag and no other manifest in its repository points at, and
@@ -813,23 +688,24 @@ impl Meta {
         repo: &str,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
-        let tx = self.begin_write()?;
-        if !tags_pointing(&tx, repo, &digest.to_string())?.is_empty()
-            || props::gc_must_keep(&tx, repo, digest)?
-            || subject_present(&tx, repo, digest)?
-        {
-            return Ok(false);
-        }
-        match remove_manifest(&tx, repo, digest, Origin::Gc) {
-            Ok(()) => {
-                util::crash_point::crash_point("in_gc_transaction");
-                tx.commit()?;
-                Ok(true)
+        self.kv.write(|tx| {
+            if !tags_pointing(tx, repo, &digest.to_string())?.is_empty()
+                || props::gc_must_keep(tx, repo, digest)?
+                || subject_present(tx, repo, digest)?
+            {
+                return Ok(false);
             }
-            // Still referenced, or gone already: leave it (dropping `tx` aborts it).
-            Err(StorageError::Denied(_) | StorageError::ManifestUnknown) => Ok(false),
-            Err(err) => Err(err),
-        }
+            match remove_manifest(tx, repo, digest, Origin::Gc) {
+                Ok(()) => {
+                    util::crash_point::crash_point("in_gc_transaction");
+                    Ok(true)
+                }
+                // Still referenced, or gone already: leave it (refused before anything was
+                // written, so the transaction has nothing to commit).
+                Err(StorageError::Denied(_) | StorageError::ManifestUnknown) => Ok(false),
+                Err(err) => Err(err),
+            }
+        })
     }
 
     /// Removes blob links linked before `before` (unix seconds) that no manifest of their
@@ -838,56 +714,80 @@ impl Meta {
         &self,
         before: u64,
     ) -> Result<Vec<(String, Digest)>, StorageError> {
-        let tx = self.begin_write()?;
-        let mut removed = Vec::new();
-        {
+        self.kv.write(|tx| {
             let mut referenced = std::collections::HashSet::new();
-            for entry in tx.open_table(MANIFESTS)?.iter()? {
-                let (key, value) = entry?;
-                let meta: ManifestMeta = from_json(value.value())?;
-                let repo = key.value().0.to_owned();
+            for row in tx.iter(MANIFESTS) {
+                let ((repo, _), value) = row?;
+                let meta: ManifestMeta = from_json(&value)?;
                 referenced.extend(meta.refs.into_iter().map(|d| (repo.clone(), d)));
             }
-            let mut links = tx.open_table(REPO_BLOBS)?;
             let mut stale = Vec::new();
-            for entry in links.iter()? {
-                let (key, value) = entry?;
-                let (repo, digest) = key.value();
-                let digest = parse_digest(digest)?;
-                if value.value().1 < before
-                    && !referenced.contains(&(repo.to_owned(), digest.clone()))
-                {
-                    stale.push((repo.to_owned(), digest));
+            for row in tx.iter(REPO_BLOBS) {
+                let ((repo, digest), (_, linked)) = row?;
+                let digest = parse_digest(&digest)?;
+                if linked < before && !referenced.contains(&(repo.clone(), digest.clone())) {
+                    stale.push((repo, digest));
                 }
             }
-            for (repo, digest) in stale {
-                links.remove((repo.as_str(), digest.to_string().as_str()))?;
-                removed.push((repo, digest));
+            for (repo, digest) in &stale {
+                tx.remove(REPO_BLOBS, (repo, &digest.to_string()))?;
             }
-        }
-        if !removed.is_empty() {
-            util::crash_point::crash_point("in_gc_transaction");
-        }
-        tx.commit()?;
-        Ok(removed)
+            if !stale.is_empty() {
+                util::crash_point::crash_point("in_gc_transaction");
+            }
+            Ok(stale)
+        })
     }
 
     /// Whether any repository links `digest` as a blob or holds it as a manifest.
     pub(crate) fn is_in_use(&self, digest: &Digest) -> Result<bool, StorageError> {
-        let tx = self.db.begin_read()?;
         let digest_s = digest.to_string();
-        for entry in tx.open_table(REPO_BLOBS)?.iter()? {
-            if entry?.0.value().1 == digest_s {
-                return Ok(true);
+        self.kv.read(|tx| {
+            for key in tx.iter(REPO_BLOBS).keys() {
+                if key?.1 == digest_s {
+                    return Ok(true);
+                }
             }
-        }
-        for entry in tx.open_table(MANIFESTS)?.iter()? {
-            if entry?.0.value().1 == digest_s {
-                return Ok(true);
+            for key in tx.iter(MANIFESTS).keys() {
+                if key?.1 == digest_s {
+                    return Ok(true);
+                }
             }
-        }
-        Ok(false)
+            Ok(false)
+        })
     }
+}
+
+/// The first `limit` names of a `(repo, name)` table from `last` on that `listed` lets through.
+fn first_listed<V: Value>(
+    tx: &Read,
+    table: Table<(String, String), V>,
+    repo: &str,
+    last: &str,
+    limit: usize,
+    listed: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, StorageError> {
+    let mut out = Vec::new();
+    let rows = tx.prefix(table, &[repo]).starting(Bound::Included((repo, last)));
+    for key in rows.keys() {
+        if out.len() == limit {
+            break;
+        }
+        let (_, name) = key?;
+        if listed(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Change-log entries with `seq > after`, oldest first, at most `limit`.
+fn changes_after(tx: &Read, after: u64, limit: usize) -> Result<Vec<Change>, StorageError> {
+    tx.iter(CHANGES)
+        .starting(Bound::Excluded(after))
+        .take(limit)
+        .map(|row| Ok(from_json::<Record>(&row?.1)?.into()))
+        .collect()
 }
 
 fn parse_digest(s: &str) -> Result<Digest, StorageError> {

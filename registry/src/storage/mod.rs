@@ -1,13 +1,17 @@
-//! The local store: content-addressed blob files plus redb metadata, behind one `Store` handle
-//! that the HTTP API and the sync engine both write through.
+//! The store: content-addressed blob files plus the metadata (redb in the data directory, or
+//! PostgreSQL: `backends`), behind one `Store` handle that the HTTP API and the sync engine
+//! both write through. The metadata's rules are written once (`meta`) over the key-value
+//! contract its backends implement (`kv`).
 //!
 //! Methods block (file and database I/O); async callers run writes in `spawn_blocking`.
 
+pub mod backends;
 pub mod blobs;
 pub mod error;
 pub mod fill;
 pub mod gc;
 pub mod integrity;
+pub(crate) mod kv;
 pub mod meta;
 mod props;
 pub mod quota;
@@ -26,6 +30,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+pub use backends::{Backends, BlobBackend, MetadataBackend, PostgresSettings};
 pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
 pub use integrity::VerifyReads;
@@ -156,15 +161,36 @@ impl ManifestCache {
 const META_FILE: &str = "meta.redb";
 
 impl Store {
-    /// Opens (or creates) the store in `dir`: `blobs/`, `uploads/`, `tmp/` and `meta.redb`.
+    /// Opens (or creates) the store in `dir` on the default backends: `blobs/`, `uploads/`,
+    /// `tmp/` and `meta.redb`.
     pub fn open(dir: &Path, limits: Limits) -> Result<Store, StorageError> {
+        Store::open_with(dir, limits, &Backends::default())
+    }
+
+    /// Opens (or creates) the store in `dir` on `backends`: the metadata in `dir/meta.redb` or
+    /// in PostgreSQL (created there on first use), the blobs and upload sessions in `dir`.
+    pub fn open_with(
+        dir: &Path,
+        limits: Limits,
+        backends: &Backends,
+    ) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(StorageError::io(format!("create {}", dir.display())))?;
         let space = space::Space::new(dir.to_owned(), limits.min_free);
+        let metadata: Box<dyn kv::Backend> = match &backends.metadata {
+            MetadataBackend::Redb => Box::new(kv::in_redb::RedbBackend::open(
+                &dir.join(META_FILE),
+                space.clone(),
+            )?),
+            MetadataBackend::Postgres(settings) => {
+                Box::new(kv::in_postgres::PostgresBackend::open(settings.clone())?)
+            }
+        };
+        let BlobBackend::Filesystem = backends.blobs;
         let inner = Inner {
             root: dir.to_owned(),
             blobs: blobs::Blobs::open(dir)?,
-            meta: meta::Meta::open(&dir.join(META_FILE), space.clone())?,
+            meta: meta::Meta::open(kv::Kv::new(metadata))?,
             uploads: uploads::Uploads::open(dir.join("uploads"), space.clone())?,
             space,
             cache: ManifestCache::default(),
@@ -395,11 +421,12 @@ impl Store {
         let what = || format!("manifest {digest} in {repo}");
         let space = &self.inner.space;
         space.check_write(what, body.len() as u64)?;
-        let staged = self
-            .inner
-            .blobs
-            .stage(&body)
-            .map_err(|e| space.explain(e, what, body.len() as u64))?;
+        let mut staged = Some(
+            self.inner
+                .blobs
+                .stage(&body)
+                .map_err(|e| space.explain(e, what, body.len() as u64))?,
+        );
         let _taking = self.inner.gc_lock.read().expect("gc lock");
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str()),
@@ -415,7 +442,12 @@ impl Store {
                 tag,
                 origin,
             },
-            || staged.install(&self.inner.blobs, &digest),
+            // Once: a transaction run again (PostgreSQL was briefly unreachable) finds the
+            // bytes in place already.
+            || match staged.take() {
+                Some(staged) => staged.install(&self.inner.blobs, &digest),
+                None => Ok(()),
+            },
         )?;
         self.inner
             .cache

@@ -1,6 +1,6 @@
 //! What the `/acr/v1` API shows and changes beside the content: each repository's, tag's and
 //! manifest's `changeableAttributes` and the times it was created and last updated, kept in two
-//! redb tables next to the tags and manifests, and the rules that make a lock hold.
+//! tables next to the tags and manifests, and the rules that make a lock hold.
 //!
 //! Both tables are keyed `(repo, item)`: `""` is the repository, `tag:NAME` a tag,
 //! `manifest:DIGEST` a manifest (a repository name segment never starts with `tag:` or
@@ -13,20 +13,17 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
-
 use super::{
     from_json, json, parse_digest, ManifestMeta, Meta, RecordKind, MANIFESTS, REPOS, TAGS,
 };
+use crate::storage::kv::{Read, Table, Value, Write};
 use crate::storage::StorageError;
 use oci::{AttributesPatch, ChangeableAttributes, Digest, Origin};
 
 /// (repo, item key) -> `ChangeableAttributes` as JSON; absent = all enabled.
-pub(super) const ATTRIBUTES: TableDefinition<(&str, &str), &[u8]> =
-    TableDefinition::new("attributes");
+pub(super) const ATTRIBUTES: Table<(String, String), Vec<u8>> = Table::new("attributes");
 /// (repo, item key) -> (created, last updated), unix seconds.
-pub(super) const TIMES: TableDefinition<(&str, &str), (u64, u64)> =
-    TableDefinition::new("item_times");
+pub(super) const TIMES: Table<(String, String), (u64, u64)> = Table::new("item_times");
 
 /// Something that carries `changeableAttributes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,20 +113,9 @@ pub fn refusal(repo: &str, target: &Target, attribute: Attribute, action: &str) 
     ))
 }
 
-/// A table `ATTRIBUTES` can be read from (in a read or a write transaction).
-pub(super) trait AttributesTable:
-    ReadableTable<(&'static str, &'static str), &'static [u8]>
-{
-}
-impl<T: ReadableTable<(&'static str, &'static str), &'static [u8]>> AttributesTable for T {}
-
-fn stored(
-    table: &impl AttributesTable,
-    repo: &str,
-    target: &Target,
-) -> Result<ChangeableAttributes, StorageError> {
-    match table.get((repo, target.key().as_str()))? {
-        Some(v) => from_json(v.value()),
+fn stored(tx: &Read, repo: &str, target: &Target) -> Result<ChangeableAttributes, StorageError> {
+    match tx.get(ATTRIBUTES, (repo, &target.key()))? {
+        Some(v) => from_json(&v),
         None => Ok(ChangeableAttributes::ALL_ENABLED),
     }
 }
@@ -137,7 +123,7 @@ fn stored(
 /// Refuses a client's `action` on `targets` (the repository is always checked too) when any of
 /// them has one of `needs` switched off. Other origins pass: see the module doc.
 pub(super) fn require(
-    tx: &WriteTransaction,
+    tx: &Read,
     repo: &str,
     origin: Origin,
     targets: &[Target],
@@ -147,9 +133,8 @@ pub(super) fn require(
     if origin != Origin::Client {
         return Ok(());
     }
-    let table = tx.open_table(ATTRIBUTES)?;
     for target in std::iter::once(&Target::Repository).chain(targets) {
-        let attributes = stored(&table, repo, target)?;
+        let attributes = stored(tx, repo, target)?;
         if let Some(off) = needs.iter().find(|a| !a.of(&attributes)) {
             return Err(refusal(repo, target, *off, action));
         }
@@ -160,28 +145,19 @@ pub(super) fn require(
 /// Whether an eviction must leave this tag: it, its manifest or its repository may not be
 /// deleted or written (a lock is how an operator pins an image), as GC leaves such manifests.
 pub(super) fn pinned(
-    tx: &WriteTransaction,
+    tx: &Read,
     repo: &str,
     tag: &str,
     digest: &Digest,
 ) -> Result<bool, StorageError> {
-    let a = stored(
-        &tx.open_table(ATTRIBUTES)?,
-        repo,
-        &Target::Tag(tag.to_owned()),
-    )?;
+    let a = stored(tx, repo, &Target::Tag(tag.to_owned()))?;
     Ok(!a.delete_enabled || !a.write_enabled || gc_must_keep(tx, repo, digest)?)
 }
 
 /// Whether GC must leave this manifest: it (or its repository) may not be deleted.
-pub(super) fn gc_must_keep(
-    tx: &WriteTransaction,
-    repo: &str,
-    digest: &Digest,
-) -> Result<bool, StorageError> {
-    let table = tx.open_table(ATTRIBUTES)?;
+pub(super) fn gc_must_keep(tx: &Read, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
     for target in [Target::Repository, Target::Manifest(digest.clone())] {
-        let a = stored(&table, repo, &target)?;
+        let a = stored(tx, repo, &target)?;
         if !a.delete_enabled || !a.write_enabled {
             return Ok(true);
         }
@@ -192,15 +168,14 @@ pub(super) fn gc_must_keep(
 /// Keeps the created / last-updated times and drops what a deleted item carried; called for
 /// every change logged, in its transaction.
 pub(super) fn touch(
-    tx: &WriteTransaction,
+    tx: &Write,
     repo: &str,
     kind: &RecordKind,
     now: u64,
 ) -> Result<(), StorageError> {
-    let mut times = tx.open_table(TIMES)?;
-    let mut stamp = |key: &str| -> Result<(), StorageError> {
-        let created = times.get((repo, key))?.map(|v| v.value().0).unwrap_or(now);
-        times.insert((repo, key), (created, now))?;
+    let stamp = |key: &str| -> Result<(), StorageError> {
+        let created = tx.get(TIMES, (repo, key))?.map(|v| v.0).unwrap_or(now);
+        tx.insert(TIMES, (repo, key), (created, now))?;
         Ok(())
     };
     stamp("")?;
@@ -221,8 +196,8 @@ pub(super) fn touch(
         RecordKind::ManifestDeleted { digest } => Some(Target::Manifest(digest.clone()).key()),
     };
     if let Some(key) = gone {
-        times.remove((repo, key.as_str()))?;
-        tx.open_table(ATTRIBUTES)?.remove((repo, key.as_str()))?;
+        tx.remove(TIMES, (repo, &key))?;
+        tx.remove(ATTRIBUTES, (repo, &key))?;
     }
     Ok(())
 }
@@ -237,34 +212,26 @@ pub(super) fn record_target(tag: &Option<String>, digest: &Option<Digest>) -> Ta
 }
 
 /// Removes every attributes record and time of `repo` (the repository was deleted).
-pub(super) fn forget_repo(tx: &WriteTransaction, repo: &str) -> Result<(), StorageError> {
-    let mut times = tx.open_table(TIMES)?;
-    let keys: Vec<String> = collect_keys(&times, repo)?;
-    for key in &keys {
-        times.remove((repo, key.as_str()))?;
+pub(super) fn forget_repo(tx: &Write, repo: &str) -> Result<(), StorageError> {
+    for key in collect_keys(tx, TIMES, repo)? {
+        tx.remove(TIMES, (repo, &key))?;
     }
-    let mut attributes = tx.open_table(ATTRIBUTES)?;
-    let keys: Vec<String> = collect_keys(&attributes, repo)?;
-    for key in &keys {
-        attributes.remove((repo, key.as_str()))?;
+    for key in collect_keys(tx, ATTRIBUTES, repo)? {
+        tx.remove(ATTRIBUTES, (repo, &key))?;
     }
     Ok(())
 }
 
-fn collect_keys<V: redb::Value + 'static>(
-    table: &impl ReadableTable<(&'static str, &'static str), V>,
+/// The keys of a `(repo, key)` table for one repository, in order.
+pub(super) fn collect_keys<V: Value>(
+    tx: &Read,
+    table: Table<(String, String), V>,
     repo: &str,
 ) -> Result<Vec<String>, StorageError> {
-    let mut keys = Vec::new();
-    for entry in table.range((repo, "")..)? {
-        let (key, _) = entry?;
-        let (r, k) = key.value();
-        if r != repo {
-            break;
-        }
-        keys.push(k.to_owned());
-    }
-    Ok(keys)
+    tx.prefix(table, &[repo])
+        .keys()
+        .map(|key| key.map(|(_, k)| k))
+        .collect()
 }
 
 /// What listings leave out of a repository: everything (`listEnabled: false` on it), or the
@@ -284,23 +251,19 @@ impl Hidden {
     }
 }
 
-pub(super) fn hidden(table: &impl AttributesTable, repo: &str) -> Result<Hidden, StorageError> {
+pub(super) fn hidden(tx: &Read, repo: &str) -> Result<Hidden, StorageError> {
     let mut out = Hidden {
         repo: false,
         keys: HashSet::new(),
     };
-    for entry in table.range((repo, "")..)? {
-        let (key, value) = entry?;
-        let (r, k) = key.value();
-        if r != repo {
-            break;
-        }
-        let attributes: ChangeableAttributes = from_json(value.value())?;
+    for row in tx.prefix(ATTRIBUTES, &[repo]) {
+        let ((_, k), value) = row?;
+        let attributes: ChangeableAttributes = from_json(&value)?;
         if !attributes.list_enabled {
             if k.is_empty() {
                 out.repo = true;
             } else {
-                out.keys.insert(k.to_owned());
+                out.keys.insert(k);
             }
         }
     }
@@ -308,18 +271,18 @@ pub(super) fn hidden(table: &impl AttributesTable, repo: &str) -> Result<Hidden,
 }
 
 /// Whether listings may name `repo` (its own `listEnabled`).
-pub(super) fn repo_listed(table: &impl AttributesTable, repo: &str) -> Result<bool, StorageError> {
-    Ok(stored(table, repo, &Target::Repository)?.list_enabled)
+pub(super) fn repo_listed(tx: &Read, repo: &str) -> Result<bool, StorageError> {
+    Ok(stored(tx, repo, &Target::Repository)?.list_enabled)
 }
 
 /// The first of the items a read goes through that has `readEnabled: false`.
 pub(super) fn unreadable(
-    table: &impl AttributesTable,
+    tx: &Read,
     repo: &str,
     targets: &[Target],
 ) -> Result<Option<Target>, StorageError> {
     for target in std::iter::once(&Target::Repository).chain(targets) {
-        if !stored(table, repo, target)?.read_enabled {
+        if !stored(tx, repo, target)?.read_enabled {
             return Ok(Some(target.clone()));
         }
     }
@@ -363,6 +326,16 @@ pub struct ManifestProps {
     pub listed: bool,
 }
 
+
+/// Whether the item exists.
+fn exists(tx: &Read, repo: &str, target: &Target) -> Result<bool, StorageError> {
+    match target {
+        Target::Repository => tx.contains(REPOS, repo),
+        Target::Tag(tag) => tx.contains(TAGS, (repo, tag)),
+        Target::Manifest(d) => tx.contains(MANIFESTS, (repo, &d.to_string())),
+    }
+}
+
 impl Meta {
     /// The item's own attributes; `None` when it does not exist.
     pub fn attributes(
@@ -370,19 +343,12 @@ impl Meta {
         repo: &str,
         target: &Target,
     ) -> Result<Option<ChangeableAttributes>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let exists = match target {
-            Target::Repository => tx.open_table(REPOS)?.get(repo)?.is_some(),
-            Target::Tag(tag) => tx.open_table(TAGS)?.get((repo, tag.as_str()))?.is_some(),
-            Target::Manifest(d) => tx
-                .open_table(MANIFESTS)?
-                .get((repo, d.to_string().as_str()))?
-                .is_some(),
-        };
-        if !exists {
-            return Ok(None);
-        }
-        Ok(Some(stored(&tx.open_table(ATTRIBUTES)?, repo, target)?))
+        self.kv.read(|tx| {
+            if !exists(tx, repo, target)? {
+                return Ok(None);
+            }
+            Ok(Some(stored(tx, repo, target)?))
+        })
     }
 
     /// Changes the switches `patch` names on an item and logs the new set in the same
@@ -394,244 +360,198 @@ impl Meta {
         patch: &AttributesPatch,
         origin: Origin,
     ) -> Result<Option<ChangeableAttributes>, StorageError> {
-        let tx = self.begin_write()?;
-        let exists = match target {
-            Target::Repository => tx.open_table(REPOS)?.get(repo)?.is_some(),
-            Target::Tag(tag) => tx.open_table(TAGS)?.get((repo, tag.as_str()))?.is_some(),
-            Target::Manifest(d) => tx
-                .open_table(MANIFESTS)?
-                .get((repo, d.to_string().as_str()))?
-                .is_some(),
-        };
-        if !exists {
-            return Ok(None);
-        }
-        let key = target.key();
-        let mut table = tx.open_table(ATTRIBUTES)?;
-        let old = stored(&table, repo, target)?;
-        let new = old.patched(patch);
-        if new == old {
-            return Ok(Some(new));
-        }
-        if new == ChangeableAttributes::ALL_ENABLED {
-            table.remove((repo, key.as_str()))?;
-        } else {
-            table.insert((repo, key.as_str()), json(&new).as_slice())?;
-        }
-        drop(table);
-        let (tag, digest) = match target {
-            Target::Repository => (None, None),
-            Target::Tag(t) => (Some(t.clone()), None),
-            Target::Manifest(d) => (None, Some(d.clone())),
-        };
-        super::log(
-            &tx,
-            repo,
-            origin,
-            RecordKind::AttributesSet {
-                tag,
-                digest,
-                attributes: new,
-            },
-        )?;
-        tx.commit()?;
-        Ok(Some(new))
+        self.kv.write(|tx| {
+            if !exists(tx, repo, target)? {
+                return Ok(None);
+            }
+            let key = target.key();
+            let old = stored(tx, repo, target)?;
+            let new = old.patched(patch);
+            if new == old {
+                return Ok(Some(new));
+            }
+            if new == ChangeableAttributes::ALL_ENABLED {
+                tx.remove(ATTRIBUTES, (repo, &key))?;
+            } else {
+                tx.insert(ATTRIBUTES, (repo, &key), &json(&new))?;
+            }
+            let (tag, digest) = match target {
+                Target::Repository => (None, None),
+                Target::Tag(t) => (Some(t.clone()), None),
+                Target::Manifest(d) => (None, Some(d.clone())),
+            };
+            super::log(
+                tx,
+                repo,
+                origin,
+                RecordKind::AttributesSet {
+                    tag,
+                    digest,
+                    attributes: new,
+                },
+            )?;
+            Ok(Some(new))
+        })
     }
 
     /// The repository's properties; `None` when it is unknown.
     pub fn repository(&self, repo: &str) -> Result<Option<RepoProps>, StorageError> {
-        let tx = self.db.begin_read()?;
-        let Some(created) = tx.open_table(REPOS)?.get(repo)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
-        let updated = tx
-            .open_table(TIMES)?
-            .get((repo, ""))?
-            .map(|v| v.value().1)
-            .unwrap_or(created);
-        let tag_count = collect_keys(&tx.open_table(TAGS)?, repo)?.len();
-        let manifest_count = collect_keys(&tx.open_table(MANIFESTS)?, repo)?.len();
-        let attributes = stored(&tx.open_table(ATTRIBUTES)?, repo, &Target::Repository)?;
-        Ok(Some(RepoProps {
-            created,
-            updated,
-            manifest_count,
-            tag_count,
-            attributes,
-        }))
+        self.kv.read(|tx| {
+            let Some(created) = tx.get(REPOS, repo)? else {
+                return Ok(None);
+            };
+            let updated = tx
+                .get(TIMES, (repo, ""))?
+                .map(|(_, updated)| updated)
+                .unwrap_or(created);
+            Ok(Some(RepoProps {
+                created,
+                updated,
+                manifest_count: collect_keys(tx, MANIFESTS, repo)?.len(),
+                tag_count: collect_keys(tx, TAGS, repo)?.len(),
+                attributes: stored(tx, repo, &Target::Repository)?,
+            }))
+        })
     }
 
     /// Every tag of the repository in name order; `None` when it is unknown.
     pub fn tag_props(&self, repo: &str) -> Result<Option<Vec<TagProps>>, StorageError> {
-        let tx = self.db.begin_read()?;
-        if tx.open_table(REPOS)?.get(repo)?.is_none() {
-            return Ok(None);
-        }
-        let attributes = tx.open_table(ATTRIBUTES)?;
-        let hidden = hidden(&attributes, repo)?;
-        let times = tx.open_table(TIMES)?;
-        let manifests = tx.open_table(MANIFESTS)?;
-        let mut out = Vec::new();
-        for entry in tx.open_table(TAGS)?.range((repo, "")..)? {
-            let (key, value) = entry?;
-            let (r, tag) = key.value();
-            if r != repo {
-                break;
+        self.kv.read(|tx| {
+            if !tx.contains(REPOS, repo)? {
+                return Ok(None);
             }
-            let digest = parse_digest(value.value())?;
-            let target = Target::Tag(tag.to_owned());
-            let (created, updated) = match times.get((repo, target.key().as_str()))? {
-                Some(v) => v.value(),
-                None => {
-                    let pushed = match manifests.get((repo, value.value()))? {
-                        Some(m) => from_json::<ManifestMeta>(m.value())?.pushed_at,
-                        None => 0,
-                    };
-                    (pushed, pushed)
-                }
-            };
-            out.push(TagProps {
-                name: tag.to_owned(),
-                digest,
-                created,
-                updated,
-                attributes: stored(&attributes, repo, &target)?,
-                listed: !hidden.tag(tag),
-            });
-        }
-        // Evicted tags are still known (see `quota`), with the digest they had.
-        for (tag, row) in super::quota::evicted_in(&tx.open_table(super::quota::EVICTED)?, repo)? {
-            let target = Target::Tag(tag.clone());
-            let (created, updated) = times
-                .get((repo, target.key().as_str()))?
-                .map(|v| v.value())
-                .unwrap_or((row.evicted_at, row.evicted_at));
-            out.push(TagProps {
-                listed: !hidden.tag(&tag),
-                attributes: stored(&attributes, repo, &target)?,
-                name: tag,
-                digest: row.digest,
-                created,
-                updated,
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Some(out))
+            let hidden = hidden(tx, repo)?;
+            let mut out = Vec::new();
+            for (tag, digest_s) in scan(tx, repo)? {
+                let digest = parse_digest(&digest_s)?;
+                let target = Target::Tag(tag.clone());
+                let (created, updated) = match tx.get(TIMES, (repo, &target.key()))? {
+                    Some(times) => times,
+                    None => {
+                        let pushed = match tx.get(MANIFESTS, (repo, &digest_s))? {
+                            Some(m) => from_json::<ManifestMeta>(&m)?.pushed_at,
+                            None => 0,
+                        };
+                        (pushed, pushed)
+                    }
+                };
+                out.push(TagProps {
+                    listed: !hidden.tag(&tag),
+                    attributes: stored(tx, repo, &target)?,
+                    name: tag,
+                    digest,
+                    created,
+                    updated,
+                });
+            }
+            // Evicted tags are still known (see `quota`), with the digest they had.
+            for (tag, row) in super::quota::evicted_in(tx, repo)? {
+                let target = Target::Tag(tag.clone());
+                let (created, updated) = tx
+                    .get(TIMES, (repo, &target.key()))?
+                    .unwrap_or((row.evicted_at, row.evicted_at));
+                out.push(TagProps {
+                    listed: !hidden.tag(&tag),
+                    attributes: stored(tx, repo, &target)?,
+                    name: tag,
+                    digest: row.digest,
+                    created,
+                    updated,
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Some(out))
+        })
     }
 
     /// Every manifest of the repository in digest order; `None` when it is unknown.
     pub fn manifest_props(&self, repo: &str) -> Result<Option<Vec<ManifestProps>>, StorageError> {
-        let tx = self.db.begin_read()?;
-        if tx.open_table(REPOS)?.get(repo)?.is_none() {
-            return Ok(None);
-        }
-        let attributes = tx.open_table(ATTRIBUTES)?;
-        let hidden = hidden(&attributes, repo)?;
-        let times = tx.open_table(TIMES)?;
-        let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (tag, digest) in scan(&tx.open_table(TAGS)?, repo)? {
-            tags.entry(digest).or_default().push(tag);
-        }
-        let mut out = Vec::new();
-        for entry in tx.open_table(MANIFESTS)?.range((repo, "")..)? {
-            let (key, value) = entry?;
-            let (r, digest_s) = key.value();
-            if r != repo {
-                break;
+        self.kv.read(|tx| {
+            if !tx.contains(REPOS, repo)? {
+                return Ok(None);
             }
-            let meta: ManifestMeta = from_json(value.value())?;
-            let digest = parse_digest(digest_s)?;
-            let target = Target::Manifest(digest.clone());
-            let key = target.key();
-            let (created, updated) = times
-                .get((repo, key.as_str()))?
-                .map(|v| v.value())
-                .unwrap_or((meta.pushed_at, meta.pushed_at));
-            out.push(ManifestProps {
-                digest,
-                size: meta.size,
-                media_type: meta.media_type,
-                created,
-                updated,
-                tags: tags.remove(digest_s).unwrap_or_default(),
-                attributes: stored(&attributes, repo, &target)?,
-                listed: !hidden.repo && !hidden.keys.contains(&key),
-            });
-        }
-        Ok(Some(out))
+            let hidden = hidden(tx, repo)?;
+            let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (tag, digest) in scan(tx, repo)? {
+                tags.entry(digest).or_default().push(tag);
+            }
+            let mut out = Vec::new();
+            for row in tx.prefix(MANIFESTS, &[repo]) {
+                let ((_, digest_s), value) = row?;
+                let meta: ManifestMeta = from_json(&value)?;
+                let digest = parse_digest(&digest_s)?;
+                let target = Target::Manifest(digest.clone());
+                let key = target.key();
+                let (created, updated) = tx
+                    .get(TIMES, (repo, &key))?
+                    .unwrap_or((meta.pushed_at, meta.pushed_at));
+                out.push(ManifestProps {
+                    digest,
+                    size: meta.size,
+                    media_type: meta.media_type,
+                    created,
+                    updated,
+                    tags: tags.remove(&digest_s).unwrap_or_default(),
+                    attributes: stored(tx, repo, &target)?,
+                    listed: !hidden.repo && !hidden.keys.contains(&key),
+                });
+            }
+            Ok(Some(out))
+        })
     }
 
     /// Deletes a repository: its tags, manifests, blob links and referrers, each tag and
     /// manifest logged as deleted. A client is refused when the repository or anything in it
     /// may not be deleted. `false` when it is unknown.
     pub fn delete_repository(&self, repo: &str, origin: Origin) -> Result<bool, StorageError> {
-        let tx = self.begin_write()?;
-        if tx.open_table(REPOS)?.get(repo)?.is_none() {
-            return Ok(false);
-        }
-        let tags = scan(&tx.open_table(TAGS)?, repo)?;
-        let manifests: Vec<String> = collect_keys(&tx.open_table(MANIFESTS)?, repo)?;
-        let mut targets: Vec<Target> = tags.iter().map(|(t, _)| Target::Tag(t.clone())).collect();
-        for d in &manifests {
-            targets.push(Target::Manifest(parse_digest(d)?));
-        }
-        let needs = [Attribute::Delete, Attribute::Write];
-        require(&tx, repo, origin, &targets, &needs, "deleted")?;
-        {
-            let mut table = tx.open_table(TAGS)?;
-            for (tag, _) in &tags {
-                table.remove((repo, tag.as_str()))?;
+        self.kv.write(|tx| {
+            if !tx.contains(REPOS, repo)? {
+                return Ok(false);
             }
-            let mut table = tx.open_table(MANIFESTS)?;
+            let tags = scan(tx, repo)?;
+            let manifests = collect_keys(tx, MANIFESTS, repo)?;
+            let mut targets: Vec<Target> =
+                tags.iter().map(|(t, _)| Target::Tag(t.clone())).collect();
             for d in &manifests {
-                table.remove((repo, d.as_str()))?;
+                targets.push(Target::Manifest(parse_digest(d)?));
             }
-            let mut links = tx.open_table(super::REPO_BLOBS)?;
-            for blob in collect_keys(&links, repo)? {
-                links.remove((repo, blob.as_str()))?;
+            let needs = [Attribute::Delete, Attribute::Write];
+            require(tx, repo, origin, &targets, &needs, "deleted")?;
+            for (tag, _) in &tags {
+                tx.remove(TAGS, (repo, tag))?;
             }
-            let mut referrers = tx.open_table(super::REFERRERS)?;
-            let mut keys = Vec::new();
-            for entry in referrers.range((repo, "", "")..)? {
-                let (key, _) = entry?;
-                let (r, s, d) = key.value();
-                if r != repo {
-                    break;
-                }
-                keys.push((s.to_owned(), d.to_owned()));
+            for d in &manifests {
+                tx.remove(MANIFESTS, (repo, d))?;
             }
-            for (s, d) in keys {
-                referrers.remove((repo, s.as_str(), d.as_str()))?;
+            for blob in collect_keys(tx, super::REPO_BLOBS, repo)? {
+                tx.remove(super::REPO_BLOBS, (repo, &blob))?;
             }
-            tx.open_table(REPOS)?.remove(repo)?;
-        }
-        for (tag, _) in tags {
-            super::log(&tx, repo, origin, RecordKind::TagDeleted { tag })?;
-        }
-        for d in manifests {
-            let digest = parse_digest(&d)?;
-            super::log(&tx, repo, origin, RecordKind::ManifestDeleted { digest })?;
-        }
-        forget_repo(&tx, repo)?;
-        super::quota::forget_repo(&tx, repo)?;
-        tx.commit()?;
-        Ok(true)
+            let referrers: Vec<(String, String)> = tx
+                .prefix(super::REFERRERS, &[repo])
+                .keys()
+                .map(|key| key.map(|(_, s, d)| (s, d)))
+                .collect::<Result<_, _>>()?;
+            for (s, d) in referrers {
+                tx.remove(super::REFERRERS, (repo, &s, &d))?;
+            }
+            tx.remove(REPOS, repo)?;
+            for (tag, _) in tags {
+                super::log(tx, repo, origin, RecordKind::TagDeleted { tag })?;
+            }
+            for d in manifests {
+                let digest = parse_digest(&d)?;
+                super::log(tx, repo, origin, RecordKind::ManifestDeleted { digest })?;
+            }
+            forget_repo(tx, repo)?;
+            super::quota::forget_repo(tx, repo)?;
+            Ok(true)
+        })
     }
 }
 
-/// (key, value) pairs of a `(repo, key) -> &str` table for one repository.
-fn scan(
-    table: &impl ReadableTable<(&'static str, &'static str), &'static str>,
-    repo: &str,
-) -> Result<Vec<(String, String)>, StorageError> {
-    let mut out = Vec::new();
-    for entry in table.range((repo, "")..)? {
-        let (key, value) = entry?;
-        let (r, k) = key.value();
-        if r != repo {
-            break;
-        }
-        out.push((k.to_owned(), value.value().to_owned()));
-    }
-    Ok(out)
+/// (tag, digest) of every tag of one repository, in name order.
+fn scan(tx: &Read, repo: &str) -> Result<Vec<(String, String)>, StorageError> {
+    tx.prefix(TAGS, &[repo])
+        .map(|row| row.map(|((_, tag), digest)| (tag, digest)))
+        .collect()
 }

@@ -1,4 +1,4 @@
-//! The redb database behind `Meta`, opened again by itself after a write failed on I/O.
+//! The redb database behind the metadata, opened again by itself after a write failed on I/O.
 //!
 //! After a commit fails on I/O (a disk that filled inside it), redb refuses every later
 //! operation with `PreviousIo` until the file is opened again. A registry on an unattended
@@ -31,7 +31,7 @@ pub(crate) fn io_failed() {
     IO_FAILURES.fetch_add(1, Ordering::AcqRel);
 }
 
-pub(super) struct Handle {
+pub(crate) struct Handle {
     path: PathBuf,
     /// None between dropping a failed handle and opening the file again.
     current: RwLock<Option<Arc<Database>>>,
@@ -40,7 +40,7 @@ pub(super) struct Handle {
 }
 
 impl Handle {
-    pub(super) fn open(path: &Path) -> Result<Handle, StorageError> {
+    pub(crate) fn open(path: &Path) -> Result<Handle, StorageError> {
         let opened_at = AtomicU64::new(IO_FAILURES.load(Ordering::Acquire));
         Ok(Handle {
             path: path.to_owned(),
@@ -49,11 +49,11 @@ impl Handle {
         })
     }
 
-    pub(super) fn begin_read(&self) -> Result<ReadTransaction, StorageError> {
+    pub(crate) fn begin_read(&self) -> Result<ReadTransaction, StorageError> {
         Ok(self.database()?.begin_read()?)
     }
 
-    pub(super) fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
+    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
         Ok(self.database()?.begin_write()?)
     }
 
