@@ -416,6 +416,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::test_support::on_every_backend;
     use crate::storage::Limits;
     use futures_util::StreamExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -462,63 +463,64 @@ mod tests {
         }
     }
 
-    /// Twenty concurrent asks for one tag make one fetch, and the manifest is stored (tagged,
-    /// marked as fetched on demand) once its blobs came down; a repository outside the scope
-    /// is not asked about.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_asks_share_one_fetch_and_the_manifest_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Limits::default()).unwrap();
-        let config = Bytes::from_static(b"{}");
-        let layer = Bytes::from(vec![5u8; 300_000]);
-        let (cd, ld) = (Digest::sha256_of(&config), Digest::sha256_of(&layer));
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":300000}}]}}"#,
-            oci::media_type::OCI_MANIFEST
-        );
-        let body = Bytes::from(body);
-        let parent = Arc::new(FakeParent {
-            manifest: FetchedManifest {
-                digest: Digest::sha256_of(&body),
-                media_type: oci::media_type::OCI_MANIFEST.into(),
-                body,
-            },
-            blobs: HashMap::from([(cd, config), (ld, layer)]),
-            manifest_gets: AtomicUsize::new(0),
-            blob_gets: AtomicUsize::new(0),
-        });
-        let on_demand = OnDemand::new(Arc::new(parent.clone()), Duration::from_secs(5));
-        let repo: RepoName = "lib/app".parse().unwrap();
-        let tag = Reference::Tag("v1".parse().unwrap());
-        let asks: Vec<_> = (0..20)
-            .map(|_| {
-                let (on_demand, store, repo, tag) =
-                    (on_demand.clone(), store.clone(), repo.clone(), tag.clone());
-                tokio::spawn(async move { on_demand.manifest(&store, &repo, &tag).await })
-            })
-            .collect();
-        for ask in asks {
-            let got = ask.await.unwrap().unwrap().unwrap();
-            assert_eq!(got.digest, parent.manifest.digest);
-        }
-        assert_eq!(parent.manifest_gets.load(Ordering::SeqCst), 1);
-        // Stored, then marked: wait for both.
-        for _ in 0..200 {
-            if store.is_on_demand(&repo, "v1").unwrap() {
-                break;
+    on_every_backend! {
+        /// Twenty concurrent asks for one tag make one fetch, and the manifest is stored (tagged,
+        /// marked as fetched on demand) once its blobs came down; a repository outside the scope
+        /// is not asked about.
+        async fn concurrent_asks_share_one_fetch_and_the_manifest_is_kept(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), Limits::default());
+            let config = Bytes::from_static(b"{}");
+            let layer = Bytes::from(vec![5u8; 300_000]);
+            let (cd, ld) = (Digest::sha256_of(&config), Digest::sha256_of(&layer));
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":300000}}]}}"#,
+                oci::media_type::OCI_MANIFEST
+            );
+            let body = Bytes::from(body);
+            let parent = Arc::new(FakeParent {
+                manifest: FetchedManifest {
+                    digest: Digest::sha256_of(&body),
+                    media_type: oci::media_type::OCI_MANIFEST.into(),
+                    body,
+                },
+                blobs: HashMap::from([(cd, config), (ld, layer)]),
+                manifest_gets: AtomicUsize::new(0),
+                blob_gets: AtomicUsize::new(0),
+            });
+            let on_demand = OnDemand::new(Arc::new(parent.clone()), Duration::from_secs(5));
+            let repo: RepoName = "lib/app".parse().unwrap();
+            let tag = Reference::Tag("v1".parse().unwrap());
+            let asks: Vec<_> = (0..20)
+                .map(|_| {
+                    let (on_demand, store, repo, tag) =
+                        (on_demand.clone(), store.clone(), repo.clone(), tag.clone());
+                    tokio::spawn(async move { on_demand.manifest(&store, &repo, &tag).await })
+                })
+                .collect();
+            for ask in asks {
+                let got = ask.await.unwrap().unwrap().unwrap();
+                assert_eq!(got.digest, parent.manifest.digest);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(parent.manifest_gets.load(Ordering::SeqCst), 1);
+            // Stored, then marked: wait for both.
+            for _ in 0..200 {
+                if store.is_on_demand(&repo, "v1").unwrap() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(store.is_on_demand(&repo, "v1").unwrap());
+            let stored = store.get_manifest(&repo, &tag).unwrap().unwrap();
+            assert_eq!(stored.digest, parent.manifest.digest);
+            assert_eq!(parent.blob_gets.load(Ordering::SeqCst), 2, "each blob once");
+            let outside: RepoName = "other/app".parse().unwrap();
+            assert!(on_demand
+                .manifest(&store, &outside, &tag)
+                .await
+                .unwrap()
+                .is_none());
+            assert_eq!(parent.manifest_gets.load(Ordering::SeqCst), 1);
         }
-        assert!(store.is_on_demand(&repo, "v1").unwrap());
-        let stored = store.get_manifest(&repo, &tag).unwrap().unwrap();
-        assert_eq!(stored.digest, parent.manifest.digest);
-        assert_eq!(parent.blob_gets.load(Ordering::SeqCst), 2, "each blob once");
-        let outside: RepoName = "other/app".parse().unwrap();
-        assert!(on_demand
-            .manifest(&store, &outside, &tag)
-            .await
-            .unwrap()
-            .is_none());
-        assert_eq!(parent.manifest_gets.load(Ordering::SeqCst), 1);
     }
 }

@@ -194,7 +194,7 @@ fn unreached(snap: &super::meta::GcSnapshot, before: u64) -> Vec<(String, Digest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::push_blob;
+    use crate::storage::test_support::{on_every_backend, push_blob};
     use crate::storage::Limits;
     use bytes::Bytes;
     use oci::media_type::{OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST};
@@ -229,61 +229,63 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sweeps_only_unreferenced_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Limits::default()).unwrap();
-        let repo: RepoName = "app".parse().unwrap();
-        let (manifest, layer) = image(&store, &repo, "kept", Some("v1"));
-        let stray = push_blob(&store, &repo, b"pushed but never referenced");
-        std::thread::sleep(Duration::from_millis(1100)); // link times have 1 s resolution
+    on_every_backend! {
+        fn sweeps_only_unreferenced_content(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), Limits::default());
+            let repo: RepoName = "app".parse().unwrap();
+            let (manifest, layer) = image(&store, &repo, "kept", Some("v1"));
+            let stray = push_blob(&store, &repo, b"pushed but never referenced");
+            std::thread::sleep(Duration::from_millis(1100)); // link times have 1 s resolution
 
-        // Within the grace period nothing goes.
-        let report = store.gc(&GcOptions::default()).unwrap();
-        assert_eq!(report, GcReport::default());
+            // Within the grace period nothing goes.
+            let report = store.gc(&GcOptions::default()).unwrap();
+            assert_eq!(report, GcReport::default());
 
-        let report = store.gc(&now_options(false)).unwrap();
-        assert_eq!((report.links_removed, report.blobs_deleted), (1, 1));
-        assert!(!store.blob_exists(&stray));
-        assert!(store.blob_exists(&layer) && store.blob_exists(&manifest));
-        assert!(store
-            .get_manifest(&repo, &Reference::Tag("v1".into()))
-            .unwrap()
-            .is_some());
+            let report = store.gc(&now_options(false)).unwrap();
+            assert_eq!((report.links_removed, report.blobs_deleted), (1, 1));
+            assert!(!store.blob_exists(&stray));
+            assert!(store.blob_exists(&layer) && store.blob_exists(&manifest));
+            assert!(store
+                .get_manifest(&repo, &Reference::Tag("v1".into()))
+                .unwrap()
+                .is_some());
+        }
     }
 
-    #[test]
-    fn untagged_manifests_and_their_children_go_only_when_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Limits::default()).unwrap();
-        let repo: RepoName = "multi".parse().unwrap();
-        let (child, layer) = image(&store, &repo, "amd64", None);
-        let index = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child}","size":{}}}]}}"#,
-            store.blob_size(&child).unwrap()
-        );
-        let (index_digest, _) = store
-            .put_manifest(
-                &repo,
-                &Reference::Tag("v1".into()),
-                None,
-                Bytes::from(index),
-                Origin::Client,
-            )
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
+    on_every_backend! {
+        fn untagged_manifests_and_their_children_go_only_when_asked(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), Limits::default());
+            let repo: RepoName = "multi".parse().unwrap();
+            let (child, layer) = image(&store, &repo, "amd64", None);
+            let index = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child}","size":{}}}]}}"#,
+                store.blob_size(&child).unwrap()
+            );
+            let (index_digest, _) = store
+                .put_manifest(
+                    &repo,
+                    &Reference::Tag("v1".into()),
+                    None,
+                    Bytes::from(index),
+                    Origin::Client,
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1100));
 
-        // Tagged: the index and its child are reached.
-        assert_eq!(store.gc(&now_options(true)).unwrap().manifests_deleted, 0);
-        assert!(store.delete_tag(&repo, "v1", Origin::Client).unwrap());
-        // Untagged but not asked to delete untagged: kept.
-        assert_eq!(store.gc(&now_options(false)).unwrap().manifests_deleted, 0);
-        let report = store.gc(&now_options(true)).unwrap();
-        assert_eq!(report.manifests_deleted, 2);
-        assert!(!store.blob_exists(&index_digest));
-        assert!(!store.blob_exists(&child) && !store.blob_exists(&layer));
-        let changes = store.changes(0, 100).unwrap();
-        assert!(changes.iter().any(|c| c.origin == Origin::Gc));
+            // Tagged: the index and its child are reached.
+            assert_eq!(store.gc(&now_options(true)).unwrap().manifests_deleted, 0);
+            assert!(store.delete_tag(&repo, "v1", Origin::Client).unwrap());
+            // Untagged but not asked to delete untagged: kept.
+            assert_eq!(store.gc(&now_options(false)).unwrap().manifests_deleted, 0);
+            let report = store.gc(&now_options(true)).unwrap();
+            assert_eq!(report.manifests_deleted, 2);
+            assert!(!store.blob_exists(&index_digest));
+            assert!(!store.blob_exists(&child) && !store.blob_exists(&layer));
+            let changes = store.changes(0, 100).unwrap();
+            assert!(changes.iter().any(|c| c.origin == Origin::Gc));
+        }
     }
 
     /// A signature-like referrer of `subject`: an artifact manifest with an empty config.
@@ -306,52 +308,53 @@ mod tests {
         digest
     }
 
-    /// Regression: GC's snapshot found an untagged image and its referrer unreached; a client
-    /// tagged the image before the removals ran. The image stayed (its tag is checked again),
-    /// but the referrer went, although a referrer of a tagged manifest is reached: the
-    /// re-check did not look at the subject.
-    #[test]
-    fn a_referrer_stays_when_its_subject_is_tagged_while_collecting() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Limits::default()).unwrap();
-        let repo: RepoName = "signed".parse().unwrap();
-        let (subject, _) = image(&store, &repo, "signed", None);
-        let signature = referrer(&store, &repo, &subject);
-        std::thread::sleep(Duration::from_millis(1100)); // pushed_at has 1 s resolution
+    on_every_backend! {
+        /// Regression: GC's snapshot found an untagged image and its referrer unreached; a client
+        /// tagged the image before the removals ran. The image stayed (its tag is checked again),
+        /// but the referrer went, although a referrer of a tagged manifest is reached: the
+        /// re-check did not look at the subject.
+        fn a_referrer_stays_when_its_subject_is_tagged_while_collecting(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = backend.open(dir.path(), Limits::default());
+            let repo: RepoName = "signed".parse().unwrap();
+            let (subject, _) = image(&store, &repo, "signed", None);
+            let signature = referrer(&store, &repo, &subject);
+            std::thread::sleep(Duration::from_millis(1100)); // pushed_at has 1 s resolution
 
-        let snap = store.inner.meta.gc_snapshot().unwrap();
-        let candidates = unreached(&snap, unix(SystemTime::now()));
-        assert_eq!(candidates.len(), 2, "both unreached at the snapshot");
-        let body = store
-            .get_manifest(&repo, &Reference::Digest(subject.clone()))
-            .unwrap()
-            .unwrap()
-            .body;
-        store
-            .put_manifest(
-                &repo,
-                &Reference::Tag("v1".into()),
-                None,
-                body,
-                Origin::Client,
-            )
-            .unwrap();
-        assert_eq!(store.remove_unreached(candidates).unwrap(), 0);
-        let referrers = store.referrers(&repo, &subject).unwrap();
-        assert!(referrers.iter().any(|d| d.digest == signature));
-        assert!(store
-            .get_manifest(&repo, &Reference::Digest(signature.clone()))
-            .unwrap()
-            .is_some());
+            let snap = store.inner.meta.gc_snapshot().unwrap();
+            let candidates = unreached(&snap, unix(SystemTime::now()));
+            assert_eq!(candidates.len(), 2, "both unreached at the snapshot");
+            let body = store
+                .get_manifest(&repo, &Reference::Digest(subject.clone()))
+                .unwrap()
+                .unwrap()
+                .body;
+            store
+                .put_manifest(
+                    &repo,
+                    &Reference::Tag("v1".into()),
+                    None,
+                    body,
+                    Origin::Client,
+                )
+                .unwrap();
+            assert_eq!(store.remove_unreached(candidates).unwrap(), 0);
+            let referrers = store.referrers(&repo, &subject).unwrap();
+            assert!(referrers.iter().any(|d| d.digest == signature));
+            assert!(store
+                .get_manifest(&repo, &Reference::Digest(signature.clone()))
+                .unwrap()
+                .is_some());
 
-        // Untagged again: the subject goes, then its referrer in the next pass of the same run.
-        assert!(store.delete_tag(&repo, "v1", Origin::Client).unwrap());
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(store.gc(&now_options(true)).unwrap().manifests_deleted, 2);
-        assert!(store
-            .get_manifest(&repo, &Reference::Digest(signature))
-            .unwrap()
-            .is_none());
+            // Untagged again: the subject goes, then its referrer in the next pass of the same run.
+            assert!(store.delete_tag(&repo, "v1", Origin::Client).unwrap());
+            std::thread::sleep(Duration::from_millis(1100));
+            assert_eq!(store.gc(&now_options(true)).unwrap().manifests_deleted, 2);
+            assert!(store
+                .get_manifest(&repo, &Reference::Digest(signature))
+                .unwrap()
+                .is_none());
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@
 pub(crate) mod codec;
 pub(crate) mod in_postgres;
 pub(crate) mod in_redb;
+#[cfg(test)]
+mod tests;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -172,7 +174,10 @@ impl Read<'_> {
         table: Table<K, V>,
         key: K::Ref<'_>,
     ) -> Result<bool, StorageError> {
-        Ok(self.tx.get(table.def(), &codec::key_bytes::<K>(key))?.is_some())
+        Ok(self
+            .tx
+            .get(table.def(), &codec::key_bytes::<K>(key))?
+            .is_some())
     }
 
     /// Every row of the table, in key order.

@@ -552,7 +552,14 @@ impl Meta {
             let listed = |tag: &str| (tag != last || last.is_empty()) && !hidden.tag(tag);
             let mut names = std::collections::BTreeSet::new();
             names.extend(first_listed(tx, TAGS, repo, last, limit, &listed)?);
-            names.extend(first_listed(tx, quota::EVICTED, repo, last, limit, &listed)?);
+            names.extend(first_listed(
+                tx,
+                quota::EVICTED,
+                repo,
+                last,
+                limit,
+                &listed,
+            )?);
             Ok(Some(names.into_iter().take(limit).collect()))
         })
     }
@@ -768,7 +775,9 @@ fn first_listed<V: Value>(
     listed: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<String>, StorageError> {
     let mut out = Vec::new();
-    let rows = tx.prefix(table, &[repo]).starting(Bound::Included((repo, last)));
+    let rows = tx
+        .prefix(table, &[repo])
+        .starting(Bound::Included((repo, last)));
     for key in rows.keys() {
         if out.len() == limit {
             break;

@@ -20,7 +20,7 @@ pub mod recover;
 pub mod scrub;
 pub mod space;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 pub mod uploads;
 pub mod usage;
 

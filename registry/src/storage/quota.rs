@@ -308,7 +308,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::push_blob;
+    use crate::storage::test_support::{on_every_backend, push_blob, TestBackend};
     use crate::storage::Limits;
     use bytes::Bytes;
     use oci::media_type::OCI_MANIFEST;
@@ -355,12 +355,12 @@ mod tests {
         (digest, layers)
     }
 
-    fn store_with_quota(dir: &std::path::Path, quota: u64) -> Store {
+    fn store_with_quota(backend: &TestBackend, dir: &std::path::Path, quota: u64) -> Store {
         let limits = Limits {
             quota: Some(quota),
             ..Limits::default()
         };
-        Store::open(dir, limits).unwrap()
+        backend.open(dir, limits)
     }
 
     #[test]
@@ -372,178 +372,181 @@ mod tests {
         assert!(parse_quota("lots").is_err());
     }
 
-    #[test]
-    fn evicts_least_recently_used_synced_tags_and_keeps_what_clients_pushed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_quota(dir.path(), 27_000);
-        let repo: RepoName = "edge/app".parse().unwrap();
-        let shared = vec![7u8; 5_000];
-        let (a, a_layers) = image(&store, &repo, "a", 10_000, Some(&shared), Origin::Sync);
-        let (_, b_layers) = image(&store, &repo, "b", 10_000, None, Origin::Sync);
-        let (_, mine) = image(&store, &repo, "mine", 10_000, Some(&shared), Origin::Client);
-        // `b` was pulled after both were synced: `a` is the least recently used.
-        store.note_pull(
-            &repo,
-            &store
-                .get_manifest(&repo, &Reference::Tag("b".into()))
+    on_every_backend! {
+        fn evicts_least_recently_used_synced_tags_and_keeps_what_clients_pushed(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store_with_quota(&backend, dir.path(), 27_000);
+            let repo: RepoName = "edge/app".parse().unwrap();
+            let shared = vec![7u8; 5_000];
+            let (a, a_layers) = image(&store, &repo, "a", 10_000, Some(&shared), Origin::Sync);
+            let (_, b_layers) = image(&store, &repo, "b", 10_000, None, Origin::Sync);
+            let (_, mine) = image(&store, &repo, "mine", 10_000, Some(&shared), Origin::Client);
+            // `b` was pulled after both were synced: `a` is the least recently used.
+            store.note_pull(
+                &repo,
+                &store
+                    .get_manifest(&repo, &Reference::Tag("b".into()))
+                    .unwrap()
+                    .unwrap()
+                    .digest,
+            );
+            lock(&store.inner.quota.pulls)
+                .values_mut()
+                .for_each(|t| *t += 10);
+
+            let report = store.enforce_quota().unwrap();
+            assert_eq!(report.evicted.len(), 1, "{report:?}");
+            assert_eq!(
+                (report.evicted[0].tag.as_str(), &report.evicted[0].digest),
+                ("a", &a)
+            );
+            assert!(report.usage_after <= 27_000 && report.usage_after < report.usage_before);
+            // Its own layer went; the layer a client's image shares stayed.
+            assert!(!store.blob_exists(&a_layers[0]) && store.blob_exists(&a_layers[1]));
+            assert!(store.blob_exists(&b_layers[0]) && store.blob_exists(&mine[0]));
+            // Still listed, not served, and no change logged (children do not mirror it).
+            assert_eq!(store.tags(&repo).unwrap(), ["a", "b", "mine"]);
+            assert!(store
+                .get_manifest(&repo, &Reference::Tag("a".into()))
+                .unwrap()
+                .is_none());
+            assert!(store
+                .get_manifest(&repo, &Reference::Digest(a.clone()))
+                .unwrap()
+                .is_none());
+            let changes = store.changes(0, 1000).unwrap();
+            assert!(!changes.iter().any(|c| matches!(
+                &c.kind,
+                oci::ChangeKind::TagDeleted { .. } | oci::ChangeKind::ManifestDeleted { .. }
+            )));
+            let row = store.evicted_tag(&repo, "a").unwrap().unwrap();
+            assert_eq!((row.digest, row.demanded_at), (a.clone(), None));
+            assert_eq!(store.evictions_total().0, 1);
+
+            // Asked for: demanded; sync putting it back clears the record in the same transaction.
+            store.note_demand(&repo, "a");
+            assert_eq!(
+                store.demanded_evictions().unwrap(),
+                [("edge/app".to_owned(), "a".to_owned())]
+            );
+            store.flush_pulls().unwrap();
+            assert!(store
+                .evicted_tag(&repo, "a")
                 .unwrap()
                 .unwrap()
-                .digest,
-        );
-        lock(&store.inner.quota.pulls)
-            .values_mut()
-            .for_each(|t| *t += 10);
+                .demanded_at
+                .is_some());
+            let (back, _) = image(&store, &repo, "a", 10_000, Some(&shared), Origin::Sync);
+            assert_eq!(back, a);
+            assert!(store.evicted_tag(&repo, "a").unwrap().is_none());
+            assert!(store.demanded_evictions().unwrap().is_empty());
 
-        let report = store.enforce_quota().unwrap();
-        assert_eq!(report.evicted.len(), 1, "{report:?}");
-        assert_eq!(
-            (report.evicted[0].tag.as_str(), &report.evicted[0].digest),
-            ("a", &a)
-        );
-        assert!(report.usage_after <= 27_000 && report.usage_after < report.usage_before);
-        // Its own layer went; the layer a client's image shares stayed.
-        assert!(!store.blob_exists(&a_layers[0]) && store.blob_exists(&a_layers[1]));
-        assert!(store.blob_exists(&b_layers[0]) && store.blob_exists(&mine[0]));
-        // Still listed, not served, and no change logged (children do not mirror it).
-        assert_eq!(store.tags(&repo).unwrap(), ["a", "b", "mine"]);
-        assert!(store
-            .get_manifest(&repo, &Reference::Tag("a".into()))
-            .unwrap()
-            .is_none());
-        assert!(store
-            .get_manifest(&repo, &Reference::Digest(a.clone()))
-            .unwrap()
-            .is_none());
-        let changes = store.changes(0, 1000).unwrap();
-        assert!(!changes.iter().any(|c| matches!(
-            &c.kind,
-            oci::ChangeKind::TagDeleted { .. } | oci::ChangeKind::ManifestDeleted { .. }
-        )));
-        let row = store.evicted_tag(&repo, "a").unwrap().unwrap();
-        assert_eq!((row.digest, row.demanded_at), (a.clone(), None));
-        assert_eq!(store.evictions_total().0, 1);
-
-        // Asked for: demanded; sync putting it back clears the record in the same transaction.
-        store.note_demand(&repo, "a");
-        assert_eq!(
-            store.demanded_evictions().unwrap(),
-            [("edge/app".to_owned(), "a".to_owned())]
-        );
-        store.flush_pulls().unwrap();
-        assert!(store
-            .evicted_tag(&repo, "a")
-            .unwrap()
-            .unwrap()
-            .demanded_at
-            .is_some());
-        let (back, _) = image(&store, &repo, "a", 10_000, Some(&shared), Origin::Sync);
-        assert_eq!(back, a);
-        assert!(store.evicted_tag(&repo, "a").unwrap().is_none());
-        assert!(store.demanded_evictions().unwrap().is_empty());
-
-        // Nothing synced left to evict but over the quota: the client's image stays whole.
-        let small = store_with_quota(dir.path().join("x").as_path(), 1);
-        image(&small, &repo, "mine", 10_000, None, Origin::Client);
-        assert!(small.enforce_quota().unwrap().evicted.is_empty());
-        assert!(small
-            .get_manifest(&repo, &Reference::Tag("mine".into()))
-            .unwrap()
-            .is_some());
+            // Nothing synced left to evict but over the quota: the client's image stays whole.
+            let small = store_with_quota(&backend.another(), dir.path().join("x").as_path(), 1);
+            image(&small, &repo, "mine", 10_000, None, Origin::Client);
+            assert!(small.enforce_quota().unwrap().evicted.is_empty());
+            assert!(small
+                .get_manifest(&repo, &Reference::Tag("mine".into()))
+                .unwrap()
+                .is_some());
+        }
     }
 
-    #[test]
-    fn a_manifest_another_tag_needs_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_quota(dir.path(), 1);
-        let repo: RepoName = "edge/app".parse().unwrap();
-        let (d, layers) = image(&store, &repo, "s", 10_000, None, Origin::Sync);
-        // A client tags the same manifest: evicting `s` must not take it away from `c`.
-        let body = store
-            .get_manifest(&repo, &Reference::Digest(d.clone()))
-            .unwrap()
-            .unwrap()
-            .body;
-        store
-            .put_manifest(
-                &repo,
-                &Reference::Tag("c".into()),
-                None,
-                body,
-                Origin::Client,
-            )
-            .unwrap();
-        let report = store.enforce_quota().unwrap();
-        assert_eq!(report.evicted.len(), 1);
-        assert_eq!(report.evicted[0].bytes, 0);
-        assert!(store
-            .get_manifest(&repo, &Reference::Tag("c".into()))
-            .unwrap()
-            .is_some());
-        assert!(store.blob_exists(&layers[0]) && store.blob_exists(&d));
+    on_every_backend! {
+        fn a_manifest_another_tag_needs_stays(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store_with_quota(&backend, dir.path(), 1);
+            let repo: RepoName = "edge/app".parse().unwrap();
+            let (d, layers) = image(&store, &repo, "s", 10_000, None, Origin::Sync);
+            // A client tags the same manifest: evicting `s` must not take it away from `c`.
+            let body = store
+                .get_manifest(&repo, &Reference::Digest(d.clone()))
+                .unwrap()
+                .unwrap()
+                .body;
+            store
+                .put_manifest(
+                    &repo,
+                    &Reference::Tag("c".into()),
+                    None,
+                    body,
+                    Origin::Client,
+                )
+                .unwrap();
+            let report = store.enforce_quota().unwrap();
+            assert_eq!(report.evicted.len(), 1);
+            assert_eq!(report.evicted[0].bytes, 0);
+            assert!(store
+                .get_manifest(&repo, &Reference::Tag("c".into()))
+                .unwrap()
+                .is_some());
+            assert!(store.blob_exists(&layers[0]) && store.blob_exists(&d));
+        }
     }
 
-    #[test]
-    fn an_index_child_a_kept_tag_needs_stays_a_lock_pins_and_a_client_push_ends_an_eviction() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_quota(dir.path(), 1);
-        let repo: RepoName = "edge/multi".parse().unwrap();
-        let (child, layers) = image(&store, &repo, "plat", 10_000, None, Origin::Sync);
-        let index = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child}","size":{}}}]}}"#,
-            oci::media_type::OCI_INDEX,
-            store.blob_size(&child).unwrap()
-        );
-        let index = Bytes::from(index);
-        let (idx, _) = store
-            .put_manifest(
-                &repo,
-                &Reference::Tag("idx".into()),
-                None,
-                index.clone(),
-                Origin::Sync,
-            )
-            .unwrap();
-        // `plat` is locked (as an operator pins an image): never evicted.
-        let lock_it = oci::AttributesPatch {
-            delete_enabled: Some(false),
-            ..Default::default()
-        };
-        store
-            .set_attributes(
-                &repo,
-                &crate::storage::Target::Tag("plat".into()),
-                &lock_it,
-                Origin::Client,
-            )
-            .unwrap();
+    on_every_backend! {
+        fn an_index_child_a_kept_tag_needs_stays_a_lock_pins_and_a_client_push_ends_an_eviction(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store_with_quota(&backend, dir.path(), 1);
+            let repo: RepoName = "edge/multi".parse().unwrap();
+            let (child, layers) = image(&store, &repo, "plat", 10_000, None, Origin::Sync);
+            let index = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child}","size":{}}}]}}"#,
+                oci::media_type::OCI_INDEX,
+                store.blob_size(&child).unwrap()
+            );
+            let index = Bytes::from(index);
+            let (idx, _) = store
+                .put_manifest(
+                    &repo,
+                    &Reference::Tag("idx".into()),
+                    None,
+                    index.clone(),
+                    Origin::Sync,
+                )
+                .unwrap();
+            // `plat` is locked (as an operator pins an image): never evicted.
+            let lock_it = oci::AttributesPatch {
+                delete_enabled: Some(false),
+                ..Default::default()
+            };
+            store
+                .set_attributes(
+                    &repo,
+                    &crate::storage::Target::Tag("plat".into()),
+                    &lock_it,
+                    Origin::Client,
+                )
+                .unwrap();
 
-        let report = store.enforce_quota().unwrap();
-        let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
-        assert_eq!(evicted, ["idx"]);
-        // The index went; its platform, which `plat` still needs, stayed whole.
-        assert!(!store.blob_exists(&idx));
-        assert!(store
-            .get_manifest(&repo, &Reference::Tag("plat".into()))
-            .unwrap()
-            .is_some());
-        assert!(store.blob_exists(&child) && store.blob_exists(&layers[0]));
+            let report = store.enforce_quota().unwrap();
+            let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
+            assert_eq!(evicted, ["idx"]);
+            // The index went; its platform, which `plat` still needs, stayed whole.
+            assert!(!store.blob_exists(&idx));
+            assert!(store
+                .get_manifest(&repo, &Reference::Tag("plat".into()))
+                .unwrap()
+                .is_some());
+            assert!(store.blob_exists(&child) && store.blob_exists(&layers[0]));
 
-        // A client pushing to the evicted tag ends the eviction; the tag is then its own.
-        store
-            .put_manifest(
-                &repo,
-                &Reference::Tag("idx".into()),
-                None,
-                index,
-                Origin::Client,
-            )
-            .unwrap();
-        assert!(store.evicted_tag(&repo, "idx").unwrap().is_none());
-        assert!(store.enforce_quota().unwrap().evicted.is_empty());
-        assert!(store
-            .get_manifest(&repo, &Reference::Tag("idx".into()))
-            .unwrap()
-            .is_some());
+            // A client pushing to the evicted tag ends the eviction; the tag is then its own.
+            store
+                .put_manifest(
+                    &repo,
+                    &Reference::Tag("idx".into()),
+                    None,
+                    index,
+                    Origin::Client,
+                )
+                .unwrap();
+            assert!(store.evicted_tag(&repo, "idx").unwrap().is_none());
+            assert!(store.enforce_quota().unwrap().evicted.is_empty());
+            assert!(store
+                .get_manifest(&repo, &Reference::Tag("idx".into()))
+                .unwrap()
+                .is_some());
+        }
     }
 
     /// A store from before the quota tables learns which tags sync wrote from its change log.
@@ -564,7 +567,7 @@ mod tests {
             assert!(tx.delete_table(table).unwrap());
             tx.commit().unwrap();
         }
-        let store = store_with_quota(dir.path(), 1);
+        let store = store_with_quota(&TestBackend::redb(), dir.path(), 1);
         let evicted: Vec<String> = store
             .enforce_quota()
             .unwrap()
@@ -575,31 +578,32 @@ mod tests {
         assert_eq!(evicted, ["synced"]);
     }
 
-    /// A tag fetched on demand is evicted before the synced one, although pulled more
-    /// recently; sync setting the tag again makes it a synced tag like the others.
-    #[test]
-    fn on_demand_tags_are_evicted_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_quota(dir.path(), 15_000);
-        let repo: RepoName = "edge/app".parse().unwrap();
-        image(&store, &repo, "synced", 10_000, None, Origin::Sync);
-        let (fetched, _) = image(&store, &repo, "fetched", 10_000, None, Origin::Sync);
-        store.mark_on_demand(&repo, "fetched").unwrap();
-        assert!(store.is_on_demand(&repo, "fetched").unwrap());
-        store.note_pull(&repo, &fetched);
-        lock(&store.inner.quota.pulls)
-            .values_mut()
-            .for_each(|t| *t += 10);
-        let report = store.enforce_quota().unwrap();
-        let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
-        assert_eq!(evicted, ["fetched"]);
+    on_every_backend! {
+        /// A tag fetched on demand is evicted before the synced one, although pulled more
+        /// recently; sync setting the tag again makes it a synced tag like the others.
+        fn on_demand_tags_are_evicted_first(backend) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store_with_quota(&backend, dir.path(), 15_000);
+            let repo: RepoName = "edge/app".parse().unwrap();
+            image(&store, &repo, "synced", 10_000, None, Origin::Sync);
+            let (fetched, _) = image(&store, &repo, "fetched", 10_000, None, Origin::Sync);
+            store.mark_on_demand(&repo, "fetched").unwrap();
+            assert!(store.is_on_demand(&repo, "fetched").unwrap());
+            store.note_pull(&repo, &fetched);
+            lock(&store.inner.quota.pulls)
+                .values_mut()
+                .for_each(|t| *t += 10);
+            let report = store.enforce_quota().unwrap();
+            let evicted: Vec<&str> = report.evicted.iter().map(|e| e.tag.as_str()).collect();
+            assert_eq!(evicted, ["fetched"]);
 
-        image(&store, &repo, "again", 1_000, None, Origin::Sync);
-        store.mark_on_demand(&repo, "again").unwrap();
-        image(&store, &repo, "again", 2_000, None, Origin::Sync);
-        assert!(
-            !store.is_on_demand(&repo, "again").unwrap(),
-            "set again by sync"
-        );
+            image(&store, &repo, "again", 1_000, None, Origin::Sync);
+            store.mark_on_demand(&repo, "again").unwrap();
+            image(&store, &repo, "again", 2_000, None, Origin::Sync);
+            assert!(
+                !store.is_on_demand(&repo, "again").unwrap(),
+                "set again by sync"
+            );
+        }
     }
 }

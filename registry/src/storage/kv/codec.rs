@@ -285,8 +285,7 @@ mod tests {
             let (lower, upper) = prefix_bounds::<(String, String, String)>(&[&prefix.0]);
             let inside = lower <= encoded && encoded < upper;
             assert_eq!(inside, key.0 == prefix.0, "{key:?} with prefix {prefix:?}");
-            let (lower, upper) =
-                prefix_bounds::<(String, String, String)>(&[&prefix.0, &prefix.1]);
+            let (lower, upper) = prefix_bounds::<(String, String, String)>(&[&prefix.0, &prefix.1]);
             let inside = lower <= encoded && encoded < upper;
             assert_eq!(inside, key.0 == prefix.0 && key.1 == prefix.1);
             // Both bounds are whole keys.
@@ -297,12 +296,21 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_bad_bytes_are_refused() {
-        assert_eq!(<(u64, u64)>::decode(&<(u64, u64)>::encode((7, u64::MAX))).unwrap(), (7, u64::MAX));
+        assert_eq!(
+            <(u64, u64)>::decode(&<(u64, u64)>::encode((7, u64::MAX))).unwrap(),
+            (7, u64::MAX)
+        );
         let value = <String as Value>::encode("tag:é");
         assert_eq!(<String as Value>::decode(&value).unwrap(), "tag:é");
         assert!(<u64 as Value>::decode(&[1, 2, 3]).is_err());
-        assert!(<String as Key>::decode(&[b'a', 0, 7]).is_err(), "a stray 0x00");
-        assert!(<(String, String)>::decode(&key_bytes::<String>("a")).is_err(), "one string short");
+        assert!(
+            <String as Key>::decode(&[b'a', 0, 7]).is_err(),
+            "a stray 0x00"
+        );
+        assert!(
+            <(String, String)>::decode(&key_bytes::<String>("a")).is_err(),
+            "one string short"
+        );
         let two = key_bytes::<(String, String)>(("a", "b"));
         assert!(<String as Key>::decode(&two).is_err(), "one too many");
     }

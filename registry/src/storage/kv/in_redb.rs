@@ -213,15 +213,18 @@ fn range<K: RedbKey, V: RedbValue>(
         (&scan.lower, &scan.upper)
     {
         // redb refuses a range that ends before it starts; the contract's is just empty.
-        if l > u || (l == u && !matches!((&lower, &upper), (Bound::Included(_), Bound::Included(_)))) {
+        if l > u
+            || (l == u && !matches!((&lower, &upper), (Bound::Included(_), Bound::Included(_))))
+        {
             return Ok(Vec::new());
         }
     }
     let rows = table.range((borrow_bound(&lower), borrow_bound(&upper)))?;
-    let encode = |row: Result<(redb::AccessGuard<K::R>, redb::AccessGuard<V::R>), redb::StorageError>| {
-        let (k, v) = row?;
-        Ok((K::encode_redb(k.value()), V::encode_redb(v.value())))
-    };
+    let encode =
+        |row: Result<(redb::AccessGuard<K::R>, redb::AccessGuard<V::R>), redb::StorageError>| {
+            let (k, v) = row?;
+            Ok((K::encode_redb(k.value()), V::encode_redb(v.value())))
+        };
     if scan.reverse {
         rows.rev().take(scan.limit).map(encode).collect()
     } else {
@@ -344,5 +347,118 @@ impl WriteTx for Write {
     fn commit(self: Box<Self>) -> Result<(), StorageError> {
         self.0.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use oci::media_type::OCI_MANIFEST;
+    use oci::name::RepoName;
+    use oci::reference::Reference;
+    use oci::{Digest, Origin};
+    use redb::{Database, ReadableTable, TableDefinition};
+
+    use crate::storage::test_support::push_blob;
+    use crate::storage::{Limits, Store};
+
+    // The tables exactly as the metadata defined them before the key-value contract.
+    const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+    const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
+    const REPO_BLOBS: TableDefinition<(&str, &str), (u64, u64)> =
+        TableDefinition::new("repo_blobs");
+    const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+    const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
+    /// A data directory whose `meta.redb` was written with redb's typed tables directly (as
+    /// the metadata was before the contract) opens and reads exactly as before, and what the
+    /// contract writes reads back through those typed tables: the format did not change.
+    #[test]
+    fn a_data_directory_written_before_the_contract_opens_and_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo: RepoName = "old/app".parse().unwrap();
+        // Blobs and a manifest file, as the store keeps them.
+        let (config, body) = {
+            let store = Store::open(dir.path(), Limits::default()).unwrap();
+            let config = push_blob(&store, &repo, b"{}");
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[]}}"#
+            );
+            (config, body)
+        };
+        let digest = Digest::sha256_of(body.as_bytes());
+        let path = crate::storage::blobs::Blobs::open(dir.path())
+            .unwrap()
+            .path(&digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &body).unwrap();
+        std::fs::remove_file(dir.path().join("meta.redb")).unwrap();
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            let meta = format!(
+                r#"{{"media_type":"{OCI_MANIFEST}","size":{},"refs":["{config}"],"pushed_at":1700000000}}"#,
+                body.len()
+            );
+            let d = digest.to_string();
+            let c = config.to_string();
+            tx.open_table(TAGS)
+                .unwrap()
+                .insert(("old/app", "v1"), d.as_str())
+                .unwrap();
+            tx.open_table(MANIFESTS)
+                .unwrap()
+                .insert(("old/app", d.as_str()), meta.as_bytes())
+                .unwrap();
+            tx.open_table(REPO_BLOBS)
+                .unwrap()
+                .insert(("old/app", c.as_str()), (2, 1700000000))
+                .unwrap();
+            tx.open_table(REPOS)
+                .unwrap()
+                .insert("old/app", 1700000000)
+                .unwrap();
+            let change = format!(
+                r#"{{"seq":41,"time":1700000000,"repo":"old/app","origin":"client","type":"tag_set","tag":"v1","digest":"{d}"}}"#
+            );
+            tx.open_table(CHANGES)
+                .unwrap()
+                .insert(41, change.as_bytes())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+
+        let store = Store::open(dir.path(), Limits::default()).unwrap();
+        let found = store
+            .get_manifest(&repo, &Reference::Tag("v1".into()))
+            .unwrap()
+            .expect("the old tag resolves");
+        assert_eq!(found.digest, digest);
+        assert_eq!(found.body, Bytes::from(body.clone()));
+        assert_eq!(store.tags(&repo).unwrap(), ["v1"]);
+        assert_eq!(store.repos().unwrap(), ["old/app"]);
+        assert_eq!(store.repo_blob(&repo, &config).unwrap(), Some(2));
+        let page = store.change_page(0, 10).unwrap();
+        assert_eq!((page.oldest, page.head, page.changes.len()), (41, 41, 1));
+        // Written through the contract: the next sequence number follows the old log.
+        store
+            .put_manifest(
+                &repo,
+                &Reference::Tag("v2".into()),
+                None,
+                Bytes::from(body),
+                Origin::Client,
+            )
+            .unwrap();
+        assert_eq!(store.change_page(41, 10).unwrap().changes[0].seq, 42);
+        drop(store);
+
+        let db = Database::open(dir.path().join("meta.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let tags = tx.open_table(TAGS).unwrap();
+        let v2 = tags.get(("old/app", "v2")).unwrap().unwrap();
+        assert_eq!(v2.value(), digest.to_string());
+        let changes = tx.open_table(CHANGES).unwrap();
+        assert_eq!(changes.last().unwrap().unwrap().0.value(), 42);
     }
 }

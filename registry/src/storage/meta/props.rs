@@ -326,7 +326,6 @@ pub struct ManifestProps {
     pub listed: bool,
 }
 
-
 /// Whether the item exists.
 fn exists(tx: &Read, repo: &str, target: &Target) -> Result<bool, StorageError> {
     match target {

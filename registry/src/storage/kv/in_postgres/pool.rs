@@ -92,10 +92,7 @@ impl Pool {
                     worker: Some(worker),
                 };
             }
-            idle = self
-                .returned
-                .wait(idle)
-                .unwrap_or_else(|e| e.into_inner());
+            idle = self.returned.wait(idle).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -109,7 +106,9 @@ pub(super) struct CheckedOut<'p> {
 impl std::ops::Deref for CheckedOut<'_> {
     type Target = Worker;
     fn deref(&self) -> &Worker {
-        self.worker.as_ref().expect("a checked-out worker until dropped")
+        self.worker
+            .as_ref()
+            .expect("a checked-out worker until dropped")
     }
 }
 

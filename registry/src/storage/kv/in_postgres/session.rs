@@ -75,7 +75,8 @@ impl Statements {
                               ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v)
                  SELECT v FROM old",
             )?,
-            remove: client.prepare("DELETE FROM registry_kv WHERE tbl = $1 AND k = $2 RETURNING v")?,
+            remove: client
+                .prepare("DELETE FROM registry_kv WHERE tbl = $1 AND k = $2 RETURNING v")?,
             create: client.prepare(
                 "INSERT INTO registry_kv (tbl, k, v) VALUES ('', $1, '') ON CONFLICT DO NOTHING",
             )?,
@@ -222,11 +223,13 @@ impl Session {
                     (Some(upper), false) => {
                         c.client.query(&s.range, &[&table, &lower, upper, &limit])?
                     }
-                    (Some(upper), true) => {
-                        c.client.query(&s.range_rev, &[&table, &lower, upper, &limit])?
-                    }
+                    (Some(upper), true) => c
+                        .client
+                        .query(&s.range_rev, &[&table, &lower, upper, &limit])?,
                     (None, false) => c.client.query(&s.range_open, &[&table, &lower, &limit])?,
-                    (None, true) => c.client.query(&s.range_open_rev, &[&table, &lower, &limit])?,
+                    (None, true) => c
+                        .client
+                        .query(&s.range_open_rev, &[&table, &lower, &limit])?,
                 };
                 Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
             },

@@ -42,9 +42,9 @@ impl PostgresSettings {
                  (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
             ));
         }
-        let mut config: postgres::Config = url.parse().map_err(|e| {
-            format!("metadata backend {shown}: not a valid PostgreSQL URL: {e}")
-        })?;
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("metadata backend {shown}: not a valid PostgreSQL URL: {e}"))?;
         if config.get_hosts().is_empty() {
             return Err(format!(
                 "metadata backend {shown}: the URL names no host (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
@@ -168,9 +168,14 @@ mod tests {
 
     #[test]
     fn the_password_never_shows() {
-        let url = "postgres://registry:s3cr%40t@db.example:5433/meta?password=other&application_name=x";
+        let url =
+            "postgres://registry:s3cr%40t@db.example:5433/meta?password=other&application_name=x";
         let settings = PostgresSettings::parse(url).unwrap();
-        for shown in [settings.to_string(), format!("{settings:?}"), settings.describe()] {
+        for shown in [
+            settings.to_string(),
+            format!("{settings:?}"),
+            settings.describe(),
+        ] {
             assert!(!shown.contains("s3cr"), "{shown}");
             assert!(!shown.contains("other"), "{shown}");
         }
@@ -187,7 +192,10 @@ mod tests {
         assert!(err.contains("neither `redb` nor a PostgreSQL URL"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         let err = PostgresSettings::parse("postgres://u:pw@h/db?sslmode=require").unwrap_err();
-        assert!(err.contains("TLS to PostgreSQL is not supported yet"), "{err}");
+        assert!(
+            err.contains("TLS to PostgreSQL is not supported yet"),
+            "{err}"
+        );
         let err = PostgresSettings::parse("postgres://u:pw@h:notaport/db").unwrap_err();
         assert!(err.contains("not a valid PostgreSQL URL"), "{err}");
         assert!(!err.contains("pw@"), "{err}");

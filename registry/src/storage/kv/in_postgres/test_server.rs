@@ -65,7 +65,9 @@ fn bin_dir() -> PathBuf {
 
 /// Runs `command` as the `postgres` user when this process is root (the server refuses root).
 fn as_server_user(program: &Path) -> Command {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
     if root {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
@@ -131,7 +133,9 @@ impl TestServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the test server's directory");
-        let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+        let root = std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false);
         if root {
             run(
                 Command::new("chown").args(["postgres:postgres"]).arg(&dir),
@@ -200,10 +204,6 @@ impl TestServer {
         panic!("the PostgreSQL test server did not accept connections within {START_TIMEOUT:?}:\n{log}");
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The URL of database `db` on this server, with the right password.
     pub fn url(&self, db: &str) -> String {
         format!(
@@ -229,7 +229,16 @@ impl TestServer {
         let out = Command::new(bin_dir().join("psql"))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args(["-p", &self.port.to_string(), "-U", USER, "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                USER,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .expect("run psql");
         assert!(
