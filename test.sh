@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(skopeo docker-registry docker.io podman openssl iproute2 curl ca-certificates bsdutils prometheus)
+packages=(skopeo docker-registry docker.io podman openssl iproute2 curl ca-certificates bsdutils prometheus postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -49,6 +49,9 @@ struct DataFlag {
     /// Data directory of the registry.
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     data: PathBuf,
+    /// The registry's metadata, used when no registry serves the data directory.
+    #[command(flatten)]
+    metadata: super::metadata::MetadataFlags,
 }
 
 #[derive(clap::Args)]
@@ -105,9 +108,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let absolute = |p: &Path| {
         std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
     };
-    let (data, request) = match args.command {
+    let (on, request) = match args.command {
         Command::Export(a) => (
-            a.on.data,
+            a.on,
             Request::Export {
                 output: absolute(&a.output)?,
                 repositories: a.repositories,
@@ -115,25 +118,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Import(a) => (
-            a.on.data,
+            a.on,
             Request::Import {
                 file: absolute(&a.file)?,
             },
         ),
         Command::State(a) => (
-            a.on.data,
+            a.on,
             Request::State {
                 output: absolute(&a.output)?,
             },
         ),
     };
-    let report = send(&data, request).await?;
+    let report = send(&on, request).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Performs `request` in the registry serving `data`, or on the store itself when none does.
-async fn send(data: &Path, request: Request) -> anyhow::Result<Value> {
+/// Performs `request` in the registry serving `on.data`, or on the store itself when none does.
+async fn send(on: &DataFlag, request: Request) -> anyhow::Result<Value> {
+    let data = on.data.as_path();
+    let backends = on.metadata.backends()?;
     let socket = admin_socket::socket_path(data);
     let body = serde_json::to_vec(&request)?;
     if let Some(answer) =
@@ -145,13 +150,15 @@ async fn send(data: &Path, request: Request) -> anyhow::Result<Value> {
         Request::Import { .. } => super::MissingData::Create,
         _ => super::MissingData::Refuse,
     };
-    super::check_data_dir(data, missing)?;
+    super::check_data_dir_for(data, missing, &backends.metadata)?;
     let direct = {
         let data = data.to_owned();
         let request = request.clone();
-        tokio::task::spawn_blocking(move || match Store::open(&data, Limits::default()) {
-            Ok(store) => Ok(perform(&store, &request)),
-            Err(err) => Err(err),
+        tokio::task::spawn_blocking(move || {
+            match Store::open_with(&data, Limits::default(), &backends) {
+                Ok(store) => Ok(perform(&store, &request)),
+                Err(err) => Err(err),
+            }
         })
         .await?
     };
@@ -169,8 +176,9 @@ async fn send(data: &Path, request: Request) -> anyhow::Result<Value> {
                 ),
             }
         }
-        Err(err) => Err(anyhow::Error::new(err)
-            .context(format!("cannot open the data directory {}", data.display()))),
+        Err(err) => {
+            Err(anyhow::Error::new(err).context(super::metadata::cannot_open(data, &on.metadata)))
+        }
     }
 }
 

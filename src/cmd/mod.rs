@@ -12,6 +12,7 @@ mod demo_image;
 pub mod gc;
 pub mod image;
 pub mod manifest;
+pub mod metadata;
 pub mod proxy;
 pub mod recover;
 pub mod scrub;
@@ -33,14 +34,28 @@ pub enum MissingData {
 /// Checks the data directory before a store is opened there, so a path that cannot hold one
 /// is named as such, with the setting to change, instead of failing deep in the store.
 pub fn check_data_dir(dir: &std::path::Path, missing: MissingData) -> anyhow::Result<()> {
+    check_data_dir_for(dir, missing, &registry::storage::MetadataBackend::Redb)
+}
+
+/// [`check_data_dir`] for a store whose metadata is `metadata`: with the metadata elsewhere
+/// (PostgreSQL), the data directory holds the blobs (`blobs/`), not `meta.redb`.
+pub fn check_data_dir_for(
+    dir: &std::path::Path,
+    missing: MissingData,
+    metadata: &registry::storage::MetadataBackend,
+) -> anyhow::Result<()> {
     let shown = dir.display();
     let setting = "check --data (or ACR_REGISTRY_DATA_VOLUME)";
+    let (holds, needed) = match metadata {
+        registry::storage::MetadataBackend::Redb => (registry::Store::exists_in(dir), "meta.redb"),
+        registry::storage::MetadataBackend::Postgres(_) => (dir.join("blobs").is_dir(), "blobs/"),
+    };
     match std::fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => anyhow::bail!(
             "{shown} is not a directory: the data directory must be one; {setting}, or move the file away"
         ),
-        Ok(_) if missing == MissingData::Refuse && !registry::Store::exists_in(dir) => {
-            anyhow::bail!("no registry data at {shown} (it holds no meta.redb): {setting}")
+        Ok(_) if missing == MissingData::Refuse && !holds => {
+            anyhow::bail!("no registry data at {shown} (it holds no {needed}): {setting}")
         }
         Ok(_) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => match missing {

@@ -30,9 +30,22 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Only `redb`: recover rebuilds meta.redb (metadata in PostgreSQL is restored from
+    /// PostgreSQL's own backups).
+    #[command(flatten)]
+    pub metadata: super::metadata::MetadataFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.metadata.backends()?.metadata.is_shared() {
+        anyhow::bail!(
+            "recover rebuilds {META_FILE} in the data directory from its blob files; the \
+             metadata given (--metadata {}) is in PostgreSQL, shared by every replica: restore \
+             it from PostgreSQL's own backups instead",
+            args.metadata.shown()
+        );
+    }
     let orphans: RepoName = args
         .orphans_repo
         .parse()

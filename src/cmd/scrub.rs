@@ -29,6 +29,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
+
+    #[command(flatten)]
+    pub metadata: super::metadata::MetadataFlags,
 }
 
 /// The report with what the repair did.
@@ -53,10 +56,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    super::check_data_dir(&args.data, super::MissingData::Refuse)?;
+    let backends = args.metadata.backends()?;
+    super::check_data_dir_for(&args.data, super::MissingData::Refuse, &backends.metadata)?;
     let data = args.data.clone();
     let (store, scrub) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open(&data, Limits::default()).with_context(|| {
+        let store = Store::open_with(&data, Limits::default(), &backends).with_context(|| {
             format!(
                 "cannot open {}: scrub needs the data directory to itself (stop `serve` on it first)",
                 data.display()

@@ -22,7 +22,8 @@ pub struct Args {
     )]
     pub listen: Option<SocketAddr>,
 
-    /// Data directory: blobs, metadata (meta.redb), upload sessions.
+    /// Data directory: blobs, metadata (meta.redb, unless --metadata is PostgreSQL), upload
+    /// sessions.
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     pub data: PathBuf,
 
@@ -132,6 +133,9 @@ pub struct Args {
     pub print_config: bool,
 
     #[command(flatten)]
+    pub metadata: super::metadata::MetadataFlags,
+
+    #[command(flatten)]
     pub gc: super::gc::GcFlags,
 
     #[command(flatten)]
@@ -166,6 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // One module needs no trust: the proxy in this process hands the registry the client's
     // own address (its `ConnectInfo`), not a loopback peer.
     let trusted = args.trusted_proxies.clone();
+    let backends = args.metadata.backends()?;
     if args.print_config {
         let settings = sync.as_ref().map(|s| s.settings());
         let sources = sync.as_ref().map(|s| s.sources()).unwrap_or_default();
@@ -182,7 +187,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => Some(DEFAULT_LISTEN),
         (None, Some(_)) => None,
     };
-    super::check_data_dir(&args.data, super::MissingData::Create)?;
+    super::check_data_dir_for(&args.data, super::MissingData::Create, &backends.metadata)?;
     let port = listen
         .map(|addr| claim_port(addr).with_context(|| format!("cannot listen on {addr}")))
         .transpose()?;
@@ -198,9 +203,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         quota: args.quota,
     };
     let data = args.data.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data, limits, &backends))
         .await?
-        .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+        .with_context(|| super::metadata::cannot_open(&args.data, &args.metadata))?;
     let gc_totals = Arc::new(super::admin::GcTotals::default());
     if !args.gc_interval.is_zero() {
         tokio::spawn(collect_garbage(

@@ -46,6 +46,17 @@ pub fn render(
     };
     t.line("listen", listen, listen_note)
         .line("data", args.data.display(), "")
+        .line("metadata", args.metadata.shown(), "password redacted")
+        .line(
+            "metadata_connections",
+            args.metadata.metadata_connections,
+            "PostgreSQL only",
+        )
+        .line(
+            "metadata_retries",
+            args.metadata.metadata_retries,
+            "PostgreSQL only",
+        )
         .line("max_manifest_size", args.max_manifest_size, "bytes")
         .line("manifest_cache_size", args.manifest_cache_size, "bytes")
         .line("min_free", args.min_free, "")

@@ -735,6 +735,9 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub metadata: super::metadata::MetadataFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -752,13 +755,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    super::check_data_dir(&args.data, super::MissingData::Create)?;
+    let backends = args.metadata.backends()?;
+    super::check_data_dir_for(&args.data, super::MissingData::Create, &backends.metadata)?;
     sync.keep_received(&args.data);
     let data = args.data.clone();
-    let store =
-        tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
-            .await?
-            .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    let store = tokio::task::spawn_blocking(move || {
+        registry::Store::open_with(&data, Default::default(), &backends)
+    })
+    .await?
+    .with_context(|| super::metadata::cannot_open(&args.data, &args.metadata))?;
     if !args.once {
         let engines = sync.engines(store, &args.data, Arc::new(NoProgress))?;
         let service = SyncService::new(engines.main);

@@ -34,6 +34,9 @@ pub use backends::{Backends, BlobBackend, MetadataBackend, PostgresSettings};
 pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
 pub use integrity::VerifyReads;
+/// A real PostgreSQL server for the end-to-end tests (`tests/common/postgres.rs`).
+#[cfg(feature = "postgres-test-server")]
+pub use kv::in_postgres::test_server as postgres_test_server;
 pub use meta::{
     refusal, Attribute, ChangePage, EvictedTag, ManifestMeta, ManifestProps, RepoProps, TagProps,
     Target,
