@@ -3,6 +3,8 @@
 //! when dropped or when the test process ends. It is the registry crate's own test server
 //! (`registry::storage::postgres_test_server`), which the storage unit tests use too.
 
+// Not every test file that compiles `common` uses them.
+#[allow(unused_imports)]
 pub use registry::storage::postgres_test_server::{TestServer, PASSWORD};
 
 /// A server of this test's own with one database; the URL `serve --metadata` takes.

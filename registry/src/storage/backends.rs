@@ -22,8 +22,9 @@ pub enum MetadataBackend {
     /// `DATA/meta.redb`: one process at a time.
     #[default]
     Redb,
-    /// A PostgreSQL database that several `serve` replicas share.
-    Postgres(PostgresSettings),
+    /// A PostgreSQL database that several `serve` replicas share (boxed: its settings are
+    /// large beside the unit variant).
+    Postgres(Box<PostgresSettings>),
 }
 
 impl MetadataBackend {
@@ -44,7 +45,7 @@ impl FromStr for MetadataBackend {
         if value == MetadataBackend::DEFAULT {
             return Ok(MetadataBackend::Redb);
         }
-        PostgresSettings::parse(value).map(MetadataBackend::Postgres)
+        PostgresSettings::parse(value).map(|s| MetadataBackend::Postgres(Box::new(s)))
     }
 }
 

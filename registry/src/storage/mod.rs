@@ -185,9 +185,9 @@ impl Store {
                 &dir.join(META_FILE),
                 space.clone(),
             )?),
-            MetadataBackend::Postgres(settings) => {
-                Box::new(kv::in_postgres::PostgresBackend::open(settings.clone())?)
-            }
+            MetadataBackend::Postgres(settings) => Box::new(
+                kv::in_postgres::PostgresBackend::open((**settings).clone())?,
+            ),
         };
         let BlobBackend::Filesystem = backends.blobs;
         let inner = Inner {

@@ -40,7 +40,7 @@ impl TestBackend {
         let settings = PostgresSettings::parse(&url).expect("the test server's URL parses");
         TestBackend {
             backends: Backends {
-                metadata: MetadataBackend::Postgres(settings),
+                metadata: MetadataBackend::Postgres(Box::new(settings)),
                 ..Backends::default()
             },
         }
@@ -67,7 +67,7 @@ impl TestBackend {
                 Box::new(kv::in_redb::RedbBackend::open(&dir.join("kv.redb"), space).unwrap())
             }
             MetadataBackend::Postgres(settings) => {
-                Box::new(kv::in_postgres::PostgresBackend::open(settings.clone()).unwrap())
+                Box::new(kv::in_postgres::PostgresBackend::open((**settings).clone()).unwrap())
             }
         };
         Kv::new(backend)

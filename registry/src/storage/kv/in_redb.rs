@@ -203,6 +203,12 @@ fn borrow_bound<K: RedbKey>(bound: &Bound<K>) -> Bound<<K::R as redb::Value>::Se
     }
 }
 
+/// A row as redb's range gives it.
+type RedbRow<'a, K, V> = (
+    redb::AccessGuard<'a, <K as RedbKey>::R>,
+    redb::AccessGuard<'a, <V as RedbValue>::R>,
+);
+
 fn range<K: RedbKey, V: RedbValue>(
     table: &impl ReadableTable<K::R, V::R>,
     scan: Scan<'_>,
@@ -220,11 +226,10 @@ fn range<K: RedbKey, V: RedbValue>(
         }
     }
     let rows = table.range((borrow_bound(&lower), borrow_bound(&upper)))?;
-    let encode =
-        |row: Result<(redb::AccessGuard<K::R>, redb::AccessGuard<V::R>), redb::StorageError>| {
-            let (k, v) = row?;
-            Ok((K::encode_redb(k.value()), V::encode_redb(v.value())))
-        };
+    let encode = |row: Result<RedbRow<'_, K, V>, redb::StorageError>| {
+        let (k, v) = row?;
+        Ok((K::encode_redb(k.value()), V::encode_redb(v.value())))
+    };
     if scan.reverse {
         rows.rev().take(scan.limit).map(encode).collect()
     } else {
