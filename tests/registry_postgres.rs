@@ -1,7 +1,8 @@
 //! `serve --metadata postgres://...` against a real PostgreSQL server (Debian's package, started
 //! by the test): skopeo pushes and pulls, and the image is still there after a restart; two
-//! `serve` replicas on one database see each other's tags at once and keep one change log
-//! without gaps or duplicates under concurrent pushes; a `kill -9` in the middle of a manifest
+//! `serve` replicas on one database see each other's tags at once without the cache of
+//! resolutions, and within `--metadata-cache-ttl` with it (their own writes at once), and keep
+//! one change log without gaps or duplicates under concurrent pushes; a `kill -9` in the middle of a manifest
 //! PUT leaves the manifest, its tag and its change-log entry all present or all absent; a
 //! server that cannot be reached, or a wrong password, fails the start naming PostgreSQL and
 //! the host, never the password.
@@ -31,6 +32,21 @@ use serde_json::Value;
 /// `serve` on `data` with its metadata in the database at `url`.
 fn serve_on(data: &Path, url: &str) -> Proc {
     start_registry(data, &["--metadata", url, "--gc-interval", "0s"])
+}
+
+/// [`serve_on`] with the cache of resolutions kept `ttl` (`0s`: off).
+fn serve_caching(data: &Path, url: &str, ttl: &str) -> Proc {
+    let args = ["--metadata", url, "--gc-interval", "0s"];
+    start_registry(data, &[&args[..], &["--metadata-cache-ttl", ttl]].concat())
+}
+
+/// Two data directories whose `blobs/` is one (standing in for the shared blob store).
+fn replica_dirs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (data_a, data_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(data_a.join("blobs")).unwrap();
+    std::fs::create_dir_all(&data_b).unwrap();
+    std::os::unix::fs::symlink(data_a.join("blobs"), data_b.join("blobs")).unwrap();
+    (data_a, data_b)
 }
 
 /// Every change in the registry's feed, oldest first (all pages).
@@ -107,15 +123,12 @@ fn skopeo_pushes_and_pulls_and_the_image_survives_a_restart() {
 }
 
 #[test]
-fn a_tag_pushed_through_one_replica_is_resolved_by_the_other_at_once() {
+fn without_the_cache_a_tag_pushed_through_one_replica_is_resolved_by_the_other_at_once() {
     let (_server, url) = server_with_database();
     let dir = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(data_a.join("blobs")).unwrap();
-    std::fs::create_dir_all(&data_b).unwrap();
-    std::os::unix::fs::symlink(data_a.join("blobs"), data_b.join("blobs")).unwrap();
-    let a = serve_on(&data_a, &url);
-    let b = serve_on(&data_b, &url);
+    let (data_a, data_b) = replica_dirs(dir.path());
+    let a = serve_caching(&data_a, &url, "0s");
+    let b = serve_caching(&data_b, &url, "0s");
     let (api_a, api_b) = (Api::new(&a.url()), Api::new(&b.url()));
 
     let (manifest, _, _) = api_a.push_image("shared/app", "v1", 2, 10_000);
@@ -136,6 +149,69 @@ fn a_tag_pushed_through_one_replica_is_resolved_by_the_other_at_once() {
     let changes = all_changes(&api_a);
     assert_gapless(&changes);
     assert_eq!(changes, all_changes(&api_b), "one change log");
+}
+
+/// The digest a manifest GET of `repo:tag` answers with (`None`: 404).
+fn served_digest(api: &Api, repo: &str, tag: &str) -> Option<String> {
+    let resp = api.get_manifest(repo, tag);
+    match resp.status {
+        200 => resp.header("docker-content-digest"),
+        404 => None,
+        other => panic!("GET {repo}:{tag}: {other} {}", resp.text()),
+    }
+}
+
+#[test]
+fn with_the_cache_a_tag_moved_through_one_replica_is_served_by_the_other_within_the_bound() {
+    let (_server, url) = server_with_database();
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = replica_dirs(dir.path());
+    // The default bound, 1 s.
+    let bound = Duration::from_secs(1);
+    let a = start_registry(&data_a, &["--metadata", url.as_str()]);
+    let b = start_registry(&data_b, &["--metadata", url.as_str()]);
+    let (api_a, api_b) = (Api::new(&a.url()), Api::new(&b.url()));
+    let repo = "cached/app";
+    let (first, _, _) = api_a.push_image(repo, "v1", 1, 3_000);
+    let (second, _, _) = api_a.push_image(repo, "v2", 1, 4_000);
+    let images = [(sha256(&first), first), (sha256(&second), second)];
+    for round in 0..4 {
+        let ((old, _), (new, body)) = (&images[round % 2], &images[(round + 1) % 2]);
+        // B caches v1 pointing at the old image.
+        assert_eq!(served_digest(&api_b, repo, "v1").as_ref(), Some(old));
+        api_a
+            .put_manifest(repo, "v1", OCI_MANIFEST, body)
+            .expect(201);
+        let moved = std::time::Instant::now();
+        // The replica it was moved through serves it at once.
+        assert_eq!(served_digest(&api_a, repo, "v1").as_ref(), Some(new));
+        // The other within the bound: polled, and never stale after bound + margin.
+        loop {
+            let seen = served_digest(&api_b, repo, "v1");
+            let elapsed = moved.elapsed();
+            if seen.as_ref() == Some(new) {
+                eprintln!("round {round}: B served the move after {elapsed:?}");
+                break;
+            }
+            assert_eq!(seen.as_ref(), Some(old), "round {round}: neither digest");
+            assert!(
+                elapsed < bound + Duration::from_millis(500),
+                "round {round}: B still served the old digest {elapsed:?} after the move"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // A delete through B: B answers 404 at once, A within the bound.
+    assert!(served_digest(&api_a, repo, "v2").is_some());
+    api_b
+        .delete(&format!("/v2/{repo}/manifests/v2"))
+        .expect(202);
+    assert_eq!(served_digest(&api_b, repo, "v2"), None);
+    let deleted = std::time::Instant::now();
+    while served_digest(&api_a, repo, "v2").is_some() {
+        assert!(deleted.elapsed() < bound + Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

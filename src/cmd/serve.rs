@@ -35,6 +35,19 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_MANIFEST_CACHE_SIZE", default_value_t = Limits::default().manifest_cache_bytes)]
     pub manifest_cache_size: usize,
 
+    /// With --metadata on PostgreSQL (shared by replicas): how long this replica serves what a
+    /// tag or digest resolves to without asking the database again. A tag moved through another
+    /// replica is served stale for at most this long; one moved through this replica shows at
+    /// once. 0s turns the cache off (every manifest GET asks the database). Unused with redb,
+    /// where this process sees every write.
+    #[arg(long, env = "CONNECTED_REGISTRY_METADATA_CACHE_TTL", default_value = "1s", value_parser = super::parse_duration)]
+    pub metadata_cache_ttl: Duration,
+
+    /// Memory for those cached resolutions, in bytes (estimated; when spent, the cache starts
+    /// over).
+    #[arg(long, env = "CONNECTED_REGISTRY_METADATA_CACHE_SIZE", default_value_t = Limits::default().metadata_cache_bytes)]
+    pub metadata_cache_size: usize,
+
     /// Free space kept on the data directory's filesystem, so the device's own system keeps
     /// working: a share (5%) or a size (512MiB, 2GiB, 0 for none). Uploads and manifests that
     /// would go below it are refused with 507 before the disk is full; sync's writes too.
@@ -201,6 +214,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         min_free: args.min_free,
         verify_reads: args.verify_reads,
         quota: args.quota,
+        metadata_cache_ttl: args.metadata_cache_ttl,
+        metadata_cache_bytes: args.metadata_cache_size,
     };
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || Store::open_with(&data, limits, &backends))

@@ -57,6 +57,12 @@ pub fn render(
             args.metadata.metadata_retries,
             "PostgreSQL only",
         )
+        .line(
+            "metadata_cache_ttl",
+            duration(args.metadata_cache_ttl),
+            "PostgreSQL only; 0: off",
+        )
+        .line("metadata_cache_size", args.metadata_cache_size, "bytes")
         .line("max_manifest_size", args.max_manifest_size, "bytes")
         .line("manifest_cache_size", args.manifest_cache_size, "bytes")
         .line("min_free", args.min_free, "")

@@ -194,32 +194,13 @@ fn unreached(snap: &super::meta::GcSnapshot, before: u64) -> Vec<(String, Digest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::{on_every_backend, push_blob};
+    use crate::storage::test_support::{image, on_every_backend, push_blob};
     use crate::storage::Limits;
     use bytes::Bytes;
     use oci::media_type::{OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST};
     use oci::name::RepoName;
     use oci::reference::Reference;
     use oci::Origin;
-
-    fn image(store: &Store, repo: &RepoName, seed: &str, tag: Option<&str>) -> (Digest, Digest) {
-        let config = push_blob(store, repo, format!("{{\"seed\":\"{seed}\"}}").as_bytes());
-        let layer = push_blob(store, repo, format!("layer {seed}").as_bytes());
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
-            store.blob_size(&config).unwrap(),
-            store.blob_size(&layer).unwrap()
-        );
-        let digest = Digest::sha256_of(body.as_bytes());
-        let reference = match tag {
-            Some(t) => Reference::Tag(t.into()),
-            None => Reference::Digest(digest.clone()),
-        };
-        store
-            .put_manifest(repo, &reference, None, Bytes::from(body), Origin::Client)
-            .unwrap();
-        (digest, layer)
-    }
 
     fn now_options(delete_untagged: bool) -> GcOptions {
         GcOptions {

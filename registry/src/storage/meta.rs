@@ -5,6 +5,7 @@
 //! shows; `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`).
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use util::time::now_secs as now;
 
@@ -21,6 +22,9 @@ pub use props::{refusal, Attribute, ManifestProps, RepoProps, TagProps, Target};
 mod quota;
 use props::{require, Attribute as A};
 pub use quota::{Evicted, EvictedTag, EvictionCandidate};
+mod resolved;
+pub use resolved::CacheSettings;
+use resolved::ResolutionCache;
 
 /// (repo, tag) -> manifest digest.
 const TAGS: Table<(String, String), String> = Table::new("tags");
@@ -159,6 +163,27 @@ pub struct ChangePage {
 
 pub struct Meta {
     kv: Kv,
+    /// This replica's cache of resolutions (shared metadata only; see `resolved`).
+    resolved: Option<ResolutionCache>,
+}
+
+/// What a manifest reference resolves to in a repository, read in one snapshot.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub digest: Digest,
+    pub meta: ManifestMeta,
+    /// The first item on the way (repository, tag, manifest) that has `readEnabled: false`.
+    pub unreadable: Option<Target>,
+}
+
+/// How current a resolution must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// As the metadata holds it now: for a caller that decides a write on it (sync).
+    Current,
+    /// From this replica's cache when it holds one (at most `--metadata-cache-ttl` old, this
+    /// replica's own writes always seen): what clients are served.
+    Cached,
 }
 
 /// A manifest about to be stored, with what must be checked first.
@@ -281,9 +306,10 @@ fn remove_manifest(
 }
 
 impl Meta {
-    /// The metadata in `kv`, its tables created when missing. A store from before the quota
-    /// tables learns which tags sync wrote from its change log.
-    pub(crate) fn open(kv: Kv) -> Result<Meta, StorageError> {
+    /// The metadata in `kv`, its tables created when missing, with a cache of resolutions
+    /// (`cache`; off with a zero TTL). A store from before the quota tables learns which tags
+    /// sync wrote from its change log.
+    pub(crate) fn open(kv: Kv, cache: CacheSettings) -> Result<Meta, StorageError> {
         kv.write(|tx| {
             let quota_tables_new = tx.create_table(quota::SYNCED_TAGS.def())?;
             for table in [
@@ -306,7 +332,25 @@ impl Meta {
             }
             Ok(())
         })?;
-        Ok(Meta { kv })
+        Ok(Meta {
+            kv,
+            resolved: ResolutionCache::new(cache),
+        })
+    }
+
+    /// Runs a write that may change what `resolve` answers in `repo` (a tag, a manifest, an
+    /// attribute): this replica's cache forgets the repository once the write ended, committed
+    /// or not (a failed commit may have committed), so this replica reads its own writes.
+    fn write_repo<T>(
+        &self,
+        repo: &str,
+        write: impl FnMut(&Write<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let out = self.kv.write(write);
+        if let Some(cache) = &self.resolved {
+            cache.forget(repo);
+        }
+        out
     }
 
     pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
@@ -343,13 +387,37 @@ impl Meta {
     }
 
     /// The digest and record of the manifest a tag or digest names in `repo`, with the first
-    /// item on the way that has `readEnabled: false`, read in one snapshot: this is every
-    /// manifest GET, the hottest path there is.
+    /// item on the way that has `readEnabled: false`, read in one snapshot (or, with
+    /// [`Lookup::Cached`], from this replica's cache): this is every manifest GET, the hottest
+    /// path there is.
     pub fn resolve(
         &self,
         repo: &str,
         reference: &Reference,
-    ) -> Result<Option<(Digest, ManifestMeta, Option<Target>)>, StorageError> {
+        lookup: Lookup,
+    ) -> Result<Option<Arc<Resolution>>, StorageError> {
+        let cache = match (&self.resolved, lookup) {
+            (Some(cache), Lookup::Cached) => cache,
+            _ => return self.read_resolution(repo, reference),
+        };
+        let reference_s = reference.to_string();
+        let miss = match cache.lookup(repo, &reference_s) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(miss) => miss,
+        };
+        let found = self.read_resolution(repo, reference)?;
+        if let Some(resolution) = &found {
+            cache.store(miss, repo, &reference_s, resolution);
+        }
+        Ok(found)
+    }
+
+    /// [`Meta::resolve`] from the metadata.
+    fn read_resolution(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<Arc<Resolution>>, StorageError> {
         self.kv.read(|tx| {
             let digest = match reference {
                 Reference::Digest(d) => d.clone(),
@@ -367,7 +435,11 @@ impl Meta {
             }
             through.push(Target::Manifest(digest.clone()));
             let unreadable = props::unreadable(tx, repo, &through)?;
-            Ok(Some((digest, from_json(&found)?, unreadable)))
+            Ok(Some(Arc::new(Resolution {
+                digest,
+                meta: from_json(&found)?,
+                unreadable,
+            })))
         })
     }
 
@@ -392,7 +464,7 @@ impl Meta {
             origin,
         } = new;
         let digest_s = digest.to_string();
-        self.kv.write(|tx| {
+        self.write_repo(repo, |tx| {
             require(tx, repo, origin, &[], &[A::Write], "pushed to")?;
             if let Some(tag) = tag {
                 let previous = tx.get(TAGS, (repo, tag))?;
@@ -481,7 +553,7 @@ impl Meta {
     }
 
     pub fn delete_tag(&self, repo: &str, tag: &str, origin: Origin) -> Result<bool, StorageError> {
-        self.kv.write(|tx| {
+        self.write_repo(repo, |tx| {
             if tx.contains(TAGS, (repo, tag))? {
                 let target = [Target::Tag(tag.to_owned())];
                 require(tx, repo, origin, &target, &[A::Delete, A::Write], "deleted")?;
@@ -512,7 +584,7 @@ impl Meta {
         digest: &Digest,
         origin: Origin,
     ) -> Result<(), StorageError> {
-        self.kv.write(|tx| {
+        self.write_repo(repo, |tx| {
             let mut targets = vec![Target::Manifest(digest.clone())];
             targets.extend(
                 tags_pointing(tx, repo, &digest.to_string())?
@@ -695,7 +767,7 @@ impl Meta {
         repo: &str,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
-        self.kv.write(|tx| {
+        self.write_repo(repo, |tx| {
             if !tags_pointing(tx, repo, &digest.to_string())?.is_empty()
                 || props::gc_must_keep(tx, repo, digest)?
                 || subject_present(tx, repo, digest)?

@@ -38,8 +38,8 @@ pub use integrity::VerifyReads;
 #[cfg(feature = "postgres-test-server")]
 pub use kv::in_postgres::test_server as postgres_test_server;
 pub use meta::{
-    refusal, Attribute, ChangePage, EvictedTag, ManifestMeta, ManifestProps, RepoProps, TagProps,
-    Target,
+    refusal, Attribute, ChangePage, EvictedTag, Lookup, ManifestMeta, ManifestProps, RepoProps,
+    TagProps, Target,
 };
 use oci::digest::Digest;
 use oci::name::RepoName;
@@ -67,6 +67,13 @@ pub struct Limits {
     /// Bytes of blob files above which synced images are evicted (`--quota`); none by default.
     /// See [`quota`].
     pub quota: Option<u64>,
+    /// How long this replica serves what a manifest reference resolves to without asking
+    /// shared metadata again (`--metadata-cache-ttl`): a change made through another replica
+    /// is served stale for at most this long; this replica's own writes show at once. Only
+    /// for shared metadata (PostgreSQL); zero turns the cache off. Default 1 s.
+    pub metadata_cache_ttl: std::time::Duration,
+    /// Memory for those resolutions (`--metadata-cache-size`), estimated. Default 16 MiB.
+    pub metadata_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +84,8 @@ impl Default for Limits {
             min_free: MinFree::default(),
             verify_reads: VerifyReads::default(),
             quota: None,
+            metadata_cache_ttl: std::time::Duration::from_secs(1),
+            metadata_cache_bytes: 16 << 20,
         }
     }
 }
@@ -190,10 +199,18 @@ impl Store {
             ),
         };
         let BlobBackend::Filesystem = backends.blobs;
+        // The cache of resolutions only where other replicas write too (see `meta::resolved`).
+        let cache = meta::CacheSettings {
+            ttl: match backends.metadata.is_shared() {
+                true => limits.metadata_cache_ttl,
+                false => std::time::Duration::ZERO,
+            },
+            budget: limits.metadata_cache_bytes,
+        };
         let inner = Inner {
             root: dir.to_owned(),
             blobs: blobs::Blobs::open(dir)?,
-            meta: meta::Meta::open(kv::Kv::new(metadata))?,
+            meta: meta::Meta::open(kv::Kv::new(metadata), cache)?,
             uploads: uploads::Uploads::open(dir.join("uploads"), space.clone())?,
             space,
             cache: ManifestCache::default(),
@@ -493,15 +510,38 @@ impl Store {
         self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// The manifest `reference` names in `repo`, as the metadata holds it now: for a caller
+    /// that decides a write on what it finds (sync). Clients are served
+    /// [`Store::get_manifest_cached`].
     pub fn get_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Option<StoredManifest>, StorageError> {
-        let Some((digest, meta, unreadable)) = self.inner.meta.resolve(repo.as_str(), reference)?
-        else {
+        self.manifest(repo, reference, Lookup::Current)
+    }
+
+    /// The manifest `reference` names in `repo`, resolved through this replica's cache when the
+    /// metadata is shared: at most `--metadata-cache-ttl` behind a change made through another
+    /// replica, never behind one made through this one. What a client's GET and HEAD are served.
+    pub fn get_manifest_cached(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        self.manifest(repo, reference, Lookup::Cached)
+    }
+
+    fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        lookup: Lookup,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let Some(resolution) = self.inner.meta.resolve(repo.as_str(), reference, lookup)? else {
             return Ok(None);
         };
+        let digest = resolution.digest.clone();
         let body = match self.inner.cache.get(&digest) {
             Some(body) => body,
             None => {
@@ -527,10 +567,10 @@ impl Store {
         };
         Ok(Some(StoredManifest {
             digest,
-            media_type: meta.media_type,
+            media_type: resolution.meta.media_type.clone(),
             body,
-            skipped: meta.skipped,
-            unreadable,
+            skipped: resolution.meta.skipped.clone(),
+            unreadable: resolution.unreadable.clone(),
         }))
     }
 

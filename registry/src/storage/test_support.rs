@@ -1,10 +1,15 @@
-//! Helpers shared by the storage unit tests (compiled for tests only): pushing a blob, and
-//! running one test on every metadata backend ([`on_every_backend!`], [`TestBackend`]).
+//! Helpers shared by the storage unit tests (compiled for tests only): pushing a blob or a small
+//! image, and running one test on every metadata backend ([`on_every_backend!`],
+//! [`TestBackend`]).
 
 use std::path::Path;
 
+use bytes::Bytes;
 use oci::digest::Digest;
+use oci::media_type::OCI_MANIFEST;
 use oci::name::RepoName;
+use oci::reference::Reference;
+use oci::Origin;
 
 use crate::storage::backends::{Backends, MetadataBackend, PostgresSettings};
 use crate::storage::kv::in_postgres::test_server::TestServer;
@@ -19,6 +24,32 @@ pub(crate) fn push_blob(store: &Store, repo: &RepoName, data: &[u8]) -> Digest {
     session.append(data).unwrap();
     store.finish_upload(&mut session, &digest).unwrap();
     digest
+}
+
+/// Pushes a one-layer image whose bytes depend on `seed` into `repo` as a client does, tagged
+/// `tag` (or by digest); returns the manifest's digest and the layer's.
+pub(crate) fn image(
+    store: &Store,
+    repo: &RepoName,
+    seed: &str,
+    tag: Option<&str>,
+) -> (Digest, Digest) {
+    let config = push_blob(store, repo, format!("{{\"seed\":\"{seed}\"}}").as_bytes());
+    let layer = push_blob(store, repo, format!("layer {seed}").as_bytes());
+    let body = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
+        store.blob_size(&config).unwrap(),
+        store.blob_size(&layer).unwrap()
+    );
+    let digest = Digest::sha256_of(body.as_bytes());
+    let reference = match tag {
+        Some(t) => Reference::Tag(t.into()),
+        None => Reference::Digest(digest.clone()),
+    };
+    store
+        .put_manifest(repo, &reference, None, Bytes::from(body), Origin::Client)
+        .unwrap();
+    (digest, layer)
 }
 
 /// The metadata backend one run of a test uses: redb in the store's directory, or a database

@@ -44,7 +44,7 @@ pub async fn get(
     reference: &Reference,
     req: Ask,
 ) -> Result<Response, ApiError> {
-    let Some(manifest) = store.get_manifest(repo, reference)? else {
+    let Some(manifest) = store.get_manifest_cached(repo, reference)? else {
         // Not here: from the parent, when this repository is pulled through. A child's sync
         // asking with HEAD is checking what this registry holds (before pushing up, or
         // comparing tags), not pulling: fetching for it would make its push wait on, and fail

@@ -359,7 +359,7 @@ impl Meta {
         patch: &AttributesPatch,
         origin: Origin,
     ) -> Result<Option<ChangeableAttributes>, StorageError> {
-        self.kv.write(|tx| {
+        self.write_repo(repo, |tx| {
             if !exists(tx, repo, target)? {
                 return Ok(None);
             }
@@ -503,7 +503,7 @@ impl Meta {
     /// manifest logged as deleted. A client is refused when the repository or anything in it
     /// may not be deleted. `false` when it is unknown.
     pub fn delete_repository(&self, repo: &str, origin: Origin) -> Result<bool, StorageError> {
-        self.kv.write(|tx| {
+        self.write_repo(repo, |tx| {
             if !tx.contains(REPOS, repo)? {
                 return Ok(false);
             }

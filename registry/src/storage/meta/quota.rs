@@ -275,7 +275,7 @@ impl Meta {
     /// A blob link newer than the time sync set the tag is left to GC: a client may have just
     /// uploaded that blob for a manifest it is about to push.
     pub fn evict_tag(&self, repo: &str, tag: &str) -> Result<Option<Evicted>, StorageError> {
-        self.kv.write(|tx| evict(tx, repo, tag))
+        self.write_repo(repo, |tx| evict(tx, repo, tag))
     }
 
     /// Forgets that `repo:tag` was evicted (sync found it gone at the parent). Whether it was.
