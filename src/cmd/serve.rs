@@ -254,6 +254,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     let sync_service = background.as_ref().map(|b| b.service.clone());
+    let sync_lease = background.as_ref().map(|b| b.lease.clone());
     let upstreams = background
         .as_ref()
         .map(|b| b.upstreams.map().clone())
@@ -366,12 +367,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let grace = args.shutdown_grace;
     let stop = {
         let store = store.clone();
+        let lease_at_stop = sync_lease.clone();
         async move {
             util::shutdown::signal().await;
             // Children's long polls of the change feed answer now, not at their deadline.
             store.stop_waiters();
             tracing::info!(?grace, "stopping: no new connections; requests in flight may finish within the grace period (--shutdown-grace)");
             let _ = stop_tx.send(true);
+            // A sync pass here stops now; the lease is given up once the requests drained.
+            if let Some(lease) = lease_at_stop {
+                lease.stop_passes();
+            }
         }
     };
     let plain = async {
@@ -410,6 +416,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     served.context("server failed")?;
+    // Another replica takes the sync lease over at once.
+    if let Some(lease) = sync_lease {
+        lease.give_up().await;
+    }
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
 }

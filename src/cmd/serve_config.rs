@@ -112,6 +112,14 @@ pub fn render(
         },
         note,
     );
+    if let Ok((lease, renew)) = args.sync.lease_timing() {
+        t.line(
+            "sync_lease",
+            duration(lease),
+            "PostgreSQL only: passes run on the replica holding it",
+        )
+        .line("sync_lease_renew", duration(renew), "");
+    }
     if let Some(cs) = &args.sync.connection_string {
         t.line("connection_string", redacted(cs), "");
     }

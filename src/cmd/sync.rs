@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use registry::storage::lease::LeaseClaim;
 use registry::Digest;
+use sync::lease::SyncLease;
 use sync::namespaced::{Namespaced, UpstreamParents};
 use sync::parent_config::{ParentConfig, Received};
 use sync::settings::{Mode, RawRepoRule, RawSettings, Settings, Timeout};
@@ -180,9 +182,36 @@ pub struct SyncFlags {
         env = "CONNECTED_REGISTRY_ON_DEMAND_REVALIDATE"
     )]
     pub on_demand_revalidate: Option<String>,
+
+    /// With --metadata on PostgreSQL (replicas sharing it), sync passes run only on the
+    /// replica holding the sync lease: how long it holds it after each renewal. A replica
+    /// killed stops renewing, and another takes over once it saw the lease unrenewed for this
+    /// long. Unused with redb (one process).
+    #[arg(long, env = "CONNECTED_REGISTRY_SYNC_LEASE", default_value = "15s", value_parser = super::parse_duration)]
+    pub sync_lease: Duration,
+
+    /// How often the holder renews the sync lease (and a replica standing by looks at it);
+    /// less than half of --sync-lease. Default: a third of --sync-lease.
+    #[arg(long, env = "CONNECTED_REGISTRY_SYNC_LEASE_RENEW", value_parser = super::parse_duration)]
+    pub sync_lease_renew: Option<Duration>,
 }
 
 impl SyncFlags {
+    /// The sync lease's duration and renewal interval, checked.
+    pub fn lease_timing(&self) -> anyhow::Result<(Duration, Duration)> {
+        let lease = self.sync_lease;
+        if lease < Duration::from_secs(1) {
+            anyhow::bail!("--sync-lease {lease:?}: at least 1s (the holder renews it every third)");
+        }
+        let renew = self.sync_lease_renew.unwrap_or(lease / 3);
+        if renew.is_zero() || renew * 2 >= lease {
+            anyhow::bail!(
+                "--sync-lease-renew {renew:?}: more than 0s and less than half of --sync-lease ({lease:?}), so a renewal that fails once is tried again before the lease runs out"
+            );
+        }
+        Ok((lease, renew))
+    }
+
     /// The child's own layers: the config file's settings, and the flags'.
     fn layers(&self) -> anyhow::Result<(RawSettings, RawSettings)> {
         let file = match &self.sync_config {
@@ -355,10 +384,14 @@ pub struct Background {
     /// Which upstream serves which name, with their clients: for containerd's `?ns=` mirror
     /// requests, and for pull-through (which parent serves a miss).
     pub upstreams: UpstreamParents,
+    /// The sync lease (given up at a clean shutdown, so another replica takes over at once).
+    pub lease: Arc<SyncLease>,
 }
 
 /// The engines of one registry: its parent's, and one per upstream copying ahead of time.
 struct Engines {
+    /// The sync lease every engine's passes run under.
+    lease: Arc<SyncLease>,
     main: Arc<Engine>,
     upstreams: Vec<Arc<Engine>>,
     /// The local prefix of each of `upstreams`.
@@ -370,6 +403,7 @@ struct Engines {
 impl Prepared {
     /// `None` when no parent is configured (sync off).
     pub fn from_flags(flags: &SyncFlags) -> anyhow::Result<Option<Prepared>> {
+        flags.lease_timing()?;
         let Some(settings) = flags.settings()? else {
             return Ok(None);
         };
@@ -568,14 +602,44 @@ impl Prepared {
     }
 
     /// The main parent's engine, and one for each upstream with something to copy ahead of
-    /// time (its `repos`), each with its own progress in `DATA/sync/upstreams/NAME/`.
+    /// time (its `repos`), each with its own progress: in `DATA/sync/` and
+    /// `DATA/sync/upstreams/NAME/`, or, when the metadata is shared with other replicas, in
+    /// the metadata (`main`, `upstream/NAME`), under the sync lease.
     fn engines(
         self,
-        store: registry::Store,
+        registry_store: registry::Store,
         data: &Path,
         progress: Arc<dyn Progress>,
     ) -> anyhow::Result<Engines> {
-        let store: Arc<dyn sync::store::LocalStore> = Arc::new(store);
+        let replica = registry::storage::lease::replica_name();
+        let lease = match registry_store.metadata_is_shared() {
+            true => {
+                let (duration, renew) = self.flags.lease_timing()?;
+                let claim = LeaseClaim::new(
+                    registry_store.clone(),
+                    sync::lease::SYNC_LEASE,
+                    &replica,
+                    duration,
+                );
+                tracing::info!(replica = claim.holder(), ?duration, ?renew, "replicas share the metadata: sync passes run on the replica holding the sync lease");
+                SyncLease::shared(claim, renew)
+            }
+            false => SyncLease::exclusive(),
+        };
+        // Where each engine keeps its progress.
+        let state_of = |dir: &Path, name: &str| -> anyhow::Result<StateFile> {
+            Ok(match lease.is_shared() {
+                true => {
+                    let fence = registry::storage::lease::Fence {
+                        lease: sync::lease::SYNC_LEASE.to_owned(),
+                        holder: replica.clone(),
+                    };
+                    StateFile::in_metadata(registry_store.clone(), name, fence)?
+                }
+                false => StateFile::open(dir)?,
+            })
+        };
+        let store: Arc<dyn sync::store::LocalStore> = Arc::new(registry_store.clone());
         let upstreams = Arc::new(self.settings.upstreams.clone());
         let mut for_upstreams = Vec::new();
         let mut prefixes = Vec::new();
@@ -602,7 +666,8 @@ impl Prepared {
                 .join("sync")
                 .join("upstreams")
                 .join(up.state_dir_name());
-            let state = StateFile::open(&dir)
+            let name = format!("upstream/{}", up.state_dir_name());
+            let state = state_of(&dir, &name)
                 .with_context(|| format!("upstream {} ({})", up.prefix, up.url))?;
             prefixes.push(up.prefix.clone());
             for_upstreams.push(Arc::new(Engine::new(
@@ -613,7 +678,7 @@ impl Prepared {
                 progress.clone(),
             )));
         }
-        let state = StateFile::open(&data.join("sync"))?;
+        let state = state_of(&data.join("sync"), "main")?;
         let client: Arc<dyn sync::parent::Parent> = Arc::new(self.client);
         // The parent serves every name no upstream claims, and none of theirs.
         let client: Arc<dyn sync::parent::Parent> = if upstreams.is_empty() {
@@ -629,6 +694,7 @@ impl Prepared {
             progress,
         ));
         Ok(Engines {
+            lease,
             main,
             upstreams: for_upstreams,
             prefixes,
@@ -685,17 +751,21 @@ impl Prepared {
         };
         let engines = self.engines(store, data, Arc::new(NoProgress))?;
         let upstream_parents = engines.parents.clone();
+        let lease = engines.lease.clone();
         let service = SyncService::refreshed_by(engines.main, refresh);
+        service.run_under(lease.clone());
         if let Some(reporter) = reporter {
             service.report_with(reporter);
         }
         let _ = miss_hint_of.set(service.clone());
+        lease.spawn();
         service.spawn();
         // Each upstream's schedule runs on its own; the parent's status shows theirs.
         let mut shown = Vec::new();
         for (engine, prefix) in engines.upstreams.into_iter().zip(engines.prefixes) {
             tracing::info!(upstream = %engine.settings.parent, %prefix, repos = engine.settings.repos.len(), "sync from an upstream enabled (pull-only)");
             let upstream = SyncService::new(engine);
+            upstream.run_under(lease.clone());
             upstream.spawn();
             shown.push((prefix, upstream));
         }
@@ -705,6 +775,7 @@ impl Prepared {
             miss_hint,
             service,
             upstreams: upstream_parents,
+            lease,
         })
     }
 }
@@ -766,13 +837,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     .with_context(|| super::metadata::cannot_open(&args.data, &args.metadata))?;
     if !args.once {
         let engines = sync.engines(store, &args.data, Arc::new(NoProgress))?;
+        let lease = engines.lease.clone();
         let service = SyncService::new(engines.main);
+        service.run_under(lease.clone());
+        lease.spawn();
         let handle = service.spawn();
         let _upstreams: Vec<_> = engines
             .upstreams
             .into_iter()
             .map(|engine| {
                 let service = SyncService::new(engine);
+                service.run_under(lease.clone());
                 service.spawn();
                 service
             })
@@ -781,20 +856,45 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = handle => {},
             _ = util::shutdown::signal() => {},
         }
+        lease.give_up().await;
         return Ok(ExitCode::SUCCESS);
     }
     let bars = Bars::new(!args.quiet && std::io::stderr().is_terminal(), args.quiet);
     let ticker = bars.clone().start();
     let engines = sync.engines(store, &args.data, bars.clone())?;
-    let deadline = time_limit.map(|d| tokio::time::Instant::now() + d);
+    let lease = engines.lease.clone();
+    let mut stop = sync::stop::Stop::at(time_limit.map(|d| tokio::time::Instant::now() + d));
+    if lease.is_shared() {
+        // One pass beside the replicas' schedules: only with the lease, held (renewed) for it.
+        lease.spawn();
+        // Long enough to take over from a replica that was killed holding it.
+        let (duration, renew) = args.sync.lease_timing()?;
+        if tokio::time::timeout(duration + renew * 2, lease.held())
+            .await
+            .is_err()
+        {
+            ticker.abort();
+            bars.clear();
+            let holder = lease.view().holder;
+            anyhow::bail!(
+                "the sync lease is held by {}: a replica runs sync passes there, and one here would run beside it; run `sync --once` when no replica syncs (or against that replica's status: GET /acr/v1/_sync/status)",
+                holder.as_deref().unwrap_or("another replica")
+            );
+        }
+        for engine in std::iter::once(&engines.main).chain(&engines.upstreams) {
+            engine.state.reload()?;
+        }
+        stop = stop.while_held(lease.watch());
+    }
     // The parent first, then each upstream, one after the other: one summary each.
-    let mut summaries = vec![(None, engines.main.run_pass(deadline).await)];
+    let mut summaries = vec![(None, engines.main.run_pass_until(stop.clone()).await)];
     for engine in &engines.upstreams {
         summaries.push((
             Some(engine.settings.parent.clone()),
-            engine.run_pass(deadline).await,
+            engine.run_pass_until(stop.clone()).await,
         ));
     }
+    lease.give_up().await;
     ticker.abort();
     bars.clear();
     if args.json && summaries.len() > 1 {

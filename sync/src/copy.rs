@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use tokio::time::Instant;
 
 use crate::client::{ClientError, FetchedManifest};
 use crate::engine::{blocking, upload_id, Engine, SyncError};
@@ -282,9 +281,8 @@ impl Engine {
                         .backoff_base
                         .saturating_mul(1 << stalls.min(6));
                     let wait = wait.min(self.settings.limits.backoff_max);
-                    match pass.deadline {
-                        Some(dl) if Instant::now() + wait >= dl => return Err(SyncError::Paused),
-                        _ => tokio::time::sleep(wait).await,
+                    if !pass.stop.sleep(wait).await {
+                        return Err(pass.pause());
                     }
                 }
                 Err((e, _)) => return Err(e),
@@ -329,15 +327,12 @@ impl Engine {
         let mut too_long = false;
         let mut pending = bytes::BytesMut::with_capacity(WRITE_BATCH);
         loop {
-            let next = match pass.deadline {
-                Some(dl) => match tokio::time::timeout_at(dl, blob.chunks.next()).await {
-                    Err(_) => {
-                        failure = Some(pass.pause());
-                        break;
-                    }
-                    Ok(r) => r,
-                },
-                None => blob.chunks.next().await,
+            let next = tokio::select! {
+                next = blob.chunks.next() => next,
+                () = pass.stop.reached_at() => {
+                    failure = Some(pass.pause());
+                    break;
+                }
             };
             match next {
                 Some(Ok(mut chunk)) => {

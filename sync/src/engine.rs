@@ -59,6 +59,7 @@ impl Classify for SyncError {
                 Class::new(Fault::Upstream, true)
             }
             SyncError::Store(StoreError::MissingReference(_)) => Class::new(Fault::Internal, false),
+            SyncError::State(StateError::LeaseLost { .. }) => Class::new(Fault::Local, true),
             SyncError::Store(StoreError::Other(_)) | SyncError::State(_) => {
                 Class::new(Fault::Local, false)
             }

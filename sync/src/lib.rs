@@ -39,6 +39,7 @@ pub mod engine;
 #[cfg(test)]
 mod fake;
 mod feed;
+pub mod lease;
 pub mod namespaced;
 pub mod on_demand;
 pub mod parent;
@@ -51,6 +52,7 @@ pub mod report;
 pub mod service;
 pub mod settings;
 pub mod state;
+pub mod stop;
 pub mod store;
 pub mod totals;
 pub mod upstreams;

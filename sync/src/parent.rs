@@ -5,7 +5,6 @@
 //! without a network.
 
 use std::path::Path;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -154,7 +153,8 @@ pub struct ChunkedUpload<'a> {
     pub resume: Option<String>,
     /// Called with the upload's location after every acknowledged chunk (to persist it).
     pub saved: &'a (dyn Fn(&str) + Sync),
-    pub until: Option<Instant>,
+    /// Checked between chunks: the window's end, the sync lease's.
+    pub stop: &'a crate::stop::Stop,
 }
 
 impl Parent for ParentClient {

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use crate::client::{AcrAnswer, ClientError, ParentTag};
 use crate::engine::{blocking, Engine, SyncError};
 use crate::settings::RepoRule;
-use crate::state::{Outcome, Pull, Summary};
+use crate::state::{Outcome, Pull, StateError, Summary};
+use crate::stop::Stop;
 use crate::store::StoreError;
 use oci::ChangeableAttributes;
 use oci::Descriptor;
@@ -56,7 +57,8 @@ impl ParentAttributes {
 /// Counters of one pass.
 #[derive(Default)]
 pub(crate) struct Pass {
-    pub(crate) deadline: Option<Instant>,
+    /// When it must stop (the window's end, the sync lease's).
+    pub(crate) stop: Stop,
     pub(crate) paused: AtomicBool,
     /// The local disk filled up: whatever else the pass would copy cannot be stored either.
     pub(crate) halted: AtomicBool,
@@ -88,14 +90,14 @@ impl Pass {
         if self.halted.load(Ordering::Relaxed) {
             return Err(SyncError::Halted);
         }
-        if self.paused.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
-        {
+        if self.paused.load(Ordering::Relaxed) || self.stop.reached() {
             return Err(self.pause());
         }
         Ok(())
     }
 
-    /// Marks the pass as stopped by its window; returns the error to stop with.
+    /// Marks the pass as stopped by its window (or the sync lease's end); returns the error to
+    /// stop with.
     pub(crate) fn pause(&self) -> SyncError {
         self.paused.store(true, Ordering::Relaxed);
         SyncError::Paused
@@ -124,7 +126,10 @@ impl Pass {
 
     pub(crate) fn record(&self, what: &str, err: SyncError) {
         match err {
-            SyncError::Paused => self.paused.store(true, Ordering::Relaxed),
+            // Another replica holds the sync lease now: a stop, not a failure.
+            SyncError::Paused | SyncError::State(StateError::LeaseLost { .. }) => {
+                self.paused.store(true, Ordering::Relaxed)
+            }
             // Recorded once, as the error that ended the pass.
             SyncError::Halted => {}
             e => {
@@ -153,6 +158,11 @@ impl Engine {
     /// One pass: push up (ReadWrite), then pull down every repository in scope. Stops
     /// transfers at `deadline` (the end of the window), leaving partial blobs to resume.
     pub async fn run_pass(&self, deadline: Option<Instant>) -> Summary {
+        self.run_pass_until(Stop::at(deadline)).await
+    }
+
+    /// [`Engine::run_pass`] stopping at `stop` (the end of the window, the sync lease's end).
+    pub async fn run_pass_until(&self, stop: Stop) -> Summary {
         let started = chrono::Utc::now();
         let clock = std::time::Instant::now();
         let stats = self.client.stats();
@@ -162,7 +172,7 @@ impl Engine {
             stats.bytes_up.load(Ordering::Relaxed),
         );
         let pass = Pass {
-            deadline,
+            stop,
             ..Default::default()
         };
         if self.settings.mode == crate::settings::Mode::ReadWrite {

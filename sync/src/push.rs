@@ -212,7 +212,7 @@ async fn upload(
             chunk,
             resume,
             saved: &saved,
-            until: pass.deadline.map(|d| d.into_std()),
+            stop: &pass.stop,
         })
         .await?;
     if uploaded == Uploaded::Paused {

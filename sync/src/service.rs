@@ -6,7 +6,9 @@
 //! `syncRetryMax`), so a link that is down when the window opens costs minutes, not a day. A
 //! pass still running when the window closes pauses (partial blobs stay on disk and resume in
 //! the next window). `GET /acr/v1/_sync/status` shows the last result, the open window's end,
-//! the next attempt and the next window, conflicts, warnings and errors.
+//! the next attempt and the next window, conflicts, warnings and errors. With replicas sharing
+//! the metadata a pass runs only while this replica holds the sync lease (`lease`), and the
+//! status says which replica holds it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,9 +22,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::engine::Engine;
+use crate::lease::SyncLease;
 use crate::report::Reporter;
 use crate::settings::{format_iso_duration, Mode, Settings, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
+use crate::stop::Stop;
 use crate::totals::SyncTotals;
 use util::backoff::Backoff;
 
@@ -72,6 +76,10 @@ pub struct StatusView {
     /// config), each with its own schedule and status, by local prefix.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub upstreams: std::collections::BTreeMap<String, StatusView>,
+    /// With replicas sharing the metadata: the sync lease, and which replica holds it (passes
+    /// run there only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::lease::LeaseView>,
 }
 
 /// Asked before every pass: new settings when they changed (a child's settings at its parent),
@@ -90,6 +98,9 @@ pub struct SyncService {
     reporter: OnceLock<Reporter>,
     /// The upstreams' schedules, by local prefix, shown in this one's status.
     upstreams: OnceLock<Vec<(String, Arc<SyncService>)>>,
+    /// The sync lease passes run under (set once before [`SyncService::spawn`]; without one the
+    /// metadata is this process's own and passes always run).
+    lease: OnceLock<Arc<SyncLease>>,
 }
 
 impl SyncService {
@@ -133,6 +144,7 @@ impl SyncService {
             parent_feed_seq,
             conflicts: state.conflicts,
             upstreams: Default::default(),
+            lease: None,
         };
         Arc::new(SyncService {
             engine: RwLock::new(engine),
@@ -141,7 +153,18 @@ impl SyncService {
             refresh,
             reporter: OnceLock::new(),
             upstreams: OnceLock::new(),
+            lease: OnceLock::new(),
         })
+    }
+
+    /// Runs passes only while `lease` is held here (set once, before [`SyncService::spawn`]).
+    pub fn run_under(&self, lease: Arc<SyncLease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// The lease passes run under.
+    fn lease(&self) -> Arc<SyncLease> {
+        self.lease.get_or_init(SyncLease::exclusive).clone()
     }
 
     /// Reports to the parent with `reporter` after every pass from now on (set once, before
@@ -248,10 +271,17 @@ impl SyncService {
     }
 
     pub fn status(&self) -> StatusView {
-        self.status
+        let mut view = self
+            .status
             .read()
             .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        view.lease = self
+            .lease
+            .get()
+            .filter(|lease| lease.is_shared())
+            .map(|lease| lease.view());
+        view
     }
 
     fn set(&self, f: impl FnOnce(&mut StatusView)) {
@@ -298,17 +328,40 @@ impl SyncService {
                 tokio::time::sleep(wait).await;
                 continue;
             };
+            let left = (end - now).to_std().unwrap_or(Duration::ZERO);
+            let deadline = tokio::time::Instant::now() + left;
+            let lease = self.lease();
+            if !lease.is_held() {
+                self.set(|s| {
+                    s.running = false;
+                    s.current_window_end = Some(end);
+                    s.next_attempt = None;
+                    s.next_window_start = settings.schedule.next_after(end);
+                });
+                tokio::select! {
+                    () = lease.held() => {}
+                    // The window closed while another replica held the lease.
+                    () = tokio::time::sleep_until(deadline) => continue,
+                }
+            }
+            if lease.is_shared() {
+                // Another replica may have run passes since: continue from its progress.
+                if let Err(err) = engine.state.reload() {
+                    tracing::error!("{err}");
+                    tokio::time::sleep(FIRST_RETRY).await;
+                    continue;
+                }
+                self.show_state(&engine);
+            }
             self.set(|s| {
                 s.running = true;
                 s.current_window_end = Some(end);
                 s.next_attempt = None;
                 s.next_window_start = settings.schedule.next_after(end);
             });
-            let left = (end - now).to_std().unwrap_or(Duration::ZERO);
             tracing::debug!(window_end = %end, "sync pass starts");
-            let summary = engine
-                .run_pass(Some(tokio::time::Instant::now() + left))
-                .await;
+            let stop = Stop::at(Some(deadline)).while_held(lease.watch());
+            let summary = engine.run_pass_until(stop).await;
             let wait = match summary.outcome {
                 // An error no retry can help (a certificate the trust bundle lacks, a refusal)
                 // is asked again only at the longest wait: the parent may still change.
@@ -329,17 +382,7 @@ impl SyncService {
             self.totals.add(&summary);
             self.prune(&engine, &summary).await;
             let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            // Only what the status shows: the state also holds every tag sync wrote, and a
-            // poll comes every minute.
-            let parent = &engine.settings.parent;
-            let (pushed_seq, parent_feed_seq, conflicts, warnings) = engine.state.read(|st| {
-                (
-                    st.pushed_seq,
-                    feed_seq(st, parent),
-                    st.conflicts.clone(),
-                    st.scope_warnings.clone(),
-                )
-            });
+            let parent_feed_seq = self.show_state(&engine);
             self.set(|s| {
                 s.running = false;
                 s.next_attempt = Some(next.min(end));
@@ -360,10 +403,6 @@ impl SyncService {
                     s.last_error = Some(error);
                 }
                 s.last_result = Some(summary.clone());
-                s.pushed_seq = pushed_seq;
-                s.parent_feed_seq = parent_feed_seq;
-                s.conflicts = conflicts;
-                s.warnings = warnings;
             });
             self.report_up();
             if summary.outcome == Outcome::Paused {
@@ -386,6 +425,31 @@ impl SyncService {
                 }
             }
         }
+    }
+
+    /// Shows the persisted progress in the status (only what it shows: the state also holds
+    /// every tag sync wrote, and a poll comes every minute); returns the parent feed position.
+    fn show_state(&self, engine: &Engine) -> Option<u64> {
+        let parent = &engine.settings.parent;
+        let (pushed_seq, parent_feed_seq, conflicts, warnings) = engine.state.read(|st| {
+            (
+                st.pushed_seq,
+                feed_seq(st, parent),
+                st.conflicts.clone(),
+                st.scope_warnings.clone(),
+            )
+        });
+        let last_result = engine.state.read(|st| st.last_result.clone());
+        self.set(|s| {
+            s.pushed_seq = pushed_seq;
+            s.parent_feed_seq = parent_feed_seq;
+            s.conflicts = conflicts;
+            s.warnings = warnings;
+            if last_result.is_some() {
+                s.last_result = last_result;
+            }
+        });
+        parent_feed_seq
     }
 
     /// One line per pass that did something or failed; a poll with nothing new logs at debug.

@@ -1,7 +1,13 @@
-//! Sync's own persisted progress (`DATA/sync/state.json`): the last change-log sequence pushed
-//! up, the position in the parent's change feed, the tags sync wrote (to reflect deletions at the parent), uploads in flight, conflicts,
-//! and the last result. Written to a temp file, fsynced, renamed: a crash leaves the old or
-//! the new state, never a torn one. Separate from the registry's database on purpose.
+//! Sync's own persisted progress: the last change-log sequence pushed up, the position in the
+//! parent's change feed, the tags sync wrote (to reflect deletions at the parent), uploads in
+//! flight, conflicts, and the last result. One document per engine, in one of two places:
+//! - `DATA/sync/state.json` (each upstream's in `DATA/sync/upstreams/NAME/`) when the metadata
+//!   is this process's own (redb): written to a temp file, fsynced, renamed, so a crash leaves
+//!   the old or the new state, never a torn one; separate from the registry's database on
+//!   purpose (it lists what sync wrote, which `recover` rebuilds the database from).
+//! - a row of the shared metadata (PostgreSQL) when several replicas share it, written whole in
+//!   one transaction and only while this replica holds the sync lease (a fence checked in that
+//!   transaction), so the replica that takes over continues from where the last one stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -140,43 +146,84 @@ pub struct SyncState {
     pub reconciled_seq: u64,
 }
 
-/// The state file with its in-memory copy.
+/// One engine's state document, in its place, with its in-memory copy.
 pub struct StateFile {
-    path: PathBuf,
+    place: Place,
     state: Mutex<SyncState>,
 }
 
-/// The state file cannot be read or written.
+/// Where a state document lives (see the module doc).
+enum Place {
+    File(PathBuf),
+    Metadata {
+        store: registry::Store,
+        /// The engine's row.
+        name: String,
+        /// The sync lease this replica must hold to write it.
+        fence: registry::storage::lease::Fence,
+    },
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::File(path) => write!(f, "{}", path.display()),
+            Place::Metadata { name, .. } => write!(f, "{name:?} in the shared metadata"),
+        }
+    }
+}
+
+/// The state cannot be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("internal: sync state {path}: {message}")]
-pub struct StateError {
-    pub path: PathBuf,
-    pub message: String,
+pub enum StateError {
+    #[error("internal: sync state {place}: {message}")]
+    Failed { place: String, message: String },
+    /// Another replica holds the sync lease now: this one stops, nothing was written.
+    #[error("sync state {place}: {message}")]
+    LeaseLost { place: String, message: String },
 }
 
 impl StateFile {
     /// Opens `dir/state.json` (creating `dir`), starting empty when the file does not exist.
     pub fn open(dir: &Path) -> Result<StateFile, StateError> {
-        let path = dir.join("state.json");
-        let err = |message: String| StateError {
-            path: path.clone(),
-            message,
-        };
+        let place = Place::File(dir.join("state.json"));
         std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create the directory: {e}")))?;
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                err(format!(
-                    "not valid JSON ({e}); move it away to start over (content is kept in the registry)"
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SyncState::default(),
-            Err(e) => return Err(err(format!("cannot read: {e}"))),
-        };
+            .map_err(|e| place.failed(format!("cannot create the directory: {e}")))?;
+        let state = place.load()?;
         Ok(StateFile {
-            path,
+            place,
             state: Mutex::new(state),
         })
+    }
+
+    /// Engine `name`'s document in the shared metadata of `store`, written only while `fence`
+    /// holds (the sync lease, this replica as its holder); empty when never written.
+    pub fn in_metadata(
+        store: registry::Store,
+        name: &str,
+        fence: registry::storage::lease::Fence,
+    ) -> Result<StateFile, StateError> {
+        let place = Place::Metadata {
+            store,
+            name: name.to_owned(),
+            fence,
+        };
+        let state = place.load()?;
+        Ok(StateFile {
+            place,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Reads the document again from its place: in the shared metadata another replica may
+    /// have written it since (it held the lease); a file is this process's alone.
+    pub fn reload(&self) -> Result<(), StateError> {
+        if let Place::File(_) = self.place {
+            return Ok(());
+        }
+        let state = self.place.load()?;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        Ok(())
     }
 
     pub fn snapshot(&self) -> SyncState {
@@ -192,22 +239,72 @@ impl StateFile {
         }
     }
 
-    /// Changes the state and writes it through atomically (temp file, fsync, rename, fsync of
-    /// the directory), so a restart after a crash reads the old state or the new, never half.
+    /// Changes the state and writes it through atomically (a file: temp file, fsync, rename,
+    /// fsync of the directory; the metadata: one transaction), so a restart after a crash reads
+    /// the old state or the new, never half. In the metadata, a replica that lost the sync
+    /// lease writes nothing ([`StateError::LeaseLost`]).
     pub fn update<T>(&self, f: impl FnOnce(&mut SyncState) -> T) -> Result<T, StateError> {
-        let mut guard = self.state.lock().map_err(|_| StateError {
-            path: self.path.clone(),
-            message: "lock poisoned".into(),
-        })?;
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| self.place.failed("lock poisoned".into()))?;
         let out = f(&mut guard);
-        let bytes = serde_json::to_vec_pretty(&*guard).map_err(|e| StateError {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        util::atomic_file::write(&self.path, &bytes, None).map_err(|e| StateError {
-            path: self.path.clone(),
-            message: format!("cannot write: {e}"),
-        })?;
+        let bytes =
+            serde_json::to_vec_pretty(&*guard).map_err(|e| self.place.failed(e.to_string()))?;
+        self.place.store(&bytes)?;
         Ok(out)
+    }
+}
+
+impl Place {
+    fn failed(&self, message: String) -> StateError {
+        StateError::Failed {
+            place: self.to_string(),
+            message,
+        }
+    }
+
+    /// The document as stored; empty when there is none yet.
+    fn load(&self) -> Result<SyncState, StateError> {
+        let bytes = match self {
+            Place::File(path) => match std::fs::read(path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(self.failed(format!("cannot read: {e}"))),
+            },
+            Place::Metadata { store, name, .. } => store
+                .sync_state(name)
+                .map_err(|e| self.failed(format!("cannot read: {e}")))?,
+        };
+        let Some(bytes) = bytes else {
+            return Ok(SyncState::default());
+        };
+        serde_json::from_slice(&bytes).map_err(|e| {
+            let start_over = match self {
+                Place::File(_) => "move it away to start over",
+                Place::Metadata { .. } => {
+                    "delete its row (table registry_kv, tbl 'sync_state') to start over"
+                }
+            };
+            self.failed(format!(
+                "not valid JSON ({e}); {start_over} (content is kept in the registry)"
+            ))
+        })
+    }
+
+    fn store(&self, bytes: &[u8]) -> Result<(), StateError> {
+        match self {
+            Place::File(path) => util::atomic_file::write(path, bytes, None)
+                .map_err(|e| self.failed(format!("cannot write: {e}"))),
+            Place::Metadata { store, name, fence } => store
+                .put_sync_state(name, bytes, fence)
+                .map_err(|e| match e {
+                    registry::StorageError::LeaseLost { .. } => StateError::LeaseLost {
+                        place: self.to_string(),
+                        message: e.to_string(),
+                    },
+                    e => self.failed(format!("cannot write: {e}")),
+                }),
+        }
     }
 }

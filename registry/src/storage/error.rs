@@ -54,6 +54,10 @@ pub enum StorageError {
     /// turn it back on.
     #[error("{0}")]
     Locked(String),
+    /// A write made on the strength of a lease (sync's progress) while another replica holds
+    /// it: nothing was written.
+    #[error("the {lease} lease is held by {holder}, not by this replica: it stopped writing, the holder carries on")]
+    LeaseLost { lease: String, holder: String },
     /// Refused before the disk is full (the reserve), or failed because it is.
     #[error(
         "not enough disk space for {what} ({size} bytes): {available} bytes are free, and writes stop at the \
@@ -81,9 +85,9 @@ impl Classify for StorageError {
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
             StorageError::Db(_) | StorageError::InUse(_) => Class::new(Fault::Local, false),
-            StorageError::NoSpace { .. } | StorageError::Unavailable(_) => {
-                Class::new(Fault::Local, true)
-            }
+            StorageError::NoSpace { .. }
+            | StorageError::Unavailable(_)
+            | StorageError::LeaseLost { .. } => Class::new(Fault::Local, true),
             _ => Class::new(Fault::Client, false),
         }
     }

@@ -2,7 +2,9 @@
 //! the change log, written once over the key-value contract (`kv`), so the same rules hold on
 //! redb and on PostgreSQL. Each change to tags, manifests or their attributes is logged in the
 //! same transaction. `props` keeps the `changeableAttributes` and the times the `/acr/v1` API
-//! shows; `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`).
+//! shows; `quota` keeps which tags sync wrote, pull times and evicted tags (`serve --quota`);
+//! `resolved` is this replica's cache of resolutions (shared metadata); `lease` the leases
+//! replicas take (sync's), and `sync_state` sync's progress when the metadata is shared.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ pub use quota::{Evicted, EvictedTag, EvictionCandidate};
 mod resolved;
 pub use resolved::CacheSettings;
 use resolved::ResolutionCache;
+mod lease;
+pub use lease::{Fence, LeaseAttempt, LeaseRow};
+mod sync_state;
 
 /// (repo, tag) -> manifest digest.
 const TAGS: Table<(String, String), String> = Table::new("tags");
@@ -324,6 +329,8 @@ impl Meta {
                 quota::PULLED.def(),
                 quota::EVICTED.def(),
                 quota::ON_DEMAND.def(),
+                lease::LEASES.def(),
+                sync_state::SYNC_STATE.def(),
             ] {
                 tx.create_table(table)?;
             }

@@ -12,6 +12,7 @@ pub mod fill;
 pub mod gc;
 pub mod integrity;
 pub(crate) mod kv;
+pub mod lease;
 pub mod meta;
 mod props;
 pub mod quota;
@@ -133,6 +134,8 @@ struct Inner {
     stopping: std::sync::atomic::AtomicBool,
     /// Pull times and demand gathered in memory, and the eviction counters.
     quota: quota::QuotaState,
+    /// The metadata is shared with other processes (see [`Store::metadata_is_shared`]).
+    metadata_shared: bool,
 }
 
 /// Manifest bytes by digest. Content never changes under a digest, so entries never go stale;
@@ -220,6 +223,7 @@ impl Store {
             changed: tokio::sync::watch::Sender::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             quota: quota::QuotaState::default(),
+            metadata_shared: backends.metadata.is_shared(),
             limits,
         };
         Ok(Store {

@@ -226,7 +226,7 @@ impl ParentClient {
     /// earlier attempt; `saved` is called with the current location after every chunk the
     /// parent acknowledged (persist it to resume after a restart).
     ///
-    /// `until` (the end of the sync window) is honoured between chunks: a chunk in flight is
+    /// `stop` (the end of the sync window, of the sync lease) is honoured between chunks: a chunk in flight is
     /// finished, because a registry that received part of a chunk may drop the whole upload
     /// (CNCF distribution cancels an upload whose size no longer matches its last answer).
     pub async fn upload_blob_chunked(
@@ -241,7 +241,7 @@ impl ParentClient {
             chunk,
             resume,
             saved,
-            until,
+            stop,
         } = upload;
         let scope = Scope::Push(repo.into());
         // A location saved for another parent (the settings changed) is of no use here.
@@ -260,7 +260,7 @@ impl ParentClient {
         saved(&location);
         let mut failures = 0u32;
         while offset < size {
-            if until.is_some_and(|t| Instant::now() >= t) {
+            if stop.reached() {
                 return Ok(Uploaded::Paused);
             }
             let len = chunk.min(size - offset);

@@ -1,0 +1,304 @@
+//! Several `serve` replicas on one PostgreSQL database (a real server, Debian's package) sharing
+//! their blobs, with a parent (CNCF distribution behind a loopback relay that slows the link and
+//! counts what it carries): the sync lease lets exactly one replica run passes at a time; the
+//! holder killed with `kill -9` in the middle of a pass, another takes the lease over and
+//! finishes, resuming the partial blob instead of fetching it again, and what it serves is
+//! byte-identical to the parent's; a replica stopped cleanly hands the lease over.
+//!
+//! The replicas' data directories share `blobs/` and `uploads/` (links to the first's),
+//! standing in for the shared blob store: what one stored or partly downloaded the other reads.
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::api::{sha256, Api};
+use common::distribution::start_distribution;
+use common::postgres::server_with_database;
+use common::relay::Relay;
+use common::sync::{image, pull, push as seed, raw_manifest, start_child, wait_for_tag};
+use common::{poll, Proc};
+use serde_json::Value;
+
+/// Data directories for `n` replicas, whose `blobs/` and `uploads/` are the first's.
+fn replica_dirs(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("replica{i}"))).collect();
+    for shared in ["blobs", "uploads"] {
+        std::fs::create_dir_all(dirs[0].join(shared)).unwrap();
+    }
+    for other in &dirs[1..] {
+        std::fs::create_dir_all(other).unwrap();
+        for shared in ["blobs", "uploads"] {
+            std::os::unix::fs::symlink(dirs[0].join(shared), other.join(shared)).unwrap();
+        }
+    }
+    dirs
+}
+
+/// The replica's sync status (`None` while it does not answer: killed, or not up).
+fn status(replica: &Proc) -> Option<Value> {
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{}/acr/v1/_sync/status", replica.url()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .ok()?;
+    resp.json().ok()
+}
+
+/// Whether the replica's status says it holds the sync lease.
+fn holds_lease(replica: &Proc) -> bool {
+    status(replica).is_some_and(|s| s["lease"]["heldHere"] == true)
+}
+
+/// Bytes partly downloaded into the (shared) upload sessions under `data`.
+fn partial_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("uploads"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|session| std::fs::metadata(session.path().join("data")).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Watches the replicas' statuses until dropped: records every moment two of them ran a pass
+/// at once, and how many passes each was seen starting.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    /// Samples where more than one replica was running a pass.
+    overlaps: Vec<String>,
+    /// Per replica: the distinct `lastResult.started` seen (passes that ended), and whether a
+    /// pass was seen running.
+    passes: Vec<std::collections::BTreeSet<String>>,
+    running_seen: Vec<bool>,
+}
+
+impl Watch {
+    fn start(replicas: Vec<String>) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen {
+            passes: vec![Default::default(); replicas.len()],
+            running_seen: vec![false; replicas.len()],
+            ..Seen::default()
+        }));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            while !stop2.load(Ordering::Relaxed) {
+                let statuses: Vec<Option<Value>> = replicas
+                    .iter()
+                    .map(|url| {
+                        client
+                            .get(format!("{url}/acr/v1/_sync/status"))
+                            .timeout(Duration::from_secs(2))
+                            .send()
+                            .ok()?
+                            .json()
+                            .ok()
+                    })
+                    .collect();
+                let mut seen = seen2.lock().unwrap();
+                let running: Vec<usize> = (0..statuses.len())
+                    .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["running"] == true))
+                    .collect();
+                if running.len() > 1 {
+                    seen.overlaps
+                        .push(format!("replicas {running:?} both running"));
+                }
+                for (i, s) in statuses.iter().enumerate() {
+                    let Some(s) = s else { continue };
+                    if s["running"] == true {
+                        seen.running_seen[i] = true;
+                    }
+                    if let Some(started) = s["lastResult"]["started"].as_str() {
+                        seen.passes[i].insert(started.to_owned());
+                    }
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// What `a` and `b` serve for `repo:tag`, pulled with skopeo, is the same bytes blob by blob.
+fn assert_pulled_identical(dir: &Path, a: &str, b: &str, repo: &str, tag: &str) -> usize {
+    let (from_a, from_b) = (dir.join("pulled-a"), dir.join("pulled-b"));
+    pull(a, repo, tag, &from_a);
+    pull(b, repo, tag, &from_b);
+    let mut blobs = 0;
+    for entry in std::fs::read_dir(from_a.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let theirs = std::fs::read(entry.path()).unwrap();
+        let ours = std::fs::read(from_b.join("blobs/sha256").join(entry.file_name()))
+            .unwrap_or_else(|e| panic!("blob {:?} not pulled from {b}: {e}", entry.file_name()));
+        assert!(ours == theirs, "blob {:?} differs", entry.file_name());
+        blobs += 1;
+    }
+    blobs
+}
+
+const LAYER: usize = 16 << 20;
+/// Per connection, parent to child: two layers at once take about 8 s.
+const RATE: u64 = 2 << 20;
+/// Short, so the test waits seconds, not the default 15 s, for a takeover.
+const LEASE: &str = "3s";
+
+#[test]
+fn one_replica_syncs_at_a_time_and_another_finishes_when_the_holder_is_killed() {
+    let (_postgres, url) = server_with_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let host = parent.url().trim_start_matches("http://").to_owned();
+    let (layout, img) = image(&tmp.path().join("img"), &[LAYER, LAYER]);
+    seed(&layout, &host, "big/app", "v1");
+    let manifest = sha256(raw_manifest(&host, "big/app", "v1").as_bytes());
+    let relay = Relay::start(parent.addr, None, Some(RATE));
+    let dirs = replica_dirs(tmp.path(), 3);
+    let args = [
+        "--metadata",
+        url.as_str(),
+        "--repo",
+        "big/*",
+        "--sync-lease",
+        LEASE,
+        "--sync-poll-interval",
+        "PT1S",
+        "--gc-interval",
+        "0s",
+    ];
+    let mut replicas = vec![
+        Some(start_child(&dirs[0], &relay.url(), &args)),
+        Some(start_child(&dirs[1], &relay.url(), &args)),
+    ];
+    let urls: Vec<String> = replicas.iter().flatten().map(|r| r.url()).collect();
+    let watch = Watch::start(urls);
+
+    // One replica takes the lease and pulls; the other stands by, naming it.
+    let holder = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        (0..2).find(|&i| holds_lease(replicas[i].as_ref().unwrap()))
+    })
+    .expect("no replica took the sync lease");
+    let standby = 1 - holder;
+    let standby_status = status(replicas[standby].as_ref().unwrap()).unwrap();
+    let holder_name = status(replicas[holder].as_ref().unwrap()).unwrap()["lease"]["thisReplica"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        standby_status["lease"]["heldHere"], false,
+        "{standby_status}"
+    );
+    assert_eq!(
+        standby_status["lease"]["holder"].as_str(),
+        Some(holder_name.as_str()),
+        "the standby names the holder: {standby_status}"
+    );
+
+    // Killed in the middle of the pass, with part of the layers downloaded.
+    let partial = poll(Duration::from_secs(60), Duration::from_millis(50), || {
+        let have = partial_bytes(&dirs[0]);
+        (have >= (6 << 20)).then_some(have)
+    })
+    .expect("the holder never got far into the layers");
+    replicas[holder].as_mut().unwrap().kill();
+    replicas[holder] = None;
+    let partial_at_kill = partial_bytes(&dirs[0]).max(partial);
+    eprintln!("holder {holder} killed with {partial_at_kill} bytes of the layers downloaded");
+
+    // The other takes over, finishes, and resumed rather than starting over.
+    let survivor = replicas[standby].as_ref().unwrap();
+    wait_for_tag(survivor, "big/app", "v1", &manifest);
+    let done = status(survivor).unwrap();
+    assert_eq!(done["lease"]["heldHere"], true, "{done}");
+    let result = &done["lastResult"];
+    eprintln!("the survivor's pass: {result}");
+    assert_eq!(result["outcome"], "Completed", "{result}");
+    assert!(
+        result["blobsResumed"].as_u64().unwrap() >= 1,
+        "nothing resumed: {result}"
+    );
+    let total = 2 * LAYER as u64;
+    let carried = relay.down.load(Ordering::Relaxed);
+    eprintln!("the relay carried {carried} bytes for {total} bytes of layers");
+    assert!(
+        (carried as f64) < 1.2 * total as f64,
+        "{carried} bytes carried for {total}: a blob was fetched again in full"
+    );
+    let blobs = assert_pulled_identical(
+        tmp.path(),
+        &host,
+        survivor.url().trim_start_matches("http://"),
+        "big/app",
+        "v1",
+    );
+    assert_eq!(
+        blobs,
+        2 + img.layers.len(),
+        "manifest, config and the layers"
+    );
+
+    // Stopped cleanly, the holder gives the lease up: a new replica takes it.
+    replicas.push(Some(start_child(&dirs[2], &relay.url(), &args)));
+    let survivor = replicas[standby].as_mut().unwrap();
+    survivor.sigterm();
+    survivor.exit_within(Duration::from_secs(30));
+    assert!(
+        survivor.log_text().contains("sync lease given up"),
+        "{}",
+        survivor.log_text()
+    );
+    let newcomer = replicas[2].as_ref().unwrap();
+    let took = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        holds_lease(newcomer).then_some(())
+    });
+    assert!(took.is_some(), "{}", newcomer.log_text());
+    assert_eq!(
+        Api::new(&newcomer.url())
+            .get_manifest("big/app", "v1")
+            .expect(200)
+            .header("docker-content-digest")
+            .as_deref(),
+        Some(manifest.as_str())
+    );
+
+    let seen = watch.finish();
+    eprintln!("seen: {seen:?}");
+    assert!(
+        seen.overlaps.is_empty(),
+        "two passes at once: {:?}",
+        seen.overlaps
+    );
+    assert!(
+        seen.running_seen[holder],
+        "the first holder never ran a pass"
+    );
+    assert!(
+        !seen.passes[standby].is_empty(),
+        "the survivor never finished a pass"
+    );
+}
