@@ -61,8 +61,12 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
+        // Errors that print their source already (`ConnectError`) are not repeated.
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cur = e.source();
     }
     out
