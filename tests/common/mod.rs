@@ -13,6 +13,7 @@ pub mod docker;
 pub mod netns;
 pub mod oci;
 pub mod postgres;
+pub mod proxy;
 pub mod relay;
 pub mod skopeo;
 pub mod static_build;
