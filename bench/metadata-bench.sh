@@ -61,8 +61,9 @@ ACCEPT="application/vnd.oci.image.manifest.v1+json"
 figure() { echo "$1 $2 $3 $4 $5" | tee -a "$WORK/figures"; }
 wrk_get() { # ROUND TARGET CONNS LABEL
   local url="http://127.0.0.1:$(port_of "$2")/v2/bench/app/manifests/v1"
-  BENCH_ACCEPT="$ACCEPT" timeout $((DURATION + 60)) wrk -t2 -c"$3" -d"${DURATION}s" --timeout 5s \
-    -s "$SHARED/wrk-report.lua" "$url" >"$WORK/wrk.out" 2>&1
+  local threads=2; [ "$3" -lt 2 ] && threads=1
+  BENCH_ACCEPT="$ACCEPT" timeout $((DURATION + 60)) wrk -t"$threads" -c"$3" -d"${DURATION}s" --timeout 5s \
+    -s "$SHARED/wrk-report.lua" "$url" >"$WORK/wrk.out" 2>&1 || { cat "$WORK/wrk.out" >&2; exit 1; }
   w() { awk -v k="wrk.$1" '$1==k{print $2}' "$WORK/wrk.out"; }
   [ "$(w non2xx3xx)" = 0 ] || { cat "$WORK/wrk.out" >&2; echo "non-2xx answers" >&2; exit 1; }
   figure "$1" "$2" "$4.rps" "$(w rps)" req/s

@@ -45,6 +45,8 @@ on_every_backend! {
             assert!(!tx.contains(PAIRS, ("r", "b"))?);
             assert_eq!(tx.get(NUMBERS, 7)?, Some((1, u64::MAX)));
             assert_eq!(tx.get(NAMES, "none")?, None);
+            let many = tx.get_many(PAIRS, &[("r", "zz"), ("r", "a"), ("q", "a"), ("r", "a")])?;
+            assert_eq!(many, [None, Some("2".to_owned()), None, Some("2".to_owned())]);
             Ok(())
         })
         .unwrap();

@@ -45,6 +45,7 @@ const CREATE_SCHEMA: &str = "
 /// The prepared statements of one connection.
 struct Statements {
     get: Statement,
+    get_many: Statement,
     /// `[lower, upper)`, in key order; then the same without an upper bound, then both reversed.
     range: Statement,
     range_open: Statement,
@@ -65,6 +66,7 @@ impl Statements {
         };
         Ok(Statements {
             get: client.prepare("SELECT v FROM registry_kv WHERE tbl = $1 AND k = $2")?,
+            get_many: client.prepare("SELECT k, v FROM registry_kv WHERE tbl = $1 AND k = ANY($2)")?,
             range: client.prepare(&range("ASC", true, 4))?,
             range_open: client.prepare(&range("ASC", false, 3))?,
             range_rev: client.prepare(&range("DESC", true, 4))?,
@@ -188,6 +190,21 @@ impl Session {
             },
             "read",
         )
+    }
+
+    pub(super) fn get_many(
+        &mut self,
+        table: &'static str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = self.with(
+            |c| {
+                let rows = c.client.query(&c.statements.get_many, &[&table, &keys])?;
+                Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            },
+            "read",
+        )?;
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     pub(super) fn range(
