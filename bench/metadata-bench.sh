@@ -8,7 +8,8 @@
 # PostgreSQL is started by the script (Debian's postgresql: initdb in the scratch directory, run
 # as the `postgres` user under root, default durability: fsync on), on a free loopback port.
 # Usage: bench/metadata-bench.sh [path/to/connected-registry]   (default target/release/...)
-# Env: ROUNDS=3 DURATION=10 CONNS=64 PUSH_LAYERS=2 PUSH_SIZE=1M PUSH_RUNS=3.
+# Env: ROUNDS=3 DURATION=10 CONNS=64 PUSH_LAYERS=2 PUSH_SIZE=1M PUSH_RUNS=3; PG_SERVE_ARGS: more
+# `serve` flags for the PostgreSQL target (e.g. "--metadata-connections 8").
 # Needs wrk, skopeo, curl, python3, postgresql, and ../shared/bench (make-image.py,
 # wrk-report.lua). Prints one "ROUND TARGET NAME VALUE UNIT" line per figure, then the medians
 # and the per-request cost. Everything it starts it stops (by PID); scratch in a temp dir.
@@ -47,7 +48,8 @@ for _ in $(seq 200); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && br
 PG_URL="postgres://registry:bench-secret@127.0.0.1:$PG_PORT/postgres"
 
 start_ours "$WORK/redb"; REDB_PORT="$PORT"
-start_ours "$WORK/postgres" --metadata "$PG_URL"; PG_REG_PORT="$PORT"
+# shellcheck disable=SC2086 # PG_SERVE_ARGS is a list of flags
+start_ours "$WORK/postgres" --metadata "$PG_URL" ${PG_SERVE_ARGS:-}; PG_REG_PORT="$PORT"
 port_of() { case "$1" in redb) echo "$REDB_PORT" ;; postgres) echo "$PG_REG_PORT" ;; esac; }
 
 # The fixture: one small image, tag v1, in each.

@@ -107,6 +107,22 @@ impl Target {
         }
     }
 
+    /// The backends ours runs on (its `--metadata`), to open its store in the test process
+    /// while it is down.
+    pub fn backends(&self) -> registry::storage::Backends {
+        let metadata = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--metadata")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(|url| url.parse().expect("the test's --metadata parses"))
+            .unwrap_or_default();
+        registry::storage::Backends {
+            metadata,
+            ..Default::default()
+        }
+    }
+
     /// Directory that holds the content-addressed blob files.
     pub fn blobs_dir(&self) -> PathBuf {
         match self.kind {
