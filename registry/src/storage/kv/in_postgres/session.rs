@@ -378,7 +378,18 @@ fn failure(
                 || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
         }
     };
-    let message = format!("{}: {doing}: {error}", settings.describe());
+    // The client's message says only what failed ("error connecting to server"); its causes
+    // say why ("Connection refused").
+    let mut message = format!("{}: {doing}: {error}", settings.describe());
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
     if transient {
         StorageError::Unavailable(message)
     } else {
