@@ -180,7 +180,9 @@ pub(super) fn pinned(
 /// Whether GC must leave this manifest: it (or its repository) may not be deleted.
 pub(super) fn gc_must_keep(tx: &Read, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
     let all = stored_with_repo(tx, repo, &[Target::Manifest(digest.clone())])?;
-    Ok(all.iter().any(|(_, a)| !a.delete_enabled || !a.write_enabled))
+    Ok(all
+        .iter()
+        .any(|(_, a)| !a.delete_enabled || !a.write_enabled))
 }
 
 /// Keeps the created / last-updated times and drops what a deleted item carried; called for

@@ -66,7 +66,8 @@ impl Statements {
         };
         Ok(Statements {
             get: client.prepare("SELECT v FROM registry_kv WHERE tbl = $1 AND k = $2")?,
-            get_many: client.prepare("SELECT k, v FROM registry_kv WHERE tbl = $1 AND k = ANY($2)")?,
+            get_many: client
+                .prepare("SELECT k, v FROM registry_kv WHERE tbl = $1 AND k = ANY($2)")?,
             range: client.prepare(&range("ASC", true, 4))?,
             range_open: client.prepare(&range("ASC", false, 3))?,
             range_rev: client.prepare(&range("DESC", true, 4))?,
