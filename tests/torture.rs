@@ -1178,7 +1178,11 @@ fn synced_without_content(data: &std::path::Path) -> Vec<String> {
                     let Ok(bd) = b.parse::<registry::Digest>() else {
                         continue;
                     };
-                    let bytes = std::fs::read(store.blob_path(&bd)).unwrap_or_default();
+                    let bytes = store
+                        .read_small_blob(&bd, u64::MAX)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
                     if sha256(&bytes) != b {
                         missing.push(format!(
                             "{repo}:{tag} recorded as synced at {digest}, blob {b} missing or torn"

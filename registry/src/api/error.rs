@@ -165,6 +165,16 @@ impl From<StorageError> for ApiError {
                     format!("internal storage error: {message}"),
                 )
             }
+            StorageError::Remote { retry, .. } => {
+                tracing::error!("blob storage error: {message}");
+                let status = if retry {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                ApiError::new(ErrorCode::Unknown, format!("blob storage error: {message}"))
+                    .with_status(status)
+            }
             StorageError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, message),
             StorageError::BlobUnknown(_) => ApiError::new(ErrorCode::BlobUnknown, message),
             StorageError::UploadUnknown(_) => ApiError::new(ErrorCode::BlobUploadUnknown, message),

@@ -1,0 +1,103 @@
+//! Where the store keeps what: blobs on the local disk or in Azure Blob Storage, metadata in
+//! redb. Chosen once, at start (`serve --storage`); [`Backends::default`] is the single-machine
+//! store every command and test opens with [`super::Store::open`].
+
+use super::azure::AzureConfig;
+
+/// The store's choice of backends.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    pub metadata: MetadataBackend,
+    pub blobs: BlobBackend,
+}
+
+/// Where the metadata (repositories, tags, manifests' records, the change log) lives.
+#[derive(Debug, Clone, Default)]
+pub enum MetadataBackend {
+    /// `meta.redb` in the data directory (the default).
+    #[default]
+    Redb,
+}
+
+/// Where blob bytes (layers, configs, manifests) and upload sessions live.
+#[derive(Debug, Clone, Default)]
+pub enum BlobBackend {
+    /// Files in the data directory (the default).
+    #[default]
+    Filesystem,
+    /// Objects in an Azure Blob Storage container, shared by every replica that names it.
+    AzureBlob(AzureConfig),
+}
+
+impl BlobBackend {
+    /// The blob backend `--storage` names: `file` (the data directory) or
+    /// `azblob://CONTAINER`, whose account and key come from `connection_string` (the
+    /// `AZURE_STORAGE_CONNECTION_STRING` variable). The error says what is wrong and how to
+    /// fix it, without the key.
+    pub fn parse(storage: &str, connection_string: Option<&str>) -> Result<BlobBackend, String> {
+        let storage = storage.trim();
+        if storage == "file" {
+            return Ok(BlobBackend::Filesystem);
+        }
+        let Some(container) = storage.strip_prefix("azblob://") else {
+            return Err(format!(
+                "--storage {storage:?} is not a storage: use file (the data directory, the default) or azblob://CONTAINER (Azure Blob Storage)"
+            ));
+        };
+        let container = container.trim_end_matches('/');
+        let Some(connection_string) = connection_string.filter(|c| !c.trim().is_empty()) else {
+            return Err(format!(
+                "--storage azblob://{container} needs the storage account: set AZURE_STORAGE_CONNECTION_STRING (e.g. DefaultEndpointsProtocol=https;AccountName=NAME;AccountKey=KEY;EndpointSuffix=core.windows.net)"
+            ));
+        };
+        AzureConfig::new(container, connection_string).map(BlobBackend::AzureBlob)
+    }
+
+    /// What `print-config` shows: the choice without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            BlobBackend::Filesystem => "file".into(),
+            BlobBackend::AzureBlob(config) => config.describe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    #[test]
+    fn storage_choices_parse_and_say_what_is_wrong() {
+        assert!(matches!(
+            BlobBackend::parse("file", None),
+            Ok(BlobBackend::Filesystem)
+        ));
+        let cs = format!("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;");
+        let BlobBackend::AzureBlob(config) =
+            BlobBackend::parse("azblob://images", Some(&cs)).unwrap()
+        else {
+            panic!("not azure");
+        };
+        assert_eq!(config.container(), "images");
+        for shown in [
+            format!("{config:?}"),
+            config.describe(),
+            BlobBackend::AzureBlob(config.clone()).describe(),
+        ] {
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(shown.contains("images"), "{shown}");
+        }
+        let err = BlobBackend::parse("s3://bucket", None).unwrap_err();
+        assert!(err.contains("azblob://CONTAINER"), "{err}");
+        let err = BlobBackend::parse("azblob://images", None).unwrap_err();
+        assert!(err.contains("AZURE_STORAGE_CONNECTION_STRING"), "{err}");
+        let err = BlobBackend::parse("azblob://images", Some("AccountName=a")).unwrap_err();
+        assert!(err.contains("AccountKey"), "{err}");
+        let err = BlobBackend::parse("azblob://Bad_Name", Some(&cs)).unwrap_err();
+        assert!(err.contains("container name"), "{err}");
+        assert!(!err.contains(KEY), "{err}");
+    }
+}
