@@ -7,6 +7,8 @@
 pub mod azure;
 pub mod backends;
 pub mod blob_store;
+#[cfg(test)]
+mod contract_tests;
 pub mod error;
 pub mod filesystem;
 pub mod fill;

@@ -110,6 +110,7 @@ impl AzureUpload {
         let client = self.client.clone();
         let remote = self.remote.clone();
         let what = format!("read upload {}", self.id);
+        let id = self.id.clone();
         let (blocks, etag) = self.remote.run(&what.clone(), async move {
             let response = client
                 .get_block_list()
@@ -117,7 +118,7 @@ impl AzureUpload {
                 .await
                 .map_err(|e| {
                     if super::not_found(&e) {
-                        StorageError::UploadUnknown(what.clone())
+                        StorageError::UploadUnknown(id)
                     } else {
                         remote.error(&what, e)
                     }
