@@ -49,6 +49,9 @@ struct DataFlag {
     /// Data directory of the registry.
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     data: PathBuf,
+    /// Where its blobs are, when no registry runs on it (a running one answers on its socket).
+    #[command(flatten)]
+    storage: super::storage::StorageFlags,
 }
 
 #[derive(clap::Args)]
@@ -105,9 +108,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let absolute = |p: &Path| {
         std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
     };
-    let (data, request) = match args.command {
+    let (on, request) = match args.command {
         Command::Export(a) => (
-            a.on.data,
+            a.on,
             Request::Export {
                 output: absolute(&a.output)?,
                 repositories: a.repositories,
@@ -115,25 +118,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Import(a) => (
-            a.on.data,
+            a.on,
             Request::Import {
                 file: absolute(&a.file)?,
             },
         ),
         Command::State(a) => (
-            a.on.data,
+            a.on,
             Request::State {
                 output: absolute(&a.output)?,
             },
         ),
     };
-    let report = send(&data, request).await?;
+    let report = send(&on.data, request, &on.storage).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Performs `request` in the registry serving `data`, or on the store itself when none does.
-async fn send(data: &Path, request: Request) -> anyhow::Result<Value> {
+async fn send(
+    data: &Path,
+    request: Request,
+    storage: &super::storage::StorageFlags,
+) -> anyhow::Result<Value> {
     let socket = admin_socket::socket_path(data);
     let body = serde_json::to_vec(&request)?;
     if let Some(answer) =
@@ -149,9 +156,12 @@ async fn send(data: &Path, request: Request) -> anyhow::Result<Value> {
     let direct = {
         let data = data.to_owned();
         let request = request.clone();
-        tokio::task::spawn_blocking(move || match Store::open(&data, Limits::default()) {
-            Ok(store) => Ok(perform(&store, &request)),
-            Err(err) => Err(err),
+        let backends = storage.backends()?;
+        tokio::task::spawn_blocking(move || {
+            match Store::open_with(&data, Limits::default(), backends) {
+                Ok(store) => Ok(perform(&store, &request)),
+                Err(err) => Err(err),
+            }
         })
         .await?
     };

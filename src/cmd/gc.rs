@@ -48,14 +48,18 @@ pub struct Args {
 
     #[command(flatten)]
     pub gc: GcFlags,
+
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::check_data_dir(&args.data, super::MissingData::Refuse)?;
     let data = args.data.clone();
     let options = args.gc.options();
+    let backends = args.storage.backends()?;
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open(&data, Limits::default()).with_context(|| {
+        let store = Store::open_with(&data, Limits::default(), backends).with_context(|| {
             format!(
                 "cannot open {} (is `connected-registry serve` running on it? it collects by itself)",
                 data.display()

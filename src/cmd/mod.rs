@@ -18,6 +18,7 @@ pub mod scrub;
 pub mod serve;
 mod serve_config;
 pub mod status;
+pub mod storage;
 pub mod sync;
 
 /// What a command does when its data directory does not exist.

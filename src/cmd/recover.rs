@@ -30,6 +30,9 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -38,8 +41,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--orphans-repo {:?}: {e}", args.orphans_repo))?;
     let data = args.data.clone();
+    let backends = args.storage.backends()?;
     let blobs = data.join("blobs");
-    if !blobs.is_dir() {
+    let on_disk = matches!(backends.blobs, registry::storage::BlobBackend::Filesystem);
+    if on_disk && !blobs.is_dir() {
         anyhow::bail!(
             "no blobs at {}: recover rebuilds the metadata from the blob files, and there are none (check --data)",
             blobs.display()
@@ -53,11 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 meta.display()
             );
         }
-        move_aside(&data, &meta).await?;
+        move_aside(&data, &meta, backends.clone()).await?;
     }
     let known = known_tags(&data)?;
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open(&data, Limits::default())
+        let store = Store::open_with(&data, Limits::default(), backends)
             .with_context(|| format!("cannot create a new {}", data.join(META_FILE).display()))?;
         Ok(store.recover(&known, &orphans)?)
     })
@@ -93,11 +98,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Moves an existing database aside, after making sure no process has it open (redb's lock):
 /// moving a live registry's database would lose everything it writes afterwards.
-async fn move_aside(data: &Path, meta: &Path) -> anyhow::Result<()> {
+async fn move_aside(
+    data: &Path,
+    meta: &Path,
+    backends: registry::storage::Backends,
+) -> anyhow::Result<()> {
     let probe = data.to_owned();
     let opened =
-        tokio::task::spawn_blocking(move || Store::open(&probe, Limits::default())).await?;
-    if let Err(err @ StorageError::InUse(_)) = opened {
+        tokio::task::spawn_blocking(move || Store::open_with(&probe, Limits::default(), backends))
+            .await?;
+    if let Err(err @ (StorageError::InUse(_) | StorageError::WrongStorage(_))) = opened {
         return Err(err.into());
     }
     drop(opened);

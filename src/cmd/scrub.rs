@@ -29,6 +29,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub sync: Box<super::sync::SyncFlags>,
+
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
 }
 
 /// The report with what the repair did.
@@ -55,8 +58,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     super::check_data_dir(&args.data, super::MissingData::Refuse)?;
     let data = args.data.clone();
+    let backends = args.storage.backends()?;
     let (store, scrub) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open(&data, Limits::default()).with_context(|| {
+        let store = Store::open_with(&data, Limits::default(), backends).with_context(|| {
             format!(
                 "cannot open {}: scrub needs the data directory to itself (stop `serve` on it first)",
                 data.display()

@@ -22,9 +22,13 @@ pub struct Args {
     )]
     pub listen: Option<SocketAddr>,
 
-    /// Data directory: blobs, metadata (meta.redb), upload sessions.
+    /// Data directory: blobs, metadata (meta.redb), upload sessions (with --storage azblob://,
+    /// the metadata only).
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     pub data: PathBuf,
+
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
 
     /// Largest manifest accepted, in bytes (manifests are read whole to be validated).
     #[arg(long, env = "CONNECTED_REGISTRY_MAX_MANIFEST_SIZE", default_value_t = Limits::default().max_manifest_size)]
@@ -166,12 +170,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // One module needs no trust: the proxy in this process hands the registry the client's
     // own address (its `ConnectInfo`), not a loopback peer.
     let trusted = args.trusted_proxies.clone();
+    let backends = args.storage.backends()?;
     if args.print_config {
         let settings = sync.as_ref().map(|s| s.settings());
         let sources = sync.as_ref().map(|s| s.sources()).unwrap_or_default();
         print!(
             "{}",
-            super::serve_config::render(&args, settings, &sources, &trusted)
+            super::serve_config::render(&args, &backends, settings, &sources, &trusted)
         );
         return OneModule::print_config(&args);
     }
@@ -198,7 +203,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         quota: args.quota,
     };
     let data = args.data.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data, limits))
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data, limits, backends))
         .await?
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     let gc_totals = Arc::new(super::admin::GcTotals::default());

@@ -735,6 +735,9 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -755,10 +758,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::check_data_dir(&args.data, super::MissingData::Create)?;
     sync.keep_received(&args.data);
     let data = args.data.clone();
-    let store =
-        tokio::task::spawn_blocking(move || registry::Store::open(&data, Default::default()))
-            .await?
-            .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    let backends = args.storage.backends()?;
+    let store = tokio::task::spawn_blocking(move || {
+        registry::Store::open_with(&data, Default::default(), backends)
+    })
+    .await?
+    .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     if !args.once {
         let engines = sync.engines(store, &args.data, Arc::new(NoProgress))?;
         let service = SyncService::new(engines.main);

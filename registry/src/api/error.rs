@@ -158,7 +158,10 @@ impl From<StorageError> for ApiError {
                 )
                 .with_status(StatusCode::INSUFFICIENT_STORAGE)
             }
-            StorageError::Io { .. } | StorageError::Db(_) | StorageError::InUse(_) => {
+            StorageError::Io { .. }
+            | StorageError::Db(_)
+            | StorageError::InUse(_)
+            | StorageError::WrongStorage(_) => {
                 tracing::error!("internal storage error: {message}");
                 ApiError::new(
                     ErrorCode::Unknown,

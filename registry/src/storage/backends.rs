@@ -2,7 +2,15 @@
 //! redb. Chosen once, at start (`serve --storage`); [`Backends::default`] is the single-machine
 //! store every command and test opens with [`super::Store::open`].
 
+use std::path::Path;
+
 use super::azure::AzureConfig;
+use super::StorageError;
+
+/// The file in a data directory whose blobs are not on the local disk, naming where they are
+/// (`azblob://CONTAINER`), so a command opening it without the same `--storage` is refused
+/// instead of finding every blob missing.
+pub const STORAGE_FILE: &str = "storage";
 
 /// The store's choice of backends.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +59,46 @@ impl BlobBackend {
             ));
         };
         AzureConfig::new(container, connection_string).map(BlobBackend::AzureBlob)
+    }
+
+    /// The name a data directory keeps of this choice (`STORAGE_FILE`); `None` for the local
+    /// disk, the default that needs no note.
+    fn marker(&self) -> Option<String> {
+        match self {
+            BlobBackend::Filesystem => None,
+            BlobBackend::AzureBlob(config) => Some(format!("azblob://{}", config.container())),
+        }
+    }
+
+    /// Refuses opening data directory `dir` with blobs elsewhere than where they were kept, and
+    /// notes the choice in a new (or empty) one. `meta_exists`: the directory holds metadata
+    /// already.
+    pub(crate) fn claim(&self, dir: &Path, meta_exists: bool) -> Result<(), StorageError> {
+        let file = dir.join(STORAGE_FILE);
+        let kept = std::fs::read_to_string(&file)
+            .ok()
+            .map(|s| s.trim().to_owned());
+        let chosen = self.marker();
+        let shown = |m: &Option<String>| m.clone().unwrap_or_else(|| "file".into());
+        match (&kept, &chosen) {
+            (Some(kept), Some(chosen)) if kept == chosen => Ok(()),
+            (None, None) => Ok(()),
+            (None, Some(chosen)) if !meta_exists => {
+                util::atomic_file::write(&file, chosen.as_bytes(), None).map_err(|e| {
+                    StorageError::Io {
+                        context: format!("{} {}", e.step, e.path.display()),
+                        source: e.source,
+                    }
+                })
+            }
+            _ => Err(StorageError::WrongStorage(format!(
+                "the blobs of data directory {} are in {}, not {}: run with --storage {} (or CONNECTED_REGISTRY_STORAGE)",
+                dir.display(),
+                shown(&kept),
+                shown(&chosen),
+                shown(&kept),
+            ))),
+        }
     }
 
     /// What `print-config` shows: the choice without secrets.

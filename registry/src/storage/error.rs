@@ -50,6 +50,9 @@ pub enum StorageError {
     /// turn it back on.
     #[error("{0}")]
     Locked(String),
+    /// The data directory's blobs are elsewhere than the command was told (`--storage`).
+    #[error("{0}")]
+    WrongStorage(String),
     /// The object store that holds the blobs (Azure Blob Storage) failed or could not be
     /// reached; `retry` says whether trying again later can help.
     #[error("{store}: {action} failed: {message} ({})", if *.retry { "transient: retrying may help" } else { "retrying will not help until the storage account, its key or the container is fixed" })]
@@ -85,7 +88,9 @@ impl Classify for StorageError {
                 Fault::Local,
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
-            StorageError::Db(_) | StorageError::InUse(_) => Class::new(Fault::Local, false),
+            StorageError::Db(_) | StorageError::InUse(_) | StorageError::WrongStorage(_) => {
+                Class::new(Fault::Local, false)
+            }
             StorageError::NoSpace { .. } => Class::new(Fault::Local, true),
             StorageError::Remote { retry, .. } => Class::new(Fault::Upstream, *retry),
             _ => Class::new(Fault::Client, false),

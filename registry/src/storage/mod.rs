@@ -182,6 +182,7 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(StorageError::io(format!("create {}", dir.display())))?;
         let space = space::Space::new(dir.to_owned(), limits.min_free);
+        backends.blobs.claim(dir, dir.join(META_FILE).exists())?;
         let blobs: Arc<dyn BlobStore> = match backends.blobs {
             BlobBackend::Filesystem => Arc::new(filesystem::FsBlobs::open(dir, space.clone())?),
             BlobBackend::AzureBlob(config) => Arc::new(azure::AzureBlobs::open(config)?),
