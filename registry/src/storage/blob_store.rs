@@ -65,7 +65,7 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// An existing upload session (after a restart, or started by another replica) with the
     /// repository it belongs to; `None` when there is no such session.
-    fn open_upload(&self, id: &str) -> Result<Option<(String, Box<dyn UploadData>)>, StorageError>;
+    fn open_upload(&self, id: &str) -> Result<Option<OpenedUpload>, StorageError>;
 
     /// A reader of session `id`'s bytes that does not hold the session (readers of a blob being
     /// filled, while the filler appends): `None` when the session is gone. It may read past the
@@ -91,6 +91,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// disk for the bytes to fill (the reserve still guards the metadata in the data directory).
     fn local_space(&self) -> Option<&Space>;
 }
+
+/// A session found by [`BlobStore::open_upload`]: the repository it belongs to, and its bytes.
+pub type OpenedUpload = (String, Box<dyn UploadData>);
 
 /// A stored blob as GC sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,7 +40,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use oci::digest::Digest;
 
-use super::blob_store::{BlobListing, BlobSource, BlobStat, BlobStore, StagedBlob, UploadData};
+use super::blob_store::{
+    BlobListing, BlobSource, BlobStat, BlobStore, OpenedUpload, StagedBlob, UploadData,
+};
 use super::space::Space;
 use super::StorageError;
 pub(crate) use bridge::Bridge;
@@ -454,7 +456,7 @@ impl BlobStore for AzureBlobs {
         Ok(created.map(|u| Box::new(u) as Box<dyn UploadData>))
     }
 
-    fn open_upload(&self, id: &str) -> Result<Option<(String, Box<dyn UploadData>)>, StorageError> {
+    fn open_upload(&self, id: &str) -> Result<Option<OpenedUpload>, StorageError> {
         let Some(blob) = self.properties(upload_name(id), "open upload")? else {
             return Ok(None);
         };

@@ -17,7 +17,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use oci::digest::Digest;
 
-use super::blob_store::{BlobListing, BlobSource, BlobStat, BlobStore, StagedBlob, UploadData};
+use super::blob_store::{
+    BlobListing, BlobSource, BlobStat, BlobStore, OpenedUpload, StagedBlob, UploadData,
+};
 use super::space::Space;
 use super::StorageError;
 pub use upload::{FsUpload, WRITEBACK_EVERY};
@@ -242,7 +244,7 @@ impl BlobStore for FsBlobs {
             .map(|created| created.map(|u| Box::new(u) as Box<dyn UploadData>))
     }
 
-    fn open_upload(&self, id: &str) -> Result<Option<(String, Box<dyn UploadData>)>, StorageError> {
+    fn open_upload(&self, id: &str) -> Result<Option<OpenedUpload>, StorageError> {
         let dir = self.uploads.join(id);
         let Ok(owner) = fs::read_to_string(dir.join("repo")) else {
             return Ok(None);
