@@ -343,6 +343,8 @@ fn an_object_store_delete_spares_a_blob_touched_since_gc_looked() {
     };
     let a = blobs.replica(0, Limits::default());
     let b = blobs.replica(1, Limits::default());
+    let shown = format!("{:?}", a.inner.blobs);
+    assert!(shown.contains("gc-race") && !shown.contains(crate::azurite::KEY), "{shown}");
     let (_, digest) = push_chunked(&a, b"shared blob", 1 << 20);
     let seen = a.inner.blobs.stat(&digest).unwrap().unwrap();
     std::thread::sleep(Duration::from_millis(1100));

@@ -58,12 +58,21 @@ const TOUCHED_KEY: &str = "touched";
 /// account in practice).
 const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// A container holding blobs and sessions.
-#[derive(Debug)]
+/// A container holding blobs and sessions. Its clients are cheap handles: a clone shares them.
+#[derive(Clone)]
 pub struct AzureBlobs {
     container: ContainerClient,
     bridge: Bridge,
     location: String,
+}
+
+/// Only where it is: nothing of the credentials.
+impl std::fmt::Debug for AzureBlobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureBlobs")
+            .field("location", &self.location)
+            .finish()
+    }
 }
 
 /// The context every request of one store carries: clients, runtime, and the name for errors.
@@ -357,11 +366,7 @@ impl BlobStore for AzureBlobs {
     fn stage(&self, data: Bytes) -> Result<Box<dyn StagedBlob>, StorageError> {
         Ok(Box::new(Staged {
             data,
-            store: AzureBlobs {
-                container: self.container.clone(),
-                bridge: self.bridge.clone(),
-                location: self.location.clone(),
-            },
+            store: self.clone(),
         }))
     }
 
