@@ -344,7 +344,10 @@ fn an_object_store_delete_spares_a_blob_touched_since_gc_looked() {
     let a = blobs.replica(0, Limits::default());
     let b = blobs.replica(1, Limits::default());
     let shown = format!("{:?}", a.inner.blobs);
-    assert!(shown.contains("gc-race") && !shown.contains(crate::azurite::KEY), "{shown}");
+    assert!(
+        shown.contains("gc-race") && !shown.contains(crate::azurite::KEY),
+        "{shown}"
+    );
     let (_, digest) = push_chunked(&a, b"shared blob", 1 << 20);
     let seen = a.inner.blobs.stat(&digest).unwrap().unwrap();
     std::thread::sleep(Duration::from_millis(1100));
@@ -354,4 +357,69 @@ fn an_object_store_delete_spares_a_blob_touched_since_gc_looked() {
     let now = a.inner.blobs.stat(&digest).unwrap().unwrap();
     assert!(a.inner.blobs.delete(&digest, &now).unwrap());
     assert!(!b.blob_exists(&digest));
+}
+
+/// Pull-through writes (a blob filled from a parent while clients read it) on both: every
+/// reader gets every byte while the fill is still writing, then the blob is stored whole.
+#[test]
+fn a_blob_filled_from_elsewhere_streams_to_its_readers_and_is_stored_whole() {
+    use super::fill::{Fills, Incoming};
+    use futures_util::FutureExt;
+    on_both(|blobs| {
+        let store = blobs.replica(0, Limits::default());
+        // Several of the fill's publishing steps (4 MiB) and of the object store's blocks.
+        let data = pattern((13 << 20) + 99, 5);
+        let digest = Digest::sha256_of(&data);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let fills = Fills::default();
+            let chunks: Vec<Result<Bytes, String>> = data
+                .chunks(256 << 10)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let size = Some(data.len() as u64);
+            let open = async move {
+                let chunks = futures_util::stream::iter(chunks)
+                    .then(|c| async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        c
+                    })
+                    .boxed();
+                Ok(Incoming { size, chunks })
+            }
+            .boxed();
+            let fill = fills.fill(&store, &repo(), &digest, open);
+            let mut readers = Vec::new();
+            for range in [None, Some(1000..(9 << 20))] {
+                let fill = fill.clone();
+                let store = store.clone();
+                readers.push(tokio::spawn(async move {
+                    fill.opened().await.unwrap();
+                    let mut stream = fill.read(&store, range);
+                    let mut out = Vec::new();
+                    while let Some(chunk) = stream.next().await {
+                        out.extend_from_slice(&chunk.unwrap());
+                    }
+                    out
+                }));
+            }
+            let mut got = Vec::new();
+            for reader in readers {
+                got.push(reader.await.unwrap());
+            }
+            assert_eq!(fill.finished().await, Ok(data.len() as u64));
+            got
+        });
+        assert!(got[0] == data, "{}: whole read", blobs.name());
+        assert!(got[1] == data[1000..(9 << 20)], "{}: range", blobs.name());
+        assert_eq!(
+            store.repo_blob(&repo(), &digest).unwrap(),
+            Some(data.len() as u64)
+        );
+        assert_eq!(store.usage().unwrap().uploads_open, 0, "{}", blobs.name());
+    });
 }
