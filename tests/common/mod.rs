@@ -13,6 +13,7 @@ pub mod distribution;
 pub mod docker;
 pub mod netns;
 pub mod oci;
+pub mod proxy;
 pub mod skopeo;
 pub mod static_build;
 pub mod sync;
