@@ -17,6 +17,10 @@
 #               (all three: WORKLOADS="W1 W2" only, the token grants the fixture's repository; not in
 #               the default TARGETS; also prints the token service's latency at TOKEN_RATE
 #               requests/s, see bench/token_rate.py)
+#   ours-proxy2 the proxy with /v2 balanced over two replicas of ours, each on its own data
+#               directory with the same fixture (:OURS_PORT and :OURS_PORT2); read workloads only
+#               (W1 W2 W5 of WORKLOADS: independent replicas share no upload sessions); not in the
+#               default TARGETS: TARGETS="ours-proxy ours-proxy2" WORKLOADS="W2" compares them
 #   nginx-ours  nginx TLS reverse proxy (anchor b's config) in front of ours 127.0.0.1:NGINX_OURS_PORT
 #               (not in the default TARGETS: the "same registry" comparison for the proxy goal)
 #   b           nginx TLS reverse proxy in front of a                      (anchors.sh, :PROXY_PORT)
@@ -49,12 +53,13 @@ BENCH_DIR="$(cd "$SHARED_BENCH" && pwd)"
 # shellcheck source=../shared/bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-ALL_TARGETS="ours a ours-proxy ours-onemodule nginx-ours ours-basic ours-bearer ours-header b c-http c-tls"
+ALL_TARGETS="ours a ours-proxy ours-proxy2 ours-onemodule nginx-ours ours-basic ours-bearer ours-header b c-http c-tls"
 DEFAULT_TARGETS="ours a ours-proxy b c-http c-tls"
 ROUNDS="${ROUNDS:-3}"
 TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
 BENCH_OUT="${BENCH_OUT:-$ROOT/target/bench}"
 OURS_PORT="${OURS_PORT:-5110}"
+OURS_PORT2="${OURS_PORT2:-5111}"
 OURS_PROXY_PORT="${OURS_PROXY_PORT:-8453}"
 # Extra flags for our proxy, e.g. OURS_PROXY_ARGS="--alpn http/1.1,h2" (word-split on purpose).
 OURS_PROXY_ARGS="${OURS_PROXY_ARGS:-}"
@@ -72,10 +77,19 @@ for t in $TARGETS; do
 done
 [ -n "${TARGETS// /}" ] || die "TARGETS is empty; choose from: $ALL_TARGETS"
 want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# ours-proxy2's replicas share nothing, so a push through the balancing proxy could start an
+# upload on one and continue it on the other: it runs the read workloads of WORKLOADS only.
+PROXY2_WORKLOADS=""
+for w in ${WORKLOADS:-W1 W2 W3 W4 W5 W6}; do
+  case "$w" in W1 | W2 | W5) PROXY2_WORKLOADS="${PROXY2_WORKLOADS:+$PROXY2_WORKLOADS }$w" ;; esac
+done
+if want ours-proxy2 && [ -z "$PROXY2_WORKLOADS" ]; then
+  die "target ours-proxy2 runs W1, W2 and W5 only; WORKLOADS='${WORKLOADS:-}' has none of them"
+fi
 is_anchor() { case "$1" in a | b | c-http | c-tls) return 0 ;; *) return 1 ;; esac; }
 
 need curl python3 awk openssl timeout
-ours_wanted() { want ours || want ours-proxy || want ours-onemodule || want nginx-ours; }
+ours_wanted() { want ours || want ours-proxy || want ours-proxy2 || want ours-onemodule || want nginx-ours; }
 if ours_wanted && [ -z "$BIN" ] && [ "$BUILD" = 1 ]; then need cargo; fi
 if want a || want b || want c-http || want c-tls; then need docker-registry nginx; fi
 if want nginx-ours; then need nginx; fi
@@ -127,10 +141,11 @@ fi
 
 ours_ports=()
 if ours_wanted; then ours_ports+=("$OURS_PORT" "$OURS_PROXY_PORT" "$OURS_ADMIN_PORT"); fi
+if want ours-proxy2; then ours_ports+=("$OURS_PORT2"); fi
 if want nginx-ours; then ours_ports+=("$NGINX_OURS_PORT"); fi
 for p in "${ours_ports[@]}"; do
   port_free "$p" ||
-    die "127.0.0.1:$p is in use; choose other OURS_PORT / OURS_PROXY_PORT / OURS_ADMIN_PORT / NGINX_OURS_PORT"
+    die "127.0.0.1:$p is in use; choose other OURS_PORT / OURS_PORT2 / OURS_PROXY_PORT / OURS_ADMIN_PORT / NGINX_OURS_PORT"
 done
 
 # ------------------------------------------------------------------ scratch space
@@ -144,9 +159,10 @@ unset BENCH_WORK # run.sh gets a private scratch dir per call; anchors.sh gets W
 mkdir -p "$WORK"
 chmod 755 "$WORK" # nginx workers (user nobody) must reach the anchors' files below it
 export BENCH_CACHE="${BENCH_CACHE:-$WORK/cache}" # generated images, shared by every call
-mkdir -p "$BENCH_CACHE" "$WORK/ours/data" "$WORK/anchors" "$WORK/anchor-results"
+mkdir -p "$BENCH_CACHE" "$WORK/ours/data" "$WORK/ours/data2" "$WORK/anchors" "$WORK/anchor-results"
 
 OURS_PID=""
+OURS2_PID=""
 PROXY_PID=""
 CHILD=""
 alive() { # PID: running and not a zombie waiting to be reaped
@@ -176,7 +192,8 @@ cleanup() {
   stop_pid "$CHILD" 60 -group
   stop_pid "$PROXY_PID"
   stop_pid "$OURS_PID"
-  CHILD="" PROXY_PID="" OURS_PID=""
+  stop_pid "$OURS2_PID"
+  CHILD="" PROXY_PID="" OURS_PID="" OURS2_PID=""
   if [ -n "$OWN_WORK" ] && [ "${KEEP_WORK:-0}" != 1 ]; then rm -rf "$OWN_WORK"; fi
 }
 trap cleanup EXIT
@@ -219,6 +236,20 @@ start_ours() { # ROUND
   log "ours: connected-registry serve pid $OURS_PID on :$OURS_PORT, data $WORK/ours/data"
 }
 
+# The second replica of ours-proxy2: its own data directory, seeded with run.sh's fixture (the
+# same seed and sizes give the same digests; a push already there is skipped).
+start_ours2() { # ROUND
+  local log_file="$BENCH_OUT/logs/ours-serve2.$1.log"
+  port_free "$OURS_PORT2" || die "127.0.0.1:$OURS_PORT2 is in use (OURS_PORT2)"
+  RUST_LOG="$BENCH_RUST_LOG" "$BIN" serve --listen "127.0.0.1:$OURS_PORT2" --data "$WORK/ours/data2" \
+    --auth none >"$log_file" 2>&1 &
+  OURS2_PID=$!
+  await_up "$OURS2_PID" "http://127.0.0.1:$OURS_PORT2/v2/" "" "$log_file" "connected-registry serve (second replica)"
+  "$BENCH_DIR/seed-registry.sh" --seed anchor "http://127.0.0.1:$OURS_PORT2" "${NS:-bench}/anchor" v1 \
+    "${W1_SIZE:-512M}" 64K 64K 64K 64K >/dev/null || die "seeding the second replica failed"
+  log "ours-proxy2: second replica pid $OURS2_PID on :$OURS_PORT2, data $WORK/ours/data2"
+}
+
 # One module: the registry and the TLS proxy in one process, no plain listener; /v2 reaches the
 # registry in process. The proxy's settings as ours-proxy's (OURS_PROXY_ARGS as --proxy-NAME).
 start_onemodule() { # ROUND
@@ -237,20 +268,20 @@ start_onemodule() { # ROUND
   log "ours-onemodule: connected-registry serve pid $OURS_PID on :$OURS_PROXY_PORT (TLS only)"
 }
 
-start_proxy() { # ROUND
-  local log_file="$BENCH_OUT/logs/ours-proxy.$1.log"
+start_proxy() { # ROUND [UPSTREAMS]: /v2 routed to UPSTREAMS (default: ours)
+  local log_file="$BENCH_OUT/logs/ours-proxy.$1.log" upstreams="${2:-http://127.0.0.1:$OURS_PORT}"
   port_free "$OURS_PROXY_PORT" || die "127.0.0.1:$OURS_PROXY_PORT is in use (OURS_PROXY_PORT)"
   port_free "$OURS_ADMIN_PORT" || die "127.0.0.1:$OURS_ADMIN_PORT is in use (OURS_ADMIN_PORT)"
   env -u NGINX_DEFAULT_PORT -u CONNECTED_ACR_ROUTE_ADDRESS -u DOCKER_REQUEST_ROUTE_ADDRESS \
     -u BLOB_UPLOAD_ROUTE_ADDRESS -u IOTEDGE_PARENTHOSTNAME RUST_LOG="$BENCH_RUST_LOG" \
     "$BIN" proxy --listen "127.0.0.1:$OURS_PROXY_PORT" \
     --cert "$WORK/tls/server.crt" --key "$WORK/tls/server.key" \
-    --route "/v2=http://127.0.0.1:$OURS_PORT" --admin "127.0.0.1:$OURS_ADMIN_PORT" \
+    --route "/v2=$upstreams" --admin "127.0.0.1:$OURS_ADMIN_PORT" \
     ${OURS_PROXY_ARGS:-} >"$log_file" 2>&1 &
   PROXY_PID=$!
   await_up "$PROXY_PID" "https://127.0.0.1:$OURS_PROXY_PORT/v2/" "$WORK/tls/ca.crt" "$log_file" \
     "connected-registry proxy"
-  log "ours-proxy: connected-registry proxy pid $PROXY_PID on :$OURS_PROXY_PORT (TLS), admin :$OURS_ADMIN_PORT"
+  log "ours-proxy: connected-registry proxy pid $PROXY_PID on :$OURS_PROXY_PORT (TLS) to $upstreams, admin :$OURS_ADMIN_PORT"
 }
 
 # nginx with anchor b's own config, in front of our registry instead of distribution.
@@ -274,9 +305,11 @@ stop_ours() {
   PROXY_PID=""
   stop_pid "$OURS_PID"
   OURS_PID=""
+  stop_pid "$OURS2_PID"
+  OURS2_PID=""
 }
 
-if want ours-proxy || want ours-onemodule || want nginx-ours; then
+if want ours-proxy || want ours-proxy2 || want ours-onemodule || want nginx-ours; then
   "$BENCH_DIR/gen-certs.sh" "$WORK/tls" >/dev/null # throw-away CA + 127.0.0.1 cert, like anchor b's
 fi
 
@@ -330,6 +363,14 @@ run_ours_target() { # LABEL ROUND
       log "ours-bearer: the access token is ${#token} characters"
       BEARER_TOKEN="$token" REGISTRY_URL="http://127.0.0.1:$OURS_PORT" \
         SERVER_PIDS="registry:$OURS_PID" RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
+      ;;
+    ours-proxy2)
+      start_ours2 "$round"
+      start_proxy "$round" "http://127.0.0.1:$OURS_PORT,http://127.0.0.1:$OURS_PORT2"
+      WORKLOADS="$PROXY2_WORKLOADS" REGISTRY_URL="http://127.0.0.1:$OURS_PORT" \
+        PROXY_URL="https://127.0.0.1:$OURS_PROXY_PORT" CA_FILE="$WORK/tls/ca.crt" \
+        SERVER_PIDS="registry:$OURS_PID,$OURS2_PID proxy:$PROXY_PID" \
+        RESULT_FILE="$out" run_child "$BENCH_DIR/run.sh" >/dev/null || rc=$?
       ;;
     nginx-ours)
       start_nginx_ours "$round"
@@ -396,7 +437,7 @@ for t in $TARGETS; do
 done
 [ "${#files[@]}" -gt 0 ] || die "no results (every target failed; see $BENCH_OUT/bench.log)"
 ratios=()
-for r in ours-onemodule/ours ours-onemodule/c-tls ours-onemodule/ours-proxy ours-basic/ours ours-bearer/ours ours-bearer/ours-header ours-header/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
+for r in ours-proxy2/ours-proxy ours-onemodule/ours ours-onemodule/c-tls ours-onemodule/ours-proxy ours-basic/ours ours-bearer/ours ours-bearer/ours-header ours-header/ours ours/a ours-proxy/b ours-proxy/nginx-ours ours-proxy/c-tls ours/c-http ours-proxy/ours nginx-ours/ours; do
   if want "${r%/*}" && want "${r#*/}"; then ratios+=(--ratio "$r"); fi
 done
 {

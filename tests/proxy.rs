@@ -13,42 +13,11 @@ use std::time::Duration;
 use common::api::sha256;
 use common::distribution::start_distribution;
 use common::oci::{first_image_layers, seeded_bytes, Layout};
+use common::proxy::{metrics, proxy_fixture, start_proxy};
 use common::tls::{Leaf, TestCa};
 use common::{bin, free_port, run_ok, slow_curl, start_registry, wait_until, Proc};
 
 // ---------- helpers ----------
-
-/// Starts the proxy on a fresh port with `args` after `--listen` / `--cert` / `--key`.
-fn start_proxy(dir: &Path, name: &str, leaf: &Leaf, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut all = vec![
-        "proxy",
-        "--listen",
-        &listen,
-        "--cert",
-        leaf.chain.to_str().unwrap(),
-        "--key",
-        leaf.key.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    Proc::start(
-        &bin(),
-        &all,
-        envs,
-        listen.parse().unwrap(),
-        dir.join(format!("{name}.log")),
-    )
-}
-
-/// A temporary directory with a test CA in `ca/` and the proxy's server certificate
-/// (`proxy.test`) issued by it: what most tests start from.
-fn proxy_fixture() -> (tempfile::TempDir, TestCa, Leaf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(&tmp.path().join("ca"));
-    let leaf = ca.server("proxy", "proxy.test");
-    (tmp, ca, leaf)
-}
 
 /// Like [`proxy_fixture`], for a parent proxy (`parent.test`) and a child (`child.test`).
 fn nested_fixture() -> (tempfile::TempDir, TestCa, Leaf, Leaf) {
@@ -263,18 +232,6 @@ fn served_leaf(addr: SocketAddr, root: &Path) -> String {
 
 fn pem_of(path: &Path) -> String {
     first_cert_pem(&std::fs::read_to_string(path).unwrap())
-}
-
-fn metrics(admin: SocketAddr) -> String {
-    run_ok(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "10",
-            &format!("http://{admin}/metrics"),
-        ],
-    )
 }
 
 // ---------- tests ----------

@@ -1144,7 +1144,7 @@ fn synced_without_content(child: &Target) -> Vec<String> {
     let state = sync::StateFile::open(&data.join("sync"))
         .expect("the sync state file reads after a crash")
         .snapshot();
-    let store = Store::open_with(&data, registry::Limits::default(), &child.backends())
+    let store = Store::open_with(&data, registry::Limits::default(), child.backends())
         .expect("the child's store opens after a crash");
     let mut missing = Vec::new();
     for (repo, tags) in &state.synced_tags {
@@ -1179,7 +1179,11 @@ fn synced_without_content(child: &Target) -> Vec<String> {
                     let Ok(bd) = b.parse::<registry::Digest>() else {
                         continue;
                     };
-                    let bytes = std::fs::read(store.blob_path(&bd)).unwrap_or_default();
+                    let bytes = store
+                        .read_small_blob(&bd, u64::MAX)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
                     if sha256(&bytes) != b {
                         missing.push(format!(
                             "{repo}:{tag} recorded as synced at {digest}, blob {b} missing or torn"

@@ -48,9 +48,10 @@ impl ReqProgress {
     }
 }
 
-/// The client's request body on its way upstream.
+/// The client's request body on its way upstream, or no body at all (a request the proxy
+/// may send again: a GET or HEAD without one, or its own health check).
 pub struct ReqBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     progress: Arc<ReqProgress>,
 }
 
@@ -59,7 +60,19 @@ impl ReqBody {
         if inner.is_end_stream() {
             progress.finish();
         }
-        ReqBody { inner, progress }
+        ReqBody {
+            inner: Some(inner),
+            progress,
+        }
+    }
+
+    /// No body: sent completely from the start.
+    pub fn empty(progress: Arc<ReqProgress>) -> Self {
+        progress.finish();
+        ReqBody {
+            inner: None,
+            progress,
+        }
     }
 }
 
@@ -71,34 +84,40 @@ impl Body for ReqBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.progress
+                    this.progress
                         .bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                if self.inner.is_end_stream() {
-                    self.progress.finish();
+                if inner.is_end_stream() {
+                    this.progress.finish();
                 }
             }
             Poll::Ready(Some(Err(_))) => {
-                self.progress.failed.store(true, Ordering::Relaxed);
-                self.progress.finish();
+                this.progress.failed.store(true, Ordering::Relaxed);
+                this.progress.finish();
             }
-            Poll::Ready(None) => self.progress.finish(),
+            Poll::Ready(None) => this.progress.finish(),
             Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

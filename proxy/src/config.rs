@@ -105,6 +105,14 @@ impl Upstream {
             (Scheme::Http, text)
         };
         let rest = rest.trim_end_matches('/');
+        // Not echoed: what precedes the '@' may be a password.
+        if rest.contains('@') {
+            return Err(
+                "an upstream URL with credentials (user@host) is refused: credentials \
+                 do not belong in a route, whose upstreams show in logs and metrics"
+                    .into(),
+            );
+        }
         if rest.is_empty() || rest.contains('/') || rest.contains('?') {
             return Err(format!(
                 "upstream {text:?}: give scheme://host:port with no path (e.g. http://127.0.0.1:8080)"
@@ -187,13 +195,81 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// Parses a route's upstreams: one URL as [`Upstream::parse`] takes it, or several separated
+/// by commas (`http://a:8080,http://b:8080`: replicas sharing their storage, balanced by the
+/// proxy). No URL contains a comma, IPv6 literals included.
+pub fn parse_upstreams(text: &str) -> Result<Vec<Upstream>, String> {
+    upstream_list(text.split(','))
+}
+
+/// The upstreams of one route from their texts: each must parse, none may repeat another (two
+/// spellings of one address included: `host` and `http://host:80`), and `in-process` stands
+/// alone (the registry in this process has no connection to fail over from).
+pub fn upstream_list<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Upstream>, String> {
+    let mut list: Vec<(Upstream, &str)> = Vec::new();
+    for text in texts {
+        if text.trim().is_empty() {
+            return Err(
+                "an empty upstream in the list (a stray comma?): separate URLs with one comma, \
+                 e.g. http://10.0.0.4:8080,http://10.0.0.5:8080"
+                    .into(),
+            );
+        }
+        let up = Upstream::parse(text)?;
+        if let Some((_, first)) = list.iter().find(|(u, _)| *u == up) {
+            return Err(format!(
+                "upstream {up} is listed twice (as {:?} and {:?}); give each replica once",
+                first.trim(),
+                text.trim()
+            ));
+        }
+        list.push((up, text));
+    }
+    if list.is_empty() {
+        return Err("no upstream: give a URL, or several separated by commas".into());
+    }
+    if list.len() > 1 && list.iter().any(|(u, _)| u.scheme == Scheme::InProcess) {
+        return Err(format!(
+            "{IN_PROCESS} cannot share a route with other upstreams: the registry in this \
+             process is called directly, with nothing to balance or fail over; route it alone, \
+             or list the replicas' URLs without {IN_PROCESS}"
+        ));
+    }
+    Ok(list.into_iter().map(|(u, _)| u).collect())
+}
+
+/// Upstreams as a route is written: URLs separated by commas (what [`parse_upstreams`] reads).
+pub fn upstreams_text(upstreams: &[Upstream]) -> String {
+    upstreams
+        .iter()
+        .map(Upstream::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One route: requests whose path starts with `prefix` (and carry `header`, when set).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
     pub header: Option<HeaderName>,
-    pub upstream: Upstream,
+    /// Where its requests go: one upstream, or several replicas the proxy balances between
+    /// (never empty; `in-process` only alone).
+    pub upstreams: Vec<Upstream>,
     pub source: Source,
+}
+
+impl Route {
+    /// How messages name the route to clients and operators ("route /v2", "the default
+    /// route"): the route, never an upstream's address, which is internal.
+    pub fn label(&self, default: bool) -> String {
+        match (&self.header, default) {
+            (_, true) => "the default route".to_string(),
+            (Some(h), false) => format!("route {} (header {h})", self.prefix),
+            (None, false) => format!("route {}", self.prefix),
+        }
+    }
 }
 
 /// Every limit the proxy enforces, with its default; all are settings, none is hard-coded.
@@ -228,6 +304,31 @@ impl Default for Limits {
     }
 }
 
+/// How a route with several upstreams spreads its requests and fails over (see `balance`);
+/// every value a setting with a default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balancing {
+    /// How often each upstream of a route with several is checked (`GET /readyz`): how soon a
+    /// dead replica is taken out when no request found it first, and how soon a restarted one
+    /// is put back.
+    pub health_interval: Duration,
+    /// Time one health check has (connect, answer and body); longer, and it failed.
+    pub health_timeout: Duration,
+    /// How many other upstreams of its route a GET or HEAD is sent to when one fails before
+    /// answering (a refused or reset connection). 0 turns retries off. Other methods never are.
+    pub retries: u32,
+}
+
+impl Default for Balancing {
+    fn default() -> Self {
+        Balancing {
+            health_interval: Duration::from_secs(2),
+            health_timeout: Duration::from_secs(1),
+            retries: 1,
+        }
+    }
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -241,6 +342,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub default: Option<Route>,
     pub limits: Limits,
+    pub balancing: Balancing,
     pub reload_interval: Duration,
     /// ALPN protocols offered to clients, in order of preference.
     pub alpn: Vec<String>,
@@ -266,9 +368,9 @@ pub struct Flags {
     pub client_cert_header: Option<String>,
     pub trust: Option<PathBuf>,
     pub admin: Option<String>,
-    /// `PREFIX=URL`
+    /// `PREFIX=URL[,URL...]`
     pub routes: Vec<String>,
-    /// `HEADER=URL`
+    /// `HEADER=URL[,URL...]`
     pub header_routes: Vec<String>,
     pub default: Option<String>,
     pub sni: Option<String>,
@@ -278,6 +380,9 @@ pub struct Flags {
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub retries: Option<u32>,
     pub reload_interval: Option<String>,
     /// Comma-separated ALPN list, e.g. `h2,http/1.1`.
     pub alpn: Option<String>,
@@ -377,6 +482,9 @@ struct FileConfig {
     trust: Option<toml::Spanned<PathBuf>>,
     admin: Option<toml::Spanned<String>>,
     reload_interval: Option<toml::Spanned<String>>,
+    health_interval: Option<toml::Spanned<String>>,
+    health_timeout: Option<toml::Spanned<String>>,
+    retries: Option<toml::Spanned<u32>>,
     alpn: Option<toml::Spanned<Vec<String>>>,
     workers: Option<toml::Spanned<usize>>,
     #[serde(default)]
@@ -402,7 +510,8 @@ struct FileLimits {
 struct FileRoute {
     prefix: Option<toml::Spanned<String>>,
     header: Option<toml::Spanned<String>>,
-    upstream: toml::Spanned<String>,
+    #[serde(alias = "upstreams")]
+    upstream: toml::Spanned<FileUpstreams>,
     sni: Option<String>,
     trust: Option<PathBuf>,
 }
@@ -410,9 +519,51 @@ struct FileRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileUpstream {
-    upstream: toml::Spanned<String>,
+    #[serde(alias = "upstreams")]
+    upstream: toml::Spanned<FileUpstreams>,
     sni: Option<String>,
     trust: Option<PathBuf>,
+}
+
+/// A route's `upstream` in the file: `"URL"`, `"URL,URL"` or `["URL", "URL"]`.
+enum FileUpstreams {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl FileUpstreams {
+    fn parse(&self) -> Result<Vec<Upstream>, String> {
+        match self {
+            FileUpstreams::Text(text) => parse_upstreams(text),
+            FileUpstreams::List(list) => upstream_list(list.iter().map(String::as_str)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FileUpstreams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FileUpstreams;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an upstream URL, URLs separated by commas, or a list of URL strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileUpstreams, E> {
+                Ok(FileUpstreams::Text(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FileUpstreams, A::Error> {
+                let mut list = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    list.push(url);
+                }
+                Ok(FileUpstreams::List(list))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -430,6 +581,9 @@ struct Layer {
     trust: Option<(PathBuf, Source)>,
     admin: Option<(SocketAddr, Source)>,
     reload_interval: Option<Duration>,
+    health_interval: Option<Duration>,
+    health_timeout: Option<Duration>,
+    retries: Option<u32>,
     alpn: Option<Vec<String>>,
     workers: Option<usize>,
     routes: Vec<Route>,
@@ -505,8 +659,8 @@ fn prefix(text: &str, source: &Source) -> Result<String, ConfigError> {
     Ok(text.to_owned())
 }
 
-fn upstream(text: &str, source: &Source) -> Result<Upstream, ConfigError> {
-    Upstream::parse(text).map_err(|message| ConfigError::Value {
+fn upstreams(text: &str, source: &Source) -> Result<Vec<Upstream>, ConfigError> {
+    parse_upstreams(text).map_err(|message| ConfigError::Value {
         origin: source.clone(),
         message,
     })
@@ -562,6 +716,22 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
                     }),
             }
         };
+    // A route's upstreams, each with the route's TLS server name and trust bundle; an error
+    // points at the `upstream` key's line.
+    let file_upstreams = |v: &toml::Spanned<FileUpstreams>,
+                          sni: Option<&String>,
+                          trust: Option<&PathBuf>|
+     -> Result<Vec<Upstream>, ConfigError> {
+        let mut ups = v.get_ref().parse().map_err(|message| ConfigError::Value {
+            origin: src(v.span()),
+            message,
+        })?;
+        for up in &mut ups {
+            up.sni = sni.cloned();
+            up.trust = trust.map(|t| resolve(base, t));
+        }
+        Ok(ups)
+    };
     let mut layer = Layer::default();
     if let Some(v) = &file.listen {
         layer.listen = Some((
@@ -587,6 +757,9 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         ));
     }
     layer.reload_interval = dur(&file.reload_interval, "reload_interval")?;
+    layer.health_interval = dur(&file.health_interval, "health_interval")?;
+    layer.health_timeout = dur(&file.health_timeout, "health_timeout")?;
+    layer.retries = file.retries.as_ref().map(|v| *v.get_ref());
     if let Some(v) = &file.alpn {
         layer.alpn = Some(alpn(v.get_ref(), &src(v.span()))?);
     }
@@ -621,9 +794,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         let route = r.get_ref();
         // Errors point at the key's own line, not the table's.
         let key_src = |v: &toml::Spanned<String>| src(v.span());
-        let mut up = upstream(route.upstream.get_ref(), &key_src(&route.upstream))?;
-        up.sni = route.sni.clone();
-        up.trust = route.trust.as_ref().map(|t| resolve(base, t));
+        let ups = file_upstreams(&route.upstream, route.sni.as_ref(), route.trust.as_ref())?;
         let header = match &route.header {
             Some(h) => Some(header_name(h.get_ref(), &key_src(h)).map_err(|e| named("header", e))?),
             None => None,
@@ -641,20 +812,18 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         layer.routes.push(Route {
             prefix: pfx,
             header,
-            upstream: up,
+            upstreams: ups,
             source,
         });
     }
     if let Some(d) = &file.default {
         let source = src(d.span());
-        let up_text = &d.get_ref().upstream;
-        let mut up = upstream(up_text.get_ref(), &src(up_text.span()))?;
-        up.sni = d.get_ref().sni.clone();
-        up.trust = d.get_ref().trust.as_ref().map(|t| resolve(base, t));
+        let d = d.get_ref();
+        let ups = file_upstreams(&d.upstream, d.sni.as_ref(), d.trust.as_ref())?;
         layer.default = Some(Route {
             prefix: "/".into(),
             header: None,
-            upstream: up,
+            upstreams: ups,
             source,
         });
     }
@@ -687,24 +856,24 @@ fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         }
     }
     if let Some((v, source)) = var("CONNECTED_ACR_ROUTE_ADDRESS") {
-        let up = upstream(&v, &source)?;
+        let ups = upstreams(&v, &source)?;
         for p in REGISTRY_PREFIXES {
             layer.routes.push(Route {
                 prefix: p.into(),
                 header: None,
-                upstream: up.clone(),
+                upstreams: ups.clone(),
                 source: source.clone(),
             });
         }
     }
     if let Some((v, source)) = var("DOCKER_REQUEST_ROUTE_ADDRESS") {
-        let up = upstream(&v, &source)?;
+        let ups = upstreams(&v, &source)?;
         // Both set: the connected registry owns /v2 (it is the newer setting in IoT Edge).
         if !layer.routes.iter().any(|r| r.prefix == "/v2") {
             layer.routes.push(Route {
                 prefix: "/v2".into(),
                 header: None,
-                upstream: up,
+                upstreams: ups,
                 source,
             });
         }
@@ -713,19 +882,30 @@ fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         layer.routes.push(Route {
             prefix: "/".into(),
             header: Some(HeaderName::from_static(BLOB_HEADER)),
-            upstream: upstream(&v, &source)?,
+            upstreams: upstreams(&v, &source)?,
             source,
         });
     }
     if let Some((v, source)) = var("IOTEDGE_PARENTHOSTNAME") {
-        // The parent's API proxy, always over TLS; a bare name means port 443.
-        let text = if v.contains("://") {
-            v.clone()
-        } else {
-            format!("https://{v}")
-        };
-        let up = upstream(&text, &source)?;
-        if up.scheme != Scheme::Https {
+        // The parent's API proxy (or its replicas, separated by commas), always over TLS; a
+        // bare name means port 443.
+        let texts: Vec<String> = v
+            .split(',')
+            .map(|t| {
+                if t.contains("://") || t.trim().is_empty() {
+                    t.to_owned()
+                } else {
+                    format!("https://{}", t.trim())
+                }
+            })
+            .collect();
+        let ups = upstream_list(texts.iter().map(String::as_str)).map_err(|message| {
+            ConfigError::Value {
+                origin: source.clone(),
+                message,
+            }
+        })?;
+        if ups.iter().any(|up| up.scheme != Scheme::Https) {
             return Err(ConfigError::Value {
                 origin: source,
                 message: "the parent is reached over TLS only; give a host name".into(),
@@ -734,7 +914,7 @@ fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         layer.default = Some(Route {
             prefix: "/".into(),
             header: None,
-            upstream: up,
+            upstreams: ups,
             source,
         });
     }
@@ -762,20 +942,22 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
         let s = Source::Flag("--admin");
         layer.admin = Some((socket_addr(v, &s, "admin")?, s));
     }
-    for r in &flags.routes {
+    for r in rejoined(&flags.routes) {
         let s = Source::Flag("--route");
         let (p, u) = r.split_once('=').ok_or_else(|| ConfigError::Value {
             origin: s.clone(),
-            message: format!("{r:?}: write PREFIX=URL, e.g. /v2=http://127.0.0.1:8080"),
+            message: format!(
+                "{r:?}: write PREFIX=URL or PREFIX=URL,URL,..., e.g. /v2=http://127.0.0.1:8080"
+            ),
         })?;
         layer.routes.push(Route {
             prefix: prefix(p, &s)?,
             header: None,
-            upstream: upstream(u, &s)?,
+            upstreams: upstreams(u, &s)?,
             source: s,
         });
     }
-    for r in &flags.header_routes {
+    for r in rejoined(&flags.header_routes) {
         let s = Source::Flag("--header-route");
         let (h, u) = r.split_once('=').ok_or_else(|| ConfigError::Value {
             origin: s.clone(),
@@ -784,7 +966,7 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
         layer.routes.push(Route {
             prefix: "/".into(),
             header: Some(header_name(h, &s)?),
-            upstream: upstream(u, &s)?,
+            upstreams: upstreams(u, &s)?,
             source: s,
         });
     }
@@ -793,7 +975,7 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
         layer.default = Some(Route {
             prefix: "/".into(),
             header: None,
-            upstream: upstream(d, &s)?,
+            upstreams: upstreams(d, &s)?,
             source: s,
         });
     }
@@ -812,6 +994,9 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
     layer.connect_timeout = dur(&flags.connect_timeout, "--connect-timeout")?;
     layer.upstream_timeout = dur(&flags.upstream_timeout, "--upstream-timeout")?;
     layer.reload_interval = dur(&flags.reload_interval, "--reload-interval")?;
+    layer.health_interval = dur(&flags.health_interval, "--health-interval")?;
+    layer.health_timeout = dur(&flags.health_timeout, "--health-timeout")?;
+    layer.retries = flags.retries;
     if let Some(n) = flags.workers {
         layer.workers = Some(workers(n, &Source::Flag("--workers"))?);
     }
@@ -840,6 +1025,24 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
     Ok(layer)
 }
 
+/// Route flag values as the operator wrote them. `serve` splits the values of its repeatable
+/// `--proxy-*` flags (and their variables) at commas, so `/v2=http://a,http://b` arrives as
+/// `/v2=http://a` and `http://b`: a value without `=` (no URL has one) continues the route
+/// before it.
+fn rejoined(values: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in values {
+        match out.last_mut() {
+            Some(prev) if !v.contains('=') => {
+                prev.push(',');
+                prev.push_str(v);
+            }
+            _ => out.push(v.clone()),
+        }
+    }
+    out
+}
+
 /// Merges layers, lowest precedence first.
 fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config {
     let defaults = Limits::default();
@@ -857,6 +1060,7 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         routes: Vec::new(),
         default: None,
         limits: defaults,
+        balancing: Balancing::default(),
         reload_interval: DEFAULT_RELOAD_INTERVAL,
         alpn: DEFAULT_ALPN.iter().map(|p| p.to_string()).collect(),
         workers: default_workers(),
@@ -886,6 +1090,10 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         if let Some(v) = l.reload_interval {
             c.reload_interval = v;
         }
+        let b = &mut c.balancing;
+        b.health_interval = l.health_interval.unwrap_or(b.health_interval);
+        b.health_timeout = l.health_timeout.unwrap_or(b.health_timeout);
+        b.retries = l.retries.unwrap_or(b.retries);
         if let Some(v) = l.alpn {
             c.alpn = v;
         }
@@ -908,7 +1116,9 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
         lim.max_connections = l.max_connections.unwrap_or(lim.max_connections);
     }
     if let (Some(sni), Some(d)) = (sni, c.default.as_mut()) {
-        d.upstream.sni = Some(sni.to_owned());
+        for up in &mut d.upstreams {
+            up.sni = Some(sni.to_owned());
+        }
     }
     c.routes = routes.into_values().collect();
     c
@@ -948,7 +1158,7 @@ impl Config {
                     .map(|p| Route {
                         prefix: (*p).to_owned(),
                         header: None,
-                        upstream: Upstream::in_process(),
+                        upstreams: vec![Upstream::in_process()],
                         source: Source::OneModule,
                     })
                     .collect(),
@@ -988,18 +1198,16 @@ impl Config {
             ));
         }
         for r in self.routes.iter().chain(self.default.as_ref()) {
-            if r.upstream.scheme == Scheme::Https
-                && r.upstream.trust.is_none()
-                && self.trust.is_none()
-            {
-                return Err(ConfigError::Value {
-                    origin: r.source.clone(),
-                    message: format!(
-                        "{} is https but no trust bundle is set: give --trust ROOT.pem \
-                         (or `trust` in the config file or the route)",
-                        r.upstream
-                    ),
-                });
+            for up in &r.upstreams {
+                if up.scheme == Scheme::Https && up.trust.is_none() && self.trust.is_none() {
+                    return Err(ConfigError::Value {
+                        origin: r.source.clone(),
+                        message: format!(
+                            "{up} is https but no trust bundle is set: give --trust ROOT.pem \
+                             (or `trust` in the config file or the route)"
+                        ),
+                    });
+                }
             }
         }
         Ok(())
@@ -1048,6 +1256,10 @@ impl Config {
             format!("{:?}", self.reload_interval),
             &"",
         );
+        let b = &self.balancing;
+        line("health_interval", format!("{:?}", b.health_interval), &"");
+        line("health_timeout", format!("{:?}", b.health_timeout), &"");
+        line("retries", b.retries.to_string(), &"");
         let l = &self.limits;
         line(
             "limits.max_header_bytes",
@@ -1076,17 +1288,25 @@ impl Config {
                 Some(h) => format!("route {} [{h}]", r.prefix),
                 None => format!("route {}", r.prefix),
             };
-            line(&key, describe(&r.upstream, self), &r.source);
+            line(&key, describe(&r.upstreams, self), &r.source);
         }
         match &self.default {
-            Some(r) => line("default", describe(&r.upstream, self), &r.source),
+            Some(r) => line("default", describe(&r.upstreams, self), &r.source),
             None => line("default", "- (404 for unrouted paths)".into(), &"unset"),
         }
         table.to_string()
     }
 }
 
-fn describe(up: &Upstream, c: &Config) -> String {
+/// A route's upstreams for `--print-config`, separated by `, `.
+fn describe(ups: &[Upstream], c: &Config) -> String {
+    ups.iter()
+        .map(|up| describe_one(up, c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_one(up: &Upstream, c: &Config) -> String {
     match up.scheme {
         Scheme::Http => up.to_string(),
         Scheme::InProcess => format!("{up} (this process's registry, no connection)"),
@@ -1107,8 +1327,9 @@ fn describe(up: &Upstream, c: &Config) -> String {
 /// what keeps its old value until the next restart. The reload loop only applies it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Change {
-    /// The route table changed (routes, the default route, or the trust bundle or SNI an
-    /// https upstream is checked with): new tables are built, each new request uses them.
+    /// The route table changed (routes, the default route, the trust bundle or SNI an https
+    /// upstream is checked with, or how routes with several upstreams balance and check them):
+    /// new tables are built, each new request uses them.
     pub routes: bool,
     /// Settings read once at start (the listener, its certificate and key paths, client
     /// authentication, ALPN, limits, workers, the admin listener, the reload interval), by
@@ -1143,7 +1364,8 @@ impl Config {
         Change {
             routes: self.routes != new.routes
                 || self.default != new.default
-                || path(&self.trust) != path(&new.trust),
+                || path(&self.trust) != path(&new.trust)
+                || self.balancing != new.balancing,
             restart_needed: at_start
                 .into_iter()
                 .filter(|(_, changed)| *changed)
@@ -1154,9 +1376,9 @@ impl Config {
 }
 
 /// Fuzz target for the route configuration (bounded run in the tests below; `fuzz/` under
-/// `cargo fuzz`): a config file's text, the IoT Edge route variables, an upstream or a timeout
-/// parse or are refused with a message, never a panic; an upstream that parses prints as a URL
-/// that parses back to it. File seeds have no `listen` or `admin` key: those resolve host names.
+/// `cargo fuzz`): a config file's text, the IoT Edge route variables, a route's upstreams or a timeout
+/// parse or are refused with a message, never a panic; upstreams that parse print as URLs that
+/// parse back to them. File seeds have no `listen` or `admin` key: those resolve host names.
 #[cfg(any(test, fuzzing))]
 pub fn fuzz_route_config(data: &[u8]) {
     let mut g = fuzzkit::Gen::new(data);
@@ -1190,12 +1412,18 @@ pub fn fuzz_route_config(data: &[u8]) {
         }
         2 => {
             let text = fuzzkit::text(g.rest());
-            if let Ok(up) = Upstream::parse(&text) {
-                assert!(up.scheme == Scheme::InProcess || (up.port != 0 && !up.host.is_empty()));
-                let shown = up.to_string();
+            if let Ok(ups) = parse_upstreams(&text) {
+                assert!(!ups.is_empty());
+                for up in &ups {
+                    assert!(
+                        up.scheme == Scheme::InProcess || (up.port != 0 && !up.host.is_empty())
+                    );
+                    assert!(ups.len() == 1 || up.scheme != Scheme::InProcess);
+                }
+                let shown = upstreams_text(&ups);
                 assert_eq!(
-                    Upstream::parse(&shown).as_ref(),
-                    Ok(&up),
+                    parse_upstreams(&shown).as_ref(),
+                    Ok(&ups),
                     "{text:?} shown as {shown}"
                 );
             }
@@ -1323,16 +1551,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.0.port(), 8443);
         let v2 = c.routes.iter().find(|r| r.prefix == "/v2").unwrap();
-        assert_eq!(v2.upstream.to_string(), "http://127.0.0.1:9");
+        assert_eq!(upstreams_text(&v2.upstreams), "http://127.0.0.1:9");
         assert_eq!(v2.source, Source::Flag("--route"));
         let acr = c.routes.iter().find(|r| r.prefix == "/acr").unwrap();
-        assert_eq!(acr.upstream.to_string(), "http://registry:8080");
+        assert_eq!(upstreams_text(&acr.upstreams), "http://registry:8080");
         assert!(c
             .routes
             .iter()
             .any(|r| r.header.as_ref().map(|h| h.as_str()) == Some("x-ms-version")));
         assert_eq!(
-            c.default.unwrap().upstream.to_string(),
+            upstreams_text(&c.default.unwrap().upstreams),
             "https://parent.example:443"
         );
     }
@@ -1406,6 +1634,289 @@ mod tests {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Upstream::parse("[::1]:80").unwrap().host, "::1");
+    }
+
+    fn route<'a>(c: &'a Config, prefix: &str) -> &'a Route {
+        c.routes
+            .iter()
+            .find(|r| r.prefix == prefix && r.header.is_none())
+            .unwrap_or_else(|| panic!("no route {prefix} in {:?}", c.routes))
+    }
+
+    fn flag_error(f: Flags) -> String {
+        Config::load(&f, &env(&[])).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn several_upstreams_in_the_comma_form() {
+        let f = Flags {
+            routes: vec!["/v2=http://10.0.0.4:8080, 10.0.0.5:8080".into()],
+            header_routes: vec!["x-ms-version=http://blob1:11002,http://blob2:11002".into()],
+            default: Some("https://p1.example,https://[fd00::2]:8443".into()),
+            trust: Some("root.pem".into()),
+            ..flags()
+        };
+        let c = loaded(&f);
+        assert_eq!(
+            upstreams_text(&route(&c, "/v2").upstreams),
+            "http://10.0.0.4:8080,http://10.0.0.5:8080"
+        );
+        let blob = c.routes.iter().find(|r| r.header.is_some()).unwrap();
+        assert_eq!(blob.upstreams.len(), 2);
+        let default = c.default.as_ref().unwrap();
+        assert_eq!(
+            upstreams_text(&default.upstreams),
+            "https://p1.example:443,https://[fd00::2]:8443"
+        );
+        // `--print-config` lists each, with its TLS details.
+        let shown = c.render();
+        let v2 = shown.lines().find(|l| l.starts_with("route /v2 ")).unwrap();
+        assert!(
+            v2.contains("http://10.0.0.4:8080, http://10.0.0.5:8080")
+                && v2.contains("flag --route"),
+            "{v2}"
+        );
+        let d = shown.lines().find(|l| l.starts_with("default ")).unwrap();
+        assert!(
+            d.contains("https://p1.example:443 sni=p1.example trust=root.pem, https://[fd00::2]:8443 sni=fd00::2"),
+            "{d}"
+        );
+        // One upstream is a route as before.
+        let one = loaded(&Flags {
+            routes: vec!["/v2=http://127.0.0.1:9".into()],
+            ..flags()
+        });
+        assert_eq!(
+            route(&one, "/v2").upstreams,
+            [Upstream::parse("http://127.0.0.1:9").unwrap()]
+        );
+    }
+
+    /// `serve --proxy-route` splits its values at commas (so its variable can list routes):
+    /// the URLs after the first come back to their route.
+    #[test]
+    fn split_route_values_are_rejoined() {
+        let f = Flags {
+            routes: vec![
+                "/v2=http://a:1".into(),
+                "http://b:2".into(),
+                "/acr=http://c:3".into(),
+            ],
+            ..flags()
+        };
+        let c = loaded(&f);
+        assert_eq!(
+            upstreams_text(&route(&c, "/v2").upstreams),
+            "http://a:1,http://b:2"
+        );
+        assert_eq!(upstreams_text(&route(&c, "/acr").upstreams), "http://c:3");
+        let err = flag_error(Flags {
+            routes: vec!["http://b:2".into()],
+            ..flags()
+        });
+        assert!(err.contains("write PREFIX=URL"), "{err}");
+    }
+
+    #[test]
+    fn the_file_takes_a_list_or_the_comma_form() {
+        let text = "[[routes]]\nprefix = \"/v2\"\nupstream = [\"http://a:1\", \"http://b:2\"]\n\
+                    [[routes]]\nprefix = \"/acr\"\nupstreams = \"http://a:1,http://b:2\"\n\
+                    [default]\nupstreams = [\"https://p1\", \"https://p2\"]\nsni = \"parent\"\n";
+        let layer = match parse_file(Path::new("/etc/p.toml"), text) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        for r in &layer.routes {
+            assert_eq!(
+                upstreams_text(&r.upstreams),
+                "http://a:1,http://b:2",
+                "{}",
+                r.prefix
+            );
+        }
+        let d = layer.default.unwrap();
+        assert_eq!(
+            upstreams_text(&d.upstreams),
+            "https://p1:443,https://p2:443"
+        );
+        assert!(d
+            .upstreams
+            .iter()
+            .all(|u| u.sni.as_deref() == Some("parent")));
+        let err = match parse_file(
+            Path::new("p.toml"),
+            "[[routes]]\nprefix = \"/v2\"\nupstream = 5\n",
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a number taken as upstreams"),
+        };
+        assert!(
+            err.contains("line 3") && err.contains("list of URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_upstreams_are_refused_naming_both_spellings() {
+        let err = flag_error(Flags {
+            routes: vec!["/v2=http://reg:80,reg".into()],
+            ..flags()
+        });
+        assert!(
+            err.contains("flag --route")
+                && err.contains("http://reg:80 is listed twice")
+                && err.contains("\"reg\""),
+            "{err}"
+        );
+        let text = "[[routes]]\nprefix = \"/v2\"\n\nupstream = [\"http://a:1\", \"http://a:1/\"]\n";
+        let err = match parse_file(Path::new("/etc/p.toml"), text) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("duplicate accepted"),
+        };
+        assert!(
+            err.contains("/etc/p.toml:4: upstream http://a:1 is listed twice"),
+            "{err}"
+        );
+        let err = Config::load(
+            &flags(),
+            &env(&[("CONNECTED_ACR_ROUTE_ADDRESS", "reg:8080,reg:8080")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("env CONNECTED_ACR_ROUTE_ADDRESS") && err.contains("listed twice"),
+            "{err}"
+        );
+        let err = flag_error(Flags {
+            routes: vec!["/v2=http://a:1,,http://b:2".into()],
+            ..flags()
+        });
+        assert!(
+            err.contains("empty upstream") && err.contains("stray comma"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn in_process_beside_network_upstreams_is_refused() {
+        for list in [
+            "in-process,http://127.0.0.1:8080",
+            "http://127.0.0.1:8080,in-process",
+        ] {
+            let err = flag_error(Flags {
+                routes: vec![format!("/v2={list}")],
+                ..flags()
+            });
+            assert!(
+                err.contains("flag --route")
+                    && err.contains("in-process cannot share a route")
+                    && err.contains("route it alone"),
+                "{err}"
+            );
+        }
+        let text = "[[routes]]\nprefix = \"/v2\"\nupstream = [\"in-process\", \"http://a:1\"]\n";
+        assert!(parse_file(Path::new("p.toml"), text).is_err());
+        // Alone, as the one module routes it, it is fine.
+        assert_eq!(
+            parse_upstreams("in-process").unwrap(),
+            [Upstream::in_process()]
+        );
+    }
+
+    #[test]
+    fn iot_edge_variables_take_several_upstreams() {
+        let c = Config::load(
+            &Flags {
+                trust: Some("root.pem".into()),
+                ..flags()
+            },
+            &env(&[
+                (
+                    "CONNECTED_ACR_ROUTE_ADDRESS",
+                    "registry1:8080,registry2:8080",
+                ),
+                ("BLOB_UPLOAD_ROUTE_ADDRESS", "blob:11002"),
+                ("IOTEDGE_PARENTHOSTNAME", "parent1,parent2:8443"),
+            ]),
+        )
+        .unwrap();
+        for p in REGISTRY_PREFIXES {
+            assert_eq!(
+                upstreams_text(&route(&c, p).upstreams),
+                "http://registry1:8080,http://registry2:8080"
+            );
+        }
+        assert_eq!(
+            upstreams_text(&c.default.unwrap().upstreams),
+            "https://parent1:443,https://parent2:8443"
+        );
+        let err = Config::load(
+            &flags(),
+            &env(&[("IOTEDGE_PARENTHOSTNAME", "parent1,http://parent2")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("TLS only"), "{err}");
+    }
+
+    #[test]
+    fn balancing_settings_have_defaults_and_every_source() {
+        let c = loaded(&Flags {
+            routes: vec!["/v2=http://a:1".into()],
+            ..flags()
+        });
+        assert_eq!(c.balancing, Balancing::default());
+        assert_eq!(c.balancing.health_interval, Duration::from_secs(2));
+        assert_eq!(c.balancing.health_timeout, Duration::from_secs(1));
+        assert_eq!(c.balancing.retries, 1);
+        let rendered = c.render();
+        for key in ["health_interval ", "health_timeout ", "retries "] {
+            assert!(rendered.lines().any(|l| l.starts_with(key)), "{rendered}");
+        }
+        let file = parse_file(
+            Path::new("p.toml"),
+            "health_interval = \"500ms\"\nhealth_timeout = \"PT0.2S\"\nretries = 0\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file.health_interval, Some(Duration::from_millis(500)));
+        assert_eq!(file.health_timeout, Some(Duration::from_millis(200)));
+        assert_eq!(file.retries, Some(0));
+        let f = Flags {
+            routes: vec!["/v2=http://a:1,http://b:2".into()],
+            health_interval: Some("3s".into()),
+            retries: Some(2),
+            ..flags()
+        };
+        let new = loaded(&f);
+        assert_eq!(new.balancing.health_interval, Duration::from_secs(3));
+        assert_eq!(new.balancing.retries, 2);
+        let changed = loaded(&Flags {
+            routes: f.routes.clone(),
+            ..flags()
+        })
+        .change_to(&new);
+        assert!(
+            changed.routes && changed.restart_needed.is_empty(),
+            "{changed:?}"
+        );
+        let err = flag_error(Flags {
+            health_timeout: Some("0s".into()),
+            ..f
+        });
+        assert!(
+            err.contains("--health-timeout") && err.contains("positive"),
+            "{err}"
+        );
+    }
+
+    /// Credentials in an upstream URL are refused, and the message does not repeat them.
+    #[test]
+    fn credentials_in_an_upstream_are_refused_unrepeated() {
+        let err = Upstream::parse("http://admin:s3cret@reg:8080").unwrap_err();
+        assert!(
+            err.contains("credentials") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// GET and HEAD requests sent to another upstream of their route after one failed
+    /// before answering.
+    pub retries: AtomicU64,
+    /// The upstreams of routes with several: in service or not (`/readyz` reads it too).
+    pub health: crate::balance::HealthBoard,
     /// upstream -> its request counts and durations (one lock per request, and no
     /// allocation once the upstream and status have been seen)
     per_upstream: Mutex<HashMap<String, UpstreamStats>>,
@@ -95,11 +100,15 @@ impl Metrics {
     }
 
     /// Whether the proxy is ready for traffic (`/readyz`): its configuration loaded (a proxy
-    /// exists only once it has), its server certificate readable and not expired, and the TLS
-    /// listener accepting. The error says what is missing.
+    /// exists only once it has), its server certificate readable and not expired, the TLS
+    /// listener accepting, and every route with several upstreams with at least one in
+    /// service. The error says what is missing.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.listening.load(Ordering::Relaxed) {
             return Err("the TLS listener is not accepting connections".into());
+        }
+        if let Some(why) = self.health.unready() {
+            return Err(why);
         }
         let Some(path) = self.server_cert.get() else {
             return Err("no server certificate configured".into());
@@ -121,7 +130,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let ld = Ordering::Relaxed;
-        let simple: [(&str, &str, &str, u64); 7] = [
+        let simple: [(&str, &str, &str, u64); 8] = [
             (
                 "proxy_connections_total",
                 "counter",
@@ -163,6 +172,12 @@ impl Metrics {
                 "counter",
                 "Reloads that failed (the previous state stayed).",
                 self.reloads_failed.load(ld),
+            ),
+            (
+                "proxy_retries_total",
+                "counter",
+                "GET and HEAD requests sent to another upstream of their route after one failed before answering.",
+                self.retries.load(ld),
             ),
         ];
         for (name, kind, help, value) in simple {
@@ -220,6 +235,7 @@ impl Metrics {
             );
         }
         drop(map);
+        self.health.render(&mut out, esc);
         out.push_str("# HELP proxy_upstream_errors_total Upstream failures, by upstream and kind.\n# TYPE proxy_upstream_errors_total counter\n");
         for ((up, kind), n) in self
             .upstream_errors

@@ -30,10 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
+use crate::balance::{failed_before_response, Balancer, Board, InFlight};
 use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody, UpstreamBody};
 use crate::config::{Config, ConfigError, Limits, Route, Scheme, Upstream};
 use crate::metrics::{serve_admin, Metrics};
-use crate::upstream::{ConnectError, UpstreamClient};
+use crate::upstream::{error_chain, ConnectError, UpstreamClient};
 use util::file_watch::FileWatch;
 
 /// Why the proxy could not start.
@@ -58,33 +59,63 @@ enum Target {
     InProcess(axum::Router),
 }
 
-/// A route with its upstream.
+/// One upstream of a route: where requests go, and its name.
+struct Choice {
+    target: Target,
+    /// The upstream as written in the config, for logs and metrics.
+    name: Arc<str>,
+}
+
+/// A route with its upstreams.
 struct Entry {
     route: Route,
     /// How error bodies name the route to clients ("route /v2", "the default route"): the
     /// route, never the upstream's address, which is internal.
     label: Arc<str>,
-    /// The upstream as written in the config, for logs and metrics.
-    name: Arc<str>,
-    target: Target,
+    /// In the route's order; never empty.
+    choices: Vec<Choice>,
+    /// The choice among several upstreams and their health; `None` for a route with one.
+    balancer: Option<Balancer>,
 }
 
 impl Entry {
-    fn new(route: &Route, target: Target, default: bool) -> Entry {
-        let label = match (&route.header, default) {
-            (_, true) => "the default route".to_string(),
-            (Some(h), false) => format!("route {} (header {h})", route.prefix),
-            (None, false) => format!("route {}", route.prefix),
-        };
-        let name = match &target {
-            Target::Remote(client) => client.name.clone(),
-            Target::InProcess(_) => route.upstream.to_string().into(),
-        };
+    /// `route` with its targets (in its upstreams' order); `board` holds the health of the
+    /// upstreams of routes with several.
+    fn new(route: &Route, targets: Vec<Target>, default: bool, board: &Board) -> Entry {
+        let choices: Vec<Choice> = targets
+            .into_iter()
+            .zip(&route.upstreams)
+            .map(|(target, up)| {
+                let name = match &target {
+                    Target::Remote(client) => client.name.clone(),
+                    Target::InProcess(_) => up.to_string().into(),
+                };
+                Choice { target, name }
+            })
+            .collect();
+        let balancer = (choices.len() > 1)
+            .then(|| {
+                choices
+                    .iter()
+                    .map(|c| board.health(&c.name))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .flatten()
+            .map(Balancer::new);
         Entry {
             route: route.clone(),
-            label: label.into(),
-            name,
-            target,
+            label: route.label(default).into(),
+            choices,
+            balancer,
+        }
+    }
+
+    /// The upstream for a request's next attempt, not one of those it `tried`; `None` once it
+    /// tried them all.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        match &self.balancer {
+            None => tried.is_empty().then_some(0),
+            Some(b) => b.pick(tried),
         }
     }
 }
@@ -94,6 +125,8 @@ struct Table {
     /// Header routes first, then path routes; each group longest prefix first.
     routes: Vec<Entry>,
     default: Option<Entry>,
+    /// How many more upstreams a GET or HEAD may be sent to (`retries`).
+    retries: u32,
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -157,7 +190,7 @@ impl State {
     /// Where requests for `up` go from `worker`.
     fn target(&self, config: &Config, up: &Upstream, worker: usize) -> Result<Target, String> {
         if up.scheme != Scheme::InProcess {
-            return self.client(config, up, worker).map(Target::Remote);
+            return self.client(config, up, Some(worker)).map(Target::Remote);
         }
         match &self.registry {
             Some(router) => Ok(Target::InProcess(router.clone())),
@@ -169,14 +202,16 @@ impl State {
         }
     }
 
+    /// The pooled client for `up` of `worker`, or of the health checker (`None`): each has
+    /// its own pools.
     fn client(
         &self,
         config: &Config,
         up: &Upstream,
-        worker: usize,
+        worker: Option<usize>,
     ) -> Result<Arc<UpstreamClient>, String> {
         let trust_path = config.trust_for(up);
-        let key = format!("{worker} {up} sni={:?} trust={:?}", up.sni, trust_path);
+        let key = format!("{worker:?} {up} sni={:?} trust={:?}", up.sni, trust_path);
         if let Some(c) = self
             .clients
             .lock()
@@ -197,20 +232,43 @@ impl State {
         Ok(client)
     }
 
-    /// Tables for every worker.
-    fn build_tables(&self, config: &Config) -> Result<Vec<Arc<Table>>, String> {
-        (0..self.workers)
-            .map(|w| self.build_table(config, w).map(Arc::new))
+    /// Tables for every worker, and the health board they share; neither is in service yet
+    /// ([`State::install`]).
+    fn build_tables(&self, config: &Config) -> Result<(Vec<Arc<Table>>, Board), String> {
+        let board = self.metrics.health.plan(config);
+        let tables = (0..self.workers)
+            .map(|w| self.build_table(config, w, &board).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok((tables, board))
+    }
+
+    /// Puts tables and their board in service: each new request uses them.
+    fn install(&self, (tables, board): (Vec<Arc<Table>>, Board)) {
+        self.metrics.health.install(board);
+        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+    }
+
+    /// The targets of `route`'s upstreams for `worker`.
+    fn targets(
+        &self,
+        config: &Config,
+        route: &Route,
+        worker: usize,
+    ) -> Result<Vec<Target>, String> {
+        route
+            .upstreams
+            .iter()
+            .map(|up| self.target(config, up, worker))
             .collect()
     }
 
-    fn build_table(&self, config: &Config, worker: usize) -> Result<Table, String> {
+    fn build_table(&self, config: &Config, worker: usize, board: &Board) -> Result<Table, String> {
         let mut routes = Vec::new();
         for r in &config.routes {
-            let target = self
-                .target(config, &r.upstream, worker)
+            let targets = self
+                .targets(config, r, worker)
                 .map_err(|e| format!("route {} ({}): {e}", r.prefix, r.source))?;
-            routes.push(Entry::new(r, target, false));
+            routes.push(Entry::new(r, targets, false, board));
         }
         routes.sort_by(|a, b| {
             b.route
@@ -222,13 +280,18 @@ impl State {
         let default = match &config.default {
             Some(r) => Some(Entry::new(
                 r,
-                self.target(config, &r.upstream, worker)
+                self.targets(config, r, worker)
                     .map_err(|e| format!("default route ({}): {e}", r.source))?,
                 true,
+                board,
             )),
             None => None,
         };
-        Ok(Table { routes, default })
+        Ok(Table {
+            routes,
+            default,
+            retries: config.balancing.retries,
+        })
     }
 }
 
@@ -294,8 +357,8 @@ impl Proxy {
             clients: Mutex::new(HashMap::new()),
             registry,
         });
-        let tables = state.build_tables(&config).map_err(StartError::Route)?;
-        *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+        let built = state.build_tables(&config).map_err(StartError::Route)?;
+        state.install(built);
         let addr = config.listen.0;
         let listener = TcpListener::bind(addr)
             .await
@@ -396,6 +459,7 @@ impl Proxy {
                                 tokio::spawn(serve_admin(admin, state.metrics.clone()));
                             }
                             tokio::spawn(reload_loop(state.clone(), loader));
+                            tokio::spawn(health_loop(state.clone()));
                             let acceptor = accept_loop(
                                 listener,
                                 senders,
@@ -848,11 +912,13 @@ async fn handle(
     let progress = Arc::new(ReqProgress::default());
     let request_id = request_id(req.headers());
 
-    // `class` is set for an exchange the proxy failed (or that failed on its way).
+    // `class` is set for an exchange the proxy failed (or that failed on its way);
+    // `in_flight` counts the request against its upstream until the response ends.
     let make_exchange = |upstream: Option<Arc<str>>,
                          status: StatusCode,
                          class: Option<Class>,
-                         error: Option<String>| {
+                         error: Option<String>,
+                         in_flight: Option<InFlight>| {
         let state = state.clone();
         let method = method.clone();
         let uri = client_uri.clone();
@@ -861,6 +927,7 @@ async fn handle(
         let peer = info.peer;
         Exchange {
             on_done: Some(Box::new(move |bytes_out: u64, outcome: Outcome| {
+                drop(in_flight);
                 let secs = start.elapsed().as_secs_f64();
                 let bytes_in = progress.bytes.load(Ordering::Relaxed);
                 let (class, error) = match outcome {
@@ -921,11 +988,9 @@ async fn handle(
         return reply(
             StatusCode::NOT_FOUND,
             body,
-            make_exchange(None, StatusCode::NOT_FOUND, Some(class), Some(msg)),
+            make_exchange(None, StatusCode::NOT_FOUND, Some(class), Some(msg), None),
         );
     };
-    let upstream_name = entry.name.clone();
-
     // Build the upstream request: same method, path and body; Host preserved.
     let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = if upgrade {
@@ -940,21 +1005,11 @@ async fn handle(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let mut uri_parts = http::uri::Parts::default();
-    // The registry in this process gets the origin form a server would have parsed.
-    if let Target::Remote(client) = &entry.target {
-        uri_parts.scheme = Some(client.uri_scheme.clone());
-        uri_parts.authority = Some(client.uri_authority.clone());
-    }
-    uri_parts.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    // `from_parts` fails only when a scheme comes without an authority, or a path without both.
-    let uri = Uri::from_parts(uri_parts).expect("a path, with scheme and authority or neither");
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
     // Only the proxy vouches for a client certificate: drop whatever the client claims.
@@ -975,76 +1030,110 @@ async fn handle(
         headers.insert(X_FORWARDED_HOST, h.clone());
         headers.insert(header::HOST, h.clone());
     }
-    let mut up_req = Request::new(ReqBody::new(body, progress.clone()));
-    *up_req.method_mut() = parts.method;
-    *up_req.uri_mut() = uri;
-    *up_req.headers_mut() = headers;
-    *up_req.version_mut() = http::Version::HTTP_11;
-    // The registry's access control counts failed logins per client address: in process it
-    // reads the real client's from here, no `X-Forwarded-For` trust needed.
-    up_req
-        .extensions_mut()
-        .insert(axum::extract::ConnectInfo(info.peer));
 
-    // Wait for the response head (see `deadline` for the upstream timeout).
-    info.waiting.fetch_add(1, Ordering::Relaxed);
-    let timeout = state.limits.upstream_timeout;
-    let response = async {
-        match &entry.target {
-            Target::Remote(client) => client
-                .client
-                .request(up_req)
-                .await
-                .map(|r| r.map(UpstreamBody::Remote)),
-            Target::InProcess(router) => {
-                let Ok(r) = router.clone().oneshot(up_req).await;
-                Ok(r.map(UpstreamBody::InProcess))
-            }
+    // A GET or HEAD without a body may go to another upstream of a route with several when
+    // its upstream fails before answering: nothing was sent that could be sent twice, and
+    // nothing reached the client. Any other request is sent once (a PATCH or PUT to a dead
+    // replica fails, and the client's next request goes to another).
+    let retries = match &entry.balancer {
+        Some(_)
+            if (method == http::Method::GET || method == http::Method::HEAD)
+                && !upgrade
+                && http_body::Body::is_end_stream(&body) =>
+        {
+            table.retries as usize
         }
+        _ => 0,
     };
-    // Fires when the upstream takes no request-body bytes for `timeout` while the body is
-    // being sent, or does not answer within `timeout` once it was sent. A request without a
-    // body (GET, HEAD) is sent from the start: one timer, for the answer.
-    let deadline = async {
-        while !progress.is_sent() {
-            let before = progress.bytes.load(Ordering::Relaxed);
-            tokio::select! {
-                _ = progress.sent() => break,
-                _ = tokio::time::sleep(timeout) => {
-                    if progress.bytes.load(Ordering::Relaxed) == before {
-                        return;
-                    }
+    // A request that may be sent again has no body to send: each attempt gets an empty one.
+    let mut body = (retries == 0).then_some(body);
+    let timeout = state.limits.upstream_timeout;
+    let mut tried: Vec<usize> = Vec::new();
+    // Wait for the response head (see `send` for the upstream timeout).
+    info.waiting.fetch_add(1, Ordering::Relaxed);
+    let (choice, in_flight, result) = loop {
+        // Every attempt so far went to another upstream, so one is left (`pick` is `None` only
+        // once every upstream was tried, and a request never tries more than `retries` + 1).
+        let index = entry.pick(&tried).unwrap_or(0);
+        let choice = &entry.choices[index];
+        let in_flight: Option<InFlight> =
+            entry.balancer.as_ref().map(|b| b.upstream(index).begin());
+        let last_attempt = tried.len() >= retries || tried.len() + 1 >= entry.choices.len();
+        let mut uri_parts = http::uri::Parts::default();
+        // The registry in this process gets the origin form a server would have parsed.
+        if let Target::Remote(client) = &choice.target {
+            uri_parts.scheme = Some(client.uri_scheme.clone());
+            uri_parts.authority = Some(client.uri_authority.clone());
+        }
+        uri_parts.path_and_query = Some(path_and_query.clone());
+        // `from_parts` fails only when a scheme comes without an authority, or a path without both.
+        let uri = Uri::from_parts(uri_parts).expect("a path, with scheme and authority or neither");
+        let req_body = match body.take() {
+            Some(b) => ReqBody::new(b, progress.clone()),
+            None => ReqBody::empty(progress.clone()),
+        };
+        let mut up_req = Request::new(req_body);
+        *up_req.method_mut() = method.clone();
+        *up_req.uri_mut() = uri;
+        // Copied only while another attempt may need them.
+        *up_req.headers_mut() = if last_attempt {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+        *up_req.version_mut() = http::Version::HTTP_11;
+        // The registry's access control counts failed logins per client address: in process it
+        // reads the real client's from here, no `X-Forwarded-For` trust needed.
+        up_req
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(info.peer));
+
+        let result = send(&choice.target, up_req, &progress, timeout).await;
+        // An upstream that did not answer at all is out of service until its health check
+        // passes; the request goes to another when it may.
+        if let Some(Err(err)) = &result {
+            if failed_before_response(err) && !progress.failed.load(Ordering::Relaxed) {
+                if let Some(b) = &entry.balancer {
+                    b.upstream(index).take_out(&format_args!(
+                        "it failed before answering: {}",
+                        error_chain(err)
+                    ));
+                }
+                if !last_attempt {
+                    state.metrics.upstream_error(&choice.name, error_kind(err));
+                    state.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{method} {path} (rid {}): upstream {} failed before answering, sent \
+                         again to another upstream of {}: {}",
+                        request_id.to_str().unwrap_or("-"),
+                        choice.name,
+                        entry.label,
+                        error_chain(err)
+                    );
+                    tried.push(index);
+                    continue;
                 }
             }
         }
-        tokio::time::sleep(timeout).await;
-    };
-    let result = tokio::select! {
-        r = response => Some(r),
-        _ = deadline => None,
+        break (choice, in_flight, result);
     };
     info.waiting.fetch_sub(1, Ordering::Relaxed);
+    let upstream_name = choice.name.clone();
 
     let mut resp = match result {
         Some(Ok(resp)) => resp,
         Some(Err(err)) => {
+            drop(in_flight);
             // `public` goes to the client, `logged` (with addresses and paths) to the log.
             let label = &entry.label;
-            let (status, code, class, public, logged, kind) = if let Some(ce) =
-                find_connect_error(&err)
-            {
-                let kind = match ce {
-                    ConnectError::Timeout { .. } => "connect_timeout",
-                    ConnectError::Tcp { .. } => "connect",
-                    ConnectError::Tls { .. } => "tls",
-                };
+            let kind = error_kind(&err);
+            let (status, code, class, public, logged) = if let Some(ce) = find_connect_error(&err) {
                 (
                     StatusCode::BAD_GATEWAY,
                     "UPSTREAM_UNREACHABLE",
                     Class::new(Fault::Upstream, !matches!(ce, ConnectError::Tls { .. })),
                     format!("proxy: the upstream for {label} {}", ce.public_reason()),
                     format!("proxy: upstream {upstream_name} unreachable: {ce}"),
-                    kind,
                 )
             } else if progress.failed.load(Ordering::Relaxed) {
                 (
@@ -1054,8 +1143,7 @@ async fn handle(
                         format!(
                             "proxy: the request body failed before the upstream for {label} answered"
                         ),
-                        format!("proxy: the client's request body failed before the upstream {upstream_name} answered: {}", chain(&err)),
-                        "client_aborted",
+                        format!("proxy: the client's request body failed before the upstream {upstream_name} answered: {}", error_chain(&err)),
                     )
             } else {
                 (
@@ -1065,8 +1153,10 @@ async fn handle(
                     format!(
                         "proxy: the upstream for {label} broke off the exchange before answering"
                     ),
-                    format!("proxy: upstream {upstream_name} failed: {}", chain(&err)),
-                    "protocol",
+                    format!(
+                        "proxy: upstream {upstream_name} failed: {}",
+                        error_chain(&err)
+                    ),
                 )
             };
             state.metrics.upstream_error(&upstream_name, kind);
@@ -1074,10 +1164,11 @@ async fn handle(
             return reply(
                 status,
                 body,
-                make_exchange(Some(upstream_name), status, Some(class), Some(logged)),
+                make_exchange(Some(upstream_name), status, Some(class), Some(logged), None),
             );
         }
         None => {
+            drop(in_flight);
             state.metrics.upstream_error(&upstream_name, "timeout");
             let label = &entry.label;
             let public =
@@ -1090,7 +1181,7 @@ async fn handle(
             return reply(
                 status,
                 body,
-                make_exchange(Some(upstream_name), status, Some(class), Some(logged)),
+                make_exchange(Some(upstream_name), status, Some(class), Some(logged), None),
             );
         }
     };
@@ -1122,8 +1213,51 @@ async fn handle(
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
     parts.headers.insert(REQUEST_ID, request_id.clone());
-    let exchange = make_exchange(Some(upstream_name), status, None, None);
+    let exchange = make_exchange(Some(upstream_name), status, None, None, in_flight);
     Response::from_parts(parts, RespBody::upstream(body, exchange))
+}
+
+/// An upstream's answer to one attempt, hyper-util's error, or `None` when the upstream timeout
+/// fired: when the upstream takes no request-body bytes for `timeout` while the body is being
+/// sent, or does not answer within `timeout` once it was sent. A request without a body (GET,
+/// HEAD) is sent from the start: one timer, for the answer.
+async fn send(
+    target: &Target,
+    req: Request<ReqBody>,
+    progress: &ReqProgress,
+    timeout: Duration,
+) -> Option<Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>> {
+    let response = async {
+        match target {
+            Target::Remote(client) => client
+                .client
+                .request(req)
+                .await
+                .map(|r| r.map(UpstreamBody::Remote)),
+            Target::InProcess(router) => {
+                let Ok(r) = router.clone().oneshot(req).await;
+                Ok(r.map(UpstreamBody::InProcess))
+            }
+        }
+    };
+    let deadline = async {
+        while !progress.is_sent() {
+            let before = progress.bytes.load(Ordering::Relaxed);
+            tokio::select! {
+                _ = progress.sent() => break,
+                _ = tokio::time::sleep(timeout) => {
+                    if progress.bytes.load(Ordering::Relaxed) == before {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        r = response => Some(r),
+        _ = deadline => None,
+    }
 }
 
 /// The request's id: the client's `X-Request-Id` when it is fit to log, else a fresh one. It
@@ -1134,6 +1268,16 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         Some(id) if util::request_id::is_valid(id.as_bytes()) => id.clone(),
         _ => HeaderValue::from_str(&util::request_id::new())
             .expect("hex digits are a valid header value"),
+    }
+}
+
+/// The `kind` label of an upstream failure in `proxy_upstream_errors_total`.
+fn error_kind(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    match find_connect_error(err) {
+        Some(ConnectError::Timeout { .. }) => "connect_timeout",
+        Some(ConnectError::Tcp { .. }) => "connect",
+        Some(ConnectError::Tls { .. }) => "tls",
+        None => "protocol",
     }
 }
 
@@ -1148,15 +1292,41 @@ fn find_connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<
     None
 }
 
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
+/// Checks every upstream of every route with several (`GET /readyz`, see `balance`), all at
+/// once, every `health_interval`: a failed check takes an upstream out of service, a passing
+/// one puts it back. The checker has its own connection pools, so checks neither wait for
+/// nor hold the workers' connections. Interval and timeout are read each round (a reload
+/// applies).
+async fn health_loop(state: Arc<State>) {
+    loop {
+        let config = state
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let timeout = config.balancing.health_timeout;
+        let mut checks = tokio::task::JoinSet::new();
+        for watched in state.metrics.health.current().watched() {
+            let health = watched.health.clone();
+            match state.client(&config, &watched.upstream, None) {
+                Ok(client) => {
+                    checks.spawn(async move {
+                        match crate::balance::check(&client, timeout).await {
+                            Ok(()) => health.put_back(),
+                            Err(why) => {
+                                health.take_out(&format_args!("its health check failed: {why}"))
+                            }
+                        }
+                    });
+                }
+                // The route tables were built with the same settings, so this is rare (a trust
+                // bundle that became unreadable): the upstream cannot be checked.
+                Err(err) => health.take_out(&format_args!("it cannot be checked: {err}")),
+            }
+        }
+        while checks.join_next().await.is_some() {}
+        tokio::time::sleep(config.balancing.health_interval).await;
     }
-    out
 }
 
 /// Polls the config file, the server certificate and the trust bundles; reloads what changed.
@@ -1236,7 +1406,7 @@ fn apply_config(state: &State, path: &std::path::Path, config: Config) {
     let change = old.change_to(&config);
     if change.routes {
         match state.build_tables(&config) {
-            Ok(tables) => *state.tables.write().unwrap_or_else(|e| e.into_inner()) = tables,
+            Ok(built) => state.install(built),
             Err(err) => {
                 m.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("config not reloaded, the previous one stays: {err}");

@@ -63,19 +63,22 @@ pub struct ProxyFlags {
     /// Serve the proxy's Prometheus metrics on this address (plain HTTP, /metrics and /healthz).
     #[arg(id = "proxy_admin", long = "admin", value_name = "HOST:PORT")]
     admin: Option<String>,
-    /// A path route, PREFIX=URL (repeatable), e.g. /v2=http://127.0.0.1:8080; URL `in-process`
-    /// is the registry in this process (one module only).
-    #[arg(id = "proxy_route", long = "route", value_name = "PREFIX=URL")]
+    /// A path route, PREFIX=URL (repeatable), e.g. /v2=http://127.0.0.1:8080; several URLs
+    /// separated by commas are replicas the proxy balances between; URL `in-process` is the
+    /// registry in this process (one module only).
+    #[arg(id = "proxy_route", long = "route", value_name = "PREFIX=URL[,URL...]")]
     routes: Vec<String>,
-    /// A header route, HEADER=URL (repeatable): requests carrying HEADER go to URL.
+    /// A header route, HEADER=URL (repeatable): requests carrying HEADER go to URL (or to
+    /// several, separated by commas).
     #[arg(
         id = "proxy_header_route",
         long = "header-route",
-        value_name = "HEADER=URL"
+        value_name = "HEADER=URL[,URL...]"
     )]
     header_routes: Vec<String>,
-    /// Where requests no route matches go (usually https://PARENT:443).
-    #[arg(id = "proxy_default", long = "default", value_name = "URL")]
+    /// Where requests no route matches go (usually https://PARENT:443; several URLs separated
+    /// by commas for a parent's replicas).
+    #[arg(id = "proxy_default", long = "default", value_name = "URL[,URL...]")]
     default: Option<String>,
     /// TLS server name to verify the default upstream against [default: its host].
     #[arg(id = "proxy_sni", long = "sni", value_name = "NAME")]
@@ -123,6 +126,24 @@ pub struct ProxyFlags {
         value_name = "N"
     )]
     max_connections: Option<usize>,
+    /// How often each upstream of a route with several is checked (GET /readyz) [default: 2s].
+    #[arg(
+        id = "proxy_health_interval",
+        long = "health-interval",
+        value_name = "DURATION"
+    )]
+    health_interval: Option<String>,
+    /// Time one health check has before it fails [default: 1s].
+    #[arg(
+        id = "proxy_health_timeout",
+        long = "health-timeout",
+        value_name = "DURATION"
+    )]
+    health_timeout: Option<String>,
+    /// How many other upstreams of its route a GET or HEAD is sent to when one fails before
+    /// answering; 0: none [default: 1].
+    #[arg(id = "proxy_retries", long = "retries", value_name = "N")]
+    retries: Option<u32>,
     /// How often files are checked for changes [default: 5s].
     #[arg(
         id = "proxy_reload_interval",
@@ -162,6 +183,9 @@ impl ProxyFlags {
             connect_timeout: f.connect_timeout,
             upstream_timeout: f.upstream_timeout,
             max_connections: f.max_connections,
+            health_interval: f.health_interval,
+            health_timeout: f.health_timeout,
+            retries: f.retries,
             reload_interval: f.reload_interval,
             alpn: f.alpn,
             workers: f.workers,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod api;
+pub mod azurite;
 pub mod checks;
 pub mod containerd;
 pub mod distribution;
@@ -13,6 +14,7 @@ pub mod docker;
 pub mod netns;
 pub mod oci;
 pub mod postgres;
+pub mod proxy;
 pub mod skopeo;
 pub mod static_build;
 pub mod sync;

@@ -158,7 +158,10 @@ impl From<StorageError> for ApiError {
                 )
                 .with_status(StatusCode::INSUFFICIENT_STORAGE)
             }
-            StorageError::Io { .. } | StorageError::Db(_) | StorageError::InUse(_) => {
+            StorageError::Io { .. }
+            | StorageError::Db(_)
+            | StorageError::InUse(_)
+            | StorageError::WrongStorage(_) => {
                 tracing::error!("internal storage error: {message}");
                 ApiError::new(
                     ErrorCode::Unknown,
@@ -170,6 +173,16 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::Unknown, message)
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)
                     .with_header(header::RETRY_AFTER, "1".into())
+            }
+            StorageError::Remote { retry, .. } => {
+                tracing::error!("blob storage error: {message}");
+                let status = if retry {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                ApiError::new(ErrorCode::Unknown, format!("blob storage error: {message}"))
+                    .with_status(status)
             }
             StorageError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, message),
             StorageError::BlobUnknown(_) => ApiError::new(ErrorCode::BlobUnknown, message),

@@ -56,7 +56,7 @@ impl TestBackend {
 
     /// A store in `dir` on this backend.
     pub(crate) fn open(&self, dir: &Path, limits: Limits) -> Store {
-        Store::open_with(dir, limits, &self.backends).expect("open the store")
+        Store::open_with(dir, limits, self.backends.clone()).expect("open the store")
     }
 
     /// The bare key-value backend (`dir` holds redb's file).
