@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,29 +44,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A request body that trickles out slowly after its first `fast` bytes, so the registry can be
-/// killed while it is still receiving.
-struct Trickle {
-    data: Arc<Vec<u8>>,
-    pos: usize,
-    fast: usize,
-}
-
-impl Read for Trickle {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.data.len() {
-            return Ok(0);
-        }
-        if self.pos >= self.fast {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let n = buf.len().min(64 * 1024).min(self.data.len() - self.pos);
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 #[test]
 fn kill9_during_large_uploads_leaves_no_partial_blob() {
     let (_dir, mut t, api) = setup();
@@ -93,14 +69,7 @@ fn kill9_during_large_uploads_leaves_no_partial_blob() {
         let http = api.http.clone();
         std::thread::spawn(move || {
             let len = big.len() as u64;
-            let body = reqwest::blocking::Body::sized(
-                Trickle {
-                    data: big,
-                    pos: 0,
-                    fast: 16 << 20,
-                },
-                len,
-            );
+            let body = reqwest::blocking::Body::sized(Trickle::new(big, 16 << 20), len);
             http.put(url)
                 .header("content-type", "application/octet-stream")
                 .body(body)

@@ -7,9 +7,10 @@
 //! server that cannot be reached, or a wrong password, fails the start naming PostgreSQL and
 //! the host, never the password.
 //!
-//! The replicas keep their blobs in their own data directories; where a test reads through one
-//! replica what another stored, the second's `blobs/` is a link to the first's (standing in for
-//! the shared blob store, which is not this backend's part).
+//! Most tests keep each replica's blobs in its own data directory; where one reads through a
+//! replica what another stored, the second's `blobs/` is a link to the first's. The last test
+//! runs the replicas as deployed: metadata in PostgreSQL, blobs in one Azure Blob Storage
+//! container (Azurite).
 
 #![forbid(unsafe_code)]
 
@@ -506,4 +507,76 @@ fn the_other_commands_take_the_metadata_flag_or_refuse_it() {
     // A data directory that holds no meta.redb is still one with the metadata elsewhere.
     let (ok, _, err) = cli(&["gc", "--data", data_s]);
     assert!(!ok && err.contains("it holds no meta.redb"), "{err}");
+}
+
+/// The two shared services together, as the replicas of issue 17 run: metadata in PostgreSQL,
+/// blobs in one Azure Blob Storage container (Azurite). An image `skopeo` pushes through one
+/// replica is pulled byte-identical through the other, each with a data directory of its own;
+/// a tag deleted through the second is gone from the first at once.
+#[test]
+fn two_replicas_on_postgresql_and_azure_blob_storage_serve_each_others_pushes() {
+    let (_server, url) = server_with_database();
+    let azurite = common::azurite::Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--metadata", url.as_str(), "--gc-interval", "0s"];
+    let a = common::azurite::serve_azblob(&dir.path().join("a"), &azurite, "shared", &args);
+    let b = common::azurite::serve_azblob(&dir.path().join("b"), &azurite, "shared", &args);
+
+    let mut src = Layout::create(&dir.path().join("src"));
+    let image = src.add_image("amd64", &[200_000, 30_000]);
+    src.tag("v1", &image.manifest);
+    let through_a = format!("docker://{}/both/app:v1", a.addr);
+    skopeo::copy(&src.reference("v1"), &through_a, false);
+    let through_b = format!("docker://{}/both/app:v1", b.addr);
+    let back = Layout::create(&dir.path().join("back"));
+    skopeo::copy(&through_b, &back.reference("v1"), false);
+    assert_eq!(
+        skopeo::inspect_raw(&back.reference("v1")),
+        skopeo::inspect_raw(&src.reference("v1")),
+        "pulled through the other replica, byte for byte"
+    );
+    for layer in &image.layers {
+        assert_eq!(back.read_blob(&layer.digest), src.read_blob(&layer.digest));
+    }
+
+    let (api_a, api_b) = (Api::new(&a.url()), Api::new(&b.url()));
+    api_b.delete("/v2/both/app/manifests/v1").expect(202);
+    api_a.get_manifest("both/app", "v1").expect(404);
+    assert_gapless(&all_changes(&api_a));
+}
+
+/// Connections PostgreSQL closes under a running `serve` (an administrator's
+/// `pg_terminate_backend`, a server restart, a network cut) are made again: the transaction
+/// that met the closed connection runs again on a new one, and the client never sees it.
+#[test]
+fn connections_closed_by_the_server_are_made_again_without_the_client_noticing() {
+    let (server, url) = server_with_database();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_on(&dir.path().join("data"), &url);
+    let api = Api::new(&serve.url());
+    let (manifest, _, _) = api.push_image("lost/app", "v1", 1, 2_000);
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    for round in 0..3 {
+        let closed = server.sql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND application_name = 'connected-registry'"
+            ),
+        );
+        assert_ne!(
+            closed.trim(),
+            "0",
+            "round {round}: the registry's connections were open"
+        );
+        assert_push_intact(&api, "lost/app", "v1", &manifest);
+        api.push_image("lost/app", &format!("r{round}"), 1, 1_000 + round);
+    }
+    assert_eq!(api.tags("lost/app").len(), 4);
+    assert_gapless(&all_changes(&api));
+    assert!(
+        serve.log_text().contains("connecting again"),
+        "the new connections are logged: {}",
+        serve.log_text()
+    );
 }

@@ -1138,12 +1138,13 @@ fn media_type_of(body: &[u8]) -> String {
 
 /// Whether every tag the child's sync state records as synced has whole content in its store
 /// (opened in this process while the child is down); returns what is missing.
-fn synced_without_content(data: &std::path::Path) -> Vec<String> {
+fn synced_without_content(child: &Target) -> Vec<String> {
     use registry::{Reference, RepoName, Store};
+    let data = child.data_dir();
     let state = sync::StateFile::open(&data.join("sync"))
         .expect("the sync state file reads after a crash")
         .snapshot();
-    let store = Store::open(data, registry::Limits::default())
+    let store = Store::open_with(&data, registry::Limits::default(), child.backends())
         .expect("the child's store opens after a crash");
     let mut missing = Vec::new();
     for (repo, tags) in &state.synced_tags {
@@ -1178,7 +1179,11 @@ fn synced_without_content(data: &std::path::Path) -> Vec<String> {
                     let Ok(bd) = b.parse::<registry::Digest>() else {
                         continue;
                     };
-                    let bytes = std::fs::read(store.blob_path(&bd)).unwrap_or_default();
+                    let bytes = store
+                        .read_small_blob(&bd, u64::MAX)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
                     if sha256(&bytes) != b {
                         missing.push(format!(
                             "{repo}:{tag} recorded as synced at {digest}, blob {b} missing or torn"
@@ -1304,7 +1309,7 @@ fn sync_child_survives_crashes_during_its_passes() {
         // A pending local push either happened in full or not: the restart's check is the
         // registry torture's; here it is simply dropped (it may or may not go up).
         local.pending = None;
-        let missing = synced_without_content(&child.data_dir());
+        let missing = synced_without_content(&child);
         assert!(
             missing.is_empty(),
             "seed {seed}, cycle {cycle}: tags recorded as synced without their content:\n{}",
@@ -1389,7 +1394,7 @@ fn sync_child_survives_crashes_during_its_passes() {
         );
     }
     child.kill9();
-    let missing = synced_without_content(&child.data_dir());
+    let missing = synced_without_content(&child);
     assert!(missing.is_empty(), "seed {seed}: {missing:?}");
 }
 

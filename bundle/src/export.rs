@@ -10,6 +10,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use oci::{manifest, Descriptor, Digest, Reference, RepoName};
+use registry::storage::BlobRead;
 use registry::Store;
 use serde::Serialize;
 
@@ -199,14 +200,23 @@ fn write(
                 plan.report.left_out += 1;
                 continue;
             }
-            let path = store.blob_path(digest);
-            let blob = File::open(&path).map_err(|e| {
+            let missing = |why: String| {
                 BundleError::Missing(format!(
-                    "blob {digest} is referenced but cannot be read at {} ({e}): run `connected-registry scrub`",
-                    path.display()
+                    "blob {digest} is referenced but cannot be read from {} ({why}): run `connected-registry scrub`",
+                    store.blob_location()
                 ))
-            })?;
-            let size = tar.file(&format::blob_entry(digest), blob)?;
+            };
+            let blob = store
+                .read_blob(digest)
+                .map_err(|e| missing(e.to_string()))?
+                .ok_or_else(|| missing("it is not there".into()))?;
+            let size = blob.size();
+            let name = format::blob_entry(digest);
+            // A file is copied file to file (`copy_file_range`); other stores stream.
+            let size = match blob.into_read() {
+                BlobRead::File(file) => tar.entry(&name, size, file)?,
+                BlobRead::Stream(stream) => tar.entry(&name, size, stream)?,
+            };
             plan.report.blobs += 1;
             plan.report.content_bytes += size;
         }
@@ -233,7 +243,8 @@ fn write(
 
 /// The bundle file as it is written: a tar (ustar headers, fixed times and modes, so the same
 /// content makes the same file). Not `tar::Builder`: blob files are copied file to file
-/// (`std::io::copy` uses `copy_file_range`, so their bytes never pass through this process).
+/// (`std::io::copy` uses `copy_file_range`, so their bytes never pass through this process);
+/// blobs in an object store stream through.
 struct TarOut {
     file: File,
 }
@@ -270,12 +281,8 @@ impl TarOut {
         self.pad(name, bytes.len() as u64)
     }
 
-    /// An entry holding the whole of `source`; returns its size.
-    fn file(&mut self, name: &str, source: File) -> Result<u64, BundleError> {
-        let size = source
-            .metadata()
-            .map_err(BundleError::io(format!("stat the blob of {name}")))?
-            .len();
+    /// An entry holding the `size` bytes of `source`; returns its size.
+    fn entry<R: Read>(&mut self, name: &str, size: u64, source: R) -> Result<u64, BundleError> {
         self.header(name, size)?;
         let copied = std::io::copy(&mut source.take(size), &mut self.file)
             .map_err(BundleError::io(format!("write entry {name}")))?;

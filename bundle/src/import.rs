@@ -323,7 +323,7 @@ impl Bundle<'_> {
         ))
     }
 
-    /// A manifest's verified bytes, from the bundle or else from the store's file.
+    /// A manifest's verified bytes, from the bundle or else from the store.
     fn read_manifest(
         &mut self,
         repo: &RepoName,
@@ -341,13 +341,13 @@ impl Bundle<'_> {
                 }
                 body
             }
-            None => {
-                let path = self.store.blob_path(digest);
-                std::fs::read(&path)
-                    .ok()
-                    .filter(|b| digest.matches(b))
-                    .ok_or_else(|| self.missing(repo, digest, digest))?
-            }
+            None => self
+                .store
+                .read_small_blob(digest, limit)
+                .ok()
+                .flatten()
+                .map(|body| body.to_vec())
+                .ok_or_else(|| self.missing(repo, digest, digest))?,
         };
         Ok(Loaded {
             media_type: descriptor.media_type.clone(),

@@ -50,23 +50,9 @@ pub fn state(store: &Store) -> Result<State, BundleError> {
         format: STATE_FORMAT.into(),
         ..State::default()
     };
-    let root = store.root().join("blobs");
-    // `blobs/ALG/XX/HEX`: anything else there is not a blob.
-    for algorithm in read_dir(&root)? {
-        for prefix in read_dir(&algorithm)? {
-            for file in read_dir(&prefix)? {
-                let (Some(alg), Some(hex)) = (
-                    algorithm.file_name().and_then(|n| n.to_str()),
-                    file.file_name().and_then(|n| n.to_str()),
-                ) else {
-                    continue;
-                };
-                if let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() {
-                    state.blobs.insert(digest);
-                }
-            }
-        }
-    }
+    state
+        .blobs
+        .extend(store.list_blobs()?.blobs.into_iter().map(|(d, _)| d));
     for repository in store.repos_visible("", usize::MAX, &|_| true, true)? {
         let Ok(name) = repository.parse::<RepoName>() else {
             continue;
@@ -80,13 +66,4 @@ pub fn state(store: &Store) -> Result<State, BundleError> {
         state.repositories.insert(repository, tags);
     }
     Ok(state)
-}
-
-/// The directories (or files) in `dir`; none when it does not exist.
-fn read_dir(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, BundleError> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => Ok(entries.flatten().map(|e| e.path()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(BundleError::io(format!("read {}", dir.display()))(e)),
-    }
 }

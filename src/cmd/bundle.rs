@@ -49,7 +49,10 @@ struct DataFlag {
     /// Data directory of the registry.
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     data: PathBuf,
-    /// The registry's metadata, used when no registry serves the data directory.
+    /// Where its blobs are, when no registry runs on it (a running one answers on its socket).
+    #[command(flatten)]
+    storage: super::storage::StorageFlags,
+    /// Where its metadata is, likewise.
     #[command(flatten)]
     metadata: super::metadata::MetadataFlags,
 }
@@ -138,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Performs `request` in the registry serving `on.data`, or on the store itself when none does.
 async fn send(on: &DataFlag, request: Request) -> anyhow::Result<Value> {
     let data = on.data.as_path();
-    let backends = on.metadata.backends()?;
+    let backends = on.metadata.backends(&on.storage)?;
     let socket = admin_socket::socket_path(data);
     let body = serde_json::to_vec(&request)?;
     if let Some(answer) =
@@ -150,12 +153,12 @@ async fn send(on: &DataFlag, request: Request) -> anyhow::Result<Value> {
         Request::Import { .. } => super::MissingData::Create,
         _ => super::MissingData::Refuse,
     };
-    super::check_data_dir_for(data, missing, &backends.metadata)?;
+    super::check_data_dir_for(data, missing, &backends)?;
     let direct = {
         let data = data.to_owned();
         let request = request.clone();
         tokio::task::spawn_blocking(move || {
-            match Store::open_with(&data, Limits::default(), &backends) {
+            match Store::open_with(&data, Limits::default(), backends) {
                 Ok(store) => Ok(perform(&store, &request)),
                 Err(err) => Err(err),
             }

@@ -50,16 +50,19 @@ pub struct Args {
     pub gc: GcFlags,
 
     #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
+
+    #[command(flatten)]
     pub metadata: super::metadata::MetadataFlags,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let backends = args.metadata.backends()?;
-    super::check_data_dir_for(&args.data, super::MissingData::Refuse, &backends.metadata)?;
+    let backends = args.metadata.backends(&args.storage)?;
+    super::check_data_dir_for(&args.data, super::MissingData::Refuse, &backends)?;
     let data = args.data.clone();
     let options = args.gc.options();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open_with(&data, Limits::default(), &backends).with_context(|| {
+        let store = Store::open_with(&data, Limits::default(), backends).with_context(|| {
             format!(
                 "cannot open {} (is `connected-registry serve` running on it? it collects by itself)",
                 data.display()

@@ -4,7 +4,7 @@
 //! registry (this one included); `index` joins per-platform pushes under one tag. Version tags
 //! (`X.Y.Z…`) never move: a push that would repoint one is refused unless `--force`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use module_image::archive::Format;
@@ -310,8 +310,6 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.build.image_version.clone())];
     tags.extend(target.also_tags.iter().cloned());
     target.check_tags(&tags, &image.manifest_digest()).await?;
-    let staging =
-        tempfile::tempdir().context("cannot create a temporary directory for the blobs")?;
     for (digest, bytes) in [
         (image.config_digest(), &image.config),
         (image.layer_digest(), &image.layer_gzip),
@@ -323,19 +321,18 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         {
             continue;
         }
-        let path = staging.path().join(digest.hex());
-        std::fs::write(&path, bytes).with_context(|| format!("cannot stage {}", path.display()))?;
-        upload(&target, &digest, &path, bytes.len() as u64).await?;
+        upload(&target, &digest, bytes).await?;
     }
     target
         .put_manifest(&tags, oci::media_type::OCI_MANIFEST, &image.manifest)
         .await
 }
 
-async fn upload(target: &Target, digest: &Digest, path: &Path, size: u64) -> anyhow::Result<()> {
+async fn upload(target: &Target, digest: &Digest, bytes: &[u8]) -> anyhow::Result<()> {
+    let blob = sync::store::InMemory(bytes::Bytes::copy_from_slice(bytes));
     target
         .client
-        .upload_blob(&target.repository, digest, path, size)
+        .upload_blob(&target.repository, digest, &blob, bytes.len() as u64)
         .await
         .with_context(|| format!("cannot upload blob {digest}"))
 }

@@ -1,11 +1,14 @@
 //! `--metadata` and its limits, shared by the commands that open the store (`serve`, `sync`,
-//! `gc`, `scrub`, `bundle`; `recover` refuses anything but redb): where the metadata lives,
+//! `gc`, `scrub`, `bundle`; `recover` refuses anything but redb), beside `--storage` (the
+//! blobs, `storage.rs`): where the metadata lives,
 //! redb in the data directory (the default) or a PostgreSQL database several `serve` replicas
 //! share. The URL holds a password: it is parsed here, not by clap (whose error would repeat
 //! the value), and shown only redacted.
 
 use registry::storage::backends::redact;
 use registry::storage::{Backends, MetadataBackend, PostgresSettings};
+
+use super::storage::StorageFlags;
 
 #[derive(clap::Args, Clone)]
 pub struct MetadataFlags {
@@ -50,8 +53,8 @@ fn connections(value: &str) -> Result<usize, String> {
 }
 
 impl MetadataFlags {
-    /// The backends these flags choose (the blobs stay on the filesystem).
-    pub fn backends(&self) -> anyhow::Result<Backends> {
+    /// The metadata backend these flags choose.
+    pub fn metadata(&self) -> anyhow::Result<MetadataBackend> {
         let mut metadata: MetadataBackend = self
             .metadata
             .parse()
@@ -60,9 +63,14 @@ impl MetadataFlags {
             settings.connections = self.metadata_connections;
             settings.retries = self.metadata_retries;
         }
+        Ok(metadata)
+    }
+
+    /// The backends these flags and `storage` (`--storage`, the blobs) choose.
+    pub fn backends(&self, storage: &StorageFlags) -> anyhow::Result<Backends> {
         Ok(Backends {
-            metadata,
-            ..Backends::default()
+            metadata: self.metadata()?,
+            ..storage.backends()?
         })
     }
 

@@ -19,6 +19,7 @@ pub mod scrub;
 pub mod serve;
 mod serve_config;
 pub mod status;
+pub mod storage;
 pub mod sync;
 
 /// What a command does when its data directory does not exist.
@@ -34,21 +35,28 @@ pub enum MissingData {
 /// Checks the data directory before a store is opened there, so a path that cannot hold one
 /// is named as such, with the setting to change, instead of failing deep in the store.
 pub fn check_data_dir(dir: &std::path::Path, missing: MissingData) -> anyhow::Result<()> {
-    check_data_dir_for(dir, missing, &registry::storage::MetadataBackend::Redb)
+    check_data_dir_for(dir, missing, &registry::storage::Backends::default())
 }
 
-/// [`check_data_dir`] for a store whose metadata is `metadata`: with the metadata elsewhere
-/// (PostgreSQL), the data directory holds the blobs (`blobs/`), not `meta.redb`.
+/// [`check_data_dir`] for a store on `backends`: with the metadata elsewhere (PostgreSQL), the
+/// data directory holds the blobs (`blobs/`) or names where they are (`storage`), not
+/// `meta.redb`.
 pub fn check_data_dir_for(
     dir: &std::path::Path,
     missing: MissingData,
-    metadata: &registry::storage::MetadataBackend,
+    backends: &registry::storage::Backends,
 ) -> anyhow::Result<()> {
     let shown = dir.display();
     let setting = "check --data (or ACR_REGISTRY_DATA_VOLUME)";
-    let (holds, needed) = match metadata {
+    let (holds, needed) = match backends.metadata {
         registry::storage::MetadataBackend::Redb => (registry::Store::exists_in(dir), "meta.redb"),
-        registry::storage::MetadataBackend::Postgres(_) => (dir.join("blobs").is_dir(), "blobs/"),
+        registry::storage::MetadataBackend::Postgres(_) => (
+            dir.join("blobs").is_dir()
+                || dir
+                    .join(registry::storage::backends::STORAGE_FILE)
+                    .is_file(),
+            "blobs/ and no storage file",
+        ),
     };
     match std::fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => anyhow::bail!(

@@ -31,6 +31,9 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
+
     /// Only `redb`: recover rebuilds meta.redb (metadata in PostgreSQL is restored from
     /// PostgreSQL's own backups).
     #[command(flatten)]
@@ -38,7 +41,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.metadata.backends()?.metadata.is_shared() {
+    if args.metadata.metadata()?.is_shared() {
         anyhow::bail!(
             "recover rebuilds {META_FILE} in the data directory from its blob files; the \
              metadata given (--metadata {}) is in PostgreSQL, shared by every replica: restore \
@@ -51,8 +54,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--orphans-repo {:?}: {e}", args.orphans_repo))?;
     let data = args.data.clone();
+    let backends = args.storage.backends()?;
     let blobs = data.join("blobs");
-    if !blobs.is_dir() {
+    let on_disk = matches!(backends.blobs, registry::storage::BlobBackend::Filesystem);
+    if on_disk && !blobs.is_dir() {
         anyhow::bail!(
             "no blobs at {}: recover rebuilds the metadata from the blob files, and there are none (check --data)",
             blobs.display()
@@ -66,11 +71,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 meta.display()
             );
         }
-        move_aside(&data, &meta).await?;
+        move_aside(&data, &meta, backends.clone()).await?;
     }
     let known = known_tags(&data)?;
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open(&data, Limits::default())
+        let store = Store::open_with(&data, Limits::default(), backends)
             .with_context(|| format!("cannot create a new {}", data.join(META_FILE).display()))?;
         Ok(store.recover(&known, &orphans)?)
     })
@@ -106,11 +111,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Moves an existing database aside, after making sure no process has it open (redb's lock):
 /// moving a live registry's database would lose everything it writes afterwards.
-async fn move_aside(data: &Path, meta: &Path) -> anyhow::Result<()> {
+async fn move_aside(
+    data: &Path,
+    meta: &Path,
+    backends: registry::storage::Backends,
+) -> anyhow::Result<()> {
     let probe = data.to_owned();
     let opened =
-        tokio::task::spawn_blocking(move || Store::open(&probe, Limits::default())).await?;
-    if let Err(err @ StorageError::InUse(_)) = opened {
+        tokio::task::spawn_blocking(move || Store::open_with(&probe, Limits::default(), backends))
+            .await?;
+    if let Err(err @ (StorageError::InUse(_) | StorageError::WrongStorage(_))) = opened {
         return Err(err.into());
     }
     drop(opened);

@@ -31,6 +31,9 @@ pub struct Args {
     pub sync: Box<super::sync::SyncFlags>,
 
     #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
+
+    #[command(flatten)]
     pub metadata: super::metadata::MetadataFlags,
 }
 
@@ -56,11 +59,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let backends = args.metadata.backends()?;
-    super::check_data_dir_for(&args.data, super::MissingData::Refuse, &backends.metadata)?;
+    let backends = args.metadata.backends(&args.storage)?;
+    super::check_data_dir_for(&args.data, super::MissingData::Refuse, &backends)?;
     let data = args.data.clone();
     let (store, scrub) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let store = Store::open_with(&data, Limits::default(), &backends).with_context(|| {
+        let store = Store::open_with(&data, Limits::default(), backends).with_context(|| {
             format!(
                 "cannot open {}: scrub needs the data directory to itself (stop `serve` on it first)",
                 data.display()

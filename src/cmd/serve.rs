@@ -23,9 +23,12 @@ pub struct Args {
     pub listen: Option<SocketAddr>,
 
     /// Data directory: blobs, metadata (meta.redb, unless --metadata is PostgreSQL), upload
-    /// sessions.
+    /// sessions (with --storage azblob://, blobs and sessions are in Azure Blob Storage).
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME", default_value = "./data")]
     pub data: PathBuf,
+
+    #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
 
     /// Largest manifest accepted, in bytes (manifests are read whole to be validated).
     #[arg(long, env = "CONNECTED_REGISTRY_MAX_MANIFEST_SIZE", default_value_t = Limits::default().max_manifest_size)]
@@ -183,13 +186,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // One module needs no trust: the proxy in this process hands the registry the client's
     // own address (its `ConnectInfo`), not a loopback peer.
     let trusted = args.trusted_proxies.clone();
-    let backends = args.metadata.backends()?;
+    let backends = args.metadata.backends(&args.storage)?;
     if args.print_config {
         let settings = sync.as_ref().map(|s| s.settings());
         let sources = sync.as_ref().map(|s| s.sources()).unwrap_or_default();
         print!(
             "{}",
-            super::serve_config::render(&args, settings, &sources, &trusted)
+            super::serve_config::render(&args, &backends, settings, &sources, &trusted)
         );
         return OneModule::print_config(&args);
     }
@@ -200,7 +203,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => Some(DEFAULT_LISTEN),
         (None, Some(_)) => None,
     };
-    super::check_data_dir_for(&args.data, super::MissingData::Create, &backends.metadata)?;
+    super::check_data_dir_for(&args.data, super::MissingData::Create, &backends)?;
     let port = listen
         .map(|addr| claim_port(addr).with_context(|| format!("cannot listen on {addr}")))
         .transpose()?;
@@ -218,7 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         metadata_cache_bytes: args.metadata_cache_size,
     };
     let data = args.data.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&data, limits, &backends))
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data, limits, backends))
         .await?
         .with_context(|| super::metadata::cannot_open(&args.data, &args.metadata))?;
     let gc_totals = Arc::new(super::admin::GcTotals::default());

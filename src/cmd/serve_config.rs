@@ -22,6 +22,7 @@ fn or_unset<T: std::fmt::Display>(value: Option<T>) -> String {
 /// `X-Forwarded-For` is trusted from.
 pub fn render(
     args: &Args,
+    backends: &registry::storage::Backends,
     sync: Option<&sync::Settings>,
     sources: &[(&'static str, String)],
     trusted: &[registry::api::auth::TrustedProxy],
@@ -46,7 +47,24 @@ pub fn render(
     };
     t.line("listen", listen, listen_note)
         .line("data", args.data.display(), "")
-        .line("metadata", args.metadata.shown(), "password redacted")
+        .line(
+            "storage",
+            backends.blobs.describe(),
+            match backends.blobs {
+                registry::storage::BlobBackend::Filesystem => "blobs in the data directory",
+                registry::storage::BlobBackend::AzureBlob(_) => {
+                    "blobs in Azure Blob Storage (key from AZURE_STORAGE_CONNECTION_STRING, not shown)"
+                }
+            },
+        )
+        .line(
+            "metadata",
+            backends.metadata.to_string(),
+            match backends.metadata {
+                registry::storage::MetadataBackend::Redb => "meta.redb in the data directory",
+                registry::storage::MetadataBackend::Postgres(_) => "PostgreSQL (password not shown)",
+            },
+        )
         .line(
             "metadata_connections",
             args.metadata.metadata_connections,
@@ -65,7 +83,16 @@ pub fn render(
         .line("metadata_cache_size", args.metadata_cache_size, "bytes")
         .line("max_manifest_size", args.max_manifest_size, "bytes")
         .line("manifest_cache_size", args.manifest_cache_size, "bytes")
-        .line("min_free", args.min_free, "")
+        .line(
+            "min_free",
+            args.min_free,
+            match backends.blobs {
+                registry::storage::BlobBackend::Filesystem => "",
+                registry::storage::BlobBackend::AzureBlob(_) => {
+                    "checked on the data directory (the metadata) only: blob bytes are not stored there"
+                }
+            },
+        )
         .line("verify_reads", format!("{:?}", args.verify_reads), "")
         .line("shutdown_grace", duration(args.shutdown_grace), "")
         .line("gc_interval", duration(args.gc_interval), "0: never")

@@ -808,6 +808,9 @@ pub struct Args {
     pub quiet: bool,
 
     #[command(flatten)]
+    pub storage: super::storage::StorageFlags,
+
+    #[command(flatten)]
     pub metadata: super::metadata::MetadataFlags,
 }
 
@@ -826,12 +829,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let backends = args.metadata.backends()?;
-    super::check_data_dir_for(&args.data, super::MissingData::Create, &backends.metadata)?;
+    let backends = args.metadata.backends(&args.storage)?;
+    super::check_data_dir_for(&args.data, super::MissingData::Create, &backends)?;
     sync.keep_received(&args.data);
     let data = args.data.clone();
     let store = tokio::task::spawn_blocking(move || {
-        registry::Store::open_with(&data, Default::default(), &backends)
+        registry::Store::open_with(&data, Default::default(), backends)
     })
     .await?
     .with_context(|| super::metadata::cannot_open(&args.data, &args.metadata))?;

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::client::{
     AcrAnswer, ClientError, ClientStats, FeedAnswer, FetchedManifest, ParentManifest, ParentTag,
     TagListing, Uploaded,
 };
 use crate::parent::{BlobDownload, ChunkedUpload, Parent};
-use crate::store::{BlobWriter, LocalStore, StoreError, StoredManifest};
+use crate::store::{BlobBytes, BlobWriter, LocalStore, StoreError, StoredManifest};
 use oci::manifest::Content;
 use oci::Digest;
 use oci::{Change, ChangeKind, Origin, Reference};
@@ -493,19 +493,26 @@ impl Parent for FakeParent {
         &'a self,
         _: &'a str,
         digest: &'a Digest,
-        path: &'a Path,
-        _: u64,
+        blob: &'a dyn BlobBytes,
+        size: u64,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        let bytes = std::fs::read(path).unwrap();
-        assert_eq!(&Digest::sha256_of(&bytes), digest, "uploaded bytes match");
-        self.put_blob(&bytes);
-        ready(Ok(()))
+        async move {
+            let mut bytes = Vec::new();
+            let mut stream = blob.read(0, size);
+            while let Some(piece) = stream.next().await {
+                bytes.extend_from_slice(&piece.unwrap());
+            }
+            assert_eq!(&Digest::sha256_of(&bytes), digest, "uploaded bytes match");
+            self.put_blob(&bytes);
+            Ok(())
+        }
+        .boxed()
     }
     fn upload_blob_chunked<'a>(
         &'a self,
         u: ChunkedUpload<'a>,
     ) -> BoxFuture<'a, Result<Uploaded, ClientError>> {
-        let done = self.upload_blob(u.repo, u.digest, u.path, u.size);
+        let done = self.upload_blob(u.repo, u.digest, u.blob, u.size);
         async move { done.await.map(|_| Uploaded::Done) }.boxed()
     }
     fn put_manifest<'a>(
@@ -736,13 +743,36 @@ impl BlobWriter for FakeWriter {
     }
 }
 
+impl FakeStore {
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.hex())
+    }
+}
+
+/// A blob of the fake store: its file, read whole per read.
+struct FileBytes(PathBuf);
+
+impl BlobBytes for FileBytes {
+    fn read(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> {
+        let read = std::fs::read(&self.0).map(|all| {
+            let end = (offset + len).min(all.len() as u64) as usize;
+            Bytes::copy_from_slice(&all[(offset as usize).min(end)..end])
+        });
+        futures_util::stream::once(async move { read }).boxed()
+    }
+}
+
 impl LocalStore for FakeStore {
     fn blob_size(&self, digest: &Digest) -> Option<u64> {
         self.has_blob(digest)
             .then(|| std::fs::metadata(self.blob_path(digest)).unwrap().len())
     }
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join(digest.hex())
+    fn blob_bytes(&self, digest: &Digest) -> std::sync::Arc<dyn BlobBytes> {
+        std::sync::Arc::new(FileBytes(self.blob_path(digest)))
     }
     fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool {
         self.with(|s| s.links.contains(&(repo.to_owned(), digest.clone())))

@@ -5,7 +5,7 @@
 //! are but leaves out the prefixes the upstreams claim (a repository `mcr/foo` at the parent is
 //! not this registry's `mcr/foo`), and takes no push under them.
 
-use std::path::Path;
+use crate::store::BlobBytes;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -249,12 +249,12 @@ impl Parent for Namespaced {
         &'a self,
         repo: &'a str,
         digest: &'a Digest,
-        path: &'a Path,
+        blob: &'a dyn BlobBytes,
         size: u64,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
         async move {
             match (self.accepts_push(repo), self.remote(repo)) {
-                (true, Some(remote)) => self.inner.upload_blob(&remote, digest, path, size).await,
+                (true, Some(remote)) => self.inner.upload_blob(&remote, digest, blob, size).await,
                 _ => Err(self.not_pushed(repo)),
             }
         }

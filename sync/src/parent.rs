@@ -4,7 +4,7 @@
 //! fake lets the engine's rules (verify before keep, bottom-up, resume, conflicts) be checked
 //! without a network.
 
-use std::path::Path;
+use crate::store::BlobBytes;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -104,12 +104,12 @@ pub trait Parent: Send + Sync + 'static {
         digest: &'a Digest,
         from: &'a str,
     ) -> BoxFuture<'a, Result<bool, ClientError>>;
-    /// Uploads a blob from a local file in one request.
+    /// Uploads a stored blob in one request.
     fn upload_blob<'a>(
         &'a self,
         repo: &'a str,
         digest: &'a Digest,
-        path: &'a Path,
+        blob: &'a dyn BlobBytes,
         size: u64,
     ) -> BoxFuture<'a, Result<(), ClientError>>;
     /// Uploads a blob in acknowledged chunks, from `resume` (a location saved by `saved` after
@@ -146,7 +146,7 @@ pub trait Parent: Send + Sync + 'static {
 pub struct ChunkedUpload<'a> {
     pub repo: &'a str,
     pub digest: &'a Digest,
-    pub path: &'a Path,
+    pub blob: &'a dyn BlobBytes,
     pub size: u64,
     /// Bytes per chunk.
     pub chunk: u64,
@@ -260,10 +260,10 @@ impl Parent for ParentClient {
         &'a self,
         repo: &'a str,
         digest: &'a Digest,
-        path: &'a Path,
+        blob: &'a dyn BlobBytes,
         size: u64,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        ParentClient::upload_blob(self, repo, digest, path, size).boxed()
+        ParentClient::upload_blob(self, repo, digest, blob, size).boxed()
     }
     fn upload_blob_chunked<'a>(
         &'a self,

@@ -153,8 +153,8 @@ fn push_manifest<'a>(
                         continue;
                     }
                     let d = blob.digest.clone();
-                    let (path, size) = blocking(&engine.store, move |s| {
-                        Ok((s.blob_path(&d), s.blob_size(&d)))
+                    let (bytes, size) = blocking(&engine.store, move |s| {
+                        Ok((s.blob_bytes(&d), s.blob_size(&d)))
                     })
                     .await?;
                     let size = size.ok_or_else(|| {
@@ -163,7 +163,7 @@ fn push_manifest<'a>(
                             blob.digest
                         ))
                     })?;
-                    upload(engine, pass, repo, &blob.digest, &path, size).await?;
+                    upload(engine, pass, repo, &blob.digest, &*bytes, size).await?;
                 }
             }
         }
@@ -187,13 +187,13 @@ async fn upload(
     pass: &Pass,
     repo: &str,
     digest: &Digest,
-    path: &std::path::Path,
+    blob: &dyn crate::store::BlobBytes,
     size: u64,
 ) -> Result<(), SyncError> {
     let client = &engine.client;
     let chunk = engine.settings.limits.upload_chunk;
     if size <= chunk {
-        return Ok(client.upload_blob(repo, digest, path, size).await?);
+        return Ok(client.upload_blob(repo, digest, blob, size).await?);
     }
     let key = format!("{repo}@{digest}");
     let resume = engine.state.read(|s| s.uploads_up.get(&key).cloned());
@@ -207,7 +207,7 @@ async fn upload(
         .upload_blob_chunked(ChunkedUpload {
             repo,
             digest,
-            path,
+            blob,
             size,
             chunk,
             resume,

@@ -3,9 +3,10 @@
 //! independent of how the registry stores things, and lets the engine's rules (bottom-up,
 //! verify before keep) be tested against any store.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 
 use oci::{Change, ChangeableAttributes, Digest, Reference};
 
@@ -70,12 +71,31 @@ pub trait BlobWriter: Send {
     fn finish(self: Box<Self>, expected: &Digest) -> Result<(), StoreError>;
 }
 
+/// The bytes of a stored blob, read to send them up to the parent: through the local store's
+/// blob contract, wherever it keeps them (files, an object store), never by file path.
+pub trait BlobBytes: Send + Sync {
+    /// `len` bytes from `offset` as a stream of chunks; an error ends it. Call inside a tokio
+    /// runtime.
+    fn read(&self, offset: u64, len: u64) -> BoxStream<'static, std::io::Result<Bytes>>;
+}
+
+/// Bytes held in memory, uploaded as a blob (`image push`'s freshly built blobs).
+pub struct InMemory(pub Bytes);
+
+impl BlobBytes for InMemory {
+    fn read(&self, offset: u64, len: u64) -> BoxStream<'static, std::io::Result<Bytes>> {
+        let end = (offset + len).min(self.0.len() as u64) as usize;
+        let piece = self.0.slice((offset as usize).min(end)..end);
+        Box::pin(futures_util::stream::once(async move { Ok(piece) }))
+    }
+}
+
 /// The local registry as the sync engine writes and reads it. Blocking: call from
 /// `spawn_blocking` or a dedicated thread.
 pub trait LocalStore: Send + Sync + 'static {
     fn blob_size(&self, digest: &Digest) -> Option<u64>;
-    /// Path of a stored blob, read-only, to stream it up to the parent.
-    fn blob_path(&self, digest: &Digest) -> PathBuf;
+    /// A stored blob's bytes, to stream them up to the parent (opened at each read).
+    fn blob_bytes(&self, digest: &Digest) -> Arc<dyn BlobBytes>;
     /// Whether `repo` holds the blob (to pick a source for a cross-repository mount).
     fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool;
     /// Makes an existing blob part of `repo`.
@@ -175,6 +195,40 @@ mod registry_store {
         }
     }
 
+    /// A blob of the registry's store, read through its blob contract.
+    struct StoredBlob {
+        store: Store,
+        digest: Digest,
+    }
+
+    impl BlobBytes for StoredBlob {
+        fn read(&self, offset: u64, len: u64) -> BoxStream<'static, std::io::Result<Bytes>> {
+            use futures_util::{FutureExt, StreamExt};
+            let (store, digest) = (self.store.clone(), self.digest.clone());
+            // Opening may ask an object store: off the async threads.
+            let opened = tokio::task::spawn_blocking(move || {
+                let location = store.blob_location();
+                match store.read_blob(&digest) {
+                    Ok(Some(source)) => Ok(source),
+                    Ok(None) => Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("blob {digest} is not stored in {location}"),
+                    )),
+                    Err(err) => Err(std::io::Error::other(err.to_string())),
+                }
+            });
+            opened
+                .map(move |opened| match opened.map_err(std::io::Error::other) {
+                    Ok(Ok(source)) => source.stream(offset..offset + len, None).boxed(),
+                    Ok(Err(err)) | Err(err) => {
+                        futures_util::stream::once(async { Err(err) }).boxed()
+                    }
+                })
+                .flatten_stream()
+                .boxed()
+        }
+    }
+
     struct Writer {
         store: Store,
         session: tokio::sync::OwnedMutexGuard<Session>,
@@ -199,8 +253,11 @@ mod registry_store {
         fn blob_size(&self, digest: &Digest) -> Option<u64> {
             Store::blob_size(self, digest)
         }
-        fn blob_path(&self, digest: &Digest) -> PathBuf {
-            Store::blob_path(self, digest)
+        fn blob_bytes(&self, digest: &Digest) -> Arc<dyn BlobBytes> {
+            Arc::new(StoredBlob {
+                store: self.clone(),
+                digest: digest.clone(),
+            })
         }
         fn repo_has_blob(&self, repo: &str, digest: &Digest) -> bool {
             repo_name(repo)

@@ -329,3 +329,40 @@ impl Api {
             .unwrap_or_default()
     }
 }
+
+/// A request body that trickles out slowly after its first `fast` bytes, so the registry can be
+/// killed while it is still receiving; `sent` counts the bytes handed to the client so far.
+pub struct Trickle {
+    data: std::sync::Arc<Vec<u8>>,
+    pos: usize,
+    fast: usize,
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Trickle {
+    pub fn new(data: std::sync::Arc<Vec<u8>>, fast: usize) -> Trickle {
+        Trickle {
+            data,
+            pos: 0,
+            fast,
+            sent: Default::default(),
+        }
+    }
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.data.len() {
+            return Ok(0);
+        }
+        if self.pos >= self.fast {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let n = buf.len().min(64 * 1024).min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        self.sent
+            .store(self.pos, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}

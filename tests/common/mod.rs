@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod api;
+pub mod azurite;
 pub mod checks;
 pub mod containerd;
 pub mod distribution;

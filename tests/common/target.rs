@@ -1,6 +1,9 @@
 //! The registry under test: our `connected-registry serve` by default, or CNCF distribution when
 //! `REGISTRY_UNDER_TEST=distribution` (used only while developing the tests, to check their logic
 //! against a reference implementation; distribution lacks the referrers API and differs in details).
+//! `REGISTRY_UNDER_TEST=ours-postgres` runs ours with its metadata in PostgreSQL (`--metadata`,
+//! a database of each target's own on one test server per test process), so the protocol, crash
+//! and torture tests check that backend too.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,12 +18,26 @@ pub enum Kind {
     Distribution,
 }
 
-/// Reads `REGISTRY_UNDER_TEST` (`ours`, the default, or `distribution`).
+/// Reads `REGISTRY_UNDER_TEST` (`ours`, the default, `ours-postgres`, or `distribution`).
 pub fn kind() -> Kind {
     match std::env::var("REGISTRY_UNDER_TEST").as_deref() {
-        Err(_) | Ok("") | Ok("ours") => Kind::Ours,
+        Err(_) | Ok("") | Ok("ours") | Ok("ours-postgres") => Kind::Ours,
         Ok("distribution") => Kind::Distribution,
-        Ok(other) => panic!("REGISTRY_UNDER_TEST={other:?}: expected `ours` or `distribution`"),
+        Ok(other) => panic!(
+            "REGISTRY_UNDER_TEST={other:?}: expected `ours`, `ours-postgres` or `distribution`"
+        ),
+    }
+}
+
+/// `--metadata URL` for ours under `REGISTRY_UNDER_TEST=ours-postgres`: a new database on the
+/// test process's PostgreSQL server; none otherwise (redb in the data directory).
+fn metadata_args() -> Vec<String> {
+    match std::env::var("REGISTRY_UNDER_TEST").as_deref() {
+        Ok("ours-postgres") => {
+            let url = super::postgres::TestServer::shared().create_database();
+            vec!["--metadata".to_owned(), url]
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -59,7 +76,9 @@ impl Target {
     /// Like [`Target::start`], with extra `serve` flags (ignored by the reference implementation).
     pub fn start_with(dir: &Path, extra_args: &[&str]) -> Target {
         let kind = kind();
-        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        // Kept for restarts: the same metadata.
+        extra_args.extend(metadata_args());
         let proc = launch(kind, dir, &extra_args, &[]);
         Target {
             proc,
@@ -85,6 +104,22 @@ impl Target {
         match self.kind {
             Kind::Ours => self.dir.join("data"),
             Kind::Distribution => self.dir.join("storage"),
+        }
+    }
+
+    /// The backends ours runs on (its `--metadata`), to open its store in the test process
+    /// while it is down.
+    pub fn backends(&self) -> registry::storage::Backends {
+        let metadata = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--metadata")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(|url| url.parse().expect("the test's --metadata parses"))
+            .unwrap_or_default();
+        registry::storage::Backends {
+            metadata,
+            ..Default::default()
         }
     }
 

@@ -161,6 +161,7 @@ impl From<StorageError> for ApiError {
             StorageError::Io { .. }
             | StorageError::Db(_)
             | StorageError::InUse(_)
+            | StorageError::WrongStorage(_)
             | StorageError::LeaseLost { .. } => {
                 tracing::error!("internal storage error: {message}");
                 ApiError::new(
@@ -173,6 +174,16 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::Unknown, message)
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)
                     .with_header(header::RETRY_AFTER, "1".into())
+            }
+            StorageError::Remote { retry, .. } => {
+                tracing::error!("blob storage error: {message}");
+                let status = if retry {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                ApiError::new(ErrorCode::Unknown, format!("blob storage error: {message}"))
+                    .with_status(status)
             }
             StorageError::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestInvalid, message),
             StorageError::BlobUnknown(_) => ApiError::new(ErrorCode::BlobUnknown, message),

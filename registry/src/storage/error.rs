@@ -58,6 +58,18 @@ pub enum StorageError {
     /// it: nothing was written.
     #[error("the {lease} lease is held by {holder}, not by this replica: it stopped writing, the holder carries on")]
     LeaseLost { lease: String, holder: String },
+    /// The data directory's blobs are elsewhere than the command was told (`--storage`).
+    #[error("{0}")]
+    WrongStorage(String),
+    /// The object store that holds the blobs (Azure Blob Storage) failed or could not be
+    /// reached; `retry` says whether trying again later can help.
+    #[error("{store}: {action} failed: {message} ({})", if *.retry { "transient: retrying may help" } else { "retrying will not help until the storage account, its key or the container is fixed" })]
+    Remote {
+        store: String,
+        action: String,
+        message: String,
+        retry: bool,
+    },
     /// Refused before the disk is full (the reserve), or failed because it is.
     #[error(
         "not enough disk space for {what} ({size} bytes): {available} bytes are free, and writes stop at the \
@@ -75,8 +87,8 @@ pub enum StorageError {
 }
 
 impl Classify for StorageError {
-    /// The disk and the database are this machine's; everything else is a request the store
-    /// refused. A full disk is worth retrying once space is freed; other I/O and database
+    /// The disk and the database are this machine's; the object store behind the blobs is the
+    /// next hop up; everything else is a request the store refused. A full disk is worth retrying once space is freed; other I/O and database
     /// failures need someone to look.
     fn class(&self) -> Class {
         match self {
@@ -84,10 +96,13 @@ impl Classify for StorageError {
                 Fault::Local,
                 source.kind() == std::io::ErrorKind::StorageFull,
             ),
-            StorageError::Db(_) | StorageError::InUse(_) => Class::new(Fault::Local, false),
+            StorageError::Db(_) | StorageError::InUse(_) | StorageError::WrongStorage(_) => {
+                Class::new(Fault::Local, false)
+            }
             StorageError::NoSpace { .. }
             | StorageError::Unavailable(_)
             | StorageError::LeaseLost { .. } => Class::new(Fault::Local, true),
+            StorageError::Remote { retry, .. } => Class::new(Fault::Upstream, *retry),
             _ => Class::new(Fault::Client, false),
         }
     }

@@ -11,9 +11,7 @@
 //! leaves the map, so the next request after a failure starts a fresh download.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -21,12 +19,16 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::watch;
 
+use super::blob_store::BlobSource;
 use super::{StorageError, Store};
 use oci::digest::Digest;
 use oci::name::RepoName;
 
 /// Bytes read per step when streaming a blob being filled.
 const READ_CHUNK: u64 = 256 * 1024;
+/// Bytes a fill appends before it makes them readable to its readers where a session's bytes
+/// are readable only once committed (an object store; on the local disk they always are).
+const PUBLISH_EVERY: u64 = 4 << 20;
 
 /// A blob's bytes as they arrive from elsewhere.
 pub struct Incoming {
@@ -64,14 +66,14 @@ impl std::fmt::Display for FillError {
 pub enum FillState {
     /// The download is being opened.
     Opening,
-    /// `written` bytes are in `file` (the size, when known).
+    /// `written` bytes are readable in upload session `upload` (the size, when known).
     Running {
-        file: PathBuf,
+        upload: String,
         written: u64,
         size: Option<u64>,
     },
-    /// Verified and installed: the store serves it from now on (`file` stays readable to
-    /// readers that opened it before the move, as they hold it open).
+    /// Verified and installed: the store serves it from now on (readers that opened the
+    /// session before carry on from the installed blob).
     Done {
         size: u64,
     },
@@ -176,17 +178,19 @@ async fn download(
         if let Some(size) = incoming.size {
             session.make_room(size).map_err(local)?;
         }
-        let file = session.dir.join("data");
         tx.send_replace(FillState::Running {
-            file: file.clone(),
+            upload: id.clone(),
             written: 0,
             size: incoming.size,
         });
         while let Some(chunk) = incoming.chunks.next().await {
             let chunk = chunk.map_err(FillError::Unreachable)?;
             session.append(&chunk).map_err(local)?;
-            let written = session.len();
-            if incoming.size.is_some_and(|size| written > size) {
+            if session.len() - session.readable_len() >= PUBLISH_EVERY {
+                session.commit().map_err(local)?;
+            }
+            let written = session.readable_len();
+            if incoming.size.is_some_and(|size| session.len() > size) {
                 return Err(FillError::Failed(format!(
                     "the parent sent more than the {} bytes it announced for blob {digest}: refused",
                     incoming.size.unwrap_or(0)
@@ -279,8 +283,9 @@ impl Fill {
     ) -> BoxStream<'static, std::io::Result<Bytes>> {
         let reader = Reader {
             state: self.state.clone(),
-            blob_path: store.blob_path(&self.digest),
-            file: None,
+            store: store.clone(),
+            digest: self.digest.clone(),
+            source: None,
             pos: range.as_ref().map_or(0, |r| r.start),
             end: range.map(|r| r.end),
         };
@@ -299,8 +304,10 @@ impl Fill {
 /// One client's read of a fill.
 struct Reader {
     state: watch::Receiver<FillState>,
-    blob_path: PathBuf,
-    file: Option<std::fs::File>,
+    store: Store,
+    digest: Digest,
+    /// The session's bytes, or the installed blob's.
+    source: Option<Box<dyn BlobSource>>,
     pos: u64,
     /// Where the read stops (exclusive); `None`: the end of the blob.
     end: Option<u64>,
@@ -311,10 +318,10 @@ impl Reader {
         loop {
             // What may be sent now: everything once verified; before, all that was written
             // but the blob's last byte.
-            let (path, readable, size) = match &*self.state.borrow_and_update() {
+            let (upload, readable, size) = match &*self.state.borrow_and_update() {
                 FillState::Opening => (None, 0, None),
                 FillState::Running {
-                    file,
+                    upload,
                     written,
                     size,
                 } => {
@@ -322,9 +329,9 @@ impl Reader {
                         Some(size) if *written < *size => *written,
                         _ => written.saturating_sub(1),
                     };
-                    (Some(file.clone()), held_back, *size)
+                    (Some(Some(upload.clone())), held_back, *size)
                 }
-                FillState::Done { size } => (Some(self.blob_path.clone()), *size, Some(*size)),
+                FillState::Done { size } => (Some(None), *size, Some(*size)),
                 FillState::Failed(err) => {
                     return Err(std::io::Error::other(format!(
                         "the on-demand download failed: {err}"
@@ -337,21 +344,32 @@ impl Reader {
             }
             let upto = end.map_or(readable, |end| end.min(readable));
             if self.pos < upto {
-                if self.file.is_none() {
-                    let Some(path) = path else { continue };
-                    self.file = Some(open_either(&path, &self.blob_path)?);
-                }
+                let Some(upload) = upload else { continue };
+                let mut source = match self.source.take() {
+                    Some(source) => source,
+                    None => open_source(self.store.clone(), self.digest.clone(), upload).await?,
+                };
                 let want = (upto - self.pos).min(READ_CHUNK);
-                let mut file = self.file.take().expect("opened above");
                 let pos = self.pos;
-                let (file, read) = tokio::task::spawn_blocking(move || {
-                    let read = read_at(&mut file, pos, want);
-                    (file, read)
+                let (source, read) = tokio::task::spawn_blocking(move || {
+                    let read = read_at(&mut *source, pos, want);
+                    (source, read)
                 })
                 .await
                 .map_err(std::io::Error::other)?;
-                self.file = Some(file);
-                let chunk = read?;
+                let chunk = match read {
+                    Ok(chunk) => chunk,
+                    // The session became the blob under this reader (an object store deletes
+                    // the staging blob once installed): read on from the blob.
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::NotFound
+                            && matches!(&*self.state.borrow(), FillState::Done { .. }) =>
+                    {
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                self.source = Some(source);
                 self.pos += chunk.len() as u64;
                 return Ok(Some(chunk));
             }
@@ -366,22 +384,41 @@ impl Reader {
     }
 }
 
-/// Opens the session file, or the installed blob when the fill just finished and moved it.
-fn open_either(path: &PathBuf, installed: &PathBuf) -> std::io::Result<std::fs::File> {
-    std::fs::File::open(path).or_else(|_| std::fs::File::open(installed))
+/// Opens the session's bytes, or the installed blob when the fill just finished (or there is
+/// no session to read any more).
+async fn open_source(
+    store: Store,
+    digest: Digest,
+    upload: Option<String>,
+) -> std::io::Result<Box<dyn BlobSource>> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(id) = upload {
+            if let Ok(source) = store.upload_reader(&id) {
+                return Ok(source);
+            }
+        }
+        match store.read_blob(&digest) {
+            Ok(Some(source)) => Ok(source),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("blob {digest} being filled is neither in its session nor stored"),
+            )),
+            Err(err) => Err(std::io::Error::other(err.to_string())),
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
-fn read_at(file: &mut std::fs::File, pos: u64, want: u64) -> std::io::Result<Bytes> {
-    file.seek(SeekFrom::Start(pos))?;
-    let mut buf = Vec::with_capacity(want as usize);
-    file.take(want).read_to_end(&mut buf)?;
+fn read_at(source: &mut dyn BlobSource, pos: u64, want: u64) -> std::io::Result<Bytes> {
+    let buf = source.read_at(pos, want)?;
     if buf.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the blob being filled is shorter than the bytes written",
         ));
     }
-    Ok(Bytes::from(buf))
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@
 //!    and (for a referrer) its subject is gone: a client may have tagged either since the
 //!    snapshot. So children go after their index, and referrers after their subject.
 //! 2. Blob links older than the grace period that no manifest of their repository references are removed.
-//! 3. Blob files that no repository links or holds as a manifest, untouched for the grace period,
-//!    are deleted. Installing or linking a blob touches its file, so a blob pushed again is spared.
+//! 3. Blobs that no repository links or holds as a manifest, untouched for the grace period, are
+//!    deleted (through the blob contract: files, or objects in Azure Blob Storage, where the
+//!    delete holds only if the blob was not touched since GC looked). Installing or linking a
+//!    blob touches it, so a blob pushed again is spared.
 //! 4. Upload sessions idle longer than the upload TTL are deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::storage::StorageError;
@@ -80,22 +81,22 @@ impl Store {
             .map(|(_, d, _)| d.clone())
             .chain(snap.links.iter().map(|(_, d, _)| d.clone()))
             .collect();
-        for (digest, path) in self.blob_files()? {
+        for (digest, _) in self.inner.blobs.list()?.blobs {
             if in_use.contains(&digest) {
                 continue;
             }
             let _sweeping = self.inner.gc_lock.write().expect("gc lock");
-            let Ok(stat) = std::fs::metadata(&path) else {
+            let Some(stat) = self.inner.blobs.stat(&digest)? else {
                 continue;
             };
-            let fresh = stat.modified().map(|m| m > cutoff).unwrap_or(true);
+            let fresh = stat.modified > cutoff;
             if fresh || meta.is_in_use(&digest)? {
                 continue;
             }
-            std::fs::remove_file(&path)
-                .map_err(StorageError::io(format!("delete {}", path.display())))?;
-            report.blobs_deleted += 1;
-            report.bytes_freed += stat.len();
+            if self.inner.blobs.delete(&digest, &stat)? {
+                report.blobs_deleted += 1;
+                report.bytes_freed += stat.size;
+            }
         }
 
         report.uploads_expired = self.inner.uploads.expire(options.upload_ttl);
@@ -128,34 +129,6 @@ impl Store {
             }
         }
     }
-
-    /// Every blob file on disk with the digest its path names.
-    fn blob_files(&self) -> Result<Vec<(Digest, std::path::PathBuf)>, StorageError> {
-        let root = self.inner.root.join("blobs");
-        let mut out = Vec::new();
-        for algorithm in read_dir(&root)? {
-            for prefix in read_dir(&algorithm)? {
-                for file in read_dir(&prefix)? {
-                    let name = |p: &Path| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .unwrap_or("")
-                            .to_owned()
-                    };
-                    if let Ok(digest) = format!("{}:{}", name(&algorithm), name(&file)).parse() {
-                        out.push((digest, file));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn read_dir(dir: &Path) -> Result<Vec<std::path::PathBuf>, StorageError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(StorageError::io(format!("list {}", dir.display())))?;
-    Ok(entries.flatten().map(|e| e.path()).collect())
 }
 
 /// Manifests pushed before `before` that no tag reaches.

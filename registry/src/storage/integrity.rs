@@ -1,23 +1,22 @@
-//! Damaged files: a blob or manifest file whose bytes no longer hash to the digest it is stored
+//! Damaged blobs: a blob or manifest whose bytes no longer hash to the digest it is stored
 //! under (a bad sector, a bit flip, a tool that wrote into `blobs/`) is never served as good.
 //!
-//! Reads check the digest ([`VerifyReads`] says how often); a file found damaged is moved to
-//! `DATA/quarantine/` with a note of when and why, so the content is simply absent afterwards
+//! Reads check the digest ([`VerifyReads`] says how often); a blob found damaged is taken out of
+//! service by the blob store ([`BlobStore::quarantine`]: on the local disk moved to
+//! `DATA/quarantine/` with a note of when and why), so the content is simply absent afterwards
 //! (a pull fails cleanly with BLOB_UNKNOWN or MANIFEST_UNKNOWN, and a later push, sync or
 //! `scrub --repair` brings it back), logged once at warn with its digest and counted for
 //! `/metrics`. The file is kept, not deleted: an operator may want to look at it.
 
 use std::collections::HashSet;
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use oci::digest::Digest;
 
-/// The directory of damaged files, in the data directory.
-pub const QUARANTINE_DIR: &str = "quarantine";
+use super::blob_store::BlobStore;
+pub use super::filesystem::QUARANTINE_DIR;
 
 /// How often a blob read checks the blob's digest (`serve --verify-reads`). Manifests are
 /// always checked when read from disk: they are small, and cached in memory afterwards.
@@ -49,7 +48,6 @@ impl FromStr for VerifyReads {
 /// What the store knows about the integrity of its files while it runs.
 #[derive(Debug)]
 pub struct Integrity {
-    quarantine: PathBuf,
     mode: VerifyReads,
     /// Blobs whose file hashed right since start ([`VerifyReads::Once`]); forgotten when the
     /// file is quarantined.
@@ -58,9 +56,8 @@ pub struct Integrity {
 }
 
 impl Integrity {
-    pub fn new(root: &Path, mode: VerifyReads) -> Integrity {
+    pub fn new(mode: VerifyReads) -> Integrity {
         Integrity {
-            quarantine: root.join(QUARANTINE_DIR),
             mode,
             verified: RwLock::default(),
             quarantined: AtomicU64::new(0),
@@ -94,53 +91,31 @@ impl Integrity {
         self.quarantined.load(Ordering::Relaxed)
     }
 
-    /// Moves the damaged file `path` of `digest` to quarantine with a note saying `why`, logs it
-    /// and counts it. A file already gone (another reader quarantined it first) is not counted
-    /// again. Never fails: if the move itself fails the file is left and the error logged, and
+    /// Takes the damaged blob `digest` out of `blobs` with a note saying `why`, logs it and
+    /// counts it. A blob already gone (another reader quarantined it first) is not counted
+    /// again. Never fails: if the move itself fails the blob is left and the error logged, and
     /// the read that found it fails all the same.
-    pub fn quarantine(&self, path: &Path, digest: &Digest, why: &str) {
+    pub fn quarantine(&self, blobs: &dyn BlobStore, digest: &Digest, why: &str) {
         self.verified
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(digest);
-        if let Err(err) = fs::create_dir_all(&self.quarantine) {
-            tracing::error!(
-                "cannot create {} for damaged file {}: {err}",
-                self.quarantine.display(),
-                path.display()
-            );
-            return;
-        }
-        let stamp = util::time::now_secs();
-        let name = format!("{}-{}-{stamp}", digest.algorithm().name(), digest.hex());
-        let dest = self.quarantine.join(&name);
-        match fs::rename(path, &dest) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-            Err(err) => {
-                tracing::error!(
+        match blobs.quarantine(digest, why) {
+            Ok(Some(moved_to)) => {
+                self.quarantined.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
                     %digest,
-                    "damaged file {} could not be moved to {}: {err}; it stays, and is refused on every read",
-                    path.display(),
-                    dest.display()
+                    %moved_to,
+                    "damaged file quarantined: {why}; the content is absent here until pushed, synced or repaired again (scrub --repair)"
                 );
-                return;
             }
+            Ok(None) => {}
+            Err(err) => tracing::error!(
+                %digest,
+                "damaged blob in {} could not be quarantined: {err}; it stays, and is refused on every read",
+                blobs.location()
+            ),
         }
-        if let Some(dir) = path.parent() {
-            let _ = super::blobs::sync_dir(dir);
-        }
-        let note = format!(
-            "digest: {digest}\nwas: {}\nquarantined_at_unix: {stamp}\nwhy: {why}\n",
-            path.display()
-        );
-        let _ = fs::write(self.quarantine.join(format!("{name}.txt")), note);
-        self.quarantined.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            %digest,
-            moved_to = %dest.display(),
-            "damaged file quarantined: {why}; the content is absent here until pushed, synced or repaired again (scrub --repair)"
-        );
     }
 }
 

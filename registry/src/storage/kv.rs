@@ -75,6 +75,14 @@ pub(crate) struct Scan<'a> {
 /// What a read transaction offers (a write transaction offers it too, seeing its own writes).
 pub(crate) trait ReadTx {
     fn get(&self, table: &TableDef, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// The values of several keys, in their order: one request where the backend is remote.
+    fn get_many(
+        &self,
+        table: &TableDef,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        keys.iter().map(|key| self.get(table, key)).collect()
+    }
     /// Rows in the range, in key order (or reversed), at most `scan.limit`.
     fn range(&self, table: &TableDef, scan: Scan<'_>) -> Result<Vec<Row>, StorageError>;
 }
@@ -167,6 +175,20 @@ impl Read<'_> {
             .get(table.def(), &codec::key_bytes::<K>(key))?
             .map(|v| V::decode(&v))
             .transpose()
+    }
+
+    /// The values of several keys, in their order (one request on PostgreSQL).
+    pub(crate) fn get_many<K: Key, V: Value>(
+        &self,
+        table: Table<K, V>,
+        keys: &[K::Ref<'_>],
+    ) -> Result<Vec<Option<V>>, StorageError> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| codec::key_bytes::<K>(*k)).collect();
+        self.tx
+            .get_many(table.def(), &keys)?
+            .into_iter()
+            .map(|v| v.map(|v| V::decode(&v)).transpose())
+            .collect()
     }
 
     pub(crate) fn contains<K: Key, V: Value>(

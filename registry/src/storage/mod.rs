@@ -1,13 +1,18 @@
-//! The store: content-addressed blob files plus the metadata (redb in the data directory, or
-//! PostgreSQL: `backends`), behind one `Store` handle that the HTTP API and the sync engine
-//! both write through. The metadata's rules are written once (`meta`) over the key-value
-//! contract its backends implement (`kv`).
+//! The store: content-addressed blobs (on the local disk, or in Azure Blob Storage: see
+//! [`blob_store`] and [`backends`]) plus the metadata (redb in the data directory, or
+//! PostgreSQL), behind one `Store` handle that the HTTP API and the sync engine both write
+//! through. The metadata's rules are written once (`meta`) over the key-value contract its
+//! backends implement (`kv`).
 //!
-//! Methods block (file and database I/O); async callers run writes in `spawn_blocking`.
+//! Methods block (file, database and network I/O); async callers run writes in `spawn_blocking`.
 
+pub mod azure;
 pub mod backends;
-pub mod blobs;
+pub mod blob_store;
+#[cfg(test)]
+mod contract_tests;
 pub mod error;
+pub mod filesystem;
 pub mod fill;
 pub mod gc;
 pub mod integrity;
@@ -32,6 +37,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 pub use backends::{Backends, BlobBackend, MetadataBackend, PostgresSettings};
+pub use blob_store::{BlobRead, BlobSource, BlobStore};
 pub use error::StorageError;
 pub use gc::{GcOptions, GcReport};
 pub use integrity::VerifyReads;
@@ -49,7 +55,7 @@ use oci::{manifest, Descriptor};
 use oci::{Change, Origin};
 pub use reader::{BlobReader, OpenBlob};
 pub use space::MinFree;
-pub use uploads::{Session, SessionRef};
+pub use uploads::{Checkpoint, Session, SessionRef};
 
 /// Limits of the store, each a named setting of `serve`.
 #[derive(Debug, Clone)]
@@ -112,10 +118,12 @@ pub struct Store {
 
 struct Inner {
     root: PathBuf,
-    blobs: blobs::Blobs,
+    /// Where blob bytes live (the blob contract).
+    blobs: Arc<dyn BlobStore>,
     meta: meta::Meta,
     uploads: uploads::Uploads,
     limits: Limits,
+    /// The data directory's filesystem (the metadata; and the blobs, when they are files).
     space: space::Space,
     cache: ManifestCache,
     /// Which blobs hashed right since start, and the quarantine for those that did not.
@@ -179,32 +187,38 @@ impl Store {
     /// Opens (or creates) the store in `dir` on the default backends: `blobs/`, `uploads/`,
     /// `tmp/` and `meta.redb`.
     pub fn open(dir: &Path, limits: Limits) -> Result<Store, StorageError> {
-        Store::open_with(dir, limits, &Backends::default())
+        Store::open_with(dir, limits, Backends::default())
     }
 
-    /// Opens (or creates) the store in `dir` on `backends`: the metadata in `dir/meta.redb` or
-    /// in PostgreSQL (created there on first use), the blobs and upload sessions in `dir`.
+    /// Opens (or creates) the store in `dir` with its blobs and metadata where `backends` say:
+    /// the metadata in `dir/meta.redb` or in PostgreSQL (created there on first use); blobs
+    /// are files in `dir` or objects in an Azure Blob Storage container.
     pub fn open_with(
         dir: &Path,
         limits: Limits,
-        backends: &Backends,
+        backends: Backends,
     ) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(StorageError::io(format!("create {}", dir.display())))?;
         let space = space::Space::new(dir.to_owned(), limits.min_free);
-        let metadata: Box<dyn kv::Backend> = match &backends.metadata {
+        backends.blobs.claim(dir, dir.join(META_FILE).exists())?;
+        let blobs: Arc<dyn BlobStore> = match backends.blobs {
+            BlobBackend::Filesystem => Arc::new(filesystem::FsBlobs::open(dir, space.clone())?),
+            BlobBackend::AzureBlob(config) => Arc::new(azure::AzureBlobs::open(config)?),
+        };
+        let metadata_shared = backends.metadata.is_shared();
+        let metadata: Box<dyn kv::Backend> = match backends.metadata {
             MetadataBackend::Redb => Box::new(kv::in_redb::RedbBackend::open(
                 &dir.join(META_FILE),
                 space.clone(),
             )?),
-            MetadataBackend::Postgres(settings) => Box::new(
-                kv::in_postgres::PostgresBackend::open((**settings).clone())?,
-            ),
+            MetadataBackend::Postgres(settings) => {
+                Box::new(kv::in_postgres::PostgresBackend::open(*settings)?)
+            }
         };
-        let BlobBackend::Filesystem = backends.blobs;
         // The cache of resolutions only where other replicas write too (see `meta::resolved`).
         let cache = meta::CacheSettings {
-            ttl: match backends.metadata.is_shared() {
+            ttl: match metadata_shared {
                 true => limits.metadata_cache_ttl,
                 false => std::time::Duration::ZERO,
             },
@@ -212,18 +226,18 @@ impl Store {
         };
         let inner = Inner {
             root: dir.to_owned(),
-            blobs: blobs::Blobs::open(dir)?,
             meta: meta::Meta::open(kv::Kv::new(metadata), cache)?,
-            uploads: uploads::Uploads::open(dir.join("uploads"), space.clone())?,
+            uploads: uploads::Uploads::open(blobs.clone()),
+            blobs,
             space,
             cache: ManifestCache::default(),
-            integrity: Arc::new(integrity::Integrity::new(dir, limits.verify_reads)),
+            integrity: Arc::new(integrity::Integrity::new(limits.verify_reads)),
             gc_lock: RwLock::new(()),
             client_changed: Arc::default(),
             changed: tokio::sync::watch::Sender::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             quota: quota::QuotaState::default(),
-            metadata_shared: backends.metadata.is_shared(),
+            metadata_shared,
             limits,
         };
         Ok(Store {
@@ -246,24 +260,35 @@ impl Store {
 
     // ---- blobs ----
 
-    /// Whether the blob's bytes are on disk (in any repository).
+    /// Where blob bytes live, for messages: "data directory DIR", "Azure Blob Storage ...".
+    pub fn blob_location(&self) -> String {
+        self.inner.blobs.location()
+    }
+
+    /// Whether the blob's bytes are stored (in any repository). A store that cannot be asked
+    /// (an object store out of reach) counts as not holding it; the failure is logged.
     pub fn blob_exists(&self, digest: &Digest) -> bool {
-        self.inner.blobs.size(digest).is_some()
+        self.blob_size(digest).is_some()
     }
 
+    /// The stored blob's size (see [`Store::blob_exists`] for failures; [`Store::stored_size`]
+    /// returns them).
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        self.inner.blobs.size(digest)
+        self.stored_size(digest).unwrap_or_else(|err| {
+            tracing::warn!(%digest, "cannot tell whether a blob is stored: {err}");
+            None
+        })
     }
 
-    /// Where the blob's bytes are (read-only).
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.inner.blobs.path(digest)
+    /// The stored blob's size, or why the blob store could not say.
+    pub fn stored_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        self.inner.blobs.size(digest)
     }
 
     /// The blob's size if `repo` holds it; a blob of another repository is not served here.
     pub fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StorageError> {
         match self.inner.meta.repo_blob_size(repo.as_str(), digest)? {
-            Some(size) if self.blob_exists(digest) => Ok(Some(size)),
+            Some(size) if self.stored_size(digest)?.is_some() => Ok(Some(size)),
             _ => Ok(None),
         }
     }
@@ -278,20 +303,59 @@ impl Store {
         let Some(size) = self.inner.meta.repo_blob_size(repo.as_str(), digest)? else {
             return Ok(None);
         };
-        let path = self.inner.blobs.path(digest);
-        match std::fs::File::open(&path) {
-            Ok(file) => Ok(Some(OpenBlob {
-                size,
-                file,
-                check: reader::Check {
-                    digest: digest.clone(),
-                    path,
-                    integrity: self.inner.integrity.clone(),
-                },
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::io(format!("open {}", path.display()))(e)),
+        Ok(self.inner.blobs.open(digest)?.map(|source| OpenBlob {
+            size,
+            source,
+            check: self.check(digest),
+        }))
+    }
+
+    /// What a complete read of `digest` checks its bytes with.
+    fn check(&self, digest: &Digest) -> reader::Check {
+        reader::Check {
+            digest: digest.clone(),
+            blobs: self.inner.blobs.clone(),
+            integrity: self.inner.integrity.clone(),
         }
+    }
+
+    /// Opens a stored blob whatever repository holds it (bundles, sync's push, scrub): its
+    /// size and its bytes, read as they are (no digest check; the receiver checks them).
+    pub fn read_blob(&self, digest: &Digest) -> Result<Option<Box<dyn BlobSource>>, StorageError> {
+        self.inner.blobs.open(digest)
+    }
+
+    /// The bytes of a small stored blob (a manifest, a config) of at most `limit` bytes, checked
+    /// against the digest: `None` when it is not stored, is larger, or is damaged (then
+    /// quarantined, as a read of it from a client would).
+    pub fn read_small_blob(
+        &self,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let Some(mut source) = self.inner.blobs.open(digest)? else {
+            return Ok(None);
+        };
+        let size = source.size();
+        if size > limit {
+            return Ok(None);
+        }
+        let where_ = || format!("read blob {digest} from {}", self.inner.blobs.location());
+        let body = match source.read_at(0, size) {
+            Ok(body) => body,
+            // Quarantined (or collected) since it was opened: absent.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io(where_())(e)),
+        };
+        let actual = digest.same_algorithm_of(&body);
+        if &actual != digest {
+            let why = format!("its bytes hash to {actual}");
+            self.inner
+                .integrity
+                .quarantine(&*self.inner.blobs, digest, &why);
+            return Ok(None);
+        }
+        Ok(Some(body))
     }
 
     /// Makes a blob that is on disk part of `repo` (cross-repository mount, or sync).
@@ -303,7 +367,7 @@ impl Store {
     /// [`Store::link_blob`] for a caller that holds the GC lock already.
     fn link_taken_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
         let size = self
-            .blob_size(digest)
+            .stored_size(digest)?
             .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
         self.inner.blobs.touch(digest);
         self.inner.meta.link_blob(repo.as_str(), digest, size)?;
@@ -340,16 +404,30 @@ impl Store {
         session: &mut Session,
         expected: &Digest,
     ) -> Result<u64, StorageError> {
-        let result = session.seal(expected).and_then(|data| {
+        let result = session.seal(expected).and_then(|()| {
             // Installed and linked under one hold of the GC lock: a collection or an eviction
-            // never deletes the file between the two.
+            // never deletes the blob between the two.
             let _taking = self.inner.gc_lock.read().expect("gc lock");
-            self.inner.blobs.install(&data, expected)?;
+            self.inner.blobs.install_upload(session.data(), expected)?;
             self.link_taken_blob(&session.repo.clone(), expected)
         });
         // Whether it worked or not, the session is over: its bytes are a blob now, or unwanted.
         self.inner.uploads.remove(&session.id.clone());
         result
+    }
+
+    /// A reader of session `id`'s bytes that does not hold the session (readers of a blob being
+    /// filled from elsewhere).
+    pub fn upload_reader(&self, id: &str) -> Result<Box<dyn BlobSource>, StorageError> {
+        self.inner
+            .blobs
+            .upload_reader(id)?
+            .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))
+    }
+
+    /// Every stored blob (and the names where blobs live that name none).
+    pub fn list_blobs(&self) -> Result<blob_store::BlobListing, StorageError> {
+        self.inner.blobs.list()
     }
 
     /// Cancels a session and deletes its bytes.
@@ -441,15 +519,21 @@ impl Store {
                 },
             )
         });
-        // The bytes are staged now and installed only once the manifest is accepted.
+        // The bytes are staged now and installed only once the manifest is accepted. Only bytes
+        // that go to the data directory's disk count against its reserve (the metadata always
+        // does).
         let what = || format!("manifest {digest} in {repo}");
         let space = &self.inner.space;
-        space.check_write(what, body.len() as u64)?;
+        let local_bytes = match self.inner.blobs.local_space() {
+            Some(_) => body.len() as u64,
+            None => 0,
+        };
+        space.check_write(what, local_bytes)?;
         let mut staged = Some(
             self.inner
                 .blobs
-                .stage(&body)
-                .map_err(|e| space.explain(e, what, body.len() as u64))?,
+                .stage(body.clone())
+                .map_err(|e| space.explain(e, what, local_bytes))?,
         );
         let _taking = self.inner.gc_lock.read().expect("gc lock");
         let tag = match reference {
@@ -469,7 +553,7 @@ impl Store {
             // Once: a transaction run again (PostgreSQL was briefly unreachable) finds the
             // bytes in place already.
             || match staged.take() {
-                Some(staged) => staged.install(&self.inner.blobs, &digest),
+                Some(staged) => staged.install(&digest),
                 None => Ok(()),
             },
         )?;
@@ -549,20 +633,11 @@ impl Store {
         let body = match self.inner.cache.get(&digest) {
             Some(body) => body,
             None => {
-                let path = self.inner.blobs.path(&digest);
-                let body = match std::fs::read(&path) {
-                    Ok(body) => Bytes::from(body),
-                    // Quarantined (or lost): absent, as the blob GET has it.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(StorageError::io(format!("read {}", path.display()))(e)),
-                };
-                // Manifests are checked on every read from disk: small, and cached after.
-                let actual = digest.same_algorithm_of(&body);
-                if actual != digest {
-                    let why = format!("its bytes hash to {actual}");
-                    self.inner.integrity.quarantine(&path, &digest, &why);
+                // Manifests are checked on every read from the blob store: small, and cached
+                // after. Quarantined (or lost): absent, as the blob GET has it.
+                let Some(body) = self.read_small_blob(&digest, u64::MAX)? else {
                     return Ok(None);
-                }
+                };
                 self.inner
                     .cache
                     .put(&digest, &body, self.inner.limits.manifest_cache_bytes);

@@ -112,12 +112,12 @@ impl Store {
         let Content::Image { config, .. } = parsed.content else {
             return Ok(None);
         };
-        if config.size > MAX_CONFIG_READ || !self.blob_exists(&config.digest) {
+        if config.size > MAX_CONFIG_READ {
             return Ok(None);
         }
-        let path = self.blob_path(&config.digest);
-        let bytes =
-            std::fs::read(&path).map_err(StorageError::io(format!("read {}", path.display())))?;
+        let Some(bytes) = self.read_small_blob(&config.digest, MAX_CONFIG_READ)? else {
+            return Ok(None);
+        };
         #[derive(serde::Deserialize)]
         struct Platform {
             architecture: Option<String>,

@@ -210,7 +210,10 @@ impl Store {
         self.flush_pulls()?;
         let mut used = self
             .usage()
-            .map_err(StorageError::io(format!("walk {}", self.root().display())))?
+            .map_err(StorageError::io(format!(
+                "count the blobs in {}",
+                self.blob_location()
+            )))?
             .blob_bytes;
         report.usage_before = used;
         if used > quota {
@@ -273,17 +276,16 @@ impl Store {
         let mut freed = 0;
         for digest in files {
             let _sweeping = self.inner.gc_lock.write().expect("gc lock");
-            let path = self.inner.blobs.path(digest);
-            let Ok(stat) = std::fs::metadata(&path) else {
+            let Some(stat) = self.inner.blobs.stat(digest)? else {
                 continue;
             };
-            let touched = stat.modified().map(|m| m > decided).unwrap_or(true);
+            let touched = stat.modified > decided;
             if touched || self.inner.meta.is_in_use(digest)? {
                 continue;
             }
-            std::fs::remove_file(&path)
-                .map_err(StorageError::io(format!("delete {}", path.display())))?;
-            freed += stat.len();
+            if self.inner.blobs.delete(digest, &stat)? {
+                freed += stat.size;
+            }
         }
         Ok(freed)
     }

@@ -189,18 +189,19 @@ impl Store {
         report: &mut ScanReport,
     ) -> Result<BTreeMap<Digest, Found>, StorageError> {
         let limit = self.limits().max_manifest_size;
-        let mut stray = Vec::new();
         let mut found = BTreeMap::new();
-        for (digest, path) in super::scrub::blob_files(&self.root().join("blobs"), &mut stray)? {
+        for (digest, size) in self.inner.blobs.list()?.blobs {
             report.blobs += 1;
-            let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= limit);
-            if !small {
+            if size > limit {
                 continue;
             }
-            let body = Bytes::from(
-                std::fs::read(&path)
-                    .map_err(StorageError::io(format!("read {}", path.display())))?,
-            );
+            let Some(mut source) = self.inner.blobs.open(&digest)? else {
+                continue;
+            };
+            let body = source.read_at(0, size).map_err(StorageError::io(format!(
+                "read blob {digest} in {}",
+                self.blob_location()
+            )))?;
             if !looks_like_manifest(&body) || !digest.matches(&body) {
                 continue;
             }

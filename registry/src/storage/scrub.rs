@@ -1,20 +1,16 @@
-//! Scrub: every blob file hashed against the digest it is stored under (a damaged one is
+//! Scrub: every stored blob hashed against the digest it is stored under (a damaged one is
 //! quarantined, see `integrity`), then every manifest, blob link and manifest reference the
 //! metadata holds checked for its file. What is missing is listed with a repository that
 //! holds it, which is what a repair needs to fetch it again from a parent (`connected-registry
 //! scrub --repair` does that; this module never touches the network).
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::Read;
-use std::path::Path;
 
 use bytes::Bytes;
-use oci::digest::{Digest, Hasher};
+use oci::digest::Digest;
 
+use super::blob_store::hash_all;
 use super::{StorageError, Store};
-
-/// Bytes hashed per read while scrubbing.
-const SCRUB_CHUNK: usize = 1 << 20;
 
 /// What a missing file held, which decides how a repair fetches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -43,7 +39,8 @@ pub struct ScrubReport {
     pub damaged: Vec<Digest>,
     /// Content the metadata needs that has no file (the damaged ones among it).
     pub missing: Vec<Missing>,
-    /// Files under `blobs/` whose name is not a digest: left alone, named for the operator.
+    /// Names where blobs live (files under `blobs/`, objects under `blobs/` in the container)
+    /// that are not a digest: left alone, named for the operator.
     pub stray: Vec<String>,
 }
 
@@ -52,23 +49,35 @@ impl Store {
     /// every byte of the store: run it from `spawn_blocking`, when the disk can take it.
     pub fn scrub(&self) -> Result<ScrubReport, StorageError> {
         let mut report = ScrubReport::default();
-        let root = self.root().join("blobs");
-        for (digest, path) in blob_files(&root, &mut report.stray)? {
-            match hash_file(&path, &digest) {
-                Ok((actual, len)) => {
+        let listing = self.inner.blobs.list()?;
+        report.stray = listing.stray;
+        for (digest, _) in listing.blobs {
+            // Collected meanwhile: nothing to check.
+            let Some(source) = self.inner.blobs.open(&digest)? else {
+                continue;
+            };
+            match hash_all(&mut source.into_read(), digest.algorithm()) {
+                Ok((hasher, len)) => {
+                    let actual = hasher.finish();
                     report.checked += 1;
                     report.checked_bytes += len;
                     if actual == digest {
                         self.inner.integrity.verified(&digest);
                     } else {
                         let why = format!("scrub: its bytes hash to {actual}");
-                        self.inner.integrity.quarantine(&path, &digest, &why);
+                        self.inner
+                            .integrity
+                            .quarantine(&*self.inner.blobs, &digest, &why);
                         report.damaged.push(digest);
                     }
                 }
-                // Collected meanwhile: nothing to check.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(format!("read {}", path.display()))(e)),
+                Err(e) => {
+                    return Err(StorageError::io(format!(
+                        "read blob {digest} in {}",
+                        self.blob_location()
+                    ))(e))
+                }
             }
         }
         report.missing = self.missing_files()?;
@@ -121,71 +130,8 @@ impl Store {
                 actual,
             });
         }
-        let staged = self.inner.blobs.stage(body)?;
+        let staged = self.inner.blobs.stage(body.clone())?;
         let _taking = self.inner.gc_lock.read().expect("gc lock");
-        staged.install(&self.inner.blobs, digest)
+        staged.install(digest)
     }
-}
-
-/// Every file at `blobs/ALGORITHM/PREFIX/HEX` with the digest its path names; files whose path
-/// names no digest go to `stray`.
-pub(super) fn blob_files(
-    root: &Path,
-    stray: &mut Vec<String>,
-) -> Result<Vec<(Digest, std::path::PathBuf)>, StorageError> {
-    let list = |dir: &Path| -> Result<Vec<std::fs::DirEntry>, StorageError> {
-        match std::fs::read_dir(dir) {
-            Ok(entries) => Ok(entries.flatten().collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(StorageError::io(format!("list {}", dir.display()))(e)),
-        }
-    };
-    let mut out = Vec::new();
-    for algorithm in list(root)? {
-        for prefix in list(&algorithm.path())? {
-            for file in list(&prefix.path())? {
-                let name = format!(
-                    "{}:{}",
-                    algorithm.file_name().to_string_lossy(),
-                    file.file_name().to_string_lossy()
-                );
-                match name.parse::<Digest>() {
-                    Ok(digest) if file.path() == digest_path(root, &digest) => {
-                        out.push((digest, file.path()))
-                    }
-                    _ => stray.push(file.path().display().to_string()),
-                }
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Where `digest` lives under `root` (as `blobs::Blobs::path` has it).
-fn digest_path(root: &Path, digest: &Digest) -> std::path::PathBuf {
-    let hex = digest.hex();
-    root.join(digest.algorithm().name())
-        .join(&hex[..2])
-        .join(hex)
-}
-
-/// The digest of a file's bytes (in the algorithm of `digest`) and its length.
-fn hash_file(path: &Path, digest: &Digest) -> std::io::Result<(Digest, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Hasher::new(digest.algorithm());
-    let mut buf = vec![0u8; SCRUB_CHUNK];
-    let mut len = 0u64;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                len += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((hasher.finish(), len))
 }

@@ -1,15 +1,16 @@
-//! Upload sessions: bytes of a blob being pushed, kept on disk (`uploads/<id>/data`) so a
-//! chunked or interrupted upload can continue, even after a restart.
+//! Upload sessions: the bytes of a blob being pushed, kept where the blob store keeps them
+//! ([`UploadData`]: `uploads/<id>/data` on the local disk, a staging blob in an object store) so
+//! a chunked or interrupted upload can continue, even after a restart or on another replica.
 //!
-//! A session is hashed as it grows; after a restart the bytes on disk are hashed once again on
-//! first use. Chunks that fail halfway are rolled back, so a session never holds half a chunk.
+//! A session is hashed as it grows. When some of its bytes were not appended through this
+//! session (a restart; another replica took some chunks), they are hashed again: on the local
+//! disk on first use, in an object store at the seal. Chunks that fail halfway are rolled
+//! back, so a session never holds half a chunk that was refused.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::storage::blob_store::{BlobStore, UploadData};
 use crate::storage::space::{Space, CHECK_EVERY};
 use crate::storage::StorageError;
 use oci::digest::{Algorithm, Digest, Hasher};
@@ -19,54 +20,29 @@ use oci::name::RepoName;
 pub struct Session {
     pub(crate) id: String,
     pub(crate) repo: RepoName,
-    pub(crate) dir: PathBuf,
-    file: File,
-    hasher: Hasher,
+    data: Box<dyn UploadData>,
+    /// The SHA-256 of the bytes so far, when every one of them passed through `append` (or was
+    /// hashed on reopening); `None` once some were not, and the seal hashes them all.
+    hasher: Option<Hasher>,
     len: u64,
-    /// Writes the bytes to disk in the background while more arrive (see [`EarlyWriteback`]).
-    writeback: Option<EarlyWriteback>,
-    space: Space,
+    /// The local filesystem the bytes fill, checked against `--min-free` (none for an object
+    /// store).
+    space: Option<Space>,
     /// Free space was last confirmed for the session to grow up to this many bytes.
     space_checked_to: u64,
 }
 
-/// Every this many bytes appended, the session's data starts going to disk in the background.
-pub const WRITEBACK_EVERY: u64 = 32 << 20;
-
-/// A helper thread that flushes an upload's file (`fdatasync` on its own handle) while the
-/// appender keeps writing, so that the fsync which makes a multi-GB blob durable at the end
-/// only waits for the last few MiB: disk and network work at the same time instead of one
-/// after the other. Started once a session passes [`WRITEBACK_EVERY`]; small uploads never
-/// pay for a thread.
-struct EarlyWriteback {
-    /// Capacity one: a request while a flush runs is dropped, the next one covers it.
-    wake: std::sync::mpsc::SyncSender<()>,
-    /// Bytes appended when the last flush was asked for.
-    asked_at: u64,
-}
-
-impl EarlyWriteback {
-    fn start(file: &File) -> std::io::Result<EarlyWriteback> {
-        let file = file.try_clone()?;
-        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
-            .name("upload-writeback".into())
-            .spawn(move || {
-                // Ends when the session is dropped (the sender goes with it).
-                while woken.recv().is_ok() {
-                    // Best effort: the final fsync in `seal` reports any error.
-                    let _ = file.sync_data();
-                }
-            })?;
-        Ok(EarlyWriteback { wake, asked_at: 0 })
-    }
+/// A point to roll a session back to (see [`Session::checkpoint`]).
+#[derive(Clone)]
+pub struct Checkpoint {
+    hasher: Option<Hasher>,
+    len: u64,
 }
 
 pub type SessionRef = Arc<tokio::sync::Mutex<Session>>;
 
 pub struct Uploads {
-    root: PathBuf,
-    space: Space,
+    blobs: Arc<dyn BlobStore>,
     live: Mutex<HashMap<String, (RepoName, SessionRef)>>,
 }
 
@@ -81,18 +57,15 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Uploads {
-    pub fn open(root: PathBuf, space: Space) -> Result<Uploads, StorageError> {
-        fs::create_dir_all(&root)
-            .map_err(StorageError::io(format!("create {}", root.display())))?;
-        Ok(Uploads {
-            root,
-            space,
+    pub fn open(blobs: Arc<dyn BlobStore>) -> Uploads {
+        Uploads {
+            blobs,
             live: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
-    /// Finds session `id` of `repo`: in memory, or on disk after a restart. With `create`, a
-    /// missing session is started under that id.
+    /// Finds session `id` of `repo`: in memory, or in the blob store after a restart (or when
+    /// another replica started it). With `create`, a missing session is started under that id.
     pub fn get(&self, repo: &RepoName, id: &str, create: bool) -> Result<SessionRef, StorageError> {
         if !valid_id(id) {
             return Err(StorageError::UploadUnknown(id.chars().take(130).collect()));
@@ -104,14 +77,18 @@ impl Uploads {
                 Err(StorageError::UploadUnknown(id.to_owned()))
             };
         }
-        // Load from disk without holding the map: re-hashing a large partial blob after a
-        // restart takes a while, and other uploads must not wait for it.
-        let dir = self.root.join(id);
-        let session = match fs::read_to_string(dir.join("repo")) {
-            Ok(owner) if owner == repo.as_str() => reopen(id, repo, dir, &self.space)?,
-            Ok(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
-            Err(_) if create => start(id, repo, dir, &self.space)?,
-            Err(_) => return Err(StorageError::UploadUnknown(id.to_owned())),
+        // Load without holding the map: re-hashing a large partial blob after a restart takes
+        // a while, and other uploads must not wait for it.
+        let session = match self.load(repo, id)? {
+            Some(session) => session,
+            None if create => match self.blobs.create_upload(id, repo.as_str())? {
+                Some(data) => self.session(id, repo, data, 0, Some(Hasher::new(Algorithm::Sha256))),
+                // Started by someone else a moment ago: that one.
+                None => self
+                    .load(repo, id)?
+                    .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?,
+            },
+            None => return Err(StorageError::UploadUnknown(id.to_owned())),
         };
         let mut live = self.live.lock().expect("uploads lock");
         // A concurrent caller may have loaded it meanwhile: everyone shares the first.
@@ -124,24 +101,60 @@ impl Uploads {
         Ok(session.clone())
     }
 
+    /// Session `id` as the blob store holds it, if it is there and `repo`'s.
+    fn load(&self, repo: &RepoName, id: &str) -> Result<Option<Session>, StorageError> {
+        match self.blobs.open_upload(id)? {
+            Some((owner, mut data)) if owner == repo.as_str() => {
+                let resumed = data.resume()?;
+                Ok(Some(self.session(
+                    id,
+                    repo,
+                    data,
+                    resumed.len,
+                    resumed.hasher,
+                )))
+            }
+            Some(_) => Err(StorageError::UploadUnknown(id.to_owned())),
+            None => Ok(None),
+        }
+    }
+
+    fn session(
+        &self,
+        id: &str,
+        repo: &RepoName,
+        data: Box<dyn UploadData>,
+        len: u64,
+        hasher: Option<Hasher>,
+    ) -> Session {
+        Session {
+            id: id.to_owned(),
+            repo: repo.clone(),
+            data,
+            hasher,
+            len,
+            space: self.blobs.local_space().cloned(),
+            space_checked_to: 0,
+        }
+    }
+
     pub fn new_session(&self, repo: &RepoName) -> Result<SessionRef, StorageError> {
         self.get(repo, &uuid::Uuid::new_v4().to_string(), true)
     }
 
-    /// Deletes sessions idle for longer than `ttl` that nobody is writing to; returns how many.
+    /// Deletes sessions idle for longer than `ttl` that nobody here is writing to; returns how
+    /// many.
     pub fn expire(&self, ttl: std::time::Duration) -> usize {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return 0;
+        let sessions = match self.blobs.list_uploads() {
+            Ok(sessions) => sessions,
+            Err(err) => {
+                tracing::warn!("cannot list upload sessions to expire idle ones: {err}");
+                return 0;
+            }
         };
         let mut expired = 0;
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            let idle = fs::metadata(entry.path().join("data"))
-                .or_else(|_| entry.metadata())
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age > ttl);
+        for (id, modified) in sessions {
+            let idle = modified.elapsed().is_ok_and(|age| age > ttl);
             if !idle {
                 continue;
             }
@@ -149,7 +162,7 @@ impl Uploads {
             let busy = live.get(&id).is_some_and(|(_, s)| s.try_lock().is_err());
             if !busy {
                 live.remove(&id);
-                let _ = fs::remove_dir_all(entry.path());
+                self.blobs.remove_upload(&id);
                 expired += 1;
             }
         }
@@ -159,83 +172,8 @@ impl Uploads {
     /// Forgets a session and deletes its bytes.
     pub fn remove(&self, id: &str) {
         self.live.lock().expect("uploads lock").remove(id);
-        let _ = fs::remove_dir_all(self.root.join(id));
+        self.blobs.remove_upload(id);
     }
-}
-
-fn start(id: &str, repo: &RepoName, dir: PathBuf, space: &Space) -> Result<Session, StorageError> {
-    fs::create_dir_all(&dir).map_err(StorageError::io(format!("create {}", dir.display())))?;
-    // Never truncate: a concurrent first open of the same id may already be writing here.
-    let file = match OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(dir.join("data"))
-    {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            return reopen(id, repo, dir, space)
-        }
-        Err(err) => {
-            return Err(StorageError::io(format!("create {}/data", dir.display()))(
-                err,
-            ))
-        }
-    };
-    fs::write(dir.join("repo"), repo.as_str())
-        .map_err(StorageError::io(format!("write {}/repo", dir.display())))?;
-    Ok(Session {
-        id: id.to_owned(),
-        repo: repo.clone(),
-        dir,
-        file,
-        hasher: Hasher::new(Algorithm::Sha256),
-        len: 0,
-        writeback: None,
-        space: space.clone(),
-        space_checked_to: 0,
-    })
-}
-
-fn reopen(id: &str, repo: &RepoName, dir: PathBuf, space: &Space) -> Result<Session, StorageError> {
-    let path = dir.join("data");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(StorageError::io(format!("open {}", path.display())))?;
-    let (hasher, len) = hash_file(&mut file, Algorithm::Sha256)
-        .map_err(StorageError::io(format!("read {}", path.display())))?;
-    Ok(Session {
-        id: id.to_owned(),
-        repo: repo.clone(),
-        dir,
-        file,
-        hasher,
-        len,
-        writeback: None,
-        space: space.clone(),
-        space_checked_to: 0,
-    })
-}
-
-fn hash_file(file: &mut File, algorithm: Algorithm) -> std::io::Result<(Hasher, u64)> {
-    let mut hasher = Hasher::new(algorithm);
-    file.seek(SeekFrom::Start(0))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    file.seek(SeekFrom::End(0))?;
-    Ok((hasher, len))
 }
 
 impl Session {
@@ -247,7 +185,7 @@ impl Session {
         &self.repo
     }
 
-    /// Bytes held so far (all of them hashed).
+    /// Bytes held so far.
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -256,19 +194,33 @@ impl Session {
         self.len == 0
     }
 
+    /// Catches up with what another replica did to the session since this one last saw it (it
+    /// took the chunks in between): its length from the store, its bytes hashed at the seal.
+    /// Nothing on the local disk, where no one else writes a session. Blocking.
+    pub fn refresh(&mut self) -> Result<(), StorageError> {
+        if let Some(len) = self.data.changed_since(self.len)? {
+            self.len = len;
+            self.hasher = None;
+            self.space_checked_to = 0;
+        }
+        Ok(())
+    }
+
     /// Refuses `size` more bytes (a request body of known length) up front when they would
     /// leave less free space than the reserve; with room for them, `append` need not look again
     /// until the session grows past them.
     pub fn make_room(&mut self, size: u64) -> Result<(), StorageError> {
-        self.space.check_write(
-            || {
-                format!(
-                    "{size} more bytes of upload {} holding {}",
-                    self.id, self.len
-                )
-            },
-            size,
-        )?;
+        if let Some(space) = &self.space {
+            space.check_write(
+                || {
+                    format!(
+                        "{size} more bytes of upload {} holding {}",
+                        self.id, self.len
+                    )
+                },
+                size,
+            )?;
+        }
         self.space_checked_to = self.len + size;
         Ok(())
     }
@@ -278,78 +230,75 @@ impl Session {
     pub fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let size = data.len() as u64;
         let what = || format!("upload {} holding {} bytes", self.id, self.len);
-        if self.len + size > self.space_checked_to {
-            let window = CHECK_EVERY.max(size);
-            self.space.check_write(what, window)?;
-            self.space_checked_to = self.len + window;
+        if let Some(space) = &self.space {
+            if self.len + size > self.space_checked_to {
+                let window = CHECK_EVERY.max(size);
+                space.check_write(what, window)?;
+                self.space_checked_to = self.len + window;
+            }
         }
-        if let Err(err) = self.file.write_all(data) {
-            let err = StorageError::io(format!("write {}/data", self.dir.display()))(err);
-            let err = self.space.explain(err, what, size);
+        if let Err(err) = self.data.append(data) {
+            let err = match &self.space {
+                Some(space) => space.explain(err, what, size),
+                None => err,
+            };
             // A write that failed halfway leaves part of `data`: cut it off again.
-            let len = self.len;
-            self.rollback((self.hasher.clone(), len))?;
+            self.data.truncate(self.len)?;
             return Err(err);
         }
-        self.hasher.update(data);
-        self.len += data.len() as u64;
-        self.flush_in_background();
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(data);
+        }
+        self.len += size;
         Ok(())
     }
 
-    /// Asks the writeback helper to flush once another [`WRITEBACK_EVERY`] bytes arrived.
-    fn flush_in_background(&mut self) {
-        if self.len < WRITEBACK_EVERY {
-            return;
-        }
-        if self.writeback.is_none() {
-            // Without the helper, the fsync at the end does all the work: slower, not wrong.
-            self.writeback = EarlyWriteback::start(&self.file).ok();
-        }
-        if let Some(wb) = &mut self.writeback {
-            if self.len - wb.asked_at >= WRITEBACK_EVERY {
-                wb.asked_at = self.len;
-                let _ = wb.wake.try_send(());
-            }
-        }
+    /// Makes the bytes appended so far part of the session for every other reader and replica:
+    /// call at the end of each chunk the client is told was stored.
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        self.data.commit()
+    }
+
+    /// Bytes that readers of the session ([`super::Store::upload_reader`]) can see: all of
+    /// them on the local disk; the committed ones in an object store.
+    pub fn readable_len(&self) -> u64 {
+        self.data.readable_len()
     }
 
     /// A point to roll back to if the next chunk fails halfway.
-    pub fn checkpoint(&self) -> (Hasher, u64) {
-        (self.hasher.clone(), self.len)
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            hasher: self.hasher.clone(),
+            len: self.len,
+        }
     }
 
     /// Drops whatever was appended since `checkpoint`.
-    pub fn rollback(&mut self, (hasher, len): (Hasher, u64)) -> Result<(), StorageError> {
-        self.file
-            .set_len(len)
-            .and_then(|_| self.file.seek(SeekFrom::End(0)).map(|_| ()))
-            .map_err(StorageError::io(format!(
-                "truncate {}/data",
-                self.dir.display()
-            )))?;
-        self.hasher = hasher;
-        self.len = len;
-        if let Some(wb) = &mut self.writeback {
-            // The next flush is due WRITEBACK_EVERY bytes after what is left.
-            wb.asked_at = wb.asked_at.min(len);
-        }
+    pub fn rollback(&mut self, checkpoint: Checkpoint) -> Result<(), StorageError> {
+        self.data.truncate(checkpoint.len)?;
+        self.hasher = checkpoint.hasher;
+        self.len = checkpoint.len;
         Ok(())
     }
 
-    /// Verifies the bytes against `expected` and makes them durable; returns the data file to
-    /// install. On mismatch the caller drops the session (the bytes are not kept).
-    pub(crate) fn seal(&mut self, expected: &Digest) -> Result<PathBuf, StorageError> {
-        let actual = if expected.algorithm() == Algorithm::Sha256 {
-            self.hasher.clone().finish()
-        } else {
-            hash_file(&mut self.file, expected.algorithm())
-                .map_err(StorageError::io(format!(
-                    "read {}/data",
-                    self.dir.display()
-                )))?
-                .0
-                .finish()
+    /// Verifies the bytes against `expected` and makes them durable, ready to install. On
+    /// mismatch the caller drops the session (the bytes are not kept).
+    pub(crate) fn seal(&mut self, expected: &Digest) -> Result<(), StorageError> {
+        self.data.commit()?;
+        let actual = match &self.hasher {
+            Some(hasher) if expected.algorithm() == Algorithm::Sha256 => hasher.clone().finish(),
+            _ => {
+                let (hasher, len) = self.data.hash(expected.algorithm())?;
+                if len != self.len {
+                    return Err(StorageError::UploadInvalid(format!(
+                        "upload {} holds {len} bytes in {}, not the {} it was given: push it again",
+                        self.id,
+                        self.data.describe(),
+                        self.len
+                    )));
+                }
+                hasher.finish()
+            }
         };
         if &actual != expected {
             return Err(StorageError::DigestMismatch {
@@ -357,28 +306,41 @@ impl Session {
                 actual,
             });
         }
-        self.file.sync_all().map_err(StorageError::io(format!(
-            "fsync {}/data",
-            self.dir.display()
-        )))?;
-        util::crash_point::crash_point("after_blob_fsync");
-        Ok(self.dir.join("data"))
+        self.data.make_durable()
+    }
+
+    /// The bytes, for the blob store to install once sealed.
+    pub(crate) fn data(&mut self) -> &mut dyn UploadData {
+        &mut *self.data
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::filesystem::{FsBlobs, FsUpload, WRITEBACK_EVERY};
     use crate::storage::MinFree;
 
-    fn no_reserve(dir: &std::path::Path) -> Space {
-        Space::new(dir.to_owned(), MinFree::Bytes(0))
+    fn uploads(dir: &std::path::Path) -> Uploads {
+        let space = Space::new(dir.to_owned(), MinFree::Bytes(0));
+        Uploads::open(Arc::new(FsBlobs::open(dir, space).unwrap()))
+    }
+
+    fn flushes_early(session: &mut Session) -> bool {
+        let data = session.data.as_any().downcast_mut::<FsUpload>().unwrap();
+        data.flushes_early()
+    }
+
+    fn data_file_len(dir: &std::path::Path, session: &Session) -> u64 {
+        std::fs::metadata(dir.join("uploads").join(session.id()).join("data"))
+            .unwrap()
+            .len()
     }
 
     #[test]
     fn large_uploads_flush_early_and_stay_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let uploads = Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
+        let uploads = uploads(dir.path());
         let repo: RepoName = "r".parse().unwrap();
         let session = uploads.get(&repo, "big", true).unwrap();
         let mut session = session.blocking_lock();
@@ -388,17 +350,17 @@ mod tests {
             session.append(&chunk).unwrap();
             whole.update(&chunk);
             let past = session.len() >= WRITEBACK_EVERY;
-            assert_eq!(session.writeback.is_some(), past, "after {} MiB", i + 1);
+            assert_eq!(flushes_early(&mut session), past, "after {} MiB", i + 1);
         }
         let digest = whole.finish();
-        let path = session.seal(&digest).unwrap();
-        assert_eq!(std::fs::metadata(path).unwrap().len(), session.len());
+        session.seal(&digest).unwrap();
+        assert_eq!(data_file_len(dir.path(), &session), session.len());
     }
 
     #[test]
     fn a_rollback_below_the_last_early_flush_keeps_the_session_usable() {
         let dir = tempfile::tempdir().unwrap();
-        let uploads = Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
+        let uploads = uploads(dir.path());
         let repo: RepoName = "r".parse().unwrap();
         let session = uploads.get(&repo, "cut", true).unwrap();
         let mut session = session.blocking_lock();
@@ -421,15 +383,14 @@ mod tests {
         for _ in 0..40 {
             session.append(&chunk).unwrap();
         }
-        let path = session.seal(&whole.finish()).unwrap();
-        assert_eq!(std::fs::metadata(path).unwrap().len(), session.len());
+        session.seal(&whole.finish()).unwrap();
+        assert_eq!(data_file_len(dir.path(), &session), session.len());
     }
 
     #[test]
     fn concurrent_first_opens_of_one_id_share_one_session_and_lose_no_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let uploads =
-            Arc::new(Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap());
+        let uploads = Arc::new(uploads(dir.path()));
         let repo: RepoName = "r".parse().unwrap();
         let first = uploads.get(&repo, "sync-blob-1", true).unwrap();
         first.blocking_lock().append(b"already fetched").unwrap();
@@ -456,12 +417,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo: RepoName = "r".parse().unwrap();
         {
-            let uploads =
-                Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
+            let uploads = uploads(dir.path());
             let s = uploads.get(&repo, "resume-me", true).unwrap();
             s.blocking_lock().append(b"hello ").unwrap();
         }
-        let uploads = Uploads::open(dir.path().join("uploads"), no_reserve(dir.path())).unwrap();
+        let uploads = uploads(dir.path());
         let s = uploads.get(&repo, "resume-me", false).unwrap();
         let mut s = s.blocking_lock();
         assert_eq!(s.len(), 6);

@@ -2,6 +2,7 @@
 //! and chunked uploads (each chunk acknowledged, resumable from the parent's offset), manifests.
 
 use super::*;
+use crate::store::BlobBytes;
 
 /// How a chunked upload ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,22 +18,21 @@ pub(super) fn with_digest(location: &str, digest: &Digest) -> String {
     format!("{location}{sep}digest={digest}")
 }
 
-/// `len` bytes of the file at `path` from `offset`.
-pub(super) async fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek};
-        let mut file = std::fs::File::open(path)?;
-        file.seek(std::io::SeekFrom::Start(offset))?;
-        let mut buf = Vec::with_capacity(len as usize);
-        file.take(len).read_to_end(&mut buf)?;
-        if (buf.len() as u64) < len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// `len` bytes of `blob` from `offset`, gathered (one chunk of a chunked upload).
+pub(super) async fn read_range(
+    blob: &dyn BlobBytes,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Bytes> {
+    let mut stream = blob.read(offset, len);
+    let mut buf = bytes::BytesMut::with_capacity(len as usize);
+    while let Some(piece) = stream.next().await {
+        buf.extend_from_slice(&piece?);
+    }
+    if (buf.len() as u64) < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf.freeze())
 }
 
 impl ParentClient {
@@ -86,13 +86,13 @@ impl ParentClient {
         Ok(resp.status() == StatusCode::CREATED)
     }
 
-    /// Uploads a blob from a local file: POST for a session, then one monolithic PUT that
-    /// streams the file. A retry re-opens the file, so the body is never buffered whole.
+    /// Uploads a stored blob: POST for a session, then one monolithic PUT that streams the
+    /// blob. A retry reads the blob again, so the body is never buffered whole.
     pub async fn upload_blob(
         &self,
         repo: &str,
         digest: &Digest,
-        path: &Path,
+        blob: &dyn BlobBytes,
         size: u64,
     ) -> Result<(), ClientError> {
         let scope = Scope::Push(repo.into());
@@ -100,7 +100,7 @@ impl ParentClient {
         loop {
             attempt += 1;
             match self
-                .upload_blob_once(repo, digest, path, size, &scope)
+                .upload_blob_once(repo, digest, blob, size, &scope)
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -116,19 +116,14 @@ impl ParentClient {
         &self,
         repo: &str,
         digest: &Digest,
-        path: &Path,
+        blob: &dyn BlobBytes,
         size: u64,
         scope: &Scope,
     ) -> Result<(), ClientError> {
         let put_url = with_digest(&self.start_upload(repo, scope).await?, digest);
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| ClientError::Protocol {
-                url: put_url.clone(),
-                message: format!("internal: cannot read local blob {}: {e}", path.display()),
-            })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-        let body = reqwest::Body::wrap_stream(self.throttled(stream));
+        // A local read that fails ends the body short of its Content-Length: the parent
+        // refuses it, and the attempt fails as a transfer error.
+        let body = reqwest::Body::wrap_stream(self.throttled(blob.read(0, size)));
         // Single attempt: the body stream cannot be replayed; the caller retries the whole upload.
         let rb = self
             .http
@@ -236,7 +231,7 @@ impl ParentClient {
         let ChunkedUpload {
             repo,
             digest,
-            path,
+            blob,
             size,
             chunk,
             resume,
@@ -264,11 +259,11 @@ impl ParentClient {
                 return Ok(Uploaded::Paused);
             }
             let len = chunk.min(size - offset);
-            let bytes = read_range(path, offset, len)
+            let bytes = read_range(blob, offset, len)
                 .await
                 .map_err(|e| ClientError::Protocol {
                     url: location.clone(),
-                    message: format!("internal: cannot read local blob {}: {e}", path.display()),
+                    message: format!("internal: cannot read local blob {digest}: {e}"),
                 })?;
             match self.patch_chunk(&location, &scope, offset, bytes).await {
                 Ok(next) => {

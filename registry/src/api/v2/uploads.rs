@@ -164,7 +164,18 @@ async fn append_body(
         }
     }
     match failure {
-        None => Ok(session),
+        // The chunk is the session's for every replica before the client hears it was stored.
+        None => {
+            let (session, committed) = tokio::task::spawn_blocking(move || {
+                let mut session = session;
+                let committed = session.commit();
+                (session, committed)
+            })
+            .await
+            .map_err(internal)?;
+            committed?;
+            Ok(session)
+        }
         Some(err) => {
             let rolled_back = tokio::task::spawn_blocking(move || session.rollback(checkpoint))
                 .await
@@ -210,7 +221,13 @@ pub async fn start(store: &Store, repo: RepoName, req: Req) -> Result<Response, 
         }
     }
     let expected = digest_param(&req)?;
-    let session = store.new_upload(&repo)?.lock_owned().await;
+    let session = {
+        let (store, repo) = (store.clone(), repo.clone());
+        tokio::task::spawn_blocking(move || store.new_upload(&repo))
+            .await
+            .map_err(internal)??
+    };
+    let session = session.lock_owned().await;
     let Some(expected) = expected else {
         return Ok(in_progress(StatusCode::ACCEPTED, &repo, &session));
     };
@@ -226,12 +243,28 @@ pub async fn start(store: &Store, repo: RepoName, req: Req) -> Result<Response, 
     Ok(created(&repo, &expected))
 }
 
+/// Session `id` of `repo`, caught up with what other replicas sharing the blob store did to
+/// it since this one last saw it (they may have taken the chunks in between).
 async fn session_of(
     store: &Store,
     repo: &RepoName,
     id: &str,
 ) -> Result<OwnedMutexGuard<Session>, ApiError> {
-    Ok(store.upload(repo, id)?.lock_owned().await)
+    let store = store.clone();
+    let (repo, id) = (repo.clone(), id.to_owned());
+    let session = tokio::task::spawn_blocking(move || store.upload(&repo, &id))
+        .await
+        .map_err(internal)??;
+    let session = session.lock_owned().await;
+    let (session, refreshed) = tokio::task::spawn_blocking(move || {
+        let mut session = session;
+        let refreshed = session.refresh();
+        (session, refreshed)
+    })
+    .await
+    .map_err(internal)?;
+    refreshed?;
+    Ok(session)
 }
 
 pub async fn status(store: &Store, repo: &RepoName, id: &str) -> Result<Response, ApiError> {

@@ -99,6 +99,15 @@ impl ReadTx for Transaction<'_> {
         self.worker.run(move |s| s.get(name, &key))?
     }
 
+    fn get_many(
+        &self,
+        table: &TableDef,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let (name, keys) = (table.name, keys.to_vec());
+        self.worker.run(move |s| s.get_many(name, &keys))?
+    }
+
     fn range(&self, table: &TableDef, scan: Scan<'_>) -> Result<Vec<Row>, StorageError> {
         let name = table.name;
         let (lower, upper) = (owned(scan.lower), owned(scan.upper));

@@ -382,21 +382,18 @@ mod tests {
     fn a_data_directory_written_before_the_contract_opens_and_reads_as_before() {
         let dir = tempfile::tempdir().unwrap();
         let repo: RepoName = "old/app".parse().unwrap();
-        // Blobs and a manifest file, as the store keeps them.
+        // The blobs and the manifest's bytes, as the store keeps them (the metadata that
+        // pushing them wrote is replaced below).
         let (config, body) = {
             let store = Store::open(dir.path(), Limits::default()).unwrap();
             let config = push_blob(&store, &repo, b"{}");
             let body = format!(
                 r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[]}}"#
             );
+            push_blob(&store, &repo, body.as_bytes());
             (config, body)
         };
         let digest = Digest::sha256_of(body.as_bytes());
-        let path = crate::storage::blobs::Blobs::open(dir.path())
-            .unwrap()
-            .path(&digest);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &body).unwrap();
         std::fs::remove_file(dir.path().join("meta.redb")).unwrap();
         {
             let db = Database::create(dir.path().join("meta.redb")).unwrap();

@@ -45,6 +45,8 @@ on_every_backend! {
             assert!(!tx.contains(PAIRS, ("r", "b"))?);
             assert_eq!(tx.get(NUMBERS, 7)?, Some((1, u64::MAX)));
             assert_eq!(tx.get(NAMES, "none")?, None);
+            let many = tx.get_many(PAIRS, &[("r", "zz"), ("r", "a"), ("q", "a"), ("r", "a")])?;
+            assert_eq!(many, [None, Some("2".to_owned()), None, Some("2".to_owned())]);
             Ok(())
         })
         .unwrap();
@@ -185,5 +187,37 @@ on_every_backend! {
             .unwrap();
         assert_eq!(counter, Some(90));
         assert_eq!(numbers, (1..=90).collect::<Vec<_>>(), "no gap, no duplicate");
+    }
+
+    /// A transaction whose connection the server closes in its middle runs again on a new
+    /// connection, whole: its writes from the failed attempt are gone, those of the second
+    /// committed once.
+    fn a_transaction_that_lost_its_connection_runs_again(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = backend.kv(dir.path());
+        kv.write(|tx| tx.insert(NAMES, "before", 1).map(drop)).unwrap();
+        let attempts = std::cell::Cell::new(0);
+        kv.write(|tx| {
+            attempts.set(attempts.get() + 1);
+            let n = tx.get(NAMES, "before")?.unwrap_or(0);
+            tx.insert(NAMES, "attempt", attempts.get())?;
+            if attempts.get() == 1 {
+                backend.close_connections();
+            }
+            tx.insert(NAMES, "after", n + 1)?;
+            Ok(())
+        })
+        .unwrap();
+        let expected = match backend.backends.metadata {
+            crate::storage::MetadataBackend::Redb => 1,
+            crate::storage::MetadataBackend::Postgres(_) => 2,
+        };
+        assert_eq!(attempts.get(), expected);
+        kv.read(|tx| {
+            assert_eq!(tx.get(NAMES, "attempt")?, Some(expected));
+            assert_eq!(tx.get(NAMES, "after")?, Some(2));
+            Ok(())
+        })
+        .unwrap();
     }
 }

@@ -120,6 +120,30 @@ fn stored(tx: &Read, repo: &str, target: &Target) -> Result<ChangeableAttributes
     }
 }
 
+/// The attributes of the repository (first) and of each of `targets`, read in one request.
+fn stored_with_repo(
+    tx: &Read,
+    repo: &str,
+    targets: &[Target],
+) -> Result<Vec<(Target, ChangeableAttributes)>, StorageError> {
+    let all: Vec<Target> = std::iter::once(Target::Repository)
+        .chain(targets.iter().cloned())
+        .collect();
+    let keys: Vec<String> = all.iter().map(Target::key).collect();
+    let refs: Vec<(&str, &str)> = keys.iter().map(|k| (repo, k.as_str())).collect();
+    let found = tx.get_many(ATTRIBUTES, &refs)?;
+    all.into_iter()
+        .zip(found)
+        .map(|(target, v)| {
+            let attributes = match v {
+                Some(v) => from_json(&v)?,
+                None => ChangeableAttributes::ALL_ENABLED,
+            };
+            Ok((target, attributes))
+        })
+        .collect()
+}
+
 /// Refuses a client's `action` on `targets` (the repository is always checked too) when any of
 /// them has one of `needs` switched off. Other origins pass: see the module doc.
 pub(super) fn require(
@@ -133,10 +157,9 @@ pub(super) fn require(
     if origin != Origin::Client {
         return Ok(());
     }
-    for target in std::iter::once(&Target::Repository).chain(targets) {
-        let attributes = stored(tx, repo, target)?;
+    for (target, attributes) in stored_with_repo(tx, repo, targets)? {
         if let Some(off) = needs.iter().find(|a| !a.of(&attributes)) {
-            return Err(refusal(repo, target, *off, action));
+            return Err(refusal(repo, &target, *off, action));
         }
     }
     Ok(())
@@ -156,13 +179,10 @@ pub(super) fn pinned(
 
 /// Whether GC must leave this manifest: it (or its repository) may not be deleted.
 pub(super) fn gc_must_keep(tx: &Read, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-    for target in [Target::Repository, Target::Manifest(digest.clone())] {
-        let a = stored(tx, repo, &target)?;
-        if !a.delete_enabled || !a.write_enabled {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let all = stored_with_repo(tx, repo, &[Target::Manifest(digest.clone())])?;
+    Ok(all
+        .iter()
+        .any(|(_, a)| !a.delete_enabled || !a.write_enabled))
 }
 
 /// Keeps the created / last-updated times and drops what a deleted item carried; called for
@@ -281,12 +301,10 @@ pub(super) fn unreadable(
     repo: &str,
     targets: &[Target],
 ) -> Result<Option<Target>, StorageError> {
-    for target in std::iter::once(&Target::Repository).chain(targets) {
-        if !stored(tx, repo, target)?.read_enabled {
-            return Ok(Some(target.clone()));
-        }
-    }
-    Ok(None)
+    Ok(stored_with_repo(tx, repo, targets)?
+        .into_iter()
+        .find(|(_, attributes)| !attributes.read_enabled)
+        .map(|(target, _)| target))
 }
 
 /// A repository as `GET /acr/v1/{repo}` shows it.

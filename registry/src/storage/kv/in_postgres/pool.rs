@@ -8,6 +8,7 @@
 //! and gives it back when it ends. A connection found broken is dropped and made again at the
 //! next transaction's start.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -67,7 +68,9 @@ fn gone() -> StorageError {
 
 /// The workers not in use, and the wait for one.
 pub(super) struct Pool {
-    idle: Mutex<Vec<Worker>>,
+    /// Least recently returned first: a worker just given back may still be rolling back the
+    /// transaction that ended (queued, not waited for).
+    idle: Mutex<VecDeque<Worker>>,
     returned: Condvar,
 }
 
@@ -86,7 +89,7 @@ impl Pool {
     pub(super) fn checkout(&self) -> CheckedOut<'_> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(worker) = idle.pop() {
+            if let Some(worker) = idle.pop_front() {
                 return CheckedOut {
                     pool: self,
                     worker: Some(worker),
@@ -116,7 +119,7 @@ impl Drop for CheckedOut<'_> {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
             let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.push(worker);
+            idle.push_back(worker);
             self.pool.returned.notify_one();
         }
     }

@@ -45,6 +45,7 @@ const CREATE_SCHEMA: &str = "
 /// The prepared statements of one connection.
 struct Statements {
     get: Statement,
+    get_many: Statement,
     /// `[lower, upper)`, in key order; then the same without an upper bound, then both reversed.
     range: Statement,
     range_open: Statement,
@@ -65,6 +66,8 @@ impl Statements {
         };
         Ok(Statements {
             get: client.prepare("SELECT v FROM registry_kv WHERE tbl = $1 AND k = $2")?,
+            get_many: client
+                .prepare("SELECT k, v FROM registry_kv WHERE tbl = $1 AND k = ANY($2)")?,
             range: client.prepare(&range("ASC", true, 4))?,
             range_open: client.prepare(&range("ASC", false, 3))?,
             range_rev: client.prepare(&range("DESC", true, 4))?,
@@ -110,8 +113,30 @@ impl Session {
         }
     }
 
-    /// Begins a transaction, connecting first when there is no working connection.
+    /// Begins a transaction, connecting first when there is no working connection. A
+    /// connection that sat idle in the pool may have been closed by the server meanwhile (a
+    /// restart, `pg_terminate_backend`, an idle timeout): when `BEGIN` finds it so, a new one is
+    /// made and `BEGIN` sent again, so a stale connection never costs the transaction one of
+    /// its retries.
     pub(super) fn begin(&mut self, mode: Mode) -> Result<(), StorageError> {
+        let begin = match mode {
+            Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
+            Mode::Write => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
+        };
+        let reused = self.ensure_connected()?;
+        match self.with(|c| c.client.batch_execute(&begin), "begin a transaction") {
+            Err(StorageError::Unavailable(why)) if reused => {
+                tracing::info!("a pooled metadata connection was closed ({why}): connecting again");
+                self.connection = None;
+                self.ensure_connected()?;
+                self.with(|c| c.client.batch_execute(&begin), "begin a transaction")
+            }
+            other => other,
+        }
+    }
+
+    /// Connects when there is no open connection; whether the one there was reused.
+    fn ensure_connected(&mut self) -> Result<bool, StorageError> {
         if self
             .connection
             .as_ref()
@@ -119,15 +144,12 @@ impl Session {
         {
             self.connection = None;
         }
-        if self.connection.is_none() {
-            let connection = self.connect()?;
-            self.connection = Some(connection);
+        if self.connection.is_some() {
+            return Ok(true);
         }
-        let begin = match mode {
-            Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
-            Mode::Write => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
-        };
-        self.with(|c| c.client.batch_execute(&begin), "begin a transaction")
+        let connection = self.connect()?;
+        self.connection = Some(connection);
+        Ok(false)
     }
 
     fn connect(&self) -> Result<Connection, StorageError> {
@@ -188,6 +210,21 @@ impl Session {
             },
             "read",
         )
+    }
+
+    pub(super) fn get_many(
+        &mut self,
+        table: &'static str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = self.with(
+            |c| {
+                let rows = c.client.query(&c.statements.get_many, &[&table, &keys])?;
+                Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            },
+            "read",
+        )?;
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     pub(super) fn range(
@@ -361,7 +398,18 @@ fn failure(
                 || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
         }
     };
-    let message = format!("{}: {doing}: {error}", settings.describe());
+    // The client's message says only what failed ("error connecting to server"); its causes
+    // say why ("Connection refused").
+    let mut message = format!("{}: {doing}: {error}", settings.describe());
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
     if transient {
         StorageError::Unavailable(message)
     } else {
