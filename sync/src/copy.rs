@@ -319,6 +319,8 @@ impl Engine {
             while let Some(chunk) = rx.blocking_recv() {
                 w.append(&chunk)?;
             }
+            // Stopped or done: what arrived is the session's for whoever resumes it.
+            w.commit()?;
             Ok::<_, StoreError>(w)
         });
         let mut written = have;

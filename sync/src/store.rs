@@ -66,6 +66,12 @@ pub trait BlobWriter: Send {
         self.len() == 0
     }
     fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Makes the bytes appended so far part of the session for another replica sharing the
+    /// store (it resumes from them if this one dies): an object store keeps appended bytes to
+    /// the appender until then; the local disk needs nothing (the default).
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Verifies, makes durable, and links the blob to the upload's repository. On a mismatch
     /// the partial bytes are gone and `StoreError::DigestMismatch` is returned.
     fn finish(self: Box<Self>, expected: &Digest) -> Result<(), StoreError>;
@@ -232,14 +238,31 @@ mod registry_store {
     struct Writer {
         store: Store,
         session: tokio::sync::OwnedMutexGuard<Session>,
+        /// Bytes appended since the last commit.
+        uncommitted: u64,
     }
+
+    /// Bytes a download appends between commits: at most this much is fetched again by the
+    /// replica that takes over from one killed in the middle of a blob (an object store's
+    /// block, so a commit costs one request per block).
+    const COMMIT_EVERY: u64 = 8 << 20;
 
     impl BlobWriter for Writer {
         fn len(&self) -> u64 {
             self.session.len()
         }
         fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-            self.session.append(bytes).map_err(map)
+            self.session.append(bytes).map_err(map)?;
+            self.uncommitted += bytes.len() as u64;
+            if self.uncommitted >= COMMIT_EVERY {
+                self.commit()?;
+            }
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            self.session.commit().map_err(map)?;
+            self.uncommitted = 0;
+            Ok(())
         }
         fn finish(mut self: Box<Self>, expected: &Digest) -> Result<(), StoreError> {
             self.store
@@ -275,6 +298,7 @@ mod registry_store {
             Ok(Box::new(Writer {
                 store: self.clone(),
                 session: session.blocking_lock_owned(),
+                uncommitted: 0,
             }))
         }
         fn cancel_upload(&self, id: &str) -> Result<(), StoreError> {

@@ -79,11 +79,16 @@ pub const ALWAYS_OPEN: [&str; 4] = ["--sync-schedule", "0 * * * *", "--sync-wind
 /// Pull-through is off unless `extra` sets `--on-demand`: these tests see what sync brought
 /// down (a HEAD that answers 200 means the tag is stored), not a fetch on a miss.
 pub fn start_child(data: &Path, parent_url: &str, extra: &[&str]) -> super::Proc {
+    super::start_registry(data, &child_args(parent_url, extra))
+}
+
+/// The `serve` flags of [`start_child`], for a child started another way.
+pub fn child_args<'a>(parent_url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = [&ALWAYS_OPEN[..], &["--parent", parent_url], extra].concat();
     if !extra.iter().any(|a| a.starts_with("--on-demand")) {
         args.extend_from_slice(&["--on-demand", "off"]);
     }
-    super::start_registry(data, &args)
+    args
 }
 
 /// Waits (bounded) until `registry` serves `repo:tag` as `digest`.
