@@ -41,14 +41,20 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// once the metadata that needs it is accepted ([`StagedBlob::install`]).
     fn stage(&self, data: Bytes) -> Result<Box<dyn StagedBlob>, StorageError>;
 
-    /// Marks a blob as just wanted: GC spares blobs touched within its grace period.
-    fn touch(&self, digest: &Digest);
+    /// Marks a blob as just wanted (GC spares blobs touched within its grace period); whether
+    /// it is stored. It changes the blob's version, so a [`BlobStore::delete`] decided on an
+    /// earlier [`BlobStat`] fails: a caller that makes a stored blob wanted (a link) touches it
+    /// first and goes on only when it was there, and of that touch and a GC delete racing it
+    /// (another replica's) one always loses cleanly: the delete keeps the blob, or the touch
+    /// finds it gone.
+    fn touch(&self, digest: &Digest) -> Result<bool, StorageError>;
 
     /// Every stored blob, with the names found where blobs live that are not a blob's.
     fn list(&self) -> Result<BlobListing, StorageError>;
 
     /// Deletes the blob `stat` described, unless it changed since (touched, written again):
-    /// whether it went. The caller decided on `stat` (its age) under the GC lock.
+    /// whether it went. The caller decided on `stat` (its age), then checked that no metadata
+    /// references the blob: a replica that links it meanwhile touched it first, so this fails.
     fn delete(&self, digest: &Digest, stat: &BlobStat) -> Result<bool, StorageError>;
 
     /// Takes a damaged blob out of service, keeping its bytes for an operator with a note of
@@ -101,8 +107,8 @@ pub struct BlobStat {
     pub size: u64,
     /// Last written or touched.
     pub modified: SystemTime,
-    /// What [`BlobStore::delete`] checks has not changed (an ETag; empty on the local disk,
-    /// where the GC lock alone orders deletes and touches).
+    /// What [`BlobStore::delete`] checks has not changed: an ETag; on the local disk the
+    /// modification time, in nanoseconds.
     pub version: String,
 }
 

@@ -8,9 +8,11 @@
 //!    snapshot. So children go after their index, and referrers after their subject.
 //! 2. Blob links older than the grace period that no manifest of their repository references are removed.
 //! 3. Blobs that no repository links or holds as a manifest, untouched for the grace period, are
-//!    deleted (through the blob contract: files, or objects in Azure Blob Storage, where the
-//!    delete holds only if the blob was not touched since GC looked). Installing or linking a
-//!    blob touches it, so a blob pushed again is spared.
+//!    deleted: looked at (their version), checked again in the metadata, then deleted only if
+//!    still that version (through the blob contract: files, or objects in Azure Blob Storage).
+//!    Installing or linking a blob touches it first, the touch being the link's check that it
+//!    is there: a blob pushed again, or linked through another replica while this one sweeps,
+//!    is spared, and a link never names a blob that was just deleted (`BlobStore::touch`).
 //! 4. Upload sessions idle longer than the upload TTL are deleted.
 
 use std::collections::{HashMap, HashSet};

@@ -365,11 +365,17 @@ impl Store {
     }
 
     /// [`Store::link_blob`] for a caller that holds the GC lock already.
+    ///
+    /// The touch comes first and is the check that the blob is there: a GC of another replica
+    /// that decided to delete it before the touch then fails (its delete holds only for the
+    /// version it looked at), and one that deleted it already makes this fail, before anything
+    /// links it. So a link, and a manifest committed on it, never names a deleted blob.
     fn link_taken_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StorageError> {
-        let size = self
-            .stored_size(digest)?
-            .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
-        self.inner.blobs.touch(digest);
+        let unknown = || StorageError::BlobUnknown(digest.clone());
+        if !self.inner.blobs.touch(digest)? {
+            return Err(unknown());
+        }
+        let size = self.stored_size(digest)?.ok_or_else(unknown)?;
         self.inner.meta.link_blob(repo.as_str(), digest, size)?;
         Ok(size)
     }

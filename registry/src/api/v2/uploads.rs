@@ -214,10 +214,16 @@ pub async fn start(store: &Store, repo: RepoName, req: Req) -> Result<Response, 
         if source {
             let store2 = store.clone();
             let (repo2, mount2) = (repo.clone(), mount.clone());
-            tokio::task::spawn_blocking(move || store2.link_blob(&repo2, &mount2))
+            match tokio::task::spawn_blocking(move || store2.link_blob(&repo2, &mount2))
                 .await
-                .map_err(internal)??;
-            return Ok(created(&repo, &mount));
+                .map_err(internal)?
+            {
+                Ok(_) => return Ok(created(&repo, &mount)),
+                // Collected (by another replica's GC) between the check and the link: an
+                // upload instead, as for a blob that cannot be mounted.
+                Err(StorageError::BlobUnknown(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
     }
     let expected = digest_param(&req)?;

@@ -370,11 +370,8 @@ impl BlobStore for AzureBlobs {
         }))
     }
 
-    fn touch(&self, digest: &Digest) {
-        let name = blob_name(digest);
-        if let Err(err) = self.touch_blob(&name) {
-            tracing::warn!(%digest, "cannot mark blob as just used: {err}");
-        }
+    fn touch(&self, digest: &Digest) -> Result<bool, StorageError> {
+        self.touch_blob(&blob_name(digest))
     }
 
     fn list(&self) -> Result<BlobListing, StorageError> {

@@ -67,12 +67,12 @@ impl FsBlobs {
 }
 
 /// Moves a complete, fsynced file into place under `digest` in the blob directory `blobs` (a
-/// touch if it is there already).
+/// touch if it is there already: the touch is the check, so a GC delete racing it either keeps
+/// the file or took it before, and then this file goes in place).
 fn install(blobs: &Path, file: &Path, digest: &Digest) -> Result<(), StorageError> {
     let dest = digest_path(blobs, digest);
-    if dest.is_file() {
+    if touch(&dest)? {
         let _ = fs::remove_file(file);
-        touch(&dest);
         return Ok(());
     }
     let dir = dest.parent().expect("blob path has a parent");
@@ -87,11 +87,28 @@ fn install(blobs: &Path, file: &Path, digest: &Digest) -> Result<(), StorageErro
     Ok(())
 }
 
-/// Marks a file as just wanted (GC spares files touched within its grace period).
-fn touch(path: &Path) {
-    if let Ok(file) = File::options().write(true).open(path) {
-        let _ = file.set_modified(SystemTime::now());
+/// Marks a file as just wanted (GC spares files touched within its grace period, and deletes
+/// only a file whose modification time did not change since it looked); whether it is there.
+fn touch(path: &Path) -> Result<bool, StorageError> {
+    let touched = File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_modified(SystemTime::now()));
+    match touched {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StorageError::io(format!("touch {}", path.display()))(e)),
     }
+}
+
+/// A file's version for [`BlobStore::delete`]: its modification time in nanoseconds (empty for
+/// a file system that keeps none).
+fn version(meta: &fs::Metadata) -> String {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string())
+        .unwrap_or_default()
 }
 
 impl BlobStore for FsBlobs {
@@ -114,7 +131,7 @@ impl BlobStore for FsBlobs {
             size: meta.len(),
             // A file system that keeps no times: treat it as just written (never collected).
             modified: meta.modified().unwrap_or_else(|_| SystemTime::now()),
-            version: String::new(),
+            version: version(&meta),
         }))
     }
 
@@ -143,8 +160,8 @@ impl BlobStore for FsBlobs {
         Ok(Box::new(staged))
     }
 
-    fn touch(&self, digest: &Digest) {
-        touch(&self.path(digest));
+    fn touch(&self, digest: &Digest) -> Result<bool, StorageError> {
+        touch(&self.path(digest))
     }
 
     fn list(&self) -> Result<BlobListing, StorageError> {
@@ -193,13 +210,41 @@ impl BlobStore for FsBlobs {
         Ok(listing)
     }
 
-    fn delete(&self, digest: &Digest, _stat: &BlobStat) -> Result<bool, StorageError> {
+    /// A file system has no conditional delete: the file is moved aside first (after that a
+    /// touch finds nothing, and an install puts a new file in place), then deleted only if its
+    /// modification time is still the one `stat` saw; a file touched in between goes back
+    /// (unless a new copy of the same bytes took its place meanwhile).
+    fn delete(&self, digest: &Digest, stat: &BlobStat) -> Result<bool, StorageError> {
         let path = self.path(digest);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StorageError::io(format!("delete {}", path.display()))(e)),
+        let aside = self
+            .tmp
+            .join(format!("gc-{}", uuid::Uuid::new_v4().simple()));
+        match fs::rename(&path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(StorageError::io(format!(
+                    "move {} aside to delete it",
+                    path.display()
+                ))(e))
+            }
         }
+        let unchanged = fs::metadata(&aside).is_ok_and(|meta| version(&meta) == stat.version);
+        if !unchanged {
+            match fs::hard_link(&aside, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StorageError::io(format!(
+                        "put {} back after it was touched (it is at {})",
+                        path.display(),
+                        aside.display()
+                    ))(e))
+                }
+            }
+        }
+        fs::remove_file(&aside).map_err(StorageError::io(format!("delete {}", aside.display())))?;
+        Ok(unchanged)
     }
 
     fn quarantine(&self, digest: &Digest, why: &str) -> Result<Option<String>, StorageError> {
