@@ -541,7 +541,13 @@ fn two_replicas_on_postgresql_and_azure_blob_storage_serve_each_others_pushes() 
 
     let (api_a, api_b) = (Api::new(&a.url()), Api::new(&b.url()));
     api_b.delete("/v2/both/app/manifests/v1").expect(202);
-    api_a.get_manifest("both/app", "v1").expect(404);
+    // At once through B; through A within the cache's bound (--metadata-cache-ttl, 1 s).
+    api_b.get_manifest("both/app", "v1").expect(404);
+    let deleted = std::time::Instant::now();
+    while api_a.get_manifest("both/app", "v1").status != 404 {
+        assert!(deleted.elapsed() < Duration::from_millis(1500), "A serves a deleted tag");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_gapless(&all_changes(&api_a));
 }
 
