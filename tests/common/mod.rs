@@ -15,6 +15,7 @@ pub mod netns;
 pub mod oci;
 pub mod postgres;
 pub mod proxy;
+pub mod replicas;
 pub mod skopeo;
 pub mod static_build;
 pub mod sync;
