@@ -468,3 +468,39 @@ fn two_replicas_on_postgresql_and_azure_blob_storage_serve_each_others_pushes() 
     api_a.get_manifest("both/app", "v1").expect(404);
     assert_gapless(&all_changes(&api_a));
 }
+
+/// Connections PostgreSQL closes under a running `serve` (an administrator's
+/// `pg_terminate_backend`, a server restart, a network cut) are made again: the transaction
+/// that met the closed connection runs again on a new one, and the client never sees it.
+#[test]
+fn connections_closed_by_the_server_are_made_again_without_the_client_noticing() {
+    let (server, url) = server_with_database();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_on(&dir.path().join("data"), &url);
+    let api = Api::new(&serve.url());
+    let (manifest, _, _) = api.push_image("lost/app", "v1", 1, 2_000);
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    for round in 0..3 {
+        let closed = server.sql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND application_name = 'connected-registry'"
+            ),
+        );
+        assert_ne!(
+            closed.trim(),
+            "0",
+            "round {round}: the registry's connections were open"
+        );
+        assert_push_intact(&api, "lost/app", "v1", &manifest);
+        api.push_image("lost/app", &format!("r{round}"), 1, 1_000 + round);
+    }
+    assert_eq!(api.tags("lost/app").len(), 4);
+    assert_gapless(&all_changes(&api));
+    assert!(
+        serve.log_text().contains("connecting again"),
+        "the new connections are logged: {}",
+        serve.log_text()
+    );
+}

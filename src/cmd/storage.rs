@@ -1,6 +1,7 @@
 //! `--storage`: where a command's store keeps its blobs, for every command that opens a store
-//! (`serve`, `gc`, `scrub`, `recover`). The metadata stays in the data directory whatever it
-//! says; a data directory remembers the choice it was created with (`storage::backends`).
+//! (`serve`, `gc`, `scrub`, `recover`, `bundle`, `sync`). The metadata is `--metadata`'s
+//! (`metadata.rs`); a data directory remembers the blob choice it was created with
+//! (`storage::backends`).
 
 use registry::storage::{Backends, BlobBackend};
 
@@ -12,8 +13,8 @@ pub struct StorageFlags {
     /// Where blobs (layers, configs, manifests) and upload sessions live: `file` (the data
     /// directory) or `azblob://CONTAINER` (Azure Blob Storage, created when missing; the
     /// account and key come from AZURE_STORAGE_CONNECTION_STRING, so Azurite and real Azure
-    /// both work; several `serve` replicas may share one container). The metadata (meta.redb)
-    /// stays in the data directory either way.
+    /// both work; several `serve` replicas may share one container). The metadata is where
+    /// --metadata says (meta.redb in the data directory by default).
     #[arg(
         long,
         env = "CONNECTED_REGISTRY_STORAGE",

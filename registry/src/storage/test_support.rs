@@ -54,6 +54,22 @@ impl TestBackend {
         }
     }
 
+    /// Closes, from the server's side, every connection the registry holds to this backend's
+    /// database (as `pg_terminate_backend` by an administrator, or a server restart, would);
+    /// nothing on redb.
+    pub(crate) fn close_connections(&self) {
+        if let MetadataBackend::Postgres(settings) = &self.backends.metadata {
+            let db = settings.config().get_dbname().expect("a test database");
+            TestServer::shared().sql(
+                "postgres",
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = '{db}' AND application_name = 'connected-registry'"
+                ),
+            );
+        }
+    }
+
     /// A store in `dir` on this backend.
     pub(crate) fn open(&self, dir: &Path, limits: Limits) -> Store {
         Store::open_with(dir, limits, self.backends.clone()).expect("open the store")

@@ -188,4 +188,36 @@ on_every_backend! {
         assert_eq!(counter, Some(90));
         assert_eq!(numbers, (1..=90).collect::<Vec<_>>(), "no gap, no duplicate");
     }
+
+    /// A transaction whose connection the server closes in its middle runs again on a new
+    /// connection, whole: its writes from the failed attempt are gone, those of the second
+    /// committed once.
+    fn a_transaction_that_lost_its_connection_runs_again(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = backend.kv(dir.path());
+        kv.write(|tx| tx.insert(NAMES, "before", 1).map(drop)).unwrap();
+        let attempts = std::cell::Cell::new(0);
+        kv.write(|tx| {
+            attempts.set(attempts.get() + 1);
+            let n = tx.get(NAMES, "before")?.unwrap_or(0);
+            tx.insert(NAMES, "attempt", attempts.get())?;
+            if attempts.get() == 1 {
+                backend.close_connections();
+            }
+            tx.insert(NAMES, "after", n + 1)?;
+            Ok(())
+        })
+        .unwrap();
+        let expected = match backend.backends.metadata {
+            crate::storage::MetadataBackend::Redb => 1,
+            crate::storage::MetadataBackend::Postgres(_) => 2,
+        };
+        assert_eq!(attempts.get(), expected);
+        kv.read(|tx| {
+            assert_eq!(tx.get(NAMES, "attempt")?, Some(expected));
+            assert_eq!(tx.get(NAMES, "after")?, Some(2));
+            Ok(())
+        })
+        .unwrap();
+    }
 }

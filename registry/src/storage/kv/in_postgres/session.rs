@@ -113,8 +113,30 @@ impl Session {
         }
     }
 
-    /// Begins a transaction, connecting first when there is no working connection.
+    /// Begins a transaction, connecting first when there is no working connection. A
+    /// connection that sat idle in the pool may have been closed by the server meanwhile (a
+    /// restart, `pg_terminate_backend`, an idle timeout): when `BEGIN` finds it so, a new one is
+    /// made and `BEGIN` sent again, so a stale connection never costs the transaction one of
+    /// its retries.
     pub(super) fn begin(&mut self, mode: Mode) -> Result<(), StorageError> {
+        let begin = match mode {
+            Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
+            Mode::Write => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
+        };
+        let reused = self.ensure_connected()?;
+        match self.with(|c| c.client.batch_execute(&begin), "begin a transaction") {
+            Err(StorageError::Unavailable(why)) if reused => {
+                tracing::info!("a pooled metadata connection was closed ({why}): connecting again");
+                self.connection = None;
+                self.ensure_connected()?;
+                self.with(|c| c.client.batch_execute(&begin), "begin a transaction")
+            }
+            other => other,
+        }
+    }
+
+    /// Connects when there is no open connection; whether the one there was reused.
+    fn ensure_connected(&mut self) -> Result<bool, StorageError> {
         if self
             .connection
             .as_ref()
@@ -122,15 +144,12 @@ impl Session {
         {
             self.connection = None;
         }
-        if self.connection.is_none() {
-            let connection = self.connect()?;
-            self.connection = Some(connection);
+        if self.connection.is_some() {
+            return Ok(true);
         }
-        let begin = match mode {
-            Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
-            Mode::Write => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
-        };
-        self.with(|c| c.client.batch_execute(&begin), "begin a transaction")
+        let connection = self.connect()?;
+        self.connection = Some(connection);
+        Ok(false)
     }
 
     fn connect(&self) -> Result<Connection, StorageError> {
