@@ -6,7 +6,8 @@
 //! and torture tests check that backend too. `REGISTRY_UNDER_TEST=ours-replica` runs ours as a
 //! replica of issue 17 does: metadata in PostgreSQL and blobs in an Azure Blob Storage container
 //! (an Azurite of each target's own; `replicas.rs`'s [`Services`]); [`Target::start_replica`]
-//! chooses that backend whatever the variable says.
+//! chooses that backend whatever the variable says. Tests that watch files in the data directory
+//! (blobs, upload sessions) do not apply to it: those live in the container there.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
