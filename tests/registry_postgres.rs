@@ -545,7 +545,10 @@ fn two_replicas_on_postgresql_and_azure_blob_storage_serve_each_others_pushes() 
     api_b.get_manifest("both/app", "v1").expect(404);
     let deleted = std::time::Instant::now();
     while api_a.get_manifest("both/app", "v1").status != 404 {
-        assert!(deleted.elapsed() < Duration::from_millis(1500), "A serves a deleted tag");
+        assert!(
+            deleted.elapsed() < Duration::from_millis(1500),
+            "A serves a deleted tag"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_gapless(&all_changes(&api_a));

@@ -1,438 +1,305 @@
-//! Several `serve` replicas on one PostgreSQL database (a real server, Debian's package) and one
-//! Azure Blob Storage container (Azurite), with a parent (CNCF distribution behind a loopback
-//! relay that slows the link and counts what it carries): the sync lease lets exactly one
-//! replica run passes at a time; the holder killed with `kill -9` in the middle of a pass,
-//! another takes the lease over and finishes, resuming the partial blob from the shared upload
-//! session instead of fetching it again, and what it serves is byte-identical to the parent's;
-//! a replica stopped cleanly hands the lease over.
+//! Two `serve` replicas on shared services (metadata in PostgreSQL, blobs and upload sessions
+//! in one Azure Blob Storage container on Azurite) behind our TLS proxy, end to end with real
+//! clients (`tests/common/replicas.rs` starts the set):
+//!
+//! - what is pushed through one replica directly is pulled through the other, byte-identical;
+//!   `skopeo` (verifying the proxy's certificate against the test CA) and a private `dockerd`
+//!   push and pull through the proxy, their requests spread over both replicas, so an upload
+//!   started on one continues on the other. dockerd reaches the proxy at 127.0.0.1 over TLS but
+//!   does not verify its certificate there (it treats 127.0.0.0/8 as an insecure registry, and
+//!   no flag turns that off); the certificate check is skopeo's part of the test;
+//! - a replica killed with `kill -9` in the middle of a chunked upload (a PATCH through the
+//!   proxy in flight to it): the client asks where the upload stands, the proxy sends it to the
+//!   other replica, every acknowledged chunk is there, the rest goes there too and the blob is
+//!   whole;
+//! - a replica killed in the middle of a pull (a large blob GET streaming from it): the client's
+//!   retry, a GET with `Range` from where it stopped, completes through the other replica and
+//!   the bytes are the blob's;
+//! - after each kill, every tag's manifest and blobs are whole through both replicas
+//!   (`common::checks`), the killed one restarted.
+//!
+//! The kill -9 torture on this backend is `torture.rs`'s
+//! `a_replica_on_postgresql_and_azure_blob_storage_survives_crashes`.
 
 #![forbid(unsafe_code)]
 
 mod common;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::Read;
 use std::time::Duration;
 
-use common::api::{sha256, Api};
-use common::azurite::{serve_azblob, Azurite};
-use common::distribution::start_distribution;
-use common::postgres::server_with_database;
-use common::relay::Relay;
-use common::sync::{child_args, image, pull, push as seed, raw_manifest, wait_for_tag};
-use common::{poll, Proc};
-use serde_json::Value;
+use common::api::*;
+use common::checks::assert_push_intact;
+use common::docker::Dockerd;
+use common::oci::{first_image_layers, seeded_bytes, Layout};
+use common::replicas::Replicas;
+use common::{skopeo, wait_until};
+use reqwest::Method;
 
-/// A replica: `serve` on `data` with the metadata at `metadata` and the blobs in Azurite's
-/// container `shared`, syncing from `parent` with `extra` flags.
-fn replica(data: &Path, azurite: &Azurite, metadata: &str, parent: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["--metadata", metadata];
-    args.extend_from_slice(extra);
-    serve_azblob(data, azurite, "shared", &child_args(parent, &args))
+/// Pushes an image of one layer `layer` (and a small config) through `api`, tagged `repo:tag`;
+/// the manifest's bytes.
+fn push_with_layer(api: &Api, repo: &str, tag: &str, layer: &[u8]) -> Vec<u8> {
+    api.push_blob(repo, layer);
+    tag_image_of(api, repo, tag, layer)
 }
 
-/// The replica's sync status (`None` while it does not answer: killed, or not up).
-fn status(replica: &Proc) -> Option<Value> {
-    let resp = reqwest::blocking::Client::new()
-        .get(format!("{}/acr/v1/_sync/status", replica.url()))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .ok()?;
-    resp.json().ok()
+/// [`push_with_layer`] for a layer pushed already: the config and the manifest.
+fn tag_image_of(api: &Api, repo: &str, tag: &str, layer: &[u8]) -> Vec<u8> {
+    let config = config_bytes("amd64");
+    api.push_blob(repo, &config);
+    let manifest = image_manifest(
+        OCI_MANIFEST,
+        &Desc::of(OCI_CONFIG, &config),
+        &[Desc::of(OCI_LAYER, layer)],
+    );
+    api.put_manifest(repo, tag, OCI_MANIFEST, &manifest)
+        .expect(201);
+    manifest
 }
-
-/// Whether the replica's status says it holds the sync lease.
-fn holds_lease(replica: &Proc) -> bool {
-    status(replica).is_some_and(|s| s["lease"]["heldHere"] == true)
-}
-
-/// Watches the replicas' statuses until dropped: records every moment two of them ran a pass
-/// at once, and how many passes each was seen starting.
-struct Watch {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Seen>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default, Debug)]
-struct Seen {
-    /// Samples where more than one replica was running a pass.
-    overlaps: Vec<String>,
-    /// Per replica: the distinct `lastResult.started` seen (passes that ended), and whether a
-    /// pass was seen running.
-    passes: Vec<std::collections::BTreeSet<String>>,
-    running_seen: Vec<bool>,
-}
-
-impl Watch {
-    fn start(replicas: Vec<String>) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Seen {
-            passes: vec![Default::default(); replicas.len()],
-            running_seen: vec![false; replicas.len()],
-            ..Seen::default()
-        }));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::new();
-            while !stop2.load(Ordering::Relaxed) {
-                let statuses: Vec<Option<Value>> = replicas
-                    .iter()
-                    .map(|url| {
-                        client
-                            .get(format!("{url}/acr/v1/_sync/status"))
-                            .timeout(Duration::from_secs(2))
-                            .send()
-                            .ok()?
-                            .json()
-                            .ok()
-                    })
-                    .collect();
-                let mut seen = seen2.lock().unwrap();
-                let running: Vec<usize> = (0..statuses.len())
-                    .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["running"] == true))
-                    .collect();
-                if running.len() > 1 {
-                    seen.overlaps
-                        .push(format!("replicas {running:?} both running"));
-                }
-                for (i, s) in statuses.iter().enumerate() {
-                    let Some(s) = s else { continue };
-                    if s["running"] == true {
-                        seen.running_seen[i] = true;
-                    }
-                    if let Some(started) = s["lastResult"]["started"].as_str() {
-                        seen.passes[i].insert(started.to_owned());
-                    }
-                }
-                drop(seen);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Watch {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
-}
-
-/// What `a` and `b` serve for `repo:tag`, pulled with skopeo, is the same bytes blob by blob.
-fn assert_pulled_identical(dir: &Path, a: &str, b: &str, repo: &str, tag: &str) -> usize {
-    let (from_a, from_b) = (dir.join("pulled-a"), dir.join("pulled-b"));
-    pull(a, repo, tag, &from_a);
-    pull(b, repo, tag, &from_b);
-    let mut blobs = 0;
-    for entry in std::fs::read_dir(from_a.join("blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let theirs = std::fs::read(entry.path()).unwrap();
-        let ours = std::fs::read(from_b.join("blobs/sha256").join(entry.file_name()))
-            .unwrap_or_else(|e| panic!("blob {:?} not pulled from {b}: {e}", entry.file_name()));
-        assert!(ours == theirs, "blob {:?} differs", entry.file_name());
-        blobs += 1;
-    }
-    blobs
-}
-
-const LAYER: usize = 32 << 20;
-/// Per connection, parent to child: the layer takes about 8 s.
-const RATE: u64 = 4 << 20;
-/// A download commits its bytes to the shared upload session every 8 MiB (sync's
-/// `COMMIT_EVERY`): at most this much of a blob is fetched again after a takeover.
-const COMMIT: u64 = 8 << 20;
-/// Short, so the test waits seconds, not the default 15 s, for a takeover.
-const LEASE: &str = "3s";
 
 #[test]
-fn one_replica_syncs_at_a_time_and_another_finishes_when_the_holder_is_killed() {
-    let (_postgres, url) = server_with_database();
-    let azurite = Azurite::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let parent = start_distribution(&tmp.path().join("parent"), "");
-    let host = parent.url().trim_start_matches("http://").to_owned();
-    let (layout, img) = image(&tmp.path().join("img"), &[LAYER]);
-    seed(&layout, &host, "big/app", "v1");
-    let manifest = sha256(raw_manifest(&host, "big/app", "v1").as_bytes());
-    let relay = Relay::start(parent.addr, None, Some(RATE));
-    let dirs: Vec<_> = (0..3)
-        .map(|i| tmp.path().join(format!("replica{i}")))
-        .collect();
-    let args = [
-        "--repo",
-        "big/*",
-        "--sync-lease",
-        LEASE,
-        "--sync-poll-interval",
-        "PT1S",
-        "--gc-interval",
-        "0s",
-    ];
-    let start = |data: &Path| replica(data, &azurite, &url, &relay.url(), &args);
-    let mut replicas = vec![Some(start(&dirs[0])), Some(start(&dirs[1]))];
-    let urls: Vec<String> = replicas.iter().flatten().map(|r| r.url()).collect();
-    let watch = Watch::start(urls);
+fn a_push_through_one_replica_is_pulled_through_the_other_and_through_the_proxy() {
+    let set = Replicas::start(2, &[]);
+    let (a, b) = (set.replicas[0].api(), set.replicas[1].api());
 
-    // One replica takes the lease and pulls; the other stands by, naming it.
-    let holder = poll(Duration::from_secs(30), Duration::from_millis(100), || {
-        (0..2).find(|&i| holds_lease(replicas[i].as_ref().unwrap()))
-    })
-    .expect("no replica took the sync lease");
-    let standby = 1 - holder;
-    // Once it has looked at the lease (its keeper's first attempt).
-    let standby_status = poll(Duration::from_secs(30), Duration::from_millis(100), || {
-        status(replicas[standby].as_ref().unwrap()).filter(|s| !s["lease"]["holder"].is_null())
-    })
-    .expect("the standby never looked at the lease");
-    let holder_name = status(replicas[holder].as_ref().unwrap()).unwrap()["lease"]["thisReplica"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // Direct: pushed through A, read through B byte for byte.
+    let layer = seeded_bytes(1, 3 << 20);
+    let manifest = push_with_layer(&a, "direct/app", "v1", &layer);
+    assert_push_intact(&b, "direct/app", "v1", &manifest);
+    let got = b
+        .get(&format!("/v2/direct/app/blobs/{}", sha256(&layer)))
+        .expect(200);
+    assert!(got.body == layer, "B serves A's layer byte for byte");
+
+    // skopeo through the proxy, verifying its certificate: push, then pull back.
+    let t = set.dir.path();
+    let (src, image) = Layout::with_image(&t.join("src"), "v1", &[2 << 20, 300_000, 20_000]);
+    let certs = set.skopeo_cert_dir();
+    let certs = certs.to_str().unwrap();
+    let proxied = format!("docker://{}/proxied/app:v1", set.proxy_host());
+    skopeo::run(&[
+        "--insecure-policy",
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        &src.reference("v1"),
+        &proxied,
+    ]);
+    let back = Layout::create(&t.join("back"));
+    skopeo::run(&[
+        "--insecure-policy",
+        "copy",
+        "--src-cert-dir",
+        certs,
+        &proxied,
+        &back.reference("v1"),
+    ]);
     assert_eq!(
-        standby_status["lease"]["heldHere"], false,
-        "{standby_status}"
+        skopeo::inspect_raw(&back.reference("v1")),
+        skopeo::inspect_raw(&src.reference("v1")),
+        "the manifest pulled through the proxy is the one pushed"
     );
+    assert_eq!(first_image_layers(&t.join("back")), image.layer_digests());
+    for l in &image.layers {
+        assert!(back.read_blob(&l.digest) == src.read_blob(&l.digest));
+    }
+    // The push went through both replicas (sequential requests take turns), and each serves
+    // all of it.
+    for r in &set.replicas {
+        assert!(
+            r.served("/v2/proxied/app/") > 0,
+            "replica {} took none of the push's requests",
+            r.url()
+        );
+        let manifest = r.api().get_manifest("proxied/app", "v1").body;
+        assert_push_intact(&r.api(), "proxied/app", "v1", &manifest);
+    }
+
+    // A private dockerd through the proxy: pull what skopeo pushed, push it under a new
+    // name, remove it locally and pull that back.
+    let dk = Dockerd::start();
+    let host = set.proxy_host();
+    let pulled = format!("{host}/proxied/app:v1");
+    dk.docker_ok(&["pull", &pulled]);
+    let id = dk.docker_ok(&["image", "inspect", "--format", "{{.Id}}", &pulled]);
+    assert_eq!(id.trim(), image.config.digest, "docker pulled the image");
+    let pushed = format!("{host}/docker/app:v2");
+    dk.docker_ok(&["tag", &pulled, &pushed]);
+    dk.docker_ok(&["push", &pushed]);
+    for r in &set.replicas {
+        let m = r.api().get_manifest("docker/app", "v2").expect(200);
+        assert_push_intact(&r.api(), "docker/app", "v2", &m.body);
+    }
+    dk.docker_ok(&["rmi", &pulled, &pushed]);
+    dk.docker_ok(&["pull", &pushed]);
+    let id = dk.docker_ok(&["image", "inspect", "--format", "{{.Id}}", &pushed]);
     assert_eq!(
-        standby_status["lease"]["holder"].as_str(),
-        Some(holder_name.as_str()),
-        "the standby names the holder: {standby_status}"
-    );
-
-    // Killed in the middle of the pass, with part of the layer downloaded (two commits of it).
-    let got_far = poll(Duration::from_secs(60), Duration::from_millis(20), || {
-        (relay.down.load(Ordering::Relaxed) >= 2 * COMMIT + (2 << 20)).then_some(())
-    });
-    assert!(got_far.is_some(), "the holder never got far into the layer");
-    replicas[holder].as_mut().unwrap().kill();
-    replicas[holder] = None;
-    let before_kill = relay.down.load(Ordering::Relaxed);
-    eprintln!("holder {holder} killed after the relay carried {before_kill} bytes");
-
-    // The other takes over, finishes, and resumed rather than starting over.
-    let survivor = replicas[standby].as_ref().unwrap();
-    wait_for_tag(survivor, "big/app", "v1", &manifest);
-    let done = status(survivor).unwrap();
-    assert_eq!(done["lease"]["heldHere"], true, "{done}");
-    let result = &done["lastResult"];
-    eprintln!("the survivor's pass: {result}");
-    assert_eq!(result["outcome"], "Completed", "{result}");
-    assert!(
-        result["blobsResumed"].as_u64().unwrap() >= 1,
-        "nothing resumed: {result}"
-    );
-    let total = LAYER as u64;
-    let carried = relay.down.load(Ordering::Relaxed);
-    eprintln!("the relay carried {carried} bytes in all for {total} bytes of layer");
-    assert!(
-        carried < total + COMMIT + (1 << 20),
-        "{carried} bytes carried for {total}: more than the uncommitted part was fetched again"
-    );
-    let blobs = assert_pulled_identical(
-        tmp.path(),
-        &host,
-        survivor.url().trim_start_matches("http://"),
-        "big/app",
-        "v1",
-    );
-    assert_eq!(
-        blobs,
-        2 + img.layers.len(),
-        "manifest, config and the layers"
-    );
-
-    // Stopped cleanly, the holder gives the lease up: a new replica takes it.
-    replicas.push(Some(start(&dirs[2])));
-    let survivor = replicas[standby].as_mut().unwrap();
-    survivor.sigterm();
-    survivor.exit_within(Duration::from_secs(30));
-    assert!(
-        survivor.log_text().contains("sync lease given up"),
-        "{}",
-        survivor.log_text()
-    );
-    let newcomer = replicas[2].as_ref().unwrap();
-    let took = poll(Duration::from_secs(30), Duration::from_millis(100), || {
-        holds_lease(newcomer).then_some(())
-    });
-    assert!(took.is_some(), "{}", newcomer.log_text());
-    assert_eq!(
-        Api::new(&newcomer.url())
-            .get_manifest("big/app", "v1")
-            .expect(200)
-            .header("docker-content-digest")
-            .as_deref(),
-        Some(manifest.as_str())
-    );
-
-    let seen = watch.finish();
-    eprintln!("seen: {seen:?}");
-    assert!(
-        seen.overlaps.is_empty(),
-        "two passes at once: {:?}",
-        seen.overlaps
-    );
-    assert!(
-        seen.running_seen[holder],
-        "the first holder never ran a pass"
-    );
-    assert!(
-        !seen.passes[standby].is_empty(),
-        "the survivor never finished a pass"
+        id.trim(),
+        image.config.digest,
+        "pulled back what docker pushed"
     );
 }
 
-/// Mounts the blob `bytes` into `repo` without naming a source (any blob stored may be
-/// mounted), or uploads it when it cannot be (not stored, or collected meanwhile); whether it
-/// was mounted.
-fn mount_or_upload(api: &Api, repo: &str, bytes: &[u8]) -> bool {
-    let digest = sha256(bytes);
-    let resp = api.send(api.req(
-        reqwest::Method::POST,
-        &format!("/v2/{repo}/blobs/uploads/?mount={digest}"),
+/// Bytes per chunk of the chunked upload.
+const CHUNK: usize = 4 << 20;
+
+#[test]
+fn a_replica_killed_in_the_middle_of_a_chunked_upload_loses_no_acknowledged_chunk() {
+    let mut set = Replicas::start(2, &[]);
+    let api = set.proxy_api();
+    let blob = seeded_bytes(2, 5 * CHUNK);
+    let repo = "chunked/app";
+
+    // Two chunks acknowledged (each on whichever replica the proxy chose).
+    let mut location = api.start_upload(repo);
+    for i in 0..2 {
+        let range = format!("{}-{}", i * CHUNK, (i + 1) * CHUNK - 1);
+        let r = api
+            .patch_chunk(&location, &blob[i * CHUNK..(i + 1) * CHUNK], Some(&range))
+            .expect(202);
+        location = r.header("location").expect("a PATCH answer's Location");
+    }
+
+    // The third trickles; the replica receiving it is killed halfway.
+    let third = std::sync::Arc::new(blob[2 * CHUNK..3 * CHUNK].to_vec());
+    let trickle = Trickle::new(third, CHUNK / 4);
+    let sent = trickle.sent.clone();
+    let patch = api
+        .req(Method::PATCH, &location)
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("{}-{}", 2 * CHUNK, 3 * CHUNK - 1))
+        .body(reqwest::blocking::Body::sized(trickle, CHUNK as u64));
+    let in_flight = std::thread::spawn(move || patch.send().map(|r| r.status().as_u16()));
+    assert!(wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        || sent.load(std::sync::atomic::Ordering::Relaxed) > CHUNK / 2
     ));
-    match resp.status {
-        201 => true,
-        202 => {
-            let location = resp.header("location").expect("an upload location");
-            let put = api.send(
-                api.req(reqwest::Method::PUT, &Api::with_digest(&location, &digest))
-                    .header("content-type", "application/octet-stream")
-                    .body(bytes.to_vec()),
-            );
-            assert_eq!(put.status, 201, "upload of {digest}: {}", put.text());
-            false
-        }
-        other => panic!("mount of {digest} into {repo}: {other} {}", resp.text()),
+    let victim = set.busy_replica();
+    set.kill9(victim);
+    let answer = in_flight.join().unwrap();
+    assert!(
+        !matches!(answer, Ok(202)),
+        "the PATCH whose replica died was not acknowledged: {answer:?}"
+    );
+    let other = 1 - victim;
+
+    // The client asks where the upload stands: the other replica answers, with every
+    // acknowledged byte (and perhaps some of the broken chunk), never more than was sent.
+    let status = api.get(&location).expect(204);
+    let held: usize = status
+        .header("range")
+        .and_then(|r| r.strip_prefix("0-")?.parse::<usize>().ok())
+        .map_or(0, |end| end + 1);
+    assert!(
+        (2 * CHUNK..=3 * CHUNK).contains(&held),
+        "the session holds {held} bytes after the kill; 2 chunks ({}) were acknowledged",
+        2 * CHUNK
+    );
+    let location = status.header("location").unwrap_or(location);
+    // The rest goes to the other replica (the dead one is out of the route), then the PUT.
+    let r = api
+        .patch_chunk(
+            &location,
+            &blob[held..4 * CHUNK],
+            Some(&format!("{held}-{}", 4 * CHUNK - 1)),
+        )
+        .expect(202);
+    let location = r.header("location").unwrap();
+    let digest = sha256(&blob);
+    let r = api.send(
+        api.req(Method::PUT, &Api::with_digest(&location, &digest))
+            .header("content-type", "application/octet-stream")
+            .body(blob[4 * CHUNK..].to_vec()),
+    );
+    r.expect(201);
+    assert!(
+        set.replicas[other].served("/v2/chunked/app/blobs/uploads/") > 0,
+        "the surviving replica took the upload over"
+    );
+    let manifest = tag_image_of(&api, repo, "v1", &blob);
+
+    // Nothing lost or half-written: through the proxy, the survivor and the restarted victim.
+    set.restart(victim);
+    for api in [api, set.replicas[0].api(), set.replicas[1].api()] {
+        assert_push_intact(&api, repo, "v1", &manifest);
     }
 }
 
-/// GC on one replica, every 200 ms with a 1 s grace, while the other takes pushes of images
-/// whose layers are old blobs nothing references any more (mounted where they are still
-/// stored, uploaded again where GC took them): pushes may be refused and are tried again, but
-/// every one acknowledged stays whole, its manifest and every blob it references, through
-/// either replica, after GC ran on.
+/// Size of the blob pulled while its replica dies: far more than the buffers between.
+const LARGE: usize = 96 << 20;
+
 #[test]
-fn gc_on_one_replica_never_takes_what_pushes_through_the_other_reuse() {
-    let (_postgres, url) = server_with_database();
-    let azurite = Azurite::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let pusher = serve_azblob(
-        &tmp.path().join("pusher"),
-        &azurite,
-        "shared",
-        &["--metadata", url.as_str(), "--gc-interval", "0s"],
-    );
-    let collector = serve_azblob(
-        &tmp.path().join("collector"),
-        &azurite,
-        "shared",
-        &[
-            "--metadata",
-            url.as_str(),
-            "--gc-interval",
-            "200ms",
-            "--gc-grace",
-            "1s",
-        ],
-    );
-    let api = Api::new(&pusher.url());
+fn a_replica_killed_in_the_middle_of_a_pull_the_range_retry_completes_through_the_other() {
+    let mut set = Replicas::start(2, &[]);
+    let blob = seeded_bytes(3, LARGE);
+    let digest = sha256(&blob);
+    let manifest = push_with_layer(&set.replicas[0].api(), "pull/app", "v1", &blob);
 
-    // Old blobs: uploaded into a repository, referenced by nothing; GC takes them once they
-    // are older than the grace period.
-    let pool: Vec<Vec<u8>> = (0..48)
-        .map(|i| common::oci::seeded_bytes(i, 2048 + 97 * i as usize))
-        .collect();
-    for blob in &pool {
-        api.push_blob("pool/src", blob);
+    let http = set.https_client();
+    let url = format!("{}/v2/pull/app/blobs/{digest}", set.proxy_url());
+    let mut got = Vec::with_capacity(LARGE);
+    let mut response = http
+        .get(&url)
+        .send()
+        .expect("GET the blob")
+        .error_for_status()
+        .unwrap();
+    // Read slowly at first, so the kill lands in the middle of the stream.
+    let mut buf = vec![0u8; 64 << 10];
+    while got.len() < 4 << 20 {
+        let n = response.read(&mut buf).expect("the first bytes");
+        assert!(n > 0, "the blob ended early");
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(1200));
-
-    let pushed: Mutex<Vec<(String, String, Vec<u8>)>> = Mutex::default();
-    let (mounted, uploaded, refused) = (
-        std::sync::atomic::AtomicUsize::new(0),
-        std::sync::atomic::AtomicUsize::new(0),
-        std::sync::atomic::AtomicUsize::new(0),
-    );
-    std::thread::scope(|s| {
-        for worker in 0..4u64 {
-            let (api, pool, pushed) = (&api, &pool, &pushed);
-            let (mounted, uploaded, refused) = (&mounted, &uploaded, &refused);
-            s.spawn(move || {
-                let repo = format!("app/w{worker}");
-                for n in 0..12u64 {
-                    let config = common::api::config_bytes(&format!("w{worker}n{n}"));
-                    let layers: Vec<&Vec<u8>> = (0..3)
-                        .map(|k| {
-                            &pool[((worker * 7 + n * 5 + k * 11) % pool.len() as u64) as usize]
-                        })
-                        .collect();
-                    let manifest = common::api::image_manifest(
-                        common::api::OCI_MANIFEST,
-                        &common::api::Desc::of(common::api::OCI_CONFIG, &config),
-                        &layers
-                            .iter()
-                            .map(|l| common::api::Desc::of(common::api::OCI_LAYER, l))
-                            .collect::<Vec<_>>(),
-                    );
-                    let tag = format!("v{n}");
-                    let mut tries = 0;
-                    loop {
-                        tries += 1;
-                        api.push_blob(&repo, &config);
-                        for layer in &layers {
-                            let counter = match mount_or_upload(api, &repo, layer) {
-                                true => mounted,
-                                false => uploaded,
-                            };
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let put =
-                            api.put_manifest(&repo, &tag, common::api::OCI_MANIFEST, &manifest);
-                        if put.status == 201 {
-                            break;
-                        }
-                        // A blob linked before GC removed its unreferenced link: pushed again.
-                        assert_eq!(put.status, 400, "{repo}:{tag}: {}", put.text());
-                        assert!(
-                            put.text().contains("MANIFEST_BLOB_UNKNOWN"),
-                            "{}",
-                            put.text()
-                        );
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        assert!(tries < 10, "{repo}:{tag} refused {tries} times");
-                    }
-                    pushed.lock().unwrap().push((repo.clone(), tag, manifest));
-                }
-            });
+    let victim = set.busy_replica();
+    set.kill9(victim);
+    let broke = loop {
+        match response.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e),
         }
-    });
-    // GC runs on for a while over everything pushed.
-    std::thread::sleep(Duration::from_millis(2500));
-    let pushed = pushed.into_inner().unwrap();
-    eprintln!(
-        "{} images pushed: {} layers mounted, {} uploaded again (collected), {} manifests refused and pushed again",
-        pushed.len(),
-        mounted.load(Ordering::Relaxed),
-        uploaded.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed)
-    );
-    let collected = collector.log_text();
+    };
     assert!(
-        collected.contains("garbage collected"),
-        "GC never ran on the collector: {collected}"
+        broke.is_some() && got.len() < LARGE,
+        "the download broke with its replica ({} of {LARGE} bytes)",
+        got.len()
     );
-    for replica in [&pusher, &collector] {
-        let api = Api::new(&replica.url());
-        for (repo, tag, manifest) in &pushed {
-            common::checks::assert_push_intact(&api, repo, tag, manifest);
-        }
+
+    // The client's retry: from where it stopped, as clients resume.
+    let rest = http
+        .get(&url)
+        .header("range", format!("bytes={}-", got.len()))
+        .send()
+        .expect("the retried GET");
+    assert_eq!(rest.status().as_u16(), 206, "a Range GET answers 206");
+    let expected_range = format!("bytes {}-{}/{LARGE}", got.len(), LARGE - 1);
+    assert_eq!(
+        rest.headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok()),
+        Some(expected_range.as_str())
+    );
+    got.extend_from_slice(&rest.bytes().expect("the rest of the blob"));
+    assert_eq!(got.len(), LARGE);
+    assert!(
+        sha256(&got) == digest,
+        "the bytes pulled in two parts are the blob's"
+    );
+    assert!(
+        !set.in_service(victim),
+        "the proxy took the killed replica out"
+    );
+
+    set.restart(victim);
+    assert!(wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || set.in_service(victim)
+    ));
+    for r in &set.replicas {
+        assert_push_intact(&r.api(), "pull/app", "v1", &manifest);
     }
 }

@@ -180,6 +180,12 @@ impl Api {
             .timeout(Duration::from_secs(120))
             .build()
             .expect("build HTTP client");
+        Api::with_client(base, http)
+    }
+
+    /// A client for `base` that sends its requests with `http` (e.g. one trusting a test CA,
+    /// for a registry behind the TLS proxy).
+    pub fn with_client(base: &str, http: Client) -> Api {
         Api {
             http,
             base: base.trim_end_matches('/').to_string(),

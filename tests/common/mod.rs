@@ -16,6 +16,7 @@ pub mod oci;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;
+pub mod replicas;
 pub mod skopeo;
 pub mod static_build;
 pub mod sync;

@@ -3,12 +3,19 @@
 //! against a reference implementation; distribution lacks the referrers API and differs in details).
 //! `REGISTRY_UNDER_TEST=ours-postgres` runs ours with its metadata in PostgreSQL (`--metadata`,
 //! a database of each target's own on one test server per test process), so the protocol, crash
-//! and torture tests check that backend too.
+//! and torture tests check that backend too. `REGISTRY_UNDER_TEST=ours-replica` runs ours as a
+//! replica of issue 17 does: metadata in PostgreSQL and blobs in an Azure Blob Storage container
+//! (an Azurite of each target's own; `replicas.rs`'s [`Services`]); [`Target::start_replica`]
+//! chooses that backend whatever the variable says. Tests that watch files in the data directory
+//! (blobs, upload sessions) do not apply to it: those live in the container there.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use super::api::Api;
+use super::replicas::Services;
 use super::{distribution, free_port, serve_with, Proc};
 
 /// Which implementation answers the requests.
@@ -21,10 +28,11 @@ pub enum Kind {
 /// Reads `REGISTRY_UNDER_TEST` (`ours`, the default, `ours-postgres`, or `distribution`).
 pub fn kind() -> Kind {
     match std::env::var("REGISTRY_UNDER_TEST").as_deref() {
-        Err(_) | Ok("") | Ok("ours") | Ok("ours-postgres") => Kind::Ours,
+        Err(_) | Ok("") | Ok("ours") | Ok("ours-postgres") | Ok("ours-replica") => Kind::Ours,
         Ok("distribution") => Kind::Distribution,
         Ok(other) => panic!(
-            "REGISTRY_UNDER_TEST={other:?}: expected `ours`, `ours-postgres` or `distribution`"
+            "REGISTRY_UNDER_TEST={other:?}: expected `ours`, `ours-postgres`, `ours-replica` or \
+             `distribution`"
         ),
     }
 }
@@ -65,6 +73,8 @@ pub struct Target {
     /// Environment variables of the next start (ours only), e.g. a crash point to arm.
     pub envs: Vec<(String, String)>,
     restarts: u32,
+    /// The shared services ours runs on as a replica (see [`Target::start_replica`]).
+    services: Option<Arc<Services>>,
 }
 
 impl Target {
@@ -75,11 +85,33 @@ impl Target {
 
     /// Like [`Target::start`], with extra `serve` flags (ignored by the reference implementation).
     pub fn start_with(dir: &Path, extra_args: &[&str]) -> Target {
+        if std::env::var("REGISTRY_UNDER_TEST").as_deref() == Ok("ours-replica") {
+            return Target::start_replica(dir, extra_args);
+        }
         let kind = kind();
         let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         // Kept for restarts: the same metadata.
         extra_args.extend(metadata_args());
-        let proc = launch(kind, dir, &extra_args, &[]);
+        Target::launched(kind, dir, extra_args, None)
+    }
+
+    /// Ours as a replica of issue 17: metadata in PostgreSQL, blobs in Azure Blob Storage
+    /// (Azurite), both started for this target and kept across its restarts; extra `serve`
+    /// flags `extra_args`.
+    pub fn start_replica(dir: &Path, extra_args: &[&str]) -> Target {
+        let services = Arc::new(Services::start());
+        let mut args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        args.extend(services.serve_args());
+        Target::launched(Kind::Ours, dir, args, Some(services))
+    }
+
+    fn launched(
+        kind: Kind,
+        dir: &Path,
+        extra_args: Vec<String>,
+        services: Option<Arc<Services>>,
+    ) -> Target {
+        let proc = launch(kind, dir, &extra_args, &start_envs(&services, &[]));
         Target {
             proc,
             kind,
@@ -87,7 +119,14 @@ impl Target {
             extra_args,
             envs: Vec::new(),
             restarts: 0,
+            services,
         }
+    }
+
+    /// Whether blobs are in the local data directory (else in the services' container, where
+    /// [`Target::blob_files`] does not look: GETs check those).
+    pub fn blobs_on_disk(&self) -> bool {
+        self.services.is_none()
     }
 
     pub fn url(&self) -> String {
@@ -110,6 +149,9 @@ impl Target {
     /// The backends ours runs on (its `--metadata`), to open its store in the test process
     /// while it is down.
     pub fn backends(&self) -> registry::storage::Backends {
+        if let Some(services) = &self.services {
+            return services.backends();
+        }
         let metadata = self
             .extra_args
             .iter()
@@ -181,8 +223,19 @@ impl Target {
         let old = self.proc.log.clone();
         let kept = old.with_extension(format!("log.{}", self.restarts));
         let _ = std::fs::rename(&old, &kept);
-        self.proc = launch(self.kind, &self.dir, &self.extra_args, &self.envs);
+        let envs = start_envs(&self.services, &self.envs);
+        self.proc = launch(self.kind, &self.dir, &self.extra_args, &envs);
     }
+}
+
+/// The environment of a start: the services' (their credentials), then `envs`.
+fn start_envs(
+    services: &Option<Arc<Services>>,
+    envs: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut all = services.as_ref().map(|s| s.envs()).unwrap_or_default();
+    all.extend(envs.iter().cloned());
+    all
 }
 
 fn launch(kind: Kind, dir: &Path, extra_args: &[String], envs: &[(String, String)]) -> Proc {
