@@ -360,7 +360,10 @@ impl SyncService {
                 s.next_window_start = settings.schedule.next_after(end);
             });
             tracing::debug!(window_end = %end, "sync pass starts");
-            let stop = Stop::at(Some(deadline)).while_held(lease.watch());
+            let mut stop = Stop::at(Some(deadline));
+            if lease.is_shared() {
+                stop = stop.while_held(lease.watch());
+            }
             let summary = engine.run_pass_until(stop).await;
             let wait = match summary.outcome {
                 // An error no retry can help (a certificate the trust bundle lacks, a refusal)
