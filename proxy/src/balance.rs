@@ -27,7 +27,8 @@ use http_body_util::BodyExt as _;
 
 use crate::body::{ReqBody, ReqProgress};
 use crate::config::{Config, Upstream};
-use crate::upstream::{error_chain, ConnectError, UpstreamClient};
+use crate::upstream::{ConnectError, UpstreamClient};
+use util::error_chain::error_chain;
 
 /// The path every upstream of a route with several is checked at: the readiness probe of
 /// `connected-registry serve` (and of this proxy, for a layer of proxies).

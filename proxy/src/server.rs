@@ -34,7 +34,8 @@ use crate::balance::{failed_before_response, Balancer, Board, InFlight};
 use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody, UpstreamBody};
 use crate::config::{Config, ConfigError, Limits, Route, Scheme, Upstream};
 use crate::metrics::{serve_admin, Metrics};
-use crate::upstream::{error_chain, ConnectError, UpstreamClient};
+use crate::upstream::{ConnectError, UpstreamClient};
+use util::error_chain::error_chain;
 use util::file_watch::FileWatch;
 
 /// Why the proxy could not start.
