@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::api::OCI_MANIFEST;
 use common::oci::{first_image_layers, Image, Layout};
-use common::proxy::{metrics, proxy_fixture, start_proxy};
+use common::proxy::{balanced_proxy, config_line, healthy, metric, metrics, proxy_fixture};
 use common::tls::TestCa;
 use common::{free_port, start_registry_on, wait_until, Proc};
 
@@ -68,47 +68,6 @@ fn replicas(t: &Path, n: usize) -> (Vec<Replica>, Layout, Image) {
     (replicas, layout, image)
 }
 
-/// The proxy `name` with `/v2` balanced over `upstreams`, its admin port, and `extra` flags.
-fn balanced_proxy(
-    t: &Path,
-    name: &str,
-    leaf: &common::tls::Leaf,
-    upstreams: &[String],
-    extra: &[&str],
-) -> (Proc, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let route = format!("/v2={}", upstreams.join(","));
-    let admin_s = admin.to_string();
-    let mut args = vec!["--route", &route, "--admin", &admin_s];
-    args.extend_from_slice(extra);
-    (start_proxy(t, name, leaf, &args, &[]), admin)
-}
-
-/// An HTTPS client trusting only the test CA.
-fn client(ca: &TestCa) -> reqwest::blocking::Client {
-    let pem = std::fs::read(&ca.root).unwrap();
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// A value of the proxy's metrics, e.g. `proxy_upstream_healthy{upstream="http://..."}`;
-/// `None` when the line is missing.
-fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
-    metrics(admin)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn healthy(admin: SocketAddr, upstream: &str) -> Option<f64> {
-    metric(
-        admin,
-        &format!("proxy_upstream_healthy{{upstream=\"{upstream}\"}}"),
-    )
-}
-
 /// Whether `cond` holds within 10 s, checked every 50 ms: many health intervals of the tests.
 fn soon(cond: impl FnMut() -> bool) -> bool {
     wait_until(Duration::from_secs(10), Duration::from_millis(50), cond)
@@ -157,7 +116,7 @@ fn a_replica_killed_mid_stream_costs_no_request() {
     let (mut reps, _layout, image) = replicas(t, 2);
     let urls: Vec<String> = reps.iter().map(Replica::url).collect();
     let (proxy, admin) = balanced_proxy(t, "proxy", &leaf, &urls, &["--health-interval", "1h"]);
-    let http = client(&ca);
+    let http = ca.https_client();
     let base = format!("https://{}/v2/{REPO}", proxy.addr);
     let manifest_url = format!("{base}/manifests/v1");
 
@@ -288,7 +247,7 @@ fn health_checks_take_a_dead_replica_out_and_put_it_back() {
         &urls,
         &["--health-interval", "200ms", "--health-timeout", "500ms"],
     );
-    let http = client(&ca);
+    let http = ca.https_client();
     let manifest_url = format!("https://{}/v2/{REPO}/manifests/v1", proxy.addr);
     let line = format!("GET /v2/{REPO}/manifests/v1 200");
     for u in &urls {
@@ -491,19 +450,13 @@ fn print_config_lists_every_upstream() {
         "2",
     ]);
     assert!(ok, "{out}{err}");
-    let line = |text: &str, key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .unwrap_or_else(|| panic!("no {key:?} line in:\n{text}"))
-            .to_owned()
-    };
-    let v2 = line(&out, "route /v2 ");
+    let v2 = config_line(&out, "route /v2 ");
     assert!(
         v2.contains("http://10.0.0.4:8080, http://10.0.0.5:8080") && v2.contains("flag --route"),
         "{v2}"
     );
-    assert!(line(&out, "retries ").contains('2'));
-    assert!(line(&out, "health_interval ").contains("2s"));
+    assert!(config_line(&out, "retries ").contains('2'));
+    assert!(config_line(&out, "health_interval ").contains("2s"));
 
     let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::bin())
@@ -522,8 +475,8 @@ fn print_config_lists_every_upstream() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(line(&text, "route /blob ").contains("http://blob1:11002, http://blob2:11002"));
-    assert!(line(&text, "route /x ").contains("http://c:1"));
+    assert!(config_line(&text, "route /blob ").contains("http://blob1:11002, http://blob2:11002"));
+    assert!(config_line(&text, "route /x ").contains("http://c:1"));
 
     let (ok, _, err) = common::cli(&[
         "proxy",

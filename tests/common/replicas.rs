@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::api::Api;
 use super::azurite::Azurite;
 use super::postgres::TestServer;
-use super::proxy::{metrics, start_proxy};
+use super::proxy::{balanced_proxy, healthy, metrics};
 use super::tls::{Leaf, TestCa};
 use super::{free_port, serve_with, Proc};
 
@@ -186,13 +186,7 @@ impl Replicas {
 
     /// A blocking HTTPS client trusting only the test CA, no redirects, 120 s per request.
     pub fn https_client(&self) -> reqwest::blocking::Client {
-        let pem = std::fs::read(&self.ca.root).expect("read the test CA");
-        reqwest::blocking::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("the test CA"))
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("build the HTTPS client")
+        self.ca.https_client()
     }
 
     /// A directory holding the CA as skopeo's `--src-cert-dir`/`--dest-cert-dir` want it.
@@ -236,11 +230,7 @@ impl Replicas {
 
     /// Whether the proxy has replica `i` in service (`proxy_upstream_healthy`).
     pub fn in_service(&self, i: usize) -> bool {
-        let series = format!(
-            "proxy_upstream_healthy{{upstream=\"{}\"}} 1",
-            self.replicas[i].url()
-        );
-        metrics(self.admin).lines().any(|l| l == series)
+        healthy(self.admin, &self.replicas[i].url()) == Some(1.0)
     }
 }
 
@@ -255,17 +245,12 @@ fn start_replica(services: &Services, data: &Path, port: u16, args: &[String]) -
 /// The proxy with `/v2` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and
 /// its admin port.
 fn proxy_before(dir: &Path, leaf: &Leaf, replicas: &[Replica]) -> (Proc, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
-    let route = format!("/v2={}", urls.join(","));
-    let admin_s = admin.to_string();
-    let args = [
-        "--route",
-        &route,
-        "--admin",
-        &admin_s,
-        "--health-interval",
-        HEALTH_INTERVAL,
-    ];
-    (start_proxy(dir, "proxy", leaf, &args, &[]), admin)
+    balanced_proxy(
+        dir,
+        "proxy",
+        leaf,
+        &urls,
+        &["--health-interval", HEALTH_INTERVAL],
+    )
 }
