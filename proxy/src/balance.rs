@@ -5,9 +5,9 @@
 //!   service, ties broken round-robin.
 //! - **Health** ([`UpstreamHealth`]): an upstream is taken out when a connection to it fails
 //!   before any response byte (refused, reset, timed out) or when its health check fails, and
-//!   put back when a health check passes. The check ([`check`]) is `GET /readyz`, every
-//!   `health_interval`, for each upstream of each route with several ([`HealthBoard`] lists
-//!   them for the checker, `/metrics` and `/readyz`).
+//!   put back when a health check passes. The check ([`check`]) is a `GET` of `health_path`
+//!   (`/readyz` unless set), every `health_interval`, for each upstream of each route with
+//!   several ([`HealthBoard`] lists them for the checker, `/metrics` and `/readyz`).
 //! - When every upstream of a route is out, they are all still tried: the marks may be stale
 //!   (a replica restarted since), and trying costs less than refusing without trying.
 //!
@@ -23,16 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http_body_util::BodyExt as _;
 
 use crate::body::{ReqBody, ReqProgress};
 use crate::config::{Config, Upstream};
 use crate::upstream::{ConnectError, UpstreamClient};
 use util::error_chain::error_chain;
-
-/// The path every upstream of a route with several is checked at: the readiness probe of
-/// `connected-registry serve` (and of this proxy, for a layer of proxies).
-pub const HEALTH_PATH: &str = "/readyz";
 
 /// One upstream of a route with several, as every worker sees it: in service or not, and its
 /// requests in flight. Shared by the routes that list it (keyed by its URL).
@@ -75,13 +72,13 @@ impl UpstreamHealth {
         }
     }
 
-    /// Puts it back in service after a passing health check; logged and counted only when it
-    /// was out.
-    pub fn put_back(&self) {
+    /// Puts it back in service after a passing health check (`GET path`); logged and counted
+    /// only when it was out.
+    pub fn put_back(&self, path: &PathAndQuery) {
         if !self.healthy.swap(true, Ordering::Relaxed) {
             self.came_back.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                "upstream {} back in service: its health check ({HEALTH_PATH}) passed",
+                "upstream {} back in service: its health check (GET {path}) passed",
                 self.name
             );
         }
@@ -198,14 +195,18 @@ pub fn failed_before_response(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// One active check of `client`'s upstream: `GET /readyz`, passed by a 2xx answer (its body
-/// read to the end, so the connection can be reused) within `timeout`. The error, for the log,
-/// says what failed.
-pub async fn check(client: &UpstreamClient, timeout: Duration) -> Result<(), String> {
+/// One active check of `client`'s upstream: `GET path`, passed by a 2xx answer (its body read
+/// to the end, so the connection can be reused) within `timeout`. The error, for the log, says
+/// what failed (`path` has no query: nothing secret).
+pub async fn check(
+    client: &UpstreamClient,
+    path: &PathAndQuery,
+    timeout: Duration,
+) -> Result<(), String> {
     let uri = http::Uri::builder()
         .scheme(client.uri_scheme.clone())
         .authority(client.uri_authority.clone())
-        .path_and_query(HEALTH_PATH)
+        .path_and_query(path.clone())
         .build()
         .map_err(|e| format!("no request URI (internal): {e}"))?;
     let mut req = http::Request::new(ReqBody::empty(Arc::new(ReqProgress::default())));
@@ -215,25 +216,21 @@ pub async fn check(client: &UpstreamClient, timeout: Duration) -> Result<(), Str
             .client
             .request(req)
             .await
-            .map_err(|e| format!("GET {HEALTH_PATH} failed: {}", error_chain(&e)))?;
+            .map_err(|e| format!("GET {path} failed: {}", error_chain(&e)))?;
         let status = resp.status();
         resp.into_body()
             .collect()
             .await
-            .map_err(|e| format!("GET {HEALTH_PATH}: the answer broke off: {e}"))?;
+            .map_err(|e| format!("GET {path}: the answer broke off: {e}"))?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("GET {HEALTH_PATH} answered {status}"))
+            Err(format!("GET {path} answered {status}"))
         }
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "GET {HEALTH_PATH} got no answer within {timeout:?}"
-            ))
-        })
+        .unwrap_or_else(|_| Err(format!("GET {path} got no answer within {timeout:?}")))
 }
 
 /// An upstream of a route with several, with what the checker needs to reach it.
@@ -390,6 +387,10 @@ impl HealthBoard {
 mod tests {
     use super::*;
 
+    fn readyz() -> PathAndQuery {
+        PathAndQuery::from_static("/readyz")
+    }
+
     fn balancer(n: usize) -> Balancer {
         Balancer::new(
             (0..n)
@@ -438,7 +439,7 @@ mod tests {
         let _busy = b.upstream(0).begin();
         let picked = b.pick(&[]).unwrap();
         assert_ne!(picked, 0);
-        b.upstream(2).put_back();
+        b.upstream(2).put_back(&readyz());
         assert_eq!(b.pick(&[]), Some(2));
     }
 
@@ -450,7 +451,7 @@ mod tests {
             assert_eq!(b.pick(&[first]), Some(other));
             b.upstream(other).take_out(&"test");
             assert_eq!(b.pick(&[first]), Some(other), "out, but the only one left");
-            b.upstream(other).put_back();
+            b.upstream(other).put_back(&readyz());
         }
         assert_eq!(b.pick(&[0, 1]), None);
     }
@@ -458,11 +459,11 @@ mod tests {
     #[test]
     fn changes_are_counted_once() {
         let h = UpstreamHealth::new("http://u:80".into());
-        h.put_back();
+        h.put_back(&readyz());
         h.take_out(&"refused");
         h.take_out(&"refused again");
-        h.put_back();
-        h.put_back();
+        h.put_back(&readyz());
+        h.put_back(&readyz());
         assert_eq!(h.went_out.load(Ordering::Relaxed), 1);
         assert_eq!(h.came_back.load(Ordering::Relaxed), 1);
     }
