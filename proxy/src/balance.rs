@@ -456,6 +456,76 @@ mod tests {
         assert_eq!(b.pick(&[0, 1]), None);
     }
 
+    /// An upstream on a fresh loopback port that reads each request head, records its request
+    /// line, and answers `response` (or, given `None`, stays silent with the connection open).
+    async fn upstream(
+        response: Option<&'static str>,
+    ) -> (UpstreamClient, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(text.lines().next().unwrap_or_default().to_owned());
+                    match response {
+                        Some(r) => {
+                            let _ = conn.write_all(r.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(60)).await,
+                    }
+                });
+            }
+        });
+        let up = Upstream::parse(&format!("http://{addr}")).unwrap();
+        let client = UpstreamClient::new(&up, None, Duration::from_secs(5)).unwrap();
+        (client, seen)
+    }
+
+    /// The check GETs the path it is given and passes on a 2xx only; an upstream that accepts
+    /// and stays silent fails it once `health_timeout` has passed, and each error names the
+    /// path and what went wrong.
+    #[tokio::test]
+    async fn the_check_gets_its_path_and_has_its_timeout() {
+        let v2 = PathAndQuery::from_static("/v2/");
+        let second = Duration::from_secs(1);
+        let (ok, seen) = upstream(Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")).await;
+        assert_eq!(check(&ok, &v2, second).await, Ok(()));
+        assert_eq!(*seen.lock().unwrap(), ["GET /v2/ HTTP/1.1"]);
+
+        let (missing, _) =
+            upstream(Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")).await;
+        let err = check(&missing, &readyz(), second).await.unwrap_err();
+        assert!(err.contains("GET /readyz answered 404"), "{err}");
+
+        let (silent, seen) = upstream(None).await;
+        let timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let err = check(&silent, &v2, timeout).await.unwrap_err();
+        assert!(err.contains("GET /v2/ got no answer within 200ms"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(*seen.lock().unwrap(), ["GET /v2/ HTTP/1.1"]);
+    }
+
     #[test]
     fn changes_are_counted_once() {
         let h = UpstreamHealth::new("http://u:80".into());
