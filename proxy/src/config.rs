@@ -206,7 +206,7 @@ pub fn parse_upstreams(text: &str) -> Result<Vec<Upstream>, String> {
 /// The upstreams of one route from their texts: each must parse, none may repeat another (two
 /// spellings of one address included: `host` and `http://host:80`), and `in-process` stands
 /// alone (the registry in this process has no connection to fail over from).
-pub fn upstream_list<'a>(
+fn upstream_list<'a>(
     texts: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<Upstream>, String> {
     let mut list: Vec<(Upstream, &str)> = Vec::new();
@@ -241,7 +241,9 @@ pub fn upstream_list<'a>(
     Ok(list.into_iter().map(|(u, _)| u).collect())
 }
 
-/// Upstreams as a route is written: URLs separated by commas (what [`parse_upstreams`] reads).
+/// Upstreams as a route is written: URLs separated by commas (what [`parse_upstreams`] reads);
+/// for the tests and the fuzz target (`--print-config` shows more of each, see `describe`).
+#[cfg(any(test, fuzzing))]
 pub fn upstreams_text(upstreams: &[Upstream]) -> String {
     upstreams
         .iter()
