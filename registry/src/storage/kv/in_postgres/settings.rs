@@ -15,7 +15,7 @@ pub struct PostgresSettings {
     url: String,
     config: postgres::Config,
     /// TLS to the server (`sslmode`, `sslrootcert`).
-    pub tls: TlsSettings,
+    pub(crate) tls: TlsSettings,
     /// Connections, each on a thread of its own (`--metadata-connections`). One write
     /// transaction runs at a time per process (PostgreSQL serializes them across replicas
     /// anyway), so the others serve reads.
@@ -38,7 +38,8 @@ impl PostgresSettings {
     pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Parses a `postgres://` or `postgresql://` URL, with libpq's TLS parameters (`sslmode`,
-    /// `sslrootcert`: [`TlsSettings`]); the `sslrootcert` file is read when the backend opens.
+    /// `sslrootcert`, see `tls::TlsSettings`); the `sslrootcert` file is read when the backend
+    /// opens.
     pub fn parse(url: &str) -> Result<PostgresSettings, String> {
         let shown = redact(url);
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
