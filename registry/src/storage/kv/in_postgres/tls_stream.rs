@@ -1,9 +1,10 @@
 //! The `postgres` client's TLS hook (`MakeTlsConnect`) on tokio-rustls, with the config of
 //! `tls`: the handshake, the encrypted stream, and its `tls-server-end-point` channel binding
 //! (SCRAM-SHA-256-PLUS ties the password exchange to this TLS session, so a server in the
-//! middle cannot relay it). Written here rather than taken from `tokio-postgres-rustls`: that
-//! crate brings a second X.509 parser and a second SHA-2 version into the binary, and a
-//! refused certificate must come back explained (`tls::TlsSettings::explain_refusal`).
+//! middle cannot relay it). Written here rather than taken from `tokio-postgres-rustls` (which
+//! no longer needs ring): that crate brings a second X.509 parser into the binary (`x509-cert`
+//! with `der`, `spki` and an older `const-oid`, beside the `x509-parser` the certs code uses),
+//! and a refused certificate must come back explained (`tls::TlsSettings::explain_refusal`).
 //!
 //! A certificate refusal is returned as [`CertificateRefused`], not as an I/O error, so the
 //! backend does not take it for a lost connection worth retrying.
