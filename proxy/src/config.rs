@@ -206,9 +206,7 @@ pub fn parse_upstreams(text: &str) -> Result<Vec<Upstream>, String> {
 /// The upstreams of one route from their texts: each must parse, none may repeat another (two
 /// spellings of one address included: `host` and `http://host:80`), and `in-process` stands
 /// alone (the registry in this process has no connection to fail over from).
-fn upstream_list<'a>(
-    texts: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<Upstream>, String> {
+fn upstream_list<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Vec<Upstream>, String> {
     let mut list: Vec<(Upstream, &str)> = Vec::new();
     for text in texts {
         if text.trim().is_empty() {
