@@ -252,16 +252,21 @@ fn start_replica(services: &Services, data: &Path, port: u16, args: &[String]) -
     serve_with(data, port, &args, &envs, data.with_extension("log"))
 }
 
-/// The proxy with `/v2` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and
-/// its admin port.
+/// The proxy with `/v2`, `/oauth2` (the token service, for replicas with `--auth tokens`) and
+/// `/acr` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and its admin port.
 fn proxy_before(dir: &Path, leaf: &Leaf, replicas: &[Replica]) -> (Proc, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
-    let route = format!("/v2={}", urls.join(","));
+    let route = |prefix: &str| format!("{prefix}={}", urls.join(","));
+    let (v2, oauth2, acr) = (route("/v2"), route("/oauth2"), route("/acr"));
     let admin_s = admin.to_string();
     let args = [
         "--route",
-        &route,
+        &v2,
+        "--route",
+        &oauth2,
+        "--route",
+        &acr,
         "--admin",
         &admin_s,
         "--health-interval",
