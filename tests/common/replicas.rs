@@ -242,15 +242,25 @@ fn start_replica(services: &Services, data: &Path, port: u16, args: &[String]) -
     serve_with(data, port, &args, &envs, data.with_extension("log"))
 }
 
-/// The proxy with `/v2` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and
-/// its admin port.
+/// The proxy with `/v2`, `/oauth2` (the token service, for replicas with `--auth tokens`) and
+/// `/acr` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and its admin port.
 fn proxy_before(dir: &Path, leaf: &Leaf, replicas: &[Replica]) -> (Proc, SocketAddr) {
     let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
+    // `/v2` from the helper, the token service and `/acr` over the same replicas.
+    let route = |prefix: &str| format!("{prefix}={}", urls.join(","));
+    let (oauth2, acr) = (route("/oauth2"), route("/acr"));
     balanced_proxy(
         dir,
         "proxy",
         leaf,
         &urls,
-        &["--health-interval", HEALTH_INTERVAL],
+        &[
+            "--route",
+            &oauth2,
+            "--route",
+            &acr,
+            "--health-interval",
+            HEALTH_INTERVAL,
+        ],
     )
 }

@@ -17,6 +17,7 @@ pub mod fill;
 pub mod gc;
 pub mod integrity;
 pub(crate) mod kv;
+pub mod kv_access;
 pub mod lease;
 pub mod meta;
 mod props;
