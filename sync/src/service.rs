@@ -429,15 +429,16 @@ impl SyncService {
     /// every tag sync wrote, and a poll comes every minute); returns the parent feed position.
     fn show_state(&self, engine: &Engine) -> Option<u64> {
         let parent = &engine.settings.parent;
-        let (pushed_seq, parent_feed_seq, conflicts, warnings) = engine.state.read(|st| {
-            (
-                st.pushed_seq,
-                feed_seq(st, parent),
-                st.conflicts.clone(),
-                st.scope_warnings.clone(),
-            )
-        });
-        let last_result = engine.state.read(|st| st.last_result.clone());
+        let (pushed_seq, parent_feed_seq, conflicts, warnings, last_result) =
+            engine.state.read(|st| {
+                (
+                    st.pushed_seq,
+                    feed_seq(st, parent),
+                    st.conflicts.clone(),
+                    st.scope_warnings.clone(),
+                    st.last_result.clone(),
+                )
+            });
         self.set(|s| {
             s.pushed_seq = pushed_seq;
             s.parent_feed_seq = parent_feed_seq;
