@@ -1112,3 +1112,48 @@ impl Progress for Bars {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        sync: SyncFlags,
+    }
+
+    fn timing(args: &[&str]) -> anyhow::Result<(Duration, Duration)> {
+        let flags = Flags::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .expect("the flags parse");
+        flags.sync.lease_timing()
+    }
+
+    /// `--sync-lease` and `--sync-lease-renew`: the documented defaults (15 s, a third of it),
+    /// and the limits refused naming the flag and what it must be.
+    #[test]
+    fn sync_lease_timing_defaults_and_limits() {
+        let secs = Duration::from_secs;
+        assert_eq!(timing(&[]).unwrap(), (secs(15), secs(5)));
+        assert_eq!(timing(&["--sync-lease", "3s"]).unwrap(), (secs(3), secs(1)));
+        assert_eq!(
+            timing(&["--sync-lease", "1m", "--sync-lease-renew", "29s"]).unwrap(),
+            (secs(60), secs(29))
+        );
+        let refused = timing(&["--sync-lease", "500ms"]).unwrap_err().to_string();
+        assert!(
+            refused.contains("--sync-lease") && refused.contains("at least 1s"),
+            "{refused}"
+        );
+        for renew in ["30s", "1m", "0s"] {
+            let refused = timing(&["--sync-lease", "1m", "--sync-lease-renew", renew])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains("--sync-lease-renew") && refused.contains("less than half"),
+                "{renew}: {refused}"
+            );
+        }
+    }
+}
