@@ -26,12 +26,18 @@ use serde_json::Value;
 
 /// The replica's sync status (`None` while it does not answer: killed, or not up).
 fn status(replica: &Proc) -> Option<Value> {
-    let resp = reqwest::blocking::Client::new()
-        .get(format!("{}/acr/v1/_sync/status", replica.url()))
+    status_at(&replica.url())
+}
+
+/// The sync status of the replica at `url` (`None` while it does not answer).
+fn status_at(url: &str) -> Option<Value> {
+    reqwest::blocking::Client::new()
+        .get(format!("{url}/acr/v1/_sync/status"))
         .timeout(Duration::from_secs(2))
         .send()
-        .ok()?;
-    resp.json().ok()
+        .ok()?
+        .json()
+        .ok()
 }
 
 /// Whether the replica's status says it holds the sync lease.
@@ -67,20 +73,9 @@ impl Watch {
         }));
         let (stop2, seen2) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::new();
             while !stop2.load(Ordering::Relaxed) {
-                let statuses: Vec<Option<Value>> = replicas
-                    .iter()
-                    .map(|url| {
-                        client
-                            .get(format!("{url}/acr/v1/_sync/status"))
-                            .timeout(Duration::from_secs(2))
-                            .send()
-                            .ok()?
-                            .json()
-                            .ok()
-                    })
-                    .collect();
+                let statuses: Vec<Option<Value>> =
+                    replicas.iter().map(|url| status_at(url)).collect();
                 let mut seen = seen2.lock().unwrap();
                 let running: Vec<usize> = (0..statuses.len())
                     .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["running"] == true))
