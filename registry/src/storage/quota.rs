@@ -208,13 +208,9 @@ impl Store {
             return Ok(report);
         }
         self.flush_pulls()?;
-        let mut used = self
-            .usage()
-            .map_err(StorageError::io(format!(
-                "count the blobs in {}",
-                self.blob_location()
-            )))?
-            .blob_bytes;
+        // The blobs' bytes only: no need for the upload sessions and the disk `usage` counts
+        // too (in an object store, each is one more listing).
+        let mut used: u64 = self.list_blobs()?.blobs.iter().map(|(_, size)| size).sum();
         report.usage_before = used;
         if used > quota {
             for candidate in self.inner.meta.eviction_candidates(&HashMap::new())? {
