@@ -212,17 +212,7 @@ mod registry_store {
             use futures_util::{FutureExt, StreamExt};
             let (store, digest) = (self.store.clone(), self.digest.clone());
             // Opening may ask an object store: off the async threads.
-            let opened = tokio::task::spawn_blocking(move || {
-                let location = store.blob_location();
-                match store.read_blob(&digest) {
-                    Ok(Some(source)) => Ok(source),
-                    Ok(None) => Err(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("blob {digest} is not stored in {location}"),
-                    )),
-                    Err(err) => Err(std::io::Error::other(err.to_string())),
-                }
-            });
+            let opened = tokio::task::spawn_blocking(move || store.open_stored_blob(&digest));
             opened
                 .map(move |opened| match opened.map_err(std::io::Error::other) {
                     Ok(Ok(source)) => source.stream(offset..offset + len, None).boxed(),
