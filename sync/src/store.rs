@@ -228,8 +228,6 @@ mod registry_store {
     struct Writer {
         store: Store,
         session: tokio::sync::OwnedMutexGuard<Session>,
-        /// Bytes appended since the last commit.
-        uncommitted: u64,
     }
 
     /// Bytes a download appends between commits: at most this much is fetched again by the
@@ -243,16 +241,14 @@ mod registry_store {
         }
         fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
             self.session.append(bytes).map_err(map)?;
-            self.uncommitted += bytes.len() as u64;
-            if self.uncommitted >= COMMIT_EVERY {
+            // What readers and other replicas cannot see yet: nothing on the local disk.
+            if self.session.len() - self.session.readable_len() >= COMMIT_EVERY {
                 self.commit()?;
             }
             Ok(())
         }
         fn commit(&mut self) -> Result<(), StoreError> {
-            self.session.commit().map_err(map)?;
-            self.uncommitted = 0;
-            Ok(())
+            self.session.commit().map_err(map)
         }
         fn finish(mut self: Box<Self>, expected: &Digest) -> Result<(), StoreError> {
             self.store
@@ -288,7 +284,6 @@ mod registry_store {
             Ok(Box::new(Writer {
                 store: self.clone(),
                 session: session.blocking_lock_owned(),
-                uncommitted: 0,
             }))
         }
         fn cancel_upload(&self, id: &str) -> Result<(), StoreError> {
