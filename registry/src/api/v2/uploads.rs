@@ -151,7 +151,7 @@ async fn append_body(
         }
     }
     drop(tx);
-    let (mut session, checkpoint, written) = writer.await.map_err(internal)?;
+    let (session, checkpoint, written) = writer.await.map_err(internal)?;
     if let Err(err) = written {
         failure = Some(err.into());
     }
