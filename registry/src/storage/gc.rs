@@ -115,11 +115,7 @@ impl Store {
         if stat.modified > untouched_since || self.inner.meta.is_in_use(digest)? {
             return Ok(None);
         }
-        Ok(self
-            .inner
-            .blobs
-            .delete(digest, &stat)?
-            .then_some(stat.size))
+        Ok(self.inner.blobs.delete(digest, &stat)?.then_some(stat.size))
     }
 
     /// Removes the `candidates` a snapshot found unreached, each in its own transaction that

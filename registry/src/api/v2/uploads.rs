@@ -261,7 +261,9 @@ async fn session_of(
     let session = tokio::task::spawn_blocking(move || store.upload(&repo, &id))
         .await
         .map_err(internal)??;
-    Ok(on_session(session.lock_owned().await, Session::refresh).await?.0)
+    Ok(on_session(session.lock_owned().await, Session::refresh)
+        .await?
+        .0)
 }
 
 pub async fn status(store: &Store, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
