@@ -21,9 +21,7 @@ BIN="${BIN:-$ROOT/target/release/connected-registry}"
 BLOB_MIB="${BLOB_MIB:-512}"
 ROUNDS="${ROUNDS:-3}"
 MAN_SECONDS="${MAN_SECONDS:-10}"
-AZURITE_BLOB="${AZURITE_BLOB:-$HOME/.cache/connected-registry-azurite/node_modules/.bin/azurite-blob}"
 
-[ -x "$AZURITE_BLOB" ] || { echo "no Azurite at $AZURITE_BLOB: ./test.sh installs it" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 if [ ! -x "$BIN" ]; then (cd "$ROOT" && cargo build --release --locked); fi
 

@@ -32,7 +32,8 @@ command -v wrk >/dev/null || { echo "replicas-bench.sh: wrk is needed (apt-get i
 WORK="$(mktemp -d -t replicas-bench.XXXXXX)"
 # PIDS, stop_pid, cleanup, now, since, free_port, wait_up, start_ours
 . "$ROOT/sync/bench/lib.sh"
-# start_postgres (PG_URL, PG_PID), start_azurite (AZ_PID, AZURE_STORAGE_CONNECTION_STRING)
+# start_postgres (PG_URL, PG_PID), start_azurite (AZ_PID, AZURE_STORAGE_CONNECTION_STRING),
+# make_fixture, push_blob, push_manifest
 . "$ROOT/bench/lib-services.sh"
 chmod 755 "$WORK"
 CLK="$(getconf CLK_TCK)"
@@ -71,24 +72,11 @@ start_proxy shared2 "http://127.0.0.1:$R1_PORT,http://127.0.0.1:$R2_PORT"
 
 # The fixture: a BLOB_MIB MiB layer and an image manifest over it, pushed to the local replica
 # and (once, through r1) to the shared services.
-head -c "$((BLOB_MIB << 20))" /dev/urandom >"$WORK/blob"
-BLOB_DIGEST="sha256:$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
-printf '{"architecture":"amd64","os":"linux"}' >"$WORK/config"
-CONFIG_DIGEST="sha256:$(sha256sum "$WORK/config" | cut -d' ' -f1)"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
-  "$CONFIG_DIGEST" "$(stat -c%s "$WORK/config")" "$BLOB_DIGEST" "$(stat -c%s "$WORK/blob")" >"$WORK/manifest"
-push_blob() { # PORT FILE DIGEST
-  local loc sep='?'
-  loc="$(curl -sS -D - -o /dev/null -X POST "http://127.0.0.1:$1/v2/bench/app/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')"
-  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$1$loc" ;; esac
-  case "$loc" in *\?*) sep='&' ;; esac
-  curl -sS -f -o /dev/null -X PUT -H 'content-type: application/octet-stream' --data-binary "@$2" "$loc${sep}digest=$3"
-}
+make_fixture "$BLOB_MIB"
 for port in "$LOCAL_PORT" "$R1_PORT"; do
   push_blob "$port" "$WORK/blob" "$BLOB_DIGEST"
   push_blob "$port" "$WORK/config" "$CONFIG_DIGEST"
-  curl -sS -f -o /dev/null -X PUT -H 'content-type: application/vnd.oci.image.manifest.v1+json' \
-    --data-binary "@$WORK/manifest" "http://127.0.0.1:$port/v2/bench/app/manifests/v1"
+  push_manifest "$port"
 done
 rm -f "$WORK/blob"
 ACCEPT="application/vnd.oci.image.manifest.v1+json"
