@@ -142,7 +142,14 @@ fn gc_on_one_replica_never_takes_what_pushes_through_the_other_reuse() {
     // It took blobs meanwhile (pool blobs it found unreferenced), so pushes raced real deletes.
     let blobs_deleted: usize = collected
         .lines()
-        .filter_map(|l| l.split("blobs_deleted: ").nth(1)?.split(',').next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("blobs_deleted: ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .sum();
     assert!(
         blobs_deleted > 0,

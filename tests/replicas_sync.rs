@@ -306,7 +306,14 @@ fn sync_once_on_shared_metadata_runs_only_with_the_lease() {
     let parent_url = parent.url();
     let args = child_args(
         &parent_url,
-        &["--repo", "small/*", "--sync-lease", LEASE, "--gc-interval", "0s"],
+        &[
+            "--repo",
+            "small/*",
+            "--sync-lease",
+            LEASE,
+            "--gc-interval",
+            "0s",
+        ],
     );
     let mut replica = services.serve(&tmp.path().join("replica"), &args);
     wait_for_tag(&replica, "small/app", "v1", &manifest);
@@ -321,9 +328,7 @@ fn sync_once_on_shared_metadata_runs_only_with_the_lease() {
     let envs = services.envs();
     let mut envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     envs.push(("RUST_LOG", "info"));
-    let once = || {
-        common::sync::sync_once(&tmp.path().join("once"), &parent_url, &once_args, &envs)
-    };
+    let once = || common::sync::sync_once(&tmp.path().join("once"), &parent_url, &once_args, &envs);
 
     // Beside the holder: refused, naming it.
     let out = once();
@@ -341,7 +346,10 @@ fn sync_once_on_shared_metadata_runs_only_with_the_lease() {
     let out = once();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("this replica took the sync lease"), "{stderr}");
+    assert!(
+        stderr.contains("this replica took the sync lease"),
+        "{stderr}"
+    );
     assert!(stderr.contains("sync lease given up"), "{stderr}");
     let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
     assert_eq!(summary["outcome"], "Completed", "{summary}");
