@@ -7,6 +7,11 @@
 //! server that cannot be reached, or a wrong password, fails the start naming PostgreSQL and
 //! the host, never the password.
 //!
+//! TLS to the server, in libpq's `sslmode` and `sslrootcert`: verify-full with the right root
+//! carries skopeo's push and pull over connections the server reports encrypted; a wrong root
+//! or a host name the certificate does not hold fails the start with what to change; require
+//! against a server without TLS is refused; disable and prefer against one with TLS connect.
+//!
 //! Most tests keep each replica's blobs in its own data directory; where one reads through a
 //! replica what another stored, the second's `blobs/` is a link to the first's. The last test
 //! runs the replicas as deployed: metadata in PostgreSQL, blobs in one Azure Blob Storage
@@ -25,7 +30,10 @@ use std::time::Duration;
 use common::api::*;
 use common::checks::assert_push_intact;
 use common::oci::Layout;
-use common::postgres::{server_with_database, TestServer, PASSWORD};
+use common::postgres::{
+    database_of, registry_connections_tls, server_with_database, tls_server_with_database,
+    with_query, TestServer, PASSWORD, TLS_SERVER_NAME,
+};
 use common::{cli, free_port, skopeo, start_registry, start_registry_on, Proc};
 use reqwest::Method;
 use serde_json::Value;
@@ -78,10 +86,9 @@ fn assert_gapless(changes: &[Value]) {
 
 /// How many rows the backend's table holds in `tbl` (read with psql, not through the registry).
 fn rows(server: &TestServer, url: &str, tbl: &str) -> usize {
-    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
     server
         .sql(
-            db,
+            database_of(url),
             &format!("SELECT count(*) FROM registry_kv WHERE tbl = '{tbl}'"),
         )
         .trim()
@@ -588,4 +595,178 @@ fn connections_closed_by_the_server_are_made_again_without_the_client_noticing()
         "the new connections are logged: {}",
         serve.log_text()
     );
+}
+
+/// `serve --metadata URL` expected to fail at start: its standard error.
+fn start_fails(data: &Path, url: &str) -> String {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = data.to_str().unwrap();
+    let args = [
+        "serve", "--listen", &listen, "--data", data, "--auth", "none",
+    ];
+    let (ok, _, err) = cli(&[&args[..], &["--metadata", url]].concat());
+    assert!(!ok, "the start with {url} failed");
+    assert!(!err.contains(PASSWORD), "the password leaked: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// TLS to PostgreSQL as Azure Database for PostgreSQL requires it: `sslmode=verify-full` with
+/// the CA that issued the server's certificate. skopeo pushes and pulls through it, every
+/// connection is encrypted by the server's own account (`pg_stat_ssl`), and with
+/// `channel_binding=require` the password exchange was SCRAM-SHA-256-PLUS, bound to the TLS
+/// session (the client refuses to authenticate otherwise).
+#[test]
+fn verify_full_with_the_right_root_pushes_and_pulls_over_encrypted_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca, url) = tls_server_with_database(&dir.path().join("ca"));
+    let query = format!(
+        "sslmode=verify-full&sslrootcert={}&channel_binding=require",
+        ca.root.display()
+    );
+    let url = with_query(&url, &query);
+    let data = dir.path().join("data");
+    let serve = serve_on(&data, &url);
+    let mut src = Layout::create(&dir.path().join("src"));
+    let image = src.add_image("amd64", &[200_000, 10_000]);
+    src.tag("v1", &image.manifest);
+    let dst = format!("docker://{}/tls/app:v1", serve.addr);
+    skopeo::copy(&src.reference("v1"), &dst, false);
+    let back = Layout::create(&dir.path().join("back"));
+    skopeo::copy(&dst, &back.reference("v1"), false);
+    let raw = skopeo::inspect_raw(&back.reference("v1"));
+    assert_eq!(sha256(&raw), image.manifest.digest);
+    assert_eq!(rows(&server, &url, "tags"), 1, "the tag is in PostgreSQL");
+
+    let connections = registry_connections_tls(&server, database_of(&url));
+    assert!(!connections.is_empty(), "the registry holds connections");
+    for connection in &connections {
+        let (version, cipher) = connection.as_ref().expect("every connection is encrypted");
+        assert!(version.starts_with("TLSv1."), "{version} {cipher}");
+    }
+    assert!(
+        serve.log_text().contains("sslmode=verify-full"),
+        "{}",
+        serve.log_text()
+    );
+    assert!(!serve.log_text().contains(PASSWORD), "the password leaked");
+}
+
+/// A certificate that fails the checks of `sslmode` fails the start, naming the host, why, and
+/// the setting to change: a root that did not issue it, and (under verify-full) a host name it
+/// does not hold, which verify-ca accepts. Bad TLS parameters fail it too. Never the password.
+#[test]
+fn certificates_that_fail_verification_and_bad_tls_settings_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, ca, url) = tls_server_with_database(&dir.path().join("ca"));
+    let stranger = common::tls::TestCa::new(&dir.path().join("stranger"));
+    let data = dir.path().join("data");
+    let host = format!("127.0.0.1:{}", server_port(&url));
+
+    let wrong_root = format!(
+        "sslmode=verify-full&sslrootcert={}",
+        stranger.root.display()
+    );
+    let err = start_fails(&data, &with_query(&url, &wrong_root));
+    assert!(err.contains(&format!("PostgreSQL at {host}/")), "{err}");
+    // The stranger's CAs bear the same names as the issuers: found, but their signatures do
+    // not match (a CA of another name: `tls_stream`'s unit test).
+    assert!(
+        err.contains(&format!(
+            "the TLS certificate of 127.0.0.1 was refused under sslmode=verify-full: it was not \
+             issued by a CA of sslrootcert={} (a CA of the same name is there, but it did not \
+             sign it)",
+            stranger.root.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("point sslrootcert at"), "{err}");
+
+    // Reached by its address, named by a name its certificate does not hold.
+    let other_name = url.replace(&host, &format!("other.example:{}", server_port(&url)));
+    let root = ca.root.display();
+    let mismatch = format!("hostaddr=127.0.0.1&sslrootcert={root}");
+    let err = start_fails(
+        &data,
+        &with_query(&other_name, &format!("{mismatch}&sslmode=verify-full")),
+    );
+    assert!(err.contains("PostgreSQL at other.example:"), "{err}");
+    assert!(
+        err.contains("it is not valid for the name \"other.example\""),
+        "{err}"
+    );
+    assert!(err.contains("use sslmode=verify-ca"), "{err}");
+    // verify-ca checks the issuer only; verify-full under a name the certificate holds passes.
+    let by_name = url.replace(&host, &format!("{TLS_SERVER_NAME}:{}", server_port(&url)));
+    for url in [
+        with_query(&other_name, &format!("{mismatch}&sslmode=verify-ca")),
+        with_query(&by_name, &format!("{mismatch}&sslmode=verify-full")),
+    ] {
+        let serve = serve_on(&data, &url);
+        Api::new(&serve.url()).push_image("tls/names", "v1", 1, 1_000);
+    }
+
+    let missing = "sslmode=verify-full&sslrootcert=/nonexistent/root.pem";
+    let err = start_fails(&data, &with_query(&url, missing));
+    assert!(
+        err.contains("sslrootcert: /nonexistent/root.pem: cannot read"),
+        "{err}"
+    );
+    let err = start_fails(&data, &with_query(&url, "sslmode=verify"));
+    assert!(
+        err.contains(
+            "sslmode=\"verify\" is not one of disable, prefer, require, verify-ca, verify-full"
+        ),
+        "{err}"
+    );
+    let err = start_fails(&data, &with_query(&url, "sslmode=verify-ca"));
+    assert!(err.contains("add sslrootcert=PATH"), "{err}");
+}
+
+/// `require` against a server without TLS is refused (with what to change); against a server
+/// with TLS, `disable` connects in the clear and `prefer` (the default) encrypts without
+/// checking the certificate, as libpq does. The default also still reaches a server without
+/// TLS.
+#[test]
+fn require_against_a_plain_server_is_refused_and_disable_or_prefer_against_a_tls_server_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (plain, plain_url) = server_with_database();
+    let err = start_fails(&data, &with_query(&plain_url, "sslmode=require"));
+    assert!(
+        err.contains(&format!(
+            "PostgreSQL at 127.0.0.1:{}/",
+            server_port(&plain_url)
+        )),
+        "{err}"
+    );
+    assert!(err.contains("server does not support TLS"), "{err}");
+    assert!(err.contains("`ssl = on`"), "{err}");
+    {
+        let url = with_query(&plain_url, "");
+        let serve = serve_on(&data, &url);
+        Api::new(&serve.url()).push_image("tls/plain", "v1", 1, 1_000);
+        let connections = registry_connections_tls(&plain, database_of(&url));
+        assert!(!connections.is_empty() && connections.iter().all(Option::is_none));
+    }
+
+    let (server, _ca, _url) = tls_server_with_database(&dir.path().join("ca"));
+    for (query, encrypted) in [
+        ("sslmode=disable", false),
+        ("", true),
+        ("sslmode=prefer", true),
+    ] {
+        let url = with_query(&server.create_database(), query);
+        let serve = serve_on(&dir.path().join(format!("data-{query}")), &url);
+        Api::new(&serve.url()).push_image("tls/modes", "v1", 1, 1_000);
+        let connections = registry_connections_tls(&server, database_of(&url));
+        assert!(
+            !connections.is_empty(),
+            "{query}: the registry holds connections"
+        );
+        assert!(
+            connections.iter().all(|c| c.is_some() == encrypted),
+            "{query}: {connections:?}"
+        );
+    }
 }

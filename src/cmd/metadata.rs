@@ -14,8 +14,10 @@ use super::storage::StorageFlags;
 pub struct MetadataFlags {
     /// Where the metadata (tags, manifests, the change log, attributes) lives: `redb`
     /// (DATA/meta.redb) or a PostgreSQL database, postgres://USER:PASSWORD@HOST:PORT/DATABASE,
-    /// that several `serve` replicas share (its table is created on first use). TLS to
-    /// PostgreSQL is not supported yet: use a trusted network. The password is never shown.
+    /// that several `serve` replicas share (its table is created on first use). TLS as in
+    /// libpq: `?sslmode=disable|prefer|require|verify-ca|verify-full` (default prefer: TLS when
+    /// the server offers it, its certificate unchecked) and `sslrootcert=PATH|system` (the CAs
+    /// verify-ca and verify-full check the certificate against). The password is never shown.
     #[arg(
         long,
         env = "CONNECTED_REGISTRY_METADATA",

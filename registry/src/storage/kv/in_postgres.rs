@@ -1,17 +1,19 @@
 //! The PostgreSQL backend of the key-value contract (`serve --metadata postgres://...`), so
 //! several replicas share one metadata store with the same rules as the redb file. `settings`
-//! is the URL (shown only redacted) and the named limits; `pool` the connections, each on a
-//! thread of its own; `session` one connection's SQL, schema and transactions, and why write
-//! transactions take an advisory lock first.
+//! is the URL (shown only redacted) and the named limits; `tls` libpq's `sslmode` and
+//! `sslrootcert` and what each checks, `tls_stream` the client's TLS on rustls; `pool` the
+//! connections, each on a thread of its own; `session` one connection's SQL, schema and
+//! transactions, and why write transactions take an advisory lock first.
 //!
-//! TLS to the server is not supported yet (`sslmode=require` is refused at start): the
-//! connection is meant for a trusted network. The client library is `postgres` (sfackler's).
+//! The client library is `postgres` (sfackler's).
 
 mod pool;
 mod session;
 pub(crate) mod settings;
 #[cfg(any(test, feature = "postgres-test-server"))]
 pub mod test_server;
+pub(crate) mod tls;
+mod tls_stream;
 
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +23,7 @@ use crate::storage::StorageError;
 use pool::{CheckedOut, Pool};
 use session::Mode;
 pub use settings::PostgresSettings;
+use tls_stream::RustlsConnect;
 
 pub(crate) struct PostgresBackend {
     settings: Arc<PostgresSettings>,
@@ -33,16 +36,20 @@ pub(crate) struct PostgresBackend {
 
 impl PostgresBackend {
     /// Starts the connection threads; the first transaction connects (and creates the schema
-    /// in an empty database), so a server that cannot be reached fails the store's opening.
+    /// in an empty database), so a server that cannot be reached, or whose certificate fails
+    /// the checks of `sslmode`, fails the store's opening. So does an unreadable `sslrootcert`.
     pub(crate) fn open(settings: PostgresSettings) -> Result<PostgresBackend, StorageError> {
         let settings = Arc::new(settings);
+        let tls = RustlsConnect::new(&settings.tls)
+            .map_err(|e| StorageError::Db(format!("{}: {e}", settings.describe())))?;
         tracing::info!(
             server = %settings.describe(),
             connections = settings.connections,
+            sslmode = %settings.tls.mode,
             "metadata in PostgreSQL"
         );
         Ok(PostgresBackend {
-            pool: Pool::start(&settings)?,
+            pool: Pool::start(&settings, &tls)?,
             settings,
             writer: Mutex::new(()),
         })

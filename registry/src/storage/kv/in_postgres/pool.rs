@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::session::Session;
 use super::settings::PostgresSettings;
+use super::tls_stream::RustlsConnect;
 use crate::storage::StorageError;
 
 /// Work for a worker thread, run against its session.
@@ -25,12 +26,16 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    fn start(index: usize, settings: Arc<PostgresSettings>) -> Result<Worker, StorageError> {
+    fn start(
+        index: usize,
+        settings: Arc<PostgresSettings>,
+        tls: RustlsConnect,
+    ) -> Result<Worker, StorageError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(format!("metadata-pg-{index}"))
             .spawn(move || {
-                let mut session = Session::new(settings);
+                let mut session = Session::new(settings, tls);
                 // Ends when the pool (every sender) is dropped; the connection closes with it.
                 for job in queue {
                     job(&mut session);
@@ -75,9 +80,12 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn start(settings: &Arc<PostgresSettings>) -> Result<Pool, StorageError> {
+    pub(super) fn start(
+        settings: &Arc<PostgresSettings>,
+        tls: &RustlsConnect,
+    ) -> Result<Pool, StorageError> {
         let workers = (0..settings.connections.max(1))
-            .map(|i| Worker::start(i, settings.clone()))
+            .map(|i| Worker::start(i, settings.clone(), tls.clone()))
             .collect::<Result<_, _>>()?;
         Ok(Pool {
             idle: Mutex::new(workers),

@@ -19,9 +19,11 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use super::settings::PostgresSettings;
+use super::tls;
+use super::tls_stream::RustlsConnect;
 use crate::storage::kv::Row;
 use crate::storage::StorageError;
 
@@ -102,13 +104,16 @@ pub(super) enum Mode {
 /// A worker thread's connection, made when first needed and again after it broke.
 pub(super) struct Session {
     settings: Arc<PostgresSettings>,
+    /// TLS as the URL's `sslmode` says (the client leaves it out for `disable`).
+    tls: RustlsConnect,
     connection: Option<Connection>,
 }
 
 impl Session {
-    pub(super) fn new(settings: Arc<PostgresSettings>) -> Session {
+    pub(super) fn new(settings: Arc<PostgresSettings>, tls: RustlsConnect) -> Session {
         Session {
             settings,
+            tls,
             connection: None,
         }
     }
@@ -157,8 +162,8 @@ impl Session {
         let mut client = self
             .settings
             .config()
-            .connect(NoTls)
-            .map_err(|e| fail(e, "connect"))?;
+            .connect(self.tls.clone())
+            .map_err(|e| tls::explain_plain_server(fail(e, "connect")))?;
         ensure_schema(&mut client).map_err(|e| match e {
             Schema::Db(e) => fail(e, "create or check the schema"),
             Schema::Newer(version) => StorageError::Db(format!(

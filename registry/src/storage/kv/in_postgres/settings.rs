@@ -1,9 +1,12 @@
 //! `--metadata postgres://USER:PASSWORD@HOST:PORT/DB`: where the PostgreSQL backend connects,
-//! and its named limits. The URL holds a password, so it is shown only redacted
-//! ([`PostgresSettings`]'s `Display` and `Debug`), in logs, errors and `print-config` alike.
+//! how (TLS: the URL's `sslmode` and `sslrootcert`, see `tls`), and its named limits. The URL
+//! holds a password, so it is shown only redacted ([`PostgresSettings`]'s `Display` and
+//! `Debug`), in logs, errors and `print-config` alike.
 
 use std::fmt;
 use std::time::Duration;
+
+use super::tls::TlsSettings;
 
 /// How to reach PostgreSQL, and the limits of the backend's connections.
 #[derive(Clone)]
@@ -11,6 +14,8 @@ pub struct PostgresSettings {
     /// The URL as given (with its password): only ever handed to the client library.
     url: String,
     config: postgres::Config,
+    /// TLS to the server (`sslmode`, `sslrootcert`).
+    pub(crate) tls: TlsSettings,
     /// Connections, each on a thread of its own (`--metadata-connections`). One write
     /// transaction runs at a time per process (PostgreSQL serializes them across replicas
     /// anyway), so the others serve reads.
@@ -32,8 +37,9 @@ impl PostgresSettings {
     /// connection fails the transaction (which is then retried) instead of hanging it.
     pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// Parses a `postgres://` or `postgresql://` URL. TLS to the server is not supported yet:
-    /// `sslmode=require` is refused (the default, `prefer`, and `disable` connect without).
+    /// Parses a `postgres://` or `postgresql://` URL, with libpq's TLS parameters (`sslmode`,
+    /// `sslrootcert`, see `tls::TlsSettings`); the `sslrootcert` file is read when the backend
+    /// opens.
     pub fn parse(url: &str) -> Result<PostgresSettings, String> {
         let shown = redact(url);
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -42,7 +48,9 @@ impl PostgresSettings {
                  (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
             ));
         }
-        let mut config: postgres::Config = url
+        let (client_url, tls) = TlsSettings::take_from_url(url)
+            .map_err(|e| format!("metadata backend {shown}: {e}"))?;
+        let mut config: postgres::Config = client_url
             .parse()
             .map_err(|e| format!("metadata backend {shown}: not a valid PostgreSQL URL: {e}"))?;
         if config.get_hosts().is_empty() {
@@ -50,13 +58,7 @@ impl PostgresSettings {
                 "metadata backend {shown}: the URL names no host (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
             ));
         }
-        if config.get_ssl_mode() == postgres::config::SslMode::Require {
-            return Err(format!(
-                "metadata backend {shown}: sslmode=require, but TLS to PostgreSQL is not \
-                 supported yet: reach the server over a trusted network (loopback, a private \
-                 network or a tunnel) with sslmode=disable"
-            ));
-        }
+        config.ssl_mode(tls.mode.negotiation());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Self::CONNECT_TIMEOUT);
         }
@@ -69,6 +71,7 @@ impl PostgresSettings {
         Ok(PostgresSettings {
             url: url.to_owned(),
             config,
+            tls,
             connections: Self::DEFAULT_CONNECTIONS,
             retries: Self::DEFAULT_RETRIES,
         })
@@ -120,6 +123,7 @@ impl fmt::Debug for PostgresSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresSettings")
             .field("url", &redact(&self.url))
+            .field("tls", &self.tls)
             .field("connections", &self.connections)
             .field("retries", &self.retries)
             .finish()
@@ -191,11 +195,13 @@ mod tests {
         let err = PostgresSettings::parse("mysql://u:pw@h/db").unwrap_err();
         assert!(err.contains("neither `redb` nor a PostgreSQL URL"), "{err}");
         assert!(!err.contains("pw"), "{err}");
-        let err = PostgresSettings::parse("postgres://u:pw@h/db?sslmode=require").unwrap_err();
-        assert!(
-            err.contains("TLS to PostgreSQL is not supported yet"),
-            "{err}"
-        );
+        let err = PostgresSettings::parse("postgres://u:pw@h/db?sslmode=verify").unwrap_err();
+        assert!(err.contains("metadata backend postgres://u:***@h/db?sslmode=verify: sslmode=\"verify\" is not one of"), "{err}");
+        let err =
+            PostgresSettings::parse("postgres://u:pw@h/db?sslmode=verify-ca&sslcompression=1")
+                .unwrap_err();
+        assert!(err.contains("add sslrootcert=PATH"), "{err}");
+        assert!(!err.contains("pw@"), "{err}");
         let err = PostgresSettings::parse("postgres://u:pw@h:notaport/db").unwrap_err();
         assert!(err.contains("not a valid PostgreSQL URL"), "{err}");
         assert!(!err.contains("pw@"), "{err}");

@@ -2,6 +2,7 @@
 //! Debian's `postgresql` package: `initdb` into a fresh directory, `postgres` on a free
 //! loopback port with its unix socket in that directory, password (SCRAM) authentication over
 //! TCP. The server refuses to run as root, so under root it runs as the `postgres` user.
+//! [`TestServer::start_with_tls`] turns TLS on (`ssl = on`) with a certificate the test made.
 //!
 //! The server is started by a small shell script that stops it (and removes its directory) as
 //! soon as its standard input closes: when the [`TestServer`] is dropped, and also when the
@@ -11,7 +12,7 @@
 //! install; nothing is skipped silently.
 
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,9 +95,9 @@ fn run(command: &mut Command, what: &str) {
 
 /// Stops the server when its standard input closes, then removes the directory.
 const SUPERVISE: &str = r#"
-bin="$1"; dir="$2"; port="$3"
+bin="$1"; dir="$2"; port="$3"; shift 3
 "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
-  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "$@" \
   >"$dir/log" 2>&1 &
 pid=$!
 cat >/dev/null
@@ -106,10 +107,21 @@ rm -rf "$dir"
 "#;
 
 impl TestServer {
-    /// Starts a server of its own (about a second: `initdb` and start).
+    /// Starts a server of its own (about a second: `initdb` and start), without TLS.
     pub fn start() -> TestServer {
+        TestServer::start_with(None)
+    }
+
+    /// Starts a server of its own with TLS on (`ssl = on`; plain connections are still
+    /// accepted, as the default `pg_hba.conf` lines are `host`, not `hostssl`): it presents the
+    /// certificate chain `chain` (leaf first, PEM) with the private key `key`.
+    pub fn start_with_tls(chain: &Path, key: &Path) -> TestServer {
+        TestServer::start_with(Some((chain, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> TestServer {
         for _ in 0..5 {
-            if let Some(server) = TestServer::try_start() {
+            if let Some(server) = TestServer::try_start(tls) {
                 return server;
             }
         }
@@ -117,7 +129,7 @@ impl TestServer {
     }
 
     /// A server, or `None` when another process took its port first.
-    fn try_start() -> Option<TestServer> {
+    fn try_start(tls: Option<(&Path, &Path)>) -> Option<TestServer> {
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!(
@@ -147,12 +159,39 @@ impl TestServer {
                 .arg(format!("--pwfile={}", pwfile.display())),
             "initdb",
         );
+        let mut settings = Vec::new();
+        if let Some((chain, key)) = tls {
+            // The server reads them as its own user, and refuses a key others can read.
+            let (cert_copy, key_copy) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::copy(chain, &cert_copy).expect("copy the test server's certificate");
+            std::fs::copy(key, &key_copy).expect("copy the test server's key");
+            std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600))
+                .expect("make the test server's key private");
+            if root {
+                run(
+                    Command::new("chown")
+                        .args(["postgres:postgres"])
+                        .arg(&cert_copy)
+                        .arg(&key_copy),
+                    "hand the test server's certificate and key to the postgres user",
+                );
+            }
+            settings = vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={}", cert_copy.display()),
+                "-c".to_owned(),
+                format!("ssl_key_file={}", key_copy.display()),
+            ];
+        }
         let port = free_port();
         let mut supervisor = as_server_user(Path::new("/bin/sh"))
             .args(["-c", SUPERVISE, "supervise"])
             .arg(&bin)
             .arg(&dir)
             .arg(port.to_string())
+            .args(&settings)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
