@@ -107,11 +107,6 @@ impl Replica {
             .filter(|l| l.contains(what))
             .count()
     }
-
-    /// Whether it still runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.proc.child.try_wait(), Ok(None))
-    }
 }
 
 /// The services, the replicas and the proxy, stopped when dropped.

@@ -326,6 +326,19 @@ impl Store {
         self.inner.blobs.open(digest)
     }
 
+    /// [`Store::read_blob`] for readers that speak `std::io` (a fill's readers, sync's push): a
+    /// blob that is not stored is a `NotFound` error naming where blobs are.
+    pub fn open_stored_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn BlobSource>> {
+        match self.read_blob(digest) {
+            Ok(Some(source)) => Ok(source),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("blob {digest} is not stored in {}", self.blob_location()),
+            )),
+            Err(err) => Err(std::io::Error::other(err.to_string())),
+        }
+    }
+
     /// The bytes of a small stored blob (a manifest, a config) of at most `limit` bytes, checked
     /// against the digest: `None` when it is not stored, is larger, or is damaged (then
     /// quarantined, as a read of it from a client would).

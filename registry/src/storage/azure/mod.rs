@@ -437,15 +437,7 @@ impl BlobStore for AzureBlobs {
         if !self.copy(&source, None, &dest, Some(metadata), "quarantine blob")? {
             return Ok(None);
         }
-        let client = self.blob(&source);
-        let remote = self.remote();
-        self.remote().run("quarantine blob", async move {
-            match client.delete().await {
-                Ok(_) => Ok(()),
-                Err(err) if not_found(&err) => Ok(()),
-                Err(err) => Err(remote.error("delete a quarantined blob", err)),
-            }
-        })?;
+        self.delete_blob(&source, "delete a quarantined blob")?;
         Ok(Some(format!("{dest} in {}", self.location)))
     }
 
@@ -511,16 +503,7 @@ impl BlobStore for AzureBlobs {
     }
 
     fn remove_upload(&self, id: &str) {
-        let client = self.blob(&upload_name(id));
-        let remote = self.remote();
-        let removed = self.remote().run("remove upload session", async move {
-            match client.delete().await {
-                Ok(_) => Ok(()),
-                Err(err) if not_found(&err) => Ok(()),
-                Err(err) => Err(remote.error("remove upload session", err)),
-            }
-        });
-        if let Err(err) = removed {
+        if let Err(err) = self.delete_blob(&upload_name(id), "remove upload session") {
             // Left for the upload expiry of a later GC.
             tracing::warn!(upload = id, "{err}");
         }
@@ -557,6 +540,20 @@ impl BlobStore for AzureBlobs {
 }
 
 impl AzureBlobs {
+    /// Deletes blob `name` whatever its version; one already gone is fine.
+    fn delete_blob(&self, name: &str, action: &str) -> Result<(), StorageError> {
+        let client = self.blob(name);
+        let remote = self.remote();
+        let what = format!("{action} {name}");
+        self.remote().run(action, async move {
+            match client.delete().await {
+                Ok(_) => Ok(()),
+                Err(err) if not_found(&err) => Ok(()),
+                Err(err) => Err(remote.error(&what, err)),
+            }
+        })
+    }
+
     /// Rewrites blob `name`'s metadata, which moves its `Last-Modified` (GC's age): whether it
     /// is there.
     fn touch_blob(&self, name: &str) -> Result<bool, StorageError> {
