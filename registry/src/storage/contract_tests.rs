@@ -408,6 +408,33 @@ fn of_a_link_and_a_gc_delete_racing_it_one_loses_cleanly() {
     });
 }
 
+/// GC keeps a blob touched since its cutoff, so a store must never date a touch earlier than
+/// it happened. Azure's Last-Modified has whole seconds and is read as the end of its second:
+/// read as its start, a blob touched at .9 of a second looked 0.9 s older than it was, and a
+/// link through another replica just after GC's cutoff could lose its blob (seen in
+/// tests/replicas_gc.rs, one run in 13, with a 1 s grace).
+#[test]
+fn a_touch_is_never_dated_before_it_happened() {
+    on_both(|blobs| {
+        let store = blobs.replica(0, Limits::default());
+        let (_, digest) = push_chunked(&store, b"linked three times", 1 << 20);
+        for n in 0..3 {
+            std::thread::sleep(Duration::from_millis(330));
+            let before = std::time::SystemTime::now();
+            let other: RepoName = format!("contract/touch{n}").parse().unwrap();
+            store.link_blob(&other, &digest).unwrap();
+            let stat = store.inner.blobs.stat(&digest).unwrap().unwrap();
+            // Slack for the kernel's coarse clock, which dates files up to a tick early.
+            assert!(
+                stat.modified + Duration::from_millis(20) >= before,
+                "{}: touched at {before:?}, dated {:?}",
+                blobs.name(),
+                stat.modified
+            );
+        }
+    });
+}
+
 /// Pull-through writes (a blob filled from a parent while clients read it) on both: every
 /// reader gets every byte while the fill is still writing, then the blob is stored whole.
 #[test]

@@ -319,6 +319,14 @@ impl AzureBlobs {
 }
 
 /// Whether a blob's bytes are all there: not the destination of a copy still running.
+/// The latest instant a write or touch stamped `last_modified` can have happened. Azure records
+/// whole seconds, so a blob touched at 12:00:00.9 says 12:00:00; taken as is, GC would think
+/// it 0.9 s older than it is and a grace period would shrink by up to a second (a blob linked
+/// by another replica just after GC's cutoff could go). The end of the second never errs that way.
+fn latest_instant(last_modified: impl Into<SystemTime>) -> SystemTime {
+    last_modified.into() + std::time::Duration::from_nanos(999_999_999)
+}
+
 fn complete(blob: &azure_storage_blobs::blob::Blob) -> bool {
     use azure_storage_blobs::blob::CopyStatus;
     matches!(
@@ -345,7 +353,7 @@ impl BlobStore for AzureBlobs {
             .filter(complete)
             .map(|b| BlobStat {
                 size: b.properties.content_length,
-                modified: SystemTime::from(b.properties.last_modified),
+                modified: latest_instant(b.properties.last_modified),
                 version: b.properties.etag.to_string(),
             }))
     }
@@ -491,10 +499,8 @@ impl BlobStore for AzureBlobs {
                 let page = page.map_err(|e| remote.error("list upload sessions", e))?;
                 for blob in page.blobs.blobs() {
                     if let Some(id) = blob.name.strip_prefix("uploads/") {
-                        sessions.push((
-                            id.to_owned(),
-                            SystemTime::from(blob.properties.last_modified),
-                        ));
+                        sessions
+                            .push((id.to_owned(), latest_instant(blob.properties.last_modified)));
                     }
                 }
             }
