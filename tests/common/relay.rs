@@ -56,6 +56,7 @@ impl Relay {
     pub fn into_namespace(ns: &Netns, listen: SocketAddr, upstream: SocketAddr) -> Relay {
         let listener = ns
             .in_thread(|| TcpListener::bind(listen))
+            .and_then(|bound| bound)
             .unwrap_or_else(|e| panic!("listen on {listen} in namespace {}: {e}", ns.name));
         Relay::serve(listener, Some(ns.clone()), upstream, None, None, None)
     }
@@ -133,6 +134,7 @@ impl Relay {
         }
     }
 
+    /// `http://127.0.0.1:PORT`: a relay on the host's loopback ([`Relay::start`]).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -181,7 +183,8 @@ impl Drop for Relay {
         let listen = self.listen;
         let wake = move || drop(TcpStream::connect(listen));
         match &self.netns {
-            Some(ns) => ns.in_thread(wake),
+            // No panic in a drop (while panicking it would abort): no namespace, no loop to wake.
+            Some(ns) => drop(ns.in_thread(wake)),
             None => wake(),
         }
     }
