@@ -16,8 +16,11 @@
 # temp dir.
 # Usage: bench/replicas-bench.sh [path/to/connected-registry]   (default target/release/...)
 # Env: ROUNDS=3 DURATION=10 CONNS=64 BLOB_MIB=512; SERVE_ARGS: more `serve` flags for every
-# replica (e.g. "--manifest-cache-size 0"). Needs wrk, curl, openssl, python3, postgresql, and
-# ../shared/bench (wrk-report.lua, gen-certs.sh).
+# replica (e.g. "--manifest-cache-size 0"). REPLICA_CPU=X gives every `serve` (local1's and each
+# replica) a CPU budget of X cores (bench/lib-cpucap.sh, a cgroup each; root), standing in for
+# replicas on machines of their own: on one small box two uncapped replicas share the cores that
+# one already had, so the second one's worth cannot show. Needs wrk, curl, openssl, python3,
+# postgresql, and ../shared/bench (wrk-report.lua, gen-certs.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target/release/connected-registry}"
@@ -35,6 +38,11 @@ WORK="$(mktemp -d -t replicas-bench.XXXXXX)"
 # start_postgres (PG_URL, PG_PID), start_azurite (AZ_PID, AZURE_STORAGE_CONNECTION_STRING),
 # make_fixture, push_blob, push_manifest
 . "$ROOT/bench/lib-services.sh"
+# cap_cpu, uncap_all
+. "$ROOT/bench/lib-cpucap.sh"
+trap 'cleanup; uncap_all' EXIT
+REPLICA_CPU="${REPLICA_CPU:-}"
+cap() { [ -z "$REPLICA_CPU" ] || cap_cpu "$1" "$REPLICA_CPU" "$2"; } # NAME PID
 chmod 755 "$WORK"
 CLK="$(getconf CLK_TCK)"
 # CPU seconds (user + system) PIDs have used so far, with their reaped children's.
@@ -49,13 +57,15 @@ start_azurite
 declare -A SERVE_PID PROXY_PORT PROXY_PID
 # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
 start_ours "$WORK/local" --access-log false --gc-interval 0s ${SERVE_ARGS:-}
-LOCAL_PORT="$PORT"; SERVE_PID[local1]="${PIDS[-1]}"
+LOCAL_PORT="$PORT"; SERVE_PID[local1]="${PIDS[-1]}"; cap local1 "${PIDS[-1]}"
 SHARED_FLAGS=(--metadata "$PG_URL" --storage azblob://bench --access-log false --gc-interval 0s)
 # shellcheck disable=SC2086
 start_ours "$WORK/r1" "${SHARED_FLAGS[@]}" ${SERVE_ARGS:-}; R1_PORT="$PORT"; R1_PID="${PIDS[-1]}"
 # shellcheck disable=SC2086
 start_ours "$WORK/r2" "${SHARED_FLAGS[@]}" ${SERVE_ARGS:-}; R2_PORT="$PORT"; R2_PID="${PIDS[-1]}"
 SERVE_PID[shared1]="$R1_PID"; SERVE_PID[shared2]="$R1_PID $R2_PID"
+cap r1 "$R1_PID"
+cap r2 "$R2_PID"
 
 "$SHARED/gen-certs.sh" "$WORK/tls" >/dev/null
 start_proxy() { # NAME UPSTREAMS
@@ -109,7 +119,7 @@ blob_get() { # ROUND TARGET
   figure "$1" "$2" blob.cpu_postgres "$(awk -v a="$g0" -v b="$(cpu $pg)" -v w="$wall" 'BEGIN{printf "%.0f", 100 * (b - a) / w}')" %
 }
 
-echo "# $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg); binary $("$BIN" --version 2>/dev/null || echo '?'); SERVE_ARGS='${SERVE_ARGS:-}'"
+echo "# $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg); binary $("$BIN" --version 2>/dev/null || echo '?'); SERVE_ARGS='${SERVE_ARGS:-}'; REPLICA_CPU='$REPLICA_CPU'"
 for ((round = 1; round <= ROUNDS; round++)); do
   # Rotate which target goes first, so drift in the machine's load is shared.
   order=(local1 shared1 shared2)
