@@ -835,15 +835,7 @@ mod tests {
     use super::*;
 
     fn create(name: &str) -> Command {
-        Command::TokenCreate {
-            name: name.into(),
-            scope_map: Some("_repositories_admin".into()),
-            rules: Vec::new(),
-            status: None,
-            no_passwords: false,
-            expiration: None,
-            for_child: None,
-        }
+        Command::create_token_on(name, "_repositories_admin")
     }
 
     /// A store two authorities share, as replicas share the metadata: entries and a version

@@ -115,6 +115,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// Makes token `name`, with its two passwords, on the existing scope map `scope_map` (the
+    /// first start's `admin` on `_repositories_admin`, and tests).
+    pub fn create_token_on(name: &str, scope_map: &str) -> Command {
+        Command::TokenCreate {
+            name: name.into(),
+            scope_map: Some(scope_map.into()),
+            rules: Vec::new(),
+            status: None,
+            no_passwords: false,
+            expiration: None,
+            for_child: None,
+        }
+    }
+
     /// Whether the command changes anything (a read needs no write to the store).
     pub fn writes(&self) -> bool {
         !matches!(

@@ -171,15 +171,7 @@ pub fn open_authority(
 /// whose password is nowhere, and no start would make another.
 fn make_admin(authority: &access::Authority, data: &Path) -> anyhow::Result<()> {
     let path = data.join(ADMIN_PASSWORD_FILE);
-    let command = access::Command::TokenCreate {
-        name: "admin".into(),
-        scope_map: Some("_repositories_admin".into()),
-        rules: Vec::new(),
-        status: None,
-        no_passwords: false,
-        expiration: None,
-        for_child: None,
-    };
+    let command = access::Command::create_token_on("admin", "_repositories_admin");
     let made = authority
         .manage_first_token(command, |answer| {
             let password = answer["credentials"]["passwords"][0]["value"]

@@ -79,18 +79,7 @@ pub fn create_token(data: &Path, name: &str, rules: Vec<Rule>, expiration: Optio
 
 /// Makes token `name` on an existing (e.g. built-in `_repositories_admin`) scope map.
 pub fn create_token_on(data: &Path, name: &str, scope_map: &str) -> Made {
-    made(&manage(
-        data,
-        Command::TokenCreate {
-            name: name.into(),
-            scope_map: Some(scope_map.into()),
-            rules: Vec::new(),
-            status: None,
-            no_passwords: false,
-            expiration: None,
-            for_child: None,
-        },
-    ))
+    made(&manage(data, Command::create_token_on(name, scope_map)))
 }
 
 /// Enables or disables token `name`.

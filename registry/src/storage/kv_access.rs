@@ -134,15 +134,7 @@ mod tests {
     use access::{Authority, Command, Settings};
 
     fn create(name: &str) -> Command {
-        Command::TokenCreate {
-            name: name.into(),
-            scope_map: Some("_repositories_admin".into()),
-            rules: Vec::new(),
-            status: None,
-            no_passwords: false,
-            expiration: None,
-            for_child: None,
-        }
+        Command::create_token_on(name, "_repositories_admin")
     }
 
     on_every_backend! {
