@@ -21,88 +21,58 @@ BIN="${BIN:-$ROOT/target/release/connected-registry}"
 BLOB_MIB="${BLOB_MIB:-512}"
 ROUNDS="${ROUNDS:-3}"
 MAN_SECONDS="${MAN_SECONDS:-10}"
-AZURITE_BLOB="${AZURITE_BLOB:-$HOME/.cache/connected-registry-azurite/node_modules/.bin/azurite-blob}"
-KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 
-[ -x "$AZURITE_BLOB" ] || { echo "no Azurite at $AZURITE_BLOB: ./test.sh installs it" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 if [ ! -x "$BIN" ]; then (cd "$ROOT" && cargo build --release --locked); fi
 
 WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# PIDS, cleanup (at exit), free_port, start_ours
+. "$ROOT/sync/bench/lib.sh"
+# start_azurite, make_fixture, push_blob, push_manifest
+. "$ROOT/bench/lib-services.sh"
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
-wait_port() { for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$1/v2/" && return 0; sleep 0.1; done; echo "nothing on :$1" >&2; exit 1; }
 
-AZ_PORT="$(free_port)"
-mkdir -p "$WORK/azurite"
-"$AZURITE_BLOB" --loose --skipApiVersionCheck --silent --disableTelemetry --location "$WORK/azurite" \
-  --blobHost 127.0.0.1 --blobPort "$AZ_PORT" >"$WORK/azurite.log" 2>&1 &
-AZ_PID=$!; PIDS+=("$AZ_PID")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$AZ_PORT") 2>/dev/null && break; sleep 0.1; done
-export AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$KEY;BlobEndpoint=http://127.0.0.1:$AZ_PORT/devstoreaccount1;"
-
-declare -A PORT PID
+start_azurite
+declare -A PORTS SERVE_PID
 start() { # name, extra args...
   local name=$1; shift
-  PORT[$name]="$(free_port)"
-  "$BIN" serve --listen "127.0.0.1:${PORT[$name]}" --data "$WORK/$name" --auth none --access-log false \
-    --gc-interval 0s "$@" >"$WORK/$name.log" 2>&1 &
-  PID[$name]=$!; PIDS+=("${PID[$name]}")
-  wait_port "${PORT[$name]}"
+  start_ours "$WORK/$name" --access-log false --gc-interval 0s "$@"
+  PORTS[$name]="$PORT"; SERVE_PID[$name]="${PIDS[-1]}"
 }
 start local
 start azblob --storage azblob://bench
 start azblob-nocache --storage azblob://bench --manifest-cache-size 0
 
-head -c "$((BLOB_MIB << 20))" /dev/urandom >"$WORK/blob"
-BLOB_DIGEST="sha256:$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
-printf '{"architecture":"amd64","os":"linux"}' >"$WORK/config"
-CONFIG_DIGEST="sha256:$(sha256sum "$WORK/config" | cut -d' ' -f1)"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
-  "$CONFIG_DIGEST" "$(stat -c%s "$WORK/config")" "$BLOB_DIGEST" "$(stat -c%s "$WORK/blob")" >"$WORK/manifest"
-
-push_blob() { # port, file, digest
-  local loc
-  loc="$(curl -sS -D - -o /dev/null -X POST "http://127.0.0.1:$1/v2/bench/app/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')"
-  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$1$loc" ;; esac
-  local sep='?'; case "$loc" in *\?*) sep='&' ;; esac
-  curl -sS -f -o /dev/null -X PUT -H 'content-type: application/octet-stream' --data-binary "@$2" "$loc${sep}digest=$3"
-}
+make_fixture "$BLOB_MIB"
 for name in local azblob; do
   t0=$(date +%s.%N)
-  push_blob "${PORT[$name]}" "$WORK/blob" "$BLOB_DIGEST"
+  push_blob "${PORTS[$name]}" "$WORK/blob" "$BLOB_DIGEST"
   t1=$(date +%s.%N)
-  push_blob "${PORT[$name]}" "$WORK/config" "$CONFIG_DIGEST"
-  curl -sS -f -o /dev/null -X PUT -H 'content-type: application/vnd.oci.image.manifest.v1+json' \
-    --data-binary "@$WORK/manifest" "http://127.0.0.1:${PORT[$name]}/v2/bench/app/manifests/v1"
+  push_blob "${PORTS[$name]}" "$WORK/config" "$CONFIG_DIGEST"
+  push_manifest "${PORTS[$name]}"
   echo "push $name: ${BLOB_MIB} MiB in $(echo "$t1 - $t0" | bc) s"
 done
 # The no-cache replica shares the container; its own metadata needs the image linked.
-curl -sS -f -o /dev/null -X POST "http://127.0.0.1:${PORT[azblob-nocache]}/v2/bench/app/blobs/uploads/?mount=$BLOB_DIGEST"
-curl -sS -f -o /dev/null -X POST "http://127.0.0.1:${PORT[azblob-nocache]}/v2/bench/app/blobs/uploads/?mount=$CONFIG_DIGEST"
-curl -sS -f -o /dev/null -X PUT -H 'content-type: application/vnd.oci.image.manifest.v1+json' \
-  --data-binary "@$WORK/manifest" "http://127.0.0.1:${PORT[azblob-nocache]}/v2/bench/app/manifests/v1"
+curl -sS -f -o /dev/null -X POST "http://127.0.0.1:${PORTS[azblob-nocache]}/v2/bench/app/blobs/uploads/?mount=$BLOB_DIGEST"
+curl -sS -f -o /dev/null -X POST "http://127.0.0.1:${PORTS[azblob-nocache]}/v2/bench/app/blobs/uploads/?mount=$CONFIG_DIGEST"
+push_manifest "${PORTS[azblob-nocache]}"
 
 printf '\n| round | target | what | result | serve CPU s | Azurite CPU s | wall s |\n| --- | --- | --- | --- | --- | --- | --- |\n'
 for round in $(seq 1 "$ROUNDS"); do
   for name in local azblob; do
-    s0=$(cpu "${PID[$name]}"); a0=$(cpu "$AZ_PID"); t0=$(date +%s.%N)
-    speed=$(curl -sS -f -o /dev/null -w '%{speed_download}' "http://127.0.0.1:${PORT[$name]}/v2/bench/app/blobs/$BLOB_DIGEST")
-    t1=$(date +%s.%N); s1=$(cpu "${PID[$name]}"); a1=$(cpu "$AZ_PID")
+    s0=$(cpu "${SERVE_PID[$name]}"); a0=$(cpu "$AZ_PID"); t0=$(date +%s.%N)
+    speed=$(curl -sS -f -o /dev/null -w '%{speed_download}' "http://127.0.0.1:${PORTS[$name]}/v2/bench/app/blobs/$BLOB_DIGEST")
+    t1=$(date +%s.%N); s1=$(cpu "${SERVE_PID[$name]}"); a1=$(cpu "$AZ_PID")
     printf '| %s | %s | blob GET %s MiB | %.0f MB/s | %.2f | %.2f | %.2f |\n' "$round" "$name" "$BLOB_MIB" \
       "$(echo "$speed / 1000000" | bc -l)" "$(echo "$s1 - $s0" | bc)" "$(echo "$a1 - $a0" | bc)" "$(echo "$t1 - $t0" | bc)"
   done
   for name in local azblob azblob-nocache; do
-    s0=$(cpu "${PID[$name]}"); a0=$(cpu "$AZ_PID"); t0=$(date +%s.%N)
+    s0=$(cpu "${SERVE_PID[$name]}"); a0=$(cpu "$AZ_PID"); t0=$(date +%s.%N)
     rate=$(wrk -t2 -c16 -d"${MAN_SECONDS}s" --timeout 5s \
       -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-      "http://127.0.0.1:${PORT[$name]}/v2/bench/app/manifests/v1" | awk '/Requests\/sec/{print $2}')
-    t1=$(date +%s.%N); s1=$(cpu "${PID[$name]}"); a1=$(cpu "$AZ_PID")
+      "http://127.0.0.1:${PORTS[$name]}/v2/bench/app/manifests/v1" | awk '/Requests\/sec/{print $2}')
+    t1=$(date +%s.%N); s1=$(cpu "${SERVE_PID[$name]}"); a1=$(cpu "$AZ_PID")
     printf '| %s | %s | manifest GET (wrk -t2 -c16) | %s req/s | %.2f | %.2f | %.2f |\n' "$round" "$name" "$rate" \
       "$(echo "$s1 - $s0" | bc)" "$(echo "$a1 - $a0" | bc)" "$(echo "$t1 - $t0" | bc)"
   done

@@ -11,8 +11,9 @@
 # Blob GET: curl of the whole blob (MB/s), with the CPU seconds each process used meanwhile
 # (from /proc/PID/stat: serve, proxy, Azurite, PostgreSQL and its backends), to say whether the
 # object store or we limit the rate. The goal of issue 17: shared2 >= 1.5 x shared1 on manifest
-# GET. Starts PostgreSQL (Debian's, fsync on) and Azurite (`test.sh` installs it) itself;
-# everything on 127.0.0.1; stops what it started by PID; scratch in a temp dir.
+# GET. Starts PostgreSQL (Debian's, fsync on) and Azurite (`test.sh` installs it) itself
+# (bench/lib-services.sh); everything on 127.0.0.1; stops what it started by PID; scratch in a
+# temp dir.
 # Usage: bench/replicas-bench.sh [path/to/connected-registry]   (default target/release/...)
 # Env: ROUNDS=3 DURATION=10 CONNS=64 BLOB_MIB=512; SERVE_ARGS: more `serve` flags for every
 # replica (e.g. "--manifest-cache-size 0"). Needs wrk, curl, openssl, python3, postgresql, and
@@ -27,44 +28,22 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 CONNS="${CONNS:-64}"
 BLOB_MIB="${BLOB_MIB:-512}"
-AZURITE_BLOB="${AZURITE_BLOB:-$HOME/.cache/connected-registry-azurite/node_modules/.bin/azurite-blob}"
-[ -x "$AZURITE_BLOB" ] || { echo "replicas-bench.sh: no Azurite at $AZURITE_BLOB: ./test.sh installs it" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "replicas-bench.sh: wrk is needed (apt-get install wrk)" >&2; exit 2; }
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-[ -x "$PG_BIN/postgres" ] || { echo "replicas-bench.sh: install postgresql (apt-get install postgresql)" >&2; exit 2; }
 WORK="$(mktemp -d -t replicas-bench.XXXXXX)"
-# PIDS, stop_pid, cleanup, now, since, free_port, wait_up
+# PIDS, stop_pid, cleanup, now, since, free_port, wait_up, start_ours
 . "$ROOT/sync/bench/lib.sh"
-trap cleanup EXIT
+# start_postgres (PG_URL, PG_PID), start_azurite (AZ_PID, AZURE_STORAGE_CONNECTION_STRING),
+# make_fixture, push_blob, push_manifest
+. "$ROOT/bench/lib-services.sh"
 chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 CLK="$(getconf CLK_TCK)"
 # CPU seconds (user + system) PIDs have used so far, with their reaped children's.
 cpu() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; awk -v t="$t" -v c="$CLK" 'BEGIN{printf "%.2f", t / c}'; }
 # PID and its children (PostgreSQL's postmaster and its backends).
 family() { local p="$1"; echo "$p"; awk -v p="$p" '$4 == p {print $1}' /proc/[0-9]*/stat 2>/dev/null || true; }
 
-# PostgreSQL, durable as in production (only the network is loopback).
-PGDIR="$WORK/pg"; mkdir -p "$PGDIR"; [ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
-echo bench-secret >"$PGDIR/pw"
-as_pg "$PG_BIN/initdb" -D "$PGDIR/data" -U registry -E UTF8 --auth-local=trust \
-  --auth-host=scram-sha-256 --pwfile="$PGDIR/pw" >/dev/null
-PG_PORT="$(free_port)"
-as_pg "$PG_BIN/postgres" -D "$PGDIR/data" -p "$PG_PORT" -k "$PGDIR" -c listen_addresses=127.0.0.1 \
-  >"$PGDIR/log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 200); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.05; done
-PG_PID="$(head -1 "$PGDIR/data/postmaster.pid")"
-PG_URL="postgres://registry:bench-secret@127.0.0.1:$PG_PORT/postgres"
-
-# Azurite.
-AZ_PORT="$(free_port)"; mkdir -p "$WORK/azurite"
-"$AZURITE_BLOB" --loose --skipApiVersionCheck --silent --disableTelemetry --location "$WORK/azurite" \
-  --blobHost 127.0.0.1 --blobPort "$AZ_PORT" >"$WORK/azurite.log" 2>&1 &
-AZ_PID=$!; PIDS+=("$AZ_PID")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$AZ_PORT") 2>/dev/null && break; sleep 0.1; done
-KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
-export AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$KEY;BlobEndpoint=http://127.0.0.1:$AZ_PORT/devstoreaccount1;"
+start_postgres
+start_azurite
 
 # The registries, each with --access-log false (the anchors log nothing either).
 declare -A SERVE_PID PROXY_PORT PROXY_PID
@@ -93,24 +72,11 @@ start_proxy shared2 "http://127.0.0.1:$R1_PORT,http://127.0.0.1:$R2_PORT"
 
 # The fixture: a BLOB_MIB MiB layer and an image manifest over it, pushed to the local replica
 # and (once, through r1) to the shared services.
-head -c "$((BLOB_MIB << 20))" /dev/urandom >"$WORK/blob"
-BLOB_DIGEST="sha256:$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
-printf '{"architecture":"amd64","os":"linux"}' >"$WORK/config"
-CONFIG_DIGEST="sha256:$(sha256sum "$WORK/config" | cut -d' ' -f1)"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
-  "$CONFIG_DIGEST" "$(stat -c%s "$WORK/config")" "$BLOB_DIGEST" "$(stat -c%s "$WORK/blob")" >"$WORK/manifest"
-push_blob() { # PORT FILE DIGEST
-  local loc sep='?'
-  loc="$(curl -sS -D - -o /dev/null -X POST "http://127.0.0.1:$1/v2/bench/app/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')"
-  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$1$loc" ;; esac
-  case "$loc" in *\?*) sep='&' ;; esac
-  curl -sS -f -o /dev/null -X PUT -H 'content-type: application/octet-stream' --data-binary "@$2" "$loc${sep}digest=$3"
-}
+make_fixture "$BLOB_MIB"
 for port in "$LOCAL_PORT" "$R1_PORT"; do
   push_blob "$port" "$WORK/blob" "$BLOB_DIGEST"
   push_blob "$port" "$WORK/config" "$CONFIG_DIGEST"
-  curl -sS -f -o /dev/null -X PUT -H 'content-type: application/vnd.oci.image.manifest.v1+json' \
-    --data-binary "@$WORK/manifest" "http://127.0.0.1:$port/v2/bench/app/manifests/v1"
+  push_manifest "$port"
 done
 rm -f "$WORK/blob"
 ACCEPT="application/vnd.oci.image.manifest.v1+json"

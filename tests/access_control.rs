@@ -71,7 +71,7 @@ fn bearer(jwt: &str) -> String {
 /// The registry's current signing key (read before it starts: the store is locked while it runs).
 fn signing_key(data: &Path) -> access::jwt::SigningKey {
     std::fs::create_dir_all(data).unwrap();
-    let store = access::AccessStore::open(data).unwrap();
+    let store = access::AccessFile::open(data).unwrap();
     let mut snapshot = store.load().unwrap();
     access::manage::ensure_defaults(&mut snapshot, util_now());
     store.save(&snapshot).unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::*;
-use common::azurite::{container_store, serve_azblob, serve_azblob_on, Azurite};
+use common::azurite::{container_digests, serve_azblob, serve_azblob_on, Azurite};
 use common::oci::{random_bytes, Layout};
 use common::skopeo;
 use reqwest::Method;
@@ -74,14 +74,7 @@ fn skopeo_pushes_and_pulls_byte_identical_through_azure_blob_storage() {
         "{:?}",
         local_blob_files(&data)
     );
-    let store = container_store(&azurite, "images", &dir.path().join("probe"));
-    let listed: Vec<String> = store
-        .list_blobs()
-        .unwrap()
-        .blobs
-        .iter()
-        .map(|(d, _)| d.to_string())
-        .collect();
+    let listed = container_digests(&azurite, "images", &dir.path().join("probe"));
     for blob in [&image.manifest, &image.config]
         .into_iter()
         .chain(&image.layers)
@@ -221,14 +214,7 @@ fn kill9_during_an_upload_leaves_nothing_under_a_digest_and_the_upload_goes_on()
     assert!(!matches!(outcome, Ok(201)), "{outcome:?}");
 
     // Nothing under the digest, nothing under a digest of the bytes that did arrive.
-    let probe = container_store(&azurite, "crash", &dir.path().join("probe"));
-    let listed: Vec<String> = probe
-        .list_blobs()
-        .unwrap()
-        .blobs
-        .iter()
-        .map(|(d, _)| d.to_string())
-        .collect();
+    let listed = container_digests(&azurite, "crash", &dir.path().join("probe"));
     assert!(!listed.contains(&big_digest), "{listed:?}");
     assert!(!listed.contains(&sha256(&whole[..acked])), "{listed:?}");
     assert!(listed.is_empty(), "no blob was ever finished: {listed:?}");
@@ -258,12 +244,7 @@ fn kill9_during_an_upload_leaves_nothing_under_a_digest_and_the_upload_goes_on()
     );
 
     // The monolithic one, started again, is whole.
-    let loc = api.start_upload("big");
-    api.send(
-        api.req(Method::PUT, &Api::with_digest(&loc, &big_digest))
-            .body(big.to_vec()),
-    )
-    .expect(201);
+    assert_eq!(api.push_blob("big", &big), big_digest);
     let got = api.get(&format!("/v2/big/blobs/{big_digest}")).expect(200);
     assert_eq!(sha256(&got.body), big_digest);
 }

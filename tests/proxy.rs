@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::api::sha256;
 use common::distribution::start_distribution;
 use common::oci::{first_image_layers, seeded_bytes, Layout};
-use common::proxy::{metrics, proxy_fixture, start_proxy};
+use common::proxy::{config_line, metrics, proxy_fixture, start_proxy};
 use common::tls::{Leaf, TestCa};
 use common::{bin, free_port, run_ok, slow_curl, start_registry, wait_until, Proc};
 
@@ -931,12 +931,7 @@ fn print_config_shows_env_routes_and_origins() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = |key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .unwrap_or_else(|| panic!("no {key} line in:\n{text}"))
-            .to_owned()
-    };
+    let line = |key: &str| config_line(&text, key);
     assert!(
         line("listen ").contains("0.0.0.0:8443")
             && line("listen ").contains("env NGINX_DEFAULT_PORT")

@@ -3,7 +3,8 @@
 //! `connected-registry proxy --route /v2=A,B`. Requests are spread over them; a replica killed
 //! with `kill -9` costs no client request (the GET or HEAD that finds it dead goes to the other
 //! one) and `skopeo` pulls right after; the health check takes it out and, once it runs again
-//! on its port, puts it back; a PUT, PATCH, POST or DELETE is never sent twice.
+//! on its port, puts it back; a PUT, PATCH, POST or DELETE is never sent twice. With
+//! `--health-path /v2/` the same holds for CNCF distribution replicas, which have no `/readyz`.
 
 mod common;
 
@@ -15,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::api::OCI_MANIFEST;
+use common::distribution::start_distribution_on;
 use common::oci::{first_image_layers, Image, Layout};
-use common::proxy::{metrics, proxy_fixture, start_proxy};
+use common::proxy::{balanced_proxy, config_line, healthy, metric, metrics, proxy_fixture};
 use common::tls::TestCa;
 use common::{free_port, start_registry_on, wait_until, Proc};
 
@@ -68,47 +70,6 @@ fn replicas(t: &Path, n: usize) -> (Vec<Replica>, Layout, Image) {
     (replicas, layout, image)
 }
 
-/// The proxy `name` with `/v2` balanced over `upstreams`, its admin port, and `extra` flags.
-fn balanced_proxy(
-    t: &Path,
-    name: &str,
-    leaf: &common::tls::Leaf,
-    upstreams: &[String],
-    extra: &[&str],
-) -> (Proc, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let route = format!("/v2={}", upstreams.join(","));
-    let admin_s = admin.to_string();
-    let mut args = vec!["--route", &route, "--admin", &admin_s];
-    args.extend_from_slice(extra);
-    (start_proxy(t, name, leaf, &args, &[]), admin)
-}
-
-/// An HTTPS client trusting only the test CA.
-fn client(ca: &TestCa) -> reqwest::blocking::Client {
-    let pem = std::fs::read(&ca.root).unwrap();
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// A value of the proxy's metrics, e.g. `proxy_upstream_healthy{upstream="http://..."}`;
-/// `None` when the line is missing.
-fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
-    metrics(admin)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn healthy(admin: SocketAddr, upstream: &str) -> Option<f64> {
-    metric(
-        admin,
-        &format!("proxy_upstream_healthy{{upstream=\"{upstream}\"}}"),
-    )
-}
-
 /// Whether `cond` holds within 10 s, checked every 50 ms: many health intervals of the tests.
 fn soon(cond: impl FnMut() -> bool) -> bool {
     wait_until(Duration::from_secs(10), Duration::from_millis(50), cond)
@@ -157,7 +118,7 @@ fn a_replica_killed_mid_stream_costs_no_request() {
     let (mut reps, _layout, image) = replicas(t, 2);
     let urls: Vec<String> = reps.iter().map(Replica::url).collect();
     let (proxy, admin) = balanced_proxy(t, "proxy", &leaf, &urls, &["--health-interval", "1h"]);
-    let http = client(&ca);
+    let http = ca.https_client();
     let base = format!("https://{}/v2/{REPO}", proxy.addr);
     let manifest_url = format!("{base}/manifests/v1");
 
@@ -288,7 +249,7 @@ fn health_checks_take_a_dead_replica_out_and_put_it_back() {
         &urls,
         &["--health-interval", "200ms", "--health-timeout", "500ms"],
     );
-    let http = client(&ca);
+    let http = ca.https_client();
     let manifest_url = format!("https://{}/v2/{REPO}/manifests/v1", proxy.addr);
     let line = format!("GET /v2/{REPO}/manifests/v1 200");
     for u in &urls {
@@ -365,6 +326,101 @@ fn health_checks_take_a_dead_replica_out_and_put_it_back() {
         soon(|| common::curl(&[&format!("http://{admin}/readyz")]).0 == 200),
         "not ready again with a replica back"
     );
+}
+
+/// `--health-path` lets the proxy balance registries that are not ours: two CNCF distribution
+/// replicas (`docker-registry`, which answers `GET /v2/` and has no `/readyz`) checked at
+/// `/v2/` are both in service; one killed is taken out by its check (logged with the path),
+/// requests keep reaching the other, and started again on its port it is put back. The same
+/// replicas checked at the default `/readyz` are reported out (distribution answers 404 there),
+/// which is what the setting is for.
+#[test]
+fn health_path_checks_distribution_replicas() {
+    let (tmp, ca, leaf) = proxy_fixture();
+    let t = tmp.path();
+    let ports = [free_port(), free_port()];
+    let dirs: Vec<PathBuf> = (0..2).map(|i| t.join(format!("distribution{i}"))).collect();
+    let mut regs: Vec<Proc> = (0..2)
+        .map(|i| start_distribution_on(&dirs[i], ports[i], ""))
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let checks = ["--health-interval", "200ms", "--health-timeout", "500ms"];
+    let (proxy, admin) = balanced_proxy(
+        t,
+        "proxy",
+        &leaf,
+        &urls,
+        &[&checks[..], &["--health-path", "/v2/"]].concat(),
+    );
+    let (_default, default_admin) = balanced_proxy(t, "default", &leaf, &urls, &checks);
+    let http = ca.https_client();
+    let base = format!("https://{}/v2/", proxy.addr);
+
+    assert!(
+        soon(|| urls.iter().all(|u| healthy(default_admin, u) == Some(0.0))),
+        "checked at /readyz, distribution should fail its checks:\n{}",
+        metrics(default_admin)
+    );
+    // Checks ran on both proxies by now (they started together); a few more rounds, and not
+    // one check at /v2/ may have failed.
+    std::thread::sleep(Duration::from_millis(600));
+    for u in &urls {
+        assert_eq!(healthy(admin, u), Some(1.0), "{}", metrics(admin));
+        let out = format!("proxy_upstream_health_changes_total{{upstream=\"{u}\",to=\"out\"}}");
+        assert_eq!(metric(admin, &out), Some(0.0), "{}", metrics(admin));
+    }
+    assert_eq!(common::curl(&[&format!("http://{admin}/readyz")]).0, 200);
+    for _ in 0..4 {
+        assert_eq!(fetch(&http, false, &base), Ok(200));
+    }
+
+    regs[0].kill();
+    assert!(
+        soon(|| healthy(admin, &urls[0]) == Some(0.0)),
+        "the killed distribution is still reported in service:\n{}",
+        metrics(admin)
+    );
+    assert_eq!(healthy(admin, &urls[1]), Some(1.0), "{}", metrics(admin));
+    let log = proxy.log_text();
+    assert!(
+        log.contains(&format!(
+            "upstream {} taken out of service: its health check failed: GET /v2/",
+            urls[0]
+        )),
+        "{log}"
+    );
+    for _ in 0..6 {
+        assert_eq!(fetch(&http, false, &base), Ok(200));
+    }
+    assert_eq!(
+        metric(admin, "proxy_retries_total"),
+        Some(0.0),
+        "a request went to the replica taken out"
+    );
+
+    regs[0] = start_distribution_on(&dirs[0], ports[0], "");
+    assert!(
+        soon(|| healthy(admin, &urls[0]) == Some(1.0)),
+        "the distribution started again was not put back:\n{}",
+        metrics(admin)
+    );
+    assert!(
+        proxy.log_text().contains(&format!(
+            "upstream {} back in service: its health check (GET /v2/) passed",
+            urls[0]
+        )),
+        "{}",
+        proxy.log_text()
+    );
+    let back = format!(
+        "proxy_upstream_health_changes_total{{upstream=\"{}\",to=\"in\"}}",
+        urls[0]
+    );
+    assert_eq!(metric(admin, &back), Some(1.0));
+    assert_eq!(fetch(&http, false, &base), Ok(200));
 }
 
 /// An upstream that reads a request's head and closes the connection without answering;
@@ -475,7 +531,8 @@ fn only_get_and_head_are_sent_again() {
 
 /// `--print-config` lists every upstream of a route, from the `proxy` flag and from `serve`'s
 /// variable (whose comma-separated list of routes keeps a route's upstreams together), with
-/// the balancing settings; a duplicate is refused naming the flag.
+/// the balancing settings (the health path from `serve`'s variable too); a duplicate is
+/// refused naming the flag.
 #[test]
 fn print_config_lists_every_upstream() {
     let (ok, out, err) = common::cli(&[
@@ -491,19 +548,14 @@ fn print_config_lists_every_upstream() {
         "2",
     ]);
     assert!(ok, "{out}{err}");
-    let line = |text: &str, key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .unwrap_or_else(|| panic!("no {key:?} line in:\n{text}"))
-            .to_owned()
-    };
-    let v2 = line(&out, "route /v2 ");
+    let v2 = config_line(&out, "route /v2 ");
     assert!(
         v2.contains("http://10.0.0.4:8080, http://10.0.0.5:8080") && v2.contains("flag --route"),
         "{v2}"
     );
-    assert!(line(&out, "retries ").contains('2'));
-    assert!(line(&out, "health_interval ").contains("2s"));
+    assert!(config_line(&out, "retries ").contains('2'));
+    assert!(config_line(&out, "health_interval ").contains("2s"));
+    assert!(config_line(&out, "health_path ").contains("/readyz"));
 
     let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::bin())
@@ -514,6 +566,7 @@ fn print_config_lists_every_upstream() {
             "CONNECTED_REGISTRY_PROXY_ROUTE",
             "/blob=http://blob1:11002,http://blob2:11002,/x=http://c:1",
         )
+        .env("CONNECTED_REGISTRY_PROXY_HEALTH_PATH", "/v2/")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -522,8 +575,12 @@ fn print_config_lists_every_upstream() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(line(&text, "route /blob ").contains("http://blob1:11002, http://blob2:11002"));
-    assert!(line(&text, "route /x ").contains("http://c:1"));
+    assert!(config_line(&text, "route /blob ").contains("http://blob1:11002, http://blob2:11002"));
+    assert!(config_line(&text, "route /x ").contains("http://c:1"));
+    assert!(
+        config_line(&text, "health_path ").contains("/v2/"),
+        "{text}"
+    );
 
     let (ok, _, err) = common::cli(&[
         "proxy",

@@ -3,11 +3,14 @@
 //! clients (`tests/common/replicas.rs` starts the set):
 //!
 //! - what is pushed through one replica directly is pulled through the other, byte-identical;
-//!   `skopeo` (verifying the proxy's certificate against the test CA) and a private `dockerd`
-//!   push and pull through the proxy, their requests spread over both replicas, so an upload
-//!   started on one continues on the other. dockerd reaches the proxy at 127.0.0.1 over TLS but
-//!   does not verify its certificate there (it treats 127.0.0.0/8 as an insecure registry, and
-//!   no flag turns that off); the certificate check is skopeo's part of the test;
+//!   `skopeo` and a private `dockerd` push and pull through the proxy, both verifying its
+//!   certificate against the test CA, their requests spread over both replicas, so an upload
+//!   started on one continues on the other. dockerd runs in a network namespace of its own and
+//!   reaches the proxy at `proxy.test`, the far end of a veth pair (outside 127.0.0.0/8, which
+//!   dockerd would treat as an insecure registry, unverified), relayed by the test process to
+//!   the proxy byte for byte (`Replicas::reach_from_namespace`); it trusts the CA through
+//!   `/etc/docker/certs.d/proxy.test:PORT/ca.crt`, and before that it refuses the proxy (x509
+//!   error), so the check is real. Needs root (namespaces, `/etc/docker/certs.d`) for that part;
 //! - a replica killed with `kill -9` in the middle of a chunked upload (a PATCH through the
 //!   proxy in flight to it): the client asks where the upload stands, the proxy sends it to the
 //!   other replica, every acknowledged chunk is there, the rest goes there too and the blob is
@@ -115,11 +118,25 @@ fn a_push_through_one_replica_is_pulled_through_the_other_and_through_the_proxy(
         assert_push_intact(&r.api(), "proxied/app", "v1", &manifest);
     }
 
-    // A private dockerd through the proxy: pull what skopeo pushed, push it under a new
-    // name, remove it locally and pull that back.
-    let dk = Dockerd::start();
-    let host = set.proxy_host();
+    // A private dockerd in a network namespace of its own, reaching the proxy at
+    // proxy.test:PORT, outside 127.0.0.0/8, so it verifies the proxy's certificate: without
+    // the test CA it refuses the proxy, which it would not if it skipped the check.
+    let mut reach = set.reach_from_namespace();
+    let dk = Dockerd::start_in(Some(&reach.ns));
+    let host = reach.host.clone();
     let pulled = format!("{host}/proxied/app:v1");
+    let refused = dk.docker(&["pull", &pulled]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("x509: certificate signed by unknown authority"),
+        "dockerd without the test CA refuses the proxy's certificate: {}\nstderr: {stderr}",
+        refused.status
+    );
+
+    // Given the CA: pull what skopeo pushed, push it under a new name, remove it locally and
+    // pull that back.
+    reach.trust_for_docker(&set.ca);
     dk.docker_ok(&["pull", &pulled]);
     let id = dk.docker_ok(&["image", "inspect", "--format", "{{.Id}}", &pulled]);
     assert_eq!(id.trim(), image.config.digest, "docker pulled the image");
@@ -137,6 +154,14 @@ fn a_push_through_one_replica_is_pulled_through_the_other_and_through_the_proxy(
         id.trim(),
         image.config.digest,
         "pulled back what docker pushed"
+    );
+    // dockerd's only way to the proxy was the namespace's link: it carried the image twice
+    // down (pull, pull back).
+    let down = reach.relay.down.load(std::sync::atomic::Ordering::Relaxed);
+    let image_bytes: u64 = image.layers.iter().map(|l| l.size).sum();
+    assert!(
+        down > 2 * image_bytes,
+        "the link to the proxy carried {down} bytes down; the image is {image_bytes}"
     );
 }
 

@@ -139,6 +139,22 @@ fn gc_on_one_replica_never_takes_what_pushes_through_the_other_reuse() {
         collected.contains("garbage collected"),
         "GC never ran on the collector: {collected}"
     );
+    // It took blobs meanwhile (pool blobs it found unreferenced), so pushes raced real deletes.
+    let blobs_deleted: usize = collected
+        .lines()
+        .filter_map(|l| {
+            l.split("blobs_deleted: ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        blobs_deleted > 0,
+        "GC on the collector never deleted a blob: {collected}"
+    );
     for replica in [&pusher, &collector] {
         let api = Api::new(&replica.url());
         for (repo, tag, manifest) in &pushed {

@@ -26,12 +26,18 @@ use serde_json::Value;
 
 /// The replica's sync status (`None` while it does not answer: killed, or not up).
 fn status(replica: &Proc) -> Option<Value> {
-    let resp = reqwest::blocking::Client::new()
-        .get(format!("{}/acr/v1/_sync/status", replica.url()))
+    status_at(&replica.url())
+}
+
+/// The sync status of the replica at `url` (`None` while it does not answer).
+fn status_at(url: &str) -> Option<Value> {
+    reqwest::blocking::Client::new()
+        .get(format!("{url}/acr/v1/_sync/status"))
         .timeout(Duration::from_secs(2))
         .send()
-        .ok()?;
-    resp.json().ok()
+        .ok()?
+        .json()
+        .ok()
 }
 
 /// Whether the replica's status says it holds the sync lease.
@@ -67,20 +73,9 @@ impl Watch {
         }));
         let (stop2, seen2) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::new();
             while !stop2.load(Ordering::Relaxed) {
-                let statuses: Vec<Option<Value>> = replicas
-                    .iter()
-                    .map(|url| {
-                        client
-                            .get(format!("{url}/acr/v1/_sync/status"))
-                            .timeout(Duration::from_secs(2))
-                            .send()
-                            .ok()?
-                            .json()
-                            .ok()
-                    })
-                    .collect();
+                let statuses: Vec<Option<Value>> =
+                    replicas.iter().map(|url| status_at(url)).collect();
                 let mut seen = seen2.lock().unwrap();
                 let running: Vec<usize> = (0..statuses.len())
                     .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["running"] == true))
@@ -292,4 +287,71 @@ fn one_replica_syncs_at_a_time_and_another_finishes_when_the_holder_is_killed() 
         !seen.passes[survivor].is_empty(),
         "the survivor never finished a pass"
     );
+}
+
+/// `sync --once` on the replicas' shared metadata runs its pass only with the sync lease: beside
+/// a replica that holds it, it gives up after the longest a takeover takes and says which
+/// replica holds it; once that replica stopped cleanly (the lease given up), it takes the
+/// lease, runs its pass over the shared store (nothing to fetch: the replica's copy is the
+/// shared one) and gives the lease up again.
+#[test]
+fn sync_once_on_shared_metadata_runs_only_with_the_lease() {
+    let services = Services::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = start_distribution(&tmp.path().join("parent"), "");
+    let host = parent.url().trim_start_matches("http://").to_owned();
+    let (layout, _) = image(&tmp.path().join("img"), &[64 << 10]);
+    seed(&layout, &host, "small/app", "v1");
+    let manifest = sha256(raw_manifest(&host, "small/app", "v1").as_bytes());
+    let parent_url = parent.url();
+    let args = child_args(
+        &parent_url,
+        &[
+            "--repo",
+            "small/*",
+            "--sync-lease",
+            LEASE,
+            "--gc-interval",
+            "0s",
+        ],
+    );
+    let mut replica = services.serve(&tmp.path().join("replica"), &args);
+    wait_for_tag(&replica, "small/app", "v1", &manifest);
+    let holder = status(&replica).unwrap()["lease"]["thisReplica"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut once_args = services.serve_args();
+    once_args.extend(["--repo", "small/*", "--sync-lease", "1s"].map(String::from));
+    let once_args: Vec<&str> = once_args.iter().map(String::as_str).collect();
+    let envs = services.envs();
+    let mut envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    envs.push(("RUST_LOG", "info"));
+    let once = || common::sync::sync_once(&tmp.path().join("once"), &parent_url, &once_args, &envs);
+
+    // Beside the holder: refused, naming it.
+    let out = once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran beside the holder: {stderr}");
+    assert!(
+        stderr.contains(&format!("the sync lease is held by {holder}")),
+        "{stderr}"
+    );
+    assert!(holds_lease(&replica), "the holder kept the lease");
+
+    // The holder stopped cleanly: the lease is free, and the one pass takes it.
+    replica.sigterm();
+    replica.exit_within(Duration::from_secs(30));
+    let out = once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("this replica took the sync lease"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sync lease given up"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["outcome"], "Completed", "{summary}");
+    assert_eq!(summary["blobsFetched"], 0, "{summary}");
 }

@@ -1165,15 +1165,25 @@ fn media_type_of(body: &[u8]) -> String {
 }
 
 /// Whether every tag the child's sync state records as synced has whole content in its store
-/// (opened in this process while the child is down); returns what is missing.
+/// (opened in this process while the child is down); returns what is missing. The state is
+/// read where the child keeps it: its state file, or its row in the metadata when that is
+/// shared (`REGISTRY_UNDER_TEST=ours-postgres`, `ours-replica`).
 fn synced_without_content(child: &Target) -> Vec<String> {
     use registry::{Reference, RepoName, Store};
     let data = child.data_dir();
-    let state = sync::StateFile::open(&data.join("sync"))
-        .expect("the sync state file reads after a crash")
-        .snapshot();
     let store = Store::open_with(&data, registry::Limits::default(), child.backends())
         .expect("the child's store opens after a crash");
+    let state: sync::state::SyncState = if store.metadata_is_shared() {
+        store
+            .sync_state("main")
+            .expect("the sync state reads from the metadata after a crash")
+            .map(|doc| serde_json::from_slice(&doc).expect("the sync state in the metadata parses"))
+            .unwrap_or_default()
+    } else {
+        sync::StateFile::open(&data.join("sync"))
+            .expect("the sync state file reads after a crash")
+            .snapshot()
+    };
     let mut missing = Vec::new();
     for (repo, tags) in &state.synced_tags {
         let Ok(name) = repo.parse::<RepoName>() else {

@@ -3,12 +3,15 @@
 //! commands applied at once (no restart).
 //!
 //! Every decision reads the current token set: a disabled token, a deleted one or a retired
-//! password stops working at the next request, whatever was cached or issued before.
+//! password stops working at the next request, whatever was cached or issued before. The live
+//! set is a copy of what the [`AccessStore`] keeps: a change made here is kept and live at
+//! once; a change another process made to a shared store (another replica) is read back by
+//! [`Authority::reload_if_changed`], which [`Authority::watch`] runs every [`Settings::access_refresh`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -19,7 +22,7 @@ use crate::jwt::{self, Claims, Grant, RefreshOf};
 use crate::limiter::{Limits, LoginLimiter};
 use crate::manage::{self, Command, ManageError};
 use crate::scope_map::{RepoPattern, Target};
-use crate::store::{AccessStore, Snapshot, StoreError};
+use crate::store::{self, AccessFile, AccessStore, Snapshot, StoreError, Version};
 use crate::token::{Slot, Status};
 
 /// The named settings of access control.
@@ -37,6 +40,10 @@ pub struct Settings {
     pub anonymous_pull: Vec<RepoPattern>,
     /// This registry refuses client writes (ReadOnly): it may only have ReadOnly children.
     pub read_only: bool,
+    /// With a store other processes change too (the metadata replicas share): how often the
+    /// live set checks whether it moved, and reads it again when it did. A token deleted or a
+    /// scope map narrowed through another replica stops working here within about this long.
+    pub access_refresh: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +58,7 @@ impl Default for Settings {
             },
             anonymous_pull: Vec::new(),
             read_only: false,
+            access_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -144,8 +152,12 @@ struct Verified {
 }
 
 pub struct Authority {
-    store: Mutex<Option<AccessStore>>,
-    state: RwLock<Arc<Snapshot>>,
+    /// Where the set is kept; `None`: nowhere (tests, a child's tokens from its parent).
+    store: Option<Arc<dyn AccessStore>>,
+    /// Held while the live set is replaced (a change kept, a refresh): the one installed last
+    /// is then the newest kept.
+    changing: Mutex<()>,
+    state: RwLock<Live>,
     settings: Settings,
     limiter: LoginLimiter,
     /// Keyed hashes of verified `name:password` pairs: the cache never holds a password.
@@ -155,35 +167,67 @@ pub struct Authority {
     cache_key: [u8; 32],
 }
 
+/// The live set and the version of the store it was read at (or kept as).
+struct Live {
+    snapshot: Arc<Snapshot>,
+    version: Version,
+}
+
 impl Authority {
-    /// Opens the access store in `data` (made on first start, with the built-in scope maps and a
-    /// signing key).
+    /// Opens the access store in `data` (`access.redb`).
     pub fn open(data: &Path, settings: Settings) -> Result<Authority, StoreError> {
-        let store = AccessStore::open(data)?;
-        let mut snapshot = store.load()?;
-        let now = crate::now();
+        Authority::open_on(Arc::new(AccessFile::open(data)?), settings)
+    }
+
+    /// The live set over `store`, made on first start (the built-in scope maps and a signing
+    /// key, in one write transaction that sees the set as it is then: processes starting
+    /// together on one shared store make one signing key, not one each).
+    pub fn open_on(
+        store: Arc<dyn AccessStore>,
+        settings: Settings,
+    ) -> Result<Authority, StoreError> {
         let longest = settings
             .refresh_lifetime
             .max(settings.token_lifetime)
             .as_secs();
-        let added = manage::ensure_defaults(&mut snapshot, now);
-        let pruned = manage::prune_keys(&mut snapshot, now, longest);
-        if added || pruned {
-            store.save(&snapshot)?;
+        let needs_defaults = |snapshot: &mut Snapshot| {
+            let now = crate::now();
+            let added = manage::ensure_defaults(snapshot, now);
+            let pruned = manage::prune_keys(snapshot, now, longest);
+            added || pruned
+        };
+        let (mut snapshot, mut version) = store::load(&*store)?;
+        // A write transaction only when there is something to make (on a shared store it
+        // waits for every other writer).
+        if needs_defaults(&mut snapshot.clone()) {
+            let (kept, kept_version, _) = store::update(&*store, |next| {
+                needs_defaults(next);
+                Ok(())
+            })?;
+            (snapshot, version) = (kept, kept_version);
         }
-        Ok(Authority::with(Some(store), snapshot, settings))
+        Ok(Authority::with(Some(store), snapshot, version, settings))
     }
 
     /// An authority over `snapshot`, kept nowhere (tests, and a child's tokens from its parent).
     pub fn in_memory(mut snapshot: Snapshot, settings: Settings) -> Authority {
         manage::ensure_defaults(&mut snapshot, crate::now());
-        Authority::with(None, snapshot, settings)
+        Authority::with(None, snapshot, 0, settings)
     }
 
-    fn with(store: Option<AccessStore>, snapshot: Snapshot, settings: Settings) -> Authority {
+    fn with(
+        store: Option<Arc<dyn AccessStore>>,
+        snapshot: Snapshot,
+        version: Version,
+        settings: Settings,
+    ) -> Authority {
         Authority {
-            store: Mutex::new(store),
-            state: RwLock::new(Arc::new(snapshot)),
+            store,
+            changing: Mutex::new(()),
+            state: RwLock::new(Live {
+                snapshot: Arc::new(snapshot),
+                version,
+            }),
             limiter: LoginLimiter::new(settings.login),
             settings,
             remembered: Mutex::new(HashMap::new()),
@@ -192,12 +236,92 @@ impl Authority {
         }
     }
 
+    /// Whether the set is kept where other processes change it too.
+    pub fn is_shared(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.is_shared())
+    }
+
+    /// Reads the kept set again when its version moved since it was last read or kept here
+    /// (changes made by another process sharing the store); whether it had. One read of the
+    /// version otherwise. Blocks: call it off the async threads.
+    pub fn reload_if_changed(&self) -> Result<bool, StoreError> {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
+            return Ok(false);
+        };
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.live_version();
+        if store.version()? == known {
+            return Ok(false);
+        }
+        let (snapshot, version) = store::load(&**store)?;
+        self.install(snapshot, version);
+        Ok(true)
+    }
+
+    /// With a shared store, runs [`Authority::reload_if_changed`] every [`Settings::access_refresh`] on a thread
+    /// of its own until the authority is dropped (without one, nothing: this process makes every
+    /// change itself). A failed refresh is logged (once until one succeeds again) and the set
+    /// last read stays live.
+    pub fn watch(self: &Arc<Self>) {
+        if !self.is_shared() {
+            return;
+        }
+        let every = self.settings.access_refresh.max(Duration::from_millis(10));
+        let authority: Weak<Authority> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("access-refresh".into())
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    std::thread::sleep(every);
+                    let Some(authority) = authority.upgrade() else {
+                        return;
+                    };
+                    match authority.reload_if_changed() {
+                        Ok(changed) => {
+                            if failing {
+                                tracing::info!("the shared access store is reachable again");
+                            }
+                            if changed {
+                                tracing::debug!("access set changed by another replica: read again");
+                            }
+                            failing = false;
+                        }
+                        Err(err) if !failing => {
+                            tracing::warn!(%err, "cannot check the shared access store for changes: serving the token set last read until it answers");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "cannot start the thread that reads the shared access store's changes: changes made through other replicas reach this one only at its next start");
+        }
+    }
+
+    fn live_version(&self) -> Version {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).version
+    }
+
+    /// Makes `snapshot` the live set (the caller holds `changing`).
+    fn install(&self, snapshot: Snapshot, version: Version) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Live {
+            snapshot: Arc::new(snapshot),
+            version,
+        };
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot
+            .clone()
     }
 
     /// Whether any token exists (a registry with none can be reached by nobody).
@@ -210,7 +334,7 @@ impl Authority {
         let writes = command.writes();
         let read_only = self.settings.read_only;
         self.change(writes, |next| {
-            manage::apply_as(next, command, crate::now(), read_only)
+            manage::apply_as(next, command.clone(), crate::now(), read_only)
         })
     }
 
@@ -218,41 +342,77 @@ impl Authority {
     /// applied and before the change is kept; when it fails, nothing is kept. For what must be
     /// durable elsewhere first: the first token's password goes to a file before the token is
     /// committed, since a crash between a committed token and its file would leave a token whose
-    /// password nobody has (and, tokens existing, no start would make another).
+    /// password nobody has (and, tokens existing, no start would make another). It runs inside
+    /// the store's write transaction, and again if that transaction runs again.
     pub fn manage_then(
         &self,
         command: Command,
-        before_keeping: impl FnOnce(&serde_json::Value) -> Result<(), String>,
+        mut before_keeping: impl FnMut(&serde_json::Value) -> Result<(), String>,
     ) -> Result<serde_json::Value, ManageError> {
         let writes = command.writes();
         self.change(writes, |next| {
-            let answer = manage::apply_as(next, command, crate::now(), self.settings.read_only)?;
+            let answer =
+                manage::apply_as(next, command.clone(), crate::now(), self.settings.read_only)?;
             before_keeping(&answer).map_err(ManageError)?;
             Ok(answer)
         })
     }
 
-    /// Applies `change` to a copy of the token set and, when `writes`, keeps the copy (in the
-    /// store, then live) — all of it or, on an error, none.
+    /// [`Authority::manage_then`] only when the kept set has no token, checked in the same
+    /// write transaction (the first token of a store: replicas sharing one, starting together,
+    /// make it once); `None` when it had one (made meanwhile by another process).
+    pub fn manage_first_token(
+        &self,
+        command: Command,
+        mut before_keeping: impl FnMut(&serde_json::Value) -> Result<(), String>,
+    ) -> Result<Option<serde_json::Value>, ManageError> {
+        self.change(true, |next| {
+            if !next.tokens.is_empty() {
+                return Ok(None);
+            }
+            let answer =
+                manage::apply_as(next, command.clone(), crate::now(), self.settings.read_only)?;
+            before_keeping(&answer).map_err(ManageError)?;
+            Ok(Some(answer))
+        })
+    }
+
+    /// Applies `change` to the token set and, when `writes`, keeps the result (in the store,
+    /// then live) — all of it or, on an error, none. A change is applied to the set as the
+    /// store has it in the write transaction that keeps it (whatever another process sharing
+    /// the store changed before), so it may run more than once (see [`AccessStore::write`]). A
+    /// read (`!writes`) is answered from the live set, read again first when shared.
     pub(crate) fn change<T>(
         &self,
         writes: bool,
-        change: impl FnOnce(&mut Snapshot) -> Result<T, ManageError>,
+        mut change: impl FnMut(&mut Snapshot) -> Result<T, ManageError>,
     ) -> Result<T, ManageError> {
-        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = (*self.snapshot()).clone();
-        let answer = change(&mut next)?;
-        if writes {
-            if let Some(store) = store.as_ref() {
-                store
-                    .save(&next)
-                    .map_err(|e| ManageError(format!("cannot keep the change: {e}")))?;
-                // A crash here leaves the change durable but unanswered: the next start must
-                // serve it whole (the caller, who heard nothing, finds it done).
-                util::crash_point::crash_point("after_access_commit");
+        let store = match &self.store {
+            Some(store) if writes => store,
+            _ => {
+                if !writes {
+                    if let Err(err) = self.reload_if_changed() {
+                        tracing::warn!(%err, "cannot read the shared access store: answering from the set last read");
+                    }
+                }
+                let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+                let mut next = (*self.snapshot()).clone();
+                let answer = change(&mut next)?;
+                if writes {
+                    self.install(next, 0);
+                }
+                return Ok(answer);
             }
-            *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
-        }
+        };
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, version, answer) = store::update(&**store, change).map_err(|e| match e {
+            StoreError::Refused(refused) => refused,
+            e => ManageError(format!("cannot keep the change: {e}")),
+        })?;
+        // A crash here leaves the change durable but unanswered: the next start must serve it
+        // whole (the caller, who heard nothing, finds it done).
+        util::crash_point::crash_point("after_access_commit");
+        self.install(next, version);
         Ok(answer)
     }
 
@@ -263,19 +423,36 @@ impl Authority {
             return Ok(login);
         }
         let now = crate::now();
-        let snapshot = self.snapshot();
         let key = self.cache_key_of(name, password);
         if let Some(retry_after) = self.limiter.locked(name, from) {
             return Err(Refusal::TooManyAttempts(retry_after));
         }
-        let checked = snapshot
-            .tokens
-            .get(name)
-            .filter(|t| t.status == Status::Enabled && t.for_child.is_none())
-            .and_then(|t| {
-                let slot = t.check_password(password, now)?;
-                Some((slot, t.password(slot)?.generation()))
-            });
+        let check = |snapshot: &Snapshot| {
+            snapshot
+                .tokens
+                .get(name)
+                .filter(|t| t.status == Status::Enabled && t.for_child.is_none())
+                .and_then(|t| {
+                    let slot = t.check_password(password, now)?;
+                    Some((slot, t.password(slot)?.generation()))
+                })
+        };
+        let checked_on = self.snapshot();
+        let mut checked = check(&checked_on);
+        // A token made (or a password generated) through another replica a moment ago works
+        // here at once, not only after the next refresh: a refused login reads the shared set
+        // again first when it moved (one read of its version; the password hash costs more),
+        // and checks again if the live set is another than the one checked (read now, or by
+        // the refresh thread meanwhile).
+        if checked.is_none() && self.is_shared() {
+            if let Err(err) = self.reload_if_changed() {
+                tracing::warn!(%err, "cannot read the shared access store: checking the login against the set last read");
+            }
+            let live = self.snapshot();
+            if !Arc::ptr_eq(&live, &checked_on) {
+                checked = check(&live);
+            }
+        }
         let Some((slot, generation)) = checked else {
             self.limiter.failed(name, from);
             return Err(Refusal::Unauthorized(format!(
@@ -667,6 +844,108 @@ mod tests {
             expiration: None,
             for_child: None,
         }
+    }
+
+    /// A store two authorities share, as replicas share the metadata: entries and a version
+    /// behind one lock (the registry's key-value store is the real one; its tests run these
+    /// rules on PostgreSQL).
+    #[derive(Default)]
+    struct SharedInMemory {
+        kept: Mutex<(crate::store::Entries, Version)>,
+    }
+
+    impl AccessStore for SharedInMemory {
+        fn read(&self) -> Result<(crate::store::Entries, Version), StoreError> {
+            Ok(self.kept.lock().unwrap().clone())
+        }
+        fn version(&self) -> Result<Version, StoreError> {
+            Ok(self.kept.lock().unwrap().1)
+        }
+        fn write(&self, change: &mut crate::store::Change<'_>) -> Result<Version, StoreError> {
+            let mut kept = self.kept.lock().unwrap();
+            let changes = change(&kept.0)?;
+            if !changes.is_empty() {
+                for key in changes.removed {
+                    kept.0.remove(&key);
+                }
+                kept.0.extend(changes.put);
+                kept.1 += 1;
+            }
+            Ok(kept.1)
+        }
+        fn is_shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn replicas_on_one_store_share_keys_and_see_each_others_changes_after_a_refresh() {
+        let store: Arc<SharedInMemory> = Arc::default();
+        let (a, b) = std::thread::scope(|s| {
+            let open =
+                || s.spawn(|| Authority::open_on(store.clone(), Settings::default()).unwrap());
+            let (a, b) = (open(), open());
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(
+            a.snapshot().signing_key().unwrap().kid,
+            b.snapshot().signing_key().unwrap().kid,
+            "one signing key for both"
+        );
+        assert_eq!(a.snapshot().keys.len(), 1);
+
+        let made = a.manage(create("ci")).unwrap();
+        let password = made["credentials"]["passwords"][0]["value"]
+            .as_str()
+            .unwrap();
+        let from = "127.0.0.1".parse().unwrap();
+        assert!(!b.has_tokens(), "not read yet");
+        let login = b
+            .login("ci", password, from)
+            .expect("a refused login reads the set again first: B knows A's token at once");
+        assert!(!b.reload_if_changed().unwrap(), "read already");
+        assert!(b.login("ci", "wrong", from).is_err());
+
+        // A's access token is B's too (one key), until B deletes the token and A reads that.
+        let asked = Asked::parse_all(&["repository:app:pull".into()]);
+        let issued = a.issue(&login, &asked, "svc", false);
+        let identity = b.bearer(issued.access_token.as_bytes(), "svc").unwrap();
+        assert!(b.allows(&identity, Target::Repository("app"), Action::ContentRead));
+        b.manage(Command::TokenDelete { name: "ci".into() })
+            .unwrap();
+        let identity = a.bearer(issued.access_token.as_bytes(), "svc").unwrap();
+        assert!(a.allows(&identity, Target::Repository("app"), Action::ContentRead));
+        a.reload_if_changed().unwrap();
+        assert!(!a.allows(&identity, Target::Repository("app"), Action::ContentRead));
+        assert!(a.remembered_login("ci", password).is_none());
+
+        // A change is applied to the set as kept, not to the one last read: B, which has not
+        // read A's new token, does not undo it by a change of its own.
+        a.manage(create("one")).unwrap();
+        b.manage(create("two")).unwrap();
+        a.reload_if_changed().unwrap();
+        assert!(a.snapshot().tokens.contains_key("one") && a.snapshot().tokens.contains_key("two"));
+
+        // The first token is made once, whoever asks second.
+        let empty: Arc<SharedInMemory> = Arc::default();
+        let c = Authority::open_on(empty.clone(), Settings::default()).unwrap();
+        let d = Authority::open_on(empty, Settings::default()).unwrap();
+        let mut files = 0;
+        assert!(c
+            .manage_first_token(create("admin"), |_| {
+                files += 1;
+                Ok(())
+            })
+            .unwrap()
+            .is_some());
+        assert!(d
+            .manage_first_token(create("admin"), |_| {
+                files += 1;
+                Ok(())
+            })
+            .unwrap()
+            .is_none());
+        assert_eq!(files, 1, "one password written");
     }
 
     #[test]

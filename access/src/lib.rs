@@ -13,7 +13,7 @@
 //! | [`password`] | generating and hashing passwords (argon2id) |
 //! | [`jwt`] | signing and verifying access tokens (HS256), signing keys |
 //! | [`limiter`] | failed logins per token and per address, the lockout |
-//! | [`store`] | `access.redb` in the data directory |
+//! | [`store`] | where the set is kept: the contract, and `access.redb` in the data directory |
 //! | [`manage`] | the `scope-map`/`token` commands and their `az acr`-shaped answers |
 //! | [`seed`] | scope maps and tokens from a config file, applied at start |
 //! | [`authority`] | the live model a server asks per request |
@@ -39,7 +39,7 @@ pub use authority::{Asked, Authority, Identity, Issued, Login, Refusal, Settings
 pub use manage::{Command, ManageError};
 pub use scope_map::{RepoPattern, Rule, ScopeMap, Target};
 pub use seed::{Seed, Seeded};
-pub use store::{AccessStore, Snapshot, StoreError};
+pub use store::{AccessFile, AccessStore, Snapshot, StoreError};
 
 /// Unix seconds now.
 pub(crate) use util::time::now_secs as now;

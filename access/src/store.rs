@@ -1,24 +1,30 @@
-//! Where scope maps, tokens and signing keys are kept: `access.redb` in the data directory
-//! (mode 0600), separate from the content's metadata. The whole set is small (a few hundred
-//! entries at most), so it is read whole at start and written whole per change, in one
-//! transaction: a crash leaves the old set or the new one.
+//! Where scope maps, tokens, child definitions and signing keys are kept, as a contract
+//! ([`AccessStore`]) so the set can live in the data directory (`access.redb`, [`AccessFile`],
+//! the default) or in the metadata several replicas share (the registry's key-value backend on
+//! PostgreSQL, `registry::storage::kv_access`). The whole set is small (a few hundred entries at
+//! most): it is read whole and changed in one write transaction, which sees the set as it is
+//! then, so a crash leaves the old set or the new one, and two processes changing it at once
+//! (two replicas making their first signing key) never lose one another's change.
+//!
+//! Both implementations keep the same entries: kind (`scope-map`, `token`, `child`, `key`) and
+//! name to the value as JSON ([`Snapshot::to_entries`], [`Snapshot::from_entries`]); a write
+//! stores only the entries that differ. A version moves with every change kept, so a process
+//! sharing the store learns that another one changed it by reading one number.
+
+mod file;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::child::Child;
 use crate::jwt::SigningKey;
+use crate::manage::ManageError;
 use crate::scope_map::ScopeMap;
 use crate::token::Token;
 
-/// kind ("scope-map", "token", "child", "key") and name -> JSON.
-const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("access");
-
-/// The file's name in the data directory.
-pub const FILE_NAME: &str = "access.redb";
+pub use file::{AccessFile, FILE_NAME};
 
 /// Everything kept, as one value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -39,6 +45,108 @@ impl Snapshot {
     }
 }
 
+/// An entry's kind and name.
+pub type EntryKey = (String, String);
+
+/// The kept entries: kind and name to the value as JSON.
+pub type Entries = BTreeMap<EntryKey, Vec<u8>>;
+
+const SCOPE_MAP: &str = "scope-map";
+const TOKEN: &str = "token";
+const CHILD: &str = "child";
+const KEY: &str = "key";
+
+impl Snapshot {
+    /// The snapshot the entries hold; an entry of an unknown kind is skipped (a newer version's).
+    pub fn from_entries(entries: &Entries) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        for ((kind, name), bytes) in entries {
+            let bad = |e: serde_json::Error| StoreError::Db(format!("entry {kind} {name}: {e}"));
+            match kind.as_str() {
+                SCOPE_MAP => {
+                    snapshot
+                        .scope_maps
+                        .insert(name.clone(), serde_json::from_slice(bytes).map_err(bad)?);
+                }
+                TOKEN => {
+                    snapshot
+                        .tokens
+                        .insert(name.clone(), serde_json::from_slice(bytes).map_err(bad)?);
+                }
+                CHILD => {
+                    snapshot
+                        .children
+                        .insert(name.clone(), serde_json::from_slice(bytes).map_err(bad)?);
+                }
+                KEY => snapshot
+                    .keys
+                    .push(serde_json::from_slice(bytes).map_err(bad)?),
+                _ => {}
+            }
+        }
+        // Keys are stored by kid: order them by age, the signing one (never retired) last.
+        snapshot
+            .keys
+            .sort_by_key(|k| (k.retired.is_none(), k.created));
+        Ok(snapshot)
+    }
+
+    /// The entries that keep this snapshot.
+    pub fn to_entries(&self) -> Entries {
+        let mut entries = Entries::new();
+        let mut put = |kind: &str, name: &str, bytes: Vec<u8>| {
+            entries.insert((kind.to_owned(), name.to_owned()), bytes);
+        };
+        for (name, map) in &self.scope_maps {
+            put(SCOPE_MAP, name, json(map));
+        }
+        for (name, token) in &self.tokens {
+            put(TOKEN, name, json(token));
+        }
+        for (name, child) in &self.children {
+            put(CHILD, name, json(child));
+        }
+        for key in &self.keys {
+            put(KEY, &key.kid, json(key));
+        }
+        entries
+    }
+}
+
+/// A stored value as JSON (plain structs of strings and numbers: this cannot fail).
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// What one write transaction changes: entries set and entries removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub put: Vec<(EntryKey, Vec<u8>)>,
+    pub removed: Vec<EntryKey>,
+}
+
+impl Changes {
+    /// What turns `before` into `after` (entries that did not change are not written again).
+    pub fn between(before: &Entries, after: &Entries) -> Changes {
+        Changes {
+            put: after
+                .iter()
+                .filter(|(key, value)| before.get(*key) != Some(*value))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            removed: before
+                .keys()
+                .filter(|key| !after.contains_key(*key))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.removed.is_empty()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open {path}: {source}")]
@@ -52,118 +160,63 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("access store: {0}")]
     Db(String),
+    /// The change itself was refused (a management command's error): nothing was kept.
+    #[error("{0}")]
+    Refused(ManageError),
 }
 
-pub struct AccessStore {
-    db: Database,
+/// The version of a kept set: moves with every change kept.
+pub type Version = u64;
+
+/// A change given to [`AccessStore::write`]: the entries as kept, to the writes to make.
+pub type Change<'a> = dyn FnMut(&Entries) -> Result<Changes, StoreError> + 'a;
+
+/// Where the access set is kept.
+pub trait AccessStore: Send + Sync {
+    /// Every entry, and the version they are at, read in one snapshot.
+    fn read(&self) -> Result<(Entries, Version), StoreError>;
+
+    /// The version the kept set is at now (cheap: asked every `--access-refresh` by each
+    /// process sharing the store).
+    fn version(&self) -> Result<Version, StoreError>;
+
+    /// One write transaction: `change` gets the entries as they are now (every change kept
+    /// before is in them, whichever process made it) and answers the writes, made with the
+    /// version moved and committed together; on its error nothing is written. Writes run one at
+    /// a time, across every process sharing the store; `change` may run more than once (a
+    /// transaction run again after the store was briefly unreachable). Returns the version the
+    /// set is at after it (unchanged when there was nothing to write).
+    fn write(&self, change: &mut Change<'_>) -> Result<Version, StoreError>;
+
+    /// Whether other processes change the set too (then a running registry re-reads it when
+    /// its version moved).
+    fn is_shared(&self) -> bool;
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+/// The kept set as a snapshot, and its version.
+pub fn load(store: &dyn AccessStore) -> Result<(Snapshot, Version), StoreError> {
+    let (entries, version) = store.read()?;
+    Ok((Snapshot::from_entries(&entries)?, version))
 }
 
-impl AccessStore {
-    /// Opens (or creates) `dir/access.redb`.
-    pub fn open(dir: &Path) -> Result<AccessStore, StoreError> {
-        let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            source => StoreError::Open {
-                path: path.clone(),
-                source,
-            },
-        })?;
-        restrict_to_owner(&path);
-        Ok(AccessStore { db })
-    }
-
-    pub fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let mut snapshot = Snapshot::default();
-        let table = match txn.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(snapshot),
-            Err(e) => return Err(db_err(e)),
-        };
-        for entry in table.iter().map_err(db_err)? {
-            let (key, value) = entry.map_err(db_err)?;
-            let (kind, name) = key.value();
-            let bytes = value.value();
-            let bad = |e: serde_json::Error| db_err(format!("entry {kind} {name}: {e}"));
-            match kind {
-                "scope-map" => {
-                    snapshot
-                        .scope_maps
-                        .insert(name.to_owned(), serde_json::from_slice(bytes).map_err(bad)?);
-                }
-                "token" => {
-                    snapshot
-                        .tokens
-                        .insert(name.to_owned(), serde_json::from_slice(bytes).map_err(bad)?);
-                }
-                "child" => {
-                    snapshot
-                        .children
-                        .insert(name.to_owned(), serde_json::from_slice(bytes).map_err(bad)?);
-                }
-                "key" => snapshot
-                    .keys
-                    .push(serde_json::from_slice(bytes).map_err(bad)?),
-                _ => {}
-            }
-        }
-        // Keys are stored by kid: order them by age, the signing one (never retired) last.
-        snapshot
-            .keys
-            .sort_by_key(|k| (k.retired.is_none(), k.created));
-        Ok(snapshot)
-    }
-
-    /// Replaces what is kept with `snapshot`, in one transaction.
-    pub fn save(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(ENTRIES).map_err(db_err)?;
-            table.retain(|_, _| false).map_err(db_err)?;
-            for (name, map) in &snapshot.scope_maps {
-                table
-                    .insert(("scope-map", name.as_str()), json(map).as_slice())
-                    .map_err(db_err)?;
-            }
-            for (name, token) in &snapshot.tokens {
-                table
-                    .insert(("token", name.as_str()), json(token).as_slice())
-                    .map_err(db_err)?;
-            }
-            for (name, child) in &snapshot.children {
-                table
-                    .insert(("child", name.as_str()), json(child).as_slice())
-                    .map_err(db_err)?;
-            }
-            for key in &snapshot.keys {
-                table
-                    .insert(("key", key.kid.as_str()), json(key).as_slice())
-                    .map_err(db_err)?;
-            }
-        }
-        // A crash here must leave the set as it was before this change (the commit is the
-        // only moment the new set becomes durable).
-        util::crash_point::crash_point("in_access_transaction");
-        txn.commit().map_err(db_err)
-    }
-}
-
-/// A stored value as JSON (plain structs of strings and numbers: this cannot fail).
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-/// The file holds password hashes and signing keys: only its owner reads it.
-fn restrict_to_owner(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), %err, "cannot restrict the access store to its owner");
-    }
+/// Runs `change` on the kept set in one write transaction and keeps what it made of it (all of
+/// it, or on an error nothing); the set after it, its version and `change`'s answer.
+pub fn update<T>(
+    store: &dyn AccessStore,
+    mut change: impl FnMut(&mut Snapshot) -> Result<T, ManageError>,
+) -> Result<(Snapshot, Version, T), StoreError> {
+    let mut done = None;
+    let version = store.write(&mut |entries| {
+        let mut next = Snapshot::from_entries(entries)?;
+        let answer = change(&mut next).map_err(StoreError::Refused)?;
+        let changes = Changes::between(entries, &next.to_entries());
+        done = Some((next, answer));
+        Ok(changes)
+    })?;
+    let (next, answer) = done.ok_or_else(|| {
+        StoreError::Db("the write transaction ended without running the change".into())
+    })?;
+    Ok((next, version, answer))
 }
 
 #[cfg(test)]
@@ -171,33 +224,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn saves_and_loads_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = AccessStore::open(dir.path()).unwrap();
-        assert!(store.load().unwrap().tokens.is_empty());
+    fn entries_round_trip_and_changes_name_only_what_differs() {
         let mut snap = Snapshot::default();
-        let map = ScopeMap::new("m", "d", vec![]).unwrap();
-        snap.scope_maps.insert("m".into(), map);
+        snap.scope_maps
+            .insert("m".into(), ScopeMap::new("m", "d", vec![]).unwrap());
         snap.tokens
             .insert("t".into(), Token::new("t", "m").unwrap());
         let mut old = SigningKey::generate(1);
         old.retired = Some(5);
-        snap.keys = vec![old, SigningKey::generate(2)];
-        store.save(&snap).unwrap();
-        drop(store);
-        let store = AccessStore::open(dir.path()).unwrap();
-        let loaded = store.load().unwrap();
-        assert_eq!(loaded.tokens["t"], snap.tokens["t"]);
-        assert_eq!(loaded.signing_key().unwrap().kid, snap.keys[1].kid);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(matches!(
-            AccessStore::open(dir.path()),
-            Err(StoreError::InUse { .. })
-        ));
+        snap.keys = vec![SigningKey::generate(2), old];
+        let entries = snap.to_entries();
+        let back = Snapshot::from_entries(&entries).unwrap();
+        assert_eq!(back.tokens["t"], snap.tokens["t"]);
+        assert_eq!(
+            back.signing_key().unwrap().kid,
+            snap.keys[0].kid,
+            "signing key last"
+        );
+
+        let mut next = back.clone();
+        next.tokens.remove("t");
+        next.tokens
+            .insert("u".into(), Token::new("u", "m").unwrap());
+        let changes = Changes::between(&entries, &next.to_entries());
+        assert_eq!(changes.removed, [(TOKEN.to_owned(), "t".to_owned())]);
+        assert_eq!(changes.put.len(), 1, "only the new token: {changes:?}");
+        assert!(Changes::between(&entries, &back.to_entries()).is_empty());
+
+        let mut unknown = entries.clone();
+        unknown.insert(("later-kind".into(), "x".into()), b"{}".to_vec());
+        assert!(
+            Snapshot::from_entries(&unknown).is_ok(),
+            "a newer kind is skipped"
+        );
     }
 }

@@ -5,9 +5,9 @@
 //!   service, ties broken round-robin.
 //! - **Health** ([`UpstreamHealth`]): an upstream is taken out when a connection to it fails
 //!   before any response byte (refused, reset, timed out) or when its health check fails, and
-//!   put back when a health check passes. The check ([`check`]) is `GET /readyz`, every
-//!   `health_interval`, for each upstream of each route with several ([`HealthBoard`] lists
-//!   them for the checker, `/metrics` and `/readyz`).
+//!   put back when a health check passes. The check ([`check`]) is a `GET` of `health_path`
+//!   (`/readyz` unless set), every `health_interval`, for each upstream of each route with
+//!   several ([`HealthBoard`] lists them for the checker, `/metrics` and `/readyz`).
 //! - When every upstream of a route is out, they are all still tried: the marks may be stale
 //!   (a replica restarted since), and trying costs less than refusing without trying.
 //!
@@ -23,15 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http_body_util::BodyExt as _;
 
 use crate::body::{ReqBody, ReqProgress};
 use crate::config::{Config, Upstream};
-use crate::upstream::{error_chain, ConnectError, UpstreamClient};
-
-/// The path every upstream of a route with several is checked at: the readiness probe of
-/// `connected-registry serve` (and of this proxy, for a layer of proxies).
-pub const HEALTH_PATH: &str = "/readyz";
+use crate::upstream::{ConnectError, UpstreamClient};
+use util::error_chain::error_chain;
 
 /// One upstream of a route with several, as every worker sees it: in service or not, and its
 /// requests in flight. Shared by the routes that list it (keyed by its URL).
@@ -74,13 +72,13 @@ impl UpstreamHealth {
         }
     }
 
-    /// Puts it back in service after a passing health check; logged and counted only when it
-    /// was out.
-    pub fn put_back(&self) {
+    /// Puts it back in service after a passing health check (`GET path`); logged and counted
+    /// only when it was out.
+    pub fn put_back(&self, path: &PathAndQuery) {
         if !self.healthy.swap(true, Ordering::Relaxed) {
             self.came_back.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                "upstream {} back in service: its health check ({HEALTH_PATH}) passed",
+                "upstream {} back in service: its health check (GET {path}) passed",
                 self.name
             );
         }
@@ -197,14 +195,18 @@ pub fn failed_before_response(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// One active check of `client`'s upstream: `GET /readyz`, passed by a 2xx answer (its body
-/// read to the end, so the connection can be reused) within `timeout`. The error, for the log,
-/// says what failed.
-pub async fn check(client: &UpstreamClient, timeout: Duration) -> Result<(), String> {
+/// One active check of `client`'s upstream: `GET path`, passed by a 2xx answer (its body read
+/// to the end, so the connection can be reused) within `timeout`. The error, for the log, says
+/// what failed (`path` has no query: nothing secret).
+pub async fn check(
+    client: &UpstreamClient,
+    path: &PathAndQuery,
+    timeout: Duration,
+) -> Result<(), String> {
     let uri = http::Uri::builder()
         .scheme(client.uri_scheme.clone())
         .authority(client.uri_authority.clone())
-        .path_and_query(HEALTH_PATH)
+        .path_and_query(path.clone())
         .build()
         .map_err(|e| format!("no request URI (internal): {e}"))?;
     let mut req = http::Request::new(ReqBody::empty(Arc::new(ReqProgress::default())));
@@ -214,25 +216,21 @@ pub async fn check(client: &UpstreamClient, timeout: Duration) -> Result<(), Str
             .client
             .request(req)
             .await
-            .map_err(|e| format!("GET {HEALTH_PATH} failed: {}", error_chain(&e)))?;
+            .map_err(|e| format!("GET {path} failed: {}", error_chain(&e)))?;
         let status = resp.status();
         resp.into_body()
             .collect()
             .await
-            .map_err(|e| format!("GET {HEALTH_PATH}: the answer broke off: {e}"))?;
+            .map_err(|e| format!("GET {path}: the answer broke off: {e}"))?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("GET {HEALTH_PATH} answered {status}"))
+            Err(format!("GET {path} answered {status}"))
         }
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "GET {HEALTH_PATH} got no answer within {timeout:?}"
-            ))
-        })
+        .unwrap_or_else(|_| Err(format!("GET {path} got no answer within {timeout:?}")))
 }
 
 /// An upstream of a route with several, with what the checker needs to reach it.
@@ -389,6 +387,10 @@ impl HealthBoard {
 mod tests {
     use super::*;
 
+    fn readyz() -> PathAndQuery {
+        PathAndQuery::from_static("/readyz")
+    }
+
     fn balancer(n: usize) -> Balancer {
         Balancer::new(
             (0..n)
@@ -437,7 +439,7 @@ mod tests {
         let _busy = b.upstream(0).begin();
         let picked = b.pick(&[]).unwrap();
         assert_ne!(picked, 0);
-        b.upstream(2).put_back();
+        b.upstream(2).put_back(&readyz());
         assert_eq!(b.pick(&[]), Some(2));
     }
 
@@ -449,19 +451,89 @@ mod tests {
             assert_eq!(b.pick(&[first]), Some(other));
             b.upstream(other).take_out(&"test");
             assert_eq!(b.pick(&[first]), Some(other), "out, but the only one left");
-            b.upstream(other).put_back();
+            b.upstream(other).put_back(&readyz());
         }
         assert_eq!(b.pick(&[0, 1]), None);
+    }
+
+    /// An upstream on a fresh loopback port that reads each request head, records its request
+    /// line, and answers `response` (or, given `None`, stays silent with the connection open).
+    async fn upstream(
+        response: Option<&'static str>,
+    ) -> (UpstreamClient, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(text.lines().next().unwrap_or_default().to_owned());
+                    match response {
+                        Some(r) => {
+                            let _ = conn.write_all(r.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(60)).await,
+                    }
+                });
+            }
+        });
+        let up = Upstream::parse(&format!("http://{addr}")).unwrap();
+        let client = UpstreamClient::new(&up, None, Duration::from_secs(5)).unwrap();
+        (client, seen)
+    }
+
+    /// The check GETs the path it is given and passes on a 2xx only; an upstream that accepts
+    /// and stays silent fails it once `health_timeout` has passed, and each error names the
+    /// path and what went wrong.
+    #[tokio::test]
+    async fn the_check_gets_its_path_and_has_its_timeout() {
+        let v2 = PathAndQuery::from_static("/v2/");
+        let second = Duration::from_secs(1);
+        let (ok, seen) = upstream(Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")).await;
+        assert_eq!(check(&ok, &v2, second).await, Ok(()));
+        assert_eq!(*seen.lock().unwrap(), ["GET /v2/ HTTP/1.1"]);
+
+        let (missing, _) =
+            upstream(Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")).await;
+        let err = check(&missing, &readyz(), second).await.unwrap_err();
+        assert!(err.contains("GET /readyz answered 404"), "{err}");
+
+        let (silent, seen) = upstream(None).await;
+        let timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let err = check(&silent, &v2, timeout).await.unwrap_err();
+        assert!(err.contains("GET /v2/ got no answer within 200ms"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(*seen.lock().unwrap(), ["GET /v2/ HTTP/1.1"]);
     }
 
     #[test]
     fn changes_are_counted_once() {
         let h = UpstreamHealth::new("http://u:80".into());
-        h.put_back();
+        h.put_back(&readyz());
         h.take_out(&"refused");
         h.take_out(&"refused again");
-        h.put_back();
-        h.put_back();
+        h.put_back(&readyz());
+        h.put_back(&readyz());
         assert_eq!(h.went_out.load(Ordering::Relaxed), 1);
         assert_eq!(h.came_back.load(Ordering::Relaxed), 1);
     }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http::HeaderName;
 use serde::Deserialize;
 
@@ -205,9 +206,7 @@ pub fn parse_upstreams(text: &str) -> Result<Vec<Upstream>, String> {
 /// The upstreams of one route from their texts: each must parse, none may repeat another (two
 /// spellings of one address included: `host` and `http://host:80`), and `in-process` stands
 /// alone (the registry in this process has no connection to fail over from).
-pub fn upstream_list<'a>(
-    texts: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<Upstream>, String> {
+fn upstream_list<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Vec<Upstream>, String> {
     let mut list: Vec<(Upstream, &str)> = Vec::new();
     for text in texts {
         if text.trim().is_empty() {
@@ -240,7 +239,9 @@ pub fn upstream_list<'a>(
     Ok(list.into_iter().map(|(u, _)| u).collect())
 }
 
-/// Upstreams as a route is written: URLs separated by commas (what [`parse_upstreams`] reads).
+/// Upstreams as a route is written: URLs separated by commas (what [`parse_upstreams`] reads);
+/// for the tests and the fuzz target (`--print-config` shows more of each, see `describe`).
+#[cfg(any(test, fuzzing))]
 pub fn upstreams_text(upstreams: &[Upstream]) -> String {
     upstreams
         .iter()
@@ -308,9 +309,14 @@ impl Default for Limits {
 /// every value a setting with a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Balancing {
-    /// How often each upstream of a route with several is checked (`GET /readyz`): how soon a
-    /// dead replica is taken out when no request found it first, and how soon a restarted one
-    /// is put back.
+    /// What the health check asks each upstream of a route with several for (`GET` of this
+    /// path, passed by a 2xx answer): `/readyz`, the readiness probe of our registry and of
+    /// this proxy; another registry has its own (CNCF distribution answers `/v2/`). One for
+    /// every route: an upstream's health is one state, shared by the routes that list it.
+    pub health_path: PathAndQuery,
+    /// How often each upstream of a route with several is checked (`GET health_path`): how
+    /// soon a dead replica is taken out when no request found it first, and how soon a
+    /// restarted one is put back.
     pub health_interval: Duration,
     /// Time one health check has (connect, answer and body); longer, and it failed.
     pub health_timeout: Duration,
@@ -319,9 +325,34 @@ pub struct Balancing {
     pub retries: u32,
 }
 
+/// The health check's path unless `health_path` says otherwise.
+pub const DEFAULT_HEALTH_PATH: &str = "/readyz";
+
+/// Parses the health check's path: an absolute path (`/readyz`, `/v2/`) and nothing else. A
+/// query string is refused, and not repeated: the path shows in logs, in `--print-config` and
+/// in the check's errors, and a query can carry a token.
+pub fn parse_health_path(text: &str) -> Result<PathAndQuery, String> {
+    if text.contains(['?', '#']) {
+        return Err(
+            "a query string (or fragment) is refused, and not shown here: the health \
+                    path shows in logs and --print-config, and a query may carry a secret; \
+                    give a path only, e.g. /readyz or /v2/"
+                .into(),
+        );
+    }
+    if !text.starts_with('/') {
+        return Err(format!(
+            "{text:?} must be an absolute path starting with '/', e.g. /readyz or /v2/"
+        ));
+    }
+    PathAndQuery::try_from(text)
+        .map_err(|_| format!("{text:?} is not a valid URL path (no spaces or control characters)"))
+}
+
 impl Default for Balancing {
     fn default() -> Self {
         Balancing {
+            health_path: PathAndQuery::from_static(DEFAULT_HEALTH_PATH),
             health_interval: Duration::from_secs(2),
             health_timeout: Duration::from_secs(1),
             retries: 1,
@@ -380,6 +411,7 @@ pub struct Flags {
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub health_path: Option<String>,
     pub health_interval: Option<String>,
     pub health_timeout: Option<String>,
     pub retries: Option<u32>,
@@ -482,6 +514,7 @@ struct FileConfig {
     trust: Option<toml::Spanned<PathBuf>>,
     admin: Option<toml::Spanned<String>>,
     reload_interval: Option<toml::Spanned<String>>,
+    health_path: Option<toml::Spanned<String>>,
     health_interval: Option<toml::Spanned<String>>,
     health_timeout: Option<toml::Spanned<String>>,
     retries: Option<toml::Spanned<u32>>,
@@ -581,6 +614,7 @@ struct Layer {
     trust: Option<(PathBuf, Source)>,
     admin: Option<(SocketAddr, Source)>,
     reload_interval: Option<Duration>,
+    health_path: Option<PathAndQuery>,
     health_interval: Option<Duration>,
     health_timeout: Option<Duration>,
     retries: Option<u32>,
@@ -663,6 +697,13 @@ fn upstreams(text: &str, source: &Source) -> Result<Vec<Upstream>, ConfigError> 
     parse_upstreams(text).map_err(|message| ConfigError::Value {
         origin: source.clone(),
         message,
+    })
+}
+
+fn health_path(text: &str, source: Source) -> Result<PathAndQuery, ConfigError> {
+    parse_health_path(text).map_err(|message| ConfigError::Value {
+        origin: source,
+        message: format!("health_path: {message}"),
     })
 }
 
@@ -757,6 +798,9 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         ));
     }
     layer.reload_interval = dur(&file.reload_interval, "reload_interval")?;
+    if let Some(v) = &file.health_path {
+        layer.health_path = Some(health_path(v.get_ref(), src(v.span()))?);
+    }
     layer.health_interval = dur(&file.health_interval, "health_interval")?;
     layer.health_timeout = dur(&file.health_timeout, "health_timeout")?;
     layer.retries = file.retries.as_ref().map(|v| *v.get_ref());
@@ -854,6 +898,9 @@ fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Layer, ConfigError>
         if let Some((v, source)) = var(name) {
             *field = Some((PathBuf::from(v), source));
         }
+    }
+    if let Some((v, source)) = var("PROXY_HEALTH_PATH") {
+        layer.health_path = Some(health_path(&v, source)?);
     }
     if let Some((v, source)) = var("CONNECTED_ACR_ROUTE_ADDRESS") {
         let ups = upstreams(&v, &source)?;
@@ -994,6 +1041,9 @@ fn flag_layer(flags: &Flags) -> Result<Layer, ConfigError> {
     layer.connect_timeout = dur(&flags.connect_timeout, "--connect-timeout")?;
     layer.upstream_timeout = dur(&flags.upstream_timeout, "--upstream-timeout")?;
     layer.reload_interval = dur(&flags.reload_interval, "--reload-interval")?;
+    if let Some(v) = &flags.health_path {
+        layer.health_path = Some(health_path(v, Source::Flag("--health-path"))?);
+    }
     layer.health_interval = dur(&flags.health_interval, "--health-interval")?;
     layer.health_timeout = dur(&flags.health_timeout, "--health-timeout")?;
     layer.retries = flags.retries;
@@ -1091,6 +1141,9 @@ fn merge(layers: Vec<Layer>, file: Option<PathBuf>, sni: Option<&str>) -> Config
             c.reload_interval = v;
         }
         let b = &mut c.balancing;
+        if let Some(v) = l.health_path {
+            b.health_path = v;
+        }
         b.health_interval = l.health_interval.unwrap_or(b.health_interval);
         b.health_timeout = l.health_timeout.unwrap_or(b.health_timeout);
         b.retries = l.retries.unwrap_or(b.retries);
@@ -1257,6 +1310,7 @@ impl Config {
             &"",
         );
         let b = &self.balancing;
+        line("health_path", b.health_path.to_string(), &"");
         line("health_interval", format!("{:?}", b.health_interval), &"");
         line("health_timeout", format!("{:?}", b.health_timeout), &"");
         line("retries", b.retries.to_string(), &"");
@@ -1396,6 +1450,7 @@ pub fn fuzz_route_config(data: &[u8]) {
                 "DOCKER_REQUEST_ROUTE_ADDRESS",
                 "BLOB_UPLOAD_ROUTE_ADDRESS",
                 "IOTEDGE_PARENTHOSTNAME",
+                "PROXY_HEALTH_PATH",
             ];
             let set: Vec<bool> = names.iter().map(|_| g.bool()).collect();
             let values: Vec<String> = fuzzkit::text(g.rest())
@@ -1406,8 +1461,14 @@ pub fn fuzz_route_config(data: &[u8]) {
                 let i = names.iter().position(|n| *n == name)?;
                 set[i].then(|| values.get(i).cloned().unwrap_or_default())
             };
-            if let Err(e) = env_layer(&get) {
-                let _ = e.to_string();
+            match env_layer(&get) {
+                Err(e) => {
+                    let _ = e.to_string();
+                }
+                // A health path that shows in logs never carries a query.
+                Ok(layer) => assert!(layer
+                    .health_path
+                    .is_none_or(|p| p.query().is_none() && p.as_str().starts_with('/'))),
             }
         }
         2 => {
@@ -1905,6 +1966,103 @@ mod tests {
         });
         assert!(
             err.contains("--health-timeout") && err.contains("positive"),
+            "{err}"
+        );
+    }
+
+    /// The health check's path: `/readyz` unless the IoT Edge variable, the file or the flag
+    /// says otherwise (in that order of precedence), shown by `--print-config`, applied by a
+    /// reload; a relative path or one with a query is refused naming its source, and a query
+    /// (which may hold a secret) is not repeated.
+    #[test]
+    fn health_path_has_a_default_every_source_and_refuses_queries() {
+        let route = || vec!["/v2=http://a:1,http://b:2".to_string()];
+        let c = loaded(&Flags {
+            routes: route(),
+            ..flags()
+        });
+        assert_eq!(c.balancing.health_path.as_str(), DEFAULT_HEALTH_PATH);
+        assert_eq!(DEFAULT_HEALTH_PATH, "/readyz");
+        let shown = c.render();
+        let line = shown
+            .lines()
+            .find(|l| l.starts_with("health_path "))
+            .unwrap();
+        assert!(line.contains("/readyz"), "{line}");
+
+        let from_env = |f: &Flags| {
+            Config::load(f, &env(&[("PROXY_HEALTH_PATH", "/v2/")]))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let unflagged = Flags {
+            routes: route(),
+            ..flags()
+        };
+        assert_eq!(from_env(&unflagged).balancing.health_path.as_str(), "/v2/");
+        let file = parse_file(Path::new("p.toml"), "health_path = \"/healthz\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            file.health_path.as_ref().map(|p| p.as_str()),
+            Some("/healthz")
+        );
+        let flagged = Flags {
+            routes: route(),
+            health_path: Some("/v2/".into()),
+            ..flags()
+        };
+        let new = from_env(&Flags {
+            health_path: Some("/debug/health".into()),
+            ..flagged.clone()
+        });
+        assert_eq!(
+            new.balancing.health_path.as_str(),
+            "/debug/health",
+            "the flag wins"
+        );
+        assert!(new
+            .render()
+            .lines()
+            .any(|l| l.starts_with("health_path ") && l.contains("/debug/health")));
+        let changed = c.change_to(&new);
+        assert!(
+            changed.routes && changed.restart_needed.is_empty(),
+            "a reload applies it: {changed:?}"
+        );
+
+        let err = flag_error(Flags {
+            health_path: Some("readyz".into()),
+            ..flagged.clone()
+        });
+        assert!(
+            err.contains("flag --health-path")
+                && err.contains("health_path")
+                && err.contains("starting with '/'"),
+            "{err}"
+        );
+        let err = flag_error(Flags {
+            health_path: Some("/health?token=s3cret".into()),
+            ..flagged.clone()
+        });
+        assert!(
+            err.contains("flag --health-path") && err.contains("query") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = Config::load(&flags(), &env(&[("PROXY_HEALTH_PATH", "/a b")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("env PROXY_HEALTH_PATH") && err.contains("not a valid URL path"),
+            "{err}"
+        );
+        let err = match parse_file(
+            Path::new("/etc/p.toml"),
+            "retries = 1\nhealth_path = \"/h#xyz\"\n",
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a fragment accepted"),
+        };
+        assert!(
+            err.contains("/etc/p.toml:2: health_path") && !err.contains("xyz"),
             "{err}"
         );
     }

@@ -34,7 +34,8 @@ use crate::balance::{failed_before_response, Balancer, Board, InFlight};
 use crate::body::{Exchange, Outcome, ReqBody, ReqProgress, RespBody, UpstreamBody};
 use crate::config::{Config, ConfigError, Limits, Route, Scheme, Upstream};
 use crate::metrics::{serve_admin, Metrics};
-use crate::upstream::{error_chain, ConnectError, UpstreamClient};
+use crate::upstream::{ConnectError, UpstreamClient};
+use util::error_chain::error_chain;
 use util::file_watch::FileWatch;
 
 /// Why the proxy could not start.
@@ -1292,11 +1293,11 @@ fn find_connect_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<
     None
 }
 
-/// Checks every upstream of every route with several (`GET /readyz`, see `balance`), all at
-/// once, every `health_interval`: a failed check takes an upstream out of service, a passing
-/// one puts it back. The checker has its own connection pools, so checks neither wait for
-/// nor hold the workers' connections. Interval and timeout are read each round (a reload
-/// applies).
+/// Checks every upstream of every route with several (`GET health_path`, see `balance`), all
+/// at once, every `health_interval`: a failed check takes an upstream out of service, a
+/// passing one puts it back. The checker has its own connection pools, so checks neither wait
+/// for nor hold the workers' connections. Path, interval and timeout are read each round (a
+/// reload applies).
 async fn health_loop(state: Arc<State>) {
     loop {
         let config = state
@@ -1305,14 +1306,16 @@ async fn health_loop(state: Arc<State>) {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let timeout = config.balancing.health_timeout;
+        let path = &config.balancing.health_path;
         let mut checks = tokio::task::JoinSet::new();
         for watched in state.metrics.health.current().watched() {
             let health = watched.health.clone();
+            let path = path.clone();
             match state.client(&config, &watched.upstream, None) {
                 Ok(client) => {
                     checks.spawn(async move {
-                        match crate::balance::check(&client, timeout).await {
-                            Ok(()) => health.put_back(),
+                        match crate::balance::check(&client, &path, timeout).await {
+                            Ok(()) => health.put_back(&path),
                             Err(why) => {
                                 health.take_out(&format_args!("its health check failed: {why}"))
                             }

@@ -56,22 +56,6 @@ impl ConnectError {
     }
 }
 
-/// An error with its sources, `outer: inner: ...`, for the log (it may name addresses).
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        // Errors that print their source already (`ConnectError`) are not repeated.
-        let text = e.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = e.source();
-    }
-    out
-}
-
 /// The reason a TLS handshake with an upstream failed, without the names rustls puts in
 /// some of its messages (the expected and presented server names).
 fn tls_reason(err: &std::io::Error) -> &'static str {

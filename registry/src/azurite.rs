@@ -7,10 +7,12 @@
 //! another `azurite-blob`. When it is missing, [`Azurite::start`] panics saying how to install
 //! it: a test that needs it never passes by skipping.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::test_ports::free_port;
 
 /// The development account every Azurite knows, and its published key.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -46,23 +48,6 @@ pub fn program() -> Option<PathBuf> {
             .map(|dir| dir.join("azurite-blob"))
             .find(|p| p.is_file())
     })
-}
-
-/// A loopback port free a moment ago and not handed out before by this process (parallel
-/// tests would otherwise be given the same released ephemeral port).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral port on 127.0.0.1");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 impl Azurite {

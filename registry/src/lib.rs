@@ -19,6 +19,9 @@ pub mod api;
 pub mod azurite;
 pub mod child_reports;
 pub mod storage;
+/// Free loopback ports for the servers tests start, shared by every test helper.
+#[cfg(any(test, feature = "azurite", feature = "postgres-test-server"))]
+pub mod test_ports;
 
 pub use api::error::ApiError;
 pub use oci::{Digest, ErrorCode, Origin, Reference, RepoName};

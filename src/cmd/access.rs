@@ -2,7 +2,9 @@
 //! managed as `az acr scope-map` and `az acr token` manage it on ACR, with the same names and,
 //! with `--output json`, the same JSON. Each command becomes an [`access::Command`] and goes to
 //! the registry serving the data directory (its admin socket), or to the store itself when no
-//! registry runs there; a change takes effect at once.
+//! registry runs there; a change takes effect at once. With `--metadata postgres://...` the
+//! token set is the one replicas share there, changed directly (each replica serves the change
+//! within its `--access-refresh`).
 //!
 //! Also `serve --access-config FILE`: scope maps and tokens seeded from a file at start.
 
@@ -28,9 +30,32 @@ pub struct On {
     )]
     pub data: PathBuf,
 
+    /// Where the registry's metadata lives, as `serve --metadata`: `redb` (the token set is
+    /// DATA/access.redb) or postgres://USER:PASSWORD@HOST:PORT/DATABASE, where replicas sharing
+    /// the metadata keep one token set: the command changes it there directly, and every
+    /// replica serves the change within its --access-refresh. The password is never shown.
+    #[arg(
+        long,
+        env = "CONNECTED_REGISTRY_METADATA",
+        default_value = registry::storage::MetadataBackend::DEFAULT,
+        value_name = "redb|postgres://...",
+        hide_env_values = true,
+        global = true
+    )]
+    pub metadata: String,
+
     /// `table`: text for people; `json`: the JSON `az acr` prints for the same command.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+}
+
+impl On {
+    /// The metadata `--metadata` names.
+    pub fn metadata(&self) -> anyhow::Result<registry::storage::MetadataBackend> {
+        self.metadata
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--metadata: {e}"))
+    }
 }
 
 /// How results are printed (`--output`).
@@ -361,7 +386,7 @@ pub async fn run_signing_key(args: SigningKeyArgs) -> anyhow::Result<ExitCode> {
 /// Sends `command` and prints the answer as `--output` says.
 async fn execute(on: &On, command: Command) -> anyhow::Result<ExitCode> {
     let shape = Shape::of(&command);
-    let answer = super::admin_socket::send(&on.data, command).await?;
+    let answer = super::admin_socket::send(&on.data, &on.metadata()?, command).await?;
     let text = match on.output {
         Output::Json => serde_json::to_string_pretty(&answer)?,
         Output::Table => shape.render(&answer).trim_end().to_owned(),

@@ -47,7 +47,8 @@ pub fn socket_path(data: &Path) -> PathBuf {
 
 /// Serves management commands for `authority` on `DATA/admin.sock` until the process is asked
 /// to stop (then the socket is removed). A socket left by a registry that died is replaced:
-/// whoever calls this holds `access.redb`, so no other server can be behind it.
+/// whoever calls this holds `access.redb`, so no other server can be behind it (with the token
+/// set in the shared metadata nothing holds the data directory: each replica has its own).
 pub fn spawn(
     data: &Path,
     authority: Option<Arc<access::Authority>>,
@@ -179,8 +180,23 @@ fn describe(command: &access::Command) -> (String, String) {
 }
 
 /// Applies `command` to the token set of `data`: through the admin socket of the registry
-/// serving it, or on the store itself when none does. Errors say what was refused and why.
-pub async fn send(data: &Path, command: access::Command) -> anyhow::Result<Value> {
+/// serving it, or on the store itself when none does. With `metadata` shared (PostgreSQL) the
+/// token set is there, not in `data`: the command is applied to it directly (one write
+/// transaction, as a replica's own), and every replica serves the change within its
+/// `--access-refresh`. Errors say what was refused and why.
+pub async fn send(
+    data: &Path,
+    metadata: &registry::storage::MetadataBackend,
+    command: access::Command,
+) -> anyhow::Result<Value> {
+    if metadata.is_shared() {
+        let (data, metadata) = (data.to_owned(), metadata.clone());
+        return tokio::task::spawn_blocking(move || {
+            let authority = super::auth::open_authority(settings_of(&data), &data, &metadata)?;
+            Ok(authority.manage(command)?)
+        })
+        .await?;
+    }
     let socket = socket_path(data);
     if let Some(answer) = ask_server(&socket, &command).await? {
         return answer;
@@ -301,6 +317,18 @@ pub async fn ask(
     }))
 }
 
+/// The access settings a command applied without a server uses: this registry is ReadOnly when
+/// its parent said so (a child defined there), and may then only have ReadOnly children.
+fn settings_of(data: &Path) -> access::Settings {
+    let read_only = sync::parent_config::ParentConfig::cached(data)
+        .and_then(|c| c.mode)
+        .is_some_and(|m| m.eq_ignore_ascii_case("readonly"));
+    access::Settings {
+        read_only,
+        ..access::Settings::default()
+    }
+}
+
 /// Why a command could not be applied to the store itself.
 enum Direct {
     /// A server holds the store.
@@ -323,16 +351,7 @@ fn apply_on_store(data: &Path, command: access::Command) -> Result<Value, Direct
             .map_err(Direct::Failed)?;
     }
     super::check_data_dir(data, super::MissingData::Create).map_err(Direct::Failed)?;
-    // With no server to ask, this registry is ReadOnly when its parent said so (a child
-    // defined there): it may then only have ReadOnly children.
-    let read_only = sync::parent_config::ParentConfig::cached(data)
-        .and_then(|c| c.mode)
-        .is_some_and(|m| m.eq_ignore_ascii_case("readonly"));
-    let settings = access::Settings {
-        read_only,
-        ..access::Settings::default()
-    };
-    let authority = match access::Authority::open(data, settings) {
+    let authority = match access::Authority::open(data, settings_of(data)) {
         Ok(authority) => authority,
         Err(access::StoreError::InUse { .. }) => return Err(Direct::InUse),
         Err(err) => return Err(Direct::Failed(err.into())),

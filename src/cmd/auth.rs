@@ -1,6 +1,9 @@
 //! `serve`'s access-control flags, and the [`access::Authority`] they make: on by default
 //! (every route needs a token), with the first start making an `admin` token whose password
-//! goes to a file only the data directory's owner can read.
+//! goes to a file only the data directory's owner can read. The token set is kept in
+//! `DATA/access.redb`, or with `--metadata postgres://...` in the metadata the replicas share
+//! (`registry::storage::kv_access`), re-read every `--access-refresh` when another replica
+//! changed it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,6 +58,24 @@ pub struct AuthFlags {
     /// How long failed logins are counted, and how long a lockout lasts.
     #[arg(long, env = "CONNECTED_REGISTRY_LOGIN_LOCKOUT", default_value = "5m", value_parser = super::parse_duration)]
     pub login_lockout: Duration,
+    /// With --metadata on PostgreSQL (the token set shared by replicas): how often this replica
+    /// checks whether another one changed the token set, and reads it again when it did. A
+    /// token deleted or disabled, a password regenerated or a scope map narrowed through another
+    /// replica stops working here within about this long; through this one, at once. Unused
+    /// with redb.
+    #[arg(long, env = "CONNECTED_REGISTRY_ACCESS_REFRESH", default_value = "1s", value_parser = refresh_interval)]
+    pub access_refresh: Duration,
+}
+
+/// `--access-refresh`: a duration from 10ms (each check is one read of the database).
+fn refresh_interval(text: &str) -> Result<Duration, String> {
+    let every = super::parse_duration(text)?;
+    if every < Duration::from_millis(10) {
+        return Err(format!(
+            "{text} is too short: each check reads the database; use 10ms or more (default 1s)"
+        ));
+    }
+    Ok(every)
 }
 
 impl AuthFlags {
@@ -83,6 +104,7 @@ impl AuthFlags {
             },
             anonymous_pull,
             read_only: false,
+            access_refresh: self.access_refresh,
         })
     }
 }
@@ -90,13 +112,15 @@ impl AuthFlags {
 /// The file the first start writes the `admin` token's password to.
 pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
-/// Opens access control over `data` (none with `--auth none`) and applies `--access-config`;
-/// on a first start with no token, makes `admin` (every action on every repository) and writes
-/// its password to `DATA/admin-password`, mode 0600.
+/// Opens access control over `data` (none with `--auth none`), its token set where `metadata`
+/// says (the shared metadata on PostgreSQL, else `DATA/access.redb`), and applies
+/// `--access-config`; on a first start with no token, makes `admin` (every action on every
+/// repository) and writes its password to `DATA/admin-password`, mode 0600.
 pub fn open(
     flags: &AuthFlags,
     settings: access::Settings,
     data: &Path,
+    metadata: &registry::storage::MetadataBackend,
     seed: &super::access::AccessConfigFlags,
 ) -> anyhow::Result<Option<Arc<access::Authority>>> {
     if flags.auth == AuthMode::None {
@@ -106,13 +130,39 @@ pub fn open(
         }
         return Ok(None);
     }
-    let authority = access::Authority::open(data, settings)
-        .with_context(|| format!("cannot open the access store in {}", data.display()))?;
+    let authority = open_authority(settings, data, metadata)?;
     super::access::seed(&authority, seed)?;
     if !authority.has_tokens() {
         make_admin(&authority, data)?;
     }
-    Ok(Some(Arc::new(authority)))
+    let authority = Arc::new(authority);
+    authority.watch();
+    Ok(Some(authority))
+}
+
+/// The token set of the registry on `data` with `metadata`: in the shared metadata when it is
+/// shared, else in `DATA/access.redb`.
+pub fn open_authority(
+    settings: access::Settings,
+    data: &Path,
+    metadata: &registry::storage::MetadataBackend,
+) -> anyhow::Result<access::Authority> {
+    let shared = registry::storage::kv_access::open(metadata)
+        .context("cannot open the access store in the shared metadata")?;
+    let Some(store) = shared else {
+        return access::Authority::open(data, settings)
+            .with_context(|| format!("cannot open the access store in {}", data.display()));
+    };
+    let file = data.join(access::store::FILE_NAME);
+    if file.exists() {
+        tracing::warn!(
+            file = %file.display(),
+            "the token set is in the shared metadata (--metadata): this file's tokens, scope maps and keys are not used; make them again with `connected-registry token create --metadata ...`"
+        );
+    }
+    access::Authority::open_on(store, settings).with_context(|| {
+        format!("cannot open the access store in the shared metadata ({metadata})")
+    })
 }
 
 /// Makes `admin` and writes its password. The file is written (and synced) before the token is
@@ -130,8 +180,8 @@ fn make_admin(authority: &access::Authority, data: &Path) -> anyhow::Result<()> 
         expiration: None,
         for_child: None,
     };
-    authority
-        .manage_then(command, |answer| {
+    let made = authority
+        .manage_first_token(command, |answer| {
             let password = answer["credentials"]["passwords"][0]["value"]
                 .as_str()
                 .unwrap_or_default();
@@ -139,6 +189,13 @@ fn make_admin(authority: &access::Authority, data: &Path) -> anyhow::Result<()> 
                 .map_err(|e| format!("cannot write the admin password to {}: {e}", path.display()))
         })
         .map_err(|e| anyhow::anyhow!("cannot make the first token: {e}"))?;
+    if made.is_none() {
+        // Another replica sharing the token set made the first token (its password is in that
+        // replica's data directory); a file written here by an attempt that lost is no one's.
+        let _ = std::fs::remove_file(&path);
+        tracing::info!("another replica sharing the token set made the first token: its password is in that replica's data directory (admin-password)");
+        return Ok(());
+    }
     tracing::info!(
         file = %path.display(),
         "no token existed: made token `admin` (every action on every repository); its password is in the file (only this user can read it): log in with `docker login -u admin`, then make narrower tokens with `connected-registry token create` and delete the file"

@@ -198,7 +198,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::ChildDelete { name } => Some(name.clone()),
         _ => None,
     };
-    let answer = super::admin_socket::send(&args.on.data, command).await?;
+    let answer = super::admin_socket::send(&args.on.data, &args.on.metadata()?, command).await?;
     let text = match (args.on.output, deleted) {
         (Output::Json, _) => serde_json::to_string_pretty(&answer)?,
         (Output::Table, Some(name)) => {

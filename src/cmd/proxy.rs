@@ -126,7 +126,11 @@ pub struct ProxyFlags {
         value_name = "N"
     )]
     max_connections: Option<usize>,
-    /// How often each upstream of a route with several is checked (GET /readyz) [default: 2s].
+    /// Path the health check GETs on each upstream of a route with several; a 2xx answer
+    /// passes (CNCF distribution: /v2/) [default: /readyz].
+    #[arg(id = "proxy_health_path", long = "health-path", value_name = "PATH")]
+    health_path: Option<String>,
+    /// How often each upstream of a route with several is checked [default: 2s].
     #[arg(
         id = "proxy_health_interval",
         long = "health-interval",
@@ -183,6 +187,7 @@ impl ProxyFlags {
             connect_timeout: f.connect_timeout,
             upstream_timeout: f.upstream_timeout,
             max_connections: f.max_connections,
+            health_path: f.health_path,
             health_interval: f.health_interval,
             health_timeout: f.health_timeout,
             retries: f.retries,

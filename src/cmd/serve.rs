@@ -221,6 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         metadata_cache_bytes: args.metadata_cache_size,
     };
     let data = args.data.clone();
+    let metadata = backends.metadata.clone();
     let store = tokio::task::spawn_blocking(move || Store::open_with(&data, limits, backends))
         .await?
         .with_context(|| super::metadata::cannot_open(&args.data, &args.metadata))?;
@@ -235,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let data = args.data.clone();
     let authority = tokio::task::spawn_blocking(move || {
-        super::auth::open(&args.auth, auth_settings, &data, &args.access)
+        super::auth::open(&args.auth, auth_settings, &data, &metadata, &args.access)
     })
     .await??;
     // The children's latest status reports, and the tree of registries beneath this one.

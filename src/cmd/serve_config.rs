@@ -123,7 +123,17 @@ pub fn render(
         args.auth.login_attempts,
         "per token and per client address",
     )
-    .line("login_lockout", duration(args.auth.login_lockout), "");
+    .line("login_lockout", duration(args.auth.login_lockout), "")
+    .line(
+        "access_refresh",
+        duration(args.auth.access_refresh),
+        match backends.metadata {
+            registry::storage::MetadataBackend::Redb => "unused: the token set is DATA/access.redb",
+            registry::storage::MetadataBackend::Postgres(_) => {
+                "the token set is in PostgreSQL: other replicas' changes seen within this"
+            }
+        },
+    );
     let ranges: Vec<String> = trusted.iter().map(|r| r.to_string()).collect();
     let note = if ranges.is_empty() {
         "none: X-Forwarded-For is ignored"

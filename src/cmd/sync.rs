@@ -611,14 +611,13 @@ impl Prepared {
         data: &Path,
         progress: Arc<dyn Progress>,
     ) -> anyhow::Result<Engines> {
-        let replica = registry::storage::lease::replica_name();
         let lease = match registry_store.metadata_is_shared() {
             true => {
                 let (duration, renew) = self.flags.lease_timing()?;
                 let claim = LeaseClaim::new(
                     registry_store.clone(),
                     sync::lease::SYNC_LEASE,
-                    &replica,
+                    &registry::storage::lease::replica_name(),
                     duration,
                 );
                 tracing::info!(replica = claim.holder(), ?duration, ?renew, "replicas share the metadata: sync passes run on the replica holding the sync lease");
@@ -628,15 +627,9 @@ impl Prepared {
         };
         // Where each engine keeps its progress.
         let state_of = |dir: &Path, name: &str| -> anyhow::Result<StateFile> {
-            Ok(match lease.is_shared() {
-                true => {
-                    let fence = registry::storage::lease::Fence {
-                        lease: sync::lease::SYNC_LEASE.to_owned(),
-                        holder: replica.clone(),
-                    };
-                    StateFile::in_metadata(registry_store.clone(), name, fence)?
-                }
-                false => StateFile::open(dir)?,
+            Ok(match lease.fence() {
+                Some(fence) => StateFile::in_metadata(registry_store.clone(), name, fence)?,
+                None => StateFile::open(dir)?,
             })
         };
         let store: Arc<dyn sync::store::LocalStore> = Arc::new(registry_store.clone());
@@ -866,7 +859,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ticker = bars.clone().start();
     let engines = sync.engines(store, &args.data, bars.clone())?;
     let lease = engines.lease.clone();
-    let mut stop = sync::stop::Stop::at(time_limit.map(|d| tokio::time::Instant::now() + d));
+    let deadline = time_limit.map(|d| tokio::time::Instant::now() + d);
     if lease.is_shared() {
         // One pass beside the replicas' schedules: only with the lease, held (renewed) for it.
         lease.spawn();
@@ -887,8 +880,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for engine in std::iter::once(&engines.main).chain(&engines.upstreams) {
             engine.state.reload()?;
         }
-        stop = stop.while_held(lease.watch());
     }
+    let stop = lease.stop_at(deadline);
     // The parent first, then each upstream, one after the other: one summary each.
     let mut summaries = vec![(None, engines.main.run_pass_until(stop.clone()).await)];
     for engine in &engines.upstreams {
@@ -1116,6 +1109,51 @@ impl Progress for Bars {
                     human(b.done)
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        sync: SyncFlags,
+    }
+
+    fn timing(args: &[&str]) -> anyhow::Result<(Duration, Duration)> {
+        let flags = Flags::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .expect("the flags parse");
+        flags.sync.lease_timing()
+    }
+
+    /// `--sync-lease` and `--sync-lease-renew`: the documented defaults (15 s, a third of it),
+    /// and the limits refused naming the flag and what it must be.
+    #[test]
+    fn sync_lease_timing_defaults_and_limits() {
+        let secs = Duration::from_secs;
+        assert_eq!(timing(&[]).unwrap(), (secs(15), secs(5)));
+        assert_eq!(timing(&["--sync-lease", "3s"]).unwrap(), (secs(3), secs(1)));
+        assert_eq!(
+            timing(&["--sync-lease", "1m", "--sync-lease-renew", "29s"]).unwrap(),
+            (secs(60), secs(29))
+        );
+        let refused = timing(&["--sync-lease", "500ms"]).unwrap_err().to_string();
+        assert!(
+            refused.contains("--sync-lease") && refused.contains("at least 1s"),
+            "{refused}"
+        );
+        for renew in ["30s", "1m", "0s"] {
+            let refused = timing(&["--sync-lease", "1m", "--sync-lease-renew", renew])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains("--sync-lease-renew") && refused.contains("less than half"),
+                "{renew}: {refused}"
+            );
         }
     }
 }

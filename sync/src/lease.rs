@@ -22,22 +22,24 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use registry::storage::lease::{Holding, LeaseClaim};
+use registry::storage::lease::{Fence, Holding, LeaseClaim};
+
+use crate::stop::Stop;
 
 /// The lease's name in the metadata.
 pub const SYNC_LEASE: &str = "sync";
 
-/// This replica's hold on the lease, as the keeper last found it.
+/// This replica's hold on a shared lease, as the keeper last found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
-    /// Not asked yet.
-    Unknown,
+    /// Not asked yet, or could not be asked while not held (the keeper logs why).
+    NotHeld,
     /// Held until `until` unless renewed before.
     Held { until: Instant },
     /// Another replica holds it.
     Standby { holder: String },
-    /// Given up (a clean shutdown), or could not be asked while not held.
-    NotHeld { why: String },
+    /// Given up for good (a clean shutdown begins): never taken again by this process.
+    GivenUp,
 }
 
 impl LeaseState {
@@ -65,87 +67,94 @@ pub struct LeaseView {
 
 /// The sync lease of this process: see the module doc.
 pub struct SyncLease {
-    claim: Option<Arc<LeaseClaim>>,
-    renew: Duration,
+    /// `None`: the metadata is this process's own, and the lease always held.
+    shared: Option<Shared>,
     state: watch::Sender<LeaseState>,
-    view: std::sync::Mutex<LeaseView>,
+    /// What the keeper last saw, for the status.
+    seen: std::sync::Mutex<Seen>,
+}
+
+/// The holder the keeper last saw, and when it looked.
+#[derive(Clone, Default)]
+struct Seen {
+    holder: Option<String>,
+    checked: Option<DateTime<Utc>>,
+}
+
+/// A lease in shared metadata and how often the keeper asks for it.
+struct Shared {
+    claim: Arc<LeaseClaim>,
+    renew: Duration,
 }
 
 impl SyncLease {
     /// The metadata is this process's own (redb): always held, nothing to take.
     pub fn exclusive() -> Arc<SyncLease> {
-        let state = watch::Sender::new(LeaseState::Held {
-            until: Instant::now() + Duration::from_secs(100 * 365 * 86_400),
-        });
         Arc::new(SyncLease {
-            claim: None,
-            renew: Duration::from_secs(3600),
-            state,
-            view: std::sync::Mutex::new(LeaseView {
-                holder: None,
-                this_replica: "this process (the metadata is its own)".to_owned(),
-                held_here: true,
-                duration: "-".to_owned(),
-                checked: None,
-            }),
+            shared: None,
+            state: watch::Sender::new(LeaseState::NotHeld),
+            seen: Default::default(),
         })
     }
 
     /// The lease in shared metadata, through `claim`, renewed every `renew`. Call
     /// [`SyncLease::spawn`] to start taking it.
     pub fn shared(claim: LeaseClaim, renew: Duration) -> Arc<SyncLease> {
-        let view = LeaseView {
-            holder: None,
-            this_replica: claim.holder().to_owned(),
-            held_here: false,
-            duration: crate::settings::format_iso_duration(claim.duration()),
-            checked: None,
-        };
         Arc::new(SyncLease {
-            claim: Some(Arc::new(claim)),
-            renew,
-            state: watch::Sender::new(LeaseState::Unknown),
-            view: std::sync::Mutex::new(view),
+            shared: Some(Shared {
+                claim: Arc::new(claim),
+                renew,
+            }),
+            state: watch::Sender::new(LeaseState::NotHeld),
+            seen: Default::default(),
         })
     }
 
     /// Whether there are replicas to share with (the lease is in shared metadata).
     pub fn is_shared(&self) -> bool {
-        self.claim.is_some()
+        self.shared.is_some()
+    }
+
+    /// What a write made on the strength of the lease checks in its transaction (`None` for
+    /// an exclusive lease: nothing to check).
+    pub fn fence(&self) -> Option<Fence> {
+        self.shared.as_ref().map(|shared| shared.claim.fence())
     }
 
     /// Starts the keeper (nothing for an exclusive lease): takes the lease when it can,
     /// renews it while held.
     pub fn spawn(self: &Arc<Self>) {
-        if self.claim.is_none() {
+        let Some(renew) = self.shared.as_ref().map(|shared| shared.renew) else {
             return;
-        }
+        };
         let me = self.clone();
         tokio::spawn(async move {
-            loop {
-                if !me.attempt().await {
-                    return;
-                }
-                tokio::time::sleep(me.renew).await;
+            while me.attempt().await {
+                tokio::time::sleep(renew).await;
             }
         });
     }
 
+    fn given_up(&self) -> bool {
+        *self.state.borrow() == LeaseState::GivenUp
+    }
+
     /// One attempt to take or renew; `false` once the lease was given up for good.
     async fn attempt(&self) -> bool {
-        let Some(claim) = self.claim.clone() else {
+        let Some(shared) = &self.shared else {
             return false;
         };
-        if matches!(&*self.state.borrow(), LeaseState::NotHeld { why } if why == GIVEN_UP) {
+        if self.given_up() {
             return false;
         }
+        let claim = shared.claim.clone();
         let found = tokio::task::spawn_blocking(move || claim.try_take()).await;
         let before = self.state.borrow().clone();
         let now = Instant::now();
         let next = match found {
             Ok(Ok(Holding::Held { until, .. })) => {
                 if !before.held_at(now) {
-                    tracing::info!(replica = %self.this_replica(), "this replica took the sync lease: sync passes run here");
+                    tracing::info!(replica = %shared.claim.holder(), "this replica took the sync lease: sync passes run here");
                 }
                 LeaseState::Held {
                     until: Instant::from_std(until),
@@ -165,26 +174,24 @@ impl SyncLease {
                 match before {
                     // Kept until it runs out: a pass stops then, unless a renewal comes first.
                     held @ LeaseState::Held { .. } => held,
-                    _ => LeaseState::NotHeld {
-                        why: err.to_string(),
-                    },
+                    _ => LeaseState::NotHeld,
                 }
             }
-            Err(join) => LeaseState::NotHeld {
-                why: format!("internal: the lease attempt failed: {join}"),
-            },
+            Err(join) => {
+                tracing::error!(%join, "internal: the sync lease attempt failed: asking again shortly");
+                LeaseState::NotHeld
+            }
         };
         // Given up meanwhile (a shutdown): stays given up.
-        if matches!(&*self.state.borrow(), LeaseState::NotHeld { why } if why == GIVEN_UP) {
+        if self.given_up() {
             return false;
         }
         {
-            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
-            view.checked = Some(Utc::now());
-            view.held_here = next.held_at(now);
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.checked = Some(Utc::now());
             match &next {
-                LeaseState::Held { .. } => view.holder = Some(view.this_replica.clone()),
-                LeaseState::Standby { holder } => view.holder = Some(holder.clone()),
+                LeaseState::Held { .. } => seen.holder = Some(shared.claim.holder().to_owned()),
+                LeaseState::Standby { holder } => seen.holder = Some(holder.clone()),
                 _ => {}
             }
         }
@@ -192,24 +199,16 @@ impl SyncLease {
         true
     }
 
-    fn this_replica(&self) -> String {
-        self.view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .this_replica
-            .clone()
-    }
-
     /// Whether this replica holds the lease now.
     pub fn is_held(&self) -> bool {
-        self.state.borrow().held_at(Instant::now())
+        self.shared.is_none() || self.state.borrow().held_at(Instant::now())
     }
 
     /// Waits until this replica holds the lease.
     pub async fn held(&self) {
         let mut rx = self.state.subscribe();
         loop {
-            if rx.borrow_and_update().held_at(Instant::now()) {
+            if self.shared.is_none() || rx.borrow_and_update().held_at(Instant::now()) {
                 return;
             }
             if rx.changed().await.is_err() {
@@ -218,35 +217,54 @@ impl SyncLease {
         }
     }
 
-    /// A watch on the hold, for a pass to stop when it ends.
-    pub fn watch(&self) -> watch::Receiver<LeaseState> {
-        self.state.subscribe()
+    /// When a pass must stop: at `deadline` (none: never) and, with a shared lease, as soon as
+    /// this replica no longer holds it.
+    pub fn stop_at(&self, deadline: Option<Instant>) -> Stop {
+        let stop = Stop::at(deadline);
+        match self.shared {
+            Some(_) => stop.while_held(self.state.subscribe()),
+            None => stop,
+        }
     }
 
     /// What the status shows.
     pub fn view(&self) -> LeaseView {
-        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        view.held_here = self.is_held();
-        view
+        let Seen { holder, checked } = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (this_replica, duration) = match &self.shared {
+            Some(shared) => (
+                shared.claim.holder().to_owned(),
+                crate::settings::format_iso_duration(shared.claim.duration()),
+            ),
+            None => (
+                "this process (the metadata is its own)".to_owned(),
+                "-".to_owned(),
+            ),
+        };
+        LeaseView {
+            holder,
+            this_replica,
+            held_here: self.is_held(),
+            duration,
+            checked,
+        }
     }
 
     /// Stops every pass here at its next step, and the keeper for good (a clean shutdown
     /// begins); the lease stays this replica's until [`SyncLease::give_up`].
     pub fn stop_passes(&self) {
-        if self.claim.is_some() {
-            self.state.send_replace(LeaseState::NotHeld {
-                why: GIVEN_UP.to_owned(),
-            });
+        if self.shared.is_some() {
+            self.state.send_replace(LeaseState::GivenUp);
         }
     }
 
     /// Gives the lease up for good (a clean shutdown): passes here stop at their next step,
     /// and the row is released so another replica takes over at once.
     pub async fn give_up(&self) {
-        let Some(claim) = self.claim.clone() else {
+        let Some(shared) = &self.shared else {
             return;
         };
         self.stop_passes();
+        let claim = shared.claim.clone();
         match tokio::task::spawn_blocking(move || claim.release()).await {
             Ok(Ok(true)) => tracing::info!("sync lease given up: another replica takes it now"),
             Ok(Ok(false)) => {}
@@ -257,9 +275,6 @@ impl SyncLease {
         }
     }
 }
-
-/// Why a lease given up at shutdown is not held.
-const GIVEN_UP: &str = "given up (stopping)";
 
 #[cfg(test)]
 mod tests {
@@ -273,6 +288,12 @@ mod tests {
             .await
             .expect("held at once");
         assert!(!lease.is_shared());
+        assert!(lease.fence().is_none());
         assert!(lease.view().held_here);
+        // Its passes stop at their deadline only.
+        let stop = lease.stop_at(None);
+        assert!(!stop.reached());
+        lease.stop_passes();
+        assert!(lease.is_held() && !stop.reached());
     }
 }

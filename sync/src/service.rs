@@ -26,7 +26,6 @@ use crate::lease::SyncLease;
 use crate::report::Reporter;
 use crate::settings::{format_iso_duration, Mode, Settings, FIRST_RETRY};
 use crate::state::{Conflict, Outcome, Summary};
-use crate::stop::Stop;
 use crate::totals::SyncTotals;
 use util::backoff::Backoff;
 
@@ -360,11 +359,7 @@ impl SyncService {
                 s.next_window_start = settings.schedule.next_after(end);
             });
             tracing::debug!(window_end = %end, "sync pass starts");
-            let mut stop = Stop::at(Some(deadline));
-            if lease.is_shared() {
-                stop = stop.while_held(lease.watch());
-            }
-            let summary = engine.run_pass_until(stop).await;
+            let summary = engine.run_pass_until(lease.stop_at(Some(deadline))).await;
             let wait = match summary.outcome {
                 // An error no retry can help (a certificate the trust bundle lacks, a refusal)
                 // is asked again only at the longest wait: the parent may still change.
@@ -434,15 +429,16 @@ impl SyncService {
     /// every tag sync wrote, and a poll comes every minute); returns the parent feed position.
     fn show_state(&self, engine: &Engine) -> Option<u64> {
         let parent = &engine.settings.parent;
-        let (pushed_seq, parent_feed_seq, conflicts, warnings) = engine.state.read(|st| {
-            (
-                st.pushed_seq,
-                feed_seq(st, parent),
-                st.conflicts.clone(),
-                st.scope_warnings.clone(),
-            )
-        });
-        let last_result = engine.state.read(|st| st.last_result.clone());
+        let (pushed_seq, parent_feed_seq, conflicts, warnings, last_result) =
+            engine.state.read(|st| {
+                (
+                    st.pushed_seq,
+                    feed_seq(st, parent),
+                    st.conflicts.clone(),
+                    st.scope_warnings.clone(),
+                    st.last_result.clone(),
+                )
+            });
         self.set(|s| {
             s.pushed_seq = pushed_seq;
             s.parent_feed_seq = parent_feed_seq;

@@ -29,11 +29,6 @@ impl Stop {
         self
     }
 
-    /// The end of the window, if any.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
     /// Whether the pass must stop now.
     pub fn reached(&self) -> bool {
         let now = Instant::now();

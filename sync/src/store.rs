@@ -212,17 +212,7 @@ mod registry_store {
             use futures_util::{FutureExt, StreamExt};
             let (store, digest) = (self.store.clone(), self.digest.clone());
             // Opening may ask an object store: off the async threads.
-            let opened = tokio::task::spawn_blocking(move || {
-                let location = store.blob_location();
-                match store.read_blob(&digest) {
-                    Ok(Some(source)) => Ok(source),
-                    Ok(None) => Err(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("blob {digest} is not stored in {location}"),
-                    )),
-                    Err(err) => Err(std::io::Error::other(err.to_string())),
-                }
-            });
+            let opened = tokio::task::spawn_blocking(move || store.open_stored_blob(&digest));
             opened
                 .map(move |opened| match opened.map_err(std::io::Error::other) {
                     Ok(Ok(source)) => source.stream(offset..offset + len, None).boxed(),
@@ -238,8 +228,6 @@ mod registry_store {
     struct Writer {
         store: Store,
         session: tokio::sync::OwnedMutexGuard<Session>,
-        /// Bytes appended since the last commit.
-        uncommitted: u64,
     }
 
     /// Bytes a download appends between commits: at most this much is fetched again by the
@@ -253,16 +241,14 @@ mod registry_store {
         }
         fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
             self.session.append(bytes).map_err(map)?;
-            self.uncommitted += bytes.len() as u64;
-            if self.uncommitted >= COMMIT_EVERY {
+            // What readers and other replicas cannot see yet: nothing on the local disk.
+            if self.session.len() - self.session.readable_len() >= COMMIT_EVERY {
                 self.commit()?;
             }
             Ok(())
         }
         fn commit(&mut self) -> Result<(), StoreError> {
-            self.session.commit().map_err(map)?;
-            self.uncommitted = 0;
-            Ok(())
+            self.session.commit().map_err(map)
         }
         fn finish(mut self: Box<Self>, expected: &Digest) -> Result<(), StoreError> {
             self.store
@@ -298,7 +284,6 @@ mod registry_store {
             Ok(Box::new(Writer {
                 store: self.clone(),
                 session: session.blocking_lock_owned(),
-                uncommitted: 0,
             }))
         }
         fn cancel_upload(&self, id: &str) -> Result<(), StoreError> {

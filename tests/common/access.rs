@@ -163,7 +163,7 @@ pub fn seed_cheaply(data: &Path, tokens: &[(String, Vec<Rule>)]) -> Vec<String> 
     std::fs::create_dir_all(data).expect("make the data directory");
     // The management commands on one snapshot, kept in one write (a write per token would
     // be a thousand transactions).
-    let store = access::AccessStore::open(data).expect("open access store");
+    let store = access::AccessFile::open(data).expect("open access store");
     let mut snapshot = store.load().expect("load access store");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -51,3 +51,15 @@ pub fn container_store(azurite: &Azurite, container: &str, data: &Path) -> regis
     registry::Store::open_with(data, registry::Limits::default(), backends)
         .expect("open the container from the test")
 }
+
+/// The digests of every blob in the container, as any replica lists them (`data`: the probing
+/// store's own data directory).
+pub fn container_digests(azurite: &Azurite, container: &str, data: &Path) -> Vec<String> {
+    container_store(azurite, container, data)
+        .list_blobs()
+        .expect("list the container's blobs")
+        .blobs
+        .iter()
+        .map(|(digest, _)| digest.to_string())
+        .collect()
+}

@@ -24,7 +24,7 @@ pub mod target;
 pub mod tls;
 pub mod tmpfs;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,24 +34,10 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_connected-registry"))
 }
 
-/// A loopback port that was free a moment ago, and never handed out before in this test
-/// process: tests run in parallel, and without this two of them can be given the same number
-/// (the kernel reuses a released ephemeral port). The second server then fails to bind while
-/// its test, finding the port open, talks to the first test's server.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral port on 127.0.0.1");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
+/// A loopback port free a moment ago and never handed out before in this test process, from
+/// the one list the registry's test helpers (Azurite, the PostgreSQL test server) take theirs
+/// from too.
+pub use registry::test_ports::free_port;
 
 /// Waits until `child` accepts TCP connections on `addr` and holds them, or panics after
 /// `timeout` or when `child` exits first.

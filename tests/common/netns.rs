@@ -52,6 +52,33 @@ impl Netns {
         cmd
     }
 
+    /// Runs `f` on a thread of the test process that has entered this namespace's network (a
+    /// thread's network namespace is its own), and returns what it returns; an error when the
+    /// thread cannot enter it (gone, or not root). Sockets made there stay in this namespace
+    /// while any thread uses them: a listener bound here and served from the test's other
+    /// threads is the one way to join a namespace to the host's loopback
+    /// ([`super::relay::Relay::into_namespace`]).
+    pub fn in_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let context = |what: &str, e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("{what} {path} (root): {e}"))
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = std::fs::File::open(&path).map_err(|e| context("open", e))?;
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&ns),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| context("setns into", e.into()))?;
+                    Ok(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Runs `program args...` in this namespace to completion.
     pub fn output(&self, program: &str, args: &[&str]) -> Output {
         self.command(program)

@@ -1,11 +1,15 @@
 //! A TCP relay on loopback between a child and its parent that counts the bytes each way, and
 //! can cut the link or slow it: what the sync tests see of a transfer from the parent's side.
+//! Its listener can also be in a network namespace ([`Relay::into_namespace`]): the one way
+//! from a namespace to a server on the host's loopback, byte for byte (TLS stays end to end).
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::netns::Netns;
 
 pub struct Relay {
     pub port: u16,
@@ -16,6 +20,10 @@ pub struct Relay {
     /// While set, the link is down: connections are accepted and closed at once.
     pub down_flag: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// Where the listener is, and the namespace it is in (none: the host's), to wake its
+    /// accept loop when dropped.
+    listen: SocketAddr,
+    netns: Option<Netns>,
 }
 
 impl Relay {
@@ -38,7 +46,33 @@ impl Relay {
         rate_up: Option<u64>,
     ) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        Relay::serve(listener, None, upstream, cut_after, rate, rate_up)
+    }
+
+    /// A relay whose listener is at `listen` (an address of namespace `ns`, e.g. its end of a
+    /// veth pair) to `upstream` on the host's loopback, which nothing in the namespace reaches
+    /// otherwise: a client in the namespace (or linked to it) connects to a host's server as
+    /// to one at `listen`, over the bytes the test process carries.
+    pub fn into_namespace(ns: &Netns, listen: SocketAddr, upstream: SocketAddr) -> Relay {
+        let listener = ns
+            .in_thread(|| TcpListener::bind(listen))
+            .and_then(|bound| bound)
+            .unwrap_or_else(|e| panic!("listen on {listen} in namespace {}: {e}", ns.name));
+        Relay::serve(listener, Some(ns.clone()), upstream, None, None, None)
+    }
+
+    /// Relays what `listener` (in `netns`, none: the host's) accepts to `upstream`; see
+    /// [`Relay::start_with`].
+    fn serve(
+        listener: TcpListener,
+        netns: Option<Netns>,
+        upstream: SocketAddr,
+        cut_after: Option<u64>,
+        rate: Option<u64>,
+        rate_up: Option<u64>,
+    ) -> Relay {
+        let listen = listener.local_addr().unwrap();
+        let port = listen.port();
         let down = Arc::new(AtomicU64::new(0));
         let up = Arc::new(AtomicU64::new(0));
         let up2 = up.clone();
@@ -95,9 +129,12 @@ impl Relay {
             up,
             down_flag,
             stop,
+            listen,
+            netns,
         }
     }
 
+    /// `http://127.0.0.1:PORT`: a relay on the host's loopback ([`Relay::start`]).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -142,6 +179,13 @@ fn pump(
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        // A connection wakes the accept loop, from where the listener is.
+        let listen = self.listen;
+        let wake = move || drop(TcpStream::connect(listen));
+        match &self.netns {
+            // No panic in a drop (while panicking it would abort): no namespace, no loop to wake.
+            Some(ns) => drop(ns.in_thread(wake)),
+            None => wake(),
+        }
     }
 }

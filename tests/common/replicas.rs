@@ -4,6 +4,9 @@
 //! listing every replica. The proxy speaks TLS with a test CA's certificate, as deployed: a
 //! client that can be given the CA ([`Replicas::proxy_api`], skopeo's `--cert-dir`) verifies it.
 //! A replica can be killed with `kill -9` and started again on its port and data.
+//! [`Replicas::reach_from_namespace`] makes the proxy reachable from a network namespace at an
+//! address outside 127.0.0.0/8, where a Docker engine verifies its certificate (it trusts
+//! anything on loopback).
 //!
 //! [`Services`] alone (the database, the container, the flags and environment that point
 //! `serve` at them) is what `target.rs` uses to run the protocol and torture tests on this
@@ -15,8 +18,10 @@ use std::time::Duration;
 
 use super::api::Api;
 use super::azurite::Azurite;
+use super::netns::{Netns, Network};
 use super::postgres::TestServer;
-use super::proxy::{metrics, start_proxy};
+use super::proxy::{balanced_proxy, healthy, metrics};
+use super::relay::Relay;
 use super::tls::{Leaf, TestCa};
 use super::{free_port, serve_with, Proc};
 
@@ -107,11 +112,6 @@ impl Replica {
             .filter(|l| l.contains(what))
             .count()
     }
-
-    /// Whether it still runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.proc.child.try_wait(), Ok(None))
-    }
 }
 
 /// The services, the replicas and the proxy, stopped when dropped.
@@ -125,6 +125,39 @@ pub struct Replicas {
     pub proxy: Proc,
     /// The proxy's admin port (`/metrics`).
     pub admin: SocketAddr,
+}
+
+/// The name the proxy's certificate has (besides 127.0.0.1 and localhost), and that a
+/// namespace from [`Replicas::reach_from_namespace`] resolves to the proxy.
+pub const PROXY_NAME: &str = "proxy.test";
+
+/// The proxy as seen from a network namespace of its own (for a client there, e.g.
+/// `Dockerd::start_in(Some(&reach.ns))`): at `proxy.test:PORT`, resolved by the namespace's
+/// hosts file to the far end of a veth pair, outside 127.0.0.0/8, where the test process
+/// relays each connection to the proxy byte for byte (TLS is between the client and the proxy).
+/// Deleted (namespaces, relay, `certs.d` entry) when dropped; drop clients in it first.
+pub struct ProxyInNamespace {
+    /// Carries the namespace's connections to the proxy, counting the bytes.
+    pub relay: Relay,
+    /// The client's namespace.
+    pub ns: Netns,
+    /// `proxy.test:PORT`, the registry part of an image reference through the proxy from
+    /// [`ProxyInNamespace::ns`]; PORT is the proxy's own, so the name is this test's alone.
+    pub host: String,
+    /// Dropped last: the relay's listener lives in one of its namespaces.
+    net: Network,
+}
+
+impl ProxyInNamespace {
+    /// Makes Docker engines trust `ca` for the proxy at [`ProxyInNamespace::host`]:
+    /// `/etc/docker/certs.d/HOST:PORT/ca.crt` (dockerd has no flag for another directory; the
+    /// entry names this test's host and port only, and goes with the network).
+    pub fn trust_for_docker(&mut self, ca: &TestCa) {
+        let certs_d = PathBuf::from("/etc/docker/certs.d").join(&self.host);
+        std::fs::create_dir_all(&certs_d).expect("create /etc/docker/certs.d/HOST:PORT (root)");
+        self.net.remove_on_drop(certs_d.clone());
+        std::fs::copy(&ca.root, certs_d.join("ca.crt")).expect("copy the test CA to certs.d");
+    }
 }
 
 /// How often the proxy checks each replica (`GET /readyz`): a replica killed is out of the
@@ -156,7 +189,7 @@ impl Replicas {
             })
             .collect::<Vec<_>>();
         let ca = TestCa::new(&dir.path().join("ca"));
-        let leaf = ca.server("proxy", "proxy.test");
+        let leaf = ca.server("proxy", PROXY_NAME);
         let (proxy, admin) = proxy_before(dir.path(), &leaf, &replicas);
         Replicas {
             dir,
@@ -179,6 +212,28 @@ impl Replicas {
         self.proxy.addr.to_string()
     }
 
+    /// The proxy reachable from a new network namespace at `proxy.test:PORT`, an address
+    /// outside 127.0.0.0/8 (two namespaces joined by a veth pair: the client's, and the one
+    /// whose end of the pair the relay to the proxy listens on).
+    pub fn reach_from_namespace(&self) -> ProxyInNamespace {
+        let mut net = Network::new();
+        let proxy_side = net.namespace("proxy");
+        let ns = net.namespace("client");
+        let (proxy_ip, _client_ip) = net.link(&proxy_side, &ns);
+        net.name_host(&ns, PROXY_NAME, &proxy_ip);
+        let port = self.proxy.addr.port();
+        let listen = format!("{proxy_ip}:{port}")
+            .parse()
+            .expect("a veth address");
+        let relay = Relay::into_namespace(&proxy_side, listen, self.proxy.addr);
+        ProxyInNamespace {
+            relay,
+            ns,
+            host: format!("{PROXY_NAME}:{port}"),
+            net,
+        }
+    }
+
     /// A client of the proxy that trusts only the test CA.
     pub fn proxy_api(&self) -> Api {
         Api::with_client(&self.proxy_url(), self.https_client())
@@ -186,13 +241,7 @@ impl Replicas {
 
     /// A blocking HTTPS client trusting only the test CA, no redirects, 120 s per request.
     pub fn https_client(&self) -> reqwest::blocking::Client {
-        let pem = std::fs::read(&self.ca.root).expect("read the test CA");
-        reqwest::blocking::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("the test CA"))
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("build the HTTPS client")
+        self.ca.https_client()
     }
 
     /// A directory holding the CA as skopeo's `--src-cert-dir`/`--dest-cert-dir` want it.
@@ -236,11 +285,7 @@ impl Replicas {
 
     /// Whether the proxy has replica `i` in service (`proxy_upstream_healthy`).
     pub fn in_service(&self, i: usize) -> bool {
-        let series = format!(
-            "proxy_upstream_healthy{{upstream=\"{}\"}} 1",
-            self.replicas[i].url()
-        );
-        metrics(self.admin).lines().any(|l| l == series)
+        healthy(self.admin, &self.replicas[i].url()) == Some(1.0)
     }
 }
 
@@ -252,20 +297,25 @@ fn start_replica(services: &Services, data: &Path, port: u16, args: &[String]) -
     serve_with(data, port, &args, &envs, data.with_extension("log"))
 }
 
-/// The proxy with `/v2` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and
-/// its admin port.
+/// The proxy with `/v2`, `/oauth2` (the token service, for replicas with `--auth tokens`) and
+/// `/acr` balanced over `replicas`, checking them every [`HEALTH_INTERVAL`], and its admin port.
 fn proxy_before(dir: &Path, leaf: &Leaf, replicas: &[Replica]) -> (Proc, SocketAddr) {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
-    let route = format!("/v2={}", urls.join(","));
-    let admin_s = admin.to_string();
-    let args = [
-        "--route",
-        &route,
-        "--admin",
-        &admin_s,
-        "--health-interval",
-        HEALTH_INTERVAL,
-    ];
-    (start_proxy(dir, "proxy", leaf, &args, &[]), admin)
+    // `/v2` from the helper, the token service and `/acr` over the same replicas.
+    let route = |prefix: &str| format!("{prefix}={}", urls.join(","));
+    let (oauth2, acr) = (route("/oauth2"), route("/acr"));
+    balanced_proxy(
+        dir,
+        "proxy",
+        leaf,
+        &urls,
+        &[
+            "--route",
+            &oauth2,
+            "--route",
+            &acr,
+            "--health-interval",
+            HEALTH_INTERVAL,
+        ],
+    )
 }

@@ -25,7 +25,8 @@ pub enum Kind {
     Distribution,
 }
 
-/// Reads `REGISTRY_UNDER_TEST` (`ours`, the default, `ours-postgres`, or `distribution`).
+/// Reads `REGISTRY_UNDER_TEST` (`ours`, the default, `ours-postgres`, `ours-replica`, or
+/// `distribution`).
 pub fn kind() -> Kind {
     match std::env::var("REGISTRY_UNDER_TEST").as_deref() {
         Err(_) | Ok("") | Ok("ours") | Ok("ours-postgres") | Ok("ours-replica") => Kind::Ours,

@@ -153,6 +153,17 @@ impl TestCa {
         )
     }
 
+    /// A blocking HTTPS client trusting only this CA's root: no redirects, 120 s per request.
+    pub fn https_client(&self) -> reqwest::blocking::Client {
+        let pem = std::fs::read(&self.root).expect("read the test CA");
+        reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("the test CA"))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .expect("build the HTTPS client")
+    }
+
     /// A directory holding only `ca.crt` (the root), as skopeo's `--*-cert-dir` wants it.
     pub fn skopeo_cert_dir(&self) -> PathBuf {
         let dir = self.dir.join("skopeo-certs");

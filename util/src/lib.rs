@@ -7,6 +7,7 @@
 //! | [`crash_point`] | named points where a test makes the process abort, to prove crash safety there (a test aid, not a setting) |
 //! | [`config_table`] | the table `--print-config` prints (setting, value, where it came from), secrets redacted |
 //! | [`backoff`] | exponential backoff with jitter, so clients that lost the same peer do not come back in step |
+//! | [`error_chain`] | an error and its causes on one line, for logs and messages |
 //! | [`atomic_file`] | replace a file so a crash or a concurrent reader sees the old or the new one, never half |
 //! | [`file_watch`] | notice that files changed on disk (inode, length, mtime), for reloading |
 //! | [`request_id`] | `X-Request-Id`: which ids a hop keeps and logs, and fresh ones |
@@ -23,6 +24,7 @@ pub mod backoff;
 pub mod config_table;
 pub mod crash_point;
 pub mod duration;
+pub mod error_chain;
 pub mod file_watch;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]

@@ -105,7 +105,8 @@ pub type OpenedUpload = (String, Box<dyn UploadData>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobStat {
     pub size: u64,
-    /// Last written or touched.
+    /// Last written or touched; where the store records whole seconds, the end of that second,
+    /// so GC never sees a blob as older than it is.
     pub modified: SystemTime,
     /// What [`BlobStore::delete`] checks has not changed: an ETag; on the local disk the
     /// modification time, in nanoseconds.

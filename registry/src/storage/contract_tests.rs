@@ -70,12 +70,16 @@ impl Blobs {
 fn on_both(test: impl Fn(&mut Blobs)) {
     let mut fs = Blobs::Filesystem(tempfile::tempdir().unwrap());
     test(&mut fs);
-    let mut azure = Blobs::Azure {
+    test(&mut azure());
+}
+
+/// A container of its own on a fresh Azurite.
+fn azure() -> Blobs {
+    Blobs::Azure {
         azurite: Azurite::start(),
         container: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         data: Vec::new(),
-    };
-    test(&mut azure);
+    }
 }
 
 fn repo() -> RepoName {
@@ -301,6 +305,40 @@ fn a_session_started_on_one_replica_is_finished_on_another() {
     });
 }
 
+/// Two replicas writing one session at once (only where replicas share the blobs) cannot
+/// interleave their chunks: the commit of the one that did not see the other's is refused, and
+/// once it caught up the session holds the first one's bytes only.
+#[test]
+fn of_two_replicas_committing_to_one_session_at_once_the_second_is_refused() {
+    let mut blobs = azure();
+    let (a, b) = (
+        blobs.replica(0, Limits::default()),
+        blobs.replica(1, Limits::default()),
+    );
+    let on_a = a.new_upload(&repo()).unwrap();
+    let id = on_a.blocking_lock().id().to_owned();
+    // Both replicas hold the session as it stands: empty.
+    let on_b = b.upload(&repo(), &id).unwrap();
+    let mut on_b = on_b.blocking_lock();
+    on_b.refresh().unwrap();
+    {
+        let mut on_a = on_a.blocking_lock();
+        on_a.append(b"chunk taken by a").unwrap();
+        on_a.commit().unwrap();
+    }
+    on_b.append(b"chunk taken by b").unwrap();
+    let refused = on_b.commit();
+    assert!(
+        matches!(&refused, Err(StorageError::UploadInvalid(m)) if m.contains("another replica")),
+        "{refused:?}"
+    );
+    on_b.refresh().unwrap();
+    assert_eq!(on_b.len(), 16, "b caught up with what a committed");
+    let digest = Digest::sha256_of(b"chunk taken by a");
+    b.finish_upload(&mut on_b, &digest).unwrap();
+    assert!(read(&b, &digest, 0..16).unwrap() == b"chunk taken by a");
+}
+
 #[test]
 fn gc_spares_what_was_written_or_touched_within_its_grace() {
     on_both(|blobs| {
@@ -367,6 +405,33 @@ fn of_a_link_and_a_gc_delete_racing_it_one_loses_cleanly() {
         assert!(matches!(refused, StorageError::BlobUnknown(_)), "{refused}");
         assert_eq!(a.repo_blob(&third, &digest).unwrap(), None);
         assert!(!a.blob_exists(&digest), "{}", blobs.name());
+    });
+}
+
+/// GC keeps a blob touched since its cutoff, so a store must never date a touch earlier than
+/// it happened. Azure's Last-Modified has whole seconds and is read as the end of its second:
+/// read as its start, a blob touched at .9 of a second looked 0.9 s older than it was, and a
+/// link through another replica just after GC's cutoff could lose its blob (seen in
+/// tests/replicas_gc.rs, one run in 13, with a 1 s grace).
+#[test]
+fn a_touch_is_never_dated_before_it_happened() {
+    on_both(|blobs| {
+        let store = blobs.replica(0, Limits::default());
+        let (_, digest) = push_chunked(&store, b"linked three times", 1 << 20);
+        for n in 0..3 {
+            std::thread::sleep(Duration::from_millis(330));
+            let before = std::time::SystemTime::now();
+            let other: RepoName = format!("contract/touch{n}").parse().unwrap();
+            store.link_blob(&other, &digest).unwrap();
+            let stat = store.inner.blobs.stat(&digest).unwrap().unwrap();
+            // Slack for the kernel's coarse clock, which dates files up to a tick early.
+            assert!(
+                stat.modified + Duration::from_millis(20) >= before,
+                "{}: touched at {before:?}, dated {:?}",
+                blobs.name(),
+                stat.modified
+            );
+        }
     });
 }
 

@@ -397,14 +397,7 @@ async fn open_source(
                 return Ok(source);
             }
         }
-        match store.read_blob(&digest) {
-            Ok(Some(source)) => Ok(source),
-            Ok(None) => Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("blob {digest} being filled is neither in its session nor stored"),
-            )),
-            Err(err) => Err(std::io::Error::other(err.to_string())),
-        }
+        store.open_stored_blob(&digest)
     })
     .await
     .map_err(std::io::Error::other)?

@@ -87,23 +87,35 @@ impl Store {
             if in_use.contains(&digest) {
                 continue;
             }
-            let _sweeping = self.inner.gc_lock.write().expect("gc lock");
-            let Some(stat) = self.inner.blobs.stat(&digest)? else {
-                continue;
-            };
-            let fresh = stat.modified > cutoff;
-            if fresh || meta.is_in_use(&digest)? {
-                continue;
-            }
-            if self.inner.blobs.delete(&digest, &stat)? {
+            if let Some(freed) = self.delete_unused_blob(&digest, cutoff)? {
                 report.blobs_deleted += 1;
-                report.bytes_freed += stat.size;
+                report.bytes_freed += freed;
             }
         }
 
         report.uploads_expired = self.inner.uploads.expire(options.upload_ttl);
         self.inner.cache.clear();
         Ok(report)
+    }
+
+    /// Deletes blob `digest` if nobody touched it since `untouched_since` (installing or
+    /// linking a blob touches it) and no metadata references it, both checked again under the
+    /// GC lock; the delete holds only for the version looked at, so a replica that links the
+    /// blob meanwhile keeps it. The bytes freed, `None` when it stays (or was gone). GC's sweep
+    /// and the quota's evictions delete blobs through this one step.
+    pub(super) fn delete_unused_blob(
+        &self,
+        digest: &Digest,
+        untouched_since: SystemTime,
+    ) -> Result<Option<u64>, StorageError> {
+        let _sweeping = self.inner.gc_lock.write().expect("gc lock");
+        let Some(stat) = self.inner.blobs.stat(digest)? else {
+            return Ok(None);
+        };
+        if stat.modified > untouched_since || self.inner.meta.is_in_use(digest)? {
+            return Ok(None);
+        }
+        Ok(self.inner.blobs.delete(digest, &stat)?.then_some(stat.size))
     }
 
     /// Removes the `candidates` a snapshot found unreached, each in its own transaction that

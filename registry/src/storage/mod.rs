@@ -17,6 +17,7 @@ pub mod fill;
 pub mod gc;
 pub mod integrity;
 pub(crate) mod kv;
+pub mod kv_access;
 pub mod lease;
 pub mod meta;
 mod props;
@@ -323,6 +324,19 @@ impl Store {
     /// size and its bytes, read as they are (no digest check; the receiver checks them).
     pub fn read_blob(&self, digest: &Digest) -> Result<Option<Box<dyn BlobSource>>, StorageError> {
         self.inner.blobs.open(digest)
+    }
+
+    /// [`Store::read_blob`] for readers that speak `std::io` (a fill's readers, sync's push): a
+    /// blob that is not stored is a `NotFound` error naming where blobs are.
+    pub fn open_stored_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn BlobSource>> {
+        match self.read_blob(digest) {
+            Ok(Some(source)) => Ok(source),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("blob {digest} is not stored in {}", self.blob_location()),
+            )),
+            Err(err) => Err(std::io::Error::other(err.to_string())),
+        }
     }
 
     /// The bytes of a small stored blob (a manifest, a config) of at most `limit` bytes, checked

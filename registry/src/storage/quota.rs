@@ -208,13 +208,9 @@ impl Store {
             return Ok(report);
         }
         self.flush_pulls()?;
-        let mut used = self
-            .usage()
-            .map_err(StorageError::io(format!(
-                "count the blobs in {}",
-                self.blob_location()
-            )))?
-            .blob_bytes;
+        // The blobs' bytes only: no need for the upload sessions and the disk `usage` counts
+        // too (in an object store, each is one more listing).
+        let mut used: u64 = self.list_blobs()?.blobs.iter().map(|(_, size)| size).sum();
         report.usage_before = used;
         if used > quota {
             for candidate in self.inner.meta.eviction_candidates(&HashMap::new())? {
@@ -263,11 +259,11 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes the blob files `files` that nothing references any more (checked again under
-    /// the GC lock, as GC does) and that nobody touched since `decided`: installing or linking
-    /// a blob touches its file, so a client that just uploaded the same bytes keeps them. No
-    /// grace period is needed beyond that: the metadata that referenced these files is gone.
-    /// Returns the bytes freed.
+    /// Deletes the blobs `files` that nothing references any more and that nobody touched
+    /// since `decided` (GC's step, [`Store::delete_unused_blob`]): installing or linking a blob
+    /// touches it, so a client that just uploaded the same bytes keeps them. No grace period is
+    /// needed beyond that: the metadata that referenced these blobs is gone. Returns the bytes
+    /// freed.
     fn delete_unreferenced(
         &self,
         files: &[Digest],
@@ -275,17 +271,7 @@ impl Store {
     ) -> Result<u64, StorageError> {
         let mut freed = 0;
         for digest in files {
-            let _sweeping = self.inner.gc_lock.write().expect("gc lock");
-            let Some(stat) = self.inner.blobs.stat(digest)? else {
-                continue;
-            };
-            let touched = stat.modified > decided;
-            if touched || self.inner.meta.is_in_use(digest)? {
-                continue;
-            }
-            if self.inner.blobs.delete(digest, &stat)? {
-                freed += stat.size;
-            }
+            freed += self.delete_unused_blob(digest, decided)?.unwrap_or(0);
         }
         Ok(freed)
     }

@@ -26,6 +26,7 @@ use crate::parent::ChunkedUpload;
 use crate::settings::{Credentials, Limits};
 use oci::{Class, Classify, Digest, Fault};
 use util::backoff::Backoff;
+use util::error_chain::error_chain;
 
 mod acr;
 mod auth;
@@ -465,20 +466,6 @@ fn certificate_error(
         };
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ async fn append_body(
         }
     }
     drop(tx);
-    let (mut session, checkpoint, written) = writer.await.map_err(internal)?;
+    let (session, checkpoint, written) = writer.await.map_err(internal)?;
     if let Err(err) = written {
         failure = Some(err.into());
     }
@@ -165,37 +165,37 @@ async fn append_body(
     }
     match failure {
         // The chunk is the session's for every replica before the client hears it was stored.
-        None => {
-            let (session, committed) = tokio::task::spawn_blocking(move || {
-                let mut session = session;
-                let committed = session.commit();
-                (session, committed)
-            })
-            .await
-            .map_err(internal)?;
-            committed?;
-            Ok(session)
-        }
+        None => Ok(on_session(session, Session::commit).await?.0),
         Some(err) => {
-            let rolled_back = tokio::task::spawn_blocking(move || session.rollback(checkpoint))
-                .await
-                .map_err(internal)?;
-            rolled_back?;
+            on_session(session, move |s| s.rollback(checkpoint)).await?;
             Err(err)
         }
     }
 }
 
+/// Runs `step` on the session on a blocking thread (it writes to the disk, or asks the object
+/// store) and hands the session back with what the step returned.
+async fn on_session<T: Send + 'static>(
+    mut session: OwnedMutexGuard<Session>,
+    step: impl FnOnce(&mut Session) -> Result<T, StorageError> + Send + 'static,
+) -> Result<(OwnedMutexGuard<Session>, T), ApiError> {
+    let (session, result) = tokio::task::spawn_blocking(move || {
+        let result = step(&mut session);
+        (session, result)
+    })
+    .await
+    .map_err(internal)?;
+    Ok((session, result?))
+}
+
 /// Verifies and installs the session's bytes as `expected`.
 async fn seal(
     store: &Store,
-    mut session: OwnedMutexGuard<Session>,
+    session: OwnedMutexGuard<Session>,
     expected: Digest,
 ) -> Result<(), ApiError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.finish_upload(&mut session, &expected))
-        .await
-        .map_err(internal)??;
+    on_session(session, move |s| store.finish_upload(s, &expected)).await?;
     Ok(())
 }
 
@@ -261,16 +261,9 @@ async fn session_of(
     let session = tokio::task::spawn_blocking(move || store.upload(&repo, &id))
         .await
         .map_err(internal)??;
-    let session = session.lock_owned().await;
-    let (session, refreshed) = tokio::task::spawn_blocking(move || {
-        let mut session = session;
-        let refreshed = session.refresh();
-        (session, refreshed)
-    })
-    .await
-    .map_err(internal)?;
-    refreshed?;
-    Ok(session)
+    Ok(on_session(session.lock_owned().await, Session::refresh)
+        .await?
+        .0)
 }
 
 pub async fn status(store: &Store, repo: &RepoName, id: &str) -> Result<Response, ApiError> {

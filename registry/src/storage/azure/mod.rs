@@ -319,6 +319,14 @@ impl AzureBlobs {
 }
 
 /// Whether a blob's bytes are all there: not the destination of a copy still running.
+/// The latest instant a write or touch stamped `last_modified` can have happened. Azure records
+/// whole seconds, so a blob touched at 12:00:00.9 says 12:00:00; taken as is, GC would think
+/// it 0.9 s older than it is and a grace period would shrink by up to a second (a blob linked
+/// by another replica just after GC's cutoff could go). The end of the second never errs that way.
+fn latest_instant(last_modified: impl Into<SystemTime>) -> SystemTime {
+    last_modified.into() + std::time::Duration::from_nanos(999_999_999)
+}
+
 fn complete(blob: &azure_storage_blobs::blob::Blob) -> bool {
     use azure_storage_blobs::blob::CopyStatus;
     matches!(
@@ -345,7 +353,7 @@ impl BlobStore for AzureBlobs {
             .filter(complete)
             .map(|b| BlobStat {
                 size: b.properties.content_length,
-                modified: SystemTime::from(b.properties.last_modified),
+                modified: latest_instant(b.properties.last_modified),
                 version: b.properties.etag.to_string(),
             }))
     }
@@ -437,15 +445,7 @@ impl BlobStore for AzureBlobs {
         if !self.copy(&source, None, &dest, Some(metadata), "quarantine blob")? {
             return Ok(None);
         }
-        let client = self.blob(&source);
-        let remote = self.remote();
-        self.remote().run("quarantine blob", async move {
-            match client.delete().await {
-                Ok(_) => Ok(()),
-                Err(err) if not_found(&err) => Ok(()),
-                Err(err) => Err(remote.error("delete a quarantined blob", err)),
-            }
-        })?;
+        self.delete_blob(&source, "delete a quarantined blob")?;
         Ok(Some(format!("{dest} in {}", self.location)))
     }
 
@@ -499,10 +499,8 @@ impl BlobStore for AzureBlobs {
                 let page = page.map_err(|e| remote.error("list upload sessions", e))?;
                 for blob in page.blobs.blobs() {
                     if let Some(id) = blob.name.strip_prefix("uploads/") {
-                        sessions.push((
-                            id.to_owned(),
-                            SystemTime::from(blob.properties.last_modified),
-                        ));
+                        sessions
+                            .push((id.to_owned(), latest_instant(blob.properties.last_modified)));
                     }
                 }
             }
@@ -511,16 +509,7 @@ impl BlobStore for AzureBlobs {
     }
 
     fn remove_upload(&self, id: &str) {
-        let client = self.blob(&upload_name(id));
-        let remote = self.remote();
-        let removed = self.remote().run("remove upload session", async move {
-            match client.delete().await {
-                Ok(_) => Ok(()),
-                Err(err) if not_found(&err) => Ok(()),
-                Err(err) => Err(remote.error("remove upload session", err)),
-            }
-        });
-        if let Err(err) = removed {
+        if let Err(err) = self.delete_blob(&upload_name(id), "remove upload session") {
             // Left for the upload expiry of a later GC.
             tracing::warn!(upload = id, "{err}");
         }
@@ -557,6 +546,20 @@ impl BlobStore for AzureBlobs {
 }
 
 impl AzureBlobs {
+    /// Deletes blob `name` whatever its version; one already gone is fine.
+    fn delete_blob(&self, name: &str, action: &str) -> Result<(), StorageError> {
+        let client = self.blob(name);
+        let remote = self.remote();
+        let what = format!("{action} {name}");
+        self.remote().run(action, async move {
+            match client.delete().await {
+                Ok(_) => Ok(()),
+                Err(err) if not_found(&err) => Ok(()),
+                Err(err) => Err(remote.error(&what, err)),
+            }
+        })
+    }
+
     /// Rewrites blob `name`'s metadata, which moves its `Last-Modified` (GC's age): whether it
     /// is there.
     fn touch_blob(&self, name: &str) -> Result<bool, StorageError> {

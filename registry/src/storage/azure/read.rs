@@ -214,37 +214,39 @@ impl BlobSource for AzureSource {
 
     fn into_read(self: Box<Self>) -> BlobRead {
         let size = self.size;
-        let mut reader = self.stream(0..size, None);
-        let mut pending = Bytes::new();
-        let mut done = false;
-        BlobRead::Stream(Box::new(ChunkRead(Box::new(move |buf: &mut [u8]| {
-            while pending.is_empty() {
-                if done {
-                    return Ok(0);
-                }
-                match super::bridge::wait(reader.next()) {
-                    Some(Ok(chunk)) => pending = chunk,
-                    Some(Err(err)) => {
-                        done = true;
-                        return Err(err);
-                    }
-                    None => done = true,
-                }
-            }
-            let n = buf.len().min(pending.len());
-            buf[..n].copy_from_slice(&pending[..n]);
-            pending = pending.slice(n..);
-            Ok(n)
-        }))))
+        BlobRead::Stream(Box::new(StreamRead {
+            stream: Some(self.stream(0..size, None)),
+            pending: Bytes::new(),
+        }))
     }
 }
 
-/// A blocking reader over a function that fills a buffer.
-type Fill = dyn FnMut(&mut [u8]) -> std::io::Result<usize> + Send;
-struct ChunkRead(Box<Fill>);
+/// A blob's stream read from blocking code (scrub, bundle export, hashing a session): each
+/// chunk is waited for as it comes from the client's runtime.
+struct StreamRead {
+    /// `None` once the stream ended or failed.
+    stream: Option<BlobReader>,
+    /// What the last chunk still holds.
+    pending: Bytes,
+}
 
-impl Read for ChunkRead {
+impl Read for StreamRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        (self.0)(buf)
+        while self.pending.is_empty() {
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(0);
+            };
+            match super::bridge::wait(stream.next()) {
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(err)) => {
+                    self.stream = None;
+                    return Err(err);
+                }
+                None => self.stream = None,
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
     }
 }

@@ -204,8 +204,13 @@ impl AzureUpload {
         let etag = match committed {
             Ok(etag) => etag,
             Err(err) => {
-                // What this replica held is no longer the session: forget it.
-                let _ = self.load();
+                // What this replica held is no longer the session: forget it, but keep the
+                // version last seen, so the next `changed_since` finds the session changed and
+                // the bytes are hashed again at the seal. Reading the session here instead
+                // would hide another replica's chunk of the same length as this one's.
+                self.staged.clear();
+                self.staged_len = 0;
+                self.pending.clear();
                 return Err(err);
             }
         };

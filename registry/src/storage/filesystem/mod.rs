@@ -101,6 +101,20 @@ fn touch(path: &Path) -> Result<bool, StorageError> {
     }
 }
 
+/// Renames `from` to `to`: whether `from` was there to move (`what` names the step in an
+/// error).
+fn rename_if_there(
+    from: &Path,
+    to: &Path,
+    what: impl FnOnce() -> String,
+) -> Result<bool, StorageError> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StorageError::io(what())(e)),
+    }
+}
+
 /// A file's version for [`BlobStore::delete`]: its modification time in nanoseconds (empty for
 /// a file system that keeps none).
 fn version(meta: &fs::Metadata) -> String {
@@ -136,12 +150,7 @@ impl BlobStore for FsBlobs {
     }
 
     fn open(&self, digest: &Digest) -> Result<Option<Box<dyn BlobSource>>, StorageError> {
-        let path = self.path(digest);
-        match FsSource::open(&path) {
-            Ok(source) => Ok(Some(Box::new(source))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::io(format!("open {}", path.display()))(e)),
-        }
+        FsSource::open_if_there(&self.path(digest))
     }
 
     fn stage(&self, data: Bytes) -> Result<Box<dyn StagedBlob>, StorageError> {
@@ -219,15 +228,10 @@ impl BlobStore for FsBlobs {
         let aside = self
             .tmp
             .join(format!("gc-{}", uuid::Uuid::new_v4().simple()));
-        match fs::rename(&path, &aside) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => {
-                return Err(StorageError::io(format!(
-                    "move {} aside to delete it",
-                    path.display()
-                ))(e))
-            }
+        if !rename_if_there(&path, &aside, || {
+            format!("move {} aside to delete it", path.display())
+        })? {
+            return Ok(false);
         }
         let unchanged = fs::metadata(&aside).is_ok_and(|meta| version(&meta) == stat.version);
         if !unchanged {
@@ -258,16 +262,10 @@ impl BlobStore for FsBlobs {
         let stamp = util::time::now_secs();
         let name = format!("{}-{}-{stamp}", digest.algorithm().name(), digest.hex());
         let dest = quarantine.join(&name);
-        match fs::rename(&path, &dest) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => {
-                return Err(StorageError::io(format!(
-                    "move damaged file {} to {}",
-                    path.display(),
-                    dest.display()
-                ))(err))
-            }
+        if !rename_if_there(&path, &dest, || {
+            format!("move damaged file {} to {}", path.display(), dest.display())
+        })? {
+            return Ok(None);
         }
         if let Some(dir) = path.parent() {
             let _ = sync_dir(dir);
@@ -299,12 +297,7 @@ impl BlobStore for FsBlobs {
     }
 
     fn upload_reader(&self, id: &str) -> Result<Option<Box<dyn BlobSource>>, StorageError> {
-        let path = self.uploads.join(id).join("data");
-        match FsSource::open(&path) {
-            Ok(source) => Ok(Some(Box::new(source))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::io(format!("open {}", path.display()))(e)),
-        }
+        FsSource::open_if_there(&self.uploads.join(id).join("data"))
     }
 
     fn list_uploads(&self) -> Result<Vec<(String, SystemTime)>, StorageError> {
@@ -384,10 +377,17 @@ pub(crate) struct FsSource {
 }
 
 impl FsSource {
-    fn open(path: &Path) -> std::io::Result<FsSource> {
-        let file = File::open(path)?;
-        let size = file.metadata()?.len();
-        Ok(FsSource { file, size })
+    /// Opens the file at `path`; `None` when there is none.
+    fn open_if_there(path: &Path) -> Result<Option<Box<dyn BlobSource>>, StorageError> {
+        let opened = File::open(path).and_then(|file| {
+            let size = file.metadata()?.len();
+            Ok(FsSource { file, size })
+        });
+        match opened {
+            Ok(source) => Ok(Some(Box::new(source))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(format!("open {}", path.display()))(e)),
+        }
     }
 }
 

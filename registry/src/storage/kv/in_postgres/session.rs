@@ -405,16 +405,11 @@ fn failure(
     };
     // The client's message says only what failed ("error connecting to server"); its causes
     // say why ("Connection refused").
-    let mut message = format!("{}: {doing}: {error}", settings.describe());
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
+    let message = format!(
+        "{}: {doing}: {}",
+        settings.describe(),
+        util::error_chain::error_chain(error)
+    );
     if transient {
         StorageError::Unavailable(message)
     } else {

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::test_ports::free_port;
+
 /// The superuser the tests connect as.
 pub const USER: &str = "registry";
 /// Its password (a test server on loopback; what redaction must hide).
@@ -89,14 +91,6 @@ fn run(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
 }
 
 /// Stops the server when its standard input closes, then removes the directory.
