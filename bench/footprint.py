@@ -7,10 +7,13 @@ control, `onemodule` = `--auth none --proxy-listen`, TLS only with a development
 RUNS times, on a fresh data directory each time: start the binary, poll `/v2/` every millisecond
 until it answers (any HTTP status: with `--auth tokens` the answer is a 401), then read the
 process's memory (`/proc/PID/status` VmRSS and VmHWM, `/proc/PID/smaps_rollup` anonymous and
-file-backed) IDLE seconds after the start, and stop it with SIGTERM. Prints the median, minimum
-and maximum of each figure. Everything listens on 127.0.0.1; every wait is bounded.
+file-backed, `/proc/PID/smaps` the binary's resident code and read-only data) IDLE seconds after
+the start, and stop it with SIGTERM. Prints the median, minimum and maximum of each figure.
+Everything listens on 127.0.0.1; every wait is bounded.
 
-Usage: footprint.py BINARY [RUNS=11] [IDLE=1.0] [MODES=none,tokens,onemodule]
+Usage: footprint.py BINARY[,BINARY...] [RUNS=11] [IDLE=1.0] [MODES=none,tokens,onemodule]
+Several binaries (comma-separated) are measured in turn, one run of each after the other, so
+that a shared machine's changing load falls on all of them alike.
 """
 import http.client
 import os
@@ -62,6 +65,25 @@ def proc_kib(pid, path, keys):
     return out
 
 
+def binary_resident_kib(pid, binary):
+    """Resident KiB of the binary's own mappings (`/proc/PID/smaps`): its code (executable) and
+    its read-only data (`.rodata`, `.eh_frame`, ...)."""
+    code = readonly = 0
+    perms = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+                ours = len(fields) >= 6 and os.path.realpath(fields[5]) == binary
+                perms = fields[1] if ours else None
+            elif perms and fields[0] == "Rss:":
+                if "x" in perms:
+                    code += int(fields[1])
+                elif "w" not in perms:
+                    readonly += int(fields[1])
+    return code, readonly
+
+
 def one_run(binary, mode, idle):
     data = tempfile.mkdtemp(prefix="footprint-")
     port = free_port()
@@ -97,9 +119,11 @@ def one_run(binary, mode, idle):
         time.sleep(max(0.0, idle - (time.monotonic() - started)))
         st = proc_kib(proc.pid, "status", {"VmRSS", "VmHWM", "Threads"})
         sm = proc_kib(proc.pid, "smaps_rollup", {"Anonymous", "Rss", "Pss_File"})
+        code_kib, readonly_kib = binary_resident_kib(proc.pid, binary)
         return {"first_ms": first_ms, "status": status, "rss_kib": st["VmRSS"],
                 "hwm_kib": st["VmHWM"], "anon_kib": sm["Anonymous"],
-                "file_kib": sm.get("Pss_File", 0), "threads": st["Threads"]}
+                "file_kib": sm.get("Pss_File", 0), "code_kib": code_kib,
+                "rodata_kib": readonly_kib, "threads": st["Threads"]}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -113,21 +137,32 @@ def one_run(binary, mode, idle):
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    binary = os.path.abspath(sys.argv[1])
+    binaries = [os.path.abspath(b) for b in sys.argv[1].split(",")]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 11
     idle = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
     modes = (sys.argv[4] if len(sys.argv) > 4 else "none,tokens,onemodule").split(",")
-    print(f"binary {binary}: {os.path.getsize(binary)} bytes")
     for mode in modes:
-        results = [one_run(binary, mode, idle) for _ in range(runs)]
-        line = [f"{mode:9} (HTTP {results[0]['status']}, {runs} runs)"]
-        for key, unit, scale in (("first_ms", "ms", 1), ("rss_kib", "MiB", 1024),
-                                 ("anon_kib", "MiB", 1024), ("file_kib", "MiB", 1024),
-                                 ("hwm_kib", "MiB", 1024), ("threads", "", 1)):
-            vals = [r[key] / scale for r in results]
-            line.append(f"{key.split('_')[0]} {statistics.median(vals):.2f} "
-                        f"[{min(vals):.2f}-{max(vals):.2f}]{unit}")
-        print("  ".join(line))
+        # Run by run, the binaries in turn: the machine's load then falls on each alike.
+        results = {binary: [] for binary in binaries}
+        for _ in range(runs):
+            for binary in binaries:
+                results[binary].append(one_run(binary, mode, idle))
+        for binary in binaries:
+            if mode == modes[0]:
+                print(f"binary {binary}: {os.path.getsize(binary)} bytes")
+            print(summary(mode, runs, results[binary]))
+
+
+def summary(mode, runs, results):
+    line = [f"{mode:9} (HTTP {results[0]['status']}, {runs} runs)"]
+    for key, unit, scale in (("first_ms", "ms", 1), ("rss_kib", "MiB", 1024),
+                             ("anon_kib", "MiB", 1024), ("file_kib", "MiB", 1024),
+                             ("code_kib", "MiB", 1024), ("rodata_kib", "MiB", 1024),
+                             ("hwm_kib", "MiB", 1024), ("threads", "", 1)):
+        vals = [r[key] / scale for r in results]
+        line.append(f"{key.split('_')[0]} {statistics.median(vals):.2f} "
+                    f"[{min(vals):.2f}-{max(vals):.2f}]{unit}")
+    return "  ".join(line)
 
 
 if __name__ == "__main__":

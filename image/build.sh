@@ -22,9 +22,28 @@ target_dir=${CARGO_TARGET_DIR:-target}
 version=$(cargo metadata --no-deps --format-version 1 \
   | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="connected-registry"))')
 
-# Static: the image has no libc. The `dist` profile (Cargo.toml): whole-program optimized and
-# stripped, the image is what devices download (sizes: README, Performance > Size).
-RUSTFLAGS="-C target-feature=+crt-static" \
+# Static: the image has no libc. The `dist` profile (Cargo.toml): whole-program optimized; the
+# image is what devices download (sizes: README, Performance > Size).
+#
+# The functions start-up and the first requests run are laid out together, so that an idle
+# `serve` keeps a few MiB of its code resident instead of most of it (README, "Size, idle memory,
+# start"): image/startup-order.txt, made by image/startup-order.py from this very build with
+# its symbols (KEEP_SYMBOLS=1). The list names symbols, and cargo hashes RUSTFLAGS and the
+# profile's `strip` into every symbol name, so both stay the same whether or not symbols are
+# kept: the symbols are stripped by the linker instead, and these linker arguments reach it
+# through the binary's build script (build.rs, CONNECTED_REGISTRY_LINK_ARGS), not RUSTFLAGS.
+# rust-lld, this target's default linker, skips the names it does not find, so a stale list
+# costs its benefit, never the build; the cross builds link with their GNU toolchains (no such
+# option) and go without. STARTUP_ORDER= (empty) builds without the list.
+order=${STARTUP_ORDER-$PWD/image/startup-order.txt}
+link_args=()
+if [ -n "$order" ] && [ "$target" = x86_64-unknown-linux-gnu ]; then
+  [ -f "$order" ] || { echo "image/build.sh: STARTUP_ORDER=$order: no such file (image/startup-order.py makes it; STARTUP_ORDER= builds without)" >&2; exit 2; }
+  link_args+=("-Wl,--symbol-ordering-file=$order" -Wl,--no-warn-symbol-ordering)
+fi
+[ "${KEEP_SYMBOLS:-0}" = 1 ] || link_args+=(-Wl,--strip-all)
+CARGO_PROFILE_DIST_STRIP=false CONNECTED_REGISTRY_LINK_ARGS="${link_args[*]}" \
+  RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile dist --locked --target "$target" --bin connected-registry
 binary="$target_dir/$target/dist/connected-registry"
 
