@@ -28,24 +28,12 @@ CONNS="${CONNS:-64}"
 PUSH_LAYERS="${PUSH_LAYERS:-2}"
 PUSH_SIZE="${PUSH_SIZE:-1M}"
 PUSH_RUNS="${PUSH_RUNS:-3}"
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-[ -x "$PG_BIN/postgres" ] || { echo "metadata-bench.sh: install postgresql (apt-get install postgresql)" >&2; exit 2; }
 WORK="$(mktemp -d -t metadata-bench.XXXXXX)"
 . "$ROOT/sync/bench/lib.sh"
+# start_postgres (PG_URL: PostgreSQL durable as in production, only the network is loopback)
+. "$ROOT/bench/lib-services.sh"
 chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-# PostgreSQL, durable as in production (only the network is loopback).
-PGDIR="$WORK/pg"; mkdir -p "$PGDIR"; [ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
-echo bench-secret >"$PGDIR/pw"
-as_pg "$PG_BIN/initdb" -D "$PGDIR/data" -U registry -E UTF8 --auth-local=trust \
-  --auth-host=scram-sha-256 --pwfile="$PGDIR/pw" >/dev/null
-PG_PORT="$(free_port)"
-as_pg "$PG_BIN/postgres" -D "$PGDIR/data" -p "$PG_PORT" -k "$PGDIR" -c listen_addresses=127.0.0.1 \
-  >"$PGDIR/log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 200); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.05; done
-PG_URL="postgres://registry:bench-secret@127.0.0.1:$PG_PORT/postgres"
+start_postgres
 
 start_ours "$WORK/redb"; REDB_PORT="$PORT"
 # shellcheck disable=SC2086 # PG_SERVE_ARGS is a list of flags
