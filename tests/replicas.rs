@@ -77,26 +77,13 @@ fn a_push_through_one_replica_is_pulled_through_the_other_and_through_the_proxy(
     // skopeo through the proxy, verifying its certificate: push, then pull back.
     let t = set.dir.path();
     let (src, image) = Layout::with_image(&t.join("src"), "v1", &[2 << 20, 300_000, 20_000]);
-    let certs = set.skopeo_cert_dir();
-    let certs = certs.to_str().unwrap();
-    let proxied = format!("docker://{}/proxied/app:v1", set.proxy_host());
-    skopeo::run(&[
-        "--insecure-policy",
-        "copy",
-        "--dest-cert-dir",
-        certs,
-        &src.reference("v1"),
-        &proxied,
-    ]);
     let back = Layout::create(&t.join("back"));
-    skopeo::run(&[
-        "--insecure-policy",
-        "copy",
-        "--src-cert-dir",
-        certs,
-        &proxied,
+    set.skopeo_push_and_pull(
+        &src.reference("v1"),
+        "proxied/app:v1",
         &back.reference("v1"),
-    ]);
+        None,
+    );
     assert_eq!(
         skopeo::inspect_raw(&back.reference("v1")),
         skopeo::inspect_raw(&src.reference("v1")),

@@ -148,31 +148,14 @@ fn replicas_share_tokens_keys_and_changes_through_the_proxy_and_directly() {
     // the proxy, on whichever replica), pushes and pulls, its requests spread over both.
     let t = set.dir.path();
     let (src, _image) = Layout::with_image(&t.join("src"), "v1", &[1 << 20, 200_000]);
-    let certs = set.skopeo_cert_dir();
-    let certs = certs.to_str().unwrap();
-    let proxied = format!("docker://{}/team/app:v1", set.proxy_host());
     let creds = format!("ci:{}", password1(&made));
-    skopeo::run(&[
-        "--insecure-policy",
-        "copy",
-        "--dest-cert-dir",
-        certs,
-        "--dest-creds",
-        &creds,
-        &src.reference("v1"),
-        &proxied,
-    ]);
     let back = Layout::create(&t.join("back"));
-    skopeo::run(&[
-        "--insecure-policy",
-        "copy",
-        "--src-cert-dir",
-        certs,
-        "--src-creds",
-        &creds,
-        &proxied,
+    set.skopeo_push_and_pull(
+        &src.reference("v1"),
+        "team/app:v1",
         &back.reference("v1"),
-    ]);
+        Some(&creds),
+    );
     assert_eq!(
         skopeo::inspect_raw(&back.reference("v1")),
         skopeo::inspect_raw(&src.reference("v1")),

@@ -249,6 +249,26 @@ impl Replicas {
         self.ca.skopeo_cert_dir()
     }
 
+    /// `skopeo copy` of `src` to `docker://PROXY/repo_tag`, then back from there to `back`,
+    /// verifying the proxy's certificate, logged in as `creds` (`USER:PASSWORD`) when given.
+    pub fn skopeo_push_and_pull(&self, src: &str, repo_tag: &str, back: &str, creds: Option<&str>) {
+        let certs = self.skopeo_cert_dir();
+        let certs = certs.to_str().unwrap();
+        let proxied = format!("docker://{}/{repo_tag}", self.proxy_host());
+        for (side, from, to) in [
+            ("dest", src, proxied.as_str()),
+            ("src", proxied.as_str(), back),
+        ] {
+            let (cert_dir, creds_flag) = (format!("--{side}-cert-dir"), format!("--{side}-creds"));
+            let mut args = vec!["--insecure-policy", "copy", &cert_dir, certs];
+            if let Some(creds) = creds {
+                args.extend([creds_flag.as_str(), creds]);
+            }
+            args.extend([from, to]);
+            super::skopeo::run(&args);
+        }
+    }
+
     /// Kills replica `i` at once (SIGKILL), as a power loss would.
     pub fn kill9(&mut self, i: usize) {
         self.replicas[i].proc.kill();
