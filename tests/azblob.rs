@@ -140,13 +140,7 @@ fn a_chunked_upload_started_on_one_serve_is_finished_on_another_sharing_the_cont
     api_b
         .send(api_b.req(Method::PUT, &Api::with_digest(&loc, &digest)))
         .expect(201);
-    assert!(
-        api_b
-            .get(&format!("/v2/edge/app/blobs/{digest}"))
-            .expect(200)
-            .body
-            == whole
-    );
+    api_b.assert_serves_blob("edge/app", &whole);
     // A's blob contract sees the blob B committed: a mount without a source repository
     // (content discovery) links it there, and A serves it.
     api_a
@@ -155,13 +149,7 @@ fn a_chunked_upload_started_on_one_serve_is_finished_on_another_sharing_the_cont
             &format!("/v2/edge/app/blobs/uploads/?mount={digest}"),
         ))
         .expect(201);
-    assert!(
-        api_a
-            .get(&format!("/v2/edge/app/blobs/{digest}"))
-            .expect(200)
-            .body
-            == whole
-    );
+    api_a.assert_serves_blob("edge/app", &whole);
     // The session is over on both.
     api_a.get(&loc).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 }
@@ -236,12 +224,7 @@ fn kill9_during_an_upload_leaves_nothing_under_a_digest_and_the_upload_goes_on()
     let loc = path_of(&r.header("location").unwrap());
     api.send(api.req(Method::PUT, &Api::with_digest(&loc, &sha256(&whole))))
         .expect(201);
-    assert!(
-        api.get(&format!("/v2/big/blobs/{}", sha256(&whole)))
-            .expect(200)
-            .body
-            == whole
-    );
+    api.assert_serves_blob("big", &whole);
 
     // The monolithic one, started again, is whole.
     assert_eq!(api.push_blob("big", &big), big_digest);

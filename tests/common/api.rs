@@ -281,6 +281,20 @@ impl Api {
         digest
     }
 
+    /// Asserts `repo` serves `bytes` whole under their digest (GET; a mismatch names the sizes,
+    /// not the bytes).
+    #[track_caller]
+    pub fn assert_serves_blob(&self, repo: &str, bytes: &[u8]) {
+        let digest = sha256(bytes);
+        let got = self.get(&format!("/v2/{repo}/blobs/{digest}")).expect(200);
+        assert!(
+            got.body == bytes,
+            "{repo} served {} bytes under {digest}, not the {} pushed",
+            got.body.len(),
+            bytes.len()
+        );
+    }
+
     /// PUTs a manifest under `reference` (tag or digest) with `media_type` as Content-Type.
     pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Resp {
         self.send(
