@@ -84,24 +84,37 @@ def binary_resident_kib(pid, binary):
     return code, readonly
 
 
-def one_run(binary, mode, idle):
-    data = tempfile.mkdtemp(prefix="footprint-")
-    port = free_port()
-    args = [binary, "serve", "--data", os.path.join(data, "d")]
-    tls = mode == "onemodule"
+def serve_command(binary, mode, data, port):
+    """`serve` on `data` answering on 127.0.0.1:`port` in `mode`: `none` (plain HTTP, no
+    access control), `tokens` (the default access control) or `onemodule` (TLS through the
+    proxy in the process). image/startup-order.py profiles the same commands."""
+    args = [binary, "serve", "--data", data]
     if mode == "none":
-        args += ["--auth", "none", "--listen", f"127.0.0.1:{port}"]
-    elif mode == "tokens":
-        args += ["--listen", f"127.0.0.1:{port}"]
-    else:
-        args += ["--auth", "none", "--proxy-listen", f"127.0.0.1:{port}",
-                 "--proxy-admin", f"127.0.0.1:{free_port()}"]
+        return args + ["--auth", "none", "--listen", f"127.0.0.1:{port}"]
+    if mode == "tokens":
+        return args + ["--listen", f"127.0.0.1:{port}"]
+    return args + ["--auth", "none", "--proxy-listen", f"127.0.0.1:{port}",
+                   "--proxy-admin", f"127.0.0.1:{free_port()}"]
+
+
+def serve_env():
+    """This environment without the settings `serve` would read from it (its own and the
+    IoT Edge API proxy's), logging warnings only."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("CONNECTED_REGISTRY") and k not in (
                "NGINX_DEFAULT_PORT", "CONNECTED_ACR_ROUTE_ADDRESS",
                "DOCKER_REQUEST_ROUTE_ADDRESS", "BLOB_UPLOAD_ROUTE_ADDRESS",
                "IOTEDGE_PARENTHOSTNAME")}
     env["RUST_LOG"] = "warn"
+    return env
+
+
+def one_run(binary, mode, idle):
+    data = tempfile.mkdtemp(prefix="footprint-")
+    port = free_port()
+    args = serve_command(binary, mode, os.path.join(data, "d"), port)
+    tls = mode == "onemodule"
+    env = serve_env()
     started = time.monotonic()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

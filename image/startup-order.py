@@ -38,12 +38,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
+
+# The modes' `serve` commands and environment, and free ports: the same as the footprint's.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from footprint import free_port, serve_command, serve_env  # noqa: E402
 
 # valgrind runs the binary 20-50 times slower; argon2id on a first `--auth tokens` start is the
 # slowest part.
@@ -51,12 +54,6 @@ START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 300.0
 MODES = ("none", "tokens", "onemodule")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
@@ -155,16 +152,8 @@ def profile(binary, mode, work):
     data = os.path.join(work, f"data-{mode}")
     out = os.path.join(work, f"callgrind-{mode}.out")
     port = free_port()
-    args = [binary, "serve", "--data", data]
-    if mode == "none":
-        args += ["--auth", "none", "--listen", f"127.0.0.1:{port}"]
-    elif mode == "tokens":
-        args += ["--listen", f"127.0.0.1:{port}"]
-    else:
-        args += ["--auth", "none", "--proxy-listen", f"127.0.0.1:{port}",
-                 "--proxy-admin", f"127.0.0.1:{free_port()}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY")}
-    env["RUST_LOG"] = "warn"
+    args = serve_command(binary, mode, data, port)
+    env = serve_env()
     log = open(os.path.join(work, f"log-{mode}"), "w")
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no", "--dump-line=no",
