@@ -4,7 +4,7 @@ first request answered (issue 16, "smaller and leaner"; figures in README.md, Pe
 
 For each way of running `serve` (MODES: `none` = `--auth none`, `tokens` = the default access
 control, `onemodule` = `--auth none --proxy-listen`, TLS only with a development certificate),
-RUNS times, on a fresh data directory each time: start the binary, poll `/v2/` every millisecond
+RUNS times, on a fresh data directory each time and with the binary out of the page cache: start the binary, poll `/v2/` every millisecond
 until it answers (any HTTP status: with `--auth tokens` the answer is a 401), then read the
 process's memory (`/proc/PID/status` VmRSS and VmHWM, `/proc/PID/smaps_rollup` anonymous and
 file-backed, `/proc/PID/smaps` the binary's resident code and read-only data) IDLE seconds after
@@ -109,7 +109,35 @@ def serve_env():
     return env
 
 
+def evict_from_page_cache(path):
+    """Drops the file's pages from the page cache, so that each run starts as after a reboot.
+    Why: with the file cached, the kernel maps whole cached folios around each page a process
+    touches, and their size follows how the file got into the cache (written by `strip` or `cp`,
+    read ahead at the device's `read_ahead_kb`), so the resident code of the same binary moved
+    by 1-2 MiB between runs of this script. From disk, what is mapped follows the read-ahead
+    window only (shown in the output)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_ahead_kib(path):
+    """The read-ahead window of the block device holding `path`, or None when not found."""
+    dev = os.stat(path).st_dev
+    sys_dev = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for candidate in (f"{sys_dev}/queue/read_ahead_kb", f"{sys_dev}/../queue/read_ahead_kb"):
+        try:
+            with open(candidate) as f:
+                return int(f.read())
+        except OSError:
+            continue
+    return None
+
+
 def one_run(binary, mode, idle):
+    evict_from_page_cache(binary)
     data = tempfile.mkdtemp(prefix="footprint-")
     port = free_port()
     args = serve_command(binary, mode, os.path.join(data, "d"), port)
@@ -162,7 +190,9 @@ def main():
                 results[binary].append(one_run(binary, mode, idle))
         for binary in binaries:
             if mode == modes[0]:
-                print(f"binary {binary}: {os.path.getsize(binary)} bytes")
+                print(f"binary {binary}: {os.path.getsize(binary)} bytes, "
+                      f"read_ahead_kb {read_ahead_kib(binary)}, started with its pages "
+                      "out of the page cache")
             print(summary(mode, runs, results[binary]))
 
 

@@ -293,6 +293,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("starting the proxy")?;
     tracing::info!("proxy listening on {} (TLS)", server.local_addr()?);
+    // Start-up is over: what it allocated and freed goes back to the system (idle memory).
+    heap::release_free();
     let grace = args.shutdown_grace;
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let stop = {

@@ -365,6 +365,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "registry serving over TLS only, through the proxy in this process (no --listen)"
         ),
     }
+    // Start-up is over: what it allocated and freed goes back to the system (idle memory).
+    heap::release_free();
     // The log filter is fixed at start: with the access log off (the setting, or a RUST_LOG
     // that drops target `access`) the router is served bare, with no per-request layer at all.
     let logging = args.access_log && tracing::enabled!(target: "access", tracing::Level::INFO);
