@@ -52,10 +52,15 @@ pub(crate) struct Properties {
     pub(crate) metadata: HashMap<String, String>,
 }
 
+/// Whether a blob's bytes are all there: no copy wrote it, or the copy that did is done.
+pub(crate) fn complete(copy_status: &Option<CopyStatus>) -> bool {
+    matches!(copy_status, None | Some(CopyStatus::Success))
+}
+
 impl Properties {
     /// Whether its bytes are all there: not the destination of a copy still running.
     pub(crate) fn complete(&self) -> bool {
-        matches!(self.copy_status, None | Some(CopyStatus::Success))
+        complete(&self.copy_status)
     }
 }
 
@@ -259,7 +264,7 @@ impl BlobClient {
 }
 
 /// The committed blocks of a Get Block List body.
-fn parse_block_list(body: &str) -> Result<Vec<(String, u64)>, String> {
+pub(crate) fn parse_block_list(body: &str) -> Result<Vec<(String, u64)>, String> {
     let root = xml::parse(body)?;
     if root.name != "BlockList" {
         return Err(format!("a <{}> and not a <BlockList>", root.name));
