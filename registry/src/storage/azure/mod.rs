@@ -23,6 +23,11 @@
 //!
 //! Errors name Azure Blob Storage, the container and the operation, and say whether a retry
 //! can help; the account key is never in them.
+//!
+//! The REST client is our own, for exactly the calls above: `config` (the connection string),
+//! `client` (URLs, authorization by `sign` or a SAS, sending with the retries of `retry`),
+//! `blob` and `container` (the calls), `xml` (their answers), `transport` (the reqwest client),
+//! `bridge` (blocking callers), `read` and `upload` (a blob's bytes, a session's blocks).
 
 mod blob;
 mod bridge;
