@@ -6,10 +6,14 @@
 
 use std::fmt;
 
-use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
+use base64::Engine;
 
 /// The blob endpoint of Azurite's well-known development account.
 const DEVELOPMENT_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
+/// Azurite's well-known development account and its published key (`UseDevelopmentStorage=true`).
+const DEVELOPMENT_ACCOUNT: &str = "devstoreaccount1";
+const DEVELOPMENT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// A container and the account that holds it.
 #[derive(Clone)]
@@ -18,9 +22,27 @@ pub struct AzureConfig {
     account: String,
     /// The account's blob service URL, e.g. `https://ACCOUNT.blob.core.windows.net`.
     endpoint: String,
-    /// The connection string, kept whole: the credentials are made from it when the store
-    /// opens. Never shown.
-    connection_string: String,
+    /// How requests prove the right to the account. Never shown.
+    credentials: Credentials,
+}
+
+/// How requests are authorized: the account key (Shared Key signing) or a shared access
+/// signature (appended to every URL).
+#[derive(Clone)]
+pub(crate) enum Credentials {
+    /// The account key, decoded from its base64.
+    SharedKey(Vec<u8>),
+    /// The query string of the SAS, without its leading `?`.
+    Sas(String),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Credentials::SharedKey(_) => "SharedKey(<redacted>)",
+            Credentials::Sas(_) => "Sas(<redacted>)",
+        })
+    }
 }
 
 impl fmt::Debug for AzureConfig {
@@ -34,19 +56,53 @@ impl fmt::Debug for AzureConfig {
     }
 }
 
+/// The fields of a connection string the store reads (the others are accepted and ignored).
+#[derive(Default)]
+struct Fields<'a> {
+    account_name: Option<&'a str>,
+    account_key: Option<&'a str>,
+    sas: Option<&'a str>,
+    endpoint_suffix: Option<&'a str>,
+    protocol: Option<&'a str>,
+    blob_endpoint: Option<&'a str>,
+    development: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// Reads the fields `check_fields` accepted.
+    fn read(connection_string: &'a str) -> Fields<'a> {
+        let mut fields = Fields::default();
+        for (key, value) in connection_string
+            .split(';')
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+        {
+            match key {
+                "AccountName" => fields.account_name = Some(value),
+                "AccountKey" => fields.account_key = Some(value),
+                "SharedAccessSignature" => fields.sas = Some(value.trim_start_matches('?')),
+                "EndpointSuffix" => fields.endpoint_suffix = Some(value),
+                "DefaultEndpointsProtocol" => fields.protocol = Some(value),
+                "BlobEndpoint" => fields.blob_endpoint = Some(value),
+                "UseDevelopmentStorage" => fields.development = value.eq_ignore_ascii_case("true"),
+                _ => {}
+            }
+        }
+        fields
+    }
+}
+
 impl AzureConfig {
     /// Checks `container` and `connection_string`; the error names the part that is wrong
     /// (never a value of the connection string, which holds the key).
     pub fn new(container: &str, connection_string: &str) -> Result<AzureConfig, String> {
         check_container(container)?;
-        let fields = check_fields(connection_string)?;
-        let parsed = ConnectionString::new(connection_string).map_err(|_| {
-            "AZURE_STORAGE_CONNECTION_STRING could not be read: use KEY=VALUE pairs separated by ';'".to_owned()
-        })?;
-        let development = parsed.use_development_storage == Some(true);
+        let keys = check_fields(connection_string)?;
+        let parsed = Fields::read(connection_string);
+        let development = parsed.development;
         let account = match (parsed.account_name, development) {
             (Some(account), _) => account.to_owned(),
-            (None, true) => azure_storage::EMULATOR_ACCOUNT.to_owned(),
+            (None, true) => DEVELOPMENT_ACCOUNT.to_owned(),
             (None, false) => {
                 return Err(
                     "AZURE_STORAGE_CONNECTION_STRING has no AccountName: add AccountName=NAME"
@@ -54,25 +110,44 @@ impl AzureConfig {
                 )
             }
         };
-        if parsed.account_key.is_none() && parsed.sas.is_none() && !development {
-            return Err(format!(
-                "AZURE_STORAGE_CONNECTION_STRING has no AccountKey for account {account} (fields given: {}): add AccountKey=KEY (or SharedAccessSignature=SAS)",
-                fields.join(", ")
-            ));
-        }
+        let credentials = match (parsed.account_key, parsed.sas, development) {
+            (Some(key), _, _) => Credentials::SharedKey(
+                base64::engine::general_purpose::STANDARD
+                    .decode(key)
+                    .map_err(|_| {
+                        format!(
+                            "AZURE_STORAGE_CONNECTION_STRING's AccountKey for account {account} is not base64: copy the key whole, as the Azure portal shows it"
+                        )
+                    })?,
+            ),
+            (None, Some(sas), _) => Credentials::Sas(sas.to_owned()),
+            (None, None, true) => Credentials::SharedKey(
+                base64::engine::general_purpose::STANDARD
+                    .decode(DEVELOPMENT_KEY)
+                    .expect("Azurite's published key is base64"),
+            ),
+            (None, None, false) => {
+                return Err(format!(
+                    "AZURE_STORAGE_CONNECTION_STRING has no AccountKey for account {account} (fields given: {}): add AccountKey=KEY (or SharedAccessSignature=SAS)",
+                    keys.join(", ")
+                ));
+            }
+        };
         let endpoint = match (parsed.blob_endpoint, development) {
             (Some(endpoint), _) => endpoint.trim_end_matches('/').to_owned(),
             (None, true) => DEVELOPMENT_ENDPOINT.to_owned(),
             (None, false) => {
-                let protocol = match parsed.default_endpoints_protocol {
-                    Some(azure_storage::EndpointProtocol::Http) => "http",
+                let protocol = match parsed.protocol {
+                    Some(p) if p.eq_ignore_ascii_case("http") => "http",
                     _ => "https",
                 };
                 let suffix = parsed.endpoint_suffix.unwrap_or("core.windows.net");
                 format!("{protocol}://{account}.blob.{suffix}")
             }
         };
-        if azure_core::Url::parse(&endpoint).is_err() {
+        let usable = reqwest::Url::parse(&endpoint)
+            .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.query().is_none());
+        if !usable {
             return Err(format!(
                 "AZURE_STORAGE_CONNECTION_STRING's blob endpoint {endpoint:?} is not a URL: use e.g. BlobEndpoint=https://{account}.blob.core.windows.net"
             ));
@@ -81,12 +156,24 @@ impl AzureConfig {
             container: container.to_owned(),
             account,
             endpoint,
-            connection_string: connection_string.to_owned(),
+            credentials,
         })
     }
 
     pub fn container(&self) -> &str {
         &self.container
+    }
+
+    pub(crate) fn account(&self) -> &str {
+        &self.account
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The choice as `print-config` and logs show it: no key.
@@ -95,33 +182,6 @@ impl AzureConfig {
             "azblob://{} (account {}, endpoint {})",
             self.container, self.account, self.endpoint
         )
-    }
-
-    /// The location and credentials the SDK's clients are made with.
-    pub(crate) fn client_parts(&self) -> Result<(CloudLocation, StorageCredentials), String> {
-        let parsed = ConnectionString::new(&self.connection_string)
-            .map_err(|_| "AZURE_STORAGE_CONNECTION_STRING could not be read".to_owned())?;
-        let credentials = if parsed.use_development_storage == Some(true)
-            && parsed.account_key.is_none()
-            && parsed.sas.is_none()
-        {
-            StorageCredentials::access_key(
-                azure_storage::EMULATOR_ACCOUNT,
-                azure_core::auth::Secret::new(azure_storage::EMULATOR_ACCOUNT_KEY),
-            )
-        } else {
-            parsed.storage_credentials().map_err(|_| {
-                format!(
-                    "AZURE_STORAGE_CONNECTION_STRING gives no usable credentials for account {}",
-                    self.account
-                )
-            })?
-        };
-        let location = CloudLocation::Custom {
-            account: self.account.clone(),
-            uri: self.endpoint.clone(),
-        };
-        Ok((location, credentials))
     }
 }
 
@@ -213,12 +273,23 @@ mod tests {
         assert_eq!(real.endpoint, "https://plant.blob.core.windows.net");
         let dev = AzureConfig::new("images", "UseDevelopmentStorage=true").unwrap();
         assert_eq!(dev.endpoint, DEVELOPMENT_ENDPOINT);
-        assert!(dev.client_parts().is_ok());
+        assert_eq!(dev.account, DEVELOPMENT_ACCOUNT);
+        assert!(matches!(dev.credentials, Credentials::SharedKey(ref k) if k.len() == 64));
+        let sas = AzureConfig::new(
+            "images",
+            "AccountName=plant;SharedAccessSignature=?sv=2022-11-02&sig=c2VjcmV0",
+        )
+        .unwrap();
+        assert!(
+            matches!(sas.credentials, Credentials::Sas(ref q) if q == "sv=2022-11-02&sig=c2VjcmV0")
+        );
+        assert!(!format!("{sas:?}").contains("c2VjcmV0"));
         for bad in [
             format!("AccountName=plant;AccountKey={key};Bogus={key}"),
             format!("AccountName=plant;AccountKey={key};BlobEndpoint="),
             format!("AccountName=plant;{key}"),
             "AccountName=plant".to_owned(),
+            "AccountName=plant;AccountKey=not*base64".to_owned(),
         ] {
             let err = AzureConfig::new("images", &bad).unwrap_err();
             assert!(!err.contains(key), "{err}");

@@ -23,21 +23,27 @@
 //!
 //! Errors name Azure Blob Storage, the container and the operation, and say whether a retry
 //! can help; the account key is never in them.
+//!
+//! The REST client is our own, for exactly the calls above: `config` (the connection string),
+//! `client` (URLs, authorization by `sign` or a SAS, sending with the retries of `retry`),
+//! `blob` and `container` (the calls), `xml` (their answers), `transport` (the reqwest client),
+//! `bridge` (blocking callers), `read` and `upload` (a blob's bytes, a session's blocks).
 
+mod blob;
 mod bridge;
+mod client;
 mod config;
+mod container;
 mod read;
+mod retry;
+mod sign;
 mod transport;
 mod upload;
+mod xml;
 
 use std::time::SystemTime;
 
-use azure_core::error::ErrorKind;
-use azure_core::request_options::{IfMatchCondition, Metadata};
-use azure_core::StatusCode;
-use azure_storage_blobs::prelude::{BlobClient, ClientBuilder, ContainerClient};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use oci::digest::Digest;
 
 use super::blob_store::{
@@ -45,9 +51,15 @@ use super::blob_store::{
 };
 use super::space::Space;
 use super::StorageError;
+use blob::{BlobClient, CopyStatus, Properties};
 pub(crate) use bridge::Bridge;
+use client::{Client, RestError};
 pub use config::AzureConfig;
 use read::AzureSource;
+
+/// The fuzz target of the XML reading above, for `fuzz/` (built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub use container::fuzz_azure_xml;
 use upload::AzureUpload;
 
 /// Metadata key of a staging blob naming its repository.
@@ -61,7 +73,7 @@ const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// A container holding blobs and sessions. Its clients are cheap handles: a clone shares them.
 #[derive(Clone)]
 pub struct AzureBlobs {
-    container: ContainerClient,
+    client: Client,
     bridge: Bridge,
     location: String,
 }
@@ -100,52 +112,19 @@ impl Remote {
     }
 
     /// The error of `action` failing with `err`.
-    pub(crate) fn error(&self, action: &str, err: azure_core::Error) -> StorageError {
+    pub(crate) fn error(&self, action: &str, err: RestError) -> StorageError {
         error(&self.location, action, err)
     }
 }
 
-/// Maps an SDK error to the store's: Azure named, whether a retry can help.
-pub(crate) fn error(location: &str, action: &str, err: azure_core::Error) -> StorageError {
-    let retry = match err.kind() {
-        ErrorKind::HttpResponse { status, .. } => matches!(
-            *status,
-            StatusCode::RequestTimeout
-                | StatusCode::TooManyRequests
-                | StatusCode::InternalServerError
-                | StatusCode::BadGateway
-                | StatusCode::ServiceUnavailable
-                | StatusCode::GatewayTimeout
-        ),
-        ErrorKind::Io => true,
-        _ => false,
-    };
+/// Maps a REST client error to the store's: Azure named, whether a retry can help.
+pub(crate) fn error(location: &str, action: &str, err: RestError) -> StorageError {
     StorageError::Remote {
         store: location.to_owned(),
         action: action.to_owned(),
-        message: err.to_string(),
-        retry,
+        message: err.message,
+        retry: err.retry,
     }
-}
-
-/// The HTTP status of a failed request, if it got one.
-pub(crate) fn status(err: &azure_core::Error) -> Option<StatusCode> {
-    match err.kind() {
-        ErrorKind::HttpResponse { status, .. } => Some(*status),
-        _ => None,
-    }
-}
-
-fn not_found(err: &azure_core::Error) -> bool {
-    status(err) == Some(StatusCode::NotFound)
-}
-
-/// A condition (`If-Match`, `If-None-Match`) did not hold, or the blob exists already.
-pub(crate) fn conflict(err: &azure_core::Error) -> bool {
-    matches!(
-        status(err),
-        Some(StatusCode::PreconditionFailed | StatusCode::Conflict)
-    )
 }
 
 /// The name of `digest`'s blob.
@@ -183,23 +162,18 @@ impl AzureBlobs {
             message,
             retry: false,
         };
-        let (cloud, credentials) = config.client_parts().map_err(refused)?;
-        let transport = transport::Transport::new().map_err(refused)?;
-        let container = ClientBuilder::with_location(cloud, credentials)
-            .transport(azure_core::TransportOptions::new(transport))
-            .container_client(config.container());
+        let client = Client::new(&config).map_err(refused)?;
         let bridge = Bridge::new().map_err(|e| refused(format!("start its client: {e}")))?;
         let store = AzureBlobs {
-            container,
+            client,
             bridge: bridge.clone(),
             location,
         };
-        let client = store.container.clone();
+        let client = store.client.clone();
         let remote = store.remote();
         store.remote().run("reach the container", async move {
-            match client.create().await {
+            match container::create(&client).await {
                 Ok(_) => Ok(()),
-                Err(err) if status(&err) == Some(StatusCode::Conflict) => Ok(()),
                 Err(err) => Err(remote.error(
                     "reach the container (created when missing): check the account, key and endpoint in AZURE_STORAGE_CONNECTION_STRING",
                     err,
@@ -217,24 +191,19 @@ impl AzureBlobs {
     }
 
     fn blob(&self, name: &str) -> BlobClient {
-        self.container.blob_client(name)
+        BlobClient::new(self.client.clone(), name)
     }
 
     /// Properties of blob `name`, `None` when it is absent.
-    fn properties(
-        &self,
-        name: String,
-        action: &str,
-    ) -> Result<Option<azure_storage_blobs::blob::Blob>, StorageError> {
+    fn properties(&self, name: String, action: &str) -> Result<Option<Properties>, StorageError> {
         let client = self.blob(&name);
         let remote = self.remote();
         let what = format!("{action} {name}");
         self.remote().run(action, async move {
-            match client.get_properties().await {
-                Ok(response) => Ok(Some(response.blob)),
-                Err(err) if not_found(&err) => Ok(None),
-                Err(err) => Err(remote.error(&what, err)),
-            }
+            client
+                .properties()
+                .await
+                .map_err(|err| remote.error(&what, err))
         })
     }
 
@@ -245,49 +214,40 @@ impl AzureBlobs {
         source: &str,
         source_etag: Option<&str>,
         dest: &str,
-        metadata: Option<Metadata>,
+        metadata: Vec<(&'static str, String)>,
         action: &str,
     ) -> Result<bool, StorageError> {
         let remote = self.remote();
-        let source_url = self
-            .blob(source)
-            .url()
-            .map_err(|e| remote.error(action, e))?;
         let dest_client = self.blob(dest);
+        let source = source.to_owned();
         let etag = source_etag.map(str::to_owned);
         let what = format!("{action} ({source} to {dest})");
         self.remote().run(action, async move {
-            let mut copy = dest_client.copy(source_url);
-            if let Some(etag) = etag {
-                copy = copy.if_source_match(
-                    azure_core::request_options::IfSourceMatchCondition::Match(etag),
-                );
-            }
-            if let Some(metadata) = metadata {
-                copy = copy.metadata(metadata);
-            }
-            let response = match copy.await {
-                Ok(response) => response,
-                Err(err) if not_found(&err) || conflict(&err) => return Ok(false),
+            let copied = dest_client
+                .copy_from(&source, etag.as_deref(), &metadata)
+                .await;
+            let mut status = match copied {
+                Ok(status) => status,
+                Err(err) if err.not_found() || err.conflict() => return Ok(false),
                 Err(err) => return Err(remote.error(&what, err)),
             };
-            let mut status = response.copy_status;
             let started = std::time::Instant::now();
             loop {
-                use azure_storage_blobs::blob::CopyStatus;
                 match status {
                     CopyStatus::Success => return Ok(true),
                     CopyStatus::Pending if started.elapsed() < COPY_WAIT => {
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                         let props = dest_client
-                            .get_properties()
+                            .properties()
                             .await
-                            .map_err(|e| remote.error(&what, e))?;
-                        status = props
-                            .blob
-                            .properties
-                            .copy_status
-                            .unwrap_or(CopyStatus::Success);
+                            .map_err(|e| remote.error(&what, e))?
+                            .ok_or_else(|| StorageError::Remote {
+                                store: remote.location.clone(),
+                                action: what.clone(),
+                                message: "the copy's destination went away while it ran".into(),
+                                retry: true,
+                            })?;
+                        status = props.copy_status.unwrap_or(CopyStatus::Success);
                     }
                     other => {
                         return Err(StorageError::Remote {
@@ -309,30 +269,20 @@ impl AzureBlobs {
         let what = format!("store blob {digest}");
         self.remote().run(&what.clone(), async move {
             client
-                .put_block_blob(data)
-                .content_type("application/octet-stream")
+                .put(data, &[], false)
                 .await
-                .map(|_| ())
+                .map(drop)
                 .map_err(|e| remote.error(&what, e))
         })
     }
 }
 
-/// Whether a blob's bytes are all there: not the destination of a copy still running.
 /// The latest instant a write or touch stamped `last_modified` can have happened. Azure records
 /// whole seconds, so a blob touched at 12:00:00.9 says 12:00:00; taken as is, GC would think
 /// it 0.9 s older than it is and a grace period would shrink by up to a second (a blob linked
 /// by another replica just after GC's cutoff could go). The end of the second never errs that way.
-fn latest_instant(last_modified: impl Into<SystemTime>) -> SystemTime {
-    last_modified.into() + std::time::Duration::from_nanos(999_999_999)
-}
-
-fn complete(blob: &azure_storage_blobs::blob::Blob) -> bool {
-    use azure_storage_blobs::blob::CopyStatus;
-    matches!(
-        blob.properties.copy_status,
-        None | Some(CopyStatus::Success)
-    )
+fn latest_instant(last_modified: SystemTime) -> SystemTime {
+    last_modified + std::time::Duration::from_nanos(999_999_999)
 }
 
 impl BlobStore for AzureBlobs {
@@ -343,31 +293,34 @@ impl BlobStore for AzureBlobs {
     fn size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
         Ok(self
             .properties(blob_name(digest), "look up blob")?
-            .filter(complete)
-            .map(|b| b.properties.content_length))
+            .filter(Properties::complete)
+            .map(|b| b.content_length))
     }
 
     fn stat(&self, digest: &Digest) -> Result<Option<BlobStat>, StorageError> {
         Ok(self
             .properties(blob_name(digest), "look up blob")?
-            .filter(complete)
+            .filter(Properties::complete)
             .map(|b| BlobStat {
-                size: b.properties.content_length,
-                modified: latest_instant(b.properties.last_modified),
-                version: b.properties.etag.to_string(),
+                size: b.content_length,
+                modified: latest_instant(b.last_modified),
+                version: b.etag,
             }))
     }
 
     fn open(&self, digest: &Digest) -> Result<Option<Box<dyn BlobSource>>, StorageError> {
         let name = blob_name(digest);
-        let Some(blob) = self.properties(name.clone(), "open blob")?.filter(complete) else {
+        let Some(blob) = self
+            .properties(name.clone(), "open blob")?
+            .filter(Properties::complete)
+        else {
             return Ok(None);
         };
         Ok(Some(Box::new(AzureSource::new(
             self.blob(&name),
             self.remote(),
-            blob.properties.content_length,
-            Some(blob.properties.etag.to_string()),
+            blob.content_length,
+            Some(blob.etag),
         ))))
     }
 
@@ -383,31 +336,29 @@ impl BlobStore for AzureBlobs {
     }
 
     fn list(&self) -> Result<BlobListing, StorageError> {
-        let container = self.container.clone();
+        let client = self.client.clone();
         let remote = self.remote();
-        let mut listing = self.remote().run("list blobs", async move {
-            let mut listing = BlobListing::default();
-            let mut pages = container.list_blobs().prefix("blobs/").into_stream();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| remote.error("list blobs", e))?;
-                for blob in page.blobs.blobs() {
-                    let parsed = blob
-                        .name
-                        .strip_prefix("blobs/")
-                        .and_then(|rest| rest.split_once('/'))
-                        .and_then(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok())
-                        .filter(|d| blob_name(d) == blob.name);
-                    match parsed {
-                        Some(digest) if complete(blob) => {
-                            listing.blobs.push((digest, blob.properties.content_length))
-                        }
-                        Some(_) => {}
-                        None => listing.stray.push(blob.name.clone()),
-                    }
-                }
-            }
-            Ok(listing)
+        let listed = self.remote().run("list blobs", async move {
+            container::list(&client, "blobs/")
+                .await
+                .map_err(|e| remote.error("list blobs", e))
         })?;
+        let mut listing = BlobListing::default();
+        for blob in listed {
+            let parsed = blob
+                .name
+                .strip_prefix("blobs/")
+                .and_then(|rest| rest.split_once('/'))
+                .and_then(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok())
+                .filter(|d| blob_name(d) == blob.name);
+            match parsed {
+                Some(digest) if blob.complete() => {
+                    listing.blobs.push((digest, blob.content_length))
+                }
+                Some(_) => {}
+                None => listing.stray.push(blob.name),
+            }
+        }
         listing.blobs.sort();
         Ok(listing)
     }
@@ -418,14 +369,10 @@ impl BlobStore for AzureBlobs {
         let what = format!("delete blob {digest}");
         let etag = stat.version.clone();
         self.remote().run(&what.clone(), async move {
-            match client
-                .delete()
-                .if_match(IfMatchCondition::Match(etag))
-                .await
-            {
-                Ok(_) => Ok(true),
+            match client.delete(Some(&etag)).await {
+                Ok(()) => Ok(true),
                 // Gone already, or written or touched since GC looked: kept.
-                Err(err) if not_found(&err) || conflict(&err) => Ok(false),
+                Err(err) if err.not_found() || err.conflict() => Ok(false),
                 Err(err) => Err(remote.error(&what, err)),
             }
         })
@@ -438,11 +385,9 @@ impl BlobStore for AzureBlobs {
             digest.algorithm().name(),
             digest.hex()
         );
-        let mut metadata = Metadata::new();
-        metadata.insert("why", header_safe(why));
-        metadata.insert("digest", digest.to_string());
+        let metadata = vec![("why", header_safe(why)), ("digest", digest.to_string())];
         let source = blob_name(digest);
-        if !self.copy(&source, None, &dest, Some(metadata), "quarantine blob")? {
+        if !self.copy(&source, None, &dest, metadata, "quarantine blob")? {
             return Ok(None);
         }
         self.delete_blob(&source, "delete a quarantined blob")?;
@@ -462,12 +407,7 @@ impl BlobStore for AzureBlobs {
         let Some(blob) = self.properties(upload_name(id), "open upload")? else {
             return Ok(None);
         };
-        let Some(repo) = blob
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get(REPO_KEY))
-            .cloned()
-        else {
+        let Some(repo) = blob.metadata.get(REPO_KEY).cloned() else {
             // Not a session of ours (no owner): as good as absent.
             return Ok(None);
         };
@@ -484,28 +424,26 @@ impl BlobStore for AzureBlobs {
         Ok(Some(Box::new(AzureSource::new(
             self.blob(&name),
             self.remote(),
-            blob.properties.content_length,
+            blob.content_length,
             None,
         ))))
     }
 
     fn list_uploads(&self) -> Result<Vec<(String, SystemTime)>, StorageError> {
-        let container = self.container.clone();
+        let client = self.client.clone();
         let remote = self.remote();
-        self.remote().run("list upload sessions", async move {
-            let mut sessions = Vec::new();
-            let mut pages = container.list_blobs().prefix("uploads/").into_stream();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| remote.error("list upload sessions", e))?;
-                for blob in page.blobs.blobs() {
-                    if let Some(id) = blob.name.strip_prefix("uploads/") {
-                        sessions
-                            .push((id.to_owned(), latest_instant(blob.properties.last_modified)));
-                    }
-                }
-            }
-            Ok(sessions)
-        })
+        let listed = self.remote().run("list upload sessions", async move {
+            container::list(&client, "uploads/")
+                .await
+                .map_err(|e| remote.error("list upload sessions", e))
+        })?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|blob| {
+                let id = blob.name.strip_prefix("uploads/")?.to_owned();
+                Some((id, latest_instant(blob.last_modified)))
+            })
+            .collect())
     }
 
     fn remove_upload(&self, id: &str) {
@@ -530,7 +468,7 @@ impl BlobStore for AzureBlobs {
             return Ok(());
         }
         let (source, etag) = upload.staged();
-        if self.copy(&source, Some(&etag), &dest, None, "install blob")? {
+        if self.copy(&source, Some(&etag), &dest, Vec::new(), "install blob")? {
             util::crash_point::crash_point("after_blob_rename");
             return Ok(());
         }
@@ -552,9 +490,9 @@ impl AzureBlobs {
         let remote = self.remote();
         let what = format!("{action} {name}");
         self.remote().run(action, async move {
-            match client.delete().await {
-                Ok(_) => Ok(()),
-                Err(err) if not_found(&err) => Ok(()),
+            match client.delete(None).await {
+                Ok(()) => Ok(()),
+                Err(err) if err.not_found() => Ok(()),
                 Err(err) => Err(remote.error(&what, err)),
             }
         })
@@ -567,11 +505,10 @@ impl AzureBlobs {
         let remote = self.remote();
         let what = format!("touch {name}");
         self.remote().run(&what.clone(), async move {
-            let mut metadata = Metadata::new();
-            metadata.insert(TOUCHED_KEY, util::time::now_secs().to_string());
-            match client.set_metadata().metadata(metadata).await {
-                Ok(_) => Ok(true),
-                Err(err) if not_found(&err) => Ok(false),
+            let metadata = [(TOUCHED_KEY, util::time::now_secs().to_string())];
+            match client.set_metadata(&metadata).await {
+                Ok(()) => Ok(true),
+                Err(err) if err.not_found() => Ok(false),
                 Err(err) => Err(remote.error(&what, err)),
             }
         })
@@ -587,5 +524,136 @@ struct Staged {
 impl StagedBlob for Staged {
     fn install(self: Box<Self>, digest: &Digest) -> Result<(), StorageError> {
         self.store.put_whole(digest, self.data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azurite::Azurite;
+
+    fn config(azurite: &Azurite, connection_string: &str) -> AzureConfig {
+        let _ = azurite;
+        AzureConfig::new("signed", connection_string).unwrap()
+    }
+
+    /// A wrong key is refused at open, in words naming the account and the setting to check,
+    /// never the key.
+    #[test]
+    fn a_wrong_account_key_is_reported_at_open_without_the_key() {
+        let azurite = Azurite::start();
+        let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5";
+        let connection_string = azurite
+            .connection_string()
+            .replace(crate::azurite::KEY, wrong);
+        let err = AzureBlobs::open(config(&azurite, &connection_string)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("devstoreaccount1"), "{text}");
+        assert!(
+            text.contains("check the account, key and endpoint"),
+            "{text}"
+        );
+        assert!(text.contains("403"), "{text}");
+        assert!(
+            !text.contains(wrong) && !text.contains(crate::azurite::KEY),
+            "{text}"
+        );
+        assert!(
+            matches!(err, StorageError::Remote { retry: false, .. }),
+            "{err:?}"
+        );
+    }
+
+    /// Azurite accepts what `sign` signs: metadata headers, a range and an `If-Match`; a read
+    /// of another version is refused as a condition (412).
+    #[test]
+    fn azurite_accepts_requests_signed_with_metadata_a_range_and_conditions() {
+        let azurite = Azurite::start();
+        let store = AzureBlobs::open(config(&azurite, &azurite.connection_string())).unwrap();
+        let blob = store.blob("blobs/x/signed me");
+        let remote = store.remote();
+        remote
+            .run("test", async move {
+                let metadata = [("repo", "app/web".to_owned()), ("touched", "1".to_owned())];
+                let etag = blob
+                    .put(Bytes::from_static(b"0123456789"), &metadata, true)
+                    .await
+                    .unwrap();
+                let again = blob.put(Bytes::new(), &[], true).await.unwrap_err();
+                assert!(again.conflict(), "{again}");
+                let props = blob.properties().await.unwrap().unwrap();
+                assert_eq!(
+                    props.metadata.get("repo").map(String::as_str),
+                    Some("app/web")
+                );
+                assert_eq!(props.content_length, 10);
+                let part = blob.get(2..5, Some(&etag)).await.unwrap();
+                assert_eq!(&part.bytes().await.unwrap()[..], b"234");
+                let stale = blob.get(2..5, Some("\"0x1\"")).await.unwrap_err();
+                assert_eq!(stale.status, Some(reqwest::StatusCode::PRECONDITION_FAILED));
+                assert!(!stale.retry);
+                blob.set_metadata(&metadata[..1]).await.unwrap();
+                blob.delete(Some(&etag)).await.unwrap_err();
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// An account SAS of Azurite's development account for the Blob service, signed with its
+    /// key, as the Azure portal makes them.
+    fn account_sas() -> String {
+        use base64::Engine;
+        let (version, permissions, expiry) = ("2022-11-02", "rwdlacup", "2099-01-01T00:00:00Z");
+        let to_sign = format!(
+            "{}\n{permissions}\nb\nsco\n\n{expiry}\n\n\n{version}\n\n",
+            crate::azurite::ACCOUNT
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(crate::azurite::KEY)
+            .unwrap();
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+        let sig: String = url_encode(&sig);
+        format!("sv={version}&ss=b&srt=sco&sp={permissions}&se={expiry}&sig={sig}")
+    }
+
+    fn url_encode(text: &str) -> String {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    }
+
+    /// With a SAS instead of the key every call the store makes works (the copy's source
+    /// carries the SAS too), and no error shows the signature.
+    #[test]
+    fn a_shared_access_signature_serves_every_call() {
+        let azurite = Azurite::start();
+        let sas = account_sas();
+        let connection_string = format!(
+            "AccountName={};SharedAccessSignature={sas};BlobEndpoint=http://{}/{}",
+            crate::azurite::ACCOUNT,
+            azurite.addr(),
+            crate::azurite::ACCOUNT
+        );
+        let store = AzureBlobs::open(config(&azurite, &connection_string)).unwrap();
+        let data = Bytes::from_static(b"{\"schemaVersion\":2}");
+        let digest = Digest::sha256_of(&data);
+        store.stage(data.clone()).unwrap().install(&digest).unwrap();
+        assert_eq!(store.size(&digest).unwrap(), Some(data.len() as u64));
+        assert!(store.touch(&digest).unwrap());
+        assert_eq!(
+            store.list().unwrap().blobs,
+            vec![(digest.clone(), data.len() as u64)]
+        );
+        let moved = store.quarantine(&digest, "test").unwrap().unwrap();
+        assert!(moved.starts_with("quarantine/"), "{moved}");
+        assert_eq!(store.size(&digest).unwrap(), None);
+
+        let wrong = connection_string.replace("sp=rwdlacup", "sp=r");
+        let err = AzureBlobs::open(config(&azurite, &wrong))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("403"), "{err}");
+        let sig = sas.rsplit("sig=").next().unwrap();
+        assert!(!err.contains(sig) && !err.contains("sig="), "{err}");
     }
 }

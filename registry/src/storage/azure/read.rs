@@ -7,11 +7,10 @@
 use std::io::Read;
 use std::ops::Range;
 
-use azure_core::request_options::IfMatchCondition;
-use azure_storage_blobs::prelude::BlobClient;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use super::blob::BlobClient;
 use super::Remote;
 use crate::storage::blob_store::{BlobRead, BlobSource};
 use crate::storage::reader::{short_error, BlobReader, Check, READ_AHEAD, READ_CHUNK};
@@ -29,7 +28,7 @@ pub(crate) struct AzureSource {
 impl std::fmt::Debug for AzureSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AzureSource")
-            .field("blob", &self.client.blob_name())
+            .field("blob", &self.client.name())
             .field("size", &self.size)
             .finish()
     }
@@ -68,37 +67,25 @@ impl AzureSource {
         if length == 0 {
             return;
         }
-        let mut get = client
-            .get()
-            .range(range.clone())
-            // One request for the whole range: the SDK would otherwise split it in 1 MiB pages.
-            .chunk_size(length);
-        if let Some(etag) = etag {
-            get = get.if_match(IfMatchCondition::Match(etag));
-        }
-        let fail = |err: azure_core::Error| {
-            let kind = if super::not_found(&err) || super::conflict(&err) {
+        let fail = |err: &dyn std::fmt::Display, not_found: bool| {
+            let kind = if not_found {
                 std::io::ErrorKind::NotFound
             } else {
                 std::io::ErrorKind::Other
             };
-            std::io::Error::new(
-                kind,
-                format!("{location}: read {}: {err}", client.blob_name()),
-            )
+            std::io::Error::new(kind, format!("{location}: read {}: {err}", client.name()))
         };
-        let response = match get.into_stream().next().await {
-            Some(Ok(response)) => response,
-            Some(Err(err)) => {
-                send(Err(fail(err))).await;
-                return;
-            }
-            None => {
-                send(Err(short_error())).await;
+        // One request for the whole range, its body streamed.
+        let response = match client.get(range.clone(), etag.as_deref()).await {
+            Ok(response) => response,
+            Err(err) => {
+                // Absent, or rewritten since it was opened (`If-Match`).
+                let gone = err.not_found() || err.conflict();
+                send(Err(fail(&err, gone))).await;
                 return;
             }
         };
-        let mut body = response.data;
+        let mut body = response.bytes_stream();
         let mut hasher = check.as_ref().map(Check::hasher);
         let mut left = length;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -106,7 +93,8 @@ impl AzureSource {
             let piece = match body.next().await {
                 Some(Ok(piece)) => piece,
                 Some(Err(err)) => {
-                    send(Err(fail(err))).await;
+                    let err = super::client::describe(err);
+                    send(Err(fail(&err, false))).await;
                     return;
                 }
                 None => break,

@@ -8,14 +8,12 @@
 //! stands. A commit also happens every [`COMMIT_EVERY`] bytes, so a long request (a monolithic
 //! push, a sync download) keeps most of its bytes if the replica dies halfway.
 
-use azure_core::request_options::{IfMatchCondition, Metadata};
-use azure_storage_blobs::blob::{BlobBlockType, BlockList, BlockListType};
-use azure_storage_blobs::prelude::BlobClient;
 use bytes::Bytes;
 use oci::digest::{Algorithm, Hasher};
 
+use super::blob::{block_id, BlobClient};
 use super::read::AzureSource;
-use super::{conflict, Remote, REPO_KEY};
+use super::{Remote, REPO_KEY};
 use crate::storage::blob_store::{hash_all, BlobSource, Resumed, UploadData};
 use crate::storage::StorageError;
 
@@ -25,10 +23,10 @@ pub const BLOCK_SIZE: usize = 8 << 20;
 /// Appended bytes are committed at least this often.
 pub const COMMIT_EVERY: u64 = 64 << 20;
 
-/// One block of the session: its id and size.
+/// One block of the session: its id (base64, as the service knows it) and size.
 #[derive(Clone)]
 struct Block {
-    id: Bytes,
+    id: String,
     size: u64,
 }
 
@@ -60,17 +58,11 @@ impl AzureUpload {
     ) -> Result<Option<AzureUpload>, StorageError> {
         let (c, r) = (client.clone(), remote.clone());
         let what = format!("start upload {id}");
-        let mut metadata = Metadata::new();
-        metadata.insert(REPO_KEY, repo.to_owned());
+        let metadata = [(REPO_KEY, repo.to_owned())];
         let etag = remote.run(&what.clone(), async move {
-            match c
-                .put_block_blob(Bytes::new())
-                .metadata(metadata)
-                .if_match(IfMatchCondition::NotMatch("*".into()))
-                .await
-            {
-                Ok(response) => Ok(Some(response.etag)),
-                Err(err) if conflict(&err) => Ok(None),
+            match c.put(Bytes::new(), &metadata, true).await {
+                Ok(etag) => Ok(Some(etag)),
+                Err(err) if err.conflict() => Ok(None),
                 Err(err) => Err(r.error(&what, err)),
             }
         })?;
@@ -102,7 +94,7 @@ impl AzureUpload {
 
     /// The staging blob's name and the version whose bytes were committed last.
     pub(super) fn staged(&self) -> (String, String) {
-        (self.client.blob_name().to_owned(), self.etag.clone())
+        (self.client.name().to_owned(), self.etag.clone())
     }
 
     /// Reads the committed block list and the version it belongs to.
@@ -112,30 +104,18 @@ impl AzureUpload {
         let what = format!("read upload {}", self.id);
         let id = self.id.clone();
         let (blocks, etag) = self.remote.run(&what.clone(), async move {
-            let response = client
-                .get_block_list()
-                .block_list_type(BlockListType::Committed)
-                .await
-                .map_err(|e| {
-                    if super::not_found(&e) {
-                        StorageError::UploadUnknown(id)
-                    } else {
-                        remote.error(&what, e)
-                    }
-                })?;
-            let blocks: Vec<Block> = response
-                .block_with_size_list
-                .blocks
+            let (blocks, etag) = client.committed_blocks().await.map_err(|e| {
+                if e.not_found() {
+                    StorageError::UploadUnknown(id)
+                } else {
+                    remote.error(&what, e)
+                }
+            })?;
+            let blocks: Vec<Block> = blocks
                 .into_iter()
-                .filter_map(|b| match b.block_list_type {
-                    BlobBlockType::Committed(id) => Some(Block {
-                        id: id.bytes(),
-                        size: b.size_in_bytes,
-                    }),
-                    _ => None,
-                })
+                .map(|(id, size)| Block { id, size })
                 .collect();
-            Ok((blocks, response.etag.unwrap_or_default()))
+            Ok((blocks, etag))
         })?;
         self.committed_len = blocks.iter().map(|b| b.size).sum();
         self.committed = blocks;
@@ -149,7 +129,7 @@ impl AzureUpload {
     /// Puts the first `size` pending bytes as a new block.
     fn put_block(&mut self, size: usize) -> Result<(), StorageError> {
         // Fixed-length ids (Azure wants one length per blob): 32 hex digits.
-        let id = Bytes::from(uuid::Uuid::new_v4().simple().to_string());
+        let id = block_id(uuid::Uuid::new_v4().simple().to_string().as_bytes());
         let body = Bytes::copy_from_slice(&self.pending[..size]);
         let client = self.client.clone();
         let remote = self.remote.clone();
@@ -157,9 +137,8 @@ impl AzureUpload {
         let block_id = id.clone();
         self.remote.run(&what.clone(), async move {
             client
-                .put_block(block_id, body)
+                .put_block(&block_id, body)
                 .await
-                .map(|_| ())
                 .map_err(|e| remote.error(&what, e))
         })?;
         self.pending.drain(..size);
@@ -174,28 +153,17 @@ impl AzureUpload {
     /// Commits `blocks` as the staging blob's content, on the condition that it is still at
     /// the version this replica last saw.
     fn put_block_list(&mut self, blocks: Vec<Block>) -> Result<(), StorageError> {
-        let list = BlockList {
-            blocks: blocks
-                .iter()
-                .map(|b| BlobBlockType::new_latest(b.id.clone()))
-                .collect(),
-        };
-        let mut metadata = Metadata::new();
-        metadata.insert(REPO_KEY, self.repo.clone());
+        let list: Vec<String> = blocks.iter().map(|b| b.id.clone()).collect();
+        let metadata = [(REPO_KEY, self.repo.clone())];
         let client = self.client.clone();
         let remote = self.remote.clone();
         let etag = self.etag.clone();
         let id = self.id.clone();
         let what = format!("commit upload {id}");
         let committed = self.remote.run(&what.clone(), async move {
-            match client
-                .put_block_list(list)
-                .metadata(metadata)
-                .if_match(IfMatchCondition::Match(etag))
-                .await
-            {
-                Ok(response) => Ok(response.etag),
-                Err(err) if conflict(&err) || super::not_found(&err) => Err(StorageError::UploadInvalid(format!(
+            match client.put_block_list(&list, &metadata, &etag).await {
+                Ok(etag) => Ok(etag),
+                Err(err) if err.conflict() || err.not_found() => Err(StorageError::UploadInvalid(format!(
                     "upload {id} was changed or ended by another replica meanwhile: ask where it stands (GET its location) and continue from there"
                 ))),
                 Err(err) => Err(remote.error(&what, err)),
@@ -324,7 +292,7 @@ impl UploadData for AzureUpload {
     }
 
     fn describe(&self) -> String {
-        format!("{} in {}", self.client.blob_name(), self.remote.location)
+        format!("{} in {}", self.client.name(), self.remote.location)
     }
 
     fn as_any(&mut self) -> &mut dyn std::any::Any {
