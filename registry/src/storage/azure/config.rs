@@ -101,7 +101,7 @@ impl AzureConfig {
         let parsed = Fields::read(connection_string);
         let development = parsed.development;
         let account = match (parsed.account_name, development) {
-            (Some(account), _) => account.to_owned(),
+            (Some(account), _) => check_account(account)?,
             (None, true) => DEVELOPMENT_ACCOUNT.to_owned(),
             (None, false) => {
                 return Err(
@@ -204,6 +204,19 @@ fn check_container(name: &str) -> Result<(), String> {
     }
 }
 
+/// An account name goes into every URL and signed header: Azure's are 3 to 24 lowercase letters
+/// and digits; emulators' may differ, so any ASCII letters and digits are taken.
+fn check_account(name: &str) -> Result<String, String> {
+    if (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "AZURE_STORAGE_CONNECTION_STRING's AccountName {:?} is not a storage account name: use the account's name as the Azure portal shows it (letters and digits)",
+            name.escape_debug().to_string()
+        ))
+    }
+}
+
 /// The field names of a connection string, each checked to be `KEY=VALUE`: an error names the
 /// position and key of a bad one, never a value.
 fn check_fields(connection_string: &str) -> Result<Vec<String>, String> {
@@ -290,6 +303,9 @@ mod tests {
             format!("AccountName=plant;{key}"),
             "AccountName=plant".to_owned(),
             "AccountName=plant;AccountKey=not*base64".to_owned(),
+            // Would be a bad header: refused before any request is signed.
+            format!("AccountName=pl\nant;AccountKey={key}"),
+            format!("AccountName=plant.evil;AccountKey={key}"),
         ] {
             let err = AzureConfig::new("images", &bad).unwrap_err();
             assert!(!err.contains(key), "{err}");
