@@ -11,7 +11,9 @@ start").
 How: runs an unstripped build of the shipped binary under valgrind's callgrind (`--demangle=no`:
 the names as the linker sees them), once per way of running `serve` (`--auth none`, the default
 access control on a first start, and one module with TLS), each through a start, a push and a pull
-of a small image and the other requests a client makes first, then a SIGTERM. Every function of
+of a small image and the other requests a client makes first, then a SIGTERM, then once more
+through a restart on the data that run left (a device starts fresh once and restarts many
+times; a restart reads the certificate and the database instead of making them). Every function of
 the binary that ran is written out in groups: what the start-up of `--auth none` ran, what the
 other start-ups add, what the requests add; within a group the most instructions first, so that
 the hottest code also shares pages and cache lines.
@@ -147,14 +149,17 @@ def first_requests(client, data_dir, mode):
     expect("missing manifest", client.request("GET", "/v2/startup/manifests/nope", headers=accept)[0], (404,))
 
 
-def profile(binary, mode, work):
-    """Runs one mode under callgrind; returns the path of its profile."""
+def profile(binary, mode, work, restart=False):
+    """Runs one mode under callgrind; returns the path of its start-up's profile and those of
+    the rest. A `restart` starts on the data directory a first run left (an existing database,
+    the development certificate kept) and makes no requests."""
     data = os.path.join(work, f"data-{mode}")
-    out = os.path.join(work, f"callgrind-{mode}.out")
+    run = f"{mode}-restart" if restart else mode
+    out = os.path.join(work, f"callgrind-{run}.out")
     port = free_port()
     args = serve_command(binary, mode, data, port)
     env = serve_env()
-    log = open(os.path.join(work, f"log-{mode}"), "w")
+    log = open(os.path.join(work, f"log-{run}"), "w")
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no", "--dump-line=no",
          f"--callgrind-out-file={out}", *args],
@@ -177,7 +182,8 @@ def profile(binary, mode, work):
         # the exit).
         subprocess.run(["callgrind_control", "--dump=started", str(proc.pid)], check=True,
                        capture_output=True, timeout=STOP_TIMEOUT_S)
-        first_requests(client, data, mode)
+        if not restart:
+            first_requests(client, data, mode)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -247,13 +253,17 @@ def main():
                          "CARGO_PROFILE_DIST_STRIP=false (see --help)")
     # Groups, each after the one before: the start-up of `--auth none`, what the other modes'
     # start-ups add, then what the requests of all three add. An idle `serve` then touches the
-    # first group and as little else as can be.
+    # first group and as little else as can be. Each mode's restart (its usual start: a device
+    # restarts many times and starts fresh once) comes before its first start, which adds
+    # making the database, the first token and the development certificate.
     start_ups, requests = [], collections.Counter()
     with tempfile.TemporaryDirectory(prefix="startup-order-") as work:
         for mode in MODES:
-            start_up, rest = profile(binary, mode, work)
-            start_ups.append(collections.Counter())
-            functions_run(start_up, binary, start_ups[-1])
+            first, rest = profile(binary, mode, work)
+            again, _ = profile(binary, mode, work, restart=True)
+            for start_up in (again, first):
+                start_ups.append(collections.Counter())
+                functions_run(start_up, binary, start_ups[-1])
             for dump in rest:
                 functions_run(dump, binary, requests)
     ordered, placed = [], set()
@@ -264,7 +274,8 @@ def main():
                 ordered.append(name)
     with open(out, "w") as f:
         f.write("".join(name + "\n" for name in ordered))
-    sizes = ", ".join(f"{mode} start-up {len(group)}" for mode, group in zip(MODES, start_ups))
+    runs = [f"{mode} {run}" for mode in MODES for run in ("restart", "first start")]
+    sizes = ", ".join(f"{run} {len(group)}" for run, group in zip(runs, start_ups))
     print(f"startup-order: {len(ordered)} functions ({sizes}, requests {len(requests)}) -> {out}")
 
 
