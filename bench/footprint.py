@@ -4,11 +4,12 @@ first request answered (issue 16, "smaller and leaner"; figures in README.md, Pe
 
 For each way of running `serve` (MODES: `none` = `--auth none`, `tokens` = the default access
 control, `onemodule` = `--auth none --proxy-listen`, TLS only with a development certificate),
-RUNS times, on a fresh data directory each time and with the binary out of the page cache:
-start the binary, poll `/v2/` every millisecond until it answers (any HTTP status: with
-`--auth tokens` the answer is a 401), then read the process's memory (`/proc/PID/status` VmRSS and VmHWM, `/proc/PID/smaps_rollup` anonymous and
-file-backed, `/proc/PID/smaps` the binary's resident code and read-only data) IDLE seconds after
-the start, and stop it with SIGTERM. Prints the median, minimum and maximum of each figure.
+RUNS times, on a fresh data directory each time and with the binary out of the page cache: start
+the binary, poll `/v2/` every millisecond until it answers (any HTTP status: with `--auth
+tokens` the answer is a 401), then read the process's memory (`/proc/PID/status` VmRSS and
+VmHWM, `/proc/PID/smaps_rollup` anonymous and file-backed, `/proc/PID/smaps` the binary's
+resident code and read-only data) IDLE seconds after the start, and stop it with SIGTERM. Prints
+the median, minimum and maximum of each figure.
 Everything listens on 127.0.0.1; every wait is bounded.
 
 Usage: footprint.py BINARY[,BINARY...] [RUNS=11] [IDLE=1.0] [MODES=none,tokens,onemodule]
