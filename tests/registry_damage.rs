@@ -179,8 +179,13 @@ fn verify_always_catches_damage_after_a_good_read() {
     let path = format!("/v2/apps/web/blobs/{layer}");
     assert_eq!(api.get(&path).expect(200).body, image.1);
     flip_a_byte(&blob_file(&data, &layer));
-    let resp = api.req(Method::GET, &path).send().unwrap();
-    assert!(resp.bytes().is_err(), "the second read is checked too");
+    // The damage is found at the end of the read: the connection is cut, after the head or,
+    // when the bytes were read before hyper flushed it, before (seen once in a CI rehearsal).
+    let refused = match api.req(Method::GET, &path).send() {
+        Ok(resp) => resp.bytes().is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "the second read is checked too");
     api.get(&path).expect_error(404, "BLOB_UNKNOWN");
 }
 
