@@ -195,10 +195,7 @@ impl BlobClient {
             .query("blocklisttype", "committed");
         let response = self.client.send(&request, what).await?;
         let etag = etag(response.headers(), what)?;
-        let body = response.text().await.map_err(|e| RestError {
-            retry: true,
-            ..RestError::unreadable(what, super::client::describe(e))
-        })?;
+        let body = super::client::text(response, what).await?;
         Ok((
             parse_block_list(&body).map_err(|e| RestError::unreadable(what, e))?,
             etag,

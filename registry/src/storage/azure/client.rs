@@ -155,15 +155,16 @@ impl RestError {
 
 /// A transport error with its causes, without its URL (which may hold a SAS).
 pub(crate) fn describe(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut out = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
+    util::error_chain::error_chain(&err.without_url())
+}
+
+/// The whole body of `response`, the answer to `what`, as text; a body cut off on the way is
+/// worth another try.
+pub(crate) async fn text(response: reqwest::Response, what: &str) -> Result<String, RestError> {
+    response.text().await.map_err(|e| RestError {
+        retry: true,
+        ..RestError::unreadable(what, describe(e))
+    })
 }
 
 impl Client {

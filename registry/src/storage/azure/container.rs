@@ -68,10 +68,7 @@ async fn list_page(client: &Client, prefix: &str, marker: Option<&str>) -> Resul
         request = request.query("marker", marker);
     }
     let response = client.send(&request, what).await?;
-    let body = response.text().await.map_err(|e| RestError {
-        retry: true,
-        ..RestError::unreadable(what, super::client::describe(e))
-    })?;
+    let body = super::client::text(response, what).await?;
     parse_page(&body).map_err(|e| RestError::unreadable(what, e))
 }
 

@@ -111,6 +111,19 @@ impl Remote {
         })
     }
 
+    /// Runs `call`, one or more REST calls, on the client's runtime and waits for it; its
+    /// error becomes the store's, naming `what`.
+    pub(crate) fn call<T, F>(&self, what: String, call: F) -> Result<T, StorageError>
+    where
+        F: std::future::Future<Output = Result<T, RestError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let remote = self.clone();
+        self.run(&what.clone(), async move {
+            call.await.map_err(|err| remote.error(&what, err))
+        })
+    }
+
     /// The error of `action` failing with `err`.
     pub(crate) fn error(&self, action: &str, err: RestError) -> StorageError {
         error(&self.location, action, err)
@@ -197,13 +210,8 @@ impl AzureBlobs {
     /// Properties of blob `name`, `None` when it is absent.
     fn properties(&self, name: String, action: &str) -> Result<Option<Properties>, StorageError> {
         let client = self.blob(&name);
-        let remote = self.remote();
-        let what = format!("{action} {name}");
-        self.remote().run(action, async move {
-            client
-                .properties()
-                .await
-                .map_err(|err| remote.error(&what, err))
+        self.remote().call(format!("{action} {name}"), async move {
+            client.properties().await
         })
     }
 
@@ -265,15 +273,10 @@ impl AzureBlobs {
     /// Writes `data` as blob `digest` in one request (content already verified).
     fn put_whole(&self, digest: &Digest, data: Bytes) -> Result<(), StorageError> {
         let client = self.blob(&blob_name(digest));
-        let remote = self.remote();
-        let what = format!("store blob {digest}");
-        self.remote().run(&what.clone(), async move {
-            client
-                .put(data, &[], false)
-                .await
-                .map(drop)
-                .map_err(|e| remote.error(&what, e))
-        })
+        self.remote()
+            .call(format!("store blob {digest}"), async move {
+                client.put(data, &[], false).await.map(drop)
+            })
     }
 }
 
@@ -337,11 +340,8 @@ impl BlobStore for AzureBlobs {
 
     fn list(&self) -> Result<BlobListing, StorageError> {
         let client = self.client.clone();
-        let remote = self.remote();
-        let listed = self.remote().run("list blobs", async move {
-            container::list(&client, "blobs/")
-                .await
-                .map_err(|e| remote.error("list blobs", e))
+        let listed = self.remote().call("list blobs".into(), async move {
+            container::list(&client, "blobs/").await
         })?;
         let mut listing = BlobListing::default();
         for blob in listed {
@@ -431,12 +431,11 @@ impl BlobStore for AzureBlobs {
 
     fn list_uploads(&self) -> Result<Vec<(String, SystemTime)>, StorageError> {
         let client = self.client.clone();
-        let remote = self.remote();
-        let listed = self.remote().run("list upload sessions", async move {
-            container::list(&client, "uploads/")
-                .await
-                .map_err(|e| remote.error("list upload sessions", e))
-        })?;
+        let listed = self
+            .remote()
+            .call("list upload sessions".into(), async move {
+                container::list(&client, "uploads/").await
+            })?;
         Ok(listed
             .into_iter()
             .filter_map(|blob| {
@@ -532,8 +531,7 @@ mod tests {
     use super::*;
     use crate::azurite::Azurite;
 
-    fn config(azurite: &Azurite, connection_string: &str) -> AzureConfig {
-        let _ = azurite;
+    fn config(connection_string: &str) -> AzureConfig {
         AzureConfig::new("signed", connection_string).unwrap()
     }
 
@@ -546,7 +544,7 @@ mod tests {
         let connection_string = azurite
             .connection_string()
             .replace(crate::azurite::KEY, wrong);
-        let err = AzureBlobs::open(config(&azurite, &connection_string)).unwrap_err();
+        let err = AzureBlobs::open(config(&connection_string)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("devstoreaccount1"), "{text}");
         assert!(
@@ -569,7 +567,7 @@ mod tests {
     #[test]
     fn azurite_accepts_requests_signed_with_metadata_a_range_and_conditions() {
         let azurite = Azurite::start();
-        let store = AzureBlobs::open(config(&azurite, &azurite.connection_string())).unwrap();
+        let store = AzureBlobs::open(config(&azurite.connection_string())).unwrap();
         let blob = store.blob("blobs/x/signed me");
         let remote = store.remote();
         remote
@@ -634,7 +632,7 @@ mod tests {
             azurite.addr(),
             crate::azurite::ACCOUNT
         );
-        let store = AzureBlobs::open(config(&azurite, &connection_string)).unwrap();
+        let store = AzureBlobs::open(config(&connection_string)).unwrap();
         let data = Bytes::from_static(b"{\"schemaVersion\":2}");
         let digest = Digest::sha256_of(&data);
         store.stage(data.clone()).unwrap().install(&digest).unwrap();
@@ -649,9 +647,7 @@ mod tests {
         assert_eq!(store.size(&digest).unwrap(), None);
 
         let wrong = connection_string.replace("sp=rwdlacup", "sp=r");
-        let err = AzureBlobs::open(config(&azurite, &wrong))
-            .unwrap_err()
-            .to_string();
+        let err = AzureBlobs::open(config(&wrong)).unwrap_err().to_string();
         assert!(err.contains("403"), "{err}");
         let sig = sas.rsplit("sig=").next().unwrap();
         assert!(!err.contains(sig) && !err.contains("sig="), "{err}");

@@ -97,7 +97,8 @@ mod tests {
 
     /// A ranged, conditional read of a blob of Azurite's development account, and a write of
     /// metadata: the strings and signatures were derived once and Azurite accepted requests
-    /// signed this way (`the_signature_azurite_accepts` in `client.rs` sends them).
+    /// signed this way (`azurite_accepts_requests_signed_with_metadata_a_range_and_conditions` in
+    /// `mod.rs` sends such requests).
     #[test]
     fn string_to_sign_of_a_ranged_conditional_request_with_metadata() {
         let url = Url::parse(

@@ -132,15 +132,10 @@ impl AzureUpload {
         let id = block_id(uuid::Uuid::new_v4().simple().to_string().as_bytes());
         let body = Bytes::copy_from_slice(&self.pending[..size]);
         let client = self.client.clone();
-        let remote = self.remote.clone();
         let what = format!("store {size} bytes of upload {}", self.id);
         let block_id = id.clone();
-        self.remote.run(&what.clone(), async move {
-            client
-                .put_block(&block_id, body)
-                .await
-                .map_err(|e| remote.error(&what, e))
-        })?;
+        self.remote
+            .call(what, async move { client.put_block(&block_id, body).await })?;
         self.pending.drain(..size);
         self.staged.push(Block {
             id,
