@@ -167,13 +167,18 @@ def one_run(binary, mode, idle):
                 "file_kib": sm.get("Pss_File", 0), "code_kib": code_kib,
                 "rodata_kib": readonly_kib, "threads": st["Threads"]}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT_S)
+        stop(proc, STOP_TIMEOUT_S)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def stop(proc, timeout):
+    """Stops `serve` as an orchestrator does: SIGTERM, then SIGKILL after `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 def main():

@@ -39,16 +39,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
 
-# The modes' `serve` commands and environment, and free ports: the same as the footprint's.
+# The modes' `serve` commands and environment, free ports and the stop: the footprint's.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from footprint import free_port, serve_command, serve_env  # noqa: E402
+from footprint import free_port, serve_command, serve_env, stop  # noqa: E402
 
 # valgrind runs the binary 20-50 times slower; argon2id on a first `--auth tokens` start is the
 # slowest part.
@@ -185,12 +184,7 @@ def profile(binary, mode, work, restart=False):
         if not restart:
             first_requests(client, data, mode)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT_S)
+        stop(proc, STOP_TIMEOUT_S)
         log.close()
     dumps = sorted(name for name in os.listdir(work) if name.startswith(os.path.basename(out)))
     if len(dumps) < 2:
