@@ -198,4 +198,12 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |depth: usize| format!("{}{}", "<A>".repeat(depth), "</A>".repeat(depth));
+        assert!(parse(&nested(MAX_DEPTH)).is_ok());
+        let err = parse(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.contains("nested deeper than 32"), "{err}");
+    }
 }
