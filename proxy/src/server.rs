@@ -854,6 +854,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and those the `Connection` header names; keeps
 /// `Connection: upgrade` + `Upgrade` when `upgrade` is set.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names tells, where a removal per name costs a
+    // hash lookup each (16 per request).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -1013,23 +1018,39 @@ async fn handle(
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
+    // The registry in this process learns the client's address and that it came over TLS from
+    // the request's extensions (`ConnectInfo`, `ViaTlsProxy`, added below) and its own name from
+    // `Host`: no `X-Forwarded-*` to format here and parse there. A route with an in-process
+    // upstream has no other (`config`).
+    let in_process = matches!(entry.choices[0].target, Target::InProcess(_));
+    // Room for the headers added below, made once: hyper sizes the map to what the client sent,
+    // and growing it insert by insert cost more than the inserts.
+    headers.reserve(if in_process { 3 } else { 6 });
     // Only the proxy vouches for a client certificate: drop whatever the client claims.
     headers.remove(&state.client_cert_header);
     if let Some(cert) = &info.client_cert {
         headers.insert(state.client_cert_header.clone(), cert.clone());
     }
-    // A chain that is not text is replaced, not extended.
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip()))
-            .unwrap_or_else(|_| info.peer_ip.clone()),
-        None => info.peer_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR, xff);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if !in_process {
+        // A chain that is not text is replaced, not extended.
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip()))
+                .unwrap_or_else(|_| info.peer_ip.clone()),
+            None => info.peer_ip.clone(),
+        };
+        headers.insert(X_FORWARDED_FOR, xff);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
     headers.insert(REQUEST_ID, request_id.clone());
     if let Some(h) = &host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
-        headers.insert(header::HOST, h.clone());
+        if !in_process {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        // Already there, and once, unless the name came in the URI (HTTP/2's `:authority`).
+        let mut hosts = headers.get_all(header::HOST).iter();
+        if hosts.next().is_none() || hosts.next().is_some() {
+            headers.insert(header::HOST, h.clone());
+        }
     }
 
     // A GET or HEAD without a body may go to another upstream of a route with several when
@@ -1088,6 +1109,9 @@ async fn handle(
         up_req
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(info.peer));
+        if in_process {
+            up_req.extensions_mut().insert(util::forwarded::ViaTlsProxy);
+        }
 
         let result = send(&choice.target, up_req, &progress, timeout).await;
         // An upstream that did not answer at all is out of service until its health check

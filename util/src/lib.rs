@@ -10,6 +10,7 @@
 //! | [`error_chain`] | an error and its causes on one line, for logs and messages |
 //! | [`atomic_file`] | replace a file so a crash or a concurrent reader sees the old or the new one, never half |
 //! | [`file_watch`] | notice that files changed on disk (inode, length, mtime), for reloading |
+//! | [`forwarded`] | what the proxy in this process tells the registry of a request's way in |
 //! | [`request_id`] | `X-Request-Id`: which ids a hop keeps and logs, and fresh ones |
 //! | [`time`] | Unix time as RFC 3339, for JSON answers and status |
 //! | `shutdown` | the future that completes on SIGTERM or Ctrl-C (feature `shutdown`) |
@@ -26,6 +27,7 @@ pub mod crash_point;
 pub mod duration;
 pub mod error_chain;
 pub mod file_watch;
+pub mod forwarded;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz_targets;

@@ -216,7 +216,7 @@ async fn handle(
     let req = AcrReq {
         method,
         query,
-        registry: crate::api::auth::Addressed::of(&headers).service.to_owned(),
+        registry: crate::api::auth::Addressed::service_of(&headers).to_owned(),
         caller: Caller::of(&extensions),
         patch,
     };

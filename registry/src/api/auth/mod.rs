@@ -127,27 +127,38 @@ enum Verdict {
 }
 
 /// This registry as the client addressed it: behind our proxy, the proxy's name and `https`
-/// (`X-Forwarded-Host`, `X-Forwarded-Proto`). The service name of tokens, ACR's `registry`
-/// field, and the token service's realm all come from here.
+/// (`X-Forwarded-Host`, `X-Forwarded-Proto` from a separate proxy; `Host` and
+/// [`ViaTlsProxy`](util::forwarded::ViaTlsProxy) from the one in this process). The service name
+/// of tokens, ACR's `registry` field, and the token service's realm all come from here.
 pub(crate) struct Addressed<'a> {
     pub service: &'a str,
-    headers: &'a HeaderMap,
+    parts: &'a Parts,
 }
 
 impl Addressed<'_> {
-    pub(crate) fn of(headers: &HeaderMap) -> Addressed<'_> {
-        let service = header_str(headers, "x-forwarded-host")
+    pub(crate) fn of(parts: &Parts) -> Addressed<'_> {
+        Addressed {
+            service: Addressed::service_of(&parts.headers),
+            parts,
+        }
+    }
+
+    /// The name alone (the host and port the client used).
+    pub(crate) fn service_of(headers: &HeaderMap) -> &str {
+        header_str(headers, "x-forwarded-host")
             .or_else(|| header_str(headers, header::HOST.as_str()))
-            .unwrap_or("localhost");
-        Addressed { service, headers }
+            .unwrap_or("localhost")
     }
 
     /// The token service's URL (made only for a challenge, not per request).
     fn realm(&self) -> String {
-        let scheme = match header_str(self.headers, "x-forwarded-proto") {
-            Some("https") => "https",
-            _ => "http",
-        };
+        let https = self
+            .parts
+            .extensions
+            .get::<util::forwarded::ViaTlsProxy>()
+            .is_some()
+            || header_str(&self.parts.headers, "x-forwarded-proto") == Some("https");
+        let scheme = if https { "https" } else { "http" };
         format!("{scheme}://{}/oauth2/token", self.service)
     }
 }
@@ -232,7 +243,7 @@ fn judge(
     if need == Need::Nothing {
         return Verdict::Pass;
     }
-    let addressed = Addressed::of(&parts.headers);
+    let addressed = Addressed::of(parts);
     let credentials = Credentials::of(&parts.headers);
     let basic = matches!(credentials, Credentials::Basic { .. });
     let identity = match checked {
@@ -405,4 +416,48 @@ fn too_many(retry_after: std::time::Duration) -> Response {
     .with_status(StatusCode::TOO_MANY_REQUESTS)
     .with_header(header::RETRY_AFTER, secs.to_string())
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)], via_tls_proxy: bool) -> Parts {
+        let mut request = axum::http::Request::builder().uri("/v2/");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        if via_tls_proxy {
+            parts.extensions.insert(util::forwarded::ViaTlsProxy);
+        }
+        parts
+    }
+
+    /// The realm is `https` behind either proxy: the one in this process says so in an
+    /// extension, a separate one in `X-Forwarded-Proto`; a direct client gets `http`.
+    #[test]
+    fn the_realm_follows_the_proxy_in_process_or_its_headers() {
+        let direct = parts(&[("host", "edge:5000")], false);
+        assert_eq!(
+            Addressed::of(&direct).realm(),
+            "http://edge:5000/oauth2/token"
+        );
+        let in_process = parts(&[("host", "edge.test:443")], true);
+        assert_eq!(
+            Addressed::of(&in_process).realm(),
+            "https://edge.test:443/oauth2/token"
+        );
+        let separate = parts(
+            &[
+                ("host", "registry:8080"),
+                ("x-forwarded-host", "edge.test"),
+                ("x-forwarded-proto", "https"),
+            ],
+            false,
+        );
+        let addressed = Addressed::of(&separate);
+        assert_eq!(addressed.service, "edge.test");
+        assert_eq!(addressed.realm(), "https://edge.test/oauth2/token");
+    }
 }

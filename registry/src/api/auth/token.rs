@@ -29,7 +29,7 @@ pub fn routes(authority: Arc<Authority>) -> Router {
 
 async fn token(State(authority): State<Arc<Authority>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let addressed = Addressed::of(&parts.headers);
+    let addressed = Addressed::of(&parts);
     let from = client_addr(&parts.extensions);
     // The token service takes Basic credentials or none.
     let basic = match Credentials::of(&parts.headers) {
