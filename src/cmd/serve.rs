@@ -38,11 +38,11 @@ pub struct Args {
     #[arg(long, env = "CONNECTED_REGISTRY_MANIFEST_CACHE_SIZE", default_value_t = Limits::default().manifest_cache_bytes)]
     pub manifest_cache_size: usize,
 
-    /// With --metadata on PostgreSQL (shared by replicas): how long this replica serves what a
-    /// tag or digest resolves to without asking the database again. A tag moved through another
-    /// replica is served stale for at most this long; one moved through this replica shows at
-    /// once. 0s turns the cache off (every manifest GET asks the database). Unused with redb,
-    /// where this process sees every write.
+    /// How long this replica serves what a tag or digest resolves to without reading the
+    /// metadata again. With --metadata on PostgreSQL (shared by replicas) a tag moved through
+    /// another replica is served stale for at most this long; one moved through this replica,
+    /// and with redb every one, shows at once. 0s turns the cache off (every manifest GET reads
+    /// the metadata).
     #[arg(long, env = "CONNECTED_REGISTRY_METADATA_CACHE_TTL", default_value = "1s", value_parser = super::parse_duration)]
     pub metadata_cache_ttl: Duration,
 

@@ -78,7 +78,7 @@ pub fn render(
         .line(
             "metadata_cache_ttl",
             duration(args.metadata_cache_ttl),
-            "PostgreSQL only; 0: off",
+            "0: off",
         )
         .line("metadata_cache_size", args.metadata_cache_size, "bytes")
         .line("max_manifest_size", args.max_manifest_size, "bytes")

@@ -75,10 +75,10 @@ pub struct Limits {
     /// Bytes of blob files above which synced images are evicted (`--quota`); none by default.
     /// See [`quota`].
     pub quota: Option<u64>,
-    /// How long this replica serves what a manifest reference resolves to without asking
-    /// shared metadata again (`--metadata-cache-ttl`): a change made through another replica
-    /// is served stale for at most this long; this replica's own writes show at once. Only
-    /// for shared metadata (PostgreSQL); zero turns the cache off. Default 1 s.
+    /// How long this replica serves what a manifest reference resolves to without reading the
+    /// metadata again (`--metadata-cache-ttl`): a change made through another replica (shared
+    /// metadata, PostgreSQL) is served stale for at most this long; this replica's own writes,
+    /// and so on redb every write, show at once. Zero turns the cache off. Default 1 s.
     pub metadata_cache_ttl: std::time::Duration,
     /// Memory for those resolutions (`--metadata-cache-size`), estimated. Default 16 MiB.
     pub metadata_cache_bytes: usize,
@@ -217,12 +217,10 @@ impl Store {
                 Box::new(kv::in_postgres::PostgresBackend::open(*settings)?)
             }
         };
-        // The cache of resolutions only where other replicas write too (see `meta::resolved`).
+        // The cache of resolutions on every backend (see `meta::resolved`): on shared metadata
+        // it saves a round trip, on redb a read transaction.
         let cache = meta::CacheSettings {
-            ttl: match metadata_shared {
-                true => limits.metadata_cache_ttl,
-                false => std::time::Duration::ZERO,
-            },
+            ttl: limits.metadata_cache_ttl,
             budget: limits.metadata_cache_bytes,
         };
         let inner = Inner {
@@ -629,9 +627,9 @@ impl Store {
         self.manifest(repo, reference, Lookup::Current)
     }
 
-    /// The manifest `reference` names in `repo`, resolved through this replica's cache when the
-    /// metadata is shared: at most `--metadata-cache-ttl` behind a change made through another
-    /// replica, never behind one made through this one. What a client's GET and HEAD are served.
+    /// The manifest `reference` names in `repo`, resolved through this replica's cache: at most
+    /// `--metadata-cache-ttl` behind a change made through another replica (shared metadata),
+    /// never behind one made through this one. What a client's GET and HEAD are served.
     pub fn get_manifest_cached(
         &self,
         repo: &RepoName,
