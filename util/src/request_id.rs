@@ -68,6 +68,20 @@ mod tests {
         );
     }
 
+    /// Each thread has its own sequence, seeded at random: many ids made on several threads at
+    /// once are all different.
+    #[test]
+    fn ids_made_on_several_threads_never_repeat() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..10_000).map(|_| new()).collect::<Vec<_>>()))
+            .collect();
+        let ids: std::collections::HashSet<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 40_000);
+    }
+
     #[test]
     fn only_short_plain_ids_are_kept() {
         assert!(is_valid(b"abc-123_x.y:z"));
