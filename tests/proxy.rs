@@ -720,8 +720,8 @@ fn client_disconnect_mid_upload_closes_upstream() {
     assert!(closed, "client connection leaked:\n{}", metrics(admin));
 }
 
-/// What the upstream sees: Host preserved, X-Forwarded-* set, hop-by-hop headers gone, a
-/// client-supplied certificate header dropped.
+/// What the upstream sees: Host preserved (from HTTP/2's `:authority` too), X-Forwarded-* set,
+/// hop-by-hop headers gone, a client-supplied certificate header dropped.
 #[test]
 fn forwarded_headers_and_hop_by_hop_removal() {
     let (tmp, ca, leaf) = proxy_fixture();
@@ -780,6 +780,29 @@ fn forwarded_headers_and_hop_by_hop_removal() {
     assert!(
         !headers.to_ascii_lowercase().contains("keep-alive: timeout"),
         "{headers}"
+    );
+    // Over HTTP/2 the name comes as `:authority`, with no Host header: the upstream still gets
+    // it as Host, once.
+    let h2 = start_routed(
+        t,
+        "proxy-h2",
+        &leaf,
+        &format!("/=http://{up_addr}"),
+        &["--alpn", "h2,http/1.1"],
+    );
+    let h2_resolve = format!("proxy.test:{}:127.0.0.1", h2.addr.port());
+    let h2_url = format!("https://proxy.test:{}/echo", h2.addr.port());
+    let (status, body, headers) = curl(&ca.root, &["--http2", "--resolve", &h2_resolve, &h2_url]);
+    assert!(headers.starts_with("HTTP/2 200"), "{headers}");
+    assert_eq!(status, 200, "{body}");
+    let hosts: Vec<&str> = body
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+        .collect();
+    assert_eq!(
+        hosts,
+        [format!("host: proxy.test:{}", h2.addr.port())],
+        "{body}"
     );
     // An asterisk-form target (`OPTIONS *`) goes upstream as it came.
     let (status, body, _) = curl(

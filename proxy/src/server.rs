@@ -1051,8 +1051,7 @@ async fn handle(
             headers.insert(X_FORWARDED_HOST, h.clone());
         }
         // Already there, and once, unless the name came in the URI (HTTP/2's `:authority`).
-        let mut hosts = headers.get_all(header::HOST).iter();
-        if hosts.next().is_none() || hosts.next().is_some() {
+        if headers.get_all(header::HOST).iter().count() != 1 {
             headers.insert(header::HOST, h.clone());
         }
     }
